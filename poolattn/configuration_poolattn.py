@@ -1,0 +1,224 @@
+"""Configuration of a poolattn embedding model: a decoder backbone, an attention switch and a pooling head.
+
+Part of the self-contained Hub remote-code pair (`configuration_poolattn.py` + `modeling_poolattn.py`); it imports
+only torch/transformers and the standard library.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# One tuple of allowed values per design axis.
+ATTENTIONS = ("causal", "bidirectional")
+POOLINGS = ("eos", "mean", "latent", "multi_layer_latent")
+HEAD_INPUTS = ("last_token", "all_tokens")
+LAYER_SUMMARIES = ("eos", "mean")
+LATENT_ORIENTATIONS = ("latents_query", "inputs_query")
+HEAD_ATTENTIONS = ("multihead", "single")
+LAYER_SPEC_FORMS = ("all", "last:K", "middle:K", "first:K", "a list of layer indices")
+TRAINABLE_POOLINGS = ("latent", "multi_layer_latent")
+
+# The paper's five designs (Tang & Yang 2024, arXiv 2409.02727, Table 1) as presets over the axes above.
+# Axes left out take their attention-dependent defaults (see `PoolAttnConfig`).
+PAPER_VARIANTS = {
+    1: {"attention": "causal", "pooling": "eos"},  # EOS-last token pooling
+    2: {"attention": "causal", "pooling": "latent"},  # last-layer trainable pooling
+    3: {"attention": "causal", "pooling": "multi_layer_latent"},  # multi-layers trainable pooling
+    4: {"attention": "bidirectional", "pooling": "latent"},  # last-layer trainable pooling, bidirectional
+    5: {"attention": "bidirectional", "pooling": "multi_layer_latent"},  # multi-layers trainable, bidirectional
+}
+
+
+def _check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"PoolAttnConfig: {name}={value!r} is not supported. Allowed values: {', '.join(map(repr, allowed))}."
+        )
+
+
+def _check_positive_int(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"PoolAttnConfig: {name}={value!r} must be a positive integer (or None for the default).")
+
+
+def resolve_layers(spec, num_hidden_layers: int) -> list[int]:
+    """Turn a layer spec into sorted 1-based decoder-layer indices (layer `L` is the final-normed last layer).
+
+    >>> resolve_layers("last:3", 30)
+    [28, 29, 30]
+    >>> resolve_layers("middle:2", 6), resolve_layers([1, -1], 6)
+    ([3, 4], [1, 6])
+
+    Allowed forms: `"all"`, `"last:K"`, `"middle:K"`, `"first:K"` (1 <= K <= depth), or a list of indices in
+    `1..depth` (negative indices count from the end, `-1` is the last layer).
+    """
+    depth = num_hidden_layers
+    allowed = f"Allowed forms: {', '.join(LAYER_SPEC_FORMS)}; indices 1..{depth} or -{depth}..-1 (backbone depth {depth})."
+    if isinstance(spec, str):
+        if spec == "all":
+            return list(range(1, depth + 1))
+        form, _, count = spec.partition(":")
+        if form not in ("last", "middle", "first") or not count.strip().isdigit():
+            raise ValueError(f"PoolAttnConfig: layers={spec!r} is not a valid layer spec. {allowed}")
+        k = int(count)
+        if not 1 <= k <= depth:
+            raise ValueError(f"PoolAttnConfig: layers={spec!r} asks for {k} layers of a {depth}-layer backbone. {allowed}")
+        start = {"first": 1, "last": depth - k + 1, "middle": (depth - k) // 2 + 1}[form]
+        return list(range(start, start + k))
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise ValueError(f"PoolAttnConfig: layers={spec!r} is empty or of the wrong type. {allowed}")
+    indices = []
+    for index in spec:
+        if isinstance(index, bool) or not isinstance(index, int) or not (1 <= index <= depth or -depth <= index <= -1):
+            raise ValueError(f"PoolAttnConfig: layer index {index!r} in layers={list(spec)!r} is out of range. {allowed}")
+        indices.append(index if index > 0 else depth + 1 + index)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"PoolAttnConfig: layers={list(spec)!r} names a layer twice. {allowed}")
+    return sorted(indices)
+
+
+class PoolAttnConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`PoolAttnEmbeddingModel`]: a decoder LLM (nested `text_config`), an attention switch and a
+    pooling head, one string per design axis.
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from poolattn import PoolAttnConfig
+    >>> backbone = LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+    ...                        num_attention_heads=4, num_key_value_heads=2)
+    >>> config = PoolAttnConfig.from_variant(5, backbone, layers="last:2")
+    >>> config.attention, config.pooling, config.layer_summary, config.num_heads
+    ('bidirectional', 'multi_layer_latent', 'mean', 4)
+    ```
+
+    Args:
+        text_config: the backbone config (any decoder `AutoConfig`: llama, mistral, qwen2, qwen3, gemma2, ...).
+        attention: `"causal"` or `"bidirectional"` (switched with the backbone's `config.is_causal = False`).
+        pooling: `"eos"` (hidden state of the last real token), `"mean"` (masked mean of the last layer),
+            `"latent"` (trainable cross-attention head over the last layer), `"multi_layer_latent"` (the paper's
+            multi-layers trainable pooling: one summary per selected layer, a per-layer weight matrix, then the head).
+        head_input: for `"latent"`, what the head sees: `"last_token"` (the last real token's state) or
+            `"all_tokens"` (every real token, padding masked). Default: `"last_token"` under causal attention,
+            `"all_tokens"` under bidirectional, as in the paper's code.
+        layer_summary: for `"multi_layer_latent"`, how each layer is summarised: `"eos"` or `"mean"`. Default:
+            `"eos"` under causal attention, `"mean"` under bidirectional, as in the paper's code.
+        latent_orientation: `"latents_query"` (the paper: trainable latents attend over the inputs, then a mean over
+            latents) or `"inputs_query"` (NV-Embed: the inputs attend over trainable latents, then a masked mean).
+        layers: for `"multi_layer_latent"`: `"all"`, `"last:K"`, `"middle:K"`, `"first:K"` or a list of indices
+            (1-based; layer `L` is the final-normed last layer; negatives count from the end).
+        layer_weights: add the trainable per-layer weight (position) matrix to the layer summaries.
+        head_attention: `"multihead"` or `"single"` (one head spanning the whole head width).
+        num_latents: trainable latent vectors. Default `hidden_size // 8` (512 for a 4096-wide backbone).
+        num_heads: cross-attention heads. Default: the backbone's `num_attention_heads` (1 when `"single"`).
+        head_dim: width of one head. Default `hidden_size // num_heads`, so the head is as wide as the backbone.
+        ffn_multiplier: GEGLU feed-forward width as a multiple of `hidden_size` (the paper uses 4); 0 drops it.
+        normalize: L2-normalise the output embeddings.
+        add_eos: append the tokenizer's EOS token when the tokenizer does not (Qwen2 tokenizers ignore
+            `add_eos_token`); EOS pooling then reads the EOS state.
+        max_length: default maximum tokens per text in `encode`, prompt and special tokens included.
+        variant: the paper variant (1-5) this config was built from, if any; informational.
+    """
+
+    model_type = "poolattn"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    attention: str = "causal"
+    pooling: str = "eos"
+    head_input: str | None = None
+    layer_summary: str | None = None
+    latent_orientation: str = "latents_query"
+    layers: str | list[int] = "all"
+    layer_weights: bool = True
+    head_attention: str = "multihead"
+    num_latents: int | None = None
+    num_heads: int | None = None
+    head_dim: int | None = None
+    ffn_multiplier: int = 4
+    normalize: bool = True
+    add_eos: bool = True
+    max_length: int = 512
+    variant: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("latent_orientation", self.latent_orientation, LATENT_ORIENTATIONS)
+        _check_choice("head_attention", self.head_attention, HEAD_ATTENTIONS)
+        for name in ("layer_weights", "normalize", "add_eos"):
+            _check_choice(name, getattr(self, name), (True, False))
+        for name in ("num_latents", "num_heads", "head_dim", "max_length"):
+            _check_positive_int(name, getattr(self, name))
+        if isinstance(self.ffn_multiplier, bool) or not isinstance(self.ffn_multiplier, int) or self.ffn_multiplier < 0:
+            raise ValueError(f"PoolAttnConfig: ffn_multiplier={self.ffn_multiplier!r} must be an integer >= 0.")
+        if self.variant is not None:
+            _check_choice("variant", self.variant, tuple(PAPER_VARIANTS))
+        if self.head_input is not None:
+            _check_choice("head_input", self.head_input, HEAD_INPUTS)
+        if self.layer_summary is not None:
+            _check_choice("layer_summary", self.layer_summary, LAYER_SUMMARIES)
+        if isinstance(self.layers, tuple):
+            self.layers = list(self.layers)
+        resolve_layers(self.layers, self.text_config.num_hidden_layers)  # validates against the backbone depth
+
+        self.text_config.is_causal = self.attention == "causal"
+        self.text_config.use_cache = False
+        bidirectional = self.attention == "bidirectional"
+        if self.pooling == "latent" and self.head_input is None:
+            self.head_input = "all_tokens" if bidirectional else "last_token"
+        if self.pooling == "multi_layer_latent" and self.layer_summary is None:
+            self.layer_summary = "mean" if bidirectional else "eos"
+        if self.pooling in TRAINABLE_POOLINGS:
+            self._resolve_head_sizes()
+
+    def _resolve_head_sizes(self) -> None:
+        hidden_size = self.text_config.hidden_size
+        if self.head_attention == "single":
+            if self.num_heads not in (None, 1):
+                raise ValueError(
+                    f"PoolAttnConfig: head_attention='single' uses one head, but num_heads={self.num_heads} was given. "
+                    "Drop num_heads or use head_attention='multihead'."
+                )
+            self.num_heads = 1
+        elif self.num_heads is None:
+            self.num_heads = self.text_config.num_attention_heads
+        if self.head_dim is None:
+            if hidden_size % self.num_heads:
+                raise ValueError(
+                    f"PoolAttnConfig: hidden_size={hidden_size} is not divisible by num_heads={self.num_heads}; "
+                    "pass head_dim explicitly or choose num_heads that divides it."
+                )
+            self.head_dim = hidden_size // self.num_heads
+        if self.num_latents is None:
+            self.num_latents = max(1, hidden_size // 8)
+
+    @property
+    def layer_indices(self) -> list[int]:
+        """1-based decoder-layer indices pooled by `multi_layer_latent` (layer L is the final-normed last layer)."""
+        return resolve_layers(self.layers, self.text_config.num_hidden_layers)
+
+    @classmethod
+    def from_variant(cls, variant: int, text_config, **overrides) -> "PoolAttnConfig":
+        """Config for one of the paper's variants 1-5 (`PAPER_VARIANTS`); `overrides` set any other field.
+
+        >>> from transformers import LlamaConfig
+        >>> PoolAttnConfig.from_variant(1, LlamaConfig(num_hidden_layers=2)).pooling
+        'eos'
+        """
+        if variant not in PAPER_VARIANTS:
+            raise ValueError(
+                f"PoolAttnConfig.from_variant: variant={variant!r} is not a paper variant. Allowed values: "
+                f"{', '.join(map(str, PAPER_VARIANTS))} ({_describe_variants()})."
+            )
+        preset = PAPER_VARIANTS[variant]
+        changes_preset = any(overrides.get(key, value) != value for key, value in preset.items())
+        fields = {**preset, **overrides}
+        fields.setdefault("variant", None if changes_preset else variant)
+        if isinstance(text_config, PreTrainedConfig):
+            text_config = text_config.to_dict()
+        return cls(text_config=text_config, **fields)
+
+
+def _describe_variants() -> str:
+    return "; ".join(f"{n}: {v['pooling']} + {v['attention']}" for n, v in PAPER_VARIANTS.items())

@@ -1,0 +1,489 @@
+"""PoolAttnEmbeddingModel: a decoder LLM turned into a text-embedding model with the pooling and attention designs of
+Tang & Yang, "Pooling And Attention: What Are Effective Designs For LLM-Based Embedding Models?" (arXiv 2409.02727).
+
+Part of the self-contained Hub remote-code pair: imports only torch, transformers, the standard library and
+`.configuration_poolattn`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without poolattn.
+
+Read top-down: tokenization helpers -> pooling helpers -> the trainable head -> the model.
+"""
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+from transformers.utils.logging import tqdm
+
+from .configuration_poolattn import PoolAttnConfig
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tokenization: prompt tokens are marked so that pooling can leave them out.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text, e.g. `([bos_id], [])` for Mistral."""
+    plain = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("hello world")["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return framed[:start], framed[start + len(plain) :]
+    return [], []
+
+
+def tokenize_for_embedding(tokenizer, texts, *, prompt=None, max_length: int, add_eos: bool) -> list[dict]:
+    """Token ids and a pooling mask per text: `special prefix + prompt + text + special suffix (+ EOS)`.
+
+    >>> from transformers import AutoTokenizer  # doctest: +SKIP
+    >>> features = tokenize_for_embedding(tokenizer, ["a cat"], prompt="Query: ", max_length=32, add_eos=True)
+    >>> features[0]["pooling_mask"]  # 0 on prompt tokens          # doctest: +SKIP
+
+    The prompt (one string for all texts, or one per text) is tokenized on its own and its tokens get 0 in the
+    pooling mask, so mean and latent pooling see the text only (as NV-Embed and llm2vec do); the prompt still
+    conditions every text token through attention. Texts are truncated so the whole sequence fits `max_length`;
+    the EOS token is appended when `add_eos` and the tokenizer does not add it itself.
+    """
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__} holding non-strings.")
+    prompts = [prompt] * len(texts) if prompt is None or isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(texts):
+        raise ValueError(f"Got {len(prompts)} prompts for {len(texts)} texts; give one prompt, or one per text.")
+    prefix, suffix = special_token_frame(tokenizer)
+    eos_id = tokenizer.eos_token_id
+    eos = [eos_id] if add_eos and eos_id is not None and suffix[-1:] != [eos_id] else []
+    text_ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    prompt_ids = {p: tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in set(prompts)}
+    features = []
+    for ids, text_prompt in zip(text_ids, prompts):
+        head = prefix + prompt_ids[text_prompt]
+        budget = max_length - len(head) - len(suffix) - len(eos)
+        if budget < 1:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for text after {len(head)} prefix/prompt tokens; "
+                "raise max_length or shorten the prompt."
+            )
+        input_ids = head + ids[:budget] + suffix + eos
+        pooling_mask = [1] * len(prefix) + [0] * (len(head) - len(prefix)) + [1] * (len(input_ids) - len(head))
+        features.append({"input_ids": input_ids, "pooling_mask": pooling_mask})
+    return features
+
+
+def pad_features(features: list[dict], *, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
+    """Pad `tokenize_for_embedding` outputs into `input_ids`, `attention_mask`, `pooling_mask`, each (batch, seq)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r} is not supported. Allowed values: 'left', 'right'.")
+    width = max(len(feature["input_ids"]) for feature in features)
+    batch = {"input_ids": [], "attention_mask": [], "pooling_mask": []}
+    for feature in features:
+        length = len(feature["input_ids"])
+        rows = {"input_ids": feature["input_ids"], "attention_mask": [1] * length, "pooling_mask": feature["pooling_mask"]}
+        for key, row in rows.items():
+            padding = [pad_token_id if key == "input_ids" else 0] * (width - length)
+            batch[key].append(padding + row if padding_side == "left" else row + padding)
+    return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pooling helpers: mask-aware, correct for left and right padding.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) mask -> (batch,) index of each row's last real token, for left or right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(dim=1)
+
+
+def last_token_state(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, hidden) -> (batch, hidden): the state of each row's last real token."""
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    return hidden_states[rows, last_token_index(attention_mask)]
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, hidden), (batch, seq) -> (batch, hidden) in float32: the mean over positions where mask is 1."""
+    weights = mask.to(hidden_states.dtype).unsqueeze(1)  # (batch, 1, seq)
+    sums = torch.bmm(weights, hidden_states).squeeze(1).float()  # (batch, hidden), no (batch, seq, hidden) copy
+    return sums / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The trainable head: a Perceiver-style cross-attention block over trainable latents (the paper's pooling layer).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class GEGLUFeedForward(nn.Module):
+    """Pre-norm GEGLU feed-forward: (..., hidden) -> (..., hidden)."""
+
+    def __init__(self, *, hidden_size: int, multiplier: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.up = nn.Linear(hidden_size, 2 * multiplier * hidden_size)
+        self.down = nn.Linear(multiplier * hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        value, gate = self.up(self.norm(hidden)).chunk(2, dim=-1)
+        return self.down(value * F.gelu(gate))
+
+
+class LatentPooler(nn.Module):
+    """Cross-attention between trainable latents and the inputs, a GEGLU feed-forward, then a mean.
+
+    `latents_query` (the paper): the latents attend over the inputs (padded inputs masked); mean over latents.
+    `inputs_query` (NV-Embed): each input attends over the latents; masked mean over the inputs.
+    With `num_layers`, a trainable (num_layers, hidden) matrix is added to the per-layer inputs first.
+    """
+
+    def __init__(self, config: PoolAttnConfig, *, num_layers: int | None = None):
+        super().__init__()
+        hidden_size = config.text_config.hidden_size
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.latents_are_queries = config.latent_orientation == "latents_query"
+        inner_size = self.num_heads * self.head_dim
+        self.latents = nn.Parameter(torch.empty(config.num_latents, hidden_size))
+        self.layer_weights = nn.Parameter(torch.empty(num_layers, hidden_size)) if num_layers else None
+        self.query_norm = nn.LayerNorm(hidden_size)
+        self.context_norm = nn.LayerNorm(hidden_size)
+        self.to_query = nn.Linear(hidden_size, inner_size, bias=False)
+        self.to_key_value = nn.Linear(hidden_size, 2 * inner_size, bias=False)
+        self.to_out = nn.Linear(inner_size, hidden_size, bias=False)
+        self.feed_forward = (
+            GEGLUFeedForward(hidden_size=hidden_size, multiplier=config.ffn_multiplier) if config.ffn_multiplier else None
+        )
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (batch, heads, n, head_dim)
+
+    def cross_attend(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None):
+        """(batch, n_q, hidden) attend over (batch, n_ctx, hidden); context_mask (batch, n_ctx), 1 = attend."""
+        query = self._split_heads(self.to_query(self.query_norm(queries)))
+        key, value = self.to_key_value(self.context_norm(context)).chunk(2, dim=-1)
+        key, value = self._split_heads(key), self._split_heads(value)  # each (batch, heads, n_ctx, head_dim)
+        attn_mask = None if context_mask is None else context_mask.bool()[:, None, None, :]
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+        return self.to_out(attended.transpose(1, 2).flatten(2))  # (batch, n_q, hidden)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n, hidden) inputs, (batch, n) mask (1 = real) -> (batch, hidden)."""
+        inputs = inputs.to(self.latents.dtype)
+        if self.layer_weights is not None:
+            inputs = inputs + self.layer_weights  # (batch, layers, hidden)
+        latents = self.latents.unsqueeze(0).expand(inputs.shape[0], -1, -1)  # (batch, num_latents, hidden)
+        if self.latents_are_queries:
+            hidden = latents + self.cross_attend(latents, inputs, mask)  # (batch, num_latents, hidden)
+        else:
+            hidden = inputs + self.cross_attend(inputs, latents, None)  # (batch, n, hidden)
+        if self.feed_forward is not None:
+            hidden = hidden + self.feed_forward(hidden)
+        if self.latents_are_queries or mask is None:
+            return hidden.mean(dim=1)
+        return masked_mean(hidden, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolAttnEmbeddingOutput(ModelOutput):
+    """Output of [`PoolAttnEmbeddingModel`].
+
+    Args:
+        embeddings: (batch, hidden) float32 text embeddings, L2-normalised when `config.normalize`.
+        last_hidden_state: (batch, seq, hidden) final-normed backbone states.
+        layer_summaries: (batch, layers, hidden) per-layer summaries fed to the head (`multi_layer_latent` only).
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    layer_summaries: torch.FloatTensor | None = None
+
+
+class PoolAttnEmbeddingModel(PreTrainedModel):
+    r"""A decoder backbone (`AutoModel.from_config(config.text_config)`), an attention switch and a pooling head.
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
+    >>> backbone = LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                        num_attention_heads=4, num_key_value_heads=2)
+    >>> model = PoolAttnEmbeddingModel(PoolAttnConfig.from_variant(5, backbone)).eval()
+    >>> ids = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 0]])
+    >>> model(input_ids=ids, attention_mask=(ids != 0).long()).embeddings.shape
+    torch.Size([2, 32])
+    ```
+
+    Bidirectional attention is the backbone's own switch (`text_config.is_causal = False`), checked on load and on
+    the first forward by `check_attention()`. Per-layer summaries are taken by forward hooks as each layer runs, so
+    inference never holds every layer's full hidden states.
+    """
+
+    config_class = PoolAttnConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["LatentPooler"]
+    _keep_in_fp32_modules_strict = ["pooler"]
+
+    def __init__(self, config: PoolAttnConfig):
+        super().__init__(config)
+        self.model = AutoModel.from_config(config.text_config)
+        self.layer_indices = config.layer_indices if config.pooling == "multi_layer_latent" else []
+        if self.layer_indices and not isinstance(getattr(self.model, "layers", None), nn.ModuleList):
+            raise ValueError(
+                f"pooling='multi_layer_latent' needs a backbone with a `layers` ModuleList; "
+                f"{type(self.model).__name__} has none. Use pooling='latent', 'eos' or 'mean'."
+            )
+        self.pooler = None
+        if config.pooling == "latent":
+            self.pooler = LatentPooler(config)
+        elif config.pooling == "multi_layer_latent":
+            self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
+        self.tokenizer = None  # set by from_backbone / from_pretrained-time lookup in `encode`
+        self._attention_checked = config.attention == "causal"
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # Linear: normal(initializer_range), LayerNorm: ones/zeros
+        if isinstance(module, LatentPooler):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            init.normal_(module.latents, mean=0.0, std=std)
+            if module.layer_weights is not None:
+                init.zeros_(module.layer_weights)  # start as a no-op; learned per-layer offsets
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    # -- attention check ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def check_attention(self) -> None:
+        """Raise if a bidirectional model is in fact causal: a later token must change the first token's state.
+
+        Runs one batch of two 3-token rows through the backbone (cheap); a no-op for causal models.
+        """
+        self._attention_checked = True
+        if self.config.attention == "causal" or any(p.device.type == "meta" for p in self.model.parameters()):
+            return
+        vocab = self.model.get_input_embeddings().num_embeddings
+        ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=self.device) % vocab  # rows differ in the last token only
+        was_training = self.model.training
+        self.model.eval()
+        first_token = self.model(input_ids=ids, use_cache=False).last_hidden_state[:, 0]
+        self.model.train(was_training)
+        if torch.equal(first_token[0], first_token[1]):
+            raise RuntimeError(
+                "PoolAttnEmbeddingModel: attention='bidirectional' but the backbone stayed causal (a later token did "
+                f"not change the first token's state). The switch `config.is_causal=False` is not honoured by "
+                f"{type(self.model).__name__} under transformers {__import__('transformers').__version__}. "
+                "Install a transformers 5.x release whose mask builders read `is_causal`, or use attention='causal'."
+            )
+
+    # -- forward ----------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _summarize_layers(self, attention_mask: torch.Tensor, pooling_mask: torch.Tensor):
+        """Forward hooks that reduce each selected layer's output to (batch, hidden) as soon as it is computed."""
+        summaries, hooks = {}, []
+        summarize = (
+            (lambda hidden: last_token_state(hidden, attention_mask))
+            if self.config.layer_summary == "eos"
+            else (lambda hidden: masked_mean(hidden, pooling_mask))
+        )
+        last = self.config.text_config.num_hidden_layers  # taken from the final-normed last_hidden_state instead
+        for index in self.layer_indices:
+            if index != last:
+                hook = lambda module, args, output, index=index: summaries.__setitem__(
+                    index, summarize(output[0] if isinstance(output, tuple) else output)
+                )
+                hooks.append(self.model.layers[index - 1].register_forward_hook(hook))
+        try:
+            yield summaries, summarize
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pooling_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        normalize: bool | None = None,
+        **kwargs,
+    ) -> PoolAttnEmbeddingOutput:
+        r"""
+        Args:
+            input_ids: (batch, seq) token ids, padded on either side.
+            attention_mask: (batch, seq), 1 for real tokens. Defaults to all ones.
+            pooling_mask: (batch, seq), 1 for tokens that mean/latent pooling may use (0 on prompt tokens).
+                Defaults to `attention_mask`. EOS pooling always reads the last real token.
+            position_ids: defaults to positions counted over real tokens, so left padding changes nothing.
+            normalize: L2-normalise the embeddings; defaults to `config.normalize`.
+        """
+        if not self._attention_checked:
+            self.check_attention()
+        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(reference, dtype=torch.long)
+        pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs.pop("use_cache", None)
+        kwargs.pop("return_dict", None)
+
+        with self._summarize_layers(attention_mask, pooling_mask) as (summaries, summarize):
+            hidden = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                use_cache=False,
+                **kwargs,
+            ).last_hidden_state  # (batch, seq, hidden)
+
+        layer_summaries = None
+        pooling = self.config.pooling
+        if pooling == "eos":
+            embeddings = last_token_state(hidden, attention_mask).float()
+        elif pooling == "mean":
+            embeddings = masked_mean(hidden, pooling_mask)
+        elif pooling == "latent" and self.config.head_input == "last_token":
+            embeddings = self.pooler(last_token_state(hidden, attention_mask).unsqueeze(1))
+        elif pooling == "latent":
+            embeddings = self.pooler(hidden, pooling_mask)
+        else:  # multi_layer_latent
+            last = self.config.text_config.num_hidden_layers
+            layer_summaries = torch.stack(
+                [summaries[i] if i != last else summarize(hidden) for i in self.layer_indices], dim=1
+            )  # (batch, layers, hidden)
+            embeddings = self.pooler(layer_summaries)
+
+        if self.config.normalize if normalize is None else normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return PoolAttnEmbeddingOutput(embeddings=embeddings, last_hidden_state=hidden, layer_summaries=layer_summaries)
+
+    # -- construction and I/O ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.check_attention()
+        return loaded
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, variant: int | None = 5, **overrides) -> "PoolAttnEmbeddingModel":
+        """A pretrained decoder (local folder or Hub id) plus a freshly initialised pooling head.
+
+        >>> model = PoolAttnEmbeddingModel.from_backbone("HuggingFaceTB/SmolLM2-135M-Instruct", variant=5)  # doctest: +SKIP
+        >>> model.encode(["A cat sat on the mat."]).shape  # doctest: +SKIP
+        (1, 576)
+
+        `overrides` that are `PoolAttnConfig` fields (`pooling`, `layers`, `num_latents`, ...) change the config;
+        the rest go to `from_pretrained` (`dtype`, `attn_implementation`, `revision`, ...). `variant=None` builds the
+        config from the overrides alone.
+        """
+        config_fields = set(PoolAttnConfig.__dataclass_fields__) - {"text_config"}
+        config_overrides = {key: overrides.pop(key) for key in list(overrides) if key in config_fields}
+        hub_kwargs = {key: overrides[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in overrides}
+        text_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs).get_text_config()
+        if variant is None:
+            config = PoolAttnConfig(text_config=text_config.to_dict(), **config_overrides)
+        else:
+            config = PoolAttnConfig.from_variant(variant, text_config, **config_overrides)
+        model = cls.from_pretrained(name_or_path, config=config, **overrides)
+        if model.pooler is not None:
+            model.pooler.float()  # `_keep_in_fp32_modules_strict` is not applied to freshly initialised weights
+        try:
+            model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            logger.warning("No tokenizer found at %s (%s); set `model.tokenizer` before `encode`.", name_or_path, error)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    def get_tokenizer(self):
+        """The tokenizer saved with the model (loaded once from `name_or_path`)."""
+        if self.tokenizer is None:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"No tokenizer found with this model (name_or_path={self.name_or_path!r}): {error}. "
+                    "Set `model.tokenizer = AutoTokenizer.from_pretrained(...)` or save the model with one."
+                ) from error
+        return self.tokenizer
+
+    # -- encode -----------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts,
+        *,
+        prompt=None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+    ):
+        """Embed texts in batches sorted by length; returns (n, hidden) in input order (a 1-D vector for a string).
+
+        >>> embeddings = model.encode(["A cat sat on the mat.", "Stocks fell."], prompt="Instruct: ...\\nQuery: ")  # doctest: +SKIP
+
+        `prompt` (one string, or one per text) is prepended to each text; its tokens are left out of mean and
+        latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        tokenizer = self.get_tokenizer()
+        features = tokenize_for_embedding(
+            tokenizer, texts, prompt=prompt, max_length=max_length or self.config.max_length, add_eos=self.config.add_eos
+        )
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        was_training = self.training
+        self.eval()
+        embeddings = [None] * len(texts)
+        for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show_progress_bar):
+            chunk = order[start : start + batch_size]
+            batch = pad_features(
+                [features[i] for i in chunk], pad_token_id=pad_token_id, padding_side=tokenizer.padding_side
+            )
+            output = self(**{key: value.to(self.device) for key, value in batch.items()}, normalize=normalize)
+            for i, row in zip(chunk, output.embeddings.float().cpu()):
+                embeddings[i] = row
+        self.train(was_training)
+        stacked = torch.stack(embeddings) if embeddings else torch.empty(0, self.config.text_config.hidden_size)
+        stacked = stacked[0] if single else stacked
+        return stacked.numpy() if convert_to_numpy else stacked
+
+
+PoolAttnConfig.register_for_auto_class()
+PoolAttnEmbeddingModel.register_for_auto_class("AutoModel")
