@@ -29,7 +29,7 @@ PAPER_VARIANTS = {
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
+    if type(value) not in {type(option) for option in allowed} or value not in allowed:
         raise ValueError(
             f"PoolAttnConfig: {name}={value!r} is not supported. Allowed values: {', '.join(map(repr, allowed))}."
         )

@@ -56,6 +56,8 @@ def tokenize_for_embedding(tokenizer, texts, *, prompt=None, max_length: int, ad
     prompts = [prompt] * len(texts) if prompt is None or isinstance(prompt, str) else list(prompt)
     if len(prompts) != len(texts):
         raise ValueError(f"Got {len(prompts)} prompts for {len(texts)} texts; give one prompt, or one per text.")
+    if not texts:
+        return []
     prefix, suffix = special_token_frame(tokenizer)
     eos_id = tokenizer.eos_token_id
     eos = [eos_id] if add_eos and eos_id is not None and suffix[-1:] != [eos_id] else []

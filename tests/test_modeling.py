@@ -1,0 +1,210 @@
+"""PoolAttnEmbeddingModel: every design on every backbone family, proven by comparing two paths."""
+
+import pytest
+import torch
+from conftest import FAMILIES, SENTENCES, VARIANTS, tiny_model, tiny_text_config, tiny_tokenizer
+
+from poolattn import PoolAttnEmbeddingModel
+from poolattn.modeling_poolattn import last_token_index, pad_features, tokenize_for_embedding
+
+TOLERANCE = 1e-5  # fp32
+
+# One table of pooling designs: (name, config overrides); each runs under both attentions.
+POOLING_CASES = [
+    ("eos", {"pooling": "eos"}),
+    ("mean", {"pooling": "mean"}),
+    ("latent_last_token", {"pooling": "latent", "head_input": "last_token"}),
+    ("latent_all_tokens", {"pooling": "latent", "head_input": "all_tokens"}),
+    ("latent_inputs_query", {"pooling": "latent", "head_input": "all_tokens", "latent_orientation": "inputs_query"}),
+    ("multi_layer_eos", {"pooling": "multi_layer_latent", "layer_summary": "eos"}),
+    ("multi_layer_mean", {"pooling": "multi_layer_latent", "layer_summary": "mean", "layers": [1, 3]}),
+    ("multi_layer_single_head", {"pooling": "multi_layer_latent", "head_attention": "single", "layer_weights": False}),
+    ("multi_layer_inputs_query", {"pooling": "multi_layer_latent", "latent_orientation": "inputs_query"}),
+]
+ATTENTION_CASES = ("causal", "bidirectional")
+
+
+def perturb_last_token(ids: torch.Tensor) -> torch.Tensor:
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 7) % 99
+    return changed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_on_every_family_gives_unit_vectors(family, variant):
+    model = tiny_model(family, variant)
+    embeddings = model.encode(SENTENCES, batch_size=3, convert_to_numpy=False)
+    assert embeddings.shape == (len(SENTENCES), 32) and embeddings.dtype == torch.float32
+    assert torch.isfinite(embeddings).all()
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(len(SENTENCES)), rtol=0, atol=1e-5)
+    assert torch.cdist(embeddings, embeddings).triu(1)[torch.ones(8, 8).triu(1).bool()].min() > 1e-4  # all distinct
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attention", ATTENTION_CASES)
+@pytest.mark.parametrize("case, overrides", POOLING_CASES, ids=[c[0] for c in POOLING_CASES])
+def test_left_right_padding_and_batch_size_match_the_unpadded_sequence(family, attention, case, overrides):
+    model = tiny_model(family, variant=None, attention=attention, **overrides)
+    alone = model.encode(SENTENCES, batch_size=1, convert_to_numpy=False)  # no padding at all
+    right = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    model.tokenizer.padding_side = "left"
+    left = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    torch.testing.assert_close(right, alone, rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(left, alone, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bidirectional_lets_a_later_token_change_the_first_token(family):
+    ids = torch.tensor([[1, 10, 11, 12, 13]])
+    for attention in ATTENTION_CASES:
+        model = tiny_model(family, variant=None, attention=attention)
+        with torch.no_grad():
+            before = model(input_ids=ids).last_hidden_state[:, 0]
+            after = model(input_ids=perturb_last_token(ids)).last_hidden_state[:, 0]
+        if attention == "causal":
+            assert torch.equal(before, after), "causal attention leaked a later token"
+        else:
+            assert (before - after).abs().max() > 1e-3, "bidirectional attention did not take effect"
+
+
+def test_a_backbone_that_stays_causal_is_caught():
+    model = tiny_model("llama", 5)
+    model.model.config.is_causal = True  # what a transformers release that ignores the switch would do
+    with pytest.raises(RuntimeError, match="backbone stayed causal"):
+        model.check_attention()
+    model._attention_checked = False
+    with pytest.raises(RuntimeError, match="backbone stayed causal"):
+        model.encode(SENTENCES[:1])
+    model.model.config.is_causal = False
+    model.check_attention()  # the real switch passes
+
+
+SDPA_FAMILIES = tuple(f for f in FAMILIES if f != "gemma2")  # Gemma2Model declares no sdpa support (eager only)
+
+
+@pytest.mark.parametrize("family", SDPA_FAMILIES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sdpa_and_eager_agree(family, variant):
+    model = tiny_model(family, variant)
+    model.set_attn_implementation("sdpa")
+    assert model.model.config._attn_implementation == "sdpa"
+    sdpa = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    model.set_attn_implementation("eager")
+    assert model.model.config._attn_implementation == "eager"
+    eager = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    torch.testing.assert_close(sdpa, eager, rtol=0, atol=TOLERANCE)
+
+
+def batch_of(model, texts, prompt=None):
+    features = tokenize_for_embedding(model.tokenizer, texts, prompt=prompt, max_length=64, add_eos=True)
+    return pad_features(features, pad_token_id=0, padding_side="right")
+
+
+@pytest.mark.parametrize("layer_summary", ["eos", "mean"])
+@pytest.mark.parametrize("attention", ATTENTION_CASES)
+def test_hooked_layer_summaries_equal_the_output_hidden_states_path(layer_summary, attention):
+    model = tiny_model("qwen2", variant=None, attention=attention, pooling="multi_layer_latent",
+                       layer_summary=layer_summary, layers="all")
+    batch = batch_of(model, SENTENCES, prompt="query")
+    with torch.no_grad():
+        output = model(**batch)
+        states = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True).hidden_states  # (embeddings, layer 1, ..., final normed)
+    mask = batch["attention_mask"]
+    pool = batch["pooling_mask"] * mask
+    for position, layer in enumerate(model.layer_indices):
+        hidden = states[layer]
+        if layer_summary == "eos":
+            expected = hidden[torch.arange(len(SENTENCES)), last_token_index(mask)]
+        else:
+            expected = (hidden * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)
+        torch.testing.assert_close(output.layer_summaries[:, position], expected, rtol=0, atol=1e-6)
+
+
+def test_prompt_tokens_are_left_out_of_mean_pooling():
+    model = tiny_model("llama", variant=None, pooling="mean", normalize=False)
+    features = tokenize_for_embedding(model.tokenizer, ["the cat sat"], prompt="query passage", max_length=64, add_eos=True)
+    ids = model.tokenizer.convert_tokens_to_ids("<s> query passage the cat sat </s>".split())
+    assert features[0]["input_ids"] == ids
+    assert features[0]["pooling_mask"] == [1, 0, 0, 1, 1, 1, 1]  # BOS, prompt x2, text x3, EOS
+    batch = pad_features(features, pad_token_id=0, padding_side="right")
+    with torch.no_grad():
+        output = model(**batch)
+    keep = torch.tensor([0, 3, 4, 5, 6])
+    torch.testing.assert_close(output.embeddings[0], output.last_hidden_state[0, keep].mean(0), rtol=0, atol=1e-6)
+    with_prompt = model.encode("the cat sat", prompt="query passage")
+    without_prompt = model.encode("the cat sat")
+    assert abs(with_prompt - without_prompt).max() > 1e-4  # the prompt still conditions the text tokens
+
+
+def test_tokenization_frames_truncates_and_appends_eos_once():
+    tokenizer = tiny_tokenizer()
+    features = tokenize_for_embedding(tokenizer, ["the cat sat on the mat"], prompt=None, max_length=5, add_eos=True)
+    assert features[0]["input_ids"] == [1, *tokenizer("the cat sat", add_special_tokens=False)["input_ids"], 2]
+    without_eos = tokenize_for_embedding(tokenizer, ["a dog"], max_length=8, add_eos=False)
+    assert without_eos[0]["input_ids"][-1] != 2
+    per_text = tokenize_for_embedding(tokenizer, ["a dog", "a cat"], prompt=["query", "passage"], max_length=8, add_eos=True)
+    assert per_text[0]["input_ids"][1] != per_text[1]["input_ids"][1]
+    with pytest.raises(ValueError, match="max_length=3 leaves no room for text"):
+        tokenize_for_embedding(tokenizer, ["a dog"], prompt="query passage", max_length=3, add_eos=True)
+    with pytest.raises(ValueError, match="2 prompts for 1 texts"):
+        tokenize_for_embedding(tokenizer, ["a dog"], prompt=["query", "passage"], max_length=8, add_eos=True)
+    with pytest.raises(TypeError, match="list of strings"):
+        tokenize_for_embedding(tokenizer, ["a dog", 3], max_length=8, add_eos=True)
+
+
+def test_encode_shapes_order_and_bad_arguments():
+    model = tiny_model("llama", 5)
+    many = model.encode(SENTENCES, batch_size=3)
+    assert model.encode(SENTENCES[2]).shape == (32,)
+    assert abs(model.encode(SENTENCES[2]) - many[2]).max() < TOLERANCE  # input order kept after length sorting
+    assert model.encode([]).shape == (0, 32)
+    unnormalized = model.encode(SENTENCES[:2], normalize=False)
+    assert abs((unnormalized**2).sum(-1) - 1).max() > 1e-3
+    with pytest.raises(ValueError, match="batch_size=0"):
+        model.encode(SENTENCES, batch_size=0)
+    assert not model.training
+
+
+@pytest.mark.parametrize("variant", [3, 5])
+def test_activation_checkpointing_gives_the_same_gradients(variant):
+    model = tiny_model("llama", variant).train()
+    batch = batch_of(model, SENTENCES)
+    target = torch.randn(len(SENTENCES), 32, generator=torch.Generator().manual_seed(0))
+
+    def gradients():
+        model.zero_grad()
+        (model(**batch).embeddings * target).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    checkpointed = gradients()
+    assert model.model.is_activation_checkpointing
+    assert plain.keys() == checkpointed.keys() and any(name.startswith("pooler.") for name in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6, msg=name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.step()  # a training step runs
+
+
+def test_head_is_sized_from_the_backbone_and_fully_initialised(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    text_config = tiny_text_config("llama", hidden_size=48, num_attention_heads=6, head_dim=8)
+    LlamaForCausalLM(text_config).save_pretrained(tmp_path / "lm")
+    tiny_tokenizer().save_pretrained(tmp_path / "lm")
+    model = PoolAttnEmbeddingModel.from_backbone(str(tmp_path / "lm"), variant=5, layers="last:2")
+    head = model.pooler
+    assert head.latents.shape == (6, 48) and head.layer_weights.shape == (2, 48)
+    assert head.to_query.weight.shape == (6 * 8, 48)
+    for name, parameter in head.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all(), name
+    assert torch.equal(head.layer_weights, torch.zeros(2, 48))
+    assert 0.01 < head.latents.std() < 0.03 and torch.equal(head.query_norm.weight, torch.ones(48))
+    reference = LlamaForCausalLM.from_pretrained(tmp_path / "lm").model.state_dict()
+    for name, tensor in model.model.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    assert model.encode(SENTENCES).shape == (8, 48)  # tokenizer came with the backbone
