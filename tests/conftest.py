@@ -54,8 +54,9 @@ def tiny_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
 
 
 def tiny_model(family: str = "llama", variant: int | None = 5, seed: int = 0, text_overrides=None, **overrides):
-    """A random `PoolAttnEmbeddingModel` in eval mode with the tiny tokenizer attached."""
+    """A random `PoolAttnEmbeddingModel` in eval mode with the tiny tokenizer attached (4 latents by default)."""
     torch.manual_seed(seed)
+    overrides.setdefault("num_latents", 4)
     text_config = tiny_text_config(family, **(text_overrides or {}))
     if variant is None:
         config = PoolAttnConfig(text_config=text_config.to_dict(), **overrides)

@@ -45,11 +45,11 @@ def test_overrides_win_and_a_changed_preset_drops_the_variant_label():
 
 
 def test_head_sizes_default_relative_to_the_backbone():
-    wide = tiny_text_config(hidden_size=64, num_attention_heads=8, head_dim=8)
+    wide = tiny_text_config(hidden_size=256, num_attention_heads=8, head_dim=32)
     config = PoolAttnConfig.from_variant(2, wide)
-    assert (config.num_heads, config.head_dim, config.num_latents) == (8, 8, 8)  # heads of the backbone, hidden/8
+    assert (config.num_heads, config.head_dim, config.num_latents) == (8, 32, 4)  # heads of the backbone, hidden/64
     single = PoolAttnConfig.from_variant(2, wide, head_attention="single")
-    assert (single.num_heads, single.head_dim) == (1, 64)
+    assert (single.num_heads, single.head_dim) == (1, 256)
     assert PoolAttnConfig.from_variant(1, wide).num_heads is None  # no head, nothing resolved
 
 

