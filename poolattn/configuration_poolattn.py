@@ -89,6 +89,7 @@ class PoolAttnConfig(PreTrainedConfig):
     >>> config = PoolAttnConfig.from_variant(5, backbone, layers="last:2")
     >>> config.attention, config.pooling, config.layer_summary, config.num_heads
     ('bidirectional', 'multi_layer_latent', 'mean', 4)
+
     ```
 
     Args:

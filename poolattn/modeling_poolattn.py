@@ -42,9 +42,9 @@ def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
 def tokenize_for_embedding(tokenizer, texts, *, prompt=None, max_length: int, add_eos: bool) -> list[dict]:
     """Token ids and a pooling mask per text: `special prefix + prompt + text + special suffix (+ EOS)`.
 
-    >>> from transformers import AutoTokenizer  # doctest: +SKIP
-    >>> features = tokenize_for_embedding(tokenizer, ["a cat"], prompt="Query: ", max_length=32, add_eos=True)
-    >>> features[0]["pooling_mask"]  # 0 on prompt tokens          # doctest: +SKIP
+    >>> tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    >>> tokenize_for_embedding(tokenizer, ["a cat"], prompt="Query: ", max_length=32, add_eos=True)  # doctest: +SKIP
+    [{'input_ids': [22731, 42, 216, 81, 2644, 2], 'pooling_mask': [0, 0, 0, 1, 1, 1]}]
 
     The prompt (one string for all texts, or one per text) is tokenized on its own and its tokens get 0 in the
     pooling mask, so mean and latent pooling see the text only (as NV-Embed and llm2vec do); the prompt still
@@ -222,6 +222,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     >>> ids = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 0]])
     >>> model(input_ids=ids, attention_mask=(ids != 0).long()).embeddings.shape
     torch.Size([2, 32])
+
     ```
 
     Bidirectional attention is the backbone's own switch (`text_config.is_causal = False`), checked on load and on
@@ -255,6 +256,11 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
         self.tokenizer = None  # set by from_backbone / from_pretrained-time lookup in `encode`
         self._attention_checked = config.attention == "causal"
+        self._uses_pooling_mask = (
+            config.pooling == "mean"
+            or (config.pooling == "latent" and config.head_input == "all_tokens")
+            or (config.pooling == "multi_layer_latent" and config.layer_summary == "mean")
+        )
         self.post_init()
 
     def _init_weights(self, module):
@@ -345,6 +351,12 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
+        if self._uses_pooling_mask and not torch.compiler.is_compiling() and (pooling_mask.sum(1) == 0).any():
+            empty = (pooling_mask.sum(1) == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
+                "masked out). Give every text at least one token, or enable add_eos."
+            )
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs.pop("use_cache", None)

@@ -138,6 +138,14 @@ def test_prompt_tokens_are_left_out_of_mean_pooling():
     assert abs(with_prompt - without_prompt).max() > 1e-4  # the prompt still conditions the text tokens
 
 
+@pytest.mark.parametrize("variant", [4, 5])
+def test_a_row_with_nothing_to_pool_is_refused(variant):
+    model = tiny_model("llama", variant)
+    ids = torch.tensor([[1, 10, 11], [1, 12, 13]])
+    with pytest.raises(ValueError, match=r"Rows \[1\] have no token to pool"):
+        model(input_ids=ids, pooling_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]))
+
+
 def test_tokenization_frames_truncates_and_appends_eos_once():
     tokenizer = tiny_tokenizer()
     features = tokenize_for_embedding(tokenizer, ["the cat sat on the mat"], prompt=None, max_length=5, add_eos=True)
