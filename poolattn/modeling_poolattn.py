@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
@@ -254,7 +255,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             self.pooler = LatentPooler(config)
         elif config.pooling == "multi_layer_latent":
             self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
-        self.tokenizer = None  # set by from_backbone / from_pretrained-time lookup in `encode`
+        self.tokenizer = None  # set by from_backbone, or loaded from name_or_path by get_tokenizer()
         self._attention_checked = config.attention == "causal"
         self._uses_pooling_mask = (
             config.pooling == "mean"
@@ -285,8 +286,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
 
         Runs one batch of two 3-token rows through the backbone (cheap); a no-op for causal models.
         """
-        self._attention_checked = True
         if self.config.attention == "causal" or any(p.device.type == "meta" for p in self.model.parameters()):
+            self._attention_checked = True
             return
         vocab = self.model.get_input_embeddings().num_embeddings
         ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=self.device) % vocab  # rows differ in the last token only
@@ -298,9 +299,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             raise RuntimeError(
                 "PoolAttnEmbeddingModel: attention='bidirectional' but the backbone stayed causal (a later token did "
                 f"not change the first token's state). The switch `config.is_causal=False` is not honoured by "
-                f"{type(self.model).__name__} under transformers {__import__('transformers').__version__}. "
+                f"{type(self.model).__name__} under transformers {transformers.__version__}. "
                 "Install a transformers 5.x release whose mask builders read `is_causal`, or use attention='causal'."
             )
+        self._attention_checked = True
 
     # -- forward ----------------------------------------------------------------------------------------------------
 
