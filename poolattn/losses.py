@@ -1,0 +1,50 @@
+"""Contrastive loss (InfoNCE over cosine similarities) and the cross-device gather it uses.
+
+>>> import torch
+>>> queries, documents = torch.eye(2), torch.eye(2)  # each query matches its own document exactly
+>>> round(info_nce_loss(queries, documents, temperature=1.0).item(), 4)  # -log(e / (e + 1))
+0.3133
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
+
+def info_nce_loss(
+    queries: torch.Tensor, documents: torch.Tensor, *, temperature: float = 0.05, positive_offset: int = 0
+) -> torch.Tensor:
+    """Mean cross-entropy of each query against all documents; query i's positive is document `positive_offset + i`.
+
+    queries (num_queries, dim), documents (num_documents, dim): typically the batch's positives followed by its hard
+    negatives, gathered from every rank. The paper code's scale 20 is `temperature=0.05`.
+    """
+    scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature  # (queries, documents)
+    labels = torch.arange(queries.shape[0], device=queries.device) + positive_offset
+    return F.cross_entropy(scores, labels)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """(n, dim) per rank -> (world * n, dim) in rank order; differentiable (the backward sums each rank's share)."""
+    if world_size() == 1:
+        return tensor
+    return torch.cat(all_gather_with_grad(tensor.contiguous()), dim=0)
+
+
+def contrastive_loss(
+    query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, *, temperature: float, gather: bool
+) -> torch.Tensor:
+    """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
+
+    document_embeddings holds this rank's positives first (row i for query i), then its hard negatives.
+    """
+    if not gather or world_size() == 1:
+        return info_nce_loss(query_embeddings, document_embeddings, temperature=temperature)
+    all_documents = gather_across_ranks(document_embeddings)  # rank r's block starts at r * len(document_embeddings)
+    offset = dist.get_rank() * document_embeddings.shape[0]
+    return info_nce_loss(query_embeddings, all_documents, temperature=temperature, positive_offset=offset)

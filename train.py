@@ -1,0 +1,263 @@
+"""Fine-tune a poolattn embedding model with LoRA and a contrastive loss, then export one Hub-loadable folder.
+
+    python train.py --variant 5                      # embedded default: SmolLM2-135M + bundled triplets, CPU, minutes
+    python train.py --variant all                    # the paper's five variants, same data order and seed
+    python train.py --variant 5 --train_data data/ --query_instruction "Retrieve passages that answer the question"
+    python train.py --variant 5 --gradcache_chunk_size 16 --contrastive_batch_size 256
+    python train.py --variant 5 --resume_from_checkpoint true     # continue from the last checkpoint in output_dir
+    python train.py args.json                        # every argument from a JSON file
+    torchrun --nproc_per_node 8 train.py --preset paper --variant 5   # the paper's recipe (Mistral-7B, ir_data)
+    accelerate launch --config_file configs/deepspeed_zero2.yaml train.py --preset paper --variant 5
+
+The model is written to `<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`), with
+`training_manifest.json`; it loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` without peft.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from poolattn import PoolAttnEmbeddingModel
+from poolattn.backbones import DEFAULT_BACKBONE, resolve_backbone
+from poolattn.data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, instruction_prompt, load_triplets
+from poolattn.losses import world_size
+from poolattn.trainer import ContrastiveTrainer, contrastive_batch_summary, export_model, trainable_parameters
+
+logger = logging.getLogger("train")
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+PRESETS = {
+    # Tang & Yang 2024, Section 4.1 and the paper's code: Mistral-7B-v0.1, LoRA r16 on every projection, lr 1e-5,
+    # 1000 steps, warmup 100, batch 2048, bf16, 512 tokens. GradCache chunks make the batch real on any GPU count.
+    "paper": {
+        "backbone": "mistralai/Mistral-7B-v0.1", "train_data": "yixuantt/ir_data", "lora_r": 16, "lora_alpha": 32,
+        "lora_dropout": 0.1, "lora_target_modules": LORA_TARGETS, "learning_rate": 1e-5, "max_steps": 1000,
+        "warmup_steps": 100, "lr_scheduler_type": "linear", "contrastive_batch_size": 2048,
+        "gradcache_chunk_size": 32, "bf16": True, "model_dtype": "bfloat16", "query_max_length": 512,
+        "document_max_length": 512, "activation_checkpointing": True, "temperature": 0.05, "save_steps": 100,
+    },
+}
+
+
+@dataclass
+class ModelArguments:
+    variant: str = field(default="5", metadata={"help": "paper variant 1-5, or 'all' to train the five in turn"})
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "decoder LLM: local folder, Hub id or 'smollm2-135m'"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": 'JSON of PoolAttnConfig fields, e.g. \'{"layers": "last:8", "num_latents": 16}\''}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default=LORA_TARGETS, metadata={"help": "comma-separated module names"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every backbone weight instead of LoRA"})
+    model_dtype: str = field(default="float32", metadata={"help": "backbone weights: float32, bfloat16 or float16"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+
+    def __post_init__(self):
+        if self.variant != "all" and self.variant not in {"1", "2", "3", "4", "5"}:
+            raise ValueError(f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5, all.")
+        if self.model_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--model_dtype {self.model_dtype!r}: allowed values are float32, bfloat16, float16.")
+        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_r must be >= 1 and --lora_dropout in [0, 1); got {self.lora_r}, {self.lora_dropout}.")
+        self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}.")
+
+    @property
+    def variants(self) -> list[int]:
+        return [1, 2, 3, 4, 5] if self.variant == "all" else [int(self.variant)]
+
+
+@dataclass
+class DataArguments:
+    train_data: str = field(default=str(SAMPLE_TRIPLETS), metadata={"help": "JSONL/CSV/parquet file, folder, or Hub dataset id"})
+    data_split: str = field(default="train", metadata={"help": "split of a Hub dataset"})
+    query_instruction: str | None = field(default=None, metadata={"help": "global query instruction (Instruct: ...\\nQuery: )"})
+    query_max_length: int = field(default=512, metadata={"help": "tokens per query, instruction included"})
+    document_max_length: int = field(default=512, metadata={"help": "tokens per positive or negative"})
+    skip_invalid_rows: bool = field(default=False, metadata={"help": "skip (and count) rows with missing/empty fields"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+
+
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    output_dir: str | None = field(default=None, metadata={"help": "default outputs/<backbone>-v<variant>"})
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature (paper: scale 20 = 0.05)"})
+    gradcache_chunk_size: int = field(default=0, metadata={"help": "GradCache chunk size in texts (0 = off)"})
+    gather_across_devices: bool = field(default=True, metadata={"help": "use every rank's documents as negatives"})
+    contrastive_batch_size: int | None = field(
+        default=None, metadata={"help": "queries per loss call across devices; sets per_device_train_batch_size"}
+    )
+    export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
+    # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
+    per_device_train_batch_size: int = 8
+    learning_rate: float = 2e-4
+    max_steps: int = 30
+    warmup_steps: int = 3
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 1
+    save_steps: int = 10
+    save_total_limit: int | None = 2
+    report_to: None | str | list[str] = "none"  # same annotation order as TrainingArguments (HfArgumentParser)
+    remove_unused_columns: bool = False
+    dataloader_drop_last: bool = True
+    ddp_find_unused_parameters: bool | None = False
+    seed: int = 42
+
+    def __post_init__(self):
+        self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        if self.contrastive_batch_size is not None:
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            if self.contrastive_batch_size % world:
+                raise ValueError(
+                    f"--contrastive_batch_size {self.contrastive_batch_size} is not divisible by the {world} processes."
+                )
+            self.per_device_train_batch_size = self.contrastive_batch_size // world
+        super().__post_init__()
+
+
+def parse_arguments(argv: list[str]):
+    """Command line (or one JSON file) -> (model, data, training) arguments; `--preset` only changes defaults."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, ContrastiveTrainingArguments))
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        values = json.loads(Path(argv[0]).read_text())
+        preset = PRESETS.get(values.pop("preset", None), {})
+        return parser.parse_dict({"output_dir": None, **preset, **values})
+    preset_name = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
+    if preset_name in PRESETS:
+        parser.set_defaults(**PRESETS[preset_name])
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    names = ("poolattn", "torch", "transformers", "peft", "accelerate", "datasets")
+    return {name: importlib.metadata.version(name) for name in names if _installed(name)}
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
+    """The PoolAttnEmbeddingModel with a fresh head, wrapped with LoRA unless --full_finetune."""
+    model = PoolAttnEmbeddingModel.from_backbone(
+        backbone_path, variant=variant, dtype=getattr(torch, model_args.model_dtype),
+        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+        **model_args.overrides,
+    )
+    tokenizer = model.get_tokenizer()
+    if model_args.full_finetune:
+        return model, tokenizer
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=[name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()],
+        modules_to_save=["pooler"] if model.pooler is not None else None,
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def train_variant(variant: int, model_args, data_args, training_args, triplets, backbone_path: str) -> Path:
+    """Steps 3-6 for one variant: model, trainer, training (or resume), export. Returns the exported folder."""
+    import datasets
+
+    set_seed(training_args.seed)
+    model, tokenizer = build_model(model_args, backbone_path, variant)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    collator = TripletCollator(
+        tokenizer, query_max_length=data_args.query_max_length, document_max_length=data_args.document_max_length,
+        add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
+    )
+    trainer = ContrastiveTrainer(
+        model=model, args=training_args, train_dataset=datasets.Dataset.from_list(triplets.rows),
+        data_collator=collator, processing_class=tokenizer, temperature=training_args.temperature,
+        gather_across_devices=training_args.gather_across_devices,
+        gradcache_chunk_size=training_args.gradcache_chunk_size,
+    )
+    batch = contrastive_batch_summary(
+        per_device_batch=training_args.per_device_train_batch_size, has_negatives=triplets.has_negatives,
+        gather=training_args.gather_across_devices,
+    )
+    parameters = trainable_parameters(model)
+    if trainer.is_world_process_zero():
+        print(
+            f"variant {variant}: contrastive batch per loss call = {batch['queries_per_loss_call']} queries x "
+            f"{batch['candidates_per_query']} candidates ({batch['queries_per_device']} queries per device x "
+            f"{batch['world_size']} devices; hard negatives: {batch['hard_negatives']}; cross-device negatives: "
+            f"{batch['cross_device_negatives']}; GradCache chunk: {training_args.gradcache_chunk_size or 'off'}; "
+            f"gradient accumulation: {training_args.gradient_accumulation_steps})\n"
+            f"variant {variant}: trainable parameters: LoRA {parameters['lora']:,}, head {parameters['head']:,}, "
+            f"backbone {parameters['backbone']:,}"
+        )
+    resume = training_args.resume_from_checkpoint
+    resume = True if isinstance(resume, str) and resume.lower() in ("true", "latest") else resume
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    manifest = {
+        "variant": variant,
+        "poolattn_config": base.config.to_diff_dict() if hasattr(base.config, "to_diff_dict") else None,
+        "backbone": model_args.backbone,
+        "seed": training_args.seed,
+        "data": {"source": triplets.source, "files": triplets.files, "examples": len(triplets.rows),
+                 "skipped_rows": triplets.skipped, "hard_negatives": triplets.has_negatives,
+                 "query_instruction": data_args.query_instruction,
+                 "query_prompt_format": instruction_prompt("{instruction}")},
+        "hyperparameters": {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()},
+        "contrastive_batch": batch,
+        "trainable_parameters": parameters,
+        "libraries": library_versions(),
+        "train_runtime_s": round(time.time() - started, 1),
+        "global_steps": result.global_step,
+        "loss_history": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+    }
+    if not trainer.is_world_process_zero():
+        return Path(training_args.output_dir) / "model"
+    check_texts = [row["query"] for row in triplets.rows[: training_args.export_check_texts]]
+    destination = export_model(model, tokenizer, Path(training_args.output_dir) / "model",
+                               check_texts=check_texts, manifest=manifest)
+    print(f"variant {variant}: model written to {destination}")
+    return destination
+
+
+def main(argv: list[str]) -> list[Path]:
+    # 1. arguments
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=training_args.get_process_log_level())
+    # 2. data, validated before anything is written
+    triplets = load_triplets(data_args.train_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows)
+    if data_args.max_train_samples:
+        triplets.rows = triplets.rows[: data_args.max_train_samples]
+    backbone_path = resolve_backbone(model_args.backbone)
+    base_output = (
+        training_args.output_dir
+        if training_args.output_dir_was_given
+        else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant}"
+    )
+    exported = []
+    for variant in model_args.variants:
+        training_args.output_dir = str(Path(base_output) / f"v{variant}") if len(model_args.variants) > 1 else base_output
+        exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
+    return exported
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except TripletDataError as error:
+        sys.exit(f"train.py: bad training data: {error}")
