@@ -115,6 +115,10 @@ class ContrastiveTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
+        if self.gradcache_chunk_size < 0:
+            raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables GradCache).")
         if self.contrastive_batch_size is not None:
             world = int(os.environ.get("WORLD_SIZE", 1))
             if self.contrastive_batch_size % world:

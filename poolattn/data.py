@@ -128,6 +128,8 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
 
 
 def _clean(row: dict, name: str):
+    if not isinstance(row, dict):
+        return None
     for alias, canonical in FIELD_ALIASES.items():
         if canonical == name and name not in row and alias in row:
             name = alias

@@ -9,7 +9,6 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 
 def info_nce_loss(
@@ -29,11 +28,28 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """all_gather whose backward hands each rank the sum, over ranks, of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        gradient = gradient.contiguous().clone()
+        dist.all_reduce(gradient, op=dist.ReduceOp.SUM)  # every rank's loss depends on every rank's rows
+        return gradient[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """(n, dim) per rank -> (world * n, dim) in rank order; differentiable (the backward sums each rank's share)."""
     if world_size() == 1:
         return tensor
-    return torch.cat(all_gather_with_grad(tensor.contiguous()), dim=0)
+    return _AllGatherWithGradient.apply(tensor)
 
 
 def contrastive_loss(

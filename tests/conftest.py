@@ -70,3 +70,40 @@ def tiny_model(family: str = "llama", variant: int | None = 5, seed: int = 0, te
 @pytest.fixture
 def tokenizer():
     return tiny_tokenizer()
+
+
+TRIPLETS = [
+    {"query": "what is a loan", "positive": "a loan is money from the bank", "negative": "the river bank is green"},
+    {"query": "how do i find a cheap car", "positive": "find a cheap car on the road", "negative": "the car is red"},
+    {"query": "what is attention pooling", "positive": "attention pooling is a model layer", "negative": "read a book"},
+    {"query": "how do fish swim", "positive": "fish swim in the water of the river", "negative": "a fish in the city"},
+    {"query": "best python code", "positive": "python code to embed a vector", "negative": "write a slow book"},
+    {"query": "what is the market", "positive": "stocks rose on the market", "negative": "the market in the city"},
+    {"query": "how do i find the station", "positive": "the train station in the city", "negative": "a blue train"},
+    {"query": "what is a vector index", "positive": "search the vector index fast", "negative": "the index of a book"},
+    {"query": "how do i read a paper", "positive": "read the paper on attention", "negative": "a paper house"},
+    {"query": "what is rain", "positive": "rain is water from the sky", "negative": "the sun and the moon"},
+    {"query": "cheap house", "positive": "a cheap house on a green road", "negative": "a red house is slow"},
+    {"query": "what is a token", "positive": "a token in a model layer", "negative": "the star and the moon"},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_folder(tmp_path_factory):
+    """A saved random LlamaForCausalLM (the tiny config) with the tiny tokenizer: a stand-in for a Hub checkpoint."""
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_text_config("llama")).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def triplets_file(tmp_path):
+    import json
+
+    path = tmp_path / "triplets.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
+    return str(path)

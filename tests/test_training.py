@@ -1,0 +1,284 @@
+"""Training: the loss by hand, GradCache vs plain gradients, kill-and-resume, export, data errors, --variant all."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SENTENCES, TRIPLETS
+from safetensors.torch import load_file
+
+import train
+from poolattn.data import TripletCollator, TripletDataError, load_triplets
+from poolattn.losses import info_nce_loss
+from poolattn.trainer import ContrastiveTrainer, RandomStateReplay, atomic_save, export_model
+
+TINY_RUN = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
+            "--warmup_steps", "0", "--logging_steps", "1", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+
+
+# -- the loss --------------------------------------------------------------------------------------------------------
+
+
+def test_info_nce_equals_a_hand_computation():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    documents = torch.tensor([[1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])  # positives for q0, q1, then a hard negative
+    cosine = [[1 / math.sqrt(2), 0.0, -1.0], [1 / math.sqrt(2), 1.0, 0.0]]
+    for temperature in (1.0, 0.05):
+        expected = sum(
+            -cosine[i][i] / temperature + math.log(sum(math.exp(c / temperature) for c in cosine[i])) for i in range(2)
+        ) / 2
+        actual = info_nce_loss(queries, documents, temperature=temperature).item()
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6)  # fp32 scores of up to 1/0.05 = 20
+
+
+def test_temperature_and_hard_negatives_move_the_loss_as_expected():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(8, 16, generator=generator)
+    positives = queries + 0.3 * torch.randn(8, 16, generator=generator)  # each positive near its query
+    sharp, soft = (info_nce_loss(queries, positives, temperature=t) for t in (0.05, 1.0))
+    assert sharp < soft  # aligned pairs: a lower temperature makes the right answer more certain
+    easy_negatives = -queries
+    hard_negatives = queries + 0.5 * torch.randn(8, 16, generator=generator)
+    in_batch = info_nce_loss(queries, positives)
+    with_easy = info_nce_loss(queries, torch.cat([positives, easy_negatives]))
+    with_hard = info_nce_loss(queries, torch.cat([positives, hard_negatives]))
+    assert in_batch < with_easy < with_hard
+
+
+# -- GradCache --------------------------------------------------------------------------------------------------------
+
+
+def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0):
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    model_args = train.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
+                                      lora_dropout=lora_dropout)
+    model, tokenizer = train.build_model(model_args, backbone_folder, variant)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would make every LoRA A gradient zero
+            torch.nn.init.normal_(parameter, std=0.1)
+    args = TrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
+                             remove_unused_columns=False, max_grad_norm=0.0)
+    trainer = ContrastiveTrainer(model=model, args=args, gradcache_chunk_size=chunk, temperature=0.05)
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop in real runs
+    collator = TripletCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)
+    return trainer, collator(TRIPLETS[:8])
+
+
+@pytest.mark.parametrize("variant", [1, 3, 5])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_gradcache_gives_the_loss_and_gradients_of_plain_training(tiny_backbone_folder, tmp_path, variant, chunk):
+    gradients = {}
+    for mode in ("plain", "gradcache"):
+        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, variant=variant,
+                                           chunk=chunk if mode == "gradcache" else 0)
+        loss = trainer.training_step(trainer.model, batch)
+        gradients[mode] = (loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    (plain_loss, plain), (cached_loss, cached) = gradients["plain"], gradients["gradcache"]
+    assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
+    assert plain.keys() == cached.keys() and any("lora_A" in n for n in plain)
+    assert any("pooler" in n for n in plain) == (variant != 1)
+    for name in plain:
+        assert plain[name].abs().max() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_gradcache_replays_the_random_state_of_each_chunk(tiny_backbone_folder, tmp_path):
+    trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, lora_dropout=0.5)
+    model = trainer.model.train()
+    state = RandomStateReplay()
+    first = model(**batch["queries"]).embeddings
+    second = model(**batch["queries"]).embeddings
+    with state.replay():
+        replayed = model(**batch["queries"]).embeddings
+    assert not torch.equal(first, second)  # dropout is active
+    assert torch.equal(first, replayed)
+
+
+# -- cross-device negatives: 2 processes vs 1 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_two_processes_with_gathered_negatives_match_one_process(tiny_backbone_folder, tmp_path, chunk):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(worker), tiny_backbone_folder, str(tmp_path), str(chunk)]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(worker.parents[1]), str(worker.parent)])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+    dumped = torch.load(tmp_path / "ddp_gradients.pt")
+    assert dumped["rows_per_rank"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+    trainer, _ = tiny_peft_trainer(tiny_backbone_folder, tmp_path)  # one process, the combined batch
+    model = trainer.model.train()
+    collator = TripletCollator(trainer.model.get_base_model().get_tokenizer(), query_max_length=32,
+                               document_max_length=32, add_eos=True)
+    rank_batches = [collator([TRIPLETS[i] for i in rows]) for rows in dumped["rows_per_rank"]]
+    queries = torch.cat([model(**b["queries"]).embeddings for b in rank_batches])  # (8, hidden)
+    documents = torch.cat([model(**b["documents"]).embeddings for b in rank_batches])  # rank 0's 8, then rank 1's 8
+    labels = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T / 0.05
+    torch.nn.functional.cross_entropy(scores, labels).backward()
+    reference = {n.removeprefix("module."): p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert dumped["gradients"].keys() == reference.keys()
+    for name, gradient in dumped["gradients"].items():
+        torch.testing.assert_close(gradient, reference[name], rtol=0, atol=1e-5, msg=name)
+
+
+# -- train.py end to end: resume, export, data errors, --variant all --------------------------------------------------
+
+
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+    common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN]
+    straight = train.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
+
+    original_step = ContrastiveTrainer.training_step
+
+    def crash_after_two_steps(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("simulated kill after checkpoint-2")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*common, "--output_dir", str(tmp_path / "resumed")])
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "model").exists()
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
+    resumed = train.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[0]
+
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    manifest = json.loads((resumed / "training_manifest.json").read_text())
+    assert manifest["global_steps"] == 4 and manifest["contrastive_batch"]["candidates_per_query"] == 8
+
+
+FRESH_LOAD = r"""
+import json, sys
+import numpy as np
+sys.modules["peft"] = None  # the export must load without peft
+sys.modules["poolattn"] = None
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+np.save(sys.argv[1] + "/fresh.npy", model.encode(json.loads(sys.argv[2])))
+"""
+
+
+def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backbone_folder, tmp_path):
+    import numpy as np
+
+    trainer, _ = tiny_peft_trainer(tiny_backbone_folder, tmp_path)
+    model = trainer.model.eval()
+    base = model.get_base_model()
+    adapter = base.encode(SENTENCES)
+    base.disable_adapters = None
+    destination = export_model(model, base.get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
+                               manifest={"variant": 5})
+    assert json.loads((destination / "training_manifest.json").read_text())["export_check"]["max_abs_difference"] < 1e-5
+    result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(destination), json.dumps(SENTENCES)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert abs(np.load(destination / "fresh.npy") - adapter).max() < 1e-5
+    assert not any("lora" in key for key in load_file(destination / "model.safetensors"))
+
+
+def test_a_crash_while_saving_never_leaves_a_half_written_model(tmp_path):
+    destination = tmp_path / "model"
+
+    def good(folder):
+        (folder / "weights").write_text("v1")
+
+    def crashing(folder):
+        (folder / "weights").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_save(crashing, destination)
+    assert not destination.exists() and list(tmp_path.iterdir()) == []
+    atomic_save(good, destination)
+    with pytest.raises(OSError):
+        atomic_save(crashing, destination)
+    assert (destination / "weights").read_text() == "v1" and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", r"file is empty"),
+        ('{"query": "q", "positive": "p"}\n{"query": "q2"}\n', r"row 2: field 'positive' is missing or empty"),
+        ('{"query": "q", "positive": ""}\n', r"row 1: field 'positive' is missing or empty"),
+        ('{"query": "q", "positive": 3}\n', r"row 1: field 'positive' must be a string, got int"),
+        ('{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q", "positive": "p"}\n',
+         r"row 2: field 'negative' is missing or empty"),
+        ('{"query": "q", "positive": "p"}\nnot json\n', r"row 2: not valid JSON"),
+        ('["q", "p"]\n', r"row 1: expected an object"),
+    ],
+)
+def test_malformed_data_gives_a_clear_error_and_writes_nothing(tiny_backbone_folder, tmp_path, content, message):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    output = tmp_path / "out"
+    with pytest.raises(TripletDataError, match=rf"{data}.*{message}" if "row" in message else message):
+        train.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir", str(output)])
+    assert not output.exists()
+
+
+def test_skipping_invalid_rows_counts_them(tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    data.write_text('{"query": "q", "postive": "p"}\n{"query": "", "positive": "p"}\n{"query": "q3", "positive": "p3"}\n')
+    triplets = load_triplets(str(data), skip_invalid=True)
+    assert (len(triplets.rows), triplets.skipped, triplets.has_negatives) == (2, 1, False)
+    assert triplets.rows[0]["positive"] == "p"  # the paper data's "postive" spelling is accepted
+
+
+def test_csv_and_folder_sources(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.csv").write_text("query,positive,negative\nq1,p1,n1\nq2,p2,n2\n")
+    (folder / "b.jsonl").write_text('{"query": "q3", "positive": "p3", "negative": "n3"}\n')
+    triplets = load_triplets(str(folder))
+    assert [row["query"] for row in triplets.rows] == ["q1", "q2", "q3"] and triplets.has_negatives
+    with pytest.raises(TripletDataError, match=r"unsupported file type '.txt'"):
+        (tmp_path / "x.txt").write_text("x")
+        load_triplets(str(tmp_path / "x.txt"))
+
+
+def test_instruction_tokens_are_marked_out_of_pooling(tiny_backbone_folder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_folder)
+    collator = TripletCollator(tokenizer, query_max_length=64, document_max_length=64, add_eos=True,
+                               query_instruction="find the passage")
+    rows = [{**TRIPLETS[0], "instruction": None}, {**TRIPLETS[1], "instruction": "find a car"}]
+    batch = collator(rows)
+    prompt_tokens = [len(tokenizer(f"Instruct: {i}\nQuery: ", add_special_tokens=False)["input_ids"])
+                     for i in ("find the passage", "find a car")]
+    excluded = (batch["queries"]["attention_mask"] - batch["queries"]["pooling_mask"]).sum(1).tolist()
+    assert excluded == prompt_tokens
+    assert torch.equal(batch["documents"]["pooling_mask"], batch["documents"]["attention_mask"])
+    assert batch["documents"]["input_ids"].shape[0] == 4  # 2 positives, then 2 negatives
+
+
+def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_backbone_folder, triplets_file, tmp_path):
+    exported = train.main(["--variant", "all", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "1", "--save_steps", "10"])
+    assert exported == [tmp_path / f"v{n}" / "model" for n in range(1, 6)]
+    manifests = [json.loads((path / "training_manifest.json").read_text()) for path in exported]
+    assert [m["variant"] for m in manifests] == [1, 2, 3, 4, 5]
+    assert len({json.dumps([m["seed"], m["data"]]) for m in manifests}) == 1
+    assert [json.loads((p / "config.json").read_text())["variant"] for p in exported] == [1, 2, 3, 4, 5]
+
+
+def test_bad_arguments_name_what_is_allowed(tiny_backbone_folder):
+    with pytest.raises(ValueError, match=r"--variant '6' is not supported. Allowed values: 1, 2, 3, 4, 5, all"):
+        train.main(["--variant", "6", "--backbone", tiny_backbone_folder])
+    with pytest.raises(ValueError, match=r"--temperature 0.0 must be > 0"):
+        train.main(["--backbone", tiny_backbone_folder, "--temperature", "0", "--output_dir", "/tmp/never"])
