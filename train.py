@@ -7,7 +7,9 @@
     python train.py --variant 5 --resume_from_checkpoint true     # continue from the last checkpoint in output_dir
     python train.py args.json                        # every argument from a JSON file
     torchrun --nproc_per_node 8 train.py --preset paper --variant 5   # the paper's recipe (Mistral-7B, ir_data)
-    accelerate launch --config_file configs/deepspeed_zero2.yaml train.py --preset paper --variant 5
+    accelerate launch --config_file configs/ddp.yaml train.py --preset paper --variant 5            # the same
+    accelerate launch --config_file configs/deepspeed_zero2.yaml train.py --preset paper --variant 5 \
+        --gradcache_chunk_size 0 --per_device_train_batch_size 16           # ZeRO-2: no GradCache, batch 16 x GPUs
 
 The model is written to `<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`), with
 `training_manifest.json`; it loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` without peft.

@@ -68,6 +68,12 @@ class ContrastiveTrainer(Trainer):
             raise ValueError(f"temperature={temperature} must be > 0 (0.05 is the paper's scale 20).")
         if gradcache_chunk_size < 0:
             raise ValueError(f"gradcache_chunk_size={gradcache_chunk_size} must be >= 0 (0 disables GradCache).")
+        if gradcache_chunk_size and self.is_deepspeed_enabled:
+            raise ValueError(
+                "GradCache backpropagates several times per step, which DeepSpeed's engine does not allow through the "
+                "Trainer. Use torchrun/DDP with --gradcache_chunk_size (LoRA needs no optimizer sharding), or DeepSpeed "
+                "with --gradcache_chunk_size 0."
+            )
         self.temperature = temperature
         self.gather_across_devices = gather_across_devices
         self.gradcache_chunk_size = gradcache_chunk_size
