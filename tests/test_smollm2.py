@@ -50,3 +50,33 @@ def test_variant_1_equals_the_plain_backbone_eos_state(backbone_path, sentences)
         with torch.no_grad():
             state = backbone(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
         assert abs(torch.nn.functional.normalize(state, dim=0).numpy() - embedding).max() < 1e-5
+
+
+def contrastive_loss_on(model, rows) -> float:
+    from poolattn.losses import info_nce_loss
+
+    queries = model.encode([row["query"] for row in rows], convert_to_numpy=False)
+    documents = model.encode([row["positive"] for row in rows] + [row["negative"] for row in rows], convert_to_numpy=False)
+    return info_nce_loss(queries, documents, temperature=0.05).item()
+
+
+def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(backbone_path, tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import AutoModel, set_seed
+
+    from poolattn.data import SAMPLE_TRIPLETS, load_triplets
+
+    rows = load_triplets(str(SAMPLE_TRIPLETS)).rows[::5]  # 48 triplets across all 8 domains
+    set_seed(42)  # train.py's seed: the same freshly initialised head
+    before = contrastive_loss_on(PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5), rows)
+    command = [sys.executable, "train.py", "--variant", "5", "--max_steps", "10", "--save_steps", "100",
+               "--output_dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = tmp_path / "run" / "model"
+    assert f"model written to {exported}" in result.stdout
+    assert "contrastive batch per loss call = 8 queries x 16 candidates" in result.stdout
+    after = contrastive_loss_on(AutoModel.from_pretrained(exported, trust_remote_code=True), rows)
+    assert after < 0.8 * before, (before, after)
