@@ -179,7 +179,6 @@ def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backb
     model = trainer.model.eval()
     base = model.get_base_model()
     adapter = base.encode(SENTENCES)
-    base.disable_adapters = None
     destination = export_model(model, base.get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
                                manifest={"variant": 5})
     assert json.loads((destination / "training_manifest.json").read_text())["export_check"]["max_abs_difference"] < 1e-5
@@ -275,6 +274,37 @@ def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_b
     assert [m["variant"] for m in manifests] == [1, 2, 3, 4, 5]
     assert len({json.dumps([m["seed"], m["data"]]) for m in manifests}) == 1
     assert [json.loads((p / "config.json").read_text())["variant"] for p in exported] == [1, 2, 3, 4, 5]
+
+
+def test_evaluate_reports_the_contrastive_loss(tiny_backbone_folder, tmp_path):
+    import datasets
+
+    trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path)
+    collator = TripletCollator(trainer.model.get_base_model().get_tokenizer(), query_max_length=32,
+                               document_max_length=32, add_eos=True)
+    trainer.data_collator = collator
+    metrics = trainer.evaluate(datasets.Dataset.from_list(TRIPLETS[:8]))
+    with torch.no_grad():
+        expected = trainer.compute_loss(trainer.model.eval(), batch).item()
+    assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_paper_preset_sets_defaults_and_explicit_flags_win():
+    arguments = ["--preset", "paper", "--max_steps", "7", "--use_cpu", "true"]  # bf16 on CPU needs use_cpu
+    model_args, data_args, training_args = train.parse_arguments(arguments)
+    assert (model_args.backbone, data_args.train_data) == ("mistralai/Mistral-7B-v0.1", "yixuantt/ir_data")
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.1)
+    assert training_args.learning_rate == 1e-5 and training_args.warmup_steps == 100 and training_args.bf16
+    assert training_args.per_device_train_batch_size == 2048 and training_args.gradcache_chunk_size == 32
+    assert training_args.max_steps == 7
+
+
+def test_arguments_from_a_json_file(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"variant": "3", "max_steps": 5, "temperature": 0.02, "output_dir": "somewhere"}))
+    model_args, _, training_args = train.parse_arguments([str(path)])
+    assert (model_args.variant, training_args.max_steps, training_args.temperature) == ("3", 5, 0.02)
+    assert training_args.output_dir_was_given
 
 
 def test_bad_arguments_name_what_is_allowed(tiny_backbone_folder):
