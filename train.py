@@ -149,14 +149,13 @@ def parse_arguments(argv: list[str]):
 def library_versions() -> dict[str, str]:
     import importlib.metadata
 
-    names = ("poolattn", "torch", "transformers", "peft", "accelerate", "datasets")
-    return {name: importlib.metadata.version(name) for name in names if _installed(name)}
-
-
-def _installed(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+    versions = {}
+    for name in ("poolattn", "torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
@@ -177,6 +176,28 @@ def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
         modules_to_save=["pooler"] if model.pooler is not None else None,
     )
     return get_peft_model(model, lora), tokenizer
+
+
+def training_manifest(variant, base, trainer, result, model_args, data_args, training_args, triplets, *,
+                      batch: dict, parameters: dict, seconds: float) -> dict:
+    """What ran, for `training_manifest.json` (and the model card)."""
+    return {
+        "variant": variant,
+        "poolattn_config": base.config.to_diff_dict(),
+        "backbone": model_args.backbone,
+        "seed": training_args.seed,
+        "data": {"source": triplets.source, "files": triplets.files, "examples": len(triplets.rows),
+                 "skipped_rows": triplets.skipped, "hard_negatives": triplets.has_negatives,
+                 "query_instruction": data_args.query_instruction,
+                 "query_prompt_format": instruction_prompt("{instruction}")},
+        "hyperparameters": {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()},
+        "contrastive_batch": batch,
+        "trainable_parameters": parameters,
+        "libraries": library_versions(),
+        "train_runtime_s": round(seconds, 1),
+        "global_steps": result.global_step,
+        "loss_history": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+    }
 
 
 def train_variant(variant: int, model_args, data_args, training_args, triplets, backbone_path: str) -> Path:
@@ -215,23 +236,8 @@ def train_variant(variant: int, model_args, data_args, training_args, triplets, 
     resume = True if isinstance(resume, str) and resume.lower() in ("true", "latest") else resume
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
-    manifest = {
-        "variant": variant,
-        "poolattn_config": base.config.to_diff_dict() if hasattr(base.config, "to_diff_dict") else None,
-        "backbone": model_args.backbone,
-        "seed": training_args.seed,
-        "data": {"source": triplets.source, "files": triplets.files, "examples": len(triplets.rows),
-                 "skipped_rows": triplets.skipped, "hard_negatives": triplets.has_negatives,
-                 "query_instruction": data_args.query_instruction,
-                 "query_prompt_format": instruction_prompt("{instruction}")},
-        "hyperparameters": {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()},
-        "contrastive_batch": batch,
-        "trainable_parameters": parameters,
-        "libraries": library_versions(),
-        "train_runtime_s": round(time.time() - started, 1),
-        "global_steps": result.global_step,
-        "loss_history": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
-    }
+    manifest = training_manifest(variant, base, trainer, result, model_args, data_args, training_args, triplets,
+                                 batch=batch, parameters=parameters, seconds=time.time() - started)
     if not trainer.is_world_process_zero():
         return Path(training_args.output_dir) / "model"
     check_texts = [row["query"] for row in triplets.rows[: training_args.export_check_texts]]
