@@ -276,6 +276,22 @@ def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_b
     assert [json.loads((p / "config.json").read_text())["variant"] for p in exported] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize(
+    "flags, trains_backbone",
+    [(["--full_finetune", "true"], True), (["--activation_checkpointing", "true", "--gradcache_chunk_size", "2"], False)],
+)
+def test_full_finetuning_and_activation_checkpointing_runs(tiny_backbone_folder, triplets_file, tmp_path, flags,
+                                                            trains_backbone):
+    exported = train.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "2", "--save_steps", "10", *flags])[0]
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert (manifest["trainable_parameters"]["backbone"] > 0) == trains_backbone
+    assert (manifest["trainable_parameters"]["lora"] > 0) != trains_backbone
+    initial = load_file(Path(tiny_backbone_folder) / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    trained = load_file(exported / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.equal(initial, trained)  # LoRA merged in, or the weight itself trained
+
+
 def test_evaluate_reports_the_contrastive_loss(tiny_backbone_folder, tmp_path):
     import datasets
 
