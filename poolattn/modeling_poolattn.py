@@ -443,7 +443,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         """The tokenizer saved with the model (loaded once from `name_or_path`)."""
         if self.tokenizer is None:
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+                # This folder's code already runs (it defines this model), so reading its config.json for the
+                # tokenizer needs no second trust_remote_code prompt.
+                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
             except (OSError, ValueError) as error:
                 raise ValueError(
                     f"No tokenizer found with this model (name_or_path={self.name_or_path!r}): {error}. "

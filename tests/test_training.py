@@ -183,8 +183,9 @@ def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backb
                                manifest={"variant": 5})
     assert json.loads((destination / "training_manifest.json").read_text())["export_check"]["max_abs_difference"] < 1e-5
     result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(destination), json.dumps(SENTENCES)],
-                            capture_output=True, text=True, cwd=tmp_path)
+                            capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "trust_remote_code" not in result.stdout + result.stderr
     assert abs(np.load(destination / "fresh.npy") - adapter).max() < 1e-5
     assert not any("lora" in key for key in load_file(destination / "model.safetensors"))
 
