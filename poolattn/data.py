@@ -7,7 +7,6 @@
 """
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import torch
 
 from .modeling_poolattn import pad_features, tokenize_for_embedding
 
-logger = logging.getLogger(__name__)
 
-SAMPLE_TRIPLETS = Path(__file__).parent / "data" / "sample_triplets.jsonl"
+SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELD_ALIASES = {"postive": "positive"}  # the paper's data (yixuantt/ir_data) spells it this way
 TEXT_FIELDS = ("query", "positive", "negative", "instruction")
@@ -120,7 +118,6 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
                 ) from None
             skipped += 1
     if skipped:
-        logger.warning("Skipped %d invalid rows of %d in %s", skipped, len(raw_rows), source)
         print(f"skipped {skipped} invalid rows of {len(raw_rows)} in {source}")
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
