@@ -190,6 +190,24 @@ def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backb
     assert not any("lora" in key for key in load_file(destination / "model.safetensors"))
 
 
+def test_export_refuses_a_merge_that_changes_the_embeddings(tiny_backbone_folder, tmp_path, monkeypatch):
+    trainer, _ = tiny_peft_trainer(tiny_backbone_folder, tmp_path)
+    model = trainer.model.eval()
+    original_merge = model.merge_and_unload
+
+    def corrupting_merge(*args, **kwargs):
+        merged = original_merge(*args, **kwargs)
+        with torch.no_grad():
+            merged.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # what a broken merge would do
+        return merged
+
+    monkeypatch.setattr(model, "merge_and_unload", corrupting_merge, raising=False)
+    with pytest.raises(RuntimeError, match=r"Merged and adapter embeddings differ by .* the export was not written"):
+        export_model(model, model.get_base_model().get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
+                     manifest={})
+    assert not (tmp_path / "export").exists()
+
+
 def test_a_crash_while_saving_never_leaves_a_half_written_model(tmp_path):
     destination = tmp_path / "model"
 
