@@ -1,0 +1,66 @@
+"""poolattn in mteb: a tiny random model scored on a small local STS task through mteb's own evaluator."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+
+mteb = pytest.importorskip("mteb")
+from poolattn.mteb_encoder import PoolAttnEncoder, query_prompt  # noqa: E402
+
+STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "STSBenchmark" / "test.jsonl"
+
+
+def local_sts_task(folder: Path, rows: int = 40):
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl").write_text("\n".join(STSB.read_text().splitlines()[:rows]) + "\n")
+    task = mteb.get_task("STSBenchmark")
+    task.metadata = task.metadata.model_copy(update={"dataset": {**task.metadata.dataset, "path": str(folder)}})
+    return task
+
+
+def test_mteb_sts_score_equals_our_own_spearman_and_instructions_reach_the_model(tmp_path, monkeypatch):
+    from scipy.stats import pearsonr
+
+    model_dir = tmp_path / "tiny-v5"
+    tiny_model("llama", 5).save_pretrained(model_dir)
+    encoder = PoolAttnEncoder(str(model_dir), batch_size=8)
+    prompts = []
+    original_encode = encoder.model.encode
+    monkeypatch.setattr(encoder.model, "encode", lambda texts, **kw: prompts.append(kw["prompt"]) or original_encode(texts, **kw))
+
+    result = mteb.evaluate(encoder, [local_sts_task(tmp_path / "STSBenchmark")], cache=mteb.ResultCache(tmp_path / "r"),
+                           overwrite_strategy="always", show_progress_bar=False)
+    scores = result.task_results[0].scores["test"][0]
+    assert scores["main_score"] == scores["cosine_spearman"]
+
+    rows = [json.loads(line) for line in STSB.read_text().splitlines()[:40]]
+    prompt = query_prompt("STSBenchmark", "STS", prompt_type=None)
+    first = original_encode([r["sentence1"] for r in rows], prompt=prompt)
+    second = original_encode([r["sentence2"] for r in rows], prompt=prompt)
+    cosine = (first * second).sum(1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+    # Pearson, not Spearman: a random model's cosines differ only in the 5th decimal, so float rounding reorders them
+    assert scores["cosine_pearson"] == pytest.approx(pearsonr(cosine, [r["score"] for r in rows]).statistic, abs=1e-5)
+    assert prompts == [prompt, prompt] and prompt.startswith("Instruct: Retrieve semantically similar text.")
+    meta = encoder.mteb_model_meta
+    saved = list((tmp_path / "r").rglob("STSBenchmark.json"))
+    assert len(saved) == 1 and f"poolattn__tiny-v5/{meta.revision}" in str(saved[0])
+
+
+def test_two_variants_never_share_a_cache_entry(tmp_path):
+    for variant in (1, 5):
+        tiny_model("llama", variant).save_pretrained(tmp_path / "same-name" / f"v{variant}" / "model")
+    one, five = (PoolAttnEncoder(str(tmp_path / "same-name" / f"v{v}" / "model")) for v in (1, 5))
+    assert one.mteb_model_meta.name == five.mteb_model_meta.name == "poolattn/model"
+    assert one.mteb_model_meta.revision != five.mteb_model_meta.revision
+    assert np.isfinite(one.model.encode(["a dog"])).all()
+
+
+def test_documents_get_no_instruction_and_queries_do():
+    assert query_prompt("ArguAna", "Retrieval", prompt_type="document") is None
+    assert query_prompt("ArguAna", "Retrieval", prompt_type="query") == (
+        "Instruct: Given a claim, find documents that refute the claim\nQuery: ")
+    assert query_prompt("SomeNewRetrieval", "Retrieval", prompt_type="query").startswith("Instruct: Given a query")
+    assert query_prompt("X", "Unknown", prompt_type=None, instructions={}) is None
