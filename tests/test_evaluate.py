@@ -1,0 +1,74 @@
+"""evaluate.py: run on local task copies (tiny random poolattn models), then compare."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model
+
+pytest.importorskip("mteb")
+import evaluate  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """Small local copies of two STS tasks, laid out like ../shared/data."""
+    for task, rows in (("STSBenchmark", 40), ("BIOSSES", 30)):
+        (tmp_path / "data" / task).mkdir(parents=True)
+        lines = (SHARED / task / "test.jsonl").read_text().splitlines()[:rows]
+        (tmp_path / "data" / task / "test.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "data"
+
+
+def test_run_then_compare(tmp_path, data_dir, capsys):
+    models = []
+    for variant in (1, 5):
+        tiny_model("llama", variant).save_pretrained(tmp_path / f"v{variant}")
+        models += ["--model", str(tmp_path / f"v{variant}")]
+    output = tmp_path / "results"
+    assert evaluate.main(["run", *models, "--categories", "STS", "--data-dir", str(data_dir), "--output", str(output),
+                          "--batch-size", "8"]) == 0
+    folders = sorted((output / "results").iterdir())
+    assert [f.name for f in folders] == ["poolattn__v1", "poolattn__v5"]
+    task_files = sorted(p.name for p in folders[0].rglob("*.json"))
+    assert {"STSBenchmark.json", "BIOSSES.json", "poolattn_run.json"} <= set(task_files)
+    settings = json.loads(next(folders[0].rglob("poolattn_run.json")).read_text())
+    assert settings["instructions"]["STS"] == "Retrieve semantically similar text."
+
+    first_result = next(folders[0].rglob("STSBenchmark.json"))
+    written = first_result.stat().st_mtime_ns
+    assert evaluate.main(["run", models[0], models[1], "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
+                          "--output", str(output)]) == 0
+    assert first_result.stat().st_mtime_ns == written  # finished tasks are skipped without --overwrite
+
+    capsys.readouterr()
+    assert evaluate.main(["compare", str(folders[0]), str(folders[1]), "--baseline", "poolattn/v1",
+                          "--output", str(tmp_path / "cmp")]) == 0
+    report = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| STSBenchmark | STS |" in report and "| BIOSSES | STS |" in report
+    assert "poolattn/v5 vs poolattn/v1" in report and "too few datasets" in report
+    for name in ("per_task.csv", "per_category.csv", "summary.md", "per_category.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
+    assert "significantly different from poolattn/v1" in (tmp_path / "cmp" / "summary.md").read_text()
+
+
+def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):
+    tiny_model("llama", 1).save_pretrained(tmp_path / "m")
+    arguments = ["run", "--model", str(tmp_path / "m"), "--tasks", "STSBenchmark,STS13", "--data-dir", str(data_dir),
+                 "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"1 task\(s\) have no local copy in .*: STS13"):
+        evaluate.main(arguments)
+    assert not (tmp_path / "out").exists()
+    assert evaluate.main([*arguments, "--skip-missing"]) == 0
+    assert "SKIPPED (no local copy in" in capsys.readouterr().out
+
+
+def test_bad_selections_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="choose tasks with --tasks, --categories or --benchmark"):
+        evaluate.main(["run", "--model", "x", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"unknown categories \['Poetry'\]"):
+        evaluate.main(["run", "--model", "x", "--categories", "Poetry", "--data-dir", str(tmp_path), "--output", "o"])
+    with pytest.raises(SystemExit, match="no mteb task results found"):
+        evaluate.main(["compare", str(tmp_path), "--output", str(tmp_path / "c")])
