@@ -5,7 +5,8 @@
     python evaluate.py run --model path/to/all-MiniLM-L6-v2 --tasks STSBenchmark,SICK-R --data-dir ../shared/data \\
         --output results/ --no-instructions                   # a sentence-transformers baseline
     python evaluate.py run --model ORG/poolattn-v5 --benchmark "MTEB(eng, v2)" --output results/   # online
-    python evaluate.py compare results/poolattn__v1 results/poolattn__v5 --baseline poolattn/v1 --output comparison/
+    python evaluate.py compare results/results/poolattn__smollm2-135m-v1 results/results/poolattn__smollm2-135m-v5 \\
+        --baseline poolattn/smollm2-135m-v1 --output comparison/
 
 `run` writes mteb's JSON results, one folder per model under `<output>/results/` (the folder's revision is a
 fingerprint of the weights, so variants never share a cache entry), skips finished tasks unless `--overwrite`, and

@@ -12,6 +12,7 @@ documents get none. Instruction tokens are left out of pooling (`encode(..., pro
 """
 
 import hashlib
+import json
 from pathlib import Path
 
 from mteb.models import ModelMeta
@@ -57,10 +58,20 @@ def model_fingerprint(folder: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_model_name(folder: str) -> str:
+    """`poolattn/<backbone>-v<variant>` from a training manifest, else `poolattn/<folder>` (its parent for `model`)."""
+    path = Path(folder).resolve()
+    manifest = path / "training_manifest.json"
+    if manifest.is_file():
+        record = json.loads(manifest.read_text())
+        return f"poolattn/{Path(record['backbone']).name}-v{record['variant']}"
+    return f"poolattn/{path.parent.name if path.name == 'model' else path.name}"
+
+
 class PoolAttnEncoder(AbsEncoder):
     """Wraps `AutoModel.from_pretrained(path, trust_remote_code=True)` for `mteb.evaluate`.
 
-    `name` must contain a "/" (mteb's rule); by default `poolattn/<folder name>`.
+    `name` must contain a "/" (mteb's rule); by default `default_model_name(path)`.
     """
 
     def __init__(self, path: str, *, name: str | None = None, batch_size: int = 32, max_length: int | None = None,
@@ -71,7 +82,7 @@ class PoolAttnEncoder(AbsEncoder):
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
-            loader=None, name=name or f"poolattn/{Path(path).resolve().name}", revision=model_fingerprint(path),
+            loader=None, name=name or default_model_name(path), revision=model_fingerprint(path),
             release_date=None, languages=["eng-Latn"], n_parameters=sum(p.numel() for p in self.model.parameters()),
             memory_usage_mb=None, max_tokens=max_length or config.max_length, embed_dim=config.text_config.hidden_size,
             license=None, open_weights=True, public_training_code=None, public_training_data=None,

@@ -51,11 +51,19 @@ def test_mteb_sts_score_equals_our_own_spearman_and_instructions_reach_the_model
 
 def test_two_variants_never_share_a_cache_entry(tmp_path):
     for variant in (1, 5):
-        tiny_model("llama", variant).save_pretrained(tmp_path / "same-name" / f"v{variant}" / "model")
-    one, five = (PoolAttnEncoder(str(tmp_path / "same-name" / f"v{v}" / "model")) for v in (1, 5))
-    assert one.mteb_model_meta.name == five.mteb_model_meta.name == "poolattn/model"
+        tiny_model("llama", variant).save_pretrained(tmp_path / f"v{variant}" / "run" / "model")
+    one, five = (PoolAttnEncoder(str(tmp_path / f"v{v}" / "run" / "model")) for v in (1, 5))
+    assert one.mteb_model_meta.name == five.mteb_model_meta.name == "poolattn/run"
     assert one.mteb_model_meta.revision != five.mteb_model_meta.revision
     assert np.isfinite(one.model.encode(["a dog"])).all()
+
+
+def test_trained_models_are_named_from_their_manifest(tmp_path):
+    from poolattn.mteb_encoder import default_model_name
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "training_manifest.json").write_text(json.dumps({"backbone": "/x/smollm2-135m", "variant": 3}))
+    assert default_model_name(str(tmp_path / "model")) == "poolattn/smollm2-135m-v3"
 
 
 def test_documents_get_no_instruction_and_queries_do():
