@@ -46,7 +46,7 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     import mteb
     from sentence_transformers import SentenceTransformer
 
-    transformer = SentenceTransformer(model, device="cpu" if not _cuda() else None)
+    transformer = SentenceTransformer(model)
     if max_length:
         transformer.max_seq_length = max_length
     encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
@@ -54,12 +54,6 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     revision = model_fingerprint(model) if Path(model).exists() else encoder.mteb_model_meta.revision
     encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
     return encoder
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def select_tasks(args) -> list:

@@ -29,7 +29,6 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from poolattn import PoolAttnEmbeddingModel
 from poolattn.backbones import DEFAULT_BACKBONE, resolve_backbone
 from poolattn.data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, instruction_prompt, load_triplets
-from poolattn.losses import world_size
 from poolattn.trainer import ContrastiveTrainer, contrastive_batch_summary, export_model, trainable_parameters
 
 logger = logging.getLogger("train")

@@ -29,7 +29,7 @@ def main(model: str, output: str = "/tmp/minilm-results") -> int:
                    "--no-instructions", "--overwrite"])
     published = json.loads((DATA / "published_minilm.json").read_text())
     results = {p.stem: TaskResult.from_disk(p) for p in Path(output).rglob("*.json") if p.stem in TASKS}
-    print(f"\n| task | published | ours | difference | eval time (s) |\n|---|---|---|---|---|")
+    print("\n| task | published | ours | difference | eval time (s) |\n|---|---|---|---|---|")
     worst = 0.0
     for task in TASKS:
         ours, reference = results[task].get_score(), published[task]["main_score"]
