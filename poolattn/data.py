@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .modeling_poolattn import pad_features, tokenize_for_embedding
+from .modeling_poolattn import pad_features, pad_token_id_for, tokenize_for_embedding
 
 
 SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
@@ -163,8 +163,7 @@ class TripletCollator:
         self.tokenizer = tokenizer
         self.query_max_length, self.document_max_length = query_max_length, document_max_length
         self.add_eos, self.query_instruction = add_eos, query_instruction
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = pad if pad is not None else 0
+        self.pad_token_id = pad_token_id_for(tokenizer)
 
     def _batch(self, texts, *, prompt, max_length) -> dict[str, torch.Tensor]:
         features = tokenize_for_embedding(self.tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=self.add_eos)

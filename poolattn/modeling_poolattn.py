@@ -79,6 +79,14 @@ def tokenize_for_embedding(tokenizer, texts, *, prompt=None, max_length: int, ad
     return features
 
 
+def pad_token_id_for(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (decoder tokenizers often have no pad token), else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
 def pad_features(features: list[dict], *, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
     """Pad `tokenize_for_embedding` outputs into `input_ids`, `attention_mask`, `pooling_mask`, each (batch, seq)."""
     if padding_side not in ("left", "right"):
@@ -353,8 +361,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
-        if self._uses_pooling_mask and not torch.compiler.is_compiling() and (pooling_mask.sum(1) == 0).any():
-            empty = (pooling_mask.sum(1) == 0).nonzero().flatten().tolist()
+        if self._uses_pooling_mask and not torch.compiler.is_compiling() and not pooling_mask.any(dim=1).all():
+            empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(
                 f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
                 "masked out). Give every text at least one token, or enable add_eos."
@@ -482,7 +490,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         features = tokenize_for_embedding(
             tokenizer, texts, prompt=prompt, max_length=max_length or self.config.max_length, add_eos=self.config.add_eos
         )
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        pad_token_id = pad_token_id_for(tokenizer)
         order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
