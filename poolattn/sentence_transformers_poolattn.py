@@ -1,0 +1,43 @@
+"""A sentence-transformers input module for poolattn folders: the model's own tokenization, then its pooling head.
+
+    >>> from sentence_transformers import SentenceTransformer  # doctest: +SKIP
+    >>> model = SentenceTransformer("ORG/poolattn-smollm2-135m-v5", trust_remote_code=True)  # doctest: +SKIP
+    >>> model.encode_query(["how do guitars make sound"]).shape  # doctest: +SKIP
+    (1, 576)
+
+Shipped beside the Hub pair in every published folder and named in its `modules.json`, so that
+`SentenceTransformer(folder, trust_remote_code=True)` gives exactly what `AutoModel(...).encode` gives:
+
+- texts are tokenized by `tokenize_for_embedding` (special tokens, the prompt on its own, the text, EOS where the
+  tokenizer adds none), so a prompt (`prompts` in `config_sentence_transformers.json`, e.g. the query instruction)
+  conditions the text but is left out of pooling through `pooling_mask`;
+- the model's forward returns the pooled, normalised embedding, so no `Pooling` module follows (without this
+  `modules.json`, sentence-transformers would mean-pool the last hidden states and silently skip the head).
+
+Only sentence-transformers loads this file; the Hub pair itself imports only torch and transformers.
+"""
+
+from typing import Any
+
+from sentence_transformers.base.modules.transformer import Transformer
+
+from .modeling_poolattn import pad_features, pad_token_id_for, tokenize_for_embedding
+
+
+class PoolAttnTransformer(Transformer):
+    """`Transformer` whose text preprocessing is `PoolAttnEmbeddingModel.encode`'s, pooling mask included."""
+
+    def preprocess(self, inputs, prompt: str | None = None, processing_kwargs=None, **kwargs) -> dict[str, Any]:
+        if not inputs:
+            return {}
+        if not all(isinstance(text, str) for text in inputs):
+            kinds = sorted({type(text).__name__ for text in inputs})
+            raise TypeError(f"poolattn models embed text only; got inputs of type {', '.join(kinds)}. Pass strings.")
+        max_length = kwargs.get("max_length") or self.max_seq_length or self.auto_model.config.max_length
+        features = tokenize_for_embedding(
+            self.tokenizer, list(inputs), prompt=prompt or None, max_length=max_length,
+            add_eos=self.auto_model.config.add_eos,
+        )
+        batch = pad_features(features, pad_token_id=pad_token_id_for(self.tokenizer),
+                             padding_side=self.tokenizer.padding_side)
+        return {**batch, "modality": "text"}  # input_ids, attention_mask, pooling_mask: each (batch, seq)

@@ -1,0 +1,248 @@
+"""Hub publishing: the dry-run folder loads with AutoModel and sentence-transformers in a fresh process, the card's
+YAML holds the expected metadata, and a push (against a mock Hub on loopback) uploads exactly the dry-run files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import SENTENCES, TRIPLETS, tiny_model, tiny_tokenizer
+from mock_hub import MockHub
+
+pytest.importorskip("sentence_transformers")
+import train  # noqa: E402
+from poolattn.hub import (  # noqa: E402
+    ExportedModel, publish, repository_files, repository_id, write_repository_folder,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "what is "
+ST_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+            "sentence_transformers_poolattn.py"}
+MODEL_FILES = {"config.json", "configuration_poolattn.py", "modeling_poolattn.py", "model.safetensors",
+               "tokenizer.json", "tokenizer_config.json"}
+
+FRESH_PROCESS_LOADERS = r"""
+import json, sys
+import numpy as np
+sys.modules["poolattn"] = None  # the folder must work without poolattn installed
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+folders, sentences, prompt = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+for folder in folders:
+    auto = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    st = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    assert type(st[0]).__name__ == "PoolAttnTransformer", type(st[0])
+    np.savez(folder + "/../" + folder.rsplit("/", 1)[-1] + ".npz",
+             auto=auto.encode(sentences, batch_size=3), auto_prompt=auto.encode(sentences, prompt=prompt, batch_size=3),
+             st=st.encode(sentences, batch_size=3), st_prompt=st.encode(sentences, prompt=prompt, batch_size=3),
+             st_query=st.encode_query(sentences, batch_size=3))
+"""
+
+
+def run_fresh(folders, prompt=PROMPT):
+    command = [sys.executable, "-c", FRESH_PROCESS_LOADERS, json.dumps([str(f) for f in folders]),
+               json.dumps(SENTENCES), prompt]
+    result = subprocess.run(command, capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {Path(f).name: np.load(Path(f).parent / f"{Path(f).name}.npz") for f in folders}
+
+
+CASES = [("llama", 1, "right"), ("llama", 2, "right"), ("llama", 3, "left"), ("llama", 4, "right"),
+         ("llama", 5, "right"), ("llama", 5, "left"), ("qwen2", 5, "right")]
+
+
+def test_dry_run_folder_gives_the_in_memory_embeddings_through_automodel_and_sentence_transformers(tmp_path):
+    folders, expected = [], {}
+    for family, variant, side in CASES:
+        model = tiny_model(family, variant, seed=variant)
+        model.tokenizer = tiny_tokenizer(side)
+        name = f"{family}-v{variant}-{side}"
+        model.save_pretrained(tmp_path / "exported" / name)
+        folder = write_repository_folder(tmp_path / "exported" / name, tmp_path / "hub" / name,
+                                         repo_id=f"me/{name}")
+        assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(folder))
+        folders.append(folder)
+        expected[name] = (model.encode(SENTENCES, batch_size=8), model.encode(SENTENCES, prompt=PROMPT, batch_size=8))
+    loaded = run_fresh(folders)
+    for name, (plain, prompted) in expected.items():
+        got = loaded[name]
+        for key in ("auto", "st", "st_query"):  # no prompt saved without a training manifest: query == plain
+            np.testing.assert_allclose(got[key], plain, atol=1e-5, err_msg=f"{name} {key}")
+        for key in ("auto_prompt", "st_prompt"):
+            np.testing.assert_allclose(got[key], prompted, atol=1e-5, err_msg=f"{name} {key}")
+        if name.startswith("llama-v5"):  # the prompt is masked out of pooling, yet conditions the text
+            assert np.abs(prompted - plain).max() > 1e-3
+
+
+def front_matter(card_path: Path) -> dict:
+    text = card_path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def trained_v5(tiny_backbone_folder, triplets_file, tmp_path):
+    """train.py with a query instruction and --hub_dry_run: (exported model folder, repository folder)."""
+    exported = train.main([
+        "--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+        "--output_dir", str(tmp_path / "run"), "--query_instruction", "Find the passage", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--save_steps", "2", "--use_cpu", "true", "--lora_r", "4",
+        "--lora_alpha", "8", "--hub_model_id", "me/tiny-poolattn", "--hub_dry_run", str(tmp_path / "hub"),
+    ])[0]
+    return exported, tmp_path / "hub" / "tiny-poolattn-v5"
+
+
+def test_train_dry_run_writes_the_repository_folder_with_a_card_from_the_manifest(trained_v5):
+    exported, folder = trained_v5
+    files = set(repository_files(folder))
+    assert files == set(repository_files(exported)) | ST_FILES | {"README.md"}
+    assert "training_manifest.json" in files
+    st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"] == {"query": "Instruct: Find the passage\nQuery: ", "document": ""}
+
+    metadata = front_matter(folder / "README.md")
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "feature-extraction"
+    assert {"mteb", "sentence-transformers", "poolattn-variant-5", "bidirectional-attention",
+            "multi-layer-trainable-pooling"} <= set(metadata["tags"])
+    assert metadata["license"] == "other"  # a local backbone without a card: unknown, said so in the card
+    assert "base_model" not in metadata and "model-index" not in metadata  # local backbone, not evaluated
+    card = (folder / "README.md").read_text()
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert "4 queries x 8 candidates" in card  # the effective contrastive batch, from the manifest
+    assert f"seed | {manifest['seed']}" in card and "arXiv 2409.02727" in card and "@article{tang2024pooling" in card
+    assert 'SentenceTransformer("me/tiny-poolattn-v5", trust_remote_code=True)' in card
+    assert "Instruct: Find the passage" in card  # the usage snippet's query prompt
+
+
+def test_sentence_transformers_query_prompt_matches_encode_with_the_trained_instruction(trained_v5):
+    from poolattn import PoolAttnEmbeddingModel
+
+    exported, folder = trained_v5
+    model = PoolAttnEmbeddingModel.from_pretrained(exported).eval()
+    prompt = "Instruct: Find the passage\nQuery: "
+    loaded = run_fresh([folder], prompt=prompt)[folder.name]
+    np.testing.assert_allclose(loaded["st_query"], model.encode(SENTENCES, prompt=prompt), atol=1e-5)
+    np.testing.assert_allclose(loaded["st"], model.encode(SENTENCES), atol=1e-5)
+
+
+@pytest.fixture
+def evaluated(tmp_path):
+    """Tiny v1, v3 and v5 folders scored by `evaluate.py run` on two small local STS copies."""
+    pytest.importorskip("mteb")
+    import evaluate
+
+    shared = ROOT.parent / "shared" / "data"
+    for task, rows in (("STSBenchmark", 40), ("BIOSSES", 30)):
+        (tmp_path / "data" / task).mkdir(parents=True)
+        lines = (shared / task / "test.jsonl").read_text().splitlines()[:rows]
+        (tmp_path / "data" / task / "test.jsonl").write_text("\n".join(lines) + "\n")
+    models = {variant: tmp_path / "exported" / f"tiny-v{variant}" for variant in (1, 3, 5)}
+    arguments = ["run", "--tasks", "STSBenchmark,BIOSSES", "--data-dir", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "results")]
+    for variant, folder in models.items():
+        tiny_model("llama", variant, seed=variant).save_pretrained(folder)
+        arguments += ["--model", str(folder)]
+    assert evaluate.main(arguments) == 0
+    return models, tmp_path / "results"
+
+
+def test_card_holds_the_mteb_results_and_wilcoxon_comparisons_against_the_other_variants(evaluated, tmp_path):
+    from huggingface_hub import ModelCard
+    from mteb import TaskResult
+
+    models, results = evaluated
+    folders = publish(list(models.values()), hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False,
+                      results=results)
+    assert [f.name for f in folders] == ["tiny-v1", "tiny-v3", "tiny-v5"]
+    card_path = tmp_path / "hub" / "tiny-v5" / "README.md"
+    metadata = front_matter(card_path)
+    expected = {}
+    for path in (results / "results" / "poolattn__tiny-v5").rglob("*.json"):
+        if path.name not in ("model_meta.json", "poolattn_run.json"):
+            result = TaskResult.from_disk(path)
+            expected[f"MTEB {result.task_name} (default)"] = result.get_score()
+    (index,) = metadata["model-index"]
+    assert index["name"] == "me/tiny-v5"
+    got = {entry["dataset"]["name"]: entry["metrics"][0] for entry in index["results"]}
+    assert got.keys() == expected.keys()
+    for name, metric in got.items():
+        assert metric["type"] == "cosine_spearman" and metric["value"] == pytest.approx(expected[name], abs=1e-9)
+    assert {entry["task"]["type"] for entry in index["results"]} == {"sentence-similarity"}
+    assert len(ModelCard.load(card_path).data.eval_results) == 2  # huggingface_hub parses it back
+
+    body = card_path.read_text()
+    for peer in ("poolattn/tiny-v1", "poolattn/tiny-v3"):
+        assert f"this model vs `{peer}`" in body
+    assert "too few datasets" in body  # 2 STS datasets: tested, flagged, not claimed significant
+
+
+def test_push_uploads_exactly_the_dry_run_files(tmp_path):
+    model = tiny_model("llama", 4, seed=4)
+    model.save_pretrained(tmp_path / "exported")
+    command = [sys.executable, str(ROOT / "publish.py"), str(tmp_path / "exported"), "--hub_model_id", "me/tiny",
+               "--output_dir", str(tmp_path / "hub"), "--push"]
+    with MockHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.created == ["me/tiny-v4"]
+    assert hub.files["me/tiny-v4"] == repository_files(tmp_path / "hub" / "tiny-v4")  # same paths, same bytes
+
+
+@pytest.mark.parametrize("failure", ["unauthorised", "offline", "no token"])
+def test_a_failed_push_says_why_and_keeps_the_folder(tmp_path, failure):
+    tiny_model("llama", 1).save_pretrained(tmp_path / "exported")
+    command = [sys.executable, str(ROOT / "publish.py"), str(tmp_path / "exported"), "--hub_model_id", "me/tiny",
+               "--output_dir", str(tmp_path / "hub"), "--push"]
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # no saved login
+    with MockHub(refuse_with=401) as hub:
+        env.update({"unauthorised": {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_bad"},
+                    "offline": {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test"},
+                    "no token": {"HF_ENDPOINT": hub.endpoint}}[failure])
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    message = {"unauthorised": "refused me/tiny-v1 (HTTP 401)", "offline": "HF_HUB_OFFLINE is set",
+               "no token": "No Hugging Face token found"}[failure]
+    assert message in result.stderr and f"kept at {tmp_path / 'hub' / 'tiny-v1'}" in result.stderr
+    assert hub.files == {}
+    assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(tmp_path / "hub" / "tiny-v1"))
+
+
+def test_train_refuses_a_push_it_cannot_make_before_training(tiny_backbone_folder, monkeypatch):
+    import huggingface_hub
+
+    with pytest.raises(ValueError, match="need --hub_model_id"):
+        train.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
+        train.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"])
+    *_, training_args = train.parse_arguments(["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x",
+                                               "--hub_dry_run", "hub"])
+    assert training_args.push_to_hub is False  # the Trainer never pushes raw checkpoints itself
+
+
+def test_repository_names_are_checked():
+    assert repository_id("org/name", variant=3) == "org/name-v3"
+    assert repository_id("org/name", variant=None) == "org/name"
+    for bad in ("name-only", "a/b/c", "", "org/na me"):
+        with pytest.raises(ValueError, match="ORG/NAME"):
+            repository_id(bad, variant=1)
+
+
+def test_publish_refuses_a_folder_that_is_not_a_poolattn_model(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a poolattn model folder"):
+        ExportedModel.read(tmp_path / "plain")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "a")
+    tiny_model("llama", 5, seed=1).save_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="same repository"):
+        publish([tmp_path / "a", tmp_path / "b"], hub_model_id="me/x", output_dir=tmp_path / "hub", push=False)
+    assert not (tmp_path / "hub").exists()  # refused before anything was written
