@@ -4,7 +4,7 @@
         --categories STS,PairClassification --data-dir ../shared/data --output results/
     python evaluate.py run --model path/to/all-MiniLM-L6-v2 --tasks STSBenchmark,SICK-R --data-dir ../shared/data \\
         --output results/ --no-instructions                   # a sentence-transformers baseline
-    python evaluate.py run --model ORG/poolattn-v5 --benchmark "MTEB(eng, v2)" --output results/   # online
+    python evaluate.py run --model ORG/poolattn-smollm2-v5 --benchmark "MTEB(eng, v2)" --output results/  # from the Hub
     python evaluate.py compare results/results/poolattn__smollm2-135m-v1 results/results/poolattn__smollm2-135m-v5 \\
         --baseline poolattn/smollm2-135m-v1 --output comparison/
 
@@ -36,12 +36,28 @@ def is_poolattn_folder(path: str) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "poolattn"
 
 
+def hub_poolattn_snapshot(model: str) -> str | None:
+    """The local snapshot of a Hub repository published by poolattn (`publish.py`), else None."""
+    if Path(model).exists() or model.count("/") != 1:
+        return None
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+    except Exception:  # not reachable or no config: let sentence-transformers try (and explain) below
+        return None
+    return snapshot_download(model) if config.get("model_type") == "poolattn" else None
+
+
 def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool):
-    """A poolattn folder -> PoolAttnEncoder; anything else -> a sentence-transformers model (folder or Hub id)."""
+    """A poolattn folder or Hub repository -> PoolAttnEncoder; else a sentence-transformers model (folder or Hub id)."""
     from poolattn.mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder, model_fingerprint
 
-    if is_poolattn_folder(model):
-        return PoolAttnEncoder(model, batch_size=batch_size, max_length=max_length,
+    snapshot = None if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if snapshot or is_poolattn_folder(model):
+        # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
+        name = model if snapshot and not (Path(snapshot) / "training_manifest.json").is_file() else None
+        return PoolAttnEncoder(snapshot or model, name=name, batch_size=batch_size, max_length=max_length,
                                instructions=TASK_INSTRUCTIONS if instructions else {})
     import mteb
     from sentence_transformers import SentenceTransformer

@@ -182,17 +182,52 @@ def test_card_holds_the_mteb_results_and_wilcoxon_comparisons_against_the_other_
     assert "too few datasets" in body  # 2 STS datasets: tested, flagged, not claimed significant
 
 
-def test_push_uploads_exactly_the_dry_run_files(tmp_path):
-    model = tiny_model("llama", 4, seed=4)
-    model.save_pretrained(tmp_path / "exported")
-    command = [sys.executable, str(ROOT / "publish.py"), str(tmp_path / "exported"), "--hub_model_id", "me/tiny",
+FROM_THE_HUB = r"""
+import json, sys
+import numpy as np
+sys.modules["poolattn"] = None
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+repo_id, sentences, output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+np.savez(output, auto=AutoModel.from_pretrained(repo_id, trust_remote_code=True).encode(sentences),
+         st=SentenceTransformer(repo_id, trust_remote_code=True, device="cpu").encode(sentences))
+"""
+
+
+def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub(tmp_path, evaluated):
+    import evaluate
+
+    models, local_results = evaluated
+    model = tiny_model("llama", 5, seed=5)  # the in-memory model behind models[5]
+    command = [sys.executable, str(ROOT / "publish.py"), str(models[5]), "--hub_model_id", "me/tiny",
                "--output_dir", str(tmp_path / "hub"), "--push"]
     with MockHub() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"}
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf_home")}
         result = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert hub.created == ["me/tiny-v4"]
-    assert hub.files["me/tiny-v4"] == repository_files(tmp_path / "hub" / "tiny-v4")  # same paths, same bytes
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert hub.created == ["me/tiny-v5"]
+        assert hub.files["me/tiny-v5"] == repository_files(tmp_path / "hub" / "tiny-v5")  # same paths, same bytes
+
+        # A user elsewhere: AutoModel and SentenceTransformer from the repository id, without poolattn.
+        loaded = subprocess.run([sys.executable, "-c", FROM_THE_HUB, "me/tiny-v5", json.dumps(SENTENCES),
+                                 str(tmp_path / "from_hub.npz")], capture_output=True, text=True, env=env, cwd="/")
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        # ... and evaluate.py on the repository id, which scores the same weights as the local folder.
+        evaluation = subprocess.run(
+            [sys.executable, str(ROOT / "evaluate.py"), "run", "--model", "me/tiny-v5", "--tasks", "BIOSSES",
+             "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "hub_results")],
+            capture_output=True, text=True, env=env, cwd=ROOT)
+        assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    from_hub = np.load(tmp_path / "from_hub.npz")
+    expected = model.encode(SENTENCES)
+    np.testing.assert_allclose(from_hub["auto"], expected, atol=1e-5)
+    np.testing.assert_allclose(from_hub["st"], expected, atol=1e-5)
+    local = local_results / "results" / "poolattn__tiny-v5"
+    remote = tmp_path / "hub_results" / "results" / "me__tiny-v5"  # no manifest: named by its repository id
+    assert [p.name for p in remote.iterdir()] == [p.name for p in local.iterdir()]  # same weights fingerprint
+    scores = [evaluate.load_scores(str(folder))[1]["BIOSSES"] for folder in (local, remote)]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 
 
 @pytest.mark.parametrize("failure", ["unauthorised", "offline", "no token"])
