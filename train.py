@@ -107,9 +107,6 @@ class ContrastiveTrainingArguments(TrainingArguments):
     hub_dry_run: str | None = field(
         default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
     )
-    hub_results: str | None = field(
-        default=None, metadata={"help": "`evaluate.py run --output` folder: MTEB scores and comparisons for the cards"}
-    )
     # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
     per_device_train_batch_size: int = 8
     learning_rate: float = 2e-4
@@ -299,7 +296,7 @@ def main(argv: list[str]) -> list[Path]:
     # 7. Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
         publish(exported, hub_model_id=training_args.hub_model_id, push=training_args.publish_to_hub,
-                output_dir=training_args.hub_dry_run or Path(base_output) / "hub", results=training_args.hub_results,
+                output_dir=training_args.hub_dry_run or Path(base_output) / "hub",
                 token=training_args.hub_token, private=training_args.hub_private_repo)
     return exported
 

@@ -150,6 +150,7 @@ class Evaluation:
     name: str
     revision: str
     task_results: list  # mteb TaskResult
+    instructions: bool = True  # whether the run gave queries and symmetric tasks their task instructions
 
     @property
     def scores(self) -> dict[str, float]:
@@ -170,9 +171,10 @@ def read_evaluation(folder: Path) -> Evaluation | None:
                 results.append(TaskResult.from_disk(path))
             except Exception:  # not a task result (e.g. poolattn_run.json)
                 continue
-    meta = folder / "model_meta.json"
+    meta, settings = folder / "model_meta.json", folder / "poolattn_run.json"
     name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
-    return Evaluation(name, folder.name, results) if results else None
+    instructions = bool(json.loads(settings.read_text()).get("instructions")) if settings.is_file() else True
+    return Evaluation(name, folder.name, results, instructions) if results else None
 
 
 def find_evaluations(results_root, model: ExportedModel, others: list[ExportedModel] = ()) -> tuple:
@@ -422,8 +424,9 @@ def evaluation_section(evaluation: Evaluation | None, peers: list[Evaluation]) -
     tasks = sorted(scores, key=lambda task: (categories[task], task))
     lines = ["## Evaluation", "",
              f"MTEB (mteb's own tasks and evaluators, run by poolattn's `evaluate.py`; revision `{evaluation.revision}`, "
-             "a fingerprint of these weights). Queries and symmetric tasks get e5-style `Instruct: ...\\nQuery: ` "
-             "instructions, documents none.", "",
+             "a fingerprint of these weights). "
+             + ("Queries and symmetric tasks got e5-style `Instruct: ...\\nQuery: ` task instructions, documents none."
+                if evaluation.instructions else "No task instructions were given."), "",
              markdown_table(["task", "category", "metric", "score"],
                             [[t, categories[t], _main_score_name(evaluation, t), scores[t]] for t in tasks]), ""]
     shared_peers = [peer for peer in peers if set(peer.scores) & set(scores)]

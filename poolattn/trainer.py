@@ -4,6 +4,7 @@ GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under 
 contrastive batch in chunks without a graph, compute the loss and its gradient with respect to every embedding, then
 re-embed chunk by chunk with a graph and backpropagate each chunk's cached embedding gradient. Peak activation memory
 is that of one chunk; gradients equal plain training's (the random state of each chunk is replayed, so dropout too).
+Chunks group texts of similar length and drop their padding, so a chunk of short texts costs what short texts cost.
 """
 
 import contextlib
@@ -44,10 +45,22 @@ class RandomStateReplay:
                 torch.cuda.set_rng_state(cuda_state)
 
 
-def split_batch(batch: dict[str, torch.Tensor], chunk_size: int) -> list[dict[str, torch.Tensor]]:
-    """Split every (rows, ...) tensor of a batch into chunks of `chunk_size` rows (padding is left as it is)."""
-    rows = next(iter(batch.values())).shape[0]
-    return [{key: value[start : start + chunk_size] for key, value in batch.items()} for start in range(0, rows, chunk_size)]
+def length_grouped_chunks(batch: dict[str, torch.Tensor], chunk_size: int) -> tuple[list[dict], torch.Tensor]:
+    """Rows sorted longest first into chunks of `chunk_size`, each chunk cut to its own longest row.
+
+    Returns the chunks and `order`: row i of the chunks stacked in turn is row `order[i]` of `batch`. Every tensor of
+    `batch` is (rows, seq) with `attention_mask` among them; padding on either side is dropped column by column, which
+    changes no embedding (padded keys are masked and position ids are counted over real tokens), so a chunk of short
+    texts costs what short texts cost instead of the batch's longest row.
+    """
+    mask = batch["attention_mask"]
+    order = torch.argsort(mask.sum(dim=1), descending=True, stable=True)
+    chunks = []
+    for start in range(0, len(order), chunk_size):
+        rows = order[start : start + chunk_size]
+        columns = mask[rows].any(dim=0)  # (seq,) positions where some row of this chunk has a real token
+        chunks.append({key: value[rows][:, columns] for key, value in batch.items()})
+    return chunks, order
 
 
 class ContrastiveTrainer(Trainer):
@@ -100,18 +113,21 @@ class ContrastiveTrainer(Trainer):
 
     def _gradcache_loss_and_embedding_gradients(self, model, inputs):
         """Steps 1-2: embed every chunk without a graph, then the loss and d(loss)/d(embedding) for each chunk."""
-        cached = []  # (chunk, random state, embeddings) per chunk, queries first
+        cached, embeddings_by_side = [], {}  # cached: (chunk, random state, embeddings) per chunk, queries first
         for side in ("queries", "documents"):
-            for chunk in split_batch(inputs[side], self.gradcache_chunk_size):
+            chunks, order = length_grouped_chunks(inputs[side], self.gradcache_chunk_size)
+            side_cache = []
+            for chunk in chunks:
                 random_state = RandomStateReplay()
                 with torch.no_grad(), self.compute_loss_context_manager():
                     embeddings = model(**chunk).embeddings
-                cached.append((side, chunk, random_state, embeddings.detach().requires_grad_()))
-        query_embeddings = torch.cat([e for side, _, _, e in cached if side == "queries"])
-        document_embeddings = torch.cat([e for side, _, _, e in cached if side == "documents"])
-        loss = self._loss(query_embeddings, document_embeddings)
+                side_cache.append((chunk, random_state, embeddings.detach().requires_grad_()))
+            stacked = torch.cat([embeddings for _, _, embeddings in side_cache])  # (rows, hidden), length order
+            embeddings_by_side[side] = stacked[torch.argsort(order)]  # back to the batch's row order
+            cached += side_cache
+        loss = self._loss(embeddings_by_side["queries"], embeddings_by_side["documents"])
         loss.backward()  # fills .grad of every cached embedding (cross-rank terms included by the gather's backward)
-        return loss, [(chunk, state, embeddings.grad) for _, chunk, state, embeddings in cached]
+        return loss, [(chunk, state, embeddings.grad) for chunk, state, embeddings in cached]
 
     def _gradcache_backward(self, model, cached):
         """Step 3: re-embed each chunk with a graph (same random state) and backpropagate its cached gradient."""

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import train
 from poolattn.data import TripletCollator, TripletDataError, load_triplets
 from poolattn.losses import info_nce_loss
-from poolattn.trainer import ContrastiveTrainer, RandomStateReplay, atomic_save, export_model
+from poolattn.trainer import ContrastiveTrainer, RandomStateReplay, atomic_save, export_model, length_grouped_chunks
 
 TINY_RUN = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
             "--warmup_steps", "0", "--logging_steps", "1", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
@@ -100,6 +100,28 @@ def test_gradcache_replays_the_random_state_of_each_chunk(tiny_backbone_folder, 
         replayed = model(**batch["queries"]).embeddings
     assert not torch.equal(first, second)  # dropout is active
     assert torch.equal(first, replayed)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_length_grouped_chunks_drop_padding_and_keep_every_embedding(padding_side):
+    from conftest import tiny_model, tiny_tokenizer
+
+    model = tiny_model("llama", 5)
+    tokenizer = tiny_tokenizer(padding_side)
+    collator = TripletCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)
+    documents = collator(TRIPLETS)["documents"]  # 24 texts of 3 to 10 tokens
+    chunks, order = length_grouped_chunks(documents, 5)
+    lengths = documents["attention_mask"].sum(dim=1)
+    assert sorted(order.tolist()) == list(range(24)) and [len(c["input_ids"]) for c in chunks] == [5, 5, 5, 5, 4]
+    widths = [chunk["input_ids"].shape[1] for chunk in chunks]
+    assert widths == [lengths[rows].max() for rows in order.split(5)]  # each chunk cut to its own longest text
+    assert widths == sorted(widths, reverse=True) and widths[-1] < documents["input_ids"].shape[1]
+    for chunk, rows in zip(chunks, order.split(5)):
+        assert chunk["attention_mask"].sum() == lengths[rows].sum()  # no real token was cut
+    with torch.no_grad():
+        whole = model(**documents).embeddings
+        chunked = torch.cat([model(**chunk).embeddings for chunk in chunks])[torch.argsort(order)]
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 # -- cross-device negatives: 2 processes vs 1 -------------------------------------------------------------------------
