@@ -1,58 +1,226 @@
-"""Encode throughput of the paper variants on the real SmolLM2-135M backbone and real STSBenchmark sentences.
+"""Encode throughput and peak memory of the five variants against the limit (a bare backbone forward) and
+sentence-transformers, on the same real texts and the same backbone.
 
-    python benchmarks/encode_throughput.py                       # variants 1 and 5, 256 sentences
-    python benchmarks/encode_throughput.py --variants 1 2 3 4 5 --sentences 512 --repeats 3
+    python benchmarks/encode_throughput.py                                # SmolLM2-135M, short and long texts
+    python benchmarks/encode_throughput.py --texts short --rounds 5 --json results.json
 
-Variants are timed in interleaved rounds in one process and compared as ratios to variant 1 (this machine is noisy).
+Contenders (every one sorts texts by length and batches them the same way; all append EOS):
+- `bare`: the limit, a few lines: tokenizer -> backbone forward -> the last real token's state, L2-normalised;
+- `sentence-transformers`: the stock pipeline on the same backbone (`Transformer` + `Pooling("lasttoken")`, normalised);
+- `v1` ... `v5`: `PoolAttnEmbeddingModel.encode` for each paper variant (fresh heads: cost, not quality);
+- `v5 via ST`: variant 5 through `SentenceTransformer(folder, trust_remote_code=True)` as `publish.py` ships it.
+
+Throughput: contenders are timed in interleaved rounds in one process (this machine is noisy), best round each, and
+reported as ratios to `bare` and to sentence-transformers measured in the same rounds. Peak memory: each contender
+in a fresh process, the process's peak resident set (VmHWM) over one encode, in total and above the level after
+loading. Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --long-max-length tokens).
 """
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from poolattn import PoolAttnEmbeddingModel
-from poolattn.backbones import resolve_backbone
-
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "STSBenchmark" / "test.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONTENDERS = ("bare", "sentence-transformers", "v1", "v2", "v3", "v4", "v5", "v5 via ST")
 
 
-def load_sentences(count: int) -> list[str]:
-    rows = [json.loads(line) for line in STSB.read_text().splitlines()]
-    return [row[key] for row in rows for key in ("sentence1", "sentence2")][:count]
+def load_texts(kind: str, count: int) -> list[str]:
+    if kind == "short":
+        rows = [json.loads(line) for line in (DATA / "STSBenchmark" / "test.jsonl").read_text().splitlines()]
+        return [row[key] for row in rows for key in ("sentence1", "sentence2")][:count]
+    rows = [json.loads(line) for line in (DATA / "ArguAna" / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    return [f"{row['title']} {row['text']}".strip() for row in rows[:count]]
+
+
+class BareBackbone:
+    """The limit: the backbone's own forward on length-sorted batches, last-token pooling, nothing else."""
+
+    def __init__(self, path: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
+        self.model = AutoModel.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def encode(self, texts, *, batch_size: int, max_length: int):
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        embeddings = [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenizer([texts[i] + self.tokenizer.eos_token for i in chunk], padding=True,
+                                   truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = self.model(**batch, use_cache=False).last_hidden_state  # (batch, seq, hidden)
+            last = batch["attention_mask"].cumsum(1).argmax(1)  # last real token (right or left padding)
+            pooled = torch.nn.functional.normalize(hidden[torch.arange(len(chunk)), last], dim=-1)
+            for i, row in zip(chunk, pooled):
+                embeddings[i] = row
+        return torch.stack(embeddings)
+
+
+def build(name: str, path: str, workdir: Path, max_length: int):
+    """An object with `encode(texts, batch_size=, max_length=)` for one contender."""
+    if name == "bare":
+        return BareBackbone(path)
+    if name == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.normalize import Normalize
+        from sentence_transformers.base.modules.transformer import Transformer
+        from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+        transformer = Transformer(path, max_seq_length=max_length)
+        tokenizer = transformer.tokenizer
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+        model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+        eos = tokenizer.eos_token
+        return _Adapter(lambda texts, batch_size: model.encode([t + eos for t in texts], batch_size=batch_size))
+    from poolattn import PoolAttnEmbeddingModel
+
+    variant = int(name[1])
+    model = PoolAttnEmbeddingModel.from_backbone(path, variant=variant, max_length=max_length).eval()
+    if name.endswith("via ST"):
+        from sentence_transformers import SentenceTransformer
+
+        from poolattn.hub import ExportedModel, write_sentence_transformers_files
+
+        folder = workdir / name.replace(" ", "-")
+        model.save_pretrained(folder)
+        write_sentence_transformers_files(folder, ExportedModel.read(folder))
+        st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+        return _Adapter(lambda texts, batch_size: st.encode(texts, batch_size=batch_size))
+    return _Adapter(lambda texts, batch_size: model.encode(texts, batch_size=batch_size))
+
+
+class _Adapter:
+    def __init__(self, encode):
+        self._encode = encode
+
+    def encode(self, texts, *, batch_size: int, max_length: int):
+        return self._encode(texts, batch_size)
+
+
+def peak_rss_mib() -> float:
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure_memory(name: str, args) -> dict:
+    """In this (fresh) process: load, warm up, reset the peak, encode once, read the peak."""
+    with tempfile.TemporaryDirectory() as workdir:
+        contender = build(name, args.path, Path(workdir), args.max_length)
+        texts = load_texts(args.texts_kind, args.count)
+        contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
+        loaded = rss_mib()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length)
+        peak = peak_rss_mib()
+    return {"contender": name, "peak_mib": round(peak, 1), "above_loaded_mib": round(peak - loaded, 1)}
+
+
+def time_contenders(names, texts, args) -> dict[str, float]:
+    """Best seconds per contender over interleaved rounds, after one warm-up batch each."""
+    with tempfile.TemporaryDirectory() as workdir:
+        contenders = {name: build(name, args.path, Path(workdir), args.max_length) for name in names}
+        for contender in contenders.values():
+            contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
+        seconds = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, contender in contenders.items():
+                start = time.perf_counter()
+                contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length)
+                seconds[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in seconds.items()}
+
+
+def count_tokens(path: str, texts, max_length: int) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return sum(min(len(ids) + 1, max_length) for ids in tokenizer(texts)["input_ids"])  # + EOS
+
+
+def run_set(kind: str, count: int, args) -> dict:
+    texts = load_texts(kind, count)
+    tokens = count_tokens(args.path, texts, args.max_length)
+    best = time_contenders(args.contenders, texts, args)
+    memory = {}
+    for name in args.contenders:
+        command = [sys.executable, __file__, "--memory-of", name, "--texts", kind, "--count", str(count),
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+                   "--backbone", args.backbone]
+        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+        memory[name] = json.loads(output.stdout.strip().splitlines()[-1])
+    rows = []
+    for name in args.contenders:
+        rows.append({
+            "contender": name, "texts_per_s": round(len(texts) / best[name], 1),
+            "tokens_per_s": round(tokens / best[name]), "vs_bare": round(best["bare"] / best[name], 3)
+            if "bare" in best else None,
+            "vs_sentence_transformers": round(best["sentence-transformers"] / best[name], 3)
+            if "sentence-transformers" in best else None,
+            "peak_mib": memory[name]["peak_mib"], "above_loaded_mib": memory[name]["above_loaded_mib"],
+        })
+    return {"texts": kind, "count": len(texts), "tokens": tokens, "batch_size": args.batch_size,
+            "max_length": args.max_length, "rounds": args.rounds, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, batch {result['batch_size']}, "
+          f"max length {result['max_length']}, {result['threads']} threads, best of {result['rounds']} interleaved rounds")
+    print(f"{'contender':<24}{'texts/s':>9}{'tokens/s':>10}{'vs bare':>9}{'vs ST':>8}{'peak MiB':>10}{'+MiB':>8}"
+          f"{'peak vs v1':>12}")
+    v1_peak = next((row["peak_mib"] for row in result["rows"] if row["contender"] == "v1"), None)
+    for row in result["rows"]:
+        versus_v1 = f"{row['peak_mib'] / v1_peak:.3f}" if v1_peak else "-"
+        print(f"{row['contender']:<24}{row['texts_per_s']:>9}{row['tokens_per_s']:>10}{row['vs_bare'] or '-':>9}"
+              f"{row['vs_sentence_transformers'] or '-':>8}{row['peak_mib']:>10}{row['above_loaded_mib']:>8}{versus_v1:>12}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--variants", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--texts", choices=["short", "long", "both"], default="both")
+    parser.add_argument("--short-count", type=int, default=512)
+    parser.add_argument("--long-count", type=int, default=64)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # one contender's memory, in a fresh process
     args = parser.parse_args()
 
-    path = resolve_backbone(args.backbone)
-    sentences = load_sentences(args.sentences)
-    models = {v: PoolAttnEmbeddingModel.from_backbone(path, variant=v) for v in args.variants}
-    tokenizer = models[args.variants[0]].get_tokenizer()
-    tokens = sum(len(ids) + 1 for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"])  # + EOS
-    for model in models.values():
-        model.encode(sentences[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    seconds = {v: [] for v in args.variants}
-    for _ in range(args.repeats):
-        for variant, model in models.items():
-            start = time.perf_counter()
-            model.encode(sentences, batch_size=args.batch_size)
-            seconds[variant].append(time.perf_counter() - start)
-    print(f"{len(sentences)} STSBenchmark sentences, {tokens} tokens, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats}")
-    print(f"{'variant':<9}{'texts/s':>10}{'tokens/s':>11}{'vs v' + str(args.variants[0]):>9}")
-    reference = min(seconds[args.variants[0]])
-    for variant in args.variants:
-        best = min(seconds[variant])
-        print(f"{variant:<9}{len(sentences) / best:>10.1f}{tokens / best:>11.0f}{reference / best:>9.3f}")
+    from poolattn.backbones import resolve_backbone
+
+    args.path = resolve_backbone(args.backbone)
+    if args.memory_of:
+        args.texts_kind = args.texts
+        print(json.dumps(measure_memory(args.memory_of, args)))
+        return
+    kinds = ["short", "long"] if args.texts == "both" else [args.texts]
+    results = [run_set(kind, args.short_count if kind == "short" else args.long_count, args) for kind in kinds]
+    for result in results:
+        print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""Throughput and peak memory of one contrastive training step, plain vs GradCache, on real SmolLM2-135M + LoRA.
+
+    python benchmarks/training_step.py                     # B = 32, 128, 512 queries (+B hard negatives), chunk 32
+    python benchmarks/training_step.py --batches 32 64 --plain-batches 32 64 --chunk 32 --json steps.json
+
+B is the contrastive batch: B queries, each scored against B positives + B hard negatives (3B texts per step).
+Each (mode, B) runs in a fresh process: its peak resident set (VmHWM) over the step, in total and above the level
+just before the step (activations and gradients; no optimizer step). Plain training keeps every activation of the
+3B texts, so it runs only for `--plain-batches` (a batch that fits: B = 128 would need about 28 GB here); GradCache
+runs for every B. Texts are real training triplets (`../shared/data/train/snli_triplets.jsonl`). The targets:
+GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time within 1.35x plain's at a batch that fits.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "snli_triplets.jsonl"
+
+
+def peak_rss_mib() -> float:
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def one_step(args) -> dict:
+    import torch
+    from transformers import TrainingArguments
+
+    import train
+    from poolattn.backbones import resolve_backbone
+    from poolattn.data import TripletCollator
+    from poolattn.trainer import ContrastiveTrainer
+
+    path = resolve_backbone("smollm2-135m")
+    model_args = train.ModelArguments(variant=str(args.variant), backbone=path)
+    model, tokenizer = train.build_model(model_args, path, args.variant)
+    rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
+    collator = TripletCollator(tokenizer, query_max_length=args.max_length, document_max_length=args.max_length,
+                               add_eos=True)
+    batch = collator(rows)
+    trainer = ContrastiveTrainer(
+        model=model, args=TrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=True, report_to="none",
+                                            remove_unused_columns=False),
+        gradcache_chunk_size=args.chunk,
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    tokens = int(batch["queries"]["attention_mask"].sum() + batch["documents"]["attention_mask"].sum())
+    before = rss_mib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    loss = trainer.training_step(trainer.model, batch)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    return {"mode": f"gradcache chunk {args.chunk}" if args.chunk else "plain", "batch": args.batch,
+            "texts": args.batch * 3, "tokens": tokens, "loss": round(loss.item(), 4), "step_s": round(seconds, 1),
+            "texts_per_s": round(args.batch * 3 / seconds, 1), "tokens_per_s": round(tokens / seconds),
+            "peak_mib": round(peak, 1), "peak_above_start_mib": round(peak - before, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_one(batch: int, chunk: int, args) -> dict:
+    command = [sys.executable, __file__, "--one", "--batch", str(batch), "--chunk", str(chunk),
+               "--variant", str(args.variant), "--max-length", str(args.max_length)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512], help="contrastive batches B")
+    parser.add_argument("--plain-batches", type=int, nargs="*", default=[32], help="B that plain training runs at")
+    parser.add_argument("--chunk", type=int, default=32, help="GradCache chunk, in texts")
+    parser.add_argument("--variant", type=int, default=5)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # run a single mode in this process
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_step(args)))
+        return
+    results = [run_one(batch, 0, args) for batch in args.plain_batches]
+    results += [run_one(batch, args.chunk, args) for batch in args.batches]
+    print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, "
+          f"{results[0]['torch_threads']} threads, one step each in a fresh process")
+    print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}{'loss':>8}")
+    for row in results:
+        print(f"{row['mode']:<20}{row['batch']:>5}{row['texts']:>7}{row['tokens']:>8}{row['step_s']:>8}"
+              f"{row['texts_per_s']:>9}{row['peak_mib']:>10}{row['peak_above_start_mib']:>8}{row['loss']:>8}")
+    cached = {row["batch"]: row for row in results if row["mode"] != "plain"}
+    for plain in (row for row in results if row["mode"] == "plain"):
+        if plain["batch"] in cached:
+            other = cached[plain["batch"]]
+            print(f"B={plain['batch']}: GradCache step time x{other['step_s'] / plain['step_s']:.2f} of plain, "
+                  f"peak x{other['peak_mib'] / plain['peak_mib']:.2f} (+MiB x"
+                  f"{other['peak_above_start_mib'] / plain['peak_above_start_mib']:.2f})")
+    smallest, largest = min(cached), max(cached)
+    if smallest != largest:
+        low, high = cached[smallest], cached[largest]
+        print(f"GradCache B={largest} vs B={smallest}: peak x{high['peak_mib'] / low['peak_mib']:.2f} "
+              f"(+MiB x{high['peak_above_start_mib'] / low['peak_above_start_mib']:.2f}), "
+              f"texts/s x{high['texts_per_s'] / low['texts_per_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
