@@ -13,7 +13,7 @@ POOLINGS = ("eos", "mean", "latent", "multi_layer_latent")
 HEAD_INPUTS = ("last_token", "all_tokens")
 LAYER_SUMMARIES = ("eos", "mean")
 LATENT_ORIENTATIONS = ("latents_query", "inputs_query")
-HEAD_ATTENTIONS = ("multihead", "single")
+HEAD_ATTENTIONS = ("multihead", "single", "hierarchical")
 LAYER_SPEC_FORMS = ("all", "last:K", "middle:K", "first:K", "a list of layer indices")
 TRAINABLE_POOLINGS = ("latent", "multi_layer_latent")
 
@@ -108,7 +108,11 @@ class PoolAttnConfig(PreTrainedConfig):
         layers: for `"multi_layer_latent"`: `"all"`, `"last:K"`, `"middle:K"`, `"first:K"` or a list of indices
             (1-based; layer `L` is the final-normed last layer; negatives count from the end).
         layer_weights: add the trainable per-layer weight (position) matrix to the layer summaries.
-        head_attention: `"multihead"` or `"single"` (one head spanning the whole head width).
+        head_attention: `"multihead"`, `"single"` (one head spanning the whole head width) or `"hierarchical"`
+            (`multi_layer_latent` only): the latents attend within each group of `layer_group_size` consecutive
+            selected layers (the group's summary is the mean of the attended latents), then a second block attends
+            across the group summaries and applies the feed-forward.
+        layer_group_size: consecutive layers per group for `"hierarchical"` (the last group may be shorter).
         num_latents: trainable latent vectors. Default `hidden_size // 64` (64 for a 4096-wide backbone, 9 for
             SmolLM2's 576; the paper's code used 768, which makes the head's feed-forward cost ~20% of a 135M
             backbone's encode time on short texts).
@@ -134,6 +138,7 @@ class PoolAttnConfig(PreTrainedConfig):
     layers: str | list[int] = "all"
     layer_weights: bool = True
     head_attention: str = "multihead"
+    layer_group_size: int = 4
     num_latents: int | None = None
     num_heads: int | None = None
     head_dim: int | None = None
@@ -151,7 +156,7 @@ class PoolAttnConfig(PreTrainedConfig):
         _check_choice("head_attention", self.head_attention, HEAD_ATTENTIONS)
         for name in ("layer_weights", "normalize", "add_eos"):
             _check_choice(name, getattr(self, name), (True, False))
-        for name in ("num_latents", "num_heads", "head_dim", "max_length"):
+        for name in ("num_latents", "num_heads", "head_dim", "max_length", "layer_group_size"):
             _check_positive_int(name, getattr(self, name))
         if isinstance(self.ffn_multiplier, bool) or not isinstance(self.ffn_multiplier, int) or self.ffn_multiplier < 0:
             raise ValueError(f"PoolAttnConfig: ffn_multiplier={self.ffn_multiplier!r} must be an integer >= 0.")
@@ -170,6 +175,11 @@ class PoolAttnConfig(PreTrainedConfig):
         bidirectional = self.attention == "bidirectional"
         if self.pooling == "latent" and self.head_input is None:
             self.head_input = "all_tokens" if bidirectional else "last_token"
+        if self.head_attention == "hierarchical" and self.pooling != "multi_layer_latent":
+            raise ValueError(
+                f"PoolAttnConfig: head_attention='hierarchical' groups consecutive layers, so it needs "
+                f"pooling='multi_layer_latent' (got pooling={self.pooling!r}). Use 'multihead' or 'single' here."
+            )
         if self.pooling == "multi_layer_latent" and self.layer_summary is None:
             self.layer_summary = "mean" if bidirectional else "eos"
         if self.pooling in TRAINABLE_POOLINGS:

@@ -153,7 +153,7 @@ class LatentPooler(nn.Module):
     With `num_layers`, a trainable (num_layers, hidden) matrix is added to the per-layer inputs first.
     """
 
-    def __init__(self, config: PoolAttnConfig, *, num_layers: int | None = None):
+    def __init__(self, config: PoolAttnConfig, *, num_layers: int | None = None, feed_forward: bool = True):
         super().__init__()
         hidden_size = config.text_config.hidden_size
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
@@ -167,7 +167,9 @@ class LatentPooler(nn.Module):
         self.to_key_value = nn.Linear(hidden_size, 2 * inner_size, bias=False)
         self.to_out = nn.Linear(inner_size, hidden_size, bias=False)
         self.feed_forward = (
-            GEGLUFeedForward(hidden_size=hidden_size, multiplier=config.ffn_multiplier) if config.ffn_multiplier else None
+            GEGLUFeedForward(hidden_size=hidden_size, multiplier=config.ffn_multiplier)
+            if config.ffn_multiplier and feed_forward
+            else None
         )
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,6 +199,37 @@ class LatentPooler(nn.Module):
         if self.latents_are_queries or mask is None:
             return hidden.mean(dim=1)
         return masked_mean(hidden, mask)
+
+
+class HierarchicalLatentPooler(nn.Module):
+    """Two levels of cross-attention over per-layer summaries: within groups of consecutive layers, then across them.
+
+    (batch, layers, hidden) + the trainable layer-weight matrix -> groups of `layer_group_size` consecutive layers
+    (the last one padded and masked) -> `within`: the latents attend over each group, no feed-forward, mean over
+    latents -> (batch, groups, hidden) -> `across`: a full `LatentPooler` over the group summaries -> (batch, hidden).
+    """
+
+    def __init__(self, config: PoolAttnConfig, *, num_layers: int):
+        super().__init__()
+        self.group_size = config.layer_group_size
+        hidden_size = config.text_config.hidden_size
+        self.layer_weights = nn.Parameter(torch.empty(num_layers, hidden_size)) if config.layer_weights else None
+        self.within = LatentPooler(config, feed_forward=False)
+        self.across = LatentPooler(config)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, layers, hidden) -> (batch, hidden); `mask` is unused (every layer summary is real)."""
+        inputs = inputs.to(self.within.latents.dtype)
+        if self.layer_weights is not None:
+            inputs = inputs + self.layer_weights
+        batch, layers, hidden = inputs.shape
+        groups = -(-layers // self.group_size)
+        padding = groups * self.group_size - layers
+        grouped = F.pad(inputs, (0, 0, 0, padding)).reshape(batch * groups, self.group_size, hidden)
+        slot_is_real = torch.arange(groups * self.group_size, device=inputs.device) < layers
+        group_mask = slot_is_real.reshape(1, groups, self.group_size).expand(batch, -1, -1).flatten(0, 1)
+        summaries = self.within(grouped, group_mask).reshape(batch, groups, hidden)  # (batch, groups, hidden)
+        return self.across(summaries)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -246,7 +279,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _no_split_modules = ["LatentPooler"]
+    _no_split_modules = ["LatentPooler", "HierarchicalLatentPooler"]
     _keep_in_fp32_modules_strict = ["pooler"]
 
     def __init__(self, config: PoolAttnConfig):
@@ -261,6 +294,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         self.pooler = None
         if config.pooling == "latent":
             self.pooler = LatentPooler(config)
+        elif config.pooling == "multi_layer_latent" and config.head_attention == "hierarchical":
+            self.pooler = HierarchicalLatentPooler(config, num_layers=len(self.layer_indices))
         elif config.pooling == "multi_layer_latent":
             self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
         self.tokenizer = None  # set by from_backbone, or loaded from name_or_path by get_tokenizer()
@@ -277,8 +312,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if isinstance(module, LatentPooler):
             std = getattr(self.config.text_config, "initializer_range", 0.02)
             init.normal_(module.latents, mean=0.0, std=std)
-            if module.layer_weights is not None:
-                init.zeros_(module.layer_weights)  # start as a no-op; learned per-layer offsets
+        if isinstance(module, (LatentPooler, HierarchicalLatentPooler)) and module.layer_weights is not None:
+            init.zeros_(module.layer_weights)  # start as a no-op; learned per-layer offsets
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

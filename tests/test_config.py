@@ -82,7 +82,7 @@ INVALID_VALUES = [
     ("head_input", "first_token", HEAD_INPUTS),
     ("layer_summary", "max", LAYER_SUMMARIES),
     ("latent_orientation", "both", LATENT_ORIENTATIONS),
-    ("head_attention", "hierarchical", HEAD_ATTENTIONS),
+    ("head_attention", "grouped", HEAD_ATTENTIONS),
     ("normalize", "yes", (True, False)),
     ("add_eos", 1, (True, False)),
     ("layer_weights", None, (True, False)),
@@ -115,6 +115,8 @@ def test_bad_layer_specs_raise_with_allowed_forms(layers):
         ({"ffn_multiplier": -1}, "ffn_multiplier=-1 must be an integer >= 0"),
         ({"head_attention": "single", "num_heads": 4}, "head_attention='single' uses one head"),
         ({"num_heads": 5}, "hidden_size=32 is not divisible by num_heads=5"),
+        ({"head_attention": "hierarchical"}, "head_attention='hierarchical' groups consecutive layers"),
+        ({"layer_group_size": 0}, "layer_group_size=0 must be a positive integer"),
     ],
 )
 def test_bad_head_sizes(fields, match):

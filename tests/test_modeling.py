@@ -20,6 +20,7 @@ POOLING_CASES = [
     ("multi_layer_mean", {"pooling": "multi_layer_latent", "layer_summary": "mean", "layers": [1, 3]}),
     ("multi_layer_single_head", {"pooling": "multi_layer_latent", "head_attention": "single", "layer_weights": False}),
     ("multi_layer_inputs_query", {"pooling": "multi_layer_latent", "latent_orientation": "inputs_query"}),
+    ("multi_layer_hierarchical", {"pooling": "multi_layer_latent", "head_attention": "hierarchical", "layer_group_size": 2}),
 ]
 ATTENTION_CASES = ("causal", "bidirectional")
 
@@ -216,3 +217,16 @@ def test_head_is_sized_from_the_backbone_and_fully_initialised(tmp_path):
     for name, tensor in model.model.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
     assert model.encode(SENTENCES).shape == (8, 48)  # tokenizer came with the backbone
+
+
+def test_hierarchical_head_attends_within_groups_of_consecutive_layers_then_across_them():
+    model = tiny_model("llama", 5, head_attention="hierarchical", layer_group_size=2)  # 3 layers: [1, 2], [3]
+    pooler = model.pooler
+    summaries = torch.randn(4, 3, 32)
+    with torch.no_grad():
+        pooler.layer_weights.normal_()
+        weighted = summaries + pooler.layer_weights
+        groups = torch.stack([pooler.within(weighted[:, :2]), pooler.within(weighted[:, 2:])], dim=1)  # (4, 2, 32)
+        torch.testing.assert_close(pooler(summaries), pooler.across(groups), rtol=0, atol=TOLERANCE)
+    flat = tiny_model("llama", 5, head_attention="hierarchical", layer_group_size=3)  # one group of all 3 layers
+    assert flat.pooler.within.feed_forward is None and flat.pooler.across.feed_forward is not None
