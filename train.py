@@ -66,6 +66,9 @@ class ModelArguments:
     full_finetune: bool = field(default=False, metadata={"help": "train every backbone weight instead of LoRA"})
     model_dtype: str = field(default="float32", metadata={"help": "backbone weights: float32, bfloat16 or float16"})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+    model_name: str | None = field(
+        default=None, metadata={"help": "ORG/NAME the model is reported under (mteb); default poolattn/<backbone>-v<N>"}
+    )
 
     def __post_init__(self):
         if self.variant != "all" and self.variant not in {"1", "2", "3", "4", "5"}:
@@ -74,6 +77,8 @@ class ModelArguments:
             raise ValueError(f"--model_dtype {self.model_dtype!r}: allowed values are float32, bfloat16, float16.")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_r must be >= 1 and --lora_dropout in [0, 1); got {self.lora_r}, {self.lora_dropout}.")
+        if self.model_name is not None and self.model_name.count("/") != 1:
+            raise ValueError(f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. poolattn/my-model.")
         self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
         if not isinstance(self.overrides, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}.")
@@ -210,6 +215,8 @@ def training_manifest(variant, base, trainer, result, model_args, data_args, tra
     """What ran, for `training_manifest.json` (and the model card)."""
     return {
         "variant": variant,
+        "model_name": model_args.model_name and (model_args.model_name if len(model_args.variants) == 1
+                                                 else f"{model_args.model_name}-v{variant}"),
         "poolattn_config": base.config.to_diff_dict(),
         "backbone": model_args.backbone,
         "seed": training_args.seed,
@@ -225,6 +232,31 @@ def training_manifest(variant, base, trainer, result, model_args, data_args, tra
         "global_steps": result.global_step,
         "loss_history": [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
     }
+
+
+def restore_finished_run(trainer, resume):
+    """When the checkpoint to resume from already reached max_steps, load it and return its TrainOutput, else None.
+
+    The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
+    (and export a different model than the uninterrupted run, e.g. after a crash during the export).
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+
+    if not resume:
+        return None
+    checkpoint = get_last_checkpoint(trainer.args.output_dir) if resume is True else resume
+    if not checkpoint or not (Path(checkpoint) / "trainer_state.json").is_file() or trainer.args.max_steps <= 0:
+        return None  # nothing to restore here: the Trainer resumes (or explains why it cannot)
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = TrainerState.load_from_json(str(state_file))
+    if state.global_step < trainer.args.max_steps:
+        return None
+    trainer._load_from_checkpoint(checkpoint)  # the weights (adapter + head, or the full model) of that step
+    trainer.state = state
+    logger.info("%s already reached max_steps=%d: exporting it without training", checkpoint, trainer.args.max_steps)
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
 
 def train_variant(variant: int, model_args, data_args, training_args, triplets, backbone_path: str) -> Path:
@@ -262,7 +294,7 @@ def train_variant(variant: int, model_args, data_args, training_args, triplets, 
     resume = training_args.resume_from_checkpoint
     resume = True if isinstance(resume, str) and resume.lower() in ("true", "latest") else resume
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
     manifest = training_manifest(variant, base, trainer, result, model_args, data_args, training_args, triplets,
                                  batch=batch, parameters=parameters, seconds=time.time() - started)
     if not trainer.is_world_process_zero():

@@ -59,12 +59,13 @@ def model_fingerprint(folder: str) -> str:
 
 
 def default_model_name(folder: str) -> str:
-    """`poolattn/<backbone>-v<variant>` from a training manifest, else `poolattn/<folder>` (its parent for `model`)."""
+    """The training manifest's `model_name` (train.py --model_name), else `poolattn/<backbone>-v<variant>` from it,
+    else `poolattn/<folder>` (its parent for `model`)."""
     path = Path(folder).resolve()
     manifest = path / "training_manifest.json"
     if manifest.is_file():
         record = json.loads(manifest.read_text())
-        return f"poolattn/{Path(record['backbone']).name}-v{record['variant']}"
+        return record.get("model_name") or f"poolattn/{Path(record['backbone']).name}-v{record['variant']}"
     return f"poolattn/{path.parent.name if path.name == 'model' else path.name}"
 
 

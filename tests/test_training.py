@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,14 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_fold
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
     manifest = json.loads((resumed / "training_manifest.json").read_text())
     assert manifest["global_steps"] == 4 and manifest["contrastive_batch"]["candidates_per_query"] == 8
+
+    # Killed after the last checkpoint, before the export: resuming exports that step, with no step more.
+    shutil.rmtree(resumed)
+    again = train.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[0]
+    for name, value in load_file(again / "model.safetensors").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    manifest = json.loads((again / "training_manifest.json").read_text())
+    assert manifest["global_steps"] == 4 and [step for step, _ in manifest["loss_history"]] == [1, 2, 3, 4]
 
 
 FRESH_LOAD = r"""

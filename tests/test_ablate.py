@@ -1,0 +1,96 @@
+"""ablate.py: every arm builds the config it names, and a tiny sweep trains, scores, compares and resumes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_text_config
+
+import ablate
+from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
+from poolattn.modeling_poolattn import HierarchicalLatentPooler, LatentPooler
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def arm_model(overrides: dict) -> PoolAttnEmbeddingModel:
+    torch.manual_seed(0)
+    text_config = tiny_text_config("llama", num_hidden_layers=12)
+    return PoolAttnEmbeddingModel(PoolAttnConfig.from_variant(5, text_config, num_latents=4, **overrides)).eval()
+
+
+@pytest.mark.parametrize("arm, layers", [("last_1", [12]), ("last_2", [11, 12]), ("last_4", [9, 10, 11, 12]),
+                                         ("last_8", list(range(5, 13)))])
+def test_layer_count_arms_feed_that_many_layers_to_the_head(arm, layers):
+    model = arm_model(ablate.arms("layer_count")[arm])
+    assert model.config.layer_indices == layers and model.pooler.layer_weights.shape == (len(layers), 32)
+    ids = torch.tensor([[5, 6, 7, 2]])
+    assert model(input_ids=ids).layer_summaries.shape == (1, len(layers), 32)
+
+
+def test_layer_subset_weights_and_head_attention_arms():
+    subset = ablate.arms("layer_subset")
+    assert arm_model(subset[ablate.BASE_ARM]).config.layer_indices == list(range(1, 13))
+    assert arm_model(subset["middle_4"]).config.layer_indices == [5, 6, 7, 8]
+    base = arm_model({})
+    off = arm_model(ablate.arms("layer_weights")["weights_off"])
+    assert base.pooler.layer_weights is not None and off.pooler.layer_weights is None
+    assert not any("layer_weights" in name for name, _ in off.named_parameters())
+    heads = ablate.arms("head_attention")
+    single, hierarchical = arm_model(heads["single"]), arm_model(heads["hierarchical"])
+    assert isinstance(base.pooler, LatentPooler) and base.pooler.num_heads == 4
+    assert single.pooler.num_heads == 1 and single.pooler.head_dim == 32
+    assert isinstance(hierarchical.pooler, HierarchicalLatentPooler) and hierarchical.pooler.group_size == 4
+
+
+def test_all_trains_each_distinct_arm_once():
+    everything = ablate.arms("all")
+    assert list(everything)[0] == ablate.BASE_ARM and len(everything) == 9
+    keys = [json.dumps(overrides, sort_keys=True) for overrides in everything.values()]
+    assert len(set(keys)) == len(keys)  # last 4 appears in two ablations, trained once
+    with pytest.raises(ValueError, match="Allowed values: layer_count"):
+        ablate.arms("layer_counts")
+
+
+def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_backbone_folder, triplets_file,
+                                                                          tmp_path, monkeypatch):
+    pytest.importorskip("mteb")
+    (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
+    lines = (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]
+    (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["--ablation", "layer_weights", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
+            "--output", str(tmp_path / "sweep"), "--", "--backbone", tiny_backbone_folder, "--train_data",
+            triplets_file, "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "2",
+            "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    assert ablate.main(argv) == 0
+    comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
+    name = Path(tiny_backbone_folder).name
+    base, off = f"poolattn/{name}-v5-base", f"poolattn/{name}-v5-weights-off"
+    assert f"## {off} vs {base}: Wilcoxon signed-rank by category" in comparison
+    assert "| BIOSSES | STS |" in comparison
+    manifests = [json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
+                 for arm in ("base", "weights_off")]
+    assert [m["model_name"] for m in manifests] == [base, off]
+    assert manifests[1]["poolattn_config"]["layer_weights"] is False
+    assert manifests[0]["data"] == manifests[1]["data"] and manifests[0]["seed"] == manifests[1]["seed"]
+
+    import shutil
+
+    import train
+    from safetensors.torch import load_file
+
+    # Interrupted after its last checkpoint, before the export: the arm resumes from checkpoint-2 and exports the same.
+    model = tmp_path / "sweep" / "arms" / "weights_off" / "model"
+    exported = load_file(model / "model.safetensors")
+    shutil.rmtree(model)
+    assert ablate.main(argv) == 0
+    for key, value in load_file(model / "model.safetensors").items():
+        torch.testing.assert_close(value, exported[key], rtol=0, atol=1e-6)
+
+    scored = sorted((tmp_path / "sweep" / "results").rglob("BIOSSES.json"))
+    assert len(scored) == 2
+    stamps = [path.stat().st_mtime_ns for path in scored]
+    monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a finished arm was retrained"))
+    assert ablate.main(argv) == 0  # resumed: nothing retrained ...
+    assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
