@@ -6,18 +6,20 @@ sentence-transformers, on the same real texts and the same backbone.
 
 Contenders (every one sorts texts by length and batches them the same way; all append EOS):
 - `bare`: the limit, a few lines: tokenizer -> backbone forward -> the last real token's state, L2-normalised;
-- `sentence-transformers`: the stock pipeline on the same backbone (`Transformer` + `Pooling("lasttoken")`, normalised);
+- `sentence-transformers`: the stock pipeline on the same backbone (`Transformer` + `Pooling("lasttoken")`, normalised),
+  on plain text (ST 6 would otherwise wrap each text in SmolLM2-Instruct's chat template, 3x the tokens);
 - `v1` ... `v5`: `PoolAttnEmbeddingModel.encode` for each paper variant (fresh heads: cost, not quality);
 - `v5 via ST`: variant 5 through `SentenceTransformer(folder, trust_remote_code=True)` as `publish.py` ships it.
 
 Throughput: contenders are timed in interleaved rounds in one process (this machine is noisy), best round each, and
 reported as ratios to `bare` and to sentence-transformers measured in the same rounds. Peak memory: each contender
 in a fresh process, the process's peak resident set (VmHWM) over one encode, in total and above the level after
-loading. Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --long-max-length tokens).
+loading, with glibc told to return large blocks at once (`DETERMINISTIC_MALLOC`) so that peaks repeat exactly. Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --long-max-length tokens).
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,9 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# glibc malloc gives large blocks back at once, so the resident set follows the live tensors; without this, the peak
+# of two identical runs differed by up to 20% here (freed blocks stay resident or not, by chance).
+DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
 CONTENDERS = ("bare", "sentence-transformers", "v1", "v2", "v3", "v4", "v5", "v5 via ST")
 
 
@@ -74,7 +79,10 @@ def build(name: str, path: str, workdir: Path, max_length: int):
         from sentence_transformers.base.modules.transformer import Transformer
         from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
-        transformer = Transformer(path, max_seq_length=max_length)
+        # The plain text modality: by default ST 6 renders texts through an instruct model's chat template (3x the
+        # tokens of a short sentence on SmolLM2-Instruct), which would compare different inputs.
+        transformer = Transformer(path, max_seq_length=max_length, module_output_name="token_embeddings",
+                                  modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}})
         tokenizer = transformer.tokenizer
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
@@ -165,7 +173,8 @@ def run_set(kind: str, count: int, args) -> dict:
         command = [sys.executable, __file__, "--memory-of", name, "--texts", kind, "--count", str(count),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                    "--backbone", args.backbone]
-        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+                                env={**os.environ, **DETERMINISTIC_MALLOC})
         memory[name] = json.loads(output.stdout.strip().splitlines()[-1])
     rows = []
     for name in args.contenders:

@@ -13,12 +13,15 @@ GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time wi
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "snli_triplets.jsonl"
+# glibc malloc gives large blocks back at once, so the resident set follows the live tensors (peaks repeat exactly).
+DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
 
 
 def peak_rss_mib() -> float:
@@ -79,7 +82,8 @@ def one_step(args) -> dict:
 def run_one(batch: int, chunk: int, args) -> dict:
     command = [sys.executable, __file__, "--one", "--batch", str(batch), "--chunk", str(chunk),
                "--variant", str(args.variant), "--max-length", str(args.max_length)]
-    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+                            env={**os.environ, **DETERMINISTIC_MALLOC})
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 

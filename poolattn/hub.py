@@ -364,10 +364,10 @@ def describe_data_source(source: str) -> str:
     from .data import SAMPLE_TRIPLETS
 
     if Path(source).parts[-3:] == SAMPLE_TRIPLETS.parts[-3:]:  # also when trained from another checkout
-        return "poolattn's bundled sample triplets (`poolattn/sample_data/sample_triplets.jsonl`, 8 domains)"
+        return "poolattn's bundled sample triplets, `poolattn/sample_data/sample_triplets.jsonl` (8 domains):"
     if hub_id_or_none(source):
-        return f"[{source}](https://huggingface.co/datasets/{source})"
-    return f"local data `{Path(source).name}`"
+        return f"[{source}](https://huggingface.co/datasets/{source}):"
+    return f"local data `{Path(source).name}`:"
 
 
 def training_section(model: ExportedModel) -> str:
@@ -386,8 +386,9 @@ def training_section(model: ExportedModel) -> str:
     rows = [
         ["backbone", f"`{manifest['backbone']}`" + (f" ({base_model_id(manifest['backbone'])})"
                                                     if base_model_id(manifest["backbone"]) != manifest["backbone"] else "")],
-        ["data", f"{describe_data_source(data['source'])} ({data['examples']} query/positive{'/hard-negative' if data['hard_negatives'] else ''} "
-                 f"examples{', ' + str(data['skipped_rows']) + ' invalid rows skipped' if data.get('skipped_rows') else ''})"],
+        ["data", f"{describe_data_source(data['source'])} {data['examples']} query/positive"
+                 f"{'/hard-negative' if data['hard_negatives'] else ''} examples"
+                 f"{', ' + str(data['skipped_rows']) + ' invalid rows skipped' if data.get('skipped_rows') else ''}"],
         ["query instruction", json.dumps(data["query_instruction"]) if data.get("query_instruction") else "none"],
         ["steps", f"{manifest['global_steps']} (lr {hp['learning_rate']}, {hp['lr_scheduler_type']} schedule, "
                   f"{hp['warmup_steps']} warmup steps, {hp.get('optim', 'adamw')})"],
@@ -415,7 +416,7 @@ def training_section(model: ExportedModel) -> str:
 
 
 def evaluation_section(evaluation: Evaluation | None, peers: list[Evaluation]) -> str:
-    from .stats import category_test_table, markdown_table
+    from .stats import markdown_table, verdict, wilcoxon_by_category
 
     if evaluation is None:
         return ("## Evaluation\n\nNot evaluated yet. Score it with poolattn's `evaluate.py run` on MTEB tasks; "
@@ -431,19 +432,24 @@ def evaluation_section(evaluation: Evaluation | None, peers: list[Evaluation]) -
                             [[t, categories[t], _main_score_name(evaluation, t), scores[t]] for t in tasks]), ""]
     shared_peers = [peer for peer in peers if set(peer.scores) & set(scores)]
     if shared_peers:
-        everyone = [evaluation, *shared_peers]
         used = sorted({categories[t] for t in tasks})
-        rows = [[e.name, *[_category_mean(e, category, categories) for category in used]] for e in everyone]
-        lines += ["### Against the other variants", "",
-                  "Mean main score per category over the tasks this model was scored on:", "",
-                  markdown_table(["model", *used], rows), ""]
-        from .stats import wilcoxon_by_category
-
+        means = [[f"{e.name}{' (this model)' if e is evaluation else ''}",
+                  *[_category_mean(e, category, categories, tasks) for category in used]]
+                 for e in [evaluation, *shared_peers]]
+        tests = []
         for peer in shared_peers:
-            tests = wilcoxon_by_category(scores, peer.scores, {**peer.categories, **categories})
-            lines += [f"Wilcoxon signed-rank test by dataset, this model vs `{peer.name}` (Holm-corrected over the "
-                      "categories with at least 5 datasets):", "",
-                      category_test_table(tests, "this model", peer.name), ""]
+            for test in wilcoxon_by_category(scores, peer.scores, categories):
+                tests.append([peer.name, test.category, test.n_datasets, test.mean_a, test.mean_b,
+                              f"{test.wins_a}/{test.n_datasets}", test.p_value, test.p_holm,
+                              verdict(test, "this model", peer.name)])
+        lines += ["### Against the other variants", "",
+                  "Mean main score per category, over the tasks this model was scored on:", "",
+                  markdown_table(["model", *used], means), "",
+                  "Wilcoxon signed-rank tests by dataset, this model against each other variant, per category "
+                  "(Holm-corrected within each comparison over the categories with at least 5 datasets; with 4 or "
+                  "fewer, no two-sided p-value can fall below 0.125):", "",
+                  markdown_table(["other variant", "category", "datasets", "this model", "other", "this model wins",
+                                  "p", "p (Holm)", "verdict"], tests), ""]
     return "\n".join(lines)
 
 
@@ -452,8 +458,8 @@ def _main_score_name(evaluation: Evaluation, task: str) -> str:
     return result.task.metadata.main_score
 
 
-def _category_mean(evaluation: Evaluation, category: str, categories: dict[str, str]) -> float | None:
-    values = [score for task, score in evaluation.scores.items() if categories.get(task) == category]
+def _category_mean(evaluation: Evaluation, category: str, categories: dict[str, str], tasks) -> float | None:
+    values = [score for task, score in evaluation.scores.items() if task in tasks and categories[task] == category]
     return sum(values) / len(values) if values else None
 
 

@@ -92,17 +92,18 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def verdict(test: CategoryTest, name_a: str, name_b: str, alpha: float = 0.05) -> str:
+    """What a test says in words: which model is better, no difference, or why it cannot say."""
+    if not test.enough_datasets:
+        return f"too few datasets (< {MIN_DATASETS}) for the test to mean much"
+    if test.significant(alpha):
+        return f"{name_a if test.mean_a > test.mean_b else name_b} better (p_Holm < {alpha})"
+    return "no significant difference"
+
+
 def category_test_table(tests: list[CategoryTest], name_a: str, name_b: str, alpha: float = 0.05) -> str:
     """Markdown: per category, both means, wins, W, p, Holm p, and a verdict (or why there is none)."""
-    rows = []
-    for test in tests:
-        if not test.enough_datasets:
-            verdict = f"too few datasets (< {MIN_DATASETS}) for the test to mean much"
-        elif test.significant(alpha):
-            verdict = f"{name_a if test.mean_a > test.mean_b else name_b} better (p_Holm < {alpha})"
-        else:
-            verdict = "no significant difference"
-        rows.append([test.category, test.n_datasets, test.mean_a, test.mean_b, f"{test.wins_a}/{test.n_datasets}",
-                     test.statistic, test.p_value, test.p_holm, verdict])
+    rows = [[test.category, test.n_datasets, test.mean_a, test.mean_b, f"{test.wins_a}/{test.n_datasets}",
+             test.statistic, test.p_value, test.p_holm, verdict(test, name_a, name_b, alpha)] for test in tests]
     header = ["category", "datasets", name_a, name_b, f"{name_a} wins", "W", "p", "p (Holm)", "verdict"]
     return markdown_table(header, rows)
