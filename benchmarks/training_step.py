@@ -47,6 +47,7 @@ def one_step(args) -> dict:
     import torch
     from transformers import TrainingArguments
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repository root
     import train
     from poolattn.backbones import resolve_backbone
     from poolattn.data import TripletCollator
