@@ -14,7 +14,8 @@ Contenders (every one sorts texts by length and batches them the same way; all a
 Throughput: contenders are timed in interleaved rounds in one process (this machine is noisy), best round each, and
 reported as ratios to `bare` and to sentence-transformers measured in the same rounds. Peak memory: each contender
 in a fresh process, the process's peak resident set (VmHWM) over one encode, in total and above the level after
-loading, with glibc told to return large blocks at once (`DETERMINISTIC_MALLOC`) so that peaks repeat exactly. Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --long-max-length tokens).
+loading, with glibc told to return large blocks at once (`DETERMINISTIC_MALLOC`) so that peaks repeat exactly.
+Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --max-length tokens).
 """
 
 import argparse
@@ -27,11 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from peak_memory import DETERMINISTIC_MALLOC, peak_rss_mib, reset_peak_rss, rss_mib
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# glibc malloc gives large blocks back at once, so the resident set follows the live tensors; without this, the peak
-# of two identical runs differed by up to 20% here (freed blocks stay resident or not, by chance).
-DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
 CONTENDERS = ("bare", "sentence-transformers", "v1", "v2", "v3", "v4", "v5", "v5 via ST")
 
 
@@ -114,21 +113,6 @@ class _Adapter:
         return self._encode(texts, batch_size)
 
 
-def peak_rss_mib() -> float:
-    return _status_mib("VmHWM")
-
-
-def rss_mib() -> float:
-    return _status_mib("VmRSS")
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def measure_memory(name: str, args) -> dict:
     """In this (fresh) process: load, warm up, reset the peak, encode once, read the peak."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -136,7 +120,7 @@ def measure_memory(name: str, args) -> dict:
         texts = load_texts(args.texts_kind, args.count)
         contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
         loaded = rss_mib()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        reset_peak_rss()
         contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length)
         peak = peak_rss_mib()
     return {"contender": name, "peak_mib": round(peak, 1), "above_loaded_mib": round(peak - loaded, 1)}

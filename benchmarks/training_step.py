@@ -19,28 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from peak_memory import DETERMINISTIC_MALLOC, peak_rss_mib, reset_peak_rss, rss_mib
+
 TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "snli_triplets.jsonl"
-# glibc malloc gives large blocks back at once, so the resident set follows the live tensors (peaks repeat exactly).
-DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
-
-
-def peak_rss_mib() -> float:
-    return _status_mib("VmHWM")
-
-
-def rss_mib() -> float:
-    return _status_mib("VmRSS")
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
 def one_step(args) -> dict:
