@@ -53,11 +53,11 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     """A poolattn folder or Hub repository -> PoolAttnEncoder; else a sentence-transformers model (folder or Hub id)."""
     from poolattn.mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder, model_fingerprint
 
-    snapshot = None if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
-    if snapshot or is_poolattn_folder(model):
+    folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if folder:
         # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
-        name = model if snapshot and not (Path(snapshot) / "training_manifest.json").is_file() else None
-        return PoolAttnEncoder(snapshot or model, name=name, batch_size=batch_size, max_length=max_length,
+        name = model if folder != model and not (Path(folder) / "training_manifest.json").is_file() else None
+        return PoolAttnEncoder(folder, name=name, batch_size=batch_size, max_length=max_length,
                                instructions=TASK_INSTRUCTIONS if instructions else {})
     import mteb
     from sentence_transformers import SentenceTransformer

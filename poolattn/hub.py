@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .configuration_poolattn import PoolAttnConfig
@@ -92,6 +93,20 @@ class ExportedModel:
     @property
     def backbone(self) -> str | None:
         return self.manifest["backbone"] if self.manifest else None
+
+    @cached_property
+    def mteb_name(self) -> str:
+        """The name `evaluate.py run` records this model under."""
+        from .mteb_encoder import default_model_name
+
+        return default_model_name(str(self.folder))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The weights fingerprint `evaluate.py run` uses as the mteb revision (hashed once: the weights are big)."""
+        from .mteb_encoder import model_fingerprint
+
+        return model_fingerprint(str(self.folder))
 
 
 def _parameter_counts(folder: Path) -> dict[str, int]:
@@ -183,20 +198,17 @@ def find_evaluations(results_root, model: ExportedModel, others: list[ExportedMo
     This model's results are found by its name and weights fingerprint (never a stale revision). Other variants of
     the same backbone: the exact revisions of `others` where given, else each name's newest revision.
     """
-    from .mteb_encoder import default_model_name, model_fingerprint
-
     root = Path(results_root) / "results"
     if not root.is_dir():
         raise ValueError(f"{results_root} holds no mteb results (no results/ folder); give the --output of "
                          "`evaluate.py run`.")
 
     def exact(candidate: ExportedModel) -> Evaluation | None:
-        name = default_model_name(str(candidate.folder))
-        folder = root / name.replace("/", "__") / model_fingerprint(str(candidate.folder))
+        folder = root / candidate.mteb_name.replace("/", "__") / candidate.fingerprint
         return read_evaluation(folder) if folder.is_dir() else None
 
     own = exact(model)
-    own_name = default_model_name(str(model.folder))
+    own_name = model.mteb_name
     peers = {evaluation.name: evaluation for evaluation in map(exact, others) if evaluation and evaluation.name != own_name}
     family = own_name.rsplit("-v", 1)[0] + "-v"
     for model_folder in sorted(root.glob(family.replace("/", "__") + "*")):
@@ -497,14 +509,16 @@ def build_model_card(model: ExportedModel, *, repo_id: str, evaluation: Evaluati
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def write_repository_folder(model_folder, destination, *, repo_id: str, results=None, others=(),
+def write_repository_folder(model, destination, *, repo_id: str, results=None, others: list[ExportedModel] = (),
                             license: str | None = None) -> Path:
-    """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename)."""
+    """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename).
+
+    `model` is an `ExportedModel` or its folder; `others` are the variants published with it (for the comparisons).
+    """
     from .trainer import atomic_save
 
-    model = ExportedModel.read(model_folder)
-    evaluation, peers = (find_evaluations(results, model, [ExportedModel.read(o) for o in others])
-                         if results else (None, []))
+    model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
+    evaluation, peers = find_evaluations(results, model, others) if results else (None, [])
     card = build_model_card(model, repo_id=repo_id, evaluation=evaluation, peers=peers, license=license)
 
     def save(folder: Path):
@@ -570,9 +584,9 @@ def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results
                          "different paper variants together, or one custom model per --hub_model_id.")
     folders = []
     for model, repo_id in zip(models, repo_ids):
-        others = [other.folder for other in models if other is not model]
+        others = [other for other in models if other is not model]
         destination = Path(output_dir) / repo_id.split("/")[-1]
-        folders.append(write_repository_folder(model.folder, destination, repo_id=repo_id, results=results,
+        folders.append(write_repository_folder(model, destination, repo_id=repo_id, results=results,
                                                others=others, license=license))
         print(f"{repo_id}: repository folder written to {destination}")
     if push:
