@@ -325,12 +325,25 @@ def main(argv: list[str]) -> list[Path]:
     for variant in model_args.variants:
         training_args.output_dir = str(Path(base_output) / f"v{variant}") if len(model_args.variants) > 1 else base_output
         exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
+    shut_down_process_group()
     # 7. Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
         publish(exported, hub_model_id=training_args.hub_model_id, push=training_args.publish_to_hub,
                 output_dir=training_args.hub_dry_run or Path(base_output) / "hub",
                 token=training_args.hub_token, private=training_args.hub_private_repo)
     return exported
+
+
+def shut_down_process_group() -> None:
+    """Under torchrun, wait for every rank, then destroy the process group, so that the interpreter exits cleanly.
+
+    Without this, gloo's worker threads can still hold the last collective's tensors when the process exits; freeing
+    them needs the GIL, and the finished run aborts ("terminate called without an active exception") or hangs in
+    ~ProcessGroupGloo. The barrier releases the GIL while it waits, which lets those threads finish.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
                                  gradcache_chunk_size=chunk, temperature=0.05, gather_across_devices=True)
     trainer.add_callback(DumpGradients(out_dir, collator))
     trainer.train()
+    train.shut_down_process_group()  # as train.main does; without it gloo may abort the finished run at exit
 
 
 if __name__ == "__main__":
