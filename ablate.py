@@ -14,7 +14,7 @@ multi-head attention), trained with identical data order and seed (the same trai
 |---|---|
 | layer_count | base (all layers), last 1, last 2, last 4, last 8 |
 | layer_subset | base (all), last 4, middle 4 |
-| layer_weights | base (on), off: no trainable layer-weight matrix |
+| layer_weights | base (on, starts at zero), off: no trainable layer-weight matrix, paper init: starts at normal(0, 1) as in the paper's code |
 | head_attention | base (multihead), single: one head as wide as the head, hierarchical: attend within groups of 4 consecutive layers, then across the group summaries |
 | all | every arm above, each trained once |
 
@@ -36,7 +36,7 @@ ABLATIONS = {
     "layer_count": {"last_1": {"layers": "last:1"}, "last_2": {"layers": "last:2"}, "last_4": {"layers": "last:4"},
                     "last_8": {"layers": "last:8"}},
     "layer_subset": {"last_4": {"layers": "last:4"}, "middle_4": {"layers": "middle:4"}},
-    "layer_weights": {"weights_off": {"layer_weights": False}},
+    "layer_weights": {"weights_off": {"layer_weights": False}, "weights_paper_init": {"layer_weights_init_std": 1.0}},
     "head_attention": {"single": {"head_attention": "single"},
                        "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4}},
 }
@@ -48,7 +48,7 @@ def arms(ablation: str) -> dict[str, dict]:
     """Arm name -> `PoolAttnConfig` overrides of the base variant; the base arm (no overrides) first.
 
     >>> list(arms("layer_weights"))
-    ['base', 'weights_off']
+    ['base', 'weights_off', 'weights_paper_init']
     >>> arms("layer_count")["last_2"]
     {'layers': 'last:2'}
     """

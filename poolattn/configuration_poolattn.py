@@ -108,6 +108,9 @@ class PoolAttnConfig(PreTrainedConfig):
         layers: for `"multi_layer_latent"`: `"all"`, `"last:K"`, `"middle:K"`, `"first:K"` or a list of indices
             (1-based; layer `L` is the final-normed last layer; negatives count from the end).
         layer_weights: add the trainable per-layer weight (position) matrix to the layer summaries.
+        layer_weights_init_std: the matrix starts as normal(0, std). 0 (the default) starts it at zero, a no-op
+            that training has to move; 1.0 is the paper's code (an `nn.Embedding`, normal(0, 1)), which makes the
+            layers distinguishable to the head from the first step.
         head_attention: `"multihead"`, `"single"` (one head spanning the whole head width) or `"hierarchical"`
             (`multi_layer_latent` only): the latents attend within each group of `layer_group_size` consecutive
             selected layers (the group's summary is the mean of the attended latents), then a second block attends
@@ -137,6 +140,7 @@ class PoolAttnConfig(PreTrainedConfig):
     latent_orientation: str = "latents_query"
     layers: str | list[int] = "all"
     layer_weights: bool = True
+    layer_weights_init_std: float = 0.0
     head_attention: str = "multihead"
     layer_group_size: int = 4
     num_latents: int | None = None
@@ -160,6 +164,12 @@ class PoolAttnConfig(PreTrainedConfig):
             _check_positive_int(name, getattr(self, name))
         if isinstance(self.ffn_multiplier, bool) or not isinstance(self.ffn_multiplier, int) or self.ffn_multiplier < 0:
             raise ValueError(f"PoolAttnConfig: ffn_multiplier={self.ffn_multiplier!r} must be an integer >= 0.")
+        std = self.layer_weights_init_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std < float("inf"):
+            raise ValueError(
+                f"PoolAttnConfig: layer_weights_init_std={std!r} must be a finite number >= 0 "
+                "(0: start the layer-weight matrix at zero; 1.0: the paper's normal(0, 1))."
+            )
         if self.variant is not None:
             _check_choice("variant", self.variant, tuple(PAPER_VARIANTS))
         if self.head_input is not None:

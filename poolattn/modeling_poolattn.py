@@ -313,7 +313,11 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             std = getattr(self.config.text_config, "initializer_range", 0.02)
             init.normal_(module.latents, mean=0.0, std=std)
         if isinstance(module, (LatentPooler, HierarchicalLatentPooler)) and module.layer_weights is not None:
-            init.zeros_(module.layer_weights)  # start as a no-op; learned per-layer offsets
+            std = self.config.layer_weights_init_std  # 0: start as a no-op; 1.0: the paper's nn.Embedding
+            if std:
+                init.normal_(module.layer_weights, mean=0.0, std=std)
+            else:
+                init.zeros_(module.layer_weights)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

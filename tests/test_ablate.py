@@ -37,6 +37,9 @@ def test_layer_subset_weights_and_head_attention_arms():
     off = arm_model(ablate.arms("layer_weights")["weights_off"])
     assert base.pooler.layer_weights is not None and off.pooler.layer_weights is None
     assert not any("layer_weights" in name for name, _ in off.named_parameters())
+    paper_init = arm_model(ablate.arms("layer_weights")["weights_paper_init"])
+    assert torch.equal(base.pooler.layer_weights, torch.zeros(12, 32))  # ours: a no-op start
+    assert 0.85 < paper_init.pooler.layer_weights.std() < 1.15  # the paper's nn.Embedding: normal(0, 1), 384 draws
     heads = ablate.arms("head_attention")
     single, hierarchical = arm_model(heads["single"]), arm_model(heads["hierarchical"])
     assert isinstance(base.pooler, LatentPooler) and base.pooler.num_heads == 4
@@ -46,7 +49,7 @@ def test_layer_subset_weights_and_head_attention_arms():
 
 def test_all_trains_each_distinct_arm_once():
     everything = ablate.arms("all")
-    assert list(everything)[0] == ablate.BASE_ARM and len(everything) == 9
+    assert list(everything)[0] == ablate.BASE_ARM and len(everything) == 10
     keys = [json.dumps(overrides, sort_keys=True) for overrides in everything.values()]
     assert len(set(keys)) == len(keys)  # last 4 appears in two ablations, trained once
     with pytest.raises(ValueError, match="Allowed values: layer_count"):

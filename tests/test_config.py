@@ -117,6 +117,8 @@ def test_bad_layer_specs_raise_with_allowed_forms(layers):
         ({"num_heads": 5}, "hidden_size=32 is not divisible by num_heads=5"),
         ({"head_attention": "hierarchical"}, "head_attention='hierarchical' groups consecutive layers"),
         ({"layer_group_size": 0}, "layer_group_size=0 must be a positive integer"),
+        ({"layer_weights_init_std": -1.0}, r"layer_weights_init_std=-1.0 must be a finite number >= 0"),
+        ({"layer_weights_init_std": "1"}, r"layer_weights_init_std='1' must be a finite number >= 0"),
     ],
 )
 def test_bad_head_sizes(fields, match):

@@ -219,6 +219,15 @@ def test_head_is_sized_from_the_backbone_and_fully_initialised(tmp_path):
     assert model.encode(SENTENCES).shape == (8, 48)  # tokenizer came with the backbone
 
 
+def test_normal_initialised_layer_weights_survive_save_and_load(tmp_path):
+    model = tiny_model("llama", 5, layer_weights_init_std=1.0)
+    assert 0.7 < model.pooler.layer_weights.std() < 1.3  # 3 layers x 32 draws of normal(0, 1)
+    model.save_pretrained(tmp_path)
+    reloaded = PoolAttnEmbeddingModel.from_pretrained(tmp_path)
+    assert reloaded.config.layer_weights_init_std == 1.0
+    assert torch.equal(reloaded.pooler.layer_weights, model.pooler.layer_weights)  # loaded, not drawn again
+
+
 def test_hierarchical_head_attends_within_groups_of_consecutive_layers_then_across_them():
     model = tiny_model("llama", 5, head_attention="hierarchical", layer_group_size=2)  # 3 layers: [1, 2], [3]
     pooler = model.pooler
