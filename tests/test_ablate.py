@@ -76,6 +76,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
                  for arm in ("base", "weights_off")]
     assert [m["model_name"] for m in manifests] == [base, off]
     assert manifests[1]["poolattn_config"]["layer_weights"] is False
+    assert f"## poolattn/{name}-v5-weights-paper-init vs {base}" in comparison
     assert manifests[0]["data"] == manifests[1]["data"] and manifests[0]["seed"] == manifests[1]["seed"]
 
     import shutil
@@ -92,7 +93,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
         torch.testing.assert_close(value, exported[key], rtol=0, atol=1e-6)
 
     scored = sorted((tmp_path / "sweep" / "results").rglob("BIOSSES.json"))
-    assert len(scored) == 2
+    assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
     monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a finished arm was retrained"))
     assert ablate.main(argv) == 0  # resumed: nothing retrained ...
