@@ -139,4 +139,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_code = main(sys.argv[1:])
+    import train
+
+    train.shut_down_process_group()  # every arm's train.main ended with a barrier; nothing waits on other ranks here
+    sys.exit(exit_code)

@@ -325,7 +325,7 @@ def main(argv: list[str]) -> list[Path]:
     for variant in model_args.variants:
         training_args.output_dir = str(Path(base_output) / f"v{variant}") if len(model_args.variants) > 1 else base_output
         exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
-    shut_down_process_group()
+    finish_collectives()
     # 7. Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
         publish(exported, hub_model_id=training_args.hub_model_id, push=training_args.publish_to_hub,
@@ -334,21 +334,28 @@ def main(argv: list[str]) -> list[Path]:
     return exported
 
 
-def shut_down_process_group() -> None:
-    """Under torchrun, wait for every rank, then destroy the process group, so that the interpreter exits cleanly.
+def finish_collectives() -> None:
+    """Under torchrun, a barrier after the last collective of a run (it releases the GIL while it waits).
 
-    Without this, gloo's worker threads can still hold the last collective's tensors when the process exits; freeing
-    them needs the GIL, and the finished run aborts ("terminate called without an active exception") or hangs in
-    ~ProcessGroupGloo. The barrier releases the GIL while it waits, which lets those threads finish.
+    gloo's worker threads free each collective's tensors after the collective returns, and freeing them needs the GIL.
+    A thread still doing so when the process exits aborts the finished run ("terminate called without an active
+    exception") or deadlocks in ~ProcessGroupGloo; after this barrier the threads are idle. Then
+    `shut_down_process_group` at exit. Safe to call after every run: `ablate.py` calls `main` once per arm.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def shut_down_process_group() -> None:
+    """Destroy the process group once, when the process is done (after `finish_collectives`; no collective waits)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
+        shut_down_process_group()  # only after success: after a failure another rank may be inside a collective
     except TripletDataError as error:
         sys.exit(f"train.py: bad training data: {error}")
     except HubPushError as error:

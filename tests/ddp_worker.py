@@ -56,7 +56,8 @@ def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
                                  gradcache_chunk_size=chunk, temperature=0.05, gather_across_devices=True)
     trainer.add_callback(DumpGradients(out_dir, collator))
     trainer.train()
-    train.shut_down_process_group()  # as train.main does; without it gloo may abort the finished run at exit
+    train.finish_collectives()  # as train.main and its __main__ do; without them gloo may abort the run at exit
+    train.shut_down_process_group()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """ablate.py: every arm builds the config it names, and a tiny sweep trains, scores, compares and resumes."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,16 +58,21 @@ def test_all_trains_each_distinct_arm_once():
         ablate.arms("layer_counts")
 
 
-def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_backbone_folder, triplets_file,
-                                                                          tmp_path, monkeypatch):
-    pytest.importorskip("mteb")
+def tiny_sweep_arguments(backbone_folder: str, triplets_file: str, tmp_path: Path) -> list[str]:
+    """ablate.py arguments: the 3 layer_weights arms, 2 steps each, scored on a 30-row copy of BIOSSES."""
     (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
     lines = (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]
     (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(lines) + "\n")
-    argv = ["--ablation", "layer_weights", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
-            "--output", str(tmp_path / "sweep"), "--", "--backbone", tiny_backbone_folder, "--train_data",
+    return ["--ablation", "layer_weights", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
+            "--output", str(tmp_path / "sweep"), "--", "--backbone", backbone_folder, "--train_data",
             triplets_file, "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "2",
             "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+
+
+def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_backbone_folder, triplets_file,
+                                                                          tmp_path, monkeypatch):
+    pytest.importorskip("mteb")
+    argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     assert ablate.main(argv) == 0
     comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
     name = Path(tiny_backbone_folder).name
@@ -98,3 +105,19 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
     monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a finished arm was retrained"))
     assert ablate.main(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
+
+
+def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(tiny_backbone_folder, triplets_file,
+                                                                                 tmp_path):
+    # One train.main per arm in the same 2 processes: the process group must outlive each arm's run, and the
+    # processes must still exit with 0 (gloo aborts an exit that skips the barrier and destroy_process_group).
+    pytest.importorskip("mteb")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(ablate.__file__)), *tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for arm in ablate.arms("layer_weights"):
+        manifest = json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
+        assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, arm
+    comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
+    assert comparison.count(" vs poolattn/") == 2  # weights_off and weights_paper_init against the base arm
