@@ -3,5 +3,28 @@
 from .configuration_poolattn import PAPER_VARIANTS, PoolAttnConfig, resolve_layers
 from .modeling_poolattn import PoolAttnEmbeddingModel, PoolAttnEmbeddingOutput
 
-__all__ = ["PAPER_VARIANTS", "PoolAttnConfig", "PoolAttnEmbeddingModel", "PoolAttnEmbeddingOutput", "resolve_layers"]
+__all__ = [
+    "PAPER_VARIANTS",
+    "PoolAttnConfig",
+    "PoolAttnEmbeddingModel",
+    "PoolAttnEmbeddingOutput",
+    "from_backbone",
+    "resolve_layers",
+]
 __version__ = "0.1.0"
+
+
+def from_backbone(name_or_path: str, variant: int | None = 5, **overrides) -> PoolAttnEmbeddingModel:
+    """`PoolAttnEmbeddingModel.from_backbone` that also takes poolattn's named backbones, e.g. `"smollm2-135m"`.
+
+    >>> model = from_backbone("smollm2-135m", variant=5)  # doctest: +SKIP
+    >>> model.encode(["A man is playing a guitar."]).shape  # doctest: +SKIP
+    (1, 576)
+
+    A named backbone is resolved to a local folder first (`poolattn.backbones.resolve_backbone`: the cache, the Hub,
+    or built offline from its wheel); any other name or path (a local folder, a Hub id) is passed on unchanged.
+    `variant` and `overrides` are those of `PoolAttnEmbeddingModel.from_backbone`.
+    """
+    from .backbones import resolve_backbone  # imported here so `python -m poolattn.backbones` runs it only once
+
+    return PoolAttnEmbeddingModel.from_backbone(resolve_backbone(name_or_path), variant=variant, **overrides)

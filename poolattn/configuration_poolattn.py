@@ -52,7 +52,9 @@ def resolve_layers(spec, num_hidden_layers: int) -> list[int]:
     `1..depth` (negative indices count from the end, `-1` is the last layer).
     """
     depth = num_hidden_layers
-    allowed = f"Allowed forms: {', '.join(LAYER_SPEC_FORMS)}; indices 1..{depth} or -{depth}..-1 (backbone depth {depth})."
+    allowed = (
+        f"Allowed forms: {', '.join(LAYER_SPEC_FORMS)}; indices 1..{depth} or -{depth}..-1 (backbone depth {depth})."
+    )
     if isinstance(spec, str):
         if spec == "all":
             return list(range(1, depth + 1))
@@ -61,7 +63,9 @@ def resolve_layers(spec, num_hidden_layers: int) -> list[int]:
             raise ValueError(f"PoolAttnConfig: layers={spec!r} is not a valid layer spec. {allowed}")
         k = int(count)
         if not 1 <= k <= depth:
-            raise ValueError(f"PoolAttnConfig: layers={spec!r} asks for {k} layers of a {depth}-layer backbone. {allowed}")
+            raise ValueError(
+                f"PoolAttnConfig: layers={spec!r} asks for {k} layers of a {depth}-layer backbone. {allowed}"
+            )
         start = {"first": 1, "last": depth - k + 1, "middle": (depth - k) // 2 + 1}[form]
         return list(range(start, start + k))
     if not isinstance(spec, (list, tuple)) or not spec:
@@ -69,7 +73,9 @@ def resolve_layers(spec, num_hidden_layers: int) -> list[int]:
     indices = []
     for index in spec:
         if isinstance(index, bool) or not isinstance(index, int) or not (1 <= index <= depth or -depth <= index <= -1):
-            raise ValueError(f"PoolAttnConfig: layer index {index!r} in layers={list(spec)!r} is out of range. {allowed}")
+            raise ValueError(
+                f"PoolAttnConfig: layer index {index!r} in layers={list(spec)!r} is out of range. {allowed}"
+            )
         indices.append(index if index > 0 else depth + 1 + index)
     if len(set(indices)) != len(indices):
         raise ValueError(f"PoolAttnConfig: layers={list(spec)!r} names a layer twice. {allowed}")
@@ -154,6 +160,15 @@ class PoolAttnConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self._check_fields()
+        self._fill_derived_defaults()
+
+    def _check_fields(self) -> None:
+        """Step 1: raise `ValueError` for a given field that is out of range or contradicts another one.
+
+        Not named `validate*`: `PreTrainedConfig.validate` exists, and `validate_*` methods are strict-dataclass
+        class validators in transformers 5.
+        """
         _check_choice("attention", self.attention, ATTENTIONS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("latent_orientation", self.latent_orientation, LATENT_ORIENTATIONS)
@@ -162,8 +177,9 @@ class PoolAttnConfig(PreTrainedConfig):
             _check_choice(name, getattr(self, name), (True, False))
         for name in ("num_latents", "num_heads", "head_dim", "max_length", "layer_group_size"):
             _check_positive_int(name, getattr(self, name))
-        if isinstance(self.ffn_multiplier, bool) or not isinstance(self.ffn_multiplier, int) or self.ffn_multiplier < 0:
-            raise ValueError(f"PoolAttnConfig: ffn_multiplier={self.ffn_multiplier!r} must be an integer >= 0.")
+        multiplier = self.ffn_multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 0:
+            raise ValueError(f"PoolAttnConfig: ffn_multiplier={multiplier!r} must be an integer >= 0.")
         std = self.layer_weights_init_std
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std < float("inf"):
             raise ValueError(
@@ -177,32 +193,38 @@ class PoolAttnConfig(PreTrainedConfig):
         if self.layer_summary is not None:
             _check_choice("layer_summary", self.layer_summary, LAYER_SUMMARIES)
         if isinstance(self.layers, tuple):
-            self.layers = list(self.layers)
+            self.layers = list(self.layers)  # JSON-friendly; the one normalisation done here, before the check
         resolve_layers(self.layers, self.text_config.num_hidden_layers)  # validates against the backbone depth
-
-        self.text_config.is_causal = self.attention == "causal"
-        self.text_config.use_cache = False
-        bidirectional = self.attention == "bidirectional"
-        if self.pooling == "latent" and self.head_input is None:
-            self.head_input = "all_tokens" if bidirectional else "last_token"
         if self.head_attention == "hierarchical" and self.pooling != "multi_layer_latent":
             raise ValueError(
                 f"PoolAttnConfig: head_attention='hierarchical' groups consecutive layers, so it needs "
                 f"pooling='multi_layer_latent' (got pooling={self.pooling!r}). Use 'multihead' or 'single' here."
             )
+        if self.pooling in TRAINABLE_POOLINGS and self.head_attention == "single" and self.num_heads not in (None, 1):
+            raise ValueError(
+                f"PoolAttnConfig: head_attention='single' uses one head, but num_heads={self.num_heads} was given. "
+                "Drop num_heads or use head_attention='multihead'."
+            )
+
+    def _fill_derived_defaults(self) -> None:
+        """Step 2: the backbone's attention switch, then each `None` field's attention- or backbone-dependent default.
+
+        Raises only where a default cannot be derived (a `num_heads` that does not divide `hidden_size`).
+        """
+        self.text_config.is_causal = self.attention == "causal"
+        self.text_config.use_cache = False
+        bidirectional = self.attention == "bidirectional"
+        if self.pooling == "latent" and self.head_input is None:
+            self.head_input = "all_tokens" if bidirectional else "last_token"
         if self.pooling == "multi_layer_latent" and self.layer_summary is None:
             self.layer_summary = "mean" if bidirectional else "eos"
         if self.pooling in TRAINABLE_POOLINGS:
-            self._resolve_head_sizes()
+            self._fill_head_sizes()
 
-    def _resolve_head_sizes(self) -> None:
+    def _fill_head_sizes(self) -> None:
+        """num_heads, head_dim and num_latents default from the backbone, so the head is as wide as the backbone."""
         hidden_size = self.text_config.hidden_size
         if self.head_attention == "single":
-            if self.num_heads not in (None, 1):
-                raise ValueError(
-                    f"PoolAttnConfig: head_attention='single' uses one head, but num_heads={self.num_heads} was given. "
-                    "Drop num_heads or use head_attention='multihead'."
-                )
             self.num_heads = 1
         elif self.num_heads is None:
             self.num_heads = self.text_config.num_attention_heads

@@ -9,6 +9,7 @@ Read top-down: tokenization helpers -> pooling helpers -> the trainable head -> 
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,9 @@ from .configuration_poolattn import PoolAttnConfig
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Tokenization: prompt tokens are marked so that pooling can leave them out.
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
@@ -95,16 +96,20 @@ def pad_features(features: list[dict], *, pad_token_id: int, padding_side: str) 
     batch = {"input_ids": [], "attention_mask": [], "pooling_mask": []}
     for feature in features:
         length = len(feature["input_ids"])
-        rows = {"input_ids": feature["input_ids"], "attention_mask": [1] * length, "pooling_mask": feature["pooling_mask"]}
+        rows = {
+            "input_ids": feature["input_ids"],
+            "attention_mask": [1] * length,
+            "pooling_mask": feature["pooling_mask"],
+        }
         for key, row in rows.items():
             padding = [pad_token_id if key == "input_ids" else 0] * (width - length)
             batch[key].append(padding + row if padding_side == "left" else row + padding)
     return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pooling helpers: mask-aware, correct for left and right padding.
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -126,9 +131,9 @@ def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return sums / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The trainable head: a Perceiver-style cross-attention block over trainable latents (the paper's pooling layer).
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class GEGLUFeedForward(nn.Module):
@@ -232,9 +237,32 @@ class HierarchicalLatentPooler(nn.Module):
         return self.across(summaries)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The model.
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def named_backbone_hint(name_or_path, error: Exception) -> str | None:
+    """What to call instead when a backbone failed to load under a name that may be one of poolattn's named backbones.
+
+    >>> named_backbone_hint("smollm2-135m", OSError("not found")).split(";")[0]
+    "'smollm2-135m' is neither a local folder nor a model the Hub could load (not found)"
+    >>> named_backbone_hint("org/model", OSError("not found")) is None  # a Hub id: the loader's own error says it all
+    True
+
+    The Hub pair cannot import `poolattn.backbones`, so the only sign of a named backbone here is a name without a
+    "/" that is not an existing path; `poolattn.from_backbone` resolves (fetches or builds) it first.
+    """
+    name = str(name_or_path)
+    if "/" in name or os.sep in name or os.path.exists(name):
+        return None
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"{name!r} is neither a local folder nor a model the Hub could load ({reason}); if it is one of poolattn's "
+        f"named backbones, call poolattn.from_backbone({name!r}, ...) or PoolAttnEmbeddingModel.from_backbone("
+        f"poolattn.backbones.resolve_backbone({name!r}), ...) with the same arguments: both fetch or build the named "
+        "backbone (offline too) before loading it."
+    )
 
 
 @dataclass
@@ -365,9 +393,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         last = self.config.text_config.num_hidden_layers  # taken from the final-normed last_hidden_state instead
         for index in self.layer_indices:
             if index != last:
-                hook = lambda module, args, output, index=index: summaries.__setitem__(
-                    index, summarize(output[0] if isinstance(output, tuple) else output)
-                )
+
+                def hook(module, args, output, index=index):
+                    summaries[index] = summarize(output[0] if isinstance(output, tuple) else output)
+
                 hooks.append(self.model.layers[index - 1].register_forward_hook(hook))
         try:
             yield summaries, summarize
@@ -440,7 +469,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
 
         if self.config.normalize if normalize is None else normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
-        return PoolAttnEmbeddingOutput(embeddings=embeddings, last_hidden_state=hidden, layer_summaries=layer_summaries)
+        return PoolAttnEmbeddingOutput(
+            embeddings=embeddings, last_hidden_state=hidden, layer_summaries=layer_summaries
+        )
 
     # -- construction and I/O ---------------------------------------------------------------------------------------
 
@@ -455,7 +486,12 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     def from_backbone(cls, name_or_path: str, variant: int | None = 5, **overrides) -> "PoolAttnEmbeddingModel":
         """A pretrained decoder (local folder or Hub id) plus a freshly initialised pooling head.
 
-        >>> model = PoolAttnEmbeddingModel.from_backbone("HuggingFaceTB/SmolLM2-135M-Instruct", variant=5)  # doctest: +SKIP
+        For poolattn's named backbones (the default `"smollm2-135m"`), call `poolattn.from_backbone(name, ...)`: it
+        resolves the name to a folder (fetched, or built offline) first; this file cannot import poolattn.
+
+        >>> model = PoolAttnEmbeddingModel.from_backbone(  # doctest: +SKIP
+        ...     "HuggingFaceTB/SmolLM2-135M-Instruct", variant=5
+        ... )
         >>> model.encode(["A cat sat on the mat."]).shape  # doctest: +SKIP
         (1, 576)
 
@@ -465,8 +501,15 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         """
         config_fields = set(PoolAttnConfig.__dataclass_fields__) - {"text_config"}
         config_overrides = {key: overrides.pop(key) for key in list(overrides) if key in config_fields}
-        hub_kwargs = {key: overrides[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in overrides}
-        text_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs).get_text_config()
+        hub_keys = ("revision", "token", "cache_dir", "local_files_only")
+        hub_kwargs = {key: overrides[key] for key in hub_keys if key in overrides}
+        try:
+            text_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs).get_text_config()
+        except OSError as error:
+            hint = named_backbone_hint(name_or_path, error)
+            if hint is None:
+                raise
+            raise OSError(f"PoolAttnEmbeddingModel.from_backbone: {hint}") from error
         if variant is None:
             config = PoolAttnConfig(text_config=text_config.to_dict(), **config_overrides)
         else:
@@ -477,7 +520,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         except (OSError, ValueError) as error:
-            logger.warning("No tokenizer found at %s (%s); set `model.tokenizer` before `encode`.", name_or_path, error)
+            logger.warning(
+                "No tokenizer found at %s (%s); set `model.tokenizer` before `encode`.", name_or_path, error
+            )
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -516,7 +561,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     ):
         """Embed texts in batches sorted by length; returns (n, hidden) in input order (a 1-D vector for a string).
 
-        >>> embeddings = model.encode(["A cat sat on the mat.", "Stocks fell."], prompt="Instruct: ...\\nQuery: ")  # doctest: +SKIP
+        >>> embeddings = model.encode(  # doctest: +SKIP
+        ...     ["A cat sat on the mat.", "Stocks fell."], prompt="Instruct: ...\\nQuery: "
+        ... )
 
         `prompt` (one string, or one per text) is prepended to each text; its tokens are left out of mean and
         latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`.
@@ -526,8 +573,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
         tokenizer = self.get_tokenizer()
+        max_length = max_length or self.config.max_length
         features = tokenize_for_embedding(
-            tokenizer, texts, prompt=prompt, max_length=max_length or self.config.max_length, add_eos=self.config.add_eos
+            tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=self.config.add_eos
         )
         pad_token_id = pad_token_id_for(tokenizer)
         order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))

@@ -75,7 +75,8 @@ def tokenizer():
 TRIPLETS = [
     {"query": "what is a loan", "positive": "a loan is money from the bank", "negative": "the river bank is green"},
     {"query": "how do i find a cheap car", "positive": "find a cheap car on the road", "negative": "the car is red"},
-    {"query": "what is attention pooling", "positive": "attention pooling is a model layer", "negative": "read a book"},
+    {"query": "what is attention pooling", "positive": "attention pooling is a model layer",
+     "negative": "read a book"},
     {"query": "how do fish swim", "positive": "fish swim in the water of the river", "negative": "a fish in the city"},
     {"query": "best python code", "positive": "python code to embed a vector", "negative": "write a slow book"},
     {"query": "what is the market", "positive": "stocks rose on the market", "negative": "the market in the city"},

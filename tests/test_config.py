@@ -5,7 +5,12 @@ from conftest import FAMILIES, VARIANTS, tiny_text_config
 
 from poolattn import PAPER_VARIANTS, PoolAttnConfig, resolve_layers
 from poolattn.configuration_poolattn import (
-    ATTENTIONS, HEAD_ATTENTIONS, HEAD_INPUTS, LATENT_ORIENTATIONS, LAYER_SUMMARIES, POOLINGS,
+    ATTENTIONS,
+    HEAD_ATTENTIONS,
+    HEAD_INPUTS,
+    LATENT_ORIENTATIONS,
+    LAYER_SUMMARIES,
+    POOLINGS,
 )
 
 
@@ -99,7 +104,8 @@ def test_invalid_axis_value_names_what_is_allowed(field, value, allowed):
 
 
 @pytest.mark.parametrize(
-    "layers", ["last:4", "first:0", "middle:-1", "last:", "last:two", "every:2", "", [], [0], [4], [-4], [1, 1], [1, "2"], 3]
+    "layers",
+    ["last:4", "first:0", "middle:-1", "last:", "last:two", "every:2", "", [], [0], [4], [-4], [1, 1], [1, "2"], 3],
 )
 def test_bad_layer_specs_raise_with_allowed_forms(layers):
     with pytest.raises(ValueError, match=r"Allowed forms: all, last:K, middle:K, first:K.*depth 3"):
@@ -129,3 +135,13 @@ def test_bad_head_sizes(fields, match):
 def test_from_variant_rejects_unknown_variant():
     with pytest.raises(ValueError, match=r"variant=7 is not a paper variant. Allowed values: 1, 2, 3, 4, 5"):
         PoolAttnConfig.from_variant(7, tiny_text_config())
+
+
+def test_post_init_steps_do_not_shadow_transformers_config_methods():
+    from transformers import PreTrainedConfig
+
+    steps = ("_check_fields", "_fill_derived_defaults", "_fill_head_sizes")
+    assert not set(steps) & set(dir(PreTrainedConfig))
+    assert not any(name.startswith("validate") for name in steps)  # `validate_*` = strict-dataclass class validators
+    config = PoolAttnConfig.from_variant(5, tiny_text_config())
+    config.validate()  # transformers' own validation still runs on a poolattn config

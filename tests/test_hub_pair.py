@@ -1,4 +1,4 @@
-"""The Hub remote-code pair: self-contained imports, and save -> fresh-process AutoModel load -> identical embeddings."""
+"""The Hub remote-code pair: self-contained imports; save -> fresh-process AutoModel load -> identical embeddings."""
 
 import ast
 import json
@@ -69,7 +69,8 @@ def test_saved_folder_loads_in_a_fresh_process_with_bitwise_equal_embeddings(tmp
         cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "trust_remote_code" not in result.stdout + result.stderr  # no second prompt (e.g. when loading the tokenizer)
+    # No second trust_remote_code prompt (e.g. when loading the tokenizer).
+    assert "trust_remote_code" not in result.stdout + result.stderr
     for folder in folders:
         fresh = np.load(Path(folder) / "fresh.npy")
         assert np.array_equal(fresh, expected[folder]), f"{folder}: max |diff| {abs(fresh - expected[folder]).max()}"
@@ -80,7 +81,9 @@ def test_loading_keeps_the_head_in_fp32_under_bf16(tmp_path):
     from transformers import AutoModel
 
     tiny_model("qwen2", 5).save_pretrained(tmp_path)
-    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True, dtype=torch.bfloat16, attn_implementation="eager")
+    model = AutoModel.from_pretrained(
+        tmp_path, trust_remote_code=True, dtype=torch.bfloat16, attn_implementation="eager"
+    )
     assert model.model.dtype == torch.bfloat16 and model.pooler.latents.dtype == torch.float32
     assert model.model.config._attn_implementation == "eager"
     embeddings = model.encode(SENTENCES, convert_to_numpy=False)

@@ -20,7 +20,8 @@ POOLING_CASES = [
     ("multi_layer_mean", {"pooling": "multi_layer_latent", "layer_summary": "mean", "layers": [1, 3]}),
     ("multi_layer_single_head", {"pooling": "multi_layer_latent", "head_attention": "single", "layer_weights": False}),
     ("multi_layer_inputs_query", {"pooling": "multi_layer_latent", "latent_orientation": "inputs_query"}),
-    ("multi_layer_hierarchical", {"pooling": "multi_layer_latent", "head_attention": "hierarchical", "layer_group_size": 2}),
+    ("multi_layer_hierarchical",
+     {"pooling": "multi_layer_latent", "head_attention": "hierarchical", "layer_group_size": 2}),
 ]
 ATTENTION_CASES = ("causal", "bidirectional")
 
@@ -125,7 +126,9 @@ def test_hooked_layer_summaries_equal_the_output_hidden_states_path(layer_summar
 
 def test_prompt_tokens_are_left_out_of_mean_pooling():
     model = tiny_model("llama", variant=None, pooling="mean", normalize=False)
-    features = tokenize_for_embedding(model.tokenizer, ["the cat sat"], prompt="query passage", max_length=64, add_eos=True)
+    features = tokenize_for_embedding(
+        model.tokenizer, ["the cat sat"], prompt="query passage", max_length=64, add_eos=True
+    )
     ids = model.tokenizer.convert_tokens_to_ids("<s> query passage the cat sat </s>".split())
     assert features[0]["input_ids"] == ids
     assert features[0]["pooling_mask"] == [1, 0, 0, 1, 1, 1, 1]  # BOS, prompt x2, text x3, EOS
@@ -153,7 +156,9 @@ def test_tokenization_frames_truncates_and_appends_eos_once():
     assert features[0]["input_ids"] == [1, *tokenizer("the cat sat", add_special_tokens=False)["input_ids"], 2]
     without_eos = tokenize_for_embedding(tokenizer, ["a dog"], max_length=8, add_eos=False)
     assert without_eos[0]["input_ids"][-1] != 2
-    per_text = tokenize_for_embedding(tokenizer, ["a dog", "a cat"], prompt=["query", "passage"], max_length=8, add_eos=True)
+    per_text = tokenize_for_embedding(
+        tokenizer, ["a dog", "a cat"], prompt=["query", "passage"], max_length=8, add_eos=True
+    )
     assert per_text[0]["input_ids"][1] != per_text[1]["input_ids"][1]
     with pytest.raises(ValueError, match="max_length=3 leaves no room for text"):
         tokenize_for_embedding(tokenizer, ["a dog"], prompt="query passage", max_length=3, add_eos=True)
@@ -217,6 +222,37 @@ def test_head_is_sized_from_the_backbone_and_fully_initialised(tmp_path):
     for name, tensor in model.model.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
     assert model.encode(SENTENCES).shape == (8, 48)  # tokenizer came with the backbone
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """No network: huggingface_hub reads HF_HUB_OFFLINE at import, so its constant is patched too."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_from_backbone_says_what_to_call_for_a_name_that_is_not_a_folder(hub_offline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so the name is surely not a folder here
+    with pytest.raises(OSError) as error:
+        PoolAttnEmbeddingModel.from_backbone("no-such-backbone", variant=5)
+    message = str(error.value)
+    assert "'no-such-backbone' is neither a local folder nor a model the Hub could load" in message
+    assert "poolattn.from_backbone('no-such-backbone', ...)" in message
+    assert "resolve_backbone('no-such-backbone')" in message
+    assert isinstance(error.value.__cause__, OSError)  # the loader's own error is kept
+    with pytest.raises(OSError) as hub_id_error:  # a Hub id ("org/name") gets the loader's error unchanged
+        PoolAttnEmbeddingModel.from_backbone("no-such-org/no-such-backbone", variant=5)
+    assert "poolattn.from_backbone" not in str(hub_id_error.value)
+
+
+def test_package_from_backbone_passes_folders_and_hub_ids_through(tiny_backbone_folder):
+    import poolattn
+
+    model = poolattn.from_backbone(tiny_backbone_folder, variant=3, num_latents=2)
+    assert (model.config.variant, model.config.num_latents) == (3, 2)
+    assert model.encode(SENTENCES[:2]).shape == (2, 32)
 
 
 def test_normal_initialised_layer_weights_survive_save_and_load(tmp_path):
