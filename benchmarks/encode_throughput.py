@@ -6,8 +6,8 @@ sentence-transformers, on the same real texts and the same backbone.
 
 Contenders (every one sorts texts by length and batches them the same way; all append EOS):
 - `bare`: the limit, a few lines: tokenizer -> backbone forward -> the last real token's state, L2-normalised;
-- `sentence-transformers`: the stock pipeline on the same backbone (`Transformer` + `Pooling("lasttoken")`, normalised),
-  on plain text (ST 6 would otherwise wrap each text in SmolLM2-Instruct's chat template, 3x the tokens);
+- `sentence-transformers`: the stock pipeline on the same backbone (`Transformer` + `Pooling("lasttoken")`,
+  normalised), on plain text (ST 6 would otherwise wrap each text in SmolLM2-Instruct's chat template, 3x the tokens);
 - `v1` ... `v5`: `PoolAttnEmbeddingModel.encode` for each paper variant (fresh heads: cost, not quality);
 - `v5 via ST`: variant 5 through `SentenceTransformer(folder, trust_remote_code=True)` as `publish.py` ships it.
 
@@ -80,8 +80,9 @@ def build(name: str, path: str, workdir: Path, max_length: int):
 
         # The plain text modality: by default ST 6 renders texts through an instruct model's chat template (3x the
         # tokens of a short sentence on SmolLM2-Instruct), which would compare different inputs.
+        text_modality = {"method": "forward", "method_output_name": "last_hidden_state"}
         transformer = Transformer(path, max_seq_length=max_length, module_output_name="token_embeddings",
-                                  modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}})
+                                  modality_config={"text": text_modality})
         tokenizer = transformer.tokenizer
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
@@ -95,7 +96,8 @@ def build(name: str, path: str, workdir: Path, max_length: int):
     if name.endswith("via ST"):
         from sentence_transformers import SentenceTransformer
 
-        from poolattn.hub import ExportedModel, write_sentence_transformers_files
+        from poolattn.hub import write_sentence_transformers_files
+        from poolattn.manifest import ExportedModel
 
         folder = workdir / name.replace(" ", "-")
         model.save_pretrained(folder)
@@ -175,15 +177,17 @@ def run_set(kind: str, count: int, args) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, batch {result['batch_size']}, "
-          f"max length {result['max_length']}, {result['threads']} threads, best of {result['rounds']} interleaved rounds")
+    print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
+          f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
+          f"best of {result['rounds']} interleaved rounds")
     print(f"{'contender':<24}{'texts/s':>9}{'tokens/s':>10}{'vs bare':>9}{'vs ST':>8}{'peak MiB':>10}{'+MiB':>8}"
           f"{'peak vs v1':>12}")
     v1_peak = next((row["peak_mib"] for row in result["rows"] if row["contender"] == "v1"), None)
     for row in result["rows"]:
         versus_v1 = f"{row['peak_mib'] / v1_peak:.3f}" if v1_peak else "-"
         print(f"{row['contender']:<24}{row['texts_per_s']:>9}{row['tokens_per_s']:>10}{row['vs_bare'] or '-':>9}"
-              f"{row['vs_sentence_transformers'] or '-':>8}{row['peak_mib']:>10}{row['above_loaded_mib']:>8}{versus_v1:>12}")
+              f"{row['vs_sentence_transformers'] or '-':>8}{row['peak_mib']:>10}{row['above_loaded_mib']:>8}"
+              f"{versus_v1:>12}")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Pooling-head cost per paper variant: parameters and FLOPs, built on the meta device from backbone configs (no weights).
+"""Pooling-head cost per paper variant: parameters and FLOPs, built on the meta device from backbone configs (no
+weights).
 
     python benchmarks/head_cost.py                   # SmolLM2-135M, Qwen2-0.5B, Mistral-7B configs, 128-token texts
     python benchmarks/head_cost.py --tokens 512 --json
@@ -104,9 +105,10 @@ def main() -> None:
     print(f"head parameters, and head FLOPs per {args.tokens}-token text as a share of the backbone's forward FLOPs")
     print(f"{'backbone':<14}{'params':>15}{'GFLOPs/text':>13}" + "".join(f"{'v' + str(v):>22}" for v in range(2, 6)))
     for name, row in table.items():
+        heads = [row[f"v{v}"] for v in range(2, 6)]
         cells = "".join(
-            f"{row[f'v{v}']['head_parameters'] / 1e6:>11.2f}M {100 * row[f'v{v}']['head_flops'] / row['backbone_flops']:>8.2f}%"
-            for v in range(2, 6)
+            f"{head['head_parameters'] / 1e6:>11.2f}M {100 * head['head_flops'] / row['backbone_flops']:>8.2f}%"
+            for head in heads
         )
         print(f"{name:<14}{row['backbone_parameters']:>15,}{row['backbone_flops'] / 1e9:>13.1f}{cells}")
     print("(v1 has no head: 0 parameters, 0 FLOPs)")

@@ -8,7 +8,8 @@ Each (mode, B) runs in a fresh process: its peak resident set (VmHWM) over the s
 just before the step (activations and gradients; no optimizer step). Plain training keeps every activation of the
 3B texts, so it runs only for `--plain-batches` (a batch that fits: B = 128 would need about 28 GB here); GradCache
 runs for every B. Texts are real training triplets (`../shared/data/train/snli_triplets.jsonl`). The targets:
-GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time within 1.35x plain's at a batch that fits.
+GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time within 1.35x plain's at a batch that
+fits.
 """
 
 import argparse
@@ -26,25 +27,23 @@ TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "
 
 def one_step(args) -> dict:
     import torch
-    from transformers import TrainingArguments
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repository root
-    import train
+    from poolattn import training
     from poolattn.backbones import resolve_backbone
     from poolattn.data import TripletCollator
-    from poolattn.trainer import ContrastiveTrainer
+    from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
     path = resolve_backbone("smollm2-135m")
-    model_args = train.ModelArguments(variant=str(args.variant), backbone=path)
-    model, tokenizer = train.build_model(model_args, path, args.variant)
+    model_args = training.ModelArguments(variant=str(args.variant), backbone=path)
+    model, tokenizer = training.build_model(model_args, path, args.variant)
     rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
     collator = TripletCollator(tokenizer, query_max_length=args.max_length, document_max_length=args.max_length,
                                add_eos=True)
     batch = collator(rows)
     trainer = ContrastiveTrainer(
-        model=model, args=TrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=True, report_to="none",
-                                            remove_unused_columns=False),
-        gradcache_chunk_size=args.chunk,
+        model=model, args=ContrastiveTrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=True,
+                                                       report_to="none", remove_unused_columns=False,
+                                                       gradcache_chunk_size=args.chunk),
     )
     trainer.current_gradient_accumulation_steps = 1
     tokens = int(batch["queries"]["attention_mask"].sum() + batch["documents"]["attention_mask"].sum())
@@ -87,7 +86,8 @@ def main() -> None:
     results += [run_one(batch, args.chunk, args) for batch in args.batches]
     print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, "
           f"{results[0]['torch_threads']} threads, one step each in a fresh process")
-    print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}{'loss':>8}")
+    print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}"
+          f"{'loss':>8}")
     for row in results:
         print(f"{row['mode']:<20}{row['batch']:>5}{row['texts']:>7}{row['tokens']:>8}{row['step_s']:>8}"
               f"{row['texts_per_s']:>9}{row['peak_mib']:>10}{row['peak_above_start_mib']:>8}{row['loss']:>8}")

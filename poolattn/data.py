@@ -1,4 +1,4 @@
-"""Training triplets (query, positive, optional hard negative) from local files, folders or the Hub, and their collator.
+"""Training triplets (query, positive, optional hard negative) from local files, folders or the Hub; their collator.
 
 >>> from poolattn.data import SAMPLE_TRIPLETS, load_triplets
 >>> triplets = load_triplets(str(SAMPLE_TRIPLETS))
@@ -7,13 +7,16 @@
 """
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .modeling_poolattn import pad_features, pad_token_id_for, tokenize_for_embedding
+from .prompts import instruction_prompt
 
+logger = logging.getLogger(__name__)
 
 SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -39,11 +42,6 @@ class Triplets:
         return bool(self.rows) and self.rows[0]["negative"] is not None
 
 
-def instruction_prompt(instruction: str | None) -> str | None:
-    """The e5-mistral query format: `Instruct: {instruction}\\nQuery: ` (None without an instruction)."""
-    return f"Instruct: {instruction}\nQuery: " if instruction else None
-
-
 def _data_files(source: str) -> list[Path]:
     path = Path(source)
     if path.is_dir():
@@ -67,7 +65,8 @@ def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
     for path in files:
         if path.stat().st_size == 0:
             raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
-        if path.suffix == ".jsonl":  # read directly: exact row numbers, and datasets' type inference cannot hide errors
+        # JSONL is read directly: exact row numbers, and datasets' type inference cannot hide errors
+        if path.suffix == ".jsonl":
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -118,7 +117,7 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
                 ) from None
             skipped += 1
     if skipped:
-        print(f"skipped {skipped} invalid rows of {len(raw_rows)} in {source}")
+        logger.warning("skipped %d invalid rows of %d in %s", skipped, len(raw_rows), source)
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped)
@@ -166,7 +165,8 @@ class TripletCollator:
         self.pad_token_id = pad_token_id_for(tokenizer)
 
     def _batch(self, texts, *, prompt, max_length) -> dict[str, torch.Tensor]:
-        features = tokenize_for_embedding(self.tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=self.add_eos)
+        features = tokenize_for_embedding(self.tokenizer, texts, prompt=prompt, max_length=max_length,
+                                          add_eos=self.add_eos)
         return pad_features(features, pad_token_id=self.pad_token_id, padding_side=self.tokenizer.padding_side)
 
     def __call__(self, rows: list[dict]) -> dict[str, dict[str, torch.Tensor]]:

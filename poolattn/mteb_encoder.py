@@ -11,12 +11,10 @@ symmetric tasks (STS, classification, clustering, pair classification) get `Inst
 documents get none. Instruction tokens are left out of pooling (`encode(..., prompt=...)`).
 """
 
-import hashlib
-import json
-from pathlib import Path
-
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
+
+from .prompts import instruction_prompt
 
 # Task name (or task type as a fallback) -> instruction; e5-mistral's table for the MTEB tasks shipped here.
 TASK_INSTRUCTIONS = {
@@ -42,40 +40,17 @@ def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: d
     """The prompt for a task's texts: None for documents and for tasks without an instruction."""
     if getattr(prompt_type, "value", prompt_type) == "document":
         return None
-    instruction = instructions.get(task_name) or instructions.get(task_type)
-    return f"Instruct: {instruction}\nQuery: " if instruction else None
-
-
-def model_fingerprint(folder: str) -> str:
-    """A revision string from the weights and config, so two models never share an mteb cache entry."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        path = Path(folder) / name
-        if path.is_file():
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def default_model_name(folder: str) -> str:
-    """The training manifest's `model_name` (train.py --model_name), else `poolattn/<backbone>-v<variant>` from it,
-    else `poolattn/<folder>` (its parent for `model`)."""
-    path = Path(folder).resolve()
-    manifest = path / "training_manifest.json"
-    if manifest.is_file():
-        record = json.loads(manifest.read_text())
-        return record.get("model_name") or f"poolattn/{Path(record['backbone']).name}-v{record['variant']}"
-    return f"poolattn/{path.parent.name if path.name == 'model' else path.name}"
+    return instruction_prompt(instructions.get(task_name) or instructions.get(task_type))
 
 
 class PoolAttnEncoder(AbsEncoder):
     """Wraps `AutoModel.from_pretrained(path, trust_remote_code=True)` for `mteb.evaluate`.
 
-    `name` must contain a "/" (mteb's rule); by default `default_model_name(path)`.
+    `name` (ORG/NAME, mteb's rule) and `revision` identify the model in mteb's results; poolattn's evaluation passes
+    the exported model's name and weights fingerprint (`manifest.ExportedModel`).
     """
 
-    def __init__(self, path: str, *, name: str | None = None, batch_size: int = 32, max_length: int | None = None,
+    def __init__(self, path: str, *, name: str, revision: str, batch_size: int = 32, max_length: int | None = None,
                  instructions: dict = TASK_INSTRUCTIONS):
         from transformers import AutoModel
 
@@ -83,8 +58,8 @@ class PoolAttnEncoder(AbsEncoder):
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
-            loader=None, name=name or default_model_name(path), revision=model_fingerprint(path),
-            release_date=None, languages=["eng-Latn"], n_parameters=sum(p.numel() for p in self.model.parameters()),
+            loader=None, name=name, revision=revision, release_date=None, languages=["eng-Latn"],
+            n_parameters=sum(p.numel() for p in self.model.parameters()),
             memory_usage_mb=None, max_tokens=max_length or config.max_length, embed_dim=config.text_config.hidden_size,
             license=None, open_weights=True, public_training_code=None, public_training_data=None,
             framework=["PyTorch", "Transformers"], similarity_fn_name="cosine", use_instructions=True,

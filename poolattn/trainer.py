@@ -1,4 +1,4 @@
-"""ContrastiveTrainer: the HF Trainer with an InfoNCE loss, cross-device negatives and GradCache; plus the export.
+"""ContrastiveTrainer: the HF Trainer with an InfoNCE loss, cross-device negatives and GradCache.
 
 GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"): embed the whole
 contrastive batch in chunks without a graph, compute the loss and its gradient with respect to every embedding, then
@@ -8,17 +8,14 @@ Chunks group texts of similar length and drop their padding, so a chunk of short
 """
 
 import contextlib
-import json
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
-from .losses import contrastive_loss, world_size
+from .losses import contrastive_loss
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +25,8 @@ class RandomStateReplay:
 
     def __init__(self):
         self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.cuda_state = torch.cuda.get_rng_state() if cuda_in_use else None
 
     @contextlib.contextmanager
     def replay(self):
@@ -63,63 +61,85 @@ def length_grouped_chunks(batch: dict[str, torch.Tensor], chunk_size: int) -> tu
     return chunks, order
 
 
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the contrastive settings `ContrastiveTrainer` reads (validated here, once)."""
+
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature (paper: scale 20 = 0.05)"})
+    gradcache_chunk_size: int = field(default=0, metadata={"help": "GradCache chunk size in texts (0 = off)"})
+    gather_across_devices: bool = field(default=True, metadata={"help": "use every rank's documents as negatives"})
+    contrastive_batch_size: int | None = field(
+        default=None, metadata={"help": "queries per loss call across devices; sets per_device_train_batch_size"}
+    )
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
+        if self.gradcache_chunk_size < 0:
+            raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables "
+                             "GradCache).")
+        if self.contrastive_batch_size is not None:
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            if self.contrastive_batch_size < 1 or self.contrastive_batch_size % world:
+                raise ValueError(f"--contrastive_batch_size {self.contrastive_batch_size} must be a positive multiple "
+                                 f"of the {world} processes.")
+            self.per_device_train_batch_size = self.contrastive_batch_size // world
+        super().__post_init__()
+
+
 class ContrastiveTrainer(Trainer):
     """Trainer for `PoolAttnEmbeddingModel` (bare or wrapped by peft) on `TripletCollator` batches.
 
-    Args (besides the Trainer's):
-        temperature: InfoNCE temperature over cosine similarities (0.05 = the paper code's scale 20).
-        gather_across_devices: score each rank's queries against the documents of every rank.
-        gradcache_chunk_size: embed in chunks of this many texts with GradCache (0 = plain backpropagation).
+    Its settings come from `ContrastiveTrainingArguments`: `temperature` (InfoNCE over cosine similarities),
+    `gather_across_devices` (score each rank's queries against the documents of every rank) and
+    `gradcache_chunk_size` (embed in chunks of this many texts with GradCache; 0 = plain backpropagation).
+
+    GradCache runs inside `compute_loss`, so `Trainer.training_step` stays transformers' own (context parallelism,
+    `optimizer.train()`, cache emptying, loss scaling and `accelerator.backward`): every chunk but the last is
+    backpropagated there, and the returned loss carries the last chunk's graph, which the Trainer backpropagates.
     """
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, temperature: float = 0.05, gather_across_devices: bool = True,
-                 gradcache_chunk_size: int = 0, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature={temperature} must be > 0 (0.05 is the paper's scale 20).")
-        if gradcache_chunk_size < 0:
-            raise ValueError(f"gradcache_chunk_size={gradcache_chunk_size} must be >= 0 (0 disables GradCache).")
-        if gradcache_chunk_size and self.is_deepspeed_enabled:
+        if not isinstance(self.args, ContrastiveTrainingArguments):
+            raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
+                            f"got {type(self.args).__name__}.")
+        if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError(
-                "GradCache backpropagates several times per step, which DeepSpeed's engine does not allow through the "
-                "Trainer. Use torchrun/DDP with --gradcache_chunk_size (LoRA needs no optimizer sharding), or DeepSpeed "
-                "with --gradcache_chunk_size 0."
+                "GradCache backpropagates several times per step, which DeepSpeed's engine does not allow through "
+                "the Trainer. Use torchrun/DDP with --gradcache_chunk_size (LoRA needs no optimizer sharding), or "
+                "DeepSpeed with --gradcache_chunk_size 0."
             )
-        self.temperature = temperature
-        self.gather_across_devices = gather_across_devices
-        self.gradcache_chunk_size = gradcache_chunk_size
 
     def _loss(self, query_embeddings, document_embeddings):
-        return contrastive_loss(
-            query_embeddings, document_embeddings, temperature=self.temperature, gather=self.gather_across_devices
-        )
+        return contrastive_loss(query_embeddings, document_embeddings, temperature=self.args.temperature,
+                                gather=self.args.gather_across_devices)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.gradcache_chunk_size and model.training and torch.is_grad_enabled() and not return_outputs:
+            return self._gradcache_loss(model, inputs)
         query_embeddings = model(**inputs["queries"]).embeddings
         document_embeddings = model(**inputs["documents"]).embeddings
         loss = self._loss(query_embeddings, document_embeddings)
         return (loss, {"query_embeddings": query_embeddings.detach()}) if return_outputs else loss
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if not self.gradcache_chunk_size:
-            return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
-        inputs = self._prepare_inputs(inputs)
+    def _gradcache_loss(self, model, inputs):
+        """The batch's loss; the gradients of every chunk but the last are accumulated already, the last chunk's
+        graph is in the returned tensor (its value is the loss)."""
         loss, cached = self._gradcache_loss_and_embedding_gradients(model, inputs)
-        self._gradcache_backward(model, cached)
-        return loss.detach() / self.current_gradient_accumulation_steps
+        return loss.detach() + self._gradcache_backward(model, cached)
 
     def _gradcache_loss_and_embedding_gradients(self, model, inputs):
         """Steps 1-2: embed every chunk without a graph, then the loss and d(loss)/d(embedding) for each chunk."""
         cached, embeddings_by_side = [], {}  # cached: (chunk, random state, embeddings) per chunk, queries first
         for side in ("queries", "documents"):
-            chunks, order = length_grouped_chunks(inputs[side], self.gradcache_chunk_size)
+            chunks, order = length_grouped_chunks(inputs[side], self.args.gradcache_chunk_size)
             side_cache = []
             for chunk in chunks:
                 random_state = RandomStateReplay()
-                with torch.no_grad(), self.compute_loss_context_manager():
+                with torch.no_grad():
                     embeddings = model(**chunk).embeddings
                 side_cache.append((chunk, random_state, embeddings.detach().requires_grad_()))
             stacked = torch.cat([embeddings for _, _, embeddings in side_cache])  # (rows, hidden), length order
@@ -129,96 +149,28 @@ class ContrastiveTrainer(Trainer):
         loss.backward()  # fills .grad of every cached embedding (cross-rank terms included by the gather's backward)
         return loss, [(chunk, state, embeddings.grad) for chunk, state, embeddings in cached]
 
-    def _gradcache_backward(self, model, cached):
-        """Step 3: re-embed each chunk with a graph (same random state) and backpropagate its cached gradient."""
+    def _gradcache_backward(self, model, cached) -> torch.Tensor:
+        """Step 3: re-embed each chunk with a graph (same random state) and backpropagate its cached gradient.
+
+        Every chunk but the last is backpropagated here without DDP's all-reduce, scaled as the Trainer scales a loss
+        (1 / gradient accumulation steps). The last chunk's surrogate is returned with value 0: the Trainer's own
+        backward then runs it, and DDP all-reduces once, after the last chunk.
+        """
         scale = 1.0 / self.current_gradient_accumulation_steps
-        for position, (chunk, random_state, embedding_gradient) in enumerate(cached):
-            last = position == len(cached) - 1  # DDP all-reduces once, after the last chunk
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
-            with sync, random_state.replay(), self.compute_loss_context_manager():
-                embeddings = model(**chunk).embeddings
-                surrogate = (embeddings * embedding_gradient).sum() * scale
-            self.accelerator.backward(surrogate)
+        *earlier, last = cached
+        for chunk, random_state, embedding_gradient in earlier:
+            with self.accelerator.no_sync(model), random_state.replay():
+                surrogate = (model(**chunk).embeddings * embedding_gradient).sum()
+                self.accelerator.backward(surrogate * scale)
+        chunk, random_state, embedding_gradient = last
+        with random_state.replay():
+            surrogate = (model(**chunk).embeddings * embedding_gradient).sum()
+        return surrogate - surrogate.detach()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        return (loss.detach(), None, None) if prediction_loss_only else (loss.detach(), outputs["query_embeddings"], None)
-
-
-def contrastive_batch_summary(*, per_device_batch: int, has_negatives: bool, gather: bool) -> dict:
-    """Queries x candidates that one loss call sees, across devices."""
-    world = world_size()
-    documents_per_device = per_device_batch * (2 if has_negatives else 1)
-    candidates = documents_per_device * (world if gather else 1)
-    return {
-        "world_size": world,
-        "queries_per_device": per_device_batch,
-        "queries_per_loss_call": per_device_batch * world,
-        "candidates_per_query": candidates,
-        "hard_negatives": has_negatives,
-        "cross_device_negatives": gather and world > 1,
-    }
-
-
-def trainable_parameters(model) -> dict[str, int]:
-    """Trainable parameter counts split into LoRA, pooling head and the rest (backbone under full fine-tuning)."""
-    counts = {"lora": 0, "head": 0, "backbone": 0}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            kind = "lora" if "lora_" in name else "head" if "pooler." in name else "backbone"
-            counts[kind] += parameter.numel()
-    return counts
-
-
-def atomic_save(save: callable, destination: Path) -> Path:
-    """Run `save(folder)` into a temp folder beside `destination`, then swap it in: never a half-written model."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
-    try:
-        save(staging)
-        if destination.exists():
-            retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            destination.rename(retired)
-            staging.rename(destination)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return destination
-
-
-@torch.no_grad()
-def export_model(model, tokenizer, destination: Path, *, check_texts: list[str], manifest: dict,
-                 tolerance: float | None = None) -> Path:
-    """Merge LoRA into the backbone, check merged vs adapter embeddings, and save one Hub-loadable folder atomically.
-
-    `model` is a `PoolAttnEmbeddingModel`, bare (full fine-tuning) or wrapped by peft. Raises `RuntimeError` when
-    merged and adapter embeddings differ by more than `tolerance` (default 1e-4 in fp32, 2e-2 in 16-bit).
-    """
-    base = model.get_base_model() if hasattr(model, "merge_and_unload") else model
-    base.tokenizer = tokenizer
-    before = base.encode(check_texts, batch_size=len(check_texts), convert_to_numpy=False)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    after = merged.encode(check_texts, batch_size=len(check_texts), convert_to_numpy=False)
-    difference = (after - before).abs().max().item()
-    if tolerance is None:
-        tolerance = 1e-4 if merged.dtype == torch.float32 else 2e-2
-    if not difference <= tolerance:
-        raise RuntimeError(
-            f"Merged and adapter embeddings differ by {difference:.3g} > {tolerance:.3g} on {len(check_texts)} texts; "
-            "the export was not written. Check the LoRA config (e.g. unsupported layers) or raise the tolerance."
-        )
-    manifest = {**manifest, "export_check": {"texts": len(check_texts), "max_abs_difference": difference,
-                                             "tolerance": tolerance}}
-
-    def save(folder: Path):
-        merged.save_pretrained(folder)
-        (folder / "training_manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-
-    logger.info("merged vs adapter embeddings: max |diff| %.3g (tolerance %.3g)", difference, tolerance)
-    return atomic_save(save, destination)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), outputs["query_embeddings"], None

@@ -11,11 +11,11 @@ import datasets
 import torch
 import torch.distributed as dist
 from conftest import TRIPLETS
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
-import train
+from poolattn import training
 from poolattn.data import TripletCollator
-from poolattn.trainer import ContrastiveTrainer
+from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 
 class RecordingCollator(TripletCollator):
@@ -29,7 +29,8 @@ class DumpGradients(TrainerCallback):
         self.out_dir, self.collator = Path(out_dir), collator
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        gradients = {n.removeprefix("module."): p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        gradients = {n.removeprefix("module."): p.grad.detach().clone()
+                     for n, p in model.named_parameters() if p.requires_grad}
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, self.collator.seen)
         if dist.get_rank() == 0:
@@ -38,26 +39,28 @@ class DumpGradients(TrainerCallback):
 
 def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
     torch.manual_seed(0)
-    model_args = train.ModelArguments(variant="5", backbone=backbone_folder, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    model, tokenizer = train.build_model(model_args, backbone_folder, 5)
+    model_args = training.ModelArguments(variant="5", backbone=backbone_folder, lora_r=4, lora_alpha=8,
+                                         lora_dropout=0.0)
+    model, tokenizer = training.build_model(model_args, backbone_folder, 5)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.1)
-    args = TrainingArguments(
+    args = ContrastiveTrainingArguments(
         output_dir=str(Path(out_dir) / "run"), use_cpu=True, report_to="none", ddp_backend="gloo",
         per_device_train_batch_size=4, max_steps=1, learning_rate=0.0, max_grad_norm=0.0, save_strategy="no",
         remove_unused_columns=False, dataloader_drop_last=True, train_sampling_strategy="sequential",
-        ddp_find_unused_parameters=False, seed=0,
+        ddp_find_unused_parameters=False, seed=0, gradcache_chunk_size=chunk, temperature=0.05,
+        gather_across_devices=True,
     )
     collator = RecordingCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)
     dataset = datasets.Dataset.from_list([{**row, "row": i} for i, row in enumerate(TRIPLETS[:8])])
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                 gradcache_chunk_size=chunk, temperature=0.05, gather_across_devices=True)
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.add_callback(DumpGradients(out_dir, collator))
     trainer.train()
-    train.finish_collectives()  # as train.main and its __main__ do; without them gloo may abort the run at exit
-    train.shut_down_process_group()
+    # as training.run and the train command do; without them gloo may abort the run at exit
+    training.finish_collectives()
+    training.shut_down_process_group()
 
 
 if __name__ == "__main__":

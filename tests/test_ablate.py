@@ -1,4 +1,5 @@
-"""ablate.py: every arm builds the config it names, and a tiny sweep trains, scores, compares and resumes."""
+"""Ablations (poolattn.ablation, `python ablate.py`): every arm builds the config it names, and a tiny sweep
+trains, scores, compares and resumes."""
 
 import json
 import subprocess
@@ -9,11 +10,11 @@ import pytest
 import torch
 from conftest import tiny_text_config
 
-import ablate
-from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
+from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, ablation, cli
 from poolattn.modeling_poolattn import HierarchicalLatentPooler, LatentPooler
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def arm_model(overrides: dict) -> PoolAttnEmbeddingModel:
@@ -25,24 +26,24 @@ def arm_model(overrides: dict) -> PoolAttnEmbeddingModel:
 @pytest.mark.parametrize("arm, layers", [("last_1", [12]), ("last_2", [11, 12]), ("last_4", [9, 10, 11, 12]),
                                          ("last_8", list(range(5, 13)))])
 def test_layer_count_arms_feed_that_many_layers_to_the_head(arm, layers):
-    model = arm_model(ablate.arms("layer_count")[arm])
+    model = arm_model(ablation.arms("layer_count")[arm])
     assert model.config.layer_indices == layers and model.pooler.layer_weights.shape == (len(layers), 32)
     ids = torch.tensor([[5, 6, 7, 2]])
     assert model(input_ids=ids).layer_summaries.shape == (1, len(layers), 32)
 
 
 def test_layer_subset_weights_and_head_attention_arms():
-    subset = ablate.arms("layer_subset")
-    assert arm_model(subset[ablate.BASE_ARM]).config.layer_indices == list(range(1, 13))
+    subset = ablation.arms("layer_subset")
+    assert arm_model(subset[ablation.BASE_ARM]).config.layer_indices == list(range(1, 13))
     assert arm_model(subset["middle_4"]).config.layer_indices == [5, 6, 7, 8]
     base = arm_model({})
-    off = arm_model(ablate.arms("layer_weights")["weights_off"])
+    off = arm_model(ablation.arms("layer_weights")["weights_off"])
     assert base.pooler.layer_weights is not None and off.pooler.layer_weights is None
     assert not any("layer_weights" in name for name, _ in off.named_parameters())
-    paper_init = arm_model(ablate.arms("layer_weights")["weights_paper_init"])
+    paper_init = arm_model(ablation.arms("layer_weights")["weights_paper_init"])
     assert torch.equal(base.pooler.layer_weights, torch.zeros(12, 32))  # ours: a no-op start
     assert 0.85 < paper_init.pooler.layer_weights.std() < 1.15  # the paper's nn.Embedding: normal(0, 1), 384 draws
-    heads = ablate.arms("head_attention")
+    heads = ablation.arms("head_attention")
     single, hierarchical = arm_model(heads["single"]), arm_model(heads["hierarchical"])
     assert isinstance(base.pooler, LatentPooler) and base.pooler.num_heads == 4
     assert single.pooler.num_heads == 1 and single.pooler.head_dim == 32
@@ -50,12 +51,12 @@ def test_layer_subset_weights_and_head_attention_arms():
 
 
 def test_all_trains_each_distinct_arm_once():
-    everything = ablate.arms("all")
-    assert list(everything)[0] == ablate.BASE_ARM and len(everything) == 10
+    everything = ablation.arms("all")
+    assert list(everything)[0] == ablation.BASE_ARM and len(everything) == 10
     keys = [json.dumps(overrides, sort_keys=True) for overrides in everything.values()]
     assert len(set(keys)) == len(keys)  # last 4 appears in two ablations, trained once
     with pytest.raises(ValueError, match="Allowed values: layer_count"):
-        ablate.arms("layer_counts")
+        ablation.arms("layer_counts")
 
 
 def tiny_sweep_arguments(backbone_folder: str, triplets_file: str, tmp_path: Path) -> list[str]:
@@ -73,7 +74,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
                                                                           tmp_path, monkeypatch):
     pytest.importorskip("mteb")
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
-    assert ablate.main(argv) == 0
+    assert cli.ablate(argv) == 0
     comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
     name = Path(tiny_backbone_folder).name
     base, off = f"poolattn/{name}-v5-base", f"poolattn/{name}-v5-weights-off"
@@ -88,35 +89,36 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
 
     import shutil
 
-    import train
     from safetensors.torch import load_file
+
+    from poolattn import training
 
     # Interrupted after its last checkpoint, before the export: the arm resumes from checkpoint-2 and exports the same.
     model = tmp_path / "sweep" / "arms" / "weights_off" / "model"
     exported = load_file(model / "model.safetensors")
     shutil.rmtree(model)
-    assert ablate.main(argv) == 0
+    assert cli.ablate(argv) == 0
     for key, value in load_file(model / "model.safetensors").items():
         torch.testing.assert_close(value, exported[key], rtol=0, atol=1e-6)
 
     scored = sorted((tmp_path / "sweep" / "results").rglob("BIOSSES.json"))
     assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
-    monkeypatch.setattr(train, "main", lambda argv: pytest.fail("a finished arm was retrained"))
-    assert ablate.main(argv) == 0  # resumed: nothing retrained ...
+    monkeypatch.setattr(training, "main", lambda argv: pytest.fail("a finished arm was retrained"))
+    assert cli.ablate(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
 
 
 def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(tiny_backbone_folder, triplets_file,
                                                                                  tmp_path):
-    # One train.main per arm in the same 2 processes: the process group must outlive each arm's run, and the
+    # One training run per arm in the same 2 processes: the process group must outlive each arm's run, and the
     # processes must still exit with 0 (gloo aborts an exit that skips the barrier and destroy_process_group).
     pytest.importorskip("mteb")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(ablate.__file__)), *tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)]
+               str(ROOT / "ablate.py"), *tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    for arm in ablate.arms("layer_weights"):
+    for arm in ablation.arms("layer_weights"):
         manifest = json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
         assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, arm
     comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()

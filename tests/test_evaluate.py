@@ -1,4 +1,5 @@
-"""evaluate.py: run on local task copies (tiny random poolattn models), then compare."""
+"""Evaluation (`python evaluate.py`, poolattn.evaluation): run on local task copies (tiny random poolattn models),
+then compare."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 from conftest import tiny_model
 
 pytest.importorskip("mteb")
-import evaluate  # noqa: E402
+from poolattn import cli  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -28,7 +29,7 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
         tiny_model("llama", variant).save_pretrained(tmp_path / f"v{variant}")
         models += ["--model", str(tmp_path / f"v{variant}")]
     output = tmp_path / "results"
-    assert evaluate.main(["run", *models, "--categories", "STS", "--data-dir", str(data_dir), "--output", str(output),
+    assert cli.evaluate(["run", *models, "--categories", "STS", "--data-dir", str(data_dir), "--output", str(output),
                           "--batch-size", "8"]) == 0
     folders = sorted((output / "results").iterdir())
     assert [f.name for f in folders] == ["poolattn__v1", "poolattn__v5"]
@@ -39,12 +40,12 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
 
     first_result = next(folders[0].rglob("STSBenchmark.json"))
     written = first_result.stat().st_mtime_ns
-    assert evaluate.main(["run", models[0], models[1], "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
+    assert cli.evaluate(["run", models[0], models[1], "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
                           "--output", str(output)]) == 0
     assert first_result.stat().st_mtime_ns == written  # finished tasks are skipped without --overwrite
 
     capsys.readouterr()
-    assert evaluate.main(["compare", str(folders[0]), str(folders[1]), "--baseline", "poolattn/v1",
+    assert cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--baseline", "poolattn/v1",
                           "--output", str(tmp_path / "cmp")]) == 0
     report = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| STSBenchmark | STS |" in report and "| BIOSSES | STS |" in report
@@ -59,16 +60,16 @@ def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, caps
     arguments = ["run", "--model", str(tmp_path / "m"), "--tasks", "STSBenchmark,STS13", "--data-dir", str(data_dir),
                  "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match=r"1 task\(s\) have no local copy in .*: STS13"):
-        evaluate.main(arguments)
+        cli.evaluate(arguments)
     assert not (tmp_path / "out").exists()
-    assert evaluate.main([*arguments, "--skip-missing"]) == 0
+    assert cli.evaluate([*arguments, "--skip-missing"]) == 0
     assert "SKIPPED (no local copy in" in capsys.readouterr().out
 
 
 def test_bad_selections_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="choose tasks with --tasks, --categories or --benchmark"):
-        evaluate.main(["run", "--model", "x", "--output", str(tmp_path)])
+        cli.evaluate(["run", "--model", "x", "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"unknown categories \['Poetry'\]"):
-        evaluate.main(["run", "--model", "x", "--categories", "Poetry", "--data-dir", str(tmp_path), "--output", "o"])
+        cli.evaluate(["run", "--model", "x", "--categories", "Poetry", "--data-dir", str(tmp_path), "--output", "o"])
     with pytest.raises(SystemExit, match="no mteb task results found"):
-        evaluate.main(["compare", str(tmp_path), "--output", str(tmp_path / "c")])
+        cli.evaluate(["compare", str(tmp_path), "--output", str(tmp_path / "c")])

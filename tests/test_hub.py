@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import SENTENCES, TRIPLETS, tiny_model, tiny_tokenizer
+from conftest import SENTENCES, tiny_model, tiny_tokenizer
 from mock_hub import MockHub
 
 pytest.importorskip("sentence_transformers")
-import train  # noqa: E402
-from poolattn.hub import (  # noqa: E402
-    ExportedModel, publish, repository_files, repository_id, write_repository_folder,
-)
+from poolattn import training  # noqa: E402
+from poolattn.hub import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
+from poolattn.manifest import ExportedModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is "
@@ -38,7 +37,8 @@ for folder in folders:
     st = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
     assert type(st[0]).__name__ == "PoolAttnTransformer", type(st[0])
     np.savez(folder + "/../" + folder.rsplit("/", 1)[-1] + ".npz",
-             auto=auto.encode(sentences, batch_size=3), auto_prompt=auto.encode(sentences, prompt=prompt, batch_size=3),
+             auto=auto.encode(sentences, batch_size=3),
+             auto_prompt=auto.encode(sentences, prompt=prompt, batch_size=3),
              st=st.encode(sentences, batch_size=3), st_prompt=st.encode(sentences, prompt=prompt, batch_size=3),
              st_query=st.encode_query(sentences, batch_size=3))
 """
@@ -88,7 +88,7 @@ def front_matter(card_path: Path) -> dict:
 @pytest.fixture
 def trained_v5(tiny_backbone_folder, triplets_file, tmp_path):
     """train.py with a query instruction and --hub_dry_run: (exported model folder, repository folder)."""
-    exported = train.main([
+    exported = training.main([
         "--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
         "--output_dir", str(tmp_path / "run"), "--query_instruction", "Find the passage", "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--save_steps", "2", "--use_cpu", "true", "--lora_r", "4",
@@ -135,7 +135,7 @@ def test_sentence_transformers_query_prompt_matches_encode_with_the_trained_inst
 def evaluated(tmp_path):
     """Tiny v1, v3 and v5 folders scored by `evaluate.py run` on two small local STS copies."""
     pytest.importorskip("mteb")
-    import evaluate
+    from poolattn import cli
 
     shared = ROOT.parent / "shared" / "data"
     for task, rows in (("STSBenchmark", 40), ("BIOSSES", 30)):
@@ -148,7 +148,7 @@ def evaluated(tmp_path):
     for variant, folder in models.items():
         tiny_model("llama", variant, seed=variant).save_pretrained(folder)
         arguments += ["--model", str(folder)]
-    assert evaluate.main(arguments) == 0
+    assert cli.evaluate(arguments) == 0
     return models, tmp_path / "results"
 
 
@@ -196,7 +196,7 @@ np.savez(output, auto=AutoModel.from_pretrained(repo_id, trust_remote_code=True)
 
 
 def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub(tmp_path, evaluated):
-    import evaluate
+    from poolattn.results import read_results
 
     models, local_results = evaluated
     model = tiny_model("llama", 5, seed=5)  # the in-memory model behind models[5]
@@ -227,7 +227,7 @@ def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub
     local = local_results / "results" / "poolattn__tiny-v5"
     remote = tmp_path / "hub_results" / "results" / "me__tiny-v5"  # no manifest: named by its repository id
     assert [p.name for p in remote.iterdir()] == [p.name for p in local.iterdir()]  # same weights fingerprint
-    scores = [evaluate.load_scores(str(folder))[1]["BIOSSES"] for folder in (local, remote)]
+    scores = [read_results(folder).scores["BIOSSES"] for folder in (local, remote)]
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 
 
@@ -255,11 +255,12 @@ def test_train_refuses_a_push_it_cannot_make_before_training(tiny_backbone_folde
     import huggingface_hub
 
     with pytest.raises(ValueError, match="need --hub_model_id"):
-        train.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
+        training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
-        train.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"])
-    *_, training_args = train.parse_arguments(["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x",
+        training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true",
+                                  "--hub_model_id", "me/x"])
+    *_, training_args = training.parse_arguments(["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x",
                                                "--hub_dry_run", "hub"])
     assert training_args.push_to_hub is False  # the Trainer never pushes raw checkpoints itself
 

@@ -38,6 +38,20 @@ def test_every_variant_encodes_real_sentences(backbone_path, sentences, variant)
     assert abs(left - right).max() < 1e-5 and abs(alone - right[:4]).max() < 1e-5
 
 
+@pytest.mark.slow
+def test_the_named_default_loads_through_the_package_api(backbone_path, sentences):
+    import poolattn
+
+    torch.manual_seed(0)
+    model = poolattn.from_backbone("smollm2-135m", variant=5)
+    assert Path(model.name_or_path) == Path(backbone_path) and model.config.variant == 5
+    embeddings = model.encode(sentences[:4])
+    assert embeddings.shape == (4, 576) and abs(np.linalg.norm(embeddings, axis=1) - 1).max() < 1e-5
+    torch.manual_seed(0)  # the same head: the name only picks the folder
+    by_folder = PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5).encode(sentences[:4])
+    assert abs(by_folder - embeddings).max() < 1e-6
+
+
 def test_variant_1_equals_the_plain_backbone_eos_state(backbone_path, sentences):
     from transformers import AutoModel, AutoTokenizer
 
@@ -56,7 +70,8 @@ def contrastive_loss_on(model, rows) -> float:
     from poolattn.losses import info_nce_loss
 
     queries = model.encode([row["query"] for row in rows], convert_to_numpy=False)
-    documents = model.encode([row["positive"] for row in rows] + [row["negative"] for row in rows], convert_to_numpy=False)
+    documents = [row["positive"] for row in rows] + [row["negative"] for row in rows]
+    documents = model.encode(documents, convert_to_numpy=False)
     return info_nce_loss(queries, documents, temperature=0.05).item()
 
 
@@ -76,7 +91,8 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     exported = tmp_path / "run" / "model"
-    assert f"model written to {exported}" in result.stdout
-    assert "contrastive batch per loss call = 8 queries x 16 candidates" in result.stdout
+    report = result.stdout + result.stderr  # progress is logged (stderr)
+    assert f"model written to {exported}" in report
+    assert "contrastive batch per loss call = 8 queries x 16 candidates" in report
     after = contrastive_loss_on(AutoModel.from_pretrained(exported, trust_remote_code=True), rows)
     assert after < 0.95 * before, (before, after)  # measured: 4.85 -> 4.30 after 10 steps of 8

@@ -13,10 +13,11 @@ import torch
 from conftest import SENTENCES, TRIPLETS
 from safetensors.torch import load_file
 
-import train
+from poolattn import training
 from poolattn.data import TripletCollator, TripletDataError, load_triplets
 from poolattn.losses import info_nce_loss
-from poolattn.trainer import ContrastiveTrainer, RandomStateReplay, atomic_save, export_model, length_grouped_chunks
+from poolattn.manifest import TrainingManifest, atomic_save, export_model
+from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments, RandomStateReplay, length_grouped_chunks
 
 TINY_RUN = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
             "--warmup_steps", "0", "--logging_steps", "1", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
@@ -55,19 +56,18 @@ def test_temperature_and_hard_negatives_move_the_loss_as_expected():
 
 
 def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0):
-    from transformers import TrainingArguments
-
     torch.manual_seed(0)
-    model_args = train.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
+    model_args = training.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
                                       lora_dropout=lora_dropout)
-    model, tokenizer = train.build_model(model_args, backbone_folder, variant)
+    model, tokenizer = training.build_model(model_args, backbone_folder, variant)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would make every LoRA A gradient zero
             torch.nn.init.normal_(parameter, std=0.1)
-    args = TrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
-                             remove_unused_columns=False, max_grad_norm=0.0)
-    trainer = ContrastiveTrainer(model=model, args=args, gradcache_chunk_size=chunk, temperature=0.05)
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
+                                        remove_unused_columns=False, max_grad_norm=0.0, gradcache_chunk_size=chunk,
+                                        temperature=0.05)
+    trainer = ContrastiveTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop in real runs
     collator = TripletCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)
     return trainer, collator(TRIPLETS[:8])
@@ -158,9 +158,10 @@ def test_two_processes_with_gathered_negatives_match_one_process(tiny_backbone_f
 # -- train.py end to end: resume, export, data errors, --variant all --------------------------------------------------
 
 
-def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_folder, triplets_file, tmp_path,
+                                                              monkeypatch):
     common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN]
-    straight = train.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
+    straight = training.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
 
     original_step = ContrastiveTrainer.training_step
 
@@ -171,10 +172,11 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_fold
 
     monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_two_steps)
     with pytest.raises(KeyboardInterrupt):
-        train.main([*common, "--output_dir", str(tmp_path / "resumed")])
+        training.main([*common, "--output_dir", str(tmp_path / "resumed")])
     assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "model").exists()
     monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
-    resumed = train.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[0]
+    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"),
+                             "--resume_from_checkpoint", "true"])[0]
 
     expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == actual.keys()
@@ -185,7 +187,7 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_fold
 
     # Killed after the last checkpoint, before the export: resuming exports that step, with no step more.
     shutil.rmtree(resumed)
-    again = train.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[0]
+    again = training.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[0]
     for name, value in load_file(again / "model.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
     manifest = json.loads((again / "training_manifest.json").read_text())
@@ -211,8 +213,9 @@ def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backb
     base = model.get_base_model()
     adapter = base.encode(SENTENCES)
     destination = export_model(model, base.get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
-                               manifest={"variant": 5})
-    assert json.loads((destination / "training_manifest.json").read_text())["export_check"]["max_abs_difference"] < 1e-5
+                               manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder))
+    assert (json.loads((destination / "training_manifest.json").read_text())
+            ["export_check"]["max_abs_difference"] < 1e-5)
     result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(destination), json.dumps(SENTENCES)],
                             capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -235,7 +238,7 @@ def test_export_refuses_a_merge_that_changes_the_embeddings(tiny_backbone_folder
     monkeypatch.setattr(model, "merge_and_unload", corrupting_merge, raising=False)
     with pytest.raises(RuntimeError, match=r"Merged and adapter embeddings differ by .* the export was not written"):
         export_model(model, model.get_base_model().get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
-                     manifest={})
+                     manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder))
     assert not (tmp_path / "export").exists()
 
 
@@ -276,13 +279,14 @@ def test_malformed_data_gives_a_clear_error_and_writes_nothing(tiny_backbone_fol
     data.write_text(content)
     output = tmp_path / "out"
     with pytest.raises(TripletDataError, match=rf"{data}.*{message}" if "row" in message else message):
-        train.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir", str(output)])
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir", str(output)])
     assert not output.exists()
 
 
 def test_skipping_invalid_rows_counts_them(tmp_path):
     data = tmp_path / "mixed.jsonl"
-    data.write_text('{"query": "q", "postive": "p"}\n{"query": "", "positive": "p"}\n{"query": "q3", "positive": "p3"}\n')
+    data.write_text('{"query": "q", "postive": "p"}\n{"query": "", "positive": "p"}\n'
+                    '{"query": "q3", "positive": "p3"}\n')
     triplets = load_triplets(str(data), skip_invalid=True)
     assert (len(triplets.rows), triplets.skipped, triplets.has_negatives) == (2, 1, False)
     assert triplets.rows[0]["positive"] == "p"  # the paper data's "postive" spelling is accepted
@@ -316,8 +320,9 @@ def test_instruction_tokens_are_marked_out_of_pooling(tiny_backbone_folder):
     assert batch["documents"]["input_ids"].shape[0] == 4  # 2 positives, then 2 negatives
 
 
-def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_backbone_folder, triplets_file, tmp_path):
-    exported = train.main(["--variant", "all", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_backbone_folder, triplets_file,
+                                                                          tmp_path):
+    exported = training.main(["--variant", "all", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
                            "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "1", "--save_steps", "10"])
     assert exported == [tmp_path / f"v{n}" / "model" for n in range(1, 6)]
     manifests = [json.loads((path / "training_manifest.json").read_text()) for path in exported]
@@ -328,12 +333,14 @@ def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_b
 
 @pytest.mark.parametrize(
     "flags, trains_backbone",
-    [(["--full_finetune", "true"], True), (["--activation_checkpointing", "true", "--gradcache_chunk_size", "2"], False)],
+    [(["--full_finetune", "true"], True),
+     (["--activation_checkpointing", "true", "--gradcache_chunk_size", "2"], False)],
 )
 def test_full_finetuning_and_activation_checkpointing_runs(tiny_backbone_folder, triplets_file, tmp_path, flags,
                                                             trains_backbone):
-    exported = train.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "2", "--save_steps", "10", *flags])[0]
+    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "2", "--save_steps", "10",
+                           *flags])[0]
     manifest = json.loads((exported / "training_manifest.json").read_text())
     assert (manifest["trainable_parameters"]["backbone"] > 0) == trains_backbone
     assert (manifest["trainable_parameters"]["lora"] > 0) != trains_backbone
@@ -357,7 +364,7 @@ def test_evaluate_reports_the_contrastive_loss(tiny_backbone_folder, tmp_path):
 
 def test_paper_preset_sets_defaults_and_explicit_flags_win():
     arguments = ["--preset", "paper", "--max_steps", "7", "--use_cpu", "true"]  # bf16 on CPU needs use_cpu
-    model_args, data_args, training_args = train.parse_arguments(arguments)
+    model_args, data_args, training_args = training.parse_arguments(arguments)
     assert (model_args.backbone, data_args.train_data) == ("mistralai/Mistral-7B-v0.1", "yixuantt/ir_data")
     assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.1)
     assert training_args.learning_rate == 1e-5 and training_args.warmup_steps == 100 and training_args.bf16
@@ -368,13 +375,13 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
 def test_arguments_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"variant": "3", "max_steps": 5, "temperature": 0.02, "output_dir": "somewhere"}))
-    model_args, _, training_args = train.parse_arguments([str(path)])
+    model_args, _, training_args = training.parse_arguments([str(path)])
     assert (model_args.variant, training_args.max_steps, training_args.temperature) == ("3", 5, 0.02)
     assert training_args.output_dir_was_given
 
 
 def test_bad_arguments_name_what_is_allowed(tiny_backbone_folder):
     with pytest.raises(ValueError, match=r"--variant '6' is not supported. Allowed values: 1, 2, 3, 4, 5, all"):
-        train.main(["--variant", "6", "--backbone", tiny_backbone_folder])
+        training.main(["--variant", "6", "--backbone", tiny_backbone_folder])
     with pytest.raises(ValueError, match=r"--temperature 0.0 must be > 0"):
-        train.main(["--backbone", tiny_backbone_folder, "--temperature", "0", "--output_dir", "/tmp/never"])
+        training.main(["--backbone", tiny_backbone_folder, "--temperature", "0", "--output_dir", "/tmp/never"])

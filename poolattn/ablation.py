@@ -1,0 +1,124 @@
+"""Ablations of multi-layers trainable pooling: train every arm from one base variant, score each arm on MTEB,
+and test every arm against the base arm (Wilcoxon signed-rank per task category).
+
+    python ablate.py --ablation all                          # embedded default: SmolLM2-135M, bundled triplets, STS
+    python ablate.py --ablation layer_count --tasks STSBenchmark,STS13 --output ablations/
+    python ablate.py --ablation head_attention -- --max_steps 100 --learning_rate 1e-4      # after --: train.py flags
+    torchrun --nproc_per_node 8 ablate.py --ablation all --benchmark "MTEB(eng, v2)" --categories STS,Retrieval \\
+        --data-dir "" -- --preset paper               # paper scale: Mistral-7B, ir_data, batch 2048, online tasks
+
+Arms are `PoolAttnConfig` overrides of the base variant (default 5: bidirectional, `layers="all"`, layer weights,
+multi-head attention), trained with identical data order and seed (the same train.py arguments):
+
+- layer_count: base (all layers), last 1, last 2, last 4, last 8;
+- layer_subset: base (all), last 4, middle 4;
+- layer_weights: base (on, starts at zero), off (no trainable layer-weight matrix), paper init (starts at
+  normal(0, 1) as in the paper's code);
+- head_attention: base (multihead), single (one head as wide as the head), hierarchical (attend within groups of 4
+  consecutive layers, then across the group summaries);
+- all: every arm above, each trained once.
+
+Layout of `--output`: `arms/<arm>/` (train.py's output: checkpoints, then `model/`), `results/` (mteb results,
+`evaluate.py run`), `comparison/` (`evaluate.py compare` against the base arm: `comparison.md`, CSVs, figure).
+Resumable: an arm whose `model/` exists is not retrained, an interrupted arm resumes from its last checkpoint, and
+finished tasks are not re-scored. Under torchrun every process trains; process 0 alone evaluates and compares.
+"""
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import training
+from .evaluation import compare_results, evaluate_models
+from .manifest import ExportedModel
+from .results import results_folder
+
+logger = logging.getLogger(__name__)
+
+BASE_ARM = "base"
+ABLATIONS = {
+    "layer_count": {"last_1": {"layers": "last:1"}, "last_2": {"layers": "last:2"}, "last_4": {"layers": "last:4"},
+                    "last_8": {"layers": "last:8"}},
+    "layer_subset": {"last_4": {"layers": "last:4"}, "middle_4": {"layers": "middle:4"}},
+    "layer_weights": {"weights_off": {"layer_weights": False}, "weights_paper_init": {"layer_weights_init_std": 1.0}},
+    "head_attention": {"single": {"head_attention": "single"},
+                       "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4}},
+}
+DEFAULT_TASKS = ("BIOSSES", "STS13", "STSBenchmark")
+# Local task copies: $POOLATTN_DATA, else the project's `../shared/data` beside a source checkout.
+DEFAULT_DATA = os.environ.get("POOLATTN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def arms(ablation: str) -> dict[str, dict]:
+    """Arm name -> `PoolAttnConfig` overrides of the base variant; the base arm (no overrides) first.
+
+    >>> list(arms("layer_weights"))
+    ['base', 'weights_off', 'weights_paper_init']
+    >>> arms("layer_count")["last_2"]
+    {'layers': 'last:2'}
+    """
+    if ablation == "all":
+        chosen = {name: overrides for group in ABLATIONS.values() for name, overrides in group.items()}
+    elif ablation in ABLATIONS:
+        chosen = ABLATIONS[ablation]
+    else:
+        raise ValueError(f"--ablation {ablation!r} is not known. Allowed values: {', '.join([*ABLATIONS, 'all'])}.")
+    return {BASE_ARM: {}, **chosen}
+
+
+def arm_model_name(backbone: str, variant: int, arm: str) -> str:
+    """
+    >>> arm_model_name("/models/smollm2-135m", 5, "weights_off")
+    'poolattn/smollm2-135m-v5-weights-off'
+    """
+    return f"poolattn/{Path(backbone).name}-v{variant}-{arm.replace('_', '-')}"
+
+
+def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone: str, train_argv: list[str]) -> Path:
+    """Train one arm unless its model exists; resume from the arm's last checkpoint if it was interrupted."""
+    arm_output = Path(output) / "arms" / arm
+    model = arm_output / "model"
+    if (model / "training_manifest.json").is_file():
+        logger.info("arm %s: trained already (%s)", arm, model)
+        return model
+    resume = ["--resume_from_checkpoint", "true"] if any(arm_output.glob("checkpoint-*")) else []
+    logger.info("arm %s: training%s with overrides %s", arm, " (resuming)" if resume else "", json.dumps(overrides))
+    started = time.time()
+    exported = training.main([
+        *train_argv, "--variant", str(base_variant), "--output_dir", str(arm_output),
+        "--config_overrides", json.dumps(overrides), "--model_name", arm_model_name(backbone, base_variant, arm),
+        *resume,
+    ])[0]
+    logger.info("arm %s: trained in %.0f s", arm, time.time() - started)
+    return exported
+
+
+def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), tasks=None,
+                 categories=None, benchmark=None, data_dir=DEFAULT_DATA, batch_size: int = 32):
+    """Train every arm (every process under torchrun), then on process 0 score each arm and compare it with the base.
+
+    Returns the evaluation run (failed tasks in `.failures`), or None on processes other than 0.
+    """
+    chosen = arms(ablation)  # checks the name before anything runs
+    if not (tasks or categories or benchmark):
+        tasks = list(DEFAULT_TASKS)
+    backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
+    started = time.time()
+    models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
+                             train_argv=list(train_argv))
+              for arm, overrides in chosen.items()}
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    results = Path(output) / "results"
+    evaluation = evaluate_models([str(folder) for folder in models.values()], output=results, tasks=tasks,
+                                 categories=categories, benchmark=benchmark, data_dir=data_dir or None,
+                                 batch_size=batch_size)
+    # exactly these weights' results, never an older arm's
+    exported = {arm: ExportedModel.read(folder) for arm, folder in models.items()}
+    folders = [results_folder(results, model.mteb_name, model.fingerprint) for model in exported.values()]
+    compare_results(folders, output=Path(output) / "comparison", baseline=exported[BASE_ARM].mteb_name)
+    logger.info("ablation %s: %d arms, wall time %.0f s; comparison in %s", ablation, len(models),
+                time.time() - started, Path(output) / "comparison" / "comparison.md")
+    return evaluation

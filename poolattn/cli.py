@@ -1,0 +1,252 @@
+"""The command-line doors: parse arguments, call the package, print what a user needs, turn exceptions into exit codes.
+
+Each function backs one console command and one top-level script of a source checkout:
+
+| command | script | library function |
+|---|---|---|
+| `poolattn-train` | `python train.py` | `poolattn.training.run` |
+| `poolattn-evaluate run/compare` | `python evaluate.py` | `poolattn.evaluation.evaluate_models` / `compare_results` |
+| `poolattn-ablate` | `python ablate.py` | `poolattn.ablation.run_ablation` |
+| `poolattn-publish` | `python publish.py` | `poolattn.hub.publish` |
+
+Library code logs through `logging` (logger `poolattn.*`); the doors show its INFO messages on the main process.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from . import ablation, evaluation, hub, training
+from .data import TripletDataError
+from .hub import HubPushError
+from .manifest import ManifestError
+from .results import CATEGORY_ORDER, ResultsError
+
+
+def _show_progress(*, main_process: bool = True) -> None:
+    """The package's INFO messages (what was trained, written, skipped) on the main process; warnings everywhere."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("poolattn").setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+TRAIN_HELP = """Fine-tune a poolattn embedding model with LoRA and a contrastive loss, then export one Hub-loadable
+folder.
+
+    python train.py --variant 5                      # embedded default: SmolLM2-135M + bundled triplets, CPU, minutes
+    python train.py --variant all                    # the paper's five variants, same data order and seed
+    python train.py --variant 5 --train_data data/ --query_instruction "Retrieve passages that answer the question"
+    python train.py --variant 5 --gradcache_chunk_size 16 --contrastive_batch_size 256
+    python train.py --variant 5 --resume_from_checkpoint true     # continue from the last checkpoint in output_dir
+    python train.py args.json                        # every argument from a JSON file
+    python train.py --variant all --push_to_hub --hub_model_id ORG/NAME   # then publish ORG/NAME-v1 ... ORG/NAME-v5
+    python train.py --variant 5 --hub_model_id ORG/NAME --hub_dry_run hub/  # write the repository folder only
+    torchrun --nproc_per_node 8 train.py --preset paper --variant 5   # the paper's recipe (Mistral-7B, ir_data)
+    accelerate launch --config_file configs/ddp.yaml train.py --preset paper --variant 5            # the same
+    accelerate launch --config_file configs/deepspeed_zero2.yaml train.py --preset paper --variant 5 \\
+        --gradcache_chunk_size 0 --per_device_train_batch_size 16           # ZeRO-2: no GradCache, batch 16 x GPUs
+
+The model is written to `<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`), with
+`training_manifest.json`; it loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` without peft.
+With `--push_to_hub` or `--hub_dry_run`, each variant then gets a Hub repository folder with a generated model card
+and the sentence-transformers files (`poolattn/hub.py`);
+`--push_to_hub` uploads it to `<hub_model_id>-v<N>`. (`poolattn-train` is the same command.)
+"""
+
+
+def train(argv: list[str] | None = None) -> int:
+    """`python train.py ...` / `poolattn-train ...`: the flags of `training.parse_arguments` (see --help)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        model_args, data_args, training_args = training.parse_arguments(argv, description=TRAIN_HELP)
+    except ValueError as error:
+        sys.exit(f"train: {error}")
+    _show_progress(main_process=training_args.should_log)
+    try:
+        training.run(model_args, data_args, training_args)
+    except TripletDataError as error:
+        sys.exit(f"train: bad training data: {error}")
+    except HubPushError as error:
+        sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
+    training.shut_down_process_group()  # only after success: after a failure another rank may be in a collective
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------------------------------
+
+EVALUATE_HELP = """Score embedding models on MTEB with the real mteb package, offline on local task copies; compare.
+
+    python evaluate.py run --model outputs/smollm2-135m-v5/model --model outputs/smollm2-135m-v1/model \\
+        --categories STS,PairClassification --data-dir ../shared/data --output results/
+    python evaluate.py run --model path/to/all-MiniLM-L6-v2 --tasks STSBenchmark,SICK-R --data-dir ../shared/data \\
+        --output results/ --no-instructions                   # a sentence-transformers baseline
+    python evaluate.py run --model ORG/poolattn-smollm2-v5 --benchmark "MTEB(eng, v2)" --output results/  # Hub
+    python evaluate.py compare results/results/poolattn__smollm2-135m-v1 results/results/poolattn__smollm2-135m-v5 \\
+        --baseline poolattn/smollm2-135m-v1 --output comparison/
+
+`run` writes mteb's JSON results, one folder per model under `<output>/results/` (the folder's revision is a
+fingerprint of the weights, so variants never share a cache entry), skips finished tasks unless `--overwrite`, and
+works with `HF_HUB_OFFLINE=1` plus `--data-dir`. `compare` writes per-task and per-category tables (Markdown, CSV),
+Wilcoxon signed-rank tests per category with Holm correction, a figure, and a short summary for model cards.
+(`poolattn-evaluate` is the same command.)
+"""
+
+
+def _run_models(args) -> int:
+    run = evaluation.evaluate_models(
+        args.model, output=args.output, tasks=args.tasks and _comma_list(args.tasks),
+        categories=args.categories and _comma_list(args.categories), benchmark=args.benchmark,
+        data_dir=args.data_dir, skip_missing=args.skip_missing, batch_size=args.batch_size,
+        max_length=args.max_length, instructions=not args.no_instructions, overwrite=args.overwrite,
+    )
+    for name in run.missing_tasks:
+        print(f"SKIPPED (no local copy in {args.data_dir}): {name}")
+    for name, scores in run.scores.items():
+        for task, score in scores.items():
+            print(f"{name}  {task:<32} {score:.4f}")
+    for failure in run.failures:
+        print(f"FAILED {failure.model} {failure.task}: {failure.error}")
+    for folder in run.folders.values():
+        print(f"results: {folder}")
+    return 1 if run.failures else 0
+
+
+def _compare(args) -> int:
+    comparison = evaluation.compare_results(args.results, output=args.output, baseline=args.baseline)
+    print(comparison.report)
+    print(f"written: {', '.join(str(path) for path in comparison.files)}")
+    return 0
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(required=True, dest="command")
+    run = subparsers.add_parser("run", help="evaluate models on MTEB tasks")
+    run.add_argument("--model", action="append", required=True,
+                     help="poolattn folder or Hub repository, or sentence-transformers folder/id; repeatable")
+    run.add_argument("--tasks", help="comma-separated mteb task names")
+    run.add_argument("--categories", help=f"comma-separated task types ({', '.join(CATEGORY_ORDER)})")
+    run.add_argument("--benchmark",
+                     help='an mteb benchmark, e.g. "MTEB(eng, v2)" (alone, or to pick --categories from)')
+    run.add_argument("--output", required=True, help="results folder (mteb's layout, one folder per model)")
+    run.add_argument("--data-dir", help="local task copies laid out like ../shared/data (one folder per task)")
+    run.add_argument("--skip-missing", action="store_true", help="run the tasks that have a local copy, list the rest")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
+    run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
+    run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
+    run.set_defaults(func=_run_models)
+    compare = subparsers.add_parser("compare", help="tables, Wilcoxon tests and a figure from results folders")
+    compare.add_argument("results", nargs="+", help="one results folder per model (e.g. results/results/ORG__NAME)")
+    compare.add_argument("--baseline", help="model name every other model is tested against (default: the first)")
+    compare.add_argument("--output", default="comparison", help="where to write the tables, figure and summary")
+    compare.set_defaults(func=_compare)
+    return parser
+
+
+def evaluate(argv: list[str] | None = None) -> int:
+    """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except (evaluation.EvaluationError, ResultsError, ManifestError) as error:
+        sys.exit(f"evaluate {args.command}: {error}")
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# ablate
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def ablate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=ablation.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
+    parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
+    parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
+    parser.add_argument("--tasks", help=f"mteb tasks (default {','.join(ablation.DEFAULT_TASKS)} when nothing is "
+                                        "chosen)")
+    parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
+    parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
+    parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
+    parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
+    return parser
+
+
+def ablate(argv: list[str] | None = None) -> int:
+    """`python ablate.py --ablation NAME [...] [-- training flags]` / `poolattn-ablate ...`."""
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, train_argv = ablate_parser().parse_args(argv[:split]), argv[split + 1 :]
+    _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
+    try:
+        run = ablation.run_ablation(
+            args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv,
+            tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
+            benchmark=args.benchmark, data_dir=args.data_dir, batch_size=args.batch_size,
+        )
+    except TripletDataError as error:
+        sys.exit(f"ablate: bad training data: {error}")
+    except (evaluation.EvaluationError, ResultsError) as error:
+        sys.exit(f"ablate: {error}")
+    for failure in run.failures if run else []:
+        print(f"FAILED {failure.model} {failure.task}: {failure.error}")
+    training.shut_down_process_group()  # every arm's run ended with a barrier; nothing waits on other ranks here
+    return 1 if run and run.failures else 0
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# publish
+# ---------------------------------------------------------------------------------------------------------------------
+
+PUBLISH_HELP = """Publish trained poolattn models to the Hugging Face Hub: one repository per variant, with cards.
+
+    python publish.py outputs/smollm2-135m-vall/v{1,2,3,4,5}/model --hub_model_id ORG/poolattn-smollm2 \\
+        --results results/ --output_dir hub/            # dry run: write the five repository folders only
+    python publish.py outputs/smollm2-135m-vall/v{1,2,3,4,5}/model --hub_model_id ORG/poolattn-smollm2 \\
+        --results results/ --output_dir hub/ --push     # then upload them to ORG/poolattn-smollm2-v1 ... -v5
+
+Each folder (`<output_dir>/<NAME>-v<N>`) is exactly what is uploaded: the exported model and its code, the
+sentence-transformers files and a README.md card generated from the training manifest and, with `--results` (the
+`--output` of `evaluate.py run`), the MTEB scores and Wilcoxon tests against the other variants. The token comes from
+`--hub_token`, `HF_TOKEN` or a saved login (`hf auth login`). A failed upload keeps the folders and says why.
+(`poolattn-publish` is the same command.)
+"""
+
+
+def publish_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=PUBLISH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="model folders exported by training (one per variant)")
+    parser.add_argument("--hub_model_id", required=True, help="ORG/NAME; variant N goes to ORG/NAME-vN")
+    parser.add_argument("--output_dir", default="hub", help="where the repository folders are written (default: hub)")
+    parser.add_argument("--results", help="results folder of `evaluate.py run` (adds MTEB scores and comparisons)")
+    parser.add_argument("--push", action="store_true", help="upload the folders (without it: a dry run)")
+    parser.add_argument("--hub_token", help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repositories private")
+    parser.add_argument("--license", help="licence id for the card (default: the base model's)")
+    return parser
+
+
+def publish(argv: list[str] | None = None) -> int:
+    """`python publish.py MODEL... --hub_model_id ORG/NAME [...]` / `poolattn-publish ...`."""
+    args = publish_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    _show_progress()
+    try:
+        hub.publish(args.models, hub_model_id=args.hub_model_id, output_dir=args.output_dir, push=args.push,
+                    results=args.results, token=args.hub_token, private=args.private, license=args.license)
+    except (HubPushError, ValueError) as error:
+        print(f"publish: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,293 @@
+"""Score embedding models on MTEB with the real mteb package (offline on local task copies), and compare them.
+
+`evaluate_models` runs mteb on poolattn folders, poolattn Hub repositories and sentence-transformers models and writes
+mteb's results layout (`results.py`); `compare_results` writes per-task and per-category tables, Wilcoxon signed-rank
+tests per category with Holm correction, a figure and a summary for model cards. Both raise `EvaluationError` (or
+`results.ResultsError`) for bad input; `poolattn.cli` turns them into exit codes.
+"""
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
+from .prompts import QUERY_PROMPT_FORMAT
+from .results import CATEGORY_ORDER, category_rank, mean, read_results, results_folder, write_run_settings
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """A selection or input that cannot be evaluated; the message says what was given and what to do."""
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Models and tasks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def hub_poolattn_snapshot(model: str) -> str | None:
+    """The local snapshot of a Hub repository published by poolattn (`publish.py`), else None."""
+    if Path(model).exists() or model.count("/") != 1:
+        return None
+    import json
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+    except Exception:  # not reachable or no config: let sentence-transformers try (and explain) below
+        return None
+    return snapshot_download(model) if config.get("model_type") == "poolattn" else None
+
+
+def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool):
+    """A poolattn folder or Hub repository -> PoolAttnEncoder; else a sentence-transformers model (folder, Hub id)."""
+    from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
+
+    folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if folder:
+        exported = ExportedModel.read(folder)
+        # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
+        name = model if folder != model and exported.manifest is None else exported.mteb_name
+        return PoolAttnEncoder(folder, name=name, revision=exported.fingerprint, batch_size=batch_size,
+                               max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {})
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    transformer = SentenceTransformer(model)
+    if max_length:
+        transformer.max_seq_length = max_length
+    encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
+    name = model if "/" in model and not Path(model).exists() else f"local/{Path(model).resolve().name}"
+    revision = model_fingerprint(model) if Path(model).exists() else encoder.mteb_model_meta.revision
+    encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
+    return encoder
+
+
+def select_tasks(*, tasks: list[str] | None = None, categories: list[str] | None = None, benchmark: str | None = None,
+                 data_dir=None) -> list:
+    """mteb task objects from `tasks`, `categories` (of the local copies in `data_dir`, or of `benchmark`) or
+    `benchmark`."""
+    import mteb
+
+    if not (tasks or categories or benchmark):
+        raise EvaluationError("choose tasks with --tasks, --categories or --benchmark.")
+    if tasks and (categories or benchmark):
+        raise EvaluationError("--tasks names the tasks itself; drop --categories/--benchmark.")
+    if tasks:
+        return [mteb.get_task(name) for name in tasks]
+    if benchmark:
+        chosen = list(mteb.get_benchmark(benchmark).tasks)
+    elif data_dir:
+        chosen = [mteb.get_task(p.name) for p in sorted(Path(data_dir).iterdir())
+                  if p.is_dir() and _known_task(p.name)]
+    else:
+        raise EvaluationError("--categories needs --data-dir (local copies) or --benchmark to choose from.")
+    if categories:
+        unknown = set(categories) - set(CATEGORY_ORDER)
+        if unknown:
+            raise EvaluationError(f"unknown categories {sorted(unknown)}; allowed: {', '.join(CATEGORY_ORDER)}.")
+        chosen = [task for task in chosen if task.metadata.type in categories]
+    return chosen
+
+
+def _known_task(name: str) -> bool:
+    import mteb
+
+    try:
+        mteb.get_task(name)
+        return True
+    except (KeyError, ValueError):
+        return False
+
+
+def localise(task, data_dir: Path):
+    """Point a stock mteb task at `data_dir/<TaskName>`; returns None when that copy is missing."""
+    import datasets
+
+    folder = data_dir / task.metadata.name
+    if not folder.is_dir():
+        return None
+    if task.metadata.name == "TwitterURLCorpus":  # the local copy already has the post-transform column names
+        test = datasets.load_dataset("json", data_files=str(folder / "test.jsonl"), split="train")
+        task.dataset = datasets.DatasetDict({"test": test})
+        task.data_loaded = True
+        return task
+    dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
+    task.metadata = task.metadata.model_copy(update={"dataset": dataset})
+    return task
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskFailure:
+    model: str
+    task: str
+    error: str
+
+
+@dataclass
+class EvaluationRun:
+    """What `evaluate_models` did: every model's results folder and scores, tasks without a local copy, failures."""
+
+    folders: dict[str, Path] = field(default_factory=dict)  # model as given -> its results folder
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # mteb name -> task -> main score
+    missing_tasks: list[str] = field(default_factory=list)
+    failures: list[TaskFailure] = field(default_factory=list)
+
+
+def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None, categories: list[str] | None = None,
+                    benchmark: str | None = None, data_dir=None, skip_missing: bool = False, batch_size: int = 32,
+                    max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
+                    ) -> EvaluationRun:
+    """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
+
+    Raises `EvaluationError` before any model is loaded when the selection is empty or, with `data_dir`, tasks lack
+    a local copy (unless `skip_missing`, which runs the rest and lists them).
+    """
+    import mteb
+
+    task_names = [task.metadata.name for task in select_tasks(tasks=tasks, categories=categories,
+                                                              benchmark=benchmark, data_dir=data_dir)]
+    if not task_names:
+        raise EvaluationError("no tasks selected.")
+    run = EvaluationRun()
+    if data_dir:
+        run.missing_tasks = [name for name in task_names if not (Path(data_dir) / name).is_dir()]
+        if run.missing_tasks and not skip_missing:
+            raise EvaluationError(
+                f"{len(run.missing_tasks)} task(s) have no local copy in {data_dir}: {', '.join(run.missing_tasks)}. "
+                "Add them, drop them from the selection, or pass --skip-missing to run the rest (they are listed)."
+            )
+        task_names = [name for name in task_names if name not in run.missing_tasks]
+    cache = mteb.ResultCache(output)
+    for model in models:
+        encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions)
+        selected = [mteb.get_task(name) for name in task_names]  # fresh objects per model (evaluate unloads data)
+        if data_dir:
+            selected = [localise(task, Path(data_dir)) for task in selected]
+        result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
+                               overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
+                               show_progress_bar=True)
+        meta = encoder.mteb_model_meta
+        folder = results_folder(output, meta.name, meta.revision)
+        write_run_settings(folder, {
+            "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
+            "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
+            "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
+        })
+        run.folders[model] = folder
+        run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
+        run.failures += [TaskFailure(meta.name, error.task_name, str(error.exception)) for error in result.exceptions]
+    return run
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """The written comparison: the report's text and the files beside it."""
+
+    report: str
+    files: list[Path]
+
+
+def compare_results(result_folders: list, *, output, baseline: str | None = None) -> Comparison:
+    """Tables, Wilcoxon tests per category (Holm-corrected) against `baseline`, a figure and a summary, in `output`.
+
+    `result_folders` are model or revision folders of an evaluation's results (`results.read_results`).
+    """
+    from .stats import category_test_table, markdown_table, wilcoxon_by_category
+
+    loaded = [read_results(folder) for folder in result_folders]
+    names = [results.name for results in loaded]
+    if len(set(names)) != len(names):
+        names = [f"{results.name} ({results.revision})" for results in loaded]
+    scores = {name: results.scores for name, results in zip(names, loaded)}
+    categories = {task: category for results in loaded for task, category in results.categories.items()}
+    baseline = baseline or names[0]
+    if baseline not in scores:
+        raise EvaluationError(f"--baseline {baseline!r} is not one of {names}.")
+    tasks = sorted(categories, key=lambda t: (category_rank(categories[t]), t))
+    means = {name: results.category_means() for name, results in zip(names, loaded)}
+    used_categories = sorted({categories[t] for t in tasks}, key=category_rank)
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    task_rows = [[task, categories[task], *[scores[name].get(task) for name in names]] for task in tasks]
+    category_rows = [[category, sum(categories[t] == category for t in tasks),
+                      *[means[name].get(category) for name in names]] for category in used_categories]
+    average_row = ["Average (all tasks)", len(tasks), *[mean(scores[name].values()) for name in names]]
+    tests = {name: wilcoxon_by_category(scores[name], scores[baseline], categories)
+             for name in names if name != baseline}
+
+    report = ["# Comparison", "", "## Per task (main score)", "",
+              markdown_table(["task", "category", *names], task_rows), "",
+              "## Per category (mean main score)", "",
+              markdown_table(["category", "tasks", *names], category_rows + [average_row]), ""]
+    for name, category_tests in tests.items():
+        report += [f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected", "",
+                   category_test_table(category_tests, name, baseline), ""]
+    files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
+                                        "per_category.png")]
+    files[0].write_text("\n".join(report))
+    _write_csv(files[1], ["task", "category", *names], task_rows)
+    _write_csv(files[2], ["category", "tasks", *names], category_rows + [average_row])
+    files[3].write_text(summary_block(names, means, used_categories, tests, baseline))
+    plot_categories(files[4], names, means, used_categories, tests)
+    return Comparison("\n".join(report), files)
+
+
+def summary_block(names, category_means, categories, tests, baseline) -> str:
+    """Compact Markdown for model cards: per-category means, with a marker where a model differs significantly."""
+    from .stats import markdown_table
+
+    rows = []
+    for name in names:
+        significant = {t.category for t in tests.get(name, []) if t.significant()}
+        rows.append([name, *[f"{category_means[name][c]:.4f}{'*' if c in significant else ''}"
+                             if c in category_means[name] else None for c in categories]])
+    note = (f"\n\n\\* significantly different from {baseline} (Wilcoxon signed-rank by dataset, Holm-corrected, "
+            "p < 0.05).")
+    return markdown_table(["model", *categories], rows) + note + "\n"
+
+
+def plot_categories(path: Path, names, category_means, categories, tests) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(names)
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(categories)), 4))
+    for position, name in enumerate(names):
+        values = [category_means[name].get(c, 0.0) for c in categories]
+        xs = [i + position * width for i in range(len(categories))]
+        axis.bar(xs, values, width, label=name)
+        significant = {t.category for t in tests.get(name, []) if t.significant()}
+        for x, value, category in zip(xs, values, categories):
+            if category in significant:
+                axis.text(x, value, "*", ha="center", va="bottom", fontsize=14)
+    axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(categories))], categories, rotation=20)
+    axis.set_ylabel("mean main score")
+    axis.set_title("Per-category scores (* significant vs baseline, Holm-corrected)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,164 @@
+"""mteb results on disk: where a model's results live, reading them into a typed object, and category means.
+
+The layout is mteb's `ResultCache`: `<output>/results/<org>__<name>/<revision>/<Task>.json`, plus `model_meta.json`
+and poolattn's `poolattn_run.json` (the run's settings) beside the task files. The revision of a poolattn model is a
+fingerprint of its weights (`manifest.model_fingerprint`), so two models never share a cache entry.
+
+>>> results_folder("results", "poolattn/smollm2-135m-v5", "0123abcd").as_posix()
+'results/results/poolattn__smollm2-135m-v5/0123abcd'
+>>> category_means({"STS12": 0.5, "STS13": 0.7, "Banking77Classification": 0.6},
+...                {"STS12": "STS", "STS13": "STS", "Banking77Classification": "Classification"})
+{'STS': 0.6, 'Classification': 0.6}
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CATEGORY_ORDER = (
+    "Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization",
+)
+RUN_SETTINGS_FILE = "poolattn_run.json"
+MODEL_META_FILE = "model_meta.json"
+
+
+class ResultsError(ValueError):
+    """Results that cannot be read or found; the message names the folder and what to do."""
+
+
+def results_folder(output, name: str, revision: str) -> Path:
+    """Where mteb writes the results of model `name` at `revision` under an evaluation's `output` folder."""
+    return Path(output) / "results" / name.replace("/", "__") / revision
+
+
+def category_rank(category: str) -> int:
+    """Position of a category in the order tables list them (unknown categories last)."""
+    return CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER)
+
+
+def mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def category_means(scores: dict[str, float], categories: dict[str, str], tasks=None) -> dict[str, float]:
+    """Mean main score per category over `tasks` (default: every scored task), in first-seen order."""
+    grouped: dict[str, list[float]] = {}
+    for task, score in scores.items():
+        if tasks is None or task in tasks:
+            grouped.setdefault(categories[task], []).append(score)
+    return {category: mean(values) for category, values in grouped.items()}
+
+
+@dataclass
+class ModelResults:
+    """One model's mteb results at one revision (mteb `TaskResult`s), with how the run encoded."""
+
+    name: str
+    revision: str
+    folder: Path
+    task_results: list = field(repr=False)  # mteb TaskResult
+    instructions: bool = True  # whether queries and symmetric tasks got their task instructions
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {result.task_name: result.get_score() for result in self.task_results}
+
+    @property
+    def categories(self) -> dict[str, str]:
+        return {result.task_name: _task_category(result) for result in self.task_results}
+
+    @property
+    def main_score_names(self) -> dict[str, str]:
+        return {result.task_name: result.task.metadata.main_score for result in self.task_results}
+
+    def category_means(self, tasks=None) -> dict[str, float]:
+        return category_means(self.scores, self.categories, tasks)
+
+
+def _task_category(result) -> str:
+    return result.task_type or result.task.metadata.type
+
+
+def read_results(folder) -> ModelResults:
+    """The results in a revision folder, or in a model folder that holds exactly one revision.
+
+    Raises `ResultsError` when the folder holds no task results, or several revisions (different weights, which must
+    never be averaged together).
+    """
+    from mteb import TaskResult
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder} is not a folder; give a results folder of an evaluation run, e.g. "
+                           "results/results/ORG__NAME/<revision>.")
+    if not any(folder.glob("*.json")):
+        revisions = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.json")))
+        if len(revisions) > 1:
+            raise ResultsError(f"{folder} holds results of {len(revisions)} revisions (different weights): "
+                               f"{', '.join(p.name for p in revisions)}; give one of them, e.g. {revisions[-1]}.")
+        if revisions:
+            folder = revisions[0]
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name in (MODEL_META_FILE, RUN_SETTINGS_FILE):
+            continue
+        try:
+            results.append(TaskResult.from_disk(path))
+        except Exception as error:  # a truncated or foreign JSON file: say so, never drop it silently
+            logger.warning("%s is not a readable mteb task result (%s: %s); it is left out", path,
+                           type(error).__name__, error)
+    if not results:
+        raise ResultsError(f"no mteb task results found under {folder}.")
+    meta, settings = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE
+    name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
+    instructions = bool(json.loads(settings.read_text()).get("instructions")) if settings.is_file() else True
+    return ModelResults(name, folder.name, folder, results, instructions)
+
+
+def write_run_settings(folder, settings: dict) -> Path:
+    """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
+def find_model_results(output, model, others=()) -> tuple["ModelResults | None", list[ModelResults]]:
+    """(`model`'s results or None, the other variants' results) under an evaluation's `output` folder.
+
+    `model` and `others` are `manifest.ExportedModel`s. This model's results are found by its name and weights
+    fingerprint (never a stale revision). Other variants of the same backbone: the exact revisions of `others`
+    where given, else each name's newest revision.
+    """
+    root = Path(output) / "results"
+    if not root.is_dir():
+        raise ResultsError(f"{output} holds no mteb results (no results/ folder); give the --output of an "
+                           "evaluation run.")
+
+    def exact(candidate) -> ModelResults | None:
+        folder = results_folder(output, candidate.mteb_name, candidate.fingerprint)
+        return _read_or_none(folder) if folder.is_dir() else None
+
+    own, own_name = exact(model), model.mteb_name
+    peers = {results.name: results for results in map(exact, others) if results and results.name != own_name}
+    family = own_name.rsplit("-v", 1)[0] + "-v"
+    for model_folder in sorted(root.glob(family.replace("/", "__") + "*")):
+        name = model_folder.name.replace("__", "/", 1)
+        revisions = sorted((p for p in model_folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        if name != own_name and name not in peers and revisions:
+            results = _read_or_none(revisions[-1])
+            if results:
+                peers[name] = results
+    return own, sorted(peers.values(), key=lambda results: results.name)
+
+
+def _read_or_none(folder: Path) -> ModelResults | None:
+    try:
+        return read_results(folder)
+    except ResultsError:
+        return None

@@ -1,0 +1,330 @@
+"""One training run as a library function: arguments, model, `ContrastiveTrainer`, resume, export, and publishing.
+
+>>> from poolattn.training import parse_arguments
+>>> model_args, data_args, training_args = parse_arguments(["--variant", "3", "--max_steps", "5"])
+>>> model_args.variants, training_args.max_steps, training_args.temperature
+([3], 5, 0.05)
+
+`main(argv)` runs what `python train.py ...` (and the `poolattn-train` command) runs and returns the exported model
+folders; `run(model_args, data_args, training_args)` is the same from parsed arguments. Each variant is written to
+`<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`) by `manifest.export_model`, with its
+`TrainingManifest`. Errors are exceptions (`TripletDataError`, `HubPushError`, `ValueError`); `poolattn.cli` turns
+them into exit codes.
+"""
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from .data import SAMPLE_TRIPLETS, TripletCollator, Triplets, load_triplets
+from .hub import HubPushError, check_push_possible, publish
+from .losses import world_size
+from .manifest import (
+    ContrastiveBatch,
+    DataRecord,
+    TrainableParameters,
+    TrainingManifest,
+    TrainingSettings,
+    export_model,
+    library_versions,
+)
+from .modeling_poolattn import PoolAttnEmbeddingModel
+from .prompts import QUERY_PROMPT_FORMAT
+from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+PRESETS = {
+    # Tang & Yang 2024, Section 4.1 and the paper's code: Mistral-7B-v0.1, LoRA r16 on every projection, lr 1e-5,
+    # 1000 steps, warmup 100, batch 2048, bf16, 512 tokens. GradCache chunks make the batch real on any GPU count.
+    "paper": {
+        "backbone": "mistralai/Mistral-7B-v0.1", "train_data": "yixuantt/ir_data", "lora_r": 16, "lora_alpha": 32,
+        "lora_dropout": 0.1, "lora_target_modules": LORA_TARGETS, "learning_rate": 1e-5, "max_steps": 1000,
+        "warmup_steps": 100, "lr_scheduler_type": "linear", "contrastive_batch_size": 2048,
+        "gradcache_chunk_size": 32, "bf16": True, "model_dtype": "bfloat16", "query_max_length": 512,
+        "document_max_length": 512, "activation_checkpointing": True, "temperature": 0.05, "save_steps": 100,
+    },
+}
+
+
+@dataclass
+class ModelArguments:
+    variant: str = field(default="5", metadata={"help": "paper variant 1-5, or 'all' to train the five in turn"})
+    backbone: str = field(default=DEFAULT_BACKBONE,
+                          metadata={"help": "decoder LLM: local folder, Hub id or 'smollm2-135m'"})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": 'JSON of PoolAttnConfig fields, e.g. \'{"layers": "last:8", "num_latents": 16}\''})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default=LORA_TARGETS, metadata={"help": "comma-separated module names"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every backbone weight instead of LoRA"})
+    model_dtype: str = field(default="float32", metadata={"help": "backbone weights: float32, bfloat16 or float16"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+    model_name: str | None = field(default=None, metadata={
+        "help": "ORG/NAME the model is reported under (mteb); default poolattn/<backbone>-v<N>"})
+
+    def __post_init__(self):
+        if self.variant != "all" and self.variant not in {"1", "2", "3", "4", "5"}:
+            raise ValueError(f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5, all.")
+        if self.model_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--model_dtype {self.model_dtype!r}: allowed values are float32, bfloat16, float16.")
+        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_r must be >= 1 and --lora_dropout in [0, 1); got {self.lora_r}, "
+                             f"{self.lora_dropout}.")
+        if self.model_name is not None and self.model_name.count("/") != 1:
+            raise ValueError(f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. "
+                             "poolattn/my-model.")
+        self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}.")
+
+    @property
+    def variants(self) -> list[int]:
+        return [1, 2, 3, 4, 5] if self.variant == "all" else [int(self.variant)]
+
+    def model_name_for(self, variant: int) -> str | None:
+        """`--model_name`, suffixed `-v<N>` when several variants are trained; None for the default name."""
+        if self.model_name is None or len(self.variants) == 1:
+            return self.model_name
+        return f"{self.model_name}-v{variant}"
+
+
+@dataclass
+class DataArguments:
+    train_data: str = field(default=str(SAMPLE_TRIPLETS),
+                            metadata={"help": "JSONL/CSV/parquet file, folder, or Hub dataset id"})
+    data_split: str = field(default="train", metadata={"help": "split of a Hub dataset"})
+    query_instruction: str | None = field(
+        default=None, metadata={"help": "global query instruction (Instruct: ...\\nQuery: )"})
+    query_max_length: int = field(default=512, metadata={"help": "tokens per query, instruction included"})
+    document_max_length: int = field(default=512, metadata={"help": "tokens per positive or negative"})
+    skip_invalid_rows: bool = field(default=False,
+                                    metadata={"help": "skip (and count) rows with missing/empty fields"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+
+
+@dataclass
+class TrainingRunArguments(ContrastiveTrainingArguments):
+    """The trainer's arguments plus the run's: its output folder, the export check and publishing."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "default outputs/<backbone>-v<variant>"})
+    export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
+    hub_dry_run: str | None = field(
+        default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
+    )
+    # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
+    per_device_train_batch_size: int = 8
+    learning_rate: float = 2e-4
+    max_steps: int = 30
+    warmup_steps: int = 3
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 1
+    save_steps: int = 10
+    save_total_limit: int | None = 2
+    report_to: None | str | list[str] = "none"  # same annotation order as TrainingArguments (HfArgumentParser)
+    remove_unused_columns: bool = False
+    dataloader_drop_last: bool = True
+    ddp_find_unused_parameters: bool | None = False
+    seed: int = 42
+
+    def __post_init__(self):
+        self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        # poolattn publishes the exported model itself (card, sentence-transformers files) after training; the
+        # Trainer's own push would upload raw checkpoints, so it is switched off and the request kept here.
+        self.publish_to_hub, self.push_to_hub = self.push_to_hub, False
+        if (self.publish_to_hub or self.hub_dry_run) and not self.hub_model_id:
+            raise ValueError("--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to "
+                             "ORG/NAME-v<N>).")
+        if self.publish_to_hub:
+            try:
+                check_push_possible(self.hub_token)  # before training, not after
+            except HubPushError as error:
+                raise ValueError(f"--push_to_hub: {error}") from None
+        super().__post_init__()
+
+
+def parse_arguments(argv: list[str], *, description: str | None = None,
+                    ) -> tuple[ModelArguments, DataArguments, TrainingRunArguments]:
+    """Command line (or one JSON file) -> (model, data, training) arguments; `--preset` only changes defaults."""
+    import argparse
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingRunArguments), description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        values = json.loads(Path(argv[0]).read_text())
+        preset = PRESETS.get(values.pop("preset", None), {})
+        return parser.parse_dict({"output_dir": None, **preset, **values})
+    preset_name = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
+    if preset_name in PRESETS:
+        parser.set_defaults(**PRESETS[preset_name])
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
+
+
+def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
+    """The PoolAttnEmbeddingModel with a fresh head, wrapped with LoRA unless --full_finetune."""
+    model = PoolAttnEmbeddingModel.from_backbone(
+        backbone_path, variant=variant, dtype=getattr(torch, model_args.model_dtype),
+        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+        **model_args.overrides,
+    )
+    tokenizer = model.get_tokenizer()
+    if model_args.full_finetune:
+        return model, tokenizer
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=[name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()],
+        modules_to_save=["pooler"] if model.pooler is not None else None,
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def training_manifest(variant: int, base, trainer, result, model_args: ModelArguments, data_args: DataArguments,
+                      training_args: TrainingRunArguments, triplets: Triplets, *, batch: ContrastiveBatch,
+                      parameters: TrainableParameters, seconds: float) -> TrainingManifest:
+    """What ran, for `training_manifest.json` (and the model card)."""
+    arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
+    return TrainingManifest(
+        variant=variant,
+        backbone=model_args.backbone,
+        model_name=model_args.model_name_for(variant),
+        seed=training_args.seed,
+        data=DataRecord(source=triplets.source, files=triplets.files, examples=len(triplets.rows),
+                        skipped_rows=triplets.skipped, hard_negatives=triplets.has_negatives,
+                        query_instruction=data_args.query_instruction, query_prompt_format=QUERY_PROMPT_FORMAT),
+        settings=TrainingSettings.from_arguments(arguments),
+        contrastive_batch=batch,
+        trainable_parameters=parameters,
+        global_steps=result.global_step,
+        train_runtime_s=round(seconds, 1),
+        loss_history=[(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+        libraries=library_versions(),
+        poolattn_config=base.config.to_diff_dict(),
+        hyperparameters=arguments,
+    )
+
+
+def restore_finished_run(trainer, resume):
+    """When the checkpoint to resume from already reached max_steps, load it and return its TrainOutput, else None.
+
+    The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
+    (and export a different model than the uninterrupted run, e.g. after a crash during the export).
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+
+    if not resume:
+        return None
+    checkpoint = get_last_checkpoint(trainer.args.output_dir) if resume is True else resume
+    if not checkpoint or not (Path(checkpoint) / "trainer_state.json").is_file() or trainer.args.max_steps <= 0:
+        return None  # nothing to restore here: the Trainer resumes (or explains why it cannot)
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = TrainerState.load_from_json(str(state_file))
+    if state.global_step < trainer.args.max_steps:
+        return None
+    trainer._load_from_checkpoint(checkpoint)  # the weights (adapter + head, or the full model) of that step
+    trainer.state = state
+    logger.info("%s already reached max_steps=%d: exporting it without training", checkpoint, trainer.args.max_steps)
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def train_variant(variant: int, model_args: ModelArguments, data_args: DataArguments,
+                  training_args: TrainingRunArguments, triplets: Triplets, backbone_path: str) -> Path:
+    """One variant: model, trainer, training (or resume), export. Returns the exported folder."""
+    import datasets
+
+    set_seed(training_args.seed)
+    model, tokenizer = build_model(model_args, backbone_path, variant)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    collator = TripletCollator(
+        tokenizer, query_max_length=data_args.query_max_length, document_max_length=data_args.document_max_length,
+        add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
+    )
+    trainer = ContrastiveTrainer(model=model, args=training_args, data_collator=collator, processing_class=tokenizer,
+                                 train_dataset=datasets.Dataset.from_list(triplets.rows))
+    batch = ContrastiveBatch.of_run(
+        per_device_batch=training_args.per_device_train_batch_size, world_size=world_size(),
+        has_negatives=triplets.has_negatives, gather=training_args.gather_across_devices,
+        gradcache_chunk_size=training_args.gradcache_chunk_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+    )
+    parameters = TrainableParameters.of(model)
+    if trainer.is_world_process_zero():
+        logger.info("variant %d: contrastive batch per loss call = %s", variant, batch.describe())
+        logger.info("variant %d: trainable parameters: %s", variant, parameters.describe())
+    resume = training_args.resume_from_checkpoint
+    resume = True if isinstance(resume, str) and resume.lower() in ("true", "latest") else resume
+    started = time.time()
+    result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
+    manifest = training_manifest(variant, base, trainer, result, model_args, data_args, training_args, triplets,
+                                 batch=batch, parameters=parameters, seconds=time.time() - started)
+    if not trainer.is_world_process_zero():
+        return Path(training_args.output_dir) / "model"
+    check_texts = [row["query"] for row in triplets.rows[: training_args.export_check_texts]]
+    destination = export_model(model, tokenizer, Path(training_args.output_dir) / "model",
+                               check_texts=check_texts, manifest=manifest)
+    logger.info("variant %d: model written to %s", variant, destination)
+    return destination
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:
+    """Train, export and (with --push_to_hub / --hub_dry_run) publish every requested variant; the exported folders."""
+    # data, validated before anything is written
+    triplets = load_triplets(data_args.train_data, split=data_args.data_split,
+                             skip_invalid=data_args.skip_invalid_rows)
+    if data_args.max_train_samples:
+        triplets.rows = triplets.rows[: data_args.max_train_samples]
+    backbone_path = resolve_backbone(model_args.backbone)
+    base_output = (
+        training_args.output_dir
+        if training_args.output_dir_was_given
+        else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant}"
+    )
+    # per variant: model, trainer, training, export
+    exported = []
+    for variant in model_args.variants:
+        several = len(model_args.variants) > 1
+        training_args.output_dir = str(Path(base_output) / f"v{variant}") if several else base_output
+        exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
+    finish_collectives()
+    # Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
+    if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
+        publish(exported, hub_model_id=training_args.hub_model_id, push=training_args.publish_to_hub,
+                output_dir=training_args.hub_dry_run or Path(base_output) / "hub",
+                token=training_args.hub_token, private=training_args.hub_private_repo)
+    return exported
+
+
+def main(argv: list[str]) -> list[Path]:
+    """`train.py`'s arguments -> the exported model folders."""
+    return run(*parse_arguments(argv))
+
+
+def finish_collectives() -> None:
+    """Under torchrun, a barrier after the last collective of a run (it releases the GIL while it waits).
+
+    gloo's worker threads free each collective's tensors after the collective returns, and freeing them needs the GIL.
+    A thread still doing so when the process exits aborts the finished run ("terminate called without an active
+    exception") or deadlocks in ~ProcessGroupGloo; after this barrier the threads are idle. Then
+    `shut_down_process_group` at exit. Safe to call after every run: an ablation calls `run` once per arm.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def shut_down_process_group() -> None:
+    """Destroy the process group once, when the process is done (after `finish_collectives`; no collective waits)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
