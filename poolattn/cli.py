@@ -20,6 +20,7 @@ import sys
 from . import ablation, evaluation, hub, training
 from .data import TripletDataError
 from .hub import HubPushError
+from .local_tasks import LocalTaskError
 from .manifest import ManifestError
 from .results import CATEGORY_ORDER, ResultsError
 
@@ -30,8 +31,10 @@ def _show_progress(*, main_process: bool = True) -> None:
     logging.getLogger("poolattn").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
-def _comma_list(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+def _comma_list(value) -> list[str]:
+    """Names given comma-separated, space-separated (several arguments) or both."""
+    values = value if isinstance(value, list) else [value]
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -107,9 +110,12 @@ def _run_models(args) -> int:
     run = evaluation.evaluate_models(
         args.model, output=args.output, tasks=args.tasks and _comma_list(args.tasks),
         categories=args.categories and _comma_list(args.categories), benchmark=args.benchmark,
-        data_dir=args.data_dir, skip_missing=args.skip_missing, batch_size=args.batch_size,
-        max_length=args.max_length, instructions=not args.no_instructions, overwrite=args.overwrite,
+        data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), skip_missing=args.skip_missing,
+        batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
+        overwrite=args.overwrite,
     )
+    for name, reason in run.passed_over.items():
+        print(f"passed over: {name} ({reason})")
     for name in run.missing_tasks:
         print(f"SKIPPED (no local copy in {args.data_dir}): {name}")
     for name, scores in run.scores.items():
@@ -135,10 +141,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
     run = subparsers.add_parser("run", help="evaluate models on MTEB tasks")
     run.add_argument("--model", action="append", required=True,
                      help="poolattn folder or Hub repository, or sentence-transformers folder/id; repeatable")
-    run.add_argument("--tasks", help="comma-separated mteb task names")
+    run.add_argument("--tasks", nargs="+", help="task names, comma- or space-separated: mteb tasks, or local "
+                                                "retrieval/reranking folders of --data-dir of any name")
     run.add_argument("--categories", help=f"comma-separated task types ({', '.join(CATEGORY_ORDER)})")
-    run.add_argument("--benchmark",
-                     help='an mteb benchmark, e.g. "MTEB(eng, v2)" (alone, or to pick --categories from)')
+    run.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)" (alone, or to pick --categories '
+                                         f'from), or "{evaluation.LOCAL_BENCHMARK}": every task folder of --data-dir')
+    run.add_argument("--subsets", nargs="+", help="subsets (e.g. languages) of multi-subset tasks, comma- or "
+                                                  "space-separated (default: those the local copy holds, else all)")
     run.add_argument("--output", required=True, help="results folder (mteb's layout, one folder per model)")
     run.add_argument("--data-dir", help="local task copies laid out like ../shared/data (one folder per task)")
     run.add_argument("--skip-missing", action="store_true", help="run the tasks that have a local copy, list the rest")
@@ -161,7 +170,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (evaluation.EvaluationError, ResultsError, ManifestError) as error:
+    except (evaluation.EvaluationError, LocalTaskError, ResultsError, ManifestError) as error:
         sys.exit(f"evaluate {args.command}: {error}")
 
 
@@ -199,7 +208,7 @@ def ablate(argv: list[str] | None = None) -> int:
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")
-    except (evaluation.EvaluationError, ResultsError) as error:
+    except (evaluation.EvaluationError, LocalTaskError, ResultsError) as error:
         sys.exit(f"ablate: {error}")
     for failure in run.failures if run else []:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")

@@ -11,9 +11,18 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, task_type
 from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
-from .results import CATEGORY_ORDER, category_rank, mean, read_results, results_folder, write_run_settings
+from .results import (
+    CATEGORY_ORDER,
+    TaskInfo,
+    category_rank,
+    mean,
+    read_results,
+    results_folder,
+    write_run_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +65,11 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     import mteb
     from sentence_transformers import SentenceTransformer
 
-    transformer = SentenceTransformer(model)
+    try:
+        transformer = SentenceTransformer(model)
+    except OSError as error:
+        raise EvaluationError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
+                              f"it as a folder or Hub id ({str(error).splitlines()[0]}).") from None
     if max_length:
         transformer.max_seq_length = max_length
     encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
@@ -66,58 +79,50 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     return encoder
 
 
+LOCAL_BENCHMARK = "local"  # every task folder of --data-dir
+
+
+@dataclass
+class TaskSelection:
+    """The tasks a run scores, by name, with what the selection passed over and why."""
+
+    names: list[str]
+    passed_over: dict[str, str] = field(default_factory=dict)  # local folder or task -> reason
+
+
 def select_tasks(*, tasks: list[str] | None = None, categories: list[str] | None = None, benchmark: str | None = None,
-                 data_dir=None) -> list:
-    """mteb task objects from `tasks`, `categories` (of the local copies in `data_dir`, or of `benchmark`) or
-    `benchmark`."""
+                 data_dir=None) -> TaskSelection:
+    """Task names from `tasks`, from `categories` (of the task folders in `data_dir`, or of `benchmark`), or from
+    `benchmark` (an mteb benchmark, or `"local"`: every task folder of `data_dir`)."""
     import mteb
 
     if not (tasks or categories or benchmark):
         raise EvaluationError("choose tasks with --tasks, --categories or --benchmark.")
     if tasks and (categories or benchmark):
         raise EvaluationError("--tasks names the tasks itself; drop --categories/--benchmark.")
-    if tasks:
-        return [mteb.get_task(name) for name in tasks]
-    if benchmark:
-        chosen = list(mteb.get_benchmark(benchmark).tasks)
-    elif data_dir:
-        chosen = [mteb.get_task(p.name) for p in sorted(Path(data_dir).iterdir())
-                  if p.is_dir() and _known_task(p.name)]
-    else:
-        raise EvaluationError("--categories needs --data-dir (local copies) or --benchmark to choose from.")
     if categories:
         unknown = set(categories) - set(CATEGORY_ORDER)
         if unknown:
             raise EvaluationError(f"unknown categories {sorted(unknown)}; allowed: {', '.join(CATEGORY_ORDER)}.")
-        chosen = [task for task in chosen if task.metadata.type in categories]
-    return chosen
-
-
-def _known_task(name: str) -> bool:
-    import mteb
-
-    try:
-        mteb.get_task(name)
-        return True
-    except (KeyError, ValueError):
-        return False
-
-
-def localise(task, data_dir: Path):
-    """Point a stock mteb task at `data_dir/<TaskName>`; returns None when that copy is missing."""
-    import datasets
-
-    folder = data_dir / task.metadata.name
-    if not folder.is_dir():
-        return None
-    if task.metadata.name == "TwitterURLCorpus":  # the local copy already has the post-transform column names
-        test = datasets.load_dataset("json", data_files=str(folder / "test.jsonl"), split="train")
-        task.dataset = datasets.DatasetDict({"test": test})
-        task.data_loaded = True
-        return task
-    dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
-    task.metadata = task.metadata.model_copy(update={"dataset": dataset})
-    return task
+    if tasks:
+        for name in tasks:  # an unknown name fails here, with close names, before any model is loaded
+            task_type(name, data_dir)
+        return TaskSelection(list(dict.fromkeys(tasks)))
+    passed_over = {}
+    if benchmark and benchmark != LOCAL_BENCHMARK:
+        chosen = {task.metadata.name: task.metadata.type for task in mteb.get_benchmark(benchmark).tasks}
+    elif data_dir:
+        found = scan(data_dir)
+        passed_over = found.passed_over
+        chosen = {name: task_type(name, data_dir) for name in found.tasks}
+    else:
+        raise EvaluationError(f"--categories and --benchmark {LOCAL_BENCHMARK} need --data-dir (local copies); "
+                              "or name an mteb benchmark to choose from.")
+    if categories:
+        passed_over.update({name: f"category {kind}, not in {','.join(categories)}" for name, kind in chosen.items()
+                            if kind not in categories})
+        chosen = {name: kind for name, kind in chosen.items() if kind in categories}
+    return TaskSelection(list(chosen), passed_over)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -139,25 +144,28 @@ class EvaluationRun:
     folders: dict[str, Path] = field(default_factory=dict)  # model as given -> its results folder
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # mteb name -> task -> main score
     missing_tasks: list[str] = field(default_factory=list)
+    passed_over: dict[str, str] = field(default_factory=dict)  # local folder or task -> why it was not selected
     failures: list[TaskFailure] = field(default_factory=list)
 
 
 def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None, categories: list[str] | None = None,
-                    benchmark: str | None = None, data_dir=None, skip_missing: bool = False, batch_size: int = 32,
-                    max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
-                    ) -> EvaluationRun:
+                    benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
+                    skip_missing: bool = False, batch_size: int = 32, max_length: int | None = None,
+                    instructions: bool = True, overwrite: bool = False) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
 
-    Raises `EvaluationError` before any model is loaded when the selection is empty or, with `data_dir`, tasks lack
-    a local copy (unless `skip_missing`, which runs the rest and lists them).
+    Raises `EvaluationError` before any model is loaded when the selection is empty, names an unknown task or subset,
+    holds a malformed local folder, or, with `data_dir`, tasks lack a local copy (unless `skip_missing`, which runs
+    the rest and lists them).
     """
     import mteb
 
-    task_names = [task.metadata.name for task in select_tasks(tasks=tasks, categories=categories,
-                                                              benchmark=benchmark, data_dir=data_dir)]
-    if not task_names:
-        raise EvaluationError("no tasks selected.")
-    run = EvaluationRun()
+    selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
+    if not selection.names:
+        passed = "; ".join(f"{name}: {why}" for name, why in selection.passed_over.items())
+        raise EvaluationError("no tasks selected" + (f" (passed over: {passed})." if passed else "."))
+    run = EvaluationRun(passed_over=selection.passed_over)
+    task_names = selection.names
     if data_dir:
         run.missing_tasks = [name for name in task_names if not (Path(data_dir) / name).is_dir()]
         if run.missing_tasks and not skip_missing:
@@ -166,12 +174,16 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                 "Add them, drop them from the selection, or pass --skip-missing to run the rest (they are listed)."
             )
         task_names = [name for name in task_names if name not in run.missing_tasks]
+    try:  # every task is built (and every local folder checked) once before any model is loaded
+        infos = [TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))
+                 for name in task_names]
+    except LocalTaskError as error:
+        raise EvaluationError(str(error)) from None
     cache = mteb.ResultCache(output)
     for model in models:
         encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions)
-        selected = [mteb.get_task(name) for name in task_names]  # fresh objects per model (evaluate unloads data)
-        if data_dir:
-            selected = [localise(task, Path(data_dir)) for task in selected]
+        # fresh task objects per model: mteb unloads a task's data after evaluating it
+        selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
                                overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
                                show_progress_bar=True)
@@ -181,7 +193,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
-        })
+        }, infos)
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
         run.failures += [TaskFailure(meta.name, error.task_name, str(error.exception)) for error in result.exceptions]

@@ -109,19 +109,20 @@ def eval_results_for_card(results: ModelResults) -> list:
     """huggingface_hub `EvalResult`s (the card's `model-index`): one per task split and subset, main score 0-1."""
     from huggingface_hub import EvalResult
 
-    categories = results.categories
     entries = []
     for result in results.task_results:
-        metadata = result.task.metadata
-        hf_type = metadata._hf_task_type()[0] if hasattr(metadata, "_hf_task_type") else "sentence-similarity"
+        info = results.task_info(result.task_name)
+        if info.local:  # not an MTEB dataset: in the card's table, not in the Hub's model-index
+            continue
+        hf_type = info.hf_task_type()
         for split, subsets in result.scores.items():
             for subset in subsets:
                 config = subset.get("hf_subset", "default")
                 entries.append(EvalResult(
-                    task_type=hf_type, task_name=categories[result.task_name], dataset_type=metadata.dataset["path"],
-                    dataset_name=f"MTEB {metadata.name} ({config})", dataset_config=config, dataset_split=split,
-                    dataset_revision=metadata.dataset["revision"], metric_type=metadata.main_score,
-                    metric_name=metadata.main_score, metric_value=float(subset["main_score"]), source_name="MTEB",
+                    task_type=hf_type, task_name=info.type, dataset_type=info.dataset_path,
+                    dataset_name=f"MTEB {info.name} ({config})", dataset_config=config, dataset_split=split,
+                    dataset_revision=info.dataset_revision, metric_type=info.main_score,
+                    metric_name=info.main_score, metric_value=float(subset["main_score"]), source_name="MTEB",
                     source_url="https://github.com/embeddings-benchmark/mteb",
                 ))
     return entries

@@ -11,6 +11,7 @@ fingerprint of its weights (`manifest.model_fingerprint`), so two models never s
 {'STS': 0.6, 'Classification': 0.6}
 """
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -53,6 +54,35 @@ def category_means(scores: dict[str, float], categories: dict[str, str], tasks=N
     return {category: mean(values) for category, values in grouped.items()}
 
 
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a table, a test and a card need to know of a task: its category and main score, and where its data is.
+
+    Stock mteb tasks take it from mteb's metadata; local tasks of names mteb does not know (`local_tasks.py`) have it
+    recorded in the run's `poolattn_run.json`, since mteb cannot look them up by name.
+    """
+
+    name: str
+    type: str
+    main_score: str
+    dataset_path: str
+    dataset_revision: str | None = None
+    local: bool = False  # a local folder mteb has no task of that name for: kept out of the card's model-index
+
+    @classmethod
+    def of_task(cls, task, *, local: bool = False) -> "TaskInfo":
+        metadata = task.metadata
+        return cls(metadata.name, metadata.type, metadata.main_score, str(metadata.dataset["path"]),
+                   metadata.dataset.get("revision"), local)
+
+    def hf_task_type(self) -> str:
+        """The Hub's task type for the card (mteb's mapping; sentence-similarity where it has none)."""
+        import mteb
+
+        metadata = mteb.get_task(self.name).metadata
+        return metadata._hf_task_type()[0] if hasattr(metadata, "_hf_task_type") else "sentence-similarity"
+
+
 @dataclass
 class ModelResults:
     """One model's mteb results at one revision (mteb `TaskResult`s), with how the run encoded."""
@@ -62,6 +92,18 @@ class ModelResults:
     folder: Path
     task_results: list = field(repr=False)  # mteb TaskResult
     instructions: bool = True  # whether queries and symmetric tasks got their task instructions
+    recorded_tasks: dict[str, TaskInfo] = field(default_factory=dict, repr=False)  # local tasks, from the run
+
+    def task_info(self, task: str) -> TaskInfo:
+        if task in self.recorded_tasks:
+            return self.recorded_tasks[task]
+        import mteb
+
+        try:
+            return TaskInfo.of_task(mteb.get_task(task))
+        except KeyError:
+            raise ResultsError(f"{self.folder}: {task!r} is neither an mteb task nor recorded in "
+                               f"{RUN_SETTINGS_FILE} (a local task run by an older poolattn?); re-run it.") from None
 
     @property
     def scores(self) -> dict[str, float]:
@@ -69,18 +111,14 @@ class ModelResults:
 
     @property
     def categories(self) -> dict[str, str]:
-        return {result.task_name: _task_category(result) for result in self.task_results}
+        return {result.task_name: self.task_info(result.task_name).type for result in self.task_results}
 
     @property
     def main_score_names(self) -> dict[str, str]:
-        return {result.task_name: result.task.metadata.main_score for result in self.task_results}
+        return {result.task_name: self.task_info(result.task_name).main_score for result in self.task_results}
 
     def category_means(self, tasks=None) -> dict[str, float]:
         return category_means(self.scores, self.categories, tasks)
-
-
-def _task_category(result) -> str:
-    return result.task_type or result.task.metadata.type
 
 
 def read_results(folder) -> ModelResults:
@@ -113,18 +151,22 @@ def read_results(folder) -> ModelResults:
                            type(error).__name__, error)
     if not results:
         raise ResultsError(f"no mteb task results found under {folder}.")
-    meta, settings = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE
+    meta, settings_file = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE
     name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
-    instructions = bool(json.loads(settings.read_text()).get("instructions")) if settings.is_file() else True
-    return ModelResults(name, folder.name, folder, results, instructions)
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
+    return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded)
 
 
-def write_run_settings(folder, settings: dict) -> Path:
-    """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...)."""
+def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = ()) -> Path:
+    """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...) and
+    the local tasks it ran (added to those recorded by earlier runs into the same folder)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RUN_SETTINGS_FILE
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    recorded = json.loads(path.read_text()).get("tasks", {}) if path.is_file() else {}
+    recorded.update({info.name: dataclasses.asdict(info) for info in tasks if info.local})
+    path.write_text(json.dumps({**settings, "tasks": recorded}, indent=2) + "\n")
     return path
 
 

@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from poolattn import manifest as records
 from poolattn.manifest import ExportedModel, TrainingManifest
 from poolattn.model_card import build_model_card, card_metadata, describe_data_source, evaluation_tables, render_card
-from poolattn.results import ModelResults
+from poolattn.results import ModelResults, TaskInfo
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_manifest_poolattn_0.1.0.json"
 
@@ -156,12 +156,17 @@ def test_data_sources_are_described_as_a_reader_can_find_them(source, described)
     assert describe_data_source(source).startswith(described)
 
 
+MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy", "Retrieval": "ndcg_at_10"}
+
+
 def fake_results(name: str, scores: dict[str, float], categories: dict[str, str]) -> ModelResults:
-    """`ModelResults` over stand-ins for mteb `TaskResult`s (what the tables read: name, score, type, main score)."""
-    task_results = [SimpleNamespace(task_name=task, get_score=lambda score=score: score, task_type=categories[task],
-                                    task=SimpleNamespace(metadata=SimpleNamespace(main_score="cosine_spearman")))
+    """`ModelResults` over stand-ins for mteb `TaskResult`s (what the tables read: name and score), with each task's
+    category and main score recorded as a run records them for local tasks."""
+    task_results = [SimpleNamespace(task_name=task, get_score=lambda score=score: score)
                     for task, score in scores.items()]
-    return ModelResults(name, "rev", Path("."), task_results)
+    recorded = {task: TaskInfo(task, categories[task], MAIN_SCORES[categories[task]], f"local/{task}", local=True)
+                for task in scores}
+    return ModelResults(name, "rev", Path("."), task_results, recorded_tasks=recorded)
 
 
 def test_evaluation_tables_compare_over_this_models_tasks_only():
@@ -172,7 +177,7 @@ def test_evaluation_tables_compare_over_this_models_tasks_only():
     tables = evaluation_tables(this, [wider, disjoint])
 
     assert tables["scores"].splitlines()[2:] == [  # Classification before STS, as results tables order categories
-        "| Banking77Classification | Classification | cosine_spearman | 0.6000 |",
+        "| Banking77Classification | Classification | accuracy | 0.6000 |",
         "| STS12 | STS | cosine_spearman | 0.5000 |",
         "| STS13 | STS | cosine_spearman | 0.7000 |",
     ]

@@ -1,0 +1,306 @@
+"""mteb tasks from a folder of local task copies: stock mteb tasks pointed at their copy, and retrieval or reranking
+folders of any name run through mteb's own evaluators.
+
+A data folder holds one folder per task, named after the task:
+
+- a copy of a stock mteb task: `<Task>/{train,validation,test}.jsonl` in the Hub dataset's raw layout, or, for a
+  task with several subsets (languages), `<Task>/<subset>/{split}.jsonl`; by default a copy is scored on the
+  subsets it holds;
+- a retrieval task of any name, in the standard (BEIR / mteb v2) layout: `corpus/*.jsonl` (`_id`, `title`, `text`),
+  `queries/*.jsonl` (`_id`, `text`), `qrels/<split>.jsonl` (`query-id`, `corpus-id`, `score`) and a README.md whose
+  YAML `configs:` block names them (`corpus`, `queries`, `default`); with `top_ranked/<split>.jsonl` (`query-id`,
+  `corpus-ids`, also named in `configs:`) it is a reranking task. The folder name is the task name; the main score
+  follows mteb's convention for the type (nDCG@10 for retrieval, MAP@1000 for reranking).
+
+>>> LOCAL_MAIN_SCORES["Reranking"]
+'map_at_1000'
+"""
+
+import difflib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCAL_MAIN_SCORES = {"Retrieval": "ndcg_at_10", "Reranking": "map_at_1000"}
+SPLIT_FILES = ("train", "validation", "dev", "test")
+RETRIEVAL_PARTS = ("corpus", "queries", "qrels")
+
+
+class LocalTaskError(ValueError):
+    """A task or local folder that cannot be evaluated; the message names the file and what to do."""
+
+
+def _mteb_task_names() -> list[str]:
+    import mteb
+
+    return sorted({task.metadata.name for task in mteb.get_tasks()})
+
+
+def is_mteb_task(name: str) -> bool:
+    import mteb
+
+    try:
+        mteb.get_task(name)
+        return True
+    except (KeyError, ValueError):
+        return False
+
+
+def retrieval_type(folder: Path) -> str | None:
+    """"Retrieval" or "Reranking" for a folder in the retrieval layout, else None."""
+    if not all((folder / part).is_dir() for part in RETRIEVAL_PARTS):
+        return None
+    return "Reranking" if (folder / "top_ranked").is_dir() else "Retrieval"
+
+
+def held_subsets(folder: Path) -> list[str]:
+    """The subset folders of a local copy (`<Task>/<subset>/{split}.jsonl`); [] for a one-subset copy."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and any((p / f"{split}.jsonl").is_file() for split in SPLIT_FILES))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retrieval folders: checked before anything is encoded
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _jsonl_rows(folder: Path) -> list[tuple[Path, int, dict]]:
+    rows = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((path, number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise LocalTaskError(f"{path}, row {number}: not valid JSON ({error}).") from None
+    return rows
+
+
+def _ids(folder: Path, what: str) -> set[str]:
+    rows = _jsonl_rows(folder)
+    if not rows:
+        raise LocalTaskError(f"{folder}: no {what} rows (*.jsonl files of objects with `_id` and `text`); a retrieval "
+                             f"task needs a non-empty {folder.name}/.")
+    ids = set()
+    for path, number, row in rows:
+        if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
+            raise LocalTaskError(f"{path}, row {number}: expected an object with `_id` and a string `text`.")
+        ids.add(str(row["_id"]))
+    return ids
+
+
+def check_retrieval_folder(folder: Path) -> list[str]:
+    """Check a retrieval/reranking folder and return its evaluation splits (the qrels files' names).
+
+    Raises `LocalTaskError` naming the file for an empty corpus or queries, missing qrels, qrels or top_ranked rows
+    naming unknown documents or queries, and a README without the `configs:` block mteb's loader reads.
+    """
+    corpus, queries = _ids(folder / "corpus", "document"), _ids(folder / "queries", "query")
+    splits = sorted(path.stem for path in (folder / "qrels").glob("*.jsonl"))
+    if not splits:
+        raise LocalTaskError(f"{folder / 'qrels'}: no qrels files; add qrels/test.jsonl with rows "
+                             '{"query-id": ..., "corpus-id": ..., "score": 1}.')
+    for path, number, row in _jsonl_rows(folder / "qrels"):
+        if not isinstance(row, dict) or not {"query-id", "corpus-id", "score"} <= set(row):
+            raise LocalTaskError(f"{path}, row {number}: expected query-id, corpus-id and score.")
+        if str(row["corpus-id"]) not in corpus:
+            raise LocalTaskError(f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; every "
+                                 "judged document must be in the corpus.")
+        if str(row["query-id"]) not in queries:
+            raise LocalTaskError(f"{path}, row {number}: query-id {row['query-id']!r} is not in queries/.")
+    if (folder / "top_ranked").is_dir():
+        for path, number, row in _jsonl_rows(folder / "top_ranked"):
+            unknown = [doc for doc in row.get("corpus-ids", []) if str(doc) not in corpus]
+            if not isinstance(row, dict) or "query-id" not in row or unknown:
+                raise LocalTaskError(f"{path}, row {number}: expected query-id and corpus-ids that are all in "
+                                     f"corpus/ (unknown: {unknown[:3]}).")
+    configs = _readme_configs(folder)
+    needed = {"corpus", "queries", "default"} | ({"top_ranked"} if (folder / "top_ranked").is_dir() else set())
+    if not needed <= configs:
+        raise LocalTaskError(
+            f"{folder / 'README.md'}: mteb's retrieval loader reads the folder through a README.md YAML `configs:` "
+            f"block naming {', '.join(sorted(needed))}; found {sorted(configs) or 'none'}. Add, e.g.:\n"
+            + readme_configs_block(folder, splits))
+    return splits
+
+
+def _readme_configs(folder: Path) -> set[str]:
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return set()
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return set()
+    import yaml
+
+    try:
+        front = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return set()
+    return {config.get("config_name") for config in front.get("configs", []) if isinstance(config, dict)}
+
+
+def readme_configs_block(folder: Path, splits: list[str]) -> str:
+    """The README.md front matter that lets mteb's loader read a retrieval folder."""
+    lines = ["---", "configs:"]
+    parts = [("corpus", "corpus/corpus.jsonl"), ("queries", "queries/queries.jsonl")]
+    parts += [("default", f"qrels/{split}.jsonl") for split in splits[:1]]
+    if (folder / "top_ranked").is_dir():
+        parts += [("top_ranked", f"top_ranked/{splits[0]}.jsonl")]
+    for name, path in parts:
+        lines += [f"- config_name: {name}", "  data_files:", f"  - split: {splits[0]}", f"    path: {path}"]
+    return "\n".join(lines + ["---"])
+
+
+def retrieval_task(folder: Path):
+    """An mteb retrieval or reranking task for a local folder of any name (mteb's own loader and evaluator)."""
+    from mteb.abstasks import AbsTaskReranking, AbsTaskRetrieval
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    task_type = retrieval_type(folder)
+    splits = check_retrieval_folder(folder)
+    metadata = TaskMetadata(
+        name=folder.name, description=f"Local {task_type.lower()} task from {folder}", type=task_type,
+        main_score=LOCAL_MAIN_SCORES[task_type], dataset={"path": str(folder.resolve()), "revision": "local"},
+        eval_splits=["test"] if "test" in splits else splits[:1], eval_langs=["eng-Latn"], modalities=["text"],
+        category="t2t",
+    )
+    base = AbsTaskReranking if task_type == "Reranking" else AbsTaskRetrieval
+    return type(f"Local{task_type}Task", (base,), {"metadata": metadata, "__module__": __name__})()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stock tasks on local copies
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def stock_task(name: str, *, data_dir: Path | None = None, subsets: list[str] | None = None):
+    """mteb's task `name`, on its local copy in `data_dir` when given.
+
+    A multi-subset task runs on `subsets` when given (each must be one of the task's, and held by the local copy),
+    else on the subsets its local copy holds, else on all of them.
+    """
+    import mteb
+
+    task = mteb.get_task(name)
+    available = list(task.hf_subsets)
+    folder = data_dir / name if data_dir else None
+    held = held_subsets(folder) if folder else []
+    if len(available) == 1:  # --subsets picks among the subsets of multi-subset tasks; one-subset tasks run whole
+        subsets = None
+    if subsets:
+        unknown = [subset for subset in subsets if subset not in available]
+        if unknown:
+            raise LocalTaskError(f"{name}: no subset {', '.join(unknown)}; its subsets are {', '.join(available)}.")
+        missing = [subset for subset in subsets if held and subset not in held]
+        if missing:
+            raise LocalTaskError(f"{name}: subset(s) {', '.join(missing)} have no folder in {folder} (it holds "
+                                 f"{', '.join(held)}).")
+    chosen = subsets or [subset for subset in held if subset in available] or None
+    if chosen and chosen != available:
+        task = mteb.get_task(name, hf_subsets=[subset for subset in available if subset in chosen])
+    return _on_local_copy(task, folder) if folder else task
+
+
+def _on_local_copy(task, folder: Path):
+    """Point a stock task at `folder`: the dataset path, or per-subset loading when the copy has subset folders."""
+    import datasets
+
+    if task.metadata.name == "TwitterURLCorpus":  # the local copy already has the post-transform column names
+        test = datasets.load_dataset("json", data_files=str(folder / "test.jsonl"), split="train")
+        task.dataset = datasets.DatasetDict({"test": test})
+        task.data_loaded = True
+        return task
+    if held_subsets(folder) and not _readme_configs(folder):
+        return _subset_folder_task(task, folder)
+    dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
+    task.metadata = task.metadata.model_copy(update={"dataset": dataset})
+    return task
+
+
+def _subset_folder_task(task, folder: Path):
+    """The task with each chosen subset read from `folder/<subset>/` (no README `configs:` needed)."""
+    import datasets
+
+    def load_data(self, num_proc=None, **kwargs):
+        if self.data_loaded:
+            return
+        self.dataset = {subset: datasets.load_dataset(str(folder / subset)) for subset in self.hf_subsets}
+        self.dataset_transform(num_proc=num_proc)
+        self.data_loaded = True
+
+    local_class = type(type(task).__name__, (type(task),), {"load_data": load_data, "__module__": __name__})
+    return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names -> tasks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalFolders:
+    """What a data folder holds: task folders by name, and the folders passed over with the reason."""
+
+    tasks: list[str]
+    passed_over: dict[str, str]
+
+
+def scan(data_dir) -> LocalFolders:
+    """Every task folder in `data_dir` (stock mteb copies and retrieval/reranking folders of any name)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LocalTaskError(f"--data-dir {data_dir} is not a folder of task copies (one folder per task).")
+    tasks, passed_over = [], {}
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_mteb_task(folder.name) or retrieval_type(folder):
+            tasks.append(folder.name)
+        else:
+            passed_over[folder.name] = ("not an mteb task name, and not in the retrieval layout "
+                                        "(corpus/, queries/, qrels/)")
+    return LocalFolders(tasks, passed_over)
+
+
+def unknown_task_message(name: str, data_dir=None) -> str:
+    """One line for a task name that is neither an mteb task nor a task folder: close names, and the local folders."""
+    found = scan(data_dir).tasks if data_dir and Path(data_dir).is_dir() else []
+    close = difflib.get_close_matches(name, [*found, *_mteb_task_names()], n=3, cutoff=0.6)
+    hint = f"close names: {', '.join(close)}" if close else "no task has a close name"
+    where = f"; task folders in {data_dir}: {', '.join(found) or 'none'}" if data_dir else ""
+    return f"unknown task {name!r} ({hint}{where})."
+
+
+def task_type(name: str, data_dir=None) -> str:
+    """The category of task `name`: an mteb task's type, or "Retrieval"/"Reranking" for a local folder of any name.
+
+    Raises `LocalTaskError` (one line: close names, the local task folders) for a name that is neither.
+    """
+    import mteb
+
+    if is_mteb_task(name):
+        return mteb.get_task(name).metadata.type
+    folder = Path(data_dir) / name if data_dir else None
+    if folder and folder.is_dir():
+        kind = retrieval_type(folder)
+        if kind:
+            return kind
+        raise LocalTaskError(f"{folder}: mteb has no task {name!r}, and the folder is not in the retrieval layout "
+                             "(corpus/, queries/, qrels/, README.md configs:); rename it after its mteb task or add "
+                             "the retrieval files.")
+    raise LocalTaskError(unknown_task_message(name, data_dir))
+
+
+def load_task(name: str, *, data_dir=None, subsets: list[str] | None = None):
+    """The mteb task object for `name`: a stock task (on its local copy when `data_dir` is given), or a local
+    retrieval/reranking folder of any name. A fresh object each call (mteb unloads a task's data after a run)."""
+    data_dir = Path(data_dir) if data_dir else None
+    kind = task_type(name, data_dir)
+    if is_mteb_task(name):
+        if data_dir and not (data_dir / name).is_dir():
+            raise LocalTaskError(f"{name}: no local copy in {data_dir}.")
+        return stock_task(name, data_dir=data_dir, subsets=subsets)
+    assert kind in LOCAL_MAIN_SCORES
+    return retrieval_task(data_dir / name)  # one subset: --subsets does not apply

