@@ -110,7 +110,8 @@ def _run_models(args) -> int:
     run = evaluation.evaluate_models(
         args.model, output=args.output, tasks=args.tasks and _comma_list(args.tasks),
         categories=args.categories and _comma_list(args.categories), benchmark=args.benchmark,
-        data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), skip_missing=args.skip_missing,
+        data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), budget=args.budget,
+        skip_missing=args.skip_missing,
         batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
         overwrite=args.overwrite,
     )
@@ -150,6 +151,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                                   "space-separated (default: those the local copy holds, else all)")
     run.add_argument("--output", required=True, help="results folder (mteb's layout, one folder per model)")
     run.add_argument("--data-dir", help="local task copies laid out like ../shared/data (one folder per task)")
+    run.add_argument("--budget", type=int, help="score each task on at most N units (pairs, examples, queries; a "
+                                                "seeded sample): for comparing models, not with published numbers")
     run.add_argument("--skip-missing", action="store_true", help="run the tasks that have a local copy, list the rest")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .budget import budget_revision, cap_task
 from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, task_type
 from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
@@ -150,9 +151,13 @@ class EvaluationRun:
 
 def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None, categories: list[str] | None = None,
                     benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
-                    skip_missing: bool = False, batch_size: int = 32, max_length: int | None = None,
-                    instructions: bool = True, overwrite: bool = False) -> EvaluationRun:
+                    budget: int | None = None, skip_missing: bool = False, batch_size: int = 32,
+                    max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
+                    ) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
+
+    `budget` scores every task on at most that many units (`budget.py`), stored under the revision
+    `<fingerprint>-budget<N>`: comparable between models, not with published numbers.
 
     Raises `EvaluationError` before any model is loaded when the selection is empty, names an unknown task or subset,
     holds a malformed local folder, or, with `data_dir`, tasks lack a local copy (unless `skip_missing`, which runs
@@ -160,6 +165,8 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
     """
     import mteb
 
+    if budget is not None and budget < 1:
+        raise EvaluationError(f"--budget {budget}: give the most units (pairs, examples, queries) per task, >= 1.")
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
     if not selection.names:
         passed = "; ".join(f"{name}: {why}" for name, why in selection.passed_over.items())
@@ -184,6 +191,10 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
         encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
+        if budget:
+            selected = [cap_task(task, budget) for task in selected]
+            revision = budget_revision(encoder.mteb_model_meta.revision, budget)
+            encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
         result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
                                overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
                                show_progress_bar=True)
@@ -193,6 +204,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
+            "budget": budget,
         }, infos)
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
@@ -242,7 +254,15 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     tests = {name: wilcoxon_by_category(scores[name], scores[baseline], categories)
              for name in names if name != baseline}
 
-    report = ["# Comparison", "", "## Per task (main score)", "",
+    budgets = {results.budget for results in loaded}
+    if len(budgets) > 1:
+        raise EvaluationError(f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
+                              "compare runs scored on the same units (the same --budget, or none).")
+    budget = budgets.pop()
+    report = ["# Comparison", "",
+              *([f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
+                 "these models, not with published MTEB numbers.", ""] if budget else []),
+              "## Per task (main score)", "",
               markdown_table(["task", "category", *names], task_rows), "",
               "## Per category (mean main score)", "",
               markdown_table(["category", "tasks", *names], category_rows + [average_row]), ""]

@@ -93,6 +93,7 @@ class ModelResults:
     task_results: list = field(repr=False)  # mteb TaskResult
     instructions: bool = True  # whether queries and symmetric tasks got their task instructions
     recorded_tasks: dict[str, TaskInfo] = field(default_factory=dict, repr=False)  # local tasks, from the run
+    budget: int | None = None  # at most this many units per task (`budget.py`), or None: the full tasks
 
     def task_info(self, task: str) -> TaskInfo:
         if task in self.recorded_tasks:
@@ -155,7 +156,8 @@ def read_results(folder) -> ModelResults:
     name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
-    return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded)
+    return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded,
+                        settings.get("budget"))
 
 
 def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = ()) -> Path:
