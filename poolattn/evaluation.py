@@ -17,6 +17,7 @@ from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
 from .results import (
     CATEGORY_ORDER,
+    PREDICTIONS_FOLDER,
     TaskInfo,
     category_rank,
     mean,
@@ -195,11 +196,13 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             selected = [cap_task(task, budget) for task in selected]
             revision = budget_revision(encoder.mteb_model_meta.revision, budget)
             encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
-        result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
-                               overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
-                               show_progress_bar=True)
         meta = encoder.mteb_model_meta
         folder = results_folder(output, meta.name, meta.revision)
+        predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
+        predictions.mkdir(parents=True, exist_ok=True)
+        result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
+                               overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
+                               show_progress_bar=True, prediction_folder=predictions)
         write_run_settings(folder, {
             "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,

@@ -1,7 +1,8 @@
 """mteb results on disk: where a model's results live, reading them into a typed object, and category means.
 
-The layout is mteb's `ResultCache`: `<output>/results/<org>__<name>/<revision>/<Task>.json`, plus `model_meta.json`
-and poolattn's `poolattn_run.json` (the run's settings) beside the task files. The revision of a poolattn model is a
+The layout is mteb's `ResultCache`: `<output>/results/<org>__<name>/<revision>/<Task>.json`, plus `model_meta.json`,
+poolattn's `poolattn_run.json` (the run's settings) and `predictions/<Task>_predictions.json` (mteb's per-query,
+per-pair, per-example predictions) beside the task files. The revision of a poolattn model is a
 fingerprint of its weights (`manifest.model_fingerprint`), so two models never share a cache entry.
 
 >>> results_folder("results", "poolattn/smollm2-135m-v5", "0123abcd").as_posix()
@@ -23,6 +24,7 @@ CATEGORY_ORDER = (
     "Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization",
 )
 RUN_SETTINGS_FILE = "poolattn_run.json"
+PREDICTIONS_FOLDER = "predictions"  # mteb's per-example predictions, `<Task>_predictions.json`
 MODEL_META_FILE = "model_meta.json"
 
 

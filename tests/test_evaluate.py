@@ -35,6 +35,9 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
     assert [f.name for f in folders] == ["poolattn__v1", "poolattn__v5"]
     task_files = sorted(p.name for p in folders[0].rglob("*.json"))
     assert {"STSBenchmark.json", "BIOSSES.json", "poolattn_run.json"} <= set(task_files)
+    predictions = json.loads(next(folders[0].rglob("predictions/STSBenchmark_predictions.json")).read_text())
+    per_pair = [value for value in predictions["default"]["test"].values() if isinstance(value, list)]
+    assert per_pair and all(len(values) == 40 for values in per_pair)  # one similarity per pair, for paired tests
     settings = json.loads(next(folders[0].rglob("poolattn_run.json")).read_text())
     assert settings["instructions"]["STS"] == "Retrieve semantically similar text."
 

@@ -124,6 +124,11 @@ def test_retrieval_and_reranking_folders_of_unknown_names_run_through_mteb(tmp_p
     assert results.scores["MyAnswerRetrieval"] == pytest.approx(hand_scores(model, retrieval, ndcg_at_10), abs=1e-5)
     assert results.scores["MyAnswerReranking"] == pytest.approx(
         hand_scores(model, reranking, average_precision), abs=1e-5)
+    # per-query predictions are kept for paired tests: every judged query of each task, with its scored documents
+    for task, folder in (("MyAnswerRetrieval", retrieval), ("MyAnswerReranking", reranking)):
+        predictions = json.loads((results.folder / "predictions" / f"{task}_predictions.json").read_text())
+        judged = {json.loads(line)["query-id"] for line in (folder / "qrels" / "test.jsonl").read_text().splitlines()}
+        assert set(predictions["default"]["test"]) == judged
     # space-separated --tasks, and compare reads the local tasks' categories back
     assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--tasks", "MyAnswerRetrieval", "MyAnswerReranking",
                          "--data-dir", str(data), "--output", str(output)]) == 0
