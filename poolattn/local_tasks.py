@@ -7,9 +7,9 @@ A data folder holds one folder per task, named after the task:
   task with several subsets (languages), `<Task>/<subset>/{split}.jsonl`; by default a copy is scored on the
   subsets it holds;
 - a retrieval task of any name, in the standard (BEIR / mteb v2) layout: `corpus/*.jsonl` (`_id`, `title`, `text`),
-  `queries/*.jsonl` (`_id`, `text`), `qrels/<split>.jsonl` (`query-id`, `corpus-id`, `score`) and a README.md whose
-  YAML `configs:` block names them (`corpus`, `queries`, `default`); with `top_ranked/<split>.jsonl` (`query-id`,
-  `corpus-ids`, also named in `configs:`) it is a reranking task. The folder name is the task name; the main score
+  `queries/*.jsonl` (`_id`, `text`), `qrels/<split>.jsonl` (`query-id`, `corpus-id`, `score`) (a README.md
+  `configs:` block is not needed); with `top_ranked/<split>.jsonl` (`query-id`, `corpus-ids`) it is a reranking
+  task. The folder name is the task name; the main score
   follows mteb's convention for the type (nDCG@10 for retrieval, MAP@1000 for reranking).
 
 >>> LOCAL_MAIN_SCORES["Reranking"]
@@ -68,14 +68,17 @@ def held_subsets(folder: Path) -> list[str]:
 
 
 def _jsonl_rows(folder: Path) -> list[tuple[Path, int, dict]]:
+    return [row for path in sorted(folder.glob("*.jsonl")) for row in _jsonl_rows_of(path)]
+
+
+def _jsonl_rows_of(path: Path) -> list[tuple[Path, int, dict]]:
     rows = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((path, number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise LocalTaskError(f"{path}, row {number}: not valid JSON ({error}).") from None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((path, number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise LocalTaskError(f"{path}, row {number}: not valid JSON ({error}).") from None
     return rows
 
 
@@ -95,8 +98,8 @@ def _ids(folder: Path, what: str) -> set[str]:
 def check_retrieval_folder(folder: Path) -> list[str]:
     """Check a retrieval/reranking folder and return its evaluation splits (the qrels files' names).
 
-    Raises `LocalTaskError` naming the file for an empty corpus or queries, missing qrels, qrels or top_ranked rows
-    naming unknown documents or queries, and a README without the `configs:` block mteb's loader reads.
+    Raises `LocalTaskError` naming the file for an empty corpus or queries, missing qrels, and qrels or top_ranked
+    rows naming unknown documents or queries.
     """
     corpus, queries = _ids(folder / "corpus", "document"), _ids(folder / "queries", "query")
     splits = sorted(path.stem for path in (folder / "qrels").glob("*.jsonl"))
@@ -117,13 +120,6 @@ def check_retrieval_folder(folder: Path) -> list[str]:
             if not isinstance(row, dict) or "query-id" not in row or unknown:
                 raise LocalTaskError(f"{path}, row {number}: expected query-id and corpus-ids that are all in "
                                      f"corpus/ (unknown: {unknown[:3]}).")
-    configs = _readme_configs(folder)
-    needed = {"corpus", "queries", "default"} | ({"top_ranked"} if (folder / "top_ranked").is_dir() else set())
-    if not needed <= configs:
-        raise LocalTaskError(
-            f"{folder / 'README.md'}: mteb's retrieval loader reads the folder through a README.md YAML `configs:` "
-            f"block naming {', '.join(sorted(needed))}; found {sorted(configs) or 'none'}. Add, e.g.:\n"
-            + readme_configs_block(folder, splits))
     return splits
 
 
@@ -143,20 +139,13 @@ def _readme_configs(folder: Path) -> set[str]:
     return {config.get("config_name") for config in front.get("configs", []) if isinstance(config, dict)}
 
 
-def readme_configs_block(folder: Path, splits: list[str]) -> str:
-    """The README.md front matter that lets mteb's loader read a retrieval folder."""
-    lines = ["---", "configs:"]
-    parts = [("corpus", "corpus/corpus.jsonl"), ("queries", "queries/queries.jsonl")]
-    parts += [("default", f"qrels/{split}.jsonl") for split in splits[:1]]
-    if (folder / "top_ranked").is_dir():
-        parts += [("top_ranked", f"top_ranked/{splits[0]}.jsonl")]
-    for name, path in parts:
-        lines += [f"- config_name: {name}", "  data_files:", f"  - split: {splits[0]}", f"    path: {path}"]
-    return "\n".join(lines + ["---"])
-
-
 def retrieval_task(folder: Path):
-    """An mteb retrieval or reranking task for a local folder of any name (mteb's own loader and evaluator)."""
+    """An mteb retrieval or reranking task for a local folder of any name, scored by mteb's own evaluator.
+
+    The folder is read here, as mteb's retrieval loader reads a Hub dataset (string ids, queries without judgements
+    dropped, integer relevance), straight from its files: `datasets` would cache a README-configured folder under its
+    name alone, so two folders of one name, or an edited folder, would silently get the first data back.
+    """
     from mteb.abstasks import AbsTaskReranking, AbsTaskRetrieval
     from mteb.abstasks.task_metadata import TaskMetadata
 
@@ -168,8 +157,42 @@ def retrieval_task(folder: Path):
         eval_splits=["test"] if "test" in splits else splits[:1], eval_langs=["eng-Latn"], modalities=["text"],
         category="t2t",
     )
+
     base = AbsTaskReranking if task_type == "Reranking" else AbsTaskRetrieval
-    return type(f"Local{task_type}Task", (base,), {"metadata": metadata, "__module__": __name__})()
+    attributes = {"metadata": metadata, "load_data": _retrieval_loader(folder), "__module__": __name__}
+    return type(f"Local{task_type}Task", (base,), attributes)()
+
+
+def _retrieval_loader(folder: Path):
+    """A `load_data` method reading each evaluation split of a retrieval folder (`read_retrieval_split`)."""
+
+    def load_data(self, num_proc=None, **kwargs):
+        if self.data_loaded:
+            return
+        self.dataset = {"default": {split: read_retrieval_split(folder, split) for split in self.eval_splits}}
+        self.dataset_transform(num_proc=num_proc)
+        self.data_loaded = True
+
+    return load_data
+
+
+def read_retrieval_split(folder: Path, split: str) -> dict:
+    """mteb's `RetrievalSplitData` for one split of a retrieval folder."""
+    import datasets
+
+    relevant: dict[str, dict[str, int]] = {}
+    for _, _, row in _jsonl_rows_of(folder / "qrels" / f"{split}.jsonl"):
+        relevant.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+    corpus = [{"id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}
+              for _, _, row in _jsonl_rows(folder / "corpus")]
+    queries = [{"id": str(row["_id"]), "text": row["text"]} for _, _, row in _jsonl_rows(folder / "queries")
+               if str(row["_id"]) in relevant]
+    top_ranked = None
+    if (folder / "top_ranked").is_dir():
+        top_ranked = {str(row["query-id"]): [str(doc) for doc in row["corpus-ids"]]
+                      for _, _, row in _jsonl_rows_of(folder / "top_ranked" / f"{split}.jsonl")}
+    return {"corpus": datasets.Dataset.from_list(corpus), "queries": datasets.Dataset.from_list(queries),
+            "relevant_docs": relevant, "top_ranked": top_ranked}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -216,6 +239,11 @@ def _on_local_copy(task, folder: Path):
         return task
     if held_subsets(folder) and not _readme_configs(folder):
         return _subset_folder_task(task, folder)
+    if task.metadata.type in LOCAL_MAIN_SCORES and retrieval_type(folder) and not task.metadata.is_multilingual:
+        check_retrieval_folder(folder)  # read from its files, as local tasks of any name are (no stale cache)
+        local_class = type(type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder),
+                                                                "__module__": __name__})
+        return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
     dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
     return task

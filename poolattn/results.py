@@ -96,6 +96,14 @@ class ModelResults:
     instructions: bool = True  # whether queries and symmetric tasks got their task instructions
     recorded_tasks: dict[str, TaskInfo] = field(default_factory=dict, repr=False)  # local tasks, from the run
     budget: int | None = None  # at most this many units per task (`budget.py`), or None: the full tasks
+    data_dir: str | None = None  # the local task copies the run read, or None: the Hub
+
+    def predictions(self, task: str) -> dict | None:
+        """mteb's saved predictions of `task` ({subset: {split: ...}}), or None when the run kept none."""
+        path = self.folder / PREDICTIONS_FOLDER / f"{task}_predictions.json"
+        if not path.is_file():
+            return None
+        return {key: value for key, value in json.loads(path.read_text()).items() if key != "mteb_model_meta"}
 
     def task_info(self, task: str) -> TaskInfo:
         if task in self.recorded_tasks:
@@ -159,7 +167,7 @@ def read_results(folder) -> ModelResults:
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
     return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded,
-                        settings.get("budget"))
+                        settings.get("budget"), settings.get("data_dir"))
 
 
 def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = ()) -> Path:

@@ -179,7 +179,6 @@ def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subse
     (lambda f: jsonl(f / "qrels" / "test.jsonl", [{"query-id": "Q0", "corpus-id": "nowhere", "score": 1}]),
      r"qrels/test.jsonl, row 1: corpus-id 'nowhere' is not in corpus/"),
     (lambda f: (f / "corpus" / "corpus.jsonl").write_text(""), r"corpus: no document rows"),
-    (lambda f: (f / "README.md").unlink(), r"README.md: mteb's retrieval loader .* Add, e.g.:\n---\nconfigs:"),
 ])
 def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break_it, message):
     folder = wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyRetrieval", queries=3)
@@ -189,6 +188,16 @@ def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break
         cli.evaluate(["run", "--model", str(tmp_path / "never-loaded"), "--tasks", "MyRetrieval",
                       "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # refused before any model was loaded
+
+
+def test_a_folder_is_read_from_its_files_not_from_a_cache_of_another_folder_of_that_name(tmp_path):
+    small = wikiqa_subset("WikiQARetrieval", tmp_path / "one" / "MyRetrieval", queries=3)
+    large = wikiqa_subset("WikiQARetrieval", tmp_path / "two" / "MyRetrieval", queries=7)
+    (large / "README.md").unlink()  # not needed: the files are read directly
+    for folder, queries in ((small, 3), (large, 7), (small, 3)):
+        task = load_task("MyRetrieval", data_dir=folder.parent)
+        task.load_data()
+        assert len(task.dataset["default"]["test"]["queries"]) == queries
 
 
 def test_an_unknown_task_name_gets_one_line_with_close_names_and_the_local_folders(tmp_path):

@@ -1,0 +1,201 @@
+"""Paired tests within one task: two models scored on the same units (queries, pairs, examples, texts), resampled
+together.
+
+The paper's test (Wilcoxon signed-rank over datasets within a category) needs many datasets: with 5 or fewer no
+two-sided p-value can fall below 0.0625, so on a small local suite it never fires. A task itself has hundreds of units,
+and both models are scored on the same ones, so the difference of their main scores can be tested within the task.
+This module uses the paired bootstrap (Efron & Tibshirani 1993; Koehn 2004): resample the task's units with
+replacement, the same sample for both models, recompute both main scores, and take the difference. It works for main
+scores that are means over units (nDCG@10 and MAP per query, accuracy per example) and for those that are not
+(Spearman over pairs, average precision over pairs, V-measure over a clustering set), where per-unit sign or
+Wilcoxon tests do not apply; with many units those would also call tiny differences significant.
+
+- the interval is the 2.5th-97.5th percentile of the bootstrap differences (95%);
+- the two-sided p-value counts bootstrap differences at least as far from the observed one as the observed one is
+  from zero (the bootstrap distribution shifted to the null): p = (1 + #{|d* - d| >= |d|}) / (B + 1).
+
+Units and main scores, per task type (from mteb's predictions saved by the evaluation,
+`predictions/<Task>_predictions.json`, and the gold of the same task data):
+
+| type | unit | main score recomputed |
+|---|---|---|
+| STS | pair | Spearman of cosine similarity and gold score |
+| PairClassification | pair | average precision of the best of mteb's similarity scores (max_ap) |
+| Classification | evaluation example | accuracy, averaged over mteb's experiments |
+| Clustering (sets) | text, resampled within each set | V-measure, averaged over the sets |
+| Retrieval, Reranking | query | nDCG@10 / MAP (average precision over the ranking) |
+
+>>> import numpy as np
+>>> same = Units(5, lambda model, sample: float(np.mean(np.asarray(model)[sample])))
+>>> test = paired_bootstrap(same, [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], resamples=200)
+>>> test.difference, test.low, test.high, test.p_value
+(0.0, 0.0, 0.0, 1.0)
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 1000
+SEED = 0
+DISTANCE_SCORES = ("euclidean_distances", "manhattan_distances")  # lower = more similar
+
+
+@dataclass
+class Units:
+    """`count` units and `statistic(predictions, sample)`: a model's main score on the units `sample` (an index array
+    into the units, or, for `strata`, one index array per stratum)."""
+
+    count: int
+    statistic: Callable
+    strata: list[int] | None = None  # sizes of strata resampled separately (clustering sets)
+
+    def resample(self, rng: np.random.Generator):
+        if self.strata is None:
+            return rng.integers(0, self.count, self.count)
+        return [rng.integers(0, size, size) for size in self.strata]
+
+    def everything(self):
+        return np.arange(self.count) if self.strata is None else [np.arange(size) for size in self.strata]
+
+
+@dataclass
+class PairedTest:
+    """Model a against model b on one task: main scores, their difference with its 95% interval, and the p-value."""
+
+    task: str
+    units: int
+    score_a: float
+    score_b: float
+    difference: float  # a - b
+    low: float
+    high: float
+    p_value: float
+    resamples: int
+    p_holm: float | None = None
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return (self.p_holm if self.p_holm is not None else self.p_value) < alpha
+
+
+def paired_bootstrap(units: Units, predictions_a, predictions_b, *, task: str = "", resamples: int = RESAMPLES,
+                     seed: int = SEED) -> PairedTest:
+    """The paired bootstrap of `units`' statistic for two models' predictions (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    everything = units.everything()
+    score_a, score_b = units.statistic(predictions_a, everything), units.statistic(predictions_b, everything)
+    observed = score_a - score_b
+    differences = np.empty(resamples)
+    for index in range(resamples):
+        sample = units.resample(rng)
+        differences[index] = units.statistic(predictions_a, sample) - units.statistic(predictions_b, sample)
+    differences = np.nan_to_num(differences, nan=0.0)
+    far = np.abs(differences - observed) >= abs(observed) - 1e-12
+    p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return PairedTest(task, units.count, float(score_a), float(score_b), float(observed), float(low), float(high),
+                      p_value, resamples)
+
+
+def holm(tests: list[PairedTest]) -> None:
+    """Holm's step-down correction over `tests` (one family, e.g. the tasks of a category), set as `p_holm`."""
+    order = sorted(range(len(tests)), key=lambda i: tests[i].p_value)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(tests) - rank) * tests[index].p_value))
+        tests[index].p_holm = running
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Units per task type, from mteb's saved predictions and the task's gold data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def sts_units(gold_scores) -> Units:
+    gold = np.asarray(gold_scores, dtype=float)
+    return Units(len(gold), lambda predictions, sample: _spearman(np.asarray(predictions["cosine_scores"])[sample],
+                                                                  gold[sample]))
+
+
+def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Units:
+    """max_ap: the average precision of the similarity score that gives the best AP on all pairs (chosen once)."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(gold_labels, dtype=int)
+
+    def oriented(predictions) -> dict[str, np.ndarray]:
+        return {name: -np.asarray(values) if name in DISTANCE_SCORES else np.asarray(values)
+                for name, values in predictions.items() if isinstance(values, list) and len(values) == len(labels)}
+
+    def statistic(predictions, sample):
+        scores = oriented(predictions)
+        if len(set(labels[sample])) < 2:
+            return float("nan")
+        return max(average_precision_score(labels[sample], values[sample]) for values in scores.values())
+
+    return Units(len(labels), statistic)
+
+
+def _mean_of_units(per_unit: Callable) -> Callable:
+    """A statistic that is the mean of per-unit values, computed once per model's predictions."""
+    cache: dict[int, np.ndarray] = {}
+
+    def statistic(predictions, sample):
+        if id(predictions) not in cache:
+            cache[id(predictions)] = per_unit(predictions)
+        return float(cache[id(predictions)][sample].mean())
+
+    return statistic
+
+
+def classification_units(gold_labels) -> Units:
+    labels = np.asarray(gold_labels)
+    # predictions: one list of predicted labels per experiment; a unit's value is its accuracy over the experiments
+    per_example = lambda predictions: np.mean([np.asarray(run) == labels for run in predictions], axis=0)  # noqa: E731
+    return Units(len(labels), _mean_of_units(per_example))
+
+
+def clustering_set_units(gold_label_sets) -> Units:
+    from sklearn.metrics import v_measure_score
+
+    gold = [np.asarray(labels) for labels in gold_label_sets]
+
+    def statistic(predictions, samples):  # predictions: one list of cluster assignments per set
+        return float(np.mean([v_measure_score(labels[sample], np.asarray(assigned)[sample])
+                              for labels, assigned, sample in zip(gold, predictions, samples)]))
+
+    return Units(sum(map(len, gold)), statistic, strata=[len(labels) for labels in gold])
+
+
+def ndcg_at_10(scored: dict[str, float], relevant: dict[str, int]) -> float:
+    ranked = sorted(scored, key=lambda doc: -scored[doc])[:10]
+    gains = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked))
+    ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(relevant.values(), reverse=True)[:10]))
+    return gains / ideal if ideal else 0.0
+
+
+def average_precision(scored: dict[str, float], relevant: dict[str, int]) -> float:
+    judged = {doc for doc, gain in relevant.items() if gain > 0}
+    hits, total = 0, 0.0
+    for rank, doc in enumerate(sorted(scored, key=lambda doc: -scored[doc])[:1000], start=1):
+        if doc in judged:
+            hits += 1
+            total += hits / rank
+    return total / len(judged) if judged else 0.0
+
+
+def retrieval_units(relevant_docs: dict[str, dict[str, int]], metric: Callable) -> Units:
+    queries = sorted(query for query, docs in relevant_docs.items() if any(gain > 0 for gain in docs.values()))
+
+    def per_query(predictions):  # predictions: query -> {document: score}
+        return np.array([metric(predictions.get(query, {}), relevant_docs[query]) for query in queries])
+
+    return Units(len(queries), _mean_of_units(per_query))

@@ -1,0 +1,113 @@
+"""Paired tests within tasks: the bootstrap against scipy and hand-worked cases, and the main scores recomputed from
+mteb's saved predictions equal mteb's own, for every task type."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+from test_local_tasks import wikiqa_subset
+
+from poolattn.paired import Units, holm, paired_bootstrap
+from poolattn.stats import wilcoxon_by_category
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def mean_units(count: int) -> Units:
+    return Units(count, lambda values, sample: float(np.asarray(values)[sample].mean()))
+
+
+def test_the_interval_matches_scipys_paired_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.52, 0.2, 300), rng.normal(0.50, 0.2, 300)
+    ours = paired_bootstrap(mean_units(300), a, b, resamples=4000)
+    theirs = bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), paired=True, vectorized=False,
+                       n_resamples=4000, method="percentile", random_state=2).confidence_interval
+    assert ours.difference == pytest.approx(a.mean() - b.mean())
+    assert ours.low == pytest.approx(theirs.low, abs=0.006) and ours.high == pytest.approx(theirs.high, abs=0.006)
+
+
+def test_hand_worked_cases():
+    same = paired_bootstrap(mean_units(4), [0.1, 0.5, 0.2, 0.9], [0.1, 0.5, 0.2, 0.9], resamples=100)
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    shifted = paired_bootstrap(mean_units(4), [0.3, 0.7, 0.4, 1.1], [0.1, 0.5, 0.2, 0.9], resamples=99)
+    # every resample differs by exactly 0.2: the interval is a point and no resample reaches the null
+    assert shifted.difference == pytest.approx(0.2) and shifted.low == pytest.approx(0.2) == shifted.high
+    assert shifted.p_value == pytest.approx(1 / 100)
+    tests = [paired_bootstrap(mean_units(1), [x], [0.0], resamples=9) for x in (0.0, 0.0, 0.0)]
+    for test, p in zip(tests, (0.01, 0.04, 0.03)):
+        test.p_value = p
+    holm(tests)  # Holm by hand: 3 x 0.01, then max(0.03, 2 x 0.03), then max(0.06, 0.04)
+    assert [test.p_holm for test in tests] == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_within_task_tests_find_what_wilcoxon_over_three_datasets_cannot():
+    rng = np.random.default_rng(0)
+    tests, a_scores, b_scores = [], {}, {}
+    for task in ("T1", "T2", "T3"):  # model a is 0.03 better on each task, per query, with noise
+        b = rng.uniform(0.2, 0.8, 400)
+        a = b + 0.03 + rng.normal(0, 0.05, 400)
+        tests.append(paired_bootstrap(mean_units(400), a, b, task=task))
+        a_scores[task], b_scores[task] = a.mean(), b.mean()
+    holm(tests)
+    (wilcoxon,) = wilcoxon_by_category(a_scores, b_scores, dict.fromkeys(a_scores, "Retrieval"))
+    assert wilcoxon.wins_a == 3 and wilcoxon.p_value >= 0.25  # 3 datasets: the smallest two-sided p is 0.25
+    assert all(test.significant() and test.low > 0 for test in tests)
+
+
+@pytest.fixture(scope="module")
+def every_task_type(tmp_path_factory):
+    """Two tiny models scored on one small local task of every type (budget 30), then compared."""
+    mteb = pytest.importorskip("mteb")  # noqa: F841
+    from poolattn import cli
+
+    root = tmp_path_factory.mktemp("paired")
+    data = root / "data"
+    copies = (("STSBenchmark", "test.jsonl", 40), ("TwitterURLCorpus", "test.jsonl", 40),
+              ("EmotionClassification", "test.jsonl", 40), ("EmotionClassification", "train.jsonl", 120),
+              ("TwentyNewsgroupsClustering", "test.jsonl", 2))
+    for task, file, rows in copies:
+        (data / task).mkdir(parents=True, exist_ok=True)
+        lines = (SHARED / task / file).read_text().splitlines()[:rows]
+        (data / task / file).write_text("\n".join(lines) + "\n")
+    wikiqa_subset("WikiQARetrieval", data / "MyRetrieval", queries=6)
+    wikiqa_subset("WikiQAReranking", data / "MyReranking", queries=6)
+    arguments = ["run", "--benchmark", "local", "--data-dir", str(data), "--output", str(root / "results"),
+                 "--budget", "30", "--batch-size", "16"]
+    for variant in (1, 5):
+        tiny_model("llama", variant, seed=variant).save_pretrained(root / f"v{variant}")
+        arguments += ["--model", str(root / f"v{variant}")]
+    assert cli.evaluate(arguments) == 0
+    folders = sorted(next(p.iterdir()) for p in (root / "results" / "results").iterdir())
+    assert cli.evaluate(["compare", *map(str, folders), "--output", str(root / "cmp")]) == 0
+    return root, folders
+
+
+def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type):
+    from poolattn.evaluation import paired_tests
+    from poolattn.results import read_results
+
+    _, folders = every_task_type
+    v1, v5 = (read_results(folder) for folder in folders)
+    tests, skipped = paired_tests(v5, v1)
+    assert not skipped
+    assert {test.task for test in tests} == set(v5.scores) == {
+        "STSBenchmark", "TwitterURLCorpus", "EmotionClassification", "TwentyNewsgroupsClustering", "MyRetrieval",
+        "MyReranking"}
+    for test in tests:  # mteb stores 5 or 6 decimals
+        assert test.score_a == pytest.approx(v5.scores[test.task], abs=6e-6), test.task
+        assert test.score_b == pytest.approx(v1.scores[test.task], abs=6e-6), test.task
+        assert test.low <= test.difference <= test.high and 0 < test.p_value <= 1
+
+
+def test_the_comparison_reports_the_paired_tests(every_task_type):
+    root, _ = every_task_type
+    report = (root / "cmp" / "comparison.md").read_text()
+    assert "paired bootstrap within each task" in report and "| MyRetrieval | Retrieval | 6 |" in report
+    rows = (root / "cmp" / "paired_tests.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and rows[0].startswith("model,baseline,task,category,units")
+    assert json.loads((next(root.glob("results/results/*/*")) / "poolattn_run.json").read_text())["budget"] == 30
