@@ -18,6 +18,11 @@ multi-head attention), trained with identical data order and seed (the same trai
   consecutive layers, then across the group summaries);
 - all: every arm above, each trained once.
 
+Scoring: by default every task of `--data-dir` in STS, Retrieval, Classification and Clustering (the four metric
+families the study asks of every arm), on a budget of 100 units per task (`--budget`, the same seeded sample for every
+arm; `--budget 0` scores the full tasks), then `compare` against the base arm: Wilcoxon over datasets per category and
+paired bootstrap tests within each task.
+
 Layout of `--output`: `arms/<arm>/` (train.py's output: checkpoints, then `model/`), `results/` (mteb results,
 `evaluate.py run`), `comparison/` (`evaluate.py compare` against the base arm: `comparison.md`, CSVs, figure).
 Resumable: an arm whose `model/` exists is not retrained, an interrupted arm resumes from its last checkpoint, and
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 
 from . import training
+from .budget import budget_revision
 from .evaluation import compare_results, evaluate_models
 from .manifest import ExportedModel
 from .results import results_folder
@@ -46,7 +52,10 @@ ABLATIONS = {
     "head_attention": {"single": {"head_attention": "single"},
                        "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4}},
 }
-DEFAULT_TASKS = ("BIOSSES", "STS13", "STSBenchmark")
+# The four metric families the study asks of every arm, over every local task of those categories, on a budget:
+# at most DEFAULT_BUDGET units (pairs, examples, queries) per task, the same seeded sample for every arm.
+DEFAULT_CATEGORIES = ("STS", "Retrieval", "Classification", "Clustering")
+DEFAULT_BUDGET = 100
 # Local task copies: $POOLATTN_DATA, else the project's `../shared/data` beside a source checkout.
 DEFAULT_DATA = os.environ.get("POOLATTN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -96,14 +105,15 @@ def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone:
 
 
 def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), tasks=None,
-                 categories=None, benchmark=None, data_dir=DEFAULT_DATA, batch_size: int = 32):
+                 categories=None, benchmark=None, data_dir=DEFAULT_DATA, budget: int | None = DEFAULT_BUDGET,
+                 batch_size: int = 32):
     """Train every arm (every process under torchrun), then on process 0 score each arm and compare it with the base.
 
     Returns the evaluation run (failed tasks in `.failures`), or None on processes other than 0.
     """
     chosen = arms(ablation)  # checks the name before anything runs
     if not (tasks or categories or benchmark):
-        tasks = list(DEFAULT_TASKS)
+        categories = list(DEFAULT_CATEGORIES)
     backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
     started = time.time()
     models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
@@ -114,10 +124,11 @@ def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: li
     results = Path(output) / "results"
     evaluation = evaluate_models([str(folder) for folder in models.values()], output=results, tasks=tasks,
                                  categories=categories, benchmark=benchmark, data_dir=data_dir or None,
-                                 batch_size=batch_size)
+                                 budget=budget, batch_size=batch_size)
     # exactly these weights' results, never an older arm's
     exported = {arm: ExportedModel.read(folder) for arm, folder in models.items()}
-    folders = [results_folder(results, model.mteb_name, model.fingerprint) for model in exported.values()]
+    folders = [results_folder(results, model.mteb_name, budget_revision(model.fingerprint, budget))
+               for model in exported.values()]
     compare_results(folders, output=Path(output) / "comparison", baseline=exported[BASE_ARM].mteb_name)
     logger.info("ablation %s: %d arms, wall time %.0f s; comparison in %s", ablation, len(models),
                 time.time() - started, Path(output) / "comparison" / "comparison.md")

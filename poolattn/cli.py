@@ -188,11 +188,14 @@ def ablate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
     parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
     parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
-    parser.add_argument("--tasks", help=f"mteb tasks (default {','.join(ablation.DEFAULT_TASKS)} when nothing is "
-                                        "chosen)")
+    parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
+                                        f"{','.join(ablation.DEFAULT_CATEGORIES)})")
     parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
     parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
     parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
+    parser.add_argument("--budget", type=int, default=ablation.DEFAULT_BUDGET,
+                        help="at most N units (pairs, examples, queries) per task, the same sample for every arm "
+                             f"(default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
     parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
     return parser
 
@@ -207,7 +210,7 @@ def ablate(argv: list[str] | None = None) -> int:
         run = ablation.run_ablation(
             args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv,
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark, data_dir=args.data_dir, batch_size=args.batch_size,
+            benchmark=args.benchmark, data_dir=args.data_dir, budget=args.budget or None, batch_size=args.batch_size,
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")

@@ -122,4 +122,5 @@ def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly
         manifest = json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
         assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, arm
     comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
-    assert comparison.count(" vs poolattn/") == 2  # weights_off and weights_paper_init against the base arm
+    assert comparison.count(": Wilcoxon signed-rank by category") == 2  # weights_off, weights_paper_init vs base
+    assert comparison.count(": paired bootstrap within each task") == 2
