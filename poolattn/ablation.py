@@ -1,7 +1,7 @@
 """Ablations of multi-layers trainable pooling: train every arm from one base variant, score each arm on MTEB,
-and test every arm against the base arm (Wilcoxon signed-rank per task category).
+and test every arm against the base arm (Wilcoxon signed-rank per category, paired bootstrap within each task).
 
-    python ablate.py --ablation all                          # embedded default: SmolLM2-135M, bundled triplets, STS
+    python ablate.py --ablation all              # embedded default: SmolLM2-135M, bundled triplets, 4 categories
     python ablate.py --ablation layer_count --tasks STSBenchmark,STS13 --output ablations/
     python ablate.py --ablation head_attention -- --max_steps 100 --learning_rate 1e-4      # after --: train.py flags
     torchrun --nproc_per_node 8 ablate.py --ablation all --benchmark "MTEB(eng, v2)" --categories STS,Retrieval \\
