@@ -116,8 +116,9 @@ def check_retrieval_folder(folder: Path) -> list[str]:
             raise LocalTaskError(f"{path}, row {number}: query-id {row['query-id']!r} is not in queries/.")
     if (folder / "top_ranked").is_dir():
         for path, number, row in _jsonl_rows(folder / "top_ranked"):
-            unknown = [doc for doc in row.get("corpus-ids", []) if str(doc) not in corpus]
-            if not isinstance(row, dict) or "query-id" not in row or unknown:
+            ranked = row.get("corpus-ids") if isinstance(row, dict) else None
+            unknown = [doc for doc in ranked or [] if str(doc) not in corpus]
+            if not isinstance(ranked, list) or "query-id" not in row or unknown:
                 raise LocalTaskError(f"{path}, row {number}: expected query-id and corpus-ids that are all in "
                                      f"corpus/ (unknown: {unknown[:3]}).")
     return splits
