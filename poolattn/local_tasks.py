@@ -95,23 +95,28 @@ def _ids(folder: Path, what: str) -> set[str]:
     return ids
 
 
-def check_retrieval_folder(folder: Path) -> list[str]:
+def check_retrieval_folder(folder: Path, *, strict: bool = True) -> list[str]:
     """Check a retrieval/reranking folder and return its evaluation splits (the qrels files' names).
 
     Raises `LocalTaskError` naming the file for an empty corpus or queries, missing qrels, and qrels or top_ranked
-    rows naming unknown documents or queries.
+    rows naming unknown documents or queries. With `strict=False` (copies of stock mteb tasks, whose published data
+    has a few such rows: ArguAna's qrels name 5 documents its corpus lacks) judgements of unknown documents are
+    counted in a warning instead, as mteb's loader keeps them (those documents can never be retrieved).
     """
     corpus, queries = _ids(folder / "corpus", "document"), _ids(folder / "queries", "query")
     splits = sorted(path.stem for path in (folder / "qrels").glob("*.jsonl"))
     if not splits:
         raise LocalTaskError(f"{folder / 'qrels'}: no qrels files; add qrels/test.jsonl with rows "
                              '{"query-id": ..., "corpus-id": ..., "score": 1}.')
+    unknown_documents = 0
     for path, number, row in _jsonl_rows(folder / "qrels"):
         if not isinstance(row, dict) or not {"query-id", "corpus-id", "score"} <= set(row):
             raise LocalTaskError(f"{path}, row {number}: expected query-id, corpus-id and score.")
         if str(row["corpus-id"]) not in corpus:
-            raise LocalTaskError(f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; every "
-                                 "judged document must be in the corpus.")
+            if strict:
+                raise LocalTaskError(f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; "
+                                     "every judged document must be in the corpus.")
+            unknown_documents += 1
         if str(row["query-id"]) not in queries:
             raise LocalTaskError(f"{path}, row {number}: query-id {row['query-id']!r} is not in queries/.")
     if (folder / "top_ranked").is_dir():
@@ -121,6 +126,9 @@ def check_retrieval_folder(folder: Path) -> list[str]:
             if not isinstance(ranked, list) or "query-id" not in row or unknown:
                 raise LocalTaskError(f"{path}, row {number}: expected query-id and corpus-ids that are all in "
                                      f"corpus/ (unknown: {unknown[:3]}).")
+    if unknown_documents:
+        logger.warning("%s: %d judgement(s) name documents that are not in corpus/ (kept, as mteb keeps them: they "
+                       "count as relevant documents never retrieved)", folder / "qrels", unknown_documents)
     return splits
 
 
@@ -241,7 +249,7 @@ def _on_local_copy(task, folder: Path):
     if held_subsets(folder) and not _readme_configs(folder):
         return _subset_folder_task(task, folder)
     if task.metadata.type in LOCAL_MAIN_SCORES and retrieval_type(folder) and not task.metadata.is_multilingual:
-        check_retrieval_folder(folder)  # read from its files, as local tasks of any name are (no stale cache)
+        check_retrieval_folder(folder, strict=False)  # read from its files, as local tasks of any name are
         local_class = type(type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder),
                                                                 "__module__": __name__})
         return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))

@@ -200,6 +200,20 @@ def test_a_folder_is_read_from_its_files_not_from_a_cache_of_another_folder_of_t
         assert len(task.dataset["default"]["test"]["queries"]) == queries
 
 
+def test_a_stock_retrieval_copy_keeps_judgements_of_missing_documents_with_a_warning(tmp_path, caplog):
+    # MTEB's own ArguAna judges 5 documents its corpus lacks: a stock copy is scored as mteb scores it, not refused
+    folder = wikiqa_subset("WikiQARetrieval", tmp_path / "ArguAna", queries=3)
+    with (folder / "qrels" / "test.jsonl").open("a") as qrels:
+        qrels.write(json.dumps({"query-id": "Q0", "corpus-id": "not-in-the-corpus", "score": 1}) + "\n")
+    task = load_task("ArguAna", data_dir=tmp_path)
+    task.load_data()
+    assert task.dataset["default"]["test"]["relevant_docs"]["Q0"]["not-in-the-corpus"] == 1
+    assert "1 judgement(s) name documents that are not in corpus/" in caplog.text
+    folder.rename(tmp_path / "MyRetrieval")  # the same folder as a local task of the user's own: refused
+    with pytest.raises(LocalTaskError, match="corpus-id 'not-in-the-corpus' is not in corpus/"):
+        load_task("MyRetrieval", data_dir=tmp_path)
+
+
 def test_an_unknown_task_name_gets_one_line_with_close_names_and_the_local_folders(tmp_path):
     wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyAnswerRetrieval", queries=3)
     with pytest.raises(SystemExit, match=r"unknown task 'MyAnswerRetreival' \(close names: MyAnswerRetrieval.*; "
