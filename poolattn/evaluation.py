@@ -309,8 +309,15 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     from .stats import category_test_table, markdown_table, wilcoxon_by_category
 
     loaded = [read_results(folder) for folder in result_folders]
+    seen: dict[tuple[str, str], Path] = {}
+    for results in loaded:
+        if (results.name, results.revision) in seen:
+            raise EvaluationError(f"{seen[results.name, results.revision]} and {results.folder} hold results of the "
+                                  f"same model and weights ({results.name}, revision {results.revision}); give each "
+                                  "model once.")
+        seen[results.name, results.revision] = results.folder
     names = [results.name for results in loaded]
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names):  # one name, different weights: told apart by their revisions
         names = [f"{results.name} ({results.revision})" for results in loaded]
     scores = {name: results.scores for name, results in zip(names, loaded)}
     categories = {task: category for results in loaded for task, category in results.categories.items()}

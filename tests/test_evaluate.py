@@ -56,6 +56,8 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
     for name in ("per_task.csv", "per_category.csv", "summary.md", "per_category.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
     assert "significantly different from poolattn/v1" in (tmp_path / "cmp" / "summary.md").read_text()
+    with pytest.raises(SystemExit, match="hold results of the same model and weights \\(poolattn/v1"):
+        cli.evaluate(["compare", str(folders[0]), str(next(folders[0].iterdir())), "--output", str(tmp_path / "c2")])
 
 
 def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):
