@@ -25,11 +25,11 @@ def budget_revision(revision: str, max_units: int | None) -> str:
 
 def cap_task(task, max_units: int, *, seed: int = SEED):
     """Load `task`'s data and keep at most `max_units` units of each evaluation split (see the module doc)."""
+    from .local_tasks import splits_by_subset
+
     task.load_data()
     task_type = task.metadata.type
-    nested = task.metadata.is_multilingual or task_type in ("Retrieval", "Reranking")  # {subset: {split: data}}
-    subsets = task.dataset.values() if nested else [task.dataset]
-    for splits in subsets:
+    for splits in splits_by_subset(task).values():
         for split in task.eval_splits:
             if split not in splits:
                 continue

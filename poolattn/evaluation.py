@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .budget import budget_revision, cap_task
-from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, task_type
+from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, splits_by_subset, task_type
 from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
 from .results import (
@@ -34,7 +34,7 @@ class EvaluationError(ValueError):
     """A selection or input that cannot be evaluated; the message says what was given and what to do."""
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Models and tasks
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ def select_tasks(*, tasks: list[str] | None = None, categories: list[str] | None
     return TaskSelection(list(chosen), passed_over)
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # run
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
     return run
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # paired tests within tasks
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -236,8 +236,7 @@ def task_units(results: ModelResults, task: str, predictions: dict):
         loaded.load_data()
     except Exception as error:  # offline without --data-dir, a moved data dir, ...
         raise EvaluationError(f"its data could not be loaded ({type(error).__name__}: {error})") from None
-    nested = loaded.metadata.is_multilingual or info.type in ("Retrieval", "Reranking")
-    data = loaded.dataset[subset][split] if nested else loaded.dataset[split]
+    data = splits_by_subset(loaded)[subset][split]
     prediction = predictions[subset][split]
     if info.type == "STS":
         return paired.sts_units(data["score"]), prediction
@@ -288,7 +287,7 @@ def _subsets_and_splits(predictions: dict) -> list[tuple[str, str]]:
     return sorted((subset, split) for subset, splits in predictions.items() for split in splits)
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # compare
 # ---------------------------------------------------------------------------------------------------------------------
 

@@ -56,13 +56,20 @@ def retrieval_type(folder: Path) -> str | None:
     return "Reranking" if (folder / "top_ranked").is_dir() else "Retrieval"
 
 
+def splits_by_subset(task) -> dict:
+    """A loaded task's data as {subset: {split: data}}: mteb nests multi-subset and retrieval tasks so, and keeps a
+    one-subset task as {split: data} (here under "default", the subset name mteb records for it)."""
+    nested = task.metadata.is_multilingual or task.metadata.type in LOCAL_MAIN_SCORES
+    return task.dataset if nested else {"default": task.dataset}
+
+
 def held_subsets(folder: Path) -> list[str]:
     """The subset folders of a local copy (`<Task>/<subset>/{split}.jsonl`); [] for a one-subset copy."""
     return sorted(p.name for p in folder.iterdir()
                   if p.is_dir() and any((p / f"{split}.jsonl").is_file() for split in SPLIT_FILES))
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Retrieval folders: checked before anything is encoded
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -204,7 +211,7 @@ def read_retrieval_split(folder: Path, split: str) -> dict:
             "relevant_docs": relevant, "top_ranked": top_ranked}
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Stock tasks on local copies
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -273,7 +280,7 @@ def _subset_folder_task(task, folder: Path):
     return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Names -> tasks
 # ---------------------------------------------------------------------------------------------------------------------
 

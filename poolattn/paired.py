@@ -108,7 +108,7 @@ def holm(tests: list[PairedTest]) -> None:
         tests[index].p_holm = running
 
 
-# -------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Units per task type, from mteb's saved predictions and the task's gold data
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -146,12 +146,13 @@ def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Unit
 
 def _mean_of_units(per_unit: Callable) -> Callable:
     """A statistic that is the mean of per-unit values, computed once per model's predictions."""
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[int, tuple] = {}  # id -> (the predictions themselves, their per-unit values): an id is never reused
 
     def statistic(predictions, sample):
-        if id(predictions) not in cache:
-            cache[id(predictions)] = per_unit(predictions)
-        return float(cache[id(predictions)][sample].mean())
+        cached = cache.get(id(predictions))
+        if cached is None or cached[0] is not predictions:
+            cached = cache[id(predictions)] = (predictions, per_unit(predictions))
+        return float(cached[1][sample].mean())
 
     return statistic
 
