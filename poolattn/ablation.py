@@ -2,6 +2,7 @@
 and test every arm against the base arm (Wilcoxon signed-rank per category, paired bootstrap within each task).
 
     python ablate.py --ablation all              # embedded default: SmolLM2-135M, bundled triplets, 4 categories
+    python ablate.py --ablation layer_weights --seeds 3         # every arm with seeds 42, 43, 44 (replicates)
     python ablate.py --ablation layer_count --tasks STSBenchmark,STS13 --output ablations/
     python ablate.py --ablation head_attention -- --max_steps 100 --learning_rate 1e-4      # after --: train.py flags
     torchrun --nproc_per_node 8 ablate.py --ablation all --benchmark "MTEB(eng, v2)" --categories STS,Retrieval \\
@@ -16,17 +17,23 @@ multi-head attention), trained with identical data order and seed (the same trai
   normal(0, 1) as in the paper's code);
 - head_attention: base (multihead), single (one head as wide as the head), hierarchical (attend within groups of 4
   consecutive layers, then across the group summaries);
-- all: every arm above, each trained once.
+- all: every arm above, each trained once per seed.
+
+Seeds: `--seeds N` trains every arm with seeds S, S+1, ..., S+N-1 (S: train.py's `--seed`, 42), the same N seeds for
+every arm, so seed s gives every arm the same data order. The comparison groups an arm's seeds as replicates: mean
+and spread over seeds per task and category, Wilcoxon over the seed means, paired bootstrap over units and seeds.
 
 Scoring: by default every task of `--data-dir` in STS, Retrieval, Classification and Clustering (the four metric
 families the study asks of every arm), on a budget of 100 units per task (`--budget`, the same seeded sample for every
 arm; `--budget 0` scores the full tasks), then `compare` against the base arm: Wilcoxon over datasets per category and
 paired bootstrap tests within each task.
 
-Layout of `--output`: `arms/<arm>/` (train.py's output: checkpoints, then `model/`), `results/` (mteb results,
+Layout of `--output`: `arms/<arm>/` (train.py's output: checkpoints, then `model/`; with several seeds one
+`seed-<S>/` folder per seed), `results/` (mteb results, one revision folder per seed,
 `evaluate.py run`), `comparison/` (`evaluate.py compare` against the base arm: `comparison.md`, CSVs, figure).
-Resumable: an arm whose `model/` exists is not retrained, an interrupted arm resumes from its last checkpoint, and
-finished tasks are not re-scored. Under torchrun every process trains; process 0 alone evaluates and compares.
+Resumable: a seed of an arm whose `model/` exists is not retrained, an interrupted one resumes from its last
+complete checkpoint, and finished tasks are not re-scored. Under torchrun every process trains; process 0 alone
+evaluates and compares.
 """
 
 import json
@@ -85,51 +92,51 @@ def arm_model_name(backbone: str, variant: int, arm: str) -> str:
     return f"poolattn/{Path(backbone).name}-v{variant}-{arm.replace('_', '-')}"
 
 
-def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone: str, train_argv: list[str]) -> Path:
-    """Train one arm unless its model exists; resume from the arm's last checkpoint if it was interrupted."""
+def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone: str, train_argv: list[str],
+              seeds: int = 1) -> list[Path]:
+    """Train one arm once per seed (`train.py --seeds`), resuming: finished seeds are kept, interrupted ones continue
+    from their last complete checkpoint. Returns the exported folders, one per seed."""
     arm_output = Path(output) / "arms" / arm
-    model = arm_output / "model"
-    if (model / "training_manifest.json").is_file():
-        logger.info("arm %s: trained already (%s)", arm, model)
-        return model
-    resume = ["--resume_from_checkpoint", "true"] if any(arm_output.glob("checkpoint-*")) else []
-    logger.info("arm %s: training%s with overrides %s", arm, " (resuming)" if resume else "", json.dumps(overrides))
+    logger.info("arm %s: %d seed(s), overrides %s", arm, seeds, json.dumps(overrides))
     started = time.time()
     exported = training.main([
         *train_argv, "--variant", str(base_variant), "--output_dir", str(arm_output),
         "--config_overrides", json.dumps(overrides), "--model_name", arm_model_name(backbone, base_variant, arm),
-        *resume,
-    ])[0]
-    logger.info("arm %s: trained in %.0f s", arm, time.time() - started)
+        "--seeds", str(seeds), "--resume_from_checkpoint", "true",
+    ])
+    logger.info("arm %s: ready in %.0f s", arm, time.time() - started)
     return exported
 
 
-def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), tasks=None,
-                 categories=None, benchmark=None, data_dir=DEFAULT_DATA, budget: int | None = DEFAULT_BUDGET,
-                 batch_size: int = 32):
-    """Train every arm (every process under torchrun), then on process 0 score each arm and compare it with the base.
+def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), seeds: int = 1,
+                 tasks=None, categories=None, benchmark=None, data_dir=DEFAULT_DATA,
+                 budget: int | None = DEFAULT_BUDGET, batch_size: int = 32):
+    """Train every arm once per seed (every process under torchrun), then on process 0 score each arm's seeds and
+    compare the arms with the base arm, seeds grouped as replicates.
 
     Returns the evaluation run (failed tasks in `.failures`), or None on processes other than 0.
     """
     chosen = arms(ablation)  # checks the name before anything runs
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: give how many seeds to train each arm with, >= 1.")
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
     backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
     started = time.time()
     models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
-                             train_argv=list(train_argv))
+                             train_argv=list(train_argv), seeds=seeds)
               for arm, overrides in chosen.items()}
     if int(os.environ.get("RANK", 0)) != 0:
         return None
     results = Path(output) / "results"
-    evaluation = evaluate_models([str(folder) for folder in models.values()], output=results, tasks=tasks,
-                                 categories=categories, benchmark=benchmark, data_dir=data_dir or None,
+    evaluation = evaluate_models([str(folder) for folders in models.values() for folder in folders], output=results,
+                                 tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir or None,
                                  budget=budget, batch_size=batch_size)
     # exactly these weights' results, never an older arm's
-    exported = {arm: ExportedModel.read(folder) for arm, folder in models.items()}
+    exported = {arm: [ExportedModel.read(folder) for folder in folders] for arm, folders in models.items()}
     folders = [results_folder(results, model.mteb_name, budget_revision(model.fingerprint, budget))
-               for model in exported.values()]
-    compare_results(folders, output=Path(output) / "comparison", baseline=exported[BASE_ARM].mteb_name)
+               for replicates in exported.values() for model in replicates]
+    compare_results(folders, output=Path(output) / "comparison", baseline=exported[BASE_ARM][0].mteb_name)
     logger.info("ablation %s: %d arms, wall time %.0f s; comparison in %s", ablation, len(models),
                 time.time() - started, Path(output) / "comparison" / "comparison.md")
     return evaluation

@@ -187,6 +187,8 @@ def ablate_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
     parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
+    parser.add_argument("--seeds", type=int, default=1, help="train every arm with N seeds (train.py's --seed and "
+                                                                 "the next N-1), grouped as replicates (default 1)")
     parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
     parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
                                         f"{','.join(ablation.DEFAULT_CATEGORIES)})")
@@ -208,13 +210,13 @@ def ablate(argv: list[str] | None = None) -> int:
     _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
     try:
         run = ablation.run_ablation(
-            args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv,
+            args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv, seeds=args.seeds,
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
             benchmark=args.benchmark, data_dir=args.data_dir, budget=args.budget or None, batch_size=args.batch_size,
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")
-    except (evaluation.EvaluationError, LocalTaskError, ResultsError) as error:
+    except ValueError as error:  # EvaluationError, LocalTaskError, ResultsError, bad --seeds or training flags
         sys.exit(f"ablate: {error}")
     for failure in run.failures if run else []:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")

@@ -7,6 +7,7 @@ tests per category with Holm correction, a figure and a summary for model cards.
 """
 
 import csv
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,13 @@ from .results import (
     CATEGORY_ORDER,
     PREDICTIONS_FOLDER,
     ModelResults,
+    SeedReplicates,
     TaskInfo,
+    TrainingOrigin,
     category_rank,
+    group_replicates,
     mean,
-    read_results,
+    read_runs,
     results_folder,
     write_run_settings,
 )
@@ -197,7 +201,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             selected = [cap_task(task, budget) for task in selected]
             revision = budget_revision(encoder.mteb_model_meta.revision, budget)
             encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
-        meta = encoder.mteb_model_meta
+        meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
         folder = results_folder(output, meta.name, meta.revision)
         predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
         predictions.mkdir(parents=True, exist_ok=True)
@@ -208,7 +212,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
-            "budget": budget,
+            "budget": budget, "training": dataclasses.asdict(origin) if origin else None,
         }, infos)
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
@@ -254,8 +258,9 @@ def task_units(results: ModelResults, task: str, predictions: dict):
     raise EvaluationError(f"no paired test for {info.type} tasks in this layout yet")
 
 
-def paired_tests(a: ModelResults, b: ModelResults) -> tuple[list, dict[str, str]]:
-    """Paired bootstrap tests of model a against model b on every task both scored on the same units, Holm-corrected
+def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, str]]:
+    """Paired bootstrap tests of model a against model b on every task both scored on the same units, over their seed
+    replicates (`paired.replicated_bootstrap`; seeds matched one to one when both have the same seeds), Holm-corrected
     within each category; and the tasks left out, with the reason."""
     from . import paired
 
@@ -263,21 +268,25 @@ def paired_tests(a: ModelResults, b: ModelResults) -> tuple[list, dict[str, str]
     if (a.data_dir, a.budget) != (b.data_dir, b.budget):
         return [], {"all tasks": "the two runs read different data or budgets, so their units differ"}
     categories = a.categories
+    paired_seeds = len(a.runs) > 1 and a.seeds == b.seeds  # sorted by seed: run i of a and b share seed i
     for task in sorted(set(a.scores) & set(b.scores)):
         predictions_a, predictions_b = a.predictions(task), b.predictions(task)
         if predictions_a is None or predictions_b is None:
             skipped[task] = "no saved predictions (a run before poolattn kept them; re-run with --overwrite)"
             continue
-        if _subsets_and_splits(predictions_a) != _subsets_and_splits(predictions_b):
-            skipped[task] = "the two runs scored different subsets or splits"
+        layouts = {tuple(_subsets_and_splits(predictions)) for predictions in predictions_a + predictions_b}
+        if len(layouts) != 1:
+            skipped[task] = "the runs scored different subsets or splits"
             continue
         try:
-            units, prediction_a = task_units(a, task, predictions_a)
+            units, _ = task_units(a.runs[0], task, predictions_a[0])
         except EvaluationError as error:
             skipped[task] = str(error)
             continue
-        (subset, split), = _subsets_and_splits(predictions_b)
-        tests.append(paired.paired_bootstrap(units, prediction_a, predictions_b[subset][split], task=task))
+        ((subset, split),) = layouts.pop()
+        tests.append(paired.replicated_bootstrap(
+            units, [predictions[subset][split] for predictions in predictions_a],
+            [predictions[subset][split] for predictions in predictions_b], paired_seeds=paired_seeds, task=task))
     for category in {categories[test.task] for test in tests}:
         paired.holm([test for test in tests if categories[test.task] == category])
     return tests, skipped
@@ -301,13 +310,16 @@ class Comparison:
 
 
 def compare_results(result_folders: list, *, output, baseline: str | None = None) -> Comparison:
-    """Tables, Wilcoxon tests per category (Holm-corrected) against `baseline`, a figure and a summary, in `output`.
+    """Tables, Wilcoxon tests per category (Holm-corrected) and paired tests within tasks against `baseline`, a figure
+    and a summary, in `output`.
 
-    `result_folders` are model or revision folders of an evaluation's results (`results.read_results`).
+    `result_folders` are model or revision folders of an evaluation's results (`results.read_runs`). Runs of one model
+    trained with several seeds are grouped (`results.group_replicates`): tables give the mean over seeds with the
+    sample standard deviation, Wilcoxon pairs the seed means by task, the paired tests resample seeds as well.
     """
     from .stats import category_test_table, markdown_table, wilcoxon_by_category
 
-    loaded = [read_results(folder) for folder in result_folders]
+    loaded = [run for folder in result_folders for run in read_runs(folder)]
     seen: dict[tuple[str, str], Path] = {}
     for results in loaded:
         if (results.name, results.revision) in seen:
@@ -315,17 +327,28 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
                                   f"same model and weights ({results.name}, revision {results.revision}); give each "
                                   "model once.")
         seen[results.name, results.revision] = results.folder
-    names = [results.name for results in loaded]
-    if len(set(names)) != len(names):  # one name, different weights: told apart by their revisions
-        names = [f"{results.name} ({results.revision})" for results in loaded]
-    scores = {name: results.scores for name, results in zip(names, loaded)}
-    categories = {task: category for results in loaded for task, category in results.categories.items()}
+    budgets = {results.budget for results in loaded}
+    if len(budgets) > 1:
+        raise EvaluationError(f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
+                              "compare runs scored on the same units (the same --budget, or none): give the revision "
+                              "folders of one budget (e.g. <model folder>/<fingerprint>-budget100).")
+    budget = budgets.pop()
+    groups, grouping_notes = group_replicates(loaded)
+    names = [group.label for group in groups]
+    by_name = dict(zip(names, groups))
+    scores = {group.label: group.scores for group in groups}
+    categories = {task: category for group in groups for task, category in group.categories.items()}
     baseline = baseline or names[0]
     if baseline not in scores:
         raise EvaluationError(f"--baseline {baseline!r} is not one of {names}.")
     tasks = sorted(categories, key=lambda t: (category_rank(categories[t]), t))
-    means = {name: results.category_means() for name, results in zip(names, loaded)}
+    means = {group.label: group.category_means() for group in groups}
+    spreads = {group.label: group.category_spread() for group in groups}
     used_categories = sorted({categories[t] for t in tasks}, key=category_rank)
+    replicated = any(len(group.runs) > 1 for group in groups)
+
+    def with_spread(value, spread):
+        return value if spread is None or value is None else f"{value:.4f} ± {spread:.4f}"
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -336,37 +359,63 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     tests = {name: wilcoxon_by_category(scores[name], scores[baseline], categories)
              for name in names if name != baseline}
 
-    budgets = {results.budget for results in loaded}
-    if len(budgets) > 1:
-        raise EvaluationError(f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
-                              "compare runs scored on the same units (the same --budget, or none).")
-    budget = budgets.pop()
+    seeds_line = "; ".join(f"{group.label}: {len(group.runs)} ({', '.join(map(str, group.seeds))})"
+                           for group in groups)
     report = ["# Comparison", "",
               *([f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
                  "these models, not with published MTEB numbers.", ""] if budget else []),
+              *([f"Seeds (training replicates) per model: {seeds_line}. A score is the mean over a model's seeds, "
+                 "± the sample standard deviation over its seeds (the seed spread).", ""] if replicated else []),
+              *[f"Note: {note}" for note in grouping_notes],
+              *[f"Note: {group.label}: {task} left out ({why})." for group in groups
+                for task, why in group.left_out.items()],
+              *([""] if grouping_notes or any(group.left_out for group in groups) else []),
               "## Per task (main score)", "",
-              markdown_table(["task", "category", *names], task_rows), "",
+              markdown_table(["task", "category", *names],
+                             [[task, categories[task], *[with_spread(scores[name].get(task), by_name[name].spread(task)
+                                                                      if task in scores[name] else None)
+                                                          for name in names]] for task in tasks]), "",
               "## Per category (mean main score)", "",
-              markdown_table(["category", "tasks", *names], category_rows + [average_row]), ""]
-    by_name = dict(zip(names, loaded))
+              markdown_table(["category", "tasks", *names],
+                             [[category, count, *[with_spread(value, spreads[name].get(category))
+                                                  for name, value in zip(names, values)]]
+                              for category, count, *values in category_rows] + [average_row]), ""]
     paired_rows = []
     for name, category_tests in tests.items():
         report += [f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected", "",
+                   *(["Over the seed means of each task.", ""] if replicated else []),
                    category_test_table(category_tests, name, baseline), ""]
         within, skipped = paired_tests(by_name[name], by_name[baseline])
         report += paired_section(name, baseline, within, skipped, categories)
-        paired_rows += [[name, baseline, test.task, categories[test.task], test.units, test.score_a, test.score_b,
-                         test.difference, test.low, test.high, test.p_value, test.p_holm] for test in within]
+        paired_rows += [[name, baseline, test.task, categories[test.task], test.units, test.seeds_a, test.seeds_b,
+                         test.score_a, test.score_b, test.difference, test.low, test.high, test.p_value, test.p_holm]
+                        for test in within]
     files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
-                                        "per_category.png", "paired_tests.csv")]
+                                        "per_category.png", "paired_tests.csv", "per_seed.csv")]
     files[0].write_text("\n".join(report))
-    _write_csv(files[5], ["model", "baseline", "task", "category", "units", "model score", "baseline score",
-                          "difference", "95% low", "95% high", "p", "p (Holm, category)"], paired_rows)
-    _write_csv(files[1], ["task", "category", *names], task_rows)
-    _write_csv(files[2], ["category", "tasks", *names], category_rows + [average_row])
+    _write_csv(files[5], ["model", "baseline", "task", "category", "units", "model seeds", "baseline seeds",
+                          "model score", "baseline score", "difference", "95% low", "95% high", "p",
+                          "p (Holm, category)"], paired_rows)
+    _write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]],
+               [[*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
+                for row in task_rows])
+    _write_csv(files[2], ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
+               [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
+               + [[*average_row, *[None for _ in names]]])
+    _write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"],
+               [[group.label, seed, run.revision, task, categories[task], run.scores[task]]
+                for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
     files[3].write_text(summary_block(names, means, used_categories, tests, baseline))
     plot_categories(files[4], names, means, used_categories, tests)
     return Comparison("\n".join(report), files)
+
+
+SEED_RESAMPLING = (
+    "With seed replicates, each resample also draws every model's seeds with replacement (one draw for both when "
+    "their seeds match one to one, as the same seed gives the same data order), so the interval holds the training "
+    "noise between seeds too (a bootstrap over n seeds sees (n-1)/n of their variance: with 2 seeds that part of the "
+    "interval is about 0.71 of its width). "
+)
 
 
 def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str], categories: dict) -> list[str]:
@@ -379,9 +428,10 @@ def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str
              f"({RESAMPLES} resamples, seed 0): the difference of main scores, its 95% percentile interval, and a "
              "two-sided p from the bootstrap distribution shifted to the null; Holm-corrected over the tasks of each "
              "category. "
-             "Why not Wilcoxon here: over 5 or fewer datasets it cannot reach p < 0.05, and over units a rank or sign "
-             "test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to the "
-             "question of how large a difference is.", ""]
+             + (SEED_RESAMPLING if any(test.seeds_a > 1 or test.seeds_b > 1 for test in tests) else "")
+             + "Why not Wilcoxon here: over 5 or fewer datasets it cannot reach p < 0.05, and over units a rank or "
+             "sign test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to "
+             "the question of how large a difference is.", ""]
     if tests:
         rows = [[test.task, categories[test.task], test.units, test.score_a, test.score_b, test.difference,
                  f"[{test.low:.4f}, {test.high:.4f}]", test.p_value, test.p_holm,

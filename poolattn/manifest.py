@@ -36,6 +36,15 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "training_manifest.json"
 RECORDED_LIBRARIES = ("poolattn", "torch", "transformers", "peft", "accelerate", "datasets")
+# Arguments that do not change what is trained (beyond the seed): left out of `recipe_fingerprint`.
+RUN_ONLY_ARGUMENTS = frozenset({
+    "seed", "data_seed", "seeds", "variant", "model_name", "output_dir", "resume_from_checkpoint", "run_name",
+    "report_to", "project", "disable_tqdm", "use_cpu", "local_rank", "ddp_timeout", "skip_memory_metrics",
+    "export_check_texts", "per_device_eval_batch_size", "eval_batch_size", "push_to_hub",
+    "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
+    "dataloader_multiprocessing_context",
+})
+RUN_ONLY_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "do_", "trackio_")
 
 
 class ManifestError(ValueError):
@@ -258,6 +267,26 @@ class TrainingManifest(Record):
     @property
     def losses(self) -> list[float]:
         return [loss for _, loss in self.loss_history]
+
+    def recipe_fingerprint(self) -> str:
+        """A hash of what was trained and how, leaving out the seed and where and how the run was logged and saved:
+        the runs of one recipe with different seeds (replicates) share it.
+
+        >>> one = TrainingManifest(variant=5, backbone="b", seed=42, hyperparameters={"learning_rate": 1e-4,
+        ...                        "seed": 42, "output_dir": "out/seed-42"})
+        >>> other = dataclasses.replace(one, seed=43, hyperparameters={**one.hyperparameters, "seed": 43,
+        ...                             "output_dir": "out/seed-43"})
+        >>> one.recipe_fingerprint() == other.recipe_fingerprint()
+        True
+        >>> faster = dataclasses.replace(one, hyperparameters={"learning_rate": 2e-4})
+        >>> one.recipe_fingerprint() == faster.recipe_fingerprint()
+        False
+        """
+        recipe = {key: value for key, value in self.hyperparameters.items()
+                  if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)}
+        text = json.dumps({"variant": self.variant, "backbone": self.backbone, "poolattn_config": self.poolattn_config,
+                           "hyperparameters": recipe}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _upgrade_from_v0(values: dict) -> dict:

@@ -13,6 +13,9 @@ Wilcoxon tests do not apply; with many units those would also call tiny differen
 - the interval is the 2.5th-97.5th percentile of the bootstrap differences (95%);
 - the two-sided p-value counts bootstrap differences at least as far from the observed one as the observed one is
   from zero (the bootstrap distribution shifted to the null): p = (1 + #{|d* - d| >= |d|}) / (B + 1).
+- seed replicates (`replicated_bootstrap`): a model trained with several seeds scores the mean of its seeds, and
+  each resample also draws its seeds with replacement (one draw for both models when their seeds match one to one),
+  so the interval holds the training noise between seeds as well as the test-set noise.
 
 Units and main scores, per task type (from mteb's predictions saved by the evaluation,
 `predictions/<Task>_predictions.json`, and the gold of the same task data):
@@ -63,7 +66,9 @@ class Units:
 
 @dataclass
 class PairedTest:
-    """Model a against model b on one task: main scores, their difference with its 95% interval, and the p-value."""
+    """Model a against model b on one task: main scores, their difference with its 95% interval, and the p-value.
+
+    With seed replicates (`replicated_bootstrap`) the scores are means over each model's seeds."""
 
     task: str
     units: int
@@ -75,6 +80,9 @@ class PairedTest:
     p_value: float
     resamples: int
     p_holm: float | None = None
+    seeds_a: int = 1  # training seeds (replicates) behind score_a
+    seeds_b: int = 1
+    paired_seeds: bool = False  # seeds matched one to one (the same seed: the same data order for both models)
 
     def significant(self, alpha: float = 0.05) -> bool:
         return (self.p_holm if self.p_holm is not None else self.p_value) < alpha
@@ -83,20 +91,50 @@ class PairedTest:
 def paired_bootstrap(units: Units, predictions_a, predictions_b, *, task: str = "", resamples: int = RESAMPLES,
                      seed: int = SEED) -> PairedTest:
     """The paired bootstrap of `units`' statistic for two models' predictions (see the module doc)."""
+    return replicated_bootstrap(units, [predictions_a], [predictions_b], task=task, resamples=resamples, seed=seed)
+
+
+def replicated_bootstrap(units: Units, runs_a: list, runs_b: list, *, paired_seeds: bool = False, task: str = "",
+                         resamples: int = RESAMPLES, seed: int = SEED) -> PairedTest:
+    """The paired bootstrap over units and, where a model was trained with several seeds, over its seeds too.
+
+    `runs_a` and `runs_b` hold each model's predictions, one per training seed. A model's score is the mean of its
+    seeds' scores. Each resample draws the units (the same for every run of both models) and, for a model with several
+    seeds, as many seeds with replacement, so the interval holds both the test-set noise and the seed-to-seed
+    (training) noise. With `paired_seeds` the runs are matched one to one (`runs_a[i]` and `runs_b[i]` share a seed,
+    hence the data order) and one seed draw serves both models. With one seed each this is `paired_bootstrap`.
+    A bootstrap over n seeds sees (n-1)/n of their variance: with 2 seeds the seed part of the interval is about
+    0.71 (sqrt(1/2)) of its width; use 3 or more seeds for a claim that rests on it.
+    """
+    if not runs_a or not runs_b:
+        raise ValueError("replicated_bootstrap needs at least one run (seed) of each model.")
+    if paired_seeds and len(runs_a) != len(runs_b):
+        raise ValueError(f"paired_seeds needs as many runs of each model, got {len(runs_a)} and {len(runs_b)}.")
     rng = np.random.default_rng(seed)
     everything = units.everything()
-    score_a, score_b = units.statistic(predictions_a, everything), units.statistic(predictions_b, everything)
+    full_a = [units.statistic(run, everything) for run in runs_a]
+    full_b = [units.statistic(run, everything) for run in runs_b]
+    score_a, score_b = float(np.mean(full_a)), float(np.mean(full_b))
     observed = score_a - score_b
     differences = np.empty(resamples)
     for index in range(resamples):
         sample = units.resample(rng)
-        differences[index] = units.statistic(predictions_a, sample) - units.statistic(predictions_b, sample)
+        seeds_a = _draw_seeds(rng, len(runs_a))
+        seeds_b = seeds_a if paired_seeds else _draw_seeds(rng, len(runs_b))
+        scores_a = [units.statistic(run, sample) for run in runs_a]
+        scores_b = [units.statistic(run, sample) for run in runs_b]
+        differences[index] = np.mean([scores_a[i] for i in seeds_a]) - np.mean([scores_b[i] for i in seeds_b])
     differences = np.nan_to_num(differences, nan=0.0)
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
     p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
     low, high = np.percentile(differences, [2.5, 97.5])
-    return PairedTest(task, units.count, float(score_a), float(score_b), float(observed), float(low), float(high),
-                      p_value, resamples)
+    return PairedTest(task, units.count, score_a, score_b, float(observed), float(low), float(high), p_value,
+                      resamples, seeds_a=len(runs_a), seeds_b=len(runs_b), paired_seeds=paired_seeds)
+
+
+def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` seed indices with replacement; one seed draws nothing (the random stream stays that of units alone)."""
+    return rng.integers(0, count, count) if count > 1 else np.zeros(1, dtype=int)
 
 
 def holm(tests: list[PairedTest]) -> None:

@@ -85,6 +85,23 @@ class TaskInfo:
         return metadata._hf_task_type()[0] if hasattr(metadata, "_hf_task_type") else "sentence-similarity"
 
 
+@dataclass(frozen=True)
+class TrainingOrigin:
+    """Where the scored weights come from: the training seed and the recipe (`TrainingManifest.recipe_fingerprint`).
+    Runs of one name and recipe with different seeds are replicates (`SeedReplicates`)."""
+
+    seed: int | None
+    recipe: str | None
+
+    @classmethod
+    def of_model(cls, model: str) -> "TrainingOrigin | None":
+        """The origin of a poolattn folder with a training manifest, else None (a baseline, a Hub model)."""
+        from .manifest import ExportedModel, is_poolattn_folder
+
+        manifest = ExportedModel.read(model).manifest if is_poolattn_folder(model) else None
+        return cls(manifest.seed, manifest.recipe_fingerprint()) if manifest else None
+
+
 @dataclass
 class ModelResults:
     """One model's mteb results at one revision (mteb `TaskResult`s), with how the run encoded."""
@@ -97,6 +114,7 @@ class ModelResults:
     recorded_tasks: dict[str, TaskInfo] = field(default_factory=dict, repr=False)  # local tasks, from the run
     budget: int | None = None  # at most this many units per task (`budget.py`), or None: the full tasks
     data_dir: str | None = None  # the local task copies the run read, or None: the Hub
+    origin: TrainingOrigin | None = None  # the training seed and recipe of the weights, when poolattn trained them
 
     def predictions(self, task: str) -> dict | None:
         """mteb's saved predictions of `task` ({subset: {split: ...}}), or None when the run kept none."""
@@ -166,8 +184,142 @@ def read_results(folder) -> ModelResults:
     name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
+    origin = TrainingOrigin(**settings["training"]) if settings.get("training") else None
     return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded,
-                        settings.get("budget"), settings.get("data_dir"))
+                        settings.get("budget"), settings.get("data_dir"), origin)
+
+
+def read_runs(folder) -> list[ModelResults]:
+    """Every revision's results under a model folder (e.g. one per training seed), or the one in a revision folder."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(folder.glob("*.json")):
+        revisions = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.json")))
+        if revisions:
+            return [read_results(revision) for revision in revisions]
+    return [read_results(folder)]
+
+
+@dataclass
+class SeedReplicates:
+    """One model's results over its training seeds: runs of one name and recipe, each trained with its own seed,
+    scored on the same data. A model trained once (or not by poolattn) is a group of one run.
+
+    Its score on a task is the mean over the seeds; only tasks every seed scored count, so a category mean never
+    averages different task sets (`left_out` names the others).
+    """
+
+    label: str  # how tables name it
+    runs: list[ModelResults]  # sorted by seed
+
+    @property
+    def name(self) -> str:
+        return self.runs[0].name
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.origin.seed if run.origin else None for run in self.runs]
+
+    @property
+    def budget(self) -> int | None:
+        return self.runs[0].budget
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.runs[0].data_dir
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(set.intersection(*(set(run.scores) for run in self.runs)))
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Tasks some seeds scored and others did not, with how many did."""
+        every = set().union(*(run.scores for run in self.runs)) - set(self.tasks)
+        return {task: f"scored by {sum(task in run.scores for run in self.runs)} of {len(self.runs)} seeds"
+                for task in sorted(every)}
+
+    @property
+    def seed_scores(self) -> dict[str, list[float]]:
+        """Task -> main score of every seed, in `runs` order."""
+        return {task: [run.scores[task] for run in self.runs] for task in self.tasks}
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {task: mean(values) for task, values in self.seed_scores.items()}
+
+    @property
+    def categories(self) -> dict[str, str]:
+        categories = self.runs[0].categories
+        return {task: categories[task] for task in self.tasks}
+
+    def category_means(self) -> dict[str, float]:
+        return category_means(self.scores, self.categories)
+
+    def spread(self, task: str) -> float | None:
+        """Sample standard deviation of the task's score over the seeds; None with one seed."""
+        return standard_deviation(self.seed_scores[task])
+
+    def category_spread(self) -> dict[str, float | None]:
+        """Per category: the sample standard deviation over seeds of each seed's category mean."""
+        categories = self.categories
+        per_seed = [category_means({task: run.scores[task] for task in self.tasks}, categories) for run in self.runs]
+        return {category: standard_deviation([means[category] for means in per_seed]) for category in per_seed[0]}
+
+    def predictions(self, task: str) -> list | None:
+        """Every seed's saved predictions of `task`, or None when a run kept none."""
+        predictions = [run.predictions(task) for run in self.runs]
+        return None if any(prediction is None for prediction in predictions) else predictions
+
+
+def standard_deviation(values) -> float | None:
+    """Sample standard deviation (n - 1); None for fewer than two values.
+
+    >>> standard_deviation([0.5, 0.7])
+    0.1414...
+    """
+    values = list(values)
+    if len(values) < 2:
+        return None
+    average = sum(values) / len(values)
+    return (sum((value - average) ** 2 for value in values) / (len(values) - 1)) ** 0.5
+
+
+def group_replicates(runs: list[ModelResults]) -> tuple[list[SeedReplicates], list[str]]:
+    """Seed replicates grouped, in first-seen order; and a note for every set of runs of one name left ungrouped.
+
+    Runs are one model's seeds when they share the name, the recipe and the data, and each has its own seed. Runs of
+    one name that are not (no training record, another recipe, a repeated seed) stay apart, named by revision, and
+    never mix with another model's runs.
+    """
+    by_name: dict[str, list[ModelResults]] = {}
+    for run in runs:
+        by_name.setdefault(run.name, []).append(run)
+    groups, notes = [], []
+    for name, members in by_name.items():
+        by_recipe: dict[tuple, list[ModelResults]] = {}
+        for run in members:
+            key = (run.origin.recipe, run.data_dir) if run.origin and run.origin.seed is not None else (run.revision,)
+            by_recipe.setdefault(key, []).append(run)
+        for key, replicates in list(by_recipe.items()):
+            seeds = [run.origin.seed for run in replicates] if len(key) == 2 else [None]
+            if len(set(seeds)) != len(seeds):
+                notes.append(f"{name}: {len(replicates)} runs of one recipe share seeds {sorted(seeds)}; they are "
+                             "not independent replicates and are listed apart, by revision.")
+                del by_recipe[key]
+                by_recipe.update({(run.revision,): [run] for run in replicates})
+        if len(by_recipe) > 1:
+            notes.append(f"{name}: {len(members)} runs of {len(by_recipe)} different recipes, data or untracked "
+                         "origins; each is listed apart, by revision (or by recipe for seed groups).")
+        for key, replicates in by_recipe.items():
+            replicates = sorted(replicates, key=lambda run: run.origin.seed if len(key) == 2 else 0)
+            if len(by_recipe) == 1:
+                label = name
+            elif len(replicates) > 1:
+                label = f"{name} (recipe {key[0]})"
+            else:
+                label = f"{name} ({replicates[0].revision})"
+            groups.append(SeedReplicates(label, replicates))
+    return groups, notes
 
 
 def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = ()) -> Path:

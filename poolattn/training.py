@@ -26,6 +26,7 @@ from .data import SAMPLE_TRIPLETS, TripletCollator, Triplets, load_triplets
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
 from .manifest import (
+    MANIFEST_FILE,
     ContrastiveBatch,
     DataRecord,
     TrainableParameters,
@@ -56,7 +57,8 @@ PRESETS = {
 
 @dataclass
 class ModelArguments:
-    variant: str = field(default="5", metadata={"help": "paper variant 1-5, or 'all' to train the five in turn"})
+    variant: str = field(default="5", metadata={
+        "help": "paper variant 1-5, several comma-separated (e.g. 1,5), or 'all' to train the five in turn"})
     backbone: str = field(default=DEFAULT_BACKBONE,
                           metadata={"help": "decoder LLM: local folder, Hub id or 'smollm2-135m'"})
     config_overrides: str | None = field(default=None, metadata={
@@ -72,8 +74,10 @@ class ModelArguments:
         "help": "ORG/NAME the model is reported under (mteb); default poolattn/<backbone>-v<N>"})
 
     def __post_init__(self):
-        if self.variant != "all" and self.variant not in {"1", "2", "3", "4", "5"}:
-            raise ValueError(f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5, all.")
+        given = [] if self.variant == "all" else [part.strip() for part in self.variant.split(",")]
+        if any(part not in {"1", "2", "3", "4", "5"} for part in given) or len(set(given)) != len(given):
+            raise ValueError(f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5, several of "
+                             "them comma-separated (each once, e.g. 1,5), or all.")
         if self.model_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--model_dtype {self.model_dtype!r}: allowed values are float32, bfloat16, float16.")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
@@ -88,7 +92,7 @@ class ModelArguments:
 
     @property
     def variants(self) -> list[int]:
-        return [1, 2, 3, 4, 5] if self.variant == "all" else [int(self.variant)]
+        return [1, 2, 3, 4, 5] if self.variant == "all" else sorted(int(part) for part in self.variant.split(","))
 
     def model_name_for(self, variant: int) -> str | None:
         """`--model_name`, suffixed `-v<N>` when several variants are trained; None for the default name."""
@@ -116,6 +120,8 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
     """The trainer's arguments plus the run's: its output folder, the export check and publishing."""
 
     output_dir: str | None = field(default=None, metadata={"help": "default outputs/<backbone>-v<variant>"})
+    seeds: int = field(default=1, metadata={
+        "help": "train every variant once per seed: --seed, --seed+1, ... (replicates; <output_dir>/seed-<S>/ each)"})
     export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
     hub_dry_run: str | None = field(
         default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
@@ -143,6 +149,11 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
         if (self.publish_to_hub or self.hub_dry_run) and not self.hub_model_id:
             raise ValueError("--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to "
                              "ORG/NAME-v<N>).")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds {self.seeds}: give how many seeds to train each variant with, >= 1.")
+        if self.seeds > 1 and (self.publish_to_hub or self.hub_dry_run):
+            raise ValueError(f"--seeds {self.seeds} with --push_to_hub/--hub_dry_run: a Hub repository holds one "
+                             "model; train the seeds, then publish the one you choose with publish.py.")
         if self.publish_to_hub:
             try:
                 check_push_possible(self.hub_token)  # before training, not after
@@ -215,18 +226,15 @@ def training_manifest(variant: int, base, trainer, result, model_args: ModelArgu
     )
 
 
-def restore_finished_run(trainer, resume):
-    """When the checkpoint to resume from already reached max_steps, load it and return its TrainOutput, else None.
+def restore_finished_run(trainer, checkpoint: str | None):
+    """When `checkpoint` (the one to resume from) reached max_steps, load it and return its TrainOutput, else None.
 
     The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
     (and export a different model than the uninterrupted run, e.g. after a crash during the export).
     """
     from transformers.trainer_callback import TrainerState
-    from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+    from transformers.trainer_utils import TrainOutput
 
-    if not resume:
-        return None
-    checkpoint = get_last_checkpoint(trainer.args.output_dir) if resume is True else resume
     if not checkpoint or not (Path(checkpoint) / "trainer_state.json").is_file() or trainer.args.max_steps <= 0:
         return None  # nothing to restore here: the Trainer resumes (or explains why it cannot)
     state_file = Path(checkpoint) / "trainer_state.json"
@@ -264,8 +272,7 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
     if trainer.is_world_process_zero():
         logger.info("variant %d: contrastive batch per loss call = %s", variant, batch.describe())
         logger.info("variant %d: trainable parameters: %s", variant, parameters.describe())
-    resume = training_args.resume_from_checkpoint
-    resume = True if isinstance(resume, str) and resume.lower() in ("true", "latest") else resume
+    resume = training_args.resume_from_checkpoint  # a checkpoint folder or None (`run` resolves "true")
     started = time.time()
     result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
     manifest = training_manifest(variant, base, trainer, result, model_args, data_args, training_args, triplets,
@@ -279,25 +286,83 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
     return destination
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a job: a variant trained with a seed, into its own output folder."""
+
+    variant: int
+    seed: int
+    output_dir: Path
+
+    @property
+    def model(self) -> Path:
+        return self.output_dir / "model"
+
+
+def planned_runs(model_args: ModelArguments, training_args: TrainingRunArguments, base_output) -> list[PlannedRun]:
+    """Every (variant, seed) of a job, in training order. One variant and one seed write to `base_output` itself;
+    several variants to `v<N>/`, several seeds (--seed, --seed+1, ...) to `seed-<S>/` below that.
+
+    >>> model_args, _, training_args = parse_arguments(["--variant", "1,5", "--seeds", "2", "--seed", "7"])
+    >>> [(run.variant, run.seed, run.output_dir.as_posix()) for run in planned_runs(model_args, training_args, "out")]
+    [(1, 7, 'out/v1/seed-7'), (1, 8, 'out/v1/seed-8'), (5, 7, 'out/v5/seed-7'), (5, 8, 'out/v5/seed-8')]
+    """
+    seeds = [training_args.seed + offset for offset in range(training_args.seeds)]
+    runs = []
+    for variant in model_args.variants:
+        folder = Path(base_output) / f"v{variant}" if len(model_args.variants) > 1 else Path(base_output)
+        runs += [PlannedRun(variant, seed, folder / f"seed-{seed}" if len(seeds) > 1 else folder) for seed in seeds]
+    return runs
+
+
+def last_complete_checkpoint(folder) -> str | None:
+    """The newest `checkpoint-<step>` folder of `folder` that holds `trainer_state.json` (the Trainer writes it last,
+    so a checkpoint killed while being written is passed over), or None."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    complete = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:
-    """Train, export and (with --push_to_hub / --hub_dry_run) publish every requested variant; the exported folders."""
+    """Train, export and (with --push_to_hub / --hub_dry_run) publish every requested variant and seed; the exported
+    folders, in `planned_runs` order.
+
+    `--resume_from_checkpoint true` resumes the whole job: finished runs (an exported model) are kept, interrupted
+    ones continue from their last complete checkpoint, the others start at step 0.
+    """
     # data, validated before anything is written
     triplets = load_triplets(data_args.train_data, split=data_args.data_split,
                              skip_invalid=data_args.skip_invalid_rows)
     if data_args.max_train_samples:
         triplets.rows = triplets.rows[: data_args.max_train_samples]
-    backbone_path = resolve_backbone(model_args.backbone)
     base_output = (
         training_args.output_dir
         if training_args.output_dir_was_given
-        else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant}"
+        else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant.replace(',', '-')}"
     )
-    # per variant: model, trainer, training, export
+    runs = planned_runs(model_args, training_args, base_output)
+    resume = training_args.resume_from_checkpoint
+    resume_latest = isinstance(resume, str) and resume.lower() in ("true", "latest")
+    if resume and not resume_latest and len(runs) > 1:
+        raise ValueError(f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
+                         "runs (variants x seeds); give `true` to resume each from its own last checkpoint.")
+    backbone_path = resolve_backbone(model_args.backbone)
     exported = []
-    for variant in model_args.variants:
-        several = len(model_args.variants) > 1
-        training_args.output_dir = str(Path(base_output) / f"v{variant}") if several else base_output
-        exported.append(train_variant(variant, model_args, data_args, training_args, triplets, backbone_path))
+    for planned in runs:
+        if resume_latest and (planned.model / MANIFEST_FILE).is_file():
+            logger.info("variant %d, seed %d: finished already (%s), not retrained", planned.variant, planned.seed,
+                        planned.model)
+            exported.append(planned.model)
+            continue
+        training_args.output_dir, training_args.seed = str(planned.output_dir), planned.seed
+        if resume_latest:
+            training_args.resume_from_checkpoint = last_complete_checkpoint(planned.output_dir)
+            logger.info("variant %d, seed %d: %s", planned.variant, planned.seed,
+                        f"resuming from {training_args.resume_from_checkpoint}" if training_args.resume_from_checkpoint
+                        else f"no complete checkpoint in {planned.output_dir}, training from step 0")
+        exported.append(train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path))
     finish_collectives()
     # Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:

@@ -89,11 +89,11 @@ def every_task_type(tmp_path_factory):
 
 def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type):
     from poolattn.evaluation import paired_tests
-    from poolattn.results import read_results
+    from poolattn.results import SeedReplicates, read_results
 
     _, folders = every_task_type
     v1, v5 = (read_results(folder) for folder in folders)
-    tests, skipped = paired_tests(v5, v1)
+    tests, skipped = paired_tests(SeedReplicates("v5", [v5]), SeedReplicates("v1", [v1]))
     assert not skipped
     assert {test.task for test in tests} == set(v5.scores) == {
         "STSBenchmark", "TwitterURLCorpus", "EmotionClassification", "TwentyNewsgroupsClustering", "MyRetrieval",

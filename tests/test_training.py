@@ -381,7 +381,7 @@ def test_arguments_from_a_json_file(tmp_path):
 
 
 def test_bad_arguments_name_what_is_allowed(tiny_backbone_folder):
-    with pytest.raises(ValueError, match=r"--variant '6' is not supported. Allowed values: 1, 2, 3, 4, 5, all"):
+    with pytest.raises(ValueError, match=r"--variant '6' is not supported. Allowed values: 1, 2, 3, 4, 5, several"):
         training.main(["--variant", "6", "--backbone", tiny_backbone_folder])
     with pytest.raises(ValueError, match=r"--temperature 0.0 must be > 0"):
         training.main(["--backbone", tiny_backbone_folder, "--temperature", "0", "--output_dir", "/tmp/never"])
