@@ -225,43 +225,45 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def task_units(results: ModelResults, task: str, predictions: dict):
-    """(`paired.Units`, the predictions of its one subset and split) for `task` as `results`' run scored it: the
-    gold of the same data (its data dir, its budget). Raises `EvaluationError` saying why a task cannot be tested."""
-    from . import paired
-
-    pairs = _subsets_and_splits(predictions)
-    if len(pairs) != 1:
-        raise EvaluationError(f"{len(pairs)} subsets/splits (paired tests take one)")
-    (subset, split), info = pairs[0], results.task_info(task)
+def task_gold(results: ModelResults, task: str) -> dict:
+    """{subset: {split: data}} of `task` as `results`' run scored it: the same data dir and budget, so the same units.
+    Raises `EvaluationError` when the data cannot be loaded."""
     try:
         loaded = load_task(task, data_dir=results.data_dir)
         loaded = cap_task(loaded, results.budget) if results.budget else loaded
         loaded.load_data()
     except Exception as error:  # offline without --data-dir, a moved data dir, ...
         raise EvaluationError(f"its data could not be loaded ({type(error).__name__}: {error})") from None
-    data = splits_by_subset(loaded)[subset][split]
-    prediction = predictions[subset][split]
+    return splits_by_subset(loaded)
+
+
+def task_units(info: TaskInfo, data, prediction):
+    """The `paired.Units` of one subset and split of a task of type `info.type`, from its gold `data` (a prediction
+    shows which similarity scores a pair classification run saved). Raises `EvaluationError` saying why the task
+    cannot be tested."""
+    from . import paired
+
     if info.type == "STS":
-        return paired.sts_units(data["score"]), prediction
+        return paired.sts_units(data["score"])
     if info.type == "PairClassification":
-        return paired.pair_classification_units(data["labels"], prediction), prediction
+        return paired.pair_classification_units(data["labels"], prediction)
     if info.type == "Classification":
-        return paired.classification_units(data["label"]), prediction
+        return paired.classification_units(data["label"])
     if info.type == "Clustering" and "sentences" in data.column_names:
-        return paired.clustering_set_units(data["labels"]), prediction
+        return paired.clustering_set_units(data["labels"])
     if info.type in ("Retrieval", "Reranking"):
         metric = paired.average_precision if info.main_score.startswith("map") else paired.ndcg_at_10
         if info.main_score not in ("ndcg_at_10", "map_at_1000"):
             raise EvaluationError(f"main score {info.main_score} (paired tests recompute ndcg_at_10 or map_at_1000)")
-        return paired.retrieval_units(data["relevant_docs"], metric), prediction
+        return paired.retrieval_units(data["relevant_docs"], metric)
     raise EvaluationError(f"no paired test for {info.type} tasks in this layout yet")
 
 
 def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, str]]:
     """Paired bootstrap tests of model a against model b on every task both scored on the same units, over their seed
     replicates (`paired.replicated_bootstrap`; seeds matched one to one when both have the same seeds), Holm-corrected
-    within each category; and the tasks left out, with the reason."""
+    within each category; and the tasks left out, with the reason. A task scored on several subsets or splits gets a
+    test per subset and split (`PairedTest.part`)."""
     from . import paired
 
     tests, skipped = [], {}
@@ -278,15 +280,20 @@ def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, 
         if len(layouts) != 1:
             skipped[task] = "the runs scored different subsets or splits"
             continue
+        parts = layouts.pop()
         try:
-            units, _ = task_units(a.runs[0], task, predictions_a[0])
+            gold, info = task_gold(a.runs[0], task), a.runs[0].task_info(task)
+            units = {part: task_units(info, gold[part[0]][part[1]], predictions_a[0][part[0]][part[1]])
+                     for part in parts}
         except EvaluationError as error:
             skipped[task] = str(error)
             continue
-        ((subset, split),) = layouts.pop()
-        tests.append(paired.replicated_bootstrap(
-            units, [predictions[subset][split] for predictions in predictions_a],
-            [predictions[subset][split] for predictions in predictions_b], paired_seeds=paired_seeds, task=task))
+        for (subset, split), part_units in units.items():
+            test = paired.replicated_bootstrap(
+                part_units, [predictions[subset][split] for predictions in predictions_a],
+                [predictions[subset][split] for predictions in predictions_b], paired_seeds=paired_seeds, task=task)
+            test.part = f"{subset}/{split}" if len(parts) > 1 else ""
+            tests.append(test)
     for category in {categories[test.task] for test in tests}:
         paired.holm([test for test in tests if categories[test.task] == category])
     return tests, skipped
@@ -387,14 +394,14 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
                    category_test_table(category_tests, name, baseline), ""]
         within, skipped = paired_tests(by_name[name], by_name[baseline])
         report += paired_section(name, baseline, within, skipped, categories)
-        paired_rows += [[name, baseline, test.task, categories[test.task], test.units, test.seeds_a, test.seeds_b,
-                         test.score_a, test.score_b, test.difference, test.low, test.high, test.p_value, test.p_holm]
-                        for test in within]
+        paired_rows += [[name, baseline, test.task, test.part, categories[test.task], test.units, test.seeds_a,
+                         test.seeds_b, test.score_a, test.score_b, test.difference, test.low, test.high, test.p_value,
+                         test.p_holm] for test in within]
     files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
                                         "per_category.png", "paired_tests.csv", "per_seed.csv")]
     files[0].write_text("\n".join(report))
-    _write_csv(files[5], ["model", "baseline", "task", "category", "units", "model seeds", "baseline seeds",
-                          "model score", "baseline score", "difference", "95% low", "95% high", "p",
+    _write_csv(files[5], ["model", "baseline", "task", "subset/split", "category", "units", "model seeds",
+                          "baseline seeds", "model score", "baseline score", "difference", "95% low", "95% high", "p",
                           "p (Holm, category)"], paired_rows)
     _write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]],
                [[*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
@@ -433,8 +440,9 @@ def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str
              "sign test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to "
              "the question of how large a difference is.", ""]
     if tests:
-        rows = [[test.task, categories[test.task], test.units, test.score_a, test.score_b, test.difference,
-                 f"[{test.low:.4f}, {test.high:.4f}]", test.p_value, test.p_holm,
+        rows = [[f"{test.task} ({test.part})" if test.part else test.task, categories[test.task], test.units,
+                 test.score_a, test.score_b, test.difference, f"[{test.low:.4f}, {test.high:.4f}]", test.p_value,
+                 test.p_holm,
                  (name if test.difference > 0 else baseline) if test.significant() else "no significant difference"]
                 for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))]
         lines += [markdown_table(["task", "category", "units", name, baseline, "difference", "95% interval", "p",

@@ -83,6 +83,7 @@ class PairedTest:
     seeds_a: int = 1  # training seeds (replicates) behind score_a
     seeds_b: int = 1
     paired_seeds: bool = False  # seeds matched one to one (the same seed: the same data order for both models)
+    part: str = ""  # "subset/split" where a task was scored on several, else ""
 
     def significant(self, alpha: float = 0.05) -> bool:
         return (self.p_holm if self.p_holm is not None else self.p_value) < alpha

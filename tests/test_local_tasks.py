@@ -173,6 +173,30 @@ def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subse
     assert {entry["hf_subset"] for entry in result.scores["test"]} == {"en"}
 
 
+def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tmp_path):
+    from poolattn.evaluation import paired_tests
+    from poolattn.results import SeedReplicates
+
+    output = tmp_path / "results"
+    arguments = ["run", "--tasks", "AmazonCounterfactualClassification", "--data-dir", str(multi_subset_copy),
+                 "--output", str(output)]
+    for variant in (1, 5):
+        tiny_model("llama", variant, seed=variant).save_pretrained(tmp_path / f"v{variant}")
+        arguments += ["--model", str(tmp_path / f"v{variant}")]
+    assert cli.evaluate(arguments) == 0
+    v1, v5 = (read_results(next(folder.iterdir())) for folder in sorted((output / "results").iterdir()))
+    tests, skipped = paired_tests(SeedReplicates("v5", [v5]), SeedReplicates("v1", [v1]))
+    assert not skipped and [test.part for test in tests] == ["de/test", "de/validation", "en/test", "en/validation"]
+    for test in tests:  # each subset's and split's recomputed accuracy is mteb's score of it
+        subset, split = test.part.split("/")
+        (mteb_a,) = [e["main_score"] for e in v5.task_results[0].scores[split] if e["hf_subset"] == subset]
+        (mteb_b,) = [e["main_score"] for e in v1.task_results[0].scores[split] if e["hf_subset"] == subset]
+        assert (test.score_a, test.score_b) == pytest.approx((mteb_a, mteb_b), abs=1e-6)
+    assert cli.evaluate(["compare", *(str(r.folder) for r in (v1, v5)), "--output", str(tmp_path / "cmp")]) == 0
+    assert "| AmazonCounterfactualClassification (en/test) | Classification | 12 |" in (
+        tmp_path / "cmp" / "comparison.md").read_text()
+
+
 @pytest.mark.parametrize("break_it, message", [
     (lambda f: shutil.rmtree(f / "qrels"), "not in the retrieval layout"),
     (lambda f: (f / "qrels" / "test.jsonl").unlink(), "no qrels files"),

@@ -109,5 +109,5 @@ def test_the_comparison_reports_the_paired_tests(every_task_type):
     report = (root / "cmp" / "comparison.md").read_text()
     assert "paired bootstrap within each task" in report and "| MyRetrieval | Retrieval | 6 |" in report
     rows = (root / "cmp" / "paired_tests.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6 and rows[0].startswith("model,baseline,task,category,units")
+    assert len(rows) == 1 + 6 and rows[0].startswith("model,baseline,task,subset/split,category,units")
     assert json.loads((next(root.glob("results/results/*/*")) / "poolattn_run.json").read_text())["budget"] == 30
