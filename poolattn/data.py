@@ -1,13 +1,21 @@
-"""Training triplets (query, positive, optional hard negative) from local files, folders or the Hub; their collator.
+"""Training triplets (query, positive, hard negatives) from local files, folders or the Hub; sources; batches.
 
 >>> from poolattn.data import SAMPLE_TRIPLETS, load_triplets
 >>> triplets = load_triplets(str(SAMPLE_TRIPLETS))
->>> len(triplets.rows) >= 200, sorted(triplets.rows[0])
-(True, ['instruction', 'negative', 'positive', 'query'])
+>>> len(triplets.rows) >= 200, sorted(triplets.rows[0]), triplets.negatives_per_query
+(True, ['instruction', 'negatives', 'positive', 'query', 'source'], 1)
+
+Each file of a folder (or a Hub dataset) is a *source*, with its own count of hard negatives per query (0: in-batch
+negatives only); a file whose rows hold different counts is split into one source per count. `SourceBatchSampler`
+draws every batch from one source (the E5/llm2vec practice), so the in-batch negatives are of the same kind as the
+positive; `TripletCollator` gives every text a stable id so that the loss never takes a duplicate of a query's
+positive (or of the query itself) as one of its negatives.
 """
 
+import hashlib
 import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +29,6 @@ logger = logging.getLogger(__name__)
 SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELD_ALIASES = {"postive": "positive"}  # the paper's data (yixuantt/ir_data) spells it this way
-TEXT_FIELDS = ("query", "positive", "negative", "instruction")
 
 
 class TripletDataError(ValueError):
@@ -29,17 +36,43 @@ class TripletDataError(ValueError):
 
 
 @dataclass
+class TripletSource:
+    """One source of training rows (a file, or a Hub dataset split) and what it holds."""
+
+    name: str
+    examples: int = 0
+    negatives_per_query: int = 0  # 0: in-batch negatives only
+    skipped: int = 0
+
+
+@dataclass
 class Triplets:
-    """Validated rows `{query, positive, negative, instruction}` (negative/instruction may be None)."""
+    """Validated rows `{query, positive, negatives, instruction, source}`: `negatives` a list (empty without hard
+    negatives), `instruction` None or a string, `source` the index of the row's `TripletSource`."""
 
     rows: list[dict]
     source: str
     files: list[str] = field(default_factory=list)
     skipped: int = 0
+    sources: list[TripletSource] = field(default_factory=list)
 
     @property
     def has_negatives(self) -> bool:
-        return bool(self.rows) and self.rows[0]["negative"] is not None
+        return self.negatives_per_query > 0
+
+    @property
+    def negatives_per_query(self) -> int:
+        """Hard negatives per query in the sources that have them (0 when none has)."""
+        return max((source.negatives_per_query for source in self.sources), default=0)
+
+    def source_of_rows(self) -> list[int]:
+        return [row["source"] for row in self.rows]
+
+    def keep_first(self, count: int) -> None:
+        """Keep the first `count` rows (in file order) and each source's count of them."""
+        self.rows = self.rows[:count]
+        for index, source in enumerate(self.sources):
+            source.examples = sum(row["source"] == index for row in self.rows)
 
 
 def _data_files(source: str) -> list[Path]:
@@ -80,14 +113,20 @@ def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
     return rows
 
 
-def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = False) -> Triplets:
-    """Read and validate triplets from a file, a folder of files, or a Hub dataset id (through `datasets`).
+def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = False,
+                  negatives_per_query: int = 1) -> Triplets:
+    """Read and validate triplets from a file, a folder of files (each file a source), or a Hub dataset id.
 
-    Every row needs a non-empty string `query` and `positive` (`postive` is accepted). `negative` is optional for the
-    whole dataset: once any row has one, every row must (the contrastive batch has one hard negative per query).
-    An optional `instruction` column gives per-example query instructions. A bad row raises `TripletDataError`
-    naming the file and row, or is skipped (and counted) with `skip_invalid=True`.
+    Every row needs a non-empty string `query` and `positive` (`postive` is accepted). `negative` is optional: a
+    string or a list of strings, of which the first `negatives_per_query` are used (0 drops them all). Rows of one
+    file with different counts of hard negatives (e.g. SNLI rows without a contradiction) become separate sources,
+    `<file> [K negatives]`, since a batch holds one count. An optional `instruction` column gives per-example query
+    instructions. A bad row raises `TripletDataError` naming the file and row, or is skipped (and counted) with
+    `skip_invalid=True`.
     """
+    if negatives_per_query < 0:
+        raise TripletDataError(f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
+                               "more hard negatives per query.")
     if Path(source).exists():
         files = _data_files(source)
         raw_rows = _read_rows(files)
@@ -105,22 +144,39 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
     if not raw_rows:
         raise TripletDataError(f"{source}: no rows found.")
 
-    with_negatives = any(_clean(row, "negative") for _, _, row in raw_rows)
-    rows, skipped = [], 0
+    by_file: dict[str, list[tuple[int, dict]]] = {}
     for file, number, raw in raw_rows:
-        try:
-            rows.append(_validate(raw, with_negatives))
-        except TripletDataError as error:
-            if not skip_invalid:
-                raise TripletDataError(
-                    f"{file}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
-                ) from None
-            skipped += 1
-    if skipped:
-        logger.warning("skipped %d invalid rows of %d in %s", skipped, len(raw_rows), source)
+        by_file.setdefault(file, []).append((number, raw))
+    rows, sources, skipped = [], [], 0
+    for file, numbered in by_file.items():
+        name = Path(file).stem if Path(file).exists() else file
+        parts: dict[int, list[dict]] = {}  # hard negatives per query -> rows
+        file_skipped = 0
+        for number, raw in numbered:
+            try:
+                row = _validate(raw, negatives_per_query)
+            except TripletDataError as error:
+                if not skip_invalid:
+                    raise TripletDataError(
+                        f"{file}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
+                    ) from None
+                file_skipped += 1
+                continue
+            parts.setdefault(len(row["negatives"]), []).append(row)
+        if file_skipped:
+            logger.warning("skipped %d invalid rows of %d in %s", file_skipped, len(numbered), file)
+            skipped += file_skipped
+        if len(parts) > 1:
+            logger.info("%s: rows with %s hard negatives are kept as separate sources (a batch holds one count)",
+                        file, " / ".join(map(str, sorted(parts, reverse=True))))
+        for count in sorted(parts, reverse=True):
+            label = name if len(parts) == 1 else f"{name} [{count} negative{'s' if count != 1 else ''}]"
+            rows += [{**row, "source": len(sources)} for row in parts[count]]
+            sources.append(TripletSource(label, len(parts[count]), count,
+                                         file_skipped if count == max(parts) else 0))
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
-    return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped)
+    return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)
 
 
 def _clean(row: dict, name: str):
@@ -133,28 +189,56 @@ def _clean(row: dict, name: str):
     return value.strip() if isinstance(value, str) else value
 
 
-def _validate(raw, with_negatives: bool) -> dict:
+def _negatives(raw) -> list:
+    """The row's hard negatives as given: `negative` as a string or a list ("" and [] mean none)."""
+    value = _clean(raw, "negative")
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _validate(raw, negatives_per_query: int) -> dict:
+    """The row with its first `negatives_per_query` hard negatives (fewer where it has fewer)."""
     if not isinstance(raw, dict):
         raise TripletDataError(f"expected an object with query/positive/negative fields, got {type(raw).__name__}")
     row = {}
-    for name in TEXT_FIELDS:
+    for name in ("query", "positive", "instruction"):
         value = _clean(raw, name)
-        required = name in ("query", "positive") or (name == "negative" and with_negatives)
         if value is None or value == "":
-            if required:
+            if name != "instruction":
                 raise TripletDataError(f"field {name!r} is missing or empty")
             value = None
         elif not isinstance(value, str):
             raise TripletDataError(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.60}")
         row[name] = value
+    negatives = _negatives(raw)
+    if any(not isinstance(text, str) or not text.strip() for text in negatives):
+        raise TripletDataError(f"field 'negative' must be a string or a list of non-empty strings, got "
+                               f"{negatives!r:.80}")
+    row["negatives"] = [text.strip() for text in negatives[:negatives_per_query]]
     return row
 
 
-class TripletCollator:
-    """Rows -> {"queries": batch, "documents": batch}; documents are the positives, then the hard negatives.
+def text_id(text: str) -> int:
+    """A stable 63-bit id of a text (the same in every process, unlike `hash`), to find duplicates in a batch."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
-    Each batch holds `input_ids`, `attention_mask` and `pooling_mask` (query instruction tokens excluded from pooling).
-    A row's own `instruction` wins over `query_instruction`.
+
+def row_negatives(row: dict) -> list[str]:
+    """A row's hard negatives: `negatives` (validated rows) or `negative` (a raw row's string), else none."""
+    if "negatives" in row:
+        return list(row["negatives"] or [])
+    return [row["negative"]] if row.get("negative") else []
+
+
+class TripletCollator:
+    """Rows -> {"queries": batch, "documents": batch, "text_ids": ids}; documents are the positives, then every
+    row's hard negatives (row by row).
+
+    Each text batch holds `input_ids`, `attention_mask` and `pooling_mask` (query instruction tokens excluded from
+    pooling). A row's own `instruction` wins over `query_instruction`. `text_ids` (`text_id` of each query, each
+    query's positive and each document) lets the loss mask duplicates: a document whose text is a query's positive
+    or the query itself is not one of that query's negatives.
     """
 
     def __init__(self, tokenizer, *, query_max_length: int, document_max_length: int, add_eos: bool,
@@ -171,8 +255,53 @@ class TripletCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
         prompts = [instruction_prompt(row.get("instruction") or self.query_instruction) for row in rows]
-        documents = [row["positive"] for row in rows] + [row["negative"] for row in rows if row.get("negative")]
+        queries = [row["query"] for row in rows]
+        documents = [row["positive"] for row in rows] + [text for row in rows for text in row_negatives(row)]
+
+        def ids(texts):
+            return torch.tensor([text_id(text) for text in texts], dtype=torch.long)
+
         return {
-            "queries": self._batch([row["query"] for row in rows], prompt=prompts, max_length=self.query_max_length),
+            "queries": self._batch(queries, prompt=prompts, max_length=self.query_max_length),
             "documents": self._batch(documents, prompt=None, max_length=self.document_max_length),
+            "text_ids": {"queries": ids(queries), "positives": ids(documents[: len(rows)]),
+                         "documents": ids(documents)},
         }
+
+
+class SourceBatchSampler(torch.utils.data.Sampler):
+    """Row indices in an order where every `batch_size` consecutive rows come from one source.
+
+    Per epoch (seed + epoch): each source's rows are shuffled and cut into full batches (a source's remainder, fewer
+    rows than a batch, waits for the next epoch's shuffle), then the batches of every source are shuffled together, so
+    a source's share of batches follows its size. Give `batch_size` = queries per loss call across devices
+    (per-device batch x processes): the Trainer's loader cuts the stream into per-device batches, and under DDP
+    process r takes every world-th one, so the processes of one step share a source too.
+    """
+
+    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int):
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.rows_by_source: dict[int, list[int]] = {}
+        for index, source in enumerate(source_of_rows):
+            self.rows_by_source.setdefault(source, []).append(index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        batches = []
+        for source in sorted(self.rows_by_source):
+            rows = list(self.rows_by_source[source])
+            rng.shuffle(rows)
+            batches += [rows[start : start + self.batch_size]
+                        for start in range(0, len(rows) - self.batch_size + 1, self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
+
+    def __len__(self) -> int:
+        return sum(len(rows) // self.batch_size * self.batch_size for rows in self.rows_by_source.values())

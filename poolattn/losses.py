@@ -12,16 +12,37 @@ import torch.nn.functional as F
 
 
 def info_nce_loss(
-    queries: torch.Tensor, documents: torch.Tensor, *, temperature: float = 0.05, positive_offset: int = 0
+    queries: torch.Tensor, documents: torch.Tensor, *, temperature: float = 0.05, positive_offset: int = 0,
+    excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each query against all documents; query i's positive is document `positive_offset + i`.
 
     queries (num_queries, dim), documents (num_documents, dim): typically the batch's positives followed by its hard
-    negatives, gathered from every rank. The paper code's scale 20 is `temperature=0.05`.
+    negatives, gathered from every rank. `excluded` (num_queries, num_documents), True where a document is not a
+    negative of that query (a duplicate of its positive): left out of its softmax. The paper code's scale 20 is
+    `temperature=0.05`.
     """
     scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature  # (queries, documents)
+    if excluded is not None:
+        scores = scores.masked_fill(excluded, float("-inf"))
     labels = torch.arange(queries.shape[0], device=queries.device) + positive_offset
     return F.cross_entropy(scores, labels)
+
+
+def duplicate_documents(text_ids: dict[str, torch.Tensor], document_ids: torch.Tensor,
+                        positive_offset: int = 0) -> torch.Tensor:
+    """(queries, documents) mask of false negatives: documents whose text is the query's positive or the query itself,
+    except the query's own positive (`TripletCollator`'s `text_ids`; `document_ids` gathered like the documents).
+
+    >>> ids = {"queries": torch.tensor([10, 11]), "positives": torch.tensor([20, 20])}  # both queries: positive 20
+    >>> duplicate_documents(ids, torch.tensor([20, 20, 10])).tolist()  # positives, then a negative equal to query 0
+    [[False, True, True], [True, False, False]]
+    """
+    candidates = document_ids[None, :]
+    excluded = (candidates == text_ids["positives"][:, None]) | (candidates == text_ids["queries"][:, None])
+    rows = torch.arange(excluded.shape[0], device=excluded.device)
+    excluded[rows, rows + positive_offset] = False
+    return excluded
 
 
 def world_size() -> int:
@@ -52,15 +73,30 @@ def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGradient.apply(tensor)
 
 
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Integer ids of every rank, in rank order (no gradient)."""
+    if world_size() == 1:
+        return ids
+    gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, ids.contiguous())
+    return torch.cat(gathered)
+
+
 def contrastive_loss(
-    query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, *, temperature: float, gather: bool
+    query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, *, temperature: float, gather: bool,
+    text_ids: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
 
-    document_embeddings holds this rank's positives first (row i for query i), then its hard negatives.
+    document_embeddings holds this rank's positives first (row i for query i), then its hard negatives. With
+    `text_ids` (`TripletCollator`), documents that duplicate a query's positive or the query are not its negatives.
     """
-    if not gather or world_size() == 1:
-        return info_nce_loss(query_embeddings, document_embeddings, temperature=temperature)
-    all_documents = gather_across_ranks(document_embeddings)  # rank r's block starts at r * len(document_embeddings)
-    offset = dist.get_rank() * document_embeddings.shape[0]
-    return info_nce_loss(query_embeddings, all_documents, temperature=temperature, positive_offset=offset)
+    gathered = gather and world_size() > 1
+    offset = dist.get_rank() * document_embeddings.shape[0] if gathered else 0
+    documents = gather_across_ranks(document_embeddings) if gathered else document_embeddings
+    excluded = None
+    if text_ids is not None:
+        document_ids = gather_ids(text_ids["documents"]) if gathered else text_ids["documents"]
+        excluded = duplicate_documents(text_ids, document_ids, offset)
+    return info_nce_loss(query_embeddings, documents, temperature=temperature, positive_offset=offset,
+                         excluded=excluded)

@@ -98,6 +98,10 @@ class DataRecord(Record):
     hard_negatives: bool = False
     query_instruction: str | None = None
     query_prompt_format: str = QUERY_PROMPT_FORMAT
+    # each file (or Hub dataset) of the data: {"name", "examples", "negatives_per_query", "skipped"}
+    sources: list[dict] = field(default_factory=list)
+    batch_sampling: str | None = None  # "one_source_per_batch" or "mixed"
+    negatives_per_query: int | None = None  # hard negatives per query in sources that have them
 
     @property
     def query_prompt(self) -> str:
@@ -117,28 +121,34 @@ class ContrastiveBatch(Record):
     cross_device_negatives: bool
     gradcache_chunk_size: int = 0
     gradient_accumulation_steps: int = 1
+    negatives_per_query: int | None = None  # hard negatives per query (None in records before it was kept)
 
     @classmethod
-    def of_run(cls, *, per_device_batch: int, world_size: int, has_negatives: bool, gather: bool,
+    def of_run(cls, *, per_device_batch: int, world_size: int, negatives_per_query: int, gather: bool,
                gradcache_chunk_size: int = 0, gradient_accumulation_steps: int = 1) -> "ContrastiveBatch":
+        """The batch of a loss call when the source has `negatives_per_query` hard negatives per query (the most of
+        any source: a source without hard negatives gives fewer candidates).
+
+        >>> ContrastiveBatch.of_run(per_device_batch=8, world_size=2, negatives_per_query=1, gather=True).describe()
+        '16 queries x 32 candidates (8 per device x 2 device(s); hard negatives: 1 per query; cross-device \
+negatives: True; GradCache chunk: off; gradient accumulation: 1)'
         """
-        >>> ContrastiveBatch.of_run(per_device_batch=8, world_size=2, has_negatives=True, gather=True).describe()
-        '16 queries x 32 candidates (8 per device x 2 device(s); hard negatives: True; cross-device negatives: True; \
-GradCache chunk: off; gradient accumulation: 1)'
-        """
-        documents_per_device = per_device_batch * (2 if has_negatives else 1)
+        documents_per_device = per_device_batch * (1 + negatives_per_query)
         return cls(
             world_size=world_size, queries_per_device=per_device_batch,
             queries_per_loss_call=per_device_batch * world_size,
-            candidates_per_query=documents_per_device * (world_size if gather else 1), hard_negatives=has_negatives,
+            candidates_per_query=documents_per_device * (world_size if gather else 1),
+            hard_negatives=negatives_per_query > 0, negatives_per_query=negatives_per_query,
             cross_device_negatives=gather and world_size > 1, gradcache_chunk_size=gradcache_chunk_size,
             gradient_accumulation_steps=gradient_accumulation_steps,
         )
 
     def describe(self) -> str:
+        negatives = (f"{self.negatives_per_query} per query" if self.negatives_per_query is not None
+                     else self.hard_negatives)
         return (f"{self.queries_per_loss_call} queries x {self.candidates_per_query} candidates "
                 f"({self.queries_per_device} per device x {self.world_size} device(s); hard negatives: "
-                f"{self.hard_negatives}; cross-device negatives: {self.cross_device_negatives}; GradCache chunk: "
+                f"{negatives}; cross-device negatives: {self.cross_device_negatives}; GradCache chunk: "
                 f"{self.gradcache_chunk_size or 'off'}; gradient accumulation: {self.gradient_accumulation_steps})")
 
 

@@ -189,6 +189,13 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
         rows.append(["data", f"{describe_data_source(data.source)} {data.examples} query/positive"
                              f"{'/hard-negative' if data.hard_negatives else ''} examples"
                              + (f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else "")])
+        if len(data.sources) > 1:
+            rows.append(["sources", "; ".join(
+                f"{source['name']} ({source['examples']}"
+                + (f", {source['negatives_per_query']} hard negative(s) per query" if source["negatives_per_query"]
+                   else "") + ")" for source in data.sources)
+                + {"one_source_per_batch": "; every batch from one source",
+                   "mixed": "; sources mixed within batches"}.get(data.batch_sampling, "")])
         rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
     if manifest.global_steps is not None:
         rows.append(["steps", f"{manifest.global_steps}" + (

@@ -101,8 +101,11 @@ class ContrastiveTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, source_of_rows: list[int] | None = None, **kwargs):
+        """`source_of_rows`: each training row's source (`Triplets.source_of_rows`); with several sources every
+        loss call's batch comes from one of them (`data.SourceBatchSampler`), else rows are shuffled together."""
         super().__init__(*args, **kwargs)
+        self.source_of_rows = source_of_rows
         if not isinstance(self.args, ContrastiveTrainingArguments):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
                             f"got {type(self.args).__name__}.")
@@ -113,16 +116,25 @@ class ContrastiveTrainer(Trainer):
                 "DeepSpeed with --gradcache_chunk_size 0."
             )
 
-    def _loss(self, query_embeddings, document_embeddings):
+    def _get_train_sampler(self, train_dataset=None):
+        if self.source_of_rows is not None and len(set(self.source_of_rows)) > 1:
+            from .data import SourceBatchSampler
+
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            loss_batch = self.args.per_device_train_batch_size * self.args.world_size
+            return SourceBatchSampler(self.source_of_rows, loss_batch, seed=seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _loss(self, query_embeddings, document_embeddings, text_ids=None):
         return contrastive_loss(query_embeddings, document_embeddings, temperature=self.args.temperature,
-                                gather=self.args.gather_across_devices)
+                                gather=self.args.gather_across_devices, text_ids=text_ids)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.gradcache_chunk_size and model.training and torch.is_grad_enabled() and not return_outputs:
             return self._gradcache_loss(model, inputs)
         query_embeddings = model(**inputs["queries"]).embeddings
         document_embeddings = model(**inputs["documents"]).embeddings
-        loss = self._loss(query_embeddings, document_embeddings)
+        loss = self._loss(query_embeddings, document_embeddings, inputs.get("text_ids"))
         return (loss, {"query_embeddings": query_embeddings.detach()}) if return_outputs else loss
 
     def _gradcache_loss(self, model, inputs):
@@ -145,7 +157,7 @@ class ContrastiveTrainer(Trainer):
             stacked = torch.cat([embeddings for _, _, embeddings in side_cache])  # (rows, hidden), length order
             embeddings_by_side[side] = stacked[torch.argsort(order)]  # back to the batch's row order
             cached += side_cache
-        loss = self._loss(embeddings_by_side["queries"], embeddings_by_side["documents"])
+        loss = self._loss(embeddings_by_side["queries"], embeddings_by_side["documents"], inputs.get("text_ids"))
         loss.backward()  # fills .grad of every cached embedding (cross-rank terms included by the gather's backward)
         return loss, [(chunk, state, embeddings.grad) for chunk, state, embeddings in cached]
 

@@ -22,7 +22,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
-from .data import SAMPLE_TRIPLETS, TripletCollator, Triplets, load_triplets
+from .data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, Triplets, load_triplets
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
 from .manifest import (
@@ -42,6 +42,7 @@ from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+BATCH_SAMPLING = ("one_source_per_batch", "mixed")
 PRESETS = {
     # Tang & Yang 2024, Section 4.1 and the paper's code: Mistral-7B-v0.1, LoRA r16 on every projection, lr 1e-5,
     # 1000 steps, warmup 100, batch 2048, bf16, 512 tokens. GradCache chunks make the batch real on any GPU count.
@@ -113,6 +114,23 @@ class DataArguments:
     skip_invalid_rows: bool = field(default=False,
                                     metadata={"help": "skip (and count) rows with missing/empty fields"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    negatives_per_query: int = field(default=1, metadata={
+        "help": "hard negatives per query, from each row's `negative` (a string or a list) in sources that have "
+                "them; 0: in-batch negatives only"})
+    batch_sampling: str = field(default="one_source_per_batch", metadata={
+        "help": "one_source_per_batch: every loss call's batch from one file (source) of the data, in-batch "
+                "negatives of one kind; mixed: rows of every source shuffled together"})
+
+    def __post_init__(self):
+        if self.batch_sampling not in BATCH_SAMPLING:
+            raise ValueError(f"--batch_sampling {self.batch_sampling!r}: allowed values are "
+                             f"{', '.join(BATCH_SAMPLING)}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max_train_samples {self.max_train_samples}: give how many examples to use, >= 1 "
+                             "(leave it out to use every example).")
+        if self.negatives_per_query < 0:
+            raise ValueError(f"--negatives_per_query {self.negatives_per_query}: give 0 (in-batch negatives only) "
+                             "or more.")
 
 
 @dataclass
@@ -213,7 +231,10 @@ def training_manifest(variant: int, base, trainer, result, model_args: ModelArgu
         seed=training_args.seed,
         data=DataRecord(source=triplets.source, files=triplets.files, examples=len(triplets.rows),
                         skipped_rows=triplets.skipped, hard_negatives=triplets.has_negatives,
-                        query_instruction=data_args.query_instruction, query_prompt_format=QUERY_PROMPT_FORMAT),
+                        query_instruction=data_args.query_instruction, query_prompt_format=QUERY_PROMPT_FORMAT,
+                        sources=[asdict(source) for source in triplets.sources],
+                        batch_sampling=batch_sampling(data_args, triplets),
+                        negatives_per_query=triplets.negatives_per_query),
         settings=TrainingSettings.from_arguments(arguments),
         contrastive_batch=batch,
         trainable_parameters=parameters,
@@ -260,11 +281,13 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
         tokenizer, query_max_length=data_args.query_max_length, document_max_length=data_args.document_max_length,
         add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
     )
+    one_source = batch_sampling(data_args, triplets) == "one_source_per_batch"
     trainer = ContrastiveTrainer(model=model, args=training_args, data_collator=collator, processing_class=tokenizer,
-                                 train_dataset=datasets.Dataset.from_list(triplets.rows))
+                                 train_dataset=datasets.Dataset.from_list(triplets.rows),
+                                 source_of_rows=triplets.source_of_rows() if one_source else None)
     batch = ContrastiveBatch.of_run(
         per_device_batch=training_args.per_device_train_batch_size, world_size=world_size(),
-        has_negatives=triplets.has_negatives, gather=training_args.gather_across_devices,
+        negatives_per_query=triplets.negatives_per_query, gather=training_args.gather_across_devices,
         gradcache_chunk_size=training_args.gradcache_chunk_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
     )
@@ -284,6 +307,32 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
                                check_texts=check_texts, manifest=manifest)
     logger.info("variant %d: model written to %s", variant, destination)
     return destination
+
+
+def batch_sampling(data_args: DataArguments, triplets: Triplets) -> str:
+    """How batches are drawn: `--batch_sampling`, or "mixed" for data of one source (any batch is of one source)."""
+    return data_args.batch_sampling if len(triplets.sources) > 1 else "mixed"
+
+
+def check_batches(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments) -> None:
+    """Refuse, before training, data that cannot give the batches asked for; log each source's share."""
+    loss_batch = training_args.per_device_train_batch_size * training_args.world_size
+    for source in triplets.sources:
+        logger.info("source %s: %d examples, %d hard negative(s) per query%s", source.name, source.examples,
+                    source.negatives_per_query, f", {source.skipped} invalid rows skipped" if source.skipped else "")
+    if batch_sampling(data_args, triplets) == "one_source_per_batch":
+        small = [source.name for source in triplets.sources if source.examples < loss_batch]
+        if len(small) == len(triplets.sources):
+            raise TripletDataError(f"{triplets.source}: no source holds a full batch of {loss_batch} rows (one source "
+                                   "per batch); lower --per_device_train_batch_size or use --batch_sampling mixed.")
+        if small:
+            logger.warning("sources with fewer rows than one batch of %d give no batch: %s", loss_batch,
+                           ", ".join(small))
+    elif training_args.world_size > 1 and training_args.gather_across_devices and len(
+            {source.negatives_per_query for source in triplets.sources}) > 1:
+        raise ValueError("--batch_sampling mixed across processes needs the same number of hard negatives in every "
+                         "source (each process gathers the others' documents); use one_source_per_batch or "
+                         "--negatives_per_query 0.")
 
 
 @dataclass(frozen=True)
@@ -333,10 +382,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     ones continue from their last complete checkpoint, the others start at step 0.
     """
     # data, validated before anything is written
-    triplets = load_triplets(data_args.train_data, split=data_args.data_split,
-                             skip_invalid=data_args.skip_invalid_rows)
+    triplets = load_triplets(
+        data_args.train_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
+        negatives_per_query=data_args.negatives_per_query,
+    )
     if data_args.max_train_samples:
-        triplets.rows = triplets.rows[: data_args.max_train_samples]
+        triplets.keep_first(data_args.max_train_samples)
+    check_batches(triplets, data_args, training_args)
     base_output = (
         training_args.output_dir
         if training_args.output_dir_was_given

@@ -29,7 +29,7 @@ def full_manifest() -> TrainingManifest:
         settings=TrainingSettings(learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=3, optimizer="adamw",
                                   temperature=0.05, query_max_length=64, document_max_length=128, precision="float32",
                                   lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules="q_proj"),
-        contrastive_batch=ContrastiveBatch.of_run(per_device_batch=4, world_size=2, has_negatives=True, gather=True,
+        contrastive_batch=ContrastiveBatch.of_run(per_device_batch=4, world_size=2, negatives_per_query=1, gather=True,
                                                   gradcache_chunk_size=2),
         trainable_parameters=TrainableParameters(lora=10, head=20), global_steps=3, train_runtime_s=1.5,
         loss_history=[[1, 2.5], [2, 2.0]], libraries={"torch": "2"}, poolattn_config={"variant": 5},
@@ -44,10 +44,10 @@ def test_a_manifest_round_trips_through_its_file_with_unknown_fields_kept(tmp_pa
     # A later release adds fields, top-level and nested: this release keeps them when it rewrites the file.
     written = json.loads((tmp_path / "training_manifest.json").read_text())
     written["mixture"] = {"snli": 0.5}
-    written["data"]["sources"] = ["snli", "quora"]
+    written["data"]["mined_with"] = ["minilm", "bm25"]
     (tmp_path / "training_manifest.json").write_text(json.dumps(written))
     reread = TrainingManifest.read(tmp_path)
-    assert reread.extra == {"mixture": {"snli": 0.5}} and reread.data.extra == {"sources": ["snli", "quora"]}
+    assert reread.extra == {"mixture": {"snli": 0.5}} and reread.data.extra == {"mined_with": ["minilm", "bm25"]}
     (tmp_path / "again").mkdir()
     reread.write(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "training_manifest.json").read_text()) == written

@@ -84,7 +84,7 @@ def test_card_of_a_current_manifest_with_a_named_backbone_and_full_fine_tuning(t
         settings=records.TrainingSettings(learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=30,
                                           optimizer="adamw_torch", temperature=0.02, query_max_length=64,
                                           document_max_length=256, precision="bf16 mixed", full_finetune=True),
-        contrastive_batch=records.ContrastiveBatch.of_run(per_device_batch=16, world_size=2, has_negatives=False,
+        contrastive_batch=records.ContrastiveBatch.of_run(per_device_batch=16, world_size=2, negatives_per_query=0,
                                                           gather=True, gradcache_chunk_size=4,
                                                           gradient_accumulation_steps=2),
         trainable_parameters=records.TrainableParameters(lora=0, head=1000, backbone=134_000_000),
@@ -102,8 +102,8 @@ def test_card_of_a_current_manifest_with_a_named_backbone_and_full_fine_tuning(t
     assert table_row(body, "query instruction") == "none" and "QUERY_PROMPT = None" in body
     assert table_row(body, "steps") == "300 (lr 0.0001, cosine schedule, 30 warmup steps, adamw_torch)"
     assert table_row(body, "contrastive batch per loss call") == (
-        "32 queries x 32 candidates (16 per device x 2 device(s); hard negatives: False; cross-device negatives: "
-        "True; GradCache chunk: 4; gradient accumulation: 2)")
+        "32 queries x 32 candidates (16 per device x 2 device(s); hard negatives: 0 per query; cross-device "
+        "negatives: True; GradCache chunk: 4; gradient accumulation: 2)")
     assert table_row(body, "tuning") == "full fine-tuning of every weight"
     assert table_row(body, "loss") == ("InfoNCE over cosine similarities, temperature 0.02; 3.250 at the first step, "
                                        "0.500 at the last")

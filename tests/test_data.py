@@ -1,0 +1,220 @@
+"""Training data of many sources: per-source hard negatives (several per query), one source per batch through the real
+Trainer (and its resume), and no false negatives in a batch (the loss masks duplicates of a query's positive)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TRIPLETS
+from safetensors.torch import load_file
+from test_training import TINY_RUN, tiny_peft_trainer
+
+from poolattn import training
+from poolattn.data import SourceBatchSampler, TripletCollator, TripletDataError, load_triplets, text_id
+from poolattn.losses import contrastive_loss
+from poolattn.manifest import TrainingManifest
+from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+
+SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def two_sources(folder: Path) -> Path:
+    """12 rows with hard negatives (a.jsonl) and 8 without (b.jsonl), with texts that name their source."""
+    write_jsonl(folder / "a.jsonl", [{**row, "query": f"a {row['query']}"} for row in TRIPLETS])
+    write_jsonl(folder / "b.jsonl", [{"query": f"b {row['query']}", "positive": row["positive"], "negative": ""}
+                                     for row in TRIPLETS[:8]])
+    return folder
+
+
+# -- sources and hard negatives --------------------------------------------------------------------------------------
+
+
+def test_the_shared_training_folder_loads_as_six_sources_with_their_own_negatives():
+    if not SHARED_TRAIN.is_dir():
+        pytest.skip("../shared/data/train is not beside this checkout")
+    triplets = load_triplets(str(SHARED_TRAIN))
+    by_name = {source.name: source for source in triplets.sources}
+    lines = {path.stem: sum(1 for line in path.open() if line.strip()) for path in SHARED_TRAIN.glob("*.jsonl")}
+    per_file = {}
+    for name, source in by_name.items():
+        per_file[name.split(" [")[0]] = per_file.get(name.split(" [")[0], 0) + source.examples + source.skipped
+    assert per_file == lines and triplets.skipped == 0  # every row of every file is kept
+    # SNLI, WikiQA and TrecQA have rows without a wrong answer / contradiction: those train as their own sources
+    assert {name: source.negatives_per_query for name, source in by_name.items()} == {
+        "msmarco_nq_samples": 1, "msrp_paraphrases": 0, "quora_duplicates": 0,
+        "snli_triplets [1 negative]": 1, "snli_triplets [0 negatives]": 0, "trecqa_triplets [1 negative]": 1,
+        "trecqa_triplets [0 negatives]": 0, "wikiqa_triplets [1 negative]": 1, "wikiqa_triplets [0 negatives]": 0}
+    for row in triplets.rows:
+        assert len(row["negatives"]) == triplets.sources[row["source"]].negatives_per_query
+
+
+def test_several_negatives_per_query_are_kept_and_checked_per_source(tmp_path):
+    data = write_jsonl(tmp_path / "d" / "lists.jsonl", [
+        {"query": "q1", "positive": "p1", "negative": ["n1", "n2", "n3"]},
+        {"query": "q2", "positive": "p2", "negative": ["m1", "m2"]},
+    ])
+    assert [row["negatives"] for row in load_triplets(str(data), negatives_per_query=2).rows] == [
+        ["n1", "n2"], ["m1", "m2"]]
+    assert [row["negatives"] for row in load_triplets(str(data), negatives_per_query=0).rows] == [[], []]
+    split = load_triplets(str(data), negatives_per_query=3)  # row 2 has only 2: a source of its own
+    assert [(source.name, source.examples, source.negatives_per_query) for source in split.sources] == [
+        ("lists [3 negatives]", 1, 3), ("lists [2 negatives]", 1, 2)]
+    assert split.negatives_per_query == 3 and [row["source"] for row in split.rows] == [0, 1]
+    bad = write_jsonl(tmp_path / "d" / "bad.jsonl", [{"query": "q", "positive": "p", "negative": ["n", 3]}])
+    with pytest.raises(TripletDataError, match=r"bad.jsonl, row 1: field 'negative' must be a string or a list of "
+                                               "non-empty strings"):
+        load_triplets(str(bad))
+    skipped = load_triplets(str(data.parent), skip_invalid=True)  # bad.jsonl's one row skipped, counted
+    assert skipped.skipped == 1 and [source.name for source in skipped.sources] == ["lists"]
+
+
+def test_k_negatives_reach_the_loss_and_the_manifest(tiny_backbone_folder, tmp_path):
+    rows = [{"query": row["query"], "positive": row["positive"],
+             "negative": [row["negative"], f"another {row['negative']}"]} for row in TRIPLETS]
+    data = write_jsonl(tmp_path / "two_negatives.jsonl", rows)
+    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--negatives_per_query",
+                              "2", "--output_dir", str(tmp_path / "out"), *TINY_RUN, "--max_steps", "1"])[0]
+    manifest = TrainingManifest.read(exported)
+    assert manifest.contrastive_batch.candidates_per_query == 4 * 3  # 4 queries: 4 positives + 8 negatives
+    assert manifest.contrastive_batch.negatives_per_query == 2 and manifest.data.negatives_per_query == 2
+    from transformers import AutoTokenizer
+
+    collator = TripletCollator(AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32,
+                               document_max_length=32, add_eos=True)
+    batch = collator(load_triplets(str(data), negatives_per_query=2).rows[:4])
+    assert batch["documents"]["input_ids"].shape[0] == 12 and batch["text_ids"]["documents"].shape == (12,)
+
+
+# -- one source per batch --------------------------------------------------------------------------------------------
+
+
+def test_every_batch_of_the_sampler_comes_from_one_source():
+    sources = [0] * 50 + [1] * 23 + [2] * 3  # source 2 is smaller than a batch: it gives no batch
+    sampler = SourceBatchSampler(sources, 8, seed=1)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 6 * 8 + 2 * 8 and len(set(order)) == len(order)
+    batches = [order[start : start + 8] for start in range(0, len(order), 8)]
+    assert all(len({sources[i] for i in batch}) == 1 for batch in batches)
+    assert sorted({sources[batch[0]] for batch in batches}) == [0, 1]
+    assert list(SourceBatchSampler(sources, 8, seed=1)) == order  # the same seed, the same order
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new shuffle each epoch
+    # Under DDP the loader cuts per-device batches of 4 and process r takes every 2nd: both processes of a step read
+    # the same 8-row block, so the step's global batch is of one source.
+    per_device = [order[start : start + 4] for start in range(0, len(order), 4)]
+    for step in range(len(per_device) // 2):
+        rank0, rank1 = per_device[2 * step], per_device[2 * step + 1]
+        assert len({sources[i] for i in rank0 + rank1}) == 1
+
+
+def test_the_trainer_draws_each_batch_from_one_source(tiny_backbone_folder, tmp_path):
+    import datasets
+
+    triplets = load_triplets(str(two_sources(tmp_path / "data")))
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
+                                        remove_unused_columns=False, per_device_train_batch_size=4,
+                                        dataloader_drop_last=True, seed=3)
+    for source_of_rows, expect_mixed in ((triplets.source_of_rows(), False), (None, True)):
+        trainer = ContrastiveTrainer(model=torch.nn.Linear(1, 1), args=args, data_collator=lambda rows: rows,
+                                     train_dataset=datasets.Dataset.from_list(triplets.rows),
+                                     source_of_rows=source_of_rows)
+        batches = list(trainer.get_train_dataloader())
+        mixed = any(len({row["source"] for row in batch}) > 1 for batch in batches)
+        assert mixed == expect_mixed and all(len(batch) == 4 for batch in batches)
+
+
+def test_one_source_batches_resume_after_a_kill_to_the_same_weights(tiny_backbone_folder, tmp_path, monkeypatch):
+    data = two_sources(tmp_path / "data")
+    common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", str(data), *TINY_RUN]
+    straight = training.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
+    manifest = TrainingManifest.read(straight)
+    assert manifest.data.batch_sampling == "one_source_per_batch"
+    assert [(s["name"], s["examples"], s["negatives_per_query"]) for s in manifest.data.sources] == [
+        ("a", 12, 1), ("b", 8, 0)]
+
+    original_step = ContrastiveTrainer.training_step
+
+    def crash_after_two_steps(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("simulated kill after checkpoint-2")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        training.main([*common, "--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
+    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"),
+                             "--resume_from_checkpoint", "true"])[0]
+    expected = load_file(straight / "model.safetensors")
+    for name, value in load_file(resumed / "model.safetensors").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_data_that_cannot_give_one_source_batches_is_refused_before_training(tiny_backbone_folder, tmp_path):
+    data = two_sources(tmp_path / "data")
+    with pytest.raises(TripletDataError, match="no source holds a full batch of 16 rows"):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir",
+                       str(tmp_path / "out"), "--per_device_train_batch_size", "16"])
+    with pytest.raises(ValueError, match="--batch_sampling 'by_source': allowed values are one_source_per_batch"):
+        training.parse_arguments(["--batch_sampling", "by_source"])
+    assert not (tmp_path / "out").exists()
+
+
+# -- no false negatives ----------------------------------------------------------------------------------------------
+
+
+def test_a_duplicate_positive_is_not_a_negative_in_value_and_gradient():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(3, 8, generator=generator, requires_grad=True)
+    documents = torch.randn(5, 8, generator=generator, requires_grad=True)  # positives of q0-q2, then 2 negatives
+    # q0 and q1 share a positive text; the first negative is q2's own text
+    texts = {"queries": ["q0", "q1", "q2"], "documents": ["p", "p", "p2", "q2", "n"]}
+    ids = {"queries": torch.tensor([text_id(t) for t in texts["queries"]]),
+           "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
+           "documents": torch.tensor([text_id(t) for t in texts["documents"]])}
+    masked = contrastive_loss(queries, documents, temperature=0.05, gather=False, text_ids=ids)
+    masked_gradients = torch.autograd.grad(masked, [queries, documents])
+    # by hand: each query's softmax over the documents that are truly its negatives
+    allowed = {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 4]}
+    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T / 0.05
+    by_hand = torch.stack([torch.logsumexp(scores[i, columns], 0) - scores[i, i] for i, columns in allowed.items()])
+    by_hand = by_hand.mean()
+    hand_gradients = torch.autograd.grad(by_hand, [queries, documents])
+    torch.testing.assert_close(masked, by_hand, rtol=0, atol=1e-6)
+    for ours, theirs in zip(masked_gradients, hand_gradients):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    unmasked = contrastive_loss(queries, documents, temperature=0.05, gather=False)
+    assert unmasked > masked  # more columns in the softmax: the duplicate was scored as a negative before
+
+
+def test_the_mask_holds_on_the_plain_and_gradcache_paths(tiny_backbone_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    rows = [dict(row) for row in TRIPLETS[:4]]
+    rows[1]["positive"] = rows[0]["positive"]  # a duplicate positive inside the batch
+    collator = TripletCollator(AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32,
+                               document_max_length=32, add_eos=True)
+    inputs = collator(rows)
+    losses, gradients = {}, {}
+    for chunk in (0, 3):  # plain backpropagation, then GradCache in chunks of 3 texts; the same initial weights
+        trainer, _ = tiny_peft_trainer(tiny_backbone_folder, tmp_path, chunk=chunk)
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        losses[chunk] = loss.item()
+        gradients[chunk] = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()
+                            if parameter.requires_grad}
+        if chunk == 0:
+            trainer.model.zero_grad()
+            unmasked = trainer.compute_loss(trainer.model, {key: inputs[key] for key in ("queries", "documents")})
+            assert losses[0] < unmasked.item()  # q0's and q1's shared positive no longer counts against the other
+    assert losses[3] == pytest.approx(losses[0], abs=1e-5)
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[3][name], gradient, rtol=0, atol=1e-5, msg=name)
