@@ -43,6 +43,7 @@ class TripletSource:
     examples: int = 0
     negatives_per_query: int = 0  # 0: in-batch negatives only
     skipped: int = 0
+    file: str = ""  # the file (or Hub dataset) it was read from; several sources when its rows' counts differ
 
 
 @dataclass
@@ -78,7 +79,9 @@ class Triplets:
 def _data_files(source: str) -> list[Path]:
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS)
+        # names starting with "_" or "." are not data (e.g. mining's `_provenance.json`)
+        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS
+                       and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts))
         if not files:
             raise TripletDataError(f"{source}: folder holds no {', '.join(FILE_FORMATS)} files.")
         return files
@@ -173,7 +176,7 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
             label = name if len(parts) == 1 else f"{name} [{count} negative{'s' if count != 1 else ''}]"
             rows += [{**row, "source": len(sources)} for row in parts[count]]
             sources.append(TripletSource(label, len(parts[count]), count,
-                                         file_skipped if count == max(parts) else 0))
+                                         file_skipped if count == max(parts) else 0, file))
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)

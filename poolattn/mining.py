@@ -1,0 +1,205 @@
+"""Hard-negative mining: for every (query, positive) row, the documents of its own source that an embedding model ranks
+closest to the query, skipping the positive and a margin band of near-positives; written as new triplet files.
+
+    python mine.py --train_data ../shared/data/train --model path/to/all-MiniLM-L6-v2 --output mined/
+    python mine.py --train_data pairs.jsonl --model outputs/smollm2-135m-v5/model --num_negatives 3 \\
+        --relative_margin 0.05 --output mined/
+
+The corpus of a source is every positive and given negative of that source (deduplicated), so a Quora question gets
+another Quora question as its negative, never an SNLI caption: the one-source-per-batch sampling of training then sees
+negatives of the query's own kind. A candidate is skipped when it is the positive or the query itself (same text),
+when it ranks above `range_min`, when it is not within the `range_max` nearest, or when it is too close to the
+positive to be a safe negative (a likely false negative); ranks count the documents other than the positive and
+the query:
+
+- `absolute_margin` m: keep only candidates with sim(query, candidate) <= sim(query, positive) - m;
+- `relative_margin` r: keep only candidates with sim(query, candidate) <= sim(query, positive) * (1 - r)
+  (NV-Retriever's "TopK-PercPos"; sentence-transformers' `mine_hard_negatives` uses the same two margins).
+
+Given negatives are kept first (they are usually labelled, e.g. SNLI contradictions) unless `replace_given`; mined
+ones follow, up to `num_negatives` in all. Every output row's `negative` is a list; a query with no candidate left
+keeps what it had (its count is reported). `_provenance.json` beside the files records the model (and its weights
+fingerprint), the settings and the counts per source; the folder trains as it is (`--train_data mined/`).
+"""
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_triplets
+from .manifest import is_poolattn_folder, model_fingerprint
+from .prompts import instruction_prompt
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "_provenance.json"  # "_": training's folder reader passes it over
+
+
+class MiningError(ValueError):
+    """Settings or inputs mining cannot use; the message says what was given and what to do."""
+
+
+@dataclass
+class MiningSettings:
+    num_negatives: int = 1
+    range_min: int = 0  # skip the nearest `range_min` candidates
+    range_max: int = 50  # consider only the `range_max` nearest candidates
+    absolute_margin: float | None = None
+    relative_margin: float | None = 0.05
+    replace_given: bool = False
+    query_instruction: str | None = None  # the query prompt of a poolattn model (Instruct: ...\nQuery: )
+    batch_size: int = 64
+
+    def check(self) -> None:
+        if self.num_negatives < 1:
+            raise MiningError(f"--num_negatives {self.num_negatives}: mine at least 1 negative per query.")
+        if not 0 <= self.range_min < self.range_max:
+            raise MiningError(f"--range_min {self.range_min} and --range_max {self.range_max}: need 0 <= range_min "
+                              "< range_max (the window of nearest candidates to take negatives from).")
+        if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
+            raise MiningError(f"--relative_margin {self.relative_margin}: give a fraction in [0, 1), e.g. 0.05.")
+        if self.absolute_margin is not None and self.absolute_margin < 0:
+            raise MiningError(f"--absolute_margin {self.absolute_margin}: give a similarity gap >= 0, e.g. 0.1.")
+
+
+@dataclass
+class SourceMined:
+    """What mining did to one source."""
+
+    name: str
+    rows: int
+    corpus: int
+    mined: int = 0  # negatives added
+    queries_short: int = 0  # queries left with fewer than num_negatives negatives
+    skipped_by_margin: int = 0  # candidates inside the window dropped as too close to the positive
+    output: str = ""
+
+
+@dataclass
+class MiningRun:
+    model: str
+    model_fingerprint: str
+    data: str
+    settings: MiningSettings
+    sources: list[SourceMined] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TextEncoder:
+    """Normalised embeddings from a poolattn folder (queries with its prompt) or a sentence-transformers model."""
+
+    def __init__(self, model: str, *, batch_size: int, query_instruction: str | None):
+        self.batch_size = batch_size
+        if is_poolattn_folder(model):
+            from .modeling_poolattn import PoolAttnEmbeddingModel
+
+            self.poolattn = PoolAttnEmbeddingModel.from_pretrained(model).eval()
+            self.query_prompt = instruction_prompt(query_instruction)
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                self.transformer = SentenceTransformer(model)
+            except OSError as error:
+                raise MiningError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
+                                  f"it ({str(error).splitlines()[0]}).") from None
+            self.poolattn = None
+
+    def __call__(self, texts: list[str], *, queries: bool) -> np.ndarray:
+        if self.poolattn is not None:
+            import torch
+
+            with torch.inference_mode():
+                embeddings = self.poolattn.encode(texts, prompt=self.query_prompt if queries else None,
+                                                  batch_size=self.batch_size, normalize=False)
+        else:
+            embeddings = self.transformer.encode(texts, batch_size=self.batch_size)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
+def nearest(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, count: int, chunk: int = 1024):
+    """(indices, scores) of the `count` most similar corpus rows for every query, best first (cosine)."""
+    count = min(count, len(corpus_embeddings))
+    indices, scores = [], []
+    for start in range(0, len(query_embeddings), chunk):
+        similarity = query_embeddings[start : start + chunk] @ corpus_embeddings.T
+        top = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
+        top_scores = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        indices.append(np.take_along_axis(top, order, axis=1))
+        scores.append(np.take_along_axis(top_scores, order, axis=1))
+    return np.concatenate(indices), np.concatenate(scores)
+
+
+def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) -> tuple[list[dict], SourceMined]:
+    """Mined rows of one source (`negative` a list) and the counts. `encoder(texts, queries=...)` returns normalised
+    embeddings (`TextEncoder`)."""
+    texts = [row["positive"] for row in rows] + [text for row in rows for text in row["negatives"]]
+    corpus = list(dict.fromkeys(texts))
+    report = SourceMined(name, len(rows), len(corpus))
+    query_embeddings = encoder([row["query"] for row in rows], queries=True)
+    corpus_embeddings = encoder(corpus, queries=False)
+    position = {text: index for index, text in enumerate(corpus)}
+    positive_scores = np.einsum("ij,ij->i", query_embeddings,
+                                corpus_embeddings[[position[row["positive"]] for row in rows]])
+    indices, scores = nearest(query_embeddings, corpus_embeddings, settings.range_max + 2)  # + positive, query
+    mined_rows = []
+    for row, candidates, candidate_scores, positive_score in zip(rows, indices, scores, positive_scores):
+        ceiling = float("inf")  # without a margin, even a document closer than the positive is taken
+        if settings.absolute_margin is not None:
+            ceiling = min(ceiling, positive_score - settings.absolute_margin)
+        if settings.relative_margin is not None:
+            ceiling = min(ceiling, positive_score * (1 - settings.relative_margin))
+        negatives = [] if settings.replace_given else list(row["negatives"])
+        ranked = [(corpus[index], score) for index, score in zip(candidates, candidate_scores)
+                  if corpus[index] not in (row["positive"], row["query"])][: settings.range_max]
+        for text, score in ranked[settings.range_min :]:  # ranks among the documents other than positive and query
+            if len(negatives) >= settings.num_negatives:
+                break
+            if text in negatives:
+                continue
+            if score > ceiling:
+                report.skipped_by_margin += 1
+                continue
+            negatives.append(text)
+            report.mined += 1
+        report.queries_short += len(negatives) < settings.num_negatives
+        mined_rows.append({"query": row["query"], "positive": row["positive"], "negative": negatives,
+                           **({"instruction": row["instruction"]} if row.get("instruction") else {})})
+    return mined_rows, report
+
+
+def mine_hard_negatives(train_data: str, model: str, *, output, settings: MiningSettings | None = None) -> MiningRun:
+    """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
+    and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
+    settings = settings or MiningSettings()
+    settings.check()
+    output = Path(output)
+    if output.exists() and (output.is_file() or any(output.iterdir())):
+        raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
+    triplets = load_triplets(train_data, negatives_per_query=10**6)  # every given negative
+    started = time.time()
+    encoder = TextEncoder(model, batch_size=settings.batch_size, query_instruction=settings.query_instruction)
+    run = MiningRun(model, model_fingerprint(model) if Path(model).exists() else model, train_data, settings)
+    by_file: dict[str, list[dict]] = {}
+    for row in triplets.rows:  # a file split by negative count is mined as one source again
+        by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
+    output.mkdir(parents=True, exist_ok=True)
+    for file, rows in by_file.items():
+        name = Path(file).stem if Path(file).exists() else file.replace("/", "__")
+        mined, report = mine_source(rows, encoder, settings, name)
+        path = output / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
+        report.output = path.name
+        run.sources.append(report)
+        logger.info("%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside the "
+                    "margin skipped", name, report.rows, report.corpus, report.mined, report.queries_short,
+                    settings.num_negatives, report.skipped_by_margin)
+    run.seconds = round(time.time() - started, 1)
+    (output / PROVENANCE_FILE).write_text(json.dumps(asdict(run), indent=2) + "\n")
+    return run
