@@ -376,7 +376,10 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
               *[f"Note: {note}" for note in grouping_notes],
               *[f"Note: {group.label}: {task} left out ({why})." for group in groups
                 for task, why in group.left_out.items()],
-              *([""] if grouping_notes or any(group.left_out for group in groups) else []),
+              *[f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
+                "the others'." for name in names if (missing := [t for t in tasks if t not in scores[name]])],
+              *([""] if grouping_notes or any(group.left_out for group in groups)
+                or any(set(tasks) - set(scores[name]) for name in names) else []),
               "## Per task (main score)", "",
               markdown_table(["task", "category", *names],
                              [[task, categories[task], *[with_spread(scores[name].get(task), by_name[name].spread(task)

@@ -424,6 +424,7 @@ def atomic_save(save: typing.Callable[[Path], None], destination: Path) -> Path:
     """Run `save(folder)` into a temp folder beside `destination`, then swap it in: never a half-written folder."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    clean_interrupted_save(destination)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
     try:
         save(staging)
@@ -438,6 +439,20 @@ def atomic_save(save: typing.Callable[[Path], None], destination: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+def clean_interrupted_save(destination: Path) -> None:
+    """Undo what a killed `atomic_save` into `destination` left: a previous folder moved aside but not yet replaced is
+    put back; half-written temp folders are removed."""
+    for retired in sorted(destination.parent.glob(f".{destination.name}.old-*")):
+        if not destination.exists():
+            retired.rename(destination)
+            logger.warning("%s: put back from %s, left by an interrupted save", destination, retired.name)
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+    for staging in destination.parent.glob(f".{destination.name}.tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted save", staging)
 
 
 def export_model(model, tokenizer, destination: Path, *, check_texts: list[str], manifest: TrainingManifest,

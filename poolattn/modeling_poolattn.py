@@ -569,9 +569,20 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`.
         """
         single = isinstance(texts, str)
+        if isinstance(texts, (dict, bytes)) or not (single or hasattr(texts, "__iter__")):
+            raise TypeError(f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
+                            "themselves (e.g. list(rows.values())).")
         texts = [texts] if single else list(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if not all(isinstance(text, str) for text in texts):
+            kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
+            raise TypeError(f"encode takes strings; got {', '.join(kinds)} among the texts.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
+                             f"{self.config.max_length}.")
         tokenizer = self.get_tokenizer()
         max_length = max_length or self.config.max_length
         features = tokenize_for_embedding(

@@ -175,9 +175,11 @@ def read_results(folder) -> ModelResults:
             continue
         try:
             results.append(TaskResult.from_disk(path))
-        except Exception as error:  # a truncated or foreign JSON file: say so, never drop it silently
-            logger.warning("%s is not a readable mteb task result (%s: %s); it is left out", path,
-                           type(error).__name__, error)
+        except Exception as error:  # a truncated or foreign JSON file: never dropped silently
+            raise ResultsError(f"{path} is not a readable mteb task result ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200]}); delete it and run `evaluate.py run` again, "
+                               "which scores only the missing tasks, or move the file out of the results folder."
+                               ) from None
     if not results:
         raise ResultsError(f"no mteb task results found under {folder}.")
     meta, settings_file = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE

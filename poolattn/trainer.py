@@ -11,13 +11,28 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .losses import contrastive_loss
+from .losses import contrastive_loss, world_size
 
 logger = logging.getLogger(__name__)
+
+
+def last_complete_checkpoint(folder) -> str | None:
+    """The newest `checkpoint-<step>` folder of `folder` that holds `trainer_state.json` (the Trainer writes it last,
+    so a checkpoint killed while being written is passed over), or None."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    complete = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A non-finite loss or gradient: the run stopped before that step's update; the message says what to try."""
 
 
 class RandomStateReplay:
@@ -115,6 +130,26 @@ class ContrastiveTrainer(Trainer):
                 "the Trainer. Use torchrun/DDP with --gradcache_chunk_size (LoRA needs no optimizer sharding), or "
                 "DeepSpeed with --gradcache_chunk_size 0."
             )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """transformers' step (forward, backward), then a check that the loss and every gradient are finite, before the
+        optimizer updates anything: a diverged run stops with its weights and checkpoints finite."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # under fp16 loss scaling an infinite gradient is routine: the scaler skips that step and lowers its scale
+        gradients = [] if self.args.fp16 else [p.grad for p in model.parameters() if p.grad is not None]
+        finite = torch.stack([torch.isfinite(loss.detach()).all()]
+                             + [torch.isfinite(gradient).all() for gradient in gradients]).all().float()
+        if world_size() > 1:  # every process stops together, or none does
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite:
+            last = last_complete_checkpoint(self.args.output_dir)
+            raise TrainingDivergedError(
+                f"step {self.state.global_step + 1}: the loss ({loss.item():.4g}) or a gradient is not finite; the "
+                "run diverged and stopped before this step's update, so the weights and the last checkpoint "
+                f"({last or 'none written yet'}) are finite. Try a lower --learning_rate (now "
+                f"{self.args.learning_rate:g}), more --warmup_steps or --max_grad_norm 1.0, then resume from that "
+                "checkpoint with --resume_from_checkpoint true (or start again).")
+        return loss
 
     def _get_train_sampler(self, train_dataset=None):
         if self.source_of_rows is not None and len(set(self.source_of_rows)) > 1:

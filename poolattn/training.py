@@ -37,7 +37,7 @@ from .manifest import (
 )
 from .modeling_poolattn import PoolAttnEmbeddingModel
 from .prompts import QUERY_PROMPT_FORMAT
-from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
     """The trainer's arguments plus the run's: its output folder, the export check and publishing."""
 
     output_dir: str | None = field(default=None, metadata={"help": "default outputs/<backbone>-v<variant>"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train again into an output_dir that holds a model or checkpoints of an earlier run (replaced)"})
     seeds: int = field(default=1, metadata={
         "help": "train every variant once per seed: --seed, --seed+1, ... (replicates; <output_dir>/seed-<S>/ each)"})
     export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
@@ -167,6 +169,9 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
         if (self.publish_to_hub or self.hub_dry_run) and not self.hub_model_id:
             raise ValueError("--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to "
                              "ORG/NAME-v<N>).")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps {self.max_steps}: give the optimizer steps to train (>= 1), or -1 to train "
+                             "--num_train_epochs epochs.")
         if self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds}: give how many seeds to train each variant with, >= 1.")
         if self.seeds > 1 and (self.publish_to_hub or self.hub_dry_run):
@@ -320,6 +325,11 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
     for source in triplets.sources:
         logger.info("source %s: %d examples, %d hard negative(s) per query%s", source.name, source.examples,
                     source.negatives_per_query, f", {source.skipped} invalid rows skipped" if source.skipped else "")
+    if len(triplets.rows) < loss_batch:
+        raise TripletDataError(f"{triplets.source}: {len(triplets.rows)} rows make no full batch of {loss_batch} "
+                               f"(--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
+                               f"{training_args.world_size} process(es)), so no step would run; lower the batch size "
+                               "or add data.")
     if batch_sampling(data_args, triplets) == "one_source_per_batch":
         small = [source.name for source in triplets.sources if source.examples < loss_batch]
         if len(small) == len(triplets.sources):
@@ -333,6 +343,32 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
         raise ValueError("--batch_sampling mixed across processes needs the same number of hard negatives in every "
                          "source (each process gathers the others' documents); use one_source_per_batch or "
                          "--negatives_per_query 0.")
+
+
+def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before training, an output folder that is a file, is not writable, or holds an earlier run's model or
+    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced)."""
+    import os
+    import shutil
+
+    base_output = Path(base_output)
+    if base_output.exists() and not base_output.is_dir():
+        raise ValueError(f"--output_dir {base_output} is a file; give a folder (it is created if missing).")
+    existing = next(parent for parent in (base_output, *base_output.parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to.")
+    for planned in runs:
+        earlier = [path for path in (planned.model, *planned.output_dir.glob("checkpoint-*")) if path.exists()]
+        if not earlier or resume:
+            continue
+        if not overwrite:
+            raise ValueError(
+                f"{planned.output_dir} holds an earlier run ({', '.join(path.name for path in earlier[:3])}); give "
+                "another --output_dir, --resume_from_checkpoint true to keep finished runs and continue the others, "
+                "or --overwrite_output_dir to train again (its checkpoints are removed, its model replaced).")
+        for checkpoint in planned.output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+            logger.info("removed %s (--overwrite_output_dir)", checkpoint)
 
 
 @dataclass(frozen=True)
@@ -364,16 +400,6 @@ def planned_runs(model_args: ModelArguments, training_args: TrainingRunArguments
     return runs
 
 
-def last_complete_checkpoint(folder) -> str | None:
-    """The newest `checkpoint-<step>` folder of `folder` that holds `trainer_state.json` (the Trainer writes it last,
-    so a checkpoint killed while being written is passed over), or None."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    complete = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
-
-
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:
     """Train, export and (with --push_to_hub / --hub_dry_run) publish every requested variant and seed; the exported
     folders, in `planned_runs` order.
@@ -400,6 +426,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if resume and not resume_latest and len(runs) > 1:
         raise ValueError(f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
                          "runs (variants x seeds); give `true` to resume each from its own last checkpoint.")
+    check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
     backbone_path = resolve_backbone(model_args.backbone)
     exported = []
     for planned in runs:

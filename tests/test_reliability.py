@@ -1,0 +1,108 @@
+"""No run ends with a wrong or lost result and exit code 0: divergence stops before a non-finite update, bad sizes and
+output folders are refused before training, interrupted saves are undone, and bad inputs name what to do."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SENTENCES, tiny_model
+from safetensors.torch import load_file
+from test_training import TINY_RUN
+
+from poolattn import training
+from poolattn.manifest import atomic_save, clean_interrupted_save
+from poolattn.trainer import TrainingDivergedError
+
+
+def test_a_diverging_run_stops_before_a_non_finite_update(tiny_backbone_folder, triplets_file, tmp_path):
+    output = tmp_path / "out"
+    diverged = r"step \d+: the loss .* not finite.* --learning_rate \(now 1e\+12"
+    with pytest.raises(TrainingDivergedError, match=diverged):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir", str(output),
+                       *TINY_RUN, "--learning_rate", "1e12", "--max_steps", "12", "--save_steps", "1",
+                       "--max_grad_norm", "0"])
+    assert not (output / "model").exists()  # never an export of non-finite weights
+    checkpoints = sorted(output.glob("checkpoint-*"))
+    assert checkpoints  # the steps before the divergence were kept, every tensor finite
+    for checkpoint in checkpoints:
+        for name, tensor in load_file(checkpoint / "adapter_model.safetensors").items():
+            assert torch.isfinite(tensor).all(), f"{checkpoint.name}: {name}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_steps", "0"], "--max_steps 0: give the optimizer steps"),
+    (["--max_train_samples", "-1"], "--max_train_samples -1"),
+    (["--max_train_samples", "0"], "--max_train_samples 0"),
+    (["--per_device_train_batch_size", "16"], "12 rows make no full batch of 16"),
+])
+def test_sizes_that_would_train_nothing_are_refused_before_training(flags, message, tiny_backbone_folder,
+                                                                    triplets_file, tmp_path):
+    with pytest.raises(ValueError, match=message):  # TripletDataError is a ValueError
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                       "--output_dir", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_with_an_earlier_model_is_kept_unless_asked(tiny_backbone_folder, triplets_file, tmp_path):
+    common = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN, "--max_steps", "2"]
+    first = training.main([*common, "--output_dir", str(tmp_path / "run")])[0]
+    weights = load_file(first / "model.safetensors")
+    with pytest.raises(ValueError, match=r"holds an earlier run \(model, checkpoint-2\).*--overwrite_output_dir"):
+        training.main([*common, "--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3"])
+    for name, value in load_file(first / "model.safetensors").items():  # untouched
+        assert torch.equal(value, weights[name])
+    again = training.main([*common, "--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3",
+                           "--overwrite_output_dir", "true"])[0]
+    assert again == first and any(not torch.equal(value, weights[name])
+                                  for name, value in load_file(again / "model.safetensors").items())
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="--output_dir .*a_file is a file; give a folder"):
+        training.main([*common, "--output_dir", str(tmp_path / "a_file")])
+
+
+def test_an_interrupted_save_is_undone_before_the_next(tmp_path):
+    destination = tmp_path / "model"
+
+    def write(version):
+        return lambda folder: (folder / "weights").write_text(version)
+
+    atomic_save(write("v1"), destination)
+    # killed after moving the old folder aside, before the new one was swapped in; and a half-written temp folder
+    destination.rename(tmp_path / ".model.old-123")
+    (tmp_path / ".model.tmp-abc").mkdir()
+    (tmp_path / ".model.tmp-abc" / "weights").write_text("half")
+    atomic_save(write("v2"), destination)
+    assert (destination / "weights").read_text() == "v2" and [p.name for p in tmp_path.iterdir()] == ["model"]
+    # killed the same way again: the cleanup alone (run before every save) puts the previous model back
+    destination.rename(tmp_path / ".model.old-456")
+    clean_interrupted_save(destination)
+    assert (destination / "weights").read_text() == "v2"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: m.encode({"a": "first text", "b": "second"}), TypeError, "got dict; pass the texts themselves"),
+    (lambda m: m.encode(["a text", 3]), TypeError, "got int among the texts"),
+    (lambda m: m.encode(SENTENCES, normalize="no"), TypeError, "normalize='no': give True, False or None"),
+    (lambda m: m.encode(SENTENCES, max_length=0), ValueError, "max_length=0: give the tokens per text"),
+    (lambda m: m.encode(SENTENCES, batch_size=2.5), ValueError, "batch_size=2.5 must be an integer"),
+])
+def test_bad_encode_arguments_are_refused_with_what_to_give(call, error, message):
+    with pytest.raises(error, match=message):
+        call(tiny_model("llama", 5))
+
+
+def test_compare_refuses_an_unreadable_result_naming_the_file(tmp_path):
+    pytest.importorskip("mteb")
+    from poolattn import cli
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
+    (data / "test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "v5")
+    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--tasks", "BIOSSES", "--data-dir",
+                         str(tmp_path / "data"), "--output", str(tmp_path / "results")]) == 0
+    (result,) = (tmp_path / "results").rglob("BIOSSES.json")
+    result.write_text(result.read_text()[:40])  # truncated, e.g. a full disk
+    with pytest.raises(SystemExit, match=rf"{result.name} is not a readable mteb task result.*delete it"):
+        cli.evaluate(["compare", str(result.parent), "--output", str(tmp_path / "cmp")])
