@@ -70,7 +70,7 @@ def contrastive_loss_on(model, rows) -> float:
     from poolattn.losses import info_nce_loss
 
     queries = model.encode([row["query"] for row in rows], convert_to_numpy=False)
-    documents = [row["positive"] for row in rows] + [row["negative"] for row in rows]
+    documents = [row["positive"] for row in rows] + [text for row in rows for text in row["negatives"]]
     documents = model.encode(documents, convert_to_numpy=False)
     return info_nce_loss(queries, documents, temperature=0.05).item()
 
