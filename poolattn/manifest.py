@@ -238,6 +238,7 @@ class TrainingManifest(Record):
     global_steps: int | None = None
     train_runtime_s: float | None = None
     loss_history: list = field(default_factory=list)  # [step, loss] pairs
+    eval_history: list = field(default_factory=list)  # [step, eval_loss, eval_recall_at_1] on held-out data
     libraries: dict[str, str] = field(default_factory=dict)
     poolattn_config: dict = field(default_factory=dict)  # the config's difference from the defaults
     hyperparameters: dict = field(default_factory=dict)  # every argument of the run, as given

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .losses import contrastive_loss, world_size
+from .losses import contrastive_loss, duplicate_documents, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class ContrastiveTrainer(Trainer):
         loss call's batch comes from one of them (`data.SourceBatchSampler`), else rows are shuffled together."""
         super().__init__(*args, **kwargs)
         self.source_of_rows = source_of_rows
+        self._recall_counts = torch.zeros(2, dtype=torch.float64)  # in-batch hits, queries (`evaluation_loop`)
         if not isinstance(self.args, ContrastiveTrainingArguments):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
                             f"got {type(self.args).__name__}.")
@@ -215,9 +216,35 @@ class ContrastiveTrainer(Trainer):
         return surrogate - surrogate.detach()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The contrastive loss of a held-out batch, and (counted for `evaluation_loop`) how many of its queries rank
+        their own positive first among the batch's documents (in-batch recall@1, duplicates of the positive left
+        out as in the loss)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+            query_embeddings = model(**inputs["queries"]).embeddings
+            document_embeddings = model(**inputs["documents"]).embeddings
+            loss = self._loss(query_embeddings, document_embeddings, inputs.get("text_ids"))
+            scores = torch.nn.functional.normalize(query_embeddings.float(), dim=-1) @ torch.nn.functional.normalize(
+                document_embeddings.float(), dim=-1).T
+            if inputs.get("text_ids") is not None:
+                scores = scores.masked_fill(duplicate_documents(inputs["text_ids"], inputs["text_ids"]["documents"]),
+                                            float("-inf"))
+            hits = scores.argmax(dim=-1) == torch.arange(len(scores), device=scores.device)
+        self._recall_counts += torch.stack([hits.sum(), torch.tensor(len(hits), device=hits.device)]).double().cpu()
         if prediction_loss_only:
             return loss.detach(), None, None
-        return loss.detach(), outputs["query_embeddings"], None
+        return loss.detach(), query_embeddings.detach(), None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """transformers' loop, plus `<prefix>_recall_at_1`: the share of held-out queries whose own positive scores
+        highest among their batch's documents (summed over processes)."""
+        self._recall_counts = torch.zeros(2, dtype=torch.float64)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        counts = self._recall_counts.to(self.args.device)
+        if world_size() > 1:
+            torch.distributed.all_reduce(counts)
+        if counts[1] > 0:
+            output.metrics[f"{metric_key_prefix}_recall_at_1"] = float(counts[0] / counts[1])
+        return output

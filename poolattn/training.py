@@ -114,6 +114,13 @@ class DataArguments:
     skip_invalid_rows: bool = field(default=False,
                                     metadata={"help": "skip (and count) rows with missing/empty fields"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "held-out triplets (file, folder or Hub id) scored during training: contrastive loss and in-batch "
+                "recall@1 (eval_loss, eval_recall_at_1)"})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "hold out this fraction of the training rows (seeded) as the evaluation data instead"})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "stop after N evaluations without improvement of --metric_for_best_model (needs evaluation)"})
     negatives_per_query: int = field(default=1, metadata={
         "help": "hard negatives per query, from each row's `negative` (a string or a list) in sources that have "
                 "them; 0: in-batch negatives only"})
@@ -128,6 +135,9 @@ class DataArguments:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max_train_samples {self.max_train_samples}: give how many examples to use, >= 1 "
                              "(leave it out to use every example).")
+        if not 0 <= self.eval_fraction < 1 or (self.eval_fraction and self.eval_data):
+            raise ValueError(f"--eval_fraction {self.eval_fraction}: give a fraction in [0, 1) of the training rows "
+                             "to hold out, or --eval_data, not both.")
         if self.negatives_per_query < 0:
             raise ValueError(f"--negatives_per_query {self.negatives_per_query}: give 0 (in-batch negatives only) "
                              "or more.")
@@ -246,6 +256,8 @@ def training_manifest(variant: int, base, trainer, result, model_args: ModelArgu
         global_steps=result.global_step,
         train_runtime_s=round(seconds, 1),
         loss_history=[(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+        eval_history=[(entry["step"], entry["eval_loss"], entry.get("eval_recall_at_1"))
+                      for entry in trainer.state.log_history if "eval_loss" in entry],
         libraries=library_versions(),
         poolattn_config=base.config.to_diff_dict(),
         hyperparameters=arguments,
@@ -275,8 +287,10 @@ def restore_finished_run(trainer, checkpoint: str | None):
 
 
 def train_variant(variant: int, model_args: ModelArguments, data_args: DataArguments,
-                  training_args: TrainingRunArguments, triplets: Triplets, backbone_path: str) -> Path:
-    """One variant: model, trainer, training (or resume), export. Returns the exported folder."""
+                  training_args: TrainingRunArguments, triplets: Triplets, backbone_path: str,
+                  held_out: list[dict] | None = None) -> Path:
+    """One variant: model, trainer, training (or resume), export. Returns the exported folder. `held_out` rows are
+    scored during training (`ContrastiveTrainer.evaluation_loop`)."""
     import datasets
 
     set_seed(training_args.seed)
@@ -287,9 +301,15 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
         add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
     )
     one_source = batch_sampling(data_args, triplets) == "one_source_per_batch"
+    callbacks = []
+    if data_args.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = ContrastiveTrainer(model=model, args=training_args, data_collator=collator, processing_class=tokenizer,
                                  train_dataset=datasets.Dataset.from_list(triplets.rows),
-                                 source_of_rows=triplets.source_of_rows() if one_source else None)
+                                 eval_dataset=datasets.Dataset.from_list(held_out) if held_out else None,
+                                 source_of_rows=triplets.source_of_rows() if one_source else None, callbacks=callbacks)
     batch = ContrastiveBatch.of_run(
         per_device_batch=training_args.per_device_train_batch_size, world_size=world_size(),
         negatives_per_query=triplets.negatives_per_query, gather=training_args.gather_across_devices,
@@ -343,6 +363,45 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
         raise ValueError("--batch_sampling mixed across processes needs the same number of hard negatives in every "
                          "source (each process gathers the others' documents); use one_source_per_batch or "
                          "--negatives_per_query 0.")
+
+
+def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments,
+                  ) -> list[dict] | None:
+    """The evaluation rows (`--eval_data`, or `--eval_fraction` of the training rows, taken out of training), checked
+    against the evaluation settings before training; evaluation runs every `--save_steps` unless
+    `--eval_strategy` says otherwise."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    rows = None
+    if data_args.eval_data:
+        rows = load_triplets(data_args.eval_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
+                             negatives_per_query=data_args.negatives_per_query).rows
+    elif data_args.eval_fraction:
+        import random
+
+        order = list(range(len(triplets.rows)))
+        random.Random(training_args.seed).shuffle(order)
+        count = max(1, round(data_args.eval_fraction * len(order)))
+        chosen = set(order[:count])
+        rows = [row for index, row in enumerate(triplets.rows) if index in chosen]
+        triplets.rows = [row for index, row in enumerate(triplets.rows) if index not in chosen]
+        for index, source in enumerate(triplets.sources):
+            source.examples = sum(row["source"] == index for row in triplets.rows)
+    evaluating = training_args.eval_strategy != IntervalStrategy.NO
+    if rows is None and (evaluating or training_args.load_best_model_at_end or data_args.early_stopping_patience):
+        raise ValueError("--eval_strategy, --load_best_model_at_end and --early_stopping_patience need evaluation "
+                         "data: give --eval_data FILE or --eval_fraction 0.05.")
+    eval_batch = training_args.per_device_eval_batch_size * training_args.world_size
+    if rows is not None and len(rows) < eval_batch:
+        raise ValueError(f"{len(rows)} held-out rows make no evaluation batch of {eval_batch} (incomplete batches are "
+                         "dropped, as in training); hold out more rows or lower --per_device_eval_batch_size.")
+    if rows is not None and not evaluating:
+        training_args.eval_strategy = IntervalStrategy.STEPS
+        training_args.eval_steps = training_args.save_steps
+    if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
+        raise ValueError("--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
+                         "default eval_loss), so that the best checkpoint is the one exported.")
+    return rows
 
 
 def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
@@ -414,6 +473,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     )
     if data_args.max_train_samples:
         triplets.keep_first(data_args.max_train_samples)
+    held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
     base_output = (
         training_args.output_dir
@@ -441,7 +501,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             logger.info("variant %d, seed %d: %s", planned.variant, planned.seed,
                         f"resuming from {training_args.resume_from_checkpoint}" if training_args.resume_from_checkpoint
                         else f"no complete checkpoint in {planned.output_dir}, training from step 0")
-        exported.append(train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path))
+        exported.append(train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path,
+                                      held_out=held_out))
     finish_collectives()
     # Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:

@@ -347,17 +347,46 @@ def test_full_finetuning_and_activation_checkpointing_runs(tiny_backbone_folder,
     assert not torch.equal(initial, trained)  # LoRA merged in, or the weight itself trained
 
 
-def test_evaluate_reports_the_contrastive_loss(tiny_backbone_folder, tmp_path):
+def test_evaluate_reports_the_contrastive_loss_and_in_batch_recall(tiny_backbone_folder, tmp_path):
     import datasets
 
     trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path)
     collator = TripletCollator(trainer.model.get_base_model().get_tokenizer(), query_max_length=32,
                                document_max_length=32, add_eos=True)
     trainer.data_collator = collator
-    metrics = trainer.evaluate(datasets.Dataset.from_list(TRIPLETS[:8]))
+    metrics = trainer.evaluate(datasets.Dataset.from_list(TRIPLETS[:8]))  # one batch of 8 (eval batch size)
+    model = trainer.model.eval()
     with torch.no_grad():
-        expected = trainer.compute_loss(trainer.model.eval(), batch).item()
+        expected = trainer.compute_loss(model, batch).item()
+        queries, documents = model(**batch["queries"]).embeddings, model(**batch["documents"]).embeddings
     assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-5)
+    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T
+    by_hand = (scores.argmax(dim=-1) == torch.arange(8)).float().mean().item()  # no duplicate texts in TRIPLETS
+    assert metrics["eval_recall_at_1"] == pytest.approx(by_hand)
+
+
+def test_held_out_data_is_scored_during_training_and_recorded(tiny_backbone_folder, triplets_file, tmp_path):
+    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction",
+                              "0.34", "--per_device_eval_batch_size", "4", "--output_dir", str(tmp_path / "out"),
+                              *TINY_RUN])[0]
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert manifest["data"]["examples"] == 8  # 4 of the 12 rows held out
+    assert [step for step, _, _ in manifest["eval_history"]] == [2, 4]  # every --save_steps
+    assert all(loss > 0 and 0 <= recall <= 1 for _, loss, recall in manifest["eval_history"])
+    # the best checkpoint by held-out recall is the one exported; early stopping as in any Trainer script
+    best = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction", "0.34",
+                          "--per_device_eval_batch_size", "4", "--eval_strategy", "steps", "--eval_steps", "2",
+                          "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
+                          "--early_stopping_patience", "1", "--output_dir", str(tmp_path / "best"), *TINY_RUN])[0]
+    history = json.loads((best / "training_manifest.json").read_text())["eval_history"]
+    state = json.loads(sorted((tmp_path / "best").glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["best_metric"] == pytest.approx(min(loss for _, loss, _ in history))
+    with pytest.raises(ValueError, match="4 held-out rows make no evaluation batch of 8"):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction", "0.34",
+                       "--output_dir", str(tmp_path / "never")])
+    with pytest.raises(ValueError, match="need evaluation data: give --eval_data FILE or --eval_fraction"):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_strategy", "steps",
+                       "--output_dir", str(tmp_path / "never")])
 
 
 def test_paper_preset_sets_defaults_and_explicit_flags_win():
