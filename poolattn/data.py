@@ -1,4 +1,4 @@
-"""Training triplets (query, positive, hard negatives) from local files, folders or the Hub; sources; batches.
+"""Training triplets (query, positive, hard negatives) from local files, folders or the Hub; their sources; collator.
 
 >>> from poolattn.data import SAMPLE_TRIPLETS, load_triplets
 >>> triplets = load_triplets(str(SAMPLE_TRIPLETS))
@@ -6,7 +6,7 @@
 (True, ['instruction', 'negatives', 'positive', 'query', 'source'], 1)
 
 Each file of a folder (or a Hub dataset) is a *source*, with its own count of hard negatives per query (0: in-batch
-negatives only); a file whose rows hold different counts is split into one source per count. `SourceBatchSampler`
+negatives only); a file whose rows hold different counts is split into one source per count. `batching.py`
 draws every batch from one source (the E5/llm2vec practice), so the in-batch negatives are of the same kind as the
 positive; `TripletCollator` gives every text a stable id so that the loss never takes a duplicate of a query's
 positive (or of the query itself) as one of its negatives.
@@ -15,7 +15,6 @@ positive (or of the query itself) as one of its negatives.
 import hashlib
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,11 @@ class Triplets:
     files: list[str] = field(default_factory=list)
     skipped: int = 0
     sources: list[TripletSource] = field(default_factory=list)
+    stream: "torch.utils.data.IterableDataset | None" = None  # `--streaming`: rows read lazily; `rows` a first few
+
+    @property
+    def examples(self) -> int:
+        return sum(source.examples for source in self.sources) if self.stream is not None else len(self.rows)
 
     @property
     def has_negatives(self) -> bool:
@@ -76,7 +80,7 @@ class Triplets:
             source.examples = sum(row["source"] == index for row in self.rows)
 
 
-def _data_files(source: str) -> list[Path]:
+def data_files(source: str) -> list[Path]:
     path = Path(source)
     if path.is_dir():
         # names starting with "_" or "." are not data (e.g. mining's `_provenance.json`)
@@ -93,27 +97,51 @@ def _data_files(source: str) -> list[Path]:
     return [path]
 
 
-def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
-    """(file, 1-based row number, raw row) for every row of every file."""
+def iter_file_rows(path: Path, *, streaming: bool = False):
+    """(1-based row number, raw row) of one file, read lazily; `streaming` reads CSV/parquet through `datasets`
+    without loading the whole file."""
     import datasets
 
-    rows = []
-    for path in files:
-        if path.stat().st_size == 0:
-            raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
-        # JSONL is read directly: exact row numbers, and datasets' type inference cannot hide errors
-        if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((str(path), number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
-        else:
-            table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
-            rows.extend((str(path), number, row) for number, row in enumerate(table, start=1))
-    return rows
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
+    # JSONL is read directly: exact row numbers, and datasets' type inference cannot hide errors
+    if path.suffix == ".jsonl":
+        number = 0
+        try:
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
+        except UnicodeDecodeError as error:
+            raise TripletDataError(f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
+                                   f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl.") from None
+    else:
+        table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train",
+                                      streaming=streaming)
+        yield from enumerate(table, start=1)
+
+
+def count_rows(path: Path) -> int:
+    """Rows of a data file without parsing them (JSONL: non-empty lines; parquet: its metadata)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.ParquetFile(path).metadata.num_rows
+    return sum(1 for _ in iter_file_rows(path, streaming=True))
+
+
+def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
+    """(file, 1-based row number, raw row) for every row of every file."""
+    return [(str(path), number, raw) for path in files for number, raw in iter_file_rows(path)]
 
 
 def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = False,
@@ -131,7 +159,7 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
         raise TripletDataError(f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
                                "more hard negatives per query.")
     if Path(source).exists():
-        files = _data_files(source)
+        files = data_files(source)
         raw_rows = _read_rows(files)
     else:
         import datasets
@@ -157,7 +185,7 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
         file_skipped = 0
         for number, raw in numbered:
             try:
-                row = _validate(raw, negatives_per_query)
+                row = validate_row(raw, negatives_per_query)
             except TripletDataError as error:
                 if not skip_invalid:
                     raise TripletDataError(
@@ -192,7 +220,7 @@ def _clean(row: dict, name: str):
     return value.strip() if isinstance(value, str) else value
 
 
-def _negatives(raw) -> list:
+def raw_negatives(raw) -> list:
     """The row's hard negatives as given: `negative` as a string or a list ("" and [] mean none)."""
     value = _clean(raw, "negative")
     if value is None or value == "":
@@ -200,7 +228,7 @@ def _negatives(raw) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _validate(raw, negatives_per_query: int) -> dict:
+def validate_row(raw, negatives_per_query: int) -> dict:
     """The row with its first `negatives_per_query` hard negatives (fewer where it has fewer)."""
     if not isinstance(raw, dict):
         raise TripletDataError(f"expected an object with query/positive/negative fields, got {type(raw).__name__}")
@@ -214,7 +242,7 @@ def _validate(raw, negatives_per_query: int) -> dict:
         elif not isinstance(value, str):
             raise TripletDataError(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.60}")
         row[name] = value
-    negatives = _negatives(raw)
+    negatives = raw_negatives(raw)
     if any(not isinstance(text, str) or not text.strip() for text in negatives):
         raise TripletDataError(f"field 'negative' must be a string or a list of non-empty strings, got "
                                f"{negatives!r:.80}")
@@ -270,41 +298,3 @@ class TripletCollator:
             "text_ids": {"queries": ids(queries), "positives": ids(documents[: len(rows)]),
                          "documents": ids(documents)},
         }
-
-
-class SourceBatchSampler(torch.utils.data.Sampler):
-    """Row indices in an order where every `batch_size` consecutive rows come from one source.
-
-    Per epoch (seed + epoch): each source's rows are shuffled and cut into full batches (a source's remainder, fewer
-    rows than a batch, waits for the next epoch's shuffle), then the batches of every source are shuffled together, so
-    a source's share of batches follows its size. Give `batch_size` = queries per loss call across devices
-    (per-device batch x processes): the Trainer's loader cuts the stream into per-device batches, and under DDP
-    process r takes every world-th one, so the processes of one step share a source too.
-    """
-
-    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int):
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
-        self.rows_by_source: dict[int, list[int]] = {}
-        for index, source in enumerate(source_of_rows):
-            self.rows_by_source.setdefault(source, []).append(index)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        batches = []
-        for source in sorted(self.rows_by_source):
-            rows = list(self.rows_by_source[source])
-            rng.shuffle(rows)
-            batches += [rows[start : start + self.batch_size]
-                        for start in range(0, len(rows) - self.batch_size + 1, self.batch_size)]
-        rng.shuffle(batches)
-        return batches
-
-    def __iter__(self):
-        for batch in self.batches():
-            yield from batch
-
-    def __len__(self) -> int:
-        return sum(len(rows) // self.batch_size * self.batch_size for rows in self.rows_by_source.values())

@@ -102,6 +102,7 @@ class DataRecord(Record):
     sources: list[dict] = field(default_factory=list)
     batch_sampling: str | None = None  # "one_source_per_batch" or "mixed"
     negatives_per_query: int | None = None  # hard negatives per query in sources that have them
+    streaming: bool = False  # read lazily through a shuffle buffer (`train.py --streaming`)
 
     @property
     def query_prompt(self) -> str:

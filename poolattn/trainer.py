@@ -118,7 +118,7 @@ class ContrastiveTrainer(Trainer):
 
     def __init__(self, *args, source_of_rows: list[int] | None = None, **kwargs):
         """`source_of_rows`: each training row's source (`Triplets.source_of_rows`); with several sources every
-        loss call's batch comes from one of them (`data.SourceBatchSampler`), else rows are shuffled together."""
+        loss call's batch comes from one of them (`batching.SourceBatchSampler`), else rows are shuffled together."""
         super().__init__(*args, **kwargs)
         self.source_of_rows = source_of_rows
         self._recall_counts = torch.zeros(2, dtype=torch.float64)  # in-batch hits, queries (`evaluation_loop`)
@@ -154,7 +154,7 @@ class ContrastiveTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         if self.source_of_rows is not None and len(set(self.source_of_rows)) > 1:
-            from .data import SourceBatchSampler
+            from .batching import SourceBatchSampler
 
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             loss_batch = self.args.per_device_train_batch_size * self.args.world_size

@@ -22,6 +22,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from .batching import stream_triplets
 from .data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, Triplets, load_triplets
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
@@ -114,6 +115,11 @@ class DataArguments:
     skip_invalid_rows: bool = field(default=False,
                                     metadata={"help": "skip (and count) rows with missing/empty fields"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    streaming: bool = field(default=False, metadata={
+        "help": "read the training files lazily (data larger than memory; needs --max_steps): one source per "
+                "batch through a shuffle buffer"})
+    shuffle_buffer_size: int = field(default=10_000, metadata={
+        "help": "rows per source held for shuffling with --streaming (the whole source: the in-memory order)"})
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out triplets (file, folder or Hub id) scored during training: contrastive loss and in-batch "
                 "recall@1 (eval_loss, eval_recall_at_1)"})
@@ -135,6 +141,11 @@ class DataArguments:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max_train_samples {self.max_train_samples}: give how many examples to use, >= 1 "
                              "(leave it out to use every example).")
+        if self.streaming and (self.max_train_samples or self.eval_fraction or self.batch_sampling == "mixed"):
+            raise ValueError("--streaming reads each source in turn: it takes neither --max_train_samples, "
+                             "--eval_fraction (give --eval_data) nor --batch_sampling mixed.")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(f"--shuffle_buffer_size {self.shuffle_buffer_size}: give rows per source, >= 1.")
         if not 0 <= self.eval_fraction < 1 or (self.eval_fraction and self.eval_data):
             raise ValueError(f"--eval_fraction {self.eval_fraction}: give a fraction in [0, 1) of the training rows "
                              "to hold out, or --eval_data, not both.")
@@ -244,12 +255,12 @@ def training_manifest(variant: int, base, trainer, result, model_args: ModelArgu
         backbone=model_args.backbone,
         model_name=model_args.model_name_for(variant),
         seed=training_args.seed,
-        data=DataRecord(source=triplets.source, files=triplets.files, examples=len(triplets.rows),
+        data=DataRecord(source=triplets.source, files=triplets.files, examples=triplets.examples,
                         skipped_rows=triplets.skipped, hard_negatives=triplets.has_negatives,
                         query_instruction=data_args.query_instruction, query_prompt_format=QUERY_PROMPT_FORMAT,
                         sources=[asdict(source) for source in triplets.sources],
                         batch_sampling=batch_sampling(data_args, triplets),
-                        negatives_per_query=triplets.negatives_per_query),
+                        negatives_per_query=triplets.negatives_per_query, streaming=triplets.stream is not None),
         settings=TrainingSettings.from_arguments(arguments),
         contrastive_batch=batch,
         trainable_parameters=parameters,
@@ -300,14 +311,20 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
         tokenizer, query_max_length=data_args.query_max_length, document_max_length=data_args.document_max_length,
         add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
     )
-    one_source = batch_sampling(data_args, triplets) == "one_source_per_batch"
+    one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
+    if triplets.stream is not None:
+        triplets.stream.seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        # accelerate would otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the
+        # queries' count (and so dropping hard negatives); sharded, each process reads the stream and takes its rows
+        training_args.accelerator_config.dispatch_batches = False
+    train_dataset = triplets.stream or datasets.Dataset.from_list(triplets.rows)
     callbacks = []
     if data_args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = ContrastiveTrainer(model=model, args=training_args, data_collator=collator, processing_class=tokenizer,
-                                 train_dataset=datasets.Dataset.from_list(triplets.rows),
+                                 train_dataset=train_dataset,
                                  eval_dataset=datasets.Dataset.from_list(held_out) if held_out else None,
                                  source_of_rows=triplets.source_of_rows() if one_source else None, callbacks=callbacks)
     batch = ContrastiveBatch.of_run(
@@ -345,8 +362,8 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
     for source in triplets.sources:
         logger.info("source %s: %d examples, %d hard negative(s) per query%s", source.name, source.examples,
                     source.negatives_per_query, f", {source.skipped} invalid rows skipped" if source.skipped else "")
-    if len(triplets.rows) < loss_batch:
-        raise TripletDataError(f"{triplets.source}: {len(triplets.rows)} rows make no full batch of {loss_batch} "
+    if triplets.examples < loss_batch:
+        raise TripletDataError(f"{triplets.source}: {triplets.examples} rows make no full batch of {loss_batch} "
                                f"(--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
                                f"{training_args.world_size} process(es)), so no step would run; lower the batch size "
                                "or add data.")
@@ -467,10 +484,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     ones continue from their last complete checkpoint, the others start at step 0.
     """
     # data, validated before anything is written
-    triplets = load_triplets(
-        data_args.train_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
-        negatives_per_query=data_args.negatives_per_query,
-    )
+    if data_args.streaming:
+        if training_args.max_steps < 1:
+            raise ValueError("--streaming needs --max_steps (the data is not counted in epochs).")
+        triplets = stream_triplets(
+            data_args.train_data, batch_size=training_args.per_device_train_batch_size * training_args.world_size,
+            seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size,
+            negatives_per_query=data_args.negatives_per_query, skip_invalid=data_args.skip_invalid_rows,
+        )
+    else:
+        triplets = load_triplets(
+            data_args.train_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
+            negatives_per_query=data_args.negatives_per_query,
+        )
     if data_args.max_train_samples:
         triplets.keep_first(data_args.max_train_samples)
     held_out = held_out_rows(triplets, data_args, training_args)

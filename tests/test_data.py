@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from test_training import TINY_RUN, tiny_peft_trainer
 
 from poolattn import training
-from poolattn.data import SourceBatchSampler, TripletCollator, TripletDataError, load_triplets, text_id
+from poolattn.batching import SourceBatchSampler, SourceBatchStream
+from poolattn.data import TripletCollator, TripletDataError, load_triplets, text_id
 from poolattn.losses import contrastive_loss
 from poolattn.manifest import TrainingManifest
 from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
@@ -155,6 +156,36 @@ def test_one_source_batches_resume_after_a_kill_to_the_same_weights(tiny_backbon
     expected = load_file(straight / "model.safetensors")
     for name, value in load_file(resumed / "model.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_streaming_gives_the_in_memory_batches_for_the_same_seed(tmp_path):
+    data = two_sources(tmp_path / "data")
+    triplets = load_triplets(str(data))
+    in_memory = [triplets.rows[index] for index in SourceBatchSampler(triplets.source_of_rows(), 4, seed=3)]
+    files = sorted(data.glob("*.jsonl"))
+    streamed = list(SourceBatchStream.of_files(files, 4, seed=3, buffer_size=100, negatives_per_query=1))
+    assert streamed == in_memory and len(streamed) == 20  # 3 blocks of a, 2 of b
+    small_buffer = list(SourceBatchStream.of_files(files, 4, seed=3, buffer_size=2, negatives_per_query=1))
+    assert small_buffer != in_memory and sorted(map(str, small_buffer)) == sorted(map(str, in_memory))
+    for start in range(0, 20, 4):  # a small buffer shuffles less, but every batch is still of one source
+        assert len({row["source"] for row in small_buffer[start : start + 4]}) == 1
+
+
+def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_folder, tmp_path):
+    data = two_sources(tmp_path / "data")
+    # no dropout: what is compared is the batches, not the random streams of two loaders
+    common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", str(data), *TINY_RUN,
+              "--lora_dropout", "0"]
+    in_memory = training.main([*common, "--output_dir", str(tmp_path / "memory")])[0]
+    streamed = training.main([*common, "--streaming", "true", "--output_dir", str(tmp_path / "stream")])[0]
+    manifest = TrainingManifest.read(streamed)
+    assert manifest.data.streaming and manifest.data.examples == 20 and manifest.global_steps == 4
+    expected = load_file(in_memory / "model.safetensors")
+    for name, value in load_file(streamed / "model.safetensors").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="--streaming reads each source in turn"):
+        training.main([*common, "--streaming", "true", "--max_train_samples", "5", "--output_dir",
+                       str(tmp_path / "x")])
 
 
 def test_data_that_cannot_give_one_source_batches_is_refused_before_training(tiny_backbone_folder, tmp_path):

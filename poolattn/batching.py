@@ -1,0 +1,174 @@
+"""Which rows form each batch: every loss call's batch from one source (the E5/llm2vec practice), in memory or
+streamed from files, in the same order for the same seed.
+
+- `SourceBatchSampler`: row indices for the Trainer's sampler, over rows loaded in memory (`data.load_triplets`);
+- `SourceBatchStream`: the rows themselves, read lazily from each source's files (`train.py --streaming`), for data
+  larger than memory; with a shuffle buffer at least as large as a source it gives exactly the sampler's order.
+
+Per epoch (seed + epoch), each source's rows go through a buffered shuffle (the full shuffle when the buffer holds the
+whole source) and are cut into blocks of `batch_size` rows (a source's remainder waits for the next epoch); the blocks
+of every source are then interleaved at random, so a source's share of batches follows its size. Give `batch_size`
+= queries per loss call across devices (per-device batch x processes): the Trainer cuts the stream into per-device
+batches, and under DDP process r takes the r-th of each block's parts, so the processes of one step share a source.
+"""
+
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import (
+    TripletDataError,
+    Triplets,
+    TripletSource,
+    count_rows,
+    data_files,
+    iter_file_rows,
+    raw_negatives,
+    validate_row,
+)
+
+logger = logging.getLogger(__name__)
+
+PEEK_ROWS = 1000  # rows read ahead to decide whether a streamed source has hard negatives
+
+
+def buffered_shuffle(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:
+    """`items` in a random order through a buffer of `buffer_size` (as streaming shuffles do): each item read
+    replaces a random one of the buffer, which is yielded. A buffer holding every item gives `rng.shuffle`'s order.
+
+    >>> order = list(range(5)); random.Random(0).shuffle(order)
+    >>> list(buffered_shuffle(range(5), 10, random.Random(0))) == order
+    True
+    """
+    buffer = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        index = rng.randrange(buffer_size)
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def block_order(blocks_per_source: dict[int, int], rng: random.Random) -> list[int]:
+    """The source of every block of an epoch: each source as often as it has full blocks, interleaved at random."""
+    order = [source for source, blocks in sorted(blocks_per_source.items()) for _ in range(blocks)]
+    rng.shuffle(order)
+    return order
+
+
+def _epoch_rng(seed: int, epoch: int, source: int | None = None) -> random.Random:
+    return random.Random(f"{seed}/{epoch}" if source is None else f"{seed}/{epoch}/{source}")
+
+
+class SourceBatchSampler(torch.utils.data.Sampler):
+    """Row indices in an order where every `batch_size` consecutive rows come from one source (module doc)."""
+
+    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int):
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.rows_by_source: dict[int, list[int]] = {}
+        for index, source in enumerate(source_of_rows):
+            self.rows_by_source.setdefault(source, []).append(index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        shuffled = {source: buffered_shuffle(rows, len(rows), _epoch_rng(self.seed, self.epoch, source))
+                    for source, rows in self.rows_by_source.items()}
+        blocks = {source: len(rows) // self.batch_size for source, rows in self.rows_by_source.items()}
+        for source in block_order(blocks, _epoch_rng(self.seed, self.epoch)):
+            for _ in range(self.batch_size):
+                yield next(shuffled[source])
+
+    def __len__(self) -> int:
+        return sum(len(rows) // self.batch_size * self.batch_size for rows in self.rows_by_source.values())
+
+
+@dataclass
+class StreamedSource:
+    """One file read lazily: its row count (counted up front, not parsed) and hard negatives per query."""
+
+    name: str
+    file: str
+    rows: int
+    negatives_per_query: int = 0
+
+
+class SourceBatchStream(torch.utils.data.IterableDataset):
+    """Validated rows `{query, positive, negatives, instruction, source}`, read lazily from each source's file, every
+    `batch_size` consecutive rows from one source (module doc). A row that fails validation stops the run naming its
+    file and row, or with `skip_invalid` is skipped (a source that runs short gives fewer blocks that epoch)."""
+
+    def __init__(self, sources: list[StreamedSource], batch_size: int, *, seed: int, buffer_size: int,
+                 negatives_per_query: int, skip_invalid: bool = False):
+        self.sources, self.batch_size, self.seed, self.epoch = sources, batch_size, seed, 0
+        self.buffer_size, self.negatives_per_query, self.skip_invalid = buffer_size, negatives_per_query, skip_invalid
+
+    @classmethod
+    def of_files(cls, files: list[Path], batch_size: int, *, seed: int, buffer_size: int, negatives_per_query: int,
+                 skip_invalid: bool = False) -> "SourceBatchStream":
+        """One source per file; each counted, and its first rows read to see whether it has hard negatives."""
+        sources = []
+        for path in files:
+            peeked = [raw for _, (_, raw) in zip(range(PEEK_ROWS), iter_file_rows(path, streaming=True))]
+            has_negatives = negatives_per_query > 0 and any(raw_negatives(raw) for raw in peeked)
+            sources.append(StreamedSource(Path(path).stem, str(path), count_rows(path),
+                                          negatives_per_query if has_negatives else 0))
+        return cls(sources, batch_size, seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query,
+                   skip_invalid=skip_invalid)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rows_of(self, index: int) -> Iterator[dict]:
+        source = self.sources[index]
+        for number, raw in iter_file_rows(Path(source.file), streaming=True):
+            try:
+                row = validate_row(raw, source.negatives_per_query)
+                if len(row["negatives"]) < source.negatives_per_query:
+                    raise TripletDataError(f"field 'negative' has {len(row['negatives'])} of the "
+                                           f"{source.negatives_per_query} hard negatives this source's rows have")
+            except TripletDataError as error:
+                if self.skip_invalid:
+                    continue
+                raise TripletDataError(f"{source.file}, row {number}: {error} (pass --skip_invalid_rows to skip such "
+                                       "rows)") from None
+            yield {**row, "source": index}
+
+    def __iter__(self):
+        shuffled = {index: buffered_shuffle(self.rows_of(index), self.buffer_size,
+                                            _epoch_rng(self.seed, self.epoch, index))
+                    for index in range(len(self.sources))}
+        blocks = {index: source.rows // self.batch_size for index, source in enumerate(self.sources)}
+        dry = set()
+        for index in block_order(blocks, _epoch_rng(self.seed, self.epoch)):
+            if index in dry:
+                continue
+            block = [row for _, row in zip(range(self.batch_size), shuffled[index])]
+            if len(block) < self.batch_size:  # skipped rows: this source has no full block left this epoch
+                dry.add(index)
+                continue
+            yield from block
+
+
+def stream_triplets(source: str, *, batch_size: int, seed: int, buffer_size: int, negatives_per_query: int = 1,
+                    skip_invalid: bool = False) -> Triplets:
+    """`Triplets` whose rows are read lazily from the files of `source` (one source per file), every `batch_size`
+    consecutive rows from one source (`batching.SourceBatchStream`); files are counted, not loaded."""
+    if not Path(source).exists():
+        raise TripletDataError(f"--streaming reads local files; {source} is not a file or folder here. Download a Hub "
+                               "dataset first (e.g. with `datasets`), or drop --streaming.")
+    files = data_files(source)
+    stream = SourceBatchStream.of_files(files, batch_size, seed=seed, buffer_size=buffer_size,
+                                        negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
+    first = [row for _, row in zip(range(64), stream.rows_of(0))]
+    sources = [TripletSource(item.name, item.rows, item.negatives_per_query, file=item.file)
+               for item in stream.sources]
+    return Triplets(rows=first, source=source, files=[str(path) for path in files], sources=sources, stream=stream)
