@@ -12,6 +12,7 @@ folders; `run(model_args, data_args, training_args)` is the same from parsed arg
 them into exit codes.
 """
 
+import dataclasses
 import json
 import logging
 import time
@@ -211,9 +212,11 @@ def parse_arguments(argv: list[str], *, description: str | None = None,
     """Command line (or one JSON file) -> (model, data, training) arguments; `--preset` only changes defaults."""
     import argparse
 
+    usage = "%(prog)s [--variant N] [--train_data DATA] [--output_dir DIR] [FLAG ...] | ARGS.json"
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingRunArguments), description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter, usage=usage)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
+    _own_flags_first(parser)
     if len(argv) == 1 and argv[0].endswith(".json"):
         values = json.loads(Path(argv[0]).read_text())
         preset = PRESETS.get(values.pop("preset", None), {})
@@ -223,6 +226,30 @@ def parse_arguments(argv: list[str], *, description: str | None = None,
         parser.set_defaults(**PRESETS[preset_name])
     model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
+
+
+def _own_flags_first(parser) -> None:
+    """`--help` lists poolattn's flags in groups (model, data, contrastive training and the run) before the hundred-odd
+    flags transformers' `TrainingArguments` adds, under their own heading."""
+    from transformers import TrainingArguments
+
+    trainer_fields = {item.name for item in dataclasses.fields(TrainingArguments)}
+    own = {item.name for item in dataclasses.fields(TrainingRunArguments)} - trainer_fields
+    own |= {"per_device_train_batch_size", "learning_rate", "max_steps", "seed", "output_dir"}  # the ones to tune
+    groups = {"model": ModelArguments, "data": DataArguments}
+    sections = {title: parser.add_argument_group(f"{title} (poolattn)") for title in groups}
+    contrastive = parser.add_argument_group("contrastive training and the run (poolattn; the main Trainer flags too)")
+    trainer = parser.add_argument_group("every other flag of transformers' TrainingArguments")
+    names = {title: {item.name for item in dataclasses.fields(kind)} for title, kind in groups.items()}
+    for action in list(parser._actions):
+        if not action.option_strings or action.dest == "help":
+            continue
+        target = next((sections[title] for title in groups if action.dest in names[title]), None)
+        target = target or (contrastive if action.dest in own or action.dest == "preset" else trainer)
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        target._group_actions.append(action)
 
 
 def build_model(model_args: ModelArguments, backbone_path: str, variant: int):

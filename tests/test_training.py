@@ -399,6 +399,20 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
     assert training_args.max_steps == 7
 
 
+def test_help_lists_the_packages_own_flags_first_in_groups(capsys):
+    with pytest.raises(SystemExit):
+        training.parse_arguments(["--help"])
+    text = capsys.readouterr().out
+    headings = ["model (poolattn):", "data (poolattn):", "contrastive training and the run (poolattn",
+                "every other flag of transformers' TrainingArguments:"]
+    positions = [text.index(heading) for heading in headings]
+    assert positions == sorted(positions) and len(text.splitlines()[0]) < 120  # a one-line usage
+    for flag, section in (("--variant", 0), ("--negatives_per_query", 1), ("--temperature", 2), ("--seeds", 2),
+                          ("--learning_rate", 2), ("--adam_beta1", 3)):
+        at = text.index(f"  {flag} ")
+        assert positions[section] < at and (section == 3 or at < positions[section + 1]), flag
+
+
 def test_arguments_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"variant": "3", "max_steps": 5, "temperature": 0.02, "output_dir": "somewhere"}))
