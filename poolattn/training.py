@@ -89,7 +89,11 @@ class ModelArguments:
         if self.model_name is not None and self.model_name.count("/") != 1:
             raise ValueError(f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. "
                              "poolattn/my-model.")
-        self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
+        try:
+            self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config_overrides {self.config_overrides!r} is not valid JSON ({error.msg} at "
+                             f"character {error.pos}); give an object, e.g. '{{\"layers\": \"last:8\"}}'.") from None
         if not isinstance(self.overrides, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}.")
 
@@ -218,7 +222,12 @@ def parse_arguments(argv: list[str], *, description: str | None = None,
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
     _own_flags_first(parser)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        values = json.loads(Path(argv[0]).read_text())
+        try:
+            values = json.loads(Path(argv[0]).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{argv[0]}: not a readable JSON arguments file ({error}).") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{argv[0]}: an arguments file holds one JSON object of flag names and values.")
         preset = PRESETS.get(values.pop("preset", None), {})
         return parser.parse_dict({"output_dir": None, **preset, **values})
     preset_name = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None

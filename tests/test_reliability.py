@@ -106,3 +106,14 @@ def test_compare_refuses_an_unreadable_result_naming_the_file(tmp_path):
     result.write_text(result.read_text()[:40])  # truncated, e.g. a full disk
     with pytest.raises(SystemExit, match=rf"{result.name} is not a readable mteb task result.*delete it"):
         cli.evaluate(["compare", str(result.parent), "--output", str(tmp_path / "cmp")])
+
+
+def test_bad_json_in_flags_or_an_arguments_file_names_the_flag_or_file(tmp_path):
+    with pytest.raises(ValueError, match=r"--config_overrides '\{layers: 1\}' is not valid JSON .* give an object"):
+        training.parse_arguments(["--config_overrides", "{layers: 1}"])
+    (tmp_path / "args.json").write_text('{"variant": "5",}')
+    with pytest.raises(ValueError, match=r"args.json: not a readable JSON arguments file"):
+        training.parse_arguments([str(tmp_path / "args.json")])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list.json: an arguments file holds one JSON object"):
+        training.parse_arguments([str(tmp_path / "list.json")])
