@@ -46,9 +46,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("POOLATTN_CACHE", Path.home() / ".cache" / "poolattn"))
 
 
+class BackboneError(ValueError):
+    """A backbone that is neither a model folder, a Hub id nor a named backbone."""
+
+
 def resolve_backbone(name_or_path: str) -> str:
     """A local folder (or Hub id) for `name_or_path`; named backbones are fetched or built as described above."""
     if name_or_path not in BACKBONES:
+        path = Path(name_or_path).expanduser()
+        hub_id = not path.is_absolute() and name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "~"))
+        if not path.exists() and not hub_id:
+            raise BackboneError(f"--backbone {name_or_path}: no such folder. Give a local model folder, a Hub id "
+                             f"(ORG/NAME) or a named backbone ({', '.join(BACKBONES)}).")
+        if path.exists() and not (path / "config.json").is_file():
+            raise BackboneError(
+                f"--backbone {name_or_path}: the folder has no config.json; give the folder of a saved "
+                "transformers model (save_pretrained), a Hub id or a named backbone.")
         return name_or_path
     backbone = BACKBONES[name_or_path]
     folder = cache_root() / "backbones" / name_or_path

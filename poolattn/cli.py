@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 
 from . import ablation, evaluation, hub, mining, training
+from .backbones import BackboneError
 from .data import TripletDataError
 from .hub import HubPushError
 from .local_tasks import LocalTaskError
 from .manifest import ManifestError
 from .results import CATEGORY_ORDER, ResultsError
+from .trainer import TrainingDivergedError
 
 
 def _show_progress(*, main_process: bool = True) -> None:
@@ -79,6 +81,8 @@ def train(argv: list[str] | None = None) -> int:
         training.run(model_args, data_args, training_args)
     except TripletDataError as error:
         sys.exit(f"train: bad training data: {error}")
+    except (training.TrainingSetupError, BackboneError, TrainingDivergedError) as error:
+        sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
     training.shut_down_process_group()  # only after success: after a failure another rank may be in a collective
@@ -217,7 +221,7 @@ def ablate(argv: list[str] | None = None) -> int:
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")
-    except ValueError as error:  # EvaluationError, LocalTaskError, ResultsError, bad --seeds or training flags
+    except (ValueError, TrainingDivergedError) as error:  # EvaluationError, LocalTaskError, ResultsError, flags
         sys.exit(f"ablate: {error}")
     for failure in run.failures if run else []:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")

@@ -43,6 +43,11 @@ from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments, last_comp
 
 logger = logging.getLogger(__name__)
 
+
+class TrainingSetupError(ValueError):
+    """A run that cannot start as asked (data vs batch, output folder, resume, evaluation data), found before any
+    training; the message names the flag and what to do."""
+
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 BATCH_SAMPLING = ("one_source_per_batch", "mixed")
 PRESETS = {
@@ -413,9 +418,10 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
                            ", ".join(small))
     elif training_args.world_size > 1 and training_args.gather_across_devices and len(
             {source.negatives_per_query for source in triplets.sources}) > 1:
-        raise ValueError("--batch_sampling mixed across processes needs the same number of hard negatives in every "
-                         "source (each process gathers the others' documents); use one_source_per_batch or "
-                         "--negatives_per_query 0.")
+        raise TrainingSetupError(
+            "--batch_sampling mixed across processes needs the same number of hard negatives in every "
+            "source (each process gathers the others' documents); use one_source_per_batch or "
+            "--negatives_per_query 0.")
 
 
 def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments,
@@ -442,18 +448,21 @@ def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: T
             source.examples = sum(row["source"] == index for row in triplets.rows)
     evaluating = training_args.eval_strategy != IntervalStrategy.NO
     if rows is None and (evaluating or training_args.load_best_model_at_end or data_args.early_stopping_patience):
-        raise ValueError("--eval_strategy, --load_best_model_at_end and --early_stopping_patience need evaluation "
-                         "data: give --eval_data FILE or --eval_fraction 0.05.")
+        raise TrainingSetupError(
+            "--eval_strategy, --load_best_model_at_end and --early_stopping_patience need evaluation "
+            "data: give --eval_data FILE or --eval_fraction 0.05.")
     eval_batch = training_args.per_device_eval_batch_size * training_args.world_size
     if rows is not None and len(rows) < eval_batch:
-        raise ValueError(f"{len(rows)} held-out rows make no evaluation batch of {eval_batch} (incomplete batches are "
-                         "dropped, as in training); hold out more rows or lower --per_device_eval_batch_size.")
+        raise TrainingSetupError(
+            f"{len(rows)} held-out rows make no evaluation batch of {eval_batch} (incomplete batches are "
+            "dropped, as in training); hold out more rows or lower --per_device_eval_batch_size.")
     if rows is not None and not evaluating:
         training_args.eval_strategy = IntervalStrategy.STEPS
         training_args.eval_steps = training_args.save_steps
     if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
-        raise ValueError("--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
-                         "default eval_loss), so that the best checkpoint is the one exported.")
+        raise TrainingSetupError(
+            "--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
+            "default eval_loss), so that the best checkpoint is the one exported.")
     return rows
 
 
@@ -465,16 +474,17 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
 
     base_output = Path(base_output)
     if base_output.exists() and not base_output.is_dir():
-        raise ValueError(f"--output_dir {base_output} is a file; give a folder (it is created if missing).")
+        raise TrainingSetupError(f"--output_dir {base_output} is a file; give a folder (it is created if missing).")
     existing = next(parent for parent in (base_output, *base_output.parents) if parent.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to.")
+        raise TrainingSetupError(
+            f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to.")
     for planned in runs:
         earlier = [path for path in (planned.model, *planned.output_dir.glob("checkpoint-*")) if path.exists()]
         if not earlier or resume:
             continue
         if not overwrite:
-            raise ValueError(
+            raise TrainingSetupError(
                 f"{planned.output_dir} holds an earlier run ({', '.join(path.name for path in earlier[:3])}); give "
                 "another --output_dir, --resume_from_checkpoint true to keep finished runs and continue the others, "
                 "or --overwrite_output_dir to train again (its checkpoints are removed, its model replaced).")
@@ -522,7 +532,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     # data, validated before anything is written
     if data_args.streaming:
         if training_args.max_steps < 1:
-            raise ValueError("--streaming needs --max_steps (the data is not counted in epochs).")
+            raise TrainingSetupError("--streaming needs --max_steps (the data is not counted in epochs).")
         triplets = stream_triplets(
             data_args.train_data, batch_size=training_args.per_device_train_batch_size * training_args.world_size,
             seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size,
@@ -546,8 +556,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     resume = training_args.resume_from_checkpoint
     resume_latest = isinstance(resume, str) and resume.lower() in ("true", "latest")
     if resume and not resume_latest and len(runs) > 1:
-        raise ValueError(f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
-                         "runs (variants x seeds); give `true` to resume each from its own last checkpoint.")
+        raise TrainingSetupError(
+            f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
+            "runs (variants x seeds); give `true` to resume each from its own last checkpoint.")
     check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
     backbone_path = resolve_backbone(model_args.backbone)
     exported = []

@@ -117,3 +117,12 @@ def test_bad_json_in_flags_or_an_arguments_file_names_the_flag_or_file(tmp_path)
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"list.json: an arguments file holds one JSON object"):
         training.parse_arguments([str(tmp_path / "list.json")])
+
+
+def test_the_train_command_ends_setup_errors_with_their_message_not_a_traceback(triplets_file, tmp_path):
+    from poolattn import cli
+
+    for flags, message in ((["--backbone", str(tmp_path / "nowhere")], "--backbone .*nowhere: no such folder"),
+                           (["--backbone", str(tmp_path)], "--backbone .*: the folder has no config.json")):
+        with pytest.raises(SystemExit, match=f"train: {message}"):
+            cli.train(["--train_data", triplets_file, "--output_dir", str(tmp_path / "out"), *flags])
