@@ -358,7 +358,7 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
         # accelerate would otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the
         # queries' count (and so dropping hard negatives); sharded, each process reads the stream and takes its rows
         training_args.accelerator_config.dispatch_batches = False
-    train_dataset = triplets.stream or datasets.Dataset.from_list(triplets.rows)
+    train_dataset = triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows)
     callbacks = []
     if data_args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
