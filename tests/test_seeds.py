@@ -137,8 +137,8 @@ def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(t
     (exported[2].parent / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"partial")
     trained = []
     original = training.train_variant
-    monkeypatch.setattr(training, "train_variant", lambda variant, *rest: trained.append((variant, rest[2].seed))
-                        or original(variant, *rest))
+    monkeypatch.setattr(training, "train_variant", lambda variant, *rest, **options: trained.append(
+        (variant, rest[2].seed)) or original(variant, *rest, **options))
     again = training.main([*argv, "--resume_from_checkpoint", "true"])
     assert again == exported and trained == [(1, 43), (5, 42)]
     for path in (exported[1], exported[2]):
