@@ -104,7 +104,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
     scored = sorted((tmp_path / "sweep" / "results").rglob("BIOSSES.json"))
     assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
-    monkeypatch.setattr(training, "train_variant", lambda *args, **options: pytest.fail("a finished arm was retrained"))
+    monkeypatch.setattr(training, "train_variant", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
     assert cli.ablate(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
 
