@@ -14,7 +14,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def from_backbone(name_or_path: str, variant: int | None = 5, **overrides) -> PoolAttnEmbeddingModel:
+def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides) -> PoolAttnEmbeddingModel:
     """`PoolAttnEmbeddingModel.from_backbone` that also takes poolattn's named backbones, e.g. `"smollm2-135m"`.
 
     >>> model = from_backbone("smollm2-135m", variant=5)  # doctest: +SKIP

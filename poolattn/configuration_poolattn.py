@@ -26,6 +26,23 @@ PAPER_VARIANTS = {
     4: {"attention": "bidirectional", "pooling": "latent"},  # last-layer trainable pooling, bidirectional
     5: {"attention": "bidirectional", "pooling": "multi_layer_latent"},  # multi-layers trainable, bidirectional
 }
+# Designs users train elsewhere, as baselines beside the paper's five: the masked mean of the last layer under causal
+# attention (sentence-transformers' default for a decoder) and under bidirectional attention (llm2vec, KaLM,
+# EmbeddingGemma). Named, not numbered, so that results, cards and tables never take them for a paper variant.
+BASELINE_DESIGNS = {
+    "mean-causal": {"attention": "causal", "pooling": "mean"},
+    "mean-bidirectional": {"attention": "bidirectional", "pooling": "mean"},
+}
+DESIGNS = {**PAPER_VARIANTS, **BASELINE_DESIGNS}
+
+
+def variant_tag(variant) -> str:
+    """How names and folders call a design: `v<N>` for a paper variant, the baseline's own name otherwise.
+
+    >>> variant_tag(5), variant_tag("mean-causal")
+    ('v5', 'mean-causal')
+    """
+    return f"v{variant}" if isinstance(variant, int) else str(variant)
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:
@@ -132,7 +149,8 @@ class PoolAttnConfig(PreTrainedConfig):
         add_eos: append the tokenizer's EOS token when the tokenizer does not (Qwen2 tokenizers ignore
             `add_eos_token`); EOS pooling then reads the EOS state.
         max_length: default maximum tokens per text in `encode`, prompt and special tokens included.
-        variant: the paper variant (1-5) this config was built from, if any; informational.
+        variant: the design this config was built from, if any: a paper variant (1-5) or a baseline design's name
+            (`BASELINE_DESIGNS`, e.g. `"mean-causal"`); informational.
     """
 
     model_type = "poolattn"
@@ -156,7 +174,7 @@ class PoolAttnConfig(PreTrainedConfig):
     normalize: bool = True
     add_eos: bool = True
     max_length: int = 512
-    variant: int | None = None
+    variant: int | str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -187,7 +205,7 @@ class PoolAttnConfig(PreTrainedConfig):
                 "(0: start the layer-weight matrix at zero; 1.0: the paper's normal(0, 1))."
             )
         if self.variant is not None:
-            _check_choice("variant", self.variant, tuple(PAPER_VARIANTS))
+            _check_choice("variant", self.variant, tuple(DESIGNS))
         if self.head_input is not None:
             _check_choice("head_input", self.head_input, HEAD_INPUTS)
         if self.layer_summary is not None:
@@ -244,19 +262,20 @@ class PoolAttnConfig(PreTrainedConfig):
         return resolve_layers(self.layers, self.text_config.num_hidden_layers)
 
     @classmethod
-    def from_variant(cls, variant: int, text_config, **overrides) -> "PoolAttnConfig":
-        """Config for one of the paper's variants 1-5 (`PAPER_VARIANTS`); `overrides` set any other field.
+    def from_variant(cls, variant: int | str, text_config, **overrides) -> "PoolAttnConfig":
+        """Config for one of the paper's variants 1-5 (`PAPER_VARIANTS`) or a baseline design (`BASELINE_DESIGNS`);
+        `overrides` set any other field.
 
         >>> from transformers import LlamaConfig
         >>> PoolAttnConfig.from_variant(1, LlamaConfig(num_hidden_layers=2)).pooling
         'eos'
         """
-        if variant not in PAPER_VARIANTS:
+        if type(variant) not in (int, str) or variant not in DESIGNS:
             raise ValueError(
-                f"PoolAttnConfig.from_variant: variant={variant!r} is not a paper variant. Allowed values: "
-                f"{', '.join(map(str, PAPER_VARIANTS))} ({_describe_variants()})."
+                f"PoolAttnConfig.from_variant: variant={variant!r} is not a paper variant or baseline design. Allowed "
+                f"values: {', '.join(map(repr, DESIGNS))} ({_describe_variants()})."
             )
-        preset = PAPER_VARIANTS[variant]
+        preset = DESIGNS[variant]
         changes_preset = any(overrides.get(key, value) != value for key, value in preset.items())
         fields = {**preset, **overrides}
         fields.setdefault("variant", None if changes_preset else variant)
@@ -266,4 +285,4 @@ class PoolAttnConfig(PreTrainedConfig):
 
 
 def _describe_variants() -> str:
-    return "; ".join(f"{n}: {v['pooling']} + {v['attention']}" for n, v in PAPER_VARIANTS.items())
+    return "; ".join(f"{n}: {v['pooling']} + {v['attention']}" for n, v in DESIGNS.items())

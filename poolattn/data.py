@@ -43,6 +43,7 @@ class TripletSource:
     negatives_per_query: int = 0  # 0: in-batch negatives only
     skipped: int = 0
     file: str = ""  # the file (or Hub dataset) it was read from; several sources when its rows' counts differ
+    instruction: str | None = None  # the query instruction of its rows that give none (`set_source_instructions`)
 
 
 @dataclass
@@ -210,6 +211,29 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)
 
 
+def set_source_instructions(triplets: Triplets, instructions: dict[str, str]) -> None:
+    """Give each source named in `instructions` (by its name, e.g. `snli_triplets [1 negative]`, or by its file's
+    stem, e.g. `snli_triplets`, which covers every source of that file) a query instruction, used for its rows that
+    carry no `instruction` of their own. A key that names no source is an error listing the sources there are."""
+    known = {}
+    for index, item in enumerate(triplets.sources):
+        keys = {item.name, Path(item.file).stem if item.file else item.name}
+        for key in keys:
+            known.setdefault(key, []).append(index)
+    unknown = sorted(set(instructions) - set(known))
+    if unknown:
+        raise TripletDataError(
+            f"--source_instructions names {', '.join(map(repr, unknown))}, which is no source of {triplets.source}. "
+            f"Sources there: {', '.join(sorted(known))} (a file's stem covers all its sources).")
+    for key, instruction in instructions.items():
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise TripletDataError(f"--source_instructions[{key!r}]: give a non-empty instruction string, got "
+                                   f"{instruction!r}.")
+        for index in known[key]:
+            if triplets.sources[index].instruction is None or key == triplets.sources[index].name:
+                triplets.sources[index].instruction = instruction.strip()
+
+
 def _clean(row: dict, name: str):
     if not isinstance(row, dict):
         return None
@@ -267,14 +291,16 @@ class TripletCollator:
     row's hard negatives (row by row).
 
     Each text batch holds `input_ids`, `attention_mask` and `pooling_mask` (query instruction tokens excluded from
-    pooling). A row's own `instruction` wins over `query_instruction`. `text_ids` (`text_id` of each query, each
+    pooling). A row's own `instruction` wins over its source's (`source_instructions`, indexed by the row's
+    `source`), which wins over `query_instruction`. `text_ids` (`text_id` of each query, each
     query's positive and each document) lets the loss mask duplicates: a document whose text is a query's positive
     or the query itself is not one of that query's negatives.
     """
 
     def __init__(self, tokenizer, *, query_max_length: int, document_max_length: int, add_eos: bool,
-                 query_instruction: str | None = None):
+                 query_instruction: str | None = None, source_instructions: list[str | None] | None = None):
         self.tokenizer = tokenizer
+        self.source_instructions = list(source_instructions or [])
         self.query_max_length, self.document_max_length = query_max_length, document_max_length
         self.add_eos, self.query_instruction = add_eos, query_instruction
         self.pad_token_id = pad_token_id_for(tokenizer)
@@ -284,8 +310,14 @@ class TripletCollator:
                                           add_eos=self.add_eos)
         return pad_features(features, pad_token_id=self.pad_token_id, padding_side=self.tokenizer.padding_side)
 
+    def _source_instruction(self, row: dict) -> str | None:
+        index = row.get("source")
+        return self.source_instructions[index] if isinstance(index, int) and index < len(self.source_instructions) \
+            else None
+
     def __call__(self, rows: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
-        prompts = [instruction_prompt(row.get("instruction") or self.query_instruction) for row in rows]
+        prompts = [instruction_prompt(row.get("instruction") or self._source_instruction(row)
+                                      or self.query_instruction) for row in rows]
         queries = [row["query"] for row in rows]
         documents = [row["positive"] for row in rows] + [text for row in rows for text in row_negatives(row)]
 

@@ -24,6 +24,7 @@ import re
 import shutil
 from pathlib import Path
 
+from .configuration_poolattn import variant_tag
 from .manifest import ExportedModel, atomic_save
 from .model_card import build_model_card
 from .results import find_model_results
@@ -38,11 +39,12 @@ class HubPushError(RuntimeError):
     """An upload that cannot or did not happen; the message says why, what to do, and where a folder was kept."""
 
 
-def repository_id(hub_model_id: str, *, variant: int | None) -> str:
-    """`ORG/NAME` -> `ORG/NAME-v<variant>`: one repository per paper variant (unchanged for custom configs)."""
+def repository_id(hub_model_id: str, *, variant: int | str | None) -> str:
+    """`ORG/NAME` -> `ORG/NAME-v<variant>` (`ORG/NAME-mean-causal` for a baseline design): one repository per design
+    (unchanged for custom configs)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_model_id or ""):
         raise ValueError(f"hub_model_id={hub_model_id!r} is not a Hub repository id; give one as ORG/NAME.")
-    return f"{hub_model_id}-v{variant}" if variant is not None else hub_model_id
+    return f"{hub_model_id}-{variant_tag(variant)}" if variant is not None else hub_model_id
 
 
 def check_push_possible(token: str | None = None) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .configuration_poolattn import PoolAttnConfig
+from .configuration_poolattn import PoolAttnConfig, variant_tag
 from .prompts import QUERY_PROMPT_FORMAT, instruction_prompt
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class TrainingManifest(Record):
     """`training_manifest.json`: what ran to produce an exported model."""
 
     schema_version: int = SCHEMA_VERSION
-    variant: int | None = None
+    variant: int | str | None = None  # a paper variant 1-5 or a baseline design's name
     backbone: str
     model_name: str | None = None  # ORG/NAME the model is reported under (`train.py --model_name`)
     seed: int | None = None
@@ -274,7 +274,7 @@ class TrainingManifest(Record):
     @property
     def mteb_name(self) -> str:
         """The name results are recorded under: `model_name`, else `poolattn/<backbone>-v<variant>`."""
-        return self.model_name or f"poolattn/{Path(self.backbone).name}-v{self.variant}"
+        return self.model_name or f"poolattn/{Path(self.backbone).name}-{variant_tag(self.variant)}"
 
     @property
     def losses(self) -> list[float]:

@@ -38,6 +38,9 @@ VARIANT_NAMES = {
     3: "multi-layers trainable pooling, causal attention",
     4: "last-layer trainable pooling, bidirectional attention",
     5: "multi-layers trainable pooling, bidirectional attention",
+    "mean-causal": "mean pooling of the last layer, causal attention (baseline design, not a paper variant)",
+    "mean-bidirectional": "mean pooling of the last layer, bidirectional attention (baseline design, not a paper "
+                          "variant)",
 }
 POOLING_TAGS = {"eos": "eos-pooling", "mean": "mean-pooling", "latent": "trainable-pooling",
                 "multi_layer_latent": "multi-layer-trainable-pooling"}
@@ -91,7 +94,8 @@ def card_metadata(model: ExportedModel, *, repo_id: str, results: ModelResults |
     tags = ["mteb", "sentence-transformers", "sentence-similarity", "feature-extraction", "text-embeddings",
             "custom_code", "poolattn", f"{config.attention}-attention", POOLING_TAGS[config.pooling]]
     if model.variant is not None:
-        tags.insert(7, f"poolattn-variant-{model.variant}")
+        tags.insert(7, f"poolattn-variant-{model.variant}" if isinstance(model.variant, int)
+                    else f"poolattn-baseline-{model.variant}")
     return ModelCardData(
         model_name=repo_id,
         language="en",
@@ -275,6 +279,7 @@ def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResult
         backbone=model.backbone,
         variant=model.variant,
         variant_name=VARIANT_NAMES.get(model.variant),
+        paper_variant=isinstance(model.variant, int),
         paper=PAPER,
         paper_url=PAPER_URL,
         paper_bibtex=PAPER_BIBTEX,

@@ -483,7 +483,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         return loaded
 
     @classmethod
-    def from_backbone(cls, name_or_path: str, variant: int | None = 5, **overrides) -> "PoolAttnEmbeddingModel":
+    def from_backbone(cls, name_or_path: str, variant: int | str | None = 5, **overrides) -> "PoolAttnEmbeddingModel":
         """A pretrained decoder (local folder or Hub id) plus a freshly initialised pooling head.
 
         For poolattn's named backbones (the default `"smollm2-135m"`), call `poolattn.from_backbone(name, ...)`: it

@@ -24,7 +24,8 @@ from transformers import HfArgumentParser, set_seed
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .batching import stream_triplets
-from .data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, Triplets, load_triplets
+from .configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, variant_tag
+from .data import SAMPLE_TRIPLETS, TripletCollator, TripletDataError, Triplets, load_triplets, set_source_instructions
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
 from .manifest import (
@@ -63,10 +64,15 @@ PRESETS = {
 }
 
 
+# --variant names that stand for several designs
+DESIGN_GROUPS = {"all": [str(number) for number in PAPER_VARIANTS], "baselines": list(BASELINE_DESIGNS)}
+
+
 @dataclass
 class ModelArguments:
     variant: str = field(default="5", metadata={
-        "help": "paper variant 1-5, several comma-separated (e.g. 1,5), or 'all' to train the five in turn"})
+        "help": "paper variant 1-5, several comma-separated (e.g. 1,5), 'all' for the five; baseline designs "
+                "mean-causal, mean-bidirectional ('baselines' for both), e.g. all,baselines"})
     backbone: str = field(default=DEFAULT_BACKBONE,
                           metadata={"help": "decoder LLM: local folder, Hub id or 'smollm2-135m'"})
     config_overrides: str | None = field(default=None, metadata={
@@ -82,10 +88,7 @@ class ModelArguments:
         "help": "ORG/NAME the model is reported under (mteb); default poolattn/<backbone>-v<N>"})
 
     def __post_init__(self):
-        given = [] if self.variant == "all" else [part.strip() for part in self.variant.split(",")]
-        if any(part not in {"1", "2", "3", "4", "5"} for part in given) or len(set(given)) != len(given):
-            raise ValueError(f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5, several of "
-                             "them comma-separated (each once, e.g. 1,5), or all.")
+        self.variants  # checks the names
         if self.model_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--model_dtype {self.model_dtype!r}: allowed values are float32, bfloat16, float16.")
         if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
@@ -94,23 +97,41 @@ class ModelArguments:
         if self.model_name is not None and self.model_name.count("/") != 1:
             raise ValueError(f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. "
                              "poolattn/my-model.")
-        try:
-            self.overrides = json.loads(self.config_overrides) if self.config_overrides else {}
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--config_overrides {self.config_overrides!r} is not valid JSON ({error.msg} at "
-                             f"character {error.pos}); give an object, e.g. '{{\"layers\": \"last:8\"}}'.") from None
-        if not isinstance(self.overrides, dict):
-            raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}.")
+        self.overrides = _json_object("--config_overrides", self.config_overrides, '\'{"layers": "last:8"}\'')
 
     @property
-    def variants(self) -> list[int]:
-        return [1, 2, 3, 4, 5] if self.variant == "all" else sorted(int(part) for part in self.variant.split(","))
+    def variants(self) -> list[int | str]:
+        """The designs to train: paper variants in order, then baseline designs (`DESIGNS` order)."""
+        given = [part.strip() for part in str(self.variant).split(",")]
+        expanded = [name for part in given for name in DESIGN_GROUPS.get(part, [part])]
+        chosen = [int(name) if name.isdigit() else name for name in expanded]
+        if any(name not in DESIGNS for name in chosen) or len(set(chosen)) != len(chosen):
+            raise ValueError(
+                f"--variant {self.variant!r} is not supported. Allowed values: 1, 2, 3, 4, 5 (the paper's variants), "
+                f"{', '.join(BASELINE_DESIGNS)} (baseline designs), several of them comma-separated, each once "
+                "(e.g. 1,5,mean-causal), all (the five variants) or baselines (both baselines).")
+        return sorted(chosen, key=list(DESIGNS).index)
 
-    def model_name_for(self, variant: int) -> str | None:
-        """`--model_name`, suffixed `-v<N>` when several variants are trained; None for the default name."""
+    def model_name_for(self, variant: int | str) -> str | None:
+        """`--model_name`, suffixed `-v<N>` (or `-<baseline>`) when several designs are trained; None for the
+        default name."""
         if self.model_name is None or len(self.variants) == 1:
             return self.model_name
-        return f"{self.model_name}-v{variant}"
+        return f"{self.model_name}-{variant_tag(variant)}"
+
+
+def _json_object(flag: str, value, example: str) -> dict:
+    """A flag's JSON object (a dict as is, from an arguments file); {} when not given."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag} {value!r} is not valid JSON ({error.msg} at character {error.pos}); give an "
+                         f"object, e.g. {example}.") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{flag} must be a JSON object, e.g. {example}; got {value!r}.")
+    return parsed
 
 
 @dataclass
@@ -120,6 +141,10 @@ class DataArguments:
     data_split: str = field(default="train", metadata={"help": "split of a Hub dataset"})
     query_instruction: str | None = field(
         default=None, metadata={"help": "global query instruction (Instruct: ...\\nQuery: )"})
+    source_instructions: str | None = field(default=None, metadata={
+        "help": 'JSON object of query instructions per source (file stem or source name), e.g. \'{"snli_triplets": '
+                '"Retrieve semantically similar text."}\'; a row\'s own `instruction` wins, --query_instruction is '
+                'the fallback'})
     query_max_length: int = field(default=512, metadata={"help": "tokens per query, instruction included"})
     document_max_length: int = field(default=512, metadata={"help": "tokens per positive or negative"})
     skip_invalid_rows: bool = field(default=False,
@@ -145,6 +170,8 @@ class DataArguments:
                 "negatives of one kind; mixed: rows of every source shuffled together"})
 
     def __post_init__(self):
+        self.instructions_per_source = _json_object("--source_instructions", self.source_instructions,
+                                                    '\'{"snli_triplets": "Retrieve semantically similar text."}\'')
         if self.batch_sampling not in BATCH_SAMPLING:
             raise ValueError(f"--batch_sampling {self.batch_sampling!r}: allowed values are "
                              f"{', '.join(BATCH_SAMPLING)}.")
@@ -266,7 +293,7 @@ def _own_flags_first(parser) -> None:
         target._group_actions.append(action)
 
 
-def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
+def build_model(model_args: ModelArguments, backbone_path: str, variant: int | str):
     """The PoolAttnEmbeddingModel with a fresh head, wrapped with LoRA unless --full_finetune."""
     model = PoolAttnEmbeddingModel.from_backbone(
         backbone_path, variant=variant, dtype=getattr(torch, model_args.model_dtype),
@@ -286,7 +313,7 @@ def build_model(model_args: ModelArguments, backbone_path: str, variant: int):
     return get_peft_model(model, lora), tokenizer
 
 
-def training_manifest(variant: int, base, trainer, result, model_args: ModelArguments, data_args: DataArguments,
+def training_manifest(variant: int | str, base, trainer, result, model_args: ModelArguments, data_args: DataArguments,
                       training_args: TrainingRunArguments, triplets: Triplets, *, batch: ContrastiveBatch,
                       parameters: TrainableParameters, seconds: float) -> TrainingManifest:
     """What ran, for `training_manifest.json` (and the model card)."""
@@ -338,7 +365,7 @@ def restore_finished_run(trainer, checkpoint: str | None):
     return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
 
-def train_variant(variant: int, model_args: ModelArguments, data_args: DataArguments,
+def train_variant(variant: int | str, model_args: ModelArguments, data_args: DataArguments,
                   training_args: TrainingRunArguments, triplets: Triplets, backbone_path: str,
                   held_out: list[dict] | None = None) -> Path:
     """One variant: model, trainer, training (or resume), export. Returns the exported folder. `held_out` rows are
@@ -351,6 +378,7 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
     collator = TripletCollator(
         tokenizer, query_max_length=data_args.query_max_length, document_max_length=data_args.document_max_length,
         add_eos=base.config.add_eos, query_instruction=data_args.query_instruction,
+        source_instructions=[item.instruction for item in triplets.sources],
     )
     one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
     if triplets.stream is not None:
@@ -376,8 +404,8 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
     )
     parameters = TrainableParameters.of(model)
     if trainer.is_world_process_zero():
-        logger.info("variant %d: contrastive batch per loss call = %s", variant, batch.describe())
-        logger.info("variant %d: trainable parameters: %s", variant, parameters.describe())
+        logger.info("variant %s: contrastive batch per loss call = %s", variant, batch.describe())
+        logger.info("variant %s: trainable parameters: %s", variant, parameters.describe())
     resume = training_args.resume_from_checkpoint  # a checkpoint folder or None (`run` resolves "true")
     started = time.time()
     result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
@@ -388,7 +416,7 @@ def train_variant(variant: int, model_args: ModelArguments, data_args: DataArgum
     check_texts = [row["query"] for row in triplets.rows[: training_args.export_check_texts]]
     destination = export_model(model, tokenizer, Path(training_args.output_dir) / "model",
                                check_texts=check_texts, manifest=manifest)
-    logger.info("variant %d: model written to %s", variant, destination)
+    logger.info("variant %s: model written to %s", variant, destination)
     return destination
 
 
@@ -433,8 +461,16 @@ def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: T
 
     rows = None
     if data_args.eval_data:
-        rows = load_triplets(data_args.eval_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
-                             negatives_per_query=data_args.negatives_per_query).rows
+        evaluation = load_triplets(data_args.eval_data, split=data_args.data_split,
+                                   skip_invalid=data_args.skip_invalid_rows,
+                                   negatives_per_query=data_args.negatives_per_query)
+        # the training sources' instructions, where the evaluation files have the same names; then each row carries
+        # its instruction itself, as its source index means nothing to the training collator
+        set_source_instructions(evaluation, {
+            key: value for key, value in data_args.instructions_per_source.items()
+            if any(key in (item.name, Path(item.file).stem) for item in evaluation.sources)})
+        rows = [{**row, "instruction": row["instruction"] or evaluation.sources[row["source"]].instruction,
+                 "source": None} for row in evaluation.rows]
     elif data_args.eval_fraction:
         import random
 
@@ -497,7 +533,7 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
 class PlannedRun:
     """One training run of a job: a variant trained with a seed, into its own output folder."""
 
-    variant: int
+    variant: int | str
     seed: int
     output_dir: Path
 
@@ -517,9 +553,19 @@ def planned_runs(model_args: ModelArguments, training_args: TrainingRunArguments
     seeds = [training_args.seed + offset for offset in range(training_args.seeds)]
     runs = []
     for variant in model_args.variants:
-        folder = Path(base_output) / f"v{variant}" if len(model_args.variants) > 1 else Path(base_output)
+        folder = Path(base_output) / variant_tag(variant) if len(model_args.variants) > 1 else Path(base_output)
         runs += [PlannedRun(variant, seed, folder / f"seed-{seed}" if len(seeds) > 1 else folder) for seed in seeds]
     return runs
+
+
+def default_run_tag(variant_spec: str) -> str:
+    """The default output folder's suffix for a `--variant` value.
+
+    >>> default_run_tag("5"), default_run_tag("all"), default_run_tag("1,5,mean-causal")
+    ('v5', 'vall', 'v1-v5-mean-causal')
+    """
+    parts = [part.strip() for part in str(variant_spec).split(",")]
+    return "-".join(f"v{part}" if part.isdigit() or part == "all" else part for part in parts)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:
@@ -543,6 +589,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             data_args.train_data, split=data_args.data_split, skip_invalid=data_args.skip_invalid_rows,
             negatives_per_query=data_args.negatives_per_query,
         )
+    set_source_instructions(triplets, data_args.instructions_per_source)
     if data_args.max_train_samples:
         triplets.keep_first(data_args.max_train_samples)
     held_out = held_out_rows(triplets, data_args, training_args)
@@ -550,7 +597,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     base_output = (
         training_args.output_dir
         if training_args.output_dir_was_given
-        else f"outputs/{Path(model_args.backbone).name}-v{model_args.variant.replace(',', '-')}"
+        else f"outputs/{Path(model_args.backbone).name}-{default_run_tag(model_args.variant)}"
     )
     runs = planned_runs(model_args, training_args, base_output)
     resume = training_args.resume_from_checkpoint
@@ -564,14 +611,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     exported = []
     for planned in runs:
         if resume_latest and (planned.model / MANIFEST_FILE).is_file():
-            logger.info("variant %d, seed %d: finished already (%s), not retrained", planned.variant, planned.seed,
+            logger.info("variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed,
                         planned.model)
             exported.append(planned.model)
             continue
         training_args.output_dir, training_args.seed = str(planned.output_dir), planned.seed
         if resume_latest:
             training_args.resume_from_checkpoint = last_complete_checkpoint(planned.output_dir)
-            logger.info("variant %d, seed %d: %s", planned.variant, planned.seed,
+            logger.info("variant %s, seed %d: %s", planned.variant, planned.seed,
                         f"resuming from {training_args.resume_from_checkpoint}" if training_args.resume_from_checkpoint
                         else f"no complete checkpoint in {planned.output_dir}, training from step 0")
         exported.append(train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path,

@@ -9,6 +9,7 @@ from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 VARIANTS = (1, 2, 3, 4, 5)
+BASELINES = ("mean-causal", "mean-bidirectional")  # baseline designs beside the paper's variants
 POOLINGS = ("eos", "mean", "latent", "multi_layer_latent")
 
 WORDS = (
@@ -53,7 +54,7 @@ def tiny_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_model(family: str = "llama", variant: int | None = 5, seed: int = 0, text_overrides=None, **overrides):
+def tiny_model(family: str = "llama", variant: int | str | None = 5, seed: int = 0, text_overrides=None, **overrides):
     """A random `PoolAttnEmbeddingModel` in eval mode with the tiny tokenizer attached (4 latents by default)."""
     torch.manual_seed(seed)
     overrides.setdefault("num_latents", 4)

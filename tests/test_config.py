@@ -1,11 +1,12 @@
 """PoolAttnConfig: variant table, defaults relative to the backbone, validation, config.json round trip."""
 
 import pytest
-from conftest import FAMILIES, VARIANTS, tiny_text_config
+from conftest import BASELINES, FAMILIES, VARIANTS, tiny_text_config
 
-from poolattn import PAPER_VARIANTS, PoolAttnConfig, resolve_layers
+from poolattn import PoolAttnConfig, resolve_layers
 from poolattn.configuration_poolattn import (
     ATTENTIONS,
+    DESIGNS,
     HEAD_ATTENTIONS,
     HEAD_INPUTS,
     LATENT_ORIENTATIONS,
@@ -15,7 +16,7 @@ from poolattn.configuration_poolattn import (
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + BASELINES)
 def test_round_trip_through_config_json(family, variant, tmp_path):
     config = PoolAttnConfig.from_variant(variant, tiny_text_config(family), layers="last:2")
     config.save_pretrained(tmp_path)
@@ -23,7 +24,8 @@ def test_round_trip_through_config_json(family, variant, tmp_path):
     assert type(reloaded.text_config) is type(config.text_config)
     assert reloaded.text_config.model_type == family
     assert reloaded.to_dict() == config.to_dict()
-    assert reloaded.text_config.is_causal is (PAPER_VARIANTS[variant]["attention"] == "causal")
+    assert reloaded.text_config.is_causal is (DESIGNS[variant]["attention"] == "causal")
+    assert reloaded.variant == variant
 
 
 def test_variant_table_and_attention_dependent_defaults():
@@ -133,8 +135,21 @@ def test_bad_head_sizes(fields, match):
 
 
 def test_from_variant_rejects_unknown_variant():
-    with pytest.raises(ValueError, match=r"variant=7 is not a paper variant. Allowed values: 1, 2, 3, 4, 5"):
+    allowed = r"Allowed values: 1, 2, 3, 4, 5, 'mean-causal', 'mean-bidirectional'"
+    with pytest.raises(ValueError, match=r"variant=7 is not a paper variant or baseline design. " + allowed):
         PoolAttnConfig.from_variant(7, tiny_text_config())
+    with pytest.raises(ValueError, match=r"variant='5' is not a paper variant"):  # the number, not its string
+        PoolAttnConfig.from_variant("5", tiny_text_config())
+
+
+def test_baseline_designs_are_mean_pooling_under_each_attention():
+    causal = PoolAttnConfig.from_variant("mean-causal", tiny_text_config())
+    bidirectional = PoolAttnConfig.from_variant("mean-bidirectional", tiny_text_config())
+    assert (causal.pooling, causal.attention, causal.text_config.is_causal) == ("mean", "causal", True)
+    assert (bidirectional.pooling, bidirectional.attention, bidirectional.text_config.is_causal) == (
+        "mean", "bidirectional", False)
+    with pytest.raises(ValueError, match=r"variant='mean' is not supported"):
+        PoolAttnConfig(text_config=tiny_text_config().to_dict(), pooling="mean", variant="mean")
 
 
 def test_post_init_steps_do_not_shadow_transformers_config_methods():

@@ -93,6 +93,42 @@ def test_k_negatives_reach_the_loss_and_the_manifest(tiny_backbone_folder, tmp_p
     assert batch["documents"]["input_ids"].shape[0] == 12 and batch["text_ids"]["documents"].shape == (12,)
 
 
+def test_source_instructions_reach_each_sources_queries_and_the_manifest(tiny_backbone_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from poolattn.data import set_source_instructions
+    from poolattn.modeling_poolattn import tokenize_for_embedding
+    from poolattn.prompts import instruction_prompt
+
+    folder = two_sources(tmp_path / "d")
+    rows = json.loads((folder / "a.jsonl").read_text().splitlines()[0])
+    write_jsonl(folder / "a.jsonl", [{**rows, "instruction": "Own instruction"}] + [
+        json.loads(line) for line in (folder / "a.jsonl").read_text().splitlines()[1:]])
+    triplets = load_triplets(str(folder))
+    set_source_instructions(triplets, {"a": "Find the answer", "b": "Find the paraphrase"})
+    assert [source.instruction for source in triplets.sources] == ["Find the answer", "Find the paraphrase"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_folder)
+    collator = TripletCollator(tokenizer, query_max_length=64, document_max_length=32, add_eos=True,
+                               query_instruction="Global fallback",
+                               source_instructions=[source.instruction for source in triplets.sources])
+    first_a, second_a = triplets.rows[0], triplets.rows[1]
+    first_b = next(row for row in triplets.rows if row["source"] == 1)
+    for row, instruction in ((first_a, "Own instruction"), (second_a, "Find the answer"),
+                             (first_b, "Find the paraphrase"), ({**first_b, "source": None}, "Global fallback")):
+        expected = tokenize_for_embedding(tokenizer, [row["query"]], prompt=instruction_prompt(instruction),
+                                          max_length=64, add_eos=True)
+        batch = collator([row])["queries"]
+        assert batch["input_ids"][0].tolist() == expected[0]["input_ids"], instruction
+    with pytest.raises(TripletDataError, match=r"--source_instructions names 'c', which is no source of .* "
+                                               r"Sources there: a, b"):
+        set_source_instructions(load_triplets(str(folder)), {"c": "x"})
+    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", str(folder), "--output_dir",
+                              str(tmp_path / "out"), *TINY_RUN, "--max_steps", "1", "--source_instructions",
+                              json.dumps({"b": "Find the paraphrase"})])[0]
+    recorded = {source["name"]: source["instruction"] for source in TrainingManifest.read(exported).data.sources}
+    assert recorded == {"a": None, "b": "Find the paraphrase"}
+
+
 # -- one source per batch --------------------------------------------------------------------------------------------
 
 

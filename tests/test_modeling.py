@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, SENTENCES, VARIANTS, tiny_model, tiny_text_config, tiny_tokenizer
+from conftest import BASELINES, FAMILIES, SENTENCES, VARIANTS, tiny_model, tiny_text_config, tiny_tokenizer
 
 from poolattn import PoolAttnEmbeddingModel
 from poolattn.modeling_poolattn import last_token_index, pad_features, tokenize_for_embedding
@@ -50,6 +50,20 @@ def test_left_right_padding_and_batch_size_match_the_unpadded_sequence(family, a
     model = tiny_model(family, variant=None, attention=attention, **overrides)
     alone = model.encode(SENTENCES, batch_size=1, convert_to_numpy=False)  # no padding at all
     right = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    model.tokenizer.padding_side = "left"
+    left = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
+    torch.testing.assert_close(right, alone, rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(left, alone, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("design", BASELINES)
+def test_baseline_designs_match_across_padding_sides_and_batch_sizes(family, design):
+    """The baselines as users build them (by name), under the same property as every pooling case above."""
+    model = tiny_model(family, design)
+    assert model.pooler is None and model.config.variant == design
+    alone = model.encode(SENTENCES, batch_size=1, convert_to_numpy=False)
+    right = model.encode(SENTENCES, batch_size=3, convert_to_numpy=False)
     model.tokenizer.padding_side = "left"
     left = model.encode(SENTENCES, batch_size=8, convert_to_numpy=False)
     torch.testing.assert_close(right, alone, rtol=0, atol=TOLERANCE)
