@@ -44,6 +44,7 @@ from pathlib import Path
 
 from . import training
 from .budget import budget_revision
+from .data import SHARED_DATA
 from .evaluation import compare_results, evaluate_models
 from .manifest import ExportedModel
 from .results import results_folder
@@ -63,8 +64,7 @@ ABLATIONS = {
 # at most DEFAULT_BUDGET units (pairs, examples, queries) per task, the same seeded sample for every arm.
 DEFAULT_CATEGORIES = ("STS", "Retrieval", "Classification", "Clustering")
 DEFAULT_BUDGET = 100
-# Local task copies: $POOLATTN_DATA, else the project's `../shared/data` beside a source checkout.
-DEFAULT_DATA = os.environ.get("POOLATTN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA = str(SHARED_DATA)  # local task copies
 
 
 def arms(ablation: str) -> dict[str, dict]:

@@ -7,6 +7,7 @@ Each function backs one console command and one top-level script of a source che
 | `poolattn-train` | `python train.py` | `poolattn.training.run` |
 | `poolattn-evaluate run/compare` | `python evaluate.py` | `poolattn.evaluation.evaluate_models` / `compare_results` |
 | `poolattn-ablate` | `python ablate.py` | `poolattn.ablation.run_ablation` |
+| `poolattn-study` | `python study.py` | `poolattn.study.run_study` |
 | `poolattn-publish` | `python publish.py` | `poolattn.hub.publish` |
 
 Library code logs through `logging` (logger `poolattn.*`); the doors show its INFO messages on the main process.
@@ -18,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import ablation, evaluation, hub, mining, training
+from . import ablation, evaluation, hub, mining, study, training
 from .backbones import BackboneError
 from .data import TripletDataError
 from .hub import HubPushError
@@ -227,6 +228,65 @@ def ablate(argv: list[str] | None = None) -> int:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")
     training.shut_down_process_group()  # every arm's run ended with a barrier; nothing waits on other ranks here
     return 1 if run and run.failures else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# study
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def study_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
+    parser.add_argument("--designs", default="all,baselines",
+                        help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
+                             "mean-bidirectional), or a comma list (default all,baselines)")
+    parser.add_argument("--ablation", default="none",
+                        help="ablation arms of variant 5: none, all, or a comma list of "
+                             f"{', '.join(ablation.ABLATIONS)}")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per row: --seed, --seed+1, ... (default 2)")
+    parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
+    parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")
+    parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
+                                        f"{','.join(ablation.DEFAULT_CATEGORIES)})")
+    parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
+    parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
+    parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
+    parser.add_argument("--budget", type=int, default=ablation.DEFAULT_BUDGET,
+                        help=f"at most N units per task, the same sample for every row (default "
+                             f"{ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
+    parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
+    parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
+    return parser
+
+
+def run_study_command(argv: list[str] | None = None) -> int:
+    """`python study.py [...] [-- training flags]` / `poolattn-study ...`."""
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, train_argv = study_parser().parse_args(argv[:split]), argv[split + 1 :]
+    _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
+    try:
+        if args.report:
+            print(f"written: {study.write_report(args.report)}")
+            return 0
+        plan = study.plan_study(
+            designs=args.designs, ablation=args.ablation, seeds=args.seeds, seed=args.seed,
+            train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
+            tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
+            benchmark=args.benchmark, data_dir=args.data_dir or None, budget=args.budget or None,
+            batch_size=args.batch_size)
+        run = study.run_study(plan, args.output)
+    except TripletDataError as error:
+        sys.exit(f"study: bad training data: {error}")
+    except (ValueError, TrainingDivergedError) as error:  # StudyError, EvaluationError, ResultsError, flags
+        sys.exit(f"study: {error}")
+    for failure in run.failures:
+        print(f"FAILED {failure.model} {failure.task}: {failure.error}")
+    if run.report:
+        print(f"written: {run.report}")
+    training.shut_down_process_group()
+    return 1 if run.failures else 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ positive (or of the query itself) as one of its negatives.
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from .prompts import instruction_prompt
 logger = logging.getLogger(__name__)
 
 SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
+# The project's shared data (local MTEB task copies, training triplets in `train/`): $POOLATTN_DATA, else
+# `../shared/data` beside a source checkout.
+SHARED_DATA = Path(os.environ.get("POOLATTN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELD_ALIASES = {"postive": "positive"}  # the paper's data (yixuantt/ir_data) spells it this way
 

@@ -8,6 +8,7 @@ tests per category with Holm correction, a figure and a summary for model cards.
 
 import csv
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,21 @@ def hub_poolattn_snapshot(model: str) -> str | None:
     except Exception:  # not reachable or no config: let sentence-transformers try (and explain) below
         return None
     return snapshot_download(model) if config.get("model_type") == "poolattn" else None
+
+
+NO_INSTRUCTIONS = "no-instructions"
+
+
+def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True) -> str:
+    """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget, and
+    `-no-instructions` when a poolattn model was scored without its task instructions, so that neither setting ever
+    shares (or is skipped as already done by) the other's results.
+
+    >>> evaluation_revision("0123abcd", budget=100, instructions=False)
+    '0123abcd-budget100-no-instructions'
+    """
+    revision = budget_revision(revision, budget)
+    return revision if instructions else f"{revision}-{NO_INSTRUCTIONS}"
 
 
 def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool):
@@ -171,6 +187,8 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
     """
     import mteb
 
+    from .mteb_encoder import PoolAttnEncoder
+
     if budget is not None and budget < 1:
         raise EvaluationError(f"--budget {budget}: give the most units (pairs, examples, queries) per task, >= 1.")
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
@@ -199,8 +217,9 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
             selected = [cap_task(task, budget) for task in selected]
-            revision = budget_revision(encoder.mteb_model_meta.revision, budget)
-            encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
+        revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget,
+                                       instructions=instructions or not isinstance(encoder, PoolAttnEncoder))
+        encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
         meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
         folder = results_folder(output, meta.name, meta.revision)
         predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
@@ -228,9 +247,15 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
 def task_gold(results: ModelResults, task: str) -> dict:
     """{subset: {split: data}} of `task` as `results`' run scored it: the same data dir and budget, so the same units.
     Raises `EvaluationError` when the data cannot be loaded."""
+    return _gold(task, results.data_dir, results.budget)
+
+
+@functools.lru_cache(maxsize=32)
+def _gold(task: str, data_dir: str | None, budget: int | None) -> dict:
+    """Loaded once per process and setting: a study compares many pairs of models on the same units."""
     try:
-        loaded = load_task(task, data_dir=results.data_dir)
-        loaded = cap_task(loaded, results.budget) if results.budget else loaded
+        loaded = load_task(task, data_dir=data_dir)
+        loaded = cap_task(loaded, budget) if budget else loaded
         loaded.load_data()
     except Exception as error:  # offline without --data-dir, a moved data dir, ...
         raise EvaluationError(f"its data could not be loaded ({type(error).__name__}: {error})") from None
@@ -259,18 +284,21 @@ def task_units(info: TaskInfo, data, prediction):
     raise EvaluationError(f"no paired test for {info.type} tasks in this layout yet")
 
 
-def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, str]]:
-    """Paired bootstrap tests of model a against model b on every task both scored on the same units, over their seed
-    replicates (`paired.replicated_bootstrap`; seeds matched one to one when both have the same seeds), Holm-corrected
-    within each category; and the tasks left out, with the reason. A task scored on several subsets or splits gets a
-    test per subset and split (`PairedTest.part`)."""
-    from . import paired
+@dataclass
+class TaskParts:
+    """What the paired bootstrap of one task needs, per scored subset and split ("subset/split" -> its units and each
+    model's predictions, one per seed), for two models scored on the same units."""
 
-    tests, skipped = [], {}
+    task: str
+    category: str
+    parts: dict[str, tuple] = field(default_factory=dict)  # "subset/split" -> (Units, runs_a, runs_b)
+
+
+def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], dict[str, str]]:
+    """Every task both models scored, as `TaskParts`; and the tasks left out, with the reason."""
     if (a.data_dir, a.budget) != (b.data_dir, b.budget):
         return [], {"all tasks": "the two runs read different data or budgets, so their units differ"}
-    categories = a.categories
-    paired_seeds = len(a.runs) > 1 and a.seeds == b.seeds  # sorted by seed: run i of a and b share seed i
+    found, skipped = [], {}
     for task in sorted(set(a.scores) & set(b.scores)):
         predictions_a, predictions_b = a.predictions(task), b.predictions(task)
         if predictions_a is None or predictions_b is None:
@@ -288,13 +316,34 @@ def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, 
         except EvaluationError as error:
             skipped[task] = str(error)
             continue
-        for (subset, split), part_units in units.items():
-            test = paired.replicated_bootstrap(
-                part_units, [predictions[subset][split] for predictions in predictions_a],
-                [predictions[subset][split] for predictions in predictions_b], paired_seeds=paired_seeds, task=task)
-            test.part = f"{subset}/{split}" if len(parts) > 1 else ""
+        found.append(TaskParts(task, a.categories[task], {
+            f"{subset}/{split}": (part_units, [predictions[subset][split] for predictions in predictions_a],
+                                  [predictions[subset][split] for predictions in predictions_b])
+            for (subset, split), part_units in units.items()}))
+    return found, skipped
+
+
+def seeds_paired(a: SeedReplicates, b: SeedReplicates) -> bool:
+    """Whether run i of a and of b share a seed (hence the data order), for every i (runs are sorted by seed)."""
+    return len(a.runs) > 1 and a.seeds == b.seeds
+
+
+def paired_tests(a: SeedReplicates, b: SeedReplicates) -> tuple[list, dict[str, str]]:
+    """Paired bootstrap tests of model a against model b on every task both scored on the same units, over their seed
+    replicates (`paired.replicated_bootstrap`; seeds matched one to one when both have the same seeds), Holm-corrected
+    within each category; and the tasks left out, with the reason. A task scored on several subsets or splits gets a
+    test per subset and split (`PairedTest.part`)."""
+    from . import paired
+
+    found, skipped = task_parts(a, b)
+    tests = []
+    for item in found:
+        for part, (units, runs_a, runs_b) in item.parts.items():
+            test = paired.replicated_bootstrap(units, runs_a, runs_b, paired_seeds=seeds_paired(a, b), task=item.task)
+            test.part = part if len(item.parts) > 1 else ""
             tests.append(test)
-    for category in {categories[test.task] for test in tests}:
+    categories = {item.task: item.category for item in found}
+    for category in set(categories.values()):
         paired.holm([test for test in tests if categories[test.task] == category])
     return tests, skipped
 

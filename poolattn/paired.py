@@ -107,30 +107,58 @@ def replicated_bootstrap(units: Units, runs_a: list, runs_b: list, *, paired_see
     A bootstrap over n seeds sees (n-1)/n of their variance: with 2 seeds the seed part of the interval is about
     0.71 (sqrt(1/2)) of its width; use 3 or more seeds for a claim that rests on it.
     """
-    if not runs_a or not runs_b:
+    return pooled_bootstrap([(units, runs_a, runs_b)], paired_seeds=paired_seeds, task=task, resamples=resamples,
+                            seed=seed)
+
+
+def pooled_bootstrap(parts: list[tuple[Units, list, list]], *, weights: list[float] | None = None,
+                     paired_seeds: bool = False, task: str = "", resamples: int = RESAMPLES,
+                     seed: int = SEED) -> PairedTest:
+    """`replicated_bootstrap` of the mean over several tasks (`parts`: each task's units and both models' runs), e.g.
+    a category's mean main score: each resample draws every task's units independently (the tasks are separate
+    samples) and each model's seeds once for all tasks (a seed's model is one model on every task). `weights` weigh
+    the parts in the mean (default equal; e.g. 1/2 each for the two subsets of one task). `units` of the result is the
+    total over the tasks. With one part this is `replicated_bootstrap`.
+    """
+    if not parts or any(not runs_a or not runs_b for _, runs_a, runs_b in parts):
         raise ValueError("replicated_bootstrap needs at least one run (seed) of each model.")
-    if paired_seeds and len(runs_a) != len(runs_b):
-        raise ValueError(f"paired_seeds needs as many runs of each model, got {len(runs_a)} and {len(runs_b)}.")
+    seeds_a, seeds_b = {len(part[1]) for part in parts}, {len(part[2]) for part in parts}
+    if len(seeds_a) != 1 or len(seeds_b) != 1:
+        raise ValueError("pooled_bootstrap: every task needs the same runs (seeds) of each model.")
+    count_a, count_b = seeds_a.pop(), seeds_b.pop()
+    if paired_seeds and count_a != count_b:
+        raise ValueError(f"paired_seeds needs as many runs of each model, got {count_a} and {count_b}.")
+    weights = np.ones(len(parts)) if weights is None else np.asarray(weights, dtype=float)
+    weights = weights / weights.sum()
     rng = np.random.default_rng(seed)
-    everything = units.everything()
-    full_a = [units.statistic(run, everything) for run in runs_a]
-    full_b = [units.statistic(run, everything) for run in runs_b]
-    score_a, score_b = float(np.mean(full_a)), float(np.mean(full_b))
+
+    def scores(sample_of, runs_of) -> list[np.ndarray]:  # per task: every run's score on that task's sample
+        return [np.array([units.statistic(run, sample_of(index, units)) for run in runs_of(part)])
+                for index, (units, *part) in enumerate(parts)]
+
+    def everything(index, units):
+        return units.everything()
+
+    full_a = scores(everything, lambda part: part[0])
+    full_b = scores(everything, lambda part: part[1])
+    score_a = float(weights @ [task_scores.mean() for task_scores in full_a])
+    score_b = float(weights @ [task_scores.mean() for task_scores in full_b])
     observed = score_a - score_b
     differences = np.empty(resamples)
     for index in range(resamples):
-        sample = units.resample(rng)
-        seeds_a = _draw_seeds(rng, len(runs_a))
-        seeds_b = seeds_a if paired_seeds else _draw_seeds(rng, len(runs_b))
-        scores_a = [units.statistic(run, sample) for run in runs_a]
-        scores_b = [units.statistic(run, sample) for run in runs_b]
-        differences[index] = np.mean([scores_a[i] for i in seeds_a]) - np.mean([scores_b[i] for i in seeds_b])
+        samples = [units.resample(rng) for units, _, _ in parts]
+        draw_a = _draw_seeds(rng, count_a)
+        draw_b = draw_a if paired_seeds else _draw_seeds(rng, count_b)
+        sampled_a = scores(lambda i, units: samples[i], lambda part: part[0])
+        sampled_b = scores(lambda i, units: samples[i], lambda part: part[1])
+        differences[index] = (weights @ [task_scores[draw_a].mean() for task_scores in sampled_a]
+                              - weights @ [task_scores[draw_b].mean() for task_scores in sampled_b])
     differences = np.nan_to_num(differences, nan=0.0)
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
     p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
     low, high = np.percentile(differences, [2.5, 97.5])
-    return PairedTest(task, units.count, score_a, score_b, float(observed), float(low), float(high), p_value,
-                      resamples, seeds_a=len(runs_a), seeds_b=len(runs_b), paired_seeds=paired_seeds)
+    return PairedTest(task, sum(units.count for units, _, _ in parts), score_a, score_b, float(observed), float(low),
+                      float(high), p_value, resamples, seeds_a=count_a, seeds_b=count_b, paired_seeds=paired_seeds)
 
 
 def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"poolattn-train": "--variant", "poolattn-evaluate": "compare", "poolattn-ablate": "--ablation",
-            "poolattn-publish": "--hub_model_id", "poolattn-mine": "--num_negatives"}
+            "poolattn-publish": "--hub_model_id", "poolattn-mine": "--num_negatives",
+            "poolattn-study": "--designs"}
 INSTALLED_FILES = """
 import poolattn, poolattn.data, poolattn.model_card
 print(poolattn.__file__)

@@ -1,0 +1,537 @@
+"""The study, run and reported: the paper's five designs, the baseline designs and the ablation arms, each trained
+with several seeds on one recipe, scored on STS, Retrieval, Classification and Clustering, and laid out as the paper's
+tables (Tang & Yang 2024, Tables 2-3) with the test behind every significance marker.
+
+    python study.py --preset small --seeds 2                        # CPU: SmolLM2-135M on ../shared/data/train
+    python study.py --preset small --seeds 3 --ablation layer_count,layer_weights
+    python study.py --report study/                                  # the report again, from what has run so far
+    torchrun --nproc_per_node 8 study.py --preset paper --seeds 3 --ablation all --benchmark "MTEB(eng, v2)" \\
+        --categories STS,Retrieval,Classification,Clustering --data-dir "" --budget 0
+
+Rows: variants 1-5 (`--designs all`), the baselines mean-causal and mean-bidirectional (`baselines`), and, with
+`--ablation`, the arms of `ablation.ABLATIONS` over variant 5 (the base arm *is* the variant-5 row: same config, data
+order and seed). Every row is trained with the same train.py flags (a `--preset` or any flags after `--`) and the same
+seeds S..S+N-1; seed s gives every row the same data order.
+
+Order and resuming: seed by seed (every row's first seed, then every row's second, ...), each run scored as soon as it
+is trained, so an interrupted study has a complete one-seed table first. Run the same command again to resume: a
+finished run is not retrained (an interrupted one continues from its last complete checkpoint) and finished tasks are
+not re-scored. `study.json` in `--output` records the plan; `--report` rewrites the report from it.
+
+Layout of `--output`: `study.json`, `runs/<row>/seed-<S>/` (train.py's output; `model/` the export), `results/`
+(`evaluate.py run` results), `report/` (`study.md`, `study_table.csv`, `study_tests.csv`, `per_task.csv`,
+`study.png`).
+
+Tests (each marker names its test): the category-level paired bootstrap (`paired.pooled_bootstrap`: every task's units
+of the category resampled, and each row's seeds, 1000 resamples; Holm over the categories of one comparison), beside
+the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 with 5 or fewer datasets per category.
+"""
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import training
+from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
+from .configuration_poolattn import DESIGNS, variant_tag
+from .evaluation import evaluate_models, evaluation_revision, seeds_paired, task_parts
+from .manifest import MANIFEST_FILE, ExportedModel
+from .model_card import VARIANT_NAMES
+from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "study.json"
+BASE_ROW = "v5"  # the ablation arms' base: variant 5
+# The paper's own comparisons (Tang & Yang 2024, Section 5): row a against row b, and what the difference answers.
+PAPER_COMPARISONS = (
+    ("v2", "v1", "trainable pooling vs EOS-last, causal"),
+    ("v4", "v2", "bidirectional vs causal, last-layer trainable pooling"),
+    ("v5", "v3", "bidirectional vs causal, multi-layers trainable pooling"),
+    ("v3", "v2", "multi-layers vs last-layer trainable pooling, causal"),
+    ("v5", "v4", "multi-layers vs last-layer trainable pooling, bidirectional"),
+)
+BASELINE_COMPARISONS = (
+    ("v5", "mean-bidirectional", "the paper's best design vs mean pooling, bidirectional"),
+    ("v5", "mean-causal", "the paper's best design vs mean pooling, causal"),
+    ("v1", "mean-causal", "EOS-last vs mean pooling, causal"),
+)
+INSTRUCTION_CHECK = ("v5", "mean-causal")  # one variant and one baseline scored on STS without instructions too
+ALPHA = 0.05
+# train.py flags the study sets per row and seed
+RESERVED_TRAINING_FLAGS = {"variant", "seed", "seeds", "output_dir", "model_name", "config_overrides",
+                           "resume_from_checkpoint", "push_to_hub", "hub_dry_run", "overwrite_output_dir"}
+
+
+class StudyError(ValueError):
+    """A study that cannot run or be reported as asked; the message says what to change."""
+
+
+@dataclass
+class StudyRow:
+    """One row of the study's table: a design (a paper variant or a baseline) or an ablation arm of variant 5."""
+
+    key: str  # "v5", "mean-causal", "arm-last_4"
+    label: str  # how the table names it
+    kind: str  # "variant", "baseline" or "arm"
+    variant: int | str  # the design trained
+    overrides: dict = field(default_factory=dict)  # PoolAttnConfig overrides (arms)
+    model_name: str = ""  # the name results are recorded under
+
+
+@dataclass
+class StudyPlan:
+    """What a study trains and scores; `study.json` in the output folder."""
+
+    backbone: str
+    seeds: list[int]
+    rows: list[StudyRow]
+    train_argv: list[str]
+    tasks: list[str] | None = None
+    categories: list[str] | None = None
+    benchmark: str | None = None
+    data_dir: str | None = None
+    budget: int | None = DEFAULT_BUDGET
+    batch_size: int = 32
+    instruction_check: list[str] = field(default_factory=list)  # row keys also scored on STS without instructions
+
+    def row(self, key: str) -> StudyRow | None:
+        return next((row for row in self.rows if row.key == key), None)
+
+    def write(self, output) -> Path:
+        path = Path(output) / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, output) -> "StudyPlan":
+        path = Path(output) / PLAN_FILE
+        if not path.is_file():
+            raise StudyError(f"{output}: no {PLAN_FILE} here; give the --output folder of a study (run it first).")
+        values = json.loads(path.read_text())
+        return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
+
+
+def run_folder(output, row: StudyRow, seed: int) -> Path:
+    """train.py's output folder of one row and seed; the exported model is its `model/`."""
+    return Path(output) / "runs" / row.key / f"seed-{seed}"
+
+
+def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, seeds: int = 2, seed: int = 42,
+               train_argv: list[str] = (), tasks=None, categories=None, benchmark=None, data_dir=None,
+               budget: int | None = DEFAULT_BUDGET, batch_size: int = 32,
+               instruction_check: list[str] | None = None) -> StudyPlan:
+    """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
+    given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
+    if clash := sorted(given & RESERVED_TRAINING_FLAGS):
+        raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
+                         "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
+                         "instead.")
+    if seeds < 1:
+        raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
+    model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
+    backbone = model_args.backbone
+    chosen = model_args.variants
+    arm_overrides = {} if not ablation or ablation == "none" else _arms(ablation)
+    if arm_overrides and 5 not in chosen:
+        chosen = sorted([*chosen, 5], key=list(DESIGNS).index)
+        logger.info("the ablation arms' base is variant 5: added to the designs")
+    rows = [StudyRow(variant_tag(design), _design_label(design), "variant" if isinstance(design, int) else "baseline",
+                     design, model_name=f"poolattn/{Path(backbone).name}-{variant_tag(design)}") for design in chosen]
+    rows += [StudyRow(f"arm-{name}", f"v5 · {name}", "arm", 5, overrides, arm_model_name(backbone, 5, name))
+             for name, overrides in arm_overrides.items()]
+    if not (tasks or categories or benchmark):
+        categories = list(DEFAULT_CATEGORIES)
+    check = list(INSTRUCTION_CHECK if instruction_check is None else instruction_check)
+    keys = {row.key for row in rows}
+    check = [key for key in check if key in keys]
+    return StudyPlan(backbone=backbone, seeds=list(range(seed, seed + seeds)), rows=rows, train_argv=list(train_argv),
+                     tasks=tasks, categories=categories, benchmark=benchmark,
+                     data_dir=str(data_dir) if data_dir else None, budget=budget or None, batch_size=batch_size,
+                     instruction_check=check)
+
+
+def _arms(ablation: str) -> dict[str, dict]:
+    """The arms (without the base) of one ablation, several comma-separated, or all."""
+    names = list(ABLATIONS) if ablation == "all" else [name.strip() for name in ablation.split(",") if name.strip()]
+    chosen = {}
+    for name in names:
+        chosen.update({arm: overrides for arm, overrides in arms(name).items() if arm != "base"})
+    return chosen
+
+
+def _design_label(design) -> str:
+    name = VARIANT_NAMES[design].split(" (")[0]
+    return f"{design} {name}" if isinstance(design, int) else f"{design} ({name})"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyRun:
+    """What `run_study` did: the report (None on processes other than 0) and the tasks that failed to score."""
+
+    report: Path | None
+    failures: list = field(default_factory=list)  # evaluation.TaskFailure
+
+
+def run_study(plan: StudyPlan, output) -> StudyRun:
+    """Train and score every row once per seed (seed-major, each run scored when trained), then the instruction
+    check and the report."""
+    output = Path(output)
+    if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).train_argv != plan.train_argv:
+        raise StudyError(f"{output} holds a study trained with other flags ({' '.join(earlier.train_argv)}); use "
+                         "another --output, or the same flags to resume it.")
+    plan.write(output)
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    started, failures = time.time(), []
+    trained: list[tuple[StudyRow, int, Path]] = []
+    for seed in plan.seeds:
+        for row in plan.rows:
+            folder = train_row(plan, row, seed, output)
+            trained.append((row, seed, folder))
+            if not distributed:  # under torchrun every process trains; process 0 scores all at the end
+                failures += score_models(plan, [folder], output).failures
+    if int(os.environ.get("RANK", 0)) != 0:
+        return StudyRun(None)
+    if distributed:
+        failures += score_models(plan, [folder for _, _, folder in trained], output).failures
+    checked = [folder for row, _, folder in trained if row.key in plan.instruction_check]
+    if checked and not (plan.tasks or plan.benchmark):
+        failures += score_models(plan, checked, output, instructions=False, categories=["STS"]).failures
+    logger.info("study: %d runs trained and scored in %.0f s", len(trained), time.time() - started)
+    return StudyRun(write_report(output), failures)
+
+
+def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
+    """One row and seed, resumed where it stopped (`train.py --resume_from_checkpoint true`)."""
+    folder = run_folder(output, row, seed)
+    if (folder / "model" / MANIFEST_FILE).is_file():
+        return folder / "model"
+    logger.info("study: training %s, seed %d", row.label, seed)
+    argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(seed), "--output_dir", str(folder),
+            "--model_name", row.model_name, "--resume_from_checkpoint", "true"]
+    if row.overrides:
+        argv += ["--config_overrides", json.dumps(row.overrides)]
+    return training.main(argv)[0]
+
+
+def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True, categories=None):
+    """`evaluate.py run` of exported models on the study's tasks (finished tasks are not scored again)."""
+    return evaluate_models([str(folder) for folder in folders], output=Path(output) / "results", tasks=plan.tasks,
+                           categories=categories or plan.categories, benchmark=plan.benchmark,
+                           data_dir=plan.data_dir, budget=plan.budget, batch_size=plan.batch_size,
+                           instructions=instructions)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowResults:
+    """One row's trained seeds and their results (seeds not yet trained or scored are left out)."""
+
+    row: StudyRow
+    models: list[ExportedModel]
+    replicates: SeedReplicates | None
+    without_instructions: SeedReplicates | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return [model.manifest.seed for model in self.models]
+
+
+@dataclass
+class CategoryTest:
+    """Row a against row b on one category: the pooled paired bootstrap of the category mean, and the paper's
+    Wilcoxon over datasets."""
+
+    a: str
+    b: str
+    question: str
+    category: str
+    tasks: int
+    score_a: float
+    score_b: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    p_holm: float | None = None
+    wilcoxon_p: float | None = None
+    seeds_a: int = 1
+    seeds_b: int = 1
+
+    @property
+    def marker(self) -> str:
+        """▲ a significantly better, ▼ b significantly better (bootstrap, Holm), else no marker."""
+        if self.p_holm is None or self.p_holm >= ALPHA:
+            return ""
+        return "▲" if self.difference > 0 else "▼"
+
+
+def collect(plan: StudyPlan, output) -> list[RowResults]:
+    """Every row's exported seeds and their results under `output` (exact weights: the revision is the fingerprint)."""
+    output = Path(output)
+    collected = []
+    for row in plan.rows:
+        models = [ExportedModel.read(run_folder(output, row, seed) / "model") for seed in plan.seeds
+                  if (run_folder(output, row, seed) / "model" / MANIFEST_FILE).is_file()]
+        collected.append(RowResults(row, models, _replicates(row, models, output, plan.budget, True),
+                                    _replicates(row, models, output, plan.budget, False)))
+    return collected
+
+
+def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget, instructions: bool):
+    runs: list[ModelResults] = []
+    for model in models:
+        folder = results_folder(output / "results", model.mteb_name,
+                                evaluation_revision(model.fingerprint, budget=budget, instructions=instructions))
+        if folder.is_dir() and any(folder.glob("*.json")):
+            runs.append(read_results(folder))
+    if not runs:
+        return None
+    common = set.intersection(*(set(run.scores) for run in runs))
+    if not common:
+        return None
+    return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
+
+
+def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryTest]:
+    """Per category both rows scored: the pooled paired bootstrap (Holm over this comparison's categories) and the
+    Wilcoxon signed-rank over the category's datasets."""
+    from . import paired
+    from .stats import wilcoxon_by_category
+
+    found, _ = task_parts(a.replicates, b.replicates)
+    wilcoxon = {test.category: test for test in wilcoxon_by_category(a.replicates.scores, b.replicates.scores,
+                                                                       a.replicates.categories)}
+    tests = []
+    for category in sorted({item.category for item in found}, key=category_rank):
+        members = [item for item in found if item.category == category]
+        parts = [part for item in members for part in item.parts.values()]
+        weights = [1 / len(item.parts) for item in members for _ in item.parts]
+        pooled = paired.pooled_bootstrap(parts, weights=weights,
+                                         paired_seeds=seeds_paired(a.replicates, b.replicates), task=category)
+        test = wilcoxon.get(category)
+        tests.append(CategoryTest(a.row.key, b.row.key, question, category, len(members), pooled.score_a,
+                                  pooled.score_b, pooled.difference, pooled.low, pooled.high, pooled.p_value,
+                                  wilcoxon_p=test.p_value if test else None, seeds_a=pooled.seeds_a,
+                                  seeds_b=pooled.seeds_b))
+    from .stats import holm_adjust
+
+    for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
+        test.p_holm = adjusted
+    return tests
+
+
+def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
+    """The comparisons the study's rows allow: the paper's, the baselines', every arm against its base."""
+    keys = {row.key for row in plan.rows}
+    chosen = [item for item in (*PAPER_COMPARISONS, *BASELINE_COMPARISONS) if item[0] in keys and item[1] in keys]
+    chosen += [(row.key, BASE_ROW, f"ablation: {row.key.removeprefix('arm-')} vs the base arm (variant 5)")
+               for row in plan.rows if row.kind == "arm"]
+    return chosen
+
+
+def write_report(output) -> Path:
+    """`report/study.md` (+ CSVs and the figure) from what has been trained and scored so far."""
+    from .stats import markdown_table
+
+    output = Path(output)
+    plan = StudyPlan.read(output)
+    collected = collect(plan, output)
+    by_key = {item.row.key: item for item in collected}
+    scored = [item for item in collected if item.replicates is not None]
+    if not scored:
+        raise StudyError(f"{output}: nothing of this study has been scored yet; run it first.")
+    categories = sorted({category for item in scored for category in item.replicates.categories.values()},
+                        key=category_rank)
+    report_folder = output / "report"
+    report_folder.mkdir(parents=True, exist_ok=True)
+
+    def cell(item: RowResults, category: str) -> str | None:
+        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
+        if category not in means:
+            return None
+        spread = spreads.get(category)
+        return f"{means[category]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+    table_rows, csv_rows = [], []
+    for item in scored:
+        means = item.replicates.category_means()
+        table_rows.append([item.row.label, len(item.replicates.runs), *[cell(item, c) for c in categories],
+                           mean([means[c] for c in categories if c in means])])
+        spreads = item.replicates.category_spread()
+        csv_rows += [[item.row.key, item.row.label, item.row.kind, category, means.get(category),
+                      spreads.get(category), len(item.replicates.runs),
+                      sum(kind == category for kind in item.replicates.categories.values())]
+                     for category in categories]
+    tests = []
+    for key_a, key_b, question in comparisons(plan):
+        a, b = by_key[key_a], by_key[key_b]
+        if a.replicates is not None and b.replicates is not None:
+            tests += compare_rows(a, b, question)
+    first = min(plan.seeds)
+    missing = [f"{item.row.label} (seeds {', '.join(map(str, sorted(set(plan.seeds) - set(item.seeds))))})"
+               for item in collected if set(item.seeds) != set(plan.seeds)]
+    task_counts = {category: sorted({task for item in scored for task, kind in item.replicates.categories.items()
+                                     if kind == category}) for category in categories}
+    lines = [
+        "# The study: pooling and attention designs, per category", "",
+        f"Backbone `{plan.backbone}`; training flags `{' '.join(plan.train_argv) or '(train.py defaults)'}`; seeds "
+        f"{', '.join(map(str, plan.seeds))} (seed s gives every row the same data order). "
+        + (f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
+           "every row): comparable between rows, not with published MTEB numbers." if plan.budget else
+           "Full tasks (no budget)."), "",
+        "Tasks per category: " + "; ".join(f"{category} ({len(names)}): {', '.join(names)}"
+                                           for category, names in task_counts.items()) + ".", "",
+        *([f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
+          if missing else []),
+        "## Main table (mean main score per category, ± sample sd over seeds)", "",
+        markdown_table(["design", "seeds", *categories, "average"], table_rows), "",
+        "## The paper's comparisons, the baselines and the ablations", "",
+        "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
+        "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
+        "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
+        "with replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
+        "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
+        "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
+        "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
+        "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
+        "on the seeds with care.", "",
+    ]
+    if tests:
+        pairs = list(dict.fromkeys((test.a, test.b, test.question) for test in tests))
+        rows = []
+        for key_a, key_b, question in pairs:
+            cells = {test.category: test for test in tests if (test.a, test.b) == (key_a, key_b)}
+            rows.append([f"{key_a} vs {key_b}", question, *[
+                f"{cells[c].difference:+.4f} [{cells[c].low:+.4f}, {cells[c].high:+.4f}] {cells[c].marker}".strip()
+                if c in cells else None for c in categories]])
+        lines += [markdown_table(["a vs b", "question", *categories], rows), ""]
+    else:
+        lines += ["No comparison has both rows scored yet.", ""]
+    lines += _instruction_section(plan, collected)
+    lines += _wall_time_section(collected)
+    figure = report_folder / "study.png"
+    plot_study(figure, scored, categories)
+    lines += ["## Figure", "", f"![per-category means]({figure.name})", "",
+              "Bars: mean main score per category; whiskers: ± sample sd over seeds.", ""]
+    (report_folder / "study.md").write_text("\n".join(lines))
+    _write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
+                                                   "tasks"], csv_rows)
+    _write_csv(report_folder / "study_tests.csv", [
+        "a", "b", "question", "category", "tasks", "a score", "b score", "difference", "95% low", "95% high",
+        "bootstrap p", "bootstrap p (Holm)", "marker", "wilcoxon p", "a seeds", "b seeds"],
+        [[t.a, t.b, t.question, t.category, t.tasks, t.score_a, t.score_b, t.difference, t.low, t.high, t.p_value,
+          t.p_holm, t.marker, t.wilcoxon_p, t.seeds_a, t.seeds_b] for t in tests])
+    _write_csv(report_folder / "per_task.csv", ["row", "seed", "task", "category", "score"],
+               [[item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
+                for item in scored for seed, run in zip(item.replicates.seeds, item.replicates.runs)
+                for task in item.replicates.tasks])
+    logger.info("study report (first seed %d): %s", first, report_folder / "study.md")
+    return report_folder / "study.md"
+
+
+def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[str]:
+    """Which rows used query instructions in training and evaluation, and STS with and without them at evaluation."""
+    from . import paired
+    from .stats import markdown_table
+
+    lines = ["## Prompts", ""]
+    trained_with = []
+    for item in collected:
+        if not item.models:
+            continue
+        data = item.models[0].manifest.data
+        instructed = [source.get("name") for source in data.sources if source.get("instruction")]
+        trained_with.append(f"{item.row.key}: " + (
+            f"query instruction on every query ({data.query_instruction!r})" if data.query_instruction and not
+            instructed else f"per-source instructions on {len(instructed)} of {len(data.sources)} sources"
+            + (f", else {data.query_instruction!r}" if data.query_instruction else "")))
+    lines += ["Every row is trained and scored with the same instruction policy: in training, " + "; ".join(
+        trained_with) + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
+        "tasks (`Instruct: {instruction}\\nQuery: `), documents none (`mteb_encoder.TASK_INSTRUCTIONS`). The "
+        "instruction is part of every design here, not of one.", ""]
+    rows = []
+    for key in plan.instruction_check:
+        item = next((item for item in collected if item.row.key == key), None)
+        if item is None or item.replicates is None or item.without_instructions is None:
+            continue
+        found, _ = task_parts(item.replicates, item.without_instructions)
+        sts = [entry for entry in found if entry.category == "STS"]
+        if not sts:
+            continue
+        parts = [part for entry in sts for part in entry.parts.values()]
+        weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
+        test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1,
+                                       task="STS")
+        rows.append([item.row.label, len(sts), test.score_a, test.score_b, test.difference,
+                     f"[{test.low:+.4f}, {test.high:+.4f}]", test.p_value])
+    if rows:
+        lines += ["STS (mean over its tasks) of the same trained models with the instruction and without it at "
+                  "evaluation; paired bootstrap over pairs and seeds (the same seed's model in both settings):", "",
+                  markdown_table(["design", "STS tasks", "with instruction", "without", "difference",
+                                  "95% interval", "p"], rows), ""]
+    return lines
+
+
+def _wall_time_section(collected: list[RowResults]) -> list[str]:
+    from .stats import markdown_table
+
+    rows, total = [], 0.0
+    for item in collected:
+        if not item.models:
+            continue
+        train = [model.manifest.train_runtime_s or 0.0 for model in item.models]
+        scoring = [sum(result.evaluation_time or 0.0 for result in run.task_results)
+                   for run in (item.replicates.runs if item.replicates else [])]
+        total += sum(train) + sum(scoring)
+        rows.append([item.row.label, len(train), mean(train), mean(scoring) if scoring else None])
+    return ["## Wall time", "",
+            markdown_table(["design", "seeds trained", "training s (per seed)", "scoring s (per seed)"], rows), "",
+            f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).", ""]
+
+
+def plot_study(path: Path, scored: list[RowResults], categories: list[str]) -> None:
+    """Grouped bars: one group per category, one bar per row, whiskers ± seed sd."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(scored)
+    figure, axis = plt.subplots(figsize=(max(7, 2.2 * len(categories)), 4.5))
+    for position, item in enumerate(scored):
+        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
+        xs = [index + position * width for index in range(len(categories))]
+        axis.bar(xs, [means.get(c, 0.0) for c in categories], width, label=item.row.label,
+                 yerr=[spreads.get(c) or 0.0 for c in categories], capsize=2,
+                 hatch="//" if item.row.kind == "baseline" else ("." if item.row.kind == "arm" else None))
+    axis.set_xticks([index + width * (len(scored) - 1) / 2 for index in range(len(categories))], categories)
+    axis.set_ylabel("mean main score")
+    axis.set_title("Designs per category (± sd over seeds)")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+

@@ -1,0 +1,129 @@
+"""The study (poolattn.study, `python study.py`): a tiny end-to-end study trains every row with its seeds, scores it on
+three categories, writes the report whose markers come from the tests it names, and resumes without retraining."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from poolattn import cli, study, training
+from poolattn.evaluation import evaluation_revision, paired_tests
+from poolattn.results import read_runs
+from poolattn.stats import holm_adjust
+
+mteb = pytest.importorskip("mteb")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_suite(folder: Path) -> Path:
+    """STS (BIOSSES, 30 pairs), Classification (Emotion: 240 training texts, 40 test texts) and Clustering (one
+    TwentyNewsgroups set of 60 texts): copies under their mteb names, three categories in seconds."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    (folder / "BIOSSES").mkdir(parents=True)
+    (folder / "BIOSSES" / "test.jsonl").write_text(
+        "\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]) + "\n")
+    (folder / "EmotionClassification").mkdir()
+    for split, count in (("train", 240), ("test", 40)):
+        lines = (SHARED / "EmotionClassification" / f"{split}.jsonl").read_text().splitlines()[:count]
+        (folder / "EmotionClassification" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "TwentyNewsgroupsClustering").mkdir()
+    first = json.loads((SHARED / "TwentyNewsgroupsClustering" / "test.jsonl").read_text().splitlines()[0])
+    (folder / "TwentyNewsgroupsClustering" / "test.jsonl").write_text(
+        json.dumps({"sentences": first["sentences"][:60], "labels": first["labels"][:60]}) + "\n")
+    return folder
+
+
+def study_arguments(backbone: str, triplets: str, tmp_path: Path) -> list[str]:
+    """Variants 1 and 2 and the mean-causal baseline, 2 seeds each, 2 steps, on the tiny suite (no budget)."""
+    return ["--designs", "1,2,mean-causal", "--seeds", "2", "--data-dir", str(tiny_suite(tmp_path / "data")),
+            "--budget", "0", "--output", str(tmp_path / "study"), "--",
+            "--backbone", backbone, "--train_data", triplets, "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--save_steps", "2", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny_backbone_folder, triplets_file,
+                                                                           tmp_path, monkeypatch):
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    assert cli.run_study_command(argv) == 0
+    output = tmp_path / "study"
+    plan = study.StudyPlan.read(output)
+    assert [row.key for row in plan.rows] == ["v1", "v2", "mean-causal"] and plan.seeds == [42, 43]
+    assert plan.instruction_check == ["mean-causal"]  # v5 is not in this study
+    report = (output / "report" / "study.md").read_text()
+    for section in ("## Main table", "## The paper's comparisons", "## Prompts", "## Wall time", "## Figure"):
+        assert section in report
+    assert "| v2 vs v1 | trainable pooling vs EOS-last, causal |" in report
+    assert "| v1 vs mean-causal | EOS-last vs mean pooling, causal |" in report
+    assert (output / "report" / "study.png").stat().st_size > 0
+
+    # seeds grouped per row: every row's table entry averages its own two seeds, never another row's
+    table = read_csv(output / "report" / "study_table.csv")
+    assert {(row["row"], row["seeds"]) for row in table} == {("v1", "2"), ("v2", "2"), ("mean-causal", "2")}
+    assert {row["category"] for row in table} == {"STS", "Classification", "Clustering"}
+    per_task = read_csv(output / "report" / "per_task.csv")
+    for row in table:
+        if row["category"] == "STS":
+            seeds = [float(item["score"]) for item in per_task if item["row"] == row["row"]
+                     and item["task"] == "BIOSSES"]
+            assert len(seeds) == 2 and float(row["mean"]) == pytest.approx(sum(seeds) / 2, abs=1e-12)
+
+    # every marker comes from the test named: the category bootstrap, Holm over the comparison's categories
+    tests = read_csv(output / "report" / "study_tests.csv")
+    assert {(row["a"], row["b"]) for row in tests} == {("v2", "v1"), ("v1", "mean-causal")}
+    for pair in {(row["a"], row["b"]) for row in tests}:
+        members = [row for row in tests if (row["a"], row["b"]) == pair]
+        adjusted = holm_adjust([float(row["bootstrap p"]) for row in members])
+        for row, p_holm in zip(members, adjusted):
+            assert float(row["bootstrap p (Holm)"]) == pytest.approx(p_holm)
+            expected = "" if p_holm >= 0.05 else ("▲" if float(row["difference"]) > 0 else "▼")
+            assert row["marker"] == expected
+    # a category of one task: its pooled bootstrap is the task's own paired bootstrap (another path, same numbers)
+    results = output / "results" / "results"
+    by_key = {item.row.key: item for item in study.collect(plan, output)}
+    within, _ = paired_tests(by_key["v2"].replicates, by_key["v1"].replicates)
+    sts = next(test for test in within if test.task == "BIOSSES")
+    row = next(row for row in tests if (row["a"], row["b"], row["category"]) == ("v2", "v1", "STS"))
+    assert float(row["difference"]) == pytest.approx(sts.difference, abs=1e-12)
+    assert (float(row["95% low"]), float(row["95% high"]), float(row["bootstrap p"])) == pytest.approx(
+        (sts.low, sts.high, sts.p_value), abs=1e-12)
+
+    # the instruction check: the same mean-causal models scored on STS without instructions, stored apart
+    model = by_key["mean-causal"].models[0]
+    revision = evaluation_revision(model.fingerprint, instructions=False)
+    assert revision.endswith("-no-instructions")
+    plain = read_runs(results / model.mteb_name.replace("/", "__") / revision)[0]
+    assert set(plain.scores) == {"BIOSSES"} and not plain.instructions
+    assert "| mean-causal (mean pooling of the last layer, causal attention) | 1 |" in report
+
+    # resuming: nothing is trained or scored again, and the report is the same
+    monkeypatch.setattr(training, "main", lambda argv: pytest.fail(f"retrained: {argv}"))
+    before = (output / "report" / "study_tests.csv").read_text()
+    assert cli.run_study_command(argv) == 0
+    assert (output / "report" / "study_tests.csv").read_text() == before
+
+
+def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, triplets_file, tmp_path, capsys):
+    base = ["--output", str(tmp_path / "s"), "--", "--backbone", tiny_backbone_folder, "--train_data", triplets_file]
+    with pytest.raises(SystemExit, match=r"--seed, --variant are set by the study itself"):
+        cli.run_study_command([*base, "--variant", "5", "--seed", "1"])
+    with pytest.raises(SystemExit, match=r"--variant '1,7' is not supported"):
+        cli.run_study_command(["--designs", "1,7", *base])
+    with pytest.raises(SystemExit, match=r"--ablation 'layer_counts' is not known"):
+        cli.run_study_command(["--ablation", "layer_counts", *base])
+    with pytest.raises(SystemExit, match=r"no study.json here"):
+        cli.run_study_command(["--report", str(tmp_path)])
+    assert not (tmp_path / "s").exists()
+
+
+def test_ablation_arms_join_the_variant_5_row_as_their_base():
+    plan = study.plan_study(designs="1", ablation="layer_weights", seeds=1, train_argv=["--max_steps", "1"])
+    assert [row.key for row in plan.rows] == ["v1", "v5", "arm-weights_off", "arm-weights_paper_init"]
+    assert plan.row("arm-weights_off").overrides == {"layer_weights": False}
+    assert ("arm-weights_off", "v5") in {(a, b) for a, b, _ in study.comparisons(plan)}
