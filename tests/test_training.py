@@ -399,6 +399,22 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
     assert training_args.max_steps == 7
 
 
+def test_small_preset_trains_on_every_shared_source_with_its_instruction(tiny_backbone_folder, tmp_path):
+    from poolattn.data import SHARED_DATA
+
+    if not (SHARED_DATA / "train").is_dir():
+        pytest.skip("../shared/data/train is not beside this checkout")
+    exported = training.main(["--preset", "small", "--backbone", tiny_backbone_folder, "--max_steps", "1",
+                              "--max_train_samples", "400", "--per_device_train_batch_size", "4",
+                              "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])[0]
+    manifest = TrainingManifest.read(exported)
+    assert manifest.hyperparameters["learning_rate"] == training.PRESETS["small"]["learning_rate"]
+    sources = manifest.data.sources
+    assert manifest.data.batch_sampling == "one_source_per_batch" and len(sources) >= 6
+    assert all(source["instruction"] == training.SMALL_RECIPE_INSTRUCTIONS[Path(source["file"]).stem]
+               for source in sources)
+
+
 def test_help_lists_the_packages_own_flags_first_in_groups(capsys):
     with pytest.raises(SystemExit):
         training.parse_arguments(["--help"])
