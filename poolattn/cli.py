@@ -364,6 +364,8 @@ def publish_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub_model_id", required=True, help="ORG/NAME; variant N goes to ORG/NAME-vN")
     parser.add_argument("--output_dir", default="hub", help="where the repository folders are written (default: hub)")
     parser.add_argument("--results", help="results folder of `evaluate.py run` (adds MTEB scores and comparisons)")
+    parser.add_argument("--study", help="a study folder (study.py) the models were trained in: its table and their "
+                                        "comparisons go on the cards (write its report first)")
     parser.add_argument("--push", action="store_true", help="upload the folders (without it: a dry run)")
     parser.add_argument("--hub_token", help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repositories private")
@@ -377,7 +379,8 @@ def publish(argv: list[str] | None = None) -> int:
     _show_progress()
     try:
         hub.publish(args.models, hub_model_id=args.hub_model_id, output_dir=args.output_dir, push=args.push,
-                    results=args.results, token=args.hub_token, private=args.private, license=args.license)
+                    results=args.results, token=args.hub_token, private=args.private, license=args.license,
+                    study=args.study)
     except (HubPushError, ValueError) as error:
         print(f"publish: {error}", file=sys.stderr)
         return 1

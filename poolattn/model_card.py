@@ -262,10 +262,11 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
 
 
 def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResults | None = None,
-                     peers: list[ModelResults] = (), license: str | None = None):
+                     peers: list[ModelResults] = (), license: str | None = None, study_section: str | None = None):
     """A `huggingface_hub.ModelCard` from the config, the training manifest and (optional) mteb results.
 
-    `results` are this model's results, `peers` the other variants' (compared with it over the tasks it shares).
+    `results` are this model's results, `peers` the other variants' (compared with it over the tasks it shares);
+    `study_section` the model's place in a study (`study.card_section`), Markdown.
     """
     from .stats import markdown_table
 
@@ -292,6 +293,7 @@ def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResult
         scores_table=tables["scores"],
         means_table=tables["means"],
         tests_table=tables["tests"],
+        study_section=study_section,
     )
 
 

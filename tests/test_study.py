@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_model
 
 from poolattn import cli, study, training
 from poolattn.evaluation import evaluation_revision, paired_tests
@@ -49,7 +50,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny_backbone_folder, triplets_file,
-                                                                           tmp_path, monkeypatch):
+                                                                           tmp_path, monkeypatch, capsys):
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     assert cli.run_study_command(argv) == 0
     output = tmp_path / "study"
@@ -101,6 +102,19 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny
     plain = read_runs(results / model.mteb_name.replace("/", "__") / revision)[0]
     assert set(plain.scores) == {"BIOSSES"} and not plain.instructions
     assert "| mean-causal (mean pooling of the last layer, causal attention) | 1 |" in report
+
+    # the card of a published row carries the study: the table with its row in bold, and its comparisons
+    v2 = by_key["v2"].models[1]
+    assert cli.publish([str(v2.folder), "--hub_model_id", "org/tiny", "--output_dir", str(tmp_path / "hub"),
+                        "--study", str(output)]) == 0
+    card = (tmp_path / "hub" / "tiny-v2" / "README.md").read_text()
+    assert "## In the study" in card and "row **2 last-layer trainable pooling, causal attention** (seed 43)" in card
+    assert "| v2 vs v1 | STS |" in card and "| v1 vs mean-causal |" not in card
+    stranger = tmp_path / "stranger"
+    tiny_model("llama", 2).save_pretrained(stranger)  # a poolattn model that is none of the study's runs
+    assert cli.publish([str(stranger), "--hub_model_id", "org/x", "--output_dir", str(tmp_path / "hub2"),
+                        "--study", str(output)]) == 1
+    assert "is not one of the runs of the study" in capsys.readouterr().err
 
     # resuming: nothing is trained or scored again, and the report is the same
     monkeypatch.setattr(training, "main", lambda argv: pytest.fail(f"retrained: {argv}"))
