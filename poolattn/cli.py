@@ -378,9 +378,10 @@ def publish(argv: list[str] | None = None) -> int:
     args = publish_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _show_progress()
     try:
+        sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
         hub.publish(args.models, hub_model_id=args.hub_model_id, output_dir=args.output_dir, push=args.push,
                     results=args.results, token=args.hub_token, private=args.private, license=args.license,
-                    study=args.study)
+                    study_sections=sections)
     except (HubPushError, ValueError) as error:
         print(f"publish: {error}", file=sys.stderr)
         return 1

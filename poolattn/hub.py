@@ -90,21 +90,17 @@ def write_sentence_transformers_files(folder: Path, model: ExportedModel) -> Non
 
 
 def write_repository_folder(model, destination, *, repo_id: str, results=None, others: list[ExportedModel] = (),
-                            license: str | None = None, study=None) -> Path:
+                            license: str | None = None, study_section: str | None = None) -> Path:
     """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename).
 
     `model` is an `ExportedModel` or its folder; `results` the output folder of an evaluation run (optional);
-    `others` are the variants published with it (their exact results are the card's comparisons); `study` a study
-    folder (`study.py`) in which the model is one of the runs: its table and comparisons go on the card.
+    `others` are the variants published with it (their exact results are the card's comparisons); `study_section`
+    the model's place in a study (`study.card_section`), Markdown for its card.
     """
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
     own, peers = find_model_results(results, model, others) if results else (None, [])
-    section = None
-    if study:
-        from .study import card_section  # the study trains through training.py, which publishes through here
-
-        section = card_section(study, model)
-    card = build_model_card(model, repo_id=repo_id, results=own, peers=peers, license=license, study_section=section)
+    card = build_model_card(model, repo_id=repo_id, results=own, peers=peers, license=license,
+                            study_section=study_section)
 
     def save(folder: Path):
         for path in sorted(model.folder.iterdir()):
@@ -165,9 +161,11 @@ def push_folder(folder, repo_id: str, *, token: str | None = None, private: bool
 
 
 def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results=None, token: str | None = None,
-            private: bool | None = None, license: str | None = None, study=None) -> list[Path]:
+            private: bool | None = None, license: str | None = None,
+            study_sections: list[str | None] | None = None) -> list[Path]:
     """Write one repository folder per model under `output_dir` (`<NAME>-v<N>`), then upload each when `push`.
 
+    `study_sections` (one per model, or None) put each model's place in a study on its card.
     Every folder is written before the first upload, so a failed push loses nothing and names what is kept. Each
     folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
@@ -177,11 +175,12 @@ def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results
         raise ValueError(f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
                          "different paper variants together, or one custom model per --hub_model_id.")
     folders = []
-    for model, repo_id in zip(models, repo_ids):
+    sections = list(study_sections or [None] * len(models))
+    for model, repo_id, section in zip(models, repo_ids, sections):
         others = [other for other in models if other is not model]
         destination = Path(output_dir) / repo_id.split("/")[-1]
         folders.append(write_repository_folder(model, destination, repo_id=repo_id, results=results,
-                                               others=others, license=license, study=study))
+                                               others=others, license=license, study_section=section))
         logger.info("%s: repository folder written to %s", repo_id, destination)
     if push:
         for folder, repo_id in zip(folders, repo_ids):

@@ -542,15 +542,16 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def card_section(output, model: ExportedModel) -> str:
-    """Markdown for the card of `model`, one of the study's runs: the study's table (this row in bold) and the
-    comparisons this row is part of, from the written report (`write_report`). Raises `StudyError` when the model is
-    not one of the study's runs or the report is missing."""
+def card_section(output, model) -> str:
+    """Markdown for the card of `model` (an `ExportedModel` or its folder), one of the study's runs: the study's
+    table (this row in bold) and the comparisons this row is part of, from the written report (`write_report`).
+    Raises `StudyError` when the model is not one of the study's runs or the report is missing."""
     import csv
 
     from .stats import markdown_table
 
     output = Path(output)
+    model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
     plan = StudyPlan.read(output)
     row = next((item.row for item in collect(plan, output)
                 if any(run.fingerprint == model.fingerprint for run in item.models)), None)
