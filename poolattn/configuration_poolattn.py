@@ -177,9 +177,24 @@ class PoolAttnConfig(PreTrainedConfig):
     variant: int | str | None = None
 
     def __post_init__(self, **kwargs):
+        self._refuse_misspelled_fields(kwargs)
         super().__post_init__(**kwargs)
         self._check_fields()
         self._fill_derived_defaults()
+
+    @classmethod
+    def _refuse_misspelled_fields(cls, extra: dict) -> None:
+        """A keyword that is not a field but close to one (`poolng="mean"`) is a typo, not a custom attribute: kept,
+        it would silently leave the field at its default."""
+        import difflib
+
+        inherited = set(getattr(PreTrainedConfig, "__dataclass_fields__", {}))
+        own = [name for name in cls.__dataclass_fields__ if name not in inherited and name != "text_config"]
+        for key in extra:
+            close = difflib.get_close_matches(key, own, n=1, cutoff=0.8)
+            if close and key not in own:
+                raise ValueError(f"PoolAttnConfig: {key}={extra[key]!r} is not a field; did you mean {close[0]}=? "
+                                 f"Fields: {', '.join(own)}.")
 
     def _check_fields(self) -> None:
         """Step 1: raise `ValueError` for a given field that is out of range or contradicts another one.

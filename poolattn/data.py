@@ -126,9 +126,23 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
             raise TripletDataError(f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
                                    f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl.") from None
     else:
+        if path.suffix == ".csv":
+            _check_utf8(path)
         table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train",
                                       streaming=streaming)
         yield from enumerate(table, start=1)
+
+
+def _check_utf8(path: Path) -> None:
+    """A text file that is not UTF-8 (Latin-1, UTF-16, ...) stops with its name and line, not a bare decode error."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise TripletDataError(
+                    f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}); convert the file to "
+                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}.") from None
 
 
 def count_rows(path: Path) -> int:

@@ -88,6 +88,12 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
     import mteb
     from sentence_transformers import SentenceTransformer
 
+    folder = Path(model)
+    if (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+        logger.warning("%s is neither an exported poolattn model nor a sentence-transformers folder: "
+                       "sentence-transformers wraps the bare backbone with mean pooling (no poolattn head, EOS or "
+                       "instructions), so these are that model's scores. Give the `model/` folder training exported "
+                       "to score a poolattn design.", model)
     try:
         transformer = SentenceTransformer(model)
     except OSError as error:

@@ -342,6 +342,29 @@ def is_poolattn_folder(path) -> bool:
         return False
 
 
+def check_safetensors_file(path) -> None:
+    """Raise `ManifestError` when a safetensors file is not exactly its header and the tensor bytes it declares: a
+    truncated copy, or trailing bytes (a concatenation, an interrupted overwrite) that the loader would not notice."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        try:
+            if not 0 < header_size <= size - 8:
+                raise ValueError(f"header length {header_size}")
+            header = json.loads(handle.read(header_size))
+        except ValueError as error:
+            raise ManifestError(f"{path} is not a readable safetensors file ({error}); export or download it "
+                                "again.") from None
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    expected = 8 + header_size + end
+    if size != expected:
+        what = "trailing bytes" if size > expected else "missing bytes (truncated)"
+        raise ManifestError(f"{path}: {size - expected:+d} bytes against its header ({what}: {size} bytes on disk, "
+                            f"{expected} declared); the file is damaged, export or download it again.")
+
+
 def model_fingerprint(folder) -> str:
     """A revision string from the weights and config, so two models never share an mteb cache entry."""
     digest = hashlib.sha256()
@@ -384,10 +407,12 @@ class ExportedModel:
         if not is_poolattn_folder(folder):
             raise ValueError(f"{folder} is not a poolattn model folder (no config.json with model_type 'poolattn'); "
                              "give the folder training exported, e.g. outputs/smollm2-135m-v5/model.")
+        for weights in sorted(folder.glob("*.safetensors")):
+            check_safetensors_file(weights)
         return cls(folder, PoolAttnConfig.from_pretrained(folder), TrainingManifest.read(folder))
 
     @property
-    def variant(self) -> int | None:
+    def variant(self) -> int | str | None:
         return self.config.variant
 
     @property

@@ -429,6 +429,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
+        if not torch.compiler.is_compiling() and not attention_mask.any(dim=1).all():
+            empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
+                             "read a padding position). Drop those rows or give each at least one token.")
         if self._uses_pooling_mask and not torch.compiler.is_compiling() and not pooling_mask.any(dim=1).all():
             empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(

@@ -26,9 +26,15 @@ def last_complete_checkpoint(folder) -> str | None:
     so a checkpoint killed while being written is passed over), or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    complete = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+    checkpoints = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if path.name.split("-")[-1].isdigit()]
+    complete = [path for path in checkpoints if (path / "trainer_state.json").is_file()]
+    newest = max(complete, key=lambda path: int(path.name.split("-")[-1])) if complete else None
+    for path in sorted(set(checkpoints) - set(complete)):
+        if newest is None or int(path.name.split("-")[-1]) > int(newest.name.split("-")[-1]):
+            logger.warning("%s is incomplete (no trainer_state.json: killed while being written?); passed over, "
+                           "resuming from %s", path, newest or "step 0")
+    return str(newest) if newest else None
 
 
 class TrainingDivergedError(FloatingPointError):

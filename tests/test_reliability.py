@@ -126,3 +126,68 @@ def test_the_train_command_ends_setup_errors_with_their_message_not_a_traceback(
                            (["--backbone", str(tmp_path)], "--backbone .*: the folder has no config.json")):
         with pytest.raises(SystemExit, match=f"train: {message}"):
             cli.train(["--train_data", triplets_file, "--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_a_misspelled_config_field_is_refused_naming_the_field():
+    from conftest import tiny_text_config
+
+    from poolattn import PoolAttnConfig
+
+    with pytest.raises(ValueError, match=r"poolng='mean' is not a field; did you mean pooling=\?"):
+        PoolAttnConfig(text_config=tiny_text_config().to_dict(), poolng="mean")
+    with pytest.raises(ValueError, match=r"num_latent=3 is not a field; did you mean num_latents=\?"):
+        tiny_model("llama", 5, num_latent=3)
+    assert PoolAttnConfig(text_config=tiny_text_config().to_dict(), release_note="x").release_note == "x"  # kept
+
+
+@pytest.mark.parametrize("variant", [1, 5, "mean-causal"])
+def test_a_row_without_any_token_is_refused_not_embedded(variant):
+    model = tiny_model("llama", variant)
+    ids = torch.tensor([[5, 6, 7, 2], [5, 6, 0, 0]])
+    with pytest.raises(ValueError, match=r"Rows \[1\] have an all-zero attention_mask"):
+        model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]))
+
+
+def test_a_damaged_safetensors_file_is_refused_by_size(tmp_path):
+    from poolattn.manifest import ExportedModel, ManifestError
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    intact = weights.read_bytes()
+    ExportedModel.read(tmp_path / "m")  # intact: read
+    weights.write_bytes(intact + b"garbage")
+    with pytest.raises(ManifestError, match=r"model.safetensors: \+7 bytes against its header \(trailing bytes"):
+        ExportedModel.read(tmp_path / "m")
+    weights.write_bytes(intact[:-10])
+    with pytest.raises(ManifestError, match=r"-10 bytes against its header \(missing bytes \(truncated\)"):
+        ExportedModel.read(tmp_path / "m")
+
+
+def test_a_non_utf8_csv_names_the_file_and_line(tmp_path):
+    from poolattn.data import TripletDataError, load_triplets
+
+    data = tmp_path / "latin1.csv"
+    data.write_bytes("query,positive\nwhat is a café,a place\n".encode("latin-1"))
+    with pytest.raises(TripletDataError, match=r"latin1.csv, line 2: not UTF-8 .* iconv -f latin1 -t utf-8"):
+        load_triplets(str(data))
+
+
+def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, caplog):
+    from poolattn.trainer import last_complete_checkpoint
+
+    for step, complete in ((2, True), (4, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="poolattn.trainer"):
+        assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-4 is incomplete" in caplog.text and "resuming from" in caplog.text
+
+
+def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folder, caplog):
+    pytest.importorskip("mteb")
+    from poolattn.evaluation import load_encoder
+
+    with caplog.at_level("WARNING", logger="poolattn.evaluation"):
+        load_encoder(tiny_backbone_folder, batch_size=4, max_length=None, instructions=False)
+    assert "neither an exported poolattn model nor a sentence-transformers folder" in caplog.text
