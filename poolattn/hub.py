@@ -27,6 +27,7 @@ from pathlib import Path
 from .configuration_poolattn import variant_tag
 from .manifest import ExportedModel, atomic_save
 from .model_card import build_model_card
+from .prompts import sentence_transformers_prompts
 from .results import find_model_results
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def write_sentence_transformers_files(folder: Path, model: ExportedModel) -> Non
             "max_seq_length": model.config.max_length,
         },
         "config_sentence_transformers.json": {
-            "prompts": {"query": model.query_prompt, "document": ""},
+            "prompts": sentence_transformers_prompts(model.query_prompt),
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },

@@ -1,4 +1,5 @@
-"""poolattn models in mteb 2.x: an `AbsEncoder` with a proper `ModelMeta`, and the task instruction table.
+"""poolattn models in mteb 2.x: an `AbsEncoder` with a proper `ModelMeta`, prompting with the task instruction table
+(`prompts.TASK_INSTRUCTIONS`).
 
 >>> from poolattn.mteb_encoder import query_prompt
 >>> query_prompt("STSBenchmark", "STS", prompt_type=None)
@@ -14,26 +15,7 @@ documents get none. Instruction tokens are left out of pooling (`encode(..., pro
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 
-from .prompts import instruction_prompt
-
-# Task name (or task type as a fallback) -> instruction; e5-mistral's table for the MTEB tasks shipped here.
-TASK_INSTRUCTIONS = {
-    "STS": "Retrieve semantically similar text.",
-    "Banking77Classification": "Given a online banking query, find the corresponding intents",
-    "EmotionClassification": "Classify the emotion expressed in the given Twitter message into one of the six "
-    "emotions: anger, fear, joy, love, sadness, and surprise",
-    "TwentyNewsgroupsClustering": "Identify the topic or theme of the given news articles",
-    "TwentyNewsgroupsClustering.v2": "Identify the topic or theme of the given news articles",
-    "TwitterURLCorpus": "Retrieve tweets that are semantically similar to the given tweet",
-    "ArguAna": "Given a claim, find documents that refute the claim",
-    "WikiQARetrieval": "Given a question, retrieve Wikipedia sentences that answer the question",
-    "WikiQAReranking": "Given a question, retrieve Wikipedia sentences that answer the question",
-    "Retrieval": "Given a query, retrieve relevant passages",
-    "Reranking": "Given a query, retrieve relevant passages",
-    "Classification": "Classify the given text",
-    "Clustering": "Identify the topic or theme of the given text",
-    "PairClassification": "Retrieve text that is semantically similar to the given text",
-}
+from .prompts import TASK_INSTRUCTIONS, instruction_prompt
 
 
 def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: dict = TASK_INSTRUCTIONS) -> str | None:

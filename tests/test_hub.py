@@ -152,6 +152,31 @@ def evaluated(tmp_path):
     return models, tmp_path / "results"
 
 
+def test_mtebs_stock_sentence_transformers_route_reproduces_the_evaluation_without_hand_passed_prompts(evaluated,
+                                                                                                      tmp_path):
+    """The folder's prompts are keyed as mteb looks them up, so mteb's own wrapper scores what evaluate.py scored."""
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    from poolattn.local_tasks import load_task
+    from poolattn.results import read_runs
+
+    models, results = evaluated
+    folder = write_repository_folder(models[5], tmp_path / "repo", repo_id="me/tiny-v5", results=results)
+    prompts = json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts["STS"] == "Instruct: Retrieve semantically similar text.\nQuery: " and prompts["document"] == ""
+    wrapper = mteb.SentenceTransformerEncoderWrapper(SentenceTransformer(str(folder), trust_remote_code=True,
+                                                                         device="cpu"))
+    tasks = [load_task(name, data_dir=tmp_path / "data") for name in ("STSBenchmark", "BIOSSES")]
+    stock = {result.task_name: result.get_score() for result in
+             mteb.evaluate(wrapper, tasks, cache=None, show_progress_bar=False).task_results}
+    name = ExportedModel.read(models[5]).mteb_name
+    ours = read_runs(results / "results" / name.replace("/", "__"))[0].scores
+    assert stock.keys() == ours.keys()
+    for task in ours:
+        assert abs(stock[task] - ours[task]) < 1e-4, (task, stock[task], ours[task])
+
+
 def test_card_holds_the_mteb_results_and_wilcoxon_comparisons_against_the_other_variants(evaluated, tmp_path):
     from huggingface_hub import ModelCard
     from mteb import TaskResult
