@@ -41,6 +41,25 @@ def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def tokenizer_appending_eos(tokenizer):
+    """A copy of `tokenizer` whose own special-token frame ends with EOS (its post-processor appends it), so that
+    `tokenizer(texts)`, a feature-extraction pipeline and `model(**tokenizer(texts))` give `encode`'s tokens; or
+    `tokenizer` itself when it appends EOS already or its frame is not the plain `[bos?] text` this can extend."""
+    import copy
+
+    prefix, suffix = special_token_frame(tokenizer)
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if eos_id is None or suffix or prefix not in ([], [bos_id]) or not hasattr(type(tokenizer), "add_eos_token"):
+        return tokenizer
+    extended = copy.deepcopy(tokenizer)
+    try:
+        extended.add_bos_token = bool(prefix)
+        extended.add_eos_token = True
+    except (AttributeError, TypeError, ValueError):  # a tokenizer without a template post-processor
+        return tokenizer
+    return extended if special_token_frame(extended) == (prefix, [eos_id]) else tokenizer
+
+
 def tokenize_for_embedding(tokenizer, texts, *, prompt=None, max_length: int, add_eos: bool) -> list[dict]:
     """Token ids and a pooling mask per text: `special prefix + prompt + text + special suffix (+ EOS)`.
 
@@ -530,10 +549,14 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder."""
+        """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder (a tokenizer
+        that appends EOS when `config.add_eos`: `tokenizer_appending_eos`)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(save_directory)
+            # the saved tokenizer appends EOS itself when the model pools with it, so plain transformers routes
+            # (tokenizer + forward, pipelines) tokenize as `encode` does
+            tokenizer = tokenizer_appending_eos(self.tokenizer) if self.config.add_eos else self.tokenizer
+            tokenizer.save_pretrained(save_directory)
 
     def get_tokenizer(self):
         """The tokenizer saved with the model (loaded once from `name_or_path`)."""

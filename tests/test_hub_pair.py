@@ -88,3 +88,22 @@ def test_loading_keeps_the_head_in_fp32_under_bf16(tmp_path):
     assert model.model.config._attn_implementation == "eager"
     embeddings = model.encode(SENTENCES, convert_to_numpy=False)
     assert embeddings.dtype == torch.float32 and torch.isfinite(embeddings).all()
+
+
+@pytest.mark.parametrize("variant", [1, 5, "mean-causal"])
+def test_plain_transformers_routes_give_encodes_embeddings(variant, tmp_path):
+    """The saved tokenizer appends EOS itself (as `encode` does), so `model(**tokenizer(texts))` and the
+    feature-extraction pipeline equal `encode` on texts without a prompt."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, pipeline
+
+    tiny_model("llama", variant).save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+    expected = model.encode(SENTENCES, convert_to_numpy=False)
+    with torch.no_grad():
+        forward = model(**tokenizer(SENTENCES, padding=True, return_tensors="pt")).embeddings
+    torch.testing.assert_close(forward, expected, rtol=0, atol=1e-5)
+    extractor = pipeline("feature-extraction", model=str(tmp_path), trust_remote_code=True)
+    piped = torch.tensor([extractor(text)[0] for text in SENTENCES])
+    torch.testing.assert_close(piped, expected, rtol=0, atol=1e-5)
