@@ -41,3 +41,12 @@ class PoolAttnTransformer(Transformer):
         batch = pad_features(features, pad_token_id=pad_token_id_for(self.tokenizer),
                              padding_side=self.tokenizer.padding_side)
         return {**batch, "modality": "text"}  # input_ids, attention_mask, pooling_mask: each (batch, seq)
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """The pooled embedding (`sentence_embedding`) and the backbone's last hidden states (`token_embeddings`,
+        for `encode(..., output_value="token_embeddings")`) from one forward pass."""
+        inputs = {key: features[key] for key in ("input_ids", "attention_mask", "pooling_mask") if key in features}
+        output = self.auto_model(**inputs)
+        features[self.module_output_name] = output.embeddings
+        features["token_embeddings"] = output.last_hidden_state
+        return features

@@ -308,3 +308,22 @@ def test_publish_refuses_a_folder_that_is_not_a_poolattn_model(tmp_path):
     with pytest.raises(ValueError, match="same repository"):
         publish([tmp_path / "a", tmp_path / "b"], hub_model_id="me/x", output_dir=tmp_path / "hub", push=False)
     assert not (tmp_path / "hub").exists()  # refused before anything was written
+
+
+def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_states(tmp_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from poolattn.modeling_poolattn import pad_features, tokenize_for_embedding
+
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "m")
+    folder = write_repository_folder(tmp_path / "m", tmp_path / "repo", repo_id="me/tiny-v5")
+    st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    tokens = st.encode(SENTENCES, output_value="token_embeddings", batch_size=4)
+    for text, embedded in zip(SENTENCES, tokens):
+        features = tokenize_for_embedding(model.tokenizer, [text], max_length=64, add_eos=True)
+        batch = pad_features(features, pad_token_id=0, padding_side="right")
+        with torch.no_grad():
+            expected = model(**batch).last_hidden_state[0]
+        torch.testing.assert_close(torch.as_tensor(embedded), expected, rtol=0, atol=1e-5)
