@@ -68,27 +68,59 @@ def _epoch_rng(seed: int, epoch: int, source: int | None = None) -> random.Rando
 
 
 class SourceBatchSampler(torch.utils.data.Sampler):
-    """Row indices in an order where every `batch_size` consecutive rows come from one source (module doc)."""
+    """Row indices in an order where every `batch_size` consecutive rows come from one source (module doc).
 
-    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int):
+    `weights` (source index -> relative weight) replaces the size-proportional shares: an epoch keeps its number of
+    blocks, source s gets round(blocks x w_s / sum(w)) of them, a source asked for more rows than it has goes through
+    them again (reshuffled), and weight 0 leaves a source out."""
+
+    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int,
+                 weights: dict[int, float] | None = None):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.rows_by_source: dict[int, list[int]] = {}
         for index, source in enumerate(source_of_rows):
             self.rows_by_source.setdefault(source, []).append(index)
+        self.blocks = {source: len(rows) // batch_size for source, rows in self.rows_by_source.items()}
+        if weights is not None:
+            self.blocks = weighted_blocks(self.blocks, weights)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        shuffled = {source: buffered_shuffle(rows, len(rows), _epoch_rng(self.seed, self.epoch, source))
+        shuffled = {source: _reshuffling(rows, self.seed, self.epoch, source)
                     for source, rows in self.rows_by_source.items()}
-        blocks = {source: len(rows) // self.batch_size for source, rows in self.rows_by_source.items()}
-        for source in block_order(blocks, _epoch_rng(self.seed, self.epoch)):
+        for source in block_order(self.blocks, _epoch_rng(self.seed, self.epoch)):
             for _ in range(self.batch_size):
                 yield next(shuffled[source])
 
     def __len__(self) -> int:
-        return sum(len(rows) // self.batch_size * self.batch_size for rows in self.rows_by_source.values())
+        return sum(self.blocks.values()) * self.batch_size
+
+
+def weighted_blocks(blocks: dict[int, int], weights: dict[int, float]) -> dict[int, int]:
+    """Blocks per source for given relative weights, the epoch's total kept (largest remainders).
+
+    >>> weighted_blocks({0: 90, 1: 10}, {0: 1, 1: 1})
+    {0: 50, 1: 50}
+    """
+    total, weight_sum = sum(blocks.values()), sum(weights.get(source, 0) for source in blocks)
+    if weight_sum <= 0:
+        raise ValueError("source weights: at least one source needs a weight above 0.")
+    exact = {source: total * weights.get(source, 0) / weight_sum for source in blocks}
+    chosen = {source: int(share) for source, share in exact.items()}
+    for source in sorted(exact, key=lambda s: chosen[s] - exact[s])[: total - sum(chosen.values())]:
+        chosen[source] += 1
+    return chosen
+
+
+def _reshuffling(rows: list[int], seed: int, epoch: int, source: int) -> Iterator[int]:
+    """A source's rows in the epoch's shuffled order, then (when weights ask for more) reshuffled passes again."""
+    yield from buffered_shuffle(rows, len(rows), _epoch_rng(seed, epoch, source))
+    repeat = 1
+    while True:
+        yield from buffered_shuffle(rows, len(rows), random.Random(f"{seed}/{epoch}/{source}/{repeat}"))
+        repeat += 1
 
 
 @dataclass

@@ -48,6 +48,7 @@ class TripletSource:
     skipped: int = 0
     file: str = ""  # the file (or Hub dataset) it was read from; several sources when its rows' counts differ
     instruction: str | None = None  # the query instruction of its rows that give none (`set_source_instructions`)
+    weight: float | None = None  # relative sampling weight (`set_source_weights`); None: a share by size
 
 
 @dataclass
@@ -229,27 +230,51 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)
 
 
-def set_source_instructions(triplets: Triplets, instructions: dict[str, str]) -> None:
-    """Give each source named in `instructions` (by its name, e.g. `snli_triplets [1 negative]`, or by its file's
-    stem, e.g. `snli_triplets`, which covers every source of that file) a query instruction, used for its rows that
-    carry no `instruction` of their own. A key that names no source is an error listing the sources there are."""
-    known = {}
+def sources_named(triplets: Triplets, keys, flag: str) -> dict[str, list[int]]:
+    """Key -> the indices of the sources it names: a source's name (e.g. `snli_triplets [1 negative]`) or its file's
+    stem (e.g. `snli_triplets`, every source of that file). A key that names no source is an error listing the
+    sources there are."""
+    known: dict[str, list[int]] = {}
     for index, item in enumerate(triplets.sources):
-        keys = {item.name, Path(item.file).stem if item.file else item.name}
-        for key in keys:
+        for key in {item.name, Path(item.file).stem if item.file else item.name}:
             known.setdefault(key, []).append(index)
-    unknown = sorted(set(instructions) - set(known))
+    unknown = sorted(set(keys) - set(known))
     if unknown:
         raise TripletDataError(
-            f"--source_instructions names {', '.join(map(repr, unknown))}, which is no source of {triplets.source}. "
+            f"{flag} names {', '.join(map(repr, unknown))}, which is no source of {triplets.source}. "
             f"Sources there: {', '.join(sorted(known))} (a file's stem covers all its sources).")
-    for key, instruction in instructions.items():
+    return {key: known[key] for key in keys}
+
+
+def set_source_instructions(triplets: Triplets, instructions: dict[str, str]) -> None:
+    """Give each source named in `instructions` (`sources_named`) a query instruction, used for its rows that carry
+    no `instruction` of their own; a source's own name wins over its file's stem."""
+    for key, indices in sources_named(triplets, instructions, "--source_instructions").items():
+        instruction = instructions[key]
         if not isinstance(instruction, str) or not instruction.strip():
             raise TripletDataError(f"--source_instructions[{key!r}]: give a non-empty instruction string, got "
                                    f"{instruction!r}.")
-        for index in known[key]:
+        for index in indices:
             if triplets.sources[index].instruction is None or key == triplets.sources[index].name:
                 triplets.sources[index].instruction = instruction.strip()
+
+
+def set_source_weights(triplets: Triplets, weights: dict[str, float]) -> None:
+    """Relative sampling weights per source (`sources_named`; a source's own name wins over its file's stem). Every
+    source needs one (0 leaves a source out), so that no share is implied."""
+    named = sources_named(triplets, weights, "--source_weights")
+    for key, indices in sorted(named.items(), key=lambda item: item[0] in {s.name for s in triplets.sources}):
+        weight = weights[key]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise TripletDataError(f"--source_weights[{key!r}]: give a number >= 0, got {weight!r}.")
+        for index in indices:
+            triplets.sources[index].weight = float(weight)
+    missing = [item.name for item in triplets.sources if item.weight is None]
+    if missing:
+        raise TripletDataError(f"--source_weights gives no weight for {', '.join(missing)}; give every source one "
+                               "(0 leaves a source out), or leave the flag out for shares that follow the sizes.")
+    if not any(item.weight and item.examples for item in triplets.sources):
+        raise TripletDataError("--source_weights: every source with rows has weight 0; nothing would train.")
 
 
 def _clean(row: dict, name: str):

@@ -122,11 +122,13 @@ class ContrastiveTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, source_of_rows: list[int] | None = None, **kwargs):
+    def __init__(self, *args, source_of_rows: list[int] | None = None,
+                 source_weights: dict[int, float] | None = None, **kwargs):
         """`source_of_rows`: each training row's source (`Triplets.source_of_rows`); with several sources every
-        loss call's batch comes from one of them (`batching.SourceBatchSampler`), else rows are shuffled together."""
+        loss call's batch comes from one of them (`batching.SourceBatchSampler`, with `source_weights` if given),
+        else rows are shuffled together."""
         super().__init__(*args, **kwargs)
-        self.source_of_rows = source_of_rows
+        self.source_of_rows, self.source_weights = source_of_rows, source_weights
         self._recall_counts = torch.zeros(2, dtype=torch.float64)  # in-batch hits, queries (`evaluation_loop`)
         if not isinstance(self.args, ContrastiveTrainingArguments):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
@@ -164,7 +166,7 @@ class ContrastiveTrainer(Trainer):
 
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             loss_batch = self.args.per_device_train_batch_size * self.args.world_size
-            return SourceBatchSampler(self.source_of_rows, loss_batch, seed=seed)
+            return SourceBatchSampler(self.source_of_rows, loss_batch, seed=seed, weights=self.source_weights)
         return super()._get_train_sampler(train_dataset)
 
     def _loss(self, query_embeddings, document_embeddings, text_ids=None):

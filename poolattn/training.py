@@ -33,6 +33,7 @@ from .data import (
     Triplets,
     load_triplets,
     set_source_instructions,
+    set_source_weights,
 )
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
@@ -172,6 +173,10 @@ class DataArguments:
         "help": 'JSON object of query instructions per source (file stem or source name), e.g. \'{"snli_triplets": '
                 '"Retrieve semantically similar text."}\'; a row\'s own `instruction` wins, --query_instruction is '
                 'the fallback'})
+    source_weights: str | None = field(default=None, metadata={
+        "help": 'JSON object of relative sampling weights per source (file stem or source name), one for every '
+                'source (0 leaves one out), e.g. \'{"snli_triplets": 2, "quora_duplicates": 1, ...}\'; default: '
+                'shares by size. With one source per batch, in memory'})
     query_max_length: int = field(default=512, metadata={"help": "tokens per query, instruction included"})
     document_max_length: int = field(default=512, metadata={"help": "tokens per positive or negative"})
     skip_invalid_rows: bool = field(default=False,
@@ -199,6 +204,10 @@ class DataArguments:
     def __post_init__(self):
         self.instructions_per_source = _json_object("--source_instructions", self.source_instructions,
                                                     '\'{"snli_triplets": "Retrieve semantically similar text."}\'')
+        self.weights_per_source = _json_object("--source_weights", self.source_weights, '\'{"snli_triplets": 2}\'')
+        if self.weights_per_source and (self.streaming or self.batch_sampling == "mixed"):
+            raise ValueError("--source_weights sets each source's share of batches: it needs --batch_sampling "
+                             "one_source_per_batch and data in memory (not --streaming).")
         if self.batch_sampling not in BATCH_SAMPLING:
             raise ValueError(f"--batch_sampling {self.batch_sampling!r}: allowed values are "
                              f"{', '.join(BATCH_SAMPLING)}.")
@@ -422,7 +431,9 @@ def train_variant(variant: int | str, model_args: ModelArguments, data_args: Dat
     trainer = ContrastiveTrainer(model=model, args=training_args, data_collator=collator, processing_class=tokenizer,
                                  train_dataset=train_dataset,
                                  eval_dataset=datasets.Dataset.from_list(held_out) if held_out else None,
-                                 source_of_rows=triplets.source_of_rows() if one_source else None, callbacks=callbacks)
+                                 source_of_rows=triplets.source_of_rows() if one_source else None,
+                                 source_weights={index: item.weight for index, item in enumerate(triplets.sources)}
+                                 if data_args.weights_per_source else None, callbacks=callbacks)
     batch = ContrastiveBatch.of_run(
         per_device_batch=training_args.per_device_train_batch_size, world_size=world_size(),
         negatives_per_query=triplets.negatives_per_query, gather=training_args.gather_across_devices,
@@ -456,15 +467,21 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
     """Refuse, before training, data that cannot give the batches asked for; log each source's share."""
     loss_batch = training_args.per_device_train_batch_size * training_args.world_size
     for source in triplets.sources:
-        logger.info("source %s: %d examples, %d hard negative(s) per query%s", source.name, source.examples,
-                    source.negatives_per_query, f", {source.skipped} invalid rows skipped" if source.skipped else "")
+        logger.info("source %s: %d examples, %d hard negative(s) per query%s%s", source.name, source.examples,
+                    source.negatives_per_query, f", {source.skipped} invalid rows skipped" if source.skipped else "",
+                    f", sampling weight {source.weight:g}" if source.weight is not None else "")
     if triplets.examples < loss_batch:
         raise TripletDataError(f"{triplets.source}: {triplets.examples} rows make no full batch of {loss_batch} "
                                f"(--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
                                f"{training_args.world_size} process(es)), so no step would run; lower the batch size "
                                "or add data.")
     if batch_sampling(data_args, triplets) == "one_source_per_batch":
-        small = [source.name for source in triplets.sources if source.examples < loss_batch]
+        weighted_small = [source.name for source in triplets.sources
+                          if source.weight and source.examples < loss_batch]
+        if weighted_small:
+            raise TripletDataError(f"--source_weights gives weight to {', '.join(weighted_small)}, with fewer rows "
+                                   f"than one batch of {loss_batch}; give them weight 0 or lower the batch size.")
+        small = [source.name for source in triplets.sources if source.examples < loss_batch and source.weight != 0]
         if len(small) == len(triplets.sources):
             raise TripletDataError(f"{triplets.source}: no source holds a full batch of {loss_batch} rows (one source "
                                    "per batch); lower --per_device_train_batch_size or use --batch_sampling mixed.")
@@ -617,6 +634,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             negatives_per_query=data_args.negatives_per_query,
         )
     set_source_instructions(triplets, data_args.instructions_per_source)
+    if data_args.weights_per_source:
+        set_source_weights(triplets, data_args.weights_per_source)
     if data_args.max_train_samples:
         triplets.keep_first(data_args.max_train_samples)
     held_out = held_out_rows(triplets, data_args, training_args)

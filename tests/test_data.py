@@ -151,6 +151,43 @@ def test_every_batch_of_the_sampler_comes_from_one_source():
         assert len({sources[i] for i in rank0 + rank1}) == 1
 
 
+def test_source_weights_set_each_sources_share_of_batches():
+    sources = [0] * 80 + [1] * 16  # by size: 10 blocks and 2 of 8 rows
+    by_size = SourceBatchSampler(sources, 8, seed=1)
+    equal = SourceBatchSampler(sources, 8, seed=1, weights={0: 1, 1: 1})
+    left_out = SourceBatchSampler(sources, 8, seed=1, weights={0: 1, 1: 0})
+    assert list(SourceBatchSampler(sources, 8, seed=1, weights={0: 10, 1: 2})) == list(by_size)  # same shares
+    for sampler, expected in ((equal, {0: 6, 1: 6}), (left_out, {0: 12})):
+        order = list(sampler)
+        batches = [order[start : start + 8] for start in range(0, len(order), 8)]
+        assert len(order) == len(sampler) == 12 * 8 and all(len({sources[i] for i in b}) == 1 for b in batches)
+        counts = {}
+        for batch in batches:
+            counts[sources[batch[0]]] = counts.get(sources[batch[0]], 0) + 1
+        assert counts == expected
+        assert all(len(set(batch)) == 8 for batch in batches)  # a source used again is reshuffled, not repeated
+    # source 1 oversampled 3x: every row of it three times over the epoch, never twice in one pass
+    oversampled = [i for i in list(equal) if sources[i] == 1]
+    assert sorted(oversampled) == sorted(list(range(80, 96)) * 3)
+
+
+def test_source_weights_are_checked_against_the_sources(tmp_path):
+    from poolattn.data import set_source_weights
+
+    folder = two_sources(tmp_path / "d")
+    triplets = load_triplets(str(folder))
+    set_source_weights(triplets, {"a": 1, "b": 3})
+    assert [source.weight for source in triplets.sources] == [1.0, 3.0]
+    with pytest.raises(TripletDataError, match=r"gives no weight for b; give every source one"):
+        set_source_weights(load_triplets(str(folder)), {"a": 1})
+    with pytest.raises(TripletDataError, match=r"--source_weights\['b'\]: give a number >= 0, got -1"):
+        set_source_weights(load_triplets(str(folder)), {"a": 1, "b": -1})
+    with pytest.raises(TripletDataError, match=r"names 'c', which is no source"):
+        set_source_weights(load_triplets(str(folder)), {"a": 1, "b": 1, "c": 1})
+    with pytest.raises(ValueError, match=r"--source_weights sets each source's share .* \(not --streaming\)"):
+        training.parse_arguments(["--source_weights", '{"a": 1}', "--streaming", "true", "--max_steps", "2"])
+
+
 def test_the_trainer_draws_each_batch_from_one_source(tiny_backbone_folder, tmp_path):
     import datasets
 
