@@ -341,9 +341,16 @@ def build_model(model_args: ModelArguments, backbone_path: str, variant: int | s
         return model, tokenizer
     from peft import LoraConfig, get_peft_model
 
+    targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    if not targets or set(targets) - set(linear):
+        unknown = ", ".join(sorted(set(targets) - set(linear))) or "no module named"
+        raise TrainingSetupError(f"--lora_target_modules {model_args.lora_target_modules!r}: {unknown} is not a "
+                                 f"linear layer of this backbone. Its linear layers: {', '.join(linear)}.")
     lora = LoraConfig(
         r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=[name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()],
+        target_modules=targets,
         modules_to_save=["pooler"] if model.pooler is not None else None,
     )
     return get_peft_model(model, lora), tokenizer

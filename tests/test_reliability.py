@@ -191,3 +191,12 @@ def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folde
     with caplog.at_level("WARNING", logger="poolattn.evaluation"):
         load_encoder(tiny_backbone_folder, batch_size=4, max_length=None, instructions=False)
     assert "neither an exported poolattn model nor a sentence-transformers folder" in caplog.text
+
+
+def test_lora_targets_that_are_no_linear_layer_of_the_backbone_are_named(tiny_backbone_folder, triplets_file,
+                                                                         tmp_path):
+    message = r"--lora_target_modules 'q_proj,qproj': qproj is not a linear layer of this backbone. Its linear "
+    with pytest.raises(training.TrainingSetupError, match=message + "layers: .*q_proj"):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
+                       str(tmp_path / "out"), *TINY_RUN, "--lora_target_modules", "q_proj,qproj"])
+    assert not (tmp_path / "out" / "model").exists()
