@@ -9,6 +9,7 @@ __all__ = [
     "PoolAttnEmbeddingModel",
     "PoolAttnEmbeddingOutput",
     "from_backbone",
+    "load_checkpoint",
     "resolve_layers",
 ]
 __version__ = "0.1.0"
@@ -28,3 +29,10 @@ def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides)
     from .backbones import resolve_backbone  # imported here so `python -m poolattn.backbones` runs it only once
 
     return PoolAttnEmbeddingModel.from_backbone(resolve_backbone(name_or_path), variant=variant, **overrides)
+
+
+def load_checkpoint(checkpoint, *, merge: bool = True):
+    """A training checkpoint (`<output_dir>/checkpoint-<step>`) as a model: `poolattn.training.load_checkpoint`."""
+    from .training import load_checkpoint as load  # training pulls in peft and the Trainer: only when asked
+
+    return load(checkpoint, merge=merge)

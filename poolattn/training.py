@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, PreTrainedConfig, set_seed
 
 from .backbones import DEFAULT_BACKBONE, resolve_backbone
 from .batching import stream_triplets
-from .configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, variant_tag
+from .configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, PoolAttnConfig, variant_tag
 from .data import (
     SAMPLE_TRIPLETS,
     SHARED_DATA,
@@ -386,6 +386,60 @@ def training_manifest(variant: int | str, base, trainer, result, model_args: Mod
     )
 
 
+CHECKPOINT_RECORD = "poolattn_checkpoint.json"
+
+
+class CheckpointRecord:
+    """A Trainer callback that writes `poolattn_checkpoint.json` into every checkpoint: the backbone (as given and as
+    resolved) and the model's `PoolAttnConfig`, which the adapter files alone do not hold (`load_checkpoint`)."""
+
+    def __init__(self, backbone: str, backbone_path: str, config):
+        self.record = {"backbone": backbone, "backbone_path": str(backbone_path),
+                       "poolattn_config": config.to_diff_dict()}
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_save(self, args, state, control, **kwargs):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / CHECKPOINT_RECORD).write_text(json.dumps(self.record, indent=2) + "\n")
+
+
+def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel:
+    """A training checkpoint as a model: the backbone it was trained on (resolved again where the recorded path is
+    gone, e.g. on another machine), the recorded `PoolAttnConfig`, then peft's adapter and the trained head
+    (`PeftModel.from_pretrained`); merged (`merge=True`) it is a plain `PoolAttnEmbeddingModel` like an export,
+    otherwise a `PeftModel` to train further.
+
+        model = poolattn.load_checkpoint("outputs/smollm2-135m-v5/checkpoint-30")
+    """
+    from peft import PeftModel
+
+    checkpoint = Path(checkpoint)
+    record_file = checkpoint / CHECKPOINT_RECORD
+    if not record_file.is_file():
+        raise TrainingSetupError(f"{checkpoint}: no {CHECKPOINT_RECORD} here; give a checkpoint-<step> folder "
+                                 "written by poolattn's train.py (older checkpoints lack it: use the export).")
+    record = json.loads(record_file.read_text())
+    recorded = Path(record["backbone_path"])
+    backbone = str(recorded) if recorded.is_dir() else resolve_backbone(record["backbone"])
+    own_fields = set(PoolAttnConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    own_fields -= {"text_config", "variant"}  # the variant is set back after the merge
+    fields = {key: value for key, value in record["poolattn_config"].items() if key in own_fields}
+    model = PoolAttnEmbeddingModel.from_backbone(backbone, variant=None, **fields)
+    peft_model = PeftModel.from_pretrained(model, str(checkpoint))
+    if not merge:
+        return peft_model
+    merged = peft_model.merge_and_unload()
+    merged.config.variant = record["poolattn_config"].get("variant")
+    return merged.eval()
+
+
 def restore_finished_run(trainer, checkpoint: str | None):
     """When `checkpoint` (the one to resume from) reached max_steps, load it and return its TrainOutput, else None.
 
@@ -430,7 +484,7 @@ def train_variant(variant: int | str, model_args: ModelArguments, data_args: Dat
         # queries' count (and so dropping hard negatives); sharded, each process reads the stream and takes its rows
         training_args.accelerator_config.dispatch_batches = False
     train_dataset = triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows)
-    callbacks = []
+    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, base.config)]
     if data_args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 

@@ -442,3 +442,26 @@ def test_bad_arguments_name_what_is_allowed(tiny_backbone_folder):
         training.main(["--variant", "6", "--backbone", tiny_backbone_folder])
     with pytest.raises(ValueError, match=r"--temperature 0.0 must be > 0"):
         training.main(["--backbone", tiny_backbone_folder, "--temperature", "0", "--output_dir", "/tmp/never"])
+
+
+def test_a_checkpoint_loads_as_the_model_it_holds(tiny_backbone_folder, triplets_file, tmp_path):
+    """`poolattn.load_checkpoint` (the recorded backbone and config, then peft's adapter and head) gives the weights of
+    that step: the last checkpoint equals the export of the same run."""
+    import poolattn
+
+    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
+                              str(tmp_path / "out"), *TINY_RUN])[0]
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    record = json.loads((checkpoint / training.CHECKPOINT_RECORD).read_text())
+    assert record["backbone"] == tiny_backbone_folder and record["poolattn_config"]["variant"] == 5
+    from poolattn import PoolAttnEmbeddingModel
+
+    merged = poolattn.load_checkpoint(checkpoint)
+    export = PoolAttnEmbeddingModel.from_pretrained(exported).eval()
+    assert isinstance(merged, PoolAttnEmbeddingModel) and merged.config.variant == 5
+    np = pytest.importorskip("numpy")
+    np.testing.assert_allclose(merged.encode(SENTENCES), export.encode(SENTENCES), atol=1e-5)
+    adapter = poolattn.load_checkpoint(checkpoint, merge=False)
+    assert type(adapter).__name__ == "PeftModel"
+    with pytest.raises(training.TrainingSetupError, match=r"no poolattn_checkpoint.json here"):
+        poolattn.load_checkpoint(tmp_path / "out")
