@@ -37,7 +37,7 @@ from pathlib import Path
 from . import training
 from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
 from .configuration_poolattn import DESIGNS, variant_tag
-from .evaluation import evaluate_models, evaluation_revision, seeds_paired, task_parts
+from .evaluation import EvaluationRun, evaluate_models, evaluation_revision, seeds_paired, task_parts
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
@@ -183,8 +183,8 @@ class StudyRun:
 
 
 def run_study(plan: StudyPlan, output) -> StudyRun:
-    """Train and score every row once per seed (seed-major, each run scored when trained), then the instruction
-    check and the report."""
+    """Train and score every row once per seed (seed-major, each run scored as soon as it is trained; the rows of
+    the instruction check also on the STS tasks without instructions), then write the report."""
     output = Path(output)
     if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).train_argv != plan.train_argv:
         raise StudyError(f"{output} holds a study trained with other flags ({' '.join(earlier.train_argv)}); use "
@@ -193,19 +193,22 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     started, failures = time.time(), []
     trained: list[tuple[StudyRow, int, Path]] = []
+    checking = plan.instruction_check and not plan.benchmark
     for seed in plan.seeds:
         for row in plan.rows:
             folder = train_row(plan, row, seed, output)
             trained.append((row, seed, folder))
             if not distributed:  # under torchrun every process trains; process 0 scores all at the end
                 failures += score_models(plan, [folder], output).failures
+                if checking and row.key in plan.instruction_check:
+                    failures += score_models(plan, [folder], output, instructions=False, sts_only=True).failures
     if int(os.environ.get("RANK", 0)) != 0:
         return StudyRun(None)
     if distributed:
         failures += score_models(plan, [folder for _, _, folder in trained], output).failures
-    checked = [folder for row, _, folder in trained if row.key in plan.instruction_check]
-    if checked and not (plan.tasks or plan.benchmark):
-        failures += score_models(plan, checked, output, instructions=False, categories=["STS"]).failures
+        checked = [folder for row, _, folder in trained if row.key in plan.instruction_check]
+        if checking and checked:
+            failures += score_models(plan, checked, output, instructions=False, sts_only=True).failures
     logger.info("study: %d runs trained and scored in %.0f s", len(trained), time.time() - started)
     return StudyRun(write_report(output), failures)
 
@@ -223,12 +226,23 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     return training.main(argv)[0]
 
 
-def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True, categories=None):
-    """`evaluate.py run` of exported models on the study's tasks (finished tasks are not scored again)."""
-    return evaluate_models([str(folder) for folder in folders], output=Path(output) / "results", tasks=plan.tasks,
-                           categories=categories or plan.categories, benchmark=plan.benchmark,
-                           data_dir=plan.data_dir, budget=plan.budget, batch_size=plan.batch_size,
-                           instructions=instructions)
+def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True,
+                 sts_only: bool = False):
+    """`evaluate.py run` of exported models on the study's tasks (finished tasks are not scored again); `sts_only`
+    keeps the STS tasks of the selection (the instruction check)."""
+    tasks, categories = plan.tasks, plan.categories
+    if sts_only:
+        from .local_tasks import task_type
+
+        if tasks:
+            tasks = [name for name in tasks if task_type(name, plan.data_dir) == "STS"] or None
+            if tasks is None:
+                return EvaluationRun()
+        else:
+            categories = ["STS"]
+    return evaluate_models([str(folder) for folder in folders], output=Path(output) / "results", tasks=tasks,
+                           categories=categories, benchmark=plan.benchmark, data_dir=plan.data_dir,
+                           budget=plan.budget, batch_size=plan.batch_size, instructions=instructions)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
