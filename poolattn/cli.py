@@ -139,6 +139,11 @@ def _compare(args) -> int:
     comparison = evaluation.compare_results(args.results, output=args.output, baseline=args.baseline)
     print(comparison.report)
     print(f"written: {', '.join(str(path) for path in comparison.files)}")
+    if comparison.left_out:
+        print(f"compare: {len(comparison.left_out)} score(s) left out of the means, which therefore average different "
+              f"tasks: {'; '.join(comparison.left_out)}. Score the missing tasks (evaluate.py run scores only what is "
+              "missing) or compare the runs that share them.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -369,6 +369,7 @@ class Comparison:
 
     report: str
     files: list[Path]
+    left_out: list[str] = field(default_factory=list)  # scores some model lacks, so means average fewer tasks
 
 
 def compare_results(result_folders: list, *, output, baseline: str | None = None) -> Comparison:
@@ -472,7 +473,9 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
                 for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
     files[3].write_text(summary_block(names, means, used_categories, tests, baseline))
     plot_categories(files[4], names, means, used_categories, tests)
-    return Comparison("\n".join(report), files)
+    left_out = [f"{group.label}: {task} ({why})" for group in groups for task, why in group.left_out.items()]
+    left_out += [f"{name}: no score for {task}" for name in names for task in tasks if task not in scores[name]]
+    return Comparison("\n".join(report), files, left_out)
 
 
 SEED_RESAMPLING = (

@@ -58,6 +58,12 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
     assert "significantly different from poolattn/v1" in (tmp_path / "cmp" / "summary.md").read_text()
     with pytest.raises(SystemExit, match="hold results of the same model and weights \\(poolattn/v1"):
         cli.evaluate(["compare", str(folders[0]), str(next(folders[0].iterdir())), "--output", str(tmp_path / "c2")])
+    # a task one model lacks: the comparison is written, its means say so, and the command exits 1 naming it
+    next(folders[1].rglob("BIOSSES.json")).unlink()
+    capsys.readouterr()
+    assert cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c3")]) == 1
+    assert "poolattn/v5: no score for BIOSSES" in capsys.readouterr().err
+    assert (tmp_path / "c3" / "comparison.md").is_file()
 
 
 def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):
