@@ -96,3 +96,37 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
     assert "contrastive batch per loss call = 8 queries x 16 candidates" in report
     after = contrastive_loss_on(AutoModel.from_pretrained(exported, trust_remote_code=True), rows)
     assert after < 0.95 * before, (before, after)  # measured: 4.85 -> 4.30 after 10 steps of 8
+
+
+def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_the_real_backbone(backbone_path,
+                                                                                                 sentences, tmp_path):
+    """The published folder of a SmolLM2 model: mteb's stock sentence-transformers wrapper, with no hand-passed prompt,
+    scores what evaluate.py scores (1e-4), and tokenizer + forward equals encode (1e-5)."""
+    mteb = pytest.importorskip("mteb")
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from poolattn import cli
+    from poolattn.hub import write_repository_folder
+    from poolattn.local_tasks import load_task
+
+    torch.manual_seed(0)
+    PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5).save_pretrained(tmp_path / "model")
+    (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
+    biosses = STSB.parents[1] / "BIOSSES" / "test.jsonl"
+    (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(biosses.read_text().splitlines()[:40]) + "\n")
+    assert cli.evaluate(["run", "--model", str(tmp_path / "model"), "--tasks", "BIOSSES", "--data-dir",
+                         str(tmp_path / "data"), "--output", str(tmp_path / "results")]) == 0
+    ours = json.loads(next((tmp_path / "results").rglob("BIOSSES.json")).read_text())["scores"]["test"][0]
+    folder = write_repository_folder(tmp_path / "model", tmp_path / "repo", repo_id="me/smollm2-v5")
+    wrapper = mteb.SentenceTransformerEncoderWrapper(SentenceTransformer(str(folder), trust_remote_code=True,
+                                                                         device="cpu"))
+    stock = mteb.evaluate(wrapper, [load_task("BIOSSES", data_dir=tmp_path / "data")], cache=None,
+                          show_progress_bar=False).task_results[0].get_score()
+    assert abs(stock - ours["main_score"]) < 1e-4, (stock, ours["main_score"])
+
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        forward = model(**tokenizer(sentences[:8], padding=True, return_tensors="pt")).embeddings.numpy()
+    assert abs(forward - model.encode(sentences[:8])).max() < 1e-5
