@@ -396,8 +396,10 @@ def write_report(output) -> Path:
         if a.replicates is not None and b.replicates is not None:
             tests += compare_rows(a, b, question)
     first = min(plan.seeds)
-    missing = [f"{item.row.label} (seeds {', '.join(map(str, sorted(set(plan.seeds) - set(item.seeds))))})"
-               for item in collected if set(item.seeds) != set(plan.seeds)]
+    missing = []
+    for item in collected:
+        if lacking := sorted(set(plan.seeds) - set(item.seeds)):
+            missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
     task_counts = {category: sorted({task for item in scored for task, kind in item.replicates.categories.items()
                                      if kind == category}) for category in categories}
     lines = [
@@ -475,7 +477,7 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
             + (f", else {data.query_instruction!r}" if data.query_instruction else "")))
     lines += ["Every row is trained and scored with the same instruction policy: in training, " + "; ".join(
         trained_with) + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
-        "tasks (`Instruct: {instruction}\\nQuery: `), documents none (`mteb_encoder.TASK_INSTRUCTIONS`). The "
+        "tasks (`Instruct: {instruction}\\nQuery: `), documents none (`prompts.TASK_INSTRUCTIONS`). The "
         "instruction is part of every design here, not of one.", ""]
     rows = []
     for key in plan.instruction_check:
@@ -511,9 +513,11 @@ def _wall_time_section(collected: list[RowResults]) -> list[str]:
         scoring = [sum(result.evaluation_time or 0.0 for result in run.task_results)
                    for run in (item.replicates.runs if item.replicates else [])]
         total += sum(train) + sum(scoring)
-        rows.append([item.row.label, len(train), mean(train), mean(scoring) if scoring else None])
+        rows.append([item.row.label, len(train), f"{mean(train):.0f}",
+                     f"{mean(scoring):.0f}" if scoring else None])
     return ["## Wall time", "",
-            markdown_table(["design", "seeds trained", "training s (per seed)", "scoring s (per seed)"], rows), "",
+            markdown_table(["design", "seeds trained", "training s (mean per seed)", "scoring s (mean per seed)"],
+                           rows), "",
             f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).", ""]
 
 

@@ -103,7 +103,9 @@ def test_train_dry_run_writes_the_repository_folder_with_a_card_from_the_manifes
     assert files == set(repository_files(exported)) | ST_FILES | {"README.md"}
     assert "training_manifest.json" in files
     st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
-    assert st_config["prompts"] == {"query": "Instruct: Find the passage\nQuery: ", "document": ""}
+    prompts = st_config["prompts"]
+    assert (prompts["query"], prompts["document"]) == ("Instruct: Find the passage\nQuery: ", "")  # the trained one
+    assert prompts["STS"] == "Instruct: Retrieve semantically similar text.\nQuery: " and prompts["STS-document"] == ""
 
     metadata = front_matter(folder / "README.md")
     assert metadata["library_name"] == "transformers"
