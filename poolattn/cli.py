@@ -201,16 +201,21 @@ def ablate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=1, help="train every arm with N seeds (train.py's --seed and "
                                                                  "the next N-1), grouped as replicates (default 1)")
     parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
+    _add_scoring_arguments(parser, "arm")
+    return parser
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> None:
+    """The task selection and scoring flags of the commands that train and then score (ablate, study)."""
     parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
                                         f"{','.join(ablation.DEFAULT_CATEGORIES)})")
     parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
     parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
     parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
     parser.add_argument("--budget", type=int, default=ablation.DEFAULT_BUDGET,
-                        help="at most N units (pairs, examples, queries) per task, the same sample for every arm "
-                             f"(default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
+                        help=f"at most N units (pairs, examples, queries) per task, the same sample for every "
+                             f"{compared} (default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
     parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
-    return parser
 
 
 def ablate(argv: list[str] | None = None) -> int:
@@ -252,15 +257,7 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row: --seed, --seed+1, ... (default 2)")
     parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
     parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")
-    parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
-                                        f"{','.join(ablation.DEFAULT_CATEGORIES)})")
-    parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
-    parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
-    parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
-    parser.add_argument("--budget", type=int, default=ablation.DEFAULT_BUDGET,
-                        help=f"at most N units per task, the same sample for every row (default "
-                             f"{ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
-    parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
+    _add_scoring_arguments(parser, "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
     return parser
 

@@ -459,16 +459,16 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
                                         "per_category.png", "paired_tests.csv", "per_seed.csv")]
     files[0].write_text("\n".join(report))
-    _write_csv(files[5], ["model", "baseline", "task", "subset/split", "category", "units", "model seeds",
+    write_csv(files[5], ["model", "baseline", "task", "subset/split", "category", "units", "model seeds",
                           "baseline seeds", "model score", "baseline score", "difference", "95% low", "95% high", "p",
                           "p (Holm, category)"], paired_rows)
-    _write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]],
+    write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]],
                [[*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
                 for row in task_rows])
-    _write_csv(files[2], ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
+    write_csv(files[2], ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
                [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
                + [[*average_row, *[None for _ in names]]])
-    _write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"],
+    write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"],
                [[group.label, seed, run.revision, task, categories[task], run.scores[task]]
                 for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
     files[3].write_text(summary_block(names, means, used_categories, tests, baseline))
@@ -560,7 +560,8 @@ def plot_categories(path: Path, names, category_means, categories, tests) -> Non
     plt.close(figure)
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """A CSV file of `header` and `rows` (the comparison's and the study's tables)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -37,7 +37,14 @@ from pathlib import Path
 from . import training
 from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
 from .configuration_poolattn import DESIGNS, variant_tag
-from .evaluation import EvaluationRun, evaluate_models, evaluation_revision, seeds_paired, task_parts
+from .evaluation import (
+    EvaluationRun,
+    evaluate_models,
+    evaluation_revision,
+    seeds_paired,
+    task_parts,
+    write_csv,
+)
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
@@ -314,9 +321,6 @@ def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget
             runs.append(read_results(folder))
     if not runs:
         return None
-    common = set.intersection(*(set(run.scores) for run in runs))
-    if not common:
-        return None
     return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
 
 
@@ -444,14 +448,14 @@ def write_report(output) -> Path:
     lines += ["## Figure", "", f"![per-category means]({figure.name})", "",
               "Bars: mean main score per category; whiskers: ± sample sd over seeds.", ""]
     (report_folder / "study.md").write_text("\n".join(lines))
-    _write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
+    write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
                                                    "tasks"], csv_rows)
-    _write_csv(report_folder / "study_tests.csv", [
+    write_csv(report_folder / "study_tests.csv", [
         "a", "b", "question", "category", "tasks", "a score", "b score", "difference", "95% low", "95% high",
         "bootstrap p", "bootstrap p (Holm)", "marker", "wilcoxon p", "a seeds", "b seeds"],
         [[t.a, t.b, t.question, t.category, t.tasks, t.score_a, t.score_b, t.difference, t.low, t.high, t.p_value,
           t.p_holm, t.marker, t.wilcoxon_p, t.seeds_a, t.seeds_b] for t in tests])
-    _write_csv(report_folder / "per_task.csv", ["row", "seed", "task", "category", "score"],
+    write_csv(report_folder / "per_task.csv", ["row", "seed", "task", "category", "score"],
                [[item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
                 for item in scored for seed, run in zip(item.replicates.seeds, item.replicates.runs)
                 for task in item.replicates.tasks])
@@ -543,16 +547,6 @@ def plot_study(path: Path, scored: list[RowResults], categories: list[str]) -> N
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    import csv
-
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------
