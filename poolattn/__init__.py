@@ -2,12 +2,15 @@
 
 from .configuration_poolattn import PAPER_VARIANTS, PoolAttnConfig, resolve_layers
 from .modeling_poolattn import PoolAttnEmbeddingModel, PoolAttnEmbeddingOutput
+from .onnx_poolattn import PoolAttnOnnxModel
 
 __all__ = [
     "PAPER_VARIANTS",
     "PoolAttnConfig",
     "PoolAttnEmbeddingModel",
     "PoolAttnEmbeddingOutput",
+    "PoolAttnOnnxModel",
+    "export_onnx",
     "from_backbone",
     "load_checkpoint",
     "resolve_layers",
@@ -36,3 +39,10 @@ def load_checkpoint(checkpoint, *, merge: bool = True):
     from .training import load_checkpoint as load  # training pulls in peft and the Trainer: only when asked
 
     return load(checkpoint, merge=merge)
+
+
+def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4, **kwargs):
+    """A model folder to ONNX (`onnx/model.onnx`), checked against PyTorch: `poolattn.onnx_export.export_onnx`."""
+    from .onnx_export import export_onnx as export  # pulls in the exporter only when asked
+
+    return export(model_folder, quantize=quantize, tolerance=tolerance, **kwargs)

@@ -119,7 +119,7 @@ def _run_models(args) -> int:
         data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), budget=args.budget,
         skip_missing=args.skip_missing,
         batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, onnx_file=args.onnx,
     )
     for name, reason in run.passed_over.items():
         print(f"passed over: {name} ({reason})")
@@ -169,6 +169,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
     run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
+    run.add_argument("--onnx", nargs="?", const="onnx/model.onnx", metavar="FILE",
+                     help="score the poolattn models' ONNX export in ONNX Runtime (default onnx/model.onnx; e.g. "
+                          "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]")
     run.set_defaults(func=_run_models)
     compare = subparsers.add_parser("compare", help="tables, Wilcoxon tests and a figure from results folders")
     compare.add_argument("results", nargs="+", help="one results folder per model (e.g. results/results/ORG__NAME)")
@@ -356,6 +359,7 @@ Each folder (`<output_dir>/<NAME>-v<N>`) is exactly what is uploaded: the export
 sentence-transformers files and a README.md card generated from the training manifest and, with `--results` (the
 `--output` of `evaluate.py run`), the MTEB scores and Wilcoxon tests against the other variants. The token comes from
 `--hub_token`, `HF_TOKEN` or a saved login (`hf auth login`). A failed upload keeps the folders and says why.
+A model folder's ONNX export (`onnx/`) goes with it; `--onnx` exports the models that have none first.
 (`poolattn-publish` is the same command.)
 """
 
@@ -372,6 +376,8 @@ def publish_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub_token", help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repositories private")
     parser.add_argument("--license", help="licence id for the card (default: the base model's)")
+    parser.add_argument("--onnx", action="store_true", help="export each model without an ONNX export first "
+                                                            "(poolattn-export-onnx, with --quantize)")
     return parser
 
 
@@ -381,10 +387,70 @@ def publish(argv: list[str] | None = None) -> int:
     _show_progress()
     try:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
+        if args.onnx:
+            _export_onnx_where_missing(args.models)
         hub.publish(args.models, hub_model_id=args.hub_model_id, output_dir=args.output_dir, push=args.push,
                     results=args.results, token=args.hub_token, private=args.private, license=args.license,
                     study_sections=sections)
-    except (HubPushError, ValueError) as error:
+    except (HubPushError, ValueError, ImportError, FileNotFoundError) as error:
         print(f"publish: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_onnx_where_missing(model_folders) -> None:
+    from . import onnx_export
+    from .onnx_poolattn import ONNX_FILE
+
+    onnx_export.require_onnx()
+    for folder in model_folders:
+        if not (Path(folder) / ONNX_FILE).is_file():
+            record = onnx_export.export_onnx(folder, quantize=True)
+            print(f"{folder}: ONNX export written (max difference from PyTorch {record.max_abs_diff:.2g})")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# export-onnx
+# ---------------------------------------------------------------------------------------------------------------------
+
+EXPORT_ONNX_HELP = """Export poolattn model folders (backbone and pooling head) to ONNX, checked against PyTorch.
+
+    poolattn-export-onnx runs/smollm2-135m-v5/model --quantize
+
+writes `onnx/model.onnx` (+ `model.onnx.data`; inputs input_ids, attention_mask, pooling_mask with dynamic batch and
+sequence axes; output the unnormalised embeddings), with --quantize `onnx/model_qint8.onnx` (dynamic int8), and
+`onnx/export.json` into each folder. Before anything is kept, ONNX Runtime and PyTorch embed the same texts (left
+and right padding, with and without a prompt, batch 1 and 5): beyond --tolerance (max absolute difference of
+unit-norm embeddings) the export fails and writes nothing. Load it with `poolattn.PoolAttnOnnxModel.from_pretrained`
+or `SentenceTransformer(folder, backend="onnx", trust_remote_code=True)` after publish.py.
+"""
+
+
+def export_onnx_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=EXPORT_ONNX_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="model folders (written by training or save_pretrained)")
+    parser.add_argument("--quantize", action="store_true", help="also write the dynamic int8 copy")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest allowed ORT vs PyTorch difference on unit-norm embeddings (default 1e-4)")
+    return parser
+
+
+def export_onnx(argv: list[str] | None = None) -> int:
+    """`poolattn-export-onnx MODEL... [--quantize]`."""
+    from . import onnx_export
+
+    args = export_onnx_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    _show_progress()
+    try:
+        onnx_export.require_onnx()
+        for folder in args.models:
+            record = onnx_export.export_onnx(folder, quantize=args.quantize, tolerance=args.tolerance)
+            int8 = (f"; int8: max difference {record.int8_max_abs_diff:.2g}, lowest cosine "
+                    f"{record.int8_min_cosine:.4f}" if record.int8_file else "")
+            print(f"{folder}/onnx: exported in {record.export_seconds:.0f} s, max difference from PyTorch "
+                  f"{record.max_abs_diff:.2g}{int8}")
+    except (ImportError, FileNotFoundError, ValueError) as error:  # OnnxExportMismatch is a ValueError
+        print(f"export-onnx: {error}", file=sys.stderr)
         return 1
     return 0

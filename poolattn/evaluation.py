@@ -62,20 +62,30 @@ def hub_poolattn_snapshot(model: str) -> str | None:
 NO_INSTRUCTIONS = "no-instructions"
 
 
-def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True) -> str:
-    """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget, and
-    `-no-instructions` when a poolattn model was scored without its task instructions, so that neither setting ever
-    shares (or is skipped as already done by) the other's results.
+def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True,
+                        onnx_file: str | None = None) -> str:
+    """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget,
+    `-no-instructions` when a poolattn model was scored without its task instructions, and `-onnx` (`-onnx-qint8`,
+    ...) when its ONNX export was scored in ONNX Runtime, so that no two settings ever share (or are skipped as
+    already done by) each other's results.
 
     >>> evaluation_revision("0123abcd", budget=100, instructions=False)
     '0123abcd-budget100-no-instructions'
+    >>> evaluation_revision("0123abcd", onnx_file="onnx/model_qint8.onnx")
+    '0123abcd-onnx-qint8'
     """
     revision = budget_revision(revision, budget)
-    return revision if instructions else f"{revision}-{NO_INSTRUCTIONS}"
+    revision = revision if instructions else f"{revision}-{NO_INSTRUCTIONS}"
+    if onnx_file:
+        stem = Path(onnx_file).name.removesuffix(".onnx").removeprefix("model").strip("_-")
+        revision = f"{revision}-onnx" + (f"-{stem}" if stem else "")
+    return revision
 
 
-def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool):
-    """A poolattn folder or Hub repository -> PoolAttnEncoder; else a sentence-transformers model (folder, Hub id)."""
+def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
+                 onnx_file: str | None = None):
+    """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
+    given); else a sentence-transformers model (folder, Hub id)."""
     from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
 
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
@@ -84,7 +94,11 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
         # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
         name = model if folder != model and exported.manifest is None else exported.mteb_name
         return PoolAttnEncoder(folder, name=name, revision=exported.fingerprint, batch_size=batch_size,
-                               max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {})
+                               max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {},
+                               onnx_file=onnx_file)
+    if onnx_file:
+        raise EvaluationError(f"--onnx scores a poolattn model's ONNX export; {model} is not a poolattn model. Score "
+                              "sentence-transformers models without --onnx.")
     import mteb
     from sentence_transformers import SentenceTransformer
 
@@ -181,11 +195,13 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                     benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
                     budget: int | None = None, skip_missing: bool = False, batch_size: int = 32,
                     max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
-                    ) -> EvaluationRun:
+                    onnx_file: str | None = None) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
 
     `budget` scores every task on at most that many units (`budget.py`), stored under the revision
-    `<fingerprint>-budget<N>`: comparable between models, not with published numbers.
+    `<fingerprint>-budget<N>`: comparable between models, not with published numbers. `onnx_file` (e.g.
+    `onnx/model_qint8.onnx`) scores each poolattn model's ONNX export in ONNX Runtime instead of PyTorch, under
+    the revision `<fingerprint>-onnx-qint8`.
 
     Raises `EvaluationError` before any model is loaded when the selection is empty, names an unknown task or subset,
     holds a malformed local folder, or, with `data_dir`, tasks lack a local copy (unless `skip_missing`, which runs
@@ -217,14 +233,29 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
     except LocalTaskError as error:
         raise EvaluationError(str(error)) from None
     cache = mteb.ResultCache(output)
+    if onnx_file:
+        from .onnx_poolattn import resolve_file
+
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise EvaluationError("--onnx needs onnxruntime: pip install 'poolattn[onnx]'.") from None
+        for model in models:  # before any model loads: every export is there
+            if is_poolattn_folder(model):
+                try:
+                    resolve_file(model, onnx_file)
+                except FileNotFoundError as error:
+                    raise EvaluationError(str(error)) from None
     for model in models:
-        encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions)
+        encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
+                               onnx_file=onnx_file)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
             selected = [cap_task(task, budget) for task in selected]
         revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget,
-                                       instructions=instructions or not isinstance(encoder, PoolAttnEncoder))
+                                       instructions=instructions or not isinstance(encoder, PoolAttnEncoder),
+                                       onnx_file=onnx_file)
         encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
         meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
         folder = results_folder(output, meta.name, meta.revision)
@@ -237,7 +268,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
-            "budget": budget, "training": dataclasses.asdict(origin) if origin else None,
+            "budget": budget, "training": dataclasses.asdict(origin) if origin else None, "onnx_file": onnx_file,
         }, infos)
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}

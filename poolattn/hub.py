@@ -7,7 +7,9 @@ A repository folder (`write_repository_folder`) holds exactly what is uploaded:
 
 - the exported model: `config.json` (with `auto_map`), `configuration_poolattn.py`, `modeling_poolattn.py`,
   `model.safetensors`, the tokenizer files and `training_manifest.json`;
-- the sentence-transformers files: `modules.json` naming `PoolAttnTransformer` (`sentence_transformers_poolattn.py`),
+- the ONNX export `onnx/` when the model folder has one (`poolattn-export-onnx`, or `publish.py --onnx`);
+- the sentence-transformers files: `modules.json` naming `PoolAttnTransformer` (`sentence_transformers_poolattn.py`,
+  with `onnx_poolattn.py` for `backend="onnx"`),
   `sentence_bert_config.json` and `config_sentence_transformers.json` (the query prompt the model was trained with),
   so `SentenceTransformer(repo, trust_remote_code=True)` runs the pooling head instead of a silent mean pool;
 - `README.md`, the model card (`model_card.build_model_card`) from the training manifest, the config and, when
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_poolattn.py"
+ONNX_RUNTIME_MODULE = "onnx_poolattn.py"  # imported by the ST module for backend="onnx"
 
 
 class HubPushError(RuntimeError):
@@ -70,7 +73,8 @@ def check_push_possible(token: str | None = None) -> str:
 
 def write_sentence_transformers_files(folder: Path, model: ExportedModel) -> None:
     """modules.json (our input module, no Pooling), sentence_bert_config.json, config_sentence_transformers.json."""
-    shutil.copy2(PACKAGE_DIR / SENTENCE_TRANSFORMERS_MODULE, folder / SENTENCE_TRANSFORMERS_MODULE)
+    for module_file in (SENTENCE_TRANSFORMERS_MODULE, ONNX_RUNTIME_MODULE):
+        shutil.copy2(PACKAGE_DIR / module_file, folder / module_file)
     module = SENTENCE_TRANSFORMERS_MODULE.removesuffix(".py") + ".PoolAttnTransformer"
     files = {
         "modules.json": [{"idx": 0, "name": "0", "path": "", "type": module}],
@@ -107,6 +111,8 @@ def write_repository_folder(model, destination, *, repo_id: str, results=None, o
         for path in sorted(model.folder.iterdir()):
             if path.is_file() and not path.name.startswith("."):
                 shutil.copy2(path, folder / path.name)
+            elif path.is_dir() and path.name == "onnx":  # the ONNX export (`poolattn-export-onnx`)
+                shutil.copytree(path, folder / path.name)
         write_sentence_transformers_files(folder, model)
         card.save(folder / "README.md")
 

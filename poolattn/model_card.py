@@ -294,7 +294,16 @@ def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResult
         means_table=tables["means"],
         tests_table=tables["tests"],
         study_section=study_section,
+        onnx=onnx_export_record(model.folder),
     )
+
+
+def onnx_export_record(folder):
+    """The folder's ONNX export record (`onnx/export.json`), or None when it has no export."""
+    from .onnx_export import EXPORT_RECORD, OnnxExport
+    from .onnx_poolattn import ONNX_FOLDER
+
+    return OnnxExport.read(folder) if (Path(folder) / ONNX_FOLDER / EXPORT_RECORD).is_file() else None
 
 
 def render_card(metadata, **variables):

@@ -595,45 +595,73 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         `prompt` (one string, or one per text) is prepended to each text; its tokens are left out of mean and
         latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`.
         """
-        single = isinstance(texts, str)
-        if isinstance(texts, (dict, bytes)) or not (single or hasattr(texts, "__iter__")):
-            raise TypeError(f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
-                            "themselves (e.g. list(rows.values())).")
-        texts = [texts] if single else list(texts)
-        if not all(isinstance(text, str) for text in texts):
-            kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
-            raise TypeError(f"encode takes strings; got {', '.join(kinds)} among the texts.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
-        if normalize is not None and not isinstance(normalize, bool):
-            raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-            raise ValueError(f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
-                             f"{self.config.max_length}.")
-        tokenizer = self.get_tokenizer()
-        max_length = max_length or self.config.max_length
-        features = tokenize_for_embedding(
-            tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=self.config.add_eos
-        )
-        pad_token_id = pad_token_id_for(tokenizer)
-        order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
-        if show_progress_bar is None:
-            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         was_training = self.training
         self.eval()
-        embeddings = [None] * len(texts)
-        for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show_progress_bar):
-            chunk = order[start : start + batch_size]
-            batch = pad_features(
-                [features[i] for i in chunk], pad_token_id=pad_token_id, padding_side=tokenizer.padding_side
+        try:
+            return encode_texts(
+                lambda batch: self(**{key: value.to(self.device) for key, value in batch.items()}, normalize=False)
+                .embeddings,
+                texts, tokenizer=self.get_tokenizer(), config=self.config, prompt=prompt, batch_size=batch_size,
+                max_length=max_length, normalize=normalize, show_progress_bar=show_progress_bar,
+                convert_to_numpy=convert_to_numpy,
             )
-            output = self(**{key: value.to(self.device) for key, value in batch.items()}, normalize=normalize)
-            for i, row in zip(chunk, output.embeddings.float().cpu()):
-                embeddings[i] = row
-        self.train(was_training)
-        stacked = torch.stack(embeddings) if embeddings else torch.empty(0, self.config.text_config.hidden_size)
-        stacked = stacked[0] if single else stacked
-        return stacked.numpy() if convert_to_numpy else stacked
+        finally:
+            self.train(was_training)
+
+
+def encode_texts(
+    embed_batch,
+    texts,
+    *,
+    tokenizer,
+    config: PoolAttnConfig,
+    prompt=None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    normalize: bool | None = None,
+    show_progress_bar: bool | None = None,
+    convert_to_numpy: bool = True,
+):
+    """`encode` for any runtime: checks the arguments, tokenizes (`tokenize_for_embedding`), sorts by length, pads
+    batches on the tokenizer's side, calls `embed_batch(batch) -> (batch, hidden)` (unnormalised) and returns the
+    embeddings in input order, L2-normalised when `normalize` (default `config.normalize`).
+
+    `PoolAttnEmbeddingModel.encode` passes its own forward; the ONNX Runtime model (`onnx_poolattn.py`) its session.
+    """
+    single = isinstance(texts, str)
+    if isinstance(texts, (dict, bytes)) or not (single or hasattr(texts, "__iter__")):
+        raise TypeError(f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
+                        "themselves (e.g. list(rows.values())).")
+    texts = [texts] if single else list(texts)
+    if not all(isinstance(text, str) for text in texts):
+        kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
+        raise TypeError(f"encode takes strings; got {', '.join(kinds)} among the texts.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
+                         f"{config.max_length}.")
+    max_length = max_length or config.max_length
+    normalize = config.normalize if normalize is None else normalize
+    features = tokenize_for_embedding(tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=config.add_eos)
+    pad_token_id = pad_token_id_for(tokenizer)
+    order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
+    if show_progress_bar is None:
+        show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+    embeddings = [None] * len(texts)
+    for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show_progress_bar):
+        chunk = order[start : start + batch_size]
+        batch = pad_features([features[i] for i in chunk], pad_token_id=pad_token_id,
+                             padding_side=tokenizer.padding_side)
+        rows = embed_batch(batch).float().cpu()
+        rows = F.normalize(rows, p=2, dim=-1) if normalize else rows
+        for i, row in zip(chunk, rows):
+            embeddings[i] = row
+    stacked = torch.stack(embeddings) if embeddings else torch.empty(0, config.text_config.hidden_size)
+    stacked = stacked[0] if single else stacked
+    return stacked.numpy() if convert_to_numpy else stacked
 
 
 PoolAttnConfig.register_for_auto_class()

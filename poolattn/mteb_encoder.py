@@ -33,18 +33,25 @@ class PoolAttnEncoder(AbsEncoder):
     """
 
     def __init__(self, path: str, *, name: str, revision: str, batch_size: int = 32, max_length: int | None = None,
-                 instructions: dict = TASK_INSTRUCTIONS):
-        from transformers import AutoModel
+                 instructions: dict = TASK_INSTRUCTIONS, onnx_file: str | None = None):
+        if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
+            from .onnx_poolattn import PoolAttnOnnxModel
 
-        self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+            self.model = PoolAttnOnnxModel.from_pretrained(path, file_name=onnx_file)
+            framework = ["ONNX"]
+        else:
+            from transformers import AutoModel
+
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+            framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
             loader=None, name=name, revision=revision, release_date=None, languages=["eng-Latn"],
-            n_parameters=sum(p.numel() for p in self.model.parameters()),
+            n_parameters=sum(p.numel() for p in self.model.parameters()) or None,
             memory_usage_mb=None, max_tokens=max_length or config.max_length, embed_dim=config.text_config.hidden_size,
             license=None, open_weights=True, public_training_code=None, public_training_data=None,
-            framework=["PyTorch", "Transformers"], similarity_fn_name="cosine", use_instructions=True,
+            framework=framework, similarity_fn_name="cosine", use_instructions=True,
             training_datasets=None,
         )
 

@@ -14,6 +14,11 @@ Shipped beside the Hub pair in every published folder and named in its `modules.
 - the model's forward returns the pooled, normalised embedding, so no `Pooling` module follows (without this
   `modules.json`, sentence-transformers would mean-pool the last hidden states and silently skip the head).
 
+`SentenceTransformer(folder, backend="onnx", trust_remote_code=True)` runs the folder's ONNX export
+(`onnx/model.onnx`, or `model_kwargs={"file_name": "onnx/model_qint8.onnx"}`) in ONNX Runtime through
+`onnx_poolattn.PoolAttnOnnxModel` instead of Optimum, which knows only the backbone: same tokens, same embeddings
+(`token_embeddings` are not available there: the graph returns the pooled embedding only).
+
 Only sentence-transformers loads this file; the Hub pair itself imports only torch and transformers.
 """
 
@@ -42,11 +47,28 @@ class PoolAttnTransformer(Transformer):
                              padding_side=self.tokenizer.padding_side)
         return {**batch, "modality": "text"}  # input_ids, attention_mask, pooling_mask: each (batch, seq)
 
+    def _load_model(self, model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs):
+        if backend != "onnx":
+            return super()._load_model(model_name_or_path, transformer_task, config, backend, is_peft_model,
+                                       **model_kwargs)
+        from .onnx_poolattn import ONNX_FILE, PoolAttnOnnxModel
+
+        if model_kwargs.get("export"):
+            raise ValueError("poolattn models are exported to ONNX by poolattn, with the pooling head: run "
+                             "`poolattn-export-onnx FOLDER`, then load without export=True.")
+        hub_keys = ("revision", "token", "cache_dir", "local_files_only")
+        return PoolAttnOnnxModel.from_pretrained(
+            model_name_or_path, file_name=model_kwargs.get("file_name") or ONNX_FILE,
+            provider=model_kwargs.get("provider"),
+            **{key: model_kwargs[key] for key in hub_keys if key in model_kwargs},
+        )
+
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         """The pooled embedding (`sentence_embedding`) and the backbone's last hidden states (`token_embeddings`,
         for `encode(..., output_value="token_embeddings")`) from one forward pass."""
         inputs = {key: features[key] for key in ("input_ids", "attention_mask", "pooling_mask") if key in features}
         output = self.auto_model(**inputs)
         features[self.module_output_name] = output.embeddings
-        features["token_embeddings"] = output.last_hidden_state
+        if output.last_hidden_state is not None:  # None under ONNX Runtime
+            features["token_embeddings"] = output.last_hidden_state
         return features
