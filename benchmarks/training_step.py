@@ -1,4 +1,5 @@
-"""Throughput and peak memory of one contrastive training step, plain vs GradCache, on real SmolLM2-135M + LoRA.
+"""Throughput and peak memory of one contrastive training step, plain vs GradCache, on real SmolLM2-135M + LoRA, and
+against sentence-transformers' `CachedMultipleNegativesRankingLoss` (its GradCache) on the same backbone and data.
 
     python benchmarks/training_step.py                     # B = 32, 128, 512 queries (+B hard negatives), chunk 32
     python benchmarks/training_step.py --batches 32 64 --plain-batches 32 64 --chunk 32 --json steps.json
@@ -9,7 +10,8 @@ just before the step (activations and gradients; no optimizer step). Plain train
 3B texts, so it runs only for `--plain-batches` (a batch that fits: B = 128 would need about 28 GB here); GradCache
 runs for every B. Texts are real training triplets (`../shared/data/train/snli_triplets.jsonl`). The targets:
 GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time within 1.35x plain's at a batch that
-fits.
+fits; and no slower than sentence-transformers' cached loss at the same B and chunk, peak no higher (compare with
+`--variant 1`, last-token pooling as ST's `Pooling("lasttoken")`).
 """
 
 import argparse
@@ -60,9 +62,59 @@ def one_step(args) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def run_one(batch: int, chunk: int, args) -> dict:
+def st_cached_step(args) -> dict:
+    """One step of sentence-transformers' `CachedMultipleNegativesRankingLoss` (its GradCache) on the same backbone,
+    LoRA, triplets, texts (+ EOS), candidates (B positives + B hard negatives), temperature and chunk: the tool a user
+    would pick instead. The model is `Transformer` + `Pooling("lasttoken")` + `Normalize`, i.e. variant 1."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+    from poolattn.backbones import resolve_backbone
+    from poolattn.trainer import ContrastiveTrainingArguments
+    from poolattn.training import LORA_TARGETS, ModelArguments
+
+    path = resolve_backbone("smollm2-135m")
+    plain_text = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}  # no chat template
+    transformer = Transformer(path, max_seq_length=args.max_length, module_output_name="token_embeddings",
+                              modality_config=plain_text)
+    tokenizer = transformer.tokenizer
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    defaults = ModelArguments()
+    # peft directly, as poolattn does (transformers' `add_adapter` route asks for a newer peft than training pins)
+    transformer.model = get_peft_model(transformer.model, LoraConfig(
+        r=defaults.lora_r, lora_alpha=defaults.lora_alpha, lora_dropout=defaults.lora_dropout,
+        target_modules=LORA_TARGETS.split(",")))
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"),
+                                         Normalize()], device="cpu")
+    model.train()
+    loss_function = CachedMultipleNegativesRankingLoss(model, scale=1 / ContrastiveTrainingArguments.temperature,
+                                                       mini_batch_size=args.chunk)
+    rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
+    features = [model.preprocess([row[key] + tokenizer.eos_token for row in rows])
+                for key in ("query", "positive", "negative")]
+    tokens = int(sum(feature["attention_mask"].sum() for feature in features))
+    before = rss_mib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    loss = loss_function(features, labels=None)
+    loss.backward()
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    return {"mode": f"ST cached chunk {args.chunk}", "batch": args.batch, "texts": args.batch * 3, "tokens": tokens,
+            "loss": round(loss.item(), 4), "step_s": round(seconds, 1),
+            "texts_per_s": round(args.batch * 3 / seconds, 1), "tokens_per_s": round(tokens / seconds),
+            "peak_mib": round(peak, 1), "peak_above_start_mib": round(peak - before, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_one(batch: int, chunk: int, args, *, st_cached: bool = False) -> dict:
     command = [sys.executable, __file__, "--one", "--batch", str(batch), "--chunk", str(chunk),
-               "--variant", str(args.variant), "--max-length", str(args.max_length)]
+               "--variant", str(args.variant), "--max-length", str(args.max_length)] + (["--st-one"] * st_cached)
     output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
                             env={**os.environ, **DETERMINISTIC_MALLOC})
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -76,14 +128,19 @@ def main() -> None:
     parser.add_argument("--variant", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--st-batches", type=int, nargs="*", default=[32, 128],
+                        help="B that sentence-transformers' CachedMultipleNegativesRankingLoss runs at (same chunk)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # run a single mode in this process
+    parser.add_argument("--st-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_step(args)))
+        print(json.dumps(st_cached_step(args) if args.st_one else one_step(args)))
         return
     results = [run_one(batch, 0, args) for batch in args.plain_batches]
     results += [run_one(batch, args.chunk, args) for batch in args.batches]
+    peers = [run_one(batch, args.chunk, args, st_cached=True) for batch in args.st_batches]
+    results += peers
     print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, "
           f"{results[0]['torch_threads']} threads, one step each in a fresh process")
     print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}"
@@ -91,7 +148,14 @@ def main() -> None:
     for row in results:
         print(f"{row['mode']:<20}{row['batch']:>5}{row['texts']:>7}{row['tokens']:>8}{row['step_s']:>8}"
               f"{row['texts_per_s']:>9}{row['peak_mib']:>10}{row['peak_above_start_mib']:>8}{row['loss']:>8}")
-    cached = {row["batch"]: row for row in results if row["mode"] != "plain"}
+    cached = {row["batch"]: row for row in results if row["mode"].startswith("gradcache")}
+    for peer in peers:
+        if peer["batch"] in cached:
+            ours = cached[peer["batch"]]
+            print(f"B={peer['batch']}: poolattn GradCache (v{args.variant}) step time x"
+                  f"{ours['step_s'] / peer['step_s']:.2f} of sentence-transformers' cached loss, peak x"
+                  f"{ours['peak_mib'] / peer['peak_mib']:.2f} (+MiB x"
+                  f"{ours['peak_above_start_mib'] / peer['peak_above_start_mib']:.2f})")
     for plain in (row for row in results if row["mode"] == "plain"):
         if plain["batch"] in cached:
             other = cached[plain["batch"]]
