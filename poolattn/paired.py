@@ -13,6 +13,12 @@ Wilcoxon tests do not apply; with many units those would also call tiny differen
 - the interval is the 2.5th-97.5th percentile of the bootstrap differences (95%);
 - the two-sided p-value counts bootstrap differences at least as far from the observed one as the observed one is
   from zero (the bootstrap distribution shifted to the null): p = (1 + #{|d* - d| >= |d|}) / (B + 1).
+- clustering: drawing texts with replacement puts duplicates in a set, and duplicates inflate V-measure (the interval
+  of a difference then sat off the observed difference), so each resample takes half of each set's texts without
+  replacement instead. That is the delete-d jackknife with d = n/2 (Shao & Wu 1989), whose variance factor
+  (n - d)/d is 1: the spread of half-sample differences estimates the full-sample variance. Half-sample scores are
+  shifted from full-sample ones (V-measure depends on the set size), so the differences are recentred on the
+  observed one before the interval and the p-value are read.
 - seed replicates (`replicated_bootstrap`): a model trained with several seeds scores the mean of its seeds, and
   each resample also draws its seeds with replacement (one draw for both models when their seeds match one to one),
   so the interval holds the training noise between seeds as well as the test-set noise.
@@ -25,7 +31,7 @@ Units and main scores, per task type (from mteb's predictions saved by the evalu
 | STS | pair | Spearman of cosine similarity and gold score |
 | PairClassification | pair | average precision of the best of mteb's similarity scores (max_ap) |
 | Classification | evaluation example | accuracy, averaged over mteb's experiments |
-| Clustering (sets) | text, resampled within each set | V-measure, averaged over the sets |
+| Clustering (sets) | text, half of each set drawn without replacement | V-measure, averaged over the sets |
 | Retrieval, Reranking | query | nDCG@10 / MAP (average precision over the ranking) |
 
 >>> import numpy as np
@@ -54,8 +60,13 @@ class Units:
     count: int
     statistic: Callable
     strata: list[int] | None = None  # sizes of strata resampled separately (clustering sets)
+    half_samples: bool = False  # draw half of each stratum without replacement (see the module doc)
 
     def resample(self, rng: np.random.Generator):
+        if self.half_samples:
+            sizes = self.strata or [self.count]
+            samples = [np.sort(rng.choice(size, max(1, size // 2), replace=False)) for size in sizes]
+            return samples if self.strata is not None else samples[0]
         if self.strata is None:
             return rng.integers(0, self.count, self.count)
         return [rng.integers(0, size, size) for size in self.strata]
@@ -154,6 +165,8 @@ def pooled_bootstrap(parts: list[tuple[Units, list, list]], *, weights: list[flo
         differences[index] = (weights @ [task_scores[draw_a].mean() for task_scores in sampled_a]
                               - weights @ [task_scores[draw_b].mean() for task_scores in sampled_b])
     differences = np.nan_to_num(differences, nan=0.0)
+    if any(units.half_samples for units, _, _ in parts):  # half samples: their spread, around the observed difference
+        differences = differences - differences.mean() + observed
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
     p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
     low, high = np.percentile(differences, [2.5, 97.5])
@@ -240,7 +253,7 @@ def clustering_set_units(gold_label_sets) -> Units:
         return float(np.mean([v_measure_score(labels[sample], np.asarray(assigned)[sample])
                               for labels, assigned, sample in zip(gold, predictions, samples)]))
 
-    return Units(sum(map(len, gold)), statistic, strata=[len(labels) for labels in gold])
+    return Units(sum(map(len, gold)), statistic, strata=[len(labels) for labels in gold], half_samples=True)
 
 
 def ndcg_at_10(scored: dict[str, float], relevant: dict[str, int]) -> float:

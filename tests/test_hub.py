@@ -21,7 +21,7 @@ from poolattn.manifest import ExportedModel  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is "
 ST_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-            "sentence_transformers_poolattn.py"}
+            "sentence_transformers_poolattn.py", "onnx_poolattn.py"}
 MODEL_FILES = {"config.json", "configuration_poolattn.py", "modeling_poolattn.py", "model.safetensors",
                "tokenizer.json", "tokenizer_config.json"}
 

@@ -45,6 +45,39 @@ def test_hand_worked_cases():
     assert [test.p_holm for test in tests] == pytest.approx([0.03, 0.06, 0.06])
 
 
+def test_half_samples_estimate_the_bootstraps_spread_without_duplicating_clustered_texts():
+    """Clustering sets are half-sampled without replacement (delete-d jackknife, d = n/2): for a smooth statistic its
+    interval is as wide as the ordinary bootstrap's; for V-measure it sits around the observed difference, where the
+    with-replacement bootstrap, inflated by duplicated texts, can miss it."""
+    from poolattn.paired import clustering_set_units
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.52, 0.2, 400), rng.normal(0.50, 0.2, 400)
+    strata = [200, 200]
+
+    def stratified_mean(values, samples):
+        values = np.asarray(values)
+        return float(np.mean([values[:200][samples[0]].mean(), values[200:][samples[1]].mean()]))
+
+    ordinary = paired_bootstrap(Units(400, stratified_mean, strata=strata), a, b, resamples=2000)
+    halved = paired_bootstrap(Units(400, stratified_mean, strata=strata, half_samples=True), a, b, resamples=2000)
+    assert halved.high - halved.low == pytest.approx(ordinary.high - ordinary.low, rel=0.15)
+    assert halved.difference == ordinary.difference
+
+    gold = [np.repeat(np.arange(4), 40), np.repeat(np.arange(5), 30)]
+
+    def noisy(labels, share):  # each text's cluster replaced by a random one with probability `share`
+        flip = rng.random(len(labels)) < share
+        return np.where(flip, rng.integers(0, labels.max() + 1, len(labels)), labels)
+
+    better, worse = [noisy(g, 0.2) for g in gold], [noisy(g, 0.5) for g in gold]
+    units = clustering_set_units(gold)
+    test = paired_bootstrap(units, better, worse, resamples=400)
+    assert units.half_samples and test.low < test.difference < test.high and test.difference > 0.1
+    assert test.low + test.high == pytest.approx(2 * test.difference, abs=0.05)  # around the observed difference
+    assert all(len(set(sample)) == len(sample) == size // 2 for sample, size in zip(units.resample(rng), (160, 150)))
+
+
 def test_within_task_tests_find_what_wilcoxon_over_three_datasets_cannot():
     rng = np.random.default_rng(0)
     tests, a_scores, b_scores = [], {}, {}
