@@ -11,7 +11,8 @@ folder's config and tokenizer. Tokenization, prompts, EOS, length sorting and ba
 Runtime. The graph takes `input_ids`, `attention_mask`, `pooling_mask` (each (batch, seq), int64) and returns the
 unnormalised `embeddings` (batch, hidden).
 
-Shipped beside the Hub pair in folders exported to ONNX; imports only torch, transformers, onnxruntime and the pair,
+Shipped beside the Hub pair in every repository folder (the sentence-transformers module imports it) and in folders
+exported to ONNX; imports only torch, transformers, onnxruntime and the pair,
 so `SentenceTransformer(folder, backend="onnx", trust_remote_code=True)` runs it without poolattn installed.
 """
 
