@@ -1,11 +1,20 @@
 """Tiny random backbones and an in-memory tokenizer, built in-process (nothing is downloaded)."""
 
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
 from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # Under pytest-xdist (the default run: -n 2): the workers share the cores instead of oversubscribing them; the
+    # setting reaches the subprocesses the tests start (train.py, torchrun, fresh loaders) through the environment.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 VARIANTS = (1, 2, 3, 4, 5)
