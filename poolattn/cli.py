@@ -119,7 +119,7 @@ def _run_models(args) -> int:
         data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), budget=args.budget,
         skip_missing=args.skip_missing,
         batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
-        overwrite=args.overwrite, onnx_file=args.onnx,
+        overwrite=args.overwrite, onnx_file=args.onnx, truncate_dim=args.truncate_dim,
     )
     for name, reason in run.passed_over.items():
         print(f"passed over: {name} ({reason})")
@@ -169,6 +169,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
     run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
+    run.add_argument("--truncate-dim", type=int, metavar="N",
+                     help="score embeddings cut to their first N dims, a size the models were trained for "
+                          "(train.py --matryoshka_dims), stored under the revision <fingerprint>-dimN")
     run.add_argument("--onnx", nargs="?", const="onnx/model.onnx", metavar="FILE",
                      help="score the poolattn models' ONNX export in ONNX Runtime (default onnx/model.onnx; e.g. "
                           "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]")

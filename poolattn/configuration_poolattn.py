@@ -99,6 +99,23 @@ def resolve_layers(spec, num_hidden_layers: int) -> list[int]:
     return sorted(indices)
 
 
+def check_matryoshka_dims(dims, hidden_size: int) -> None:
+    """Raise `ValueError` unless `dims` are distinct integers ascending from 1 to below `hidden_size`.
+
+    >>> check_matryoshka_dims([64, 128], 576)
+    >>> check_matryoshka_dims([128, 64], 576)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: matryoshka_dims=[128, 64] must be distinct integers in ascending order, each from 1 to 575 ...
+    """
+    valid = (isinstance(dims, list) and dims and all(type(dim) is int and 1 <= dim < hidden_size for dim in dims)
+             and all(a < b for a, b in zip(dims, dims[1:])))
+    if not valid:
+        example = [size for size in (64, 128, hidden_size // 2) if size < hidden_size] or [1]
+        raise ValueError(f"matryoshka_dims={dims!r} must be distinct integers in ascending order, each from 1 to "
+                         f"{hidden_size - 1} (the full size {hidden_size} is always trained), e.g. {example}.")
+
+
 class PoolAttnConfig(PreTrainedConfig):
     r"""
     Configuration of [`PoolAttnEmbeddingModel`]: a decoder LLM (nested `text_config`), an attention switch and a
@@ -151,6 +168,9 @@ class PoolAttnConfig(PreTrainedConfig):
         max_length: default maximum tokens per text in `encode`, prompt and special tokens included.
         variant: the design this config was built from, if any: a paper variant (1-5) or a baseline design's name
             (`BASELINE_DESIGNS`, e.g. `"mean-causal"`); informational.
+        matryoshka_dims: the embedding prefixes the model was trained to use on their own (a Matryoshka loss,
+            `train.py --matryoshka_dims`), ascending and below `hidden_size`; `encode(truncate_dim=...)` takes only
+            these (or the full size). None: trained at the full size only.
     """
 
     model_type = "poolattn"
@@ -175,6 +195,7 @@ class PoolAttnConfig(PreTrainedConfig):
     add_eos: bool = True
     max_length: int = 512
     variant: int | str | None = None
+    matryoshka_dims: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         self._refuse_misspelled_fields(kwargs)
@@ -227,6 +248,9 @@ class PoolAttnConfig(PreTrainedConfig):
             _check_choice("layer_summary", self.layer_summary, LAYER_SUMMARIES)
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)  # JSON-friendly; the one normalisation done here, before the check
+        if self.matryoshka_dims is not None:
+            self.matryoshka_dims = list(self.matryoshka_dims)
+            check_matryoshka_dims(self.matryoshka_dims, self.text_config.hidden_size)
         resolve_layers(self.layers, self.text_config.num_hidden_layers)  # validates against the backbone depth
         if self.head_attention == "hierarchical" and self.pooling != "multi_layer_latent":
             raise ValueError(

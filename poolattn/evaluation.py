@@ -9,6 +9,7 @@ tests per category with Holm correction, a figure and a summary for model cards.
 import csv
 import dataclasses
 import functools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,29 +64,44 @@ NO_INSTRUCTIONS = "no-instructions"
 
 
 def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True,
-                        onnx_file: str | None = None) -> str:
+                        onnx_file: str | None = None, truncate_dim: int | None = None) -> str:
     """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget,
-    `-no-instructions` when a poolattn model was scored without its task instructions, and `-onnx` (`-onnx-qint8`,
-    ...) when its ONNX export was scored in ONNX Runtime, so that no two settings ever share (or are skipped as
-    already done by) each other's results.
+    `-no-instructions` when a poolattn model was scored without its task instructions, `-onnx` (`-onnx-qint8`,
+    ...) when its ONNX export was scored in ONNX Runtime, and `-dim<N>` for embeddings cut to their first N dims, so
+    that no two settings ever share (or are skipped as already done by) each other's results.
 
     >>> evaluation_revision("0123abcd", budget=100, instructions=False)
     '0123abcd-budget100-no-instructions'
-    >>> evaluation_revision("0123abcd", onnx_file="onnx/model_qint8.onnx")
-    '0123abcd-onnx-qint8'
+    >>> evaluation_revision("0123abcd", onnx_file="onnx/model_qint8.onnx", truncate_dim=64)
+    '0123abcd-onnx-qint8-dim64'
     """
     revision = budget_revision(revision, budget)
     revision = revision if instructions else f"{revision}-{NO_INSTRUCTIONS}"
     if onnx_file:
         stem = Path(onnx_file).name.removesuffix(".onnx").removeprefix("model").strip("_-")
         revision = f"{revision}-onnx" + (f"-{stem}" if stem else "")
-    return revision
+    return f"{revision}-dim{truncate_dim}" if truncate_dim else revision
+
+
+def check_truncate_dim(model: str, truncate_dim: int) -> None:
+    """Raise `EvaluationError` unless `model` is a poolattn folder trained for embeddings of `truncate_dim` dims
+    (its `config.json` `matryoshka_dims`); reads the config only."""
+    folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if not folder:
+        raise EvaluationError(f"--truncate-dim scores a poolattn model at a size it was trained for; {model} is not "
+                              "a poolattn model.")
+    config = json.loads((Path(folder) / "config.json").read_text())
+    trained = config.get("matryoshka_dims") or []
+    if truncate_dim not in trained:
+        sizes = ", ".join(map(str, trained)) if trained else "none (trained at its full size only)"
+        raise EvaluationError(f"--truncate-dim {truncate_dim}: {model} was trained for the smaller sizes {sizes}. "
+                              "Give one of them, or train with --matryoshka_dims.")
 
 
 def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                 onnx_file: str | None = None):
+                 onnx_file: str | None = None, truncate_dim: int | None = None):
     """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
-    given); else a sentence-transformers model (folder, Hub id)."""
+    given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id)."""
     from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
 
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
@@ -95,10 +111,12 @@ def load_encoder(model: str, *, batch_size: int, max_length: int | None, instruc
         name = model if folder != model and exported.manifest is None else exported.mteb_name
         return PoolAttnEncoder(folder, name=name, revision=exported.fingerprint, batch_size=batch_size,
                                max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {},
-                               onnx_file=onnx_file)
-    if onnx_file:
-        raise EvaluationError(f"--onnx scores a poolattn model's ONNX export; {model} is not a poolattn model. Score "
-                              "sentence-transformers models without --onnx.")
+                               onnx_file=onnx_file, truncate_dim=truncate_dim)
+    if onnx_file or truncate_dim:
+        flag = "--onnx scores a poolattn model's ONNX export" if onnx_file else \
+            "--truncate-dim scores a poolattn model at a size it was trained for"
+        raise EvaluationError(f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without "
+                              "it.")
     import mteb
     from sentence_transformers import SentenceTransformer
 
@@ -195,13 +213,14 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                     benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
                     budget: int | None = None, skip_missing: bool = False, batch_size: int = 32,
                     max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
-                    onnx_file: str | None = None) -> EvaluationRun:
+                    onnx_file: str | None = None, truncate_dim: int | None = None) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
 
     `budget` scores every task on at most that many units (`budget.py`), stored under the revision
     `<fingerprint>-budget<N>`: comparable between models, not with published numbers. `onnx_file` (e.g.
     `onnx/model_qint8.onnx`) scores each poolattn model's ONNX export in ONNX Runtime instead of PyTorch, under
-    the revision `<fingerprint>-onnx-qint8`.
+    the revision `<fingerprint>-onnx-qint8`. `truncate_dim` scores each model's embeddings cut to their first N
+    dims (a size it was trained for, `--matryoshka_dims`), under `<fingerprint>-dim<N>`.
 
     Raises `EvaluationError` before any model is loaded when the selection is empty, names an unknown task or subset,
     holds a malformed local folder, or, with `data_dir`, tasks lack a local copy (unless `skip_missing`, which runs
@@ -246,16 +265,19 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                     resolve_file(model, onnx_file)
                 except FileNotFoundError as error:
                     raise EvaluationError(str(error)) from None
+    if truncate_dim is not None:
+        for model in models:  # before any model loads: every model was trained for that size
+            check_truncate_dim(model, truncate_dim)
     for model in models:
         encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                               onnx_file=onnx_file)
+                               onnx_file=onnx_file, truncate_dim=truncate_dim)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
             selected = [cap_task(task, budget) for task in selected]
         revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget,
                                        instructions=instructions or not isinstance(encoder, PoolAttnEncoder),
-                                       onnx_file=onnx_file)
+                                       onnx_file=onnx_file, truncate_dim=truncate_dim)
         encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
         meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
         folder = results_folder(output, meta.name, meta.revision)
@@ -269,6 +291,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
             "budget": budget, "training": dataclasses.asdict(origin) if origin else None, "onnx_file": onnx_file,
+            "truncate_dim": truncate_dim,
         }, infos)
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}

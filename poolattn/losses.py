@@ -84,12 +84,22 @@ def gather_ids(ids: torch.Tensor) -> torch.Tensor:
 
 def contrastive_loss(
     query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, *, temperature: float, gather: bool,
-    text_ids: dict[str, torch.Tensor] | None = None,
+    text_ids: dict[str, torch.Tensor] | None = None, matryoshka_dims: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
 
     document_embeddings holds this rank's positives first (row i for query i), then its hard negatives. With
     `text_ids` (`TripletCollator`), documents that duplicate a query's positive or the query are not its negatives.
+    With `matryoshka_dims` (Kusupati et al. 2022), the mean of the loss of the full embeddings and of each prefix of
+    that many dims (renormalised by the cosine): one scale for the loss with or without, and every size trained.
+
+    >>> queries = torch.tensor([[1.0, 0.0, 5.0]])  # its positive (row 0) agrees on the first 2 dims only
+    >>> documents = torch.tensor([[1.0, 0.0, -5.0], [0.0, 1.0, 5.0]])
+    >>> full = contrastive_loss(queries, documents, temperature=1.0, gather=False)
+    >>> prefix = contrastive_loss(queries[:, :2], documents[:, :2], temperature=1.0, gather=False)
+    >>> both = contrastive_loss(queries, documents, temperature=1.0, gather=False, matryoshka_dims=(2,))
+    >>> torch.isclose(both, (full + prefix) / 2).item(), round(full.item(), 3), round(prefix.item(), 3)
+    (True, 2.026, 0.313)
     """
     gathered = gather and world_size() > 1
     offset = dist.get_rank() * document_embeddings.shape[0] if gathered else 0
@@ -98,5 +108,6 @@ def contrastive_loss(
     if text_ids is not None:
         document_ids = gather_ids(text_ids["documents"]) if gathered else text_ids["documents"]
         excluded = duplicate_documents(text_ids, document_ids, offset)
-    return info_nce_loss(query_embeddings, documents, temperature=temperature, positive_offset=offset,
-                         excluded=excluded)
+    losses = [info_nce_loss(query_embeddings[:, :dims], documents[:, :dims], temperature=temperature,
+                            positive_offset=offset, excluded=excluded) for dims in (None, *matryoshka_dims)]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()

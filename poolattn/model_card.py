@@ -171,6 +171,10 @@ def describe_design(config: PoolAttnConfig) -> list[list[str]]:
     rows.append(["output", f"{config.text_config.hidden_size} dimensions",
                  "L2-normalised, compare with cosine / dot product" if config.normalize
                  else "not normalised, compare with cosine"])
+    if config.matryoshka_dims:
+        sizes = ", ".join(map(str, config.matryoshka_dims))
+        rows.append(["smaller sizes", sizes, "trained with a Matryoshka loss: the first N dimensions, renormalised, "
+                     "are an embedding too (`truncate_dim`)"])
     return rows
 
 
@@ -295,6 +299,8 @@ def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResult
         tests_table=tables["tests"],
         study_section=study_section,
         onnx=onnx_export_record(model.folder),
+        matryoshka_dims=", ".join(map(str, model.config.matryoshka_dims or [])),
+        smallest_dim=(model.config.matryoshka_dims or [None])[0],
     )
 
 

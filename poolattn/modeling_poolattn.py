@@ -585,6 +585,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         normalize: bool | None = None,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
+        truncate_dim: int | None = None,
     ):
         """Embed texts in batches sorted by length; returns (n, hidden) in input order (a 1-D vector for a string).
 
@@ -593,7 +594,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         ... )
 
         `prompt` (one string, or one per text) is prepended to each text; its tokens are left out of mean and
-        latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`.
+        latent pooling. Returns a numpy array, or a float32 CPU tensor with `convert_to_numpy=False`. `truncate_dim`
+        keeps the first dims of each embedding (then normalised): only sizes the model was trained for
+        (`config.matryoshka_dims`).
         """
         was_training = self.training
         self.eval()
@@ -603,7 +606,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
                 .embeddings,
                 texts, tokenizer=self.get_tokenizer(), config=self.config, prompt=prompt, batch_size=batch_size,
                 max_length=max_length, normalize=normalize, show_progress_bar=show_progress_bar,
-                convert_to_numpy=convert_to_numpy,
+                convert_to_numpy=convert_to_numpy, truncate_dim=truncate_dim,
             )
         finally:
             self.train(was_training)
@@ -621,10 +624,12 @@ def encode_texts(
     normalize: bool | None = None,
     show_progress_bar: bool | None = None,
     convert_to_numpy: bool = True,
+    truncate_dim: int | None = None,
 ):
     """`encode` for any runtime: checks the arguments, tokenizes (`tokenize_for_embedding`), sorts by length, pads
     batches on the tokenizer's side, calls `embed_batch(batch) -> (batch, hidden)` (unnormalised) and returns the
-    embeddings in input order, L2-normalised when `normalize` (default `config.normalize`).
+    embeddings in input order, cut to their first `truncate_dim` dims if given, then L2-normalised when `normalize`
+    (default `config.normalize`).
 
     `PoolAttnEmbeddingModel.encode` passes its own forward; the ONNX Runtime model (`onnx_poolattn.py`) its session.
     """
@@ -645,6 +650,15 @@ def encode_texts(
                          f"{config.max_length}.")
     max_length = max_length or config.max_length
     normalize = config.normalize if normalize is None else normalize
+    hidden_size = config.text_config.hidden_size
+    if truncate_dim == hidden_size:
+        truncate_dim = None
+    trained_dims = config.matryoshka_dims or []
+    if truncate_dim is not None and truncate_dim not in trained_dims:
+        trained = (f"trained for {', '.join(map(str, trained_dims))} and {hidden_size}" if trained_dims else
+                   f"trained at its full size {hidden_size} only (a prefix of its embeddings is not an embedding); "
+                   "train with --matryoshka_dims to use smaller sizes")
+        raise ValueError(f"truncate_dim={truncate_dim!r}: this model was {trained}.")
     features = tokenize_for_embedding(tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=config.add_eos)
     pad_token_id = pad_token_id_for(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
@@ -655,11 +669,11 @@ def encode_texts(
         chunk = order[start : start + batch_size]
         batch = pad_features([features[i] for i in chunk], pad_token_id=pad_token_id,
                              padding_side=tokenizer.padding_side)
-        rows = embed_batch(batch).float().cpu()
+        rows = embed_batch(batch).float().cpu()[:, :truncate_dim]
         rows = F.normalize(rows, p=2, dim=-1) if normalize else rows
         for i, row in zip(chunk, rows):
             embeddings[i] = row
-    stacked = torch.stack(embeddings) if embeddings else torch.empty(0, config.text_config.hidden_size)
+    stacked = torch.stack(embeddings) if embeddings else torch.empty(0, truncate_dim or hidden_size)
     stacked = stacked[0] if single else stacked
     return stacked.numpy() if convert_to_numpy else stacked
 

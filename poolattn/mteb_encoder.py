@@ -33,7 +33,8 @@ class PoolAttnEncoder(AbsEncoder):
     """
 
     def __init__(self, path: str, *, name: str, revision: str, batch_size: int = 32, max_length: int | None = None,
-                 instructions: dict = TASK_INSTRUCTIONS, onnx_file: str | None = None):
+                 instructions: dict = TASK_INSTRUCTIONS, onnx_file: str | None = None,
+                 truncate_dim: int | None = None):
         if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
             from .onnx_poolattn import PoolAttnOnnxModel
 
@@ -45,11 +46,13 @@ class PoolAttnEncoder(AbsEncoder):
             self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
             framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
+        self.truncate_dim = truncate_dim  # a Matryoshka size the model was trained for (encode checks it)
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
             loader=None, name=name, revision=revision, release_date=None, languages=["eng-Latn"],
             n_parameters=sum(p.numel() for p in self.model.parameters()) or None,
-            memory_usage_mb=None, max_tokens=max_length or config.max_length, embed_dim=config.text_config.hidden_size,
+            memory_usage_mb=None, max_tokens=max_length or config.max_length,
+            embed_dim=truncate_dim or config.text_config.hidden_size,
             license=None, open_weights=True, public_training_code=None, public_training_data=None,
             framework=framework, similarity_fn_name="cosine", use_instructions=True,
             training_datasets=None,
@@ -60,4 +63,5 @@ class PoolAttnEncoder(AbsEncoder):
         prompt = query_prompt(task_metadata.name, task_metadata.type, prompt_type=prompt_type,
                               instructions=self.instructions)
         return self.model.encode(texts, prompt=prompt, batch_size=kwargs.get("batch_size", self.batch_size),
-                                 max_length=self.max_length, show_progress_bar=False)
+                                 max_length=self.max_length, show_progress_bar=False,
+                                 truncate_dim=self.truncate_dim)

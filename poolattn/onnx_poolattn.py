@@ -115,11 +115,12 @@ class PoolAttnOnnxModel(nn.Module):
         return self.tokenizer
 
     def encode(self, texts, *, prompt=None, batch_size: int = 32, max_length: int | None = None,
-               normalize: bool | None = None, show_progress_bar: bool | None = None, convert_to_numpy: bool = True):
+               normalize: bool | None = None, show_progress_bar: bool | None = None, convert_to_numpy: bool = True,
+               truncate_dim: int | None = None):
         """`PoolAttnEmbeddingModel.encode`, run by ONNX Runtime (same arguments, same tokens, same output)."""
         return encode_texts(
             lambda batch: self(**batch, normalize=False).embeddings,
             texts, tokenizer=self.get_tokenizer(), config=self.config, prompt=prompt, batch_size=batch_size,
             max_length=max_length, normalize=normalize, show_progress_bar=show_progress_bar,
-            convert_to_numpy=convert_to_numpy,
+            convert_to_numpy=convert_to_numpy, truncate_dim=truncate_dim,
         )

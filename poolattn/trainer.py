@@ -129,6 +129,9 @@ class ContrastiveTrainer(Trainer):
         else rows are shuffled together."""
         super().__init__(*args, **kwargs)
         self.source_of_rows, self.source_weights = source_of_rows, source_weights
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # the sizes the model is trained for besides the full one: its config says, and the export records it
+        self.matryoshka_dims = tuple(getattr(getattr(base, "config", None), "matryoshka_dims", None) or ())
         self._recall_counts = torch.zeros(2, dtype=torch.float64)  # in-batch hits, queries (`evaluation_loop`)
         if not isinstance(self.args, ContrastiveTrainingArguments):
             raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
@@ -171,7 +174,8 @@ class ContrastiveTrainer(Trainer):
 
     def _loss(self, query_embeddings, document_embeddings, text_ids=None):
         return contrastive_loss(query_embeddings, document_embeddings, temperature=self.args.temperature,
-                                gather=self.args.gather_across_devices, text_ids=text_ids)
+                                gather=self.args.gather_across_devices, text_ids=text_ids,
+                                matryoshka_dims=self.matryoshka_dims)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.gradcache_chunk_size and model.training and torch.is_grad_enabled() and not return_outputs:

@@ -114,6 +114,9 @@ class ModelArguments:
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
     model_name: str | None = field(default=None, metadata={
         "help": "ORG/NAME the model is reported under (mteb); default poolattn/<backbone>-v<N>"})
+    matryoshka_dims: str | None = field(default=None, metadata={
+        "help": "comma-separated smaller embedding sizes to train too (Matryoshka loss: the mean of the full size's "
+                "and each prefix's loss), e.g. 64,128,288; then encode(truncate_dim=N) / truncate_dim=N use them"})
 
     def __post_init__(self):
         self.variants  # checks the names
@@ -126,6 +129,12 @@ class ModelArguments:
             raise ValueError(f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. "
                              "poolattn/my-model.")
         self.overrides = _json_object("--config_overrides", self.config_overrides, '\'{"layers": "last:8"}\'')
+        if self.matryoshka_dims is not None:
+            parts = [part.strip() for part in str(self.matryoshka_dims).split(",")]
+            if not all(part.isdigit() for part in parts) or "matryoshka_dims" in self.overrides:
+                raise ValueError(f"--matryoshka_dims {self.matryoshka_dims!r}: give comma-separated sizes, e.g. "
+                                 "64,128,288 (and not also in --config_overrides).")
+            self.overrides["matryoshka_dims"] = [int(part) for part in parts]  # checked against the backbone's size
 
     @property
     def variants(self) -> list[int | str]:

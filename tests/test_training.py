@@ -55,10 +55,10 @@ def test_temperature_and_hard_negatives_move_the_loss_as_expected():
 # -- GradCache --------------------------------------------------------------------------------------------------------
 
 
-def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0):
+def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None):
     torch.manual_seed(0)
     model_args = training.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
-                                      lora_dropout=lora_dropout)
+                                      lora_dropout=lora_dropout, matryoshka_dims=matryoshka_dims)
     model, tokenizer = training.build_model(model_args, backbone_folder, variant)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
@@ -89,6 +89,30 @@ def test_gradcache_gives_the_loss_and_gradients_of_plain_training(tiny_backbone_
     for name in plain:
         assert plain[name].abs().max() > 0, f"{name} got no gradient"
         torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_the_matryoshka_loss_is_the_mean_over_sizes_and_gradcache_gives_its_gradients(tiny_backbone_folder,
+                                                                                       tmp_path):
+    """--matryoshka_dims 8,16 on a 32-wide model: the trainer's loss is the mean of the full size's and each prefix's
+    InfoNCE (prefixes renormalised), and GradCache gives the loss and gradients of plain training (1e-5)."""
+    from poolattn.losses import contrastive_loss
+
+    trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, matryoshka_dims="8,16")
+    assert trainer.matryoshka_dims == (8, 16) and trainer.model.get_base_model().config.matryoshka_dims == [8, 16]
+    with torch.no_grad():
+        queries = trainer.model(**batch["queries"]).embeddings
+        documents = trainer.model(**batch["documents"]).embeddings
+        by_hand = sum(contrastive_loss(queries[:, :size], documents[:, :size], temperature=0.05, gather=False,
+                                       text_ids=batch["text_ids"]) for size in (32, 8, 16)) / 3
+        assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(by_hand.item(), abs=1e-6)
+    results = {}
+    for chunk in (0, 3):
+        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, chunk=chunk, matryoshka_dims="8,16")
+        loss = trainer.training_step(trainer.model, batch)
+        results[chunk] = loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert results[3][0].item() == pytest.approx(results[0][0].item(), abs=1e-5)
+    for name, gradient in results[0][1].items():
+        torch.testing.assert_close(results[3][1][name], gradient, rtol=0, atol=1e-5, msg=name)
 
 
 def test_gradcache_replays_the_random_state_of_each_chunk(tiny_backbone_folder, tmp_path):
