@@ -51,6 +51,27 @@ def test_mteb_sts_score_equals_our_own_spearman_and_instructions_reach_the_model
     assert len(saved) == 1 and f"poolattn__tiny-v5/{meta.revision}" in str(saved[0])
 
 
+def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_evaluate_scores(tmp_path, capsys):
+    from poolattn import cli
+    from poolattn.mteb_encoder import get_model
+    from poolattn.results import read_runs
+
+    model_dir = tmp_path / "tiny-v5"
+    tiny_model("llama", 5).save_pretrained(model_dir)
+    with pytest.raises(Exception, match="No model implementation"):  # mteb 2.x: registry or Hub names only
+        mteb.get_model(str(model_dir))
+    local_sts_task(tmp_path / "data" / "STSBenchmark")
+    assert cli.evaluate(["run", "--model", str(model_dir), "--tasks", "STSBenchmark", "--data-dir",
+                         str(tmp_path / "data"), "--output", str(tmp_path / "ours"), "--batch-size", "8"]) == 0
+    (ours,) = read_runs(next((tmp_path / "ours" / "results").iterdir()))
+    encoder = get_model(str(model_dir), batch_size=8)
+    (result,) = mteb.evaluate(encoder, [local_sts_task(tmp_path / "again" / "STSBenchmark")], cache=None,
+                              show_progress_bar=False).task_results
+    assert result.get_score() == pytest.approx(ours.scores["STSBenchmark"], abs=6e-6)  # stored: 6 decimals
+    assert encoder.mteb_model_meta.revision == ours.revision
+    assert get_model(str(model_dir), instructions=False).mteb_model_meta.revision.endswith("-no-instructions")
+
+
 def test_documents_get_no_instruction_and_queries_do():
     assert query_prompt("ArguAna", "Retrieval", prompt_type="document") is None
     assert query_prompt("ArguAna", "Retrieval", prompt_type="query") == (
