@@ -83,10 +83,10 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
 
     from poolattn.data import SAMPLE_TRIPLETS, load_triplets
 
-    rows = load_triplets(str(SAMPLE_TRIPLETS)).rows[::5]  # 48 triplets across all 8 domains
+    rows = load_triplets(str(SAMPLE_TRIPLETS)).rows[::10]  # 24 triplets across all 8 domains
     set_seed(42)  # train.py's seed: the same freshly initialised head
     before = contrastive_loss_on(PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5), rows)
-    command = [sys.executable, "train.py", "--variant", "5", "--max_steps", "10", "--save_steps", "100",
+    command = [sys.executable, "train.py", "--variant", "5", "--max_steps", "4", "--save_steps", "100",
                "--output_dir", str(tmp_path / "run")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,7 +95,7 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
     assert f"model written to {exported}" in report
     assert "contrastive batch per loss call = 8 queries x 16 candidates" in report
     after = contrastive_loss_on(AutoModel.from_pretrained(exported, trust_remote_code=True), rows)
-    assert after < 0.95 * before, (before, after)  # measured: 4.85 -> 4.30 after 10 steps of 8
+    assert after < 0.95 * before, (before, after)  # measured: 4.37 -> 3.40 after 4 steps of 8
 
 
 def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_the_real_backbone(backbone_path,
