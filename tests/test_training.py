@@ -423,6 +423,36 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
     assert training_args.max_steps == 7
 
 
+def test_paper_preset_trains_a_tiny_mistral_with_its_own_bf16_gradcache_and_checkpointing_path(tmp_path):
+    """`--preset paper` end to end on CPU, so its code path cannot rot where no GPU runs it: bf16 weights and autocast,
+    activation checkpointing, GradCache, LoRA r16 on q/k/v/o, lr 1e-5 with warm-up; only the backbone (a tiny random
+    Mistral instead of Mistral-7B), the data, the batch and the steps are overridden. The head stays fp32 beside the
+    bf16 backbone in the export."""
+    import json
+
+    from conftest import tiny_text_config, tiny_tokenizer
+    from safetensors import safe_open
+    from transformers import MistralForCausalLM
+
+    torch.manual_seed(0)
+    MistralForCausalLM(tiny_text_config("mistral")).save_pretrained(tmp_path / "mistral")
+    tiny_tokenizer().save_pretrained(tmp_path / "mistral")
+    (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
+    (exported,) = training.main(["--preset", "paper", "--backbone", str(tmp_path / "mistral"), "--train_data",
+                                 str(tmp_path / "triplets.jsonl"), "--max_steps", "2", "--contrastive_batch_size", "8",
+                                 "--gradcache_chunk_size", "3", "--warmup_steps", "1", "--save_steps", "2",
+                                 "--use_cpu", "true", "--output_dir", str(tmp_path / "run")])
+    manifest = TrainingManifest.read(exported)
+    settings = {key: manifest.hyperparameters[key] for key in ("bf16", "model_dtype", "gradcache_chunk_size",
+                                                                "activation_checkpointing", "learning_rate")}
+    assert settings == {"bf16": True, "model_dtype": "bfloat16", "gradcache_chunk_size": 3,
+                        "activation_checkpointing": True, "learning_rate": 1e-5}
+    assert manifest.global_steps == 2 and all(math.isfinite(loss) for _, loss in manifest.loss_history)
+    with safe_open(exported / "model.safetensors", "pt") as weights:
+        dtypes = {(name.split(".")[0], str(weights.get_slice(name).get_dtype())) for name in weights.keys()}
+    assert dtypes == {("model", "BF16"), ("pooler", "F32")}
+
+
 def test_small_preset_trains_on_every_shared_source_with_its_instruction(tiny_backbone_folder, tmp_path):
     from poolattn.data import SHARED_DATA
 
