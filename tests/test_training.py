@@ -55,7 +55,8 @@ def test_temperature_and_hard_negatives_move_the_loss_as_expected():
 # -- GradCache --------------------------------------------------------------------------------------------------------
 
 
-def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None):
+def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None,
+                      use_cpu=True):
     torch.manual_seed(0)
     model_args = training.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
                                       lora_dropout=lora_dropout, matryoshka_dims=matryoshka_dims)
@@ -64,7 +65,7 @@ def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dro
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would make every LoRA A gradient zero
             torch.nn.init.normal_(parameter, std=0.1)
-    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=use_cpu, report_to="none",
                                         remove_unused_columns=False, max_grad_norm=0.0, gradcache_chunk_size=chunk,
                                         temperature=0.05)
     trainer = ContrastiveTrainer(model=model, args=args)
