@@ -3,6 +3,7 @@ sentence-transformers, on the same real texts and the same backbone.
 
     python benchmarks/encode_throughput.py                                # SmolLM2-135M, short and long texts
     python benchmarks/encode_throughput.py --texts short --rounds 5 --json results.json
+    python benchmarks/encode_throughput.py --device cuda --dtype bfloat16 --attn-implementation sdpa   # on a GPU
 
 Contenders (every one sorts texts by length and batches them the same way; all append EOS):
 - `bare`: the limit, a few lines: tokenizer -> backbone forward -> the last real token's state, L2-normalised;
@@ -16,6 +17,12 @@ reported as ratios to `bare` and to sentence-transformers measured in the same r
 in a fresh process, the process's peak resident set (VmHWM) over one encode, in total and above the level after
 loading, with glibc told to return large blocks at once (`DETERMINISTIC_MALLOC`) so that peaks repeat exactly.
 Text sets: `short` = STSBenchmark sentences, `long` = ArguAna passages (up to --max-length tokens).
+
+On a GPU (`--device cuda`, `--dtype float16|bfloat16`, `--attn-implementation sdpa|flash_attention_2|eager`): every
+contender loads its backbone in that dtype and kernel (sentence-transformers' is cast to the dtype and keeps its
+default kernel), returns its embeddings on the CPU (so each timing includes the device's work), and peak memory is
+the CUDA allocator's peak (`torch.cuda.max_memory_allocated`) instead of the resident set. `v5 via ST` runs on CPU
+only.
 """
 
 import argparse
@@ -45,12 +52,13 @@ def load_texts(kind: str, count: int) -> list[str]:
 class BareBackbone:
     """The limit: the backbone's own forward on length-sorted batches, last-token pooling, nothing else."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu", **load_kwargs):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.model = AutoModel.from_pretrained(path, **load_kwargs).to(device).eval()
+        self.device = device
 
     @torch.inference_mode()
     def encode(self, texts, *, batch_size: int, max_length: int):
@@ -59,19 +67,23 @@ class BareBackbone:
         for start in range(0, len(texts), batch_size):
             chunk = order[start : start + batch_size]
             batch = self.tokenizer([texts[i] + self.tokenizer.eos_token for i in chunk], padding=True,
-                                   truncation=True, max_length=max_length, return_tensors="pt")
+                                   truncation=True, max_length=max_length, return_tensors="pt").to(self.device)
             hidden = self.model(**batch, use_cache=False).last_hidden_state  # (batch, seq, hidden)
             last = batch["attention_mask"].cumsum(1).argmax(1)  # last real token (right or left padding)
             pooled = torch.nn.functional.normalize(hidden[torch.arange(len(chunk)), last], dim=-1)
-            for i, row in zip(chunk, pooled):
+            for i, row in zip(chunk, pooled.float().cpu()):
                 embeddings[i] = row
         return torch.stack(embeddings)
 
 
-def build(name: str, path: str, workdir: Path, max_length: int):
-    """An object with `encode(texts, batch_size=, max_length=)` for one contender."""
+def build(name: str, path: str, workdir: Path, max_length: int, device: str = "cpu", dtype: str = "float32",
+          attn_implementation: str | None = None):
+    """An object with `encode(texts, batch_size=, max_length=)` for one contender, on `device` in `dtype`."""
+    load_kwargs = {"dtype": getattr(torch, dtype)}
+    if attn_implementation:
+        load_kwargs["attn_implementation"] = attn_implementation
     if name == "bare":
-        return BareBackbone(path)
+        return BareBackbone(path, device, **load_kwargs)
     if name == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules.normalize import Normalize
@@ -86,13 +98,15 @@ def build(name: str, path: str, workdir: Path, max_length: int):
         tokenizer = transformer.tokenizer
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-        model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+        model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+        model = model.to(getattr(torch, dtype))
         eos = tokenizer.eos_token
         return _Adapter(lambda texts, batch_size: model.encode([t + eos for t in texts], batch_size=batch_size))
     from poolattn import PoolAttnEmbeddingModel
 
     variant = int(name[1])
-    model = PoolAttnEmbeddingModel.from_backbone(path, variant=variant, max_length=max_length).eval()
+    model = PoolAttnEmbeddingModel.from_backbone(path, variant=variant, max_length=max_length, **load_kwargs)
+    model = model.to(device).eval()
     if name.endswith("via ST"):
         from sentence_transformers import SentenceTransformer
 
@@ -116,22 +130,29 @@ class _Adapter:
 
 
 def measure_memory(name: str, args) -> dict:
-    """In this (fresh) process: load, warm up, reset the peak, encode once, read the peak."""
+    """In this (fresh) process: load, warm up, reset the peak, encode once, read the peak (CUDA's allocator on a
+    GPU, the resident set on CPU)."""
+    cuda = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory() as workdir:
-        contender = build(name, args.path, Path(workdir), args.max_length)
+        contender = build(name, args.path, Path(workdir), args.max_length, args.device, args.dtype,
+                          args.attn_implementation)
         texts = load_texts(args.texts_kind, args.count)
         contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
-        loaded = rss_mib()
-        reset_peak_rss()
+        loaded = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mib()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
         contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length)
-        peak = peak_rss_mib()
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     return {"contender": name, "peak_mib": round(peak, 1), "above_loaded_mib": round(peak - loaded, 1)}
 
 
 def time_contenders(names, texts, args) -> dict[str, float]:
     """Best seconds per contender over interleaved rounds, after one warm-up batch each."""
     with tempfile.TemporaryDirectory() as workdir:
-        contenders = {name: build(name, args.path, Path(workdir), args.max_length) for name in names}
+        contenders = {name: build(name, args.path, Path(workdir), args.max_length, args.device, args.dtype,
+                                  args.attn_implementation) for name in names}
         for contender in contenders.values():
             contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
         seconds = {name: [] for name in names}
@@ -158,7 +179,8 @@ def run_set(kind: str, count: int, args) -> dict:
     for name in args.contenders:
         command = [sys.executable, __file__, "--memory-of", name, "--texts", kind, "--count", str(count),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                   "--backbone", args.backbone]
+                   "--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype]
+        command += ["--attn-implementation", args.attn_implementation] if args.attn_implementation else []
         output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
                                 env={**os.environ, **DETERMINISTIC_MALLOC})
         memory[name] = json.loads(output.stdout.strip().splitlines()[-1])
@@ -173,11 +195,13 @@ def run_set(kind: str, count: int, args) -> dict:
             "peak_mib": memory[name]["peak_mib"], "above_loaded_mib": memory[name]["above_loaded_mib"],
         })
     return {"texts": kind, "count": len(texts), "tokens": tokens, "batch_size": args.batch_size,
+            "device": args.device, "dtype": args.dtype, "attn_implementation": args.attn_implementation,
             "max_length": args.max_length, "rounds": args.rounds, "threads": torch.get_num_threads(), "rows": rows}
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
+          f"{result['device']} {result['dtype']} {result['attn_implementation'] or 'default kernel'}, "
           f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
           f"best of {result['rounds']} interleaved rounds")
     print(f"{'contender':<24}{'texts/s':>9}{'tokens/s':>10}{'vs bare':>9}{'vs ST':>8}{'peak MiB':>10}{'+MiB':>8}"
@@ -202,8 +226,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA's allocator)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--attn-implementation", choices=["eager", "sdpa", "flash_attention_2"],
+                        help="the backbones' attention kernel (default: transformers' choice)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # one contender's memory, in a fresh process
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu.")
+    if args.device != "cpu" and "v5 via ST" in args.contenders:
+        args.contenders.remove("v5 via ST")
+        print("v5 via ST left out: it runs on CPU only in this benchmark", file=sys.stderr)
 
     from poolattn.backbones import resolve_backbone
 
