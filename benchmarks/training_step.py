@@ -3,6 +3,7 @@ against sentence-transformers' `CachedMultipleNegativesRankingLoss` (its GradCac
 
     python benchmarks/training_step.py                     # B = 32, 128, 512 queries (+B hard negatives), chunk 32
     python benchmarks/training_step.py --batches 32 64 --plain-batches 32 64 --chunk 32 --json steps.json
+    python benchmarks/training_step.py --device cuda --bf16 --batches 512 2048 --plain-batches 32 --st-batches
 
 B is the contrastive batch: B queries, each scored against B positives + B hard negatives (3B texts per step).
 Each (mode, B) runs in a fresh process: its peak resident set (VmHWM) over the step, in total and above the level
@@ -12,6 +13,10 @@ runs for every B. Texts are real training triplets (`../shared/data/train/snli_t
 GradCache's peak at B = 512 within 1.5x its peak at B = 32, and its step time within 1.35x plain's at a batch that
 fits; and no slower than sentence-transformers' cached loss at the same B and chunk, peak no higher (compare with
 `--variant 1`, last-token pooling as ST's `Pooling("lasttoken")`).
+
+On a GPU (`--device cuda`, `--bf16` for bf16 weights and autocast as `--preset paper` trains): the step is timed to
+the device's end (synchronised), and peak memory is the CUDA allocator's peak over the step; the
+sentence-transformers peer runs on CPU only (pass `--st-batches` with no value there).
 """
 
 import argparse
@@ -35,31 +40,40 @@ def one_step(args) -> dict:
     from poolattn.data import TripletCollator
     from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
+    cuda = args.device.startswith("cuda")
     path = resolve_backbone("smollm2-135m")
-    model_args = training.ModelArguments(variant=str(args.variant), backbone=path)
+    model_args = training.ModelArguments(variant=str(args.variant), backbone=path,
+                                         model_dtype="bfloat16" if args.bf16 else "float32")
     model, tokenizer = training.build_model(model_args, path, args.variant)
     rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
     collator = TripletCollator(tokenizer, query_max_length=args.max_length, document_max_length=args.max_length,
                                add_eos=True)
     batch = collator(rows)
     trainer = ContrastiveTrainer(
-        model=model, args=ContrastiveTrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=True,
+        model=model, args=ContrastiveTrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=not cuda,
                                                        report_to="none", remove_unused_columns=False,
-                                                       gradcache_chunk_size=args.chunk),
+                                                       gradcache_chunk_size=args.chunk, bf16=args.bf16),
     )
     trainer.current_gradient_accumulation_steps = 1
     tokens = int(batch["queries"]["attention_mask"].sum() + batch["documents"]["attention_mask"].sum())
-    before = rss_mib()
-    reset_peak_rss()
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = rss_mib()
+        reset_peak_rss()
     start = time.perf_counter()
     loss = trainer.training_step(trainer.model, batch)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = peak_rss_mib()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     return {"mode": f"gradcache chunk {args.chunk}" if args.chunk else "plain", "batch": args.batch,
             "texts": args.batch * 3, "tokens": tokens, "loss": round(loss.item(), 4), "step_s": round(seconds, 1),
             "texts_per_s": round(args.batch * 3 / seconds, 1), "tokens_per_s": round(tokens / seconds),
             "peak_mib": round(peak, 1), "peak_above_start_mib": round(peak - before, 1),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "device": args.device, "bf16": args.bf16}
 
 
 def st_cached_step(args) -> dict:
@@ -114,7 +128,8 @@ def st_cached_step(args) -> dict:
 
 def run_one(batch: int, chunk: int, args, *, st_cached: bool = False) -> dict:
     command = [sys.executable, __file__, "--one", "--batch", str(batch), "--chunk", str(chunk),
-               "--variant", str(args.variant), "--max-length", str(args.max_length)] + (["--st-one"] * st_cached)
+               "--variant", str(args.variant), "--max-length", str(args.max_length), "--device", args.device]
+    command += (["--st-one"] * st_cached) + (["--bf16"] * args.bf16)
     output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
                             env={**os.environ, **DETERMINISTIC_MALLOC})
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -130,10 +145,15 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--st-batches", type=int, nargs="*", default=[32, 128],
                         help="B that sentence-transformers' CachedMultipleNegativesRankingLoss runs at (same chunk)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA's allocator)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (the paper preset's)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # run a single mode in this process
     parser.add_argument("--st-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if (args.device != "cpu" or args.bf16) and args.st_batches:
+        parser.error(f"--device {args.device}{' --bf16' if args.bf16 else ''}: the sentence-transformers peer runs "
+                     "on CPU in fp32 only here; pass --st-batches with no value.")
     if args.one:
         print(json.dumps(st_cached_step(args) if args.st_one else one_step(args)))
         return
@@ -141,7 +161,8 @@ def main() -> None:
     results += [run_one(batch, args.chunk, args) for batch in args.batches]
     peers = [run_one(batch, args.chunk, args, st_cached=True) for batch in args.st_batches]
     results += peers
-    print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, "
+    print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, {args.device}"
+          f"{' bf16' if args.bf16 else ''}, "
           f"{results[0]['torch_threads']} threads, one step each in a fresh process")
     print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}"
           f"{'loss':>8}")
