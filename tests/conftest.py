@@ -12,7 +12,7 @@ from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # Under pytest-xdist (the default run: -n 2): the workers share the cores instead of oversubscribing them; the
     # setting reaches the subprocesses the tests start (train.py, torchrun, fresh loaders) through the environment.
-    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _threads = max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))  # torch's own count
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 
