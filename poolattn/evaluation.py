@@ -99,9 +99,23 @@ def check_truncate_dim(model: str, truncate_dim: int) -> None:
 
 
 def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                 onnx_file: str | None = None, truncate_dim: int | None = None):
+                 onnx_file: str | None = None, truncate_dim: int | None = None, budget: int | None = None):
     """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
-    given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id)."""
+    given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id). Its `ModelMeta`
+    revision is the weights' fingerprint with these settings' suffixes (`evaluation_revision`)."""
+    from .mteb_encoder import PoolAttnEncoder
+
+    encoder = _encoder_of(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
+                          onnx_file=onnx_file, truncate_dim=truncate_dim)
+    prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
+    revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget, instructions=prompted,
+                                   onnx_file=onnx_file, truncate_dim=truncate_dim)
+    encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
+    return encoder
+
+
+def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
+                onnx_file: str | None, truncate_dim: int | None):
     from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
 
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
@@ -228,8 +242,6 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
     """
     import mteb
 
-    from .mteb_encoder import PoolAttnEncoder
-
     if budget is not None and budget < 1:
         raise EvaluationError(f"--budget {budget}: give the most units (pairs, examples, queries) per task, >= 1.")
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
@@ -270,15 +282,11 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             check_truncate_dim(model, truncate_dim)
     for model in models:
         encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                               onnx_file=onnx_file, truncate_dim=truncate_dim)
+                               onnx_file=onnx_file, truncate_dim=truncate_dim, budget=budget)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
             selected = [cap_task(task, budget) for task in selected]
-        revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget,
-                                       instructions=instructions or not isinstance(encoder, PoolAttnEncoder),
-                                       onnx_file=onnx_file, truncate_dim=truncate_dim)
-        encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
         meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
         folder = results_folder(output, meta.name, meta.revision)
         predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need

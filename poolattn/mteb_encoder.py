@@ -34,18 +34,12 @@ def get_model(model: str, *, batch_size: int = 32, max_length: int | None = None
     (mteb 2.x: "No model implementation is available for this model"), so `mteb.evaluate(get_model(folder), tasks)`
     is the one-line route; sentence-transformers models come back wrapped as mteb wraps them.
     """
-    from .evaluation import check_truncate_dim, evaluation_revision, load_encoder
+    from .evaluation import check_truncate_dim, load_encoder
 
     if truncate_dim is not None:
-        check_truncate_dim(model, truncate_dim)
-    encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                           onnx_file=onnx_file, truncate_dim=truncate_dim)
-    meta = encoder.mteb_model_meta
-    prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
-    revision = evaluation_revision(meta.revision, instructions=prompted, onnx_file=onnx_file,
-                                   truncate_dim=truncate_dim)
-    encoder.mteb_model_meta = meta.model_copy(update={"revision": revision})
-    return encoder
+        check_truncate_dim(model, truncate_dim)  # before the weights load
+    return load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
+                        onnx_file=onnx_file, truncate_dim=truncate_dim)
 
 
 class PoolAttnEncoder(AbsEncoder):
