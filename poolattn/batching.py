@@ -24,9 +24,15 @@ from .data import (
     TripletDataError,
     Triplets,
     TripletSource,
+    count_hub_rows,
     count_rows,
     data_files,
+    hub_label,
+    hub_source_name,
+    hub_subsets,
+    is_local_files,
     iter_file_rows,
+    iter_hub_rows,
     raw_negatives,
     validate_row,
 )
@@ -125,12 +131,26 @@ def _reshuffling(rows: list[int], seed: int, epoch: int, source: int) -> Iterato
 
 @dataclass
 class StreamedSource:
-    """One file read lazily: its row count (counted up front, not parsed) and hard negatives per query."""
+    """One file, or one subset of a Hub dataset, read lazily: its row count (counted up front, not parsed) and hard
+    negatives per query."""
 
     name: str
-    file: str
+    file: str  # a local file, or the Hub dataset id (or local dataset repository) when `subset` is given
     rows: int
     negatives_per_query: int = 0
+    subset: str | None = None
+    split: str = "train"
+
+    @property
+    def label(self) -> str:
+        """Where its rows come from, as errors and the manifest name it."""
+        return self.file if self.subset is None else hub_label(self.file, self.subset, self.split)
+
+    def raw_rows(self) -> Iterator[tuple[int, dict]]:
+        """(1-based row number, raw row), read lazily."""
+        if self.subset is None:
+            return iter_file_rows(Path(self.file), streaming=True)
+        return iter_hub_rows(self.file, self.subset, self.split, streaming=True)
 
 
 class SourceBatchStream(torch.utils.data.IterableDataset):
@@ -147,21 +167,27 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
     def of_files(cls, files: list[Path], batch_size: int, *, seed: int, buffer_size: int, negatives_per_query: int,
                  skip_invalid: bool = False) -> "SourceBatchStream":
         """One source per file; each counted, and its first rows read to see whether it has hard negatives."""
-        sources = []
-        for path in files:
-            peeked = [raw for _, (_, raw) in zip(range(PEEK_ROWS), iter_file_rows(path, streaming=True))]
-            has_negatives = negatives_per_query > 0 and any(raw_negatives(raw) for raw in peeked)
-            sources.append(StreamedSource(Path(path).stem, str(path), count_rows(path),
-                                          negatives_per_query if has_negatives else 0))
-        return cls(sources, batch_size, seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query,
-                   skip_invalid=skip_invalid)
+        sources = [StreamedSource(Path(path).stem, str(path), count_rows(path)) for path in files]
+        return cls(_with_negatives(sources, negatives_per_query), batch_size, seed=seed, buffer_size=buffer_size,
+                   negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
+
+    @classmethod
+    def of_hub(cls, dataset: str, split: str, batch_size: int, *, seed: int, buffer_size: int,
+               negatives_per_query: int, skip_invalid: bool = False) -> "SourceBatchStream":
+        """One source per subset of a Hub dataset (or local dataset repository); each counted from the dataset's
+        metadata (else in one streamed pass), and its first rows read to see whether it has hard negatives."""
+        subsets = hub_subsets(dataset, split)
+        sources = [StreamedSource(hub_source_name(dataset, subset), dataset, count_hub_rows(dataset, subset, split),
+                                  subset=subset, split=split) for subset in subsets]
+        return cls(_with_negatives(sources, negatives_per_query), batch_size, seed=seed, buffer_size=buffer_size,
+                   negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def rows_of(self, index: int) -> Iterator[dict]:
         source = self.sources[index]
-        for number, raw in iter_file_rows(Path(source.file), streaming=True):
+        for number, raw in source.raw_rows():
             try:
                 row = validate_row(raw, source.negatives_per_query)
                 if len(row["negatives"]) < source.negatives_per_query:
@@ -170,8 +196,8 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             except TripletDataError as error:
                 if self.skip_invalid:
                     continue
-                raise TripletDataError(f"{source.file}, row {number}: {error} (pass --skip_invalid_rows to skip such "
-                                       "rows)") from None
+                raise TripletDataError(f"{source.label}, row {number}: {error} (pass --skip_invalid_rows to skip "
+                                       "such rows)") from None
             yield {**row, "source": index}
 
     def __iter__(self):
@@ -190,17 +216,30 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             yield from block
 
 
+def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> list[StreamedSource]:
+    """Each source's hard negatives per query: `negatives_per_query` where its first rows carry any, else 0."""
+    for source in sources:
+        peeked = [raw for _, (_, raw) in zip(range(PEEK_ROWS), source.raw_rows())]
+        source.negatives_per_query = negatives_per_query if negatives_per_query > 0 and any(
+            raw_negatives(raw) for raw in peeked) else 0
+    return sources
+
+
 def stream_triplets(source: str, *, batch_size: int, seed: int, buffer_size: int, negatives_per_query: int = 1,
-                    skip_invalid: bool = False) -> Triplets:
-    """`Triplets` whose rows are read lazily from the files of `source` (one source per file), every `batch_size`
-    consecutive rows from one source (`batching.SourceBatchStream`); files are counted, not loaded."""
-    if not Path(source).exists():
-        raise TripletDataError(f"--streaming reads local files; {source} is not a file or folder here. Download a Hub "
-                               "dataset first (e.g. with `datasets`), or drop --streaming.")
-    files = data_files(source)
-    stream = SourceBatchStream.of_files(files, batch_size, seed=seed, buffer_size=buffer_size,
-                                        negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
+                    skip_invalid: bool = False, split: str = "train") -> Triplets:
+    """`Triplets` whose rows are read lazily from the files of `source` (one source per file) or the subsets of a Hub
+    dataset (one source per subset, `split`), every `batch_size` consecutive rows from one source
+    (`batching.SourceBatchStream`); sources are counted, not loaded."""
+    common = dict(seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query,
+                  skip_invalid=skip_invalid)
+    if is_local_files(source):
+        files = [str(path) for path in data_files(source)]
+        stream = SourceBatchStream.of_files([Path(file) for file in files], batch_size, **common)
+    else:
+        files = [source]
+        stream = SourceBatchStream.of_hub(source, split, batch_size, **common)
     first = [row for _, row in zip(range(64), stream.rows_of(0))]
-    sources = [TripletSource(item.name, item.rows, item.negatives_per_query, file=item.file)
+    sources = [TripletSource(item.name, item.rows, item.negatives_per_query,
+                             file=item.file if item.subset is None else hub_label(item.file, item.subset, item.split))
                for item in stream.sources]
-    return Triplets(rows=first, source=source, files=[str(path) for path in files], sources=sources, stream=stream)
+    return Triplets(rows=first, source=source, files=files, sources=sources, stream=stream)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,84 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
         yield from enumerate(table, start=1)
 
 
+def is_dataset_repository(path) -> bool:
+    """A local folder laid out as a Hub dataset repository: a README.md whose YAML header declares `configs:` (its
+    subsets). Such a folder (e.g. a `git clone` of a Hub dataset) loads as its Hub id would: one source per subset."""
+    readme = Path(path) / "README.md"
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return False
+    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    return any(line.startswith("configs:") for line in header.splitlines())
+
+
+def is_local_files(source: str) -> bool:
+    """A local file, or a folder of files (each a source) that is not a dataset repository."""
+    return Path(source).exists() and not is_dataset_repository(source)
+
+
+def hub_subsets(dataset: str, split: str) -> list[str]:
+    """The subsets (configs) of a Hub dataset id or a local dataset repository that have `split`, each one source."""
+    import datasets
+
+    try:
+        subsets = list(datasets.get_dataset_config_names(dataset))
+        splits = {subset: datasets.get_dataset_split_names(dataset, subset) for subset in subsets}
+    except Exception as error:
+        raise TripletDataError(
+            f"{dataset}: not a local file or folder, and loading it as a Hub dataset failed ({error}). Give a .jsonl, "
+            ".csv or .parquet file, a folder of them, or a Hub dataset id (with network access or a local cache)."
+        ) from error
+    having = [subset for subset in subsets if split in splits[subset]]
+    if not having:
+        raise TripletDataError(f"{dataset}: no subset has a {split!r} split (subsets and their splits: "
+                               f"{'; '.join(name + ': ' + ', '.join(splits[name]) for name in subsets)}); give one "
+                               "with --data_split.")
+    if len(having) < len(subsets):
+        logger.info("%s: subsets without a %r split are left out: %s", dataset, split,
+                    ", ".join(sorted(set(subsets) - set(having))))
+    return having
+
+
+def hub_source_name(dataset: str, subset: str) -> str:
+    """A Hub subset's source name: the subset's, or the dataset's when it declares none (datasets' "default")."""
+    return dataset if subset == "default" else subset
+
+
+def hub_label(dataset: str, subset: str, split: str) -> str:
+    """Where a Hub subset's rows come from, as errors and the manifest name it."""
+    return f"{dataset}[{split}]" if subset == "default" else f"{dataset}/{subset}[{split}]"
+
+
+def iter_hub_rows(dataset: str, subset: str, split: str, *, streaming: bool = False):
+    """(1-based row number, raw row) of one subset and split of a Hub dataset; `streaming` reads it lazily."""
+    import datasets
+
+    try:
+        table = datasets.load_dataset(dataset, subset, split=split, streaming=streaming)
+    except Exception as error:
+        raise TripletDataError(f"{dataset}, subset {subset!r}, split {split!r}: could not be loaded ({error}).") \
+            from error
+    yield from enumerate(table, start=1)
+
+
+def count_hub_rows(dataset: str, subset: str, split: str) -> int:
+    """Rows of a Hub subset's split: from the dataset's metadata, else counted in one streamed pass."""
+    import datasets
+
+    try:
+        splits = datasets.load_dataset_builder(dataset, subset).info.splits or {}
+        if split in splits and splits[split].num_examples:
+            return int(splits[split].num_examples)
+    except Exception:  # metadata is optional; counting below gives the number (or the error)
+        pass
+    logger.info("%s/%s[%s]: no row count in the dataset's metadata; counting it in one streamed pass",
+                dataset, subset, split)
+    return sum(1 for _ in iter_hub_rows(dataset, subset, split, streaming=True))
+
+
 def _check_utf8(path: Path) -> None:
     """A text file that is not UTF-8 (Latin-1, UTF-16, ...) stops with its name and line, not a bare decode error."""
     with path.open("rb") as handle:
@@ -166,7 +245,8 @@ def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
 
 def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = False,
                   negatives_per_query: int = 1) -> Triplets:
-    """Read and validate triplets from a file, a folder of files (each file a source), or a Hub dataset id.
+    """Read and validate triplets from a file, a folder of files (each file a source), or a Hub dataset id (or a local
+    dataset repository, `is_dataset_repository`; each subset a source).
 
     Every row needs a non-empty string `query` and `positive` (`postive` is accepted). `negative` is optional: a
     string or a list of strings, of which the first `negatives_per_query` are used (0 drops them all). Rows of one
@@ -178,20 +258,18 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
     if negatives_per_query < 0:
         raise TripletDataError(f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
                                "more hard negatives per query.")
-    if Path(source).exists():
+    names: dict[str, str] = {}  # file (or Hub subset) -> its source name
+    if is_local_files(source):
         files = data_files(source)
         raw_rows = _read_rows(files)
+        names = {str(path): path.stem for path in files}
     else:
-        import datasets
-
-        try:
-            table = datasets.load_dataset(source, split=split)
-        except Exception as error:
-            raise TripletDataError(
-                f"{source}: not a local file or folder, and loading it as a Hub dataset failed ({error})."
-            ) from error
-        files = [source]
-        raw_rows = [(f"{source}[{split}]", number, row) for number, row in enumerate(table, start=1)]
+        subsets = hub_subsets(source, split)
+        files, raw_rows = [source], []
+        for subset in subsets:
+            label = hub_label(source, subset, split)
+            names[label] = hub_source_name(source, subset)
+            raw_rows += [(label, number, row) for number, row in iter_hub_rows(source, subset, split)]
     if not raw_rows:
         raise TripletDataError(f"{source}: no rows found.")
 
@@ -200,7 +278,7 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
         by_file.setdefault(file, []).append((number, raw))
     rows, sources, skipped = [], [], 0
     for file, numbered in by_file.items():
-        name = Path(file).stem if Path(file).exists() else file
+        name = names[file]
         parts: dict[int, list[dict]] = {}  # hard negatives per query -> rows
         file_skipped = 0
         for number, raw in numbered:
@@ -232,11 +310,11 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
 
 def sources_named(triplets: Triplets, keys, flag: str) -> dict[str, list[int]]:
     """Key -> the indices of the sources it names: a source's name (e.g. `snli_triplets [1 negative]`) or its file's
-    stem (e.g. `snli_triplets`, every source of that file). A key that names no source is an error listing the
-    sources there are."""
+    stem or Hub subset (e.g. `snli_triplets`, every source of that file). A key that names no source is an error
+    listing the sources there are."""
     known: dict[str, list[int]] = {}
     for index, item in enumerate(triplets.sources):
-        for key in {item.name, Path(item.file).stem if item.file else item.name}:
+        for key in {item.name, re.sub(r" \[\d+ negatives?\]$", "", item.name)}:  # + the file's (or subset's)
             known.setdefault(key, []).append(index)
     unknown = sorted(set(keys) - set(known))
     if unknown:

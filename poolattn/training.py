@@ -192,8 +192,8 @@ class DataArguments:
                                     metadata={"help": "skip (and count) rows with missing/empty fields"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
     streaming: bool = field(default=False, metadata={
-        "help": "read the training files lazily (data larger than memory; needs --max_steps): one source per "
-                "batch through a shuffle buffer"})
+        "help": "read the training files (or Hub dataset) lazily (data larger than memory; needs --max_steps): "
+                "one source per batch through a shuffle buffer"})
     shuffle_buffer_size: int = field(default=10_000, metadata={
         "help": "rows per source held for shuffling with --streaming (the whole source: the in-memory order)"})
     eval_data: str | None = field(default=None, metadata={
@@ -697,6 +697,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             data_args.train_data, batch_size=training_args.per_device_train_batch_size * training_args.world_size,
             seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size,
             negatives_per_query=data_args.negatives_per_query, skip_invalid=data_args.skip_invalid_rows,
+            split=data_args.data_split,
         )
     else:
         triplets = load_triplets(

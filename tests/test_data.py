@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_training import TINY_RUN, tiny_peft_trainer
 
 from poolattn import training
-from poolattn.batching import SourceBatchSampler, SourceBatchStream
+from poolattn.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
 from poolattn.data import TripletCollator, TripletDataError, load_triplets, text_id
 from poolattn.losses import contrastive_loss
 from poolattn.manifest import TrainingManifest
@@ -244,6 +244,50 @@ def test_streaming_gives_the_in_memory_batches_for_the_same_seed(tmp_path):
         assert len({row["source"] for row in small_buffer[start : start + 4]}) == 1
 
 
+def dataset_repository(folder: Path) -> Path:
+    """`two_sources` laid out as a Hub dataset repository: subsets `a` and `b` declared in README.md, and a test split
+    of `a` that training must not read."""
+    two_sources(folder / "data")
+    write_jsonl(folder / "data" / "a_test.jsonl", [{"query": "held out", "positive": "never trained"}])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: a\n  data_files:\n  - split: train\n    path: data/a.jsonl\n"
+        "  - split: test\n    path: data/a_test.jsonl\n- config_name: b\n  data_files:\n  - split: train\n"
+        "    path: data/b.jsonl\n---\n# two sources\n")
+    return folder
+
+
+def test_a_dataset_repository_loads_one_source_per_subset_in_memory_and_streamed(tmp_path):
+    repo = dataset_repository(tmp_path / "repo")
+    files = load_triplets(str(tmp_path / "repo" / "data" / "a.jsonl")), load_triplets(str(tmp_path / "repo" / "data"
+                                                                                          / "b.jsonl"))
+    triplets = load_triplets(str(repo))  # the Hub's route: datasets reads the declared subsets and splits
+    assert [(s.name, s.examples, s.negatives_per_query) for s in triplets.sources] == [("a", 12, 1), ("b", 8, 0)]
+    assert [row["query"] for row in triplets.rows] == [row["query"] for part in files for row in part.rows]
+    assert "held out" not in {row["query"] for row in triplets.rows}
+    in_memory = [triplets.rows[index] for index in SourceBatchSampler(triplets.source_of_rows(), 4, seed=3)]
+    streamed = stream_triplets(str(repo), batch_size=4, seed=3, buffer_size=100)
+    assert [(s.name, s.examples, s.negatives_per_query) for s in streamed.sources] == [("a", 12, 1), ("b", 8, 0)]
+    assert list(streamed.stream) == in_memory and len(in_memory) == 20
+    held_out = load_triplets(str(repo), split="test")  # subset b has no test split: left out
+    assert [(s.name, s.examples) for s in held_out.sources] == [("a", 1)] and held_out.rows[0]["query"] == \
+        "held out"
+    with pytest.raises(TripletDataError, match=r"no subset has a 'dev' split \(subsets and their splits: a: train, "
+                                               r"test; b: train\); give one with --data_split"):
+        load_triplets(str(repo), split="dev")
+
+
+def test_a_hub_id_that_cannot_be_loaded_says_what_is_accepted(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network wait: read when imported, not from env
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for load in (load_triplets, lambda source: stream_triplets(source, batch_size=4, seed=0, buffer_size=10)):
+        with pytest.raises(TripletDataError, match=r"no-such-org/no-such-data: not a local file or folder, and "
+                                                   r"loading it as a Hub dataset failed .* a Hub dataset id"):
+            load("no-such-org/no-such-data")
+
+
 def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_folder, tmp_path):
     data = two_sources(tmp_path / "data")
     # no dropout: what is compared is the batches, not the random streams of two loaders
@@ -253,9 +297,15 @@ def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_fo
     streamed = training.main([*common, "--streaming", "true", "--output_dir", str(tmp_path / "stream")])[0]
     manifest = TrainingManifest.read(streamed)
     assert manifest.data.streaming and manifest.data.examples == 20 and manifest.global_steps == 4
+    # the Hub's route (datasets streaming each subset), from a dataset repository holding the same two sources
+    repo = dataset_repository(tmp_path / "repo")
+    common_repo = [*common[:5], str(repo), *common[6:]]
+    streamed_hub = training.main([*common_repo, "--streaming", "true", "--output_dir", str(tmp_path / "hub")])[0]
+    assert [source["name"] for source in TrainingManifest.read(streamed_hub).data.sources] == ["a", "b"]
     expected = load_file(in_memory / "model.safetensors")
-    for name, value in load_file(streamed / "model.safetensors").items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    for folder in (streamed, streamed_hub):
+        for name, value in load_file(folder / "model.safetensors").items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="--streaming reads each source in turn"):
         training.main([*common, "--streaming", "true", "--max_train_samples", "5", "--output_dir",
                        str(tmp_path / "x")])
