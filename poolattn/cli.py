@@ -259,7 +259,8 @@ def study_parser() -> argparse.ArgumentParser:
                              "mean-bidirectional), or a comma list (default all,baselines)")
     parser.add_argument("--ablation", default="none",
                         help="ablation arms of variant 5: none, all, or a comma list of "
-                             f"{', '.join(ablation.ABLATIONS)}")
+                             f"{', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
+                             "layer_weights:weights_off)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row: --seed, --seed+1, ... (default 2)")
     parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
     parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")

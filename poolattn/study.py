@@ -163,11 +163,20 @@ def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, s
 
 
 def _arms(ablation: str) -> dict[str, dict]:
-    """The arms (without the base) of one ablation, several comma-separated, or all."""
+    """The arms (without the base) of one ablation, several comma-separated, or all; `<ablation>:<arm>` takes one
+    arm of an ablation (e.g. `layer_weights:weights_off`), in the order given.
+
+    >>> list(_arms("layer_subset,layer_weights:weights_off"))
+    ['last_4', 'middle_4', 'weights_off']
+    """
     names = list(ABLATIONS) if ablation == "all" else [name.strip() for name in ablation.split(",") if name.strip()]
     chosen = {}
     for name in names:
-        chosen.update({arm: overrides for arm, overrides in arms(name).items() if arm != "base"})
+        group, _, arm = name.partition(":")
+        given = {key: overrides for key, overrides in arms(group).items() if key != "base"}
+        if arm and arm not in given:
+            raise StudyError(f"--ablation {name}: {group} has no arm {arm!r}; its arms: {', '.join(given)}.")
+        chosen.update({arm: given[arm]} if arm else given)
     return chosen
 
 
