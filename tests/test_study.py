@@ -131,6 +131,9 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
         cli.run_study_command(["--designs", "1,7", *base])
     with pytest.raises(SystemExit, match=r"--ablation 'layer_counts' is not known"):
         cli.run_study_command(["--ablation", "layer_counts", *base])
+    with pytest.raises(SystemExit, match=r"--ablation layer_weights:off: layer_weights has no arm 'off'; its arms: "
+                                         r"weights_off, weights_paper_init"):
+        cli.run_study_command(["--ablation", "layer_weights:off", *base])
     with pytest.raises(SystemExit, match=r"no study.json here"):
         cli.run_study_command(["--report", str(tmp_path)])
     assert not (tmp_path / "s").exists()
@@ -141,3 +144,6 @@ def test_ablation_arms_join_the_variant_5_row_as_their_base():
     assert [row.key for row in plan.rows] == ["v1", "v5", "arm-weights_off", "arm-weights_paper_init"]
     assert plan.row("arm-weights_off").overrides == {"layer_weights": False}
     assert ("arm-weights_off", "v5") in {(a, b) for a, b, _ in study.comparisons(plan)}
+    single = study.plan_study(designs="5", ablation="head_attention:single,layer_subset", seeds=1,
+                              train_argv=["--max_steps", "1"])
+    assert [row.key for row in single.rows] == ["v5", "arm-single", "arm-last_4", "arm-middle_4"]
