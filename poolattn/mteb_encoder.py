@@ -79,6 +79,7 @@ class PoolAttnEncoder(AbsEncoder):
         texts = [text for batch in inputs for text in batch["text"]]
         prompt = query_prompt(task_metadata.name, task_metadata.type, prompt_type=prompt_type,
                               instructions=self.instructions)
+        # only when asked: the remote code of folders exported before Matryoshka sizes has no `truncate_dim`
+        sizes = {"truncate_dim": self.truncate_dim} if self.truncate_dim else {}
         return self.model.encode(texts, prompt=prompt, batch_size=kwargs.get("batch_size", self.batch_size),
-                                 max_length=self.max_length, show_progress_bar=False,
-                                 truncate_dim=self.truncate_dim)
+                                 max_length=self.max_length, show_progress_bar=False, **sizes)

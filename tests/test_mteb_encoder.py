@@ -51,6 +51,24 @@ def test_mteb_sts_score_equals_our_own_spearman_and_instructions_reach_the_model
     assert len(saved) == 1 and f"poolattn__tiny-v5/{meta.revision}" in str(saved[0])
 
 
+def test_folders_exported_before_matryoshka_sizes_still_score(tmp_path, monkeypatch):
+    """The remote code written into an older export has an `encode` without `truncate_dim`: scoring it at full size
+    must not pass one (it failed with "unexpected keyword argument 'truncate_dim'")."""
+    model_dir = tmp_path / "tiny-v5"
+    tiny_model("llama", 5).save_pretrained(model_dir)
+    encoder = PoolAttnEncoder(str(model_dir), name="poolattn/tiny-v5", revision="r1", batch_size=8)
+    current = encoder.model.encode
+
+    def older_encode(texts, *, prompt=None, batch_size=32, max_length=None, show_progress_bar=False):
+        return current(texts, prompt=prompt, batch_size=batch_size, max_length=max_length)
+
+    task, texts = local_sts_task(tmp_path / "STSBenchmark"), [{"text": ["a cat sits", "a dog runs"]}]
+    expected = encoder.encode(texts, task_metadata=task.metadata, hf_split="test", hf_subset="default")
+    monkeypatch.setattr(encoder.model, "encode", older_encode)
+    older = encoder.encode(texts, task_metadata=task.metadata, hf_split="test", hf_subset="default")
+    np.testing.assert_allclose(older, expected, rtol=0, atol=1e-6)
+
+
 def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_evaluate_scores(tmp_path, capsys):
     from poolattn import cli
     from poolattn.mteb_encoder import get_model
