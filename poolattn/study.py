@@ -552,9 +552,8 @@ def plot_study(path: Path, scored: list[RowResults], categories: list[str]) -> N
     axis.set_xticks([index + width * (len(scored) - 1) / 2 for index in range(len(categories))], categories)
     axis.set_ylabel("mean main score")
     axis.set_title("Designs per category (± sd over seeds)")
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    axis.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: never over a bar
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
