@@ -258,8 +258,7 @@ def dataset_repository(folder: Path) -> Path:
 
 def test_a_dataset_repository_loads_one_source_per_subset_in_memory_and_streamed(tmp_path):
     repo = dataset_repository(tmp_path / "repo")
-    files = load_triplets(str(tmp_path / "repo" / "data" / "a.jsonl")), load_triplets(str(tmp_path / "repo" / "data"
-                                                                                          / "b.jsonl"))
+    files = [load_triplets(str(repo / "data" / name)) for name in ("a.jsonl", "b.jsonl")]
     triplets = load_triplets(str(repo))  # the Hub's route: datasets reads the declared subsets and splits
     assert [(s.name, s.examples, s.negatives_per_query) for s in triplets.sources] == [("a", 12, 1), ("b", 8, 0)]
     assert [row["query"] for row in triplets.rows] == [row["query"] for part in files for row in part.rows]
@@ -299,7 +298,7 @@ def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_fo
     assert manifest.data.streaming and manifest.data.examples == 20 and manifest.global_steps == 4
     # the Hub's route (datasets streaming each subset), from a dataset repository holding the same two sources
     repo = dataset_repository(tmp_path / "repo")
-    common_repo = [*common[:5], str(repo), *common[6:]]
+    common_repo = [str(repo) if flag == str(data) else flag for flag in common]
     streamed_hub = training.main([*common_repo, "--streaming", "true", "--output_dir", str(tmp_path / "hub")])[0]
     assert [source["name"] for source in TrainingManifest.read(streamed_hub).data.sources] == ["a", "b"]
     expected = load_file(in_memory / "model.safetensors")
