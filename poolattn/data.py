@@ -138,14 +138,10 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
 def is_dataset_repository(path) -> bool:
     """A local folder laid out as a Hub dataset repository: a README.md whose YAML header declares `configs:` (its
     subsets). Such a folder (e.g. a `git clone` of a Hub dataset) loads as its Hub id would: one source per subset."""
+    from huggingface_hub.repocard import metadata_load
+
     readme = Path(path) / "README.md"
-    if not readme.is_file():
-        return False
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    if not text.startswith("---"):
-        return False
-    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
-    return any(line.startswith("configs:") for line in header.splitlines())
+    return readme.is_file() and "configs" in (metadata_load(readme) or {})
 
 
 def is_local_files(source: str) -> bool:
