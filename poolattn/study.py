@@ -20,7 +20,7 @@ not re-scored. `study.json` in `--output` records the plan; `--report` rewrites 
 
 Layout of `--output`: `study.json`, `runs/<row>/seed-<S>/` (train.py's output; `model/` the export), `results/`
 (`evaluate.py run` results), `report/` (`study.md`, `study_table.csv`, `study_tests.csv`, `per_task.csv`,
-`study.png`).
+`study.png`; with arms, `study_ablation.png`).
 
 Tests (each marker names its test): the category-level paired bootstrap (`paired.pooled_bootstrap`: every task's units
 of the category resampled, and each row's seeds, 1000 resamples; Holm over the categories of one comparison), beside
@@ -452,10 +452,11 @@ def write_report(output) -> Path:
         lines += ["No comparison has both rows scored yet.", ""]
     lines += _instruction_section(plan, collected)
     lines += _wall_time_section(collected)
-    figure = report_folder / "study.png"
-    plot_study(figure, scored, categories)
-    lines += ["## Figure", "", f"![per-category means]({figure.name})", "",
-              "Bars: mean main score per category; whiskers: ± sample sd over seeds.", ""]
+    lines += ["## Figures", ""]
+    for name, (title, group) in figure_groups(scored).items():
+        plot_study(report_folder / name, group, categories, title)
+        lines += [f"![{title}]({name})", ""]
+    lines += ["Bars: mean main score per category; whiskers: ± sample sd over seeds.", ""]
     (report_folder / "study.md").write_text("\n".join(lines))
     write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
                                                    "tasks"], csv_rows)
@@ -534,7 +535,21 @@ def _wall_time_section(collected: list[RowResults]) -> list[str]:
             f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).", ""]
 
 
-def plot_study(path: Path, scored: list[RowResults], categories: list[str]) -> None:
+def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResults]]]:
+    """The report's figures, file name -> (title, rows): the designs and baselines in `study.png`; with ablation
+    arms, their base (variant 5) and the arms in `study_ablation.png` (a dozen bars per category are unreadable)."""
+    designs = [item for item in scored if item.row.kind != "arm"]
+    arm_rows = [item for item in scored if item.row.kind == "arm"]
+    groups = {"study.png": ("Designs per category (± sd over seeds)", designs)}
+    if arm_rows:
+        base = [item for item in scored if item.row.key == BASE_ROW]
+        groups["study_ablation.png"] = ("Variant 5 and its ablation arms per category (± sd over seeds)",
+                                        base + arm_rows)
+    return {name: group for name, group in groups.items() if group[1]}
+
+
+def plot_study(path: Path, scored: list[RowResults], categories: list[str],
+               title: str = "Designs per category (± sd over seeds)") -> None:
     """Grouped bars: one group per category, one bar per row, whiskers ± seed sd."""
     import matplotlib
 
@@ -551,7 +566,7 @@ def plot_study(path: Path, scored: list[RowResults], categories: list[str]) -> N
                  hatch="//" if item.row.kind == "baseline" else ("." if item.row.kind == "arm" else None))
     axis.set_xticks([index + width * (len(scored) - 1) / 2 for index in range(len(categories))], categories)
     axis.set_ylabel("mean main score")
-    axis.set_title("Designs per category (± sd over seeds)")
+    axis.set_title(title)
     axis.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: never over a bar
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)

@@ -147,3 +147,14 @@ def test_ablation_arms_join_the_variant_5_row_as_their_base():
     single = study.plan_study(designs="5", ablation="head_attention:single,layer_subset", seeds=1,
                               train_argv=["--max_steps", "1"])
     assert [row.key for row in single.rows] == ["v5", "arm-single", "arm-last_4", "arm-middle_4"]
+
+
+def test_ablation_arms_get_their_own_figure_beside_their_base():
+    plan = study.plan_study(designs="1,5,mean-causal", ablation="layer_subset", seeds=1,
+                            train_argv=["--max_steps", "1"])
+    scored = [study.RowResults(row, [], None) for row in plan.rows]
+    groups = study.figure_groups(scored)
+    assert [item.row.key for item in groups["study.png"][1]] == ["v1", "v5", "mean-causal"]
+    assert [item.row.key for item in groups["study_ablation.png"][1]] == ["v5", "arm-last_4", "arm-middle_4"]
+    without_arms = study.figure_groups([item for item in scored if item.row.kind != "arm"])
+    assert list(without_arms) == ["study.png"]  # no arm, no second figure
