@@ -67,7 +67,9 @@ def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tm
     assert cli.evaluate([*common, "--budget", "40"]) == 0  # a budget as large as the task: the same units
     assert cli.evaluate([*common, "--budget", "15"]) == 0
     model_folder = next((output / "results").iterdir())
-    full, whole, small = (read_results(folder) for folder in sorted(model_folder.iterdir(), key=lambda p: len(p.name)))
+    by_name = {folder.name: read_results(folder) for folder in model_folder.iterdir()}
+    full = next(result for name, result in by_name.items() if "-budget" not in name)
+    whole, small = by_name[f"{full.folder.name}-budget40"], by_name[f"{full.folder.name}-budget15"]
     assert (whole.revision, small.revision) == (f"{full.revision}-budget40", f"{full.revision}-budget15")
     assert whole.scores["STSBenchmark"] == pytest.approx(full.scores["STSBenchmark"], abs=1e-6)
     assert small.scores["STSBenchmark"] != pytest.approx(full.scores["STSBenchmark"], abs=1e-6)
