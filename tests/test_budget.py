@@ -68,6 +68,7 @@ def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tm
     assert cli.evaluate([*common, "--budget", "15"]) == 0
     model_folder = next((output / "results").iterdir())
     by_name = {folder.name: read_results(folder) for folder in model_folder.iterdir()}
+    assert len(by_name) == 3  # the full run and the two budget runs, each in its own folder
     full = next(result for name, result in by_name.items() if "-budget" not in name)
     whole, small = by_name[f"{full.folder.name}-budget40"], by_name[f"{full.folder.name}-budget15"]
     assert (whole.revision, small.revision) == (f"{full.revision}-budget40", f"{full.revision}-budget15")
