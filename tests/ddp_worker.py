@@ -58,10 +58,11 @@ def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.add_callback(DumpGradients(out_dir, collator))
     trainer.train()
-    # as training.run and the train command do; without them gloo may abort the run at exit
-    training.finish_collectives()
-    training.shut_down_process_group()
+    training.finish_collectives()  # as training.run does
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    # as the train command does, once the trainer (main's local) is released; without it gloo may abort the run at
+    # exit, and with the DDP-wrapped model still alive it may deadlock
+    training.shut_down_process_group()
