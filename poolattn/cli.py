@@ -27,6 +27,7 @@ from .local_tasks import LocalTaskError
 from .manifest import ManifestError
 from .results import CATEGORY_ORDER, ResultsError
 from .trainer import TrainingDivergedError
+from .tuning import PlateauSettings, TuningGrid
 
 
 def _show_progress(*, main_process: bool = True) -> None:
@@ -266,7 +267,38 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")
     _add_scoring_arguments(parser, "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
+    recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
+    recipe.add_argument("--controls", action="store_true",
+                        help="also score every row and seed untrained (step 0: the raw backbone and its fresh head)")
+    recipe.add_argument("--tune", action="store_true",
+                        help="choose each row's learning rates from the grid below on held-out training rows (the "
+                             "first seed, a short proxy run per point); never on the evaluation tasks")
+    recipe.add_argument("--tune-learning-rates", default="1e-4,3e-4", metavar="R,R",
+                        help="adapter (backbone) rates to try (default 1e-4,3e-4)")
+    recipe.add_argument("--tune-head-learning-rates", default="1e-4,1e-3,1e-2", metavar="R,R",
+                        help="pooling-head rates to try, rows with a head (default 1e-4,1e-3,1e-2)")
+    recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
+    recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
+    recipe.add_argument("--plateau", action="store_true",
+                        help="train every run to the plateau of its held-out loss (rule below), not a fixed count")
+    recipe.add_argument("--plateau-patience", type=int, default=3,
+                        help="evaluations without an improvement before stopping (default 3)")
+    recipe.add_argument("--plateau-min-improvement", type=float, default=0.01,
+                        help="relative improvement of the held-out loss that counts (default 0.01 = 1%%)")
+    recipe.add_argument("--plateau-eval-steps", type=int, default=20, help="held-out evaluation every N steps")
+    recipe.add_argument("--plateau-max-steps", type=int, default=300, help="the cap (default 300 steps)")
+    recipe.add_argument("--held-out-fraction", type=float, default=0.01,
+                        help="training rows held out (seeded) for tuning and the plateau rule (default 0.01)")
+    recipe.add_argument("--held-out-batch-size", type=int, default=16,
+                        help="queries per held-out batch (in-batch negatives, as in training; default 16)")
     return parser
+
+
+def _rates(flag: str, value: str) -> list[float]:
+    try:
+        return [float(item) for item in _comma_list(value)]
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: give comma-separated learning rates, e.g. 1e-4,3e-4.") from None
 
 
 def run_study_command(argv: list[str] | None = None) -> int:
@@ -284,7 +316,16 @@ def run_study_command(argv: list[str] | None = None) -> int:
             train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
             benchmark=args.benchmark, data_dir=args.data_dir or None, budget=args.budget or None,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, controls=args.controls,
+            tuning=TuningGrid(learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
+                              head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
+                              steps=args.tune_steps, eval_steps=args.tune_eval_steps,
+                              eval_fraction=args.held_out_fraction, eval_batch_size=args.held_out_batch_size)
+            if args.tune else None,
+            plateau=PlateauSettings(patience=args.plateau_patience, min_improvement=args.plateau_min_improvement,
+                                    eval_steps=args.plateau_eval_steps, max_steps=args.plateau_max_steps,
+                                    eval_fraction=args.held_out_fraction, eval_batch_size=args.held_out_batch_size)
+            if args.plateau else None)
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
         sys.exit(f"study: bad training data: {error}")

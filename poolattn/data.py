@@ -104,6 +104,34 @@ def data_files(source: str) -> list[Path]:
     return [path]
 
 
+def fingerprint_files(source: str) -> str:
+    """A hash of the training data's content: every data file of a local file or folder (names relative to it and
+    bytes; a local dataset repository's data files alike), so an edited, added or removed file changes it; a Hub
+    dataset id is its own fingerprint.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.jsonl").write_text('{"query": "q", "positive": "p"}\\n')
+    >>> before = fingerprint_files(str(folder))
+    >>> _ = (folder / "a.jsonl").write_text('{"query": "q2", "positive": "p"}\\n')
+    >>> before != fingerprint_files(str(folder))
+    True
+    """
+    import hashlib
+
+    if not Path(source).exists():
+        return f"hub:{source}"
+    root = Path(source)
+    digest = hashlib.sha256()
+    for path in data_files(source):
+        digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def iter_file_rows(path: Path, *, streaming: bool = False):
     """(1-based row number, raw row) of one file, read lazily; `streaming` reads CSV/parquet through `datasets`
     without loading the whole file."""

@@ -29,6 +29,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .configuration_poolattn import PoolAttnConfig, variant_tag
+from .files import write_json
 from .prompts import QUERY_PROMPT_FORMAT, instruction_prompt
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,19 @@ RUN_ONLY_ARGUMENTS = frozenset({
     "report_to", "project", "disable_tqdm", "use_cpu", "local_rank", "ddp_timeout", "skip_memory_metrics",
     "export_check_texts", "per_device_eval_batch_size", "eval_batch_size", "push_to_hub",
     "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-    "dataloader_multiprocessing_context",
+    "dataloader_multiprocessing_context", "overwrite_output_dir",
 })
 RUN_ONLY_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "do_", "trackio_")
+
+
+def recipe_arguments(arguments: dict) -> dict:
+    """The arguments of a run that change what is trained, beyond the seed (`RUN_ONLY_ARGUMENTS` left out).
+
+    >>> recipe_arguments({"learning_rate": 1e-4, "seed": 42, "logging_steps": 5})
+    {'learning_rate': 0.0001}
+    """
+    return {key: value for key, value in arguments.items()
+            if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)}
 
 
 class ManifestError(ValueError):
@@ -171,6 +182,7 @@ class TrainingSettings(Record):
     lora_alpha: int | None = None
     lora_dropout: float | None = None
     lora_target_modules: str | None = None
+    head_learning_rate: float | None = None  # the pooling head's own rate; None: `learning_rate` for it too
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "TrainingSettings":
@@ -183,15 +195,41 @@ class TrainingSettings(Record):
             warmup_steps=arguments.get("warmup_steps", 0), optimizer=str(arguments.get("optim", "adamw_torch")),
             temperature=arguments["temperature"], query_max_length=arguments["query_max_length"],
             document_max_length=arguments["document_max_length"], precision=precision, full_finetune=full,
+            head_learning_rate=_optional_float(arguments.get("head_learning_rate")),
             **({} if full else {key: arguments[key] for key in ("lora_r", "lora_alpha", "lora_dropout",
                                                                 "lora_target_modules")}),
         )
+
+    def describe_rates(self) -> str:
+        """
+        >>> TrainingSettings(learning_rate=1e-4, head_learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=6,
+        ...                  optimizer="adamw_torch", temperature=0.05, query_max_length=128,
+        ...                  document_max_length=128, precision="float32").describe_rates()
+        'lr 0.0001 (pooling head 0.001)'
+        """
+        head = f" (pooling head {self.head_learning_rate:g})" if self.head_learning_rate is not None else ""
+        return f"lr {self.learning_rate:g}{head}"
 
     def describe_tuning(self) -> str:
         if self.full_finetune:
             return "full fine-tuning of every weight"
         return (f"LoRA r={self.lora_r}, alpha={self.lora_alpha}, dropout={self.lora_dropout} on "
                 f"{self.lora_target_modules}, merged into the weights; the head trained fully")
+
+
+def _optional_float(value) -> float | None:
+    """A float argument as the Trainer's sanitized arguments record it (None becomes the string "None")."""
+    return None if value in (None, "None") else float(value)
+
+
+def head_parameter(name: str) -> bool:
+    """Whether a parameter (by its name in a bare or peft-wrapped model) belongs to the pooling head: the latents,
+    attention and layer weights that start from scratch, as opposed to the backbone and its adapter.
+
+    >>> head_parameter("base_model.model.pooler.modules_to_save.default.latents"), head_parameter("model.embed_tokens")
+    (True, False)
+    """
+    return "pooler." in name
 
 
 @dataclass(kw_only=True)
@@ -206,7 +244,7 @@ class TrainableParameters(Record):
         counts = cls()
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
-                kind = "lora" if "lora_" in name else "head" if "pooler." in name else "backbone"
+                kind = "lora" if "lora_" in name else "head" if head_parameter(name) else "backbone"
                 setattr(counts, kind, getattr(counts, kind) + parameter.numel())
         return counts
 
@@ -224,6 +262,19 @@ class ExportCheck(Record):
 
 
 @dataclass(kw_only=True)
+class StopRecord(Record):
+    """Why training ended where it did: `reason` is "plateau" (the rule in `rule`), "max_steps" (the cap),
+    "early_stopping" (the Trainer's) or "end_of_data" (the epochs asked for)."""
+
+    reason: str
+    step: int
+    cap: int | None = None  # --max_steps
+    rule: str | None = None  # the plateau rule as stated
+    best_step: int | None = None  # the evaluation with the lowest held-out loss
+    best_eval_loss: float | None = None
+
+
+@dataclass(kw_only=True)
 class TrainingManifest(Record):
     """`training_manifest.json`: what ran to produce an exported model."""
 
@@ -237,6 +288,7 @@ class TrainingManifest(Record):
     contrastive_batch: ContrastiveBatch | None = None
     trainable_parameters: TrainableParameters | None = None
     global_steps: int | None = None
+    stop: StopRecord | None = None  # why training ended at `global_steps`
     train_runtime_s: float | None = None
     loss_history: list = field(default_factory=list)  # [step, loss] pairs
     eval_history: list = field(default_factory=list)  # [step, eval_loss, eval_recall_at_1] on held-out data
@@ -257,7 +309,7 @@ class TrainingManifest(Record):
 
     def write(self, folder) -> Path:
         path = Path(folder) / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        write_json(path, self.to_dict(), default=str)
         return path
 
     @classmethod
@@ -294,8 +346,7 @@ class TrainingManifest(Record):
         >>> one.recipe_fingerprint() == faster.recipe_fingerprint()
         False
         """
-        recipe = {key: value for key, value in self.hyperparameters.items()
-                  if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)}
+        recipe = recipe_arguments(self.hyperparameters)
         text = json.dumps({"variant": self.variant, "backbone": self.backbone, "poolattn_config": self.poolattn_config,
                            "hyperparameters": recipe}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]

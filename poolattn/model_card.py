@@ -206,8 +206,11 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
                    "mixed": "; sources mixed within batches"}.get(data.batch_sampling, "")])
         rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
     if manifest.global_steps is not None:
-        rows.append(["steps", f"{manifest.global_steps}" + (
-            f" (lr {settings.learning_rate}, {settings.lr_scheduler_type} schedule, {settings.warmup_steps} warmup "
+        stop = manifest.stop
+        stopped = (f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
+                   if stop and stop.reason == "plateau" else "")
+        rows.append(["steps", f"{manifest.global_steps}{stopped}" + (
+            f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, {settings.warmup_steps} warmup "
             f"steps, {settings.optimizer})" if settings else "")])
     if batch:
         rows.append(["contrastive batch per loss call", batch.describe()])

@@ -45,9 +45,11 @@ from .evaluation import (
     task_parts,
     write_csv,
 )
+from .files import read_json, write_json, write_text
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
+from .tuning import PlateauSettings, RowTuning, TuningGrid, layer_weight_size, read_tuning, tune_row
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ ALPHA = 0.05
 # train.py flags the study sets per row and seed
 RESERVED_TRAINING_FLAGS = {"variant", "seed", "seeds", "output_dir", "model_name", "config_overrides",
                            "resume_from_checkpoint", "push_to_hub", "hub_dry_run", "overwrite_output_dir"}
+# ... and, when the study tunes the rates or trains to a plateau, the flags it sets for that
+TUNED_TRAINING_FLAGS = {"learning_rate", "head_learning_rate"}
+PLATEAU_TRAINING_FLAGS = {"plateau_patience", "plateau_min_improvement", "save_steps", "eval_steps", "eval_strategy",
+                          "max_steps", "eval_fraction", "eval_data", "per_device_eval_batch_size"}
+CONTROL_SUFFIX = "-step0"  # the untrained control of a row: model name and label
 
 
 class StudyError(ValueError):
@@ -104,14 +111,28 @@ class StudyPlan:
     budget: int | None = DEFAULT_BUDGET
     batch_size: int = 32
     instruction_check: list[str] = field(default_factory=list)  # row keys also scored on STS without instructions
+    tuning: dict | None = None  # a TuningGrid: every row's rates chosen on held-out training rows
+    plateau: dict | None = None  # PlateauSettings: every run trained to the plateau of its held-out loss
+    controls: bool = False  # every row and seed also scored untrained (step 0)
+
+    @property
+    def tuning_grid(self) -> TuningGrid | None:
+        return TuningGrid(**self.tuning) if self.tuning else None
+
+    @property
+    def plateau_settings(self) -> PlateauSettings | None:
+        return PlateauSettings(**self.plateau) if self.plateau else None
+
+    def recipe(self) -> dict:
+        """What a study folder's runs were trained with: a resumed study must not mix in other settings."""
+        return {"train_argv": self.train_argv, "tuning": self.tuning, "plateau": self.plateau}
 
     def row(self, key: str) -> StudyRow | None:
         return next((row for row in self.rows if row.key == key), None)
 
     def write(self, output) -> Path:
         path = Path(output) / PLAN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json(path, asdict(self))
         return path
 
     @classmethod
@@ -119,25 +140,33 @@ class StudyPlan:
         path = Path(output) / PLAN_FILE
         if not path.is_file():
             raise StudyError(f"{output}: no {PLAN_FILE} here; give the --output folder of a study (run it first).")
-        values = json.loads(path.read_text())
+        values = read_json(path, recovery="write it again by running the same study.py command (finished runs and "
+                                          "scores are kept)")
         return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
 
 
 def run_folder(output, row: StudyRow, seed: int) -> Path:
-    """train.py's output folder of one row and seed; the exported model is its `model/`."""
+    """train.py's output folder of one row and seed; the exported model is its `model/`, the untrained control
+    (with `--controls`) its `step0/`."""
     return Path(output) / "runs" / row.key / f"seed-{seed}"
 
 
 def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, seeds: int = 2, seed: int = 42,
                train_argv: list[str] = (), tasks=None, categories=None, benchmark=None, data_dir=None,
                budget: int | None = DEFAULT_BUDGET, batch_size: int = 32,
-               instruction_check: list[str] | None = None) -> StudyPlan:
+               instruction_check: list[str] | None = None, tuning: TuningGrid | None = None,
+               plateau: PlateauSettings | None = None, controls: bool = False) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
     if clash := sorted(given & RESERVED_TRAINING_FLAGS):
         raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
                          "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
                          "instead.")
+    if clash := sorted(given & ((TUNED_TRAINING_FLAGS if tuning else set())
+                                | (PLATEAU_TRAINING_FLAGS if plateau else set()))):
+        raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
+                         "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
+                         "with study.py's --tune-* and --plateau-* flags instead.")
     if seeds < 1:
         raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
     model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
@@ -159,7 +188,8 @@ def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, s
     return StudyPlan(backbone=backbone, seeds=list(range(seed, seed + seeds)), rows=rows, train_argv=list(train_argv),
                      tasks=tasks, categories=categories, benchmark=benchmark,
                      data_dir=str(data_dir) if data_dir else None, budget=budget or None, batch_size=batch_size,
-                     instruction_check=check)
+                     instruction_check=check, tuning=asdict(tuning) if tuning else None,
+                     plateau=asdict(plateau) if plateau else None, controls=controls)
 
 
 def _arms(ablation: str) -> dict[str, dict]:
@@ -199,20 +229,38 @@ class StudyRun:
 
 
 def run_study(plan: StudyPlan, output) -> StudyRun:
-    """Train and score every row once per seed (seed-major, each run scored as soon as it is trained; the rows of
-    the instruction check also on the STS tasks without instructions), then write the report."""
+    """Tune every row's rates (with a tuning grid), then train and score every row once per seed (seed-major, each run
+    scored as soon as it is trained, its untrained control first with `controls`; the rows of the instruction check
+    also on the STS tasks without instructions), then write the report."""
     output = Path(output)
-    if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).train_argv != plan.train_argv:
-        raise StudyError(f"{output} holds a study trained with other flags ({' '.join(earlier.train_argv)}); use "
-                         "another --output, or the same flags to resume it.")
-    plan.write(output)
+    if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).recipe() != plan.recipe():
+        raise StudyError(f"{output} holds a study trained with other flags or another tuning / plateau setting "
+                         f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.plateau}); use "
+                         "another --output, or the same settings to resume it.")
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    started, failures = time.time(), []
+    if distributed and (plan.tuning or plan.controls):
+        raise StudyError("tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
+                         "(the study's runs then resume under torchrun with the same command).")
+    plan.write(output)
+    progress = StudyProgress(plan)
+    failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     checking = plan.instruction_check and not plan.benchmark
+    if plan.tuning:
+        for row in plan.rows:
+            tuned = read_tuning(output).get(row.key)
+            state = ("done already" if tuned and tuned.chosen is not None else "resumed" if tuned else "ran now")
+            progress.step("tuning", row, plan.seeds[0], lambda row=row: tune(plan, row, output), state=state)
     for seed in plan.seeds:
         for row in plan.rows:
-            folder = train_row(plan, row, seed, output)
+            folder = run_folder(output, row, seed)
+            if plan.controls:
+                state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
+                control = progress.step("control", row, seed, lambda row=row, seed=seed: control_row(
+                    plan, row, seed, output), state=state)
+                failures += score_models(plan, [control], output).failures
+            folder = progress.step("training", row, seed, lambda row=row, seed=seed: train_row(
+                plan, row, seed, output), state=step_state(folder))
             trained.append((row, seed, folder))
             if not distributed:  # under torchrun every process trains; process 0 scores all at the end
                 failures += score_models(plan, [folder], output).failures
@@ -225,21 +273,102 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
         checked = [folder for row, _, folder in trained if row.key in plan.instruction_check]
         if checking and checked:
             failures += score_models(plan, checked, output, instructions=False, sts_only=True).failures
-    logger.info("study: %d runs trained and scored in %.0f s", len(trained), time.time() - started)
+    logger.info("study: %s", progress.summary())
     return StudyRun(write_report(output), failures)
 
 
+class StudyProgress:
+    """"step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
+    honest summary: what ran now, what continued from a checkpoint, what was done already."""
+
+    def __init__(self, plan: StudyPlan):
+        self.total = len(plan.rows) * len(plan.seeds) * (2 if plan.controls else 1)
+        self.total += len(plan.rows) if plan.tuning else 0
+        self.done, self.started, self.worked = 0, time.time(), 0.0
+        self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
+
+    def step(self, stage: str, row: StudyRow, seed: int, work, *, state: str):
+        """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now"."""
+        self.done += 1
+        begun = time.time()
+        result = work()
+        took = time.time() - begun
+        self.counts[state] += 1
+        if state != "done already":
+            self.worked += took
+        working = self.counts["ran now"] + self.counts["resumed"]
+        eta = f", ETA {self.worked / working * (self.total - self.done) / 60:.0f} min" if working else ""
+        logger.info("study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s", self.done, self.total,
+                    stage, row.label, seed, state, took, time.time() - self.started, eta)
+        return result
+
+    def summary(self) -> str:
+        return (f"{self.done} steps in {time.time() - self.started:.0f} s: {self.counts['ran now']} ran now, "
+                f"{self.counts['resumed']} resumed from a checkpoint, {self.counts['done already']} done already "
+                "(scoring: finished tasks are not scored again)")
+
+
+def step_state(folder: Path) -> str:
+    """What a run folder holds before its step: an export ("done already"), checkpoints ("resumed"), or nothing."""
+    if (folder / "model" / MANIFEST_FILE).is_file():
+        return "done already"
+    return "resumed" if any(folder.glob("checkpoint-*")) else "ran now"
+
+
+def row_training_flags(plan: StudyPlan, row: StudyRow, seed: int, output, *, control: bool = False) -> list[str]:
+    """train.py's flags for one row and seed: the study's flags, the row's design, and (when the study tunes) its
+    tuned rates."""
+    folder = run_folder(output, row, seed)
+    argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(seed), "--output_dir", str(folder),
+            "--model_name", row.model_name + (CONTROL_SUFFIX if control else "")]
+    if row.overrides:
+        argv += ["--config_overrides", json.dumps(row.overrides)]
+    if plan.tuning:
+        choice = read_tuning(output).get(row.key)
+        if choice is None or choice.choice is None:
+            raise StudyError(f"{row.label}: no tuned rates recorded; the tuning stage runs first (run the study "
+                             "command again).")
+        argv += ["--learning_rate", f"{choice.choice.learning_rate:g}"]
+        if choice.choice.head_learning_rate is not None:
+            argv += ["--head_learning_rate", f"{choice.choice.head_learning_rate:g}"]
+    return argv
+
+
+def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
+    """The row's rates from the tuning grid, on the first seed and held-out training rows only (`tuning.tune_row`)."""
+    grid = plan.tuning_grid
+
+    def train(learning_rate: float, head_learning_rate: float | None, folder: Path) -> Path:
+        argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(plan.seeds[0]), "--output_dir",
+                str(folder), "--model_name", f"{row.model_name}-tuning", "--resume_from_checkpoint", "true",
+                "--learning_rate", f"{learning_rate:g}", "--max_steps", str(grid.steps), "--save_steps",
+                str(grid.eval_steps), "--eval_fraction", str(grid.eval_fraction), "--per_device_eval_batch_size",
+                str(grid.eval_batch_size)]
+        if head_learning_rate is not None:
+            argv += ["--head_learning_rate", f"{head_learning_rate:g}"]
+        if row.overrides:
+            argv += ["--config_overrides", json.dumps(row.overrides)]
+        return training.main(argv)[0]
+
+    return tune_row(row.key, row.variant, row.overrides, grid=grid, seed=plan.seeds[0], output=output, train=train)
+
+
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
-    """One row and seed, resumed where it stopped (`train.py --resume_from_checkpoint true`)."""
+    """One row and seed, resumed where it stopped (`train.py --resume_from_checkpoint true`), with its tuned rates
+    and the plateau rule when the plan has them."""
     folder = run_folder(output, row, seed)
     if (folder / "model" / MANIFEST_FILE).is_file():
         return folder / "model"
-    logger.info("study: training %s, seed %d", row.label, seed)
-    argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(seed), "--output_dir", str(folder),
-            "--model_name", row.model_name, "--resume_from_checkpoint", "true"]
-    if row.overrides:
-        argv += ["--config_overrides", json.dumps(row.overrides)]
+    argv = [*row_training_flags(plan, row, seed, output), "--resume_from_checkpoint", "true"]
+    if plan.plateau:
+        argv += plan.plateau_settings.training_flags()
     return training.main(argv)[0]
+
+
+def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
+    """The row's untrained control for one seed: the model its run starts from (`training.export_untrained`)."""
+    model_args, _, training_args = training.parse_arguments(row_training_flags(plan, row, seed, output, control=True))
+    return training.export_untrained(row.variant, model_args, training_args, run_folder(output, row, seed) / "step0")
 
 
 def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True,
@@ -274,6 +403,15 @@ class RowResults:
     models: list[ExportedModel]
     replicates: SeedReplicates | None
     without_instructions: SeedReplicates | None = None
+    controls: SeedReplicates | None = None  # the same seeds untrained (step 0), with `--controls`
+    control_models: list[ExportedModel] = field(default_factory=list)
+
+    def control(self) -> "RowResults":
+        """The untrained controls as a row of their own (kind "control"), for the table, the figure and the test
+        of how far training moved the row."""
+        row = StudyRow(self.row.key + CONTROL_SUFFIX, f"{self.row.label} · step 0", "control", self.row.variant,
+                       self.row.overrides, self.row.model_name + CONTROL_SUFFIX)
+        return RowResults(row, self.control_models, self.controls)
 
     @property
     def seeds(self) -> list[int]:
@@ -314,10 +452,12 @@ def collect(plan: StudyPlan, output) -> list[RowResults]:
     output = Path(output)
     collected = []
     for row in plan.rows:
-        models = [ExportedModel.read(run_folder(output, row, seed) / "model") for seed in plan.seeds
-                  if (run_folder(output, row, seed) / "model" / MANIFEST_FILE).is_file()]
+        models, controls = ([ExportedModel.read(run_folder(output, row, seed) / name) for seed in plan.seeds
+                             if (run_folder(output, row, seed) / name / MANIFEST_FILE).is_file()]
+                            for name in ("model", "step0"))
         collected.append(RowResults(row, models, _replicates(row, models, output, plan.budget, True),
-                                    _replicates(row, models, output, plan.budget, False)))
+                                    _replicates(row, models, output, plan.budget, False),
+                                    _replicates(row, controls, output, plan.budget, True), controls))
     return collected
 
 
@@ -367,6 +507,9 @@ def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
     chosen = [item for item in (*PAPER_COMPARISONS, *BASELINE_COMPARISONS) if item[0] in keys and item[1] in keys]
     chosen += [(row.key, BASE_ROW, f"ablation: {row.key.removeprefix('arm-')} vs the base arm (variant 5)")
                for row in plan.rows if row.kind == "arm"]
+    if plan.controls:
+        chosen += [(row.key, row.key + CONTROL_SUFFIX, "trained vs untrained (step 0): what training added")
+                   for row in plan.rows]
     return chosen
 
 
@@ -376,7 +519,9 @@ def write_report(output) -> Path:
 
     output = Path(output)
     plan = StudyPlan.read(output)
-    collected = collect(plan, output)
+    trained_rows = collect(plan, output)
+    collected = [entry for item in trained_rows for entry in (item, item.control()) if entry.row.kind != "control"
+                 or entry.replicates is not None]
     by_key = {item.row.key: item for item in collected}
     scored = [item for item in collected if item.replicates is not None]
     if not scored:
@@ -405,12 +550,12 @@ def write_report(output) -> Path:
                      for category in categories]
     tests = []
     for key_a, key_b, question in comparisons(plan):
-        a, b = by_key[key_a], by_key[key_b]
-        if a.replicates is not None and b.replicates is not None:
+        a, b = by_key.get(key_a), by_key.get(key_b)
+        if a is not None and b is not None and a.replicates is not None and b.replicates is not None:
             tests += compare_rows(a, b, question)
     first = min(plan.seeds)
     missing = []
-    for item in collected:
+    for item in trained_rows:
         if lacking := sorted(set(plan.seeds) - set(item.seeds)):
             missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
     task_counts = {category: sorted({task for item in scored for task, kind in item.replicates.categories.items()
@@ -450,14 +595,16 @@ def write_report(output) -> Path:
         lines += [markdown_table(["a vs b", "question", *categories], rows), ""]
     else:
         lines += ["No comparison has both rows scored yet.", ""]
-    lines += _instruction_section(plan, collected)
-    lines += _wall_time_section(collected)
+    lines += _instruction_section(plan, trained_rows)
+    lines += recipe_sections(plan, output, trained_rows, report_folder)
+    lines += _wall_time_section(trained_rows)
     lines += ["## Figures", ""]
     for name, (title, group) in figure_groups(scored).items():
         plot_study(report_folder / name, group, categories, title)
         lines += [f"![{title}]({name})", ""]
-    lines += ["Bars: mean main score per category; whiskers: ± sample sd over seeds.", ""]
-    (report_folder / "study.md").write_text("\n".join(lines))
+    lines += ["Bars: mean main score per category; whiskers: ± sample sd over seeds"
+              + ("; open bars: the row untrained (step 0)." if plan.controls else "."), ""]
+    write_text(report_folder / "study.md", "\n".join(lines))
     write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
                                                    "tasks"], csv_rows)
     write_csv(report_folder / "study_tests.csv", [
@@ -516,6 +663,83 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
     return lines
 
 
+def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], report_folder: Path) -> list[str]:
+    """The tuning (grid, every point's held-out loss, the choice per row, `tuning.png`) and the training each run
+    got (steps, why it stopped, the layer weights' size, `curves.png`)."""
+    from .stats import markdown_table
+
+    lines = []
+    tuned = read_tuning(output) if plan.tuning else {}
+    if tuned:
+        grid = plan.tuning_grid
+        rows = []
+        for row in plan.rows:
+            entry = tuned.get(row.key)
+            if entry is None:
+                continue
+            tried = "; ".join(f"{point.label()}: {point.final_loss:.4f}" + (
+                f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
+                for point in entry.points)
+            rows.append([row.label, tried, entry.choice.label() if entry.choice else "not yet"])
+        lines += ["## Tuning (held-out training rows only)", "",
+                  f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.", "",
+                  markdown_table(["row", "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
+                                  "chosen"], rows), "",
+                  "![Held-out loss of every tuning point](tuning.png)", ""]
+        plot_curves(report_folder / "tuning.png", {
+            row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
+            for row in plan.rows if row.key in tuned}, title="Tuning: held-out loss per grid point (first seed)")
+    trained = [item for item in collected if item.models]
+    if trained:
+        rule = next((model.manifest.stop.rule for item in trained for model in item.models
+                     if model.manifest.stop and model.manifest.stop.rule), None)
+        rows = []
+        for item in trained:
+            stops = [model.manifest.stop for model in item.models]
+            settings = item.models[0].manifest.settings
+            weights = [layer_weight_size(model.folder) for model in item.models]
+            rows.append([item.row.label, settings.describe_rates() if settings else None,
+                         ", ".join(str(model.manifest.global_steps) for model in item.models),
+                         ", ".join(stop.reason if stop else "?" for stop in stops),
+                         ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights"])
+        lines += ["## Training to a plateau" if plan.plateau else "## Training", "",
+                  (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
+                  + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
+                  "at 0 by default; a size near 0 means the weighting did not move).", "",
+                  markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
+                  ""]
+        curves = {item.row.label: [(f"seed {model.manifest.seed}", model.manifest.eval_history)
+                                   for model in item.models if model.manifest.eval_history] for item in trained}
+        if any(curves.values()):
+            plot_curves(report_folder / "curves.png", {key: value for key, value in curves.items() if value},
+                        title="Held-out loss during training, per row and seed")
+            lines += ["![Held-out loss during training](curves.png)", ""]
+    return lines
+
+
+def plot_curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str) -> None:
+    """One panel per row, one line per curve ([step, loss, ...] points): held-out loss against steps."""
+    from matplotlib.figure import Figure
+
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3.6 * columns, 2.8 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis, (name, curves) in zip(axes.flat, panels.items()):
+        for label, curve in curves:
+            axis.plot([point[0] for point in curve], [point[1] for point in curve], marker=".", label=label)
+        axis.set_title(name, fontsize=8)
+        axis.set_xlabel("step", fontsize=7)
+        axis.set_ylabel("held-out loss", fontsize=7)
+        axis.tick_params(labelsize=6)
+        axis.legend(fontsize=5)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def _wall_time_section(collected: list[RowResults]) -> list[str]:
     from .stats import markdown_table
 
@@ -538,11 +762,14 @@ def _wall_time_section(collected: list[RowResults]) -> list[str]:
 def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResults]]]:
     """The report's figures, file name -> (title, rows): the designs and baselines in `study.png`; with ablation
     arms, their base (variant 5) and the arms in `study_ablation.png` (a dozen bars per category are unreadable)."""
-    designs = [item for item in scored if item.row.kind != "arm"]
-    arm_rows = [item for item in scored if item.row.kind == "arm"]
+    def of_arm(item: RowResults) -> bool:
+        return item.row.kind == "arm" or item.row.key.startswith("arm-")  # an arm, or an arm's control
+
+    designs = [item for item in scored if not of_arm(item)]
+    arm_rows = [item for item in scored if of_arm(item)]
     groups = {"study.png": ("Designs per category (± sd over seeds)", designs)}
     if arm_rows:
-        base = [item for item in scored if item.row.key == BASE_ROW]
+        base = [item for item in scored if item.row.key in (BASE_ROW, BASE_ROW + CONTROL_SUFFIX)]
         groups["study_ablation.png"] = ("Variant 5 and its ablation arms per category (± sd over seeds)",
                                         base + arm_rows)
     return {name: group for name, group in groups.items() if group[1]}
@@ -561,9 +788,14 @@ def plot_study(path: Path, scored: list[RowResults], categories: list[str],
     for position, item in enumerate(scored):
         means, spreads = item.replicates.category_means(), item.replicates.category_spread()
         xs = [index + position * width for index in range(len(categories))]
-        axis.bar(xs, [means.get(c, 0.0) for c in categories], width, label=item.row.label,
-                 yerr=[spreads.get(c) or 0.0 for c in categories], capsize=2,
-                 hatch="//" if item.row.kind == "baseline" else ("." if item.row.kind == "arm" else None))
+        control = item.row.kind == "control"
+        bars = axis.bar(xs, [means.get(c, 0.0) for c in categories], width, label=item.row.label,
+                        yerr=[spreads.get(c) or 0.0 for c in categories], capsize=2,
+                        hatch="//" if item.row.kind == "baseline" else ("." if item.row.kind == "arm" else None),
+                        fill=not control, linestyle="--" if control else "-")
+        if control and position > 0:  # the open bar in the colour of its trained row, just before it
+            for bar, previous in zip(bars, axis.patches[-2 * len(categories): -len(categories)]):
+                bar.set_edgecolor(previous.get_facecolor())
     axis.set_xticks([index + width * (len(scored) - 1) / 2 for index in range(len(categories))], categories)
     axis.set_ylabel("mean main score")
     axis.set_title(title)

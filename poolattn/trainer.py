@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .losses import contrastive_loss, duplicate_documents, world_size
+from .manifest import head_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +93,16 @@ class ContrastiveTrainingArguments(TrainingArguments):
     contrastive_batch_size: int | None = field(
         default=None, metadata={"help": "queries per loss call across devices; sets per_device_train_batch_size"}
     )
+    head_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of what starts from scratch (the pooling head and its layer weights), apart from "
+                "--learning_rate for the backbone's adapter; default: --learning_rate for both"})
 
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate {self.head_learning_rate} must be > 0 (leave it out to train the "
+                             "head at --learning_rate).")
         if self.gradcache_chunk_size < 0:
             raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables "
                              "GradCache).")
@@ -142,6 +149,28 @@ class ContrastiveTrainer(Trainer):
                 "the Trainer. Use torchrun/DDP with --gradcache_chunk_size (LoRA needs no optimizer sharding), or "
                 "DeepSpeed with --gradcache_chunk_size 0."
             )
+
+    def create_optimizer(self, model=None):
+        """transformers' optimizer, with the pooling head's parameters (`head_parameter`) in groups of their own at
+        `--head_learning_rate` when it is given; the scheduler then scales every group's rate alike."""
+        optimizer = super().create_optimizer(model)
+        if self.args.head_learning_rate is None or getattr(optimizer, "_poolattn_head_groups", False):
+            return optimizer
+        opt_model = self.model if model is None else model
+        head = {id(parameter) for name, parameter in opt_model.named_parameters() if head_parameter(name)}
+        groups = []
+        for group in optimizer.param_groups:
+            for in_head in (False, True):
+                params = [parameter for parameter in group["params"] if (id(parameter) in head) == in_head]
+                if params:
+                    settings = {key: value for key, value in group.items() if key != "params"}
+                    groups.append({**settings, "params": params,
+                                   **({"lr": self.args.head_learning_rate} if in_head else {})})
+        optimizer.param_groups.clear()  # no step has run: no optimizer state refers to the old groups
+        for group in groups:
+            optimizer.add_param_group(group)
+        optimizer._poolattn_head_groups = True
+        return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """transformers' step (forward, backward), then a check that the loss and every gradient are finite, before the

@@ -36,19 +36,23 @@ from .data import (
     set_source_instructions,
     set_source_weights,
 )
+from .files import write_json
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
 from .manifest import (
     MANIFEST_FILE,
     ContrastiveBatch,
     DataRecord,
+    StopRecord,
     TrainableParameters,
     TrainingManifest,
     TrainingSettings,
     export_model,
     library_versions,
+    recipe_arguments,
 )
 from .modeling_poolattn import PoolAttnEmbeddingModel
+from .plateau import PlateauRule, PlateauStopping
 from .prompts import QUERY_PROMPT_FORMAT
 from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments, last_complete_checkpoint
 
@@ -250,6 +254,12 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
     hub_dry_run: str | None = field(
         default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
     )
+    plateau_patience: int | None = field(default=None, metadata={
+        "help": "train to a plateau: stop when the held-out loss has not improved on its best by more than "
+                "--plateau_min_improvement for N evaluations in a row (every --eval_steps, default --save_steps); "
+                "--max_steps is the cap. Needs --eval_data or --eval_fraction"})
+    plateau_min_improvement: float = field(default=0.01, metadata={
+        "help": "the relative improvement of the held-out loss that counts with --plateau_patience (0.01 = 1%%)"})
     # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
     per_device_train_batch_size: int = 8
     learning_rate: float = 2e-4
@@ -278,6 +288,10 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
                              "--num_train_epochs epochs.")
         if self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds}: give how many seeds to train each variant with, >= 1.")
+        if self.plateau_patience is not None and (self.plateau_patience < 1 or not 0 <= self.plateau_min_improvement
+                                                  < 1):
+            raise ValueError(f"--plateau_patience {self.plateau_patience} / --plateau_min_improvement "
+                             f"{self.plateau_min_improvement}: give evaluations >= 1 and a fraction in [0, 1).")
         if self.seeds > 1 and (self.publish_to_hub or self.hub_dry_run):
             raise ValueError(f"--seeds {self.seeds} with --push_to_hub/--hub_dry_run: a Hub repository holds one "
                              "model; train the seeds, then publish the one you choose with publish.py.")
@@ -370,7 +384,7 @@ def training_manifest(variant: int | str, base, trainer, result, model_args: Mod
                       training_args: TrainingRunArguments, triplets: Triplets, *, batch: ContrastiveBatch,
                       parameters: TrainableParameters, seconds: float) -> TrainingManifest:
     """What ran, for `training_manifest.json` (and the model card)."""
-    arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
+    arguments = run_arguments(model_args, data_args, training_args)
     return TrainingManifest(
         variant=variant,
         backbone=model_args.backbone,
@@ -386,6 +400,7 @@ def training_manifest(variant: int | str, base, trainer, result, model_args: Mod
         contrastive_batch=batch,
         trainable_parameters=parameters,
         global_steps=result.global_step,
+        stop=stop_record(trainer, training_args),
         train_runtime_s=round(seconds, 1),
         loss_history=[(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
         eval_history=[(entry["step"], entry["eval_loss"], entry.get("eval_recall_at_1"))
@@ -399,13 +414,52 @@ def training_manifest(variant: int | str, base, trainer, result, model_args: Mod
 CHECKPOINT_RECORD = "poolattn_checkpoint.json"
 
 
+def run_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> dict:
+    """Every argument of a run, flat and JSON-safe (`TrainingManifest.hyperparameters`)."""
+    arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
+    return json.loads(json.dumps(arguments, default=str))
+
+
+def resume_recipe(variant, model_args: ModelArguments, data_args: DataArguments,
+                  training_args: TrainingRunArguments) -> dict:
+    """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
+    and the data's fingerprint (the files' content, `data.fingerprint_files`)."""
+    from .data import fingerprint_files
+
+    arguments = run_arguments(model_args, data_args, training_args)
+    return {**recipe_arguments(arguments), "variant": variant, "seed": training_args.seed,
+            "data_seed": training_args.data_seed, "data_fingerprint": fingerprint_files(data_args.train_data)}
+
+
+def check_resume_recipe(checkpoint, recipe: dict) -> None:
+    """Refuse to resume from a checkpoint written by another recipe (learning rates, data, seed, design...), naming
+    each difference; a checkpoint without a recorded recipe (older poolattn) is resumed with a warning."""
+    record_file = Path(checkpoint) / CHECKPOINT_RECORD
+    try:
+        recorded = json.loads(record_file.read_text()).get("recipe")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if recorded is None:
+        logger.warning("%s records no recipe (written by an older poolattn, or damaged): resuming without checking "
+                       "that it was trained with these settings", checkpoint)
+        return
+    differences = [f"{key}: {recorded.get(key)!r} there, {recipe.get(key)!r} now"
+                   for key in sorted(set(recorded) | set(recipe)) if recorded.get(key) != recipe.get(key)]
+    if differences:
+        raise TrainingSetupError(
+            f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
+            "would train the rest of the run on the old ones. Resume with the same flags, or train again with "
+            "--overwrite_output_dir true (or another --output_dir).")
+
+
 class CheckpointRecord:
     """A Trainer callback that writes `poolattn_checkpoint.json` into every checkpoint: the backbone (as given and as
-    resolved) and the model's `PoolAttnConfig`, which the adapter files alone do not hold (`load_checkpoint`)."""
+    resolved), the model's `PoolAttnConfig`, which the adapter files alone do not hold (`load_checkpoint`), and the
+    recipe a resumed run is checked against (`check_resume_recipe`)."""
 
-    def __init__(self, backbone: str, backbone_path: str, config):
+    def __init__(self, backbone: str, backbone_path: str, config, recipe: dict | None = None):
         self.record = {"backbone": backbone, "backbone_path": str(backbone_path),
-                       "poolattn_config": config.to_diff_dict()}
+                       "poolattn_config": config.to_diff_dict(), "recipe": recipe}
 
     def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
         if name.startswith("on_"):
@@ -417,7 +471,7 @@ class CheckpointRecord:
 
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            (folder / CHECKPOINT_RECORD).write_text(json.dumps(self.record, indent=2) + "\n")
+            write_json(folder / CHECKPOINT_RECORD, self.record)
 
 
 def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel:
@@ -463,13 +517,36 @@ def restore_finished_run(trainer, checkpoint: str | None):
         return None  # nothing to restore here: the Trainer resumes (or explains why it cannot)
     state_file = Path(checkpoint) / "trainer_state.json"
     state = TrainerState.load_from_json(str(state_file))
-    if state.global_step < trainer.args.max_steps:
+    rule = plateau_rule(trainer.args)
+    at_plateau = rule is not None and rule.step(state.log_history) is not None
+    if state.global_step < trainer.args.max_steps and not at_plateau:
         return None
     trainer._load_from_checkpoint(checkpoint)  # the weights (adapter + head, or the full model) of that step
     trainer.state = state
-    logger.info("%s already reached max_steps=%d: exporting it without training", checkpoint, trainer.args.max_steps)
+    logger.info("%s already %s: exporting it without training", checkpoint,
+                "reached the plateau" if at_plateau else f"reached max_steps={trainer.args.max_steps}")
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def plateau_rule(training_args) -> PlateauRule | None:
+    """The run's plateau rule (`--plateau_patience`), or None."""
+    patience = getattr(training_args, "plateau_patience", None)
+    return PlateauRule(patience, training_args.plateau_min_improvement) if patience else None
+
+
+def stop_record(trainer, training_args) -> StopRecord:
+    """Why and where training ended: the plateau rule, the Trainer's early stopping, or the cap."""
+    state, rule = trainer.state, plateau_rule(training_args)
+    evaluations = [(entry["step"], entry["eval_loss"]) for entry in state.log_history if "eval_loss" in entry]
+    best = min(evaluations, key=lambda item: item[1]) if evaluations else (None, None)
+    plateau_at = rule.step(state.log_history) if rule else None
+    reason = ("plateau" if plateau_at is not None else "max_steps" if state.global_step >= training_args.max_steps > 0
+              else "early_stopping" if getattr(training_args, "load_best_model_at_end", False) else "end_of_data")
+    every = training_args.eval_steps if evaluations else None
+    return StopRecord(reason=reason, step=state.global_step, cap=training_args.max_steps,
+                      rule=rule.describe(every=every, cap=training_args.max_steps) if rule else None,
+                      best_step=best[0], best_eval_loss=best[1])
 
 
 def train_variant(variant: int | str, model_args: ModelArguments, data_args: DataArguments,
@@ -494,7 +571,12 @@ def train_variant(variant: int | str, model_args: ModelArguments, data_args: Dat
         # queries' count (and so dropping hard negatives); sharded, each process reads the stream and takes its rows
         training_args.accelerator_config.dispatch_batches = False
     train_dataset = triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows)
-    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, base.config)]
+    recipe = resume_recipe(variant, model_args, data_args, training_args)
+    if training_args.resume_from_checkpoint:
+        check_resume_recipe(training_args.resume_from_checkpoint, recipe)
+    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, base.config, recipe)]
+    if training_args.plateau_patience:
+        callbacks.append(PlateauStopping(plateau_rule(training_args)))
     if data_args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
@@ -527,6 +609,33 @@ def train_variant(variant: int | str, model_args: ModelArguments, data_args: Dat
                                check_texts=check_texts, manifest=manifest)
     logger.info("variant %s: model written to %s", variant, destination)
     return destination
+
+
+def export_untrained(variant: int | str, model_args: ModelArguments, training_args: TrainingRunArguments,
+                     destination) -> Path:
+    """The control of a run: the model a run of `variant` with this seed starts from (the raw backbone and the head
+    as `train_variant` initialises it: same seed, same config), exported like a trained model with a manifest of 0
+    steps, so evaluation scores it as it scores the trained one. Written once; an existing export is kept."""
+    destination = Path(destination)
+    if (destination / MANIFEST_FILE).is_file():
+        return destination
+    backbone_path = resolve_backbone(model_args.backbone)
+    set_seed(training_args.seed)
+    model = PoolAttnEmbeddingModel.from_backbone(
+        backbone_path, variant=variant, dtype=getattr(torch, model_args.model_dtype),
+        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+        **model_args.overrides,
+    )
+    arguments = json.loads(json.dumps({**asdict(model_args), **training_args.to_sanitized_dict()}, default=str))
+    manifest = TrainingManifest(
+        variant=variant, backbone=model_args.backbone, model_name=model_args.model_name_for(variant),
+        seed=training_args.seed, global_steps=0, stop=StopRecord(reason="untrained", step=0),
+        trainable_parameters=TrainableParameters.of(model), libraries=library_versions(),
+        poolattn_config=model.config.to_diff_dict(), hyperparameters=arguments)
+    written = export_model(model, model.get_tokenizer(), destination, check_texts=["an untrained control"],
+                           manifest=manifest)
+    logger.info("variant %s, seed %d: untrained control written to %s", variant, training_args.seed, written)
+    return written
 
 
 def batch_sampling(data_args: DataArguments, triplets: Triplets) -> str:
@@ -598,10 +707,11 @@ def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: T
         for index, source in enumerate(triplets.sources):
             source.examples = sum(row["source"] == index for row in triplets.rows)
     evaluating = training_args.eval_strategy != IntervalStrategy.NO
-    if rows is None and (evaluating or training_args.load_best_model_at_end or data_args.early_stopping_patience):
+    if rows is None and (evaluating or training_args.load_best_model_at_end or data_args.early_stopping_patience
+                         or training_args.plateau_patience):
         raise TrainingSetupError(
-            "--eval_strategy, --load_best_model_at_end and --early_stopping_patience need evaluation "
-            "data: give --eval_data FILE or --eval_fraction 0.05.")
+            "--eval_strategy, --load_best_model_at_end, --early_stopping_patience and --plateau_patience need "
+            "evaluation data: give --eval_data FILE or --eval_fraction 0.05.")
     eval_batch = training_args.per_device_eval_batch_size * training_args.world_size
     if rows is not None and len(rows) < eval_batch:
         raise TrainingSetupError(
@@ -638,10 +748,12 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
             raise TrainingSetupError(
                 f"{planned.output_dir} holds an earlier run ({', '.join(path.name for path in earlier[:3])}); give "
                 "another --output_dir, --resume_from_checkpoint true to keep finished runs and continue the others, "
-                "or --overwrite_output_dir to train again (its checkpoints are removed, its model replaced).")
-        for checkpoint in planned.output_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
-            logger.info("removed %s (--overwrite_output_dir)", checkpoint)
+                "or --overwrite_output_dir to train again (its checkpoints and model are removed first).")
+        # the earlier model goes too: a run killed before its own export must not resume into the earlier model
+        for path in [*planned.output_dir.glob("checkpoint-*"), planned.model]:
+            if path.exists():
+                shutil.rmtree(path)
+                logger.info("removed %s (--overwrite_output_dir)", path)
 
 
 @dataclass(frozen=True)

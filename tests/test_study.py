@@ -158,3 +158,65 @@ def test_ablation_arms_get_their_own_figure_beside_their_base():
     assert [item.row.key for item in groups["study_ablation.png"][1]] == ["v5", "arm-last_4", "arm-middle_4"]
     without_arms = study.figure_groups([item for item in scored if item.row.kind != "arm"])
     assert list(without_arms) == ["study.png"]  # no arm, no second figure
+
+
+def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plateau(tiny_backbone_folder,
+                                                                                    triplets_file, tmp_path,
+                                                                                    monkeypatch):
+    """--tune --plateau --controls: every row's rates come from the grid on held-out training rows, before any task is
+    read (every door to task data fails the test until every row has its choice); the runs then train to the
+    plateau, and every row has its untrained control."""
+    from poolattn import evaluation, local_tasks, tuning
+
+    argv = ["--designs", "1,2", "--seeds", "1", "--data-dir", str(tiny_suite(tmp_path / "data")), "--budget", "0",
+            "--output", str(tmp_path / "study"), "--tune", "--tune-learning-rates", "1e-3,1e-2",
+            "--tune-head-learning-rates", "1e-3,1e-1", "--tune-steps", "2", "--tune-eval-steps", "1", "--plateau",
+            "--plateau-patience", "1", "--plateau-eval-steps", "1", "--plateau-max-steps", "6",
+            "--held-out-fraction", "0.34", "--held-out-batch-size", "4", "--controls", "--",
+            "--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--per_device_train_batch_size", "4",
+            "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    output = _checked.study = tmp_path / "study"
+
+    # every door to the evaluation tasks checks that every row's choice is made before it opens
+    for module, name in ((evaluation, "evaluate_models"), (study, "evaluate_models"), (local_tasks, "load_task"),
+                         (local_tasks, "stock_task"), (mteb, "get_tasks"), (mteb, "evaluate")):
+        door = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, door=door, **k: _checked(door, *a, **k))
+    assert cli.run_study_command(argv) == 0
+
+    tuned = tuning.read_tuning(output)
+    assert [(p.learning_rate, p.head_learning_rate) for p in tuned["v1"].points] == [(1e-3, None), (1e-2, None)]
+    assert len(tuned["v2"].points) == 4 and all(len(p.curve) == 2 for p in tuned["v2"].points)
+    for row in tuned.values():  # the choice is the lowest held-out loss at the proxy's last evaluation
+        assert row.choice.final_loss == min(point.final_loss for point in row.points)
+    plan = study.StudyPlan.read(output)
+    by_key = {item.row.key: item for item in study.collect(plan, output)}
+    for key in ("v1", "v2"):
+        manifest = by_key[key].models[0].manifest
+        choice = tuned[key].choice
+        assert manifest.settings.learning_rate == choice.learning_rate
+        assert manifest.settings.head_learning_rate == choice.head_learning_rate
+        assert manifest.stop.reason in ("plateau", "max_steps") and manifest.global_steps <= 6
+        assert manifest.eval_history  # the held-out curve the rule read
+        control = by_key[key].controls.runs[0]
+        assert control.origin.seed == 42 and set(control.scores) == {"BIOSSES", "EmotionClassification",
+                                                                     "TwentyNewsgroupsClustering"}
+    report = (output / "report" / "study.md").read_text()
+    for section in ("## Tuning", "## Training to a plateau", "· step 0"):
+        assert section in report
+    assert (output / "report" / "tuning.png").stat().st_size > 0
+    assert (output / "report" / "curves.png").stat().st_size > 0
+    table = read_csv(output / "report" / "study_table.csv")
+    assert {row["kind"] for row in table} >= {"variant", "control"}
+    # a resumed study with another grid is refused, not mixed in
+    with pytest.raises(SystemExit, match="another tuning / plateau setting"):
+        cli.run_study_command([*argv[: argv.index("1e-3,1e-2")], "1e-4", *argv[argv.index("1e-3,1e-2") + 1:]])
+
+
+def _checked(door, *args, **kwargs):
+    from poolattn import tuning
+
+    tuned = tuning.read_tuning(_checked.study)
+    assert set(tuned) == {"v1", "v2"} and all(row.chosen is not None for row in tuned.values()), (
+        "task data read before every row's rates were chosen")
+    return door(*args, **kwargs)

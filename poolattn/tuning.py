@@ -1,0 +1,192 @@
+"""Every row of a study at its best: learning rates chosen per row on held-out training rows, then training to a
+plateau of the held-out loss. Nothing here reads an evaluation task: the choice rests on the training data alone.
+
+Tuning (`TuningGrid`): each row is trained with every point of a small grid (the backbone adapter's rate x the pooling
+head's rate; rows without a head, EOS-last and mean pooling, only the first) for a short proxy (`steps`) on the
+study's first seed, with `eval_fraction` of the training rows held out (the same rows for every point and every row)
+and scored every `eval_steps` (contrastive loss, in-batch recall@1). The point with the lowest held-out loss at the
+proxy's last evaluation is the row's rates. Every point's curve is kept in `tuning.json`, so the report shows what each
+choice rests on, and a point already recorded is not trained again (the study resumes point by point).
+
+Training to a plateau (`PlateauSettings`): the rows' runs then train with their rates until the held-out loss stops
+improving (`plateau.PlateauRule`), with a cap; the report gives the steps each run took.
+
+>>> TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[1e-3, 1e-2]).points(has_head=True)
+[(0.0001, 0.001), (0.0001, 0.01), (0.0003, 0.001), (0.0003, 0.01)]
+>>> TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[1e-3, 1e-2]).points(has_head=False)
+[(0.0001, None), (0.0003, None)]
+"""
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS
+from .files import read_json, write_json
+from .manifest import MANIFEST_FILE, TrainingManifest
+
+logger = logging.getLogger(__name__)
+
+TUNING_FILE = "tuning.json"
+
+
+@dataclass
+class TuningGrid:
+    """The rates tried per row, and the proxy run each is judged by."""
+
+    learning_rates: list[float]
+    head_learning_rates: list[float] = field(default_factory=list)
+    steps: int = 30
+    eval_steps: int = 10
+    eval_fraction: float = 0.01
+    eval_batch_size: int = 16
+
+    def __post_init__(self):
+        if not self.learning_rates or any(not rate > 0 for rate in [*self.learning_rates,
+                                                                      *self.head_learning_rates]):
+            raise ValueError(f"tuning grid: give one or more learning rates > 0; got {self.learning_rates} and head "
+                             f"rates {self.head_learning_rates}.")
+        if self.steps < 1 or not 1 <= self.eval_steps <= self.steps or not 0 < self.eval_fraction < 1:
+            raise ValueError(f"tuning proxy: steps {self.steps} >= 1, eval_steps {self.eval_steps} in [1, steps], "
+                             f"eval_fraction {self.eval_fraction} in (0, 1).")
+
+    def points(self, *, has_head: bool) -> list[tuple[float, float | None]]:
+        heads = self.head_learning_rates if has_head and self.head_learning_rates else [None]
+        return [(rate, head) for rate in self.learning_rates for head in heads]
+
+    def describe(self) -> str:
+        heads = ", ".join(f"{rate:g}" for rate in self.head_learning_rates) or "the backbone's rate"
+        return (f"adapter rate {{{', '.join(f'{rate:g}' for rate in self.learning_rates)}}} x pooling head rate "
+                f"{{{heads}}} (rows without a head: the adapter rates alone); each point trained {self.steps} steps "
+                f"on the first seed with {self.eval_fraction:.0%} of the training rows held out, scored every "
+                f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation")
+
+
+@dataclass
+class PlateauSettings:
+    """How every row's runs are trained after tuning: to the plateau of the held-out loss, with a cap."""
+
+    patience: int = 3
+    min_improvement: float = 0.01
+    eval_steps: int = 20
+    max_steps: int = 300
+    eval_fraction: float = 0.01
+    eval_batch_size: int = 16
+
+    def training_flags(self) -> list[str]:
+        return ["--plateau_patience", str(self.patience), "--plateau_min_improvement", str(self.min_improvement),
+                "--save_steps", str(self.eval_steps), "--max_steps", str(self.max_steps),
+                "--eval_fraction", str(self.eval_fraction), "--per_device_eval_batch_size", str(self.eval_batch_size)]
+
+
+@dataclass
+class TuningPoint:
+    """One grid point of one row: its rates and its held-out curve ([step, loss, recall@1] per evaluation)."""
+
+    learning_rate: float
+    head_learning_rate: float | None
+    curve: list = field(default_factory=list)
+    train_runtime_s: float | None = None
+    layer_weights_mean_abs: float | None = None  # the head's layer-weight matrix after the proxy (None: none)
+
+    @property
+    def final_loss(self) -> float:
+        return self.curve[-1][1]
+
+    def label(self) -> str:
+        head = f", head {self.head_learning_rate:g}" if self.head_learning_rate is not None else ""
+        return f"lr {self.learning_rate:g}{head}"
+
+
+@dataclass
+class RowTuning:
+    """A row's tuning: every point tried and the one chosen (`chosen` indexes `points`)."""
+
+    row: str
+    seed: int
+    points: list[TuningPoint] = field(default_factory=list)
+    chosen: int | None = None
+
+    @property
+    def choice(self) -> TuningPoint | None:
+        return self.points[self.chosen] if self.chosen is not None else None
+
+    def point(self, learning_rate: float, head_learning_rate: float | None) -> TuningPoint | None:
+        return next((point for point in self.points if (point.learning_rate, point.head_learning_rate)
+                     == (learning_rate, head_learning_rate)), None)
+
+
+def layer_weight_size(model_folder) -> float | None:
+    """Mean |w| of an exported model's layer-weight matrix (`pooler.layer_weights`), or None without one."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(model_folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                if name.endswith("pooler.layer_weights"):
+                    return float(handle.get_tensor(name).abs().mean())
+    return None
+
+
+def has_head(variant, overrides: dict | None = None) -> bool:
+    """Whether a design has a trainable pooling head (and so a head rate to tune)."""
+    pooling = (overrides or {}).get("pooling", DESIGNS[variant]["pooling"])
+    return pooling in TRAINABLE_POOLINGS
+
+
+def read_tuning(output) -> dict[str, RowTuning]:
+    """`tuning.json` of a study folder: row key -> its tuning ({} when nothing has been tuned)."""
+    path = Path(output) / TUNING_FILE
+    if not path.is_file():
+        return {}
+    values = read_json(path, recovery="delete it to tune again (the points are trained anew), or restore it")
+    return {key: RowTuning(row=entry["row"], seed=entry["seed"], chosen=entry.get("chosen"),
+                           points=[TuningPoint(**point) for point in entry["points"]])
+            for key, entry in values["rows"].items()}
+
+
+def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning]) -> Path:
+    path = Path(output) / TUNING_FILE
+    write_json(path, {"grid": asdict(grid), "rows": {key: asdict(value) for key, value in tuned.items()}})
+    return path
+
+
+def choose(points: list[TuningPoint]) -> int:
+    """The point with the lowest held-out loss at its last evaluation (ties: the earlier point, lower rates)."""
+    return min(range(len(points)), key=lambda index: (points[index].final_loss, index))
+
+
+def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int, output, train) -> RowTuning:
+    """Train every grid point of one row for the proxy (resuming: recorded points are kept) and choose its rates.
+
+    `train(learning_rate, head_learning_rate, folder) -> exported folder` runs one proxy training (the study passes
+    train.py with the row's flags); the point's folder is removed once its curve is recorded.
+    """
+    output = Path(output)
+    tuned = read_tuning(output)
+    row = tuned.get(key) or RowTuning(row=key, seed=seed)
+    for rate, head in grid.points(has_head=has_head(variant, overrides)):
+        if row.point(rate, head) is not None:
+            continue
+        folder = output / "tuning" / key / (f"lr{rate:g}" + (f"-head{head:g}" if head is not None else ""))
+        exported = train(rate, head, folder)
+        manifest = TrainingManifest.read(exported) if (Path(exported) / MANIFEST_FILE).is_file() else None
+        if manifest is None or not manifest.eval_history:
+            raise RuntimeError(f"{exported}: the tuning run recorded no held-out evaluation; it cannot be judged.")
+        row.points.append(TuningPoint(rate, head, [list(entry) for entry in manifest.eval_history],
+                                      manifest.train_runtime_s, layer_weight_size(exported)))
+        tuned = read_tuning(output)
+        tuned[key] = row
+        write_tuning(output, grid, tuned)
+        shutil.rmtree(folder)
+        logger.info("tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(), row.points[-1].final_loss)
+    in_grid = grid.points(has_head=has_head(variant, overrides))
+    current = [index for index, point in enumerate(row.points)
+               if (point.learning_rate, point.head_learning_rate) in in_grid]
+    row.chosen = current[choose([row.points[index] for index in current])]
+    tuned = read_tuning(output)
+    tuned[key] = row
+    write_tuning(output, grid, tuned)
+    logger.info("tuning %s: chose %s", key, row.choice.label())
+    return row

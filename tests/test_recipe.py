@@ -1,0 +1,162 @@
+"""The recipe of a run: the pooling head's own learning rate, training to a plateau, and resuming only into the same
+recipe (tiny backbone, CPU)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import TINY_RUN
+
+from poolattn import training
+from poolattn.manifest import head_parameter
+from poolattn.plateau import plateau_step
+from poolattn.trainer import ContrastiveTrainer
+
+
+def common(backbone, data, output, *extra):
+    return ["--variant", "5", "--backbone", backbone, "--train_data", data, "--output_dir", str(output), *TINY_RUN,
+            *extra]
+
+
+def test_the_head_rate_reaches_only_the_head_and_survives_resume(tiny_backbone_folder, triplets_file, tmp_path,
+                                                                  monkeypatch):
+    seen = {}
+    original_step = ContrastiveTrainer.training_step
+
+    def record_groups(self, *args, **kwargs):
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        seen[self.state.global_step] = [
+            (group["lr"], {head_parameter(names[id(parameter)]) for parameter in group["params"]})
+            for group in self.optimizer.param_groups]
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", record_groups)
+    # no warmup, linear decay over 4 steps: step k (0-based) runs at rate x (1 - k/4) in every group
+    exported = training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "run",
+                                    "--head_learning_rate", "5e-2"))[0]
+    for step, groups in seen.items():
+        factor = 1 - step / 4
+        assert all(len(kinds) == 1 for _, kinds in groups)  # no group mixes head and backbone parameters
+        assert {next(iter(kinds)) for _, kinds in groups} == {True, False}
+        for rate, kinds in groups:
+            expected = (5e-2 if True in kinds else 1e-2) * factor
+            assert rate == pytest.approx(expected, rel=1e-6), (step, kinds)
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert manifest["settings"]["head_learning_rate"] == 5e-2 and manifest["settings"]["learning_rate"] == 1e-2
+
+    # killed after checkpoint-2, resumed: the head keeps its own rate, and the model equals the straight run's
+    seen.clear()
+
+    def crash_after_two(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return record_groups(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_two)
+    arguments = common(tiny_backbone_folder, triplets_file, tmp_path / "resumed", "--head_learning_rate", "5e-2")
+    with pytest.raises(KeyboardInterrupt):
+        training.main(arguments)
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", record_groups)
+    seen.clear()
+    resumed = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
+    assert sorted(seen) == [2, 3]
+    for rate, kinds in seen[2]:
+        assert rate == pytest.approx((5e-2 if True in kinds else 1e-2) * 0.5, rel=1e-6)
+    expected, actual = load_file(exported / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+    original_step = ContrastiveTrainer.training_step
+
+    def crash_after_two(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_two)
+    output = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        training.main(common(tiny_backbone_folder, triplets_file, output))
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
+    with pytest.raises(training.TrainingSetupError, match=r"head_learning_rate: 'None' there, 0\.05 now"):
+        training.main(common(tiny_backbone_folder, triplets_file, output, "--head_learning_rate", "5e-2",
+                             "--resume_from_checkpoint", "true"))
+    with pytest.raises(training.TrainingSetupError, match=r"seed: 42 there, 7 now"):
+        training.main(common(tiny_backbone_folder, triplets_file, output, "--seed", "7",
+                             "--resume_from_checkpoint", "true"))
+    # the same file name with other rows is other data
+    rows = [json.loads(line) for line in open(triplets_file)]
+    with open(triplets_file, "w") as handle:
+        handle.writelines(json.dumps({**row, "query": row["query"] + " again"}) + "\n" for row in rows)
+    with pytest.raises(training.TrainingSetupError, match="data_fingerprint"):
+        training.main(common(tiny_backbone_folder, triplets_file, output, "--resume_from_checkpoint", "true"))
+    assert not (output / "model").exists()
+
+
+def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(tiny_backbone_folder, triplets_file, tmp_path,
+                                                                       monkeypatch):
+    output = tmp_path / "run"
+    training.main(common(tiny_backbone_folder, triplets_file, output))
+    original_step = ContrastiveTrainer.training_step
+
+    def crash_at_once(self, *args, **kwargs):
+        raise KeyboardInterrupt("simulated kill before the first checkpoint")
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        training.main(common(tiny_backbone_folder, triplets_file, output, "--learning_rate", "5e-3",
+                             "--overwrite_output_dir", "true"))
+    assert not (output / "model").exists()  # nothing for a resume to call "finished already"
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
+    again = training.main(common(tiny_backbone_folder, triplets_file, output, "--learning_rate", "5e-3",
+                                 "--resume_from_checkpoint", "true"))[0]
+    assert json.loads((again / "training_manifest.json").read_text())["settings"]["learning_rate"] == 5e-3
+
+
+def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+    # a held-out loss that stops improving after the first evaluation: the rule stops at the third (patience 2)
+    losses = iter([2.0, 1.999, 1.998, 1.5, 1.4, 1.3])
+    original_loop = ContrastiveTrainer.evaluation_loop
+
+    def scripted_loss(self, *args, **kwargs):
+        output = original_loop(self, *args, **kwargs)
+        output.metrics["eval_loss"] = next(losses)
+        return output
+
+    monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
+    arguments = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                 "--output_dir", str(tmp_path / "run"), "--eval_fraction", "0.34", "--per_device_eval_batch_size", "4",
+                 "--plateau_patience", "2", "--plateau_min_improvement", "0.01",
+                 *TINY_RUN[:TINY_RUN.index("--max_steps")], "--max_steps", "12",
+                 *TINY_RUN[TINY_RUN.index("--max_steps") + 2:]]
+    arguments[arguments.index("--save_steps") + 1] = "1"
+    exported = training.main(arguments)[0]
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert manifest["global_steps"] == 3 and [step for step, _, _ in manifest["eval_history"]] == [1, 2, 3]
+    stop = manifest["stop"]
+    assert (stop["reason"], stop["step"], stop["cap"], stop["best_step"]) == ("plateau", 3, 12, 3)
+    assert "1% for 2 evaluations in a row (one every 1 steps), or at 12 steps" in stop["rule"]
+    # a checkpoint written at the plateau is a finished run: resuming exports it without a step more
+    shutil.rmtree(exported)
+    losses = iter([9.0])  # would move the rule if an evaluation ran
+    again = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
+    assert json.loads((again / "training_manifest.json").read_text())["global_steps"] == 3
+    # without a plateau the cap ends the run, and the record says so
+    capped = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                            "--output_dir", str(tmp_path / "capped"), *TINY_RUN])[0]
+    assert json.loads((capped / "training_manifest.json").read_text())["stop"]["reason"] == "max_steps"
+    with pytest.raises(ValueError, match="--plateau_patience need evaluation data"):
+        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--plateau_patience", "2",
+                       "--output_dir", str(tmp_path / "never")])
+
+
+def test_plateau_step_counts_evaluations_without_a_relative_improvement():
+    history = [{"step": s, "eval_loss": v} for s, v in [(1, 1.0), (2, 0.995), (3, 0.98), (4, 0.9)]]
+    assert plateau_step(history, patience=2, min_improvement=0.01) is None  # 0.98 < 0.99: an improvement
+    assert plateau_step(history, patience=1, min_improvement=0.01) == 2
+    assert plateau_step(history, patience=1, min_improvement=0.0) is None  # every step improves
+    assert plateau_step([{"step": 1, "loss": 3.0}], patience=1, min_improvement=0.01) is None
