@@ -121,6 +121,7 @@ def _run_models(args) -> int:
         skip_missing=args.skip_missing,
         batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
         overwrite=args.overwrite, onnx_file=args.onnx, truncate_dim=args.truncate_dim,
+        trust_remote_code=args.trust_remote_code,
     )
     for name, reason in run.passed_over.items():
         print(f"passed over: {name} ({reason})")
@@ -170,6 +171,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
     run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="let a model folder run its own code (a sentence-transformers model's, or a tokenizer's "
+                          "auto_map); poolattn folders never need it: the package's classes load them")
     run.add_argument("--truncate-dim", type=int, metavar="N",
                      help="score embeddings cut to their first N dims, a size the models were trained for "
                           "(train.py --matryoshka_dims), stored under the revision <fingerprint>-dimN")
@@ -364,6 +368,9 @@ def mine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replace_given", action="store_true", help="drop the rows' given negatives")
     parser.add_argument("--query_instruction", help="query instruction for a poolattn model (Instruct: ...)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="let the model folder run its own code (a sentence-transformers model's, or a "
+                             "tokenizer's auto_map); poolattn folders never need it")
     return parser
 
 
@@ -378,7 +385,8 @@ def mine(argv: list[str] | None = None) -> int:
         replace_given=args.replace_given, query_instruction=args.query_instruction, batch_size=args.batch_size,
     )
     try:
-        run = mining.mine_hard_negatives(args.train_data, args.model, output=args.output, settings=settings)
+        run = mining.mine_hard_negatives(args.train_data, args.model, output=args.output, settings=settings,
+                                         trust_remote_code=args.trust_remote_code)
     except ValueError as error:  # MiningError, TripletDataError
         sys.exit(f"mine: {error}")
     for source in run.sources:

@@ -28,6 +28,7 @@ from .results import (
     category_rank,
     group_replicates,
     mean,
+    read_run_settings,
     read_runs,
     results_folder,
     write_run_settings,
@@ -64,23 +65,57 @@ NO_INSTRUCTIONS = "no-instructions"
 
 
 def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True,
-                        onnx_file: str | None = None, truncate_dim: int | None = None) -> str:
+                        onnx_file: str | None = None, truncate_dim: int | None = None,
+                        max_length: int | None = None) -> str:
     """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget,
     `-no-instructions` when a poolattn model was scored without its task instructions, `-onnx` (`-onnx-qint8`,
-    ...) when its ONNX export was scored in ONNX Runtime, and `-dim<N>` for embeddings cut to their first N dims, so
-    that no two settings ever share (or are skipped as already done by) each other's results.
+    ...) when its ONNX export was scored in ONNX Runtime, `-dim<N>` for embeddings cut to their first N dims and
+    `-len<N>` for texts cut to N tokens (`--max-length`), so that no two settings ever share (or are skipped as
+    already done by) each other's results. The task data is checked per task (`stale_results`).
 
     >>> evaluation_revision("0123abcd", budget=100, instructions=False)
     '0123abcd-budget100-no-instructions'
-    >>> evaluation_revision("0123abcd", onnx_file="onnx/model_qint8.onnx", truncate_dim=64)
-    '0123abcd-onnx-qint8-dim64'
+    >>> evaluation_revision("0123abcd", onnx_file="onnx/model_qint8.onnx", truncate_dim=64, max_length=128)
+    '0123abcd-onnx-qint8-dim64-len128'
     """
     revision = budget_revision(revision, budget)
     revision = revision if instructions else f"{revision}-{NO_INSTRUCTIONS}"
     if onnx_file:
         stem = Path(onnx_file).name.removesuffix(".onnx").removeprefix("model").strip("_-")
         revision = f"{revision}-onnx" + (f"-{stem}" if stem else "")
-    return f"{revision}-dim{truncate_dim}" if truncate_dim else revision
+    revision = f"{revision}-dim{truncate_dim}" if truncate_dim else revision
+    return f"{revision}-len{max_length}" if max_length else revision
+
+
+def task_data_fingerprint(name: str, data_dir) -> str | None:
+    """A hash of a task's local copy (`<data_dir>/<name>`: every file's path and bytes), or None for a task read
+    from the Hub (mteb pins its dataset revision itself)."""
+    import hashlib
+
+    folder = Path(data_dir) / name if data_dir else None
+    if folder is None or not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> list[str]:
+    """Remove the results (and predictions) in `folder` of every task whose data changed since it was scored (its
+    recorded fingerprint differs, or none was recorded for a local copy), so that mteb scores it again; the names."""
+    recorded = read_run_settings(folder).get("task_data", {})
+    stale = []
+    for name, fingerprint in fingerprints.items():
+        result = folder / f"{name}.json"
+        if result.is_file() and fingerprint is not None and recorded.get(name) != fingerprint:
+            result.unlink()
+            (folder / PREDICTIONS_FOLDER / f"{name}_predictions.json").unlink(missing_ok=True)
+            stale.append(name)
+    return stale
 
 
 def check_truncate_dim(model: str, truncate_dim: int) -> None:
@@ -99,23 +134,24 @@ def check_truncate_dim(model: str, truncate_dim: int) -> None:
 
 
 def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                 onnx_file: str | None = None, truncate_dim: int | None = None, budget: int | None = None):
+                 onnx_file: str | None = None, truncate_dim: int | None = None, budget: int | None = None,
+                 trust_remote_code: bool = False):
     """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
     given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id). Its `ModelMeta`
     revision is the weights' fingerprint with these settings' suffixes (`evaluation_revision`)."""
     from .mteb_encoder import PoolAttnEncoder
 
     encoder = _encoder_of(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                          onnx_file=onnx_file, truncate_dim=truncate_dim)
+                          onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
     prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
     revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget, instructions=prompted,
-                                   onnx_file=onnx_file, truncate_dim=truncate_dim)
+                                   onnx_file=onnx_file, truncate_dim=truncate_dim, max_length=max_length)
     encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
     return encoder
 
 
 def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                onnx_file: str | None, truncate_dim: int | None):
+                onnx_file: str | None, truncate_dim: int | None, trust_remote_code: bool = False):
     from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
 
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
@@ -125,7 +161,7 @@ def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instruct
         name = model if folder != model and exported.manifest is None else exported.mteb_name
         return PoolAttnEncoder(folder, name=name, revision=exported.fingerprint, batch_size=batch_size,
                                max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {},
-                               onnx_file=onnx_file, truncate_dim=truncate_dim)
+                               onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
     if onnx_file or truncate_dim:
         flag = "--onnx scores a poolattn model's ONNX export" if onnx_file else \
             "--truncate-dim scores a poolattn model at a size it was trained for"
@@ -141,7 +177,7 @@ def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instruct
                        "instructions), so these are that model's scores. Give the `model/` folder training exported "
                        "to score a poolattn design.", model)
     try:
-        transformer = SentenceTransformer(model)
+        transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise EvaluationError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
                               f"it as a folder or Hub id ({str(error).splitlines()[0]}).") from None
@@ -227,7 +263,8 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                     benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
                     budget: int | None = None, skip_missing: bool = False, batch_size: int = 32,
                     max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
-                    onnx_file: str | None = None, truncate_dim: int | None = None) -> EvaluationRun:
+                    onnx_file: str | None = None, truncate_dim: int | None = None,
+                    trust_remote_code: bool = False) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
 
     `budget` scores every task on at most that many units (`budget.py`), stored under the revision
@@ -263,6 +300,7 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
                  for name in task_names]
     except LocalTaskError as error:
         raise EvaluationError(str(error)) from None
+    fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
     cache = mteb.ResultCache(output)
     if onnx_file:
         from .onnx_poolattn import resolve_file
@@ -282,7 +320,8 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             check_truncate_dim(model, truncate_dim)
     for model in models:
         encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                               onnx_file=onnx_file, truncate_dim=truncate_dim, budget=budget)
+                               onnx_file=onnx_file, truncate_dim=truncate_dim, budget=budget,
+                               trust_remote_code=trust_remote_code)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
@@ -291,6 +330,9 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
         folder = results_folder(output, meta.name, meta.revision)
         predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
         predictions.mkdir(parents=True, exist_ok=True)
+        for name in stale_results(folder, fingerprints):
+            logger.warning("%s: %s was scored on other data than %s holds now (or on an unrecorded copy); "
+                           "scoring it again", meta.name, name, Path(data_dir) / name)
         result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
                                overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
                                show_progress_bar=True, prediction_folder=predictions)
@@ -300,7 +342,8 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
             "budget": budget, "training": dataclasses.asdict(origin) if origin else None, "onnx_file": onnx_file,
             "truncate_dim": truncate_dim,
-        }, infos)
+        }, infos, task_data={task_result.task_name: fingerprints.get(task_result.task_name)
+                             for task_result in result.task_results})
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
         run.failures += [TaskFailure(meta.name, error.task_name, str(error.exception)) for error in result.exceptions]

@@ -92,18 +92,18 @@ class MiningRun:
 class TextEncoder:
     """Normalised embeddings from a poolattn folder (queries with its prompt) or a sentence-transformers model."""
 
-    def __init__(self, model: str, *, batch_size: int, query_instruction: str | None):
+    def __init__(self, model: str, *, batch_size: int, query_instruction: str | None, trust_remote_code: bool = False):
         self.batch_size = batch_size
         if is_poolattn_folder(model):
             from .modeling_poolattn import PoolAttnEmbeddingModel
 
-            self.poolattn = PoolAttnEmbeddingModel.from_pretrained(model).eval()
+            self.poolattn = PoolAttnEmbeddingModel.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
             self.query_prompt = instruction_prompt(query_instruction)
         else:
             from sentence_transformers import SentenceTransformer
 
             try:
-                self.transformer = SentenceTransformer(model)
+                self.transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
             except OSError as error:
                 raise MiningError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
                                   f"it ({str(error).splitlines()[0]}).") from None
@@ -174,7 +174,8 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
     return mined_rows, report
 
 
-def mine_hard_negatives(train_data: str, model: str, *, output, settings: MiningSettings | None = None) -> MiningRun:
+def mine_hard_negatives(train_data: str, model: str, *, output, settings: MiningSettings | None = None,
+                        trust_remote_code: bool = False) -> MiningRun:
     """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
     and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
     settings = settings or MiningSettings()
@@ -184,7 +185,8 @@ def mine_hard_negatives(train_data: str, model: str, *, output, settings: Mining
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
     triplets = load_triplets(train_data, negatives_per_query=10**6)  # every given negative
     started = time.time()
-    encoder = TextEncoder(model, batch_size=settings.batch_size, query_instruction=settings.query_instruction)
+    encoder = TextEncoder(model, batch_size=settings.batch_size, query_instruction=settings.query_instruction,
+                          trust_remote_code=trust_remote_code)
     run = MiningRun(model, model_fingerprint(model) if Path(model).exists() else model, train_data, settings)
     by_file: dict[str, list[dict]] = {}
     for row in triplets.rows:  # a file split by negative count is mined as one source again

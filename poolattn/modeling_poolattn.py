@@ -346,6 +346,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         elif config.pooling == "multi_layer_latent":
             self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
         self.tokenizer = None  # set by from_backbone, or loaded from name_or_path by get_tokenizer()
+        self.trust_remote_code = False  # whether get_tokenizer may run a tokenizer's code from the folder
         self._attention_checked = config.attention == "causal"
         self._uses_pooling_mask = (
             config.pooling == "mean"
@@ -499,10 +500,13 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     # -- construction and I/O ---------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, *args, trust_remote_code: bool = False, **kwargs):
+        """transformers' `from_pretrained`; `trust_remote_code` is kept for the folder's tokenizer (`get_tokenizer`):
+        a tokenizer that asks to run code from the folder (`auto_map`) is refused unless it is True."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.check_attention()
+        model.trust_remote_code = bool(trust_remote_code)
         return loaded
 
     @classmethod
@@ -561,11 +565,16 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
     def get_tokenizer(self):
         """The tokenizer saved with the model (loaded once from `name_or_path`)."""
         if self.tokenizer is None:
+            trust = getattr(self, "trust_remote_code", False)
             try:
-                # This folder's code already runs (it defines this model), so reading its config.json for the
-                # tokenizer needs no second trust_remote_code prompt.
-                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
+                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=trust)
             except (OSError, ValueError) as error:
+                if "trust_remote_code" in str(error) and not trust:
+                    raise ValueError(
+                        f"The tokenizer of {self.name_or_path} asks to run code from that folder (its `auto_map`), "
+                        "which was not trusted. Load the model with `trust_remote_code=True` only if you trust that "
+                        "code, or give `model.tokenizer` yourself."
+                    ) from None
                 raise ValueError(
                     f"No tokenizer found with this model (name_or_path={self.name_or_path!r}): {error}. "
                     "Set `model.tokenizer = AutoTokenizer.from_pretrained(...)` or save the model with one."

@@ -26,7 +26,7 @@ def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: d
 
 
 def get_model(model: str, *, batch_size: int = 32, max_length: int | None = None, instructions: bool = True,
-              onnx_file: str | None = None, truncate_dim: int | None = None):
+              onnx_file: str | None = None, truncate_dim: int | None = None, trust_remote_code: bool = False):
     """`mteb.get_model` for poolattn models: a folder or Hub repository -> the encoder `evaluate.py run` scores, with
     its `ModelMeta` (the training manifest's name, the weights' fingerprint as revision, the settings' suffixes).
 
@@ -39,11 +39,12 @@ def get_model(model: str, *, batch_size: int = 32, max_length: int | None = None
     if truncate_dim is not None:
         check_truncate_dim(model, truncate_dim)  # before the weights load
     return load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                        onnx_file=onnx_file, truncate_dim=truncate_dim)
+                        onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
 
 
 class PoolAttnEncoder(AbsEncoder):
-    """Wraps `AutoModel.from_pretrained(path, trust_remote_code=True)` for `mteb.evaluate`.
+    """Wraps a poolattn folder, loaded with the package's own `PoolAttnEmbeddingModel` (no code from the folder runs;
+    `trust_remote_code` only for a tokenizer that asks for its own code), for `mteb.evaluate`.
 
     `name` (ORG/NAME, mteb's rule) and `revision` identify the model in mteb's results; poolattn's evaluation passes
     the exported model's name and weights fingerprint (`manifest.ExportedModel`).
@@ -51,16 +52,16 @@ class PoolAttnEncoder(AbsEncoder):
 
     def __init__(self, path: str, *, name: str, revision: str, batch_size: int = 32, max_length: int | None = None,
                  instructions: dict = TASK_INSTRUCTIONS, onnx_file: str | None = None,
-                 truncate_dim: int | None = None):
+                 truncate_dim: int | None = None, trust_remote_code: bool = False):
         if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
             from .onnx_poolattn import PoolAttnOnnxModel
 
             self.model = PoolAttnOnnxModel.from_pretrained(path, file_name=onnx_file)
             framework = ["ONNX"]
-        else:
-            from transformers import AutoModel
+        else:  # the package's own class: no code from the folder runs
+            from .modeling_poolattn import PoolAttnEmbeddingModel
 
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+            self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
             framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         self.truncate_dim = truncate_dim  # a Matryoshka size the model was trained for (encode checks it)

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import read_json, write_json
+
 logger = logging.getLogger(__name__)
 
 CATEGORY_ORDER = (
@@ -324,15 +326,25 @@ def group_replicates(runs: list[ModelResults]) -> tuple[list[SeedReplicates], li
     return groups, notes
 
 
-def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = ()) -> Path:
-    """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...) and
-    the local tasks it ran (added to those recorded by earlier runs into the same folder)."""
+def read_run_settings(folder) -> dict:
+    """`poolattn_run.json` of a results folder ({} when there is none); a damaged one is named."""
+    path = Path(folder) / RUN_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    return read_json(path, recovery="delete it and the task results beside it, then score again")
+
+
+def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = (), task_data: dict | None = None) -> Path:
+    """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...),
+    the local tasks it ran and the fingerprint of each task's data it scored (`task_data`), both added to those
+    recorded by earlier runs into the same folder. Written atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RUN_SETTINGS_FILE
-    recorded = json.loads(path.read_text()).get("tasks", {}) if path.is_file() else {}
-    recorded.update({info.name: dataclasses.asdict(info) for info in tasks if info.local})
-    path.write_text(json.dumps({**settings, "tasks": recorded}, indent=2) + "\n")
+    earlier = read_run_settings(folder)
+    recorded = {**earlier.get("tasks", {}), **{info.name: dataclasses.asdict(info) for info in tasks if info.local}}
+    data = {**earlier.get("task_data", {}), **(task_data or {})}
+    write_json(path, {**settings, "tasks": recorded, "task_data": data})
     return path
 
 

@@ -84,3 +84,29 @@ def test_bad_selections_are_refused(tmp_path):
         cli.evaluate(["run", "--model", "x", "--categories", "Poetry", "--data-dir", str(tmp_path), "--output", "o"])
     with pytest.raises(SystemExit, match="no mteb task results found"):
         cli.evaluate(["compare", str(tmp_path), "--output", str(tmp_path / "c")])
+
+
+def test_a_changed_task_copy_is_scored_again_never_served_from_the_cache(tmp_path, data_dir, caplog):
+    """Results are keyed by the task data too: the same model on an edited copy of a task (or another --data-dir
+    with other content) is scored again; an unchanged copy elsewhere reuses the score."""
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    output = tmp_path / "results"
+
+    def score(folder) -> float:
+        assert cli.evaluate(["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(folder),
+                             "--output", str(output), "--batch-size", "8"]) == 0
+        result = next((output / "results").rglob("BIOSSES.json"))
+        return json.loads(result.read_text())["scores"]["test"][0]["main_score"], result.stat().st_mtime_ns
+
+    first, written = score(data_dir)
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(data_dir, copy)
+    assert score(copy) == (first, written)  # the same content elsewhere: the cached score
+    rows = [json.loads(line) for line in (copy / "BIOSSES" / "test.jsonl").read_text().splitlines()]
+    rows = [{**row, "score": 4.0 - row["score"]} for row in rows]  # the gold similarities reversed
+    (copy / "BIOSSES" / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    reversed_score, rewritten = score(copy)
+    assert rewritten != written and reversed_score == pytest.approx(-first, abs=1e-9)
+    assert "BIOSSES was scored on other data" in caplog.text
