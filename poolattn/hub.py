@@ -20,24 +20,17 @@ The folder is written through a temp folder and a rename; `push_folder` uploads 
 `check_push_possible` refuses an upload that cannot work (offline mode, no token) before any work is spent on it.
 """
 
-import json
 import logging
 import re
 import shutil
 from pathlib import Path
 
 from .configuration_poolattn import variant_tag
-from .manifest import ExportedModel, atomic_save
+from .manifest import ExportedModel, atomic_save, write_sentence_transformers_files
 from .model_card import build_model_card
-from .prompts import sentence_transformers_prompts
 from .results import find_model_results
 
 logger = logging.getLogger(__name__)
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_poolattn.py"
-ONNX_RUNTIME_MODULE = "onnx_poolattn.py"  # imported by the ST module for backend="onnx"
-
 
 class HubPushError(RuntimeError):
     """An upload that cannot or did not happen; the message says why, what to do, and where a folder was kept."""
@@ -71,29 +64,6 @@ def check_push_possible(token: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_sentence_transformers_files(folder: Path, model: ExportedModel) -> None:
-    """modules.json (our input module, no Pooling), sentence_bert_config.json, config_sentence_transformers.json."""
-    for module_file in (SENTENCE_TRANSFORMERS_MODULE, ONNX_RUNTIME_MODULE):
-        shutil.copy2(PACKAGE_DIR / module_file, folder / module_file)
-    module = SENTENCE_TRANSFORMERS_MODULE.removesuffix(".py") + ".PoolAttnTransformer"
-    files = {
-        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": module}],
-        "sentence_bert_config.json": {
-            "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
-            "module_output_name": "sentence_embedding",
-            "max_seq_length": model.config.max_length,
-        },
-        "config_sentence_transformers.json": {
-            "prompts": sentence_transformers_prompts(model.query_prompt),
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        },
-    }
-    for name, content in files.items():
-        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
-
-
 def write_repository_folder(model, destination, *, repo_id: str, results=None, others: list[ExportedModel] = (),
                             license: str | None = None, study_section: str | None = None) -> Path:
     """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename).
@@ -113,7 +83,8 @@ def write_repository_folder(model, destination, *, repo_id: str, results=None, o
                 shutil.copy2(path, folder / path.name)
             elif path.is_dir() and path.name == "onnx":  # the ONNX export (`poolattn-export-onnx`)
                 shutil.copytree(path, folder / path.name)
-        write_sentence_transformers_files(folder, model)
+        write_sentence_transformers_files(folder, max_length=model.config.max_length,
+                                          query_prompt=model.query_prompt)
         card.save(folder / "README.md")
 
     return atomic_save(save, Path(destination))

@@ -30,9 +30,13 @@ from pathlib import Path
 
 from .configuration_poolattn import PoolAttnConfig, variant_tag
 from .files import write_json
-from .prompts import QUERY_PROMPT_FORMAT, instruction_prompt
+from .prompts import QUERY_PROMPT_FORMAT, instruction_prompt, sentence_transformers_prompts
 
 logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_poolattn.py"
+ONNX_RUNTIME_MODULE = "onnx_poolattn.py"  # imported by the ST module for backend="onnx"
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "training_manifest.json"
@@ -533,6 +537,31 @@ def clean_interrupted_save(destination: Path) -> None:
         logger.info("removed %s, left by an interrupted save", staging)
 
 
+def write_sentence_transformers_files(folder: Path, *, max_length: int, query_prompt: str) -> None:
+    """The sentence-transformers files of a poolattn folder: modules.json (our input module, no Pooling: the model
+    pools itself), sentence_bert_config.json, config_sentence_transformers.json (the query prompt the model was
+    trained with), and the module's code, so `SentenceTransformer(folder, trust_remote_code=True)` equals `encode`."""
+    for module_file in (SENTENCE_TRANSFORMERS_MODULE, ONNX_RUNTIME_MODULE):
+        shutil.copy2(PACKAGE_DIR / module_file, folder / module_file)
+    module = SENTENCE_TRANSFORMERS_MODULE.removesuffix(".py") + ".PoolAttnTransformer"
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": module}],
+        "sentence_bert_config.json": {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
+            "module_output_name": "sentence_embedding",
+            "max_seq_length": max_length,
+        },
+        "config_sentence_transformers.json": {
+            "prompts": sentence_transformers_prompts(query_prompt),
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+    for name, content in files.items():
+        write_json(folder / name, content)
+
+
 def export_model(model, tokenizer, destination: Path, *, check_texts: list[str], manifest: TrainingManifest,
                  tolerance: float | None = None) -> Path:
     """Merge LoRA into the backbone, check merged vs adapter embeddings, and save one Hub-loadable folder atomically.
@@ -562,6 +591,9 @@ def export_model(model, tokenizer, destination: Path, *, check_texts: list[str],
     def save(folder: Path):
         merged.save_pretrained(folder)
         manifest.write(folder)
+        # every route reads the folder right: SentenceTransformer(folder, trust_remote_code=True) runs the head
+        query_prompt = manifest.data.query_prompt if manifest.data else ""
+        write_sentence_transformers_files(folder, max_length=merged.config.max_length, query_prompt=query_prompt)
 
     logger.info("merged vs adapter embeddings: max |diff| %.3g (tolerance %.3g)", difference, tolerance)
     return atomic_save(save, destination)

@@ -329,3 +329,22 @@ def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_st
         with torch.no_grad():
             expected = model(**batch).last_hidden_state[0]
         torch.testing.assert_close(torch.as_tensor(embedded), expected, rtol=0, atol=1e-5)
+
+
+def test_train_exports_are_sentence_transformers_folders_that_equal_encode(tiny_backbone_folder, triplets_file,
+                                                                          tmp_path):
+    """train.py's own export (not only publish.py's folders): SentenceTransformer(export) runs the pooling head and
+    its query prompt, equal to `encode` within 1e-5 in a fresh process without poolattn."""
+    from poolattn import training
+    from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
+
+    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                              "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+                              "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4",
+                              "--lora_alpha", "8", "--query_instruction", "Find the answer"])[0]
+    assert ST_FILES <= set(path.name for path in exported.iterdir())
+    got = run_fresh([exported])[exported.name]
+    model = PoolAttnEmbeddingModel.from_pretrained(exported)
+    np.testing.assert_allclose(got["st"], model.encode(SENTENCES, batch_size=3), atol=1e-5)
+    np.testing.assert_allclose(got["st_query"], model.encode(SENTENCES, prompt="Instruct: Find the answer\nQuery: ",
+                                                             batch_size=3), atol=1e-5)
