@@ -106,6 +106,13 @@ class ContrastiveTrainingArguments(TrainingArguments):
         if self.gradcache_chunk_size < 0:
             raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables "
                              "GradCache).")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not self.use_cpu and not torch.cuda.is_available():
+            # torchrun / accelerate on a machine without CUDA: the Trainer joins the processes only on its CPU path
+            # (gloo); without it every process would train a model of its own and all would write the export
+            logger.info("no CUDA device: %s processes train one model together on CPU (use_cpu, gloo)",
+                        os.environ["WORLD_SIZE"])
+            self.use_cpu = True
+            self.ddp_backend = self.ddp_backend or "gloo"
         if self.contrastive_batch_size is not None:
             world = int(os.environ.get("WORLD_SIZE", 1))
             if self.contrastive_batch_size < 1 or self.contrastive_batch_size % world:

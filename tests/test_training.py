@@ -521,3 +521,26 @@ def test_a_checkpoint_loads_as_the_model_it_holds(tiny_backbone_folder, triplets
     assert type(adapter).__name__ == "PeftModel"
     with pytest.raises(training.TrainingSetupError, match=r"no poolattn_checkpoint.json here"):
         poolattn.load_checkpoint(tmp_path / "out")
+
+
+def test_torchrun_on_a_cpu_machine_trains_one_model_and_writes_one_export(tiny_backbone_folder, triplets_file,
+                                                                          tmp_path):
+    """The README's torchrun line without --use_cpu on a machine without CUDA: the processes join (gloo) and train
+    one model (the manifest's batch spans both), and only the main process writes the export."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine takes the NCCL path")
+    script = Path(__file__).resolve().parents[1] / "train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               "--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
+               str(tmp_path / "run"), "--max_steps", "2", "--contrastive_batch_size", "4", "--save_steps", "2",
+               "--lora_r", "4", "--lora_alpha", "8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = json.loads((tmp_path / "run" / "model" / "training_manifest.json").read_text())
+    batch = manifest["contrastive_batch"]
+    assert (batch["world_size"], batch["queries_per_device"], batch["queries_per_loss_call"]) == (2, 2, 4)
+    assert sorted(path.name for path in (tmp_path / "run").iterdir() if not path.name.startswith("checkpoint-")) \
+        == ["model"]  # one export, no second rank's folder or temp folder
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in result.stderr
+    assert result.stderr.count("contrastive batch per loss call") == 1  # one main process, not two of their own
+    assert result.stderr.count("model written to") == 1
