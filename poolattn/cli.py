@@ -22,6 +22,7 @@ from pathlib import Path
 from . import ablation, evaluation, hub, mining, study, training
 from .backbones import BackboneError
 from .data import TripletDataError
+from .files import DamagedFileError, FolderBusyError
 from .hub import HubPushError
 from .local_tasks import LocalTaskError
 from .manifest import ManifestError
@@ -83,7 +84,8 @@ def train(argv: list[str] | None = None) -> int:
         training.run(model_args, data_args, training_args)
     except TripletDataError as error:
         sys.exit(f"train: bad training data: {error}")
-    except (training.TrainingSetupError, BackboneError, TrainingDivergedError) as error:
+    except (training.TrainingSetupError, BackboneError, TrainingDivergedError, FolderBusyError,
+            DamagedFileError) as error:
         sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
@@ -333,7 +335,7 @@ def run_study_command(argv: list[str] | None = None) -> int:
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
         sys.exit(f"study: bad training data: {error}")
-    except (ValueError, TrainingDivergedError) as error:  # StudyError, EvaluationError, ResultsError, flags
+    except (ValueError, TrainingDivergedError, FolderBusyError) as error:  # StudyError, EvaluationError, flags...
         sys.exit(f"study: {error}")
     for failure in run.failures:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")

@@ -14,10 +14,16 @@ Traceback (most recent call last):
 poolattn.files.DamagedFileError: ...plan.json is damaged (not valid JSON: ...); delete it and run again.
 """
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 class DamagedFileError(ValueError):
@@ -55,3 +61,65 @@ def read_json(path, *, recovery: str = "delete it and run the command again"):
                                f"{recovery}.") from None
     except UnicodeDecodeError:
         raise DamagedFileError(f"{path} is damaged (not UTF-8 text); {recovery}.") from None
+
+
+LOCK_FILE = ".poolattn.lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process is writing into the folder; the message names it."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder, *, what: str = "run"):
+    """Hold `<folder>/.poolattn.lock` (pid, host and command of the holder) while a run writes into `folder`: a second
+    run into it is refused, naming the holder. A lock whose process is gone (killed) is taken over with a warning.
+    Only the main process of a torchrun job locks (the others write nothing of their own)."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "what": what}
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and _alive(holder):
+                raise FolderBusyError(
+                    f"{folder} is being written by another {holder.get('what', 'run')} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}: {holder.get('command')}); wait for it to end, or give another output "
+                    f"folder. If that process is gone, delete {path}.") from None
+            logger.warning("%s: taking over the lock of a %s that is gone (%s)", folder,
+                           (holder or {}).get("what", "run"), (holder or {}).get("command", "unreadable lock"))
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as file:
+            json.dump(record, file)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's process still runs (on another host: assumed so)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True

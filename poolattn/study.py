@@ -45,7 +45,7 @@ from .evaluation import (
     task_parts,
     write_csv,
 )
-from .files import read_json, write_json, write_text
+from .files import folder_lock, read_json, write_json, write_text
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
@@ -241,6 +241,12 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
     if distributed and (plan.tuning or plan.controls):
         raise StudyError("tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
                          "(the study's runs then resume under torchrun with the same command).")
+    output.mkdir(parents=True, exist_ok=True)
+    with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
+        return _run_locked(plan, output, distributed)
+
+
+def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     plan.write(output)
     progress = StudyProgress(plan)
     failures = []

@@ -36,7 +36,7 @@ from .data import (
     set_source_instructions,
     set_source_weights,
 )
-from .files import write_json
+from .files import folder_lock, write_json
 from .hub import HubPushError, check_push_possible, publish
 from .losses import world_size
 from .manifest import (
@@ -727,11 +727,9 @@ def held_out_rows(triplets: Triplets, data_args: DataArguments, training_args: T
     return rows
 
 
-def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before training, an output folder that is a file, is not writable, or holds an earlier run's model or
-    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced)."""
+def check_output_writable(base_output) -> None:
+    """Refuse an output folder that is a file or cannot be written, before anything is written."""
     import os
-    import shutil
 
     base_output = Path(base_output)
     if base_output.exists() and not base_output.is_dir():
@@ -740,6 +738,15 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TrainingSetupError(
             f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to.")
+
+
+def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before training, an output folder that is a file, is not writable, or holds an earlier run's model or
+    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced)."""
+    import shutil
+
+    base_output = Path(base_output)
+    check_output_writable(base_output)
     for planned in runs:
         earlier = [path for path in (planned.model, *planned.output_dir.glob("checkpoint-*")) if path.exists()]
         if not earlier or resume:
@@ -836,23 +843,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         raise TrainingSetupError(
             f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
             "runs (variants x seeds); give `true` to resume each from its own last checkpoint.")
-    check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
+    check_output_writable(base_output)
     backbone_path = resolve_backbone(model_args.backbone)
-    exported = []
-    for planned in runs:
-        if resume_latest and (planned.model / MANIFEST_FILE).is_file():
-            logger.info("variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed,
-                        planned.model)
-            exported.append(planned.model)
-            continue
-        training_args.output_dir, training_args.seed = str(planned.output_dir), planned.seed
-        if resume_latest:
-            training_args.resume_from_checkpoint = last_complete_checkpoint(planned.output_dir)
-            logger.info("variant %s, seed %d: %s", planned.variant, planned.seed,
-                        f"resuming from {training_args.resume_from_checkpoint}" if training_args.resume_from_checkpoint
-                        else f"no complete checkpoint in {planned.output_dir}, training from step 0")
-        exported.append(train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path,
-                                      held_out=held_out))
+    with folder_lock(base_output, what="training run"):  # a second run into this folder is refused, by name
+        check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
+        exported = [train_planned(planned, model_args, data_args, training_args, triplets, backbone_path,
+                                  held_out=held_out, resume_latest=resume_latest) for planned in runs]
     finish_collectives()
     # Hub repository folders (card, sentence-transformers files), uploaded with --push_to_hub
     if (training_args.publish_to_hub or training_args.hub_dry_run) and training_args.process_index == 0:
@@ -860,6 +856,25 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                 output_dir=training_args.hub_dry_run or Path(base_output) / "hub",
                 token=training_args.hub_token, private=training_args.hub_private_repo)
     return exported
+
+
+def train_planned(planned: PlannedRun, model_args: ModelArguments, data_args: DataArguments,
+                  training_args: TrainingRunArguments, triplets: Triplets, backbone_path: str, *,
+                  held_out: list[dict] | None, resume_latest: bool) -> Path:
+    """One planned run of a job: kept when finished (resuming), else trained from its last complete checkpoint (or
+    step 0) and exported. Returns the exported folder."""
+    if resume_latest and (planned.model / MANIFEST_FILE).is_file():
+        logger.info("variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed,
+                    planned.model)
+        return planned.model
+    training_args.output_dir, training_args.seed = str(planned.output_dir), planned.seed
+    if resume_latest:
+        training_args.resume_from_checkpoint = last_complete_checkpoint(planned.output_dir)
+        logger.info("variant %s, seed %d: %s", planned.variant, planned.seed,
+                    f"resuming from {training_args.resume_from_checkpoint}" if training_args.resume_from_checkpoint
+                    else f"no complete checkpoint in {planned.output_dir}, training from step 0")
+    return train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path,
+                         held_out=held_out)
 
 
 def main(argv: list[str]) -> list[Path]:

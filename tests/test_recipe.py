@@ -160,3 +160,29 @@ def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     assert plateau_step(history, patience=1, min_improvement=0.01) == 2
     assert plateau_step(history, patience=1, min_improvement=0.0) is None  # every step improves
     assert plateau_step([{"step": 1, "loss": 3.0}], patience=1, min_improvement=0.01) is None
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tiny_backbone_folder, triplets_file, tmp_path,
+                                                                       caplog):
+    import os
+    import subprocess
+    import sys
+
+    from poolattn import cli
+    from poolattn.files import LOCK_FILE
+
+    output = tmp_path / "run"
+    output.mkdir()
+    holder = {"pid": os.getpid(), "host": __import__("socket").gethostname(), "command": "train.py --variant 5",
+              "what": "training run"}
+    (output / LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(SystemExit, match=rf"being written by another training run \(pid {os.getpid()} .*"
+                                         r"train.py --variant 5\)"):
+        cli.train(common(tiny_backbone_folder, triplets_file, output))
+    assert sorted(path.name for path in output.iterdir()) == [LOCK_FILE]  # nothing written, the lock kept
+    # a lock left by a killed run (its process is gone) is taken over, with a warning, and released at the end
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (output / LOCK_FILE).write_text(json.dumps({**holder, "pid": int(gone.stdout)}))
+    exported = training.main(common(tiny_backbone_folder, triplets_file, output))[0]
+    assert exported.is_dir() and not (output / LOCK_FILE).exists()
+    assert "taking over the lock of a training run that is gone" in caplog.text
