@@ -686,7 +686,10 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
             tried = "; ".join(f"{point.label()}: {point.final_loss:.4f}" + (
                 f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
                 for point in entry.points)
-            rows.append([row.label, tried, entry.choice.label() if entry.choice else "not yet"])
+            chosen = entry.choice.label() if entry.choice else "not yet"
+            if entry.choice and at_grid_edge(entry):
+                chosen += " (still at an edge of what was tried: read with care)"
+            rows.append([row.label, tried, chosen])
         lines += ["## Tuning (held-out training rows only)", "",
                   f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.", "",
                   markdown_table(["row", "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
@@ -721,6 +724,16 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
                         title="Held-out loss during training, per row and seed")
             lines += ["![Held-out loss during training](curves.png)", ""]
     return lines
+
+
+def at_grid_edge(entry: RowTuning) -> bool:
+    """Whether a row's choice is the largest or smallest rate tried on an axis with more than one rate."""
+    for axis in ("learning_rate", "head_learning_rate"):
+        value = getattr(entry.choice, axis)
+        tried = {getattr(point, axis) for point in entry.points} - {None}
+        if value is not None and len(tried) > 1 and value in (min(tried), max(tried)):
+            return True
+    return False
 
 
 def plot_curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str) -> None:

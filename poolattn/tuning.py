@@ -41,6 +41,8 @@ class TuningGrid:
     eval_steps: int = 10
     eval_fraction: float = 0.01
     eval_batch_size: int = 16
+    extend: int = 2  # times the grid may grow past an edge the choice sits on, per axis
+    factor: float = 3.0  # the next rate past an edge: the edge's rate x factor (or / factor)
 
     def __post_init__(self):
         if not self.learning_rates or any(not rate > 0 for rate in [*self.learning_rates,
@@ -55,12 +57,47 @@ class TuningGrid:
         heads = self.head_learning_rates if has_head and self.head_learning_rates else [None]
         return [(rate, head) for rate in self.learning_rates for head in heads]
 
+    def beyond_edge(self, choice: "TuningPoint", points: list[tuple]) -> list[tuple[float, float | None]]:
+        """The points to try next when `choice` sits at the largest or smallest rate tried on an axis (at most
+        `extend` steps past the stated grid; an axis of one stated rate grows upwards): the next rate past that edge,
+        the other rate as chosen.
+
+        >>> grid = TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[1e-3])
+        >>> grid.beyond_edge(TuningPoint(3e-4, 1e-3), grid.points(has_head=True))
+        [(0.0009, 0.001), (0.0003, 0.003)]
+        >>> grid.beyond_edge(TuningPoint(9e-4, 1e-3), [(1e-4, 1e-3), (3e-4, 1e-3), (9e-4, 1e-3), (1e-4, 3e-3)])
+        [(0.0027, 0.001), (0.0009, 0.000333)]
+        >>> grid.beyond_edge(TuningPoint(2.7e-3, 1e-3), [(1e-4, 1e-3), (3e-4, 1e-3), (9e-4, 1e-3), (2.7e-3, 1e-3)])
+        [(0.0027, 0.003)]
+        """
+        beyond = []
+        for axis, stated in ((0, self.learning_rates), (1, self.head_learning_rates)):
+            value = (choice.learning_rate, choice.head_learning_rate)[axis]
+            tried = sorted({point[axis] for point in points if point[axis] is not None})
+            if value is None:
+                continue
+            above = sum(rate > max(stated) for rate in tried)  # steps already taken past each edge
+            below = sum(rate < min(stated) for rate in tried)
+            if value == tried[-1] and above < self.extend:
+                step = self.factor
+            elif value == tried[0] and len(tried) > 1 and below < self.extend:
+                step = 1 / self.factor
+            else:
+                continue
+            rates = [choice.learning_rate, choice.head_learning_rate]
+            rates[axis] = float(f"{value * step:.3g}")
+            if tuple(rates) not in points:
+                beyond.append(tuple(rates))
+        return beyond
+
     def describe(self) -> str:
         heads = ", ".join(f"{rate:g}" for rate in self.head_learning_rates) or "the backbone's rate"
         return (f"adapter rate {{{', '.join(f'{rate:g}' for rate in self.learning_rates)}}} x pooling head rate "
                 f"{{{heads}}} (rows without a head: the adapter rates alone); each point trained {self.steps} steps "
                 f"on the first seed with {self.eval_fraction:.0%} of the training rows held out, scored every "
-                f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation")
+                f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation; a choice at an "
+                f"edge of the grid tries the next rate past it (x{self.factor:g} or /{self.factor:g}, up to "
+                f"{self.extend} times per axis)")
 
 
 @dataclass
@@ -158,35 +195,52 @@ def choose(points: list[TuningPoint]) -> int:
 
 
 def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int, output, train) -> RowTuning:
-    """Train every grid point of one row for the proxy (resuming: recorded points are kept) and choose its rates.
+    """Train every grid point of one row for the proxy (resuming: recorded points are kept) and choose its rates;
+    while the choice sits at the grid's largest or smallest rate on an axis, try the next rate beyond it
+    (`TuningGrid.next_rate`, at most `extend` times per axis), so that no row is judged at the edge of its grid.
 
     `train(learning_rate, head_learning_rate, folder) -> exported folder` runs one proxy training (the study passes
     train.py with the row's flags); the point's folder is removed once its curve is recorded.
     """
     output = Path(output)
-    tuned = read_tuning(output)
-    row = tuned.get(key) or RowTuning(row=key, seed=seed)
-    for rate, head in grid.points(has_head=has_head(variant, overrides)):
-        if row.point(rate, head) is not None:
-            continue
-        folder = output / "tuning" / key / (f"lr{rate:g}" + (f"-head{head:g}" if head is not None else ""))
-        exported = train(rate, head, folder)
-        manifest = TrainingManifest.read(exported) if (Path(exported) / MANIFEST_FILE).is_file() else None
-        if manifest is None or not manifest.eval_history:
-            raise RuntimeError(f"{exported}: the tuning run recorded no held-out evaluation; it cannot be judged.")
-        row.points.append(TuningPoint(rate, head, [list(entry) for entry in manifest.eval_history],
-                                      manifest.train_runtime_s, layer_weight_size(exported)))
-        tuned = read_tuning(output)
-        tuned[key] = row
-        write_tuning(output, grid, tuned)
-        shutil.rmtree(folder)
-        logger.info("tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(), row.points[-1].final_loss)
-    in_grid = grid.points(has_head=has_head(variant, overrides))
-    current = [index for index, point in enumerate(row.points)
-               if (point.learning_rate, point.head_learning_rate) in in_grid]
-    row.chosen = current[choose([row.points[index] for index in current])]
+    row = read_tuning(output).get(key) or RowTuning(row=key, seed=seed)
+    points = grid.points(has_head=has_head(variant, overrides))
+    for _ in range(1 + 2 * grid.extend):
+        for rate, head in points:
+            if row.point(rate, head) is None:
+                row.points.append(_tuning_point(rate, head, output / "tuning" / key, train))
+                _record(output, grid, key, row)
+                logger.info("tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(),
+                            row.points[-1].final_loss)
+        current = [index for index, point in enumerate(row.points)
+                   if (point.learning_rate, point.head_learning_rate) in points]
+        row.chosen = current[choose([row.points[index] for index in current])]
+        beyond = grid.beyond_edge(row.choice, points)
+        if not beyond:
+            break
+        tried_next = ", ".join(f"lr {rate:g}" + (f", head {head:g}" if head is not None else "")
+                               for rate, head in beyond)
+        logger.info("tuning %s: %s is at the edge of the grid; trying %s", key, row.choice.label(), tried_next)
+        points = [*points, *beyond]
+    _record(output, grid, key, row)
+    logger.info("tuning %s: chose %s", key, row.choice.label())
+    return row
+
+
+def _tuning_point(rate: float, head: float | None, folder: Path, train) -> TuningPoint:
+    """One proxy run: train, read its held-out curve and layer weights, remove its folder."""
+    folder = folder / (f"lr{rate:g}" + (f"-head{head:g}" if head is not None else ""))
+    exported = train(rate, head, folder)
+    manifest = TrainingManifest.read(exported) if (Path(exported) / MANIFEST_FILE).is_file() else None
+    if manifest is None or not manifest.eval_history:
+        raise RuntimeError(f"{exported}: the tuning run recorded no held-out evaluation; it cannot be judged.")
+    point = TuningPoint(rate, head, [list(entry) for entry in manifest.eval_history], manifest.train_runtime_s,
+                        layer_weight_size(exported))
+    shutil.rmtree(folder)
+    return point
+
+
+def _record(output: Path, grid: TuningGrid, key: str, row: RowTuning) -> None:
     tuned = read_tuning(output)
     tuned[key] = row
     write_tuning(output, grid, tuned)
-    logger.info("tuning %s: chose %s", key, row.choice.label())
-    return row
