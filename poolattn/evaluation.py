@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .budget import budget_revision, cap_task
+from .files import write_text
 from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, splits_by_subset, task_type
 from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
@@ -563,7 +564,7 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
                          test.p_holm] for test in within]
     files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
                                         "per_category.png", "paired_tests.csv", "per_seed.csv")]
-    files[0].write_text("\n".join(report))
+    write_text(files[0], "\n".join(report))
     write_csv(files[5], ["model", "baseline", "task", "subset/split", "category", "units", "model seeds",
                           "baseline seeds", "model score", "baseline score", "difference", "95% low", "95% high", "p",
                           "p (Holm, category)"], paired_rows)
@@ -576,7 +577,7 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"],
                [[group.label, seed, run.revision, task, categories[task], run.scores[task]]
                 for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
-    files[3].write_text(summary_block(names, means, used_categories, tests, baseline))
+    write_text(files[3], summary_block(names, means, used_categories, tests, baseline))
     plot_categories(files[4], names, means, used_categories, tests)
     left_out = [f"{group.label}: {task} ({why})" for group in groups for task, why in group.left_out.items()]
     left_out += [f"{name}: no score for {task}" for name in names for task in tasks if task not in scores[name]]
@@ -667,7 +668,10 @@ def plot_categories(path: Path, names, category_means, categories, tests) -> Non
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     """A CSV file of `header` and `rows` (the comparison's and the study's tables)."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -26,7 +26,8 @@ import shutil
 from pathlib import Path
 
 from .configuration_poolattn import variant_tag
-from .manifest import ExportedModel, atomic_save, write_sentence_transformers_files
+from .files import atomic_save
+from .manifest import ExportedModel, write_sentence_transformers_files
 from .model_card import build_model_card
 from .results import find_model_results
 

@@ -20,16 +20,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from .configuration_poolattn import PoolAttnConfig, variant_tag
-from .files import write_json
+from .files import atomic_save, write_json
 from .prompts import QUERY_PROMPT_FORMAT, instruction_prompt, sentence_transformers_prompts
 
 logger = logging.getLogger(__name__)
@@ -500,41 +498,6 @@ class ExportedModel:
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing it: the export
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def atomic_save(save: typing.Callable[[Path], None], destination: Path) -> Path:
-    """Run `save(folder)` into a temp folder beside `destination`, then swap it in: never a half-written folder."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    clean_interrupted_save(destination)
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
-    try:
-        save(staging)
-        if destination.exists():
-            retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            destination.rename(retired)
-            staging.rename(destination)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return destination
-
-
-def clean_interrupted_save(destination: Path) -> None:
-    """Undo what a killed `atomic_save` into `destination` left: a previous folder moved aside but not yet replaced is
-    put back; half-written temp folders are removed."""
-    for retired in sorted(destination.parent.glob(f".{destination.name}.old-*")):
-        if not destination.exists():
-            retired.rename(destination)
-            logger.warning("%s: put back from %s, left by an interrupted save", destination, retired.name)
-        else:
-            shutil.rmtree(retired, ignore_errors=True)
-    for staging in destination.parent.glob(f".{destination.name}.tmp-*"):
-        shutil.rmtree(staging, ignore_errors=True)
-        logger.info("removed %s, left by an interrupted save", staging)
 
 
 def write_sentence_transformers_files(folder: Path, *, max_length: int, query_prompt: str) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_triplets
+from .files import atomic_save, write_json
 from .manifest import is_poolattn_folder, model_fingerprint
 from .prompts import instruction_prompt
 
@@ -191,17 +192,20 @@ def mine_hard_negatives(train_data: str, model: str, *, output, settings: Mining
     by_file: dict[str, list[dict]] = {}
     for row in triplets.rows:  # a file split by negative count is mined as one source again
         by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
-    output.mkdir(parents=True, exist_ok=True)
-    for file, rows in by_file.items():
-        name = Path(file).stem if Path(file).exists() else file.replace("/", "__")
-        mined, report = mine_source(rows, encoder, settings, name)
-        path = output / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
-        report.output = path.name
-        run.sources.append(report)
-        logger.info("%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside the "
-                    "margin skipped", name, report.rows, report.corpus, report.mined, report.queries_short,
-                    settings.num_negatives, report.skipped_by_margin)
-    run.seconds = round(time.time() - started, 1)
-    (output / PROVENANCE_FILE).write_text(json.dumps(asdict(run), indent=2) + "\n")
+
+    def save(folder: Path) -> None:  # into a temp folder: a mining run killed midway leaves no partial training data
+        for file, rows in by_file.items():
+            name = Path(file).stem if Path(file).exists() else file.replace("/", "__")
+            mined, report = mine_source(rows, encoder, settings, name)
+            path = folder / f"{name}.jsonl"
+            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
+            report.output = path.name
+            run.sources.append(report)
+            logger.info("%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside "
+                        "the margin skipped", name, report.rows, report.corpus, report.mined, report.queries_short,
+                        settings.num_negatives, report.skipped_by_margin)
+        run.seconds = round(time.time() - started, 1)
+        write_json(folder / PROVENANCE_FILE, asdict(run))
+
+    atomic_save(save, output)
     return run

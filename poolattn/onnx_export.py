@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .manifest import atomic_save
+from .files import atomic_save, write_json
 from .modeling_poolattn import PoolAttnEmbeddingModel, pad_features, pad_token_id_for, tokenize_for_embedding
 from .onnx_poolattn import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, OUTPUT_NAME, PoolAttnOnnxModel
 
@@ -71,7 +71,7 @@ class OnnxExport:
     int8_min_cosine: float | None = None
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json(path, asdict(self))
 
     @classmethod
     def read(cls, folder) -> "OnnxExport":

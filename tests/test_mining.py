@@ -107,3 +107,35 @@ def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
 def test_bad_settings_are_refused_before_any_encoding(settings, message):
     with pytest.raises(MiningError, match=message):
         settings.check()
+
+
+def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, monkeypatch):
+    """Sources are mined into a temp folder swapped in at the end: a kill after the first source leaves no output
+    folder (so nothing trains on the sources that survived), only a temp folder the next run removes."""
+    from poolattn import mining
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("first", "second"):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS[:6]))
+    tiny_model("llama", 5).save_pretrained(tmp_path / "model")
+    original, calls = mining.mine_source, []
+
+    def killed_on_the_second(rows, encoder, settings, name):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(rows, encoder, settings, name)
+
+    monkeypatch.setattr(mining, "mine_source", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        mining.mine_hard_negatives(str(data), str(tmp_path / "model"), output=tmp_path / "mined",
+                                   settings=MiningSettings(num_negatives=1))
+    assert not (tmp_path / "mined").exists()
+    monkeypatch.setattr(mining, "mine_source", original)
+    run = mining.mine_hard_negatives(str(data), str(tmp_path / "model"), output=tmp_path / "mined",
+                                     settings=MiningSettings(num_negatives=1))
+    assert sorted(path.name for path in (tmp_path / "mined").iterdir()) == [PROVENANCE_FILE, "first.jsonl",
+                                                                           "second.jsonl"]
+    assert [source.name for source in run.sources] == ["first", "second"]
+    assert not list(tmp_path.glob(".mined.tmp-*"))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_training import TINY_RUN
 
 from poolattn import training
-from poolattn.manifest import atomic_save, clean_interrupted_save
+from poolattn.files import atomic_save, clean_interrupted_save
 from poolattn.trainer import TrainingDivergedError
 
 

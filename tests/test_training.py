@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from poolattn import training
 from poolattn.data import TripletCollator, TripletDataError, load_triplets
+from poolattn.files import atomic_save
 from poolattn.losses import info_nce_loss
-from poolattn.manifest import TrainingManifest, atomic_save, export_model
+from poolattn.manifest import TrainingManifest, export_model
 from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments, RandomStateReplay, length_grouped_chunks
 
 TINY_RUN = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
