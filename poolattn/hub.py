@@ -30,6 +30,16 @@ from .files import atomic_save
 from .manifest import ExportedModel, write_sentence_transformers_files
 from .model_card import build_model_card
 from .results import find_model_results
+from .shipping import (
+    PACKAGE_CODE,
+    PACKAGE_DIR,
+    ShippingError,
+    check_loads,
+    differing_code,
+    local_paths,
+    scrub_local_paths,
+    shipped_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,29 +76,46 @@ def check_push_possible(token: str | None = None) -> str:
 
 
 def write_repository_folder(model, destination, *, repo_id: str, results=None, others: list[ExportedModel] = (),
-                            license: str | None = None, study_section: str | None = None) -> Path:
+                            license: str | None = None, study_section: str | None = None,
+                            verify: bool = True) -> Path:
     """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename).
 
     `model` is an `ExportedModel` or its folder; `results` the output folder of an evaluation run (optional);
     `others` are the variants published with it (their exact results are the card's comparisons); `study_section`
-    the model's place in a study (`study.card_section`), Markdown for its card.
+    the model's place in a study (`study.card_section`), Markdown for its card. What is shipped follows
+    `shipping`: the allow-listed model files, the package's own code, no local paths; with `verify` the folder must
+    load in a fresh process as its card says before it is kept (`shipping.check_loads`).
     """
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
+    shipped, left_out = shipped_files(model.folder)
+    if left_out:
+        logger.warning("%s: left out of the repository folder (not model files): %s", repo_id, ", ".join(left_out))
+    if changed := differing_code(model.folder):
+        logger.warning("%s: %s in %s differ(s) from the installed poolattn's; the package's own code is shipped",
+                       repo_id, ", ".join(changed), model.folder)
     own, peers = find_model_results(results, model, others) if results else (None, [])
     card = build_model_card(model, repo_id=repo_id, results=own, peers=peers, license=license,
                             study_section=study_section)
 
     def save(folder: Path):
-        for path in sorted(model.folder.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                shutil.copy2(path, folder / path.name)
-            elif path.is_dir() and path.name == "onnx":  # the ONNX export (`poolattn-export-onnx`)
-                shutil.copytree(path, folder / path.name)
+        for relative in shipped:
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(model.folder / relative, folder / relative)
+        for name in PACKAGE_CODE:
+            shutil.copy2(PACKAGE_DIR / name, folder / name)
         write_sentence_transformers_files(folder, max_length=model.config.max_length,
                                           query_prompt=model.query_prompt)
         card.save(folder / "README.md")
+        scrub_local_paths(folder, local_paths(folder, extra=(model.folder.resolve(), model.folder.absolute())))
+        if verify:
+            check_loads([folder], [recorded_variant(model)])
 
     return atomic_save(save, Path(destination))
+
+
+def recorded_variant(model: ExportedModel):
+    """The design the training manifest records (what the card says), else the config's."""
+    return model.manifest.variant if model.manifest and model.manifest.variant is not None else model.variant
 
 
 def repository_files(folder) -> dict[str, bytes]:
@@ -159,8 +186,14 @@ def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results
         others = [other for other in models if other is not model]
         destination = Path(output_dir) / repo_id.split("/")[-1]
         folders.append(write_repository_folder(model, destination, repo_id=repo_id, results=results,
-                                               others=others, license=license, study_section=section))
+                                               others=others, license=license, study_section=section, verify=False))
         logger.info("%s: repository folder written to %s", repo_id, destination)
+    try:  # every folder loads as its card says, in one fresh process, before anything is uploaded
+        check_loads(folders, [recorded_variant(model) for model in models])
+    except ShippingError:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if push:
         for folder, repo_id in zip(folders, repo_ids):
             push_folder(folder, repo_id, token=token, private=private)

@@ -3,6 +3,7 @@ YAML holds the expected metadata, and a push (against a mock Hub on loopback) up
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_dry_run_folder_gives_the_in_memory_embeddings_through_automodel_and_sen
         name = f"{family}-v{variant}-{side}"
         model.save_pretrained(tmp_path / "exported" / name)
         folder = write_repository_folder(tmp_path / "exported" / name, tmp_path / "hub" / name,
-                                         repo_id=f"me/{name}")
+                                         repo_id=f"me/{name}", verify=False)  # run_fresh below loads each
         assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(folder))
         folders.append(folder)
         expected[name] = (model.encode(SENTENCES, batch_size=8), model.encode(SENTENCES, prompt=PROMPT, batch_size=8))
@@ -348,3 +349,44 @@ def test_train_exports_are_sentence_transformers_folders_that_equal_encode(tiny_
     np.testing.assert_allclose(got["st"], model.encode(SENTENCES, batch_size=3), atol=1e-5)
     np.testing.assert_allclose(got["st_query"], model.encode(SENTENCES, prompt="Instruct: Find the answer\nQuery: ",
                                                              batch_size=3), atol=1e-5)
+
+
+def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(tiny_backbone_folder, triplets_file,
+                                                                            tmp_path, caplog):
+    """A trained export with a stray file (a token), a tampered modeling file and this machine's paths in its
+    manifest: the repository folder holds the allow-listed files, the package's own code, no local path, and loads
+    in a fresh process; a folder whose config says another design than its weights, or without a tokenizer, is
+    refused and nothing is written."""
+    from poolattn import training
+    from poolattn.shipping import PACKAGE_CODE, PACKAGE_DIR, ShippingError
+
+    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
+                              "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
+                              "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4",
+                              "--lora_alpha", "8"])[0]
+    (exported / "hf_token.txt").write_text("hf_secret")
+    modeling = exported / "modeling_poolattn.py"
+    modeling.write_text("import os  # tampered\n" + modeling.read_text())
+    assert str(tmp_path) in (exported / "training_manifest.json").read_text()  # the paths a run records
+    [folder] = publish([exported], hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False)
+    files = repository_files(folder)
+    assert "hf_token.txt" not in files and "left out of the repository folder" in caplog.text
+    for name in PACKAGE_CODE:
+        assert files[name] == (PACKAGE_DIR / name).read_bytes()
+    for name, content in files.items():
+        if name.endswith((".json", ".md")):
+            text = content.decode()
+            assert str(tmp_path) not in text and "/tmp/" not in text, name
+    manifest = json.loads(files["training_manifest.json"])
+    assert manifest["backbone"] == Path(tiny_backbone_folder).name
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(exported, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "variant": 1, "pooling": "eos"}))
+    with pytest.raises(ShippingError, match="does not load as its card says"):
+        publish([wrong], hub_model_id="me/wrong", output_dir=tmp_path / "hub2", push=False)
+    assert not (tmp_path / "hub2").exists() or not any((tmp_path / "hub2").iterdir())
+    (exported / "tokenizer_config.json").unlink()
+    with pytest.raises(ShippingError, match="has no tokenizer_config.json"):
+        publish([exported], hub_model_id="me/tiny", output_dir=tmp_path / "hub3", push=False)
