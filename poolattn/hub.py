@@ -29,7 +29,7 @@ from .configuration_poolattn import variant_tag
 from .files import atomic_save
 from .manifest import ExportedModel, write_sentence_transformers_files
 from .model_card import build_model_card
-from .results import find_model_results
+from .results import find_model_results, other_settings
 from .shipping import (
     PACKAGE_CODE,
     PACKAGE_DIR,
@@ -94,8 +94,12 @@ def write_repository_folder(model, destination, *, repo_id: str, results=None, o
         logger.warning("%s: %s in %s differ(s) from the installed poolattn's; the package's own code is shipped",
                        repo_id, ", ".join(changed), model.folder)
     own, peers = find_model_results(results, model, others) if results else (None, [])
+    left_out_results = other_settings(results, model) if results and own is None else {}
+    for revision, why in left_out_results.items():
+        logger.warning("%s: results %s left out of the card: scored with %s; score the full tasks with "
+                       "`evaluate.py run` (no --budget) to put scores on the card", repo_id, revision, why)
     card = build_model_card(model, repo_id=repo_id, results=own, peers=peers, license=license,
-                            study_section=study_section)
+                            study_section=study_section, left_out_results=left_out_results)
 
     def save(folder: Path):
         for relative in shipped:

@@ -269,11 +269,13 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
 
 
 def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResults | None = None,
-                     peers: list[ModelResults] = (), license: str | None = None, study_section: str | None = None):
+                     peers: list[ModelResults] = (), license: str | None = None, study_section: str | None = None,
+                     left_out_results: dict[str, str] | None = None):
     """A `huggingface_hub.ModelCard` from the config, the training manifest and (optional) mteb results.
 
     `results` are this model's results, `peers` the other variants' (compared with it over the tasks it shares);
-    `study_section` the model's place in a study (`study.card_section`), Markdown.
+    `study_section` the model's place in a study (`study.card_section`), Markdown; `left_out_results` the results
+    of these weights scored under other settings (revision -> why), which the card names instead of showing.
     """
     from .stats import markdown_table
 
@@ -301,6 +303,7 @@ def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResult
         means_table=tables["means"],
         tests_table=tables["tests"],
         study_section=study_section,
+        left_out_results=left_out_results or {},
         onnx=onnx_export_record(model.folder),
         matryoshka_dims=", ".join(map(str, model.config.matryoshka_dims or [])),
         smallest_dim=(model.config.matryoshka_dims or [None])[0],

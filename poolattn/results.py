@@ -348,6 +348,39 @@ def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = (), task_
     return path
 
 
+def other_settings(output, model) -> dict[str, str]:
+    """Results of `model`'s exact weights scored under other settings than the full, plain ones a card shows
+    (revision -> why it is left out of a card): a budget, no instructions, ONNX Runtime, a Matryoshka size, a length.
+
+    >>> describe_revision_settings("0123abcd-budget100-no-instructions", "0123abcd")
+    'a budget of 100 units per task (not comparable with published MTEB numbers); without task instructions'
+    """
+    folder = results_folder(output, model.mteb_name, model.fingerprint).parent
+    if not folder.is_dir():
+        return {}
+    return {path.name: describe_revision_settings(path.name, model.fingerprint)
+            for path in sorted(folder.glob(f"{model.fingerprint}-*")) if path.is_dir() and any(path.glob("*.json"))}
+
+
+def describe_revision_settings(revision: str, fingerprint: str) -> str:
+    """What the suffixes of an evaluation revision (`evaluation.evaluation_revision`) say, in words."""
+    import re
+
+    suffix = revision.removeprefix(fingerprint)
+    words = []
+    if match := re.search(r"-budget(\d+)", suffix):
+        words.append(f"a budget of {match.group(1)} units per task (not comparable with published MTEB numbers)")
+    if "-no-instructions" in suffix:
+        words.append("without task instructions")
+    if match := re.search(r"-onnx(-[\w]+)?", suffix):
+        words.append("the ONNX export" + (f" ({match.group(1)[1:]})" if match.group(1) else ""))
+    if match := re.search(r"-dim(\d+)", suffix):
+        words.append(f"embeddings cut to {match.group(1)} dimensions")
+    if match := re.search(r"-len(\d+)", suffix):
+        words.append(f"texts cut to {match.group(1)} tokens")
+    return "; ".join(words) or f"other settings ({suffix})"
+
+
 def find_model_results(output, model, others=()) -> tuple["ModelResults | None", list[ModelResults]]:
     """(`model`'s results or None, the other variants' results) under an evaluation's `output` folder.
 

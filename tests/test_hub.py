@@ -390,3 +390,24 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(tiny
     (exported / "tokenizer_config.json").unlink()
     with pytest.raises(ShippingError, match="has no tokenizer_config.json"):
         publish([exported], hub_model_id="me/tiny", output_dir=tmp_path / "hub3", push=False)
+
+
+def test_a_card_names_the_results_it_leaves_out_and_why(tmp_path, caplog):
+    """Results of the exact weights scored on a budget are never shown as the model's scores: the card (and the
+    command's log) names them and says why, instead of a bare "Not evaluated yet"."""
+    pytest.importorskip("mteb")
+    from poolattn import cli
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    rows = (ROOT.parent / "shared" / "data" / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
+    data.joinpath("test.jsonl").write_text("\n".join(rows) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    assert cli.evaluate(["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir",
+                         str(tmp_path / "data"), "--output", str(tmp_path / "results"), "--budget", "10"]) == 0
+    assert cli.publish([str(tmp_path / "m"), "--hub_model_id", "me/tiny", "--output_dir", str(tmp_path / "hub"),
+                        "--results", str(tmp_path / "results")]) == 0
+    card = (tmp_path / "hub" / "tiny-v5" / "README.md").read_text()
+    assert "Not evaluated yet" in card and "left out of this card" in card
+    assert "-budget10`: a budget of 10 units per task (not comparable with published MTEB numbers)." in card
+    assert "left out of the card: scored with a budget of 10 units per task" in caplog.text
