@@ -299,6 +299,13 @@ class PoolAttnEmbeddingOutput(ModelOutput):
     layer_summaries: torch.FloatTensor | None = None
 
 
+class _WithoutLoadReport(logging.Filter):
+    """Drops transformers' load report (used while `from_backbone` loads a backbone, whose report is expected)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 class PoolAttnEmbeddingModel(PreTrainedModel):
     r"""A decoder backbone (`AutoModel.from_config(config.text_config)`), an attention switch and a pooling head.
 
@@ -541,7 +548,23 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             config = PoolAttnConfig(text_config=text_config.to_dict(), **config_overrides)
         else:
             config = PoolAttnConfig.from_variant(variant, text_config, **config_overrides)
-        model = cls.from_pretrained(name_or_path, config=config, **overrides)
+        # A fresh head is expected to be missing from a backbone checkpoint, and its LM head to be left over: the
+        # load report is shown only for anything else
+        report_logger = logging.getLogger("transformers.modeling_utils")
+        quiet = _WithoutLoadReport()
+        report_logger.addFilter(quiet)
+        try:
+            model, info = cls.from_pretrained(name_or_path, config=config, output_loading_info=True, **overrides)
+        finally:
+            report_logger.removeFilter(quiet)
+        missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
+        unexpected = [key for key in info["unexpected_keys"] if not key.startswith("lm_head.")]
+        if missing or unexpected:
+            logger.warning(
+                "Loading the backbone %s: weights missing from the checkpoint %s, weights of the checkpoint not "
+                "used %s (the pooling head's are expected to be missing, the LM head's to be unused).",
+                name_or_path, missing[:10], unexpected[:10],
+            )
         if model.pooler is not None:
             model.pooler.float()  # `_keep_in_fp32_modules_strict` is not applied to freshly initialised weights
         try:

@@ -254,9 +254,11 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     checking = plan.instruction_check and not plan.benchmark
     if plan.tuning:
         for row in plan.rows:
-            tuned = read_tuning(output).get(row.key)
-            state = ("done already" if tuned and tuned.chosen is not None else "resumed" if tuned else "ran now")
-            progress.step("tuning", row, plan.seeds[0], lambda row=row: tune(plan, row, output), state=state)
+            before = read_tuning(output).get(row.key)
+            tried = len(before.points) if before else 0
+            progress.step("tuning", row, plan.seeds[0], lambda row=row: tune(plan, row, output),
+                          state=lambda row, tried=tried: "done already" if len(row.points) == tried else
+                          "resumed" if tried else "ran now")
     for seed in plan.seeds:
         for row in plan.rows:
             folder = run_folder(output, row, seed)
@@ -293,12 +295,14 @@ class StudyProgress:
         self.done, self.started, self.worked = 0, time.time(), 0.0
         self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
 
-    def step(self, stage: str, row: StudyRow, seed: int, work, *, state: str):
-        """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now"."""
+    def step(self, stage: str, row: StudyRow, seed: int, work, *, state):
+        """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now" (or a
+        function of `work`'s result that says so, where only the result tells, as for tuning)."""
         self.done += 1
         begun = time.time()
         result = work()
         took = time.time() - begun
+        state = state(result) if callable(state) else state
         self.counts[state] += 1
         if state != "done already":
             self.worked += took
