@@ -1,8 +1,21 @@
 """poolattn: decoder LLMs as text-embedding models with the pooling and attention designs of arXiv 2409.02727."""
 
-from .configuration_poolattn import PAPER_VARIANTS, PoolAttnConfig, resolve_layers
-from .modeling_poolattn import PoolAttnEmbeddingModel, PoolAttnEmbeddingOutput
-from .onnx_poolattn import PoolAttnOnnxModel
+import importlib
+
+# Imported on first use (PEP 562), so that `poolattn.cli` can answer `--help` without loading torch's model stack.
+_LAZY = {
+    "PAPER_VARIANTS": "configuration_poolattn", "PoolAttnConfig": "configuration_poolattn",
+    "resolve_layers": "configuration_poolattn", "PoolAttnEmbeddingModel": "modeling_poolattn",
+    "PoolAttnEmbeddingOutput": "modeling_poolattn", "PoolAttnOnnxModel": "onnx_poolattn",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'poolattn' has no attribute {name!r}")
 
 __all__ = [
     "PAPER_VARIANTS",
@@ -18,7 +31,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides) -> PoolAttnEmbeddingModel:
+def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides):
     """`PoolAttnEmbeddingModel.from_backbone` that also takes poolattn's named backbones, e.g. `"smollm2-135m"`.
 
     >>> model = from_backbone("smollm2-135m", variant=5)  # doctest: +SKIP
@@ -30,6 +43,7 @@ def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides)
     `variant` and `overrides` are those of `PoolAttnEmbeddingModel.from_backbone`.
     """
     from .backbones import resolve_backbone  # imported here so `python -m poolattn.backbones` runs it only once
+    from .modeling_poolattn import PoolAttnEmbeddingModel
 
     return PoolAttnEmbeddingModel.from_backbone(resolve_backbone(name_or_path), variant=variant, **overrides)
 

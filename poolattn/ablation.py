@@ -42,7 +42,6 @@ import os
 import time
 from pathlib import Path
 
-from . import training
 from .budget import budget_revision
 from .data import SHARED_DATA
 from .evaluation import compare_results, evaluate_models
@@ -96,6 +95,8 @@ def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone:
               seeds: int = 1) -> list[Path]:
     """Train one arm once per seed (`train.py --seeds`), resuming: finished seeds are kept, interrupted ones continue
     from their last complete checkpoint. Returns the exported folders, one per seed."""
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     arm_output = Path(output) / "arms" / arm
     logger.info("arm %s: %d seed(s), overrides %s", arm, seeds, json.dumps(overrides))
     started = time.time()
@@ -116,6 +117,8 @@ def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: li
 
     Returns the evaluation run (failed tasks in `.failures`), or None on processes other than 0.
     """
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     chosen = arms(ablation)  # checks the name before anything runs
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: give how many seeds to train each arm with, >= 1.")

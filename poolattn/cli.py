@@ -19,15 +19,15 @@ import os
 import sys
 from pathlib import Path
 
-from . import ablation, evaluation, hub, mining, study, training
-from .backbones import BackboneError
+# Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
+# datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
+from . import ablation, evaluation, hub, mining, study
 from .data import TripletDataError
 from .files import DamagedFileError, FolderBusyError
 from .hub import HubPushError
 from .local_tasks import LocalTaskError
 from .manifest import ManifestError
 from .results import CATEGORY_ORDER, ResultsError
-from .trainer import TrainingDivergedError
 from .tuning import PlateauSettings, TuningGrid
 
 
@@ -75,6 +75,10 @@ and the sentence-transformers files (`poolattn/hub.py`);
 def train(argv: list[str] | None = None) -> int:
     """`python train.py ...` / `poolattn-train ...`: the flags of `training.parse_arguments` (see --help)."""
     argv = sys.argv[1:] if argv is None else argv
+    from . import training
+    from .backbones import BackboneError
+    from .trainer_arguments import TrainingDivergedError
+
     try:
         model_args, data_args, training_args = training.parse_arguments(argv, description=TRAIN_HELP)
     except ValueError as error:
@@ -236,6 +240,9 @@ def ablate(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = ablate_parser().parse_args(argv[:split]), argv[split + 1 :]
+    from . import training
+    from .trainer_arguments import TrainingDivergedError
+
     _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
     try:
         run = ablation.run_ablation(
@@ -312,6 +319,9 @@ def run_study_command(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser().parse_args(argv[:split]), argv[split + 1 :]
+    from . import training
+    from .trainer_arguments import TrainingDivergedError
+
     _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
     try:
         if args.report:

@@ -34,7 +34,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import training
 from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
 from .configuration_poolattn import DESIGNS, variant_tag
 from .evaluation import (
@@ -157,6 +156,8 @@ def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, s
                instruction_check: list[str] | None = None, tuning: TuningGrid | None = None,
                plateau: PlateauSettings | None = None, controls: bool = False) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
     if clash := sorted(given & RESERVED_TRAINING_FLAGS):
         raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
@@ -346,6 +347,8 @@ def row_training_flags(plan: StudyPlan, row: StudyRow, seed: int, output, *, con
 
 def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
     """The row's rates from the tuning grid, on the first seed and held-out training rows only (`tuning.tune_row`)."""
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     grid = plan.tuning_grid
 
     def train(learning_rate: float, head_learning_rate: float | None, folder: Path) -> Path:
@@ -366,6 +369,8 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     """One row and seed, resumed where it stopped (`train.py --resume_from_checkpoint true`), with its tuned rates
     and the plateau rule when the plan has them."""
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     folder = run_folder(output, row, seed)
     if (folder / "model" / MANIFEST_FILE).is_file():
         return folder / "model"
@@ -377,6 +382,8 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
 
 def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     """The row's untrained control for one seed: the model its run starts from (`training.export_untrained`)."""
+    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+
     model_args, _, training_args = training.parse_arguments(row_training_flags(plan, row, seed, output, control=True))
     return training.export_untrained(row.variant, model_args, training_args, run_folder(output, row, seed) / "step0")
 

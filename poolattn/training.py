@@ -54,7 +54,7 @@ from .manifest import (
 from .modeling_poolattn import PoolAttnEmbeddingModel
 from .plateau import PlateauRule, PlateauStopping
 from .prompts import QUERY_PROMPT_FORMAT
-from .trainer import ContrastiveTrainer, ContrastiveTrainingArguments, last_complete_checkpoint
+from .trainer_arguments import ContrastiveTrainingArguments, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -261,19 +261,24 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
     plateau_min_improvement: float = field(default=0.01, metadata={
         "help": "the relative improvement of the held-out loss that counts with --plateau_patience (0.01 = 1%%)"})
     # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
-    per_device_train_batch_size: int = 8
-    learning_rate: float = 2e-4
-    max_steps: int = 30
-    warmup_steps: int = 3
-    lr_scheduler_type: str = "linear"
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int | None = 2
+    per_device_train_batch_size: int = field(default=8, metadata={
+        "help": "queries per process per loss call (each with its positive and hard negatives); see also "
+                "--contrastive_batch_size"})
+    learning_rate: float = field(default=2e-4, metadata={
+        "help": "peak learning rate of the backbone's LoRA adapter (and of the head without --head_learning_rate)"})
+    max_steps: int = field(default=30, metadata={
+        "help": "optimizer steps to train (the cap with --plateau_patience); -1: --num_train_epochs epochs"})
+    warmup_steps: int = field(default=3, metadata={"help": "steps of linear warmup"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "linear, cosine, constant_with_warmup, ..."})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    save_steps: int = field(default=10, metadata={
+        "help": "write a checkpoint every N steps (and evaluate held-out rows then, when there are any)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most N checkpoints"})
     report_to: None | str | list[str] = "none"  # same annotation order as TrainingArguments (HfArgumentParser)
     remove_unused_columns: bool = False
     dataloader_drop_last: bool = True
     ddp_find_unused_parameters: bool | None = False
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "random seed: the head's initialisation and the data order"})
 
     def __post_init__(self):
         self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
@@ -306,13 +311,8 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
 def parse_arguments(argv: list[str], *, description: str | None = None,
                     ) -> tuple[ModelArguments, DataArguments, TrainingRunArguments]:
     """Command line (or one JSON file) -> (model, data, training) arguments; `--preset` only changes defaults."""
-    import argparse
 
-    usage = "%(prog)s [--variant N] [--train_data DATA] [--output_dir DIR] [FLAG ...] | ARGS.json"
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingRunArguments), description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter, usage=usage)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
-    _own_flags_first(parser)
+    parser = argument_parser(description)
     if len(argv) == 1 and argv[0].endswith(".json"):
         try:
             values = json.loads(Path(argv[0]).read_text())
@@ -329,6 +329,22 @@ def parse_arguments(argv: list[str], *, description: str | None = None,
     return model_args, data_args, training_args
 
 
+def argument_parser(description: str | None = None):
+    """train.py's parser: poolattn's flags in groups first (`OWN_GROUPS`), then transformers' TrainingArguments."""
+    import argparse
+
+    usage = "%(prog)s [--variant N] [--train_data DATA] [--output_dir DIR] [FLAG ...] | ARGS.json"
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingRunArguments), description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, usage=usage)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
+    _own_flags_first(parser)
+    return parser
+
+
+OWN_GROUPS = ("model (poolattn)", "data (poolattn)", "contrastive training and the run (poolattn; the main Trainer "
+              "flags too)")
+
+
 def _own_flags_first(parser) -> None:
     """`--help` lists poolattn's flags in groups (model, data, contrastive training and the run) before the hundred-odd
     flags transformers' `TrainingArguments` adds, under their own heading."""
@@ -339,7 +355,7 @@ def _own_flags_first(parser) -> None:
     own |= {"per_device_train_batch_size", "learning_rate", "max_steps", "seed", "output_dir"}  # the ones to tune
     groups = {"model": ModelArguments, "data": DataArguments}
     sections = {title: parser.add_argument_group(f"{title} (poolattn)") for title in groups}
-    contrastive = parser.add_argument_group("contrastive training and the run (poolattn; the main Trainer flags too)")
+    contrastive = parser.add_argument_group(OWN_GROUPS[2])
     trainer = parser.add_argument_group("every other flag of transformers' TrainingArguments")
     names = {title: {item.name for item in dataclasses.fields(kind)} for title, kind in groups.items()}
     for action in list(parser._actions):
@@ -347,6 +363,8 @@ def _own_flags_first(parser) -> None:
             continue
         target = next((sections[title] for title in groups if action.dest in names[title]), None)
         target = target or (contrastive if action.dest in own or action.dest == "preset" else trainer)
+        if "--no_gather_across_devices" in action.option_strings:  # HfArgumentParser repeats the field's help
+            action.help = "turn cross-device negatives off: each process scores its queries against its own documents"
         for group in parser._action_groups:
             if action in group._group_actions:
                 group._group_actions.remove(action)
@@ -555,6 +573,8 @@ def train_variant(variant: int | str, model_args: ModelArguments, data_args: Dat
     """One variant: model, trainer, training (or resume), export. Returns the exported folder. `held_out` rows are
     scored during training (`ContrastiveTrainer.evaluation_loop`)."""
     import datasets
+
+    from .trainer import ContrastiveTrainer  # transformers' Trainer, when a run trains
 
     set_seed(training_args.seed)
     model, tokenizer = build_model(model_args, backbone_path, variant)

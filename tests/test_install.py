@@ -48,3 +48,52 @@ def test_each_console_command_answers_help(installed, tmp_path):
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, (command, stderr[-3000:])
         assert COMMANDS[command] in stdout and "usage:" in stdout, command
+
+
+HELP_IMPORTS = r"""
+import contextlib, io, json, sys
+from poolattn import cli
+command, argv = sys.argv[1], json.loads(sys.argv[2])
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        getattr(cli, command)(argv)
+    except SystemExit:
+        pass
+heavy = ("mteb", "peft", "datasets", "sentence_transformers", "onnx", "onnxruntime")
+print(json.dumps({"loaded": [name for name in heavy if name in sys.modules], "help": out.getvalue()}))
+"""
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("train", ["--help"]), ("evaluate", ["run", "--help"]), ("evaluate", ["compare", "--help"]),
+    ("run_study_command", ["--help"]), ("ablate", ["--help"]), ("publish", ["--help"]), ("mine", ["--help"]),
+    ("export_onnx", ["--help"]),
+])
+def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(command, argv):
+    """`--help` of every console command, in a fresh process: mteb, datasets, sentence-transformers and ONNX stay
+    unloaded (peft too, except for train.py, whose flags are transformers' TrainingArguments, which imports it);
+    every flag of poolattn's own groups says what it does."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS, command, json.dumps(argv)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    allowed = {"peft"} if command == "train" else set()
+    assert set(report["loaded"]) <= allowed, report["loaded"]
+    if command == "train":
+        assert "turn cross-device negatives off" in report["help"]
+
+
+def test_every_flag_of_train_pys_own_groups_says_what_it_does():
+    from poolattn import training
+
+    parser = training.argument_parser()
+    groups = [group for group in parser._action_groups if group.title in training.OWN_GROUPS]
+    assert len(groups) == 3
+    silent = [action.option_strings[0] for group in groups for action in group._group_actions
+              if not (action.help or "").strip()]
+    assert silent == []
