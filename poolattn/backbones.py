@@ -50,6 +50,24 @@ class BackboneError(ValueError):
     """A backbone that is neither a model folder, a Hub id nor a named backbone."""
 
 
+def check_hub_backbone(hub_id: str) -> None:
+    """Raise `BackboneError` (one line: the backbone and what to do) when a Hub backbone's config can be neither
+    fetched nor found in the local cache, before any work is spent on a run that would fail to load it."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(hub_id)
+    except (OSError, ValueError) as error:
+        import huggingface_hub
+
+        offline = huggingface_hub.constants.HF_HUB_OFFLINE
+        reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else str(error).splitlines()[0]
+        raise BackboneError(
+            f"--backbone {hub_id}: cannot load this Hub model ({reason}). Download it once online (or unset "
+            "HF_HUB_OFFLINE), give a local model folder, or a named backbone "
+            f"({', '.join(BACKBONES)}).") from None
+
+
 def resolve_backbone(name_or_path: str) -> str:
     """A local folder (or Hub id) for `name_or_path`; named backbones are fetched or built as described above."""
     if name_or_path not in BACKBONES:
@@ -62,6 +80,8 @@ def resolve_backbone(name_or_path: str) -> str:
             raise BackboneError(
                 f"--backbone {name_or_path}: the folder has no config.json; give the folder of a saved "
                 "transformers model (save_pretrained), a Hub id or a named backbone.")
+        if not path.exists():
+            check_hub_backbone(name_or_path)
         return name_or_path
     backbone = BACKBONES[name_or_path]
     folder = cache_root() / "backbones" / name_or_path

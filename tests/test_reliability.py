@@ -200,3 +200,19 @@ def test_lora_targets_that_are_no_linear_layer_of_the_backbone_are_named(tiny_ba
         training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
                        str(tmp_path / "out"), *TINY_RUN, "--lora_target_modules", "q_proj,qproj"])
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_a_hub_backbone_that_cannot_be_reached_is_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "train.py"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}
+    result = subprocess.run([sys.executable, str(script), "--backbone", "some-org/not-cached-model", "--output_dir",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: --backbone some-org/not-cached-model: cannot load this Hub model") and \
+        "HF_HUB_OFFLINE" in last
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
