@@ -43,6 +43,35 @@ def _comma_list(value) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
+def _storage_errors_in_one_line(command: str):
+    """A door's decorator: a full disk, a read-only folder or a missing permission ends the command with one line
+    (which file, what happened, what to do) instead of a traceback; the package's writes are atomic, so nothing
+    half-written is left behind."""
+    import errno
+    import functools
+
+    advice = {errno.ENOSPC: "no space left on the device: free some space (or give a folder on another disk), then "
+                            "run the same command again; finished work is kept",
+              errno.EDQUOT: "disk quota exceeded: free some space, then run the same command again",
+              errno.EROFS: "the file system is read-only: give a folder you can write to",
+              errno.EACCES: "permission denied: give a folder you can write to (or fix its permissions)",
+              errno.EPERM: "operation not permitted: give a folder you can write to"}
+
+    def decorate(door):
+        @functools.wraps(door)
+        def run(*args, **kwargs):
+            try:
+                return door(*args, **kwargs)
+            except OSError as error:
+                if error.errno not in advice:
+                    raise
+                where = error.filename or "a file"
+                sys.exit(f"{command}: could not write {where}: {advice[error.errno]}.")
+        return run
+
+    return decorate
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------------------------------
@@ -72,6 +101,7 @@ and the sentence-transformers files (`poolattn/hub.py`);
 """
 
 
+@_storage_errors_in_one_line("train")
 def train(argv: list[str] | None = None) -> int:
     """`python train.py ...` / `poolattn-train ...`: the flags of `training.parse_arguments` (see --help)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -195,6 +225,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@_storage_errors_in_one_line("evaluate")
 def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -235,6 +266,7 @@ def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> No
     parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
 
 
+@_storage_errors_in_one_line("ablate")
 def ablate(argv: list[str] | None = None) -> int:
     """`python ablate.py --ablation NAME [...] [-- training flags]` / `poolattn-ablate ...`."""
     argv = sys.argv[1:] if argv is None else argv
@@ -314,6 +346,7 @@ def _rates(flag: str, value: str) -> list[float]:
         raise ValueError(f"{flag} {value!r}: give comma-separated learning rates, e.g. 1e-4,3e-4.") from None
 
 
+@_storage_errors_in_one_line("study")
 def run_study_command(argv: list[str] | None = None) -> int:
     """`python study.py [...] [-- training flags]` / `poolattn-study ...`."""
     argv = sys.argv[1:] if argv is None else argv
@@ -386,6 +419,7 @@ def mine_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@_storage_errors_in_one_line("mine")
 def mine(argv: list[str] | None = None) -> int:
     """`python mine.py --train_data DATA --model MODEL --output DIR [...]` / `poolattn-mine ...`."""
     args = mine_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -446,6 +480,7 @@ def publish_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@_storage_errors_in_one_line("publish")
 def publish(argv: list[str] | None = None) -> int:
     """`python publish.py MODEL... --hub_model_id ORG/NAME [...]` / `poolattn-publish ...`."""
     args = publish_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -500,6 +535,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@_storage_errors_in_one_line("export-onnx")
 def export_onnx(argv: list[str] | None = None) -> int:
     """`poolattn-export-onnx MODEL... [--quantize]`."""
     from . import onnx_export

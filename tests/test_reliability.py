@@ -216,3 +216,26 @@ def test_a_hub_backbone_that_cannot_be_reached_is_one_line_naming_it(tmp_path):
     assert last.startswith("train: --backbone some-org/not-cached-model: cannot load this Hub model") and \
         "HF_HUB_OFFLINE" in last
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_ends_a_command_with_one_line_and_no_half_written_file(tiny_backbone_folder, triplets_file,
+                                                                            tmp_path, monkeypatch):
+    """ENOSPC at the export's first write: the command ends with one line naming the file and what to do; the
+    run's checkpoints are kept and no half-written model folder is left."""
+    import errno
+
+    from poolattn import cli
+    from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
+
+    def full_disk(self, folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(PoolAttnEmbeddingModel, "save_pretrained", full_disk)
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"train: could not write .*model.safetensors: no space left on the "
+                                         r"device: free some space"):
+        cli.train(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir", str(output),
+                   "--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu",
+                   "true", "--lora_r", "4", "--lora_alpha", "8"])
+    assert (output / "checkpoint-2").is_dir() and not (output / "model").exists()
+    assert not [path for path in output.iterdir() if path.name.startswith(".model")]
