@@ -700,11 +700,12 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
             chosen = entry.choice.label() if entry.choice else "not yet"
             if entry.choice and at_grid_edge(entry):
                 chosen += " (still at an edge of what was tried: read with care)"
-            rows.append([row.label, tried, chosen])
+            seconds = sum(point.train_runtime_s or 0.0 for point in entry.points)
+            rows.append([row.label, tried, chosen, f"{seconds:.0f}"])
         lines += ["## Tuning (held-out training rows only)", "",
                   f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.", "",
                   markdown_table(["row", "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
-                                  "chosen"], rows), "",
+                                  "chosen", "tuning s (training)"], rows), "",
                   "![Held-out loss of every tuning point](tuning.png)", ""]
         plot_curves(report_folder / "tuning.png", {
             row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
