@@ -53,38 +53,38 @@ def test_each_console_command_answers_help(installed, tmp_path):
 HELP_IMPORTS = r"""
 import contextlib, io, json, sys
 from poolattn import cli
-command, argv = sys.argv[1], json.loads(sys.argv[2])
 out = io.StringIO()
-with contextlib.redirect_stdout(out):
-    try:
-        getattr(cli, command)(argv)
-    except SystemExit:
-        pass
+for command, argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(out):
+        try:
+            getattr(cli, command)(argv)
+        except SystemExit:
+            pass
 heavy = ("mteb", "peft", "datasets", "sentence_transformers", "onnx", "onnxruntime")
 print(json.dumps({"loaded": [name for name in heavy if name in sys.modules], "help": out.getvalue()}))
 """
+HELP_COMMANDS = [("evaluate", ["run", "--help"]), ("evaluate", ["compare", "--help"]),
+                 ("run_study_command", ["--help"]), ("ablate", ["--help"]), ("publish", ["--help"]),
+                 ("mine", ["--help"]), ("export_onnx", ["--help"])]
 
 
-@pytest.mark.parametrize("command, argv", [
-    ("train", ["--help"]), ("evaluate", ["run", "--help"]), ("evaluate", ["compare", "--help"]),
-    ("run_study_command", ["--help"]), ("ablate", ["--help"]), ("publish", ["--help"]), ("mine", ["--help"]),
-    ("export_onnx", ["--help"]),
-])
-def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(command, argv):
-    """`--help` of every console command, in a fresh process: mteb, datasets, sentence-transformers and ONNX stay
-    unloaded (peft too, except for train.py, whose flags are transformers' TrainingArguments, which imports it);
-    every flag of poolattn's own groups says what it does."""
+@pytest.mark.parametrize("commands, allowed", [(HELP_COMMANDS, set()), ([("train", ["--help"])], {"peft"})],
+                         ids=["every-other-command", "train"])
+def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(commands, allowed):
+    """`--help` of the console commands in a fresh process (the commands other than train.py's one after another in
+    one process: none may load what the others did not): mteb, datasets, sentence-transformers and ONNX stay
+    unloaded, and peft too, except for train.py, whose flags are transformers' TrainingArguments, which imports it."""
     import json
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS, command, json.dumps(argv)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS, json.dumps(commands)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    allowed = {"peft"} if command == "train" else set()
     assert set(report["loaded"]) <= allowed, report["loaded"]
-    if command == "train":
+    assert report["help"].count("usage:") == len(commands)
+    if commands[0][0] == "train":
         assert "turn cross-device negatives off" in report["help"]
 
 

@@ -186,3 +186,47 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tiny_backb
     exported = training.main(common(tiny_backbone_folder, triplets_file, output))[0]
     assert exported.is_dir() and not (output / LOCK_FILE).exists()
     assert "taking over the lock of a training run that is gone" in caplog.text
+
+
+def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(tiny_backbone_folder, triplets_file,
+                                                                             tmp_path, monkeypatch):
+    """Fault injection: the run is killed before its k-th write (checkpoints, checkpoint records, the export, the
+    manifest), for every k; the same command with --resume_from_checkpoint true then ends with the weights and steps
+    of a run that was never interrupted."""
+    from transformers import Trainer
+
+    from poolattn import files, manifest
+
+    arguments = common(tiny_backbone_folder, triplets_file, tmp_path / "straight")
+    straight = training.main(arguments)[0]
+    expected = load_file(straight / "model.safetensors")
+    writes = {"count": 0, "kill_at": None}
+
+    def instrumented(module, name):
+        original = getattr(module, name)
+
+        def write(*args, **kwargs):
+            writes["count"] += 1
+            if writes["count"] == writes["kill_at"]:
+                raise KeyboardInterrupt(f"killed before write {writes['count']} ({name})")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, write)
+
+    for module, name in ((files, "write_text"), (manifest, "atomic_save"), (Trainer, "_save_checkpoint")):
+        instrumented(module, name)
+    training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "counted"))
+    total = writes["count"]
+    assert total >= 6  # two checkpoints with their records, the export and its manifest
+    for kill_at in range(1, total + 1):
+        output = tmp_path / f"killed-{kill_at}"
+        writes.update(count=0, kill_at=kill_at)
+        with pytest.raises(KeyboardInterrupt):
+            training.main(common(tiny_backbone_folder, triplets_file, output))
+        writes.update(count=0, kill_at=None)
+        resumed = training.main([*common(tiny_backbone_folder, triplets_file, output),
+                                 "--resume_from_checkpoint", "true"])[0]
+        for key, value in load_file(resumed / "model.safetensors").items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=f"kill at {kill_at}: {key}")
+        recorded = json.loads((resumed / "training_manifest.json").read_text())
+        assert recorded["global_steps"] == 4 and [step for step, _ in recorded["loss_history"]] == [1, 2, 3, 4]
