@@ -27,7 +27,7 @@ of the category resampled, and each row's seeds, 1000 resamples; Holm over the c
 the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 with 5 or fewer datasets per category.
 """
 
-import json
+import dataclasses
 import logging
 import os
 import time
@@ -45,6 +45,7 @@ from .evaluation import (
     write_csv,
 )
 from .files import folder_lock, read_json, write_json, write_text
+from .jobs import TrainingJob
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
@@ -69,13 +70,11 @@ BASELINE_COMPARISONS = (
 )
 INSTRUCTION_CHECK = ("v5", "mean-causal")  # one variant and one baseline scored on STS without instructions too
 ALPHA = 0.05
-# train.py flags the study sets per row and seed
-RESERVED_TRAINING_FLAGS = {"variant", "seed", "seeds", "output_dir", "model_name", "config_overrides",
-                           "resume_from_checkpoint", "push_to_hub", "hub_dry_run", "overwrite_output_dir"}
-# ... and, when the study tunes the rates or trains to a plateau, the flags it sets for that
-TUNED_TRAINING_FLAGS = {"learning_rate", "head_learning_rate"}
-PLATEAU_TRAINING_FLAGS = {"plateau_patience", "plateau_min_improvement", "save_steps", "eval_steps", "eval_strategy",
-                          "max_steps", "eval_fraction", "eval_data", "per_device_eval_batch_size"}
+# What the study sets per row and seed is what a `jobs.TrainingJob` owns; these probes say which of those flags a
+# plan's study sets: always (design, seed, folder, name, an arm's config), and with tuning or the plateau rule.
+STRUCTURE_PROBE = {"output_dir": "-", "model_name": "-", "config_overrides": {"-": 0}}
+TUNING_PROBE = {"learning_rate": 1.0, "head_learning_rate": 1.0}
+PLATEAU_PROBE = PlateauSettings().job_fields()
 CONTROL_SUFFIX = "-step0"  # the untrained control of a row: model name and label
 
 
@@ -159,12 +158,14 @@ def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, s
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
-    if clash := sorted(given & RESERVED_TRAINING_FLAGS):
+    structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
+    per_row = TrainingJob(**STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}),
+                          **(PLATEAU_PROBE if plateau else {})).owned_flags()
+    if clash := sorted(given & structure):
         raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
                          "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
                          "instead.")
-    if clash := sorted(given & ((TUNED_TRAINING_FLAGS if tuning else set())
-                                | (PLATEAU_TRAINING_FLAGS if plateau else set()))):
+    if clash := sorted(given & (per_row - structure)):
         raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
                          "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
                          "with study.py's --tune-* and --plateau-* flags instead.")
@@ -326,23 +327,23 @@ def step_state(folder: Path) -> str:
     return "resumed" if any(folder.glob("checkpoint-*")) else "ran now"
 
 
-def row_training_flags(plan: StudyPlan, row: StudyRow, seed: int, output, *, control: bool = False) -> list[str]:
-    """train.py's flags for one row and seed: the study's flags, the row's design, and (when the study tunes) its
-    tuned rates."""
-    folder = run_folder(output, row, seed)
-    argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(seed), "--output_dir", str(folder),
-            "--model_name", row.model_name + (CONTROL_SUFFIX if control else "")]
-    if row.overrides:
-        argv += ["--config_overrides", json.dumps(row.overrides)]
+def row_job(plan: StudyPlan, row: StudyRow, seed: int, output, *, control: bool = False) -> TrainingJob:
+    """The training job of one row and seed: the study's flags, the row's design, and (when the study tunes) its
+    tuned rates, (when it trains to a plateau) the plateau rule."""
+    job = TrainingJob(flags=tuple(plan.train_argv), variant=row.variant, seed=seed,
+                      output_dir=str(run_folder(output, row, seed)),
+                      model_name=row.model_name + (CONTROL_SUFFIX if control else ""),
+                      config_overrides=row.overrides)
     if plan.tuning:
         choice = read_tuning(output).get(row.key)
         if choice is None or choice.choice is None:
             raise StudyError(f"{row.label}: no tuned rates recorded; the tuning stage runs first (run the study "
                              "command again).")
-        argv += ["--learning_rate", f"{choice.choice.learning_rate:g}"]
-        if choice.choice.head_learning_rate is not None:
-            argv += ["--head_learning_rate", f"{choice.choice.head_learning_rate:g}"]
-    return argv
+        job = dataclasses.replace(job, learning_rate=choice.choice.learning_rate,
+                                  head_learning_rate=choice.choice.head_learning_rate)
+    if plan.plateau and not control:
+        job = dataclasses.replace(job, **plan.plateau_settings.job_fields())
+    return job
 
 
 def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
@@ -350,42 +351,33 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     grid = plan.tuning_grid
+    base = TrainingJob(flags=tuple(plan.train_argv), variant=row.variant, seed=plan.seeds[0],
+                       model_name=f"{row.model_name}-tuning", config_overrides=row.overrides)
 
     def train(learning_rate: float, head_learning_rate: float | None, folder: Path) -> Path:
-        argv = [*plan.train_argv, "--variant", str(row.variant), "--seed", str(plan.seeds[0]), "--output_dir",
-                str(folder), "--model_name", f"{row.model_name}-tuning", "--resume_from_checkpoint", "true",
-                "--learning_rate", f"{learning_rate:g}", "--max_steps", str(grid.steps), "--save_steps",
-                str(grid.eval_steps), "--eval_fraction", str(grid.eval_fraction), "--per_device_eval_batch_size",
-                str(grid.eval_batch_size)]
-        if head_learning_rate is not None:
-            argv += ["--head_learning_rate", f"{head_learning_rate:g}"]
-        if row.overrides:
-            argv += ["--config_overrides", json.dumps(row.overrides)]
-        return training.main(argv)[0]
+        return training.run_job(dataclasses.replace(base, output_dir=str(folder),
+                                                    **grid.job_fields(learning_rate, head_learning_rate)))
 
     return tune_row(row.key, row.variant, row.overrides, grid=grid, seed=plan.seeds[0], output=output, train=train)
 
 
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
-    """One row and seed, resumed where it stopped (`train.py --resume_from_checkpoint true`), with its tuned rates
-    and the plateau rule when the plan has them."""
+    """One row and seed, resumed where it stopped, with its tuned rates and the plateau rule when the plan has
+    them (`row_job`)."""
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     folder = run_folder(output, row, seed)
     if (folder / "model" / MANIFEST_FILE).is_file():
         return folder / "model"
-    argv = [*row_training_flags(plan, row, seed, output), "--resume_from_checkpoint", "true"]
-    if plan.plateau:
-        argv += plan.plateau_settings.training_flags()
-    return training.main(argv)[0]
+    return training.run_job(row_job(plan, row, seed, output))
 
 
 def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
-    """The row's untrained control for one seed: the model its run starts from (`training.export_untrained`)."""
+    """The row's untrained control for one seed: the model its run starts from (`training.export_control`)."""
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
-    model_args, _, training_args = training.parse_arguments(row_training_flags(plan, row, seed, output, control=True))
-    return training.export_untrained(row.variant, model_args, training_args, run_folder(output, row, seed) / "step0")
+    job = row_job(plan, row, seed, output, control=True)
+    return training.export_control(job, run_folder(output, row, seed) / "step0")
 
 
 def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True,

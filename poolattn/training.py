@@ -38,6 +38,7 @@ from .data import (
 )
 from .files import folder_lock, write_json
 from .hub import HubPushError, check_push_possible, publish
+from .jobs import TrainingJob
 from .losses import world_size
 from .manifest import (
     MANIFEST_FILE,
@@ -895,6 +896,18 @@ def train_planned(planned: PlannedRun, model_args: ModelArguments, data_args: Da
                     else f"no complete checkpoint in {planned.output_dir}, training from step 0")
     return train_variant(planned.variant, model_args, data_args, training_args, triplets, backbone_path,
                          held_out=held_out)
+
+
+def run_job(job: TrainingJob) -> Path:
+    """One typed job (`jobs.TrainingJob`: one design, one seed, one folder): its arguments parsed and checked once,
+    then trained (or resumed, or kept when finished) and exported. Returns the exported folder."""
+    return run(*parse_arguments(job.argv()))[0]
+
+
+def export_control(job: TrainingJob, destination) -> Path:
+    """The untrained control of a job (`export_untrained`): the model its run starts from."""
+    model_args, _, training_args = parse_arguments(job.argv())
+    return export_untrained(model_args.variants[0], model_args, training_args, destination)
 
 
 def main(argv: list[str]) -> list[Path]:

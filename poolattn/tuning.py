@@ -53,6 +53,12 @@ class TuningGrid:
             raise ValueError(f"tuning proxy: steps {self.steps} >= 1, eval_steps {self.eval_steps} in [1, steps], "
                              f"eval_fraction {self.eval_fraction} in (0, 1).")
 
+    def job_fields(self, learning_rate: float, head_learning_rate: float | None) -> dict:
+        """The `jobs.TrainingJob` fields of one proxy run of the grid."""
+        return {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "max_steps": self.steps,
+                "save_steps": self.eval_steps, "eval_fraction": self.eval_fraction,
+                "per_device_eval_batch_size": self.eval_batch_size}
+
     def points(self, *, has_head: bool) -> list[tuple[float, float | None]]:
         heads = self.head_learning_rates if has_head and self.head_learning_rates else [None]
         return [(rate, head) for rate in self.learning_rates for head in heads]
@@ -111,10 +117,11 @@ class PlateauSettings:
     eval_fraction: float = 0.01
     eval_batch_size: int = 16
 
-    def training_flags(self) -> list[str]:
-        return ["--plateau_patience", str(self.patience), "--plateau_min_improvement", str(self.min_improvement),
-                "--save_steps", str(self.eval_steps), "--max_steps", str(self.max_steps),
-                "--eval_fraction", str(self.eval_fraction), "--per_device_eval_batch_size", str(self.eval_batch_size)]
+    def job_fields(self) -> dict:
+        """The `jobs.TrainingJob` fields of a run trained to the plateau."""
+        return {"plateau_patience": self.patience, "plateau_min_improvement": self.min_improvement,
+                "save_steps": self.eval_steps, "max_steps": self.max_steps, "eval_fraction": self.eval_fraction,
+                "per_device_eval_batch_size": self.eval_batch_size}
 
 
 @dataclass

@@ -117,7 +117,7 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny
     assert "is not one of the runs of the study" in capsys.readouterr().err
 
     # resuming: nothing is trained or scored again, and the report is the same
-    monkeypatch.setattr(training, "main", lambda argv: pytest.fail(f"retrained: {argv}"))
+    monkeypatch.setattr(training, "run", lambda *arguments: pytest.fail(f"retrained: {arguments}"))
     before = (output / "report" / "study_tests.csv").read_text()
     assert cli.run_study_command(argv) == 0
     assert (output / "report" / "study_tests.csv").read_text() == before
@@ -225,3 +225,41 @@ def _checked(door, *args, **kwargs):
     assert set(tuned) == {"v1", "v2"} and all(row.chosen is not None for row in tuned.values()), (
         "task data read before every row's rates were chosen")
     return door(*args, **kwargs)
+
+
+def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
+    """The study builds `TrainingJob`s (no command line of its own): a row's job carries its design, seed, folder,
+    name and arm overrides; with tuning, the chosen rates; with the plateau rule, its steps and held-out rows; and a
+    train.py run of the same flags by hand gives the same parsed arguments as the job."""
+    import dataclasses as dc
+
+    from poolattn import tuning
+    from poolattn.jobs import TrainingJob
+
+    plan = study.plan_study(designs="5", ablation="layer_weights:weights_off", seeds=2, train_argv=["--lora_r", "4"],
+                            tuning=tuning.TuningGrid(learning_rates=[1e-4]), plateau=tuning.PlateauSettings(
+                                max_steps=50))
+    output = tmp_path / "study"
+    arm = plan.row("arm-weights_off")
+    tuning.write_tuning(output, plan.tuning_grid, {"arm-weights_off": tuning.RowTuning(
+        row="arm-weights_off", seed=42, points=[tuning.TuningPoint(1e-4, 1e-3, [[10, 1.0, 0.5]])], chosen=0)})
+    job = study.row_job(plan, arm, 43, output)
+    assert isinstance(job, TrainingJob) and job.flags == ("--lora_r", "4")
+    assert (job.variant, job.seed, job.model_name) == (5, 43, "poolattn/smollm2-135m-v5-weights-off")
+    assert job.output_dir == str(output / "runs" / "arm-weights_off" / "seed-43")
+    assert dict(job.config_overrides) == {"layer_weights": False}
+    assert (job.learning_rate, job.head_learning_rate, job.max_steps, job.plateau_patience) == (1e-4, 1e-3, 50, 3)
+    control = study.row_job(plan, arm, 43, output, control=True)
+    assert control.model_name.endswith("-step0") and control.plateau_patience is None
+    by_hand = training.parse_arguments(["--lora_r", "4", "--max_steps", "50", "--variant", "5", "--seed", "43",
+                                        "--output_dir", job.output_dir, "--model_name", job.model_name,
+                                        "--config_overrides", '{"layer_weights": false}', "--learning_rate", "0.0001",
+                                        "--head_learning_rate", "0.001", "--save_steps", "20", "--eval_fraction",
+                                        "0.01", "--per_device_eval_batch_size", "16", "--plateau_patience", "3",
+                                        "--plateau_min_improvement", "0.01", "--resume_from_checkpoint", "true"])
+    from_job = training.parse_arguments(job.argv())
+    for expected, actual in zip(by_hand, from_job):
+        assert dc.asdict(expected) == dc.asdict(actual)
+    with pytest.raises(study.StudyError, match="--learning_rate are set per row by the study's tuning"):
+        study.plan_study(designs="5", seeds=1, train_argv=["--learning_rate", "1e-3"],
+                         tuning=tuning.TuningGrid(learning_rates=[1e-4]))
