@@ -2,7 +2,7 @@
 and test every arm against the base arm (Wilcoxon signed-rank per category, paired bootstrap within each task).
 
     python ablate.py --ablation all              # embedded default: SmolLM2-135M, bundled triplets, 4 categories
-    python ablate.py --ablation layer_weights --seeds 3         # every arm with seeds 42, 43, 44 (replicates)
+    python ablate.py --ablation layer_weights --seeds 3         # every arm with seeds 42, 43, 44 (--seed: the first)
     python ablate.py --ablation layer_count --tasks STSBenchmark,STS13 --output ablations/
     python ablate.py --ablation head_attention -- --max_steps 100 --learning_rate 1e-4      # after --: train.py flags
     torchrun --nproc_per_node 8 ablate.py --ablation all --benchmark "MTEB(eng, v2)" --categories STS,Retrieval \\
@@ -36,6 +36,7 @@ complete checkpoint, and finished tasks are not re-scored. Under torchrun every 
 evaluates and compares.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 from .budget import budget_revision
 from .data import SHARED_DATA
 from .evaluation import compare_results, evaluate_models
+from .jobs import JobError, TrainingJob
 from .manifest import ExportedModel
 from .results import results_folder
 
@@ -92,25 +94,27 @@ def arm_model_name(backbone: str, variant: int, arm: str) -> str:
 
 
 def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone: str, train_argv: list[str],
-              seeds: int = 1) -> list[Path]:
-    """Train one arm once per seed (`train.py --seeds`), resuming: finished seeds are kept, interrupted ones continue
-    from their last complete checkpoint. Returns the exported folders, one per seed."""
+              seeds: int = 1, seed: int = 42) -> list[Path]:
+    """Train one arm once per seed (seeds `seed`, `seed`+1, ...: one `jobs.TrainingJob` each), resuming: finished
+    seeds are kept, interrupted ones continue from their last complete checkpoint. Returns the exported folders, one
+    per seed (`arms/<arm>/`, or `arms/<arm>/seed-<S>/` with several seeds)."""
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     arm_output = Path(output) / "arms" / arm
     logger.info("arm %s: %d seed(s), overrides %s", arm, seeds, json.dumps(overrides))
     started = time.time()
-    exported = training.main([
-        *train_argv, "--variant", str(base_variant), "--output_dir", str(arm_output),
-        "--config_overrides", json.dumps(overrides), "--model_name", arm_model_name(backbone, base_variant, arm),
-        "--seeds", str(seeds), "--resume_from_checkpoint", "true",
-    ])
+    base = TrainingJob(flags=tuple(train_argv), variant=base_variant, model_name=arm_model_name(backbone, base_variant,
+                                                                                                  arm),
+                       config_overrides=overrides)
+    exported = [training.run_job(dataclasses.replace(
+        base, seed=run_seed, output_dir=str(arm_output / f"seed-{run_seed}" if seeds > 1 else arm_output)))
+        for run_seed in range(seed, seed + seeds)]
     logger.info("arm %s: ready in %.0f s", arm, time.time() - started)
     return exported
 
 
 def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), seeds: int = 1,
-                 tasks=None, categories=None, benchmark=None, data_dir=DEFAULT_DATA,
+                 seed: int = 42, tasks=None, categories=None, benchmark=None, data_dir=DEFAULT_DATA,
                  budget: int | None = DEFAULT_BUDGET, batch_size: int = 32):
     """Train every arm once per seed (every process under torchrun), then on process 0 score each arm's seeds and
     compare the arms with the base arm, seeds grouped as replicates.
@@ -124,10 +128,15 @@ def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: li
         raise ValueError(f"--seeds {seeds}: give how many seeds to train each arm with, >= 1.")
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
+    given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
+    if clash := sorted(given & TrainingJob(output_dir="-", model_name="-", config_overrides={"-": 0}).owned_flags()):
+        raise JobError(f"the training flags {', '.join('--' + name for name in clash)} are set per arm by the "
+                       "ablation itself (design, seeds, folders, names, overrides); give --base-variant, --seeds, "
+                       "--seed and --output to ablate.py instead.")
     backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
     started = time.time()
     models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
-                             train_argv=list(train_argv), seeds=seeds)
+                             train_argv=list(train_argv), seeds=seeds, seed=seed)
               for arm, overrides in chosen.items()}
     if int(os.environ.get("RANK", 0)) != 0:
         return None

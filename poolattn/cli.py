@@ -246,8 +246,9 @@ def ablate_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
     parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
-    parser.add_argument("--seeds", type=int, default=1, help="train every arm with N seeds (train.py's --seed and "
-                                                                 "the next N-1), grouped as replicates (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="train every arm with N seeds (--seed and the next "
+                                                                 "N-1), grouped as replicates (default 1)")
+    parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
     parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
     _add_scoring_arguments(parser, "arm")
     return parser
@@ -279,6 +280,7 @@ def ablate(argv: list[str] | None = None) -> int:
     try:
         run = ablation.run_ablation(
             args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv, seeds=args.seeds,
+            seed=args.seed,
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
             benchmark=args.benchmark, data_dir=args.data_dir, budget=args.budget or None, batch_size=args.batch_size,
         )
