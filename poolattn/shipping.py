@@ -70,12 +70,28 @@ def differing_code(model_folder: Path) -> list[str]:
             and (model_folder / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()]
 
 
+RECORD_FILES = ("config.json", "training_manifest.json", "export.json", "config_sentence_transformers.json",
+                "sentence_bert_config.json")  # where a run writes paths (a tokenizer's vocabulary is no record)
+
+
+def is_local_path(value: str) -> bool:
+    """A string that names a path on this machine: absolute, at least two levels deep, under an existing top folder.
+
+    >>> is_local_path("/tmp/run/model"), is_local_path("/{"), is_local_path("/"), is_local_path("org/name")
+    (True, False, False, False)
+    """
+    if not isinstance(value, str) or not os.path.isabs(value) or any(char in value for char in "\n{}<>|*?\"'"):
+        return False
+    parts = Path(value).parts
+    return len(parts) >= 3 and Path(parts[0], parts[1]).is_dir()
+
+
 def local_paths(folder: Path, extra: tuple = ()) -> list[str]:
-    """Absolute paths written in the JSON files of `folder` (and `extra`), longest first."""
+    """This machine's absolute paths written in the record files of `folder` (and `extra`), longest first."""
     found = {str(path) for path in extra}
 
     def walk(value):
-        if isinstance(value, str) and os.path.isabs(value) and len(value) > 1:
+        if is_local_path(value):
             found.add(value.rstrip("/"))
         elif isinstance(value, dict):
             for item in value.values():
@@ -84,7 +100,7 @@ def local_paths(folder: Path, extra: tuple = ()) -> list[str]:
             for item in value:
                 walk(item)
 
-    for path in folder.rglob("*.json"):
+    for path in (item for item in folder.rglob("*.json") if item.name in RECORD_FILES):
         try:
             walk(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -99,7 +115,8 @@ def scrub_local_paths(folder: Path, paths: list[str]) -> None:
             text = path.read_text(encoding="utf-8")
             scrubbed = text
             for local in paths:
-                scrubbed = scrubbed.replace(local, Path(local).name or "local")
+                if is_local_path(local):
+                    scrubbed = scrubbed.replace(local, Path(local).name)
             if scrubbed != text:
                 path.write_text(scrubbed, encoding="utf-8")
 

@@ -379,6 +379,10 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(tiny
             assert str(tmp_path) not in text and "/tmp/" not in text, name
     manifest = json.loads(files["training_manifest.json"])
     assert manifest["backbone"] == Path(tiny_backbone_folder).name
+    for name, content in files.items():  # every JSON file still parses; the tokenizer's vocabulary is untouched
+        if name.endswith(".json"):
+            json.loads(content)
+    assert files["tokenizer.json"] == (exported / "tokenizer.json").read_bytes()
 
     wrong = tmp_path / "wrong"
     shutil.copytree(exported, wrong)
