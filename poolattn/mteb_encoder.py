@@ -12,6 +12,8 @@ symmetric tasks (STS, classification, clustering, pair classification) get `Inst
 documents get none. Instruction tokens are left out of pooling (`encode(..., prompt=...)`).
 """
 
+import logging
+
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 
@@ -82,5 +84,8 @@ class PoolAttnEncoder(AbsEncoder):
                               instructions=self.instructions)
         # only when asked: the remote code of folders exported before Matryoshka sizes has no `truncate_dim`
         sizes = {"truncate_dim": self.truncate_dim} if self.truncate_dim else {}
+        # a bar per encode call (every task's texts), when the command shows progress (INFO): scoring moves within
+        # a task too, not only between tasks
+        progress = logging.getLogger("poolattn").isEnabledFor(logging.INFO) and len(texts) > self.batch_size
         return self.model.encode(texts, prompt=prompt, batch_size=kwargs.get("batch_size", self.batch_size),
-                                 max_length=self.max_length, show_progress_bar=False, **sizes)
+                                 max_length=self.max_length, show_progress_bar=progress, **sizes)
