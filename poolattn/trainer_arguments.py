@@ -14,19 +14,30 @@ logger = logging.getLogger(__name__)
 
 
 def last_complete_checkpoint(folder) -> str | None:
-    """The newest `checkpoint-<step>` folder of `folder` that holds `trainer_state.json` (the Trainer writes it last,
-    so a checkpoint killed while being written is passed over), or None."""
+    """The newest `checkpoint-<step>` folder of `folder` that holds a readable `trainer_state.json` (the Trainer
+    writes it last, in place: a checkpoint killed while being written, or whose state file is empty or truncated,
+    is passed over with a warning naming it), or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     checkpoints = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
                    if path.name.split("-")[-1].isdigit()]
-    complete = [path for path in checkpoints if (path / "trainer_state.json").is_file()]
+    complete = [path for path in checkpoints if _readable_state(path / "trainer_state.json")]
     newest = max(complete, key=lambda path: int(path.name.split("-")[-1])) if complete else None
     for path in sorted(set(checkpoints) - set(complete)):
         if newest is None or int(path.name.split("-")[-1]) > int(newest.name.split("-")[-1]):
-            logger.warning("%s is incomplete (no trainer_state.json: killed while being written?); passed over, "
-                           "resuming from %s", path, newest or "step 0")
+            why = "a damaged trainer_state.json" if (path / "trainer_state.json").exists() else "no trainer_state.json"
+            logger.warning("%s is incomplete (%s: killed while being written?); passed over, resuming from %s", path,
+                           why, newest or "step 0")
     return str(newest) if newest else None
+
+
+def _readable_state(path: Path) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 class TrainingDivergedError(FloatingPointError):

@@ -182,6 +182,11 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
     with caplog.at_level("WARNING", logger="poolattn.trainer"):
         assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-4 is incomplete" in caplog.text and "resuming from" in caplog.text
+    # a state file the Trainer left truncated (it writes it in place) is no complete checkpoint either
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-6 is incomplete (a damaged trainer_state.json" in caplog.text
 
 
 def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folder, caplog):
