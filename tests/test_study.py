@@ -263,3 +263,48 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
     with pytest.raises(study.StudyError, match="--learning_rate are set per row by the study's tuning"):
         study.plan_study(designs="5", seeds=1, train_argv=["--learning_rate", "1e-3"],
                          tuning=tuning.TuningGrid(learning_rates=[1e-4]))
+
+
+def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_report(tiny_backbone_folder,
+                                                                                   triplets_file, tmp_path,
+                                                                                   monkeypatch):
+    """Fault injection over a tiny study (one row, one seed, one task): killed before its k-th write of a small file
+    (the plan, the run's records and manifest, the scores' settings, the report's files), for every k, the same
+    command run again ends with the report of a study that was never interrupted."""
+    from poolattn import evaluation, files
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    data.joinpath("test.jsonl").write_text("\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text()
+                                                     .splitlines()[:20]) + "\n")
+
+    def argv(name):
+        return ["--designs", "1", "--seeds", "1", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
+                "--budget", "0", "--output", str(tmp_path / name), "--", "--backbone", tiny_backbone_folder,
+                "--train_data", triplets_file, "--max_steps", "1", "--save_steps", "1",
+                "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+
+    assert cli.run_study_command(argv("straight")) == 0
+    expected = read_csv(tmp_path / "straight" / "report" / "study_table.csv")
+    writes = {"count": 0, "kill_at": None}
+    for module, name in ((files, "write_text"), (study, "write_text"), (evaluation, "write_text")):
+        original = getattr(module, name)
+
+        def write(*args, original=original, name=name, **kwargs):
+            writes["count"] += 1
+            if writes["count"] == writes["kill_at"]:
+                raise KeyboardInterrupt(f"killed before write {writes['count']} ({name})")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, write)
+    assert cli.run_study_command(argv("counted")) == 0
+    total = writes["count"]
+    assert total >= 8
+    for kill_at in range(1, total + 1):
+        writes.update(count=0, kill_at=kill_at)
+        with pytest.raises(KeyboardInterrupt):
+            cli.run_study_command(argv(f"killed-{kill_at}"))
+        writes.update(count=0, kill_at=None)
+        assert cli.run_study_command(argv(f"killed-{kill_at}")) == 0
+        table = read_csv(tmp_path / f"killed-{kill_at}" / "report" / "study_table.csv")
+        assert [{**row, "label": None} for row in table] == [{**row, "label": None} for row in expected], kill_at
