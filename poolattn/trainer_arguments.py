@@ -74,6 +74,8 @@ class ContrastiveTrainingArguments(TrainingArguments):
                         os.environ["WORLD_SIZE"])
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator (torch warns on every loader)
         if self.contrastive_batch_size is not None:
             world = int(os.environ.get("WORLD_SIZE", 1))
             if self.contrastive_batch_size < 1 or self.contrastive_batch_size % world:

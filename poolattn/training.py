@@ -396,7 +396,11 @@ def build_model(model_args: ModelArguments, backbone_path: str, variant: int | s
         target_modules=targets,
         modules_to_save=["pooler"] if model.pooler is not None else None,
     )
-    return get_peft_model(model, lora), tokenizer
+    import warnings
+
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` itself
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        return get_peft_model(model, lora), tokenizer
 
 
 def training_manifest(variant: int | str, base, trainer, result, model_args: ModelArguments, data_args: DataArguments,
