@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from .budget import budget_revision
-from .data import SHARED_DATA
+from .data import SHARED_DATA, UNSET_DATA
 from .evaluation import compare_results, evaluate_models
 from .jobs import JobError, TrainingJob
 from .manifest import ExportedModel
@@ -65,7 +65,7 @@ ABLATIONS = {
 # at most DEFAULT_BUDGET units (pairs, examples, queries) per task, the same seeded sample for every arm.
 DEFAULT_CATEGORIES = ("STS", "Retrieval", "Classification", "Clustering")
 DEFAULT_BUDGET = 100
-DEFAULT_DATA = str(SHARED_DATA)  # local task copies
+DEFAULT_DATA = str(SHARED_DATA) if SHARED_DATA else UNSET_DATA  # local task copies
 
 
 def arms(ablation: str) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
 from . import ablation, evaluation, hub, mining, study
-from .data import TripletDataError
+from .data import SharedDataError, TripletDataError, require_shared_data
 from .files import DamagedFileError, FolderBusyError
 from .hub import HubPushError
 from .local_tasks import LocalTaskError
@@ -119,7 +119,7 @@ def train(argv: list[str] | None = None) -> int:
     except TripletDataError as error:
         sys.exit(f"train: bad training data: {error}")
     except (training.TrainingSetupError, BackboneError, TrainingDivergedError, FolderBusyError,
-            DamagedFileError) as error:
+            DamagedFileError, SharedDataError) as error:
         sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
@@ -282,7 +282,8 @@ def ablate(argv: list[str] | None = None) -> int:
             args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv, seeds=args.seeds,
             seed=args.seed,
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark, data_dir=args.data_dir, budget=args.budget or None, batch_size=args.batch_size,
+            benchmark=args.benchmark, data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+            budget=args.budget or None, batch_size=args.batch_size,
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")
@@ -366,7 +367,8 @@ def run_study_command(argv: list[str] | None = None) -> int:
             designs=args.designs, ablation=args.ablation, seeds=args.seeds, seed=args.seed,
             train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
             tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark, data_dir=args.data_dir or None, budget=args.budget or None,
+            benchmark=args.benchmark, data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+            budget=args.budget or None,
             batch_size=args.batch_size, controls=args.controls,
             tuning=TuningGrid(learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
                               head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),

@@ -29,10 +29,12 @@ from .configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, P
 from .data import (
     SAMPLE_TRIPLETS,
     SHARED_DATA,
+    UNSET_DATA,
     TripletCollator,
     TripletDataError,
     Triplets,
     load_triplets,
+    require_shared_data,
     set_source_instructions,
     set_source_weights,
 )
@@ -89,7 +91,8 @@ PRESETS = {
     # instruction in the e5 form the evaluation uses. Learning rate from a sweep of variant 5 at these settings
     # (README "Results": 1e-4, 3e-4, 1e-3 at 60 steps, scored on the five STS tasks).
     "small": {
-        "backbone": DEFAULT_BACKBONE, "train_data": str(SHARED_DATA / "train"),
+        "backbone": DEFAULT_BACKBONE,
+        "train_data": str(SHARED_DATA / "train") if SHARED_DATA else f"{UNSET_DATA}/train",
         "source_instructions": SMALL_RECIPE_INSTRUCTIONS, "per_device_train_batch_size": 16, "max_steps": 60,
         "warmup_steps": 6, "lr_scheduler_type": "linear", "learning_rate": 1e-4, "query_max_length": 128,
         "document_max_length": 128, "negatives_per_query": 1, "batch_sampling": "one_source_per_batch",
@@ -835,6 +838,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     ones continue from their last complete checkpoint, the others start at step 0.
     """
     # data, validated before anything is written
+    require_shared_data(data_args.train_data, "--train_data")
     if data_args.streaming:
         if training_args.max_steps < 1:
             raise TrainingSetupError("--streaming needs --max_steps (the data is not counted in epochs).")

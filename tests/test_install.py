@@ -97,3 +97,18 @@ def test_every_flag_of_train_pys_own_groups_says_what_it_does():
     silent = [action.option_strings[0] for group in groups for action in group._group_actions
               if not (action.help or "").strip()]
     assert silent == []
+
+
+def test_data_defaults_come_from_an_explicit_setting_never_from_where_the_package_sits(tmp_path, monkeypatch):
+    """Outside a source checkout (an installed wheel) and without $POOLATTN_DATA, the small preset and the study's
+    --data-dir say what to set instead of pointing inside site-packages; $POOLATTN_DATA is honoured."""
+    from poolattn import data
+
+    monkeypatch.setenv("POOLATTN_DATA", str(tmp_path / "mine"))
+    assert data.shared_data() == tmp_path / "mine"
+    monkeypatch.delenv("POOLATTN_DATA")
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "poolattn" / "data.py"))
+    assert data.shared_data() is None
+    with pytest.raises(data.SharedDataError, match="set POOLATTN_DATA to its folder .* or give --train_data"):
+        data.require_shared_data(f"{data.UNSET_DATA}/train", "--train_data")
+    assert data.require_shared_data("my/data", "--train_data") == "my/data"
