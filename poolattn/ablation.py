@@ -39,7 +39,6 @@ evaluates and compares.
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from .budget import budget_revision
 from .data import SHARED_DATA, UNSET_DATA
 from .evaluation import compare_results, evaluate_models
 from .jobs import JobError, TrainingJob
+from .launch import is_main_process
 from .manifest import ExportedModel
 from .results import results_folder
 
@@ -138,7 +138,7 @@ def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: li
     models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
                              train_argv=list(train_argv), seeds=seeds, seed=seed)
               for arm, overrides in chosen.items()}
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         return None
     results = Path(output) / "results"
     evaluation = evaluate_models([str(folder) for folders in models.values() for folder in folders], output=results,

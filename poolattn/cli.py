@@ -15,7 +15,6 @@ Library code logs through `logging` (logger `poolattn.*`); the doors show its IN
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from . import ablation, evaluation, hub, mining, study
 from .data import SharedDataError, TripletDataError, require_shared_data
 from .files import DamagedFileError, FolderBusyError
 from .hub import HubPushError
+from .launch import is_main_process
 from .local_tasks import LocalTaskError
 from .manifest import ManifestError
 from .results import CATEGORY_ORDER, ResultsError
@@ -276,7 +276,7 @@ def ablate(argv: list[str] | None = None) -> int:
     from . import training
     from .trainer_arguments import TrainingDivergedError
 
-    _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
+    _show_progress(main_process=is_main_process())
     try:
         run = ablation.run_ablation(
             args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv, seeds=args.seeds,
@@ -358,7 +358,7 @@ def run_study_command(argv: list[str] | None = None) -> int:
     from . import training
     from .trainer_arguments import TrainingDivergedError
 
-    _show_progress(main_process=int(os.environ.get("RANK", 0)) == 0)
+    _show_progress(main_process=is_main_process())
     try:
         if args.report:
             print(f"written: {study.write_report(args.report)}")

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import plots
 from .budget import budget_revision, cap_task
 from .files import write_text
 from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, splits_by_subset, task_type
@@ -578,7 +579,8 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
                [[group.label, seed, run.revision, task, categories[task], run.scores[task]]
                 for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
     write_text(files[3], summary_block(names, means, used_categories, tests, baseline))
-    plot_categories(files[4], names, means, used_categories, tests)
+    significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
+    plots.category_bars(files[4], names, means, used_categories, significant)
     left_out = [f"{group.label}: {task} ({why})" for group in groups for task, why in group.left_out.items()]
     left_out += [f"{name}: no score for {task}" for name in names for task in tasks if task not in scores[name]]
     return Comparison("\n".join(report), files, left_out)
@@ -639,31 +641,6 @@ def summary_block(names, category_means, categories, tests, baseline) -> str:
     note = (f"\n\n\\* significantly different from {baseline} (Wilcoxon signed-rank by dataset, Holm-corrected, "
             "p < 0.05).")
     return markdown_table(["model", *categories], rows) + note + "\n"
-
-
-def plot_categories(path: Path, names, category_means, categories, tests) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = 0.8 / len(names)
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(categories)), 4))
-    for position, name in enumerate(names):
-        values = [category_means[name].get(c, 0.0) for c in categories]
-        xs = [i + position * width for i in range(len(categories))]
-        axis.bar(xs, values, width, label=name)
-        significant = {t.category for t in tests.get(name, []) if t.significant()}
-        for x, value, category in zip(xs, values, categories):
-            if category in significant:
-                axis.text(x, value, "*", ha="center", va="bottom", fontsize=14)
-    axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(categories))], categories, rotation=20)
-    axis.set_ylabel("mean main score")
-    axis.set_title("Per-category scores (* significant vs baseline, Holm-corrected)")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -25,6 +25,8 @@ import tempfile
 import typing
 from pathlib import Path
 
+from .launch import is_main_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -112,7 +114,7 @@ def folder_lock(folder, *, what: str = "run"):
     """Hold `<folder>/.poolattn.lock` (pid, host and command of the holder) while a run writes into `folder`: a second
     run into it is refused, naming the holder. A lock whose process is gone (killed) is taken over with a warning.
     Only the main process of a torchrun job locks (the others write nothing of their own)."""
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         yield
         return
     folder = Path(folder)

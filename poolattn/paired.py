@@ -180,12 +180,12 @@ def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def holm(tests: list[PairedTest]) -> None:
-    """Holm's step-down correction over `tests` (one family, e.g. the tasks of a category), set as `p_holm`."""
-    order = sorted(range(len(tests)), key=lambda i: tests[i].p_value)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(tests) - rank) * tests[index].p_value))
-        tests[index].p_holm = running
+    """Holm's step-down correction over `tests` (one family, e.g. the tasks of a category), set as `p_holm`
+    (`stats.holm_adjust`)."""
+    from .stats import holm_adjust
+
+    for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
+        test.p_holm = adjusted
 
 
 # ---------------------------------------------------------------------------------------------------------------------

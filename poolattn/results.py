@@ -15,6 +15,7 @@ fingerprint of its weights (`manifest.model_fingerprint`), so two models never s
 import dataclasses
 import json
 import logging
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,9 @@ def category_rank(category: str) -> int:
 
 
 def mean(values) -> float | None:
+    """`statistics.fmean`, None for no values."""
     values = list(values)
-    return sum(values) / len(values) if values else None
+    return statistics.fmean(values) if values else None
 
 
 def category_means(scores: dict[str, float], categories: dict[str, str], tasks=None) -> dict[str, float]:
@@ -276,16 +278,13 @@ class SeedReplicates:
 
 
 def standard_deviation(values) -> float | None:
-    """Sample standard deviation (n - 1); None for fewer than two values.
+    """Sample standard deviation (n - 1, `statistics.stdev`); None for fewer than two values.
 
     >>> standard_deviation([0.5, 0.7])
     0.1414...
     """
     values = list(values)
-    if len(values) < 2:
-        return None
-    average = sum(values) / len(values)
-    return (sum((value - average) ** 2 for value in values) / (len(values) - 1)) ** 0.5
+    return statistics.stdev(values) if len(values) >= 2 else None
 
 
 def group_replicates(runs: list[ModelResults]) -> tuple[list[SeedReplicates], list[str]]:

@@ -29,11 +29,11 @@ the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import plots
 from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
 from .configuration_poolattn import DESIGNS, variant_tag
 from .evaluation import (
@@ -46,6 +46,7 @@ from .evaluation import (
 )
 from .files import folder_lock, read_json, write_json, write_text
 from .jobs import TrainingJob
+from .launch import is_main_process, launched_processes
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
 from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
@@ -239,7 +240,7 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
         raise StudyError(f"{output} holds a study trained with other flags or another tuning / plateau setting "
                          f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.plateau}); use "
                          "another --output, or the same settings to resume it.")
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    distributed = launched_processes() > 1
     if distributed and (plan.tuning or plan.controls):
         raise StudyError("tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
                          "(the study's runs then resume under torchrun with the same command).")
@@ -276,7 +277,7 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
                 failures += score_models(plan, [folder], output).failures
                 if checking and row.key in plan.instruction_check:
                     failures += score_models(plan, [folder], output, instructions=False, sts_only=True).failures
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         return StudyRun(None)
     if distributed:
         failures += score_models(plan, [folder for _, _, folder in trained], output).failures
@@ -428,7 +429,7 @@ class RowResults:
 
 
 @dataclass
-class CategoryTest:
+class CategoryComparison:
     """Row a against row b on one category: the pooled paired bootstrap of the category mean, and the paper's
     Wilcoxon over datasets."""
 
@@ -482,7 +483,7 @@ def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget
     return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
 
 
-def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryTest]:
+def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryComparison]:
     """Per category both rows scored: the pooled paired bootstrap (Holm over this comparison's categories) and the
     Wilcoxon signed-rank over the category's datasets."""
     from . import paired
@@ -499,7 +500,7 @@ def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryTe
         pooled = paired.pooled_bootstrap(parts, weights=weights,
                                          paired_seeds=seeds_paired(a.replicates, b.replicates), task=category)
         test = wilcoxon.get(category)
-        tests.append(CategoryTest(a.row.key, b.row.key, question, category, len(members), pooled.score_a,
+        tests.append(CategoryComparison(a.row.key, b.row.key, question, category, len(members), pooled.score_a,
                                   pooled.score_b, pooled.difference, pooled.low, pooled.high, pooled.p_value,
                                   wilcoxon_p=test.p_value if test else None, seeds_a=pooled.seeds_a,
                                   seeds_b=pooled.seeds_b))
@@ -609,7 +610,9 @@ def write_report(output) -> Path:
     lines += _wall_time_section(trained_rows)
     lines += ["## Figures", ""]
     for name, (title, group) in figure_groups(scored).items():
-        plot_study(report_folder / name, group, categories, title)
+        plots.study_bars(report_folder / name, [
+            plots.Bars(item.row.label, item.row.kind, item.replicates.category_means(),
+                       item.replicates.category_spread()) for item in group], categories, title)
         lines += [f"![{title}]({name})", ""]
     lines += ["Bars: mean main score per category; whiskers: ± sample sd over seeds"
               + ("; open bars: the row untrained (step 0)." if plan.controls else "."), ""]
@@ -699,7 +702,7 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
                   markdown_table(["row", "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
                                   "chosen", "tuning s (training)"], rows), "",
                   "![Held-out loss of every tuning point](tuning.png)", ""]
-        plot_curves(report_folder / "tuning.png", {
+        plots.curves(report_folder / "tuning.png", {
             row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
             for row in plan.rows if row.key in tuned}, title="Tuning: held-out loss per grid point (first seed)")
     trained = [item for item in collected if item.models]
@@ -724,7 +727,7 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
         curves = {item.row.label: [(f"seed {model.manifest.seed}", model.manifest.eval_history)
                                    for model in item.models if model.manifest.eval_history] for item in trained}
         if any(curves.values()):
-            plot_curves(report_folder / "curves.png", {key: value for key, value in curves.items() if value},
+            plots.curves(report_folder / "curves.png", {key: value for key, value in curves.items() if value},
                         title="Held-out loss during training, per row and seed")
             lines += ["![Held-out loss during training](curves.png)", ""]
     return lines
@@ -738,29 +741,6 @@ def at_grid_edge(entry: RowTuning) -> bool:
         if value is not None and len(tried) > 1 and value in (min(tried), max(tried)):
             return True
     return False
-
-
-def plot_curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str) -> None:
-    """One panel per row, one line per curve ([step, loss, ...] points): held-out loss against steps."""
-    from matplotlib.figure import Figure
-
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(3.6 * columns, 2.8 * rows))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis, (name, curves) in zip(axes.flat, panels.items()):
-        for label, curve in curves:
-            axis.plot([point[0] for point in curve], [point[1] for point in curve], marker=".", label=label)
-        axis.set_title(name, fontsize=8)
-        axis.set_xlabel("step", fontsize=7)
-        axis.set_ylabel("held-out loss", fontsize=7)
-        axis.tick_params(labelsize=6)
-        axis.legend(fontsize=5)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.set_visible(False)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 def _wall_time_section(collected: list[RowResults]) -> list[str]:
@@ -796,35 +776,6 @@ def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResu
         groups["study_ablation.png"] = ("Variant 5 and its ablation arms per category (± sd over seeds)",
                                         base + arm_rows)
     return {name: group for name, group in groups.items() if group[1]}
-
-
-def plot_study(path: Path, scored: list[RowResults], categories: list[str],
-               title: str = "Designs per category (± sd over seeds)") -> None:
-    """Grouped bars: one group per category, one bar per row, whiskers ± seed sd."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = 0.8 / len(scored)
-    figure, axis = plt.subplots(figsize=(max(7, 2.2 * len(categories)), 4.5))
-    for position, item in enumerate(scored):
-        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
-        xs = [index + position * width for index in range(len(categories))]
-        control = item.row.kind == "control"
-        bars = axis.bar(xs, [means.get(c, 0.0) for c in categories], width, label=item.row.label,
-                        yerr=[spreads.get(c) or 0.0 for c in categories], capsize=2,
-                        hatch="//" if item.row.kind == "baseline" else ("." if item.row.kind == "arm" else None),
-                        fill=not control, linestyle="--" if control else "-")
-        if control and position > 0:  # the open bar in the colour of its trained row, just before it
-            for bar, previous in zip(bars, axis.patches[-2 * len(categories): -len(categories)]):
-                bar.set_edgecolor(previous.get_facecolor())
-    axis.set_xticks([index + width * (len(scored) - 1) / 2 for index in range(len(categories))], categories)
-    axis.set_ylabel("mean main score")
-    axis.set_title(title)
-    axis.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: never over a bar
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@ transformers' `TrainingArguments` only (not the Trainer, datasets or the evaluat
 argument parsing stay light. `ContrastiveTrainer` is in `poolattn.trainer`."""
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
+
+from .launch import launched_processes
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,17 @@ class ContrastiveTrainingArguments(TrainingArguments):
         if self.gradcache_chunk_size < 0:
             raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables "
                              "GradCache).")
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not self.use_cpu and not torch.cuda.is_available():
+        if launched_processes() > 1 and not self.use_cpu and not torch.cuda.is_available():
             # torchrun / accelerate on a machine without CUDA: the Trainer joins the processes only on its CPU path
             # (gloo); without it every process would train a model of its own and all would write the export
             logger.info("no CUDA device: %s processes train one model together on CPU (use_cpu, gloo)",
-                        os.environ["WORLD_SIZE"])
+                        launched_processes())
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator (torch warns on every loader)
         if self.contrastive_batch_size is not None:
-            world = int(os.environ.get("WORLD_SIZE", 1))
+            world = launched_processes()
             if self.contrastive_batch_size < 1 or self.contrastive_batch_size % world:
                 raise ValueError(f"--contrastive_batch_size {self.contrastive_batch_size} must be a positive multiple "
                                  f"of the {world} processes.")
