@@ -24,8 +24,44 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a of model query passage answer question search vector index layer token train data river bank city "
-         "market light water cell star paper code fast slow green blue book road house car fish rain sky").split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "model",
+    "query",
+    "passage",
+    "answer",
+    "question",
+    "search",
+    "vector",
+    "index",
+    "layer",
+    "token",
+    "train",
+    "data",
+    "river",
+    "bank",
+    "city",
+    "market",
+    "light",
+    "water",
+    "cell",
+    "star",
+    "paper",
+    "code",
+    "fast",
+    "slow",
+    "green",
+    "blue",
+    "book",
+    "road",
+    "house",
+    "car",
+    "fish",
+    "rain",
+    "sky",
+]
 
 CHILD = r"""
 import json, sys, time
@@ -71,8 +107,10 @@ def write_sources(folder: Path, rows: int) -> None:
                 handle.write(json.dumps(row) + "\n")
         size = (folder / "data" / f"{name}.jsonl").stat().st_size
         configs.append(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: data/{name}.jsonl\n")
-        infos.append(f"- config_name: {name}\n  splits:\n  - name: train\n    num_bytes: {size}\n"
-                     f"    num_examples: {int(rows * share)}\n")
+        infos.append(
+            f"- config_name: {name}\n  splits:\n  - name: train\n    num_bytes: {size}\n"
+            f"    num_examples: {int(rows * share)}\n"
+        )
     (folder / "README.md").write_text(f"---\nconfigs:\n{''.join(configs)}dataset_info:\n{''.join(infos)}---\n")
 
 
@@ -88,19 +126,26 @@ def main() -> None:
         write_sources(Path(folder), args.rows)
         size = sum(path.stat().st_size for path in (Path(folder) / "data").iterdir()) / 2**20
         written = time.perf_counter() - started
-        print(f"{args.rows:,} rows in 2 sources, {size:.0f} MiB of JSONL (written in {written:.0f} s); "
-              f"{args.batches} batches of {args.batch}; shuffle buffer {args.buffer:,} rows per source")
+        print(
+            f"{args.rows:,} rows in 2 sources, {size:.0f} MiB of JSONL (written in {written:.0f} s); "
+            f"{args.batches} batches of {args.batch}; shuffle buffer {args.buffer:,} rows per source"
+        )
         print(f"{'contender':<13} {'ready (s)':>10} {'first batches (s)':>18} {'peak RSS (MiB)':>15}")
         for mode in ("in-memory", "streaming", "hub-streaming"):
             source = folder if mode == "hub-streaming" else str(Path(folder) / "data")
-            result = subprocess.run([sys.executable, "-c", CHILD, mode, source, str(args.batch), str(args.batches),
-                                     str(args.buffer)], capture_output=True, text=True, env={**os.environ,
-                                                                                             "TQDM_DISABLE": "1"})
+            result = subprocess.run(
+                [sys.executable, "-c", CHILD, mode, source, str(args.batch), str(args.batches), str(args.buffer)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+            )
             if result.returncode:
                 sys.exit(result.stderr[-3000:])
             figures = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{mode:<13} {figures['ready_s']:>10.1f} {figures['first_batches_s']:>18.1f} "
-                  f"{figures['peak_mib']:>15.0f}")
+            print(
+                f"{mode:<13} {figures['ready_s']:>10.1f} {figures['first_batches_s']:>18.1f} "
+                f"{figures['peak_mib']:>15.0f}"
+            )
 
 
 if __name__ == "__main__":

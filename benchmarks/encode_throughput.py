@@ -66,8 +66,13 @@ class BareBackbone:
         embeddings = [None] * len(texts)
         for start in range(0, len(texts), batch_size):
             chunk = order[start : start + batch_size]
-            batch = self.tokenizer([texts[i] + self.tokenizer.eos_token for i in chunk], padding=True,
-                                   truncation=True, max_length=max_length, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                [texts[i] + self.tokenizer.eos_token for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**batch, use_cache=False).last_hidden_state  # (batch, seq, hidden)
             last = batch["attention_mask"].cumsum(1).argmax(1)  # last real token (right or left padding)
             pooled = torch.nn.functional.normalize(hidden[torch.arange(len(chunk)), last], dim=-1)
@@ -76,8 +81,15 @@ class BareBackbone:
         return torch.stack(embeddings)
 
 
-def build(name: str, path: str, workdir: Path, max_length: int, device: str = "cpu", dtype: str = "float32",
-          attn_implementation: str | None = None):
+def build(
+    name: str,
+    path: str,
+    workdir: Path,
+    max_length: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+):
     """An object with `encode(texts, batch_size=, max_length=)` for one contender, on `device` in `dtype`."""
     load_kwargs = {"dtype": getattr(torch, dtype)}
     if attn_implementation:
@@ -93,8 +105,12 @@ def build(name: str, path: str, workdir: Path, max_length: int, device: str = "c
         # The plain text modality: by default ST 6 renders texts through an instruct model's chat template (3x the
         # tokens of a short sentence on SmolLM2-Instruct), which would compare different inputs.
         text_modality = {"method": "forward", "method_output_name": "last_hidden_state"}
-        transformer = Transformer(path, max_seq_length=max_length, module_output_name="token_embeddings",
-                                  modality_config={"text": text_modality})
+        transformer = Transformer(
+            path,
+            max_seq_length=max_length,
+            module_output_name="token_embeddings",
+            modality_config={"text": text_modality},
+        )
         tokenizer = transformer.tokenizer
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
@@ -134,8 +150,9 @@ def measure_memory(name: str, args) -> dict:
     GPU, the resident set on CPU)."""
     cuda = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory() as workdir:
-        contender = build(name, args.path, Path(workdir), args.max_length, args.device, args.dtype,
-                          args.attn_implementation)
+        contender = build(
+            name, args.path, Path(workdir), args.max_length, args.device, args.dtype, args.attn_implementation
+        )
         texts = load_texts(args.texts_kind, args.count)
         contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
         loaded = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mib()
@@ -151,8 +168,12 @@ def measure_memory(name: str, args) -> dict:
 def time_contenders(names, texts, args) -> dict[str, float]:
     """Best seconds per contender over interleaved rounds, after one warm-up batch each."""
     with tempfile.TemporaryDirectory() as workdir:
-        contenders = {name: build(name, args.path, Path(workdir), args.max_length, args.device, args.dtype,
-                                  args.attn_implementation) for name in names}
+        contenders = {
+            name: build(
+                name, args.path, Path(workdir), args.max_length, args.device, args.dtype, args.attn_implementation
+            )
+            for name in names
+        }
         for contender in contenders.values():
             contender.encode(texts[: args.batch_size], batch_size=args.batch_size, max_length=args.max_length)
         seconds = {name: [] for name in names}
@@ -177,41 +198,85 @@ def run_set(kind: str, count: int, args) -> dict:
     best = time_contenders(args.contenders, texts, args)
     memory = {}
     for name in args.contenders:
-        command = [sys.executable, __file__, "--memory-of", name, "--texts", kind, "--count", str(count),
-                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                   "--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype]
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-of",
+            name,
+            "--texts",
+            kind,
+            "--count",
+            str(count),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--backbone",
+            args.backbone,
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+        ]
         command += ["--attn-implementation", args.attn_implementation] if args.attn_implementation else []
-        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
-                                env={**os.environ, **DETERMINISTIC_MALLOC})
+        output = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parents[1],
+            env={**os.environ, **DETERMINISTIC_MALLOC},
+        )
         memory[name] = json.loads(output.stdout.strip().splitlines()[-1])
     rows = []
     for name in args.contenders:
-        rows.append({
-            "contender": name, "texts_per_s": round(len(texts) / best[name], 1),
-            "tokens_per_s": round(tokens / best[name]), "vs_bare": round(best["bare"] / best[name], 3)
-            if "bare" in best else None,
-            "vs_sentence_transformers": round(best["sentence-transformers"] / best[name], 3)
-            if "sentence-transformers" in best else None,
-            "peak_mib": memory[name]["peak_mib"], "above_loaded_mib": memory[name]["above_loaded_mib"],
-        })
-    return {"texts": kind, "count": len(texts), "tokens": tokens, "batch_size": args.batch_size,
-            "device": args.device, "dtype": args.dtype, "attn_implementation": args.attn_implementation,
-            "max_length": args.max_length, "rounds": args.rounds, "threads": torch.get_num_threads(), "rows": rows}
+        rows.append(
+            {
+                "contender": name,
+                "texts_per_s": round(len(texts) / best[name], 1),
+                "tokens_per_s": round(tokens / best[name]),
+                "vs_bare": round(best["bare"] / best[name], 3) if "bare" in best else None,
+                "vs_sentence_transformers": round(best["sentence-transformers"] / best[name], 3)
+                if "sentence-transformers" in best
+                else None,
+                "peak_mib": memory[name]["peak_mib"],
+                "above_loaded_mib": memory[name]["above_loaded_mib"],
+            }
+        )
+    return {
+        "texts": kind,
+        "count": len(texts),
+        "tokens": tokens,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "attn_implementation": args.attn_implementation,
+        "max_length": args.max_length,
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
-          f"{result['device']} {result['dtype']} {result['attn_implementation'] or 'default kernel'}, "
-          f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
-          f"best of {result['rounds']} interleaved rounds")
-    print(f"{'contender':<24}{'texts/s':>9}{'tokens/s':>10}{'vs bare':>9}{'vs ST':>8}{'peak MiB':>10}{'+MiB':>8}"
-          f"{'peak vs v1':>12}")
+    print(
+        f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
+        f"{result['device']} {result['dtype']} {result['attn_implementation'] or 'default kernel'}, "
+        f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
+        f"best of {result['rounds']} interleaved rounds"
+    )
+    print(
+        f"{'contender':<24}{'texts/s':>9}{'tokens/s':>10}{'vs bare':>9}{'vs ST':>8}{'peak MiB':>10}{'+MiB':>8}"
+        f"{'peak vs v1':>12}"
+    )
     v1_peak = next((row["peak_mib"] for row in result["rows"] if row["contender"] == "v1"), None)
     for row in result["rows"]:
         versus_v1 = f"{row['peak_mib'] / v1_peak:.3f}" if v1_peak else "-"
-        print(f"{row['contender']:<24}{row['texts_per_s']:>9}{row['tokens_per_s']:>10}{row['vs_bare'] or '-':>9}"
-              f"{row['vs_sentence_transformers'] or '-':>8}{row['peak_mib']:>10}{row['above_loaded_mib']:>8}"
-              f"{versus_v1:>12}")
+        print(
+            f"{row['contender']:<24}{row['texts_per_s']:>9}{row['tokens_per_s']:>10}{row['vs_bare'] or '-':>9}"
+            f"{row['vs_sentence_transformers'] or '-':>8}{row['peak_mib']:>10}{row['above_loaded_mib']:>8}"
+            f"{versus_v1:>12}"
+        )
 
 
 def main() -> None:
@@ -228,8 +293,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA's allocator)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn-implementation", choices=["eager", "sdpa", "flash_attention_2"],
-                        help="the backbones' attention kernel (default: transformers' choice)")
+    parser.add_argument(
+        "--attn-implementation",
+        choices=["eager", "sdpa", "flash_attention_2"],
+        help="the backbones' attention kernel (default: transformers' choice)",
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # one contender's memory, in a fresh process
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -23,17 +23,38 @@ from transformers import LlamaConfig, MistralConfig, Qwen2Config
 from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel
 
 BACKBONES = {
-    "SmolLM2-135M": LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
-    "Qwen2-0.5B": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                              num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
-    "Mistral-7B": MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=8),
+    "SmolLM2-135M": LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2-0.5B": Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "Mistral-7B": MistralConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    ),
 }
 
 
-def paper_head_parameters(hidden: int = 4096, heads: int = 32, head_width: int = 2048, latents: int = 768,
-                          layers: int = 32) -> int:
+def paper_head_parameters(
+    hidden: int = 4096, heads: int = 32, head_width: int = 2048, latents: int = 768, layers: int = 32
+) -> int:
     inner = heads * head_width
     attention = hidden * inner + hidden * 2 * inner + inner * hidden  # to_q, to_kv, to_out (no bias)
     feed_forward = hidden * 8 * hidden + 8 * hidden + 4 * hidden * hidden + hidden  # GEGLU x4 with biases
@@ -69,8 +90,9 @@ def backbone_flops(model: PoolAttnEmbeddingModel, tokens: int) -> int:
 def paper_head_flops(tokens: int) -> int:
     """FLOPs per text of a v5 head with the paper code's sizes (768 latents, 32 heads of 2048) on Mistral-7B."""
     with torch.device("meta"):
-        model = PoolAttnEmbeddingModel(PoolAttnConfig.from_variant(5, BACKBONES["Mistral-7B"], num_latents=768,
-                                                                   num_heads=32, head_dim=2048))
+        model = PoolAttnEmbeddingModel(
+            PoolAttnConfig.from_variant(5, BACKBONES["Mistral-7B"], num_latents=768, num_heads=32, head_dim=2048)
+        )
     return head_flops(model, tokens)
 
 
@@ -99,8 +121,17 @@ def main() -> None:
     table = head_costs(args.tokens)
     paper = paper_head_parameters()
     if args.json:
-        print(json.dumps({"tokens": args.tokens, "poolattn": table, "paper_code_head_mistral_7b": paper,
-                          "paper_code_head_mistral_7b_flops": paper_head_flops(args.tokens)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "tokens": args.tokens,
+                    "poolattn": table,
+                    "paper_code_head_mistral_7b": paper,
+                    "paper_code_head_mistral_7b_flops": paper_head_flops(args.tokens),
+                },
+                indent=2,
+            )
+        )
         return
     print(f"head parameters, and head FLOPs per {args.tokens}-token text as a share of the backbone's forward FLOPs")
     print(f"{'backbone':<14}{'params':>15}{'GFLOPs/text':>13}" + "".join(f"{'v' + str(v):>22}" for v in range(2, 6)))
@@ -113,9 +144,11 @@ def main() -> None:
         print(f"{name:<14}{row['backbone_parameters']:>15,}{row['backbone_flops'] / 1e9:>13.1f}{cells}")
     print("(v1 has no head: 0 parameters, 0 FLOPs)")
     paper_flops = paper_head_flops(args.tokens)
-    print(f"\npaper code's head on Mistral-7B (hard-coded 32 x 2048 heads, 768 latents): {paper:,} parameters; "
-          f"as our head with those sizes (v5), {paper_flops / 1e9:.0f} GFLOPs per text = "
-          f"{100 * paper_flops / table['Mistral-7B']['backbone_flops']:.1f}% of the backbone's")
+    print(
+        f"\npaper code's head on Mistral-7B (hard-coded 32 x 2048 heads, 768 latents): {paper:,} parameters; "
+        f"as our head with those sizes (v5), {paper_flops / 1e9:.0f} GFLOPs per text = "
+        f"{100 * paper_flops / table['Mistral-7B']['backbone_flops']:.1f}% of the backbone's"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def bootstrap_difference(cosine_a, cosine_b, gold, resamples: int = 1000, seed: 
     differences = []
     for _ in range(resamples):
         rows = generator.integers(0, len(gold), len(gold))
-        differences.append(spearmanr(cosine_a[rows], gold[rows]).statistic
-                           - spearmanr(cosine_b[rows], gold[rows]).statistic)
+        differences.append(
+            spearmanr(cosine_a[rows], gold[rows]).statistic - spearmanr(cosine_b[rows], gold[rows]).statistic
+        )
     low, high = np.percentile(differences, [2.5, 97.5])
     return float(low), float(high)
 
@@ -67,15 +68,24 @@ def main() -> None:
         hidden = model.config.text_config.hidden_size
         if max(sizes) > hidden:
             raise SystemExit(f"--sizes {args.sizes}: {name} has {hidden} dimensions.")
-        embed = [model.encode(texts, prompt=prompt, normalize=False, convert_to_numpy=False,
-                              batch_size=args.batch_size) for texts in (first, second)]
+        embed = [
+            model.encode(texts, prompt=prompt, normalize=False, convert_to_numpy=False, batch_size=args.batch_size)
+            for texts in (first, second)
+        ]
         scores[name] = {size: cosines(*embed, size) for size in sizes}
         print(f"{name}: {folder} (trained sizes: {model.config.matryoshka_dims or 'full only'} + {hidden})")
     reference = next(iter(models))
-    print(f"\n{args.task} ({len(gold)} pairs), Spearman of cosines; difference vs {reference} with a paired-bootstrap "
-          "95% interval over pairs")
-    print("| size | " + " | ".join(models) + " | " + " | ".join(f"{name} - {reference}" for name in list(models)[1:])
-          + " |")
+    print(
+        f"\n{args.task} ({len(gold)} pairs), Spearman of cosines; difference vs {reference} with a paired-bootstrap "
+        "95% interval over pairs"
+    )
+    print(
+        "| size | "
+        + " | ".join(models)
+        + " | "
+        + " | ".join(f"{name} - {reference}" for name in list(models)[1:])
+        + " |"
+    )
     print("|---" * (1 + 2 * len(models) - 1) + "|")
     for size in sizes:
         rhos = [spearmanr(scores[name][size], gold).statistic for name in models]

@@ -48,8 +48,11 @@ def variant_folder(variant: int, args) -> Path:
         model.save_pretrained(folder)
         started = time.perf_counter()
         record = export_onnx(folder, quantize=variant == 5)
-        print(f"v{variant}: exported in {time.perf_counter() - started:.0f} s (max difference from PyTorch "
-              f"{record.max_abs_diff:.2g})", file=sys.stderr)
+        print(
+            f"v{variant}: exported in {time.perf_counter() - started:.0f} s (max difference from PyTorch "
+            f"{record.max_abs_diff:.2g})",
+            file=sys.stderr,
+        )
     return folder
 
 
@@ -72,15 +75,19 @@ class BareOrt:
                     self.model = model
 
                 def forward(self, input_ids, attention_mask):
-                    return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                      use_cache=False).last_hidden_state
+                    return self.model(
+                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                    ).last_hidden_state
 
             example = self.tokenizer(["a b c", "a longer example text"], padding=True, return_tensors="pt")
             batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
             path.parent.mkdir(parents=True, exist_ok=True)
             program = torch.onnx.export(
-                Backbone(), (example["input_ids"], example["attention_mask"]), dynamo=True,
-                input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                Backbone(),
+                (example["input_ids"], example["attention_mask"]),
+                dynamo=True,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
                 dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
             )
             program.save(str(path), external_data=True)
@@ -91,10 +98,16 @@ class BareOrt:
         embeddings = [None] * len(texts)
         for start in range(0, len(texts), batch_size):
             chunk = order[start : start + batch_size]
-            batch = self.tokenizer([texts[i] + self.tokenizer.eos_token for i in chunk], padding=True,
-                                   truncation=True, max_length=max_length, return_tensors="np")
-            hidden = torch.from_numpy(self.session.run(None, {key: batch[key] for key in
-                                                              ("input_ids", "attention_mask")})[0])
+            batch = self.tokenizer(
+                [texts[i] + self.tokenizer.eos_token for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np",
+            )
+            hidden = torch.from_numpy(
+                self.session.run(None, {key: batch[key] for key in ("input_ids", "attention_mask")})[0]
+            )
             last = torch.from_numpy(batch["attention_mask"]).cumsum(1).argmax(1)
             pooled = torch.nn.functional.normalize(hidden[torch.arange(len(chunk)), last], dim=-1)
             for i, row in zip(chunk, pooled):
@@ -152,8 +165,10 @@ def time_group(names, texts, args) -> tuple[dict, dict]:
     import gc
 
     contenders = {name: build(name, args) for name in names}
-    outputs = {name: torch.as_tensor(contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length))
-               for name, contender in contenders.items()}
+    outputs = {
+        name: torch.as_tensor(contender.encode(texts, batch_size=args.batch_size, max_length=args.max_length))
+        for name, contender in contenders.items()
+    }
     seconds = {name: [] for name in names}
     for _ in range(args.rounds):
         for name, contender in contenders.items():
@@ -173,35 +188,74 @@ def run_set(kind: str, count: int, args) -> dict:
         best, outputs = time_group(group, texts, args)
         for name in group[1:] if rows else group:  # `bare` once, from the first group
             twin = {"bare ORT": "bare", "sentence-transformers": "sentence-transformers"}.get(name, name.split()[0])
-            rows.append({
-                "contender": name, "texts_per_s": round(len(texts) / best[name], 1),
-                "tokens_per_s": round(tokens / best[name]), "vs_bare": round(best["bare"] / best[name], 3),
-                "vs_pytorch": round(best[twin] / best[name], 3),
-                "max_abs_diff": (outputs[name] - outputs[twin]).abs().max().item(),
-            })
-        print(f"{kind}: " + ", ".join(f"{name} {len(texts) / best[name]:.1f} texts/s" for name in group),
-              file=sys.stderr)
+            rows.append(
+                {
+                    "contender": name,
+                    "texts_per_s": round(len(texts) / best[name], 1),
+                    "tokens_per_s": round(tokens / best[name]),
+                    "vs_bare": round(best["bare"] / best[name], 3),
+                    "vs_pytorch": round(best[twin] / best[name], 3),
+                    "max_abs_diff": (outputs[name] - outputs[twin]).abs().max().item(),
+                }
+            )
+        print(
+            f"{kind}: " + ", ".join(f"{name} {len(texts) / best[name]:.1f} texts/s" for name in group), file=sys.stderr
+        )
     for row in rows:
         if row["contender"] in args.memory:
-            command = [sys.executable, __file__, "--memory-of", row["contender"], "--texts", kind, "--count",
-                       str(count), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                       "--backbone", args.backbone, "--workdir", str(args.workdir)]
-            output = subprocess.run(command, capture_output=True, text=True, check=True,
-                                    cwd=Path(__file__).parents[1], env={**os.environ, **DETERMINISTIC_MALLOC})
+            command = [
+                sys.executable,
+                __file__,
+                "--memory-of",
+                row["contender"],
+                "--texts",
+                kind,
+                "--count",
+                str(count),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
+                "--backbone",
+                args.backbone,
+                "--workdir",
+                str(args.workdir),
+            ]
+            output = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parents[1],
+                env={**os.environ, **DETERMINISTIC_MALLOC},
+            )
             row.update(json.loads(output.stdout.strip().splitlines()[-1]))
-    return {"texts": kind, "count": len(texts), "tokens": tokens, "batch_size": args.batch_size,
-            "max_length": args.max_length, "rounds": args.rounds, "threads": torch.get_num_threads(), "rows": rows}
+    return {
+        "texts": kind,
+        "count": len(texts),
+        "tokens": tokens,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
-          f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
-          f"best of {result['rounds']} interleaved rounds")
-    print(f"{'contender':<24}{'texts/s':>9}{'vs bare':>9}{'vs PyTorch':>12}{'max diff':>10}{'peak MiB':>10}"
-          f"{'+MiB':>8}")
+    print(
+        f"\n{result['texts']} texts: {result['count']} texts, {result['tokens']} tokens, "
+        f"batch {result['batch_size']}, max length {result['max_length']}, {result['threads']} threads, "
+        f"best of {result['rounds']} interleaved rounds"
+    )
+    print(
+        f"{'contender':<24}{'texts/s':>9}{'vs bare':>9}{'vs PyTorch':>12}{'max diff':>10}{'peak MiB':>10}{'+MiB':>8}"
+    )
     for row in result["rows"]:
-        print(f"{row['contender']:<24}{row['texts_per_s']:>9}{row['vs_bare']:>9}{row['vs_pytorch']:>12}"
-              f"{row['max_abs_diff']:>10.1e}{row.get('peak_mib', '-'):>10}{row.get('above_loaded_mib', '-'):>8}")
+        print(
+            f"{row['contender']:<24}{row['texts_per_s']:>9}{row['vs_bare']:>9}{row['vs_pytorch']:>12}"
+            f"{row['max_abs_diff']:>10.1e}{row.get('peak_mib', '-'):>10}{row.get('above_loaded_mib', '-'):>8}"
+        )
 
 
 def main() -> None:
@@ -215,8 +269,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--memory", nargs="*", default=list(MEMORY_DEFAULT),
-                        help="contenders whose peak memory is measured, each in a fresh process")
+    parser.add_argument(
+        "--memory",
+        nargs="*",
+        default=list(MEMORY_DEFAULT),
+        help="contenders whose peak memory is measured, each in a fresh process",
+    )
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where the exports are written and reused")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # one contender's memory, in a fresh process

@@ -14,8 +14,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-TASKS = ["STSBenchmark", "SICK-R", "STS12", "STS13", "Banking77Classification", "EmotionClassification",
-         "TwitterURLCorpus"]
+TASKS = [
+    "STSBenchmark",
+    "SICK-R",
+    "STS12",
+    "STS13",
+    "Banking77Classification",
+    "EmotionClassification",
+    "TwitterURLCorpus",
+]
 TOLERANCE = 5e-4
 
 
@@ -25,8 +32,21 @@ def main(model: str, output: str = "/tmp/minilm-results") -> int:
     from poolattn import cli
 
     started = time.time()
-    cli.evaluate(["run", "--model", model, "--tasks", ",".join(TASKS), "--data-dir", str(DATA), "--output", output,
-                  "--no-instructions", "--overwrite"])
+    cli.evaluate(
+        [
+            "run",
+            "--model",
+            model,
+            "--tasks",
+            ",".join(TASKS),
+            "--data-dir",
+            str(DATA),
+            "--output",
+            output,
+            "--no-instructions",
+            "--overwrite",
+        ]
+    )
     published = json.loads((DATA / "published_minilm.json").read_text())
     results = {p.stem: TaskResult.from_disk(p) for p in Path(output).rglob("*.json") if p.stem in TASKS}
     print("\n| task | published | ours | difference | eval time (s) |\n|---|---|---|---|---|")

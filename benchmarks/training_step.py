@@ -42,17 +42,25 @@ def one_step(args) -> dict:
 
     cuda = args.device.startswith("cuda")
     path = resolve_backbone("smollm2-135m")
-    model_args = training.ModelArguments(variant=str(args.variant), backbone=path,
-                                         model_dtype="bfloat16" if args.bf16 else "float32")
+    model_args = training.ModelArguments(
+        variant=str(args.variant), backbone=path, model_dtype="bfloat16" if args.bf16 else "float32"
+    )
     model, tokenizer = training.build_model(model_args, path, args.variant)
     rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
-    collator = TripletCollator(tokenizer, query_max_length=args.max_length, document_max_length=args.max_length,
-                               add_eos=True)
+    collator = TripletCollator(
+        tokenizer, query_max_length=args.max_length, document_max_length=args.max_length, add_eos=True
+    )
     batch = collator(rows)
     trainer = ContrastiveTrainer(
-        model=model, args=ContrastiveTrainingArguments(output_dir="/tmp/gradcache-bench", use_cpu=not cuda,
-                                                       report_to="none", remove_unused_columns=False,
-                                                       gradcache_chunk_size=args.chunk, bf16=args.bf16),
+        model=model,
+        args=ContrastiveTrainingArguments(
+            output_dir="/tmp/gradcache-bench",
+            use_cpu=not cuda,
+            report_to="none",
+            remove_unused_columns=False,
+            gradcache_chunk_size=args.chunk,
+            bf16=args.bf16,
+        ),
     )
     trainer.current_gradient_accumulation_steps = 1
     tokens = int(batch["queries"]["attention_mask"].sum() + batch["documents"]["attention_mask"].sum())
@@ -69,11 +77,21 @@ def one_step(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
-    return {"mode": f"gradcache chunk {args.chunk}" if args.chunk else "plain", "batch": args.batch,
-            "texts": args.batch * 3, "tokens": tokens, "loss": round(loss.item(), 4), "step_s": round(seconds, 1),
-            "texts_per_s": round(args.batch * 3 / seconds, 1), "tokens_per_s": round(tokens / seconds),
-            "peak_mib": round(peak, 1), "peak_above_start_mib": round(peak - before, 1),
-            "torch_threads": torch.get_num_threads(), "device": args.device, "bf16": args.bf16}
+    return {
+        "mode": f"gradcache chunk {args.chunk}" if args.chunk else "plain",
+        "batch": args.batch,
+        "texts": args.batch * 3,
+        "tokens": tokens,
+        "loss": round(loss.item(), 4),
+        "step_s": round(seconds, 1),
+        "texts_per_s": round(args.batch * 3 / seconds, 1),
+        "tokens_per_s": round(tokens / seconds),
+        "peak_mib": round(peak, 1),
+        "peak_above_start_mib": round(peak - before, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "bf16": args.bf16,
+    }
 
 
 def st_cached_step(args) -> dict:
@@ -94,23 +112,33 @@ def st_cached_step(args) -> dict:
 
     path = resolve_backbone("smollm2-135m")
     plain_text = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}  # no chat template
-    transformer = Transformer(path, max_seq_length=args.max_length, module_output_name="token_embeddings",
-                              modality_config=plain_text)
+    transformer = Transformer(
+        path, max_seq_length=args.max_length, module_output_name="token_embeddings", modality_config=plain_text
+    )
     tokenizer = transformer.tokenizer
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     defaults = ModelArguments()
     # peft directly, as poolattn does (transformers' `add_adapter` route asks for a newer peft than training pins)
-    transformer.model = get_peft_model(transformer.model, LoraConfig(
-        r=defaults.lora_r, lora_alpha=defaults.lora_alpha, lora_dropout=defaults.lora_dropout,
-        target_modules=LORA_TARGETS.split(",")))
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"),
-                                         Normalize()], device="cpu")
+    transformer.model = get_peft_model(
+        transformer.model,
+        LoraConfig(
+            r=defaults.lora_r,
+            lora_alpha=defaults.lora_alpha,
+            lora_dropout=defaults.lora_dropout,
+            target_modules=LORA_TARGETS.split(","),
+        ),
+    )
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"), Normalize()], device="cpu"
+    )
     model.train()
-    loss_function = CachedMultipleNegativesRankingLoss(model, scale=1 / ContrastiveTrainingArguments.temperature,
-                                                       mini_batch_size=args.chunk)
+    loss_function = CachedMultipleNegativesRankingLoss(
+        model, scale=1 / ContrastiveTrainingArguments.temperature, mini_batch_size=args.chunk
+    )
     rows = [json.loads(line) for line in TRIPLETS.read_text().splitlines()[: args.batch]]
-    features = [model.preprocess([row[key] + tokenizer.eos_token for row in rows])
-                for key in ("query", "positive", "negative")]
+    features = [
+        model.preprocess([row[key] + tokenizer.eos_token for row in rows]) for key in ("query", "positive", "negative")
+    ]
     tokens = int(sum(feature["attention_mask"].sum() for feature in features))
     before = rss_mib()
     reset_peak_rss()
@@ -119,19 +147,46 @@ def st_cached_step(args) -> dict:
     loss.backward()
     seconds = time.perf_counter() - start
     peak = peak_rss_mib()
-    return {"mode": f"ST cached chunk {args.chunk}", "batch": args.batch, "texts": args.batch * 3, "tokens": tokens,
-            "loss": round(loss.item(), 4), "step_s": round(seconds, 1),
-            "texts_per_s": round(args.batch * 3 / seconds, 1), "tokens_per_s": round(tokens / seconds),
-            "peak_mib": round(peak, 1), "peak_above_start_mib": round(peak - before, 1),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "mode": f"ST cached chunk {args.chunk}",
+        "batch": args.batch,
+        "texts": args.batch * 3,
+        "tokens": tokens,
+        "loss": round(loss.item(), 4),
+        "step_s": round(seconds, 1),
+        "texts_per_s": round(args.batch * 3 / seconds, 1),
+        "tokens_per_s": round(tokens / seconds),
+        "peak_mib": round(peak, 1),
+        "peak_above_start_mib": round(peak - before, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run_one(batch: int, chunk: int, args, *, st_cached: bool = False) -> dict:
-    command = [sys.executable, __file__, "--one", "--batch", str(batch), "--chunk", str(chunk),
-               "--variant", str(args.variant), "--max-length", str(args.max_length), "--device", args.device]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        "--batch",
+        str(batch),
+        "--chunk",
+        str(chunk),
+        "--variant",
+        str(args.variant),
+        "--max-length",
+        str(args.max_length),
+        "--device",
+        args.device,
+    ]
     command += (["--st-one"] * st_cached) + (["--bf16"] * args.bf16)
-    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
-                            env={**os.environ, **DETERMINISTIC_MALLOC})
+    output = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, **DETERMINISTIC_MALLOC},
+    )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -143,8 +198,13 @@ def main() -> None:
     parser.add_argument("--variant", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--st-batches", type=int, nargs="*", default=[32, 128],
-                        help="B that sentence-transformers' CachedMultipleNegativesRankingLoss runs at (same chunk)")
+    parser.add_argument(
+        "--st-batches",
+        type=int,
+        nargs="*",
+        default=[32, 128],
+        help="B that sentence-transformers' CachedMultipleNegativesRankingLoss runs at (same chunk)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: CUDA's allocator)")
     parser.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (the paper preset's)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # run a single mode in this process
@@ -152,8 +212,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if (args.device != "cpu" or args.bf16) and args.st_batches:
-        parser.error(f"--device {args.device}{' --bf16' if args.bf16 else ''}: the sentence-transformers peer runs "
-                     "on CPU in fp32 only here; pass --st-batches with no value.")
+        parser.error(
+            f"--device {args.device}{' --bf16' if args.bf16 else ''}: the sentence-transformers peer runs "
+            "on CPU in fp32 only here; pass --st-batches with no value."
+        )
     if args.one:
         print(json.dumps(st_cached_step(args) if args.st_one else one_step(args)))
         return
@@ -161,34 +223,46 @@ def main() -> None:
     results += [run_one(batch, args.chunk, args) for batch in args.batches]
     peers = [run_one(batch, args.chunk, args, st_cached=True) for batch in args.st_batches]
     results += peers
-    print(f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, {args.device}"
-          f"{' bf16' if args.bf16 else ''}, "
-          f"{results[0]['torch_threads']} threads, one step each in a fresh process")
-    print(f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}"
-          f"{'loss':>8}")
+    print(
+        f"variant {args.variant} + LoRA, SNLI triplets, max length {args.max_length}, {args.device}"
+        f"{' bf16' if args.bf16 else ''}, "
+        f"{results[0]['torch_threads']} threads, one step each in a fresh process"
+    )
+    print(
+        f"{'mode':<20}{'B':>5}{'texts':>7}{'tokens':>8}{'step s':>8}{'texts/s':>9}{'peak MiB':>10}{'+MiB':>8}"
+        f"{'loss':>8}"
+    )
     for row in results:
-        print(f"{row['mode']:<20}{row['batch']:>5}{row['texts']:>7}{row['tokens']:>8}{row['step_s']:>8}"
-              f"{row['texts_per_s']:>9}{row['peak_mib']:>10}{row['peak_above_start_mib']:>8}{row['loss']:>8}")
+        print(
+            f"{row['mode']:<20}{row['batch']:>5}{row['texts']:>7}{row['tokens']:>8}{row['step_s']:>8}"
+            f"{row['texts_per_s']:>9}{row['peak_mib']:>10}{row['peak_above_start_mib']:>8}{row['loss']:>8}"
+        )
     cached = {row["batch"]: row for row in results if row["mode"].startswith("gradcache")}
     for peer in peers:
         if peer["batch"] in cached:
             ours = cached[peer["batch"]]
-            print(f"B={peer['batch']}: poolattn GradCache (v{args.variant}) step time x"
-                  f"{ours['step_s'] / peer['step_s']:.2f} of sentence-transformers' cached loss, peak x"
-                  f"{ours['peak_mib'] / peer['peak_mib']:.2f} (+MiB x"
-                  f"{ours['peak_above_start_mib'] / peer['peak_above_start_mib']:.2f})")
+            print(
+                f"B={peer['batch']}: poolattn GradCache (v{args.variant}) step time x"
+                f"{ours['step_s'] / peer['step_s']:.2f} of sentence-transformers' cached loss, peak x"
+                f"{ours['peak_mib'] / peer['peak_mib']:.2f} (+MiB x"
+                f"{ours['peak_above_start_mib'] / peer['peak_above_start_mib']:.2f})"
+            )
     for plain in (row for row in results if row["mode"] == "plain"):
         if plain["batch"] in cached:
             other = cached[plain["batch"]]
-            print(f"B={plain['batch']}: GradCache step time x{other['step_s'] / plain['step_s']:.2f} of plain, "
-                  f"peak x{other['peak_mib'] / plain['peak_mib']:.2f} (+MiB x"
-                  f"{other['peak_above_start_mib'] / plain['peak_above_start_mib']:.2f})")
+            print(
+                f"B={plain['batch']}: GradCache step time x{other['step_s'] / plain['step_s']:.2f} of plain, "
+                f"peak x{other['peak_mib'] / plain['peak_mib']:.2f} (+MiB x"
+                f"{other['peak_above_start_mib'] / plain['peak_above_start_mib']:.2f})"
+            )
     smallest, largest = min(cached), max(cached)
     if smallest != largest:
         low, high = cached[smallest], cached[largest]
-        print(f"GradCache B={largest} vs B={smallest}: peak x{high['peak_mib'] / low['peak_mib']:.2f} "
-              f"(+MiB x{high['peak_above_start_mib'] / low['peak_above_start_mib']:.2f}), "
-              f"texts/s x{high['texts_per_s'] / low['texts_per_s']:.2f}")
+        print(
+            f"GradCache B={largest} vs B={smallest}: peak x{high['peak_mib'] / low['peak_mib']:.2f} "
+            f"(+MiB x{high['peak_above_start_mib'] / low['peak_above_start_mib']:.2f}), "
+            f"texts/s x{high['texts_per_s'] / low['texts_per_s']:.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -4,9 +4,12 @@ import importlib
 
 # Imported on first use (PEP 562), so that `poolattn.cli` can answer `--help` without loading torch's model stack.
 _LAZY = {
-    "PAPER_VARIANTS": "configuration_poolattn", "PoolAttnConfig": "configuration_poolattn",
-    "resolve_layers": "configuration_poolattn", "PoolAttnEmbeddingModel": "modeling_poolattn",
-    "PoolAttnEmbeddingOutput": "modeling_poolattn", "PoolAttnOnnxModel": "onnx_poolattn",
+    "PAPER_VARIANTS": "configuration_poolattn",
+    "PoolAttnConfig": "configuration_poolattn",
+    "resolve_layers": "configuration_poolattn",
+    "PoolAttnEmbeddingModel": "modeling_poolattn",
+    "PoolAttnEmbeddingOutput": "modeling_poolattn",
+    "PoolAttnOnnxModel": "onnx_poolattn",
 }
 
 
@@ -16,6 +19,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'poolattn' has no attribute {name!r}")
+
 
 __all__ = [
     "PAPER_VARIANTS",

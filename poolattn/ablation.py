@@ -54,12 +54,18 @@ logger = logging.getLogger(__name__)
 
 BASE_ARM = "base"
 ABLATIONS = {
-    "layer_count": {"last_1": {"layers": "last:1"}, "last_2": {"layers": "last:2"}, "last_4": {"layers": "last:4"},
-                    "last_8": {"layers": "last:8"}},
+    "layer_count": {
+        "last_1": {"layers": "last:1"},
+        "last_2": {"layers": "last:2"},
+        "last_4": {"layers": "last:4"},
+        "last_8": {"layers": "last:8"},
+    },
     "layer_subset": {"last_4": {"layers": "last:4"}, "middle_4": {"layers": "middle:4"}},
     "layer_weights": {"weights_off": {"layer_weights": False}, "weights_paper_init": {"layer_weights_init_std": 1.0}},
-    "head_attention": {"single": {"head_attention": "single"},
-                       "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4}},
+    "head_attention": {
+        "single": {"head_attention": "single"},
+        "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4},
+    },
 }
 # The four metric families the study asks of every arm, over every local task of those categories, on a budget:
 # at most DEFAULT_BUDGET units (pairs, examples, queries) per task, the same seeded sample for every arm.
@@ -93,8 +99,17 @@ def arm_model_name(backbone: str, variant: int, arm: str) -> str:
     return f"poolattn/{Path(backbone).name}-v{variant}-{arm.replace('_', '-')}"
 
 
-def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone: str, train_argv: list[str],
-              seeds: int = 1, seed: int = 42) -> list[Path]:
+def train_arm(
+    arm: str,
+    overrides: dict,
+    *,
+    output,
+    base_variant: int,
+    backbone: str,
+    train_argv: list[str],
+    seeds: int = 1,
+    seed: int = 42,
+) -> list[Path]:
     """Train one arm once per seed (seeds `seed`, `seed`+1, ...: one `jobs.TrainingJob` each), resuming: finished
     seeds are kept, interrupted ones continue from their last complete checkpoint. Returns the exported folders, one
     per seed (`arms/<arm>/`, or `arms/<arm>/seed-<S>/` with several seeds)."""
@@ -103,19 +118,39 @@ def train_arm(arm: str, overrides: dict, *, output, base_variant: int, backbone:
     arm_output = Path(output) / "arms" / arm
     logger.info("arm %s: %d seed(s), overrides %s", arm, seeds, json.dumps(overrides))
     started = time.time()
-    base = TrainingJob(flags=tuple(train_argv), variant=base_variant, model_name=arm_model_name(backbone, base_variant,
-                                                                                                  arm),
-                       config_overrides=overrides)
-    exported = [training.run_job(dataclasses.replace(
-        base, seed=run_seed, output_dir=str(arm_output / f"seed-{run_seed}" if seeds > 1 else arm_output)))
-        for run_seed in range(seed, seed + seeds)]
+    base = TrainingJob(
+        flags=tuple(train_argv),
+        variant=base_variant,
+        model_name=arm_model_name(backbone, base_variant, arm),
+        config_overrides=overrides,
+    )
+    exported = [
+        training.run_job(
+            dataclasses.replace(
+                base, seed=run_seed, output_dir=str(arm_output / f"seed-{run_seed}" if seeds > 1 else arm_output)
+            )
+        )
+        for run_seed in range(seed, seed + seeds)
+    ]
     logger.info("arm %s: ready in %.0f s", arm, time.time() - started)
     return exported
 
 
-def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: list[str] = (), seeds: int = 1,
-                 seed: int = 42, tasks=None, categories=None, benchmark=None, data_dir=DEFAULT_DATA,
-                 budget: int | None = DEFAULT_BUDGET, batch_size: int = 32):
+def run_ablation(
+    ablation: str,
+    *,
+    output,
+    base_variant: int = 5,
+    train_argv: list[str] = (),
+    seeds: int = 1,
+    seed: int = 42,
+    tasks=None,
+    categories=None,
+    benchmark=None,
+    data_dir=DEFAULT_DATA,
+    budget: int | None = DEFAULT_BUDGET,
+    batch_size: int = 32,
+):
     """Train every arm once per seed (every process under torchrun), then on process 0 score each arm's seeds and
     compare the arms with the base arm, seeds grouped as replicates.
 
@@ -130,25 +165,52 @@ def run_ablation(ablation: str, *, output, base_variant: int = 5, train_argv: li
         categories = list(DEFAULT_CATEGORIES)
     given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
     if clash := sorted(given & TrainingJob(output_dir="-", model_name="-", config_overrides={"-": 0}).owned_flags()):
-        raise JobError(f"the training flags {', '.join('--' + name for name in clash)} are set per arm by the "
-                       "ablation itself (design, seeds, folders, names, overrides); give --base-variant, --seeds, "
-                       "--seed and --output to ablate.py instead.")
+        raise JobError(
+            f"the training flags {', '.join('--' + name for name in clash)} are set per arm by the "
+            "ablation itself (design, seeds, folders, names, overrides); give --base-variant, --seeds, "
+            "--seed and --output to ablate.py instead."
+        )
     backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
     started = time.time()
-    models = {arm: train_arm(arm, overrides, output=output, base_variant=base_variant, backbone=backbone,
-                             train_argv=list(train_argv), seeds=seeds, seed=seed)
-              for arm, overrides in chosen.items()}
+    models = {
+        arm: train_arm(
+            arm,
+            overrides,
+            output=output,
+            base_variant=base_variant,
+            backbone=backbone,
+            train_argv=list(train_argv),
+            seeds=seeds,
+            seed=seed,
+        )
+        for arm, overrides in chosen.items()
+    }
     if not is_main_process():
         return None
     results = Path(output) / "results"
-    evaluation = evaluate_models([str(folder) for folders in models.values() for folder in folders], output=results,
-                                 tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir or None,
-                                 budget=budget, batch_size=batch_size)
+    evaluation = evaluate_models(
+        [str(folder) for folders in models.values() for folder in folders],
+        output=results,
+        tasks=tasks,
+        categories=categories,
+        benchmark=benchmark,
+        data_dir=data_dir or None,
+        budget=budget,
+        batch_size=batch_size,
+    )
     # exactly these weights' results, never an older arm's
     exported = {arm: [ExportedModel.read(folder) for folder in folders] for arm, folders in models.items()}
-    folders = [results_folder(results, model.mteb_name, budget_revision(model.fingerprint, budget))
-               for replicates in exported.values() for model in replicates]
+    folders = [
+        results_folder(results, model.mteb_name, budget_revision(model.fingerprint, budget))
+        for replicates in exported.values()
+        for model in replicates
+    ]
     compare_results(folders, output=Path(output) / "comparison", baseline=exported[BASE_ARM][0].mteb_name)
-    logger.info("ablation %s: %d arms, wall time %.0f s; comparison in %s", ablation, len(models),
-                time.time() - started, Path(output) / "comparison" / "comparison.md")
+    logger.info(
+        "ablation %s: %d arms, wall time %.0f s; comparison in %s",
+        ablation,
+        len(models),
+        time.time() - started,
+        Path(output) / "comparison" / "comparison.md",
+    )
     return evaluation

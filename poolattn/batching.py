@@ -80,8 +80,9 @@ class SourceBatchSampler(torch.utils.data.Sampler):
     blocks, source s gets round(blocks x w_s / sum(w)) of them, a source asked for more rows than it has goes through
     them again (reshuffled), and weight 0 leaves a source out."""
 
-    def __init__(self, source_of_rows: list[int], batch_size: int, *, seed: int,
-                 weights: dict[int, float] | None = None):
+    def __init__(
+        self, source_of_rows: list[int], batch_size: int, *, seed: int, weights: dict[int, float] | None = None
+    ):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.rows_by_source: dict[int, list[int]] = {}
         for index, source in enumerate(source_of_rows):
@@ -94,8 +95,9 @@ class SourceBatchSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        shuffled = {source: _reshuffling(rows, self.seed, self.epoch, source)
-                    for source, rows in self.rows_by_source.items()}
+        shuffled = {
+            source: _reshuffling(rows, self.seed, self.epoch, source) for source, rows in self.rows_by_source.items()
+        }
         for source in block_order(self.blocks, _epoch_rng(self.seed, self.epoch)):
             for _ in range(self.batch_size):
                 yield next(shuffled[source])
@@ -158,29 +160,74 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
     `batch_size` consecutive rows from one source (module doc). A row that fails validation stops the run naming its
     file and row, or with `skip_invalid` is skipped (a source that runs short gives fewer blocks that epoch)."""
 
-    def __init__(self, sources: list[StreamedSource], batch_size: int, *, seed: int, buffer_size: int,
-                 negatives_per_query: int, skip_invalid: bool = False):
+    def __init__(
+        self,
+        sources: list[StreamedSource],
+        batch_size: int,
+        *,
+        seed: int,
+        buffer_size: int,
+        negatives_per_query: int,
+        skip_invalid: bool = False,
+    ):
         self.sources, self.batch_size, self.seed, self.epoch = sources, batch_size, seed, 0
         self.buffer_size, self.negatives_per_query, self.skip_invalid = buffer_size, negatives_per_query, skip_invalid
 
     @classmethod
-    def of_files(cls, files: list[Path], batch_size: int, *, seed: int, buffer_size: int, negatives_per_query: int,
-                 skip_invalid: bool = False) -> "SourceBatchStream":
+    def of_files(
+        cls,
+        files: list[Path],
+        batch_size: int,
+        *,
+        seed: int,
+        buffer_size: int,
+        negatives_per_query: int,
+        skip_invalid: bool = False,
+    ) -> "SourceBatchStream":
         """One source per file; each counted, and its first rows read to see whether it has hard negatives."""
         sources = [StreamedSource(Path(path).stem, str(path), count_rows(path)) for path in files]
-        return cls(_with_negatives(sources, negatives_per_query), batch_size, seed=seed, buffer_size=buffer_size,
-                   negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
+        return cls(
+            _with_negatives(sources, negatives_per_query),
+            batch_size,
+            seed=seed,
+            buffer_size=buffer_size,
+            negatives_per_query=negatives_per_query,
+            skip_invalid=skip_invalid,
+        )
 
     @classmethod
-    def of_hub(cls, dataset: str, split: str, batch_size: int, *, seed: int, buffer_size: int,
-               negatives_per_query: int, skip_invalid: bool = False) -> "SourceBatchStream":
+    def of_hub(
+        cls,
+        dataset: str,
+        split: str,
+        batch_size: int,
+        *,
+        seed: int,
+        buffer_size: int,
+        negatives_per_query: int,
+        skip_invalid: bool = False,
+    ) -> "SourceBatchStream":
         """One source per subset of a Hub dataset (or local dataset repository); each counted from the dataset's
         metadata (else in one streamed pass), and its first rows read to see whether it has hard negatives."""
         subsets = hub_subsets(dataset, split)
-        sources = [StreamedSource(hub_source_name(dataset, subset), dataset, count_hub_rows(dataset, subset, split),
-                                  subset=subset, split=split) for subset in subsets]
-        return cls(_with_negatives(sources, negatives_per_query), batch_size, seed=seed, buffer_size=buffer_size,
-                   negatives_per_query=negatives_per_query, skip_invalid=skip_invalid)
+        sources = [
+            StreamedSource(
+                hub_source_name(dataset, subset),
+                dataset,
+                count_hub_rows(dataset, subset, split),
+                subset=subset,
+                split=split,
+            )
+            for subset in subsets
+        ]
+        return cls(
+            _with_negatives(sources, negatives_per_query),
+            batch_size,
+            seed=seed,
+            buffer_size=buffer_size,
+            negatives_per_query=negatives_per_query,
+            skip_invalid=skip_invalid,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -191,19 +238,23 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             try:
                 row = validate_row(raw, source.negatives_per_query)
                 if len(row["negatives"]) < source.negatives_per_query:
-                    raise TripletDataError(f"field 'negative' has {len(row['negatives'])} of the "
-                                           f"{source.negatives_per_query} hard negatives this source's rows have")
+                    raise TripletDataError(
+                        f"field 'negative' has {len(row['negatives'])} of the "
+                        f"{source.negatives_per_query} hard negatives this source's rows have"
+                    )
             except TripletDataError as error:
                 if self.skip_invalid:
                     continue
-                raise TripletDataError(f"{source.label}, row {number}: {error} (pass --skip_invalid_rows to skip "
-                                       "such rows)") from None
+                raise TripletDataError(
+                    f"{source.label}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
+                ) from None
             yield {**row, "source": index}
 
     def __iter__(self):
-        shuffled = {index: buffered_shuffle(self.rows_of(index), self.buffer_size,
-                                            _epoch_rng(self.seed, self.epoch, index))
-                    for index in range(len(self.sources))}
+        shuffled = {
+            index: buffered_shuffle(self.rows_of(index), self.buffer_size, _epoch_rng(self.seed, self.epoch, index))
+            for index in range(len(self.sources))
+        }
         blocks = {index: source.rows // self.batch_size for index, source in enumerate(self.sources)}
         dry = set()
         for index in block_order(blocks, _epoch_rng(self.seed, self.epoch)):
@@ -220,18 +271,28 @@ def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> 
     """Each source's hard negatives per query: `negatives_per_query` where its first rows carry any, else 0."""
     for source in sources:
         peeked = [raw for _, (_, raw) in zip(range(PEEK_ROWS), source.raw_rows())]
-        source.negatives_per_query = negatives_per_query if negatives_per_query > 0 and any(
-            raw_negatives(raw) for raw in peeked) else 0
+        source.negatives_per_query = (
+            negatives_per_query if negatives_per_query > 0 and any(raw_negatives(raw) for raw in peeked) else 0
+        )
     return sources
 
 
-def stream_triplets(source: str, *, batch_size: int, seed: int, buffer_size: int, negatives_per_query: int = 1,
-                    skip_invalid: bool = False, split: str = "train") -> Triplets:
+def stream_triplets(
+    source: str,
+    *,
+    batch_size: int,
+    seed: int,
+    buffer_size: int,
+    negatives_per_query: int = 1,
+    skip_invalid: bool = False,
+    split: str = "train",
+) -> Triplets:
     """`Triplets` whose rows are read lazily from the files of `source` (one source per file) or the subsets of a Hub
     dataset (one source per subset, `split`), every `batch_size` consecutive rows from one source
     (`batching.SourceBatchStream`); sources are counted, not loaded."""
-    common = dict(seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query,
-                  skip_invalid=skip_invalid)
+    common = dict(
+        seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query, skip_invalid=skip_invalid
+    )
     if is_local_files(source):
         files = [str(path) for path in data_files(source)]
         stream = SourceBatchStream.of_files([Path(file) for file in files], batch_size, **common)
@@ -239,7 +300,13 @@ def stream_triplets(source: str, *, batch_size: int, seed: int, buffer_size: int
         files = [source]
         stream = SourceBatchStream.of_hub(source, split, batch_size, **common)
     first = [row for _, row in zip(range(64), stream.rows_of(0))]
-    sources = [TripletSource(item.name, item.rows, item.negatives_per_query,
-                             file=item.file if item.subset is None else hub_label(item.file, item.subset, item.split))
-               for item in stream.sources]
+    sources = [
+        TripletSource(
+            item.name,
+            item.rows,
+            item.negatives_per_query,
+            file=item.file if item.subset is None else hub_label(item.file, item.subset, item.split),
+        )
+        for item in stream.sources
+    ]
     return Triplets(rows=first, source=source, files=files, sources=sources, stream=stream)

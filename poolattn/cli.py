@@ -50,12 +50,14 @@ def _storage_errors_in_one_line(command: str):
     import errno
     import functools
 
-    advice = {errno.ENOSPC: "no space left on the device: free some space (or give a folder on another disk), then "
-                            "run the same command again; finished work is kept",
-              errno.EDQUOT: "disk quota exceeded: free some space, then run the same command again",
-              errno.EROFS: "the file system is read-only: give a folder you can write to",
-              errno.EACCES: "permission denied: give a folder you can write to (or fix its permissions)",
-              errno.EPERM: "operation not permitted: give a folder you can write to"}
+    advice = {
+        errno.ENOSPC: "no space left on the device: free some space (or give a folder on another disk), then "
+        "run the same command again; finished work is kept",
+        errno.EDQUOT: "disk quota exceeded: free some space, then run the same command again",
+        errno.EROFS: "the file system is read-only: give a folder you can write to",
+        errno.EACCES: "permission denied: give a folder you can write to (or fix its permissions)",
+        errno.EPERM: "operation not permitted: give a folder you can write to",
+    }
 
     def decorate(door):
         @functools.wraps(door)
@@ -67,6 +69,7 @@ def _storage_errors_in_one_line(command: str):
                     raise
                 where = error.filename or "a file"
                 sys.exit(f"{command}: could not write {where}: {advice[error.errno]}.")
+
         return run
 
     return decorate
@@ -118,8 +121,14 @@ def train(argv: list[str] | None = None) -> int:
         training.run(model_args, data_args, training_args)
     except TripletDataError as error:
         sys.exit(f"train: bad training data: {error}")
-    except (training.TrainingSetupError, BackboneError, TrainingDivergedError, FolderBusyError,
-            DamagedFileError, SharedDataError) as error:
+    except (
+        training.TrainingSetupError,
+        BackboneError,
+        TrainingDivergedError,
+        FolderBusyError,
+        DamagedFileError,
+        SharedDataError,
+    ) as error:
         sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
@@ -151,12 +160,21 @@ Wilcoxon signed-rank tests per category with Holm correction, a figure, and a sh
 
 def _run_models(args) -> int:
     run = evaluation.evaluate_models(
-        args.model, output=args.output, tasks=args.tasks and _comma_list(args.tasks),
-        categories=args.categories and _comma_list(args.categories), benchmark=args.benchmark,
-        data_dir=args.data_dir, subsets=args.subsets and _comma_list(args.subsets), budget=args.budget,
+        args.model,
+        output=args.output,
+        tasks=args.tasks and _comma_list(args.tasks),
+        categories=args.categories and _comma_list(args.categories),
+        benchmark=args.benchmark,
+        data_dir=args.data_dir,
+        subsets=args.subsets and _comma_list(args.subsets),
+        budget=args.budget,
         skip_missing=args.skip_missing,
-        batch_size=args.batch_size, max_length=args.max_length, instructions=not args.no_instructions,
-        overwrite=args.overwrite, onnx_file=args.onnx, truncate_dim=args.truncate_dim,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        instructions=not args.no_instructions,
+        overwrite=args.overwrite,
+        onnx_file=args.onnx,
+        truncate_dim=args.truncate_dim,
         trust_remote_code=args.trust_remote_code,
     )
     for name, reason in run.passed_over.items():
@@ -178,9 +196,12 @@ def _compare(args) -> int:
     print(comparison.report)
     print(f"written: {', '.join(str(path) for path in comparison.files)}")
     if comparison.left_out:
-        print(f"compare: {len(comparison.left_out)} score(s) left out of the means, which therefore average different "
-              f"tasks: {'; '.join(comparison.left_out)}. Score the missing tasks (evaluate.py run scores only what is "
-              "missing) or compare the runs that share them.", file=sys.stderr)
+        print(
+            f"compare: {len(comparison.left_out)} score(s) left out of the means, which therefore average different "
+            f"tasks: {'; '.join(comparison.left_out)}. Score the missing tasks (evaluate.py run scores only what is "
+            "missing) or compare the runs that share them.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -189,33 +210,64 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(required=True, dest="command")
     run = subparsers.add_parser("run", help="evaluate models on MTEB tasks")
-    run.add_argument("--model", action="append", required=True,
-                     help="poolattn folder or Hub repository, or sentence-transformers folder/id; repeatable")
-    run.add_argument("--tasks", nargs="+", help="task names, comma- or space-separated: mteb tasks, or local "
-                                                "retrieval/reranking folders of --data-dir of any name")
+    run.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="poolattn folder or Hub repository, or sentence-transformers folder/id; repeatable",
+    )
+    run.add_argument(
+        "--tasks",
+        nargs="+",
+        help="task names, comma- or space-separated: mteb tasks, or local "
+        "retrieval/reranking folders of --data-dir of any name",
+    )
     run.add_argument("--categories", help=f"comma-separated task types ({', '.join(CATEGORY_ORDER)})")
-    run.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)" (alone, or to pick --categories '
-                                         f'from), or "{evaluation.LOCAL_BENCHMARK}": every task folder of --data-dir')
-    run.add_argument("--subsets", nargs="+", help="subsets (e.g. languages) of multi-subset tasks, comma- or "
-                                                  "space-separated (default: those the local copy holds, else all)")
+    run.add_argument(
+        "--benchmark",
+        help='an mteb benchmark, e.g. "MTEB(eng, v2)" (alone, or to pick --categories '
+        f'from), or "{evaluation.LOCAL_BENCHMARK}": every task folder of --data-dir',
+    )
+    run.add_argument(
+        "--subsets",
+        nargs="+",
+        help="subsets (e.g. languages) of multi-subset tasks, comma- or "
+        "space-separated (default: those the local copy holds, else all)",
+    )
     run.add_argument("--output", required=True, help="results folder (mteb's layout, one folder per model)")
     run.add_argument("--data-dir", help="local task copies laid out like ../shared/data (one folder per task)")
-    run.add_argument("--budget", type=int, help="score each task on at most N units (pairs, examples, queries; a "
-                                                "seeded sample): for comparing models, not with published numbers")
+    run.add_argument(
+        "--budget",
+        type=int,
+        help="score each task on at most N units (pairs, examples, queries; a "
+        "seeded sample): for comparing models, not with published numbers",
+    )
     run.add_argument("--skip-missing", action="store_true", help="run the tasks that have a local copy, list the rest")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
     run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
-    run.add_argument("--trust-remote-code", action="store_true",
-                     help="let a model folder run its own code (a sentence-transformers model's, or a tokenizer's "
-                          "auto_map); poolattn folders never need it: the package's classes load them")
-    run.add_argument("--truncate-dim", type=int, metavar="N",
-                     help="score embeddings cut to their first N dims, a size the models were trained for "
-                          "(train.py --matryoshka_dims), stored under the revision <fingerprint>-dimN")
-    run.add_argument("--onnx", nargs="?", const="onnx/model.onnx", metavar="FILE",
-                     help="score the poolattn models' ONNX export in ONNX Runtime (default onnx/model.onnx; e.g. "
-                          "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]")
+    run.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model folder run its own code (a sentence-transformers model's, or a tokenizer's "
+        "auto_map); poolattn folders never need it: the package's classes load them",
+    )
+    run.add_argument(
+        "--truncate-dim",
+        type=int,
+        metavar="N",
+        help="score embeddings cut to their first N dims, a size the models were trained for "
+        "(train.py --matryoshka_dims), stored under the revision <fingerprint>-dimN",
+    )
+    run.add_argument(
+        "--onnx",
+        nargs="?",
+        const="onnx/model.onnx",
+        metavar="FILE",
+        help="score the poolattn models' ONNX export in ONNX Runtime (default onnx/model.onnx; e.g. "
+        "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]",
+    )
     run.set_defaults(func=_run_models)
     compare = subparsers.add_parser("compare", help="tables, Wilcoxon tests and a figure from results folders")
     compare.add_argument("results", nargs="+", help="one results folder per model (e.g. results/results/ORG__NAME)")
@@ -242,12 +294,17 @@ def evaluate(argv: list[str] | None = None) -> int:
 
 
 def ablate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=ablation.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
     parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
-    parser.add_argument("--seeds", type=int, default=1, help="train every arm with N seeds (--seed and the next "
-                                                                 "N-1), grouped as replicates (default 1)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every arm with N seeds (--seed and the next N-1), grouped as replicates (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
     parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
     _add_scoring_arguments(parser, "arm")
@@ -256,14 +313,21 @@ def ablate_parser() -> argparse.ArgumentParser:
 
 def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> None:
     """The task selection and scoring flags of the commands that train and then score (ablate, study)."""
-    parser.add_argument("--tasks", help="mteb tasks or local task folders (default: every task of --data-dir in "
-                                        f"{','.join(ablation.DEFAULT_CATEGORIES)})")
+    parser.add_argument(
+        "--tasks",
+        help="mteb tasks or local task folders (default: every task of --data-dir in "
+        f"{','.join(ablation.DEFAULT_CATEGORIES)})",
+    )
     parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
     parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
     parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
-    parser.add_argument("--budget", type=int, default=ablation.DEFAULT_BUDGET,
-                        help=f"at most N units (pairs, examples, queries) per task, the same sample for every "
-                             f"{compared} (default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=ablation.DEFAULT_BUDGET,
+        help=f"at most N units (pairs, examples, queries) per task, the same sample for every "
+        f"{compared} (default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
 
 
@@ -279,11 +343,18 @@ def ablate(argv: list[str] | None = None) -> int:
     _show_progress(main_process=is_main_process())
     try:
         run = ablation.run_ablation(
-            args.ablation, output=args.output, base_variant=args.base_variant, train_argv=train_argv, seeds=args.seeds,
+            args.ablation,
+            output=args.output,
+            base_variant=args.base_variant,
+            train_argv=train_argv,
+            seeds=args.seeds,
             seed=args.seed,
-            tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark, data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
-            budget=args.budget or None, batch_size=args.batch_size,
+            tasks=args.tasks and _comma_list(args.tasks),
+            categories=args.categories and _comma_list(args.categories),
+            benchmark=args.benchmark,
+            data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+            budget=args.budget or None,
+            batch_size=args.batch_size,
         )
     except TripletDataError as error:
         sys.exit(f"ablate: bad training data: {error}")
@@ -303,42 +374,81 @@ def ablate(argv: list[str] | None = None) -> int:
 def study_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
-    parser.add_argument("--designs", default="all,baselines",
-                        help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
-                             "mean-bidirectional), or a comma list (default all,baselines)")
-    parser.add_argument("--ablation", default="none",
-                        help="ablation arms of variant 5: none, all, or a comma list of "
-                             f"{', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
-                             "layer_weights:weights_off)")
+    parser.add_argument(
+        "--designs",
+        default="all,baselines",
+        help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
+        "mean-bidirectional), or a comma list (default all,baselines)",
+    )
+    parser.add_argument(
+        "--ablation",
+        default="none",
+        help="ablation arms of variant 5: none, all, or a comma list of "
+        f"{', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
+        "layer_weights:weights_off)",
+    )
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row: --seed, --seed+1, ... (default 2)")
     parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
     parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")
     _add_scoring_arguments(parser, "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
     recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
-    recipe.add_argument("--controls", action="store_true",
-                        help="also score every row and seed untrained (step 0: the raw backbone and its fresh head)")
-    recipe.add_argument("--tune", action="store_true",
-                        help="choose each row's learning rates from the grid below on held-out training rows (the "
-                             "first seed, a short proxy run per point); never on the evaluation tasks")
-    recipe.add_argument("--tune-learning-rates", default="1e-4,3e-4", metavar="R,R",
-                        help="adapter (backbone) rates to try (default 1e-4,3e-4)")
-    recipe.add_argument("--tune-head-learning-rates", default="1e-4,1e-3,1e-2", metavar="R,R",
-                        help="pooling-head rates to try, rows with a head (default 1e-4,1e-3,1e-2)")
+    recipe.add_argument(
+        "--controls",
+        action="store_true",
+        help="also score every row and seed untrained (step 0: the raw backbone and its fresh head)",
+    )
+    recipe.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each row's learning rates from the grid below on held-out training rows (the "
+        "first seed, a short proxy run per point); never on the evaluation tasks",
+    )
+    recipe.add_argument(
+        "--tune-learning-rates",
+        default="1e-4,3e-4",
+        metavar="R,R",
+        help="adapter (backbone) rates to try (default 1e-4,3e-4)",
+    )
+    recipe.add_argument(
+        "--tune-head-learning-rates",
+        default="1e-4,1e-3,1e-2",
+        metavar="R,R",
+        help="pooling-head rates to try, rows with a head (default 1e-4,1e-3,1e-2)",
+    )
     recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
     recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
-    recipe.add_argument("--plateau", action="store_true",
-                        help="train every run to the plateau of its held-out loss (rule below), not a fixed count")
-    recipe.add_argument("--plateau-patience", type=int, default=3,
-                        help="evaluations without an improvement before stopping (default 3)")
-    recipe.add_argument("--plateau-min-improvement", type=float, default=0.01,
-                        help="relative improvement of the held-out loss that counts (default 0.01 = 1%%)")
+    recipe.add_argument(
+        "--plateau",
+        action="store_true",
+        help="train every run to the plateau of its held-out loss (rule below), not a fixed count",
+    )
+    recipe.add_argument(
+        "--plateau-patience",
+        type=int,
+        default=3,
+        help="evaluations without an improvement before stopping (default 3)",
+    )
+    recipe.add_argument(
+        "--plateau-min-improvement",
+        type=float,
+        default=0.01,
+        help="relative improvement of the held-out loss that counts (default 0.01 = 1%%)",
+    )
     recipe.add_argument("--plateau-eval-steps", type=int, default=20, help="held-out evaluation every N steps")
     recipe.add_argument("--plateau-max-steps", type=int, default=300, help="the cap (default 300 steps)")
-    recipe.add_argument("--held-out-fraction", type=float, default=0.01,
-                        help="training rows held out (seeded) for tuning and the plateau rule (default 0.01)")
-    recipe.add_argument("--held-out-batch-size", type=int, default=16,
-                        help="queries per held-out batch (in-batch negatives, as in training; default 16)")
+    recipe.add_argument(
+        "--held-out-fraction",
+        type=float,
+        default=0.01,
+        help="training rows held out (seeded) for tuning and the plateau rule (default 0.01)",
+    )
+    recipe.add_argument(
+        "--held-out-batch-size",
+        type=int,
+        default=16,
+        help="queries per held-out batch (in-batch negatives, as in training; default 16)",
+    )
     return parser
 
 
@@ -364,21 +474,39 @@ def run_study_command(argv: list[str] | None = None) -> int:
             print(f"written: {study.write_report(args.report)}")
             return 0
         plan = study.plan_study(
-            designs=args.designs, ablation=args.ablation, seeds=args.seeds, seed=args.seed,
+            designs=args.designs,
+            ablation=args.ablation,
+            seeds=args.seeds,
+            seed=args.seed,
             train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
-            tasks=args.tasks and _comma_list(args.tasks), categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark, data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+            tasks=args.tasks and _comma_list(args.tasks),
+            categories=args.categories and _comma_list(args.categories),
+            benchmark=args.benchmark,
+            data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
             budget=args.budget or None,
-            batch_size=args.batch_size, controls=args.controls,
-            tuning=TuningGrid(learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
-                              head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
-                              steps=args.tune_steps, eval_steps=args.tune_eval_steps,
-                              eval_fraction=args.held_out_fraction, eval_batch_size=args.held_out_batch_size)
-            if args.tune else None,
-            plateau=PlateauSettings(patience=args.plateau_patience, min_improvement=args.plateau_min_improvement,
-                                    eval_steps=args.plateau_eval_steps, max_steps=args.plateau_max_steps,
-                                    eval_fraction=args.held_out_fraction, eval_batch_size=args.held_out_batch_size)
-            if args.plateau else None)
+            batch_size=args.batch_size,
+            controls=args.controls,
+            tuning=TuningGrid(
+                learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
+                head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
+                steps=args.tune_steps,
+                eval_steps=args.tune_eval_steps,
+                eval_fraction=args.held_out_fraction,
+                eval_batch_size=args.held_out_batch_size,
+            )
+            if args.tune
+            else None,
+            plateau=PlateauSettings(
+                patience=args.plateau_patience,
+                min_improvement=args.plateau_min_improvement,
+                eval_steps=args.plateau_eval_steps,
+                max_steps=args.plateau_max_steps,
+                eval_fraction=args.held_out_fraction,
+                eval_batch_size=args.held_out_batch_size,
+            )
+            if args.plateau
+            else None,
+        )
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
         sys.exit(f"study: bad training data: {error}")
@@ -403,23 +531,43 @@ def mine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_data", required=True, help="(query, positive[, negative]) file, folder or Hub id")
     parser.add_argument("--model", required=True, help="poolattn folder, or sentence-transformers folder or Hub id")
     parser.add_argument("--output", required=True, help="new folder: one JSONL per source, and _provenance.json")
-    parser.add_argument("--num_negatives", type=int, default=defaults.num_negatives,
-                        help="negatives per query in all, given ones first (default %(default)s)")
-    parser.add_argument("--range_min", type=int, default=defaults.range_min,
-                        help="skip the N nearest candidates (default %(default)s)")
-    parser.add_argument("--range_max", type=int, default=defaults.range_max,
-                        help="take negatives among the N nearest candidates only (default %(default)s)")
-    parser.add_argument("--absolute_margin", type=float, default=defaults.absolute_margin,
-                        help="keep candidates with sim <= sim(positive) - M (default: off)")
-    parser.add_argument("--relative_margin", type=float, default=defaults.relative_margin,
-                        help="keep candidates with sim <= sim(positive) x (1 - R) (default %(default)s; "
-                             "a negative value turns it off)")
+    parser.add_argument(
+        "--num_negatives",
+        type=int,
+        default=defaults.num_negatives,
+        help="negatives per query in all, given ones first (default %(default)s)",
+    )
+    parser.add_argument(
+        "--range_min", type=int, default=defaults.range_min, help="skip the N nearest candidates (default %(default)s)"
+    )
+    parser.add_argument(
+        "--range_max",
+        type=int,
+        default=defaults.range_max,
+        help="take negatives among the N nearest candidates only (default %(default)s)",
+    )
+    parser.add_argument(
+        "--absolute_margin",
+        type=float,
+        default=defaults.absolute_margin,
+        help="keep candidates with sim <= sim(positive) - M (default: off)",
+    )
+    parser.add_argument(
+        "--relative_margin",
+        type=float,
+        default=defaults.relative_margin,
+        help="keep candidates with sim <= sim(positive) x (1 - R) (default %(default)s; "
+        "a negative value turns it off)",
+    )
     parser.add_argument("--replace_given", action="store_true", help="drop the rows' given negatives")
     parser.add_argument("--query_instruction", help="query instruction for a poolattn model (Instruct: ...)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
-    parser.add_argument("--trust_remote_code", action="store_true",
-                        help="let the model folder run its own code (a sentence-transformers model's, or a "
-                             "tokenizer's auto_map); poolattn folders never need it")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let the model folder run its own code (a sentence-transformers model's, or a "
+        "tokenizer's auto_map); poolattn folders never need it",
+    )
     return parser
 
 
@@ -429,20 +577,31 @@ def mine(argv: list[str] | None = None) -> int:
     args = mine_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _show_progress()
     settings = mining.MiningSettings(
-        num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
         absolute_margin=args.absolute_margin,
         relative_margin=args.relative_margin if args.relative_margin is None or args.relative_margin >= 0 else None,
-        replace_given=args.replace_given, query_instruction=args.query_instruction, batch_size=args.batch_size,
+        replace_given=args.replace_given,
+        query_instruction=args.query_instruction,
+        batch_size=args.batch_size,
     )
     try:
-        run = mining.mine_hard_negatives(args.train_data, args.model, output=args.output, settings=settings,
-                                         trust_remote_code=args.trust_remote_code)
+        run = mining.mine_hard_negatives(
+            args.train_data,
+            args.model,
+            output=args.output,
+            settings=settings,
+            trust_remote_code=args.trust_remote_code,
+        )
     except ValueError as error:  # MiningError, TripletDataError
         sys.exit(f"mine: {error}")
     for source in run.sources:
-        print(f"{source.name}: {source.rows} rows, corpus {source.corpus}, {source.mined} negatives mined, "
-              f"{source.queries_short} queries short of {settings.num_negatives}, {source.skipped_by_margin} "
-              f"candidates inside the margin skipped -> {Path(args.output) / source.output}")
+        print(
+            f"{source.name}: {source.rows} rows, corpus {source.corpus}, {source.mined} negatives mined, "
+            f"{source.queries_short} queries short of {settings.num_negatives}, {source.skipped_by_margin} "
+            f"candidates inside the margin skipped -> {Path(args.output) / source.output}"
+        )
     print(f"mined in {run.seconds:.0f} s; provenance: {Path(args.output) / mining.PROVENANCE_FILE}")
     return 0
 
@@ -473,14 +632,20 @@ def publish_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub_model_id", required=True, help="ORG/NAME; variant N goes to ORG/NAME-vN")
     parser.add_argument("--output_dir", default="hub", help="where the repository folders are written (default: hub)")
     parser.add_argument("--results", help="results folder of `evaluate.py run` (adds MTEB scores and comparisons)")
-    parser.add_argument("--study", help="a study folder (study.py) the models were trained in: its table and their "
-                                        "comparisons go on the cards (write its report first)")
+    parser.add_argument(
+        "--study",
+        help="a study folder (study.py) the models were trained in: its table and their "
+        "comparisons go on the cards (write its report first)",
+    )
     parser.add_argument("--push", action="store_true", help="upload the folders (without it: a dry run)")
     parser.add_argument("--hub_token", help="Hub token (default: HF_TOKEN or the saved login)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repositories private")
     parser.add_argument("--license", help="licence id for the card (default: the base model's)")
-    parser.add_argument("--onnx", action="store_true", help="export each model without an ONNX export first "
-                                                            "(poolattn-export-onnx, with --quantize)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export each model without an ONNX export first (poolattn-export-onnx, with --quantize)",
+    )
     return parser
 
 
@@ -493,9 +658,17 @@ def publish(argv: list[str] | None = None) -> int:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
         if args.onnx:
             _export_onnx_where_missing(args.models)
-        hub.publish(args.models, hub_model_id=args.hub_model_id, output_dir=args.output_dir, push=args.push,
-                    results=args.results, token=args.hub_token, private=args.private, license=args.license,
-                    study_sections=sections)
+        hub.publish(
+            args.models,
+            hub_model_id=args.hub_model_id,
+            output_dir=args.output_dir,
+            push=args.push,
+            results=args.results,
+            token=args.hub_token,
+            private=args.private,
+            license=args.license,
+            study_sections=sections,
+        )
     except (HubPushError, ValueError, ImportError, FileNotFoundError) as error:
         print(f"publish: {error}", file=sys.stderr)
         return 1
@@ -530,12 +703,17 @@ or `SentenceTransformer(folder, backend="onnx", trust_remote_code=True)` after p
 
 
 def export_onnx_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=EXPORT_ONNX_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=EXPORT_ONNX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="+", help="model folders (written by training or save_pretrained)")
     parser.add_argument("--quantize", action="store_true", help="also write the dynamic int8 copy")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest allowed ORT vs PyTorch difference on unit-norm embeddings (default 1e-4)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed ORT vs PyTorch difference on unit-norm embeddings (default 1e-4)",
+    )
     return parser
 
 
@@ -549,10 +727,15 @@ def export_onnx(argv: list[str] | None = None) -> int:
     try:
         for folder in args.models:
             record = onnx_export.export_onnx(folder, quantize=args.quantize, tolerance=args.tolerance)
-            int8 = (f"; int8: max difference {record.int8_max_abs_diff:.2g}, lowest cosine "
-                    f"{record.int8_min_cosine:.4f}" if record.int8_file else "")
-            print(f"{folder}/onnx: exported in {record.export_seconds:.0f} s, max difference from PyTorch "
-                  f"{record.max_abs_diff:.2g}{int8}")
+            int8 = (
+                f"; int8: max difference {record.int8_max_abs_diff:.2g}, lowest cosine {record.int8_min_cosine:.4f}"
+                if record.int8_file
+                else ""
+            )
+            print(
+                f"{folder}/onnx: exported in {record.export_seconds:.0f} s, max difference from PyTorch "
+                f"{record.max_abs_diff:.2g}{int8}"
+            )
     except (ImportError, FileNotFoundError, ValueError) as error:  # OnnxExportMismatch is a ValueError
         print(f"export-onnx: {error}", file=sys.stderr)
         return 1

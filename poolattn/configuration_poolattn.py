@@ -108,12 +108,18 @@ def check_matryoshka_dims(dims, hidden_size: int) -> None:
     ...
     ValueError: matryoshka_dims=[128, 64] must be distinct integers in ascending order, each from 1 to 575 ...
     """
-    valid = (isinstance(dims, list) and dims and all(type(dim) is int and 1 <= dim < hidden_size for dim in dims)
-             and all(a < b for a, b in zip(dims, dims[1:])))
+    valid = (
+        isinstance(dims, list)
+        and dims
+        and all(type(dim) is int and 1 <= dim < hidden_size for dim in dims)
+        and all(a < b for a, b in zip(dims, dims[1:]))
+    )
     if not valid:
         example = [size for size in (64, 128, hidden_size // 2) if size < hidden_size] or [1]
-        raise ValueError(f"matryoshka_dims={dims!r} must be distinct integers in ascending order, each from 1 to "
-                         f"{hidden_size - 1} (the full size {hidden_size} is always trained), e.g. {example}.")
+        raise ValueError(
+            f"matryoshka_dims={dims!r} must be distinct integers in ascending order, each from 1 to "
+            f"{hidden_size - 1} (the full size {hidden_size} is always trained), e.g. {example}."
+        )
 
 
 class PoolAttnConfig(PreTrainedConfig):
@@ -214,8 +220,10 @@ class PoolAttnConfig(PreTrainedConfig):
         for key in extra:
             close = difflib.get_close_matches(key, own, n=1, cutoff=0.8)
             if close and key not in own:
-                raise ValueError(f"PoolAttnConfig: {key}={extra[key]!r} is not a field; did you mean {close[0]}=? "
-                                 f"Fields: {', '.join(own)}.")
+                raise ValueError(
+                    f"PoolAttnConfig: {key}={extra[key]!r} is not a field; did you mean {close[0]}=? "
+                    f"Fields: {', '.join(own)}."
+                )
 
     def _check_fields(self) -> None:
         """Step 1: raise `ValueError` for a given field that is out of range or contradicts another one.

@@ -37,8 +37,11 @@ def shared_data() -> Path | None:
     if os.environ.get("POOLATTN_DATA"):
         return Path(os.environ["POOLATTN_DATA"])
     beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return beside_checkout if (Path(__file__).resolve().parents[1] / "pyproject.toml").is_file() and \
-        beside_checkout.is_dir() else None
+    return (
+        beside_checkout
+        if (Path(__file__).resolve().parents[1] / "pyproject.toml").is_file() and beside_checkout.is_dir()
+        else None
+    )
 
 
 SHARED_DATA = shared_data()
@@ -51,10 +54,14 @@ class SharedDataError(ValueError):
 def require_shared_data(value: str, flag: str) -> str:
     """`value`, unless it stands for shared data that is not set: then a clear error saying what to set."""
     if str(value).startswith(UNSET_DATA):
-        raise SharedDataError(f"{flag} defaults to the project's shared data, which is not set here: set "
-                               "POOLATTN_DATA to its folder (the one holding the task copies and train/), or give "
-                               f"{flag} explicitly.")
+        raise SharedDataError(
+            f"{flag} defaults to the project's shared data, which is not set here: set "
+            "POOLATTN_DATA to its folder (the one holding the task copies and train/), or give "
+            f"{flag} explicitly."
+        )
     return value
+
+
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELD_ALIASES = {"postive": "positive"}  # the paper's data (yixuantt/ir_data) spells it this way
 
@@ -115,8 +122,11 @@ def data_files(source: str) -> list[Path]:
     path = Path(source)
     if path.is_dir():
         # names starting with "_" or "." are not data (e.g. mining's `_provenance.json`)
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS
-                       and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix in FILE_FORMATS and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+        )
         if not files:
             raise TripletDataError(f"{source}: folder holds no {', '.join(FILE_FORMATS)} files.")
         return files
@@ -177,13 +187,16 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
                     except json.JSONDecodeError as error:
                         raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
         except UnicodeDecodeError as error:
-            raise TripletDataError(f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
-                                   f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl.") from None
+            raise TripletDataError(
+                f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
+                f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
+            ) from None
     else:
         if path.suffix == ".csv":
             _check_utf8(path)
-        table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train",
-                                      streaming=streaming)
+        table = datasets.load_dataset(
+            FILE_FORMATS[path.suffix], data_files=str(path), split="train", streaming=streaming
+        )
         yield from enumerate(table, start=1)
 
 
@@ -215,12 +228,18 @@ def hub_subsets(dataset: str, split: str) -> list[str]:
         ) from error
     having = [subset for subset in subsets if split in splits[subset]]
     if not having:
-        raise TripletDataError(f"{dataset}: no subset has a {split!r} split (subsets and their splits: "
-                               f"{'; '.join(name + ': ' + ', '.join(splits[name]) for name in subsets)}); give one "
-                               "with --data_split.")
+        raise TripletDataError(
+            f"{dataset}: no subset has a {split!r} split (subsets and their splits: "
+            f"{'; '.join(name + ': ' + ', '.join(splits[name]) for name in subsets)}); give one "
+            "with --data_split."
+        )
     if len(having) < len(subsets):
-        logger.info("%s: subsets without a %r split are left out: %s", dataset, split,
-                    ", ".join(sorted(set(subsets) - set(having))))
+        logger.info(
+            "%s: subsets without a %r split are left out: %s",
+            dataset,
+            split,
+            ", ".join(sorted(set(subsets) - set(having))),
+        )
     return having
 
 
@@ -241,8 +260,9 @@ def iter_hub_rows(dataset: str, subset: str, split: str, *, streaming: bool = Fa
     try:
         table = datasets.load_dataset(dataset, subset, split=split, streaming=streaming)
     except Exception as error:
-        raise TripletDataError(f"{dataset}, subset {subset!r}, split {split!r}: could not be loaded ({error}).") \
-            from error
+        raise TripletDataError(
+            f"{dataset}, subset {subset!r}, split {split!r}: could not be loaded ({error})."
+        ) from error
     yield from enumerate(table, start=1)
 
 
@@ -256,8 +276,9 @@ def count_hub_rows(dataset: str, subset: str, split: str) -> int:
             return int(splits[split].num_examples)
     except Exception:  # metadata is optional; counting below gives the number (or the error)
         pass
-    logger.info("%s/%s[%s]: no row count in the dataset's metadata; counting it in one streamed pass",
-                dataset, subset, split)
+    logger.info(
+        "%s/%s[%s]: no row count in the dataset's metadata; counting it in one streamed pass", dataset, subset, split
+    )
     return sum(1 for _ in iter_hub_rows(dataset, subset, split, streaming=True))
 
 
@@ -270,7 +291,8 @@ def _check_utf8(path: Path) -> None:
             except UnicodeDecodeError as error:
                 raise TripletDataError(
                     f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}); convert the file to "
-                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}.") from None
+                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}."
+                ) from None
 
 
 def count_rows(path: Path) -> int:
@@ -291,8 +313,9 @@ def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
     return [(str(path), number, raw) for path in files for number, raw in iter_file_rows(path)]
 
 
-def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = False,
-                  negatives_per_query: int = 1) -> Triplets:
+def load_triplets(
+    source: str, *, split: str = "train", skip_invalid: bool = False, negatives_per_query: int = 1
+) -> Triplets:
     """Read and validate triplets from a file, a folder of files (each file a source), or a Hub dataset id (or a local
     dataset repository, `is_dataset_repository`; each subset a source).
 
@@ -304,8 +327,10 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
     `skip_invalid=True`.
     """
     if negatives_per_query < 0:
-        raise TripletDataError(f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
-                               "more hard negatives per query.")
+        raise TripletDataError(
+            f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
+            "more hard negatives per query."
+        )
     names: dict[str, str] = {}  # file (or Hub subset) -> its source name
     if is_local_files(source):
         files = data_files(source)
@@ -344,13 +369,17 @@ def load_triplets(source: str, *, split: str = "train", skip_invalid: bool = Fal
             logger.warning("skipped %d invalid rows of %d in %s", file_skipped, len(numbered), file)
             skipped += file_skipped
         if len(parts) > 1:
-            logger.info("%s: rows with %s hard negatives are kept as separate sources (a batch holds one count)",
-                        file, " / ".join(map(str, sorted(parts, reverse=True))))
+            logger.info(
+                "%s: rows with %s hard negatives are kept as separate sources (a batch holds one count)",
+                file,
+                " / ".join(map(str, sorted(parts, reverse=True))),
+            )
         for count in sorted(parts, reverse=True):
             label = name if len(parts) == 1 else f"{name} [{count} negative{'s' if count != 1 else ''}]"
             rows += [{**row, "source": len(sources)} for row in parts[count]]
-            sources.append(TripletSource(label, len(parts[count]), count,
-                                         file_skipped if count == max(parts) else 0, file))
+            sources.append(
+                TripletSource(label, len(parts[count]), count, file_skipped if count == max(parts) else 0, file)
+            )
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)
@@ -368,7 +397,8 @@ def sources_named(triplets: Triplets, keys, flag: str) -> dict[str, list[int]]:
     if unknown:
         raise TripletDataError(
             f"{flag} names {', '.join(map(repr, unknown))}, which is no source of {triplets.source}. "
-            f"Sources there: {', '.join(sorted(known))} (a file's stem covers all its sources).")
+            f"Sources there: {', '.join(sorted(known))} (a file's stem covers all its sources)."
+        )
     return {key: known[key] for key in keys}
 
 
@@ -378,8 +408,9 @@ def set_source_instructions(triplets: Triplets, instructions: dict[str, str]) ->
     for key, indices in sources_named(triplets, instructions, "--source_instructions").items():
         instruction = instructions[key]
         if not isinstance(instruction, str) or not instruction.strip():
-            raise TripletDataError(f"--source_instructions[{key!r}]: give a non-empty instruction string, got "
-                                   f"{instruction!r}.")
+            raise TripletDataError(
+                f"--source_instructions[{key!r}]: give a non-empty instruction string, got {instruction!r}."
+            )
         for index in indices:
             if triplets.sources[index].instruction is None or key == triplets.sources[index].name:
                 triplets.sources[index].instruction = instruction.strip()
@@ -397,8 +428,10 @@ def set_source_weights(triplets: Triplets, weights: dict[str, float]) -> None:
             triplets.sources[index].weight = float(weight)
     missing = [item.name for item in triplets.sources if item.weight is None]
     if missing:
-        raise TripletDataError(f"--source_weights gives no weight for {', '.join(missing)}; give every source one "
-                               "(0 leaves a source out), or leave the flag out for shares that follow the sizes.")
+        raise TripletDataError(
+            f"--source_weights gives no weight for {', '.join(missing)}; give every source one "
+            "(0 leaves a source out), or leave the flag out for shares that follow the sizes."
+        )
     if not any(item.weight and item.examples for item in triplets.sources):
         raise TripletDataError("--source_weights: every source with rows has weight 0; nothing would train.")
 
@@ -437,8 +470,9 @@ def validate_row(raw, negatives_per_query: int) -> dict:
         row[name] = value
     negatives = raw_negatives(raw)
     if any(not isinstance(text, str) or not text.strip() for text in negatives):
-        raise TripletDataError(f"field 'negative' must be a string or a list of non-empty strings, got "
-                               f"{negatives!r:.80}")
+        raise TripletDataError(
+            f"field 'negative' must be a string or a list of non-empty strings, got {negatives!r:.80}"
+        )
     row["negatives"] = [text.strip() for text in negatives[:negatives_per_query]]
     return row
 
@@ -466,8 +500,16 @@ class TripletCollator:
     or the query itself is not one of that query's negatives.
     """
 
-    def __init__(self, tokenizer, *, query_max_length: int, document_max_length: int, add_eos: bool,
-                 query_instruction: str | None = None, source_instructions: list[str | None] | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        query_max_length: int,
+        document_max_length: int,
+        add_eos: bool,
+        query_instruction: str | None = None,
+        source_instructions: list[str | None] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.source_instructions = list(source_instructions or [])
         self.query_max_length, self.document_max_length = query_max_length, document_max_length
@@ -475,18 +517,24 @@ class TripletCollator:
         self.pad_token_id = pad_token_id_for(tokenizer)
 
     def _batch(self, texts, *, prompt, max_length) -> dict[str, torch.Tensor]:
-        features = tokenize_for_embedding(self.tokenizer, texts, prompt=prompt, max_length=max_length,
-                                          add_eos=self.add_eos)
+        features = tokenize_for_embedding(
+            self.tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=self.add_eos
+        )
         return pad_features(features, pad_token_id=self.pad_token_id, padding_side=self.tokenizer.padding_side)
 
     def _source_instruction(self, row: dict) -> str | None:
         index = row.get("source")
-        return self.source_instructions[index] if isinstance(index, int) and index < len(self.source_instructions) \
+        return (
+            self.source_instructions[index]
+            if isinstance(index, int) and index < len(self.source_instructions)
             else None
+        )
 
     def __call__(self, rows: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
-        prompts = [instruction_prompt(row.get("instruction") or self._source_instruction(row)
-                                      or self.query_instruction) for row in rows]
+        prompts = [
+            instruction_prompt(row.get("instruction") or self._source_instruction(row) or self.query_instruction)
+            for row in rows
+        ]
         queries = [row["query"] for row in rows]
         documents = [row["positive"] for row in rows] + [text for row in rows for text in row_negatives(row)]
 
@@ -496,6 +544,9 @@ class TripletCollator:
         return {
             "queries": self._batch(queries, prompt=prompts, max_length=self.query_max_length),
             "documents": self._batch(documents, prompt=None, max_length=self.document_max_length),
-            "text_ids": {"queries": ids(queries), "positives": ids(documents[: len(rows)]),
-                         "documents": ids(documents)},
+            "text_ids": {
+                "queries": ids(queries),
+                "positives": ids(documents[: len(rows)]),
+                "documents": ids(documents),
+            },
         }

@@ -66,9 +66,15 @@ def hub_poolattn_snapshot(model: str) -> str | None:
 NO_INSTRUCTIONS = "no-instructions"
 
 
-def evaluation_revision(revision: str, *, budget: int | None = None, instructions: bool = True,
-                        onnx_file: str | None = None, truncate_dim: int | None = None,
-                        max_length: int | None = None) -> str:
+def evaluation_revision(
+    revision: str,
+    *,
+    budget: int | None = None,
+    instructions: bool = True,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    max_length: int | None = None,
+) -> str:
     """The revision results are stored under: the weights' fingerprint, `-budget<N>` on a budget,
     `-no-instructions` when a poolattn model was scored without its task instructions, `-onnx` (`-onnx-qint8`,
     ...) when its ONNX export was scored in ONNX Runtime, `-dim<N>` for embeddings cut to their first N dims and
@@ -125,35 +131,67 @@ def check_truncate_dim(model: str, truncate_dim: int) -> None:
     (its `config.json` `matryoshka_dims`); reads the config only."""
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
     if not folder:
-        raise EvaluationError(f"--truncate-dim scores a poolattn model at a size it was trained for; {model} is not "
-                              "a poolattn model.")
+        raise EvaluationError(
+            f"--truncate-dim scores a poolattn model at a size it was trained for; {model} is not a poolattn model."
+        )
     config = json.loads((Path(folder) / "config.json").read_text())
     trained = config.get("matryoshka_dims") or []
     if truncate_dim not in trained:
         sizes = ", ".join(map(str, trained)) if trained else "none (trained at its full size only)"
-        raise EvaluationError(f"--truncate-dim {truncate_dim}: {model} was trained for the smaller sizes {sizes}. "
-                              "Give one of them, or train with --matryoshka_dims.")
+        raise EvaluationError(
+            f"--truncate-dim {truncate_dim}: {model} was trained for the smaller sizes {sizes}. "
+            "Give one of them, or train with --matryoshka_dims."
+        )
 
 
-def load_encoder(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                 onnx_file: str | None = None, truncate_dim: int | None = None, budget: int | None = None,
-                 trust_remote_code: bool = False):
+def load_encoder(
+    model: str,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    instructions: bool,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    budget: int | None = None,
+    trust_remote_code: bool = False,
+):
     """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
     given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id). Its `ModelMeta`
     revision is the weights' fingerprint with these settings' suffixes (`evaluation_revision`)."""
     from .mteb_encoder import PoolAttnEncoder
 
-    encoder = _encoder_of(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                          onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
+    encoder = _encoder_of(
+        model,
+        batch_size=batch_size,
+        max_length=max_length,
+        instructions=instructions,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        trust_remote_code=trust_remote_code,
+    )
     prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
-    revision = evaluation_revision(encoder.mteb_model_meta.revision, budget=budget, instructions=prompted,
-                                   onnx_file=onnx_file, truncate_dim=truncate_dim, max_length=max_length)
+    revision = evaluation_revision(
+        encoder.mteb_model_meta.revision,
+        budget=budget,
+        instructions=prompted,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        max_length=max_length,
+    )
     encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
     return encoder
 
 
-def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instructions: bool,
-                onnx_file: str | None, truncate_dim: int | None, trust_remote_code: bool = False):
+def _encoder_of(
+    model: str,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    instructions: bool,
+    onnx_file: str | None,
+    truncate_dim: int | None,
+    trust_remote_code: bool = False,
+):
     from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
 
     folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
@@ -161,28 +199,45 @@ def _encoder_of(model: str, *, batch_size: int, max_length: int | None, instruct
         exported = ExportedModel.read(folder)
         # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
         name = model if folder != model and exported.manifest is None else exported.mteb_name
-        return PoolAttnEncoder(folder, name=name, revision=exported.fingerprint, batch_size=batch_size,
-                               max_length=max_length, instructions=TASK_INSTRUCTIONS if instructions else {},
-                               onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
+        return PoolAttnEncoder(
+            folder,
+            name=name,
+            revision=exported.fingerprint,
+            batch_size=batch_size,
+            max_length=max_length,
+            instructions=TASK_INSTRUCTIONS if instructions else {},
+            onnx_file=onnx_file,
+            truncate_dim=truncate_dim,
+            trust_remote_code=trust_remote_code,
+        )
     if onnx_file or truncate_dim:
-        flag = "--onnx scores a poolattn model's ONNX export" if onnx_file else \
-            "--truncate-dim scores a poolattn model at a size it was trained for"
-        raise EvaluationError(f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without "
-                              "it.")
+        flag = (
+            "--onnx scores a poolattn model's ONNX export"
+            if onnx_file
+            else "--truncate-dim scores a poolattn model at a size it was trained for"
+        )
+        raise EvaluationError(
+            f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without it."
+        )
     import mteb
     from sentence_transformers import SentenceTransformer
 
     folder = Path(model)
     if (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
-        logger.warning("%s is neither an exported poolattn model nor a sentence-transformers folder: "
-                       "sentence-transformers wraps the bare backbone with mean pooling (no poolattn head, EOS or "
-                       "instructions), so these are that model's scores. Give the `model/` folder training exported "
-                       "to score a poolattn design.", model)
+        logger.warning(
+            "%s is neither an exported poolattn model nor a sentence-transformers folder: "
+            "sentence-transformers wraps the bare backbone with mean pooling (no poolattn head, EOS or "
+            "instructions), so these are that model's scores. Give the `model/` folder training exported "
+            "to score a poolattn design.",
+            model,
+        )
     try:
         transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
     except OSError as error:
-        raise EvaluationError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
-                              f"it as a folder or Hub id ({str(error).splitlines()[0]}).") from None
+        raise EvaluationError(
+            f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
+            f"it as a folder or Hub id ({str(error).splitlines()[0]})."
+        ) from None
     if max_length:
         transformer.max_seq_length = max_length
     encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
@@ -203,8 +258,9 @@ class TaskSelection:
     passed_over: dict[str, str] = field(default_factory=dict)  # local folder or task -> reason
 
 
-def select_tasks(*, tasks: list[str] | None = None, categories: list[str] | None = None, benchmark: str | None = None,
-                 data_dir=None) -> TaskSelection:
+def select_tasks(
+    *, tasks: list[str] | None = None, categories: list[str] | None = None, benchmark: str | None = None, data_dir=None
+) -> TaskSelection:
     """Task names from `tasks`, from `categories` (of the task folders in `data_dir`, or of `benchmark`), or from
     `benchmark` (an mteb benchmark, or `"local"`: every task folder of `data_dir`)."""
     import mteb
@@ -229,11 +285,18 @@ def select_tasks(*, tasks: list[str] | None = None, categories: list[str] | None
         passed_over = found.passed_over
         chosen = {name: task_type(name, data_dir) for name in found.tasks}
     else:
-        raise EvaluationError(f"--categories and --benchmark {LOCAL_BENCHMARK} need --data-dir (local copies); "
-                              "or name an mteb benchmark to choose from.")
+        raise EvaluationError(
+            f"--categories and --benchmark {LOCAL_BENCHMARK} need --data-dir (local copies); "
+            "or name an mteb benchmark to choose from."
+        )
     if categories:
-        passed_over.update({name: f"category {kind}, not in {','.join(categories)}" for name, kind in chosen.items()
-                            if kind not in categories})
+        passed_over.update(
+            {
+                name: f"category {kind}, not in {','.join(categories)}"
+                for name, kind in chosen.items()
+                if kind not in categories
+            }
+        )
         chosen = {name: kind for name, kind in chosen.items() if kind in categories}
     return TaskSelection(list(chosen), passed_over)
 
@@ -261,12 +324,25 @@ class EvaluationRun:
     failures: list[TaskFailure] = field(default_factory=list)
 
 
-def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None, categories: list[str] | None = None,
-                    benchmark: str | None = None, data_dir=None, subsets: list[str] | None = None,
-                    budget: int | None = None, skip_missing: bool = False, batch_size: int = 32,
-                    max_length: int | None = None, instructions: bool = True, overwrite: bool = False,
-                    onnx_file: str | None = None, truncate_dim: int | None = None,
-                    trust_remote_code: bool = False) -> EvaluationRun:
+def evaluate_models(
+    models: list[str],
+    *,
+    output,
+    tasks: list[str] | None = None,
+    categories: list[str] | None = None,
+    benchmark: str | None = None,
+    data_dir=None,
+    subsets: list[str] | None = None,
+    budget: int | None = None,
+    skip_missing: bool = False,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    instructions: bool = True,
+    overwrite: bool = False,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    trust_remote_code: bool = False,
+) -> EvaluationRun:
     """Run mteb on every model (finished tasks are skipped unless `overwrite`); results under `output/results/`.
 
     `budget` scores every task on at most that many units (`budget.py`), stored under the revision
@@ -298,8 +374,10 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
             )
         task_names = [name for name in task_names if name not in run.missing_tasks]
     try:  # every task is built (and every local folder checked) once before any model is loaded
-        infos = [TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))
-                 for name in task_names]
+        infos = [
+            TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))
+            for name in task_names
+        ]
     except LocalTaskError as error:
         raise EvaluationError(str(error)) from None
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
@@ -321,9 +399,16 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
         for model in models:  # before any model loads: every model was trained for that size
             check_truncate_dim(model, truncate_dim)
     for model in models:
-        encoder = load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                               onnx_file=onnx_file, truncate_dim=truncate_dim, budget=budget,
-                               trust_remote_code=trust_remote_code)
+        encoder = load_encoder(
+            model,
+            batch_size=batch_size,
+            max_length=max_length,
+            instructions=instructions,
+            onnx_file=onnx_file,
+            truncate_dim=truncate_dim,
+            budget=budget,
+            trust_remote_code=trust_remote_code,
+        )
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
         if budget:
@@ -333,19 +418,42 @@ def evaluate_models(models: list[str], *, output, tasks: list[str] | None = None
         predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
         predictions.mkdir(parents=True, exist_ok=True)
         for name in stale_results(folder, fingerprints):
-            logger.warning("%s: %s was scored on other data than %s holds now (or on an unrecorded copy); "
-                           "scoring it again", meta.name, name, Path(data_dir) / name)
-        result = mteb.evaluate(encoder, selected, cache=cache, encode_kwargs={"batch_size": batch_size},
-                               overwrite_strategy="always" if overwrite else "only-missing", raise_error=False,
-                               show_progress_bar=True, prediction_folder=predictions)
-        write_run_settings(folder, {
-            "model": model, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
-            "max_length": max_length, "instructions": getattr(encoder, "instructions", None) or None,
-            "prompt_format": QUERY_PROMPT_FORMAT, "prompted_texts": "queries and symmetric tasks; documents get none",
-            "budget": budget, "training": dataclasses.asdict(origin) if origin else None, "onnx_file": onnx_file,
-            "truncate_dim": truncate_dim,
-        }, infos, task_data={task_result.task_name: fingerprints.get(task_result.task_name)
-                             for task_result in result.task_results})
+            logger.warning(
+                "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
+                meta.name,
+                name,
+                Path(data_dir) / name,
+            )
+        result = mteb.evaluate(
+            encoder,
+            selected,
+            cache=cache,
+            encode_kwargs={"batch_size": batch_size},
+            overwrite_strategy="always" if overwrite else "only-missing",
+            raise_error=False,
+            show_progress_bar=True,
+            prediction_folder=predictions,
+        )
+        write_run_settings(
+            folder,
+            {
+                "model": model,
+                "data_dir": str(data_dir) if data_dir else None,
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "instructions": getattr(encoder, "instructions", None) or None,
+                "prompt_format": QUERY_PROMPT_FORMAT,
+                "prompted_texts": "queries and symmetric tasks; documents get none",
+                "budget": budget,
+                "training": dataclasses.asdict(origin) if origin else None,
+                "onnx_file": onnx_file,
+                "truncate_dim": truncate_dim,
+            },
+            infos,
+            task_data={
+                task_result.task_name: fingerprints.get(task_result.task_name) for task_result in result.task_results
+            },
+        )
         run.folders[model] = folder
         run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
         run.failures += [TaskFailure(meta.name, error.task_name, str(error.exception)) for error in result.exceptions]
@@ -424,15 +532,26 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
         parts = layouts.pop()
         try:
             gold, info = task_gold(a.runs[0], task), a.runs[0].task_info(task)
-            units = {part: task_units(info, gold[part[0]][part[1]], predictions_a[0][part[0]][part[1]])
-                     for part in parts}
+            units = {
+                part: task_units(info, gold[part[0]][part[1]], predictions_a[0][part[0]][part[1]]) for part in parts
+            }
         except EvaluationError as error:
             skipped[task] = str(error)
             continue
-        found.append(TaskParts(task, a.categories[task], {
-            f"{subset}/{split}": (part_units, [predictions[subset][split] for predictions in predictions_a],
-                                  [predictions[subset][split] for predictions in predictions_b])
-            for (subset, split), part_units in units.items()}))
+        found.append(
+            TaskParts(
+                task,
+                a.categories[task],
+                {
+                    f"{subset}/{split}": (
+                        part_units,
+                        [predictions[subset][split] for predictions in predictions_a],
+                        [predictions[subset][split] for predictions in predictions_b],
+                    )
+                    for (subset, split), part_units in units.items()
+                },
+            )
+        )
     return found, skipped
 
 
@@ -493,15 +612,19 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     seen: dict[tuple[str, str], Path] = {}
     for results in loaded:
         if (results.name, results.revision) in seen:
-            raise EvaluationError(f"{seen[results.name, results.revision]} and {results.folder} hold results of the "
-                                  f"same model and weights ({results.name}, revision {results.revision}); give each "
-                                  "model once.")
+            raise EvaluationError(
+                f"{seen[results.name, results.revision]} and {results.folder} hold results of the "
+                f"same model and weights ({results.name}, revision {results.revision}); give each "
+                "model once."
+            )
         seen[results.name, results.revision] = results.folder
     budgets = {results.budget for results in loaded}
     if len(budgets) > 1:
-        raise EvaluationError(f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
-                              "compare runs scored on the same units (the same --budget, or none): give the revision "
-                              "folders of one budget (e.g. <model folder>/<fingerprint>-budget100).")
+        raise EvaluationError(
+            f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
+            "compare runs scored on the same units (the same --budget, or none): give the revision "
+            "folders of one budget (e.g. <model folder>/<fingerprint>-budget100)."
+        )
     budget = budgets.pop()
     groups, grouping_notes = group_replicates(loaded)
     names = [group.label for group in groups]
@@ -523,61 +646,182 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     task_rows = [[task, categories[task], *[scores[name].get(task) for name in names]] for task in tasks]
-    category_rows = [[category, sum(categories[t] == category for t in tasks),
-                      *[means[name].get(category) for name in names]] for category in used_categories]
+    category_rows = [
+        [category, sum(categories[t] == category for t in tasks), *[means[name].get(category) for name in names]]
+        for category in used_categories
+    ]
     average_row = ["Average (all tasks)", len(tasks), *[mean(scores[name].values()) for name in names]]
-    tests = {name: wilcoxon_by_category(scores[name], scores[baseline], categories)
-             for name in names if name != baseline}
+    tests = {
+        name: wilcoxon_by_category(scores[name], scores[baseline], categories) for name in names if name != baseline
+    }
 
-    seeds_line = "; ".join(f"{group.label}: {len(group.runs)} ({', '.join(map(str, group.seeds))})"
-                           for group in groups)
-    report = ["# Comparison", "",
-              *([f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
-                 "these models, not with published MTEB numbers.", ""] if budget else []),
-              *([f"Seeds (training replicates) per model: {seeds_line}. A score is the mean over a model's seeds, "
-                 "± the sample standard deviation over its seeds (the seed spread).", ""] if replicated else []),
-              *[f"Note: {note}" for note in grouping_notes],
-              *[f"Note: {group.label}: {task} left out ({why})." for group in groups
-                for task, why in group.left_out.items()],
-              *[f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
-                "the others'." for name in names if (missing := [t for t in tasks if t not in scores[name]])],
-              *([""] if grouping_notes or any(group.left_out for group in groups)
-                or any(set(tasks) - set(scores[name]) for name in names) else []),
-              "## Per task (main score)", "",
-              markdown_table(["task", "category", *names],
-                             [[task, categories[task], *[with_spread(scores[name].get(task), by_name[name].spread(task)
-                                                                      if task in scores[name] else None)
-                                                          for name in names]] for task in tasks]), "",
-              "## Per category (mean main score)", "",
-              markdown_table(["category", "tasks", *names],
-                             [[category, count, *[with_spread(value, spreads[name].get(category))
-                                                  for name, value in zip(names, values)]]
-                              for category, count, *values in category_rows] + [average_row]), ""]
+    seeds_line = "; ".join(
+        f"{group.label}: {len(group.runs)} ({', '.join(map(str, group.seeds))})" for group in groups
+    )
+    report = [
+        "# Comparison",
+        "",
+        *(
+            [
+                f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
+                "these models, not with published MTEB numbers.",
+                "",
+            ]
+            if budget
+            else []
+        ),
+        *(
+            [
+                f"Seeds (training replicates) per model: {seeds_line}. A score is the mean over a model's seeds, "
+                "± the sample standard deviation over its seeds (the seed spread).",
+                "",
+            ]
+            if replicated
+            else []
+        ),
+        *[f"Note: {note}" for note in grouping_notes],
+        *[
+            f"Note: {group.label}: {task} left out ({why})."
+            for group in groups
+            for task, why in group.left_out.items()
+        ],
+        *[
+            f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
+            "the others'."
+            for name in names
+            if (missing := [t for t in tasks if t not in scores[name]])
+        ],
+        *(
+            [""]
+            if grouping_notes
+            or any(group.left_out for group in groups)
+            or any(set(tasks) - set(scores[name]) for name in names)
+            else []
+        ),
+        "## Per task (main score)",
+        "",
+        markdown_table(
+            ["task", "category", *names],
+            [
+                [
+                    task,
+                    categories[task],
+                    *[
+                        with_spread(
+                            scores[name].get(task), by_name[name].spread(task) if task in scores[name] else None
+                        )
+                        for name in names
+                    ],
+                ]
+                for task in tasks
+            ],
+        ),
+        "",
+        "## Per category (mean main score)",
+        "",
+        markdown_table(
+            ["category", "tasks", *names],
+            [
+                [
+                    category,
+                    count,
+                    *[with_spread(value, spreads[name].get(category)) for name, value in zip(names, values)],
+                ]
+                for category, count, *values in category_rows
+            ]
+            + [average_row],
+        ),
+        "",
+    ]
     paired_rows = []
     for name, category_tests in tests.items():
-        report += [f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected", "",
-                   *(["Over the seed means of each task.", ""] if replicated else []),
-                   category_test_table(category_tests, name, baseline), ""]
+        report += [
+            f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected",
+            "",
+            *(["Over the seed means of each task.", ""] if replicated else []),
+            category_test_table(category_tests, name, baseline),
+            "",
+        ]
         within, skipped = paired_tests(by_name[name], by_name[baseline])
         report += paired_section(name, baseline, within, skipped, categories)
-        paired_rows += [[name, baseline, test.task, test.part, categories[test.task], test.units, test.seeds_a,
-                         test.seeds_b, test.score_a, test.score_b, test.difference, test.low, test.high, test.p_value,
-                         test.p_holm] for test in within]
-    files = [output / name for name in ("comparison.md", "per_task.csv", "per_category.csv", "summary.md",
-                                        "per_category.png", "paired_tests.csv", "per_seed.csv")]
+        paired_rows += [
+            [
+                name,
+                baseline,
+                test.task,
+                test.part,
+                categories[test.task],
+                test.units,
+                test.seeds_a,
+                test.seeds_b,
+                test.score_a,
+                test.score_b,
+                test.difference,
+                test.low,
+                test.high,
+                test.p_value,
+                test.p_holm,
+            ]
+            for test in within
+        ]
+    files = [
+        output / name
+        for name in (
+            "comparison.md",
+            "per_task.csv",
+            "per_category.csv",
+            "summary.md",
+            "per_category.png",
+            "paired_tests.csv",
+            "per_seed.csv",
+        )
+    ]
     write_text(files[0], "\n".join(report))
-    write_csv(files[5], ["model", "baseline", "task", "subset/split", "category", "units", "model seeds",
-                          "baseline seeds", "model score", "baseline score", "difference", "95% low", "95% high", "p",
-                          "p (Holm, category)"], paired_rows)
-    write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]],
-               [[*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
-                for row in task_rows])
-    write_csv(files[2], ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
-               [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
-               + [[*average_row, *[None for _ in names]]])
-    write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"],
-               [[group.label, seed, run.revision, task, categories[task], run.scores[task]]
-                for group in groups for seed, run in zip(group.seeds, group.runs) for task in group.tasks])
+    write_csv(
+        files[5],
+        [
+            "model",
+            "baseline",
+            "task",
+            "subset/split",
+            "category",
+            "units",
+            "model seeds",
+            "baseline seeds",
+            "model score",
+            "baseline score",
+            "difference",
+            "95% low",
+            "95% high",
+            "p",
+            "p (Holm, category)",
+        ],
+        paired_rows,
+    )
+    write_csv(
+        files[1],
+        ["task", "category", *names, *[f"{name} seed sd" for name in names]],
+        [
+            [*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
+            for row in task_rows
+        ],
+    )
+    write_csv(
+        files[2],
+        ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
+        [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
+        + [[*average_row, *[None for _ in names]]],
+    )
+    write_csv(
+        files[6],
+        ["model", "seed", "revision", "task", "category", "score"],
+        [
+            [group.label, seed, run.revision, task, categories[task], run.scores[task]]
+            for group in groups
+            for seed, run in zip(group.seeds, group.runs)
+            for task in group.tasks
+        ],
+    )
     write_text(files[3], summary_block(names, means, used_categories, tests, baseline))
     significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
     plots.category_bars(files[4], names, means, used_categories, significant)
@@ -599,31 +843,67 @@ def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str
     from .paired import RESAMPLES
     from .stats import markdown_table
 
-    lines = [f"### {name} vs {baseline}: paired bootstrap within each task", "",
-             "Each task's own units (queries, pairs, examples, texts) resampled together for both models "
-             f"({RESAMPLES} resamples, seed 0): the difference of main scores, its 95% percentile interval, and a "
-             "two-sided p from the bootstrap distribution shifted to the null; Holm-corrected over the tasks of each "
-             "category. "
-             + (SEED_RESAMPLING if any(test.seeds_a > 1 or test.seeds_b > 1 for test in tests) else "")
-             + "Why not Wilcoxon here: over 5 or fewer datasets it cannot reach p < 0.05, and over units a rank or "
-             "sign test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to "
-             "the question of how large a difference is.", ""]
+    lines = [
+        f"### {name} vs {baseline}: paired bootstrap within each task",
+        "",
+        "Each task's own units (queries, pairs, examples, texts) resampled together for both models "
+        f"({RESAMPLES} resamples, seed 0): the difference of main scores, its 95% percentile interval, and a "
+        "two-sided p from the bootstrap distribution shifted to the null; Holm-corrected over the tasks of each "
+        "category. "
+        + (SEED_RESAMPLING if any(test.seeds_a > 1 or test.seeds_b > 1 for test in tests) else "")
+        + "Why not Wilcoxon here: over 5 or fewer datasets it cannot reach p < 0.05, and over units a rank or "
+        "sign test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to "
+        "the question of how large a difference is.",
+        "",
+    ]
     if tests:
-        rows = [[f"{test.task} ({test.part})" if test.part else test.task, categories[test.task], test.units,
-                 test.score_a, test.score_b, test.difference, f"[{test.low:.4f}, {test.high:.4f}]", test.p_value,
-                 test.p_holm,
-                 (name if test.difference > 0 else baseline) if test.significant() else "no significant difference"]
-                for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))]
-        lines += [markdown_table(["task", "category", "units", name, baseline, "difference", "95% interval", "p",
-                                  "p (Holm)", "better"], rows), ""]
+        rows = [
+            [
+                f"{test.task} ({test.part})" if test.part else test.task,
+                categories[test.task],
+                test.units,
+                test.score_a,
+                test.score_b,
+                test.difference,
+                f"[{test.low:.4f}, {test.high:.4f}]",
+                test.p_value,
+                test.p_holm,
+                (name if test.difference > 0 else baseline) if test.significant() else "no significant difference",
+            ]
+            for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))
+        ]
+        lines += [
+            markdown_table(
+                ["task", "category", "units", name, baseline, "difference", "95% interval", "p", "p (Holm)", "better"],
+                rows,
+            ),
+            "",
+        ]
         summary = []
         for category in sorted({categories[test.task] for test in tests}, key=category_rank):
             members = [test for test in tests if categories[test.task] == category]
-            summary.append([category, len(members), f"{sum(test.difference > 0 for test in members)}/{len(members)}",
-                            sum(test.significant() and test.difference > 0 for test in members),
-                            sum(test.significant() and test.difference < 0 for test in members)])
-        lines += [markdown_table(["category", "tasks tested", f"{name} higher", f"{name} significantly better",
-                                  f"{baseline} significantly better"], summary), ""]
+            summary.append(
+                [
+                    category,
+                    len(members),
+                    f"{sum(test.difference > 0 for test in members)}/{len(members)}",
+                    sum(test.significant() and test.difference > 0 for test in members),
+                    sum(test.significant() and test.difference < 0 for test in members),
+                ]
+            )
+        lines += [
+            markdown_table(
+                [
+                    "category",
+                    "tasks tested",
+                    f"{name} higher",
+                    f"{name} significantly better",
+                    f"{baseline} significantly better",
+                ],
+                summary,
+            ),
+            "",
+        ]
     if skipped:
         lines += ["Not tested: " + "; ".join(f"{task} ({why})" for task, why in skipped.items()) + ".", ""]
     return lines
@@ -636,10 +916,20 @@ def summary_block(names, category_means, categories, tests, baseline) -> str:
     rows = []
     for name in names:
         significant = {t.category for t in tests.get(name, []) if t.significant()}
-        rows.append([name, *[f"{category_means[name][c]:.4f}{'*' if c in significant else ''}"
-                             if c in category_means[name] else None for c in categories]])
-    note = (f"\n\n\\* significantly different from {baseline} (Wilcoxon signed-rank by dataset, Holm-corrected, "
-            "p < 0.05).")
+        rows.append(
+            [
+                name,
+                *[
+                    f"{category_means[name][c]:.4f}{'*' if c in significant else ''}"
+                    if c in category_means[name]
+                    else None
+                    for c in categories
+                ],
+            ]
+        )
+    note = (
+        f"\n\n\\* significantly different from {baseline} (Wilcoxon signed-rank by dataset, Holm-corrected, p < 0.05)."
+    )
     return markdown_table(["model", *categories], rows) + note + "\n"
 
 

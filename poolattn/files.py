@@ -61,8 +61,9 @@ def read_json(path, *, recovery: str = "delete it and run the command again"):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise DamagedFileError(f"{path} is damaged (not valid JSON: {error.msg} at character {error.pos}); "
-                               f"{recovery}.") from None
+        raise DamagedFileError(
+            f"{path} is damaged (not valid JSON: {error.msg} at character {error.pos}); {recovery}."
+        ) from None
     except UnicodeDecodeError:
         raise DamagedFileError(f"{path} is damaged (not UTF-8 text); {recovery}.") from None
 
@@ -130,9 +131,14 @@ def folder_lock(folder, *, what: str = "run"):
                 raise FolderBusyError(
                     f"{folder} is being written by another {holder.get('what', 'run')} (pid {holder.get('pid')} on "
                     f"{holder.get('host')}: {holder.get('command')}); wait for it to end, or give another output "
-                    f"folder. If that process is gone, delete {path}.") from None
-            logger.warning("%s: taking over the lock of a %s that is gone (%s)", folder,
-                           (holder or {}).get("what", "run"), (holder or {}).get("command", "unreadable lock"))
+                    f"folder. If that process is gone, delete {path}."
+                ) from None
+            logger.warning(
+                "%s: taking over the lock of a %s that is gone (%s)",
+                folder,
+                (holder or {}).get("what", "run"),
+                (holder or {}).get("command", "unreadable lock"),
+            )
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(handle, "w") as file:

@@ -43,6 +43,7 @@ from .shipping import (
 
 logger = logging.getLogger(__name__)
 
+
 class HubPushError(RuntimeError):
     """An upload that cannot or did not happen; the message says why, what to do, and where a folder was kept."""
 
@@ -61,9 +62,11 @@ def check_push_possible(token: str | None = None) -> str:
     import huggingface_hub
 
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise HubPushError("HF_HUB_OFFLINE is set: a run with HF_HUB_OFFLINE=1 cannot upload; unset it, or write the "
-                           "repository folders only (train.py --hub_dry_run DIR, publish.py without --push) and push "
-                           "them later with publish.py --push.")
+        raise HubPushError(
+            "HF_HUB_OFFLINE is set: a run with HF_HUB_OFFLINE=1 cannot upload; unset it, or write the "
+            "repository folders only (train.py --hub_dry_run DIR, publish.py without --push) and push "
+            "them later with publish.py --push."
+        )
     token = token or huggingface_hub.get_token()
     if not token:
         raise HubPushError("No Hugging Face token found: set HF_TOKEN, run `hf auth login`, or pass --hub_token.")
@@ -75,9 +78,17 @@ def check_push_possible(token: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_repository_folder(model, destination, *, repo_id: str, results=None, others: list[ExportedModel] = (),
-                            license: str | None = None, study_section: str | None = None,
-                            verify: bool = True) -> Path:
+def write_repository_folder(
+    model,
+    destination,
+    *,
+    repo_id: str,
+    results=None,
+    others: list[ExportedModel] = (),
+    license: str | None = None,
+    study_section: str | None = None,
+    verify: bool = True,
+) -> Path:
     """Write exactly what `push_folder` uploads to `destination`, atomically (temp folder, then rename).
 
     `model` is an `ExportedModel` or its folder; `results` the output folder of an evaluation run (optional);
@@ -91,15 +102,31 @@ def write_repository_folder(model, destination, *, repo_id: str, results=None, o
     if left_out:
         logger.warning("%s: left out of the repository folder (not model files): %s", repo_id, ", ".join(left_out))
     if changed := differing_code(model.folder):
-        logger.warning("%s: %s in %s differ(s) from the installed poolattn's; the package's own code is shipped",
-                       repo_id, ", ".join(changed), model.folder)
+        logger.warning(
+            "%s: %s in %s differ(s) from the installed poolattn's; the package's own code is shipped",
+            repo_id,
+            ", ".join(changed),
+            model.folder,
+        )
     own, peers = find_model_results(results, model, others) if results else (None, [])
     left_out_results = other_settings(results, model) if results and own is None else {}
     for revision, why in left_out_results.items():
-        logger.warning("%s: results %s left out of the card: scored with %s; score the full tasks with "
-                       "`evaluate.py run` (no --budget) to put scores on the card", repo_id, revision, why)
-    card = build_model_card(model, repo_id=repo_id, results=own, peers=peers, license=license,
-                            study_section=study_section, left_out_results=left_out_results)
+        logger.warning(
+            "%s: results %s left out of the card: scored with %s; score the full tasks with "
+            "`evaluate.py run` (no --budget) to put scores on the card",
+            repo_id,
+            revision,
+            why,
+        )
+    card = build_model_card(
+        model,
+        repo_id=repo_id,
+        results=own,
+        peers=peers,
+        license=license,
+        study_section=study_section,
+        left_out_results=left_out_results,
+    )
 
     def save(folder: Path):
         for relative in shipped:
@@ -107,8 +134,7 @@ def write_repository_folder(model, destination, *, repo_id: str, results=None, o
             shutil.copy2(model.folder / relative, folder / relative)
         for name in PACKAGE_CODE:
             shutil.copy2(PACKAGE_DIR / name, folder / name)
-        write_sentence_transformers_files(folder, max_length=model.config.max_length,
-                                          query_prompt=model.query_prompt)
+        write_sentence_transformers_files(folder, max_length=model.config.max_length, query_prompt=model.query_prompt)
         card.save(folder / "README.md")
         scrub_local_paths(folder, local_paths(folder, extra=(model.folder.resolve(), model.folder.absolute())))
         if verify:
@@ -133,8 +159,14 @@ def repository_files(folder) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def push_folder(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str = "Upload poolattn model") -> str:
+def push_folder(
+    folder,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload poolattn model",
+) -> str:
     """`create_repo(exist_ok=True)` + `upload_folder`; the token from `token`, `HF_TOKEN` or a saved login.
 
     Returns the commit URL. Raises `HubPushError` (offline, no token, unauthorised, any Hub or network error)
@@ -150,29 +182,44 @@ def push_folder(folder, repo_id: str, *, token: str | None = None, private: bool
         raise HubPushError(f"Cannot push {repo_id}: {error} {kept}") from None
     try:
         huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
-        commit = huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
-                                               commit_message=commit_message)
+        commit = huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message
+        )
     except OfflineModeIsEnabled as error:
-        raise HubPushError(f"Cannot push {repo_id}: HF_HUB_OFFLINE is set ({error}). Unset it when online. "
-                           f"{kept}") from error
+        raise HubPushError(
+            f"Cannot push {repo_id}: HF_HUB_OFFLINE is set ({error}). Unset it when online. {kept}"
+        ) from error
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         if status in (401, 403):
-            raise HubPushError(f"The Hub refused {repo_id} (HTTP {status}): the token is invalid or cannot write "
-                               f"to {repo_id.split('/')[0]}. Log in with a write token (`hf auth login`). "
-                               f"{kept}") from error
+            raise HubPushError(
+                f"The Hub refused {repo_id} (HTTP {status}): the token is invalid or cannot write "
+                f"to {repo_id.split('/')[0]}. Log in with a write token (`hf auth login`). "
+                f"{kept}"
+            ) from error
         raise HubPushError(f"The Hub rejected the upload of {repo_id}: {error}. {kept}") from error
     except Exception as error:  # network errors (no connection, DNS, timeouts) come from the HTTP client unwrapped
-        raise HubPushError(f"Could not reach the Hub to push {repo_id} ({type(error).__name__}: {error}). "
-                           f"Check the connection (or HF_ENDPOINT). {kept}") from error
+        raise HubPushError(
+            f"Could not reach the Hub to push {repo_id} ({type(error).__name__}: {error}). "
+            f"Check the connection (or HF_ENDPOINT). {kept}"
+        ) from error
     url = getattr(commit, "commit_url", None) or f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
     logger.info("%s: pushed, %s", repo_id, url)
     return url
 
 
-def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results=None, token: str | None = None,
-            private: bool | None = None, license: str | None = None,
-            study_sections: list[str | None] | None = None) -> list[Path]:
+def publish(
+    model_folders,
+    *,
+    hub_model_id: str,
+    output_dir,
+    push: bool,
+    results=None,
+    token: str | None = None,
+    private: bool | None = None,
+    license: str | None = None,
+    study_sections: list[str | None] | None = None,
+) -> list[Path]:
     """Write one repository folder per model under `output_dir` (`<NAME>-v<N>`), then upload each when `push`.
 
     `study_sections` (one per model, or None) put each model's place in a study on its card.
@@ -182,15 +229,27 @@ def publish(model_folders, *, hub_model_id: str, output_dir, push: bool, results
     models = [ExportedModel.read(folder) for folder in model_folders]
     repo_ids = [repository_id(hub_model_id, variant=model.variant) for model in models]
     if len(set(repo_ids)) != len(repo_ids):
-        raise ValueError(f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
-                         "different paper variants together, or one custom model per --hub_model_id.")
+        raise ValueError(
+            f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
+            "different paper variants together, or one custom model per --hub_model_id."
+        )
     folders = []
     sections = list(study_sections or [None] * len(models))
     for model, repo_id, section in zip(models, repo_ids, sections):
         others = [other for other in models if other is not model]
         destination = Path(output_dir) / repo_id.split("/")[-1]
-        folders.append(write_repository_folder(model, destination, repo_id=repo_id, results=results,
-                                               others=others, license=license, study_section=section, verify=False))
+        folders.append(
+            write_repository_folder(
+                model,
+                destination,
+                repo_id=repo_id,
+                results=results,
+                others=others,
+                license=license,
+                study_section=section,
+                verify=False,
+            )
+        )
         logger.info("%s: repository folder written to %s", repo_id, destination)
     try:  # every folder loads as its card says, in one fresh process, before anything is uploaded
         check_loads(folders, [recorded_variant(model) for model in models])

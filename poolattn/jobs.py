@@ -48,17 +48,20 @@ class TrainingJob:
     resume: bool = True  # continue from the last complete checkpoint; a finished run is kept
 
     # train.py flags a job always sets itself (one run into its own folder, never published from here)
-    ALWAYS_OWNED = frozenset({"variant", "seed", "seeds", "resume_from_checkpoint", "push_to_hub", "hub_dry_run",
-                              "overwrite_output_dir"})
+    ALWAYS_OWNED = frozenset(
+        {"variant", "seed", "seeds", "resume_from_checkpoint", "push_to_hub", "hub_dry_run", "overwrite_output_dir"}
+    )
 
     def __post_init__(self):
         if isinstance(self.config_overrides, dict):
             object.__setattr__(self, "config_overrides", tuple(sorted(self.config_overrides.items())))
         object.__setattr__(self, "flags", tuple(self.flags))
         if clash := self.clashing_flags():
-            raise JobError(f"the training flags {', '.join('--' + name for name in clash)} are set by the job itself "
-                           "(design, seed, folders, names, rates, steps, held-out rows); leave them out of the "
-                           "flags and set the job's fields (the study's own options) instead.")
+            raise JobError(
+                f"the training flags {', '.join('--' + name for name in clash)} are set by the job itself "
+                "(design, seed, folders, names, rates, steps, held-out rows); leave them out of the "
+                "flags and set the job's fields (the study's own options) instead."
+            )
 
     def owned_flags(self) -> set[str]:
         """train.py flags this job sets itself: the design, the seed, and every field it gives a value (with held-out
@@ -79,8 +82,18 @@ class TrainingJob:
     def argv(self) -> list[str]:
         """train.py's command line for this job (read by `training` only)."""
         argv = [*self.flags, "--variant", str(self.variant), "--seed", str(self.seed)]
-        for name in ("output_dir", "model_name", "learning_rate", "head_learning_rate", "max_steps", "save_steps",
-                     "eval_fraction", "per_device_eval_batch_size", "plateau_patience", "plateau_min_improvement"):
+        for name in (
+            "output_dir",
+            "model_name",
+            "learning_rate",
+            "head_learning_rate",
+            "max_steps",
+            "save_steps",
+            "eval_fraction",
+            "per_device_eval_batch_size",
+            "plateau_patience",
+            "plateau_min_improvement",
+        ):
             value = getattr(self, name)
             if value is not None:
                 argv += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]

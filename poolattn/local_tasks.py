@@ -50,7 +50,7 @@ def is_mteb_task(name: str) -> bool:
 
 
 def retrieval_type(folder: Path) -> str | None:
-    """"Retrieval" or "Reranking" for a folder in the retrieval layout, else None."""
+    """ "Retrieval" or "Reranking" for a folder in the retrieval layout, else None."""
     if not all((folder / part).is_dir() for part in RETRIEVAL_PARTS):
         return None
     return "Reranking" if (folder / "top_ranked").is_dir() else "Retrieval"
@@ -65,8 +65,11 @@ def splits_by_subset(task) -> dict:
 
 def held_subsets(folder: Path) -> list[str]:
     """The subset folders of a local copy (`<Task>/<subset>/{split}.jsonl`); [] for a one-subset copy."""
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_dir() and any((p / f"{split}.jsonl").is_file() for split in SPLIT_FILES))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and any((p / f"{split}.jsonl").is_file() for split in SPLIT_FILES)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -92,8 +95,10 @@ def _jsonl_rows_of(path: Path) -> list[tuple[Path, int, dict]]:
 def _ids(folder: Path, what: str) -> set[str]:
     rows = _jsonl_rows(folder)
     if not rows:
-        raise LocalTaskError(f"{folder}: no {what} rows (*.jsonl files of objects with `_id` and `text`); a retrieval "
-                             f"task needs a non-empty {folder.name}/.")
+        raise LocalTaskError(
+            f"{folder}: no {what} rows (*.jsonl files of objects with `_id` and `text`); a retrieval "
+            f"task needs a non-empty {folder.name}/."
+        )
     ids = set()
     for path, number, row in rows:
         if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
@@ -113,16 +118,20 @@ def check_retrieval_folder(folder: Path, *, strict: bool = True) -> list[str]:
     corpus, queries = _ids(folder / "corpus", "document"), _ids(folder / "queries", "query")
     splits = sorted(path.stem for path in (folder / "qrels").glob("*.jsonl"))
     if not splits:
-        raise LocalTaskError(f"{folder / 'qrels'}: no qrels files; add qrels/test.jsonl with rows "
-                             '{"query-id": ..., "corpus-id": ..., "score": 1}.')
+        raise LocalTaskError(
+            f"{folder / 'qrels'}: no qrels files; add qrels/test.jsonl with rows "
+            '{"query-id": ..., "corpus-id": ..., "score": 1}.'
+        )
     unknown_documents = 0
     for path, number, row in _jsonl_rows(folder / "qrels"):
         if not isinstance(row, dict) or not {"query-id", "corpus-id", "score"} <= set(row):
             raise LocalTaskError(f"{path}, row {number}: expected query-id, corpus-id and score.")
         if str(row["corpus-id"]) not in corpus:
             if strict:
-                raise LocalTaskError(f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; "
-                                     "every judged document must be in the corpus.")
+                raise LocalTaskError(
+                    f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; "
+                    "every judged document must be in the corpus."
+                )
             unknown_documents += 1
         if str(row["query-id"]) not in queries:
             raise LocalTaskError(f"{path}, row {number}: query-id {row['query-id']!r} is not in queries/.")
@@ -131,11 +140,17 @@ def check_retrieval_folder(folder: Path, *, strict: bool = True) -> list[str]:
             ranked = row.get("corpus-ids") if isinstance(row, dict) else None
             unknown = [doc for doc in ranked or [] if str(doc) not in corpus]
             if not isinstance(ranked, list) or "query-id" not in row or unknown:
-                raise LocalTaskError(f"{path}, row {number}: expected query-id and corpus-ids that are all in "
-                                     f"corpus/ (unknown: {unknown[:3]}).")
+                raise LocalTaskError(
+                    f"{path}, row {number}: expected query-id and corpus-ids that are all in "
+                    f"corpus/ (unknown: {unknown[:3]})."
+                )
     if unknown_documents:
-        logger.warning("%s: %d judgement(s) name documents that are not in corpus/ (kept, as mteb keeps them: they "
-                       "count as relevant documents never retrieved)", folder / "qrels", unknown_documents)
+        logger.warning(
+            "%s: %d judgement(s) name documents that are not in corpus/ (kept, as mteb keeps them: they "
+            "count as relevant documents never retrieved)",
+            folder / "qrels",
+            unknown_documents,
+        )
     return splits
 
 
@@ -168,9 +183,14 @@ def retrieval_task(folder: Path):
     task_type = retrieval_type(folder)
     splits = check_retrieval_folder(folder)
     metadata = TaskMetadata(
-        name=folder.name, description=f"Local {task_type.lower()} task from {folder}", type=task_type,
-        main_score=LOCAL_MAIN_SCORES[task_type], dataset={"path": str(folder.resolve()), "revision": "local"},
-        eval_splits=["test"] if "test" in splits else splits[:1], eval_langs=["eng-Latn"], modalities=["text"],
+        name=folder.name,
+        description=f"Local {task_type.lower()} task from {folder}",
+        type=task_type,
+        main_score=LOCAL_MAIN_SCORES[task_type],
+        dataset={"path": str(folder.resolve()), "revision": "local"},
+        eval_splits=["test"] if "test" in splits else splits[:1],
+        eval_langs=["eng-Latn"],
+        modalities=["text"],
         category="t2t",
     )
 
@@ -199,16 +219,27 @@ def read_retrieval_split(folder: Path, split: str) -> dict:
     relevant: dict[str, dict[str, int]] = {}
     for _, _, row in _jsonl_rows_of(folder / "qrels" / f"{split}.jsonl"):
         relevant.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
-    corpus = [{"id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}
-              for _, _, row in _jsonl_rows(folder / "corpus")]
-    queries = [{"id": str(row["_id"]), "text": row["text"]} for _, _, row in _jsonl_rows(folder / "queries")
-               if str(row["_id"]) in relevant]
+    corpus = [
+        {"id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}
+        for _, _, row in _jsonl_rows(folder / "corpus")
+    ]
+    queries = [
+        {"id": str(row["_id"]), "text": row["text"]}
+        for _, _, row in _jsonl_rows(folder / "queries")
+        if str(row["_id"]) in relevant
+    ]
     top_ranked = None
     if (folder / "top_ranked").is_dir():
-        top_ranked = {str(row["query-id"]): [str(doc) for doc in row["corpus-ids"]]
-                      for _, _, row in _jsonl_rows_of(folder / "top_ranked" / f"{split}.jsonl")}
-    return {"corpus": datasets.Dataset.from_list(corpus), "queries": datasets.Dataset.from_list(queries),
-            "relevant_docs": relevant, "top_ranked": top_ranked}
+        top_ranked = {
+            str(row["query-id"]): [str(doc) for doc in row["corpus-ids"]]
+            for _, _, row in _jsonl_rows_of(folder / "top_ranked" / f"{split}.jsonl")
+        }
+    return {
+        "corpus": datasets.Dataset.from_list(corpus),
+        "queries": datasets.Dataset.from_list(queries),
+        "relevant_docs": relevant,
+        "top_ranked": top_ranked,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,8 +267,9 @@ def stock_task(name: str, *, data_dir: Path | None = None, subsets: list[str] | 
             raise LocalTaskError(f"{name}: no subset {', '.join(unknown)}; its subsets are {', '.join(available)}.")
         missing = [subset for subset in subsets if held and subset not in held]
         if missing:
-            raise LocalTaskError(f"{name}: subset(s) {', '.join(missing)} have no folder in {folder} (it holds "
-                                 f"{', '.join(held)}).")
+            raise LocalTaskError(
+                f"{name}: subset(s) {', '.join(missing)} have no folder in {folder} (it holds {', '.join(held)})."
+            )
     chosen = subsets or [subset for subset in held if subset in available] or None
     if chosen and chosen != available:
         task = mteb.get_task(name, hf_subsets=[subset for subset in available if subset in chosen])
@@ -257,8 +289,9 @@ def _on_local_copy(task, folder: Path):
         return _subset_folder_task(task, folder)
     if task.metadata.type in LOCAL_MAIN_SCORES and retrieval_type(folder) and not task.metadata.is_multilingual:
         check_retrieval_folder(folder, strict=False)  # read from its files, as local tasks of any name are
-        local_class = type(type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder),
-                                                                "__module__": __name__})
+        local_class = type(
+            type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder), "__module__": __name__}
+        )
         return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
     dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
@@ -303,8 +336,9 @@ def scan(data_dir) -> LocalFolders:
         if is_mteb_task(folder.name) or retrieval_type(folder):
             tasks.append(folder.name)
         else:
-            passed_over[folder.name] = ("not an mteb task name, and not in the retrieval layout "
-                                        "(corpus/, queries/, qrels/)")
+            passed_over[folder.name] = (
+                "not an mteb task name, and not in the retrieval layout (corpus/, queries/, qrels/)"
+            )
     return LocalFolders(tasks, passed_over)
 
 
@@ -331,9 +365,11 @@ def task_type(name: str, data_dir=None) -> str:
         kind = retrieval_type(folder)
         if kind:
             return kind
-        raise LocalTaskError(f"{folder}: mteb has no task {name!r}, and the folder is not in the retrieval layout "
-                             "(corpus/, queries/, qrels/, README.md configs:); rename it after its mteb task or add "
-                             "the retrieval files.")
+        raise LocalTaskError(
+            f"{folder}: mteb has no task {name!r}, and the folder is not in the retrieval layout "
+            "(corpus/, queries/, qrels/, README.md configs:); rename it after its mteb task or add "
+            "the retrieval files."
+        )
     raise LocalTaskError(unknown_task_message(name, data_dir))
 
 

@@ -12,7 +12,11 @@ import torch.nn.functional as F
 
 
 def info_nce_loss(
-    queries: torch.Tensor, documents: torch.Tensor, *, temperature: float = 0.05, positive_offset: int = 0,
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+    positive_offset: int = 0,
     excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each query against all documents; query i's positive is document `positive_offset + i`.
@@ -29,8 +33,9 @@ def info_nce_loss(
     return F.cross_entropy(scores, labels)
 
 
-def duplicate_documents(text_ids: dict[str, torch.Tensor], document_ids: torch.Tensor,
-                        positive_offset: int = 0) -> torch.Tensor:
+def duplicate_documents(
+    text_ids: dict[str, torch.Tensor], document_ids: torch.Tensor, positive_offset: int = 0
+) -> torch.Tensor:
     """(queries, documents) mask of false negatives: documents whose text is the query's positive or the query itself,
     except the query's own positive (`TripletCollator`'s `text_ids`; `document_ids` gathered like the documents).
 
@@ -83,8 +88,13 @@ def gather_ids(ids: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(
-    query_embeddings: torch.Tensor, document_embeddings: torch.Tensor, *, temperature: float, gather: bool,
-    text_ids: dict[str, torch.Tensor] | None = None, matryoshka_dims: tuple[int, ...] = (),
+    query_embeddings: torch.Tensor,
+    document_embeddings: torch.Tensor,
+    *,
+    temperature: float,
+    gather: bool,
+    text_ids: dict[str, torch.Tensor] | None = None,
+    matryoshka_dims: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
 
@@ -108,6 +118,14 @@ def contrastive_loss(
     if text_ids is not None:
         document_ids = gather_ids(text_ids["documents"]) if gathered else text_ids["documents"]
         excluded = duplicate_documents(text_ids, document_ids, offset)
-    losses = [info_nce_loss(query_embeddings[:, :dims], documents[:, :dims], temperature=temperature,
-                            positive_offset=offset, excluded=excluded) for dims in (None, *matryoshka_dims)]
+    losses = [
+        info_nce_loss(
+            query_embeddings[:, :dims],
+            documents[:, :dims],
+            temperature=temperature,
+            positive_offset=offset,
+            excluded=excluded,
+        )
+        for dims in (None, *matryoshka_dims)
+    ]
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()

@@ -16,6 +16,7 @@ Schema versions: 0 is the manifest of poolattn 0.1.0 (no `schema_version`; the c
 `contrastive_batch`. Older manifests are upgraded on read; newer ones are refused with what to do.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,13 +41,35 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "training_manifest.json"
 RECORDED_LIBRARIES = ("poolattn", "torch", "transformers", "peft", "accelerate", "datasets")
 # Arguments that do not change what is trained (beyond the seed): left out of `recipe_fingerprint`.
-RUN_ONLY_ARGUMENTS = frozenset({
-    "seed", "data_seed", "seeds", "variant", "model_name", "output_dir", "resume_from_checkpoint", "run_name",
-    "report_to", "project", "disable_tqdm", "use_cpu", "local_rank", "ddp_timeout", "skip_memory_metrics",
-    "export_check_texts", "per_device_eval_batch_size", "eval_batch_size", "push_to_hub",
-    "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-    "dataloader_multiprocessing_context", "overwrite_output_dir",
-})
+RUN_ONLY_ARGUMENTS = frozenset(
+    {
+        "seed",
+        "data_seed",
+        "seeds",
+        "variant",
+        "model_name",
+        "output_dir",
+        "resume_from_checkpoint",
+        "run_name",
+        "report_to",
+        "project",
+        "disable_tqdm",
+        "use_cpu",
+        "local_rank",
+        "ddp_timeout",
+        "skip_memory_metrics",
+        "export_check_texts",
+        "per_device_eval_batch_size",
+        "eval_batch_size",
+        "push_to_hub",
+        "dataloader_num_workers",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_pin_memory",
+        "dataloader_multiprocessing_context",
+        "overwrite_output_dir",
+    }
+)
 RUN_ONLY_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "do_", "trackio_")
 
 
@@ -56,8 +79,11 @@ def recipe_arguments(arguments: dict) -> dict:
     >>> recipe_arguments({"learning_rate": 1e-4, "seed": 42, "logging_steps": 5})
     {'learning_rate': 0.0001}
     """
-    return {key: value for key, value in arguments.items()
-            if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)}
+    return {
+        key: value
+        for key, value in arguments.items()
+        if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)
+    }
 
 
 class ManifestError(ValueError):
@@ -138,8 +164,16 @@ class ContrastiveBatch(Record):
     negatives_per_query: int | None = None  # hard negatives per query (None in records before it was kept)
 
     @classmethod
-    def of_run(cls, *, per_device_batch: int, world_size: int, negatives_per_query: int, gather: bool,
-               gradcache_chunk_size: int = 0, gradient_accumulation_steps: int = 1) -> "ContrastiveBatch":
+    def of_run(
+        cls,
+        *,
+        per_device_batch: int,
+        world_size: int,
+        negatives_per_query: int,
+        gather: bool,
+        gradcache_chunk_size: int = 0,
+        gradient_accumulation_steps: int = 1,
+    ) -> "ContrastiveBatch":
         """The batch of a loss call when the source has `negatives_per_query` hard negatives per query (the most of
         any source: a source without hard negatives gives fewer candidates).
 
@@ -149,27 +183,33 @@ negatives: True; GradCache chunk: off; gradient accumulation: 1)'
         """
         documents_per_device = per_device_batch * (1 + negatives_per_query)
         return cls(
-            world_size=world_size, queries_per_device=per_device_batch,
+            world_size=world_size,
+            queries_per_device=per_device_batch,
             queries_per_loss_call=per_device_batch * world_size,
             candidates_per_query=documents_per_device * (world_size if gather else 1),
-            hard_negatives=negatives_per_query > 0, negatives_per_query=negatives_per_query,
-            cross_device_negatives=gather and world_size > 1, gradcache_chunk_size=gradcache_chunk_size,
+            hard_negatives=negatives_per_query > 0,
+            negatives_per_query=negatives_per_query,
+            cross_device_negatives=gather and world_size > 1,
+            gradcache_chunk_size=gradcache_chunk_size,
             gradient_accumulation_steps=gradient_accumulation_steps,
         )
 
     def describe(self) -> str:
-        negatives = (f"{self.negatives_per_query} per query" if self.negatives_per_query is not None
-                     else self.hard_negatives)
-        return (f"{self.queries_per_loss_call} queries x {self.candidates_per_query} candidates "
-                f"({self.queries_per_device} per device x {self.world_size} device(s); hard negatives: "
-                f"{negatives}; cross-device negatives: {self.cross_device_negatives}; GradCache chunk: "
-                f"{self.gradcache_chunk_size or 'off'}; gradient accumulation: {self.gradient_accumulation_steps})")
+        negatives = (
+            f"{self.negatives_per_query} per query" if self.negatives_per_query is not None else self.hard_negatives
+        )
+        return (
+            f"{self.queries_per_loss_call} queries x {self.candidates_per_query} candidates "
+            f"({self.queries_per_device} per device x {self.world_size} device(s); hard negatives: "
+            f"{negatives}; cross-device negatives: {self.cross_device_negatives}; GradCache chunk: "
+            f"{self.gradcache_chunk_size or 'off'}; gradient accumulation: {self.gradient_accumulation_steps})"
+        )
 
 
 @dataclass(kw_only=True)
 class TrainingSettings(Record):
-    """The recipe as a reader of the card wants it; every argument as given is in `TrainingManifest.hyperparameters`.
-    """
+    """The recipe as a reader of the card wants it; every argument as given is in
+    `TrainingManifest.hyperparameters`."""
 
     learning_rate: float
     lr_scheduler_type: str
@@ -189,17 +229,30 @@ class TrainingSettings(Record):
     @classmethod
     def from_arguments(cls, arguments: dict) -> "TrainingSettings":
         """From a run's flat arguments (`TrainingManifest.hyperparameters`)."""
-        precision = ("bf16 mixed" if arguments.get("bf16") else "fp16 mixed" if arguments.get("fp16")
-                     else arguments.get("model_dtype", "float32"))
+        precision = (
+            "bf16 mixed"
+            if arguments.get("bf16")
+            else "fp16 mixed"
+            if arguments.get("fp16")
+            else arguments.get("model_dtype", "float32")
+        )
         full = bool(arguments.get("full_finetune"))
         return cls(
-            learning_rate=arguments["learning_rate"], lr_scheduler_type=str(arguments["lr_scheduler_type"]),
-            warmup_steps=arguments.get("warmup_steps", 0), optimizer=str(arguments.get("optim", "adamw_torch")),
-            temperature=arguments["temperature"], query_max_length=arguments["query_max_length"],
-            document_max_length=arguments["document_max_length"], precision=precision, full_finetune=full,
+            learning_rate=arguments["learning_rate"],
+            lr_scheduler_type=str(arguments["lr_scheduler_type"]),
+            warmup_steps=arguments.get("warmup_steps", 0),
+            optimizer=str(arguments.get("optim", "adamw_torch")),
+            temperature=arguments["temperature"],
+            query_max_length=arguments["query_max_length"],
+            document_max_length=arguments["document_max_length"],
+            precision=precision,
+            full_finetune=full,
             head_learning_rate=_optional_float(arguments.get("head_learning_rate")),
-            **({} if full else {key: arguments[key] for key in ("lora_r", "lora_alpha", "lora_dropout",
-                                                                "lora_target_modules")}),
+            **(
+                {}
+                if full
+                else {key: arguments[key] for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+            ),
         )
 
     def describe_rates(self) -> str:
@@ -215,8 +268,10 @@ class TrainingSettings(Record):
     def describe_tuning(self) -> str:
         if self.full_finetune:
             return "full fine-tuning of every weight"
-        return (f"LoRA r={self.lora_r}, alpha={self.lora_alpha}, dropout={self.lora_dropout} on "
-                f"{self.lora_target_modules}, merged into the weights; the head trained fully")
+        return (
+            f"LoRA r={self.lora_r}, alpha={self.lora_alpha}, dropout={self.lora_dropout} on "
+            f"{self.lora_target_modules}, merged into the weights; the head trained fully"
+        )
 
 
 def _optional_float(value) -> float | None:
@@ -305,8 +360,10 @@ class TrainingManifest(Record):
             raise ManifestError(f"a training manifest is a JSON object, got {type(values).__name__}.")
         version = values.get("schema_version", 0)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ManifestError(f"schema_version {version!r} is newer than this poolattn reads (up to "
-                                f"{SCHEMA_VERSION}); upgrade poolattn to read this model's record.")
+            raise ManifestError(
+                f"schema_version {version!r} is newer than this poolattn reads (up to "
+                f"{SCHEMA_VERSION}); upgrade poolattn to read this model's record."
+            )
         return super().from_dict(_upgrade_from_v0(values) if version == 0 else values)
 
     def write(self, folder) -> Path:
@@ -349,8 +406,16 @@ class TrainingManifest(Record):
         False
         """
         recipe = recipe_arguments(self.hyperparameters)
-        text = json.dumps({"variant": self.variant, "backbone": self.backbone, "poolattn_config": self.poolattn_config,
-                           "hyperparameters": recipe}, sort_keys=True, default=str)
+        text = json.dumps(
+            {
+                "variant": self.variant,
+                "backbone": self.backbone,
+                "poolattn_config": self.poolattn_config,
+                "hyperparameters": recipe,
+            },
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -374,10 +439,8 @@ def library_versions() -> dict[str, str]:
 
     versions = {}
     for name in RECORDED_LIBRARIES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -408,14 +471,17 @@ def check_safetensors_file(path) -> None:
                 raise ValueError(f"header length {header_size}")
             header = json.loads(handle.read(header_size))
         except ValueError as error:
-            raise ManifestError(f"{path} is not a readable safetensors file ({error}); export or download it "
-                                "again.") from None
+            raise ManifestError(
+                f"{path} is not a readable safetensors file ({error}); export or download it again."
+            ) from None
     end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
     expected = 8 + header_size + end
     if size != expected:
         what = "trailing bytes" if size > expected else "missing bytes (truncated)"
-        raise ManifestError(f"{path}: {size - expected:+d} bytes against its header ({what}: {size} bytes on disk, "
-                            f"{expected} declared); the file is damaged, export or download it again.")
+        raise ManifestError(
+            f"{path}: {size - expected:+d} bytes against its header ({what}: {size} bytes on disk, "
+            f"{expected} declared); the file is damaged, export or download it again."
+        )
 
 
 def model_fingerprint(folder) -> str:
@@ -458,8 +524,10 @@ class ExportedModel:
     def read(cls, folder) -> "ExportedModel":
         folder = Path(folder)
         if not is_poolattn_folder(folder):
-            raise ValueError(f"{folder} is not a poolattn model folder (no config.json with model_type 'poolattn'); "
-                             "give the folder training exported, e.g. outputs/smollm2-135m-v5/model.")
+            raise ValueError(
+                f"{folder} is not a poolattn model folder (no config.json with model_type 'poolattn'); "
+                "give the folder training exported, e.g. outputs/smollm2-135m-v5/model."
+            )
         for weights in sorted(folder.glob("*.safetensors")):
             check_safetensors_file(weights)
         return cls(folder, PoolAttnConfig.from_pretrained(folder), TrainingManifest.read(folder))
@@ -525,8 +593,15 @@ def write_sentence_transformers_files(folder: Path, *, max_length: int, query_pr
         write_json(folder / name, content)
 
 
-def export_model(model, tokenizer, destination: Path, *, check_texts: list[str], manifest: TrainingManifest,
-                 tolerance: float | None = None) -> Path:
+def export_model(
+    model,
+    tokenizer,
+    destination: Path,
+    *,
+    check_texts: list[str],
+    manifest: TrainingManifest,
+    tolerance: float | None = None,
+) -> Path:
     """Merge LoRA into the backbone, check merged vs adapter embeddings, and save one Hub-loadable folder atomically.
 
     `model` is a `PoolAttnEmbeddingModel`, bare (full fine-tuning) or wrapped by peft. Raises `RuntimeError` when
@@ -548,8 +623,9 @@ def export_model(model, tokenizer, destination: Path, *, check_texts: list[str],
             f"Merged and adapter embeddings differ by {difference:.3g} > {tolerance:.3g} on {len(check_texts)} texts; "
             "the export was not written. Check the LoRA config (e.g. unsupported layers) or raise the tolerance."
         )
-    manifest = dataclasses.replace(manifest, export_check=ExportCheck(
-        texts=len(check_texts), max_abs_difference=difference, tolerance=tolerance))
+    manifest = dataclasses.replace(
+        manifest, export_check=ExportCheck(texts=len(check_texts), max_abs_difference=difference, tolerance=tolerance)
+    )
 
     def save(folder: Path):
         merged.save_pretrained(folder)

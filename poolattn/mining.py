@@ -59,8 +59,10 @@ class MiningSettings:
         if self.num_negatives < 1:
             raise MiningError(f"--num_negatives {self.num_negatives}: mine at least 1 negative per query.")
         if not 0 <= self.range_min < self.range_max:
-            raise MiningError(f"--range_min {self.range_min} and --range_max {self.range_max}: need 0 <= range_min "
-                              "< range_max (the window of nearest candidates to take negatives from).")
+            raise MiningError(
+                f"--range_min {self.range_min} and --range_max {self.range_max}: need 0 <= range_min "
+                "< range_max (the window of nearest candidates to take negatives from)."
+            )
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise MiningError(f"--relative_margin {self.relative_margin}: give a fraction in [0, 1), e.g. 0.05.")
         if self.absolute_margin is not None and self.absolute_margin < 0:
@@ -106,8 +108,10 @@ class TextEncoder:
             try:
                 self.transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
             except OSError as error:
-                raise MiningError(f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
-                                  f"it ({str(error).splitlines()[0]}).") from None
+                raise MiningError(
+                    f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
+                    f"it ({str(error).splitlines()[0]})."
+                ) from None
             self.poolattn = None
 
     def __call__(self, texts: list[str], *, queries: bool) -> np.ndarray:
@@ -115,8 +119,9 @@ class TextEncoder:
             import torch
 
             with torch.inference_mode():
-                embeddings = self.poolattn.encode(texts, prompt=self.query_prompt if queries else None,
-                                                  batch_size=self.batch_size, normalize=False)
+                embeddings = self.poolattn.encode(
+                    texts, prompt=self.query_prompt if queries else None, batch_size=self.batch_size, normalize=False
+                )
         else:
             embeddings = self.transformer.encode(texts, batch_size=self.batch_size)
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -146,8 +151,9 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
     query_embeddings = encoder([row["query"] for row in rows], queries=True)
     corpus_embeddings = encoder(corpus, queries=False)
     position = {text: index for index, text in enumerate(corpus)}
-    positive_scores = np.einsum("ij,ij->i", query_embeddings,
-                                corpus_embeddings[[position[row["positive"]] for row in rows]])
+    positive_scores = np.einsum(
+        "ij,ij->i", query_embeddings, corpus_embeddings[[position[row["positive"]] for row in rows]]
+    )
     indices, scores = nearest(query_embeddings, corpus_embeddings, settings.range_max + 2)  # + positive, query
     mined_rows = []
     for row, candidates, candidate_scores, positive_score in zip(rows, indices, scores, positive_scores):
@@ -157,8 +163,11 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
         if settings.relative_margin is not None:
             ceiling = min(ceiling, positive_score * (1 - settings.relative_margin))
         negatives = [] if settings.replace_given else list(row["negatives"])
-        ranked = [(corpus[index], score) for index, score in zip(candidates, candidate_scores)
-                  if corpus[index] not in (row["positive"], row["query"])][: settings.range_max]
+        ranked = [
+            (corpus[index], score)
+            for index, score in zip(candidates, candidate_scores)
+            if corpus[index] not in (row["positive"], row["query"])
+        ][: settings.range_max]
         for text, score in ranked[settings.range_min :]:  # ranks among the documents other than positive and query
             if len(negatives) >= settings.num_negatives:
                 break
@@ -170,13 +179,20 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
             negatives.append(text)
             report.mined += 1
         report.queries_short += len(negatives) < settings.num_negatives
-        mined_rows.append({"query": row["query"], "positive": row["positive"], "negative": negatives,
-                           **({"instruction": row["instruction"]} if row.get("instruction") else {})})
+        mined_rows.append(
+            {
+                "query": row["query"],
+                "positive": row["positive"],
+                "negative": negatives,
+                **({"instruction": row["instruction"]} if row.get("instruction") else {}),
+            }
+        )
     return mined_rows, report
 
 
-def mine_hard_negatives(train_data: str, model: str, *, output, settings: MiningSettings | None = None,
-                        trust_remote_code: bool = False) -> MiningRun:
+def mine_hard_negatives(
+    train_data: str, model: str, *, output, settings: MiningSettings | None = None, trust_remote_code: bool = False
+) -> MiningRun:
     """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
     and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
     settings = settings or MiningSettings()
@@ -186,8 +202,12 @@ def mine_hard_negatives(train_data: str, model: str, *, output, settings: Mining
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
     triplets = load_triplets(train_data, negatives_per_query=10**6)  # every given negative
     started = time.time()
-    encoder = TextEncoder(model, batch_size=settings.batch_size, query_instruction=settings.query_instruction,
-                          trust_remote_code=trust_remote_code)
+    encoder = TextEncoder(
+        model,
+        batch_size=settings.batch_size,
+        query_instruction=settings.query_instruction,
+        trust_remote_code=trust_remote_code,
+    )
     run = MiningRun(model, model_fingerprint(model) if Path(model).exists() else model, train_data, settings)
     by_file: dict[str, list[dict]] = {}
     for row in triplets.rows:  # a file split by negative count is mined as one source again
@@ -201,9 +221,17 @@ def mine_hard_negatives(train_data: str, model: str, *, output, settings: Mining
             path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
             report.output = path.name
             run.sources.append(report)
-            logger.info("%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside "
-                        "the margin skipped", name, report.rows, report.corpus, report.mined, report.queries_short,
-                        settings.num_negatives, report.skipped_by_margin)
+            logger.info(
+                "%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside "
+                "the margin skipped",
+                name,
+                report.rows,
+                report.corpus,
+                report.mined,
+                report.queries_short,
+                settings.num_negatives,
+                report.skipped_by_margin,
+            )
         run.seconds = round(time.time() - started, 1)
         write_json(folder / PROVENANCE_FILE, asdict(run))
 

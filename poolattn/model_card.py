@@ -23,8 +23,10 @@ from .results import ModelResults, category_rank
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 # The bundled sample's path, from the end: recognised also when a model was trained from another checkout.
 SAMPLE_TRIPLETS_TAIL = ("poolattn", "sample_data", "sample_triplets.jsonl")
-PAPER = ("Tang & Yang, *Pooling And Attention: What Are Effective Designs For LLM-Based Embedding Models?* "
-         "(arXiv 2409.02727)")
+PAPER = (
+    "Tang & Yang, *Pooling And Attention: What Are Effective Designs For LLM-Based Embedding Models?* "
+    "(arXiv 2409.02727)"
+)
 PAPER_URL = "https://arxiv.org/abs/2409.02727"
 PAPER_BIBTEX = """@article{tang2024pooling,
   title   = {Pooling And Attention: What Are Effective Designs For LLM-Based Embedding Models?},
@@ -40,10 +42,14 @@ VARIANT_NAMES = {
     5: "multi-layers trainable pooling, bidirectional attention",
     "mean-causal": "mean pooling of the last layer, causal attention (baseline design, not a paper variant)",
     "mean-bidirectional": "mean pooling of the last layer, bidirectional attention (baseline design, not a paper "
-                          "variant)",
+    "variant)",
 }
-POOLING_TAGS = {"eos": "eos-pooling", "mean": "mean-pooling", "latent": "trainable-pooling",
-                "multi_layer_latent": "multi-layer-trainable-pooling"}
+POOLING_TAGS = {
+    "eos": "eos-pooling",
+    "mean": "mean-pooling",
+    "latent": "trainable-pooling",
+    "multi_layer_latent": "multi-layer-trainable-pooling",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -91,11 +97,24 @@ def card_metadata(model: ExportedModel, *, repo_id: str, results: ModelResults |
     config = model.config
     data = model.manifest.data if model.manifest else None
     hub_dataset = hub_id_or_none(data.source) if data else None
-    tags = ["mteb", "sentence-transformers", "sentence-similarity", "feature-extraction", "text-embeddings",
-            "custom_code", "poolattn", f"{config.attention}-attention", POOLING_TAGS[config.pooling]]
+    tags = [
+        "mteb",
+        "sentence-transformers",
+        "sentence-similarity",
+        "feature-extraction",
+        "text-embeddings",
+        "custom_code",
+        "poolattn",
+        f"{config.attention}-attention",
+        POOLING_TAGS[config.pooling],
+    ]
     if model.variant is not None:
-        tags.insert(7, f"poolattn-variant-{model.variant}" if isinstance(model.variant, int)
-                    else f"poolattn-baseline-{model.variant}")
+        tags.insert(
+            7,
+            f"poolattn-variant-{model.variant}"
+            if isinstance(model.variant, int)
+            else f"poolattn-baseline-{model.variant}",
+        )
     return ModelCardData(
         model_name=repo_id,
         language="en",
@@ -122,13 +141,22 @@ def eval_results_for_card(results: ModelResults) -> list:
         for split, subsets in result.scores.items():
             for subset in subsets:
                 config = subset.get("hf_subset", "default")
-                entries.append(EvalResult(
-                    task_type=hf_type, task_name=info.type, dataset_type=info.dataset_path,
-                    dataset_name=f"MTEB {info.name} ({config})", dataset_config=config, dataset_split=split,
-                    dataset_revision=info.dataset_revision, metric_type=info.main_score,
-                    metric_name=info.main_score, metric_value=float(subset["main_score"]), source_name="MTEB",
-                    source_url="https://github.com/embeddings-benchmark/mteb",
-                ))
+                entries.append(
+                    EvalResult(
+                        task_type=hf_type,
+                        task_name=info.type,
+                        dataset_type=info.dataset_path,
+                        dataset_name=f"MTEB {info.name} ({config})",
+                        dataset_config=config,
+                        dataset_split=split,
+                        dataset_revision=info.dataset_revision,
+                        metric_type=info.main_score,
+                        metric_name=info.main_score,
+                        metric_value=float(subset["main_score"]),
+                        source_name="MTEB",
+                        source_url="https://github.com/embeddings-benchmark/mteb",
+                    )
+                )
     return entries
 
 
@@ -140,41 +168,83 @@ def eval_results_for_card(results: ModelResults) -> list:
 def describe_design(config: PoolAttnConfig) -> list[list[str]]:
     """Rows (part, setting, what it means) describing attention, pooling and the head in words."""
     layers_total = config.text_config.num_hidden_layers
-    rows = [["attention", config.attention,
-             "bidirectional: the causal mask is switched off (`is_causal=False`), every token sees the whole text"
-             if config.attention == "bidirectional"
-             else "causal: the backbone's own mask, each token sees the tokens before it"]]
-    head = (f"{config.num_latents} trainable latents, {config.num_heads} head(s) x {config.head_dim}, "
-            f"{'GEGLU x' + str(config.ffn_multiplier) if config.ffn_multiplier else 'no'} feed-forward, "
-            f"{'the paper' if config.latent_orientation == 'latents_query' else 'NV-Embed'} orientation")
+    rows = [
+        [
+            "attention",
+            config.attention,
+            "bidirectional: the causal mask is switched off (`is_causal=False`), every token sees the whole text"
+            if config.attention == "bidirectional"
+            else "causal: the backbone's own mask, each token sees the tokens before it",
+        ]
+    ]
+    head = (
+        f"{config.num_latents} trainable latents, {config.num_heads} head(s) x {config.head_dim}, "
+        f"{'GEGLU x' + str(config.ffn_multiplier) if config.ffn_multiplier else 'no'} feed-forward, "
+        f"{'the paper' if config.latent_orientation == 'latents_query' else 'NV-Embed'} orientation"
+    )
     head_row = ["head", head, "pre-norm cross-attention + residual, pre-norm feed-forward + residual, mean"]
     if config.pooling == "eos":
-        rows.append(["pooling", "eos", "the last-layer hidden state of the last token (EOS, appended when the "
-                                       "tokenizer adds none)"])
+        rows.append(
+            [
+                "pooling",
+                "eos",
+                "the last-layer hidden state of the last token (EOS, appended when the tokenizer adds none)",
+            ]
+        )
     elif config.pooling == "mean":
         rows.append(["pooling", "mean", "masked mean of the last layer's token states (prompt tokens left out)"])
     elif config.pooling == "latent":
-        source = ("the last token's state" if config.head_input == "last_token"
-                  else "every token's state (padding and prompt tokens masked)")
-        rows.append(["pooling", "latent (last-layer trainable pooling)",
-                     f"a cross-attention head over the last layer, reading {source}"])
+        source = (
+            "the last token's state"
+            if config.head_input == "last_token"
+            else "every token's state (padding and prompt tokens masked)"
+        )
+        rows.append(
+            [
+                "pooling",
+                "latent (last-layer trainable pooling)",
+                f"a cross-attention head over the last layer, reading {source}",
+            ]
+        )
         rows.append(head_row)
     else:
         summary = "its last token's state" if config.layer_summary == "eos" else "the masked mean of its token states"
         layers = config.layer_indices
-        rows.append(["pooling", "multi_layer_latent (multi-layers trainable pooling)",
-                     f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries "
-                     f"{'plus a trainable layer-weight matrix ' if config.layer_weights else ''}go through the head"])
-        rows.append(["layers", f"`{config.layers}`",
-                     ", ".join(map(str, layers)) + f" (layer {layers_total} is the final-normed last layer)"])
+        rows.append(
+            [
+                "pooling",
+                "multi_layer_latent (multi-layers trainable pooling)",
+                f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries "
+                f"{'plus a trainable layer-weight matrix ' if config.layer_weights else ''}go through the head",
+            ]
+        )
+        rows.append(
+            [
+                "layers",
+                f"`{config.layers}`",
+                ", ".join(map(str, layers)) + f" (layer {layers_total} is the final-normed last layer)",
+            ]
+        )
         rows.append(head_row)
-    rows.append(["output", f"{config.text_config.hidden_size} dimensions",
-                 "L2-normalised, compare with cosine / dot product" if config.normalize
-                 else "not normalised, compare with cosine"])
+    rows.append(
+        [
+            "output",
+            f"{config.text_config.hidden_size} dimensions",
+            "L2-normalised, compare with cosine / dot product"
+            if config.normalize
+            else "not normalised, compare with cosine",
+        ]
+    )
     if config.matryoshka_dims:
         sizes = ", ".join(map(str, config.matryoshka_dims))
-        rows.append(["smaller sizes", sizes, "trained with a Matryoshka loss: the first N dimensions, renormalised, "
-                     "are an embedding too (`truncate_dim`)"])
+        rows.append(
+            [
+                "smaller sizes",
+                sizes,
+                "trained with a Matryoshka loss: the first N dimensions, renormalised, "
+                "are an embedding too (`truncate_dim`)",
+            ]
+        )
     return rows
 
 
@@ -194,30 +264,65 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
     named = f" ({hub_id})" if hub_id and hub_id != manifest.backbone else ""
     rows = [["backbone", f"`{manifest.backbone}`{named}"]]
     if data:
-        rows.append(["data", f"{describe_data_source(data.source)} {data.examples} query/positive"
-                             f"{'/hard-negative' if data.hard_negatives else ''} examples"
-                             + (f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else "")])
+        rows.append(
+            [
+                "data",
+                f"{describe_data_source(data.source)} {data.examples} query/positive"
+                f"{'/hard-negative' if data.hard_negatives else ''} examples"
+                + (f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else ""),
+            ]
+        )
         if len(data.sources) > 1:
-            rows.append(["sources", "; ".join(
-                f"{source['name']} ({source['examples']}"
-                + (f", {source['negatives_per_query']} hard negative(s) per query" if source["negatives_per_query"]
-                   else "") + ")" for source in data.sources)
-                + {"one_source_per_batch": "; every batch from one source",
-                   "mixed": "; sources mixed within batches"}.get(data.batch_sampling, "")])
+            rows.append(
+                [
+                    "sources",
+                    "; ".join(
+                        f"{source['name']} ({source['examples']}"
+                        + (
+                            f", {source['negatives_per_query']} hard negative(s) per query"
+                            if source["negatives_per_query"]
+                            else ""
+                        )
+                        + ")"
+                        for source in data.sources
+                    )
+                    + {
+                        "one_source_per_batch": "; every batch from one source",
+                        "mixed": "; sources mixed within batches",
+                    }.get(data.batch_sampling, ""),
+                ]
+            )
         rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
     if manifest.global_steps is not None:
         stop = manifest.stop
-        stopped = (f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
-                   if stop and stop.reason == "plateau" else "")
-        rows.append(["steps", f"{manifest.global_steps}{stopped}" + (
-            f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, {settings.warmup_steps} warmup "
-            f"steps, {settings.optimizer})" if settings else "")])
+        stopped = (
+            f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
+            if stop and stop.reason == "plateau"
+            else ""
+        )
+        rows.append(
+            [
+                "steps",
+                f"{manifest.global_steps}{stopped}"
+                + (
+                    f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, "
+                    f"{settings.warmup_steps} warmup steps, {settings.optimizer})"
+                    if settings
+                    else ""
+                ),
+            ]
+        )
     if batch:
         rows.append(["contrastive batch per loss call", batch.describe()])
     losses = manifest.losses
-    rows.append(["loss", "InfoNCE over cosine similarities"
-                         + (f", temperature {settings.temperature}" if settings else "")
-                         + (f"; {losses[0]:.3f} at the first step, {losses[-1]:.3f} at the last" if losses else "")])
+    rows.append(
+        [
+            "loss",
+            "InfoNCE over cosine similarities"
+            + (f", temperature {settings.temperature}" if settings else "")
+            + (f"; {losses[0]:.3f} at the first step, {losses[-1]:.3f} at the last" if losses else ""),
+        ]
+    )
     if settings:
         rows.append(["tuning", settings.describe_tuning()])
     if manifest.trainable_parameters:
@@ -233,8 +338,13 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
         rows.append(["libraries", ", ".join(f"{name} {version}" for name, version in manifest.libraries.items())])
     if manifest.export_check:
         check = manifest.export_check
-        rows.append(["export check", f"merged vs adapter embeddings on {check.texts} texts: largest difference "
-                                     f"{check.max_abs_difference:.2g} (tolerance {check.tolerance:g})"])
+        rows.append(
+            [
+                "export check",
+                f"merged vs adapter embeddings on {check.texts} texts: largest difference "
+                f"{check.max_abs_difference:.2g} (tolerance {check.tolerance:g})",
+            ]
+        )
     return rows
 
 
@@ -245,21 +355,49 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
 
     scores, categories, metrics = results.scores, results.categories, results.main_score_names
     tasks = sorted(scores, key=lambda task: (category_rank(categories[task]), categories[task], task))
-    tables = {"scores": markdown_table(["task", "category", "metric", "score"],
-                                       [[task, categories[task], metrics[task], scores[task]] for task in tasks]),
-              "means": None, "tests": None}
+    tables = {
+        "scores": markdown_table(
+            ["task", "category", "metric", "score"],
+            [[task, categories[task], metrics[task], scores[task]] for task in tasks],
+        ),
+        "means": None,
+        "tests": None,
+    }
     shared_peers = [peer for peer in peers if set(peer.scores) & set(scores)]
     if shared_peers:
         used = list(dict.fromkeys(categories[task] for task in tasks))
         compared = [(f"{results.name} (this model)", results), *((peer.name, peer) for peer in shared_peers)]
         means = [[name, *map(model_results.category_means(tasks).get, used)] for name, model_results in compared]
-        tests = [[peer.name, test.category, test.n_datasets, test.mean_a, test.mean_b,
-                  f"{test.wins_a}/{test.n_datasets}", test.p_value, test.p_holm,
-                  verdict(test, "this model", peer.name)]
-                 for peer in shared_peers for test in wilcoxon_by_category(scores, peer.scores, categories)]
+        tests = [
+            [
+                peer.name,
+                test.category,
+                test.n_datasets,
+                test.mean_a,
+                test.mean_b,
+                f"{test.wins_a}/{test.n_datasets}",
+                test.p_value,
+                test.p_holm,
+                verdict(test, "this model", peer.name),
+            ]
+            for peer in shared_peers
+            for test in wilcoxon_by_category(scores, peer.scores, categories)
+        ]
         tables["means"] = markdown_table(["model", *used], means)
-        tables["tests"] = markdown_table(["other variant", "category", "datasets", "this model", "other",
-                                          "this model wins", "p", "p (Holm)", "verdict"], tests)
+        tables["tests"] = markdown_table(
+            [
+                "other variant",
+                "category",
+                "datasets",
+                "this model",
+                "other",
+                "this model wins",
+                "p",
+                "p (Holm)",
+                "verdict",
+            ],
+            tests,
+        )
     return tables
 
 
@@ -268,9 +406,16 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_model_card(model: ExportedModel, *, repo_id: str, results: ModelResults | None = None,
-                     peers: list[ModelResults] = (), license: str | None = None, study_section: str | None = None,
-                     left_out_results: dict[str, str] | None = None):
+def build_model_card(
+    model: ExportedModel,
+    *,
+    repo_id: str,
+    results: ModelResults | None = None,
+    peers: list[ModelResults] = (),
+    license: str | None = None,
+    study_section: str | None = None,
+    left_out_results: dict[str, str] | None = None,
+):
     """A `huggingface_hub.ModelCard` from the config, the training manifest and (optional) mteb results.
 
     `results` are this model's results, `peers` the other variants' (compared with it over the tasks it shares);

@@ -458,8 +458,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
         if not torch.compiler.is_compiling() and not attention_mask.any(dim=1).all():
             empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
-                             "read a padding position). Drop those rows or give each at least one token.")
+            raise ValueError(
+                f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
+                "read a padding position). Drop those rows or give each at least one token."
+            )
         if self._uses_pooling_mask and not torch.compiler.is_compiling() and not pooling_mask.any(dim=1).all():
             empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(
@@ -563,7 +565,9 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             logger.warning(
                 "Loading the backbone %s: weights missing from the checkpoint %s, weights of the checkpoint not "
                 "used %s (the pooling head's are expected to be missing, the LM head's to be unused).",
-                name_or_path, missing[:10], unexpected[:10],
+                name_or_path,
+                missing[:10],
+                unexpected[:10],
             )
         if model.pooler is not None:
             model.pooler.float()  # `_keep_in_fp32_modules_strict` is not applied to freshly initialised weights
@@ -634,11 +638,19 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         self.eval()
         try:
             return encode_texts(
-                lambda batch: self(**{key: value.to(self.device) for key, value in batch.items()}, normalize=False)
-                .embeddings,
-                texts, tokenizer=self.get_tokenizer(), config=self.config, prompt=prompt, batch_size=batch_size,
-                max_length=max_length, normalize=normalize, show_progress_bar=show_progress_bar,
-                convert_to_numpy=convert_to_numpy, truncate_dim=truncate_dim,
+                lambda batch: (
+                    self(**{key: value.to(self.device) for key, value in batch.items()}, normalize=False).embeddings
+                ),
+                texts,
+                tokenizer=self.get_tokenizer(),
+                config=self.config,
+                prompt=prompt,
+                batch_size=batch_size,
+                max_length=max_length,
+                normalize=normalize,
+                show_progress_bar=show_progress_bar,
+                convert_to_numpy=convert_to_numpy,
+                truncate_dim=truncate_dim,
             )
         finally:
             self.train(was_training)
@@ -667,8 +679,10 @@ def encode_texts(
     """
     single = isinstance(texts, str)
     if isinstance(texts, (dict, bytes)) or not (single or hasattr(texts, "__iter__")):
-        raise TypeError(f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
-                        "themselves (e.g. list(rows.values())).")
+        raise TypeError(
+            f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
+            "themselves (e.g. list(rows.values()))."
+        )
     texts = [texts] if single else list(texts)
     if not all(isinstance(text, str) for text in texts):
         kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
@@ -678,8 +692,10 @@ def encode_texts(
     if normalize is not None and not isinstance(normalize, bool):
         raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
-                         f"{config.max_length}.")
+        raise ValueError(
+            f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
+            f"{config.max_length}."
+        )
     max_length = max_length or config.max_length
     normalize = config.normalize if normalize is None else normalize
     hidden_size = config.text_config.hidden_size
@@ -687,9 +703,12 @@ def encode_texts(
         truncate_dim = None
     trained_dims = config.matryoshka_dims or []
     if truncate_dim is not None and truncate_dim not in trained_dims:
-        trained = (f"trained for {', '.join(map(str, trained_dims))} and {hidden_size}" if trained_dims else
-                   f"trained at its full size {hidden_size} only (a prefix of its embeddings is not an embedding); "
-                   "train with --matryoshka_dims to use smaller sizes")
+        trained = (
+            f"trained for {', '.join(map(str, trained_dims))} and {hidden_size}"
+            if trained_dims
+            else f"trained at its full size {hidden_size} only (a prefix of its embeddings is not an embedding); "
+            "train with --matryoshka_dims to use smaller sizes"
+        )
         raise ValueError(f"truncate_dim={truncate_dim!r}: this model was {trained}.")
     features = tokenize_for_embedding(tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=config.add_eos)
     pad_token_id = pad_token_id_for(tokenizer)
@@ -699,8 +718,9 @@ def encode_texts(
     embeddings = [None] * len(texts)
     for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show_progress_bar):
         chunk = order[start : start + batch_size]
-        batch = pad_features([features[i] for i in chunk], pad_token_id=pad_token_id,
-                             padding_side=tokenizer.padding_side)
+        batch = pad_features(
+            [features[i] for i in chunk], pad_token_id=pad_token_id, padding_side=tokenizer.padding_side
+        )
         rows = embed_batch(batch).float().cpu()[:, :truncate_dim]
         rows = F.normalize(rows, p=2, dim=-1) if normalize else rows
         for i, row in zip(chunk, rows):

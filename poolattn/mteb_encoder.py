@@ -27,8 +27,16 @@ def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: d
     return instruction_prompt(instructions.get(task_name) or instructions.get(task_type))
 
 
-def get_model(model: str, *, batch_size: int = 32, max_length: int | None = None, instructions: bool = True,
-              onnx_file: str | None = None, truncate_dim: int | None = None, trust_remote_code: bool = False):
+def get_model(
+    model: str,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    instructions: bool = True,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    trust_remote_code: bool = False,
+):
     """`mteb.get_model` for poolattn models: a folder or Hub repository -> the encoder `evaluate.py run` scores, with
     its `ModelMeta` (the training manifest's name, the weights' fingerprint as revision, the settings' suffixes).
 
@@ -40,8 +48,15 @@ def get_model(model: str, *, batch_size: int = 32, max_length: int | None = None
 
     if truncate_dim is not None:
         check_truncate_dim(model, truncate_dim)  # before the weights load
-    return load_encoder(model, batch_size=batch_size, max_length=max_length, instructions=instructions,
-                        onnx_file=onnx_file, truncate_dim=truncate_dim, trust_remote_code=trust_remote_code)
+    return load_encoder(
+        model,
+        batch_size=batch_size,
+        max_length=max_length,
+        instructions=instructions,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 class PoolAttnEncoder(AbsEncoder):
@@ -52,9 +67,19 @@ class PoolAttnEncoder(AbsEncoder):
     the exported model's name and weights fingerprint (`manifest.ExportedModel`).
     """
 
-    def __init__(self, path: str, *, name: str, revision: str, batch_size: int = 32, max_length: int | None = None,
-                 instructions: dict = TASK_INSTRUCTIONS, onnx_file: str | None = None,
-                 truncate_dim: int | None = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        path: str,
+        *,
+        name: str,
+        revision: str,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        instructions: dict = TASK_INSTRUCTIONS,
+        onnx_file: str | None = None,
+        truncate_dim: int | None = None,
+        trust_remote_code: bool = False,
+    ):
         if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
             from .onnx_poolattn import PoolAttnOnnxModel
 
@@ -69,23 +94,40 @@ class PoolAttnEncoder(AbsEncoder):
         self.truncate_dim = truncate_dim  # a Matryoshka size the model was trained for (encode checks it)
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
-            loader=None, name=name, revision=revision, release_date=None, languages=["eng-Latn"],
+            loader=None,
+            name=name,
+            revision=revision,
+            release_date=None,
+            languages=["eng-Latn"],
             n_parameters=sum(p.numel() for p in self.model.parameters()) or None,
-            memory_usage_mb=None, max_tokens=max_length or config.max_length,
+            memory_usage_mb=None,
+            max_tokens=max_length or config.max_length,
             embed_dim=truncate_dim or config.text_config.hidden_size,
-            license=None, open_weights=True, public_training_code=None, public_training_data=None,
-            framework=framework, similarity_fn_name="cosine", use_instructions=True,
+            license=None,
+            open_weights=True,
+            public_training_code=None,
+            public_training_data=None,
+            framework=framework,
+            similarity_fn_name="cosine",
+            use_instructions=True,
             training_datasets=None,
         )
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         texts = [text for batch in inputs for text in batch["text"]]
-        prompt = query_prompt(task_metadata.name, task_metadata.type, prompt_type=prompt_type,
-                              instructions=self.instructions)
+        prompt = query_prompt(
+            task_metadata.name, task_metadata.type, prompt_type=prompt_type, instructions=self.instructions
+        )
         # only when asked: the remote code of folders exported before Matryoshka sizes has no `truncate_dim`
         sizes = {"truncate_dim": self.truncate_dim} if self.truncate_dim else {}
         # a bar per encode call (every task's texts), when the command shows progress (INFO): scoring moves within
         # a task too, not only between tasks
         progress = logging.getLogger("poolattn").isEnabledFor(logging.INFO) and len(texts) > self.batch_size
-        return self.model.encode(texts, prompt=prompt, batch_size=kwargs.get("batch_size", self.batch_size),
-                                 max_length=self.max_length, show_progress_bar=progress, **sizes)
+        return self.model.encode(
+            texts,
+            prompt=prompt,
+            batch_size=kwargs.get("batch_size", self.batch_size),
+            max_length=self.max_length,
+            show_progress_bar=progress,
+            **sizes,
+        )

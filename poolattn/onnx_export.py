@@ -82,8 +82,9 @@ def require_onnx() -> None:
     """Raise before any work when the exporter's packages are missing."""
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if not _importable(name)]
     if missing:
-        raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'poolattn[onnx]' "
-                          "(onnx, onnxscript, onnxruntime).")
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'poolattn[onnx]' (onnx, onnxscript, onnxruntime)."
+        )
 
 
 def _importable(name: str) -> bool:
@@ -100,8 +101,9 @@ class EmbeddingGraph(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, pooling_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, pooling_mask=pooling_mask,
-                          normalize=False).embeddings
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, pooling_mask=pooling_mask, normalize=False
+        ).embeddings
 
 
 def compare_encoders(reference, candidate, texts=CHECK_TEXTS, prompt: str = CHECK_PROMPT) -> tuple[float, list[str]]:
@@ -115,7 +117,7 @@ def compare_encoders(reference, candidate, texts=CHECK_TEXTS, prompt: str = CHEC
             for text_prompt in (None, prompt):
                 for batch_size in (1, len(texts)):
                     kwargs = dict(prompt=text_prompt, batch_size=batch_size, normalize=True, convert_to_numpy=False)
-                    difference = (reference.encode(list(texts), **kwargs) - candidate.encode(list(texts), **kwargs))
+                    difference = reference.encode(list(texts), **kwargs) - candidate.encode(list(texts), **kwargs)
                     worst = max(worst, difference.abs().max().item())
                     checks.append(f"{side} padding, {'prompt' if text_prompt else 'no prompt'}, batch {batch_size}")
     finally:
@@ -123,8 +125,14 @@ def compare_encoders(reference, candidate, texts=CHECK_TEXTS, prompt: str = CHEC
     return worst, checks
 
 
-def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4, opset: int | None = None,
-                num_threads: int | None = None) -> OnnxExport:
+def export_onnx(
+    model_folder,
+    *,
+    quantize: bool = False,
+    tolerance: float = 1e-4,
+    opset: int | None = None,
+    num_threads: int | None = None,
+) -> OnnxExport:
     """Export `model_folder` (a poolattn model folder) to `model_folder/onnx/` and check it; see the module docstring.
 
     Raises `OnnxExportMismatch` (nothing written) when ONNX Runtime differs from PyTorch by more than `tolerance`.
@@ -134,15 +142,18 @@ def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4
 
     folder = Path(model_folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a model folder (no config.json); give a folder written by training "
-                                "(runs/NAME/model) or by save_pretrained.")
+        raise FileNotFoundError(
+            f"{folder} is not a model folder (no config.json); give a folder written by training "
+            "(runs/NAME/model) or by save_pretrained."
+        )
     if not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ValueError(f"tolerance={tolerance!r}: give a positive number (default 1e-4).")
     model = PoolAttnEmbeddingModel.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = model.get_tokenizer()
     model.check_attention()  # once, eagerly: the traced forward must not run it
-    features = tokenize_for_embedding(tokenizer, list(CHECK_TEXTS[:3]), prompt=CHECK_PROMPT, max_length=64,
-                                      add_eos=model.config.add_eos)
+    features = tokenize_for_embedding(
+        tokenizer, list(CHECK_TEXTS[:3]), prompt=CHECK_PROMPT, max_length=64, add_eos=model.config.add_eos
+    )
     example = pad_features(features, pad_token_id=pad_token_id_for(tokenizer), padding_side="right")
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic_shapes = {name: {0: batch, 1: sequence} for name in INPUT_NAMES}
@@ -151,9 +162,15 @@ def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4
         started = time.perf_counter()
         with torch.no_grad():
             program = torch.onnx.export(
-                EmbeddingGraph(model), tuple(example[name] for name in INPUT_NAMES), dynamo=True,
-                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
-                opset_version=opset, optimize=False, verbose=False,
+                EmbeddingGraph(model),
+                tuple(example[name] for name in INPUT_NAMES),
+                dynamo=True,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                optimize=False,
+                verbose=False,
             )
         # optimize=False for the fp32 graph: the exporter's graph optimizer (onnxscript) doubled SmolLM2-135M v5's
         # export time (89 s vs 44 s) for no measured speed-up, since ONNX Runtime optimizes the graph itself when a
@@ -170,8 +187,14 @@ def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4
                 f"torch ({torch.__version__}) and onnxruntime ({onnxruntime.__version__}) versions."
             )
         record = OnnxExport(
-            folder=str(folder), file=ONNX_FILE, max_abs_diff=max_abs_diff, tolerance=tolerance, checks=checks,
-            opset=_opset(program), torch_version=torch.__version__, onnxruntime_version=onnxruntime.__version__,
+            folder=str(folder),
+            file=ONNX_FILE,
+            max_abs_diff=max_abs_diff,
+            tolerance=tolerance,
+            checks=checks,
+            opset=_opset(program),
+            torch_version=torch.__version__,
+            onnxruntime_version=onnxruntime.__version__,
             export_seconds=round(seconds, 1),
         )
         if quantize:
@@ -193,8 +216,9 @@ def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4
     atomic_save(save, folder / ONNX_FOLDER)
     shutil.copy2(PACKAGE_DIR / RUNTIME_MODULE, folder / RUNTIME_MODULE)
     record = OnnxExport.read(folder)
-    logger.info("%s: ONNX export written (max difference from PyTorch %.2g)", folder / ONNX_FOLDER,
-                record.max_abs_diff)
+    logger.info(
+        "%s: ONNX export written (max difference from PyTorch %.2g)", folder / ONNX_FOLDER, record.max_abs_diff
+    )
     return record
 
 

@@ -65,13 +65,23 @@ class PoolAttnOnnxModel(nn.Module):
         super().__init__()
         names = tuple(node.name for node in session.get_inputs())
         if names != INPUT_NAMES:
-            raise ValueError(f"This ONNX graph takes inputs {names}; a poolattn export takes {INPUT_NAMES}. "
-                             "Export the model with `poolattn-export-onnx`.")
+            raise ValueError(
+                f"This ONNX graph takes inputs {names}; a poolattn export takes {INPUT_NAMES}. "
+                "Export the model with `poolattn-export-onnx`."
+            )
         self.session, self.config, self.tokenizer = session, config, tokenizer
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, file_name: str = ONNX_FILE, provider: str | None = None,
-                        num_threads: int | None = None, session_options=None, **hub_kwargs) -> "PoolAttnOnnxModel":
+    def from_pretrained(
+        cls,
+        name_or_path,
+        *,
+        file_name: str = ONNX_FILE,
+        provider: str | None = None,
+        num_threads: int | None = None,
+        session_options=None,
+        **hub_kwargs,
+    ) -> "PoolAttnOnnxModel":
         """Load `file_name` of a model folder or Hub repository into an ONNX Runtime session.
 
         `provider` defaults to the first one available (CUDA before CPU); `num_threads` sets the intra-op threads
@@ -80,8 +90,9 @@ class PoolAttnOnnxModel(nn.Module):
         try:
             import onnxruntime
         except ImportError as error:
-            raise ImportError("PoolAttnOnnxModel needs onnxruntime: pip install onnxruntime "
-                              "(or poolattn[onnx]).") from error
+            raise ImportError(
+                "PoolAttnOnnxModel needs onnxruntime: pip install onnxruntime (or poolattn[onnx])."
+            ) from error
         path = resolve_file(name_or_path, file_name, **hub_kwargs)
         options = session_options or onnxruntime.SessionOptions()
         if num_threads is not None:
@@ -92,8 +103,9 @@ class PoolAttnOnnxModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, config=config, **hub_kwargs)  # no remote code run
         return cls(session, config, tokenizer)
 
-    def forward(self, input_ids, attention_mask=None, pooling_mask=None, normalize: bool | None = None,
-                **kwargs) -> PoolAttnEmbeddingOutput:
+    def forward(
+        self, input_ids, attention_mask=None, pooling_mask=None, normalize: bool | None = None, **kwargs
+    ) -> PoolAttnEmbeddingOutput:
         """(batch, seq) tensors -> `PoolAttnEmbeddingOutput(embeddings=...)` (no hidden states: the graph returns the
         embeddings only). Defaults as in PyTorch: every token attended, pooling over `attention_mask`."""
         input_ids = torch.as_tensor(input_ids)
@@ -102,8 +114,10 @@ class PoolAttnOnnxModel(nn.Module):
         if not attention_mask.bool().any(dim=1).all():
             empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(f"Rows {empty} have an all-zero attention_mask: no token to embed.")
-        feed = {name: tensor.detach().to("cpu", torch.long).numpy()
-                for name, tensor in zip(INPUT_NAMES, (input_ids, attention_mask, pooling_mask))}
+        feed = {
+            name: tensor.detach().to("cpu", torch.long).numpy()
+            for name, tensor in zip(INPUT_NAMES, (input_ids, attention_mask, pooling_mask))
+        }
         embeddings = torch.from_numpy(self.session.run([OUTPUT_NAME], feed)[0])
         if self.config.normalize if normalize is None else normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
@@ -114,13 +128,29 @@ class PoolAttnOnnxModel(nn.Module):
             raise ValueError("No tokenizer: set `model.tokenizer` or load with `PoolAttnOnnxModel.from_pretrained`.")
         return self.tokenizer
 
-    def encode(self, texts, *, prompt=None, batch_size: int = 32, max_length: int | None = None,
-               normalize: bool | None = None, show_progress_bar: bool | None = None, convert_to_numpy: bool = True,
-               truncate_dim: int | None = None):
+    def encode(
+        self,
+        texts,
+        *,
+        prompt=None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        truncate_dim: int | None = None,
+    ):
         """`PoolAttnEmbeddingModel.encode`, run by ONNX Runtime (same arguments, same tokens, same output)."""
         return encode_texts(
             lambda batch: self(**batch, normalize=False).embeddings,
-            texts, tokenizer=self.get_tokenizer(), config=self.config, prompt=prompt, batch_size=batch_size,
-            max_length=max_length, normalize=normalize, show_progress_bar=show_progress_bar,
-            convert_to_numpy=convert_to_numpy, truncate_dim=truncate_dim,
+            texts,
+            tokenizer=self.get_tokenizer(),
+            config=self.config,
+            prompt=prompt,
+            batch_size=batch_size,
+            max_length=max_length,
+            normalize=normalize,
+            show_progress_bar=show_progress_bar,
+            convert_to_numpy=convert_to_numpy,
+            truncate_dim=truncate_dim,
         )

@@ -100,14 +100,23 @@ class PairedTest:
         return (self.p_holm if self.p_holm is not None else self.p_value) < alpha
 
 
-def paired_bootstrap(units: Units, predictions_a, predictions_b, *, task: str = "", resamples: int = RESAMPLES,
-                     seed: int = SEED) -> PairedTest:
+def paired_bootstrap(
+    units: Units, predictions_a, predictions_b, *, task: str = "", resamples: int = RESAMPLES, seed: int = SEED
+) -> PairedTest:
     """The paired bootstrap of `units`' statistic for two models' predictions (see the module doc)."""
     return replicated_bootstrap(units, [predictions_a], [predictions_b], task=task, resamples=resamples, seed=seed)
 
 
-def replicated_bootstrap(units: Units, runs_a: list, runs_b: list, *, paired_seeds: bool = False, task: str = "",
-                         resamples: int = RESAMPLES, seed: int = SEED) -> PairedTest:
+def replicated_bootstrap(
+    units: Units,
+    runs_a: list,
+    runs_b: list,
+    *,
+    paired_seeds: bool = False,
+    task: str = "",
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
     """The paired bootstrap over units and, where a model was trained with several seeds, over its seeds too.
 
     `runs_a` and `runs_b` hold each model's predictions, one per training seed. A model's score is the mean of its
@@ -118,13 +127,20 @@ def replicated_bootstrap(units: Units, runs_a: list, runs_b: list, *, paired_see
     A bootstrap over n seeds sees (n-1)/n of their variance: with 2 seeds the seed part of the interval is about
     0.71 (sqrt(1/2)) of its width; use 3 or more seeds for a claim that rests on it.
     """
-    return pooled_bootstrap([(units, runs_a, runs_b)], paired_seeds=paired_seeds, task=task, resamples=resamples,
-                            seed=seed)
+    return pooled_bootstrap(
+        [(units, runs_a, runs_b)], paired_seeds=paired_seeds, task=task, resamples=resamples, seed=seed
+    )
 
 
-def pooled_bootstrap(parts: list[tuple[Units, list, list]], *, weights: list[float] | None = None,
-                     paired_seeds: bool = False, task: str = "", resamples: int = RESAMPLES,
-                     seed: int = SEED) -> PairedTest:
+def pooled_bootstrap(
+    parts: list[tuple[Units, list, list]],
+    *,
+    weights: list[float] | None = None,
+    paired_seeds: bool = False,
+    task: str = "",
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
     """`replicated_bootstrap` of the mean over several tasks (`parts`: each task's units and both models' runs), e.g.
     a category's mean main score: each resample draws every task's units independently (the tasks are separate
     samples) and each model's seeds once for all tasks (a seed's model is one model on every task). `weights` weigh
@@ -144,8 +160,10 @@ def pooled_bootstrap(parts: list[tuple[Units, list, list]], *, weights: list[flo
     rng = np.random.default_rng(seed)
 
     def scores(sample_of, runs_of) -> list[np.ndarray]:  # per task: every run's score on that task's sample
-        return [np.array([units.statistic(run, sample_of(index, units)) for run in runs_of(part)])
-                for index, (units, *part) in enumerate(parts)]
+        return [
+            np.array([units.statistic(run, sample_of(index, units)) for run in runs_of(part)])
+            for index, (units, *part) in enumerate(parts)
+        ]
 
     def everything(index, units):
         return units.everything()
@@ -160,18 +178,31 @@ def pooled_bootstrap(parts: list[tuple[Units, list, list]], *, weights: list[flo
         samples = [units.resample(rng) for units, _, _ in parts]
         draw_a = _draw_seeds(rng, count_a)
         draw_b = draw_a if paired_seeds else _draw_seeds(rng, count_b)
-        sampled_a = scores(lambda i, units: samples[i], lambda part: part[0])
-        sampled_b = scores(lambda i, units: samples[i], lambda part: part[1])
-        differences[index] = (weights @ [task_scores[draw_a].mean() for task_scores in sampled_a]
-                              - weights @ [task_scores[draw_b].mean() for task_scores in sampled_b])
+        sampled_a = scores(lambda i, units, samples=samples: samples[i], lambda part: part[0])
+        sampled_b = scores(lambda i, units, samples=samples: samples[i], lambda part: part[1])
+        differences[index] = weights @ [task_scores[draw_a].mean() for task_scores in sampled_a] - weights @ [
+            task_scores[draw_b].mean() for task_scores in sampled_b
+        ]
     differences = np.nan_to_num(differences, nan=0.0)
     if any(units.half_samples for units, _, _ in parts):  # half samples: their spread, around the observed difference
         differences = differences - differences.mean() + observed
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
     p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
     low, high = np.percentile(differences, [2.5, 97.5])
-    return PairedTest(task, sum(units.count for units, _, _ in parts), score_a, score_b, float(observed), float(low),
-                      float(high), p_value, resamples, seeds_a=count_a, seeds_b=count_b, paired_seeds=paired_seeds)
+    return PairedTest(
+        task,
+        sum(units.count for units, _, _ in parts),
+        score_a,
+        score_b,
+        float(observed),
+        float(low),
+        float(high),
+        p_value,
+        resamples,
+        seeds_a=count_a,
+        seeds_b=count_b,
+        paired_seeds=paired_seeds,
+    )
 
 
 def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -201,8 +232,10 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def sts_units(gold_scores) -> Units:
     gold = np.asarray(gold_scores, dtype=float)
-    return Units(len(gold), lambda predictions, sample: _spearman(np.asarray(predictions["cosine_scores"])[sample],
-                                                                  gold[sample]))
+    return Units(
+        len(gold),
+        lambda predictions, sample: _spearman(np.asarray(predictions["cosine_scores"])[sample], gold[sample]),
+    )
 
 
 def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Units:
@@ -212,8 +245,11 @@ def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Unit
     labels = np.asarray(gold_labels, dtype=int)
 
     def oriented(predictions) -> dict[str, np.ndarray]:
-        return {name: -np.asarray(values) if name in DISTANCE_SCORES else np.asarray(values)
-                for name, values in predictions.items() if isinstance(values, list) and len(values) == len(labels)}
+        return {
+            name: -np.asarray(values) if name in DISTANCE_SCORES else np.asarray(values)
+            for name, values in predictions.items()
+            if isinstance(values, list) and len(values) == len(labels)
+        }
 
     def statistic(predictions, sample):
         scores = oriented(predictions)
@@ -250,8 +286,14 @@ def clustering_set_units(gold_label_sets) -> Units:
     gold = [np.asarray(labels) for labels in gold_label_sets]
 
     def statistic(predictions, samples):  # predictions: one list of cluster assignments per set
-        return float(np.mean([v_measure_score(labels[sample], np.asarray(assigned)[sample])
-                              for labels, assigned, sample in zip(gold, predictions, samples)]))
+        return float(
+            np.mean(
+                [
+                    v_measure_score(labels[sample], np.asarray(assigned)[sample])
+                    for labels, assigned, sample in zip(gold, predictions, samples)
+                ]
+            )
+        )
 
     return Units(sum(map(len, gold)), statistic, strata=[len(labels) for labels in gold], half_samples=True)
 

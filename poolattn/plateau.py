@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 
-def plateau_step(log_history: list[dict], *, patience: int, min_improvement: float,
-                 metric: str = "eval_loss") -> int | None:
+def plateau_step(
+    log_history: list[dict], *, patience: int, min_improvement: float, metric: str = "eval_loss"
+) -> int | None:
     """The step of the evaluation at which the rule stops training (the first one), or None if it has not."""
     best, waited = None, 0
     for entry in log_history:
@@ -52,8 +53,10 @@ class PlateauRule:
         'stop when the held-out loss has not improved on its best by more than 1% for 3 evaluations in a row (one
          every 20 steps), or at 600 steps'
         """
-        text = (f"stop when the held-out loss has not improved on its best by more than {self.min_improvement:.0%} "
-                f"for {self.patience} evaluations in a row")
+        text = (
+            f"stop when the held-out loss has not improved on its best by more than {self.min_improvement:.0%} "
+            f"for {self.patience} evaluations in a row"
+        )
         if every:
             text += f" (one every {every} steps)"
         return text + (f", or at {cap} steps" if cap else "")

@@ -28,8 +28,9 @@ def _figure(width: float, height: float):
     return figure, figure.subplots()
 
 
-def category_bars(path: Path, names: list[str], category_means: dict, categories: list[str],
-                  significant: dict[str, set[str]]) -> None:
+def category_bars(
+    path: Path, names: list[str], category_means: dict, categories: list[str], significant: dict[str, set[str]]
+) -> None:
     """Per-category means of each model; `*` over a bar whose category is significant vs the baseline."""
     width = 0.8 / len(names)
     figure, axis = _figure(max(6, 1.6 * len(categories)), 4)
@@ -40,8 +41,9 @@ def category_bars(path: Path, names: list[str], category_means: dict, categories
         for x, value, category in zip(xs, values, categories):
             if category in significant.get(name, set()):
                 axis.text(x, value, "*", ha="center", va="bottom", fontsize=14)
-    axis.set_xticks([index + width * (len(names) - 1) / 2 for index in range(len(categories))], categories,
-                    rotation=20)
+    axis.set_xticks(
+        [index + width * (len(names) - 1) / 2 for index in range(len(categories))], categories, rotation=20
+    )
     axis.set_ylabel("mean main score")
     axis.set_title("Per-category scores (* significant vs baseline, Holm-corrected)")
     axis.legend(fontsize=8)
@@ -57,12 +59,19 @@ def study_bars(path: Path, rows: list[Bars], categories: list[str], title: str) 
     for position, row in enumerate(rows):
         xs = [index + position * width for index in range(len(categories))]
         control = row.kind == "control"
-        bars = axis.bar(xs, [row.means.get(c, 0.0) for c in categories], width, label=row.label,
-                        yerr=[row.spreads.get(c) or 0.0 for c in categories], capsize=2,
-                        hatch="//" if row.kind == "baseline" else ("." if row.kind == "arm" else None),
-                        fill=not control, linestyle="--" if control else "-")
+        bars = axis.bar(
+            xs,
+            [row.means.get(c, 0.0) for c in categories],
+            width,
+            label=row.label,
+            yerr=[row.spreads.get(c) or 0.0 for c in categories],
+            capsize=2,
+            hatch="//" if row.kind == "baseline" else ("." if row.kind == "arm" else None),
+            fill=not control,
+            linestyle="--" if control else "-",
+        )
         if control and position > 0:
-            for bar, previous in zip(bars, axis.patches[-2 * len(categories): -len(categories)]):
+            for bar, previous in zip(bars, axis.patches[-2 * len(categories) : -len(categories)]):
                 bar.set_edgecolor(previous.get_facecolor())
     axis.set_xticks([index + width * (len(rows) - 1) / 2 for index in range(len(categories))], categories)
     axis.set_ylabel("mean main score")
@@ -87,7 +96,7 @@ def curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str)
         axis.set_ylabel("held-out loss", fontsize=7)
         axis.tick_params(labelsize=6)
         axis.legend(fontsize=5)
-    for axis in list(axes.flat)[len(panels):]:
+    for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()

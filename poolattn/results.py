@@ -24,7 +24,13 @@ from .files import read_json, write_json
 logger = logging.getLogger(__name__)
 
 CATEGORY_ORDER = (
-    "Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization",
+    "Retrieval",
+    "Reranking",
+    "Clustering",
+    "PairClassification",
+    "Classification",
+    "STS",
+    "Summarization",
 )
 RUN_SETTINGS_FILE = "poolattn_run.json"
 PREDICTIONS_FOLDER = "predictions"  # mteb's per-example predictions, `<Task>_predictions.json`
@@ -78,8 +84,14 @@ class TaskInfo:
     @classmethod
     def of_task(cls, task, *, local: bool = False) -> "TaskInfo":
         metadata = task.metadata
-        return cls(metadata.name, metadata.type, metadata.main_score, str(metadata.dataset["path"]),
-                   metadata.dataset.get("revision"), local)
+        return cls(
+            metadata.name,
+            metadata.type,
+            metadata.main_score,
+            str(metadata.dataset["path"]),
+            metadata.dataset.get("revision"),
+            local,
+        )
 
     def hf_task_type(self) -> str:
         """The Hub's task type for the card (mteb's mapping; sentence-similarity where it has none)."""
@@ -135,8 +147,10 @@ class ModelResults:
         try:
             return TaskInfo.of_task(mteb.get_task(task))
         except KeyError:
-            raise ResultsError(f"{self.folder}: {task!r} is neither an mteb task nor recorded in "
-                               f"{RUN_SETTINGS_FILE} (a local task run by an older poolattn?); re-run it.") from None
+            raise ResultsError(
+                f"{self.folder}: {task!r} is neither an mteb task nor recorded in "
+                f"{RUN_SETTINGS_FILE} (a local task run by an older poolattn?); re-run it."
+            ) from None
 
     @property
     def scores(self) -> dict[str, float]:
@@ -164,13 +178,17 @@ def read_results(folder) -> ModelResults:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ResultsError(f"{folder} is not a folder; give a results folder of an evaluation run, e.g. "
-                           "results/results/ORG__NAME/<revision>.")
+        raise ResultsError(
+            f"{folder} is not a folder; give a results folder of an evaluation run, e.g. "
+            "results/results/ORG__NAME/<revision>."
+        )
     if not any(folder.glob("*.json")):
         revisions = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.json")))
         if len(revisions) > 1:
-            raise ResultsError(f"{folder} holds results of {len(revisions)} revisions (different weights): "
-                               f"{', '.join(p.name for p in revisions)}; give one of them, e.g. {revisions[-1]}.")
+            raise ResultsError(
+                f"{folder} holds results of {len(revisions)} revisions (different weights): "
+                f"{', '.join(p.name for p in revisions)}; give one of them, e.g. {revisions[-1]}."
+            )
         if revisions:
             folder = revisions[0]
     results = []
@@ -180,10 +198,11 @@ def read_results(folder) -> ModelResults:
         try:
             results.append(TaskResult.from_disk(path))
         except Exception as error:  # a truncated or foreign JSON file: never dropped silently
-            raise ResultsError(f"{path} is not a readable mteb task result ({type(error).__name__}: "
-                               f"{str(error).splitlines()[0][:200]}); delete it and run `evaluate.py run` again, "
-                               "which scores only the missing tasks, or move the file out of the results folder."
-                               ) from None
+            raise ResultsError(
+                f"{path} is not a readable mteb task result ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]}); delete it and run `evaluate.py run` again, "
+                "which scores only the missing tasks, or move the file out of the results folder."
+            ) from None
     if not results:
         raise ResultsError(f"no mteb task results found under {folder}.")
     meta, settings_file = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE
@@ -191,8 +210,17 @@ def read_results(folder) -> ModelResults:
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
     origin = TrainingOrigin(**settings["training"]) if settings.get("training") else None
-    return ModelResults(name, folder.name, folder, results, bool(settings.get("instructions", True)), recorded,
-                        settings.get("budget"), settings.get("data_dir"), origin)
+    return ModelResults(
+        name,
+        folder.name,
+        folder,
+        results,
+        bool(settings.get("instructions", True)),
+        recorded,
+        settings.get("budget"),
+        settings.get("data_dir"),
+        origin,
+    )
 
 
 def read_runs(folder) -> list[ModelResults]:
@@ -241,8 +269,10 @@ class SeedReplicates:
     def left_out(self) -> dict[str, str]:
         """Tasks some seeds scored and others did not, with how many did."""
         every = set().union(*(run.scores for run in self.runs)) - set(self.tasks)
-        return {task: f"scored by {sum(task in run.scores for run in self.runs)} of {len(self.runs)} seeds"
-                for task in sorted(every)}
+        return {
+            task: f"scored by {sum(task in run.scores for run in self.runs)} of {len(self.runs)} seeds"
+            for task in sorted(every)
+        }
 
     @property
     def seed_scores(self) -> dict[str, list[float]]:
@@ -306,13 +336,17 @@ def group_replicates(runs: list[ModelResults]) -> tuple[list[SeedReplicates], li
         for key, replicates in list(by_recipe.items()):
             seeds = [run.origin.seed for run in replicates] if len(key) == 2 else [None]
             if len(set(seeds)) != len(seeds):
-                notes.append(f"{name}: {len(replicates)} runs of one recipe share seeds {sorted(seeds)}; they are "
-                             "not independent replicates and are listed apart, by revision.")
+                notes.append(
+                    f"{name}: {len(replicates)} runs of one recipe share seeds {sorted(seeds)}; they are "
+                    "not independent replicates and are listed apart, by revision."
+                )
                 del by_recipe[key]
                 by_recipe.update({(run.revision,): [run] for run in replicates})
         if len(by_recipe) > 1:
-            notes.append(f"{name}: {len(members)} runs of {len(by_recipe)} different recipes, data or untracked "
-                         "origins; each is listed apart, by revision (or by recipe for seed groups).")
+            notes.append(
+                f"{name}: {len(members)} runs of {len(by_recipe)} different recipes, data or untracked "
+                "origins; each is listed apart, by revision (or by recipe for seed groups)."
+            )
         for key, replicates in by_recipe.items():
             replicates = sorted(replicates, key=lambda run: run.origin.seed if len(key) == 2 else 0)
             if len(by_recipe) == 1:
@@ -357,8 +391,11 @@ def other_settings(output, model) -> dict[str, str]:
     folder = results_folder(output, model.mteb_name, model.fingerprint).parent
     if not folder.is_dir():
         return {}
-    return {path.name: describe_revision_settings(path.name, model.fingerprint)
-            for path in sorted(folder.glob(f"{model.fingerprint}-*")) if path.is_dir() and any(path.glob("*.json"))}
+    return {
+        path.name: describe_revision_settings(path.name, model.fingerprint)
+        for path in sorted(folder.glob(f"{model.fingerprint}-*"))
+        if path.is_dir() and any(path.glob("*.json"))
+    }
 
 
 def describe_revision_settings(revision: str, fingerprint: str) -> str:
@@ -389,8 +426,9 @@ def find_model_results(output, model, others=()) -> tuple["ModelResults | None",
     """
     root = Path(output) / "results"
     if not root.is_dir():
-        raise ResultsError(f"{output} holds no mteb results (no results/ folder); give the --output of an "
-                           "evaluation run.")
+        raise ResultsError(
+            f"{output} holds no mteb results (no results/ folder); give the --output of an evaluation run."
+        )
 
     def exact(candidate) -> ModelResults | None:
         folder = results_folder(output, candidate.mteb_name, candidate.fingerprint)

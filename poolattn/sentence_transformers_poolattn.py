@@ -40,25 +40,33 @@ class PoolAttnTransformer(Transformer):
             raise TypeError(f"poolattn models embed text only; got inputs of type {', '.join(kinds)}. Pass strings.")
         max_length = kwargs.get("max_length") or self.max_seq_length or self.auto_model.config.max_length
         features = tokenize_for_embedding(
-            self.tokenizer, list(inputs), prompt=prompt or None, max_length=max_length,
+            self.tokenizer,
+            list(inputs),
+            prompt=prompt or None,
+            max_length=max_length,
             add_eos=self.auto_model.config.add_eos,
         )
-        batch = pad_features(features, pad_token_id=pad_token_id_for(self.tokenizer),
-                             padding_side=self.tokenizer.padding_side)
+        batch = pad_features(
+            features, pad_token_id=pad_token_id_for(self.tokenizer), padding_side=self.tokenizer.padding_side
+        )
         return {**batch, "modality": "text"}  # input_ids, attention_mask, pooling_mask: each (batch, seq)
 
     def _load_model(self, model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs):
         if backend != "onnx":
-            return super()._load_model(model_name_or_path, transformer_task, config, backend, is_peft_model,
-                                       **model_kwargs)
+            return super()._load_model(
+                model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs
+            )
         from .onnx_poolattn import ONNX_FILE, PoolAttnOnnxModel
 
         if model_kwargs.get("export"):
-            raise ValueError("poolattn models are exported to ONNX by poolattn, with the pooling head: run "
-                             "`poolattn-export-onnx FOLDER`, then load without export=True.")
+            raise ValueError(
+                "poolattn models are exported to ONNX by poolattn, with the pooling head: run "
+                "`poolattn-export-onnx FOLDER`, then load without export=True."
+            )
         hub_keys = ("revision", "token", "cache_dir", "local_files_only")
         return PoolAttnOnnxModel.from_pretrained(
-            model_name_or_path, file_name=model_kwargs.get("file_name") or ONNX_FILE,
+            model_name_or_path,
+            file_name=model_kwargs.get("file_name") or ONNX_FILE,
             provider=model_kwargs.get("provider"),
             **{key: model_kwargs[key] for key in hub_keys if key in model_kwargs},
         )

@@ -26,10 +26,23 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_CODE = ("configuration_poolattn.py", "modeling_poolattn.py")
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
-               "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
-               "training_manifest.json")
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "training_manifest.json",
+)
 ONNX_FILES = ("model*.onnx", "model*.onnx.data", "model*.onnx_data", "export.json")
 TEXT_SUFFIXES = (".json", ".md", ".txt", ".jinja")
 
@@ -46,19 +59,27 @@ def shipped_files(model_folder: Path) -> tuple[list[Path], list[str]]:
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
         patterns = ONNX_FILES if relative.parts[0] == "onnx" and len(relative.parts) == 2 else MODEL_FILES
-        if len(relative.parts) <= 2 and any(fnmatch.fnmatch(relative.name, pattern) for pattern in patterns) and (
-                len(relative.parts) == 1 or relative.parts[0] == "onnx"):
+        if (
+            len(relative.parts) <= 2
+            and any(fnmatch.fnmatch(relative.name, pattern) for pattern in patterns)
+            and (len(relative.parts) == 1 or relative.parts[0] == "onnx")
+        ):
             shipped.append(relative)
-        elif relative.name not in PACKAGE_CODE and relative.name not in ("modules.json", "sentence_bert_config.json",
-                                                                         "config_sentence_transformers.json",
-                                                                         "sentence_transformers_poolattn.py",
-                                                                         "onnx_poolattn.py"):
+        elif relative.name not in PACKAGE_CODE and relative.name not in (
+            "modules.json",
+            "sentence_bert_config.json",
+            "config_sentence_transformers.json",
+            "sentence_transformers_poolattn.py",
+            "onnx_poolattn.py",
+        ):
             left_out.append(str(relative))
     for required in ("config.json", "tokenizer_config.json"):
         if Path(required) not in shipped:
-            raise ShippingError(f"{model_folder} has no {required}: not a complete model folder (a tokenizer and a "
-                                "config are part of every poolattn folder); export it again with train.py, or save "
-                                "the model with its tokenizer.")
+            raise ShippingError(
+                f"{model_folder} has no {required}: not a complete model folder (a tokenizer and a "
+                "config are part of every poolattn folder); export it again with train.py, or save "
+                "the model with its tokenizer."
+            )
     if not any(path.name.endswith(".safetensors") for path in shipped):
         raise ShippingError(f"{model_folder} holds no safetensors weights; export it again.")
     return shipped, left_out
@@ -66,12 +87,20 @@ def shipped_files(model_folder: Path) -> tuple[list[Path], list[str]]:
 
 def differing_code(model_folder: Path) -> list[str]:
     """The package code files whose copy in `model_folder` differs from the installed package's."""
-    return [name for name in PACKAGE_CODE if (model_folder / name).is_file()
-            and (model_folder / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()]
+    return [
+        name
+        for name in PACKAGE_CODE
+        if (model_folder / name).is_file() and (model_folder / name).read_bytes() != (PACKAGE_DIR / name).read_bytes()
+    ]
 
 
-RECORD_FILES = ("config.json", "training_manifest.json", "export.json", "config_sentence_transformers.json",
-                "sentence_bert_config.json")  # where a run writes paths (a tokenizer's vocabulary is no record)
+RECORD_FILES = (
+    "config.json",
+    "training_manifest.json",
+    "export.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+)  # where a run writes paths (a tokenizer's vocabulary is no record)
 
 
 def is_local_path(value: str) -> bool:
@@ -143,12 +172,15 @@ def check_loads(folders: list[Path], variants: list) -> None:
     """Raise `ShippingError` unless every folder loads in one fresh process as its card says (see the module
     docstring); ONNX exports are run again against PyTorch."""
     pairs = [[str(folder), variant] for folder, variant in zip(folders, variants)]
-    result = subprocess.run([sys.executable, "-c", FRESH_LOAD, json.dumps(pairs)], capture_output=True, text=True,
-                            cwd="/", timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, json.dumps(pairs)], capture_output=True, text=True, cwd="/", timeout=1200
+    )
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ShippingError(f"a repository folder does not load as its card says ({reason}); nothing was "
-                            "published. Export the model again with train.py (or publish another folder).")
+        raise ShippingError(
+            f"a repository folder does not load as its card says ({reason}); nothing was "
+            "published. Export the model again with train.py (or publish another folder)."
+        )
     for folder in folders:
         if (Path(folder) / "onnx" / "model.onnx").is_file():
             check_onnx(Path(folder))
@@ -164,12 +196,16 @@ def check_onnx(folder: Path) -> None:
         record = OnnxExport.read(folder)
         onnx_model = PoolAttnOnnxModel.from_pretrained(folder)
     except Exception as error:  # a truncated file surfaces as onnxruntime's or json's own error
-        raise ShippingError(f"{folder / 'onnx'}: the ONNX export cannot be loaded ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}); export it again with "
-                            "poolattn-export-onnx (or publish.py --onnx).") from None
+        raise ShippingError(
+            f"{folder / 'onnx'}: the ONNX export cannot be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); export it again with "
+            "poolattn-export-onnx (or publish.py --onnx)."
+        ) from None
     reference = PoolAttnEmbeddingModel.from_pretrained(folder).eval()
     onnx_model.tokenizer = reference.get_tokenizer()
     difference, _ = compare_encoders(reference, onnx_model)
     if not difference <= record.tolerance:
-        raise ShippingError(f"{folder / 'onnx'}: ONNX Runtime differs from PyTorch by {difference:.3g} > the "
-                            f"recorded tolerance {record.tolerance:g}; export it again.")
+        raise ShippingError(
+            f"{folder / 'onnx'}: ONNX Runtime differs from PyTorch by {difference:.3g} > the "
+            f"recorded tolerance {record.tolerance:g}; export it again."
+        )

@@ -48,8 +48,13 @@ def holm_adjust(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def wilcoxon_by_category(scores_a: dict[str, float], scores_b: dict[str, float], categories: dict[str, str], *,
-                         min_datasets: int = MIN_DATASETS) -> list[CategoryTest]:
+def wilcoxon_by_category(
+    scores_a: dict[str, float],
+    scores_b: dict[str, float],
+    categories: dict[str, str],
+    *,
+    min_datasets: int = MIN_DATASETS,
+) -> list[CategoryTest]:
     """One `CategoryTest` per category over the tasks both models have, sorted by category name.
 
     scores_*: task name -> main score; categories: task name -> category (e.g. mteb's task type).
@@ -70,9 +75,18 @@ def wilcoxon_by_category(scores_a: dict[str, float], scores_b: dict[str, float],
             statistic, p_value = float(result.statistic), float(result.pvalue)
         elif tasks:
             statistic, p_value = 0.0, 1.0  # identical scores everywhere: no difference to find
-        rows.append(dict(category=category, n_datasets=len(tasks), mean_a=sum(a) / len(a), mean_b=sum(b) / len(b),
-                         wins_a=sum(x > y for x, y in zip(a, b)), statistic=statistic, p_value=p_value,
-                         enough_datasets=len(tasks) >= min_datasets))
+        rows.append(
+            dict(
+                category=category,
+                n_datasets=len(tasks),
+                mean_a=sum(a) / len(a),
+                mean_b=sum(b) / len(b),
+                wins_a=sum(x > y for x, y in zip(a, b)),
+                statistic=statistic,
+                p_value=p_value,
+                enough_datasets=len(tasks) >= min_datasets,
+            )
+        )
     family = [row for row in rows if row["enough_datasets"] and row["p_value"] is not None]
     for row, adjusted in zip(family, holm_adjust([row["p_value"] for row in family])):
         row["p_holm"] = adjusted
@@ -103,7 +117,19 @@ def verdict(test: CategoryTest, name_a: str, name_b: str, alpha: float = 0.05) -
 
 def category_test_table(tests: list[CategoryTest], name_a: str, name_b: str, alpha: float = 0.05) -> str:
     """Markdown: per category, both means, wins, W, p, Holm p, and a verdict (or why there is none)."""
-    rows = [[test.category, test.n_datasets, test.mean_a, test.mean_b, f"{test.wins_a}/{test.n_datasets}",
-             test.statistic, test.p_value, test.p_holm, verdict(test, name_a, name_b, alpha)] for test in tests]
+    rows = [
+        [
+            test.category,
+            test.n_datasets,
+            test.mean_a,
+            test.mean_b,
+            f"{test.wins_a}/{test.n_datasets}",
+            test.statistic,
+            test.p_value,
+            test.p_holm,
+            verdict(test, name_a, name_b, alpha),
+        ]
+        for test in tests
+    ]
     header = ["category", "datasets", name_a, name_b, f"{name_a} wins", "W", "p", "p (Holm)", "verdict"]
     return markdown_table(header, rows)

@@ -139,8 +139,9 @@ class StudyPlan:
         path = Path(output) / PLAN_FILE
         if not path.is_file():
             raise StudyError(f"{output}: no {PLAN_FILE} here; give the --output folder of a study (run it first).")
-        values = read_json(path, recovery="write it again by running the same study.py command (finished runs and "
-                                          "scores are kept)")
+        values = read_json(
+            path, recovery="write it again by running the same study.py command (finished runs and scores are kept)"
+        )
         return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
 
 
@@ -150,26 +151,44 @@ def run_folder(output, row: StudyRow, seed: int) -> Path:
     return Path(output) / "runs" / row.key / f"seed-{seed}"
 
 
-def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, seeds: int = 2, seed: int = 42,
-               train_argv: list[str] = (), tasks=None, categories=None, benchmark=None, data_dir=None,
-               budget: int | None = DEFAULT_BUDGET, batch_size: int = 32,
-               instruction_check: list[str] | None = None, tuning: TuningGrid | None = None,
-               plateau: PlateauSettings | None = None, controls: bool = False) -> StudyPlan:
+def plan_study(
+    *,
+    designs: str = "all,baselines",
+    ablation: str | None = None,
+    seeds: int = 2,
+    seed: int = 42,
+    train_argv: list[str] = (),
+    tasks=None,
+    categories=None,
+    benchmark=None,
+    data_dir=None,
+    budget: int | None = DEFAULT_BUDGET,
+    batch_size: int = 32,
+    instruction_check: list[str] | None = None,
+    tuning: TuningGrid | None = None,
+    plateau: PlateauSettings | None = None,
+    controls: bool = False,
+) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
     structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
-    per_row = TrainingJob(**STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}),
-                          **(PLATEAU_PROBE if plateau else {})).owned_flags()
+    per_row = TrainingJob(
+        **STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}), **(PLATEAU_PROBE if plateau else {})
+    ).owned_flags()
     if clash := sorted(given & structure):
-        raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
-                         "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
-                         "instead.")
+        raise StudyError(
+            f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
+            "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
+            "instead."
+        )
     if clash := sorted(given & (per_row - structure)):
-        raise StudyError(f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
-                         "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
-                         "with study.py's --tune-* and --plateau-* flags instead.")
+        raise StudyError(
+            f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
+            "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
+            "with study.py's --tune-* and --plateau-* flags instead."
+        )
     if seeds < 1:
         raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
     model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
@@ -179,20 +198,41 @@ def plan_study(*, designs: str = "all,baselines", ablation: str | None = None, s
     if arm_overrides and 5 not in chosen:
         chosen = sorted([*chosen, 5], key=list(DESIGNS).index)
         logger.info("the ablation arms' base is variant 5: added to the designs")
-    rows = [StudyRow(variant_tag(design), _design_label(design), "variant" if isinstance(design, int) else "baseline",
-                     design, model_name=f"poolattn/{Path(backbone).name}-{variant_tag(design)}") for design in chosen]
-    rows += [StudyRow(f"arm-{name}", f"v5 · {name}", "arm", 5, overrides, arm_model_name(backbone, 5, name))
-             for name, overrides in arm_overrides.items()]
+    rows = [
+        StudyRow(
+            variant_tag(design),
+            _design_label(design),
+            "variant" if isinstance(design, int) else "baseline",
+            design,
+            model_name=f"poolattn/{Path(backbone).name}-{variant_tag(design)}",
+        )
+        for design in chosen
+    ]
+    rows += [
+        StudyRow(f"arm-{name}", f"v5 · {name}", "arm", 5, overrides, arm_model_name(backbone, 5, name))
+        for name, overrides in arm_overrides.items()
+    ]
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
     check = list(INSTRUCTION_CHECK if instruction_check is None else instruction_check)
     keys = {row.key for row in rows}
     check = [key for key in check if key in keys]
-    return StudyPlan(backbone=backbone, seeds=list(range(seed, seed + seeds)), rows=rows, train_argv=list(train_argv),
-                     tasks=tasks, categories=categories, benchmark=benchmark,
-                     data_dir=str(data_dir) if data_dir else None, budget=budget or None, batch_size=batch_size,
-                     instruction_check=check, tuning=asdict(tuning) if tuning else None,
-                     plateau=asdict(plateau) if plateau else None, controls=controls)
+    return StudyPlan(
+        backbone=backbone,
+        seeds=list(range(seed, seed + seeds)),
+        rows=rows,
+        train_argv=list(train_argv),
+        tasks=tasks,
+        categories=categories,
+        benchmark=benchmark,
+        data_dir=str(data_dir) if data_dir else None,
+        budget=budget or None,
+        batch_size=batch_size,
+        instruction_check=check,
+        tuning=asdict(tuning) if tuning else None,
+        plateau=asdict(plateau) if plateau else None,
+        controls=controls,
+    )
 
 
 def _arms(ablation: str) -> dict[str, dict]:
@@ -237,13 +277,17 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
     also on the STS tasks without instructions), then write the report."""
     output = Path(output)
     if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).recipe() != plan.recipe():
-        raise StudyError(f"{output} holds a study trained with other flags or another tuning / plateau setting "
-                         f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.plateau}); use "
-                         "another --output, or the same settings to resume it.")
+        raise StudyError(
+            f"{output} holds a study trained with other flags or another tuning / plateau setting "
+            f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.plateau}); use "
+            "another --output, or the same settings to resume it."
+        )
     distributed = launched_processes() > 1
     if distributed and (plan.tuning or plan.controls):
-        raise StudyError("tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
-                         "(the study's runs then resume under torchrun with the same command).")
+        raise StudyError(
+            "tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
+            "(the study's runs then resume under torchrun with the same command)."
+        )
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
         return _run_locked(plan, output, distributed)
@@ -259,19 +303,31 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
         for row in plan.rows:
             before = read_tuning(output).get(row.key)
             tried = len(before.points) if before else 0
-            progress.step("tuning", row, plan.seeds[0], lambda row=row: tune(plan, row, output),
-                          state=lambda row, tried=tried: "done already" if len(row.points) == tried else
-                          "resumed" if tried else "ran now")
+            progress.step(
+                "tuning",
+                row,
+                plan.seeds[0],
+                lambda row=row: tune(plan, row, output),
+                state=lambda row, tried=tried: (
+                    "done already" if len(row.points) == tried else "resumed" if tried else "ran now"
+                ),
+            )
     for seed in plan.seeds:
         for row in plan.rows:
             folder = run_folder(output, row, seed)
             if plan.controls:
                 state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
-                control = progress.step("control", row, seed, lambda row=row, seed=seed: control_row(
-                    plan, row, seed, output), state=state)
+                control = progress.step(
+                    "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
+                )
                 failures += score_models(plan, [control], output).failures
-            folder = progress.step("training", row, seed, lambda row=row, seed=seed: train_row(
-                plan, row, seed, output), state=step_state(folder))
+            folder = progress.step(
+                "training",
+                row,
+                seed,
+                lambda row=row, seed=seed: train_row(plan, row, seed, output),
+                state=step_state(folder),
+            )
             trained.append((row, seed, folder))
             if not distributed:  # under torchrun every process trains; process 0 scores all at the end
                 failures += score_models(plan, [folder], output).failures
@@ -289,7 +345,7 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
 
 
 class StudyProgress:
-    """"step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
+    """ "step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
     honest summary: what ran now, what continued from a checkpoint, what was done already."""
 
     def __init__(self, plan: StudyPlan):
@@ -311,14 +367,26 @@ class StudyProgress:
             self.worked += took
         working = self.counts["ran now"] + self.counts["resumed"]
         eta = f", ETA {self.worked / working * (self.total - self.done) / 60:.0f} min" if working else ""
-        logger.info("study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s", self.done, self.total,
-                    stage, row.label, seed, state, took, time.time() - self.started, eta)
+        logger.info(
+            "study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s",
+            self.done,
+            self.total,
+            stage,
+            row.label,
+            seed,
+            state,
+            took,
+            time.time() - self.started,
+            eta,
+        )
         return result
 
     def summary(self) -> str:
-        return (f"{self.done} steps in {time.time() - self.started:.0f} s: {self.counts['ran now']} ran now, "
-                f"{self.counts['resumed']} resumed from a checkpoint, {self.counts['done already']} done already "
-                "(scoring: finished tasks are not scored again)")
+        return (
+            f"{self.done} steps in {time.time() - self.started:.0f} s: {self.counts['ran now']} ran now, "
+            f"{self.counts['resumed']} resumed from a checkpoint, {self.counts['done already']} done already "
+            "(scoring: finished tasks are not scored again)"
+        )
 
 
 def step_state(folder: Path) -> str:
@@ -331,17 +399,23 @@ def step_state(folder: Path) -> str:
 def row_job(plan: StudyPlan, row: StudyRow, seed: int, output, *, control: bool = False) -> TrainingJob:
     """The training job of one row and seed: the study's flags, the row's design, and (when the study tunes) its
     tuned rates, (when it trains to a plateau) the plateau rule."""
-    job = TrainingJob(flags=tuple(plan.train_argv), variant=row.variant, seed=seed,
-                      output_dir=str(run_folder(output, row, seed)),
-                      model_name=row.model_name + (CONTROL_SUFFIX if control else ""),
-                      config_overrides=row.overrides)
+    job = TrainingJob(
+        flags=tuple(plan.train_argv),
+        variant=row.variant,
+        seed=seed,
+        output_dir=str(run_folder(output, row, seed)),
+        model_name=row.model_name + (CONTROL_SUFFIX if control else ""),
+        config_overrides=row.overrides,
+    )
     if plan.tuning:
         choice = read_tuning(output).get(row.key)
         if choice is None or choice.choice is None:
-            raise StudyError(f"{row.label}: no tuned rates recorded; the tuning stage runs first (run the study "
-                             "command again).")
-        job = dataclasses.replace(job, learning_rate=choice.choice.learning_rate,
-                                  head_learning_rate=choice.choice.head_learning_rate)
+            raise StudyError(
+                f"{row.label}: no tuned rates recorded; the tuning stage runs first (run the study command again)."
+            )
+        job = dataclasses.replace(
+            job, learning_rate=choice.choice.learning_rate, head_learning_rate=choice.choice.head_learning_rate
+        )
     if plan.plateau and not control:
         job = dataclasses.replace(job, **plan.plateau_settings.job_fields())
     return job
@@ -352,12 +426,18 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     grid = plan.tuning_grid
-    base = TrainingJob(flags=tuple(plan.train_argv), variant=row.variant, seed=plan.seeds[0],
-                       model_name=f"{row.model_name}-tuning", config_overrides=row.overrides)
+    base = TrainingJob(
+        flags=tuple(plan.train_argv),
+        variant=row.variant,
+        seed=plan.seeds[0],
+        model_name=f"{row.model_name}-tuning",
+        config_overrides=row.overrides,
+    )
 
     def train(learning_rate: float, head_learning_rate: float | None, folder: Path) -> Path:
-        return training.run_job(dataclasses.replace(base, output_dir=str(folder),
-                                                    **grid.job_fields(learning_rate, head_learning_rate)))
+        return training.run_job(
+            dataclasses.replace(base, output_dir=str(folder), **grid.job_fields(learning_rate, head_learning_rate))
+        )
 
     return tune_row(row.key, row.variant, row.overrides, grid=grid, seed=plan.seeds[0], output=output, train=train)
 
@@ -381,8 +461,7 @@ def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     return training.export_control(job, run_folder(output, row, seed) / "step0")
 
 
-def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True,
-                 sts_only: bool = False):
+def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True, sts_only: bool = False):
     """`evaluate.py run` of exported models on the study's tasks (finished tasks are not scored again); `sts_only`
     keeps the STS tasks of the selection (the instruction check)."""
     tasks, categories = plan.tasks, plan.categories
@@ -395,9 +474,17 @@ def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: 
                 return EvaluationRun()
         else:
             categories = ["STS"]
-    return evaluate_models([str(folder) for folder in folders], output=Path(output) / "results", tasks=tasks,
-                           categories=categories, benchmark=plan.benchmark, data_dir=plan.data_dir,
-                           budget=plan.budget, batch_size=plan.batch_size, instructions=instructions)
+    return evaluate_models(
+        [str(folder) for folder in folders],
+        output=Path(output) / "results",
+        tasks=tasks,
+        categories=categories,
+        benchmark=plan.benchmark,
+        data_dir=plan.data_dir,
+        budget=plan.budget,
+        batch_size=plan.batch_size,
+        instructions=instructions,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -419,8 +506,14 @@ class RowResults:
     def control(self) -> "RowResults":
         """The untrained controls as a row of their own (kind "control"), for the table, the figure and the test
         of how far training moved the row."""
-        row = StudyRow(self.row.key + CONTROL_SUFFIX, f"{self.row.label} · step 0", "control", self.row.variant,
-                       self.row.overrides, self.row.model_name + CONTROL_SUFFIX)
+        row = StudyRow(
+            self.row.key + CONTROL_SUFFIX,
+            f"{self.row.label} · step 0",
+            "control",
+            self.row.variant,
+            self.row.overrides,
+            self.row.model_name + CONTROL_SUFFIX,
+        )
         return RowResults(row, self.control_models, self.controls)
 
     @property
@@ -456,26 +549,45 @@ class CategoryComparison:
             return ""
         return "▲" if self.difference > 0 else "▼"
 
+    def cell(self) -> str:
+        """The report's table cell: difference, 95% interval, marker."""
+        return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] {self.marker}".strip()
+
 
 def collect(plan: StudyPlan, output) -> list[RowResults]:
     """Every row's exported seeds and their results under `output` (exact weights: the revision is the fingerprint)."""
     output = Path(output)
     collected = []
     for row in plan.rows:
-        models, controls = ([ExportedModel.read(run_folder(output, row, seed) / name) for seed in plan.seeds
-                             if (run_folder(output, row, seed) / name / MANIFEST_FILE).is_file()]
-                            for name in ("model", "step0"))
-        collected.append(RowResults(row, models, _replicates(row, models, output, plan.budget, True),
-                                    _replicates(row, models, output, plan.budget, False),
-                                    _replicates(row, controls, output, plan.budget, True), controls))
+        models, controls = (
+            [
+                ExportedModel.read(run_folder(output, row, seed) / name)
+                for seed in plan.seeds
+                if (run_folder(output, row, seed) / name / MANIFEST_FILE).is_file()
+            ]
+            for name in ("model", "step0")
+        )
+        collected.append(
+            RowResults(
+                row,
+                models,
+                _replicates(row, models, output, plan.budget, True),
+                _replicates(row, models, output, plan.budget, False),
+                _replicates(row, controls, output, plan.budget, True),
+                controls,
+            )
+        )
     return collected
 
 
 def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget, instructions: bool):
     runs: list[ModelResults] = []
     for model in models:
-        folder = results_folder(output / "results", model.mteb_name,
-                                evaluation_revision(model.fingerprint, budget=budget, instructions=instructions))
+        folder = results_folder(
+            output / "results",
+            model.mteb_name,
+            evaluation_revision(model.fingerprint, budget=budget, instructions=instructions),
+        )
         if folder.is_dir() and any(folder.glob("*.json")):
             runs.append(read_results(folder))
     if not runs:
@@ -490,20 +602,37 @@ def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryCo
     from .stats import wilcoxon_by_category
 
     found, _ = task_parts(a.replicates, b.replicates)
-    wilcoxon = {test.category: test for test in wilcoxon_by_category(a.replicates.scores, b.replicates.scores,
-                                                                       a.replicates.categories)}
+    wilcoxon = {
+        test.category: test
+        for test in wilcoxon_by_category(a.replicates.scores, b.replicates.scores, a.replicates.categories)
+    }
     tests = []
     for category in sorted({item.category for item in found}, key=category_rank):
         members = [item for item in found if item.category == category]
         parts = [part for item in members for part in item.parts.values()]
         weights = [1 / len(item.parts) for item in members for _ in item.parts]
-        pooled = paired.pooled_bootstrap(parts, weights=weights,
-                                         paired_seeds=seeds_paired(a.replicates, b.replicates), task=category)
+        pooled = paired.pooled_bootstrap(
+            parts, weights=weights, paired_seeds=seeds_paired(a.replicates, b.replicates), task=category
+        )
         test = wilcoxon.get(category)
-        tests.append(CategoryComparison(a.row.key, b.row.key, question, category, len(members), pooled.score_a,
-                                  pooled.score_b, pooled.difference, pooled.low, pooled.high, pooled.p_value,
-                                  wilcoxon_p=test.p_value if test else None, seeds_a=pooled.seeds_a,
-                                  seeds_b=pooled.seeds_b))
+        tests.append(
+            CategoryComparison(
+                a.row.key,
+                b.row.key,
+                question,
+                category,
+                len(members),
+                pooled.score_a,
+                pooled.score_b,
+                pooled.difference,
+                pooled.low,
+                pooled.high,
+                pooled.p_value,
+                wilcoxon_p=test.p_value if test else None,
+                seeds_a=pooled.seeds_a,
+                seeds_b=pooled.seeds_b,
+            )
+        )
     from .stats import holm_adjust
 
     for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
@@ -515,11 +644,16 @@ def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
     """The comparisons the study's rows allow: the paper's, the baselines', every arm against its base."""
     keys = {row.key for row in plan.rows}
     chosen = [item for item in (*PAPER_COMPARISONS, *BASELINE_COMPARISONS) if item[0] in keys and item[1] in keys]
-    chosen += [(row.key, BASE_ROW, f"ablation: {row.key.removeprefix('arm-')} vs the base arm (variant 5)")
-               for row in plan.rows if row.kind == "arm"]
+    chosen += [
+        (row.key, BASE_ROW, f"ablation: {row.key.removeprefix('arm-')} vs the base arm (variant 5)")
+        for row in plan.rows
+        if row.kind == "arm"
+    ]
     if plan.controls:
-        chosen += [(row.key, row.key + CONTROL_SUFFIX, "trained vs untrained (step 0): what training added")
-                   for row in plan.rows]
+        chosen += [
+            (row.key, row.key + CONTROL_SUFFIX, "trained vs untrained (step 0): what training added")
+            for row in plan.rows
+        ]
     return chosen
 
 
@@ -530,14 +664,19 @@ def write_report(output) -> Path:
     output = Path(output)
     plan = StudyPlan.read(output)
     trained_rows = collect(plan, output)
-    collected = [entry for item in trained_rows for entry in (item, item.control()) if entry.row.kind != "control"
-                 or entry.replicates is not None]
+    collected = [
+        entry
+        for item in trained_rows
+        for entry in (item, item.control())
+        if entry.row.kind != "control" or entry.replicates is not None
+    ]
     by_key = {item.row.key: item for item in collected}
     scored = [item for item in collected if item.replicates is not None]
     if not scored:
         raise StudyError(f"{output}: nothing of this study has been scored yet; run it first.")
-    categories = sorted({category for item in scored for category in item.replicates.categories.values()},
-                        key=category_rank)
+    categories = sorted(
+        {category for item in scored for category in item.replicates.categories.values()}, key=category_rank
+    )
     report_folder = output / "report"
     report_folder.mkdir(parents=True, exist_ok=True)
 
@@ -551,13 +690,28 @@ def write_report(output) -> Path:
     table_rows, csv_rows = [], []
     for item in scored:
         means = item.replicates.category_means()
-        table_rows.append([item.row.label, len(item.replicates.runs), *[cell(item, c) for c in categories],
-                           mean([means[c] for c in categories if c in means])])
+        table_rows.append(
+            [
+                item.row.label,
+                len(item.replicates.runs),
+                *[cell(item, c) for c in categories],
+                mean([means[c] for c in categories if c in means]),
+            ]
+        )
         spreads = item.replicates.category_spread()
-        csv_rows += [[item.row.key, item.row.label, item.row.kind, category, means.get(category),
-                      spreads.get(category), len(item.replicates.runs),
-                      sum(kind == category for kind in item.replicates.categories.values())]
-                     for category in categories]
+        csv_rows += [
+            [
+                item.row.key,
+                item.row.label,
+                item.row.kind,
+                category,
+                means.get(category),
+                spreads.get(category),
+                len(item.replicates.runs),
+                sum(kind == category for kind in item.replicates.categories.values()),
+            ]
+            for category in categories
+        ]
     tests = []
     for key_a, key_b, question in comparisons(plan):
         a, b = by_key.get(key_a), by_key.get(key_b)
@@ -568,22 +722,39 @@ def write_report(output) -> Path:
     for item in trained_rows:
         if lacking := sorted(set(plan.seeds) - set(item.seeds)):
             missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
-    task_counts = {category: sorted({task for item in scored for task, kind in item.replicates.categories.items()
-                                     if kind == category}) for category in categories}
+    task_counts = {
+        category: sorted(
+            {task for item in scored for task, kind in item.replicates.categories.items() if kind == category}
+        )
+        for category in categories
+    }
     lines = [
-        "# The study: pooling and attention designs, per category", "",
+        "# The study: pooling and attention designs, per category",
+        "",
         f"Backbone `{plan.backbone}`; training flags `{' '.join(plan.train_argv) or '(train.py defaults)'}`; seeds "
         f"{', '.join(map(str, plan.seeds))} (seed s gives every row the same data order). "
-        + (f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
-           "every row): comparable between rows, not with published MTEB numbers." if plan.budget else
-           "Full tasks (no budget)."), "",
-        "Tasks per category: " + "; ".join(f"{category} ({len(names)}): {', '.join(names)}"
-                                           for category, names in task_counts.items()) + ".", "",
-        *([f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
-          if missing else []),
-        "## Main table (mean main score per category, ± sample sd over seeds)", "",
-        markdown_table(["design", "seeds", *categories, "average"], table_rows), "",
-        "## The paper's comparisons, the baselines and the ablations", "",
+        + (
+            f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
+            "every row): comparable between rows, not with published MTEB numbers."
+            if plan.budget
+            else "Full tasks (no budget)."
+        ),
+        "",
+        "Tasks per category: "
+        + "; ".join(f"{category} ({len(names)}): {', '.join(names)}" for category, names in task_counts.items())
+        + ".",
+        "",
+        *(
+            [f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
+            if missing
+            else []
+        ),
+        "## Main table (mean main score per category, ± sample sd over seeds)",
+        "",
+        markdown_table(["design", "seeds", *categories, "average"], table_rows),
+        "",
+        "## The paper's comparisons, the baselines and the ablations",
+        "",
         "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
         "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
         "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
@@ -592,16 +763,21 @@ def write_report(output) -> Path:
         "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
         "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
         "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
-        "on the seeds with care.", "",
+        "on the seeds with care.",
+        "",
     ]
     if tests:
         pairs = list(dict.fromkeys((test.a, test.b, test.question) for test in tests))
         rows = []
         for key_a, key_b, question in pairs:
             cells = {test.category: test for test in tests if (test.a, test.b) == (key_a, key_b)}
-            rows.append([f"{key_a} vs {key_b}", question, *[
-                f"{cells[c].difference:+.4f} [{cells[c].low:+.4f}, {cells[c].high:+.4f}] {cells[c].marker}".strip()
-                if c in cells else None for c in categories]])
+            rows.append(
+                [
+                    f"{key_a} vs {key_b}",
+                    question,
+                    *[cells[c].cell() if c in cells else None for c in categories],
+                ]
+            )
         lines += [markdown_table(["a vs b", "question", *categories], rows), ""]
     else:
         lines += ["No comparison has both rows scored yet.", ""]
@@ -610,24 +786,81 @@ def write_report(output) -> Path:
     lines += _wall_time_section(trained_rows)
     lines += ["## Figures", ""]
     for name, (title, group) in figure_groups(scored).items():
-        plots.study_bars(report_folder / name, [
-            plots.Bars(item.row.label, item.row.kind, item.replicates.category_means(),
-                       item.replicates.category_spread()) for item in group], categories, title)
+        plots.study_bars(
+            report_folder / name,
+            [
+                plots.Bars(
+                    item.row.label, item.row.kind, item.replicates.category_means(), item.replicates.category_spread()
+                )
+                for item in group
+            ],
+            categories,
+            title,
+        )
         lines += [f"![{title}]({name})", ""]
-    lines += ["Bars: mean main score per category; whiskers: ± sample sd over seeds"
-              + ("; open bars: the row untrained (step 0)." if plan.controls else "."), ""]
+    lines += [
+        "Bars: mean main score per category; whiskers: ± sample sd over seeds"
+        + ("; open bars: the row untrained (step 0)." if plan.controls else "."),
+        "",
+    ]
     write_text(report_folder / "study.md", "\n".join(lines))
-    write_csv(report_folder / "study_table.csv", ["row", "label", "kind", "category", "mean", "seed sd", "seeds",
-                                                   "tasks"], csv_rows)
-    write_csv(report_folder / "study_tests.csv", [
-        "a", "b", "question", "category", "tasks", "a score", "b score", "difference", "95% low", "95% high",
-        "bootstrap p", "bootstrap p (Holm)", "marker", "wilcoxon p", "a seeds", "b seeds"],
-        [[t.a, t.b, t.question, t.category, t.tasks, t.score_a, t.score_b, t.difference, t.low, t.high, t.p_value,
-          t.p_holm, t.marker, t.wilcoxon_p, t.seeds_a, t.seeds_b] for t in tests])
-    write_csv(report_folder / "per_task.csv", ["row", "seed", "task", "category", "score"],
-               [[item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
-                for item in scored for seed, run in zip(item.replicates.seeds, item.replicates.runs)
-                for task in item.replicates.tasks])
+    write_csv(
+        report_folder / "study_table.csv",
+        ["row", "label", "kind", "category", "mean", "seed sd", "seeds", "tasks"],
+        csv_rows,
+    )
+    write_csv(
+        report_folder / "study_tests.csv",
+        [
+            "a",
+            "b",
+            "question",
+            "category",
+            "tasks",
+            "a score",
+            "b score",
+            "difference",
+            "95% low",
+            "95% high",
+            "bootstrap p",
+            "bootstrap p (Holm)",
+            "marker",
+            "wilcoxon p",
+            "a seeds",
+            "b seeds",
+        ],
+        [
+            [
+                t.a,
+                t.b,
+                t.question,
+                t.category,
+                t.tasks,
+                t.score_a,
+                t.score_b,
+                t.difference,
+                t.low,
+                t.high,
+                t.p_value,
+                t.p_holm,
+                t.marker,
+                t.wilcoxon_p,
+                t.seeds_a,
+                t.seeds_b,
+            ]
+            for t in tests
+        ],
+    )
+    write_csv(
+        report_folder / "per_task.csv",
+        ["row", "seed", "task", "category", "score"],
+        [
+            [item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
+            for item in scored
+            for seed, run in zip(item.replicates.seeds, item.replicates.runs)
+            for task in item.replicates.tasks
+        ],
+    )
     logger.info("study report (first seed %d): %s", first, report_folder / "study.md")
     return report_folder / "study.md"
 
@@ -644,14 +877,23 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
             continue
         data = item.models[0].manifest.data
         instructed = [source.get("name") for source in data.sources if source.get("instruction")]
-        trained_with.append(f"{item.row.key}: " + (
-            f"query instruction on every query ({data.query_instruction!r})" if data.query_instruction and not
-            instructed else f"per-source instructions on {len(instructed)} of {len(data.sources)} sources"
-            + (f", else {data.query_instruction!r}" if data.query_instruction else "")))
-    lines += ["Every row is trained and scored with the same instruction policy: in training, " + "; ".join(
-        trained_with) + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
+        trained_with.append(
+            f"{item.row.key}: "
+            + (
+                f"query instruction on every query ({data.query_instruction!r})"
+                if data.query_instruction and not instructed
+                else f"per-source instructions on {len(instructed)} of {len(data.sources)} sources"
+                + (f", else {data.query_instruction!r}" if data.query_instruction else "")
+            )
+        )
+    lines += [
+        "Every row is trained and scored with the same instruction policy: in training, "
+        + "; ".join(trained_with)
+        + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
         "tasks (`Instruct: {instruction}\\nQuery: `), documents none (`prompts.TASK_INSTRUCTIONS`). The "
-        "instruction is part of every design here, not of one.", ""]
+        "instruction is part of every design here, not of one.",
+        "",
+    ]
     rows = []
     for key in plan.instruction_check:
         item = next((item for item in collected if item.row.key == key), None)
@@ -663,15 +905,28 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
             continue
         parts = [part for entry in sts for part in entry.parts.values()]
         weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
-        test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1,
-                                       task="STS")
-        rows.append([item.row.label, len(sts), test.score_a, test.score_b, test.difference,
-                     f"[{test.low:+.4f}, {test.high:+.4f}]", test.p_value])
+        test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1, task="STS")
+        rows.append(
+            [
+                item.row.label,
+                len(sts),
+                test.score_a,
+                test.score_b,
+                test.difference,
+                f"[{test.low:+.4f}, {test.high:+.4f}]",
+                test.p_value,
+            ]
+        )
     if rows:
-        lines += ["STS (mean over its tasks) of the same trained models with the instruction and without it at "
-                  "evaluation; paired bootstrap over pairs and seeds (the same seed's model in both settings):", "",
-                  markdown_table(["design", "STS tasks", "with instruction", "without", "difference",
-                                  "95% interval", "p"], rows), ""]
+        lines += [
+            "STS (mean over its tasks) of the same trained models with the instruction and without it at "
+            "evaluation; paired bootstrap over pairs and seeds (the same seed's model in both settings):",
+            "",
+            markdown_table(
+                ["design", "STS tasks", "with instruction", "without", "difference", "95% interval", "p"], rows
+            ),
+            "",
+        ]
     return lines
 
 
@@ -689,46 +944,92 @@ def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], 
             entry = tuned.get(row.key)
             if entry is None:
                 continue
-            tried = "; ".join(f"{point.label()}: {point.final_loss:.4f}" + (
-                f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
-                for point in entry.points)
+            tried = "; ".join(
+                f"{point.label()}: {point.final_loss:.4f}"
+                + (f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
+                for point in entry.points
+            )
             chosen = entry.choice.label() if entry.choice else "not yet"
             if entry.choice and at_grid_edge(entry):
                 chosen += " (still at an edge of what was tried: read with care)"
             seconds = sum(point.train_runtime_s or 0.0 for point in entry.points)
             rows.append([row.label, tried, chosen, f"{seconds:.0f}"])
-        lines += ["## Tuning (held-out training rows only)", "",
-                  f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.", "",
-                  markdown_table(["row", "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
-                                  "chosen", "tuning s (training)"], rows), "",
-                  "![Held-out loss of every tuning point](tuning.png)", ""]
-        plots.curves(report_folder / "tuning.png", {
-            row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
-            for row in plan.rows if row.key in tuned}, title="Tuning: held-out loss per grid point (first seed)")
+        lines += [
+            "## Tuning (held-out training rows only)",
+            "",
+            f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.",
+            "",
+            markdown_table(
+                [
+                    "row",
+                    "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
+                    "chosen",
+                    "tuning s (training)",
+                ],
+                rows,
+            ),
+            "",
+            "![Held-out loss of every tuning point](tuning.png)",
+            "",
+        ]
+        plots.curves(
+            report_folder / "tuning.png",
+            {
+                row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
+                for row in plan.rows
+                if row.key in tuned
+            },
+            title="Tuning: held-out loss per grid point (first seed)",
+        )
     trained = [item for item in collected if item.models]
     if trained:
-        rule = next((model.manifest.stop.rule for item in trained for model in item.models
-                     if model.manifest.stop and model.manifest.stop.rule), None)
+        rule = next(
+            (
+                model.manifest.stop.rule
+                for item in trained
+                for model in item.models
+                if model.manifest.stop and model.manifest.stop.rule
+            ),
+            None,
+        )
         rows = []
         for item in trained:
             stops = [model.manifest.stop for model in item.models]
             settings = item.models[0].manifest.settings
             weights = [layer_weight_size(model.folder) for model in item.models]
-            rows.append([item.row.label, settings.describe_rates() if settings else None,
-                         ", ".join(str(model.manifest.global_steps) for model in item.models),
-                         ", ".join(stop.reason if stop else "?" for stop in stops),
-                         ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights"])
-        lines += ["## Training to a plateau" if plan.plateau else "## Training", "",
-                  (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
-                  + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
-                  "at 0 by default; a size near 0 means the weighting did not move).", "",
-                  markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
-                  ""]
-        curves = {item.row.label: [(f"seed {model.manifest.seed}", model.manifest.eval_history)
-                                   for model in item.models if model.manifest.eval_history] for item in trained}
+            rows.append(
+                [
+                    item.row.label,
+                    settings.describe_rates() if settings else None,
+                    ", ".join(str(model.manifest.global_steps) for model in item.models),
+                    ", ".join(stop.reason if stop else "?" for stop in stops),
+                    ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights",
+                ]
+            )
+        lines += [
+            "## Training to a plateau" if plan.plateau else "## Training",
+            "",
+            (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
+            + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
+            "at 0 by default; a size near 0 means the weighting did not move).",
+            "",
+            markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
+            "",
+        ]
+        curves = {
+            item.row.label: [
+                (f"seed {model.manifest.seed}", model.manifest.eval_history)
+                for model in item.models
+                if model.manifest.eval_history
+            ]
+            for item in trained
+        }
         if any(curves.values()):
-            plots.curves(report_folder / "curves.png", {key: value for key, value in curves.items() if value},
-                        title="Held-out loss during training, per row and seed")
+            plots.curves(
+                report_folder / "curves.png",
+                {key: value for key, value in curves.items() if value},
+                title="Held-out loss during training, per row and seed",
+            )
             lines += ["![Held-out loss during training](curves.png)", ""]
     return lines
 
@@ -751,20 +1052,26 @@ def _wall_time_section(collected: list[RowResults]) -> list[str]:
         if not item.models:
             continue
         train = [model.manifest.train_runtime_s or 0.0 for model in item.models]
-        scoring = [sum(result.evaluation_time or 0.0 for result in run.task_results)
-                   for run in (item.replicates.runs if item.replicates else [])]
+        scoring = [
+            sum(result.evaluation_time or 0.0 for result in run.task_results)
+            for run in (item.replicates.runs if item.replicates else [])
+        ]
         total += sum(train) + sum(scoring)
-        rows.append([item.row.label, len(train), f"{mean(train):.0f}",
-                     f"{mean(scoring):.0f}" if scoring else None])
-    return ["## Wall time", "",
-            markdown_table(["design", "seeds trained", "training s (mean per seed)", "scoring s (mean per seed)"],
-                           rows), "",
-            f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).", ""]
+        rows.append([item.row.label, len(train), f"{mean(train):.0f}", f"{mean(scoring):.0f}" if scoring else None])
+    return [
+        "## Wall time",
+        "",
+        markdown_table(["design", "seeds trained", "training s (mean per seed)", "scoring s (mean per seed)"], rows),
+        "",
+        f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).",
+        "",
+    ]
 
 
 def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResults]]]:
     """The report's figures, file name -> (title, rows): the designs and baselines in `study.png`; with ablation
     arms, their base (variant 5) and the arms in `study_ablation.png` (a dozen bars per category are unreadable)."""
+
     def of_arm(item: RowResults) -> bool:
         return item.row.kind == "arm" or item.row.key.startswith("arm-")  # an arm, or an arm's control
 
@@ -773,8 +1080,10 @@ def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResu
     groups = {"study.png": ("Designs per category (± sd over seeds)", designs)}
     if arm_rows:
         base = [item for item in scored if item.row.key in (BASE_ROW, BASE_ROW + CONTROL_SUFFIX)]
-        groups["study_ablation.png"] = ("Variant 5 and its ablation arms per category (± sd over seeds)",
-                                        base + arm_rows)
+        groups["study_ablation.png"] = (
+            "Variant 5 and its ablation arms per category (± sd over seeds)",
+            base + arm_rows,
+        )
     return {name: group for name, group in groups.items() if group[1]}
 
 
@@ -794,11 +1103,19 @@ def card_section(output, model) -> str:
     output = Path(output)
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
     plan = StudyPlan.read(output)
-    row = next((item.row for item in collect(plan, output)
-                if any(run.fingerprint == model.fingerprint for run in item.models)), None)
+    row = next(
+        (
+            item.row
+            for item in collect(plan, output)
+            if any(run.fingerprint == model.fingerprint for run in item.models)
+        ),
+        None,
+    )
     if row is None:
-        raise StudyError(f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
-                         "weights); publish it without --study, or give the study it was trained in.")
+        raise StudyError(
+            f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
+            "weights); publish it without --study, or give the study it was trained in."
+        )
     report = output / "report"
     if not (report / "study_table.csv").is_file():
         raise StudyError(f"{output}: the study has no report yet; write it with `study.py --report {output}`.")
@@ -816,21 +1133,44 @@ def card_section(output, model) -> str:
         spread = f" ± {float(entry['seed sd']):.4f}" if entry["seed sd"] else ""
         return f"{float(entry['mean']):.4f}{spread}"
 
-    rows = [[f"**{label}**" if label == row.label else label, *[cell(label, c) for c in categories]]
-            for label in labels]
-    budget = (f"every task on at most {plan.budget} units (the same sample for every row), so not comparable with "
-              "published MTEB numbers" if plan.budget else "full tasks")
-    lines = [f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study: "
-             f"{len(plan.rows)} designs trained identically on `{plan.backbone}` (flags "
-             f"`{' '.join(plan.train_argv) or 'train.py defaults'}`) with seeds {', '.join(map(str, plan.seeds))}, "
-             f"scored on {budget}. Mean main score per category, ± sample sd over seeds:", "",
-             markdown_table(["design", *categories], rows), ""]
+    rows = [
+        [f"**{label}**" if label == row.label else label, *[cell(label, c) for c in categories]] for label in labels
+    ]
+    budget = (
+        f"every task on at most {plan.budget} units (the same sample for every row), so not comparable with "
+        "published MTEB numbers"
+        if plan.budget
+        else "full tasks"
+    )
+    lines = [
+        f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study: "
+        f"{len(plan.rows)} designs trained identically on `{plan.backbone}` (flags "
+        f"`{' '.join(plan.train_argv) or 'train.py defaults'}`) with seeds {', '.join(map(str, plan.seeds))}, "
+        f"scored on {budget}. Mean main score per category, ± sample sd over seeds:",
+        "",
+        markdown_table(["design", *categories], rows),
+        "",
+    ]
     if tests:
-        lines += ["Comparisons with this row: difference of category means (a − b), 95% interval and Holm-corrected "
-                  "p of the category-level paired bootstrap (units of every task and seeds resampled); ▲/▼: a/b "
-                  "significantly better.", "",
-                  markdown_table(["a vs b", "category", "difference", "95% interval", "p (Holm)", ""],
-                                 [[f"{t['a']} vs {t['b']}", t["category"], float(t["difference"]),
-                                   f"[{float(t['95% low']):+.4f}, {float(t['95% high']):+.4f}]",
-                                   float(t["bootstrap p (Holm)"]), t["marker"]] for t in tests]), ""]
+        lines += [
+            "Comparisons with this row: difference of category means (a − b), 95% interval and Holm-corrected "
+            "p of the category-level paired bootstrap (units of every task and seeds resampled); ▲/▼: a/b "
+            "significantly better.",
+            "",
+            markdown_table(
+                ["a vs b", "category", "difference", "95% interval", "p (Holm)", ""],
+                [
+                    [
+                        f"{t['a']} vs {t['b']}",
+                        t["category"],
+                        float(t["difference"]),
+                        f"[{float(t['95% low']):+.4f}, {float(t['95% high']):+.4f}]",
+                        float(t["bootstrap p (Holm)"]),
+                        t["marker"],
+                    ]
+                    for t in tests
+                ],
+            ),
+            "",
+        ]
     return "\n".join(lines)

@@ -17,8 +17,14 @@ from .losses import contrastive_loss, duplicate_documents, world_size
 from .manifest import head_parameter
 from .trainer_arguments import ContrastiveTrainingArguments, TrainingDivergedError, last_complete_checkpoint
 
-__all__ = ["ContrastiveTrainer", "ContrastiveTrainingArguments", "RandomStateReplay", "TrainingDivergedError",
-           "last_complete_checkpoint", "length_grouped_chunks"]
+__all__ = [
+    "ContrastiveTrainer",
+    "ContrastiveTrainingArguments",
+    "RandomStateReplay",
+    "TrainingDivergedError",
+    "last_complete_checkpoint",
+    "length_grouped_chunks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +84,9 @@ class ContrastiveTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, source_of_rows: list[int] | None = None,
-                 source_weights: dict[int, float] | None = None, **kwargs):
+    def __init__(
+        self, *args, source_of_rows: list[int] | None = None, source_weights: dict[int, float] | None = None, **kwargs
+    ):
         """`source_of_rows`: each training row's source (`Triplets.source_of_rows`); with several sources every
         loss call's batch comes from one of them (`batching.SourceBatchSampler`, with `source_weights` if given),
         else rows are shuffled together."""
@@ -90,8 +97,10 @@ class ContrastiveTrainer(Trainer):
         self.matryoshka_dims = tuple(getattr(getattr(base, "config", None), "matryoshka_dims", None) or ())
         self._recall_counts = torch.zeros(2, dtype=torch.float64)  # in-batch hits, queries (`evaluation_loop`)
         if not isinstance(self.args, ContrastiveTrainingArguments):
-            raise TypeError(f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
-                            f"got {type(self.args).__name__}.")
+            raise TypeError(
+                f"ContrastiveTrainer needs ContrastiveTrainingArguments (temperature, GradCache, gather), "
+                f"got {type(self.args).__name__}."
+            )
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError(
                 "GradCache backpropagates several times per step, which DeepSpeed's engine does not allow through "
@@ -113,8 +122,9 @@ class ContrastiveTrainer(Trainer):
                 params = [parameter for parameter in group["params"] if (id(parameter) in head) == in_head]
                 if params:
                     settings = {key: value for key, value in group.items() if key != "params"}
-                    groups.append({**settings, "params": params,
-                                   **({"lr": self.args.head_learning_rate} if in_head else {})})
+                    groups.append(
+                        {**settings, "params": params, **({"lr": self.args.head_learning_rate} if in_head else {})}
+                    )
         optimizer.param_groups.clear()  # no step has run: no optimizer state refers to the old groups
         for group in groups:
             optimizer.add_param_group(group)
@@ -127,8 +137,13 @@ class ContrastiveTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # under fp16 loss scaling an infinite gradient is routine: the scaler skips that step and lowers its scale
         gradients = [] if self.args.fp16 else [p.grad for p in model.parameters() if p.grad is not None]
-        finite = torch.stack([torch.isfinite(loss.detach()).all()]
-                             + [torch.isfinite(gradient).all() for gradient in gradients]).all().float()
+        finite = (
+            torch.stack(
+                [torch.isfinite(loss.detach()).all()] + [torch.isfinite(gradient).all() for gradient in gradients]
+            )
+            .all()
+            .float()
+        )
         if world_size() > 1:  # every process stops together, or none does
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not finite:
@@ -138,7 +153,8 @@ class ContrastiveTrainer(Trainer):
                 "run diverged and stopped before this step's update, so the weights and the last checkpoint "
                 f"({last or 'none written yet'}) are finite. Try a lower --learning_rate (now "
                 f"{self.args.learning_rate:g}), more --warmup_steps or --max_grad_norm 1.0, then resume from that "
-                "checkpoint with --resume_from_checkpoint true (or start again).")
+                "checkpoint with --resume_from_checkpoint true (or start again)."
+            )
         return loss
 
     def _get_train_sampler(self, train_dataset=None):
@@ -151,9 +167,14 @@ class ContrastiveTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _loss(self, query_embeddings, document_embeddings, text_ids=None):
-        return contrastive_loss(query_embeddings, document_embeddings, temperature=self.args.temperature,
-                                gather=self.args.gather_across_devices, text_ids=text_ids,
-                                matryoshka_dims=self.matryoshka_dims)
+        return contrastive_loss(
+            query_embeddings,
+            document_embeddings,
+            temperature=self.args.temperature,
+            gather=self.args.gather_across_devices,
+            text_ids=text_ids,
+            matryoshka_dims=self.matryoshka_dims,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.gradcache_chunk_size and model.training and torch.is_grad_enabled() and not return_outputs:
@@ -214,24 +235,27 @@ class ContrastiveTrainer(Trainer):
             query_embeddings = model(**inputs["queries"]).embeddings
             document_embeddings = model(**inputs["documents"]).embeddings
             loss = self._loss(query_embeddings, document_embeddings, inputs.get("text_ids"))
-            scores = torch.nn.functional.normalize(query_embeddings.float(), dim=-1) @ torch.nn.functional.normalize(
-                document_embeddings.float(), dim=-1).T
+            scores = (
+                torch.nn.functional.normalize(query_embeddings.float(), dim=-1)
+                @ torch.nn.functional.normalize(document_embeddings.float(), dim=-1).T
+            )
             if inputs.get("text_ids") is not None:
-                scores = scores.masked_fill(duplicate_documents(inputs["text_ids"], inputs["text_ids"]["documents"]),
-                                            float("-inf"))
+                scores = scores.masked_fill(
+                    duplicate_documents(inputs["text_ids"], inputs["text_ids"]["documents"]), float("-inf")
+                )
             hits = scores.argmax(dim=-1) == torch.arange(len(scores), device=scores.device)
         self._recall_counts += torch.stack([hits.sum(), torch.tensor(len(hits), device=hits.device)]).double().cpu()
         if prediction_loss_only:
             return loss.detach(), None, None
         return loss.detach(), query_embeddings.detach(), None
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         """transformers' loop, plus `<prefix>_recall_at_1`: the share of held-out queries whose own positive scores
         highest among their batch's documents (summed over processes)."""
         self._recall_counts = torch.zeros(2, dtype=torch.float64)
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                         metric_key_prefix)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         counts = self._recall_counts.to(self.args.device)
         if world_size() > 1:
             torch.distributed.all_reduce(counts)

@@ -20,15 +20,20 @@ def last_complete_checkpoint(folder) -> str | None:
     is passed over with a warning naming it), or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    checkpoints = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                   if path.name.split("-")[-1].isdigit()]
+    checkpoints = [
+        path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.split("-")[-1].isdigit()
+    ]
     complete = [path for path in checkpoints if _readable_state(path / "trainer_state.json")]
     newest = max(complete, key=lambda path: int(path.name.split("-")[-1])) if complete else None
     for path in sorted(set(checkpoints) - set(complete)):
         if newest is None or int(path.name.split("-")[-1]) > int(newest.name.split("-")[-1]):
             why = "a damaged trainer_state.json" if (path / "trainer_state.json").exists() else "no trainer_state.json"
-            logger.warning("%s is incomplete (%s: killed while being written?); passed over, resuming from %s", path,
-                           why, newest or "step 0")
+            logger.warning(
+                "%s is incomplete (%s: killed while being written?); passed over, resuming from %s",
+                path,
+                why,
+                newest or "step 0",
+            )
     return str(newest) if newest else None
 
 
@@ -55,24 +60,32 @@ class ContrastiveTrainingArguments(TrainingArguments):
     contrastive_batch_size: int | None = field(
         default=None, metadata={"help": "queries per loss call across devices; sets per_device_train_batch_size"}
     )
-    head_learning_rate: float | None = field(default=None, metadata={
-        "help": "learning rate of what starts from scratch (the pooling head and its layer weights), apart from "
-                "--learning_rate for the backbone's adapter; default: --learning_rate for both"})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of what starts from scratch (the pooling head and its layer weights), apart from "
+            "--learning_rate for the backbone's adapter; default: --learning_rate for both"
+        },
+    )
 
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
-            raise ValueError(f"--head_learning_rate {self.head_learning_rate} must be > 0 (leave it out to train the "
-                             "head at --learning_rate).")
+            raise ValueError(
+                f"--head_learning_rate {self.head_learning_rate} must be > 0 (leave it out to train the "
+                "head at --learning_rate)."
+            )
         if self.gradcache_chunk_size < 0:
-            raise ValueError(f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables "
-                             "GradCache).")
+            raise ValueError(
+                f"--gradcache_chunk_size {self.gradcache_chunk_size} must be >= 0 (0 disables GradCache)."
+            )
         if launched_processes() > 1 and not self.use_cpu and not torch.cuda.is_available():
             # torchrun / accelerate on a machine without CUDA: the Trainer joins the processes only on its CPU path
             # (gloo); without it every process would train a model of its own and all would write the export
-            logger.info("no CUDA device: %s processes train one model together on CPU (use_cpu, gloo)",
-                        launched_processes())
+            logger.info(
+                "no CUDA device: %s processes train one model together on CPU (use_cpu, gloo)", launched_processes()
+            )
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
         if not torch.cuda.is_available():
@@ -80,7 +93,9 @@ class ContrastiveTrainingArguments(TrainingArguments):
         if self.contrastive_batch_size is not None:
             world = launched_processes()
             if self.contrastive_batch_size < 1 or self.contrastive_batch_size % world:
-                raise ValueError(f"--contrastive_batch_size {self.contrastive_batch_size} must be a positive multiple "
-                                 f"of the {world} processes.")
+                raise ValueError(
+                    f"--contrastive_batch_size {self.contrastive_batch_size} must be a positive multiple "
+                    f"of the {world} processes."
+                )
             self.per_device_train_batch_size = self.contrastive_batch_size // world
         super().__post_init__()

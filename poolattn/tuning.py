@@ -45,19 +45,27 @@ class TuningGrid:
     factor: float = 3.0  # the next rate past an edge: the edge's rate x factor (or / factor)
 
     def __post_init__(self):
-        if not self.learning_rates or any(not rate > 0 for rate in [*self.learning_rates,
-                                                                      *self.head_learning_rates]):
-            raise ValueError(f"tuning grid: give one or more learning rates > 0; got {self.learning_rates} and head "
-                             f"rates {self.head_learning_rates}.")
+        if not self.learning_rates or any(not rate > 0 for rate in [*self.learning_rates, *self.head_learning_rates]):
+            raise ValueError(
+                f"tuning grid: give one or more learning rates > 0; got {self.learning_rates} and head "
+                f"rates {self.head_learning_rates}."
+            )
         if self.steps < 1 or not 1 <= self.eval_steps <= self.steps or not 0 < self.eval_fraction < 1:
-            raise ValueError(f"tuning proxy: steps {self.steps} >= 1, eval_steps {self.eval_steps} in [1, steps], "
-                             f"eval_fraction {self.eval_fraction} in (0, 1).")
+            raise ValueError(
+                f"tuning proxy: steps {self.steps} >= 1, eval_steps {self.eval_steps} in [1, steps], "
+                f"eval_fraction {self.eval_fraction} in (0, 1)."
+            )
 
     def job_fields(self, learning_rate: float, head_learning_rate: float | None) -> dict:
         """The `jobs.TrainingJob` fields of one proxy run of the grid."""
-        return {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "max_steps": self.steps,
-                "save_steps": self.eval_steps, "eval_fraction": self.eval_fraction,
-                "per_device_eval_batch_size": self.eval_batch_size}
+        return {
+            "learning_rate": learning_rate,
+            "head_learning_rate": head_learning_rate,
+            "max_steps": self.steps,
+            "save_steps": self.eval_steps,
+            "eval_fraction": self.eval_fraction,
+            "per_device_eval_batch_size": self.eval_batch_size,
+        }
 
     def points(self, *, has_head: bool) -> list[tuple[float, float | None]]:
         heads = self.head_learning_rates if has_head and self.head_learning_rates else [None]
@@ -98,12 +106,14 @@ class TuningGrid:
 
     def describe(self) -> str:
         heads = ", ".join(f"{rate:g}" for rate in self.head_learning_rates) or "the backbone's rate"
-        return (f"adapter rate {{{', '.join(f'{rate:g}' for rate in self.learning_rates)}}} x pooling head rate "
-                f"{{{heads}}} (rows without a head: the adapter rates alone); each point trained {self.steps} steps "
-                f"on the first seed with {self.eval_fraction:.0%} of the training rows held out, scored every "
-                f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation; a choice at an "
-                f"edge of the grid tries the next rate past it (x{self.factor:g} or /{self.factor:g}, up to "
-                f"{self.extend} times per axis)")
+        return (
+            f"adapter rate {{{', '.join(f'{rate:g}' for rate in self.learning_rates)}}} x pooling head rate "
+            f"{{{heads}}} (rows without a head: the adapter rates alone); each point trained {self.steps} steps "
+            f"on the first seed with {self.eval_fraction:.0%} of the training rows held out, scored every "
+            f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation; a choice at an "
+            f"edge of the grid tries the next rate past it (x{self.factor:g} or /{self.factor:g}, up to "
+            f"{self.extend} times per axis)"
+        )
 
 
 @dataclass
@@ -119,9 +129,14 @@ class PlateauSettings:
 
     def job_fields(self) -> dict:
         """The `jobs.TrainingJob` fields of a run trained to the plateau."""
-        return {"plateau_patience": self.patience, "plateau_min_improvement": self.min_improvement,
-                "save_steps": self.eval_steps, "max_steps": self.max_steps, "eval_fraction": self.eval_fraction,
-                "per_device_eval_batch_size": self.eval_batch_size}
+        return {
+            "plateau_patience": self.patience,
+            "plateau_min_improvement": self.min_improvement,
+            "save_steps": self.eval_steps,
+            "max_steps": self.max_steps,
+            "eval_fraction": self.eval_fraction,
+            "per_device_eval_batch_size": self.eval_batch_size,
+        }
 
 
 @dataclass
@@ -157,8 +172,14 @@ class RowTuning:
         return self.points[self.chosen] if self.chosen is not None else None
 
     def point(self, learning_rate: float, head_learning_rate: float | None) -> TuningPoint | None:
-        return next((point for point in self.points if (point.learning_rate, point.head_learning_rate)
-                     == (learning_rate, head_learning_rate)), None)
+        return next(
+            (
+                point
+                for point in self.points
+                if (point.learning_rate, point.head_learning_rate) == (learning_rate, head_learning_rate)
+            ),
+            None,
+        )
 
 
 def layer_weight_size(model_folder) -> float | None:
@@ -185,9 +206,15 @@ def read_tuning(output) -> dict[str, RowTuning]:
     if not path.is_file():
         return {}
     values = read_json(path, recovery="delete it to tune again (the points are trained anew), or restore it")
-    return {key: RowTuning(row=entry["row"], seed=entry["seed"], chosen=entry.get("chosen"),
-                           points=[TuningPoint(**point) for point in entry["points"]])
-            for key, entry in values["rows"].items()}
+    return {
+        key: RowTuning(
+            row=entry["row"],
+            seed=entry["seed"],
+            chosen=entry.get("chosen"),
+            points=[TuningPoint(**point) for point in entry["points"]],
+        )
+        for key, entry in values["rows"].items()
+    }
 
 
 def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning]) -> Path:
@@ -217,16 +244,21 @@ def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int,
             if row.point(rate, head) is None:
                 row.points.append(_tuning_point(rate, head, output / "tuning" / key, train))
                 _record(output, grid, key, row)
-                logger.info("tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(),
-                            row.points[-1].final_loss)
-        current = [index for index, point in enumerate(row.points)
-                   if (point.learning_rate, point.head_learning_rate) in points]
+                logger.info(
+                    "tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(), row.points[-1].final_loss
+                )
+        current = [
+            index
+            for index, point in enumerate(row.points)
+            if (point.learning_rate, point.head_learning_rate) in points
+        ]
         row.chosen = current[choose([row.points[index] for index in current])]
         beyond = grid.beyond_edge(row.choice, points)
         if not beyond:
             break
-        tried_next = ", ".join(f"lr {rate:g}" + (f", head {head:g}" if head is not None else "")
-                               for rate, head in beyond)
+        tried_next = ", ".join(
+            f"lr {rate:g}" + (f", head {head:g}" if head is not None else "") for rate, head in beyond
+        )
         logger.info("tuning %s: %s is at the edge of the grid; trying %s", key, row.choice.label(), tried_next)
         points = [*points, *beyond]
     _record(output, grid, key, row)
@@ -241,8 +273,13 @@ def _tuning_point(rate: float, head: float | None, folder: Path, train) -> Tunin
     manifest = TrainingManifest.read(exported) if (Path(exported) / MANIFEST_FILE).is_file() else None
     if manifest is None or not manifest.eval_history:
         raise RuntimeError(f"{exported}: the tuning run recorded no held-out evaluation; it cannot be judged.")
-    point = TuningPoint(rate, head, [list(entry) for entry in manifest.eval_history], manifest.train_runtime_s,
-                        layer_weight_size(exported))
+    point = TuningPoint(
+        rate,
+        head,
+        [list(entry) for entry in manifest.eval_history],
+        manifest.train_runtime_s,
+        layer_weight_size(exported),
+    )
     shutil.rmtree(folder)
     return point
 

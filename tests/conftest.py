@@ -21,11 +21,66 @@ VARIANTS = (1, 2, 3, 4, 5)
 BASELINES = ("mean-causal", "mean-bidirectional")  # baseline designs beside the paper's variants
 POOLINGS = ("eos", "mean", "latent", "multi_layer_latent")
 
-WORDS = (
-    "the a cat dog sat on mat stocks fell rose market bank river money loan water fish swim city train station "
-    "query passage what is how do i find best cheap fast slow red blue green house car road rain sun moon star "
-    "book read write code python model embed vector search index paper attention pooling layer token"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "stocks",
+    "fell",
+    "rose",
+    "market",
+    "bank",
+    "river",
+    "money",
+    "loan",
+    "water",
+    "fish",
+    "swim",
+    "city",
+    "train",
+    "station",
+    "query",
+    "passage",
+    "what",
+    "is",
+    "how",
+    "do",
+    "i",
+    "find",
+    "best",
+    "cheap",
+    "fast",
+    "slow",
+    "red",
+    "blue",
+    "green",
+    "house",
+    "car",
+    "road",
+    "rain",
+    "sun",
+    "moon",
+    "star",
+    "book",
+    "read",
+    "write",
+    "code",
+    "python",
+    "model",
+    "embed",
+    "vector",
+    "search",
+    "index",
+    "paper",
+    "attention",
+    "pooling",
+    "layer",
+    "token",
+]
 SENTENCES = [
     "the cat sat on the mat",
     "stocks fell",
@@ -41,8 +96,16 @@ SENTENCES = [
 def tiny_text_config(family: str = "llama", **overrides):
     """A 3-layer, 32-wide random backbone config of the given family (vocab 99)."""
     fields = dict(
-        vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
     )
     if family == "gemma2":
@@ -58,7 +121,11 @@ def tiny_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         padding_side=padding_side,
     )
 
@@ -85,8 +152,11 @@ def tokenizer():
 TRIPLETS = [
     {"query": "what is a loan", "positive": "a loan is money from the bank", "negative": "the river bank is green"},
     {"query": "how do i find a cheap car", "positive": "find a cheap car on the road", "negative": "the car is red"},
-    {"query": "what is attention pooling", "positive": "attention pooling is a model layer",
-     "negative": "read a book"},
+    {
+        "query": "what is attention pooling",
+        "positive": "attention pooling is a model layer",
+        "negative": "read a book",
+    },
     {"query": "how do fish swim", "positive": "fish swim in the water of the river", "negative": "a fish in the city"},
     {"query": "best python code", "positive": "python code to embed a vector", "negative": "write a slow book"},
     {"query": "what is the market", "positive": "stocks rose on the market", "negative": "the market in the city"},

@@ -29,8 +29,9 @@ class DumpGradients(TrainerCallback):
         self.out_dir, self.collator = Path(out_dir), collator
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        gradients = {n.removeprefix("module."): p.grad.detach().clone()
-                     for n, p in model.named_parameters() if p.requires_grad}
+        gradients = {
+            n.removeprefix("module."): p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+        }
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, self.collator.seen)
         if dist.get_rank() == 0:
@@ -39,18 +40,31 @@ class DumpGradients(TrainerCallback):
 
 def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
     torch.manual_seed(0)
-    model_args = training.ModelArguments(variant="5", backbone=backbone_folder, lora_r=4, lora_alpha=8,
-                                         lora_dropout=0.0)
+    model_args = training.ModelArguments(
+        variant="5", backbone=backbone_folder, lora_r=4, lora_alpha=8, lora_dropout=0.0
+    )
     model, tokenizer = training.build_model(model_args, backbone_folder, 5)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.1)
     args = ContrastiveTrainingArguments(
-        output_dir=str(Path(out_dir) / "run"), use_cpu=True, report_to="none", ddp_backend="gloo",
-        per_device_train_batch_size=4, max_steps=1, learning_rate=0.0, max_grad_norm=0.0, save_strategy="no",
-        remove_unused_columns=False, dataloader_drop_last=True, train_sampling_strategy="sequential",
-        ddp_find_unused_parameters=False, seed=0, gradcache_chunk_size=chunk, temperature=0.05,
+        output_dir=str(Path(out_dir) / "run"),
+        use_cpu=True,
+        report_to="none",
+        ddp_backend="gloo",
+        per_device_train_batch_size=4,
+        max_steps=1,
+        learning_rate=0.0,
+        max_grad_norm=0.0,
+        save_strategy="no",
+        remove_unused_columns=False,
+        dataloader_drop_last=True,
+        train_sampling_strategy="sequential",
+        ddp_find_unused_parameters=False,
+        seed=0,
+        gradcache_chunk_size=chunk,
+        temperature=0.05,
         gather_across_devices=True,
     )
     collator = RecordingCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)

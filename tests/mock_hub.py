@@ -67,20 +67,27 @@ class MockHub:
                 if path.startswith("/api/models/") and "/tree/" in path:  # /api/models/<repo>/tree/<rev>[/<folder>]
                     repo_id = "/".join(path.split("/")[3:5])
                     folder = "/".join(path.split("/")[7:])
-                    entries = [{"type": "file", "path": name, "size": len(content),
-                                "oid": hashlib.sha1(content).hexdigest()}
-                               for name, content in sorted(hub.files.get(repo_id, {}).items())
-                               if not folder or name.startswith(folder + "/")]
+                    entries = [
+                        {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                        for name, content in sorted(hub.files.get(repo_id, {}).items())
+                        if not folder or name.startswith(folder + "/")
+                    ]
                     if folder and not entries:
                         return self._reply(404, {"error": "not found"}, {"X-Error-Code": "EntryNotFound"})
                     return self._reply(200, entries)
                 if path.startswith("/api/models/"):
                     repo_id = "/".join(path.split("/")[3:5])
                     if repo_id in hub.files:
-                        return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": hub.COMMIT,
-                                                 "private": False,
-                                                 "siblings": [{"rfilename": name}
-                                                              for name in sorted(hub.files[repo_id])]})
+                        return self._reply(
+                            200,
+                            {
+                                "id": repo_id,
+                                "modelId": repo_id,
+                                "sha": hub.COMMIT,
+                                "private": False,
+                                "siblings": [{"rfilename": name} for name in sorted(hub.files[repo_id])],
+                            },
+                        )
                     return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
                 if "/resolve/" in path:
                     return self._send_file(self._stored_file(), with_body=True)
@@ -93,16 +100,25 @@ class MockHub:
                 path = self.path.split("?")[0]
                 if path == "/api/repos/create":
                     request = json.loads(body)
-                    repo_id = (f"{request['organization']}/{request['name']}" if request.get("organization")
-                               else request["name"])
+                    repo_id = (
+                        f"{request['organization']}/{request['name']}"
+                        if request.get("organization")
+                        else request["name"]
+                    )
                     hub.created.append(repo_id)
                     return self._reply(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
                     return self._reply(200, {"errors": [], "warnings": []})
                 if "/preupload/" in path:
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})
+                    return self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
+                    )
                 if "/commit/" in path:
                     repo_id = path.split("/api/models/")[1].split("/commit/")[0]
                     stored = hub.files.setdefault(repo_id, {})
@@ -110,8 +126,14 @@ class MockHub:
                         entry = json.loads(line)
                         if entry["key"] == "file":
                             stored[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
-                    return self._reply(200, {"commitUrl": f"{hub.endpoint}/{repo_id}/commit/1",
-                                             "commitOid": hub.COMMIT, "pullRequestUrl": None})
+                    return self._reply(
+                        200,
+                        {
+                            "commitUrl": f"{hub.endpoint}/{repo_id}/commit/1",
+                            "commitOid": hub.COMMIT,
+                            "pullRequestUrl": None,
+                        },
+                    )
                 return self._reply(404, {"error": f"mock hub: no handler for POST {path}"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -23,8 +23,10 @@ def arm_model(overrides: dict) -> PoolAttnEmbeddingModel:
     return PoolAttnEmbeddingModel(PoolAttnConfig.from_variant(5, text_config, num_latents=4, **overrides)).eval()
 
 
-@pytest.mark.parametrize("arm, layers", [("last_1", [12]), ("last_2", [11, 12]), ("last_4", [9, 10, 11, 12]),
-                                         ("last_8", list(range(5, 13)))])
+@pytest.mark.parametrize(
+    "arm, layers",
+    [("last_1", [12]), ("last_2", [11, 12]), ("last_4", [9, 10, 11, 12]), ("last_8", list(range(5, 13)))],
+)
 def test_layer_count_arms_feed_that_many_layers_to_the_head(arm, layers):
     model = arm_model(ablation.arms("layer_count")[arm])
     assert model.config.layer_indices == layers and model.pooler.layer_weights.shape == (len(layers), 32)
@@ -64,14 +66,38 @@ def tiny_sweep_arguments(backbone_folder: str, triplets_file: str, tmp_path: Pat
     (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
     lines = (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]
     (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(lines) + "\n")
-    return ["--ablation", "layer_weights", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
-            "--output", str(tmp_path / "sweep"), "--", "--backbone", backbone_folder, "--train_data",
-            triplets_file, "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "2",
-            "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    return [
+        "--ablation",
+        "layer_weights",
+        "--tasks",
+        "BIOSSES",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "sweep"),
+        "--",
+        "--backbone",
+        backbone_folder,
+        "--train_data",
+        triplets_file,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_steps",
+        "2",
+        "--use_cpu",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
 
 
-def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_backbone_folder, triplets_file,
-                                                                          tmp_path, monkeypatch):
+def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     pytest.importorskip("mteb")
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     assert cli.ablate(argv) == 0
@@ -80,8 +106,10 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
     base, off = f"poolattn/{name}-v5-base", f"poolattn/{name}-v5-weights-off"
     assert f"## {off} vs {base}: Wilcoxon signed-rank by category" in comparison
     assert "| BIOSSES | STS |" in comparison
-    manifests = [json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
-                 for arm in ("base", "weights_off")]
+    manifests = [
+        json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
+        for arm in ("base", "weights_off")
+    ]
     assert [m["model_name"] for m in manifests] == [base, off]
     assert manifests[1]["poolattn_config"]["layer_weights"] is False
     assert f"## poolattn/{name}-v5-weights-paper-init vs {base}" in comparison
@@ -109,13 +137,22 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(tiny_
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
 
 
-def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(tiny_backbone_folder, triplets_file,
-                                                                                 tmp_path):
+def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
     # One training run per arm in the same 2 processes: the process group must outlive each arm's run, and the
     # processes must still exit with 0 (gloo aborts an exit that skips the barrier and destroy_process_group).
     pytest.importorskip("mteb")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "ablate.py"), *tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "ablate.py"),
+        *tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     for arm in ablation.arms("layer_weights"):

@@ -61,8 +61,17 @@ def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tm
     copy_rows("STSBenchmark", tmp_path / "data", rows=40)
     tiny_model("llama", 5).save_pretrained(tmp_path / "v5")
     output = tmp_path / "results"
-    common = ["run", "--model", str(tmp_path / "v5"), "--tasks", "STSBenchmark", "--data-dir", str(tmp_path / "data"),
-              "--output", str(output)]
+    common = [
+        "run",
+        "--model",
+        str(tmp_path / "v5"),
+        "--tasks",
+        "STSBenchmark",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(output),
+    ]
     assert cli.evaluate(common) == 0
     assert cli.evaluate([*common, "--budget", "40"]) == 0  # a budget as large as the task: the same units
     assert cli.evaluate([*common, "--budget", "15"]) == 0

@@ -40,7 +40,10 @@ def test_variant_table_and_attention_dependent_defaults():
     for variant, (attention, pooling, head_input, layer_summary) in expected.items():
         config = PoolAttnConfig.from_variant(variant, text_config)
         assert (config.attention, config.pooling, config.head_input, config.layer_summary) == (
-            attention, pooling, head_input, layer_summary,
+            attention,
+            pooling,
+            head_input,
+            layer_summary,
         )
         assert config.variant == variant
 
@@ -147,7 +150,10 @@ def test_baseline_designs_are_mean_pooling_under_each_attention():
     bidirectional = PoolAttnConfig.from_variant("mean-bidirectional", tiny_text_config())
     assert (causal.pooling, causal.attention, causal.text_config.is_causal) == ("mean", "causal", True)
     assert (bidirectional.pooling, bidirectional.attention, bidirectional.text_config.is_causal) == (
-        "mean", "bidirectional", False)
+        "mean",
+        "bidirectional",
+        False,
+    )
     with pytest.raises(ValueError, match=r"variant='mean' is not supported"):
         PoolAttnConfig(text_config=tiny_text_config().to_dict(), pooling="mean", variant="mean")
 

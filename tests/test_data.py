@@ -29,8 +29,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def two_sources(folder: Path) -> Path:
     """12 rows with hard negatives (a.jsonl) and 8 without (b.jsonl), with texts that name their source."""
     write_jsonl(folder / "a.jsonl", [{**row, "query": f"a {row['query']}"} for row in TRIPLETS])
-    write_jsonl(folder / "b.jsonl", [{"query": f"b {row['query']}", "positive": row["positive"], "negative": ""}
-                                     for row in TRIPLETS[:8]])
+    write_jsonl(
+        folder / "b.jsonl",
+        [{"query": f"b {row['query']}", "positive": row["positive"], "negative": ""} for row in TRIPLETS[:8]],
+    )
     return folder
 
 
@@ -49,46 +51,83 @@ def test_the_shared_training_folder_loads_as_six_sources_with_their_own_negative
     assert per_file == lines and triplets.skipped == 0  # every row of every file is kept
     # SNLI, WikiQA and TrecQA have rows without a wrong answer / contradiction: those train as their own sources
     assert {name: source.negatives_per_query for name, source in by_name.items()} == {
-        "msmarco_nq_samples": 1, "msrp_paraphrases": 0, "quora_duplicates": 0,
-        "snli_triplets [1 negative]": 1, "snli_triplets [0 negatives]": 0, "trecqa_triplets [1 negative]": 1,
-        "trecqa_triplets [0 negatives]": 0, "wikiqa_triplets [1 negative]": 1, "wikiqa_triplets [0 negatives]": 0}
+        "msmarco_nq_samples": 1,
+        "msrp_paraphrases": 0,
+        "quora_duplicates": 0,
+        "snli_triplets [1 negative]": 1,
+        "snli_triplets [0 negatives]": 0,
+        "trecqa_triplets [1 negative]": 1,
+        "trecqa_triplets [0 negatives]": 0,
+        "wikiqa_triplets [1 negative]": 1,
+        "wikiqa_triplets [0 negatives]": 0,
+    }
     for row in triplets.rows:
         assert len(row["negatives"]) == triplets.sources[row["source"]].negatives_per_query
 
 
 def test_several_negatives_per_query_are_kept_and_checked_per_source(tmp_path):
-    data = write_jsonl(tmp_path / "d" / "lists.jsonl", [
-        {"query": "q1", "positive": "p1", "negative": ["n1", "n2", "n3"]},
-        {"query": "q2", "positive": "p2", "negative": ["m1", "m2"]},
-    ])
+    data = write_jsonl(
+        tmp_path / "d" / "lists.jsonl",
+        [
+            {"query": "q1", "positive": "p1", "negative": ["n1", "n2", "n3"]},
+            {"query": "q2", "positive": "p2", "negative": ["m1", "m2"]},
+        ],
+    )
     assert [row["negatives"] for row in load_triplets(str(data), negatives_per_query=2).rows] == [
-        ["n1", "n2"], ["m1", "m2"]]
+        ["n1", "n2"],
+        ["m1", "m2"],
+    ]
     assert [row["negatives"] for row in load_triplets(str(data), negatives_per_query=0).rows] == [[], []]
     split = load_triplets(str(data), negatives_per_query=3)  # row 2 has only 2: a source of its own
     assert [(source.name, source.examples, source.negatives_per_query) for source in split.sources] == [
-        ("lists [3 negatives]", 1, 3), ("lists [2 negatives]", 1, 2)]
+        ("lists [3 negatives]", 1, 3),
+        ("lists [2 negatives]", 1, 2),
+    ]
     assert split.negatives_per_query == 3 and [row["source"] for row in split.rows] == [0, 1]
     bad = write_jsonl(tmp_path / "d" / "bad.jsonl", [{"query": "q", "positive": "p", "negative": ["n", 3]}])
-    with pytest.raises(TripletDataError, match=r"bad.jsonl, row 1: field 'negative' must be a string or a list of "
-                                               "non-empty strings"):
+    with pytest.raises(
+        TripletDataError,
+        match=r"bad.jsonl, row 1: field 'negative' must be a string or a list of "
+        "non-empty strings",
+    ):
         load_triplets(str(bad))
     skipped = load_triplets(str(data.parent), skip_invalid=True)  # bad.jsonl's one row skipped, counted
     assert skipped.skipped == 1 and [source.name for source in skipped.sources] == ["lists"]
 
 
 def test_k_negatives_reach_the_loss_and_the_manifest(tiny_backbone_folder, tmp_path):
-    rows = [{"query": row["query"], "positive": row["positive"],
-             "negative": [row["negative"], f"another {row['negative']}"]} for row in TRIPLETS]
+    rows = [
+        {
+            "query": row["query"],
+            "positive": row["positive"],
+            "negative": [row["negative"], f"another {row['negative']}"],
+        }
+        for row in TRIPLETS
+    ]
     data = write_jsonl(tmp_path / "two_negatives.jsonl", rows)
-    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--negatives_per_query",
-                              "2", "--output_dir", str(tmp_path / "out"), *TINY_RUN, "--max_steps", "1"])[0]
+    exported = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            str(data),
+            "--negatives_per_query",
+            "2",
+            "--output_dir",
+            str(tmp_path / "out"),
+            *TINY_RUN,
+            "--max_steps",
+            "1",
+        ]
+    )[0]
     manifest = TrainingManifest.read(exported)
     assert manifest.contrastive_batch.candidates_per_query == 4 * 3  # 4 queries: 4 positives + 8 negatives
     assert manifest.contrastive_batch.negatives_per_query == 2 and manifest.data.negatives_per_query == 2
     from transformers import AutoTokenizer
 
-    collator = TripletCollator(AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32,
-                               document_max_length=32, add_eos=True)
+    collator = TripletCollator(
+        AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32, document_max_length=32, add_eos=True
+    )
     batch = collator(load_triplets(str(data), negatives_per_query=2).rows[:4])
     assert batch["documents"]["input_ids"].shape[0] == 12 and batch["text_ids"]["documents"].shape == (12,)
 
@@ -102,29 +141,57 @@ def test_source_instructions_reach_each_sources_queries_and_the_manifest(tiny_ba
 
     folder = two_sources(tmp_path / "d")
     rows = json.loads((folder / "a.jsonl").read_text().splitlines()[0])
-    write_jsonl(folder / "a.jsonl", [{**rows, "instruction": "Own instruction"}] + [
-        json.loads(line) for line in (folder / "a.jsonl").read_text().splitlines()[1:]])
+    write_jsonl(
+        folder / "a.jsonl",
+        [{**rows, "instruction": "Own instruction"}]
+        + [json.loads(line) for line in (folder / "a.jsonl").read_text().splitlines()[1:]],
+    )
     triplets = load_triplets(str(folder))
     set_source_instructions(triplets, {"a": "Find the answer", "b": "Find the paraphrase"})
     assert [source.instruction for source in triplets.sources] == ["Find the answer", "Find the paraphrase"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_folder)
-    collator = TripletCollator(tokenizer, query_max_length=64, document_max_length=32, add_eos=True,
-                               query_instruction="Global fallback",
-                               source_instructions=[source.instruction for source in triplets.sources])
+    collator = TripletCollator(
+        tokenizer,
+        query_max_length=64,
+        document_max_length=32,
+        add_eos=True,
+        query_instruction="Global fallback",
+        source_instructions=[source.instruction for source in triplets.sources],
+    )
     first_a, second_a = triplets.rows[0], triplets.rows[1]
     first_b = next(row for row in triplets.rows if row["source"] == 1)
-    for row, instruction in ((first_a, "Own instruction"), (second_a, "Find the answer"),
-                             (first_b, "Find the paraphrase"), ({**first_b, "source": None}, "Global fallback")):
-        expected = tokenize_for_embedding(tokenizer, [row["query"]], prompt=instruction_prompt(instruction),
-                                          max_length=64, add_eos=True)
+    for row, instruction in (
+        (first_a, "Own instruction"),
+        (second_a, "Find the answer"),
+        (first_b, "Find the paraphrase"),
+        ({**first_b, "source": None}, "Global fallback"),
+    ):
+        expected = tokenize_for_embedding(
+            tokenizer, [row["query"]], prompt=instruction_prompt(instruction), max_length=64, add_eos=True
+        )
         batch = collator([row])["queries"]
         assert batch["input_ids"][0].tolist() == expected[0]["input_ids"], instruction
-    with pytest.raises(TripletDataError, match=r"--source_instructions names 'c', which is no source of .* "
-                                               r"Sources there: a, b"):
+    with pytest.raises(
+        TripletDataError,
+        match=r"--source_instructions names 'c', which is no source of .* "
+        r"Sources there: a, b",
+    ):
         set_source_instructions(load_triplets(str(folder)), {"c": "x"})
-    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", str(folder), "--output_dir",
-                              str(tmp_path / "out"), *TINY_RUN, "--max_steps", "1", "--source_instructions",
-                              json.dumps({"b": "Find the paraphrase"})])[0]
+    exported = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            str(folder),
+            "--output_dir",
+            str(tmp_path / "out"),
+            *TINY_RUN,
+            "--max_steps",
+            "1",
+            "--source_instructions",
+            json.dumps({"b": "Find the paraphrase"}),
+        ]
+    )[0]
     recorded = {source["name"]: source["instruction"] for source in TrainingManifest.read(exported).data.sources}
     assert recorded == {"a": None, "b": "Find the paraphrase"}
 
@@ -192,13 +259,23 @@ def test_the_trainer_draws_each_batch_from_one_source(tiny_backbone_folder, tmp_
     import datasets
 
     triplets = load_triplets(str(two_sources(tmp_path / "data")))
-    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=True, report_to="none",
-                                        remove_unused_columns=False, per_device_train_batch_size=4,
-                                        dataloader_drop_last=True, seed=3)
+    args = ContrastiveTrainingArguments(
+        output_dir=str(tmp_path / "unused"),
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        per_device_train_batch_size=4,
+        dataloader_drop_last=True,
+        seed=3,
+    )
     for source_of_rows, expect_mixed in ((triplets.source_of_rows(), False), (None, True)):
-        trainer = ContrastiveTrainer(model=torch.nn.Linear(1, 1), args=args, data_collator=lambda rows: rows,
-                                     train_dataset=datasets.Dataset.from_list(triplets.rows),
-                                     source_of_rows=source_of_rows)
+        trainer = ContrastiveTrainer(
+            model=torch.nn.Linear(1, 1),
+            args=args,
+            data_collator=lambda rows: rows,
+            train_dataset=datasets.Dataset.from_list(triplets.rows),
+            source_of_rows=source_of_rows,
+        )
         batches = list(trainer.get_train_dataloader())
         mixed = any(len({row["source"] for row in batch}) > 1 for batch in batches)
         assert mixed == expect_mixed and all(len(batch) == 4 for batch in batches)
@@ -211,7 +288,9 @@ def test_one_source_batches_resume_after_a_kill_to_the_same_weights(tiny_backbon
     manifest = TrainingManifest.read(straight)
     assert manifest.data.batch_sampling == "one_source_per_batch"
     assert [(s["name"], s["examples"], s["negatives_per_query"]) for s in manifest.data.sources] == [
-        ("a", 12, 1), ("b", 8, 0)]
+        ("a", 12, 1),
+        ("b", 8, 0),
+    ]
 
     original_step = ContrastiveTrainer.training_step
 
@@ -224,8 +303,9 @@ def test_one_source_batches_resume_after_a_kill_to_the_same_weights(tiny_backbon
     with pytest.raises(KeyboardInterrupt):
         training.main([*common, "--output_dir", str(tmp_path / "resumed")])
     monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
-    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"),
-                             "--resume_from_checkpoint", "true"])[0]
+    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[
+        0
+    ]
     expected = load_file(straight / "model.safetensors")
     for name, value in load_file(resumed / "model.safetensors").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
@@ -252,7 +332,8 @@ def dataset_repository(folder: Path) -> Path:
     (folder / "README.md").write_text(
         "---\nconfigs:\n- config_name: a\n  data_files:\n  - split: train\n    path: data/a.jsonl\n"
         "  - split: test\n    path: data/a_test.jsonl\n- config_name: b\n  data_files:\n  - split: train\n"
-        "    path: data/b.jsonl\n---\n# two sources\n")
+        "    path: data/b.jsonl\n---\n# two sources\n"
+    )
     return folder
 
 
@@ -268,10 +349,12 @@ def test_a_dataset_repository_loads_one_source_per_subset_in_memory_and_streamed
     assert [(s.name, s.examples, s.negatives_per_query) for s in streamed.sources] == [("a", 12, 1), ("b", 8, 0)]
     assert list(streamed.stream) == in_memory and len(in_memory) == 20
     held_out = load_triplets(str(repo), split="test")  # subset b has no test split: left out
-    assert [(s.name, s.examples) for s in held_out.sources] == [("a", 1)] and held_out.rows[0]["query"] == \
-        "held out"
-    with pytest.raises(TripletDataError, match=r"no subset has a 'dev' split \(subsets and their splits: a: train, "
-                                               r"test; b: train\); give one with --data_split"):
+    assert [(s.name, s.examples) for s in held_out.sources] == [("a", 1)] and held_out.rows[0]["query"] == "held out"
+    with pytest.raises(
+        TripletDataError,
+        match=r"no subset has a 'dev' split \(subsets and their splits: a: train, "
+        r"test; b: train\); give one with --data_split",
+    ):
         load_triplets(str(repo), split="dev")
 
 
@@ -282,16 +365,28 @@ def test_a_hub_id_that_cannot_be_loaded_says_what_is_accepted(tmp_path, monkeypa
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network wait: read when imported, not from env
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for load in (load_triplets, lambda source: stream_triplets(source, batch_size=4, seed=0, buffer_size=10)):
-        with pytest.raises(TripletDataError, match=r"no-such-org/no-such-data: not a local file or folder, and "
-                                                   r"loading it as a Hub dataset failed .* a Hub dataset id"):
+        with pytest.raises(
+            TripletDataError,
+            match=r"no-such-org/no-such-data: not a local file or folder, and "
+            r"loading it as a Hub dataset failed .* a Hub dataset id",
+        ):
             load("no-such-org/no-such-data")
 
 
 def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_folder, tmp_path):
     data = two_sources(tmp_path / "data")
     # no dropout: what is compared is the batches, not the random streams of two loaders
-    common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", str(data), *TINY_RUN,
-              "--lora_dropout", "0"]
+    common = [
+        "--variant",
+        "5",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        str(data),
+        *TINY_RUN,
+        "--lora_dropout",
+        "0",
+    ]
     in_memory = training.main([*common, "--output_dir", str(tmp_path / "memory")])[0]
     streamed = training.main([*common, "--streaming", "true", "--output_dir", str(tmp_path / "stream")])[0]
     manifest = TrainingManifest.read(streamed)
@@ -306,15 +401,26 @@ def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_fo
         for name, value in load_file(folder / "model.safetensors").items():
             torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="--streaming reads each source in turn"):
-        training.main([*common, "--streaming", "true", "--max_train_samples", "5", "--output_dir",
-                       str(tmp_path / "x")])
+        training.main(
+            [*common, "--streaming", "true", "--max_train_samples", "5", "--output_dir", str(tmp_path / "x")]
+        )
 
 
 def test_data_that_cannot_give_one_source_batches_is_refused_before_training(tiny_backbone_folder, tmp_path):
     data = two_sources(tmp_path / "data")
     with pytest.raises(TripletDataError, match="no source holds a full batch of 16 rows"):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir",
-                       str(tmp_path / "out"), "--per_device_train_batch_size", "16"])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--per_device_train_batch_size",
+                "16",
+            ]
+        )
     with pytest.raises(ValueError, match="--batch_sampling 'by_source': allowed values are one_source_per_batch"):
         training.parse_arguments(["--batch_sampling", "by_source"])
     assert not (tmp_path / "out").exists()
@@ -329,9 +435,11 @@ def test_a_duplicate_positive_is_not_a_negative_in_value_and_gradient():
     documents = torch.randn(5, 8, generator=generator, requires_grad=True)  # positives of q0-q2, then 2 negatives
     # q0 and q1 share a positive text; the first negative is q2's own text
     texts = {"queries": ["q0", "q1", "q2"], "documents": ["p", "p", "p2", "q2", "n"]}
-    ids = {"queries": torch.tensor([text_id(t) for t in texts["queries"]]),
-           "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
-           "documents": torch.tensor([text_id(t) for t in texts["documents"]])}
+    ids = {
+        "queries": torch.tensor([text_id(t) for t in texts["queries"]]),
+        "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
+        "documents": torch.tensor([text_id(t) for t in texts["documents"]]),
+    }
     masked = contrastive_loss(queries, documents, temperature=0.05, gather=False, text_ids=ids)
     masked_gradients = torch.autograd.grad(masked, [queries, documents])
     # by hand: each query's softmax over the documents that are truly its negatives
@@ -352,8 +460,9 @@ def test_the_mask_holds_on_the_plain_and_gradcache_paths(tiny_backbone_folder, t
 
     rows = [dict(row) for row in TRIPLETS[:4]]
     rows[1]["positive"] = rows[0]["positive"]  # a duplicate positive inside the batch
-    collator = TripletCollator(AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32,
-                               document_max_length=32, add_eos=True)
+    collator = TripletCollator(
+        AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32, document_max_length=32, add_eos=True
+    )
     inputs = collator(rows)
     losses, gradients = {}, {}
     for chunk in (0, 3):  # plain backpropagation, then GradCache in chunks of 3 texts; the same initial weights
@@ -362,8 +471,11 @@ def test_the_mask_holds_on_the_plain_and_gradcache_paths(tiny_backbone_folder, t
         loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
         losses[chunk] = loss.item()
-        gradients[chunk] = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()
-                            if parameter.requires_grad}
+        gradients[chunk] = {
+            name: parameter.grad.clone()
+            for name, parameter in trainer.model.named_parameters()
+            if parameter.requires_grad
+        }
         if chunk == 0:
             trainer.model.zero_grad()
             unmasked = trainer.compute_loss(trainer.model, {key: inputs[key] for key in ("queries", "documents")})

@@ -29,8 +29,23 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
         tiny_model("llama", variant).save_pretrained(tmp_path / f"v{variant}")
         models += ["--model", str(tmp_path / f"v{variant}")]
     output = tmp_path / "results"
-    assert cli.evaluate(["run", *models, "--categories", "STS", "--data-dir", str(data_dir), "--output", str(output),
-                          "--batch-size", "8"]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                *models,
+                "--categories",
+                "STS",
+                "--data-dir",
+                str(data_dir),
+                "--output",
+                str(output),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     folders = sorted((output / "results").iterdir())
     assert [f.name for f in folders] == ["poolattn__v1", "poolattn__v5"]
     task_files = sorted(p.name for p in folders[0].rglob("*.json"))
@@ -43,13 +58,39 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
 
     first_result = next(folders[0].rglob("STSBenchmark.json"))
     written = first_result.stat().st_mtime_ns
-    assert cli.evaluate(["run", models[0], models[1], "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
-                          "--output", str(output)]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                models[0],
+                models[1],
+                "--tasks",
+                "STSBenchmark",
+                "--data-dir",
+                str(data_dir),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     assert first_result.stat().st_mtime_ns == written  # finished tasks are skipped without --overwrite
 
     capsys.readouterr()
-    assert cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--baseline", "poolattn/v1",
-                          "--output", str(tmp_path / "cmp")]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "compare",
+                str(folders[0]),
+                str(folders[1]),
+                "--baseline",
+                "poolattn/v1",
+                "--output",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     report = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| STSBenchmark | STS |" in report and "| BIOSSES | STS |" in report
     assert "poolattn/v5 vs poolattn/v1" in report and "too few datasets" in report
@@ -68,8 +109,17 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
 
 def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):
     tiny_model("llama", 1).save_pretrained(tmp_path / "m")
-    arguments = ["run", "--model", str(tmp_path / "m"), "--tasks", "STSBenchmark,STS13", "--data-dir", str(data_dir),
-                 "--output", str(tmp_path / "out")]
+    arguments = [
+        "run",
+        "--model",
+        str(tmp_path / "m"),
+        "--tasks",
+        "STSBenchmark,STS13",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(SystemExit, match=r"1 task\(s\) have no local copy in .*: STS13"):
         cli.evaluate(arguments)
     assert not (tmp_path / "out").exists()
@@ -93,8 +143,24 @@ def test_a_changed_task_copy_is_scored_again_never_served_from_the_cache(tmp_pat
     output = tmp_path / "results"
 
     def score(folder) -> float:
-        assert cli.evaluate(["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(folder),
-                             "--output", str(output), "--batch-size", "8"]) == 0
+        assert (
+            cli.evaluate(
+                [
+                    "run",
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--tasks",
+                    "BIOSSES",
+                    "--data-dir",
+                    str(folder),
+                    "--output",
+                    str(output),
+                    "--batch-size",
+                    "8",
+                ]
+            )
+            == 0
+        )
         result = next((output / "results").rglob("BIOSSES.json"))
         return json.loads(result.read_text())["scores"]["test"][0]["main_score"], result.stat().st_mtime_ns
 

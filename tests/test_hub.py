@@ -21,10 +21,21 @@ from poolattn.manifest import ExportedModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is "
-ST_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-            "sentence_transformers_poolattn.py", "onnx_poolattn.py"}
-MODEL_FILES = {"config.json", "configuration_poolattn.py", "modeling_poolattn.py", "model.safetensors",
-               "tokenizer.json", "tokenizer_config.json"}
+ST_FILES = {
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "sentence_transformers_poolattn.py",
+    "onnx_poolattn.py",
+}
+MODEL_FILES = {
+    "config.json",
+    "configuration_poolattn.py",
+    "modeling_poolattn.py",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
 
 FRESH_PROCESS_LOADERS = r"""
 import json, sys
@@ -46,15 +57,28 @@ for folder in folders:
 
 
 def run_fresh(folders, prompt=PROMPT):
-    command = [sys.executable, "-c", FRESH_PROCESS_LOADERS, json.dumps([str(f) for f in folders]),
-               json.dumps(SENTENCES), prompt]
+    command = [
+        sys.executable,
+        "-c",
+        FRESH_PROCESS_LOADERS,
+        json.dumps([str(f) for f in folders]),
+        json.dumps(SENTENCES),
+        prompt,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-3000:]
     return {Path(f).name: np.load(Path(f).parent / f"{Path(f).name}.npz") for f in folders}
 
 
-CASES = [("llama", 1, "right"), ("llama", 2, "right"), ("llama", 3, "left"), ("llama", 4, "right"),
-         ("llama", 5, "right"), ("llama", 5, "left"), ("qwen2", 5, "right")]
+CASES = [
+    ("llama", 1, "right"),
+    ("llama", 2, "right"),
+    ("llama", 3, "left"),
+    ("llama", 4, "right"),
+    ("llama", 5, "right"),
+    ("llama", 5, "left"),
+    ("qwen2", 5, "right"),
+]
 
 
 def test_dry_run_folder_gives_the_in_memory_embeddings_through_automodel_and_sentence_transformers(tmp_path):
@@ -64,8 +88,9 @@ def test_dry_run_folder_gives_the_in_memory_embeddings_through_automodel_and_sen
         model.tokenizer = tiny_tokenizer(side)
         name = f"{family}-v{variant}-{side}"
         model.save_pretrained(tmp_path / "exported" / name)
-        folder = write_repository_folder(tmp_path / "exported" / name, tmp_path / "hub" / name,
-                                         repo_id=f"me/{name}", verify=False)  # run_fresh below loads each
+        folder = write_repository_folder(
+            tmp_path / "exported" / name, tmp_path / "hub" / name, repo_id=f"me/{name}", verify=False
+        )  # run_fresh below loads each
         assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(folder))
         folders.append(folder)
         expected[name] = (model.encode(SENTENCES, batch_size=8), model.encode(SENTENCES, prompt=PROMPT, batch_size=8))
@@ -89,12 +114,36 @@ def front_matter(card_path: Path) -> dict:
 @pytest.fixture
 def trained_v5(tiny_backbone_folder, triplets_file, tmp_path):
     """train.py with a query instruction and --hub_dry_run: (exported model folder, repository folder)."""
-    exported = training.main([
-        "--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-        "--output_dir", str(tmp_path / "run"), "--query_instruction", "Find the passage", "--max_steps", "2",
-        "--per_device_train_batch_size", "4", "--save_steps", "2", "--use_cpu", "true", "--lora_r", "4",
-        "--lora_alpha", "8", "--hub_model_id", "me/tiny-poolattn", "--hub_dry_run", str(tmp_path / "hub"),
-    ])[0]
+    exported = training.main(
+        [
+            "--variant",
+            "5",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--query_instruction",
+            "Find the passage",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_steps",
+            "2",
+            "--use_cpu",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--hub_model_id",
+            "me/tiny-poolattn",
+            "--hub_dry_run",
+            str(tmp_path / "hub"),
+        ]
+    )[0]
     return exported, tmp_path / "hub" / "tiny-poolattn-v5"
 
 
@@ -111,8 +160,13 @@ def test_train_dry_run_writes_the_repository_folder_with_a_card_from_the_manifes
     metadata = front_matter(folder / "README.md")
     assert metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "feature-extraction"
-    assert {"mteb", "sentence-transformers", "poolattn-variant-5", "bidirectional-attention",
-            "multi-layer-trainable-pooling"} <= set(metadata["tags"])
+    assert {
+        "mteb",
+        "sentence-transformers",
+        "poolattn-variant-5",
+        "bidirectional-attention",
+        "multi-layer-trainable-pooling",
+    } <= set(metadata["tags"])
     assert metadata["license"] == "other"  # a local backbone without a card: unknown, said so in the card
     assert "base_model" not in metadata and "model-index" not in metadata  # local backbone, not evaluated
     card = (folder / "README.md").read_text()
@@ -146,8 +200,15 @@ def evaluated(tmp_path):
         lines = (shared / task / "test.jsonl").read_text().splitlines()[:rows]
         (tmp_path / "data" / task / "test.jsonl").write_text("\n".join(lines) + "\n")
     models = {variant: tmp_path / "exported" / f"tiny-v{variant}" for variant in (1, 3, 5)}
-    arguments = ["run", "--tasks", "STSBenchmark,BIOSSES", "--data-dir", str(tmp_path / "data"),
-                 "--output", str(tmp_path / "results")]
+    arguments = [
+        "run",
+        "--tasks",
+        "STSBenchmark,BIOSSES",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "results"),
+    ]
     for variant, folder in models.items():
         tiny_model("llama", variant, seed=variant).save_pretrained(folder)
         arguments += ["--model", str(folder)]
@@ -155,8 +216,9 @@ def evaluated(tmp_path):
     return models, tmp_path / "results"
 
 
-def test_mtebs_stock_sentence_transformers_route_reproduces_the_evaluation_without_hand_passed_prompts(evaluated,
-                                                                                                      tmp_path):
+def test_mtebs_stock_sentence_transformers_route_reproduces_the_evaluation_without_hand_passed_prompts(
+    evaluated, tmp_path
+):
     """The folder's prompts are keyed as mteb looks them up, so mteb's own wrapper scores what evaluate.py scored."""
     import mteb
     from sentence_transformers import SentenceTransformer
@@ -168,11 +230,14 @@ def test_mtebs_stock_sentence_transformers_route_reproduces_the_evaluation_witho
     folder = write_repository_folder(models[5], tmp_path / "repo", repo_id="me/tiny-v5", results=results)
     prompts = json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts["STS"] == "Instruct: Retrieve semantically similar text.\nQuery: " and prompts["document"] == ""
-    wrapper = mteb.SentenceTransformerEncoderWrapper(SentenceTransformer(str(folder), trust_remote_code=True,
-                                                                         device="cpu"))
+    wrapper = mteb.SentenceTransformerEncoderWrapper(
+        SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    )
     tasks = [load_task(name, data_dir=tmp_path / "data") for name in ("STSBenchmark", "BIOSSES")]
-    stock = {result.task_name: result.get_score() for result in
-             mteb.evaluate(wrapper, tasks, cache=None, show_progress_bar=False).task_results}
+    stock = {
+        result.task_name: result.get_score()
+        for result in mteb.evaluate(wrapper, tasks, cache=None, show_progress_bar=False).task_results
+    }
     name = ExportedModel.read(models[5]).mteb_name
     ours = read_runs(results / "results" / name.replace("/", "__"))[0].scores
     assert stock.keys() == ours.keys()
@@ -185,8 +250,9 @@ def test_card_holds_the_mteb_results_and_wilcoxon_comparisons_against_the_other_
     from mteb import TaskResult
 
     models, results = evaluated
-    folders = publish(list(models.values()), hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False,
-                      results=results)
+    folders = publish(
+        list(models.values()), hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False, results=results
+    )
     assert [f.name for f in folders] == ["tiny-v1", "tiny-v3", "tiny-v5"]
     card_path = tmp_path / "hub" / "tiny-v5" / "README.md"
     metadata = front_matter(card_path)
@@ -228,25 +294,58 @@ def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub
 
     models, local_results = evaluated
     model = tiny_model("llama", 5, seed=5)  # the in-memory model behind models[5]
-    command = [sys.executable, str(ROOT / "publish.py"), str(models[5]), "--hub_model_id", "me/tiny",
-               "--output_dir", str(tmp_path / "hub"), "--push"]
+    command = [
+        sys.executable,
+        str(ROOT / "publish.py"),
+        str(models[5]),
+        "--hub_model_id",
+        "me/tiny",
+        "--output_dir",
+        str(tmp_path / "hub"),
+        "--push",
+    ]
     with MockHub() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0",
-               "HF_HOME": str(tmp_path / "hf_home")}
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_TOKEN": "hf_test_token",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home"),
+        }
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert hub.created == ["me/tiny-v5"]
         assert hub.files["me/tiny-v5"] == repository_files(tmp_path / "hub" / "tiny-v5")  # same paths, same bytes
 
         # A user elsewhere: AutoModel and SentenceTransformer from the repository id, without poolattn.
-        loaded = subprocess.run([sys.executable, "-c", FROM_THE_HUB, "me/tiny-v5", json.dumps(SENTENCES),
-                                 str(tmp_path / "from_hub.npz")], capture_output=True, text=True, env=env, cwd="/")
+        loaded = subprocess.run(
+            [sys.executable, "-c", FROM_THE_HUB, "me/tiny-v5", json.dumps(SENTENCES), str(tmp_path / "from_hub.npz")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+        )
         assert loaded.returncode == 0, loaded.stderr[-3000:]
         # ... and evaluate.py on the repository id, which scores the same weights as the local folder.
         evaluation = subprocess.run(
-            [sys.executable, str(ROOT / "evaluate.py"), "run", "--model", "me/tiny-v5", "--tasks", "BIOSSES",
-             "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "hub_results")],
-            capture_output=True, text=True, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                str(ROOT / "evaluate.py"),
+                "run",
+                "--model",
+                "me/tiny-v5",
+                "--tasks",
+                "BIOSSES",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "hub_results"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     from_hub = np.load(tmp_path / "from_hub.npz")
     expected = model.encode(SENTENCES)
@@ -262,18 +361,33 @@ def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub
 @pytest.mark.parametrize("failure", ["unauthorised", "offline", "no token"])
 def test_a_failed_push_says_why_and_keeps_the_folder(tmp_path, failure):
     tiny_model("llama", 1).save_pretrained(tmp_path / "exported")
-    command = [sys.executable, str(ROOT / "publish.py"), str(tmp_path / "exported"), "--hub_model_id", "me/tiny",
-               "--output_dir", str(tmp_path / "hub"), "--push"]
+    command = [
+        sys.executable,
+        str(ROOT / "publish.py"),
+        str(tmp_path / "exported"),
+        "--hub_model_id",
+        "me/tiny",
+        "--output_dir",
+        str(tmp_path / "hub"),
+        "--push",
+    ]
     env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
     env["HF_HOME"] = str(tmp_path / "hf_home")  # no saved login
     with MockHub(refuse_with=401) as hub:
-        env.update({"unauthorised": {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_bad"},
-                    "offline": {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test"},
-                    "no token": {"HF_ENDPOINT": hub.endpoint}}[failure])
+        env.update(
+            {
+                "unauthorised": {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_bad"},
+                "offline": {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_test"},
+                "no token": {"HF_ENDPOINT": hub.endpoint},
+            }[failure]
+        )
         result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 1
-    message = {"unauthorised": "refused me/tiny-v1 (HTTP 401)", "offline": "HF_HUB_OFFLINE is set",
-               "no token": "No Hugging Face token found"}[failure]
+    message = {
+        "unauthorised": "refused me/tiny-v1 (HTTP 401)",
+        "offline": "HF_HUB_OFFLINE is set",
+        "no token": "No Hugging Face token found",
+    }[failure]
     assert message in result.stderr and f"kept at {tmp_path / 'hub' / 'tiny-v1'}" in result.stderr
     assert hub.files == {}
     assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(tmp_path / "hub" / "tiny-v1"))
@@ -286,10 +400,12 @@ def test_train_refuses_a_push_it_cannot_make_before_training(tiny_backbone_folde
         training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
-        training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true",
-                                  "--hub_model_id", "me/x"])
-    *_, training_args = training.parse_arguments(["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x",
-                                               "--hub_dry_run", "hub"])
+        training.parse_arguments(
+            ["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"]
+        )
+    *_, training_args = training.parse_arguments(
+        ["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x", "--hub_dry_run", "hub"]
+    )
     assert training_args.push_to_hub is False  # the Trainer never pushes raw checkpoints itself
 
 
@@ -332,27 +448,50 @@ def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_st
         torch.testing.assert_close(torch.as_tensor(embedded), expected, rtol=0, atol=1e-5)
 
 
-def test_train_exports_are_sentence_transformers_folders_that_equal_encode(tiny_backbone_folder, triplets_file,
-                                                                          tmp_path):
+def test_train_exports_are_sentence_transformers_folders_that_equal_encode(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
     """train.py's own export (not only publish.py's folders): SentenceTransformer(export) runs the pooling head and
     its query prompt, equal to `encode` within 1e-5 in a fresh process without poolattn."""
     from poolattn import training
     from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
 
-    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                              "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
-                              "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4",
-                              "--lora_alpha", "8", "--query_instruction", "Find the answer"])[0]
-    assert ST_FILES <= set(path.name for path in exported.iterdir())
+    exported = training.main(
+        [
+            "--variant",
+            "5",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--query_instruction",
+            "Find the answer",
+        ]
+    )[0]
+    assert set(path.name for path in exported.iterdir()) >= ST_FILES
     got = run_fresh([exported])[exported.name]
     model = PoolAttnEmbeddingModel.from_pretrained(exported)
     np.testing.assert_allclose(got["st"], model.encode(SENTENCES, batch_size=3), atol=1e-5)
-    np.testing.assert_allclose(got["st_query"], model.encode(SENTENCES, prompt="Instruct: Find the answer\nQuery: ",
-                                                             batch_size=3), atol=1e-5)
+    np.testing.assert_allclose(
+        got["st_query"], model.encode(SENTENCES, prompt="Instruct: Find the answer\nQuery: ", batch_size=3), atol=1e-5
+    )
 
 
-def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(tiny_backbone_folder, triplets_file,
-                                                                            tmp_path, caplog):
+def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(
+    tiny_backbone_folder, triplets_file, tmp_path, caplog
+):
     """A trained export with a stray file (a token), a tampered modeling file and this machine's paths in its
     manifest: the repository folder holds the allow-listed files, the package's own code, no local path, and loads
     in a fresh process; a folder whose config says another design than its weights, or without a tokenizer, is
@@ -360,10 +499,28 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(tiny
     from poolattn import training
     from poolattn.shipping import PACKAGE_CODE, PACKAGE_DIR, ShippingError
 
-    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                              "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
-                              "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4",
-                              "--lora_alpha", "8"])[0]
+    exported = training.main(
+        [
+            "--variant",
+            "5",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+        ]
+    )[0]
     (exported / "hf_token.txt").write_text("hf_secret")
     modeling = exported / "modeling_poolattn.py"
     modeling.write_text("import os  # tampered\n" + modeling.read_text())
@@ -407,10 +564,38 @@ def test_a_card_names_the_results_it_leaves_out_and_why(tmp_path, caplog):
     rows = (ROOT.parent / "shared" / "data" / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
     data.joinpath("test.jsonl").write_text("\n".join(rows) + "\n")
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
-    assert cli.evaluate(["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir",
-                         str(tmp_path / "data"), "--output", str(tmp_path / "results"), "--budget", "10"]) == 0
-    assert cli.publish([str(tmp_path / "m"), "--hub_model_id", "me/tiny", "--output_dir", str(tmp_path / "hub"),
-                        "--results", str(tmp_path / "results")]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "m"),
+                "--tasks",
+                "BIOSSES",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "results"),
+                "--budget",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.publish(
+            [
+                str(tmp_path / "m"),
+                "--hub_model_id",
+                "me/tiny",
+                "--output_dir",
+                str(tmp_path / "hub"),
+                "--results",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
     card = (tmp_path / "hub" / "tiny-v5" / "README.md").read_text()
     assert "Not evaluated yet" in card and "left out of this card" in card
     assert "-budget10`: a budget of 10 units per task (not comparable with published MTEB numbers)." in card

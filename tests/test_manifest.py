@@ -23,16 +23,40 @@ RELEASE_0_1_0 = Path(__file__).parent / "fixtures" / "training_manifest_poolattn
 
 def full_manifest() -> TrainingManifest:
     return TrainingManifest(
-        variant=5, backbone="smollm2-135m", model_name="me/model", seed=7,
-        data=DataRecord(source="data.jsonl", files=["data.jsonl"], examples=12, hard_negatives=True,
-                        query_instruction="Find the passage"),
-        settings=TrainingSettings(learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=3, optimizer="adamw",
-                                  temperature=0.05, query_max_length=64, document_max_length=128, precision="float32",
-                                  lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules="q_proj"),
-        contrastive_batch=ContrastiveBatch.of_run(per_device_batch=4, world_size=2, negatives_per_query=1, gather=True,
-                                                  gradcache_chunk_size=2),
-        trainable_parameters=TrainableParameters(lora=10, head=20), global_steps=3, train_runtime_s=1.5,
-        loss_history=[[1, 2.5], [2, 2.0]], libraries={"torch": "2"}, poolattn_config={"variant": 5},
+        variant=5,
+        backbone="smollm2-135m",
+        model_name="me/model",
+        seed=7,
+        data=DataRecord(
+            source="data.jsonl",
+            files=["data.jsonl"],
+            examples=12,
+            hard_negatives=True,
+            query_instruction="Find the passage",
+        ),
+        settings=TrainingSettings(
+            learning_rate=2e-4,
+            lr_scheduler_type="linear",
+            warmup_steps=3,
+            optimizer="adamw",
+            temperature=0.05,
+            query_max_length=64,
+            document_max_length=128,
+            precision="float32",
+            lora_r=4,
+            lora_alpha=8,
+            lora_dropout=0.1,
+            lora_target_modules="q_proj",
+        ),
+        contrastive_batch=ContrastiveBatch.of_run(
+            per_device_batch=4, world_size=2, negatives_per_query=1, gather=True, gradcache_chunk_size=2
+        ),
+        trainable_parameters=TrainableParameters(lora=10, head=20),
+        global_steps=3,
+        train_runtime_s=1.5,
+        loss_history=[[1, 2.5], [2, 2.0]],
+        libraries={"torch": "2"},
+        poolattn_config={"variant": 5},
         hyperparameters={"lora_r": 4},
     )
 
@@ -52,7 +76,8 @@ def test_a_manifest_round_trips_through_its_file_with_unknown_fields_kept(tmp_pa
     reread.write(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "training_manifest.json").read_text()) == written
     assert reread.contrastive_batch.candidates_per_query == 16 and reread.data.query_prompt == (
-        "Instruct: Find the passage\nQuery: ")
+        "Instruct: Find the passage\nQuery: "
+    )
 
 
 def test_the_manifest_written_by_poolattn_0_1_0_still_reads():
@@ -65,7 +90,10 @@ def test_the_manifest_written_by_poolattn_0_1_0_still_reads():
     # the typed settings are derived from the raw arguments that release recorded
     hp = raw["hyperparameters"]
     assert (manifest.settings.learning_rate, manifest.settings.lora_r, manifest.settings.temperature) == (
-        hp["learning_rate"], hp["lora_r"], hp["temperature"])
+        hp["learning_rate"],
+        hp["lora_r"],
+        hp["temperature"],
+    )
     assert manifest.contrastive_batch.queries_per_loss_call == raw["contrastive_batch"]["queries_per_loss_call"]
     assert manifest.contrastive_batch.gradcache_chunk_size == (hp["gradcache_chunk_size"] or 0)
     assert manifest.export_check.max_abs_difference == raw["export_check"]["max_abs_difference"]
@@ -73,8 +101,9 @@ def test_the_manifest_written_by_poolattn_0_1_0_still_reads():
 
 
 def test_unreadable_manifests_say_what_is_wrong(tmp_path):
-    (tmp_path / "training_manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1,
-                                                                "backbone": "x"}))
+    (tmp_path / "training_manifest.json").write_text(
+        json.dumps({"schema_version": SCHEMA_VERSION + 1, "backbone": "x"})
+    )
     with pytest.raises(ManifestError, match="newer than this poolattn reads.*upgrade poolattn"):
         TrainingManifest.read(tmp_path)
     (tmp_path / "training_manifest.json").write_text(json.dumps({"variant": 5}))

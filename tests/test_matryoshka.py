@@ -13,8 +13,22 @@ from poolattn import cli, training
 from poolattn.results import read_runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINY_RUN = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
-            "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+TINY_RUN = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--save_steps",
+    "2",
+    "--learning_rate",
+    "1e-2",
+    "--use_cpu",
+    "true",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +40,19 @@ def trained(tiny_backbone_folder, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("matryoshka")
     (root / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
-    (folder,) = training.main(["--backbone", tiny_backbone_folder, "--train_data", str(root / "triplets.jsonl"),
-                               "--matryoshka_dims", "8,16", "--output_dir", str(root / "run"), *TINY_RUN])
+    (folder,) = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            str(root / "triplets.jsonl"),
+            "--matryoshka_dims",
+            "8,16",
+            "--output_dir",
+            str(root / "run"),
+            *TINY_RUN,
+        ]
+    )
     return folder
 
 
@@ -77,8 +102,17 @@ def test_evaluate_scores_a_trained_size_under_its_own_revision_and_refuses_other
     (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
     lines = (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:40]
     (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(lines) + "\n")
-    common = ["run", "--model", str(trained), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
-              "--output", str(tmp_path / "results")]
+    common = [
+        "run",
+        "--model",
+        str(trained),
+        "--tasks",
+        "BIOSSES",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "results"),
+    ]
     assert cli.evaluate(common) == 0 and cli.evaluate([*common, "--truncate-dim", "8"]) == 0
     (name_folder,) = (tmp_path / "results" / "results").iterdir()
     fingerprint, with_dim = sorted(path.name for path in name_folder.iterdir())
@@ -88,9 +122,11 @@ def test_evaluate_scores_a_trained_size_under_its_own_revision_and_refuses_other
 
     repository = write_repository_folder(trained, tmp_path / "repo", repo_id="me/tiny-mrl")
     wrapper = mteb.SentenceTransformerEncoderWrapper(
-        SentenceTransformer(str(repository), trust_remote_code=True, device="cpu", truncate_dim=8))
-    (stock,) = mteb.evaluate(wrapper, [load_task("BIOSSES", data_dir=tmp_path / "data")], cache=None,
-                             show_progress_bar=False).task_results
+        SentenceTransformer(str(repository), trust_remote_code=True, device="cpu", truncate_dim=8)
+    )
+    (stock,) = mteb.evaluate(
+        wrapper, [load_task("BIOSSES", data_dir=tmp_path / "data")], cache=None, show_progress_bar=False
+    ).task_results
     assert stock.get_score() == pytest.approx(ours, abs=1e-4)
 
     capsys.readouterr()
@@ -99,14 +135,27 @@ def test_evaluate_scores_a_trained_size_under_its_own_revision_and_refuses_other
     assert sorted(path.name for path in name_folder.iterdir()) == [fingerprint, with_dim]
 
 
-@pytest.mark.parametrize(("flag", "message"), [
-    ("16,8", r"must be distinct integers in ascending order, each from 1 to 31"),
-    ("8,32", r"each from 1 to 31 \(the full size 32 is always trained\)"),
-    ("eight", r"--matryoshka_dims 'eight': give comma-separated sizes"),
-])
-def test_bad_matryoshka_dims_are_refused_before_training(tiny_backbone_folder, triplets_file, tmp_path, flag,
-                                                         message):
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("16,8", r"must be distinct integers in ascending order, each from 1 to 31"),
+        ("8,32", r"each from 1 to 31 \(the full size 32 is always trained\)"),
+        ("eight", r"--matryoshka_dims 'eight': give comma-separated sizes"),
+    ],
+)
+def test_bad_matryoshka_dims_are_refused_before_training(tiny_backbone_folder, triplets_file, tmp_path, flag, message):
     with pytest.raises(ValueError, match=message):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--matryoshka_dims", flag,
-                       "--output_dir", str(tmp_path / "run"), *TINY_RUN])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--matryoshka_dims",
+                flag,
+                "--output_dir",
+                str(tmp_path / "run"),
+                *TINY_RUN,
+            ]
+        )
     assert not (tmp_path / "run" / "model").exists()

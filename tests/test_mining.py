@@ -16,6 +16,7 @@ def hand_encoder(vectors: dict[str, list[float]]):
     def encode(texts, *, queries):
         embeddings = np.array([vectors[text] for text in texts], dtype=np.float32)
         return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+
     return encode
 
 
@@ -24,10 +25,20 @@ def unit(similarity: float) -> list[float]:
     return [similarity, float(np.sqrt(1 - similarity**2))]
 
 
-ROWS = [{"query": "q", "positive": "p", "negatives": [], "instruction": None},
-        {"query": "r", "positive": "x", "negatives": ["given"], "instruction": None}]
-VECTORS = {"q": unit(1.0), "p": unit(0.9), "a": unit(0.89), "b": unit(0.7), "c": unit(0.5), "given": unit(0.1),
-           "r": [-1.0, 0.0], "x": unit(-0.95)}
+ROWS = [
+    {"query": "q", "positive": "p", "negatives": [], "instruction": None},
+    {"query": "r", "positive": "x", "negatives": ["given"], "instruction": None},
+]
+VECTORS = {
+    "q": unit(1.0),
+    "p": unit(0.9),
+    "a": unit(0.89),
+    "b": unit(0.7),
+    "c": unit(0.5),
+    "given": unit(0.1),
+    "r": [-1.0, 0.0],
+    "x": unit(-0.95),
+}
 
 
 def corpus_rows():
@@ -36,13 +47,16 @@ def corpus_rows():
     return ROWS + extra, {**VECTORS, **{f"z{text}": [0.0, 1.0] for text in "abc"}}
 
 
-@pytest.mark.parametrize("settings, expected", [
-    (MiningSettings(num_negatives=2, relative_margin=None), ["a", "b"]),  # the nearest two besides p and q
-    (MiningSettings(num_negatives=2, relative_margin=0.05), ["b", "c"]),  # 0.89 > 0.9 x 0.95 = 0.855: a is skipped
-    (MiningSettings(num_negatives=2, relative_margin=None, absolute_margin=0.25), ["c", "given"]),  # <= 0.65 only
-    (MiningSettings(num_negatives=1, relative_margin=None, range_min=1), ["b"]),  # ranks: a 0, b 1, c 2
-    (MiningSettings(num_negatives=3, relative_margin=None, range_max=2), ["a", "b"]),  # only a and b in the window
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (MiningSettings(num_negatives=2, relative_margin=None), ["a", "b"]),  # the nearest two besides p and q
+        (MiningSettings(num_negatives=2, relative_margin=0.05), ["b", "c"]),  # 0.89 > 0.9 x 0.95 = 0.855: a is skipped
+        (MiningSettings(num_negatives=2, relative_margin=None, absolute_margin=0.25), ["c", "given"]),  # <= 0.65 only
+        (MiningSettings(num_negatives=1, relative_margin=None, range_min=1), ["b"]),  # ranks: a 0, b 1, c 2
+        (MiningSettings(num_negatives=3, relative_margin=None, range_max=2), ["a", "b"]),  # only a and b in the window
+    ],
+)
 def test_margins_and_ranks_by_hand(settings, expected):
     rows, vectors = corpus_rows()
     mined, report = mine_source(rows, hand_encoder(vectors), settings, "hand")
@@ -63,8 +77,9 @@ def test_given_negatives_are_kept_first_unless_replaced():
 
 def test_a_real_model_mines_the_true_nearest_non_positive_documents(tmp_path):
     tiny_model("llama", 5, seed=3).save_pretrained(tmp_path / "model")
-    rows = [{"query": row["query"], "positive": row["positive"], "negatives": [], "instruction": None}
-            for row in TRIPLETS]
+    rows = [
+        {"query": row["query"], "positive": row["positive"], "negatives": [], "instruction": None} for row in TRIPLETS
+    ]
     encoder = TextEncoder(str(tmp_path / "model"), batch_size=4, query_instruction="find the passage")
     mined, _ = mine_source(rows, encoder, MiningSettings(num_negatives=3, relative_margin=None, range_max=20), "t")
     # brute force over the same embeddings: cosine of every query with every positive, best first
@@ -79,11 +94,22 @@ def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
-    (data / "b.jsonl").write_text("".join(json.dumps({"query": row["positive"], "positive": row["query"]}) + "\n"
-                                          for row in TRIPLETS))
+    (data / "b.jsonl").write_text(
+        "".join(json.dumps({"query": row["positive"], "positive": row["query"]}) + "\n" for row in TRIPLETS)
+    )
     tiny_model("llama", 5).save_pretrained(tmp_path / "model")
-    arguments = ["--train_data", str(data), "--model", str(tmp_path / "model"), "--output", str(tmp_path / "mined"),
-                 "--num_negatives", "2", "--relative_margin", "-1"]
+    arguments = [
+        "--train_data",
+        str(data),
+        "--model",
+        str(tmp_path / "model"),
+        "--output",
+        str(tmp_path / "mined"),
+        "--num_negatives",
+        "2",
+        "--relative_margin",
+        "-1",
+    ]
     assert cli.mine(arguments) == 0
     provenance = json.loads((tmp_path / "mined" / PROVENANCE_FILE).read_text())
     assert [source["name"] for source in provenance["sources"]] == ["a", "b"]
@@ -91,19 +117,24 @@ def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
     assert len(provenance["model_fingerprint"]) >= 8
     triplets = load_triplets(str(tmp_path / "mined"), negatives_per_query=2)  # _provenance.json is passed over
     assert [(source.name, source.examples, source.negatives_per_query) for source in triplets.sources] == [
-        ("a", 12, 2), ("b", 12, 2)]
+        ("a", 12, 2),
+        ("b", 12, 2),
+    ]
     a_rows = [row for row in triplets.rows if row["source"] == 0]
     assert [row["negatives"][0] for row in a_rows] == [row["negative"] for row in TRIPLETS]  # given ones first
     with pytest.raises(SystemExit, match="exists and is not an empty folder"):
         cli.mine(arguments)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (MiningSettings(num_negatives=0), "--num_negatives 0"),
-    (MiningSettings(range_min=5, range_max=5), "need 0 <= range_min < range_max"),
-    (MiningSettings(relative_margin=1.5), "--relative_margin 1.5"),
-    (MiningSettings(absolute_margin=-0.1), "--absolute_margin -0.1"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (MiningSettings(num_negatives=0), "--num_negatives 0"),
+        (MiningSettings(range_min=5, range_max=5), "need 0 <= range_min < range_max"),
+        (MiningSettings(relative_margin=1.5), "--relative_margin 1.5"),
+        (MiningSettings(absolute_margin=-0.1), "--absolute_margin -0.1"),
+    ],
+)
 def test_bad_settings_are_refused_before_any_encoding(settings, message):
     with pytest.raises(MiningError, match=message):
         settings.check()
@@ -129,13 +160,18 @@ def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, 
 
     monkeypatch.setattr(mining, "mine_source", killed_on_the_second)
     with pytest.raises(KeyboardInterrupt):
-        mining.mine_hard_negatives(str(data), str(tmp_path / "model"), output=tmp_path / "mined",
-                                   settings=MiningSettings(num_negatives=1))
+        mining.mine_hard_negatives(
+            str(data), str(tmp_path / "model"), output=tmp_path / "mined", settings=MiningSettings(num_negatives=1)
+        )
     assert not (tmp_path / "mined").exists()
     monkeypatch.setattr(mining, "mine_source", original)
-    run = mining.mine_hard_negatives(str(data), str(tmp_path / "model"), output=tmp_path / "mined",
-                                     settings=MiningSettings(num_negatives=1))
-    assert sorted(path.name for path in (tmp_path / "mined").iterdir()) == [PROVENANCE_FILE, "first.jsonl",
-                                                                           "second.jsonl"]
+    run = mining.mine_hard_negatives(
+        str(data), str(tmp_path / "model"), output=tmp_path / "mined", settings=MiningSettings(num_negatives=1)
+    )
+    assert sorted(path.name for path in (tmp_path / "mined").iterdir()) == [
+        PROVENANCE_FILE,
+        "first.jsonl",
+        "second.jsonl",
+    ]
     assert [source.name for source in run.sources] == ["first", "second"]
     assert not list(tmp_path.glob(".mined.tmp-*"))

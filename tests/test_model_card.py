@@ -50,20 +50,25 @@ def test_card_of_a_poolattn_0_1_0_manifest_carries_its_recorded_run(tmp_path):
     # gradient accumulation and the GradCache chunk were raw arguments in 0.1.0: the upgrade moves them to the batch
     assert table_row(body, "contrastive batch per loss call") == (
         "4 queries x 8 candidates (4 per device x 1 device(s); hard negatives: True; cross-device negatives: False; "
-        "GradCache chunk: off; gradient accumulation: 1)")
-    assert table_row(body, "tuning") == ("LoRA r=4, alpha=8, dropout=0.1 on q_proj,k_proj,v_proj,o_proj,gate_proj,"
-                                         "up_proj,down_proj, merged into the weights; the head trained fully")
+        "GradCache chunk: off; gradient accumulation: 1)"
+    )
+    assert table_row(body, "tuning") == (
+        "LoRA r=4, alpha=8, dropout=0.1 on q_proj,k_proj,v_proj,o_proj,gate_proj,"
+        "up_proj,down_proj, merged into the weights; the head trained fully"
+    )
     assert table_row(body, "query instruction") == '"Find the passage"'
     assert 'QUERY_PROMPT = "Instruct: Find the passage\\nQuery: "' in body  # the usage snippet, a Python literal
     assert table_row(body, "data") == "local data `triplets.jsonl`: 12 query/positive/hard-negative examples"
-    assert table_row(body, "loss") == ("InfoNCE over cosine similarities, temperature 0.05; 1.812 at the first step, "
-                                       "1.716 at the last")
+    assert table_row(body, "loss") == (
+        "InfoNCE over cosine similarities, temperature 0.05; 1.812 at the first step, 1.716 at the last"
+    )
     assert table_row(body, "trainable parameters") == "LoRA 6,144, head 16,992, backbone 0"
     assert table_row(body, "max tokens") == "queries 512, documents 512"
     assert table_row(body, "precision") == "float32"
     assert table_row(body, "seed") == "42" and table_row(body, "run time") == "1.3 s"
-    assert table_row(body, "export check") == ("merged vs adapter embeddings on 8 texts: largest difference 6e-08 "
-                                               "(tolerance 0.0001)")
+    assert table_row(body, "export check") == (
+        "merged vs adapter embeddings on 8 texts: largest difference 6e-08 (tolerance 0.0001)"
+    )
     assert table_row(body, "libraries").startswith("poolattn 0.1.0, torch 2.13.0+cpu, transformers 5.24.0")
     # a local backbone: named as given, never linked as if it were a Hub id, and its licence is unknown
     assert table_row(body, "backbone") == "`/tmp/pytest-of-root/pytest-0/tiny-llama0`"
@@ -78,15 +83,37 @@ def test_card_of_a_poolattn_0_1_0_manifest_carries_its_recorded_run(tmp_path):
 
 def test_card_of_a_current_manifest_with_a_named_backbone_and_full_fine_tuning(tmp_path):
     manifest = TrainingManifest(
-        variant=5, backbone="smollm2-135m", seed=7, global_steps=300, train_runtime_s=812.5,
-        data=records.DataRecord(source="sentence-transformers/all-nli", examples=5000, skipped_rows=3,
-                                hard_negatives=False, query_instruction=None),
-        settings=records.TrainingSettings(learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=30,
-                                          optimizer="adamw_torch", temperature=0.02, query_max_length=64,
-                                          document_max_length=256, precision="bf16 mixed", full_finetune=True),
-        contrastive_batch=records.ContrastiveBatch.of_run(per_device_batch=16, world_size=2, negatives_per_query=0,
-                                                          gather=True, gradcache_chunk_size=4,
-                                                          gradient_accumulation_steps=2),
+        variant=5,
+        backbone="smollm2-135m",
+        seed=7,
+        global_steps=300,
+        train_runtime_s=812.5,
+        data=records.DataRecord(
+            source="sentence-transformers/all-nli",
+            examples=5000,
+            skipped_rows=3,
+            hard_negatives=False,
+            query_instruction=None,
+        ),
+        settings=records.TrainingSettings(
+            learning_rate=1e-4,
+            lr_scheduler_type="cosine",
+            warmup_steps=30,
+            optimizer="adamw_torch",
+            temperature=0.02,
+            query_max_length=64,
+            document_max_length=256,
+            precision="bf16 mixed",
+            full_finetune=True,
+        ),
+        contrastive_batch=records.ContrastiveBatch.of_run(
+            per_device_batch=16,
+            world_size=2,
+            negatives_per_query=0,
+            gather=True,
+            gradcache_chunk_size=4,
+            gradient_accumulation_steps=2,
+        ),
         trainable_parameters=records.TrainableParameters(lora=0, head=1000, backbone=134_000_000),
         loss_history=[[1, 3.25], [150, 1.0], [300, 0.5]],
     )
@@ -97,16 +124,20 @@ def test_card_of_a_current_manifest_with_a_named_backbone_and_full_fine_tuning(t
     assert "licence could not be determined" not in body
     assert "built from [HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M" in body
     assert table_row(body, "backbone") == "`smollm2-135m` (HuggingFaceTB/SmolLM2-135M-Instruct)"
-    assert table_row(body, "data") == ("[sentence-transformers/all-nli](https://huggingface.co/datasets/sentence-"
-                                       "transformers/all-nli): 5000 query/positive examples, 3 invalid rows skipped")
+    assert table_row(body, "data") == (
+        "[sentence-transformers/all-nli](https://huggingface.co/datasets/sentence-"
+        "transformers/all-nli): 5000 query/positive examples, 3 invalid rows skipped"
+    )
     assert table_row(body, "query instruction") == "none" and "QUERY_PROMPT = None" in body
     assert table_row(body, "steps") == "300 (lr 0.0001, cosine schedule, 30 warmup steps, adamw_torch)"
     assert table_row(body, "contrastive batch per loss call") == (
         "32 queries x 32 candidates (16 per device x 2 device(s); hard negatives: 0 per query; cross-device "
-        "negatives: True; GradCache chunk: 4; gradient accumulation: 2)")
+        "negatives: True; GradCache chunk: 4; gradient accumulation: 2)"
+    )
     assert table_row(body, "tuning") == "full fine-tuning of every weight"
-    assert table_row(body, "loss") == ("InfoNCE over cosine similarities, temperature 0.02; 3.250 at the first step, "
-                                       "0.500 at the last")
+    assert table_row(body, "loss") == (
+        "InfoNCE over cosine similarities, temperature 0.02; 3.250 at the first step, 0.500 at the last"
+    )
     assert table_row(body, "precision") == "bf16 mixed" and table_row(body, "seed") == "7"
     assert table_row(body, "run time") == "812.5 s"
     assert table_row(body, "trainable parameters") == "LoRA 0, head 1,000, backbone 134,000,000"
@@ -147,11 +178,14 @@ def test_a_template_variable_the_code_does_not_give_is_refused_not_rendered_empt
         render_card(metadata, name="tiny-v5")
 
 
-@pytest.mark.parametrize("source, described", [
-    ("/elsewhere/poolattn/sample_data/sample_triplets.jsonl", "poolattn's bundled sample triplets"),
-    ("/home/me/data/pairs.jsonl", "local data `pairs.jsonl`:"),
-    ("org/dataset", "[org/dataset](https://huggingface.co/datasets/org/dataset):"),
-])
+@pytest.mark.parametrize(
+    "source, described",
+    [
+        ("/elsewhere/poolattn/sample_data/sample_triplets.jsonl", "poolattn's bundled sample triplets"),
+        ("/home/me/data/pairs.jsonl", "local data `pairs.jsonl`:"),
+        ("org/dataset", "[org/dataset](https://huggingface.co/datasets/org/dataset):"),
+    ],
+)
 def test_data_sources_are_described_as_a_reader_can_find_them(source, described):
     assert describe_data_source(source).startswith(described)
 
@@ -162,10 +196,13 @@ MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy", "Retrieva
 def fake_results(name: str, scores: dict[str, float], categories: dict[str, str]) -> ModelResults:
     """`ModelResults` over stand-ins for mteb `TaskResult`s (what the tables read: name and score), with each task's
     category and main score recorded as a run records them for local tasks."""
-    task_results = [SimpleNamespace(task_name=task, get_score=lambda score=score: score)
-                    for task, score in scores.items()]
-    recorded = {task: TaskInfo(task, categories[task], MAIN_SCORES[categories[task]], f"local/{task}", local=True)
-                for task in scores}
+    task_results = [
+        SimpleNamespace(task_name=task, get_score=lambda score=score: score) for task, score in scores.items()
+    ]
+    recorded = {
+        task: TaskInfo(task, categories[task], MAIN_SCORES[categories[task]], f"local/{task}", local=True)
+        for task in scores
+    }
     return ModelResults(name, "rev", Path("."), task_results, recorded_tasks=recorded)
 
 
@@ -182,7 +219,8 @@ def test_evaluation_tables_compare_over_this_models_tasks_only():
         "| STS13 | STS | cosine_spearman | 0.7000 |",
     ]
     assert tables["means"].splitlines() == [
-        "| model | Classification | STS |", "|---|---|---|",
+        "| model | Classification | STS |",
+        "|---|---|---|",
         "| me/x-v5 (this model) | 0.6000 | 0.6000 |",
         "| me/x-v1 | — | 0.3500 |",  # no Classification score, and its ArguAna never enters
     ]

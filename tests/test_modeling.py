@@ -20,8 +20,10 @@ POOLING_CASES = [
     ("multi_layer_mean", {"pooling": "multi_layer_latent", "layer_summary": "mean", "layers": [1, 3]}),
     ("multi_layer_single_head", {"pooling": "multi_layer_latent", "head_attention": "single", "layer_weights": False}),
     ("multi_layer_inputs_query", {"pooling": "multi_layer_latent", "latent_orientation": "inputs_query"}),
-    ("multi_layer_hierarchical",
-     {"pooling": "multi_layer_latent", "head_attention": "hierarchical", "layer_group_size": 2}),
+    (
+        "multi_layer_hierarchical",
+        {"pooling": "multi_layer_latent", "head_attention": "hierarchical", "layer_group_size": 2},
+    ),
 ]
 ATTENTION_CASES = ("causal", "bidirectional")
 
@@ -120,13 +122,20 @@ def batch_of(model, texts, prompt=None):
 @pytest.mark.parametrize("layer_summary", ["eos", "mean"])
 @pytest.mark.parametrize("attention", ATTENTION_CASES)
 def test_hooked_layer_summaries_equal_the_output_hidden_states_path(layer_summary, attention):
-    model = tiny_model("qwen2", variant=None, attention=attention, pooling="multi_layer_latent",
-                       layer_summary=layer_summary, layers="all")
+    model = tiny_model(
+        "qwen2",
+        variant=None,
+        attention=attention,
+        pooling="multi_layer_latent",
+        layer_summary=layer_summary,
+        layers="all",
+    )
     batch = batch_of(model, SENTENCES, prompt="query")
     with torch.no_grad():
         output = model(**batch)
-        states = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             output_hidden_states=True).hidden_states  # (embeddings, layer 1, ..., final normed)
+        states = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states  # (embeddings, layer 1, ..., final normed)
     mask = batch["attention_mask"]
     pool = batch["pooling_mask"] * mask
     for position, layer in enumerate(model.layer_indices):
@@ -143,7 +152,7 @@ def test_prompt_tokens_are_left_out_of_mean_pooling():
     features = tokenize_for_embedding(
         model.tokenizer, ["the cat sat"], prompt="query passage", max_length=64, add_eos=True
     )
-    ids = model.tokenizer.convert_tokens_to_ids("<s> query passage the cat sat </s>".split())
+    ids = model.tokenizer.convert_tokens_to_ids(["<s>", "query", "passage", "the", "cat", "sat", "</s>"])
     assert features[0]["input_ids"] == ids
     assert features[0]["pooling_mask"] == [1, 0, 0, 1, 1, 1, 1]  # BOS, prompt x2, text x3, EOS
     batch = pad_features(features, pad_token_id=0, padding_side="right")

@@ -29,12 +29,17 @@ def test_mteb_sts_score_equals_our_own_spearman_and_instructions_reach_the_model
     encoder = PoolAttnEncoder(str(model_dir), name="poolattn/tiny-v5", revision="r1", batch_size=8)
     prompts = []
     original_encode = encoder.model.encode
-    monkeypatch.setattr(encoder.model, "encode",
-                        lambda texts, **kw: prompts.append(kw["prompt"]) or original_encode(texts, **kw))
+    monkeypatch.setattr(
+        encoder.model, "encode", lambda texts, **kw: prompts.append(kw["prompt"]) or original_encode(texts, **kw)
+    )
 
-    result = mteb.evaluate(encoder, [local_sts_task(tmp_path / "STSBenchmark")],
-                           cache=mteb.ResultCache(tmp_path / "r"), overwrite_strategy="always",
-                           show_progress_bar=False)
+    result = mteb.evaluate(
+        encoder,
+        [local_sts_task(tmp_path / "STSBenchmark")],
+        cache=mteb.ResultCache(tmp_path / "r"),
+        overwrite_strategy="always",
+        show_progress_bar=False,
+    )
     scores = result.task_results[0].scores["test"][0]
     assert scores["main_score"] == scores["cosine_spearman"]
 
@@ -79,12 +84,29 @@ def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_ev
     with pytest.raises(Exception, match="No model implementation"):  # mteb 2.x: registry or Hub names only
         mteb.get_model(str(model_dir))
     local_sts_task(tmp_path / "data" / "STSBenchmark")
-    assert cli.evaluate(["run", "--model", str(model_dir), "--tasks", "STSBenchmark", "--data-dir",
-                         str(tmp_path / "data"), "--output", str(tmp_path / "ours"), "--batch-size", "8"]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(model_dir),
+                "--tasks",
+                "STSBenchmark",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "ours"),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     (ours,) = read_runs(next((tmp_path / "ours" / "results").iterdir()))
     encoder = get_model(str(model_dir), batch_size=8)
-    (result,) = mteb.evaluate(encoder, [local_sts_task(tmp_path / "again" / "STSBenchmark")], cache=None,
-                              show_progress_bar=False).task_results
+    (result,) = mteb.evaluate(
+        encoder, [local_sts_task(tmp_path / "again" / "STSBenchmark")], cache=None, show_progress_bar=False
+    ).task_results
     assert result.get_score() == pytest.approx(ours.scores["STSBenchmark"], abs=6e-6)  # stored: 6 decimals
     assert encoder.mteb_model_meta.revision == ours.revision
     assert get_model(str(model_dir), instructions=False).mteb_model_meta.revision.endswith("-no-instructions")
@@ -93,6 +115,7 @@ def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_ev
 def test_documents_get_no_instruction_and_queries_do():
     assert query_prompt("ArguAna", "Retrieval", prompt_type="document") is None
     assert query_prompt("ArguAna", "Retrieval", prompt_type="query") == (
-        "Instruct: Given a claim, find documents that refute the claim\nQuery: ")
+        "Instruct: Given a claim, find documents that refute the claim\nQuery: "
+    )
     assert query_prompt("SomeNewRetrieval", "Retrieval", prompt_type="query").startswith("Instruct: Given a query")
     assert query_prompt("X", "Unknown", prompt_type=None, instructions={}) is None

@@ -63,8 +63,13 @@ def test_onnx_runtime_gives_the_pytorch_embeddings_for_every_design(exported, de
             for batch_size in (1, 2, len(texts)):  # the graph was traced at batch 3
                 expected = model.encode(texts, prompt=prompt, batch_size=batch_size)
                 got = runtime.encode(texts, prompt=prompt, batch_size=batch_size)
-                np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE,
-                                           err_msg=f"{design}, {side} padding, prompt={prompt!r}, batch {batch_size}")
+                np.testing.assert_allclose(
+                    got,
+                    expected,
+                    rtol=0,
+                    atol=TOLERANCE,
+                    err_msg=f"{design}, {side} padding, prompt={prompt!r}, batch {batch_size}",
+                )
     unnormalised = model.encode(SENTENCES[:2], normalize=False)
     np.testing.assert_allclose(runtime.encode(SENTENCES[:2], normalize=False), unnormalised, rtol=1e-5, atol=1e-5)
     record = OnnxExport.read(folder)
@@ -124,8 +129,12 @@ def test_sentence_transformers_onnx_backend_runs_the_exported_head_without_poola
     model.tokenizer = tiny_tokenizer()
     np.testing.assert_allclose(got["onnx"], model.encode(SENTENCES), rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(got["onnx_prompt"], model.encode(SENTENCES, prompt=PROMPT), rtol=0, atol=TOLERANCE)
-    np.testing.assert_allclose(got["int8"], PoolAttnOnnxModel.from_pretrained(folder, file_name=ONNX_INT8_FILE)
-                               .encode(SENTENCES), rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        got["int8"],
+        PoolAttnOnnxModel.from_pretrained(folder, file_name=ONNX_INT8_FILE).encode(SENTENCES),
+        rtol=0,
+        atol=TOLERANCE,
+    )
 
 
 def test_missing_export_and_bad_folders_are_refused_with_the_fix(tmp_path, capsys):
@@ -164,8 +173,18 @@ def test_evaluate_scores_the_onnx_export_under_its_own_revision(exported, tmp_pa
     lines = (shared / "STSBenchmark" / "test.jsonl").read_text().splitlines()[:40]
     (tmp_path / "data" / "STSBenchmark" / "test.jsonl").write_text("\n".join(lines) + "\n")
     _, folder = exported(5)
-    common = ["--model", str(folder), "--tasks", "STSBenchmark", "--data-dir", str(tmp_path / "data"),
-              "--output", str(tmp_path / "results"), "--batch-size", "8"]
+    common = [
+        "--model",
+        str(folder),
+        "--tasks",
+        "STSBenchmark",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "results"),
+        "--batch-size",
+        "8",
+    ]
     scores = {}
     for flags in ([], ["--onnx"], ["--onnx", ONNX_INT8_FILE]):
         capsys.readouterr()

@@ -25,8 +25,15 @@ def test_the_interval_matches_scipys_paired_percentile_bootstrap():
     rng = np.random.default_rng(1)
     a, b = rng.normal(0.52, 0.2, 300), rng.normal(0.50, 0.2, 300)
     ours = paired_bootstrap(mean_units(300), a, b, resamples=4000)
-    theirs = bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), paired=True, vectorized=False,
-                       n_resamples=4000, method="percentile", random_state=2).confidence_interval
+    theirs = bootstrap(
+        (a, b),
+        lambda x, y: np.mean(x) - np.mean(y),
+        paired=True,
+        vectorized=False,
+        n_resamples=4000,
+        method="percentile",
+        random_state=2,
+    ).confidence_interval
     assert ours.difference == pytest.approx(a.mean() - b.mean())
     assert ours.low == pytest.approx(theirs.low, abs=0.006) and ours.high == pytest.approx(theirs.high, abs=0.006)
 
@@ -100,17 +107,32 @@ def every_task_type(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("paired")
     data = root / "data"
-    copies = (("STSBenchmark", "test.jsonl", 40), ("TwitterURLCorpus", "test.jsonl", 40),
-              ("EmotionClassification", "test.jsonl", 40), ("EmotionClassification", "train.jsonl", 120),
-              ("TwentyNewsgroupsClustering", "test.jsonl", 2))
+    copies = (
+        ("STSBenchmark", "test.jsonl", 40),
+        ("TwitterURLCorpus", "test.jsonl", 40),
+        ("EmotionClassification", "test.jsonl", 40),
+        ("EmotionClassification", "train.jsonl", 120),
+        ("TwentyNewsgroupsClustering", "test.jsonl", 2),
+    )
     for task, file, rows in copies:
         (data / task).mkdir(parents=True, exist_ok=True)
         lines = (SHARED / task / file).read_text().splitlines()[:rows]
         (data / task / file).write_text("\n".join(lines) + "\n")
     wikiqa_subset("WikiQARetrieval", data / "MyRetrieval", queries=6)
     wikiqa_subset("WikiQAReranking", data / "MyReranking", queries=6)
-    arguments = ["run", "--benchmark", "local", "--data-dir", str(data), "--output", str(root / "results"),
-                 "--budget", "30", "--batch-size", "16"]
+    arguments = [
+        "run",
+        "--benchmark",
+        "local",
+        "--data-dir",
+        str(data),
+        "--output",
+        str(root / "results"),
+        "--budget",
+        "30",
+        "--batch-size",
+        "16",
+    ]
     for variant in (1, 5):
         tiny_model("llama", variant, seed=variant).save_pretrained(root / f"v{variant}")
         arguments += ["--model", str(root / f"v{variant}")]
@@ -128,9 +150,18 @@ def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type)
     v1, v5 = (read_results(folder) for folder in folders)
     tests, skipped = paired_tests(SeedReplicates("v5", [v5]), SeedReplicates("v1", [v1]))
     assert not skipped
-    assert {test.task for test in tests} == set(v5.scores) == {
-        "STSBenchmark", "TwitterURLCorpus", "EmotionClassification", "TwentyNewsgroupsClustering", "MyRetrieval",
-        "MyReranking"}
+    assert (
+        {test.task for test in tests}
+        == set(v5.scores)
+        == {
+            "STSBenchmark",
+            "TwitterURLCorpus",
+            "EmotionClassification",
+            "TwentyNewsgroupsClustering",
+            "MyRetrieval",
+            "MyReranking",
+        }
+    )
     for test in tests:  # mteb stores 5 or 6 decimals
         assert test.score_a == pytest.approx(v5.scores[test.task], abs=6e-6), test.task
         assert test.score_b == pytest.approx(v1.scores[test.task], abs=6e-6), test.task

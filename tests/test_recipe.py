@@ -3,6 +3,7 @@ recipe (tiny backbone, CPU)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +17,23 @@ from poolattn.trainer import ContrastiveTrainer
 
 
 def common(backbone, data, output, *extra):
-    return ["--variant", "5", "--backbone", backbone, "--train_data", data, "--output_dir", str(output), *TINY_RUN,
-            *extra]
+    return [
+        "--variant",
+        "5",
+        "--backbone",
+        backbone,
+        "--train_data",
+        data,
+        "--output_dir",
+        str(output),
+        *TINY_RUN,
+        *extra,
+    ]
 
 
-def test_the_head_rate_reaches_only_the_head_and_survives_resume(tiny_backbone_folder, triplets_file, tmp_path,
-                                                                  monkeypatch):
+def test_the_head_rate_reaches_only_the_head_and_survives_resume(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     seen = {}
     original_step = ContrastiveTrainer.training_step
 
@@ -29,13 +41,15 @@ def test_the_head_rate_reaches_only_the_head_and_survives_resume(tiny_backbone_f
         names = {id(parameter): name for name, parameter in self.model.named_parameters()}
         seen[self.state.global_step] = [
             (group["lr"], {head_parameter(names[id(parameter)]) for parameter in group["params"]})
-            for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups
+        ]
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(ContrastiveTrainer, "training_step", record_groups)
     # no warmup, linear decay over 4 steps: step k (0-based) runs at rate x (1 - k/4) in every group
-    exported = training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "run",
-                                    "--head_learning_rate", "5e-2"))[0]
+    exported = training.main(
+        common(tiny_backbone_folder, triplets_file, tmp_path / "run", "--head_learning_rate", "5e-2")
+    )[0]
     for step, groups in seen.items():
         factor = 1 - step / 4
         assert all(len(kinds) == 1 for _, kinds in groups)  # no group mixes head and backbone parameters
@@ -83,13 +97,23 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
         training.main(common(tiny_backbone_folder, triplets_file, output))
     monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
     with pytest.raises(training.TrainingSetupError, match=r"head_learning_rate: 'None' there, 0\.05 now"):
-        training.main(common(tiny_backbone_folder, triplets_file, output, "--head_learning_rate", "5e-2",
-                             "--resume_from_checkpoint", "true"))
+        training.main(
+            common(
+                tiny_backbone_folder,
+                triplets_file,
+                output,
+                "--head_learning_rate",
+                "5e-2",
+                "--resume_from_checkpoint",
+                "true",
+            )
+        )
     with pytest.raises(training.TrainingSetupError, match=r"seed: 42 there, 7 now"):
-        training.main(common(tiny_backbone_folder, triplets_file, output, "--seed", "7",
-                             "--resume_from_checkpoint", "true"))
+        training.main(
+            common(tiny_backbone_folder, triplets_file, output, "--seed", "7", "--resume_from_checkpoint", "true")
+        )
     # the same file name with other rows is other data
-    rows = [json.loads(line) for line in open(triplets_file)]
+    rows = [json.loads(line) for line in Path(triplets_file).read_text().splitlines()]
     with open(triplets_file, "w") as handle:
         handle.writelines(json.dumps({**row, "query": row["query"] + " again"}) + "\n" for row in rows)
     with pytest.raises(training.TrainingSetupError, match="data_fingerprint"):
@@ -97,8 +121,9 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
     assert not (output / "model").exists()
 
 
-def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(tiny_backbone_folder, triplets_file, tmp_path,
-                                                                       monkeypatch):
+def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     output = tmp_path / "run"
     training.main(common(tiny_backbone_folder, triplets_file, output))
     original_step = ContrastiveTrainer.training_step
@@ -108,12 +133,24 @@ def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(tiny_back
 
     monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_at_once)
     with pytest.raises(KeyboardInterrupt):
-        training.main(common(tiny_backbone_folder, triplets_file, output, "--learning_rate", "5e-3",
-                             "--overwrite_output_dir", "true"))
+        training.main(
+            common(
+                tiny_backbone_folder,
+                triplets_file,
+                output,
+                "--learning_rate",
+                "5e-3",
+                "--overwrite_output_dir",
+                "true",
+            )
+        )
     assert not (output / "model").exists()  # nothing for a resume to call "finished already"
     monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
-    again = training.main(common(tiny_backbone_folder, triplets_file, output, "--learning_rate", "5e-3",
-                                 "--resume_from_checkpoint", "true"))[0]
+    again = training.main(
+        common(
+            tiny_backbone_folder, triplets_file, output, "--learning_rate", "5e-3", "--resume_from_checkpoint", "true"
+        )
+    )[0]
     assert json.loads((again / "training_manifest.json").read_text())["settings"]["learning_rate"] == 5e-3
 
 
@@ -128,11 +165,28 @@ def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, trip
         return output
 
     monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
-    arguments = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                 "--output_dir", str(tmp_path / "run"), "--eval_fraction", "0.34", "--per_device_eval_batch_size", "4",
-                 "--plateau_patience", "2", "--plateau_min_improvement", "0.01",
-                 *TINY_RUN[:TINY_RUN.index("--max_steps")], "--max_steps", "12",
-                 *TINY_RUN[TINY_RUN.index("--max_steps") + 2:]]
+    arguments = [
+        "--variant",
+        "5",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        triplets_file,
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--eval_fraction",
+        "0.34",
+        "--per_device_eval_batch_size",
+        "4",
+        "--plateau_patience",
+        "2",
+        "--plateau_min_improvement",
+        "0.01",
+        *TINY_RUN[: TINY_RUN.index("--max_steps")],
+        "--max_steps",
+        "12",
+        *TINY_RUN[TINY_RUN.index("--max_steps") + 2 :],
+    ]
     arguments[arguments.index("--save_steps") + 1] = "1"
     exported = training.main(arguments)[0]
     manifest = json.loads((exported / "training_manifest.json").read_text())
@@ -146,12 +200,33 @@ def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, trip
     again = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
     assert json.loads((again / "training_manifest.json").read_text())["global_steps"] == 3
     # without a plateau the cap ends the run, and the record says so
-    capped = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                            "--output_dir", str(tmp_path / "capped"), *TINY_RUN])[0]
+    capped = training.main(
+        [
+            "--variant",
+            "5",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "capped"),
+            *TINY_RUN,
+        ]
+    )[0]
     assert json.loads((capped / "training_manifest.json").read_text())["stop"]["reason"] == "max_steps"
     with pytest.raises(ValueError, match="--plateau_patience need evaluation data"):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--plateau_patience", "2",
-                       "--output_dir", str(tmp_path / "never")])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--plateau_patience",
+                "2",
+                "--output_dir",
+                str(tmp_path / "never"),
+            ]
+        )
 
 
 def test_plateau_step_counts_evaluations_without_a_relative_improvement():
@@ -162,8 +237,9 @@ def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     assert plateau_step([{"step": 1, "loss": 3.0}], patience=1, min_improvement=0.01) is None
 
 
-def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tiny_backbone_folder, triplets_file, tmp_path,
-                                                                       caplog):
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(
+    tiny_backbone_folder, triplets_file, tmp_path, caplog
+):
     import os
     import subprocess
     import sys
@@ -173,11 +249,18 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tiny_backb
 
     output = tmp_path / "run"
     output.mkdir()
-    holder = {"pid": os.getpid(), "host": __import__("socket").gethostname(), "command": "train.py --variant 5",
-              "what": "training run"}
+    holder = {
+        "pid": os.getpid(),
+        "host": __import__("socket").gethostname(),
+        "command": "train.py --variant 5",
+        "what": "training run",
+    }
     (output / LOCK_FILE).write_text(json.dumps(holder))
-    with pytest.raises(SystemExit, match=rf"being written by another training run \(pid {os.getpid()} .*"
-                                         r"train.py --variant 5\)"):
+    with pytest.raises(
+        SystemExit,
+        match=rf"being written by another training run \(pid {os.getpid()} .*"
+        r"train.py --variant 5\)",
+    ):
         cli.train(common(tiny_backbone_folder, triplets_file, output))
     assert sorted(path.name for path in output.iterdir()) == [LOCK_FILE]  # nothing written, the lock kept
     # a lock left by a killed run (its process is gone) is taken over, with a warning, and released at the end
@@ -188,8 +271,9 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tiny_backb
     assert "taking over the lock of a training run that is gone" in caplog.text
 
 
-def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(tiny_backbone_folder, triplets_file,
-                                                                             tmp_path, monkeypatch):
+def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     """Fault injection: the run is killed before its k-th write (checkpoints, checkpoint records, the export, the
     manifest), for every k; the same command with --resume_from_checkpoint true then ends with the weights and steps
     of a run that was never interrupted."""
@@ -224,8 +308,9 @@ def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(tiny
         with pytest.raises(KeyboardInterrupt):
             training.main(common(tiny_backbone_folder, triplets_file, output))
         writes.update(count=0, kill_at=None)
-        resumed = training.main([*common(tiny_backbone_folder, triplets_file, output),
-                                 "--resume_from_checkpoint", "true"])[0]
+        resumed = training.main(
+            [*common(tiny_backbone_folder, triplets_file, output), "--resume_from_checkpoint", "true"]
+        )[0]
         for key, value in load_file(resumed / "model.safetensors").items():
             torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=f"kill at {kill_at}: {key}")
         recorded = json.loads((resumed / "training_manifest.json").read_text())

@@ -18,9 +18,25 @@ def test_a_diverging_run_stops_before_a_non_finite_update(tiny_backbone_folder, 
     output = tmp_path / "out"
     diverged = r"step \d+: the loss .* not finite.* --learning_rate \(now 1e\+12"
     with pytest.raises(TrainingDivergedError, match=diverged):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir", str(output),
-                       *TINY_RUN, "--learning_rate", "1e12", "--max_steps", "12", "--save_steps", "1",
-                       "--max_grad_norm", "0"])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--output_dir",
+                str(output),
+                *TINY_RUN,
+                "--learning_rate",
+                "1e12",
+                "--max_steps",
+                "12",
+                "--save_steps",
+                "1",
+                "--max_grad_norm",
+                "0",
+            ]
+        )
     assert not (output / "model").exists()  # never an export of non-finite weights
     checkpoints = sorted(output.glob("checkpoint-*"))
     assert checkpoints  # the steps before the divergence were kept, every tensor finite
@@ -29,17 +45,30 @@ def test_a_diverging_run_stops_before_a_non_finite_update(tiny_backbone_folder, 
             assert torch.isfinite(tensor).all(), f"{checkpoint.name}: {name}"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--max_steps", "0"], "--max_steps 0: give the optimizer steps"),
-    (["--max_train_samples", "-1"], "--max_train_samples -1"),
-    (["--max_train_samples", "0"], "--max_train_samples 0"),
-    (["--per_device_train_batch_size", "16"], "12 rows make no full batch of 16"),
-])
-def test_sizes_that_would_train_nothing_are_refused_before_training(flags, message, tiny_backbone_folder,
-                                                                    triplets_file, tmp_path):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_steps", "0"], "--max_steps 0: give the optimizer steps"),
+        (["--max_train_samples", "-1"], "--max_train_samples -1"),
+        (["--max_train_samples", "0"], "--max_train_samples 0"),
+        (["--per_device_train_batch_size", "16"], "12 rows make no full batch of 16"),
+    ],
+)
+def test_sizes_that_would_train_nothing_are_refused_before_training(
+    flags, message, tiny_backbone_folder, triplets_file, tmp_path
+):
     with pytest.raises(ValueError, match=message):  # TripletDataError is a ValueError
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                       "--output_dir", str(tmp_path / "out"), *flags])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--output_dir",
+                str(tmp_path / "out"),
+                *flags,
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -51,10 +80,12 @@ def test_an_output_dir_with_an_earlier_model_is_kept_unless_asked(tiny_backbone_
         training.main([*common, "--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3"])
     for name, value in load_file(first / "model.safetensors").items():  # untouched
         assert torch.equal(value, weights[name])
-    again = training.main([*common, "--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3",
-                           "--overwrite_output_dir", "true"])[0]
-    assert again == first and any(not torch.equal(value, weights[name])
-                                  for name, value in load_file(again / "model.safetensors").items())
+    again = training.main(
+        [*common, "--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3", "--overwrite_output_dir", "true"]
+    )[0]
+    assert again == first and any(
+        not torch.equal(value, weights[name]) for name, value in load_file(again / "model.safetensors").items()
+    )
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="--output_dir .*a_file is a file; give a folder"):
         training.main([*common, "--output_dir", str(tmp_path / "a_file")])
@@ -79,13 +110,16 @@ def test_an_interrupted_save_is_undone_before_the_next(tmp_path):
     assert (destination / "weights").read_text() == "v2"
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda m: m.encode({"a": "first text", "b": "second"}), TypeError, "got dict; pass the texts themselves"),
-    (lambda m: m.encode(["a text", 3]), TypeError, "got int among the texts"),
-    (lambda m: m.encode(SENTENCES, normalize="no"), TypeError, "normalize='no': give True, False or None"),
-    (lambda m: m.encode(SENTENCES, max_length=0), ValueError, "max_length=0: give the tokens per text"),
-    (lambda m: m.encode(SENTENCES, batch_size=2.5), ValueError, "batch_size=2.5 must be an integer"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda m: m.encode({"a": "first text", "b": "second"}), TypeError, "got dict; pass the texts themselves"),
+        (lambda m: m.encode(["a text", 3]), TypeError, "got int among the texts"),
+        (lambda m: m.encode(SENTENCES, normalize="no"), TypeError, "normalize='no': give True, False or None"),
+        (lambda m: m.encode(SENTENCES, max_length=0), ValueError, "max_length=0: give the tokens per text"),
+        (lambda m: m.encode(SENTENCES, batch_size=2.5), ValueError, "batch_size=2.5 must be an integer"),
+    ],
+)
 def test_bad_encode_arguments_are_refused_with_what_to_give(call, error, message):
     with pytest.raises(error, match=message):
         call(tiny_model("llama", 5))
@@ -100,8 +134,22 @@ def test_compare_refuses_an_unreadable_result_naming_the_file(tmp_path):
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
     (data / "test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
     tiny_model("llama", 5).save_pretrained(tmp_path / "v5")
-    assert cli.evaluate(["run", "--model", str(tmp_path / "v5"), "--tasks", "BIOSSES", "--data-dir",
-                         str(tmp_path / "data"), "--output", str(tmp_path / "results")]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "v5"),
+                "--tasks",
+                "BIOSSES",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
     (result,) = (tmp_path / "results").rglob("BIOSSES.json")
     result.write_text(result.read_text()[:40])  # truncated, e.g. a full disk
     with pytest.raises(SystemExit, match=rf"{result.name} is not a readable mteb task result.*delete it"):
@@ -122,8 +170,10 @@ def test_bad_json_in_flags_or_an_arguments_file_names_the_flag_or_file(tmp_path)
 def test_the_train_command_ends_setup_errors_with_their_message_not_a_traceback(triplets_file, tmp_path):
     from poolattn import cli
 
-    for flags, message in ((["--backbone", str(tmp_path / "nowhere")], "--backbone .*nowhere: no such folder"),
-                           (["--backbone", str(tmp_path)], "--backbone .*: the folder has no config.json")):
+    for flags, message in (
+        (["--backbone", str(tmp_path / "nowhere")], "--backbone .*nowhere: no such folder"),
+        (["--backbone", str(tmp_path)], "--backbone .*: the folder has no config.json"),
+    ):
         with pytest.raises(SystemExit, match=f"train: {message}"):
             cli.train(["--train_data", triplets_file, "--output_dir", str(tmp_path / "out"), *flags])
 
@@ -198,12 +248,24 @@ def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folde
     assert "neither an exported poolattn model nor a sentence-transformers folder" in caplog.text
 
 
-def test_lora_targets_that_are_no_linear_layer_of_the_backbone_are_named(tiny_backbone_folder, triplets_file,
-                                                                         tmp_path):
+def test_lora_targets_that_are_no_linear_layer_of_the_backbone_are_named(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
     message = r"--lora_target_modules 'q_proj,qproj': qproj is not a linear layer of this backbone. Its linear "
     with pytest.raises(training.TrainingSetupError, match=message + "layers: .*q_proj"):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
-                       str(tmp_path / "out"), *TINY_RUN, "--lora_target_modules", "q_proj,qproj"])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--output_dir",
+                str(tmp_path / "out"),
+                *TINY_RUN,
+                "--lora_target_modules",
+                "q_proj,qproj",
+            ]
+        )
     assert not (tmp_path / "out" / "model").exists()
 
 
@@ -214,17 +276,32 @@ def test_a_hub_backbone_that_cannot_be_reached_is_one_line_naming_it(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "train.py"
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}
-    result = subprocess.run([sys.executable, str(script), "--backbone", "some-org/not-cached-model", "--output_dir",
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=environment)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--backbone",
+            "some-org/not-cached-model",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("train: --backbone some-org/not-cached-model: cannot load this Hub model") and \
-        "HF_HUB_OFFLINE" in last
+    assert (
+        last.startswith("train: --backbone some-org/not-cached-model: cannot load this Hub model")
+        and "HF_HUB_OFFLINE" in last
+    )
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
-def test_a_full_disk_ends_a_command_with_one_line_and_no_half_written_file(tiny_backbone_folder, triplets_file,
-                                                                            tmp_path, monkeypatch):
+def test_a_full_disk_ends_a_command_with_one_line_and_no_half_written_file(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     """ENOSPC at the export's first write: the command ends with one line naming the file and what to do; the
     run's checkpoints are kept and no half-written model folder is left."""
     import errno
@@ -237,10 +314,32 @@ def test_a_full_disk_ends_a_command_with_one_line_and_no_half_written_file(tiny_
 
     monkeypatch.setattr(PoolAttnEmbeddingModel, "save_pretrained", full_disk)
     output = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"train: could not write .*model.safetensors: no space left on the "
-                                         r"device: free some space"):
-        cli.train(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir", str(output),
-                   "--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu",
-                   "true", "--lora_r", "4", "--lora_alpha", "8"])
+    with pytest.raises(
+        SystemExit,
+        match=r"train: could not write .*model.safetensors: no space left on the "
+        r"device: free some space",
+    ):
+        cli.train(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--output_dir",
+                str(output),
+                "--max_steps",
+                "2",
+                "--save_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--use_cpu",
+                "true",
+                "--lora_r",
+                "4",
+                "--lora_alpha",
+                "8",
+            ]
+        )
     assert (output / "checkpoint-2").is_dir() and not (output / "model").exists()
     assert not [path for path in output.iterdir() if path.name.startswith(".model")]

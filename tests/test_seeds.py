@@ -55,19 +55,30 @@ def test_seed_noise_widens_the_interval_and_matched_seeds_remove_shared_noise():
 
 def run(name: str, revision: str, scores: dict, origin: TrainingOrigin | None, data_dir="data") -> ModelResults:
     """A `ModelResults` over stand-ins for mteb's `TaskResult`s (what grouping and tables read)."""
-    task_results = [SimpleNamespace(task_name=task, get_score=lambda score=score: score)
-                    for task, score in scores.items()]
+    task_results = [
+        SimpleNamespace(task_name=task, get_score=lambda score=score: score) for task, score in scores.items()
+    ]
     kinds = {"STS12": "STS", "STS13": "STS", "ArguAna": "Retrieval"}
     recorded = {task: TaskInfo(task, kinds[task], "main", f"local/{task}", local=True) for task in scores}
-    return ModelResults(name, revision, Path(revision), task_results, recorded_tasks=recorded, budget=100,
-                        data_dir=data_dir, origin=origin)
+    return ModelResults(
+        name,
+        revision,
+        Path(revision),
+        task_results,
+        recorded_tasks=recorded,
+        budget=100,
+        data_dir=data_dir,
+        origin=origin,
+    )
 
 
 def test_seeds_of_one_model_are_grouped_and_never_mixed_with_another_models():
-    runs = [run("o/v5", "r1", {"STS12": 0.5, "STS13": 0.7}, TrainingOrigin(43, "recipe5")),
-            run("o/v1", "r2", {"STS12": 0.4, "STS13": 0.6}, TrainingOrigin(42, "recipe1")),
-            run("o/v5", "r3", {"STS12": 0.6, "STS13": 0.8}, TrainingOrigin(42, "recipe5")),
-            run("o/v1", "r4", {"STS12": 0.45, "STS13": 0.7}, TrainingOrigin(43, "recipe1"))]
+    runs = [
+        run("o/v5", "r1", {"STS12": 0.5, "STS13": 0.7}, TrainingOrigin(43, "recipe5")),
+        run("o/v1", "r2", {"STS12": 0.4, "STS13": 0.6}, TrainingOrigin(42, "recipe1")),
+        run("o/v5", "r3", {"STS12": 0.6, "STS13": 0.8}, TrainingOrigin(42, "recipe5")),
+        run("o/v1", "r4", {"STS12": 0.45, "STS13": 0.7}, TrainingOrigin(43, "recipe1")),
+    ]
     groups, notes = group_replicates(runs)
     assert not notes and [group.label for group in groups] == ["o/v5", "o/v1"]
     v5, v1 = groups
@@ -82,24 +93,35 @@ def test_seeds_of_one_model_are_grouped_and_never_mixed_with_another_models():
 
 def test_runs_that_are_not_replicates_stay_apart_by_revision_or_recipe():
     baseline = run("local/minilm", "b", {"STS12": 0.7}, None)
-    other_recipe = [run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "recipeA")),
-                    run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "recipeA")),
-                    run("o/v5", "r3", {"STS12": 0.9}, TrainingOrigin(42, "recipeB"))]
+    other_recipe = [
+        run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "recipeA")),
+        run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "recipeA")),
+        run("o/v5", "r3", {"STS12": 0.9}, TrainingOrigin(42, "recipeB")),
+    ]
     groups, notes = group_replicates([baseline, *other_recipe])
     assert [group.label for group in groups] == ["local/minilm", "o/v5 (recipe recipeA)", "o/v5 (r3)"]
     assert [len(group.runs) for group in groups] == [1, 2, 1] and "2 different recipes" in notes[0]
-    repeated = [run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "x")),
-                run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(42, "x"))]
+    repeated = [
+        run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "x")),
+        run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(42, "x")),
+    ]
     groups, notes = group_replicates(repeated)
     assert [group.label for group in groups] == ["o/v5 (r1)", "o/v5 (r2)"] and "share seeds [42, 42]" in notes[0]
-    other_data = [run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "x"), data_dir="a"),
-                  run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "x"), data_dir="b")]
+    other_data = [
+        run("o/v5", "r1", {"STS12": 0.5}, TrainingOrigin(42, "x"), data_dir="a"),
+        run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "x"), data_dir="b"),
+    ]
     assert [len(group.runs) for group in group_replicates(other_data)[0]] == [1, 1]
 
 
 def test_a_task_some_seeds_missed_is_left_out_of_the_means_and_named():
-    group = SeedReplicates("o/v5", [run("o/v5", "r1", {"STS12": 0.5, "STS13": 0.7}, TrainingOrigin(42, "x")),
-                                    run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "x"))])
+    group = SeedReplicates(
+        "o/v5",
+        [
+            run("o/v5", "r1", {"STS12": 0.5, "STS13": 0.7}, TrainingOrigin(42, "x")),
+            run("o/v5", "r2", {"STS12": 0.6}, TrainingOrigin(43, "x")),
+        ],
+    )
     assert group.tasks == ["STS12"] and group.category_means() == pytest.approx({"STS": 0.55})
     assert group.left_out == {"STS13": "scored by 1 of 2 seeds"}
 
@@ -107,13 +129,29 @@ def test_a_task_some_seeds_missed_is_left_out_of_the_means_and_named():
 # -- train.py --variant 1,5 --seeds 2 --------------------------------------------------------------------------------
 
 
-def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(tiny_backbone_folder, triplets_file,
-                                                                               tmp_path, monkeypatch):
-    argv = ["--variant", "1,5", "--seeds", "2", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-            *TINY_RUN, "--output_dir", str(tmp_path / "job")]
+def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    argv = [
+        "--variant",
+        "1,5",
+        "--seeds",
+        "2",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        triplets_file,
+        *TINY_RUN,
+        "--output_dir",
+        str(tmp_path / "job"),
+    ]
     exported = training.main(argv)
     assert [path.relative_to(tmp_path / "job").as_posix() for path in exported] == [
-        "v1/seed-42/model", "v1/seed-43/model", "v5/seed-42/model", "v5/seed-43/model"]
+        "v1/seed-42/model",
+        "v1/seed-43/model",
+        "v5/seed-42/model",
+        "v5/seed-43/model",
+    ]
     manifests = [TrainingManifest.read(path) for path in exported]
     assert [(m.variant, m.seed) for m in manifests] == [(1, 42), (1, 43), (5, 42), (5, 43)]
     names = [ExportedModel.read(path).mteb_name for path in exported]
@@ -137,8 +175,13 @@ def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(t
     (exported[2].parent / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"partial")
     trained = []
     original = training.train_variant
-    monkeypatch.setattr(training, "train_variant", lambda variant, *rest, **options: trained.append(
-        (variant, rest[2].seed)) or original(variant, *rest, **options))
+    monkeypatch.setattr(
+        training,
+        "train_variant",
+        lambda variant, *rest, **options: (
+            trained.append((variant, rest[2].seed)) or original(variant, *rest, **options)
+        ),
+    )
     again = training.main([*argv, "--resume_from_checkpoint", "true"])
     assert again == exported and trained == [(1, 43), (5, 42)]
     for path in (exported[1], exported[2]):
@@ -146,13 +189,16 @@ def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(t
             np.testing.assert_allclose(value.numpy(), expected[path][key].numpy(), rtol=0, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--seeds", "0"], "--seeds 0"),
-    (["--variant", "1,1"], "each once"),
-    (["--variant", "6"], "Allowed values"),
-    (["--variant", "1,5", "--resume_from_checkpoint", "out/checkpoint-2"], "names one checkpoint"),
-    (["--seeds", "2", "--hub_model_id", "o/n", "--hub_dry_run", "hub"], "a Hub repository holds one model"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seeds", "0"], "--seeds 0"),
+        (["--variant", "1,1"], "each once"),
+        (["--variant", "6"], "Allowed values"),
+        (["--variant", "1,5", "--resume_from_checkpoint", "out/checkpoint-2"], "names one checkpoint"),
+        (["--seeds", "2", "--hub_model_id", "o/n", "--hub_dry_run", "hub"], "a Hub repository holds one model"),
+    ],
+)
 def test_bad_seed_and_variant_flags_are_refused_before_training(flags, message, triplets_file, tmp_path):
     with pytest.raises(ValueError, match=message):
         training.main(["--train_data", triplets_file, "--output_dir", str(tmp_path / "out"), *flags])
@@ -166,17 +212,19 @@ def test_an_ablation_with_two_seeds_compares_arms_over_their_seeds(tiny_backbone
     pytest.importorskip("mteb")
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     argv[argv.index("--ablation") + 1] = "layer_weights"
-    assert cli.ablate([*argv[: argv.index("--")], "--seeds", "2", *argv[argv.index("--"):]]) == 0
+    assert cli.ablate([*argv[: argv.index("--")], "--seeds", "2", *argv[argv.index("--") :]]) == 0
     sweep = tmp_path / "sweep"
-    arms = {arm: [ExportedModel.read(sweep / "arms" / arm / f"seed-{seed}" / "model") for seed in (42, 43)]
-            for arm in ("base", "weights_off", "weights_paper_init")}
+    arms = {
+        arm: [ExportedModel.read(sweep / "arms" / arm / f"seed-{seed}" / "model") for seed in (42, 43)]
+        for arm in ("base", "weights_off", "weights_paper_init")
+    }
     comparison = (sweep / "comparison" / "comparison.md").read_text()
     name = Path(tiny_backbone_folder).name
     assert f"poolattn/{name}-v5-base: 2 (42, 43)" in comparison and "± " in comparison
     with (sweep / "comparison" / "per_seed.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6  # 3 arms x 2 seeds x BIOSSES
-    for arm, models in arms.items():  # each arm's column holds exactly its own seeds' weights
+    for models in arms.values():  # each arm's column holds exactly its own seeds' weights
         own = sorted((row["seed"], row["revision"]) for row in rows if row["model"] == models[0].mteb_name)
         assert own == [(str(seed), f"{model.fingerprint}-budget100") for seed, model in zip((42, 43), models)]
     with (sweep / "comparison" / "paired_tests.csv").open() as handle:
@@ -184,9 +232,21 @@ def test_an_ablation_with_two_seeds_compares_arms_over_their_seeds(tiny_backbone
     assert len(tests) == 2 and {(t["model seeds"], t["baseline seeds"]) for t in tests} == {("2", "2")}
     # compare given the model folders (each holding its seeds' revisions) groups them the same way
     folders = sorted((sweep / "results" / "results").iterdir())
-    assert cli.evaluate(["compare", *map(str, folders), "--output", str(tmp_path / "again"),
-                         "--baseline", f"poolattn/{name}-v5-base"]) == 0
-    assert (tmp_path / "again" / "paired_tests.csv").read_text() == (sweep / "comparison" /
-                                                                      "paired_tests.csv").read_text()
+    assert (
+        cli.evaluate(
+            [
+                "compare",
+                *map(str, folders),
+                "--output",
+                str(tmp_path / "again"),
+                "--baseline",
+                f"poolattn/{name}-v5-base",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "again" / "paired_tests.csv").read_text() == (
+        sweep / "comparison" / "paired_tests.csv"
+    ).read_text()
     settings = json.loads((folders[0] / f"{arms['base'][0].fingerprint}-budget100" / "poolattn_run.json").read_text())
     assert settings["training"] == {"seed": 42, "recipe": arms["base"][0].manifest.recipe_fingerprint()}

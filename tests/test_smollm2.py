@@ -86,8 +86,18 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
     rows = load_triplets(str(SAMPLE_TRIPLETS)).rows[::10]  # 24 triplets across all 8 domains
     set_seed(42)  # train.py's seed: the same freshly initialised head
     before = contrastive_loss_on(PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5), rows)
-    command = [sys.executable, "train.py", "--variant", "5", "--max_steps", "4", "--save_steps", "100",
-               "--output_dir", str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        "train.py",
+        "--variant",
+        "5",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "100",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     exported = tmp_path / "run" / "model"
@@ -98,8 +108,9 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
     assert after < 0.95 * before, (before, after)  # measured: 4.37 -> 3.40 after 4 steps of 8
 
 
-def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_the_real_backbone(backbone_path,
-                                                                                                 sentences, tmp_path):
+def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_the_real_backbone(
+    backbone_path, sentences, tmp_path
+):
     """The published folder of a SmolLM2 model: mteb's stock sentence-transformers wrapper, with no hand-passed prompt,
     scores what evaluate.py scores (1e-4), and tokenizer + forward equals encode (1e-5)."""
     mteb = pytest.importorskip("mteb")
@@ -115,14 +126,32 @@ def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_th
     (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
     biosses = STSB.parents[1] / "BIOSSES" / "test.jsonl"
     (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(biosses.read_text().splitlines()[:40]) + "\n")
-    assert cli.evaluate(["run", "--model", str(tmp_path / "model"), "--tasks", "BIOSSES", "--data-dir",
-                         str(tmp_path / "data"), "--output", str(tmp_path / "results")]) == 0
+    assert (
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "model"),
+                "--tasks",
+                "BIOSSES",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
     ours = json.loads(next((tmp_path / "results").rglob("BIOSSES.json")).read_text())["scores"]["test"][0]
     folder = write_repository_folder(tmp_path / "model", tmp_path / "repo", repo_id="me/smollm2-v5")
-    wrapper = mteb.SentenceTransformerEncoderWrapper(SentenceTransformer(str(folder), trust_remote_code=True,
-                                                                         device="cpu"))
-    stock = mteb.evaluate(wrapper, [load_task("BIOSSES", data_dir=tmp_path / "data")], cache=None,
-                          show_progress_bar=False).task_results[0].get_score()
+    wrapper = mteb.SentenceTransformerEncoderWrapper(
+        SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    )
+    stock = (
+        mteb.evaluate(wrapper, [load_task("BIOSSES", data_dir=tmp_path / "data")], cache=None, show_progress_bar=False)
+        .task_results[0]
+        .get_score()
+    )
     assert abs(stock - ours["main_score"]) < 1e-4, (stock, ours["main_score"])
 
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()

@@ -27,8 +27,11 @@ def test_all_positive_differences_by_hand():
 
 def test_matches_scipy_per_category_and_holm_across_categories():
     rng = random.Random(0)
-    tasks = {f"{category}{i}": category for category, count in (("STS", 9), ("Classification", 8), ("Retrieval", 6))
-             for i in range(count)}
+    tasks = {
+        f"{category}{i}": category
+        for category, count in (("STS", 9), ("Classification", 8), ("Retrieval", 6))
+        for i in range(count)
+    }
     a = {task: rng.uniform(0.4, 0.9) for task in tasks}
     b = {task: score + rng.gauss(0.02, 0.03) for task, score in a.items()}
     tests = {test.category: test for test in wilcoxon_by_category(a, b, tasks)}
@@ -48,7 +51,11 @@ def test_small_categories_are_tested_but_left_out_of_holm_and_flagged():
     categories = {**dict.fromkeys(["s1", "s2", "s3", "s4", "s5"], "STS"), "r1": "Retrieval", "r2": "Retrieval"}
     retrieval, sts = wilcoxon_by_category(a, b, categories)
     assert (retrieval.category, retrieval.n_datasets, retrieval.enough_datasets, retrieval.p_holm) == (
-        "Retrieval", 2, False, None)
+        "Retrieval",
+        2,
+        False,
+        None,
+    )
     assert retrieval.p_value is not None and sts.p_holm == pytest.approx(sts.p_value)  # a family of one
     table = category_test_table([retrieval, sts], "v5", "v1")
     assert "too few datasets" in table and "v5 better" not in table.split("\n")[2]

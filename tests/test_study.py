@@ -24,7 +24,8 @@ def tiny_suite(folder: Path) -> Path:
         pytest.skip("../shared/data is not beside this checkout")
     (folder / "BIOSSES").mkdir(parents=True)
     (folder / "BIOSSES" / "test.jsonl").write_text(
-        "\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]) + "\n")
+        "\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]) + "\n"
+    )
     (folder / "EmotionClassification").mkdir()
     for split, count in (("train", 240), ("test", 40)):
         lines = (SHARED / "EmotionClassification" / f"{split}.jsonl").read_text().splitlines()[:count]
@@ -32,16 +33,44 @@ def tiny_suite(folder: Path) -> Path:
     (folder / "TwentyNewsgroupsClustering").mkdir()
     first = json.loads((SHARED / "TwentyNewsgroupsClustering" / "test.jsonl").read_text().splitlines()[0])
     (folder / "TwentyNewsgroupsClustering" / "test.jsonl").write_text(
-        json.dumps({"sentences": first["sentences"][:60], "labels": first["labels"][:60]}) + "\n")
+        json.dumps({"sentences": first["sentences"][:60], "labels": first["labels"][:60]}) + "\n"
+    )
     return folder
 
 
 def study_arguments(backbone: str, triplets: str, tmp_path: Path) -> list[str]:
     """Variants 1 and 2 and the mean-causal baseline, 2 seeds each, 2 steps, on the tiny suite (no budget)."""
-    return ["--designs", "1,2,mean-causal", "--seeds", "2", "--data-dir", str(tiny_suite(tmp_path / "data")),
-            "--budget", "0", "--output", str(tmp_path / "study"), "--",
-            "--backbone", backbone, "--train_data", triplets, "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--save_steps", "2", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2"]
+    return [
+        "--designs",
+        "1,2,mean-causal",
+        "--seeds",
+        "2",
+        "--data-dir",
+        str(tiny_suite(tmp_path / "data")),
+        "--budget",
+        "0",
+        "--output",
+        str(tmp_path / "study"),
+        "--",
+        "--backbone",
+        backbone,
+        "--train_data",
+        triplets,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_steps",
+        "2",
+        "--use_cpu",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+    ]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -49,8 +78,9 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny_backbone_folder, triplets_file,
-                                                                           tmp_path, monkeypatch, capsys):
+def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch, capsys
+):
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     assert cli.run_study_command(argv) == 0
     output = tmp_path / "study"
@@ -71,8 +101,9 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny
     per_task = read_csv(output / "report" / "per_task.csv")
     for row in table:
         if row["category"] == "STS":
-            seeds = [float(item["score"]) for item in per_task if item["row"] == row["row"]
-                     and item["task"] == "BIOSSES"]
+            seeds = [
+                float(item["score"]) for item in per_task if item["row"] == row["row"] and item["task"] == "BIOSSES"
+            ]
             assert len(seeds) == 2 and float(row["mean"]) == pytest.approx(sum(seeds) / 2, abs=1e-12)
 
     # every marker comes from the test named: the category bootstrap, Holm over the comparison's categories
@@ -93,7 +124,8 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny
     row = next(row for row in tests if (row["a"], row["b"], row["category"]) == ("v2", "v1", "STS"))
     assert float(row["difference"]) == pytest.approx(sts.difference, abs=1e-12)
     assert (float(row["95% low"]), float(row["95% high"]), float(row["bootstrap p"])) == pytest.approx(
-        (sts.low, sts.high, sts.p_value), abs=1e-12)
+        (sts.low, sts.high, sts.p_value), abs=1e-12
+    )
 
     # the instruction check: the same mean-causal models scored on STS without instructions, stored apart
     model = by_key["mean-causal"].models[0]
@@ -105,15 +137,31 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(tiny
 
     # the card of a published row carries the study: the table with its row in bold, and its comparisons
     v2 = by_key["v2"].models[1]
-    assert cli.publish([str(v2.folder), "--hub_model_id", "org/tiny", "--output_dir", str(tmp_path / "hub"),
-                        "--study", str(output)]) == 0
+    assert (
+        cli.publish(
+            [
+                str(v2.folder),
+                "--hub_model_id",
+                "org/tiny",
+                "--output_dir",
+                str(tmp_path / "hub"),
+                "--study",
+                str(output),
+            ]
+        )
+        == 0
+    )
     card = (tmp_path / "hub" / "tiny-v2" / "README.md").read_text()
     assert "## In the study" in card and "row **2 last-layer trainable pooling, causal attention** (seed 43)" in card
     assert "| v2 vs v1 | STS |" in card and "| v1 vs mean-causal |" not in card
     stranger = tmp_path / "stranger"
     tiny_model("llama", 2).save_pretrained(stranger)  # a poolattn model that is none of the study's runs
-    assert cli.publish([str(stranger), "--hub_model_id", "org/x", "--output_dir", str(tmp_path / "hub2"),
-                        "--study", str(output)]) == 1
+    assert (
+        cli.publish(
+            [str(stranger), "--hub_model_id", "org/x", "--output_dir", str(tmp_path / "hub2"), "--study", str(output)]
+        )
+        == 1
+    )
     assert "is not one of the runs of the study" in capsys.readouterr().err
 
     # resuming: nothing is trained or scored again, and the report is the same
@@ -131,8 +179,11 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
         cli.run_study_command(["--designs", "1,7", *base])
     with pytest.raises(SystemExit, match=r"--ablation 'layer_counts' is not known"):
         cli.run_study_command(["--ablation", "layer_counts", *base])
-    with pytest.raises(SystemExit, match=r"--ablation layer_weights:off: layer_weights has no arm 'off'; its arms: "
-                                         r"weights_off, weights_paper_init"):
+    with pytest.raises(
+        SystemExit,
+        match=r"--ablation layer_weights:off: layer_weights has no arm 'off'; its arms: "
+        r"weights_off, weights_paper_init",
+    ):
         cli.run_study_command(["--ablation", "layer_weights:off", *base])
     with pytest.raises(SystemExit, match=r"no study.json here"):
         cli.run_study_command(["--report", str(tmp_path)])
@@ -144,14 +195,16 @@ def test_ablation_arms_join_the_variant_5_row_as_their_base():
     assert [row.key for row in plan.rows] == ["v1", "v5", "arm-weights_off", "arm-weights_paper_init"]
     assert plan.row("arm-weights_off").overrides == {"layer_weights": False}
     assert ("arm-weights_off", "v5") in {(a, b) for a, b, _ in study.comparisons(plan)}
-    single = study.plan_study(designs="5", ablation="head_attention:single,layer_subset", seeds=1,
-                              train_argv=["--max_steps", "1"])
+    single = study.plan_study(
+        designs="5", ablation="head_attention:single,layer_subset", seeds=1, train_argv=["--max_steps", "1"]
+    )
     assert [row.key for row in single.rows] == ["v5", "arm-single", "arm-last_4", "arm-middle_4"]
 
 
 def test_ablation_arms_get_their_own_figure_beside_their_base():
-    plan = study.plan_study(designs="1,5,mean-causal", ablation="layer_subset", seeds=1,
-                            train_argv=["--max_steps", "1"])
+    plan = study.plan_study(
+        designs="1,5,mean-causal", ablation="layer_subset", seeds=1, train_argv=["--max_steps", "1"]
+    )
     scored = [study.RowResults(row, [], None) for row in plan.rows]
     groups = study.figure_groups(scored)
     assert [item.row.key for item in groups["study.png"][1]] == ["v1", "v5", "mean-causal"]
@@ -160,26 +213,71 @@ def test_ablation_arms_get_their_own_figure_beside_their_base():
     assert list(without_arms) == ["study.png"]  # no arm, no second figure
 
 
-def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plateau(tiny_backbone_folder,
-                                                                                    triplets_file, tmp_path,
-                                                                                    monkeypatch):
+def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plateau(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     """--tune --plateau --controls: every row's rates come from the grid on held-out training rows, before any task is
     read (every door to task data fails the test until every row has its choice); the runs then train to the
     plateau, and every row has its untrained control."""
     from poolattn import evaluation, local_tasks, tuning
 
-    argv = ["--designs", "1,2", "--seeds", "1", "--data-dir", str(tiny_suite(tmp_path / "data")), "--budget", "0",
-            "--output", str(tmp_path / "study"), "--tune", "--tune-learning-rates", "1e-3,1e-2",
-            "--tune-head-learning-rates", "1e-3,1e-1", "--tune-steps", "2", "--tune-eval-steps", "1", "--plateau",
-            "--plateau-patience", "1", "--plateau-eval-steps", "1", "--plateau-max-steps", "6",
-            "--held-out-fraction", "0.34", "--held-out-batch-size", "4", "--controls", "--",
-            "--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--per_device_train_batch_size", "4",
-            "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    argv = [
+        "--designs",
+        "1,2",
+        "--seeds",
+        "1",
+        "--data-dir",
+        str(tiny_suite(tmp_path / "data")),
+        "--budget",
+        "0",
+        "--output",
+        str(tmp_path / "study"),
+        "--tune",
+        "--tune-learning-rates",
+        "1e-3,1e-2",
+        "--tune-head-learning-rates",
+        "1e-3,1e-1",
+        "--tune-steps",
+        "2",
+        "--tune-eval-steps",
+        "1",
+        "--plateau",
+        "--plateau-patience",
+        "1",
+        "--plateau-eval-steps",
+        "1",
+        "--plateau-max-steps",
+        "6",
+        "--held-out-fraction",
+        "0.34",
+        "--held-out-batch-size",
+        "4",
+        "--controls",
+        "--",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        triplets_file,
+        "--per_device_train_batch_size",
+        "4",
+        "--use_cpu",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
     output = _checked.study = tmp_path / "study"
 
     # every door to the evaluation tasks checks that every row's choice is made before it opens
-    for module, name in ((evaluation, "evaluate_models"), (study, "evaluate_models"), (local_tasks, "load_task"),
-                         (local_tasks, "stock_task"), (mteb, "get_tasks"), (mteb, "evaluate")):
+    for module, name in (
+        (evaluation, "evaluate_models"),
+        (study, "evaluate_models"),
+        (local_tasks, "load_task"),
+        (local_tasks, "stock_task"),
+        (mteb, "get_tasks"),
+        (mteb, "evaluate"),
+    ):
         door = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, door=door, **k: _checked(door, *a, **k))
     assert cli.run_study_command(argv) == 0
@@ -204,8 +302,11 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
         assert manifest.stop.reason in ("plateau", "max_steps") and manifest.global_steps <= 6
         assert manifest.eval_history  # the held-out curve the rule read
         control = by_key[key].controls.runs[0]
-        assert control.origin.seed == 42 and set(control.scores) == {"BIOSSES", "EmotionClassification",
-                                                                     "TwentyNewsgroupsClustering"}
+        assert control.origin.seed == 42 and set(control.scores) == {
+            "BIOSSES",
+            "EmotionClassification",
+            "TwentyNewsgroupsClustering",
+        }
     report = (output / "report" / "study.md").read_text()
     for section in ("## Tuning", "## Training to a plateau", "· step 0"):
         assert section in report
@@ -215,7 +316,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     assert {row["kind"] for row in table} >= {"variant", "control"}
     # a resumed study with another grid is refused, not mixed in
     with pytest.raises(SystemExit, match="another tuning / plateau setting"):
-        cli.run_study_command([*argv[: argv.index("1e-3,1e-2")], "1e-4", *argv[argv.index("1e-3,1e-2") + 1:]])
+        cli.run_study_command([*argv[: argv.index("1e-3,1e-2")], "1e-4", *argv[argv.index("1e-3,1e-2") + 1 :]])
 
 
 def _checked(door, *args, **kwargs):
@@ -223,7 +324,8 @@ def _checked(door, *args, **kwargs):
 
     tuned = tuning.read_tuning(_checked.study)
     assert set(tuned) == {"v1", "v2"} and all(row.chosen is not None for row in tuned.values()), (
-        "task data read before every row's rates were chosen")
+        "task data read before every row's rates were chosen"
+    )
     return door(*args, **kwargs)
 
 
@@ -236,13 +338,25 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
     from poolattn import tuning
     from poolattn.jobs import TrainingJob
 
-    plan = study.plan_study(designs="5", ablation="layer_weights:weights_off", seeds=2, train_argv=["--lora_r", "4"],
-                            tuning=tuning.TuningGrid(learning_rates=[1e-4]), plateau=tuning.PlateauSettings(
-                                max_steps=50))
+    plan = study.plan_study(
+        designs="5",
+        ablation="layer_weights:weights_off",
+        seeds=2,
+        train_argv=["--lora_r", "4"],
+        tuning=tuning.TuningGrid(learning_rates=[1e-4]),
+        plateau=tuning.PlateauSettings(max_steps=50),
+    )
     output = tmp_path / "study"
     arm = plan.row("arm-weights_off")
-    tuning.write_tuning(output, plan.tuning_grid, {"arm-weights_off": tuning.RowTuning(
-        row="arm-weights_off", seed=42, points=[tuning.TuningPoint(1e-4, 1e-3, [[10, 1.0, 0.5]])], chosen=0)})
+    tuning.write_tuning(
+        output,
+        plan.tuning_grid,
+        {
+            "arm-weights_off": tuning.RowTuning(
+                row="arm-weights_off", seed=42, points=[tuning.TuningPoint(1e-4, 1e-3, [[10, 1.0, 0.5]])], chosen=0
+            )
+        },
+    )
     job = study.row_job(plan, arm, 43, output)
     assert isinstance(job, TrainingJob) and job.flags == ("--lora_r", "4")
     assert (job.variant, job.seed, job.model_name) == (5, 43, "poolattn/smollm2-135m-v5-weights-off")
@@ -251,23 +365,55 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
     assert (job.learning_rate, job.head_learning_rate, job.max_steps, job.plateau_patience) == (1e-4, 1e-3, 50, 3)
     control = study.row_job(plan, arm, 43, output, control=True)
     assert control.model_name.endswith("-step0") and control.plateau_patience is None
-    by_hand = training.parse_arguments(["--lora_r", "4", "--max_steps", "50", "--variant", "5", "--seed", "43",
-                                        "--output_dir", job.output_dir, "--model_name", job.model_name,
-                                        "--config_overrides", '{"layer_weights": false}', "--learning_rate", "0.0001",
-                                        "--head_learning_rate", "0.001", "--save_steps", "20", "--eval_fraction",
-                                        "0.01", "--per_device_eval_batch_size", "16", "--plateau_patience", "3",
-                                        "--plateau_min_improvement", "0.01", "--resume_from_checkpoint", "true"])
+    by_hand = training.parse_arguments(
+        [
+            "--lora_r",
+            "4",
+            "--max_steps",
+            "50",
+            "--variant",
+            "5",
+            "--seed",
+            "43",
+            "--output_dir",
+            job.output_dir,
+            "--model_name",
+            job.model_name,
+            "--config_overrides",
+            '{"layer_weights": false}',
+            "--learning_rate",
+            "0.0001",
+            "--head_learning_rate",
+            "0.001",
+            "--save_steps",
+            "20",
+            "--eval_fraction",
+            "0.01",
+            "--per_device_eval_batch_size",
+            "16",
+            "--plateau_patience",
+            "3",
+            "--plateau_min_improvement",
+            "0.01",
+            "--resume_from_checkpoint",
+            "true",
+        ]
+    )
     from_job = training.parse_arguments(job.argv())
     for expected, actual in zip(by_hand, from_job):
         assert dc.asdict(expected) == dc.asdict(actual)
     with pytest.raises(study.StudyError, match="--learning_rate are set per row by the study's tuning"):
-        study.plan_study(designs="5", seeds=1, train_argv=["--learning_rate", "1e-3"],
-                         tuning=tuning.TuningGrid(learning_rates=[1e-4]))
+        study.plan_study(
+            designs="5",
+            seeds=1,
+            train_argv=["--learning_rate", "1e-3"],
+            tuning=tuning.TuningGrid(learning_rates=[1e-4]),
+        )
 
 
-def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_report(tiny_backbone_folder,
-                                                                                   triplets_file, tmp_path,
-                                                                                   monkeypatch):
+def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_report(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     """Fault injection over a tiny study (one row, one seed, one task): killed before its k-th write of a small file
     (the plan, the run's records and manifest, the scores' settings, the report's files), for every k, the same
     command run again ends with the report of a study that was never interrupted."""
@@ -275,14 +421,42 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
 
     data = tmp_path / "data" / "BIOSSES"
     data.mkdir(parents=True)
-    data.joinpath("test.jsonl").write_text("\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text()
-                                                     .splitlines()[:20]) + "\n")
+    data.joinpath("test.jsonl").write_text(
+        "\n".join((SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]) + "\n"
+    )
 
     def argv(name):
-        return ["--designs", "1", "--seeds", "1", "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"),
-                "--budget", "0", "--output", str(tmp_path / name), "--", "--backbone", tiny_backbone_folder,
-                "--train_data", triplets_file, "--max_steps", "1", "--save_steps", "1",
-                "--per_device_train_batch_size", "4", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+        return [
+            "--designs",
+            "1",
+            "--seeds",
+            "1",
+            "--tasks",
+            "BIOSSES",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--budget",
+            "0",
+            "--output",
+            str(tmp_path / name),
+            "--",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--max_steps",
+            "1",
+            "--save_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+        ]
 
     assert cli.run_study_command(argv("straight")) == 0
     expected = read_csv(tmp_path / "straight" / "report" / "study_table.csv")

@@ -20,8 +20,26 @@ from poolattn.losses import info_nce_loss
 from poolattn.manifest import TrainingManifest, export_model
 from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments, RandomStateReplay, length_grouped_chunks
 
-TINY_RUN = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2",
-            "--warmup_steps", "0", "--logging_steps", "1", "--use_cpu", "true", "--lora_r", "4", "--lora_alpha", "8"]
+TINY_RUN = [
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "4",
+    "--save_steps",
+    "2",
+    "--learning_rate",
+    "1e-2",
+    "--warmup_steps",
+    "0",
+    "--logging_steps",
+    "1",
+    "--use_cpu",
+    "true",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+]
 
 
 # -- the loss --------------------------------------------------------------------------------------------------------
@@ -32,9 +50,13 @@ def test_info_nce_equals_a_hand_computation():
     documents = torch.tensor([[1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])  # positives for q0, q1, then a hard negative
     cosine = [[1 / math.sqrt(2), 0.0, -1.0], [1 / math.sqrt(2), 1.0, 0.0]]
     for temperature in (1.0, 0.05):
-        expected = sum(
-            -cosine[i][i] / temperature + math.log(sum(math.exp(c / temperature) for c in cosine[i])) for i in range(2)
-        ) / 2
+        expected = (
+            sum(
+                -cosine[i][i] / temperature + math.log(sum(math.exp(c / temperature) for c in cosine[i]))
+                for i in range(2)
+            )
+            / 2
+        )
         actual = info_nce_loss(queries, documents, temperature=temperature).item()
         assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6)  # fp32 scores of up to 1/0.05 = 20
 
@@ -56,19 +78,32 @@ def test_temperature_and_hard_negatives_move_the_loss_as_expected():
 # -- GradCache --------------------------------------------------------------------------------------------------------
 
 
-def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None,
-                      use_cpu=True):
+def tiny_peft_trainer(
+    backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None, use_cpu=True
+):
     torch.manual_seed(0)
-    model_args = training.ModelArguments(variant=str(variant), backbone=backbone_folder, lora_r=4, lora_alpha=8,
-                                      lora_dropout=lora_dropout, matryoshka_dims=matryoshka_dims)
+    model_args = training.ModelArguments(
+        variant=str(variant),
+        backbone=backbone_folder,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=lora_dropout,
+        matryoshka_dims=matryoshka_dims,
+    )
     model, tokenizer = training.build_model(model_args, backbone_folder, variant)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would make every LoRA A gradient zero
             torch.nn.init.normal_(parameter, std=0.1)
-    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "unused"), use_cpu=use_cpu, report_to="none",
-                                        remove_unused_columns=False, max_grad_norm=0.0, gradcache_chunk_size=chunk,
-                                        temperature=0.05)
+    args = ContrastiveTrainingArguments(
+        output_dir=str(tmp_path / "unused"),
+        use_cpu=use_cpu,
+        report_to="none",
+        remove_unused_columns=False,
+        max_grad_norm=0.0,
+        gradcache_chunk_size=chunk,
+        temperature=0.05,
+    )
     trainer = ContrastiveTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop in real runs
     collator = TripletCollator(tokenizer, query_max_length=32, document_max_length=32, add_eos=True)
@@ -80,8 +115,9 @@ def tiny_peft_trainer(backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dro
 def test_gradcache_gives_the_loss_and_gradients_of_plain_training(tiny_backbone_folder, tmp_path, variant, chunk):
     gradients = {}
     for mode in ("plain", "gradcache"):
-        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, variant=variant,
-                                           chunk=chunk if mode == "gradcache" else 0)
+        trainer, batch = tiny_peft_trainer(
+            tiny_backbone_folder, tmp_path, variant=variant, chunk=chunk if mode == "gradcache" else 0
+        )
         loss = trainer.training_step(trainer.model, batch)
         gradients[mode] = (loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
     (plain_loss, plain), (cached_loss, cached) = gradients["plain"], gradients["gradcache"]
@@ -93,8 +129,7 @@ def test_gradcache_gives_the_loss_and_gradients_of_plain_training(tiny_backbone_
         torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_the_matryoshka_loss_is_the_mean_over_sizes_and_gradcache_gives_its_gradients(tiny_backbone_folder,
-                                                                                       tmp_path):
+def test_the_matryoshka_loss_is_the_mean_over_sizes_and_gradcache_gives_its_gradients(tiny_backbone_folder, tmp_path):
     """--matryoshka_dims 8,16 on a 32-wide model: the trainer's loss is the mean of the full size's and each prefix's
     InfoNCE (prefixes renormalised), and GradCache gives the loss and gradients of plain training (1e-5)."""
     from poolattn.losses import contrastive_loss
@@ -104,8 +139,15 @@ def test_the_matryoshka_loss_is_the_mean_over_sizes_and_gradcache_gives_its_grad
     with torch.no_grad():
         queries = trainer.model(**batch["queries"]).embeddings
         documents = trainer.model(**batch["documents"]).embeddings
-        by_hand = sum(contrastive_loss(queries[:, :size], documents[:, :size], temperature=0.05, gather=False,
-                                       text_ids=batch["text_ids"]) for size in (32, 8, 16)) / 3
+        by_hand = (
+            sum(
+                contrastive_loss(
+                    queries[:, :size], documents[:, :size], temperature=0.05, gather=False, text_ids=batch["text_ids"]
+                )
+                for size in (32, 8, 16)
+            )
+            / 3
+        )
         assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(by_hand.item(), abs=1e-6)
     results = {}
     for chunk in (0, 3):
@@ -157,8 +199,18 @@ def test_length_grouped_chunks_drop_padding_and_keep_every_embedding(padding_sid
 @pytest.mark.parametrize("chunk", [0, 2])
 def test_two_processes_with_gathered_negatives_match_one_process(tiny_backbone_folder, tmp_path, chunk):
     worker = Path(__file__).with_name("ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), tiny_backbone_folder, str(tmp_path), str(chunk)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(worker),
+        tiny_backbone_folder,
+        str(tmp_path),
+        str(chunk),
+    ]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(worker.parents[1]), str(worker.parent)])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -167,8 +219,9 @@ def test_two_processes_with_gathered_negatives_match_one_process(tiny_backbone_f
 
     trainer, _ = tiny_peft_trainer(tiny_backbone_folder, tmp_path)  # one process, the combined batch
     model = trainer.model.train()
-    collator = TripletCollator(trainer.model.get_base_model().get_tokenizer(), query_max_length=32,
-                               document_max_length=32, add_eos=True)
+    collator = TripletCollator(
+        trainer.model.get_base_model().get_tokenizer(), query_max_length=32, document_max_length=32, add_eos=True
+    )
     rank_batches = [collator([TRIPLETS[i] for i in rows]) for rows in dumped["rows_per_rank"]]
     queries = torch.cat([model(**b["queries"]).embeddings for b in rank_batches])  # (8, hidden)
     documents = torch.cat([model(**b["documents"]).embeddings for b in rank_batches])  # rank 0's 8, then rank 1's 8
@@ -184,8 +237,9 @@ def test_two_processes_with_gathered_negatives_match_one_process(tiny_backbone_f
 # -- train.py end to end: resume, export, data errors, --variant all --------------------------------------------------
 
 
-def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_folder, triplets_file, tmp_path,
-                                                              monkeypatch):
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
     common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN]
     straight = training.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
 
@@ -201,8 +255,9 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tiny_backbone_fold
         training.main([*common, "--output_dir", str(tmp_path / "resumed")])
     assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "model").exists()
     monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
-    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"),
-                             "--resume_from_checkpoint", "true"])[0]
+    resumed = training.main([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"])[
+        0
+    ]
 
     expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == actual.keys()
@@ -238,12 +293,23 @@ def test_export_merges_lora_and_loads_without_peft_in_a_fresh_process(tiny_backb
     model = trainer.model.eval()
     base = model.get_base_model()
     adapter = base.encode(SENTENCES)
-    destination = export_model(model, base.get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
-                               manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder))
-    assert (json.loads((destination / "training_manifest.json").read_text())
-            ["export_check"]["max_abs_difference"] < 1e-5)
-    result = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(destination), json.dumps(SENTENCES)],
-                            capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    destination = export_model(
+        model,
+        base.get_tokenizer(),
+        tmp_path / "export",
+        check_texts=SENTENCES[:4],
+        manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder),
+    )
+    assert (
+        json.loads((destination / "training_manifest.json").read_text())["export_check"]["max_abs_difference"] < 1e-5
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, str(destination), json.dumps(SENTENCES)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trust_remote_code" not in result.stdout + result.stderr
     assert abs(np.load(destination / "fresh.npy") - adapter).max() < 1e-5
@@ -263,8 +329,13 @@ def test_export_refuses_a_merge_that_changes_the_embeddings(tiny_backbone_folder
 
     monkeypatch.setattr(model, "merge_and_unload", corrupting_merge, raising=False)
     with pytest.raises(RuntimeError, match=r"Merged and adapter embeddings differ by .* the export was not written"):
-        export_model(model, model.get_base_model().get_tokenizer(), tmp_path / "export", check_texts=SENTENCES[:4],
-                     manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder))
+        export_model(
+            model,
+            model.get_base_model().get_tokenizer(),
+            tmp_path / "export",
+            check_texts=SENTENCES[:4],
+            manifest=TrainingManifest(variant=5, backbone=tiny_backbone_folder),
+        )
     assert not (tmp_path / "export").exists()
 
 
@@ -309,8 +380,9 @@ def test_malformed_data_gives_a_clear_error_and_writes_nothing(tiny_backbone_fol
 
 def test_skipping_invalid_rows_counts_them(tmp_path):
     data = tmp_path / "mixed.jsonl"
-    data.write_text('{"query": "q", "postive": "p"}\n{"query": "", "positive": "p"}\n'
-                    '{"query": "q3", "positive": "p3"}\n')
+    data.write_text(
+        '{"query": "q", "postive": "p"}\n{"query": "", "positive": "p"}\n{"query": "q3", "positive": "p3"}\n'
+    )
     triplets = load_triplets(str(data), skip_invalid=True)
     assert (len(triplets.rows), triplets.skipped, triplets.has_negatives) == (2, 1, False)
     assert triplets.rows[0]["positive"] == "p"  # the paper data's "postive" spelling is accepted
@@ -332,22 +404,41 @@ def test_instruction_tokens_are_marked_out_of_pooling(tiny_backbone_folder):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_folder)
-    collator = TripletCollator(tokenizer, query_max_length=64, document_max_length=64, add_eos=True,
-                               query_instruction="find the passage")
+    collator = TripletCollator(
+        tokenizer, query_max_length=64, document_max_length=64, add_eos=True, query_instruction="find the passage"
+    )
     rows = [{**TRIPLETS[0], "instruction": None}, {**TRIPLETS[1], "instruction": "find a car"}]
     batch = collator(rows)
-    prompt_tokens = [len(tokenizer(f"Instruct: {i}\nQuery: ", add_special_tokens=False)["input_ids"])
-                     for i in ("find the passage", "find a car")]
+    prompt_tokens = [
+        len(tokenizer(f"Instruct: {i}\nQuery: ", add_special_tokens=False)["input_ids"])
+        for i in ("find the passage", "find a car")
+    ]
     excluded = (batch["queries"]["attention_mask"] - batch["queries"]["pooling_mask"]).sum(1).tolist()
     assert excluded == prompt_tokens
     assert torch.equal(batch["documents"]["pooling_mask"], batch["documents"]["attention_mask"])
     assert batch["documents"]["input_ids"].shape[0] == 4  # 2 positives, then 2 negatives
 
 
-def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_backbone_folder, triplets_file,
-                                                                          tmp_path):
-    exported = training.main(["--variant", "all", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "1", "--save_steps", "10"])
+def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    exported = training.main(
+        [
+            "--variant",
+            "all",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path),
+            *TINY_RUN,
+            "--max_steps",
+            "1",
+            "--save_steps",
+            "10",
+        ]
+    )
     assert exported == [tmp_path / f"v{n}" / "model" for n in range(1, 6)]
     manifests = [json.loads((path / "training_manifest.json").read_text()) for path in exported]
     assert [m["variant"] for m in manifests] == [1, 2, 3, 4, 5]
@@ -357,14 +448,32 @@ def test_variant_all_trains_the_five_variants_with_the_same_data_and_seed(tiny_b
 
 @pytest.mark.parametrize(
     "flags, trains_backbone",
-    [(["--full_finetune", "true"], True),
-     (["--activation_checkpointing", "true", "--gradcache_chunk_size", "2"], False)],
+    [
+        (["--full_finetune", "true"], True),
+        (["--activation_checkpointing", "true", "--gradcache_chunk_size", "2"], False),
+    ],
 )
-def test_full_finetuning_and_activation_checkpointing_runs(tiny_backbone_folder, triplets_file, tmp_path, flags,
-                                                            trains_backbone):
-    exported = training.main(["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file,
-                           "--output_dir", str(tmp_path), *TINY_RUN, "--max_steps", "2", "--save_steps", "10",
-                           *flags])[0]
+def test_full_finetuning_and_activation_checkpointing_runs(
+    tiny_backbone_folder, triplets_file, tmp_path, flags, trains_backbone
+):
+    exported = training.main(
+        [
+            "--variant",
+            "5",
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path),
+            *TINY_RUN,
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "10",
+            *flags,
+        ]
+    )[0]
     manifest = json.loads((exported / "training_manifest.json").read_text())
     assert (manifest["trainable_parameters"]["backbone"] > 0) == trains_backbone
     assert (manifest["trainable_parameters"]["lora"] > 0) != trains_backbone
@@ -377,8 +486,9 @@ def test_evaluate_reports_the_contrastive_loss_and_in_batch_recall(tiny_backbone
     import datasets
 
     trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path)
-    collator = TripletCollator(trainer.model.get_base_model().get_tokenizer(), query_max_length=32,
-                               document_max_length=32, add_eos=True)
+    collator = TripletCollator(
+        trainer.model.get_base_model().get_tokenizer(), query_max_length=32, document_max_length=32, add_eos=True
+    )
     trainer.data_collator = collator
     metrics = trainer.evaluate(datasets.Dataset.from_list(TRIPLETS[:8]))  # one batch of 8 (eval batch size)
     model = trainer.model.eval()
@@ -392,27 +502,80 @@ def test_evaluate_reports_the_contrastive_loss_and_in_batch_recall(tiny_backbone
 
 
 def test_held_out_data_is_scored_during_training_and_recorded(tiny_backbone_folder, triplets_file, tmp_path):
-    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction",
-                              "0.34", "--per_device_eval_batch_size", "4", "--output_dir", str(tmp_path / "out"),
-                              *TINY_RUN])[0]
+    exported = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--eval_fraction",
+            "0.34",
+            "--per_device_eval_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "out"),
+            *TINY_RUN,
+        ]
+    )[0]
     manifest = json.loads((exported / "training_manifest.json").read_text())
     assert manifest["data"]["examples"] == 8  # 4 of the 12 rows held out
     assert [step for step, _, _ in manifest["eval_history"]] == [2, 4]  # every --save_steps
     assert all(loss > 0 and 0 <= recall <= 1 for _, loss, recall in manifest["eval_history"])
     # the best checkpoint by held-out recall is the one exported; early stopping as in any Trainer script
-    best = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction", "0.34",
-                          "--per_device_eval_batch_size", "4", "--eval_strategy", "steps", "--eval_steps", "2",
-                          "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
-                          "--early_stopping_patience", "1", "--output_dir", str(tmp_path / "best"), *TINY_RUN])[0]
+    best = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--eval_fraction",
+            "0.34",
+            "--per_device_eval_batch_size",
+            "4",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--load_best_model_at_end",
+            "true",
+            "--metric_for_best_model",
+            "eval_loss",
+            "--early_stopping_patience",
+            "1",
+            "--output_dir",
+            str(tmp_path / "best"),
+            *TINY_RUN,
+        ]
+    )[0]
     history = json.loads((best / "training_manifest.json").read_text())["eval_history"]
     state = json.loads(sorted((tmp_path / "best").glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
     assert state["best_metric"] == pytest.approx(min(loss for _, loss, _ in history))
     with pytest.raises(ValueError, match="4 held-out rows make no evaluation batch of 8"):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_fraction", "0.34",
-                       "--output_dir", str(tmp_path / "never")])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--eval_fraction",
+                "0.34",
+                "--output_dir",
+                str(tmp_path / "never"),
+            ]
+        )
     with pytest.raises(ValueError, match="need evaluation data: give --eval_data FILE or --eval_fraction"):
-        training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--eval_strategy", "steps",
-                       "--output_dir", str(tmp_path / "never")])
+        training.main(
+            [
+                "--backbone",
+                tiny_backbone_folder,
+                "--train_data",
+                triplets_file,
+                "--eval_strategy",
+                "steps",
+                "--output_dir",
+                str(tmp_path / "never"),
+            ]
+        )
 
 
 def test_paper_preset_sets_defaults_and_explicit_flags_win():
@@ -440,15 +603,42 @@ def test_paper_preset_trains_a_tiny_mistral_with_its_own_bf16_gradcache_and_chec
     MistralForCausalLM(tiny_text_config("mistral")).save_pretrained(tmp_path / "mistral")
     tiny_tokenizer().save_pretrained(tmp_path / "mistral")
     (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
-    (exported,) = training.main(["--preset", "paper", "--backbone", str(tmp_path / "mistral"), "--train_data",
-                                 str(tmp_path / "triplets.jsonl"), "--max_steps", "2", "--contrastive_batch_size", "8",
-                                 "--gradcache_chunk_size", "3", "--warmup_steps", "1", "--save_steps", "2",
-                                 "--use_cpu", "true", "--output_dir", str(tmp_path / "run")])
+    (exported,) = training.main(
+        [
+            "--preset",
+            "paper",
+            "--backbone",
+            str(tmp_path / "mistral"),
+            "--train_data",
+            str(tmp_path / "triplets.jsonl"),
+            "--max_steps",
+            "2",
+            "--contrastive_batch_size",
+            "8",
+            "--gradcache_chunk_size",
+            "3",
+            "--warmup_steps",
+            "1",
+            "--save_steps",
+            "2",
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     manifest = TrainingManifest.read(exported)
-    settings = {key: manifest.hyperparameters[key] for key in ("bf16", "model_dtype", "gradcache_chunk_size",
-                                                                "activation_checkpointing", "learning_rate")}
-    assert settings == {"bf16": True, "model_dtype": "bfloat16", "gradcache_chunk_size": 3,
-                        "activation_checkpointing": True, "learning_rate": 1e-5}
+    settings = {
+        key: manifest.hyperparameters[key]
+        for key in ("bf16", "model_dtype", "gradcache_chunk_size", "activation_checkpointing", "learning_rate")
+    }
+    assert settings == {
+        "bf16": True,
+        "model_dtype": "bfloat16",
+        "gradcache_chunk_size": 3,
+        "activation_checkpointing": True,
+        "learning_rate": 1e-5,
+    }
     assert manifest.global_steps == 2 and all(math.isfinite(loss) for _, loss in manifest.loss_history)
     with safe_open(exported / "model.safetensors", "pt") as weights:
         dtypes = {(name.split(".")[0], str(weights.get_slice(name).get_dtype())) for name in weights.keys()}
@@ -460,27 +650,53 @@ def test_small_preset_trains_on_every_shared_source_with_its_instruction(tiny_ba
 
     if not (SHARED_DATA / "train").is_dir():
         pytest.skip("../shared/data/train is not beside this checkout")
-    exported = training.main(["--preset", "small", "--backbone", tiny_backbone_folder, "--max_steps", "1",
-                              "--max_train_samples", "400", "--per_device_train_batch_size", "4",
-                              "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])[0]
+    exported = training.main(
+        [
+            "--preset",
+            "small",
+            "--backbone",
+            tiny_backbone_folder,
+            "--max_steps",
+            "1",
+            "--max_train_samples",
+            "400",
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--use_cpu",
+            "true",
+        ]
+    )[0]
     manifest = TrainingManifest.read(exported)
     assert manifest.hyperparameters["learning_rate"] == training.PRESETS["small"]["learning_rate"]
     sources = manifest.data.sources
     assert manifest.data.batch_sampling == "one_source_per_batch" and len(sources) >= 6
-    assert all(source["instruction"] == training.SMALL_RECIPE_INSTRUCTIONS[Path(source["file"]).stem]
-               for source in sources)
+    assert all(
+        source["instruction"] == training.SMALL_RECIPE_INSTRUCTIONS[Path(source["file"]).stem] for source in sources
+    )
 
 
 def test_help_lists_the_packages_own_flags_first_in_groups(capsys):
     with pytest.raises(SystemExit):
         training.parse_arguments(["--help"])
     text = capsys.readouterr().out
-    headings = ["model (poolattn):", "data (poolattn):", "contrastive training and the run (poolattn",
-                "every other flag of transformers' TrainingArguments:"]
+    headings = [
+        "model (poolattn):",
+        "data (poolattn):",
+        "contrastive training and the run (poolattn",
+        "every other flag of transformers' TrainingArguments:",
+    ]
     positions = [text.index(heading) for heading in headings]
     assert positions == sorted(positions) and len(text.splitlines()[0]) < 120  # a one-line usage
-    for flag, section in (("--variant", 0), ("--negatives_per_query", 1), ("--temperature", 2), ("--seeds", 2),
-                          ("--learning_rate", 2), ("--adam_beta1", 3)):
+    for flag, section in (
+        ("--variant", 0),
+        ("--negatives_per_query", 1),
+        ("--temperature", 2),
+        ("--seeds", 2),
+        ("--learning_rate", 2),
+        ("--adam_beta1", 3),
+    ):
         at = text.index(f"  {flag} ")
         assert positions[section] < at and (section == 3 or at < positions[section + 1]), flag
 
@@ -506,8 +722,17 @@ def test_a_checkpoint_loads_as_the_model_it_holds(tiny_backbone_folder, triplets
     that step: the last checkpoint equals the export of the same run."""
     import poolattn
 
-    exported = training.main(["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
-                              str(tmp_path / "out"), *TINY_RUN])[0]
+    exported = training.main(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--output_dir",
+            str(tmp_path / "out"),
+            *TINY_RUN,
+        ]
+    )[0]
     checkpoint = tmp_path / "out" / "checkpoint-4"
     record = json.loads((checkpoint / training.CHECKPOINT_RECORD).read_text())
     assert record["backbone"] == tiny_backbone_folder and record["poolattn_config"]["variant"] == 5
@@ -524,24 +749,49 @@ def test_a_checkpoint_loads_as_the_model_it_holds(tiny_backbone_folder, triplets
         poolattn.load_checkpoint(tmp_path / "out")
 
 
-def test_torchrun_on_a_cpu_machine_trains_one_model_and_writes_one_export(tiny_backbone_folder, triplets_file,
-                                                                          tmp_path):
+def test_torchrun_on_a_cpu_machine_trains_one_model_and_writes_one_export(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
     """The README's torchrun line without --use_cpu on a machine without CUDA: the processes join (gloo) and train
     one model (the manifest's batch spans both), and only the main process writes the export."""
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine takes the NCCL path")
     script = Path(__file__).resolve().parents[1] / "train.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               "--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--output_dir",
-               str(tmp_path / "run"), "--max_steps", "2", "--contrastive_batch_size", "4", "--save_steps", "2",
-               "--lora_r", "4", "--lora_alpha", "8"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        "--variant",
+        "5",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        triplets_file,
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "2",
+        "--contrastive_batch_size",
+        "4",
+        "--save_steps",
+        "2",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((tmp_path / "run" / "model" / "training_manifest.json").read_text())
     batch = manifest["contrastive_batch"]
     assert (batch["world_size"], batch["queries_per_device"], batch["queries_per_loss_call"]) == (2, 2, 4)
-    assert sorted(path.name for path in (tmp_path / "run").iterdir() if not path.name.startswith("checkpoint-")) \
-        == ["model"]  # one export, no second rank's folder or temp folder
+    assert sorted(path.name for path in (tmp_path / "run").iterdir() if not path.name.startswith("checkpoint-")) == [
+        "model"
+    ]  # one export, no second rank's folder or temp folder
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in result.stderr
     assert result.stderr.count("contrastive batch per loss call") == 1  # one main process, not two of their own
     assert result.stderr.count("model written to") == 1

@@ -33,8 +33,9 @@ def folder_with_code(tmp_path: Path) -> Path:
     config.update(auto_map={"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}, tokenizer_class="EvilTokenizer")
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     modeling = folder / "modeling_poolattn.py"
-    modeling.write_text(f"from pathlib import Path\nPath({str(folder / MARKER)!r}).write_text('modeling ran')\n"
-                        + modeling.read_text())
+    modeling.write_text(
+        f"from pathlib import Path\nPath({str(folder / MARKER)!r}).write_text('modeling ran')\n" + modeling.read_text()
+    )
     return folder
 
 
@@ -58,8 +59,17 @@ def test_evaluate_and_mine_run_no_code_from_the_folder_unless_asked(tmp_path, tr
     if not shared.is_file():
         pytest.skip("../shared/data is not beside this checkout")
     data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:10]) + "\n")
-    run = ["run", "--model", str(folder), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data"), "--output",
-           str(tmp_path / "results")]
+    run = [
+        "run",
+        "--model",
+        str(folder),
+        "--tasks",
+        "BIOSSES",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "results"),
+    ]
     assert cli.evaluate(run) == 1  # the task fails, naming the flag; nothing of the folder ran
     assert not (folder / MARKER).exists()
     with pytest.raises(SystemExit, match="trust_remote_code"):
