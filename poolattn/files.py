@@ -39,6 +39,7 @@ def write_text(path, text: str, *, encoding: str = "utf-8") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private; give it a new file's mode
     try:
         with os.fdopen(handle, "w", encoding=encoding, newline="") as file:
             file.write(text)
@@ -48,6 +49,12 @@ def write_text(path, text: str, *, encoding: str = "utf-8") -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, value, **dumps) -> None:
@@ -74,6 +81,7 @@ def atomic_save(save: typing.Callable[[Path], None], destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     clean_interrupted_save(destination)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the folder private; give it a new folder's mode
     try:
         save(staging)
         if destination.exists():

@@ -343,3 +343,22 @@ def test_a_full_disk_ends_a_command_with_one_line_and_no_half_written_file(
         )
     assert (output / "checkpoint-2").is_dir() and not (output / "model").exists()
     assert not [path for path in output.iterdir() if path.name.startswith(".model")]
+
+
+def test_atomic_writes_give_files_and_folders_the_modes_of_ordinary_new_ones(tmp_path):
+    """Temp files and folders are private (0600 / 0700); what the package swaps in is not: a model folder or record
+    written atomically is readable by others as one written in place would be (umask applied)."""
+    import os
+
+    from poolattn.files import write_text
+
+    before = os.umask(0o022)
+    try:
+        write_text(tmp_path / "record.json", "{}")
+        atomic_save(lambda folder: (folder / "weights").write_text("w"), tmp_path / "model")
+        (tmp_path / "plain.json").write_text("{}")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(before)
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777
+    assert (tmp_path / "model").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
