@@ -172,8 +172,9 @@ def run_ablation(
         )
     backbone = training.parse_arguments(list(train_argv))[0].backbone  # also checks the training flags (and --preset)
     started = time.time()
-    models = {
-        arm: train_arm(
+    models = {}
+    for number, (arm, overrides) in enumerate(chosen.items(), start=1):
+        models[arm] = train_arm(
             arm,
             overrides,
             output=output,
@@ -183,8 +184,15 @@ def run_ablation(
             seeds=seeds,
             seed=seed,
         )
-        for arm, overrides in chosen.items()
-    }
+        elapsed = time.time() - started
+        logger.info(
+            "ablation: arm %d of %d trained (%s); elapsed %.0f s, training ETA %.0f min",
+            number,
+            len(chosen),
+            arm,
+            elapsed,
+            elapsed / number * (len(chosen) - number) / 60,
+        )
     if not is_main_process():
         return None
     results = Path(output) / "results"
