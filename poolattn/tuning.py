@@ -231,7 +231,7 @@ def choose(points: list[TuningPoint]) -> int:
 def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int, output, train) -> RowTuning:
     """Train every grid point of one row for the proxy (resuming: recorded points are kept) and choose its rates;
     while the choice sits at the grid's largest or smallest rate on an axis, try the next rate beyond it
-    (`TuningGrid.next_rate`, at most `extend` times per axis), so that no row is judged at the edge of its grid.
+    (`TuningGrid.beyond_edge`, at most `extend` times per axis), so that no row is judged at the edge of its grid.
 
     `train(learning_rate, head_learning_rate, folder) -> exported folder` runs one proxy training (the study passes
     train.py with the row's flags); the point's folder is removed once its curve is recorded.
