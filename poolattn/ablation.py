@@ -45,7 +45,7 @@ from pathlib import Path
 from .budget import budget_revision
 from .data import SHARED_DATA, UNSET_DATA
 from .evaluation import compare_results, evaluate_models
-from .jobs import JobError, TrainingJob
+from .jobs import JobError, TrainingJob, flag_names
 from .launch import is_main_process
 from .manifest import ExportedModel
 from .results import results_folder
@@ -163,8 +163,9 @@ def run_ablation(
         raise ValueError(f"--seeds {seeds}: give how many seeds to train each arm with, >= 1.")
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
-    given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
-    if clash := sorted(given & TrainingJob(output_dir="-", model_name="-", config_overrides={"-": 0}).owned_flags()):
+    if clash := sorted(
+        flag_names(train_argv) & TrainingJob(output_dir="-", model_name="-", config_overrides={"-": 0}).owned_flags()
+    ):
         raise JobError(
             f"the training flags {', '.join('--' + name for name in clash)} are set per arm by the "
             "ablation itself (design, seeds, folders, names, overrides); give --base-variant, --seeds, "

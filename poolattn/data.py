@@ -151,19 +151,12 @@ def fingerprint_files(source: str) -> str:
     >>> before != fingerprint_files(str(folder))
     True
     """
-    import hashlib
+    from .files import content_hash
 
     if not Path(source).exists():
         return f"hub:{source}"
-    root = Path(source)
-    digest = hashlib.sha256()
-    for path in data_files(source):
-        digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    return content_hash(root, data_files(source))
 
 
 def iter_file_rows(path: Path, *, streaming: bool = False):

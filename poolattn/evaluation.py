@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import plots
 from .budget import budget_revision, cap_task
-from .files import write_text
+from .files import content_hash, write_text
 from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, splits_by_subset, task_type
 from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
 from .prompts import QUERY_PROMPT_FORMAT
@@ -98,18 +98,10 @@ def evaluation_revision(
 def task_data_fingerprint(name: str, data_dir) -> str | None:
     """A hash of a task's local copy (`<data_dir>/<name>`: every file's path and bytes), or None for a task read
     from the Hub (mteb pins its dataset revision itself)."""
-    import hashlib
-
     folder = Path(data_dir) / name if data_dir else None
     if folder is None or not folder.is_dir():
         return None
-    digest = hashlib.sha256()
-    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
 
 
 def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> list[str]:

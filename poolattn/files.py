@@ -51,6 +51,21 @@ def write_text(path, text: str, *, encoding: str = "utf-8") -> None:
         raise
 
 
+def content_hash(root: Path, paths) -> str:
+    """A hash of files' names (relative to `root`) and bytes, read in blocks: an edited, added, removed or renamed file
+    changes it (the training data's and the task copies' fingerprints)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(Path(path).relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

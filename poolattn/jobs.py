@@ -23,6 +23,15 @@ import json
 from dataclasses import dataclass
 
 
+def flag_names(flags) -> set[str]:
+    """The train.py fields a command line's flags name (`--learning-rate=1e-4` -> `learning_rate`).
+
+    >>> sorted(flag_names(["--preset", "small", "--learning-rate=1e-4", "7"]))
+    ['learning_rate', 'preset']
+    """
+    return {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in flags if str(flag).startswith("--")}
+
+
 class JobError(ValueError):
     """A job whose flags set what the job's own fields set; the message names the flags."""
 
@@ -76,8 +85,7 @@ class TrainingJob:
 
     def clashing_flags(self) -> list[str]:
         """The flags in `flags` that this job sets itself, sorted."""
-        given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in self.flags if flag.startswith("--")}
-        return sorted(given & self.owned_flags())
+        return sorted(flag_names(self.flags) & self.owned_flags())
 
     def argv(self) -> list[str]:
         """train.py's command line for this job (read by `training` only)."""

@@ -45,7 +45,7 @@ from .evaluation import (
     write_csv,
 )
 from .files import folder_lock, read_json, write_json, write_text
-from .jobs import TrainingJob
+from .jobs import TrainingJob, flag_names
 from .launch import is_main_process, launched_processes
 from .manifest import MANIFEST_FILE, ExportedModel
 from .model_card import VARIANT_NAMES
@@ -172,7 +172,7 @@ def plan_study(
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
-    given = {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in train_argv if flag.startswith("--")}
+    given = flag_names(train_argv)
     structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
     per_row = TrainingJob(
         **STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}), **(PLATEAU_PROBE if plateau else {})
