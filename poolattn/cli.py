@@ -6,7 +6,7 @@ Each function backs one console command and one top-level script of a source che
 |---|---|---|
 | `poolattn-train` | `python train.py` | `poolattn.training.run` |
 | `poolattn-evaluate run/compare` | `python evaluate.py` | `poolattn.evaluation.evaluate_models` / `compare_results` |
-| `poolattn-ablate` | `python ablate.py` | `poolattn.ablation.run_ablation` |
+| `poolattn-ablate` | `python ablate.py` | `poolattn.study.run_study` (the arms are study rows) |
 | `poolattn-study` | `python study.py` | `poolattn.study.run_study` |
 | `poolattn-publish` | `python publish.py` | `poolattn.hub.publish` |
 
@@ -294,21 +294,8 @@ def evaluate(argv: list[str] | None = None) -> int:
 
 
 def ablate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--ablation", required=True, choices=[*ablation.ABLATIONS, "all"], help="which arms to train")
-    parser.add_argument("--base-variant", type=int, default=5, choices=[3, 5], help="multi-layer variant to ablate")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        default=1,
-        help="train every arm with N seeds (--seed and the next N-1), grouped as replicates (default 1)",
-    )
-    parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
-    parser.add_argument("--output", default="ablations", help="sweep folder (arms, results, comparison)")
-    _add_scoring_arguments(parser, "arm")
-    return parser
+    """ablate.py: the study's parser with one base design instead of `--designs`, `--ablation` required, one seed."""
+    return study_parser(ablate=True)
 
 
 def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> None:
@@ -333,37 +320,9 @@ def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> No
 
 @_storage_errors_in_one_line("ablate")
 def ablate(argv: list[str] | None = None) -> int:
-    """`python ablate.py --ablation NAME [...] [-- training flags]` / `poolattn-ablate ...`."""
-    argv = sys.argv[1:] if argv is None else argv
-    split = argv.index("--") if "--" in argv else len(argv)
-    args, train_argv = ablate_parser().parse_args(argv[:split]), argv[split + 1 :]
-    from . import training
-    from .trainer_arguments import TrainingDivergedError
-
-    _show_progress(main_process=is_main_process())
-    try:
-        run = ablation.run_ablation(
-            args.ablation,
-            output=args.output,
-            base_variant=args.base_variant,
-            train_argv=train_argv,
-            seeds=args.seeds,
-            seed=args.seed,
-            tasks=args.tasks and _comma_list(args.tasks),
-            categories=args.categories and _comma_list(args.categories),
-            benchmark=args.benchmark,
-            data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
-            budget=args.budget or None,
-            batch_size=args.batch_size,
-        )
-    except TripletDataError as error:
-        sys.exit(f"ablate: bad training data: {error}")
-    except (ValueError, TrainingDivergedError) as error:  # EvaluationError, LocalTaskError, ResultsError, flags
-        sys.exit(f"ablate: {error}")
-    for failure in run.failures if run else []:
-        print(f"FAILED {failure.model} {failure.task}: {failure.error}")
-    training.shut_down_process_group()  # every arm's run ended with a barrier; nothing waits on other ranks here
-    return 1 if run and run.failures else 0
+    """`python ablate.py --ablation NAME [...] [-- training flags]` / `poolattn-ablate ...`: a study of the base
+    variant and its arms (`study.py --designs 5 --ablation NAME`), with ablate.py's defaults."""
+    return run_study_command(argv, ablate=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -371,26 +330,40 @@ def ablate(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def study_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
+    """study.py's flags; with `ablate`, ablate.py's: a base variant instead of `--designs`, `--ablation` required,
+    one seed and the `ablations` folder by default."""
+    parser = argparse.ArgumentParser(
+        description=(ablation if ablate else study).__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
-    parser.add_argument(
-        "--designs",
-        default="all,baselines",
-        help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
-        "mean-bidirectional), or a comma list (default all,baselines)",
+    arms = (
+        f"all, or a comma list of {', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
+        "layer_weights:weights_off)"
     )
+    if ablate:
+        parser.add_argument("--ablation", required=True, help=f"which arms to train beside the base: {arms}")
+        parser.add_argument(
+            "--base-variant", type=int, default=5, choices=[3, 5], help="the multi-layer variant the arms change"
+        )
+    else:
+        parser.add_argument(
+            "--designs",
+            default="all,baselines",
+            help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
+            "mean-bidirectional), or a comma list (default all,baselines)",
+        )
+        parser.add_argument("--ablation", default="none", help=f"ablation arms of variant 5: none, {arms}")
+    seeds = 1 if ablate else 2
     parser.add_argument(
-        "--ablation",
-        default="none",
-        help="ablation arms of variant 5: none, all, or a comma list of "
-        f"{', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
-        "layer_weights:weights_off)",
+        "--seeds", type=int, default=seeds, help=f"seeds per row: --seed, --seed+1, ... (default {seeds})"
     )
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per row: --seed, --seed+1, ... (default 2)")
     parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
-    parser.add_argument("--output", default="study", help="study folder (plan, runs, results, report)")
-    _add_scoring_arguments(parser, "row")
+    output = "ablations" if ablate else "study"
+    parser.add_argument(
+        "--output", default=output, help=f"study folder: plan, runs, results, report (default {output})"
+    )
+    _add_scoring_arguments(parser, "arm" if ablate else "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
     recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
     recipe.add_argument(
@@ -460,11 +433,12 @@ def _rates(flag: str, value: str) -> list[float]:
 
 
 @_storage_errors_in_one_line("study")
-def run_study_command(argv: list[str] | None = None) -> int:
-    """`python study.py [...] [-- training flags]` / `poolattn-study ...`."""
+def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) -> int:
+    """`python study.py [...] [-- training flags]` / `poolattn-study ...` (and, with `ablate`, ablate.py)."""
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    args, train_argv = study_parser().parse_args(argv[:split]), argv[split + 1 :]
+    args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
+    door = "ablate" if ablate else "study"
     from . import training
     from .trainer_arguments import TrainingDivergedError
 
@@ -474,8 +448,10 @@ def run_study_command(argv: list[str] | None = None) -> int:
             print(f"written: {study.write_report(args.report)}")
             return 0
         plan = study.plan_study(
-            designs=args.designs,
+            designs=str(args.base_variant) if ablate else args.designs,
             ablation=args.ablation,
+            ablation_base=args.base_variant if ablate else 5,
+            instruction_check=[] if ablate else None,  # the arms' question is the head, not the prompts
             seeds=args.seeds,
             seed=args.seed,
             train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
@@ -509,9 +485,9 @@ def run_study_command(argv: list[str] | None = None) -> int:
         )
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
-        sys.exit(f"study: bad training data: {error}")
+        sys.exit(f"{door}: bad training data: {error}")
     except (ValueError, TrainingDivergedError, FolderBusyError) as error:  # StudyError, EvaluationError, flags...
-        sys.exit(f"study: {error}")
+        sys.exit(f"{door}: {error}")
     for failure in run.failures:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")
     if run.report:

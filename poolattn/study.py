@@ -55,7 +55,7 @@ from .tuning import PlateauSettings, RowTuning, TuningGrid, layer_weight_size, r
 logger = logging.getLogger(__name__)
 
 PLAN_FILE = "study.json"
-BASE_ROW = "v5"  # the ablation arms' base: variant 5
+BASE_VARIANTS = (3, 5)  # the multi-layer designs an ablation's arms can start from
 # The paper's own comparisons (Tang & Yang 2024, Section 5): row a against row b, and what the difference answers.
 PAPER_COMPARISONS = (
     ("v2", "v1", "trainable pooling vs EOS-last, causal"),
@@ -113,6 +113,7 @@ class StudyPlan:
     tuning: dict | None = None  # a TuningGrid: every row's rates chosen on held-out training rows
     plateau: dict | None = None  # PlateauSettings: every run trained to the plateau of its held-out loss
     controls: bool = False  # every row and seed also scored untrained (step 0)
+    ablation_base: str = "v5"  # the row every ablation arm is compared with: the arms' base variant
 
     @property
     def tuning_grid(self) -> TuningGrid | None:
@@ -155,6 +156,7 @@ def plan_study(
     *,
     designs: str = "all,baselines",
     ablation: str | None = None,
+    ablation_base: int = 5,
     seeds: int = 2,
     seed: int = 42,
     train_argv: list[str] = (),
@@ -195,9 +197,14 @@ def plan_study(
     backbone = model_args.backbone
     chosen = model_args.variants
     arm_overrides = {} if not ablation or ablation == "none" else _arms(ablation)
-    if arm_overrides and 5 not in chosen:
-        chosen = sorted([*chosen, 5], key=list(DESIGNS).index)
-        logger.info("the ablation arms' base is variant 5: added to the designs")
+    if ablation_base not in BASE_VARIANTS:
+        raise StudyError(
+            f"--base-variant {ablation_base}: the arms change the layers a multi-layer head reads; give one of "
+            f"{', '.join(map(str, BASE_VARIANTS))}."
+        )
+    if arm_overrides and ablation_base not in chosen:
+        chosen = sorted([*chosen, ablation_base], key=list(DESIGNS).index)
+        logger.info("the ablation arms' base is variant %d: added to the designs", ablation_base)
     rows = [
         StudyRow(
             variant_tag(design),
@@ -209,7 +216,14 @@ def plan_study(
         for design in chosen
     ]
     rows += [
-        StudyRow(f"arm-{name}", f"v5 · {name}", "arm", 5, overrides, arm_model_name(backbone, 5, name))
+        StudyRow(
+            f"arm-{name}",
+            f"v{ablation_base} · {name}",
+            "arm",
+            ablation_base,
+            overrides,
+            arm_model_name(backbone, ablation_base, name),
+        )
         for name, overrides in arm_overrides.items()
     ]
     if not (tasks or categories or benchmark):
@@ -232,6 +246,7 @@ def plan_study(
         tuning=asdict(tuning) if tuning else None,
         plateau=asdict(plateau) if plateau else None,
         controls=controls,
+        ablation_base=variant_tag(ablation_base),
     )
 
 
@@ -645,7 +660,11 @@ def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
     keys = {row.key for row in plan.rows}
     chosen = [item for item in (*PAPER_COMPARISONS, *BASELINE_COMPARISONS) if item[0] in keys and item[1] in keys]
     chosen += [
-        (row.key, BASE_ROW, f"ablation: {row.key.removeprefix('arm-')} vs the base arm (variant 5)")
+        (
+            row.key,
+            plan.ablation_base,
+            f"ablation: {row.key.removeprefix('arm-')} vs the base arm ({plan.ablation_base})",
+        )
         for row in plan.rows
         if row.kind == "arm"
     ]
@@ -785,7 +804,7 @@ def write_report(output) -> Path:
     lines += recipe_sections(plan, output, trained_rows, report_folder)
     lines += _wall_time_section(trained_rows)
     lines += ["## Figures", ""]
-    for name, (title, group) in figure_groups(scored).items():
+    for name, (title, group) in figure_groups(scored, plan.ablation_base).items():
         plots.study_bars(
             report_folder / name,
             [
@@ -1068,9 +1087,10 @@ def _wall_time_section(collected: list[RowResults]) -> list[str]:
     ]
 
 
-def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResults]]]:
+def figure_groups(scored: list[RowResults], base_key: str = "v5") -> dict[str, tuple[str, list]]:
     """The report's figures, file name -> (title, rows): the designs and baselines in `study.png`; with ablation
-    arms, their base (variant 5) and the arms in `study_ablation.png` (a dozen bars per category are unreadable)."""
+    arms, their base row (`base_key`) and the arms in `study_ablation.png` (a dozen bars per category are
+    unreadable)."""
 
     def of_arm(item: RowResults) -> bool:
         return item.row.kind == "arm" or item.row.key.startswith("arm-")  # an arm, or an arm's control
@@ -1079,9 +1099,9 @@ def figure_groups(scored: list[RowResults]) -> dict[str, tuple[str, list[RowResu
     arm_rows = [item for item in scored if of_arm(item)]
     groups = {"study.png": ("Designs per category (± sd over seeds)", designs)}
     if arm_rows:
-        base = [item for item in scored if item.row.key in (BASE_ROW, BASE_ROW + CONTROL_SUFFIX)]
+        base = [item for item in scored if item.row.key in (base_key, base_key + CONTROL_SUFFIX)]
         groups["study_ablation.png"] = (
-            "Variant 5 and its ablation arms per category (± sd over seeds)",
+            f"{base_key} and its ablation arms per category (± sd over seeds)",
             base + arm_rows,
         )
     return {name: group for name, group in groups.items() if group[1]}

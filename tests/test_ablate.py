@@ -1,6 +1,7 @@
-"""Ablations (poolattn.ablation, `python ablate.py`): every arm builds the config it names, and a tiny sweep
-trains, scores, compares and resumes."""
+"""Ablations (poolattn.ablation, `python ablate.py`): every arm builds the config it names, and a tiny sweep (a study
+of variant 5 and its arms) trains, scores, compares and resumes."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_text_config
 
-from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, ablation, cli
+from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, ablation, cli, study
 from poolattn.modeling_poolattn import HierarchicalLatentPooler, LatentPooler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,24 +96,42 @@ def tiny_sweep_arguments(backbone_folder: str, triplets_file: str, tmp_path: Pat
     ]
 
 
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+SWEEP_ROWS = {"v5": "base", "arm-weights_off": "weights_off", "arm-weights_paper_init": "weights_paper_init"}
+
+
 def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
     tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
 ):
+    """ablate.py is a study of the base variant and its arms: one layout (`runs/<row>/seed-<S>/`), one report."""
     pytest.importorskip("mteb")
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     assert cli.ablate(argv) == 0
-    comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
+    sweep = tmp_path / "sweep"
+    plan = study.StudyPlan.read(sweep)
+    assert [row.key for row in plan.rows] == list(SWEEP_ROWS) and plan.seeds == [42]
+    report = (sweep / "report" / "study.md").read_text()
     name = Path(tiny_backbone_folder).name
-    base, off = f"poolattn/{name}-v5-base", f"poolattn/{name}-v5-weights-off"
-    assert f"## {off} vs {base}: Wilcoxon signed-rank by category" in comparison
-    assert "| BIOSSES | STS |" in comparison
+    base, off = f"poolattn/{name}-v5", f"poolattn/{name}-v5-weights-off"
+    for arm in ("weights_off", "weights_paper_init"):
+        assert f"| arm-{arm} vs v5 | ablation: {arm} vs the base arm (v5) |" in report
+    tests = read_csv(sweep / "report" / "study_tests.csv")
+    assert {(row["a"], row["b"], row["category"]) for row in tests} == {
+        ("arm-weights_off", "v5", "STS"),
+        ("arm-weights_paper_init", "v5", "STS"),
+    }
+    assert {row["task"] for row in read_csv(sweep / "report" / "per_task.csv")} == {"BIOSSES"}
     manifests = [
-        json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
-        for arm in ("base", "weights_off")
+        json.loads((sweep / "runs" / row / "seed-42" / "model" / "training_manifest.json").read_text())
+        for row in ("v5", "arm-weights_off")
     ]
     assert [m["model_name"] for m in manifests] == [base, off]
     assert manifests[1]["poolattn_config"]["layer_weights"] is False
-    assert f"## poolattn/{name}-v5-weights-paper-init vs {base}" in comparison
+    assert (sweep / "report" / "study_ablation.png").stat().st_size > 0
     assert manifests[0]["data"] == manifests[1]["data"] and manifests[0]["seed"] == manifests[1]["seed"]
 
     import shutil
@@ -122,19 +141,39 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
     from poolattn import training
 
     # Interrupted after its last checkpoint, before the export: the arm resumes from checkpoint-2 and exports the same.
-    model = tmp_path / "sweep" / "arms" / "weights_off" / "model"
+    model = sweep / "runs" / "arm-weights_off" / "seed-42" / "model"
     exported = load_file(model / "model.safetensors")
     shutil.rmtree(model)
     assert cli.ablate(argv) == 0
     for key, value in load_file(model / "model.safetensors").items():
         torch.testing.assert_close(value, exported[key], rtol=0, atol=1e-6)
 
-    scored = sorted((tmp_path / "sweep" / "results").rglob("BIOSSES.json"))
+    scored = sorted((sweep / "results").rglob("BIOSSES.json"))
     assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
-    monkeypatch.setattr(training, "train_variant", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
+    monkeypatch.setattr(training, "run", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
     assert cli.ablate(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
+
+
+def test_the_ablate_door_and_the_study_plan_the_same_rows(tiny_backbone_folder, triplets_file, tmp_path):
+    """`ablate.py --ablation X` and `study.py --designs 5 --ablation X --seeds 1` plan the same study."""
+    argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    split = argv.index("--")
+    own, train_argv = argv[:split], argv[split + 1 :]
+    common = dict(ablation="layer_weights", seeds=1, train_argv=train_argv, tasks=["BIOSSES"])
+    door = study.plan_study(designs="5", **common)
+    assert [(row.key, row.variant, row.overrides) for row in door.rows] == [
+        ("v5", 5, {}),
+        ("arm-weights_off", 5, {"layer_weights": False}),
+        ("arm-weights_paper_init", 5, {"layer_weights_init_std": 1.0}),
+    ]
+    causal = study.plan_study(designs="3", ablation_base=3, **{**common, "ablation": "layer_count:last_2"})
+    assert [(row.key, row.variant) for row in causal.rows] == [("v3", 3), ("arm-last_2", 3)]
+    assert causal.ablation_base == "v3" and study.comparisons(causal)[-1][:2] == ("arm-last_2", "v3")
+    with pytest.raises(study.StudyError, match="--base-variant 4"):
+        study.plan_study(designs="4", ablation_base=4, **common)
+    assert own[own.index("--ablation") + 1] == "layer_weights"
 
 
 def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(
@@ -155,9 +194,10 @@ def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    for arm in ablation.arms("layer_weights"):
-        manifest = json.loads((tmp_path / "sweep" / "arms" / arm / "model" / "training_manifest.json").read_text())
-        assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, arm
-    comparison = (tmp_path / "sweep" / "comparison" / "comparison.md").read_text()
-    assert comparison.count(": Wilcoxon signed-rank by category") == 2  # weights_off, weights_paper_init vs base
-    assert comparison.count(": paired bootstrap within each task") == 2
+    for row in SWEEP_ROWS:
+        manifest = json.loads(
+            (tmp_path / "sweep" / "runs" / row / "seed-42" / "model" / "training_manifest.json").read_text()
+        )
+        assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, row
+    tests = read_csv(tmp_path / "sweep" / "report" / "study_tests.csv")
+    assert sorted(row["a"] for row in tests) == ["arm-weights_off", "arm-weights_paper_init"]  # each vs the base

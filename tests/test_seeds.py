@@ -14,7 +14,7 @@ from test_training import TINY_RUN
 from poolattn import cli, training
 from poolattn.manifest import ExportedModel, TrainingManifest
 from poolattn.paired import Units, paired_bootstrap, replicated_bootstrap
-from poolattn.results import ModelResults, SeedReplicates, TaskInfo, TrainingOrigin, group_replicates
+from poolattn.results import ModelResults, SeedReplicates, TaskInfo, TrainingOrigin, group_replicates, read_runs
 
 # -- the bootstrap over units and seeds ------------------------------------------------------------------------------
 
@@ -215,38 +215,37 @@ def test_an_ablation_with_two_seeds_compares_arms_over_their_seeds(tiny_backbone
     assert cli.ablate([*argv[: argv.index("--")], "--seeds", "2", *argv[argv.index("--") :]]) == 0
     sweep = tmp_path / "sweep"
     arms = {
-        arm: [ExportedModel.read(sweep / "arms" / arm / f"seed-{seed}" / "model") for seed in (42, 43)]
-        for arm in ("base", "weights_off", "weights_paper_init")
+        row: [ExportedModel.read(sweep / "runs" / row / f"seed-{seed}" / "model") for seed in (42, 43)]
+        for row in ("v5", "arm-weights_off", "arm-weights_paper_init")
     }
-    comparison = (sweep / "comparison" / "comparison.md").read_text()
-    name = Path(tiny_backbone_folder).name
-    assert f"poolattn/{name}-v5-base: 2 (42, 43)" in comparison and "± " in comparison
-    with (sweep / "comparison" / "per_seed.csv").open() as handle:
+    with (sweep / "report" / "per_task.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6  # 3 arms x 2 seeds x BIOSSES
-    for models in arms.values():  # each arm's column holds exactly its own seeds' weights
-        own = sorted((row["seed"], row["revision"]) for row in rows if row["model"] == models[0].mteb_name)
-        assert own == [(str(seed), f"{model.fingerprint}-budget100") for seed, model in zip((42, 43), models)]
-    with (sweep / "comparison" / "paired_tests.csv").open() as handle:
+    results = sweep / "results" / "results"
+    for row, models in arms.items():  # each arm's entries hold exactly its own seeds' weights
+        own = sorted((item["seed"], float(item["score"])) for item in rows if item["row"] == row)
+        scored = [
+            read_runs(results / model.mteb_name.replace("/", "__") / f"{model.fingerprint}-budget100")[0]
+            for model in models
+        ]
+        assert own == [(str(seed), pytest.approx(run.scores["BIOSSES"])) for seed, run in zip((42, 43), scored)]
+    with (sweep / "report" / "study_table.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert {(item["row"], item["seeds"]) for item in table} == {(row, "2") for row in arms}
+    with (sweep / "report" / "study_tests.csv").open() as handle:
         tests = list(csv.DictReader(handle))
-    assert len(tests) == 2 and {(t["model seeds"], t["baseline seeds"]) for t in tests} == {("2", "2")}
+    assert len(tests) == 2 and {(t["a seeds"], t["b seeds"]) for t in tests} == {("2", "2")}
     # compare given the model folders (each holding its seeds' revisions) groups them the same way
-    folders = sorted((sweep / "results" / "results").iterdir())
+    name = Path(tiny_backbone_folder).name
+    folders = sorted(results.iterdir())
     assert (
         cli.evaluate(
-            [
-                "compare",
-                *map(str, folders),
-                "--output",
-                str(tmp_path / "again"),
-                "--baseline",
-                f"poolattn/{name}-v5-base",
-            ]
+            ["compare", *map(str, folders), "--output", str(tmp_path / "again"), "--baseline", f"poolattn/{name}-v5"]
         )
         == 0
     )
-    assert (tmp_path / "again" / "paired_tests.csv").read_text() == (
-        sweep / "comparison" / "paired_tests.csv"
-    ).read_text()
-    settings = json.loads((folders[0] / f"{arms['base'][0].fingerprint}-budget100" / "poolattn_run.json").read_text())
-    assert settings["training"] == {"seed": 42, "recipe": arms["base"][0].manifest.recipe_fingerprint()}
+    with (tmp_path / "again" / "paired_tests.csv").open() as handle:
+        again = list(csv.DictReader(handle))
+    assert len(again) == 2 and {(t["model seeds"], t["baseline seeds"]) for t in again} == {("2", "2")}
+    settings = json.loads((folders[0] / f"{arms['v5'][0].fingerprint}-budget100" / "poolattn_run.json").read_text())
+    assert settings["training"] == {"seed": 42, "recipe": arms["v5"][0].manifest.recipe_fingerprint()}
