@@ -69,15 +69,15 @@ started = time.perf_counter()
 mode, folder, batch, batches, buffer = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 if mode == "in-memory":
     import datasets
-    from poolattn.batching import SourceBatchSampler
-    from poolattn.data import load_triplets
+    from poolattn.training.batching import SourceBatchSampler
+    from poolattn.training.data import load_triplets
     triplets = load_triplets(folder)
     dataset = datasets.Dataset.from_list(triplets.rows)
     loaded = time.perf_counter() - started
     order = iter(SourceBatchSampler(triplets.source_of_rows(), batch, seed=42))
     first = [[dataset[next(order)] for _ in range(batch)] for _ in range(batches)]
 else:  # "streaming" reads the files of data/; "hub-streaming" the dataset repository around them, as a Hub id
-    from poolattn.batching import stream_triplets
+    from poolattn.training.batching import stream_triplets
     triplets = stream_triplets(folder, batch_size=batch, seed=42, buffer_size=buffer)
     loaded = time.perf_counter() - started
     rows = iter(triplets.stream)

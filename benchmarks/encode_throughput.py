@@ -126,7 +126,7 @@ def build(
     if name.endswith("via ST"):
         from sentence_transformers import SentenceTransformer
 
-        from poolattn.hub import write_sentence_transformers_files
+        from poolattn.hub.repository import write_sentence_transformers_files
         from poolattn.manifest import ExportedModel
 
         folder = workdir / name.replace(" ", "-")

@@ -23,7 +23,7 @@ import torch
 from scipy.stats import spearmanr
 from transformers import AutoModel
 
-from poolattn.mteb_encoder import query_prompt
+from poolattn.evaluation.mteb_encoder import query_prompt
 
 
 def read_pairs(folder: Path) -> tuple[list[str], list[str], np.ndarray]:

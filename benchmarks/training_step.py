@@ -35,10 +35,10 @@ TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "
 def one_step(args) -> dict:
     import torch
 
-    from poolattn import training
     from poolattn.backbones import resolve_backbone
-    from poolattn.data import TripletCollator
-    from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+    from poolattn.training import runner as training
+    from poolattn.training.data import TripletCollator
+    from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
     cuda = args.device.startswith("cuda")
     path = resolve_backbone("smollm2-135m")
@@ -107,8 +107,8 @@ def st_cached_step(args) -> dict:
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
     from poolattn.backbones import resolve_backbone
-    from poolattn.trainer import ContrastiveTrainingArguments
-    from poolattn.training import LORA_TARGETS, ModelArguments
+    from poolattn.training.runner import LORA_TARGETS, ModelArguments
+    from poolattn.training.trainer import ContrastiveTrainingArguments
 
     path = resolve_backbone("smollm2-135m")
     plain_text = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}  # no chat template

@@ -54,13 +54,13 @@ def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides)
 
 def load_checkpoint(checkpoint, *, merge: bool = True):
     """A training checkpoint (`<output_dir>/checkpoint-<step>`) as a model: `poolattn.training.load_checkpoint`."""
-    from .training import load_checkpoint as load  # training pulls in peft and the Trainer: only when asked
+    from .training.runner import load_checkpoint as load  # training pulls in peft and the Trainer: only when asked
 
     return load(checkpoint, merge=merge)
 
 
 def export_onnx(model_folder, *, quantize: bool = False, tolerance: float = 1e-4, **kwargs):
-    """A model folder to ONNX (`onnx/model.onnx`), checked against PyTorch: `poolattn.onnx_export.export_onnx`."""
-    from .onnx_export import export_onnx as export  # pulls in the exporter only when asked
+    """A model folder to ONNX (`onnx/model.onnx`), checked against PyTorch: `poolattn.hub.onnx_export.export_onnx`."""
+    from .hub.onnx_export import export_onnx as export  # pulls in the exporter only when asked
 
     return export(model_folder, quantize=quantize, tolerance=tolerance, **kwargs)

@@ -20,15 +20,19 @@ from pathlib import Path
 
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
-from . import ablation, evaluation, hub, mining, study
-from .data import SharedDataError, TripletDataError, require_shared_data
+from .evaluation import scoring as evaluation
+from .evaluation.local_tasks import LocalTaskError
+from .evaluation.results import CATEGORY_ORDER, ResultsError
 from .files import DamagedFileError, FolderBusyError
-from .hub import HubPushError
+from .hub import repository as hub
+from .hub.repository import HubPushError
 from .launch import is_main_process
-from .local_tasks import LocalTaskError
 from .manifest import ManifestError
-from .results import CATEGORY_ORDER, ResultsError
-from .tuning import PlateauSettings, TuningGrid
+from .study import ablation
+from .study import runner as study
+from .study.tuning import PlateauSettings, TuningGrid
+from .training import mining
+from .training.data import SharedDataError, TripletDataError, require_shared_data
 
 
 def _show_progress(*, main_process: bool = True) -> None:
@@ -108,9 +112,9 @@ and the sentence-transformers files (`poolattn/hub.py`);
 def train(argv: list[str] | None = None) -> int:
     """`python train.py ...` / `poolattn-train ...`: the flags of `training.parse_arguments` (see --help)."""
     argv = sys.argv[1:] if argv is None else argv
-    from . import training
     from .backbones import BackboneError
-    from .trainer_arguments import TrainingDivergedError
+    from .training import runner as training
+    from .training.trainer_arguments import TrainingDivergedError
 
     try:
         model_args, data_args, training_args = training.parse_arguments(argv, description=TRAIN_HELP)
@@ -439,8 +443,8 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
-    from . import training
-    from .trainer_arguments import TrainingDivergedError
+    from .training import runner as training
+    from .training.trainer_arguments import TrainingDivergedError
 
     _show_progress(main_process=is_main_process())
     try:
@@ -652,7 +656,7 @@ def publish(argv: list[str] | None = None) -> int:
 
 
 def _export_onnx_where_missing(model_folders) -> None:
-    from . import onnx_export
+    from .hub import onnx_export
     from .onnx_poolattn import ONNX_FILE
 
     for folder in model_folders:  # export_onnx refuses before any work when the onnx extra is missing
@@ -696,7 +700,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
 @_storage_errors_in_one_line("export-onnx")
 def export_onnx(argv: list[str] | None = None) -> int:
     """`poolattn-export-onnx MODEL... [--quantize]`."""
-    from . import onnx_export
+    from .hub import onnx_export
 
     args = export_onnx_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _show_progress()

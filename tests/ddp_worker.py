@@ -13,9 +13,9 @@ import torch.distributed as dist
 from conftest import TRIPLETS
 from transformers import TrainerCallback
 
-from poolattn import training
-from poolattn.data import TripletCollator
-from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+from poolattn.training import runner as training
+from poolattn.training.data import TripletCollator
+from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 
 class RecordingCollator(TripletCollator):

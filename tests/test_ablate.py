@@ -1,5 +1,5 @@
-"""Ablations (poolattn.ablation, `python ablate.py`): every arm builds the config it names, and a tiny sweep (a study
-of variant 5 and its arms) trains, scores, compares and resumes."""
+"""Ablations (poolattn.study.ablation, `python ablate.py`): every arm builds the config it names, and a tiny sweep (a
+study of variant 5 and its arms) trains, scores, compares and resumes."""
 
 import csv
 import json
@@ -11,8 +11,10 @@ import pytest
 import torch
 from conftest import tiny_text_config
 
-from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, ablation, cli, study
+from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, cli
 from poolattn.modeling_poolattn import HierarchicalLatentPooler, LatentPooler
+from poolattn.study import ablation
+from poolattn.study import runner as study
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -138,7 +140,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
 
     from safetensors.torch import load_file
 
-    from poolattn import training
+    from poolattn.training import runner as training
 
     # Interrupted after its last checkpoint, before the export: the arm resumes from checkpoint-2 and exports the same.
     model = sweep / "runs" / "arm-weights_off" / "seed-42" / "model"

@@ -9,9 +9,9 @@ from test_local_tasks import wikiqa_subset
 
 mteb = pytest.importorskip("mteb")
 from poolattn import cli  # noqa: E402
-from poolattn.budget import cap_task  # noqa: E402
-from poolattn.local_tasks import load_task  # noqa: E402
-from poolattn.results import read_results  # noqa: E402
+from poolattn.evaluation.budget import cap_task  # noqa: E402
+from poolattn.evaluation.local_tasks import load_task  # noqa: E402
+from poolattn.evaluation.results import read_results  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

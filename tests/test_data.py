@@ -10,12 +10,12 @@ from conftest import TRIPLETS
 from safetensors.torch import load_file
 from test_training import TINY_RUN, tiny_peft_trainer
 
-from poolattn import training
-from poolattn.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
-from poolattn.data import TripletCollator, TripletDataError, load_triplets, text_id
-from poolattn.losses import contrastive_loss
 from poolattn.manifest import TrainingManifest
-from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+from poolattn.training import runner as training
+from poolattn.training.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
+from poolattn.training.data import TripletCollator, TripletDataError, load_triplets, text_id
+from poolattn.training.losses import contrastive_loss
+from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 
@@ -135,9 +135,9 @@ def test_k_negatives_reach_the_loss_and_the_manifest(tiny_backbone_folder, tmp_p
 def test_source_instructions_reach_each_sources_queries_and_the_manifest(tiny_backbone_folder, tmp_path):
     from transformers import AutoTokenizer
 
-    from poolattn.data import set_source_instructions
     from poolattn.modeling_poolattn import tokenize_for_embedding
     from poolattn.prompts import instruction_prompt
+    from poolattn.training.data import set_source_instructions
 
     folder = two_sources(tmp_path / "d")
     rows = json.loads((folder / "a.jsonl").read_text().splitlines()[0])
@@ -239,7 +239,7 @@ def test_source_weights_set_each_sources_share_of_batches():
 
 
 def test_source_weights_are_checked_against_the_sources(tmp_path):
-    from poolattn.data import set_source_weights
+    from poolattn.training.data import set_source_weights
 
     folder = two_sources(tmp_path / "d")
     triplets = load_triplets(str(folder))

@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import SENTENCES, TRIPLETS, tiny_text_config, tiny_tokenizer
 
-from poolattn import PoolAttnEmbeddingModel, training
+from poolattn import PoolAttnEmbeddingModel
+from poolattn.training import runner as training
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (python -m pytest -m gpu -n 0 on a GPU machine)")
@@ -121,7 +122,7 @@ def test_the_head_stays_fp32_beside_a_half_precision_backbone(backbones, device,
 def test_gradcache_gives_plain_gradients_and_replays_dropout_on_cuda(tiny_backbone_folder, tmp_path, variant):
     from test_training import tiny_peft_trainer
 
-    from poolattn.trainer import RandomStateReplay
+    from poolattn.training.trainer import RandomStateReplay
 
     gradients = {}
     for chunk in (0, 3):

@@ -16,7 +16,7 @@ from mock_hub import MockHub
 
 pytest.importorskip("sentence_transformers")
 from poolattn import training  # noqa: E402
-from poolattn.hub import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
+from poolattn.hub.repository import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
 from poolattn.manifest import ExportedModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,8 +223,8 @@ def test_mtebs_stock_sentence_transformers_route_reproduces_the_evaluation_witho
     import mteb
     from sentence_transformers import SentenceTransformer
 
-    from poolattn.local_tasks import load_task
-    from poolattn.results import read_runs
+    from poolattn.evaluation.local_tasks import load_task
+    from poolattn.evaluation.results import read_runs
 
     models, results = evaluated
     folder = write_repository_folder(models[5], tmp_path / "repo", repo_id="me/tiny-v5", results=results)
@@ -290,7 +290,7 @@ np.savez(output, auto=AutoModel.from_pretrained(repo_id, trust_remote_code=True)
 
 
 def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub(tmp_path, evaluated):
-    from poolattn.results import read_results
+    from poolattn.evaluation.results import read_results
 
     models, local_results = evaluated
     model = tiny_model("llama", 5, seed=5)  # the in-memory model behind models[5]
@@ -453,8 +453,8 @@ def test_train_exports_are_sentence_transformers_folders_that_equal_encode(
 ):
     """train.py's own export (not only publish.py's folders): SentenceTransformer(export) runs the pooling head and
     its query prompt, equal to `encode` within 1e-5 in a fresh process without poolattn."""
-    from poolattn import training
     from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
+    from poolattn.training import runner as training
 
     exported = training.main(
         [
@@ -496,8 +496,8 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(
     manifest: the repository folder holds the allow-listed files, the package's own code, no local path, and loads
     in a fresh process; a folder whose config says another design than its weights, or without a tokenizer, is
     refused and nothing is written."""
-    from poolattn import training
-    from poolattn.shipping import PACKAGE_CODE, PACKAGE_DIR, ShippingError
+    from poolattn.hub.shipping import PACKAGE_CODE, PACKAGE_DIR, ShippingError
+    from poolattn.training import runner as training
 
     exported = training.main(
         [

@@ -17,9 +17,9 @@ COMMANDS = {
     "poolattn-study": "--designs",
 }
 INSTALLED_FILES = """
-import poolattn, poolattn.data, poolattn.model_card
+import poolattn, poolattn.training.data, poolattn.hub.model_card
 print(poolattn.__file__)
-assert poolattn.data.SAMPLE_TRIPLETS.is_file() and poolattn.model_card.TEMPLATE.is_file()
+assert poolattn.training.data.SAMPLE_TRIPLETS.is_file() and poolattn.hub.model_card.TEMPLATE.is_file()
 """
 
 
@@ -124,7 +124,7 @@ def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(commands,
 
 
 def test_every_flag_of_train_pys_own_groups_says_what_it_does():
-    from poolattn import training
+    from poolattn.training import runner as training
 
     parser = training.argument_parser()
     groups = [group for group in parser._action_groups if group.title in training.OWN_GROUPS]
@@ -141,12 +141,12 @@ def test_every_flag_of_train_pys_own_groups_says_what_it_does():
 def test_data_defaults_come_from_an_explicit_setting_never_from_where_the_package_sits(tmp_path, monkeypatch):
     """Outside a source checkout (an installed wheel) and without $POOLATTN_DATA, the small preset and the study's
     --data-dir say what to set instead of pointing inside site-packages; $POOLATTN_DATA is honoured."""
-    from poolattn import data
+    from poolattn.training import data
 
     monkeypatch.setenv("POOLATTN_DATA", str(tmp_path / "mine"))
     assert data.shared_data() == tmp_path / "mine"
     monkeypatch.delenv("POOLATTN_DATA")
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "poolattn" / "data.py"))
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "poolattn" / "training" / "data.py"))
     assert data.shared_data() is None
     with pytest.raises(data.SharedDataError, match="set POOLATTN_DATA to its folder .* or give --train_data"):
         data.require_shared_data(f"{data.UNSET_DATA}/train", "--train_data")

@@ -11,8 +11,8 @@ from conftest import tiny_model
 
 mteb = pytest.importorskip("mteb")
 from poolattn import cli  # noqa: E402
-from poolattn.local_tasks import LocalTaskError, check_retrieval_folder, load_task  # noqa: E402
-from poolattn.results import read_results  # noqa: E402
+from poolattn.evaluation.local_tasks import LocalTaskError, check_retrieval_folder, load_task  # noqa: E402
+from poolattn.evaluation.results import read_results  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 README = """---
@@ -227,8 +227,8 @@ def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subse
 
 
 def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tmp_path):
-    from poolattn.evaluation import paired_tests
-    from poolattn.results import SeedReplicates
+    from poolattn.evaluation.results import SeedReplicates
+    from poolattn.evaluation.scoring import paired_tests
 
     output = tmp_path / "results"
     arguments = [

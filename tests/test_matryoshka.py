@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import SENTENCES, tiny_model
 
-from poolattn import cli, training
-from poolattn.results import read_runs
+from poolattn import cli
+from poolattn.evaluation.results import read_runs
+from poolattn.training import runner as training
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_RUN = [
@@ -76,7 +77,7 @@ def test_sentence_transformers_truncate_dim_gives_encodes_prefix(trained, tmp_pa
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from poolattn.hub import write_repository_folder
+    from poolattn.hub.repository import write_repository_folder
 
     repository = write_repository_folder(trained, tmp_path / "repo", repo_id="me/tiny-mrl")
     model = AutoModel.from_pretrained(trained, trust_remote_code=True)
@@ -94,8 +95,8 @@ def test_evaluate_scores_a_trained_size_under_its_own_revision_and_refuses_other
     import mteb
     from sentence_transformers import SentenceTransformer
 
-    from poolattn.hub import write_repository_folder
-    from poolattn.local_tasks import load_task
+    from poolattn.evaluation.local_tasks import load_task
+    from poolattn.hub.repository import write_repository_folder
 
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not beside this checkout")

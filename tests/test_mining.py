@@ -1,5 +1,5 @@
-"""Hard-negative mining (`python mine.py`, poolattn.mining): the true nearest non-positive documents, margins and ranks
-by hand, and a mined folder that trains as it is."""
+"""Hard-negative mining (`python mine.py`, poolattn.training.mining): the true nearest non-positive documents, margins
+and ranks by hand, and a mined folder that trains as it is."""
 
 import json
 
@@ -8,8 +8,8 @@ import pytest
 from conftest import TRIPLETS, tiny_model
 
 from poolattn import cli
-from poolattn.data import load_triplets
-from poolattn.mining import PROVENANCE_FILE, MiningError, MiningSettings, TextEncoder, mine_source
+from poolattn.training.data import load_triplets
+from poolattn.training.mining import PROVENANCE_FILE, MiningError, MiningSettings, TextEncoder, mine_source
 
 
 def hand_encoder(vectors: dict[str, list[float]]):
@@ -143,7 +143,7 @@ def test_bad_settings_are_refused_before_any_encoding(settings, message):
 def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, monkeypatch):
     """Sources are mined into a temp folder swapped in at the end: a kill after the first source leaves no output
     folder (so nothing trains on the sources that survived), only a temp folder the next run removes."""
-    from poolattn import mining
+    from poolattn.training import mining
 
     data = tmp_path / "data"
     data.mkdir()

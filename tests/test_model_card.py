@@ -11,9 +11,15 @@ from conftest import tiny_model
 from huggingface_hub import ModelCard
 
 from poolattn import manifest as records
+from poolattn.evaluation.results import ModelResults, TaskInfo
+from poolattn.hub.model_card import (
+    build_model_card,
+    card_metadata,
+    describe_data_source,
+    evaluation_tables,
+    render_card,
+)
 from poolattn.manifest import ExportedModel, TrainingManifest
-from poolattn.model_card import build_model_card, card_metadata, describe_data_source, evaluation_tables, render_card
-from poolattn.results import ModelResults, TaskInfo
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_manifest_poolattn_0.1.0.json"
 

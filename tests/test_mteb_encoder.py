@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_model
 
 mteb = pytest.importorskip("mteb")
-from poolattn.mteb_encoder import PoolAttnEncoder, query_prompt  # noqa: E402
+from poolattn.evaluation.mteb_encoder import PoolAttnEncoder, query_prompt  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "STSBenchmark" / "test.jsonl"
 
@@ -76,8 +76,8 @@ def test_folders_exported_before_matryoshka_sizes_still_score(tmp_path, monkeypa
 
 def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_evaluate_scores(tmp_path, capsys):
     from poolattn import cli
-    from poolattn.mteb_encoder import get_model
-    from poolattn.results import read_runs
+    from poolattn.evaluation.mteb_encoder import get_model
+    from poolattn.evaluation.results import read_runs
 
     model_dir = tmp_path / "tiny-v5"
     tiny_model("llama", 5).save_pretrained(model_dir)

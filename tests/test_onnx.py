@@ -16,10 +16,10 @@ for _module in ("onnx", "onnxscript", "onnxruntime"):
     pytest.importorskip(_module, reason="ONNX export needs the onnx extra: pip install 'poolattn[onnx]'")
 
 from poolattn import PoolAttnOnnxModel, export_onnx  # noqa: E402
-from poolattn import onnx_export as onnx_export_module  # noqa: E402
 from poolattn.cli import export_onnx as export_onnx_command  # noqa: E402
 from poolattn.configuration_poolattn import DESIGNS  # noqa: E402
-from poolattn.onnx_export import OnnxExport, OnnxExportMismatch  # noqa: E402
+from poolattn.hub import onnx_export as onnx_export_module  # noqa: E402
+from poolattn.hub.onnx_export import OnnxExport, OnnxExportMismatch  # noqa: E402
 from poolattn.onnx_poolattn import ONNX_FILE, ONNX_INT8_FILE  # noqa: E402
 
 PROMPT = "Instruct: find the same meaning\nQuery: "
@@ -116,7 +116,7 @@ np.savez(folder + ".npz", onnx=onnx.encode(sentences, batch_size=2),
 
 
 def test_sentence_transformers_onnx_backend_runs_the_exported_head_without_poolattn(exported, tmp_path):
-    from poolattn.hub import repository_files, write_repository_folder
+    from poolattn.hub.repository import repository_files, write_repository_folder
 
     model, folder = exported(5)
     repository = write_repository_folder(folder, tmp_path / "repo", repo_id="me/tiny-v5")

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_model
 from test_local_tasks import wikiqa_subset
 
-from poolattn.paired import Units, holm, paired_bootstrap
+from poolattn.evaluation.paired import Units, holm, paired_bootstrap
 from poolattn.stats import wilcoxon_by_category
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -56,7 +56,7 @@ def test_half_samples_estimate_the_bootstraps_spread_without_duplicating_cluster
     """Clustering sets are half-sampled without replacement (delete-d jackknife, d = n/2): for a smooth statistic its
     interval is as wide as the ordinary bootstrap's; for V-measure it sits around the observed difference, where the
     with-replacement bootstrap, inflated by duplicated texts, can miss it."""
-    from poolattn.paired import clustering_set_units
+    from poolattn.evaluation.paired import clustering_set_units
 
     rng = np.random.default_rng(3)
     a, b = rng.normal(0.52, 0.2, 400), rng.normal(0.50, 0.2, 400)
@@ -143,8 +143,8 @@ def every_task_type(tmp_path_factory):
 
 
 def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type):
-    from poolattn.evaluation import paired_tests
-    from poolattn.results import SeedReplicates, read_results
+    from poolattn.evaluation.results import SeedReplicates, read_results
+    from poolattn.evaluation.scoring import paired_tests
 
     _, folders = every_task_type
     v1, v5 = (read_results(folder) for folder in folders)

@@ -9,9 +9,9 @@ from conftest import SENTENCES, tiny_model
 from safetensors.torch import load_file
 from test_training import TINY_RUN
 
-from poolattn import training
 from poolattn.files import atomic_save, clean_interrupted_save
-from poolattn.trainer import TrainingDivergedError
+from poolattn.training import runner as training
+from poolattn.training.trainer import TrainingDivergedError
 
 
 def test_a_diverging_run_stops_before_a_non_finite_update(tiny_backbone_folder, triplets_file, tmp_path):
@@ -214,7 +214,7 @@ def test_a_damaged_safetensors_file_is_refused_by_size(tmp_path):
 
 
 def test_a_non_utf8_csv_names_the_file_and_line(tmp_path):
-    from poolattn.data import TripletDataError, load_triplets
+    from poolattn.training.data import TripletDataError, load_triplets
 
     data = tmp_path / "latin1.csv"
     data.write_bytes("query,positive\nwhat is a café,a place\n".encode("latin-1"))
@@ -223,13 +223,13 @@ def test_a_non_utf8_csv_names_the_file_and_line(tmp_path):
 
 
 def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, caplog):
-    from poolattn.trainer import last_complete_checkpoint
+    from poolattn.training.trainer import last_complete_checkpoint
 
     for step, complete in ((2, True), (4, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if complete:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    with caplog.at_level("WARNING", logger="poolattn.trainer"):
+    with caplog.at_level("WARNING", logger="poolattn.training.trainer"):
         assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-4 is incomplete" in caplog.text and "resuming from" in caplog.text
     # a state file the Trainer left truncated (it writes it in place) is no complete checkpoint either
@@ -241,7 +241,7 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
 
 def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folder, caplog):
     pytest.importorskip("mteb")
-    from poolattn.evaluation import load_encoder
+    from poolattn.evaluation.scoring import load_encoder
 
     with caplog.at_level("WARNING", logger="poolattn.evaluation"):
         load_encoder(tiny_backbone_folder, batch_size=4, max_length=None, instructions=False)

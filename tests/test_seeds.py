@@ -11,10 +11,18 @@ import pytest
 from test_ablate import tiny_sweep_arguments
 from test_training import TINY_RUN
 
-from poolattn import cli, training
+from poolattn import cli
+from poolattn.evaluation.paired import Units, paired_bootstrap, replicated_bootstrap
+from poolattn.evaluation.results import (
+    ModelResults,
+    SeedReplicates,
+    TaskInfo,
+    TrainingOrigin,
+    group_replicates,
+    read_runs,
+)
 from poolattn.manifest import ExportedModel, TrainingManifest
-from poolattn.paired import Units, paired_bootstrap, replicated_bootstrap
-from poolattn.results import ModelResults, SeedReplicates, TaskInfo, TrainingOrigin, group_replicates, read_runs
+from poolattn.training import runner as training
 
 # -- the bootstrap over units and seeds ------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ def test_variant_1_equals_the_plain_backbone_eos_state(backbone_path, sentences)
 
 
 def contrastive_loss_on(model, rows) -> float:
-    from poolattn.losses import info_nce_loss
+    from poolattn.training.losses import info_nce_loss
 
     queries = model.encode([row["query"] for row in rows], convert_to_numpy=False)
     documents = [row["positive"] for row in rows] + [text for row in rows for text in row["negatives"]]
@@ -81,7 +81,7 @@ def test_the_embedded_default_run_lowers_the_loss_and_exports_a_loadable_model(b
 
     from transformers import AutoModel, set_seed
 
-    from poolattn.data import SAMPLE_TRIPLETS, load_triplets
+    from poolattn.training.data import SAMPLE_TRIPLETS, load_triplets
 
     rows = load_triplets(str(SAMPLE_TRIPLETS)).rows[::10]  # 24 triplets across all 8 domains
     set_seed(42)  # train.py's seed: the same freshly initialised head
@@ -118,8 +118,8 @@ def test_mtebs_stock_route_and_plain_transformers_reproduce_the_evaluation_on_th
     from transformers import AutoModel, AutoTokenizer
 
     from poolattn import cli
-    from poolattn.hub import write_repository_folder
-    from poolattn.local_tasks import load_task
+    from poolattn.evaluation.local_tasks import load_task
+    from poolattn.hub.repository import write_repository_folder
 
     torch.manual_seed(0)
     PoolAttnEmbeddingModel.from_backbone(backbone_path, variant=5).save_pretrained(tmp_path / "model")

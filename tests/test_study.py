@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from poolattn import cli, study, training
-from poolattn.evaluation import evaluation_revision, paired_tests
-from poolattn.results import read_runs
+from poolattn import cli
+from poolattn.evaluation.results import read_runs
+from poolattn.evaluation.scoring import evaluation_revision, paired_tests
 from poolattn.stats import holm_adjust
+from poolattn.study import runner as study
+from poolattn.training import runner as training
 
 mteb = pytest.importorskip("mteb")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -219,7 +221,9 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     """--tune --plateau --controls: every row's rates come from the grid on held-out training rows, before any task is
     read (every door to task data fails the test until every row has its choice); the runs then train to the
     plateau, and every row has its untrained control."""
-    from poolattn import evaluation, local_tasks, tuning
+    from poolattn.evaluation import local_tasks
+    from poolattn.evaluation import scoring as evaluation
+    from poolattn.study import tuning
 
     argv = [
         "--designs",
@@ -320,7 +324,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
 
 
 def _checked(door, *args, **kwargs):
-    from poolattn import tuning
+    from poolattn.study import tuning
 
     tuned = tuning.read_tuning(_checked.study)
     assert set(tuned) == {"v1", "v2"} and all(row.chosen is not None for row in tuned.values()), (
@@ -335,8 +339,8 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
     train.py run of the same flags by hand gives the same parsed arguments as the job."""
     import dataclasses as dc
 
-    from poolattn import tuning
-    from poolattn.jobs import TrainingJob
+    from poolattn.study import tuning
+    from poolattn.training.job import TrainingJob
 
     plan = study.plan_study(
         designs="5",
@@ -417,7 +421,8 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
     """Fault injection over a tiny study (one row, one seed, one task): killed before its k-th write of a small file
     (the plan, the run's records and manifest, the scores' settings, the report's files), for every k, the same
     command run again ends with the report of a study that was never interrupted."""
-    from poolattn import evaluation, files
+    from poolattn import files
+    from poolattn.evaluation import scoring as evaluation
 
     data = tmp_path / "data" / "BIOSSES"
     data.mkdir(parents=True)

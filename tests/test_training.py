@@ -13,12 +13,17 @@ import torch
 from conftest import SENTENCES, TRIPLETS
 from safetensors.torch import load_file
 
-from poolattn import training
-from poolattn.data import TripletCollator, TripletDataError, load_triplets
 from poolattn.files import atomic_save
-from poolattn.losses import info_nce_loss
 from poolattn.manifest import TrainingManifest, export_model
-from poolattn.trainer import ContrastiveTrainer, ContrastiveTrainingArguments, RandomStateReplay, length_grouped_chunks
+from poolattn.training import runner as training
+from poolattn.training.data import TripletCollator, TripletDataError, load_triplets
+from poolattn.training.losses import info_nce_loss
+from poolattn.training.trainer import (
+    ContrastiveTrainer,
+    ContrastiveTrainingArguments,
+    RandomStateReplay,
+    length_grouped_chunks,
+)
 
 TINY_RUN = [
     "--max_steps",
@@ -132,7 +137,7 @@ def test_gradcache_gives_the_loss_and_gradients_of_plain_training(tiny_backbone_
 def test_the_matryoshka_loss_is_the_mean_over_sizes_and_gradcache_gives_its_gradients(tiny_backbone_folder, tmp_path):
     """--matryoshka_dims 8,16 on a 32-wide model: the trainer's loss is the mean of the full size's and each prefix's
     InfoNCE (prefixes renormalised), and GradCache gives the loss and gradients of plain training (1e-5)."""
-    from poolattn.losses import contrastive_loss
+    from poolattn.training.losses import contrastive_loss
 
     trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, matryoshka_dims="8,16")
     assert trainer.matryoshka_dims == (8, 16) and trainer.model.get_base_model().config.matryoshka_dims == [8, 16]
@@ -646,7 +651,7 @@ def test_paper_preset_trains_a_tiny_mistral_with_its_own_bf16_gradcache_and_chec
 
 
 def test_small_preset_trains_on_every_shared_source_with_its_instruction(tiny_backbone_folder, tmp_path):
-    from poolattn.data import SHARED_DATA
+    from poolattn.training.data import SHARED_DATA
 
     if not (SHARED_DATA / "train").is_dir():
         pytest.skip("../shared/data/train is not beside this checkout")

@@ -1,7 +1,7 @@
 """poolattn models in mteb 2.x: an `AbsEncoder` with a proper `ModelMeta`, prompting with the task instruction table
 (`prompts.TASK_INSTRUCTIONS`).
 
->>> from poolattn.mteb_encoder import query_prompt
+>>> from poolattn.evaluation.mteb_encoder import query_prompt
 >>> query_prompt("STSBenchmark", "STS", prompt_type=None)
 'Instruct: Retrieve semantically similar text.\\nQuery: '
 >>> query_prompt("ArguAna", "Retrieval", prompt_type="document") is None  # documents get no instruction
@@ -17,7 +17,7 @@ import logging
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 
-from .prompts import TASK_INSTRUCTIONS, instruction_prompt
+from ..prompts import TASK_INSTRUCTIONS, instruction_prompt
 
 
 def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: dict = TASK_INSTRUCTIONS) -> str | None:
@@ -44,7 +44,7 @@ def get_model(
     (mteb 2.x: "No model implementation is available for this model"), so `mteb.evaluate(get_model(folder), tasks)`
     is the one-line route; sentence-transformers models come back wrapped as mteb wraps them.
     """
-    from .evaluation import check_truncate_dim, load_encoder
+    from .scoring import check_truncate_dim, load_encoder
 
     if truncate_dim is not None:
         check_truncate_dim(model, truncate_dim)  # before the weights load
@@ -81,12 +81,12 @@ class PoolAttnEncoder(AbsEncoder):
         trust_remote_code: bool = False,
     ):
         if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
-            from .onnx_poolattn import PoolAttnOnnxModel
+            from ..onnx_poolattn import PoolAttnOnnxModel
 
             self.model = PoolAttnOnnxModel.from_pretrained(path, file_name=onnx_file)
             framework = ["ONNX"]
         else:  # the package's own class: no code from the folder runs
-            from .modeling_poolattn import PoolAttnEmbeddingModel
+            from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
             framework = ["PyTorch", "Transformers"]

@@ -25,11 +25,11 @@ import re
 import shutil
 from pathlib import Path
 
-from .configuration_poolattn import variant_tag
-from .files import atomic_save
-from .manifest import ExportedModel, write_sentence_transformers_files
+from ..configuration_poolattn import variant_tag
+from ..files import atomic_save
+from ..manifest import ExportedModel, write_sentence_transformers_files
 from .model_card import build_model_card
-from .results import find_model_results, other_settings
+from ..evaluation.results import find_model_results, other_settings
 from .shipping import (
     PACKAGE_CODE,
     PACKAGE_DIR,

@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import read_json, write_json
+from ..files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class TrainingOrigin:
     @classmethod
     def of_model(cls, model: str) -> "TrainingOrigin | None":
         """The origin of a poolattn folder with a training manifest, else None (a baseline, a Hub model)."""
-        from .manifest import ExportedModel, is_poolattn_folder
+        from ..manifest import ExportedModel, is_poolattn_folder
 
         manifest = ExportedModel.read(model).manifest if is_poolattn_folder(model) else None
         return cls(manifest.seed, manifest.recipe_fingerprint()) if manifest else None

@@ -33,10 +33,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import plots
-from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
-from .configuration_poolattn import DESIGNS, variant_tag
-from .evaluation import (
+from .. import plots
+from ..configuration_poolattn import DESIGNS, variant_tag
+from ..evaluation.results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
+from ..evaluation.scoring import (
     EvaluationRun,
     evaluate_models,
     evaluation_revision,
@@ -44,12 +44,12 @@ from .evaluation import (
     task_parts,
     write_csv,
 )
-from .files import folder_lock, read_json, write_json, write_text
-from .jobs import TrainingJob, flag_names
-from .launch import is_main_process, launched_processes
-from .manifest import MANIFEST_FILE, ExportedModel
-from .model_card import VARIANT_NAMES
-from .results import ModelResults, SeedReplicates, category_rank, mean, read_results, results_folder
+from ..files import folder_lock, read_json, write_json, write_text
+from ..hub.model_card import VARIANT_NAMES
+from ..launch import is_main_process, launched_processes
+from ..manifest import MANIFEST_FILE, ExportedModel
+from ..training.job import TrainingJob, flag_names
+from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
 from .tuning import PlateauSettings, RowTuning, TuningGrid, layer_weight_size, read_tuning, tune_row
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def plan_study(
     controls: bool = False,
 ) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
-    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+    from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     given = flag_names(train_argv)
     structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
@@ -438,7 +438,7 @@ def row_job(plan: StudyPlan, row: StudyRow, seed: int, output, *, control: bool 
 
 def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
     """The row's rates from the tuning grid, on the first seed and held-out training rows only (`tuning.tune_row`)."""
-    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+    from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     grid = plan.tuning_grid
     base = TrainingJob(
@@ -460,7 +460,7 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     """One row and seed, resumed where it stopped, with its tuned rates and the plateau rule when the plan has
     them (`row_job`)."""
-    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+    from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     folder = run_folder(output, row, seed)
     if (folder / "model" / MANIFEST_FILE).is_file():
@@ -470,7 +470,7 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
 
 def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     """The row's untrained control for one seed: the model its run starts from (`training.export_control`)."""
-    from . import training  # the training stack (Trainer, peft, datasets), when a run needs it
+    from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     job = row_job(plan, row, seed, output, control=True)
     return training.export_control(job, run_folder(output, row, seed) / "step0")
@@ -481,7 +481,7 @@ def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: 
     keeps the STS tasks of the selection (the instruction check)."""
     tasks, categories = plan.tasks, plan.categories
     if sts_only:
-        from .local_tasks import task_type
+        from ..evaluation.local_tasks import task_type
 
         if tasks:
             tasks = [name for name in tasks if task_type(name, plan.data_dir) == "STS"] or None
@@ -613,8 +613,8 @@ def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget
 def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryComparison]:
     """Per category both rows scored: the pooled paired bootstrap (Holm over this comparison's categories) and the
     Wilcoxon signed-rank over the category's datasets."""
-    from . import paired
-    from .stats import wilcoxon_by_category
+    from ..evaluation import paired
+    from ..stats import wilcoxon_by_category
 
     found, _ = task_parts(a.replicates, b.replicates)
     wilcoxon = {
@@ -648,7 +648,7 @@ def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryCo
                 seeds_b=pooled.seeds_b,
             )
         )
-    from .stats import holm_adjust
+    from ..stats import holm_adjust
 
     for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
         test.p_holm = adjusted
@@ -678,7 +678,7 @@ def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
 
 def write_report(output) -> Path:
     """`report/study.md` (+ CSVs and the figure) from what has been trained and scored so far."""
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     output = Path(output)
     plan = StudyPlan.read(output)
@@ -886,8 +886,8 @@ def write_report(output) -> Path:
 
 def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[str]:
     """Which rows used query instructions in training and evaluation, and STS with and without them at evaluation."""
-    from . import paired
-    from .stats import markdown_table
+    from ..evaluation import paired
+    from ..stats import markdown_table
 
     lines = ["## Prompts", ""]
     trained_with = []
@@ -952,7 +952,7 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
 def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], report_folder: Path) -> list[str]:
     """The tuning (grid, every point's held-out loss, the choice per row, `tuning.png`) and the training each run
     got (steps, why it stopped, the layer weights' size, `curves.png`)."""
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     lines = []
     tuned = read_tuning(output) if plan.tuning else {}
@@ -1064,7 +1064,7 @@ def at_grid_edge(entry: RowTuning) -> bool:
 
 
 def _wall_time_section(collected: list[RowResults]) -> list[str]:
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     rows, total = [], 0.0
     for item in collected:
@@ -1118,7 +1118,7 @@ def card_section(output, model) -> str:
     Raises `StudyError` when the model is not one of the study's runs or the report is missing."""
     import csv
 
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     output = Path(output)
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)

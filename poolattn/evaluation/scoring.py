@@ -14,12 +14,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plots
+from .. import plots
+from ..files import content_hash, write_text
+from ..manifest import ExportedModel, is_poolattn_folder, model_fingerprint
+from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import budget_revision, cap_task
-from .files import content_hash, write_text
 from .local_tasks import LocalTaskError, is_mteb_task, load_task, scan, splits_by_subset, task_type
-from .manifest import ExportedModel, is_poolattn_folder, model_fingerprint
-from .prompts import QUERY_PROMPT_FORMAT
 from .results import (
     CATEGORY_ORDER,
     PREDICTIONS_FOLDER,
@@ -375,7 +375,7 @@ def evaluate_models(
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
     cache = mteb.ResultCache(output)
     if onnx_file:
-        from .onnx_poolattn import resolve_file
+        from ..onnx_poolattn import resolve_file
 
         try:
             import onnxruntime  # noqa: F401
@@ -598,7 +598,7 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     trained with several seeds are grouped (`results.group_replicates`): tables give the mean over seeds with the
     sample standard deviation, Wilcoxon pairs the seed means by task, the paired tests resample seeds as well.
     """
-    from .stats import category_test_table, markdown_table, wilcoxon_by_category
+    from ..stats import category_test_table, markdown_table, wilcoxon_by_category
 
     loaded = [run for folder in result_folders for run in read_runs(folder)]
     seen: dict[tuple[str, str], Path] = {}
@@ -832,8 +832,8 @@ SEED_RESAMPLING = (
 
 def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str], categories: dict) -> list[str]:
     """Markdown: the paired bootstrap test of every task, then per category how many tasks differ after Holm."""
+    from ..stats import markdown_table
     from .paired import RESAMPLES
-    from .stats import markdown_table
 
     lines = [
         f"### {name} vs {baseline}: paired bootstrap within each task",
@@ -903,7 +903,7 @@ def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str
 
 def summary_block(names, category_means, categories, tests, baseline) -> str:
     """Compact Markdown for model cards: per-category means, with a marker where a model differs significantly."""
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     rows = []
     for name in names:

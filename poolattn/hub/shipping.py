@@ -24,7 +24,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the Hub pair and its twins
 PACKAGE_CODE = ("configuration_poolattn.py", "modeling_poolattn.py")
 MODEL_FILES = (
     "config.json",
@@ -188,9 +188,9 @@ def check_loads(folders: list[Path], variants: list) -> None:
 
 def check_onnx(folder: Path) -> None:
     """Run the folder's ONNX export again against PyTorch at the tolerance its `export.json` records."""
-    from .modeling_poolattn import PoolAttnEmbeddingModel
+    from ..modeling_poolattn import PoolAttnEmbeddingModel
     from .onnx_export import OnnxExport, compare_encoders
-    from .onnx_poolattn import PoolAttnOnnxModel
+    from ..onnx_poolattn import PoolAttnOnnxModel
 
     try:
         record = OnnxExport.read(folder)

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_save, write_json
-from .modeling_poolattn import PoolAttnEmbeddingModel, pad_features, pad_token_id_for, tokenize_for_embedding
-from .onnx_poolattn import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, OUTPUT_NAME, PoolAttnOnnxModel
+from ..files import atomic_save, write_json
+from ..modeling_poolattn import PoolAttnEmbeddingModel, pad_features, pad_token_id_for, tokenize_for_embedding
+from ..onnx_poolattn import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, OUTPUT_NAME, PoolAttnOnnxModel
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the Hub pair and its twins
 RUNTIME_MODULE = "onnx_poolattn.py"
 EXPORT_RECORD = "export.json"
 CHECK_PROMPT = "Instruct: Retrieve semantically similar text.\nQuery: "

@@ -16,9 +16,9 @@ import json
 import re
 from pathlib import Path
 
-from .configuration_poolattn import PoolAttnConfig
-from .manifest import ExportedModel, TrainingManifest
-from .results import ModelResults, category_rank
+from ..configuration_poolattn import PoolAttnConfig
+from ..manifest import ExportedModel, TrainingManifest
+from ..evaluation.results import ModelResults, category_rank
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 # The bundled sample's path, from the end: recognised also when a model was trained from another checkout.
@@ -66,14 +66,14 @@ def hub_id_or_none(name: str | None) -> str | None:
 
 def base_model_id(backbone: str | None) -> str | None:
     """The Hub id of the backbone: a named default's id, a Hub id as given, None for a local folder."""
-    from .backbones import BACKBONES
+    from ..backbones import BACKBONES
 
     return BACKBONES[backbone].hub_id if backbone in BACKBONES else hub_id_or_none(backbone)
 
 
 def base_model_license(backbone: str | None) -> str | None:
     """The backbone's licence: known for named defaults, else read from a local folder's card; None if unknown."""
-    from .backbones import BACKBONES
+    from ..backbones import BACKBONES
 
     if backbone in BACKBONES:
         return BACKBONES[backbone].license
@@ -351,7 +351,7 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
 def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[str, str | None]:
     """Markdown tables of the evaluation: `scores` (this model, per task), and against the peers that share a task
     with it, `means` (per category) and `tests` (Wilcoxon by category); both None without such peers."""
-    from .stats import markdown_table, verdict, wilcoxon_by_category
+    from ..stats import markdown_table, verdict, wilcoxon_by_category
 
     scores, categories, metrics = results.scores, results.categories, results.main_score_names
     tasks = sorted(scores, key=lambda task: (category_rank(categories[task]), categories[task], task))
@@ -422,7 +422,7 @@ def build_model_card(
     `study_section` the model's place in a study (`study.card_section`), Markdown; `left_out_results` the results
     of these weights scored under other settings (revision -> why), which the card names instead of showing.
     """
-    from .stats import markdown_table
+    from ..stats import markdown_table
 
     metadata = card_metadata(model, repo_id=repo_id, results=results, license=license)
     tables = evaluation_tables(results, list(peers)) if results else {"scores": None, "means": None, "tests": None}
@@ -458,7 +458,7 @@ def build_model_card(
 def onnx_export_record(folder):
     """The folder's ONNX export record (`onnx/export.json`), or None when it has no export."""
     from .onnx_export import EXPORT_RECORD, OnnxExport
-    from .onnx_poolattn import ONNX_FOLDER
+    from ..onnx_poolattn import ONNX_FOLDER
 
     return OnnxExport.read(folder) if (Path(folder) / ONNX_FOLDER / EXPORT_RECORD).is_file() else None
 

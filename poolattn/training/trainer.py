@@ -13,8 +13,8 @@ import logging
 import torch
 from transformers import Trainer
 
+from ..manifest import head_parameter
 from .losses import contrastive_loss, duplicate_documents, world_size
-from .manifest import head_parameter
 from .trainer_arguments import ContrastiveTrainingArguments, TrainingDivergedError, last_complete_checkpoint
 
 __all__ = [

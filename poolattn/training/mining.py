@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_save, write_json
+from ..manifest import is_poolattn_folder, model_fingerprint
+from ..prompts import instruction_prompt
 from .data import load_triplets
-from .files import atomic_save, write_json
-from .manifest import is_poolattn_folder, model_fingerprint
-from .prompts import instruction_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class TextEncoder:
     def __init__(self, model: str, *, batch_size: int, query_instruction: str | None, trust_remote_code: bool = False):
         self.batch_size = batch_size
         if is_poolattn_folder(model):
-            from .modeling_poolattn import PoolAttnEmbeddingModel
+            from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.poolattn = PoolAttnEmbeddingModel.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
             self.query_prompt = instruction_prompt(query_instruction)

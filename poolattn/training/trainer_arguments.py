@@ -1,6 +1,6 @@
 """The contrastive trainer's arguments and the run-level helpers that need no Trainer: importing this module loads
 transformers' `TrainingArguments` only (not the Trainer, datasets or the evaluation stack), so `train.py --help` and
-argument parsing stay light. `ContrastiveTrainer` is in `poolattn.trainer`."""
+argument parsing stay light. `ContrastiveTrainer` is in `poolattn.training.trainer`."""
 
 import logging
 from dataclasses import dataclass, field
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from .launch import launched_processes
+from ..launch import launched_processes
 
 logger = logging.getLogger(__name__)
 

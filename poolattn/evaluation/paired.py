@@ -213,7 +213,7 @@ def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:
 def holm(tests: list[PairedTest]) -> None:
     """Holm's step-down correction over `tests` (one family, e.g. the tasks of a category), set as `p_holm`
     (`stats.holm_adjust`)."""
-    from .stats import holm_adjust
+    from ..stats import holm_adjust
 
     for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
         test.p_holm = adjusted

@@ -1,6 +1,6 @@
 """Training triplets (query, positive, hard negatives) from local files, folders or the Hub; their sources; collator.
 
->>> from poolattn.data import SAMPLE_TRIPLETS, load_triplets
+>>> from poolattn.training.data import SAMPLE_TRIPLETS, load_triplets
 >>> triplets = load_triplets(str(SAMPLE_TRIPLETS))
 >>> len(triplets.rows) >= 200, sorted(triplets.rows[0]), triplets.negatives_per_query
 (True, ['instruction', 'negatives', 'positive', 'query', 'source'], 1)
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from .modeling_poolattn import pad_features, pad_token_id_for, tokenize_for_embedding
-from .prompts import instruction_prompt
+from ..modeling_poolattn import pad_features, pad_token_id_for, tokenize_for_embedding
+from ..prompts import instruction_prompt
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_TRIPLETS = Path(__file__).parent / "sample_data" / "sample_triplets.jsonl"
+SAMPLE_TRIPLETS = Path(__file__).resolve().parents[1] / "sample_data" / "sample_triplets.jsonl"
 UNSET_DATA = "$POOLATTN_DATA"  # stands for the shared data where it is not set (`require_shared_data`)
 
 
@@ -36,10 +36,10 @@ def shared_data() -> Path | None:
     `../shared/data` beside a source checkout when it is there; None otherwise (an installed wheel sits elsewhere)."""
     if os.environ.get("POOLATTN_DATA"):
         return Path(os.environ["POOLATTN_DATA"])
-    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
+    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "data"
     return (
         beside_checkout
-        if (Path(__file__).resolve().parents[1] / "pyproject.toml").is_file() and beside_checkout.is_dir()
+        if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file() and beside_checkout.is_dir()
         else None
     )
 
@@ -151,7 +151,7 @@ def fingerprint_files(source: str) -> str:
     >>> before != fingerprint_files(str(folder))
     True
     """
-    from .files import content_hash
+    from ..files import content_hash
 
     if not Path(source).exists():
         return f"hub:{source}"

@@ -22,9 +22,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS
-from .files import read_json, write_json
-from .manifest import MANIFEST_FILE, TrainingManifest
+from ..configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS
+from ..files import read_json, write_json
+from ..manifest import MANIFEST_FILE, TrainingManifest
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,25 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, PreTrainedConfig, set_seed
 
-from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from ..backbones import DEFAULT_BACKBONE, resolve_backbone
+from ..configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, PoolAttnConfig, variant_tag
+from ..files import folder_lock, write_json
+from ..hub.repository import HubPushError, check_push_possible, publish
+from ..manifest import (
+    MANIFEST_FILE,
+    ContrastiveBatch,
+    DataRecord,
+    StopRecord,
+    TrainableParameters,
+    TrainingManifest,
+    TrainingSettings,
+    export_model,
+    library_versions,
+    recipe_arguments,
+)
+from ..modeling_poolattn import PoolAttnEmbeddingModel
+from ..prompts import QUERY_PROMPT_FORMAT
 from .batching import stream_triplets
-from .configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PAPER_VARIANTS, PoolAttnConfig, variant_tag
 from .data import (
     SAMPLE_TRIPLETS,
     SHARED_DATA,
@@ -38,25 +54,9 @@ from .data import (
     set_source_instructions,
     set_source_weights,
 )
-from .files import folder_lock, write_json
-from .hub import HubPushError, check_push_possible, publish
-from .jobs import TrainingJob
+from .job import TrainingJob
 from .losses import world_size
-from .manifest import (
-    MANIFEST_FILE,
-    ContrastiveBatch,
-    DataRecord,
-    StopRecord,
-    TrainableParameters,
-    TrainingManifest,
-    TrainingSettings,
-    export_model,
-    library_versions,
-    recipe_arguments,
-)
-from .modeling_poolattn import PoolAttnEmbeddingModel
 from .plateau import PlateauRule, PlateauStopping
-from .prompts import QUERY_PROMPT_FORMAT
 from .trainer_arguments import ContrastiveTrainingArguments, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
