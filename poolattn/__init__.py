@@ -54,7 +54,7 @@ def from_backbone(name_or_path: str, variant: int | str | None = 5, **overrides)
 
 def load_checkpoint(checkpoint, *, merge: bool = True):
     """A training checkpoint (`<output_dir>/checkpoint-<step>`) as a model: `poolattn.training.load_checkpoint`."""
-    from .training.runner import load_checkpoint as load  # training pulls in peft and the Trainer: only when asked
+    from .training.checkpoints import load_checkpoint as load  # peft and the Trainer: only when asked
 
     return load(checkpoint, merge=merge)
 

@@ -26,7 +26,7 @@ from .evaluation.results import CATEGORY_ORDER, ResultsError
 from .files import DamagedFileError, FolderBusyError
 from .hub import repository as hub
 from .hub.repository import HubPushError
-from .launch import is_main_process
+from .launch import is_main_process, shut_down_process_group
 from .manifest import ManifestError
 from .study import ablation
 from .study import runner as study
@@ -136,7 +136,7 @@ def train(argv: list[str] | None = None) -> int:
         sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
-    training.shut_down_process_group()  # only after success: after a failure another rank may be in a collective
+    shut_down_process_group()  # only after success: after a failure another rank may be in a collective
     return 0
 
 
@@ -443,7 +443,6 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
-    from .training import runner as training
     from .training.trainer_arguments import TrainingDivergedError
 
     _show_progress(main_process=is_main_process())
@@ -496,7 +495,7 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")
     if run.report:
         print(f"written: {run.report}")
-    training.shut_down_process_group()
+    shut_down_process_group()
     return 1 if run.failures else 0
 
 

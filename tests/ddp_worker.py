@@ -13,7 +13,7 @@ import torch.distributed as dist
 from conftest import TRIPLETS
 from transformers import TrainerCallback
 
-from poolattn.training import runner as training
+from poolattn import launch, training
 from poolattn.training.data import TripletCollator
 from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
@@ -72,11 +72,11 @@ def main(backbone_folder: str, out_dir: str, chunk: int) -> None:
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.add_callback(DumpGradients(out_dir, collator))
     trainer.train()
-    training.finish_collectives()  # as training.run does
+    launch.finish_collectives()  # as training.run does
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
     # as the train command does, once the trainer (main's local) is released; without it gloo may abort the run at
     # exit, and with the DDP-wrapped model still alive it may deadlock
-    training.shut_down_process_group()
+    launch.shut_down_process_group()

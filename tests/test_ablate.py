@@ -140,7 +140,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
 
     from safetensors.torch import load_file
 
-    from poolattn.training import runner as training
+    from poolattn.training import runner
 
     # Interrupted after its last checkpoint, before the export: the arm resumes from checkpoint-2 and exports the same.
     model = sweep / "runs" / "arm-weights_off" / "seed-42" / "model"
@@ -153,7 +153,7 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
     scored = sorted((sweep / "results").rglob("BIOSSES.json"))
     assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
-    monkeypatch.setattr(training, "run", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
+    monkeypatch.setattr(runner, "run", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
     assert cli.ablate(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
 

@@ -10,8 +10,8 @@ from conftest import TRIPLETS
 from safetensors.torch import load_file
 from test_training import TINY_RUN, tiny_peft_trainer
 
+from poolattn import training
 from poolattn.manifest import TrainingManifest
-from poolattn.training import runner as training
 from poolattn.training.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
 from poolattn.training.data import TripletCollator, TripletDataError, load_triplets, text_id
 from poolattn.training.losses import contrastive_loss

@@ -15,8 +15,7 @@ import pytest
 import torch
 from conftest import SENTENCES, TRIPLETS, tiny_text_config, tiny_tokenizer
 
-from poolattn import PoolAttnEmbeddingModel
-from poolattn.training import runner as training
+from poolattn import PoolAttnEmbeddingModel, training
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (python -m pytest -m gpu -n 0 on a GPU machine)")

@@ -393,20 +393,26 @@ def test_a_failed_push_says_why_and_keeps_the_folder(tmp_path, failure):
     assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(tmp_path / "hub" / "tiny-v1"))
 
 
-def test_train_refuses_a_push_it_cannot_make_before_training(tiny_backbone_folder, monkeypatch):
+def test_train_refuses_a_push_it_cannot_make_before_training(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """Parsing only reads the flags; Hub access is checked when the run starts, before any training or writing."""
     import huggingface_hub
+
+    from poolattn.training import runner
 
     with pytest.raises(ValueError, match="need --hub_model_id"):
         training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    flags = ["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"]
+    *_, training_args = training.parse_arguments(flags)  # no network, no credentials while parsing
+    assert training_args.push_to_hub is True  # the request is kept as given ...
+    assert runner.trainer_arguments(training_args).push_to_hub is False  # ... the Trainer never pushes checkpoints
+    assert training_args.push_to_hub is True
+    output = tmp_path / "out"
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
-        training.parse_arguments(
-            ["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"]
-        )
-    *_, training_args = training.parse_arguments(
-        ["--backbone", tiny_backbone_folder, "--hub_model_id", "me/x", "--hub_dry_run", "hub"]
-    )
-    assert training_args.push_to_hub is False  # the Trainer never pushes raw checkpoints itself
+        training.main([*flags, "--train_data", triplets_file, "--output_dir", str(output), "--use_cpu", "true"])
+    assert not output.exists()
 
 
 def test_repository_names_are_checked():
@@ -453,8 +459,8 @@ def test_train_exports_are_sentence_transformers_folders_that_equal_encode(
 ):
     """train.py's own export (not only publish.py's folders): SentenceTransformer(export) runs the pooling head and
     its query prompt, equal to `encode` within 1e-5 in a fresh process without poolattn."""
+    from poolattn import training
     from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
-    from poolattn.training import runner as training
 
     exported = training.main(
         [
@@ -496,8 +502,8 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(
     manifest: the repository folder holds the allow-listed files, the package's own code, no local path, and loads
     in a fresh process; a folder whose config says another design than its weights, or without a tokenizer, is
     refused and nothing is written."""
+    from poolattn import training
     from poolattn.hub.shipping import PACKAGE_CODE, PACKAGE_DIR, ShippingError
-    from poolattn.training import runner as training
 
     exported = training.main(
         [

@@ -124,7 +124,7 @@ def test_help_loads_neither_the_evaluation_nor_the_training_data_stack(commands,
 
 
 def test_every_flag_of_train_pys_own_groups_says_what_it_does():
-    from poolattn.training import runner as training
+    from poolattn import training
 
     parser = training.argument_parser()
     groups = [group for group in parser._action_groups if group.title in training.OWN_GROUPS]

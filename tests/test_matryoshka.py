@@ -9,9 +9,8 @@ import pytest
 import torch
 from conftest import SENTENCES, tiny_model
 
-from poolattn import cli
+from poolattn import cli, training
 from poolattn.evaluation.results import read_runs
-from poolattn.training import runner as training
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_RUN = [

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from test_training import TINY_RUN
 
+from poolattn import training
 from poolattn.manifest import head_parameter
-from poolattn.training import runner as training
 from poolattn.training.plateau import plateau_step
 from poolattn.training.trainer import ContrastiveTrainer
 

@@ -9,8 +9,8 @@ from conftest import SENTENCES, tiny_model
 from safetensors.torch import load_file
 from test_training import TINY_RUN
 
+from poolattn import training
 from poolattn.files import atomic_save, clean_interrupted_save
-from poolattn.training import runner as training
 from poolattn.training.trainer import TrainingDivergedError
 
 

@@ -11,7 +11,7 @@ import pytest
 from test_ablate import tiny_sweep_arguments
 from test_training import TINY_RUN
 
-from poolattn import cli
+from poolattn import cli, training
 from poolattn.evaluation.paired import Units, paired_bootstrap, replicated_bootstrap
 from poolattn.evaluation.results import (
     ModelResults,
@@ -22,7 +22,6 @@ from poolattn.evaluation.results import (
     read_runs,
 )
 from poolattn.manifest import ExportedModel, TrainingManifest
-from poolattn.training import runner as training
 
 # -- the bootstrap over units and seeds ------------------------------------------------------------------------------
 
@@ -181,10 +180,12 @@ def test_variants_times_seeds_train_into_their_own_folders_and_resume_as_a_job(
     shutil.rmtree(exported[2].parent / "checkpoint-4")
     (exported[2].parent / "checkpoint-4").mkdir()
     (exported[2].parent / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"partial")
+    from poolattn.training import runner
+
     trained = []
-    original = training.train_variant
+    original = runner.train_variant
     monkeypatch.setattr(
-        training,
+        runner,
         "train_variant",
         lambda variant, *rest, **options: (
             trained.append((variant, rest[2].seed)) or original(variant, *rest, **options)

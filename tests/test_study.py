@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from poolattn import cli
+from poolattn import cli, training
 from poolattn.evaluation.results import read_runs
 from poolattn.evaluation.scoring import evaluation_revision, paired_tests
 from poolattn.stats import holm_adjust
 from poolattn.study import runner as study
-from poolattn.training import runner as training
+from poolattn.training import runner
 
 mteb = pytest.importorskip("mteb")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -167,7 +167,7 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(
     assert "is not one of the runs of the study" in capsys.readouterr().err
 
     # resuming: nothing is trained or scored again, and the report is the same
-    monkeypatch.setattr(training, "run", lambda *arguments: pytest.fail(f"retrained: {arguments}"))
+    monkeypatch.setattr(runner, "run", lambda *arguments: pytest.fail(f"retrained: {arguments}"))
     before = (output / "report" / "study_tests.csv").read_text()
     assert cli.run_study_command(argv) == 0
     assert (output / "report" / "study_tests.csv").read_text() == before

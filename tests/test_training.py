@@ -13,9 +13,9 @@ import torch
 from conftest import SENTENCES, TRIPLETS
 from safetensors.torch import load_file
 
+from poolattn import training
 from poolattn.files import atomic_save
 from poolattn.manifest import TrainingManifest, export_model
-from poolattn.training import runner as training
 from poolattn.training.data import TripletCollator, TripletDataError, load_triplets
 from poolattn.training.losses import info_nce_loss
 from poolattn.training.trainer import (

@@ -1,9 +1,9 @@
 """Training: a typed job in (`job`), an exported model folder out (`runner`).
 
-`job` (TrainingJob, the one record the CLI, the study and the ablations build), `runner` (flags, runs, checkpoints,
-export), `data` / `batching` (triplets, one source per batch, streaming), `losses` / `trainer` /
-`trainer_arguments` (the contrastive Trainer, GradCache, DDP negatives), `plateau` (the stopping rule), `mining`
-(hard negatives)."""
+`job` (TrainingJob, the one record the CLI, the study and the ablations build), `arguments` / `presets` (train.py's
+flags and recipes), `preflight` (checks before training), `runner` (runs, export), `checkpoints` (resume), `data` /
+`batching` (triplets, one source per batch, streaming), `losses` / `trainer` / `trainer_arguments` (the contrastive
+Trainer, GradCache, DDP negatives), `plateau` (the stopping rule), `mining` (hard negatives)."""
 
 import importlib
 
@@ -17,18 +17,16 @@ _LAZY = {
     "run_job": "runner",
     "export_control": "runner",
     "train_variant": "runner",
-    "parse_arguments": "runner",
-    "argument_parser": "runner",
+    "parse_arguments": "arguments",
+    "argument_parser": "arguments",
     "build_model": "runner",
-    "load_checkpoint": "runner",
-    "ModelArguments": "runner",
-    "TrainingSetupError": "runner",
-    "PRESETS": "runner",
-    "OWN_GROUPS": "runner",
-    "SMALL_RECIPE_INSTRUCTIONS": "runner",
-    "CHECKPOINT_RECORD": "runner",
-    "finish_collectives": "runner",
-    "shut_down_process_group": "runner",
+    "load_checkpoint": "checkpoints",
+    "ModelArguments": "arguments",
+    "TrainingSetupError": "arguments",
+    "PRESETS": "presets",
+    "OWN_GROUPS": "arguments",
+    "SMALL_RECIPE_INSTRUCTIONS": "presets",
+    "CHECKPOINT_RECORD": "checkpoints",
 }
 __all__ = sorted(_LAZY)
 

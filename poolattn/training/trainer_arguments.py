@@ -99,3 +99,99 @@ class ContrastiveTrainingArguments(TrainingArguments):
                 )
             self.per_device_train_batch_size = self.contrastive_batch_size // world
         super().__post_init__()
+
+
+@dataclass
+class TrainingRunArguments(ContrastiveTrainingArguments):
+    """The trainer's arguments plus the run's: its output folder, the export check and publishing."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "default outputs/<backbone>-v<variant>"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "train again into an output_dir that holds a model or checkpoints of an earlier run (replaced)"
+        },
+    )
+    seeds: int = field(
+        default=1,
+        metadata={
+            "help": "train every variant once per seed: --seed, --seed+1, ... (replicates; <output_dir>/seed-<S>/ "
+            "each)"
+        },
+    )
+    export_check_texts: int = field(default=8, metadata={"help": "texts for the merged-vs-adapter export check"})
+    hub_dry_run: str | None = field(
+        default=None, metadata={"help": "write the Hub repository folders (card, ST files) here without uploading"}
+    )
+    plateau_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "train to a plateau: stop when the held-out loss has not improved on its best by more than "
+            "--plateau_min_improvement for N evaluations in a row (every --eval_steps, default --save_steps); "
+            "--max_steps is the cap. Needs --eval_data or --eval_fraction"
+        },
+    )
+    plateau_min_improvement: float = field(
+        default=0.01,
+        metadata={
+            "help": "the relative improvement of the held-out loss that counts with --plateau_patience (0.01 = 1%%)"
+        },
+    )
+    # Defaults for the embedded run (SmolLM2-135M, bundled triplets, 2 CPU cores).
+    per_device_train_batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "queries per process per loss call (each with its positive and hard negatives); see also "
+            "--contrastive_batch_size"
+        },
+    )
+    learning_rate: float = field(
+        default=2e-4,
+        metadata={
+            "help": "peak learning rate of the backbone's LoRA adapter (and of the head without --head_learning_rate)"
+        },
+    )
+    max_steps: int = field(
+        default=30,
+        metadata={"help": "optimizer steps to train (the cap with --plateau_patience); -1: --num_train_epochs epochs"},
+    )
+    warmup_steps: int = field(default=3, metadata={"help": "steps of linear warmup"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "linear, cosine, constant_with_warmup, ..."})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    save_steps: int = field(
+        default=10,
+        metadata={"help": "write a checkpoint every N steps (and evaluate held-out rows then, when there are any)"},
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most N checkpoints"})
+    report_to: None | str | list[str] = "none"  # same annotation order as TrainingArguments (HfArgumentParser)
+    remove_unused_columns: bool = False
+    dataloader_drop_last: bool = True
+    ddp_find_unused_parameters: bool | None = False
+    seed: int = field(default=42, metadata={"help": "random seed: the head's initialisation and the data order"})
+
+    def __post_init__(self):
+        self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        if (self.push_to_hub or self.hub_dry_run) and not self.hub_model_id:
+            raise ValueError(
+                "--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to ORG/NAME-v<N>)."
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"--max_steps {self.max_steps}: give the optimizer steps to train (>= 1), or -1 to train "
+                "--num_train_epochs epochs."
+            )
+        if self.seeds < 1:
+            raise ValueError(f"--seeds {self.seeds}: give how many seeds to train each variant with, >= 1.")
+        if self.plateau_patience is not None and (
+            self.plateau_patience < 1 or not 0 <= self.plateau_min_improvement < 1
+        ):
+            raise ValueError(
+                f"--plateau_patience {self.plateau_patience} / --plateau_min_improvement "
+                f"{self.plateau_min_improvement}: give evaluations >= 1 and a fraction in [0, 1)."
+            )
+        if self.seeds > 1 and (self.push_to_hub or self.hub_dry_run):
+            raise ValueError(
+                f"--seeds {self.seeds} with --push_to_hub/--hub_dry_run: a Hub repository holds one "
+                "model; train the seeds, then publish the one you choose with publish.py."
+            )
+        super().__post_init__()

@@ -1,0 +1,258 @@
+"""Checkpoints and what they record: the recipe a resumed run must match, a checkpoint as a model, a finished run
+restored, and the manifest's stop record."""
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers import PreTrainedConfig
+
+from ..backbones import resolve_backbone
+from ..configuration_poolattn import PoolAttnConfig
+from ..files import write_json
+from ..manifest import (
+    ContrastiveBatch,
+    DataRecord,
+    StopRecord,
+    TrainableParameters,
+    TrainingManifest,
+    TrainingSettings,
+    library_versions,
+    recipe_arguments,
+)
+from ..modeling_poolattn import PoolAttnEmbeddingModel
+from ..prompts import QUERY_PROMPT_FORMAT
+from .arguments import DataArguments, ModelArguments, TrainingSetupError
+from .data import (
+    Triplets,
+)
+from .plateau import PlateauRule
+from .preflight import batch_sampling
+from .trainer_arguments import TrainingRunArguments
+
+logger = logging.getLogger(__name__)
+
+
+def training_manifest(
+    variant: int | str,
+    base,
+    trainer,
+    result,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingRunArguments,
+    triplets: Triplets,
+    *,
+    batch: ContrastiveBatch,
+    parameters: TrainableParameters,
+    seconds: float,
+) -> TrainingManifest:
+    """What ran, for `training_manifest.json` (and the model card)."""
+    arguments = run_arguments(model_args, data_args, training_args)
+    return TrainingManifest(
+        variant=variant,
+        backbone=model_args.backbone,
+        model_name=model_args.model_name_for(variant),
+        seed=training_args.seed,
+        data=DataRecord(
+            source=triplets.source,
+            files=triplets.files,
+            examples=triplets.examples,
+            skipped_rows=triplets.skipped,
+            hard_negatives=triplets.has_negatives,
+            query_instruction=data_args.query_instruction,
+            query_prompt_format=QUERY_PROMPT_FORMAT,
+            sources=[asdict(source) for source in triplets.sources],
+            batch_sampling=batch_sampling(data_args, triplets),
+            negatives_per_query=triplets.negatives_per_query,
+            streaming=triplets.stream is not None,
+        ),
+        settings=TrainingSettings.from_arguments(arguments),
+        contrastive_batch=batch,
+        trainable_parameters=parameters,
+        global_steps=result.global_step,
+        stop=stop_record(trainer, training_args),
+        train_runtime_s=round(seconds, 1),
+        loss_history=[(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+        eval_history=[
+            (entry["step"], entry["eval_loss"], entry.get("eval_recall_at_1"))
+            for entry in trainer.state.log_history
+            if "eval_loss" in entry
+        ],
+        libraries=library_versions(),
+        poolattn_config=base.config.to_diff_dict(),
+        hyperparameters=arguments,
+    )
+
+
+CHECKPOINT_RECORD = "poolattn_checkpoint.json"
+
+
+def run_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> dict:
+    """Every argument of a run, flat and JSON-safe (`TrainingManifest.hyperparameters`)."""
+    arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
+    return json.loads(json.dumps(arguments, default=str))
+
+
+def resume_recipe(
+    variant, model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments
+) -> dict:
+    """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
+    and the data's fingerprint (the files' content, `data.fingerprint_files`)."""
+    from .data import fingerprint_files
+
+    arguments = run_arguments(model_args, data_args, training_args)
+    return {
+        **recipe_arguments(arguments),
+        "variant": variant,
+        "seed": training_args.seed,
+        "data_seed": training_args.data_seed,
+        "data_fingerprint": fingerprint_files(data_args.train_data),
+    }
+
+
+def check_resume_recipe(checkpoint, recipe: dict) -> None:
+    """Refuse to resume from a checkpoint written by another recipe (learning rates, data, seed, design...), naming
+    each difference; a checkpoint without a recorded recipe (older poolattn) is resumed with a warning."""
+    record_file = Path(checkpoint) / CHECKPOINT_RECORD
+    try:
+        recorded = json.loads(record_file.read_text()).get("recipe")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if recorded is None:
+        logger.warning(
+            "%s records no recipe (written by an older poolattn, or damaged): resuming without checking "
+            "that it was trained with these settings",
+            checkpoint,
+        )
+        return
+    differences = [
+        f"{key}: {recorded.get(key)!r} there, {recipe.get(key)!r} now"
+        for key in sorted(set(recorded) | set(recipe))
+        if recorded.get(key) != recipe.get(key)
+    ]
+    if differences:
+        raise TrainingSetupError(
+            f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
+            "would train the rest of the run on the old ones. Resume with the same flags, or train again with "
+            "--overwrite_output_dir true (or another --output_dir)."
+        )
+
+
+class CheckpointRecord:
+    """A Trainer callback that writes `poolattn_checkpoint.json` into every checkpoint: the backbone (as given and as
+    resolved), the model's `PoolAttnConfig`, which the adapter files alone do not hold (`load_checkpoint`), and the
+    recipe a resumed run is checked against (`check_resume_recipe`)."""
+
+    def __init__(self, backbone: str, backbone_path: str, config, recipe: dict | None = None):
+        self.record = {
+            "backbone": backbone,
+            "backbone_path": str(backbone_path),
+            "poolattn_config": config.to_diff_dict(),
+            "recipe": recipe,
+        }
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_save(self, args, state, control, **kwargs):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_json(folder / CHECKPOINT_RECORD, self.record)
+
+
+def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel:
+    """A training checkpoint as a model: the backbone it was trained on (resolved again where the recorded path is
+    gone, e.g. on another machine), the recorded `PoolAttnConfig`, then peft's adapter and the trained head
+    (`PeftModel.from_pretrained`); merged (`merge=True`) it is a plain `PoolAttnEmbeddingModel` like an export,
+    otherwise a `PeftModel` to train further.
+
+        model = poolattn.load_checkpoint("outputs/smollm2-135m-v5/checkpoint-30")
+    """
+    from peft import PeftModel
+
+    checkpoint = Path(checkpoint)
+    record_file = checkpoint / CHECKPOINT_RECORD
+    if not record_file.is_file():
+        raise TrainingSetupError(
+            f"{checkpoint}: no {CHECKPOINT_RECORD} here; give a checkpoint-<step> folder "
+            "written by poolattn's train.py (older checkpoints lack it: use the export)."
+        )
+    record = json.loads(record_file.read_text())
+    recorded = Path(record["backbone_path"])
+    backbone = str(recorded) if recorded.is_dir() else resolve_backbone(record["backbone"])
+    own_fields = set(PoolAttnConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    own_fields -= {"text_config", "variant"}  # the variant is set back after the merge
+    fields = {key: value for key, value in record["poolattn_config"].items() if key in own_fields}
+    model = PoolAttnEmbeddingModel.from_backbone(backbone, variant=None, **fields)
+    peft_model = PeftModel.from_pretrained(model, str(checkpoint))
+    if not merge:
+        return peft_model
+    merged = peft_model.merge_and_unload()
+    merged.config.variant = record["poolattn_config"].get("variant")
+    return merged.eval()
+
+
+def restore_finished_run(trainer, checkpoint: str | None):
+    """When `checkpoint` (the one to resume from) reached max_steps, load it and return its TrainOutput, else None.
+
+    The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
+    (and export a different model than the uninterrupted run, e.g. after a crash during the export).
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if not checkpoint or not (Path(checkpoint) / "trainer_state.json").is_file() or trainer.args.max_steps <= 0:
+        return None  # nothing to restore here: the Trainer resumes (or explains why it cannot)
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = TrainerState.load_from_json(str(state_file))
+    rule = plateau_rule(trainer.args)
+    at_plateau = rule is not None and rule.step(state.log_history) is not None
+    if state.global_step < trainer.args.max_steps and not at_plateau:
+        return None
+    trainer._load_from_checkpoint(checkpoint)  # the weights (adapter + head, or the full model) of that step
+    trainer.state = state
+    logger.info(
+        "%s already %s: exporting it without training",
+        checkpoint,
+        "reached the plateau" if at_plateau else f"reached max_steps={trainer.args.max_steps}",
+    )
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def plateau_rule(training_args) -> PlateauRule | None:
+    """The run's plateau rule (`--plateau_patience`), or None."""
+    patience = getattr(training_args, "plateau_patience", None)
+    return PlateauRule(patience, training_args.plateau_min_improvement) if patience else None
+
+
+def stop_record(trainer, training_args) -> StopRecord:
+    """Why and where training ended: the plateau rule, the Trainer's early stopping, or the cap."""
+    state, rule = trainer.state, plateau_rule(training_args)
+    evaluations = [(entry["step"], entry["eval_loss"]) for entry in state.log_history if "eval_loss" in entry]
+    best = min(evaluations, key=lambda item: item[1]) if evaluations else (None, None)
+    plateau_at = rule.step(state.log_history) if rule else None
+    reason = (
+        "plateau"
+        if plateau_at is not None
+        else "max_steps"
+        if state.global_step >= training_args.max_steps > 0
+        else "early_stopping"
+        if getattr(training_args, "load_best_model_at_end", False)
+        else "end_of_data"
+    )
+    every = training_args.eval_steps if evaluations else None
+    return StopRecord(
+        reason=reason,
+        step=state.global_step,
+        cap=training_args.max_steps,
+        rule=rule.describe(every=every, cap=training_args.max_steps) if rule else None,
+        best_step=best[0],
+        best_eval_loss=best[1],
+    )

@@ -1,0 +1,220 @@
+"""What is checked and planned before any training: batches the data can fill, held-out rows, the output folders and
+the runs one command makes (one per design)."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..configuration_poolattn import variant_tag
+from .arguments import DataArguments, ModelArguments, TrainingSetupError
+from .data import (
+    TripletDataError,
+    Triplets,
+    load_triplets,
+    set_source_instructions,
+)
+from .trainer_arguments import TrainingRunArguments
+
+logger = logging.getLogger(__name__)
+
+
+def batch_sampling(data_args: DataArguments, triplets: Triplets) -> str:
+    """How batches are drawn: `--batch_sampling`, or "mixed" for data of one source (any batch is of one source)."""
+    return data_args.batch_sampling if len(triplets.sources) > 1 else "mixed"
+
+
+def check_batches(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments) -> None:
+    """Refuse, before training, data that cannot give the batches asked for; log each source's share."""
+    loss_batch = training_args.per_device_train_batch_size * training_args.world_size
+    for source in triplets.sources:
+        logger.info(
+            "source %s: %d examples, %d hard negative(s) per query%s%s",
+            source.name,
+            source.examples,
+            source.negatives_per_query,
+            f", {source.skipped} invalid rows skipped" if source.skipped else "",
+            f", sampling weight {source.weight:g}" if source.weight is not None else "",
+        )
+    if triplets.examples < loss_batch:
+        raise TripletDataError(
+            f"{triplets.source}: {triplets.examples} rows make no full batch of {loss_batch} "
+            f"(--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
+            f"{training_args.world_size} process(es)), so no step would run; lower the batch size "
+            "or add data."
+        )
+    if batch_sampling(data_args, triplets) == "one_source_per_batch":
+        weighted_small = [source.name for source in triplets.sources if source.weight and source.examples < loss_batch]
+        if weighted_small:
+            raise TripletDataError(
+                f"--source_weights gives weight to {', '.join(weighted_small)}, with fewer rows "
+                f"than one batch of {loss_batch}; give them weight 0 or lower the batch size."
+            )
+        small = [source.name for source in triplets.sources if source.examples < loss_batch and source.weight != 0]
+        if len(small) == len(triplets.sources):
+            raise TripletDataError(
+                f"{triplets.source}: no source holds a full batch of {loss_batch} rows (one source "
+                "per batch); lower --per_device_train_batch_size or use --batch_sampling mixed."
+            )
+        if small:
+            logger.warning(
+                "sources with fewer rows than one batch of %d give no batch: %s", loss_batch, ", ".join(small)
+            )
+    elif (
+        training_args.world_size > 1
+        and training_args.gather_across_devices
+        and len({source.negatives_per_query for source in triplets.sources}) > 1
+    ):
+        raise TrainingSetupError(
+            "--batch_sampling mixed across processes needs the same number of hard negatives in every "
+            "source (each process gathers the others' documents); use one_source_per_batch or "
+            "--negatives_per_query 0."
+        )
+
+
+def held_out_rows(
+    triplets: Triplets,
+    data_args: DataArguments,
+    training_args: TrainingRunArguments,
+) -> list[dict] | None:
+    """The evaluation rows (`--eval_data`, or `--eval_fraction` of the training rows, taken out of training), checked
+    against the evaluation settings before training; evaluation runs every `--save_steps` unless
+    `--eval_strategy` says otherwise."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    rows = None
+    if data_args.eval_data:
+        evaluation = load_triplets(
+            data_args.eval_data,
+            split=data_args.data_split,
+            skip_invalid=data_args.skip_invalid_rows,
+            negatives_per_query=data_args.negatives_per_query,
+        )
+        # the training sources' instructions, where the evaluation files have the same names; then each row carries
+        # its instruction itself, as its source index means nothing to the training collator
+        set_source_instructions(
+            evaluation,
+            {
+                key: value
+                for key, value in data_args.instructions_per_source.items()
+                if any(key in (item.name, Path(item.file).stem) for item in evaluation.sources)
+            },
+        )
+        rows = [
+            {**row, "instruction": row["instruction"] or evaluation.sources[row["source"]].instruction, "source": None}
+            for row in evaluation.rows
+        ]
+    elif data_args.eval_fraction:
+        import random
+
+        order = list(range(len(triplets.rows)))
+        random.Random(training_args.seed).shuffle(order)
+        count = max(1, round(data_args.eval_fraction * len(order)))
+        chosen = set(order[:count])
+        rows = [row for index, row in enumerate(triplets.rows) if index in chosen]
+        triplets.rows = [row for index, row in enumerate(triplets.rows) if index not in chosen]
+        for index, source in enumerate(triplets.sources):
+            source.examples = sum(row["source"] == index for row in triplets.rows)
+    evaluating = training_args.eval_strategy != IntervalStrategy.NO
+    if rows is None and (
+        evaluating
+        or training_args.load_best_model_at_end
+        or data_args.early_stopping_patience
+        or training_args.plateau_patience
+    ):
+        raise TrainingSetupError(
+            "--eval_strategy, --load_best_model_at_end, --early_stopping_patience and --plateau_patience need "
+            "evaluation data: give --eval_data FILE or --eval_fraction 0.05."
+        )
+    eval_batch = training_args.per_device_eval_batch_size * training_args.world_size
+    if rows is not None and len(rows) < eval_batch:
+        raise TrainingSetupError(
+            f"{len(rows)} held-out rows make no evaluation batch of {eval_batch} (incomplete batches are "
+            "dropped, as in training); hold out more rows or lower --per_device_eval_batch_size."
+        )
+    if rows is not None and not evaluating:
+        training_args.eval_strategy = IntervalStrategy.STEPS
+        training_args.eval_steps = training_args.save_steps
+    if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
+        raise TrainingSetupError(
+            "--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
+            "default eval_loss), so that the best checkpoint is the one exported."
+        )
+    return rows
+
+
+def check_output_writable(base_output) -> None:
+    """Refuse an output folder that is a file or cannot be written, before anything is written."""
+    import os
+
+    base_output = Path(base_output)
+    if base_output.exists() and not base_output.is_dir():
+        raise TrainingSetupError(f"--output_dir {base_output} is a file; give a folder (it is created if missing).")
+    existing = next(parent for parent in (base_output, *base_output.parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingSetupError(
+            f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to."
+        )
+
+
+def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before training, an output folder that is a file, is not writable, or holds an earlier run's model or
+    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced)."""
+    import shutil
+
+    base_output = Path(base_output)
+    check_output_writable(base_output)
+    for planned in runs:
+        earlier = [path for path in (planned.model, *planned.output_dir.glob("checkpoint-*")) if path.exists()]
+        if not earlier or resume:
+            continue
+        if not overwrite:
+            raise TrainingSetupError(
+                f"{planned.output_dir} holds an earlier run ({', '.join(path.name for path in earlier[:3])}); give "
+                "another --output_dir, --resume_from_checkpoint true to keep finished runs and continue the others, "
+                "or --overwrite_output_dir to train again (its checkpoints and model are removed first)."
+            )
+        # the earlier model goes too: a run killed before its own export must not resume into the earlier model
+        for path in [*planned.output_dir.glob("checkpoint-*"), planned.model]:
+            if path.exists():
+                shutil.rmtree(path)
+                logger.info("removed %s (--overwrite_output_dir)", path)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a job: a variant trained with a seed, into its own output folder."""
+
+    variant: int | str
+    seed: int
+    output_dir: Path
+
+    @property
+    def model(self) -> Path:
+        return self.output_dir / "model"
+
+
+def planned_runs(model_args: ModelArguments, training_args: TrainingRunArguments, base_output) -> list[PlannedRun]:
+    """Every (variant, seed) of a job, in training order. One variant and one seed write to `base_output` itself;
+    several variants to `v<N>/`, several seeds (--seed, --seed+1, ...) to `seed-<S>/` below that.
+
+    >>> from poolattn.training import parse_arguments
+    >>> model_args, _, training_args = parse_arguments(["--variant", "1,5", "--seeds", "2", "--seed", "7"])
+    >>> [(run.variant, run.seed, run.output_dir.as_posix()) for run in planned_runs(model_args, training_args, "out")]
+    [(1, 7, 'out/v1/seed-7'), (1, 8, 'out/v1/seed-8'), (5, 7, 'out/v5/seed-7'), (5, 8, 'out/v5/seed-8')]
+    """
+    seeds = [training_args.seed + offset for offset in range(training_args.seeds)]
+    runs = []
+    for variant in model_args.variants:
+        folder = Path(base_output) / variant_tag(variant) if len(model_args.variants) > 1 else Path(base_output)
+        runs += [PlannedRun(variant, seed, folder / f"seed-{seed}" if len(seeds) > 1 else folder) for seed in seeds]
+    return runs
+
+
+def default_run_tag(variant_spec: str) -> str:
+    """The default output folder's suffix for a `--variant` value.
+
+    >>> default_run_tag("5"), default_run_tag("all"), default_run_tag("1,5,mean-causal")
+    ('v5', 'vall', 'v1-v5-mean-causal')
+    """
+    parts = [part.strip() for part in str(variant_spec).split(",")]
+    return "-".join(f"v{part}" if part.isdigit() or part == "all" else part for part in parts)
