@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import study
+
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
 from .evaluation import scoring as evaluation
@@ -29,7 +31,7 @@ from .hub.repository import HubPushError
 from .launch import is_main_process, shut_down_process_group
 from .manifest import ManifestError
 from .study import ablation
-from .study import runner as study
+from .study import runner as study_runner
 from .study.tuning import PlateauSettings, TuningGrid
 from .training import mining
 from .training.data import SharedDataError, TripletDataError, require_shared_data
@@ -338,7 +340,8 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
     """study.py's flags; with `ablate`, ablate.py's: a base variant instead of `--designs`, `--ablation` required,
     one seed and the `ablations` folder by default."""
     parser = argparse.ArgumentParser(
-        description=(ablation if ablate else study).__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=(ablation if ablate else study_runner).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
     arms = (

@@ -11,10 +11,9 @@ import pytest
 import torch
 from conftest import tiny_text_config
 
-from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, cli
+from poolattn import PoolAttnConfig, PoolAttnEmbeddingModel, cli, study
 from poolattn.modeling_poolattn import HierarchicalLatentPooler, LatentPooler
 from poolattn.study import ablation
-from poolattn.study import runner as study
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

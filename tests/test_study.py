@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from poolattn import cli, training
+from poolattn import cli, study, training
 from poolattn.evaluation.results import read_runs
 from poolattn.evaluation.scoring import evaluation_revision, paired_tests
 from poolattn.stats import holm_adjust
-from poolattn.study import runner as study
+from poolattn.study import report as study_report
+from poolattn.study import runner as study_runner
 from poolattn.training import runner
 
 mteb = pytest.importorskip("mteb")
@@ -276,7 +277,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     # every door to the evaluation tasks checks that every row's choice is made before it opens
     for module, name in (
         (evaluation, "evaluate_models"),
-        (study, "evaluate_models"),
+        (study_runner, "evaluate_models"),
         (local_tasks, "load_task"),
         (local_tasks, "stock_task"),
         (mteb, "get_tasks"),
@@ -466,7 +467,7 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
     assert cli.run_study_command(argv("straight")) == 0
     expected = read_csv(tmp_path / "straight" / "report" / "study_table.csv")
     writes = {"count": 0, "kill_at": None}
-    for module, name in ((files, "write_text"), (study, "write_text"), (evaluation, "write_text")):
+    for module, name in ((files, "write_text"), (study_report, "write_text"), (evaluation, "write_text")):
         original = getattr(module, name)
 
         def write(*args, original=original, name=name, **kwargs):

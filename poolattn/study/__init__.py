@@ -1,6 +1,8 @@
 """The study: designs, baselines and ablation arms trained, scored and reported with paired tests.
 
-`runner` (plan, run, report), `tuning` (rates chosen on held-out training rows, the plateau settings), `ablation`
+`plan` (what a study trains and scores: `StudyPlan`, `study.json`), `runner` (run it: tuning, controls, training,
+scoring, progress, resume), `compare` (rows as seed replicates, the category tests), `report` / `recipe_report` (the
+report, its CSVs and figures), `tuning` (rates chosen on held-out training rows, the plateau settings), `ablation`
 (the arms: PoolAttnConfig overrides of a base variant)."""
 
 import importlib
@@ -8,18 +10,18 @@ import importlib
 # Imported on first use (PEP 562): the parsers and the record types stay light, the stack behind a name loads when
 # it is asked for.
 _LAZY = {
-    "StudyPlan": "runner",
-    "StudyRow": "runner",
-    "StudyError": "runner",
-    "plan_study": "runner",
+    "StudyPlan": "plan",
+    "StudyRow": "plan",
+    "StudyError": "plan",
+    "plan_study": "plan",
     "run_study": "runner",
-    "write_report": "runner",
-    "collect": "runner",
-    "comparisons": "runner",
-    "card_section": "runner",
+    "write_report": "report",
+    "collect": "compare",
+    "comparisons": "plan",
+    "card_section": "report",
     "row_job": "runner",
-    "RowResults": "runner",
-    "figure_groups": "runner",
+    "RowResults": "compare",
+    "figure_groups": "report",
 }
 __all__ = sorted(_LAZY)
 

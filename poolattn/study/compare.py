@@ -1,0 +1,164 @@
+"""A study's scored rows and the comparisons between them: each row's seeds as replicates, and per category the
+pooled paired bootstrap (Holm over the categories of one comparison) beside the paper's Wilcoxon."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..evaluation.results import ModelResults, SeedReplicates, category_rank, read_results, results_folder
+from ..evaluation.scoring import (
+    evaluation_revision,
+    seeds_paired,
+    task_parts,
+)
+from ..manifest import MANIFEST_FILE, ExportedModel
+from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder
+
+ALPHA = 0.05
+
+
+@dataclass
+class RowResults:
+    """One row's trained seeds and their results (seeds not yet trained or scored are left out)."""
+
+    row: StudyRow
+    models: list[ExportedModel]
+    replicates: SeedReplicates | None
+    without_instructions: SeedReplicates | None = None
+    controls: SeedReplicates | None = None  # the same seeds untrained (step 0), with `--controls`
+    control_models: list[ExportedModel] = field(default_factory=list)
+
+    def control(self) -> "RowResults":
+        """The untrained controls as a row of their own (kind "control"), for the table, the figure and the test
+        of how far training moved the row."""
+        row = StudyRow(
+            self.row.key + CONTROL_SUFFIX,
+            f"{self.row.label} · step 0",
+            "control",
+            self.row.variant,
+            self.row.overrides,
+            self.row.model_name + CONTROL_SUFFIX,
+        )
+        return RowResults(row, self.control_models, self.controls)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [model.manifest.seed for model in self.models]
+
+
+@dataclass
+class CategoryComparison:
+    """Row a against row b on one category: the pooled paired bootstrap of the category mean, and the paper's
+    Wilcoxon over datasets."""
+
+    a: str
+    b: str
+    question: str
+    category: str
+    tasks: int
+    score_a: float
+    score_b: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    p_holm: float | None = None
+    wilcoxon_p: float | None = None
+    seeds_a: int = 1
+    seeds_b: int = 1
+
+    @property
+    def marker(self) -> str:
+        """▲ a significantly better, ▼ b significantly better (bootstrap, Holm), else no marker."""
+        if self.p_holm is None or self.p_holm >= ALPHA:
+            return ""
+        return "▲" if self.difference > 0 else "▼"
+
+    def cell(self) -> str:
+        """The report's table cell: difference, 95% interval, marker."""
+        return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] {self.marker}".strip()
+
+
+def collect(plan: StudyPlan, output) -> list[RowResults]:
+    """Every row's exported seeds and their results under `output` (exact weights: the revision is the fingerprint)."""
+    output = Path(output)
+    collected = []
+    for row in plan.rows:
+        models, controls = (
+            [
+                ExportedModel.read(run_folder(output, row, seed) / name)
+                for seed in plan.seeds
+                if (run_folder(output, row, seed) / name / MANIFEST_FILE).is_file()
+            ]
+            for name in ("model", "step0")
+        )
+        collected.append(
+            RowResults(
+                row,
+                models,
+                _replicates(row, models, output, plan.budget, True),
+                _replicates(row, models, output, plan.budget, False),
+                _replicates(row, controls, output, plan.budget, True),
+                controls,
+            )
+        )
+    return collected
+
+
+def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget, instructions: bool):
+    runs: list[ModelResults] = []
+    for model in models:
+        folder = results_folder(
+            output / "results",
+            model.mteb_name,
+            evaluation_revision(model.fingerprint, budget=budget, instructions=instructions),
+        )
+        if folder.is_dir() and any(folder.glob("*.json")):
+            runs.append(read_results(folder))
+    if not runs:
+        return None
+    return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
+
+
+def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryComparison]:
+    """Per category both rows scored: the pooled paired bootstrap (Holm over this comparison's categories) and the
+    Wilcoxon signed-rank over the category's datasets."""
+    from ..evaluation import paired
+    from ..stats import wilcoxon_by_category
+
+    found, _ = task_parts(a.replicates, b.replicates)
+    wilcoxon = {
+        test.category: test
+        for test in wilcoxon_by_category(a.replicates.scores, b.replicates.scores, a.replicates.categories)
+    }
+    tests = []
+    for category in sorted({item.category for item in found}, key=category_rank):
+        members = [item for item in found if item.category == category]
+        parts = [part for item in members for part in item.parts.values()]
+        weights = [1 / len(item.parts) for item in members for _ in item.parts]
+        pooled = paired.pooled_bootstrap(
+            parts, weights=weights, paired_seeds=seeds_paired(a.replicates, b.replicates), task=category
+        )
+        test = wilcoxon.get(category)
+        tests.append(
+            CategoryComparison(
+                a.row.key,
+                b.row.key,
+                question,
+                category,
+                len(members),
+                pooled.score_a,
+                pooled.score_b,
+                pooled.difference,
+                pooled.low,
+                pooled.high,
+                pooled.p_value,
+                wilcoxon_p=test.p_value if test else None,
+                seeds_a=pooled.seeds_a,
+                seeds_b=pooled.seeds_b,
+            )
+        )
+    from ..stats import holm_adjust
+
+    for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
+        test.p_holm = adjusted
+    return tests

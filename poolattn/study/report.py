@@ -1,0 +1,396 @@
+"""The study's report: `report/study.md` (main table, the paper's comparisons, prompts, recipe, wall time, figures),
+its CSVs and figures, and the section a model card carries."""
+
+import logging
+from pathlib import Path
+
+from .. import plots
+from ..evaluation.results import category_rank, mean
+from ..evaluation.scoring import (
+    task_parts,
+    write_csv,
+)
+from ..files import write_text
+from ..manifest import ExportedModel
+from .compare import RowResults, collect, compare_rows
+from .plan import CONTROL_SUFFIX, StudyError, StudyPlan, comparisons
+from .recipe_report import recipe_sections, wall_time_section
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(output) -> Path:
+    """`report/study.md` (+ CSVs and the figure) from what has been trained and scored so far."""
+    from ..stats import markdown_table
+
+    output = Path(output)
+    plan = StudyPlan.read(output)
+    trained_rows = collect(plan, output)
+    collected = [
+        entry
+        for item in trained_rows
+        for entry in (item, item.control())
+        if entry.row.kind != "control" or entry.replicates is not None
+    ]
+    by_key = {item.row.key: item for item in collected}
+    scored = [item for item in collected if item.replicates is not None]
+    if not scored:
+        raise StudyError(f"{output}: nothing of this study has been scored yet; run it first.")
+    categories = sorted(
+        {category for item in scored for category in item.replicates.categories.values()}, key=category_rank
+    )
+    report_folder = output / "report"
+    report_folder.mkdir(parents=True, exist_ok=True)
+
+    def cell(item: RowResults, category: str) -> str | None:
+        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
+        if category not in means:
+            return None
+        spread = spreads.get(category)
+        return f"{means[category]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+    table_rows, csv_rows = [], []
+    for item in scored:
+        means = item.replicates.category_means()
+        table_rows.append(
+            [
+                item.row.label,
+                len(item.replicates.runs),
+                *[cell(item, c) for c in categories],
+                mean([means[c] for c in categories if c in means]),
+            ]
+        )
+        spreads = item.replicates.category_spread()
+        csv_rows += [
+            [
+                item.row.key,
+                item.row.label,
+                item.row.kind,
+                category,
+                means.get(category),
+                spreads.get(category),
+                len(item.replicates.runs),
+                sum(kind == category for kind in item.replicates.categories.values()),
+            ]
+            for category in categories
+        ]
+    tests = []
+    for key_a, key_b, question in comparisons(plan):
+        a, b = by_key.get(key_a), by_key.get(key_b)
+        if a is not None and b is not None and a.replicates is not None and b.replicates is not None:
+            tests += compare_rows(a, b, question)
+    first = min(plan.seeds)
+    missing = []
+    for item in trained_rows:
+        if lacking := sorted(set(plan.seeds) - set(item.seeds)):
+            missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
+    task_counts = {
+        category: sorted(
+            {task for item in scored for task, kind in item.replicates.categories.items() if kind == category}
+        )
+        for category in categories
+    }
+    lines = [
+        "# The study: pooling and attention designs, per category",
+        "",
+        f"Backbone `{plan.backbone}`; training flags `{' '.join(plan.train_argv) or '(train.py defaults)'}`; seeds "
+        f"{', '.join(map(str, plan.seeds))} (seed s gives every row the same data order). "
+        + (
+            f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
+            "every row): comparable between rows, not with published MTEB numbers."
+            if plan.budget
+            else "Full tasks (no budget)."
+        ),
+        "",
+        "Tasks per category: "
+        + "; ".join(f"{category} ({len(names)}): {', '.join(names)}" for category, names in task_counts.items())
+        + ".",
+        "",
+        *(
+            [f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
+            if missing
+            else []
+        ),
+        "## Main table (mean main score per category, ± sample sd over seeds)",
+        "",
+        markdown_table(["design", "seeds", *categories, "average"], table_rows),
+        "",
+        "## The paper's comparisons, the baselines and the ablations",
+        "",
+        "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
+        "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
+        "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
+        "with replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
+        "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
+        "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
+        "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
+        "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
+        "on the seeds with care.",
+        "",
+    ]
+    if tests:
+        pairs = list(dict.fromkeys((test.a, test.b, test.question) for test in tests))
+        rows = []
+        for key_a, key_b, question in pairs:
+            cells = {test.category: test for test in tests if (test.a, test.b) == (key_a, key_b)}
+            rows.append(
+                [
+                    f"{key_a} vs {key_b}",
+                    question,
+                    *[cells[c].cell() if c in cells else None for c in categories],
+                ]
+            )
+        lines += [markdown_table(["a vs b", "question", *categories], rows), ""]
+    else:
+        lines += ["No comparison has both rows scored yet.", ""]
+    lines += _instruction_section(plan, trained_rows)
+    lines += recipe_sections(plan, output, trained_rows, report_folder)
+    lines += wall_time_section(trained_rows)
+    lines += ["## Figures", ""]
+    for name, (title, group) in figure_groups(scored, plan.ablation_base).items():
+        plots.study_bars(
+            report_folder / name,
+            [
+                plots.Bars(
+                    item.row.label, item.row.kind, item.replicates.category_means(), item.replicates.category_spread()
+                )
+                for item in group
+            ],
+            categories,
+            title,
+        )
+        lines += [f"![{title}]({name})", ""]
+    lines += [
+        "Bars: mean main score per category; whiskers: ± sample sd over seeds"
+        + ("; open bars: the row untrained (step 0)." if plan.controls else "."),
+        "",
+    ]
+    write_text(report_folder / "study.md", "\n".join(lines))
+    write_csv(
+        report_folder / "study_table.csv",
+        ["row", "label", "kind", "category", "mean", "seed sd", "seeds", "tasks"],
+        csv_rows,
+    )
+    write_csv(
+        report_folder / "study_tests.csv",
+        [
+            "a",
+            "b",
+            "question",
+            "category",
+            "tasks",
+            "a score",
+            "b score",
+            "difference",
+            "95% low",
+            "95% high",
+            "bootstrap p",
+            "bootstrap p (Holm)",
+            "marker",
+            "wilcoxon p",
+            "a seeds",
+            "b seeds",
+        ],
+        [
+            [
+                t.a,
+                t.b,
+                t.question,
+                t.category,
+                t.tasks,
+                t.score_a,
+                t.score_b,
+                t.difference,
+                t.low,
+                t.high,
+                t.p_value,
+                t.p_holm,
+                t.marker,
+                t.wilcoxon_p,
+                t.seeds_a,
+                t.seeds_b,
+            ]
+            for t in tests
+        ],
+    )
+    write_csv(
+        report_folder / "per_task.csv",
+        ["row", "seed", "task", "category", "score"],
+        [
+            [item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
+            for item in scored
+            for seed, run in zip(item.replicates.seeds, item.replicates.runs)
+            for task in item.replicates.tasks
+        ],
+    )
+    logger.info("study report (first seed %d): %s", first, report_folder / "study.md")
+    return report_folder / "study.md"
+
+
+def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[str]:
+    """Which rows used query instructions in training and evaluation, and STS with and without them at evaluation."""
+    from ..evaluation import paired
+    from ..stats import markdown_table
+
+    lines = ["## Prompts", ""]
+    trained_with = []
+    for item in collected:
+        if not item.models:
+            continue
+        data = item.models[0].manifest.data
+        instructed = [source.get("name") for source in data.sources if source.get("instruction")]
+        trained_with.append(
+            f"{item.row.key}: "
+            + (
+                f"query instruction on every query ({data.query_instruction!r})"
+                if data.query_instruction and not instructed
+                else f"per-source instructions on {len(instructed)} of {len(data.sources)} sources"
+                + (f", else {data.query_instruction!r}" if data.query_instruction else "")
+            )
+        )
+    lines += [
+        "Every row is trained and scored with the same instruction policy: in training, "
+        + "; ".join(trained_with)
+        + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
+        "tasks (`Instruct: {instruction}\\nQuery: `), documents none (`prompts.TASK_INSTRUCTIONS`). The "
+        "instruction is part of every design here, not of one.",
+        "",
+    ]
+    rows = []
+    for key in plan.instruction_check:
+        item = next((item for item in collected if item.row.key == key), None)
+        if item is None or item.replicates is None or item.without_instructions is None:
+            continue
+        found, _ = task_parts(item.replicates, item.without_instructions)
+        sts = [entry for entry in found if entry.category == "STS"]
+        if not sts:
+            continue
+        parts = [part for entry in sts for part in entry.parts.values()]
+        weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
+        test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1, task="STS")
+        rows.append(
+            [
+                item.row.label,
+                len(sts),
+                test.score_a,
+                test.score_b,
+                test.difference,
+                f"[{test.low:+.4f}, {test.high:+.4f}]",
+                test.p_value,
+            ]
+        )
+    if rows:
+        lines += [
+            "STS (mean over its tasks) of the same trained models with the instruction and without it at "
+            "evaluation; paired bootstrap over pairs and seeds (the same seed's model in both settings):",
+            "",
+            markdown_table(
+                ["design", "STS tasks", "with instruction", "without", "difference", "95% interval", "p"], rows
+            ),
+            "",
+        ]
+    return lines
+
+
+def figure_groups(scored: list[RowResults], base_key: str = "v5") -> dict[str, tuple[str, list]]:
+    """The report's figures, file name -> (title, rows): the designs and baselines in `study.png`; with ablation
+    arms, their base row (`base_key`) and the arms in `study_ablation.png` (a dozen bars per category are
+    unreadable)."""
+
+    def of_arm(item: RowResults) -> bool:
+        return item.row.kind == "arm" or item.row.key.startswith("arm-")  # an arm, or an arm's control
+
+    designs = [item for item in scored if not of_arm(item)]
+    arm_rows = [item for item in scored if of_arm(item)]
+    groups = {"study.png": ("Designs per category (± sd over seeds)", designs)}
+    if arm_rows:
+        base = [item for item in scored if item.row.key in (base_key, base_key + CONTROL_SUFFIX)]
+        groups["study_ablation.png"] = (
+            f"{base_key} and its ablation arms per category (± sd over seeds)",
+            base + arm_rows,
+        )
+    return {name: group for name, group in groups.items() if group[1]}
+
+
+def card_section(output, model) -> str:
+    """Markdown for the card of `model` (an `ExportedModel` or its folder), one of the study's runs: the study's
+    table (this row in bold) and the comparisons this row is part of, from the written report (`write_report`).
+    Raises `StudyError` when the model is not one of the study's runs or the report is missing."""
+    import csv
+
+    from ..stats import markdown_table
+
+    output = Path(output)
+    model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
+    plan = StudyPlan.read(output)
+    row = next(
+        (
+            item.row
+            for item in collect(plan, output)
+            if any(run.fingerprint == model.fingerprint for run in item.models)
+        ),
+        None,
+    )
+    if row is None:
+        raise StudyError(
+            f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
+            "weights); publish it without --study, or give the study it was trained in."
+        )
+    report = output / "report"
+    if not (report / "study_table.csv").is_file():
+        raise StudyError(f"{output}: the study has no report yet; write it with `study.py --report {output}`.")
+    with (report / "study_table.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    with (report / "study_tests.csv").open() as handle:
+        tests = [test for test in csv.DictReader(handle) if row.key in (test["a"], test["b"])]
+    categories = list(dict.fromkeys(entry["category"] for entry in table))
+    labels = list(dict.fromkeys(entry["label"] for entry in table))
+
+    def cell(label: str, category: str) -> str | None:
+        entry = next((e for e in table if e["label"] == label and e["category"] == category and e["mean"]), None)
+        if entry is None:
+            return None
+        spread = f" ± {float(entry['seed sd']):.4f}" if entry["seed sd"] else ""
+        return f"{float(entry['mean']):.4f}{spread}"
+
+    rows = [
+        [f"**{label}**" if label == row.label else label, *[cell(label, c) for c in categories]] for label in labels
+    ]
+    budget = (
+        f"every task on at most {plan.budget} units (the same sample for every row), so not comparable with "
+        "published MTEB numbers"
+        if plan.budget
+        else "full tasks"
+    )
+    lines = [
+        f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study: "
+        f"{len(plan.rows)} designs trained identically on `{plan.backbone}` (flags "
+        f"`{' '.join(plan.train_argv) or 'train.py defaults'}`) with seeds {', '.join(map(str, plan.seeds))}, "
+        f"scored on {budget}. Mean main score per category, ± sample sd over seeds:",
+        "",
+        markdown_table(["design", *categories], rows),
+        "",
+    ]
+    if tests:
+        lines += [
+            "Comparisons with this row: difference of category means (a − b), 95% interval and Holm-corrected "
+            "p of the category-level paired bootstrap (units of every task and seeds resampled); ▲/▼: a/b "
+            "significantly better.",
+            "",
+            markdown_table(
+                ["a vs b", "category", "difference", "95% interval", "p (Holm)", ""],
+                [
+                    [
+                        f"{t['a']} vs {t['b']}",
+                        t["category"],
+                        float(t["difference"]),
+                        f"[{float(t['95% low']):+.4f}, {float(t['95% high']):+.4f}]",
+                        float(t["bootstrap p (Holm)"]),
+                        t["marker"],
+                    ]
+                    for t in tests
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(lines)
