@@ -18,11 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import study
-
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
-from .evaluation import scoring as evaluation
+from . import evaluation, study
 from .evaluation.local_tasks import LocalTaskError
 from .evaluation.results import CATEGORY_ORDER, ResultsError
 from .files import DamagedFileError, FolderBusyError

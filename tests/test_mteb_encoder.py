@@ -76,7 +76,7 @@ def test_folders_exported_before_matryoshka_sizes_still_score(tmp_path, monkeypa
 
 def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_evaluate_scores(tmp_path, capsys):
     from poolattn import cli
-    from poolattn.evaluation.mteb_encoder import get_model
+    from poolattn.evaluation import get_model
     from poolattn.evaluation.results import read_runs
 
     model_dir = tmp_path / "tiny-v5"

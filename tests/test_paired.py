@@ -143,8 +143,8 @@ def every_task_type(tmp_path_factory):
 
 
 def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type):
+    from poolattn.evaluation.pairing import paired_tests
     from poolattn.evaluation.results import SeedReplicates, read_results
-    from poolattn.evaluation.scoring import paired_tests
 
     _, folders = every_task_type
     v1, v5 = (read_results(folder) for folder in folders)

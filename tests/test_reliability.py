@@ -241,7 +241,7 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
 
 def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folder, caplog):
     pytest.importorskip("mteb")
-    from poolattn.evaluation.scoring import load_encoder
+    from poolattn.evaluation.encoders import load_encoder
 
     with caplog.at_level("WARNING", logger="poolattn.evaluation"):
         load_encoder(tiny_backbone_folder, batch_size=4, max_length=None, instructions=False)

@@ -9,8 +9,9 @@ import pytest
 from conftest import tiny_model
 
 from poolattn import cli, study, training
+from poolattn.evaluation.pairing import paired_tests
+from poolattn.evaluation.requests import evaluation_revision
 from poolattn.evaluation.results import read_runs
-from poolattn.evaluation.scoring import evaluation_revision, paired_tests
 from poolattn.stats import holm_adjust
 from poolattn.study import report as study_report
 from poolattn.study import runner as study_runner
@@ -423,7 +424,7 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
     (the plan, the run's records and manifest, the scores' settings, the report's files), for every k, the same
     command run again ends with the report of a study that was never interrupted."""
     from poolattn import files
-    from poolattn.evaluation import scoring as evaluation
+    from poolattn.evaluation import comparison
 
     data = tmp_path / "data" / "BIOSSES"
     data.mkdir(parents=True)
@@ -467,7 +468,7 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
     assert cli.run_study_command(argv("straight")) == 0
     expected = read_csv(tmp_path / "straight" / "report" / "study_table.csv")
     writes = {"count": 0, "kill_at": None}
-    for module, name in ((files, "write_text"), (study_report, "write_text"), (evaluation, "write_text")):
+    for module, name in ((files, "write_text"), (study_report, "write_text"), (comparison, "write_text")):
         original = getattr(module, name)
 
         def write(*args, original=original, name=name, **kwargs):

@@ -27,38 +27,6 @@ def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: d
     return instruction_prompt(instructions.get(task_name) or instructions.get(task_type))
 
 
-def get_model(
-    model: str,
-    *,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    instructions: bool = True,
-    onnx_file: str | None = None,
-    truncate_dim: int | None = None,
-    trust_remote_code: bool = False,
-):
-    """`mteb.get_model` for poolattn models: a folder or Hub repository -> the encoder `evaluate.py run` scores, with
-    its `ModelMeta` (the training manifest's name, the weights' fingerprint as revision, the settings' suffixes).
-
-    mteb's own `get_model(name)` looks the name up in its registry or on the Hub and cannot load a local folder
-    (mteb 2.x: "No model implementation is available for this model"), so `mteb.evaluate(get_model(folder), tasks)`
-    is the one-line route; sentence-transformers models come back wrapped as mteb wraps them.
-    """
-    from .scoring import check_truncate_dim, load_encoder
-
-    if truncate_dim is not None:
-        check_truncate_dim(model, truncate_dim)  # before the weights load
-    return load_encoder(
-        model,
-        batch_size=batch_size,
-        max_length=max_length,
-        instructions=instructions,
-        onnx_file=onnx_file,
-        truncate_dim=truncate_dim,
-        trust_remote_code=trust_remote_code,
-    )
-
-
 class PoolAttnEncoder(AbsEncoder):
     """Wraps a poolattn folder, loaded with the package's own `PoolAttnEmbeddingModel` (no code from the folder runs;
     `trust_remote_code` only for a tokenizer that asks for its own code), for `mteb.evaluate`.

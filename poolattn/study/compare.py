@@ -4,12 +4,9 @@ pooled paired bootstrap (Holm over the categories of one comparison) beside the 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..evaluation.pairing import seeds_paired, task_parts
+from ..evaluation.requests import evaluation_revision
 from ..evaluation.results import ModelResults, SeedReplicates, category_rank, read_results, results_folder
-from ..evaluation.scoring import (
-    evaluation_revision,
-    seeds_paired,
-    task_parts,
-)
 from ..manifest import MANIFEST_FILE, ExportedModel
 from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder
 

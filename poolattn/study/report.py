@@ -5,11 +5,9 @@ import logging
 from pathlib import Path
 
 from .. import plots
+from ..evaluation.comparison import write_csv
+from ..evaluation.pairing import task_parts
 from ..evaluation.results import category_rank, mean
-from ..evaluation.scoring import (
-    task_parts,
-    write_csv,
-)
 from ..files import write_text
 from ..manifest import ExportedModel
 from .compare import RowResults, collect, compare_rows

@@ -33,10 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluation.scoring import (
-    EvaluationRun,
-    evaluate_models,
-)
+from ..evaluation.scoring import EvaluationRun, evaluate_models
 from ..files import folder_lock
 from ..launch import is_main_process, launched_processes
 from ..manifest import MANIFEST_FILE

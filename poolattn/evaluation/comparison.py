@@ -1,0 +1,372 @@
+"""`evaluate.py compare`: models side by side per task and category, Wilcoxon by category and the paired tests within
+each task against a baseline, as `comparison.md`, CSVs and a figure."""
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import plots
+from ..files import write_text
+from .pairing import paired_tests
+from .requests import EvaluationError
+from .results import (
+    category_rank,
+    group_replicates,
+    mean,
+    read_runs,
+)
+
+
+@dataclass
+class Comparison:
+    """The written comparison: the report's text and the files beside it."""
+
+    report: str
+    files: list[Path]
+    left_out: list[str] = field(default_factory=list)  # scores some model lacks, so means average fewer tasks
+
+
+def compare_results(result_folders: list, *, output, baseline: str | None = None) -> Comparison:
+    """Tables, Wilcoxon tests per category (Holm-corrected) and paired tests within tasks against `baseline`, a figure
+    and a summary, in `output`.
+
+    `result_folders` are model or revision folders of an evaluation's results (`results.read_runs`). Runs of one model
+    trained with several seeds are grouped (`results.group_replicates`): tables give the mean over seeds with the
+    sample standard deviation, Wilcoxon pairs the seed means by task, the paired tests resample seeds as well.
+    """
+    from ..stats import category_test_table, markdown_table, wilcoxon_by_category
+
+    loaded = [run for folder in result_folders for run in read_runs(folder)]
+    seen: dict[tuple[str, str], Path] = {}
+    for results in loaded:
+        if (results.name, results.revision) in seen:
+            raise EvaluationError(
+                f"{seen[results.name, results.revision]} and {results.folder} hold results of the "
+                f"same model and weights ({results.name}, revision {results.revision}); give each "
+                "model once."
+            )
+        seen[results.name, results.revision] = results.folder
+    budgets = {results.budget for results in loaded}
+    if len(budgets) > 1:
+        raise EvaluationError(
+            f"the results mix evaluation budgets ({', '.join(map(str, sorted(budgets, key=str)))}); "
+            "compare runs scored on the same units (the same --budget, or none): give the revision "
+            "folders of one budget (e.g. <model folder>/<fingerprint>-budget100)."
+        )
+    budget = budgets.pop()
+    groups, grouping_notes = group_replicates(loaded)
+    names = [group.label for group in groups]
+    by_name = dict(zip(names, groups))
+    scores = {group.label: group.scores for group in groups}
+    categories = {task: category for group in groups for task, category in group.categories.items()}
+    baseline = baseline or names[0]
+    if baseline not in scores:
+        raise EvaluationError(f"--baseline {baseline!r} is not one of {names}.")
+    tasks = sorted(categories, key=lambda t: (category_rank(categories[t]), t))
+    means = {group.label: group.category_means() for group in groups}
+    spreads = {group.label: group.category_spread() for group in groups}
+    used_categories = sorted({categories[t] for t in tasks}, key=category_rank)
+    replicated = any(len(group.runs) > 1 for group in groups)
+
+    def with_spread(value, spread):
+        return value if spread is None or value is None else f"{value:.4f} ± {spread:.4f}"
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    task_rows = [[task, categories[task], *[scores[name].get(task) for name in names]] for task in tasks]
+    category_rows = [
+        [category, sum(categories[t] == category for t in tasks), *[means[name].get(category) for name in names]]
+        for category in used_categories
+    ]
+    average_row = ["Average (all tasks)", len(tasks), *[mean(scores[name].values()) for name in names]]
+    tests = {
+        name: wilcoxon_by_category(scores[name], scores[baseline], categories) for name in names if name != baseline
+    }
+
+    seeds_line = "; ".join(
+        f"{group.label}: {len(group.runs)} ({', '.join(map(str, group.seeds))})" for group in groups
+    )
+    report = [
+        "# Comparison",
+        "",
+        *(
+            [
+                f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
+                "these models, not with published MTEB numbers.",
+                "",
+            ]
+            if budget
+            else []
+        ),
+        *(
+            [
+                f"Seeds (training replicates) per model: {seeds_line}. A score is the mean over a model's seeds, "
+                "± the sample standard deviation over its seeds (the seed spread).",
+                "",
+            ]
+            if replicated
+            else []
+        ),
+        *[f"Note: {note}" for note in grouping_notes],
+        *[
+            f"Note: {group.label}: {task} left out ({why})."
+            for group in groups
+            for task, why in group.left_out.items()
+        ],
+        *[
+            f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
+            "the others'."
+            for name in names
+            if (missing := [t for t in tasks if t not in scores[name]])
+        ],
+        *(
+            [""]
+            if grouping_notes
+            or any(group.left_out for group in groups)
+            or any(set(tasks) - set(scores[name]) for name in names)
+            else []
+        ),
+        "## Per task (main score)",
+        "",
+        markdown_table(
+            ["task", "category", *names],
+            [
+                [
+                    task,
+                    categories[task],
+                    *[
+                        with_spread(
+                            scores[name].get(task), by_name[name].spread(task) if task in scores[name] else None
+                        )
+                        for name in names
+                    ],
+                ]
+                for task in tasks
+            ],
+        ),
+        "",
+        "## Per category (mean main score)",
+        "",
+        markdown_table(
+            ["category", "tasks", *names],
+            [
+                [
+                    category,
+                    count,
+                    *[with_spread(value, spreads[name].get(category)) for name, value in zip(names, values)],
+                ]
+                for category, count, *values in category_rows
+            ]
+            + [average_row],
+        ),
+        "",
+    ]
+    paired_rows = []
+    for name, category_tests in tests.items():
+        report += [
+            f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected",
+            "",
+            *(["Over the seed means of each task.", ""] if replicated else []),
+            category_test_table(category_tests, name, baseline),
+            "",
+        ]
+        within, skipped = paired_tests(by_name[name], by_name[baseline])
+        report += paired_section(name, baseline, within, skipped, categories)
+        paired_rows += [
+            [
+                name,
+                baseline,
+                test.task,
+                test.part,
+                categories[test.task],
+                test.units,
+                test.seeds_a,
+                test.seeds_b,
+                test.score_a,
+                test.score_b,
+                test.difference,
+                test.low,
+                test.high,
+                test.p_value,
+                test.p_holm,
+            ]
+            for test in within
+        ]
+    files = [
+        output / name
+        for name in (
+            "comparison.md",
+            "per_task.csv",
+            "per_category.csv",
+            "summary.md",
+            "per_category.png",
+            "paired_tests.csv",
+            "per_seed.csv",
+        )
+    ]
+    write_text(files[0], "\n".join(report))
+    write_csv(
+        files[5],
+        [
+            "model",
+            "baseline",
+            "task",
+            "subset/split",
+            "category",
+            "units",
+            "model seeds",
+            "baseline seeds",
+            "model score",
+            "baseline score",
+            "difference",
+            "95% low",
+            "95% high",
+            "p",
+            "p (Holm, category)",
+        ],
+        paired_rows,
+    )
+    write_csv(
+        files[1],
+        ["task", "category", *names, *[f"{name} seed sd" for name in names]],
+        [
+            [*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
+            for row in task_rows
+        ],
+    )
+    write_csv(
+        files[2],
+        ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
+        [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
+        + [[*average_row, *[None for _ in names]]],
+    )
+    write_csv(
+        files[6],
+        ["model", "seed", "revision", "task", "category", "score"],
+        [
+            [group.label, seed, run.revision, task, categories[task], run.scores[task]]
+            for group in groups
+            for seed, run in zip(group.seeds, group.runs)
+            for task in group.tasks
+        ],
+    )
+    write_text(files[3], summary_block(names, means, used_categories, tests, baseline))
+    significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
+    plots.category_bars(files[4], names, means, used_categories, significant)
+    left_out = [f"{group.label}: {task} ({why})" for group in groups for task, why in group.left_out.items()]
+    left_out += [f"{name}: no score for {task}" for name in names for task in tasks if task not in scores[name]]
+    return Comparison("\n".join(report), files, left_out)
+
+
+SEED_RESAMPLING = (
+    "With seed replicates, each resample also draws every model's seeds with replacement (one draw for both when "
+    "their seeds match one to one, as the same seed gives the same data order), so the interval holds the training "
+    "noise between seeds too (a bootstrap over n seeds sees (n-1)/n of their variance: with 2 seeds that part of the "
+    "interval is about 0.71 of its width). "
+)
+
+
+def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str], categories: dict) -> list[str]:
+    """Markdown: the paired bootstrap test of every task, then per category how many tasks differ after Holm."""
+    from ..stats import markdown_table
+    from .paired import RESAMPLES
+
+    lines = [
+        f"### {name} vs {baseline}: paired bootstrap within each task",
+        "",
+        "Each task's own units (queries, pairs, examples, texts) resampled together for both models "
+        f"({RESAMPLES} resamples, seed 0): the difference of main scores, its 95% percentile interval, and a "
+        "two-sided p from the bootstrap distribution shifted to the null; Holm-corrected over the tasks of each "
+        "category. "
+        + (SEED_RESAMPLING if any(test.seeds_a > 1 or test.seeds_b > 1 for test in tests) else "")
+        + "Why not Wilcoxon here: over 5 or fewer datasets it cannot reach p < 0.05, and over units a rank or "
+        "sign test applies neither to Spearman, average precision or V-measure nor, with hundreds of units, to "
+        "the question of how large a difference is.",
+        "",
+    ]
+    if tests:
+        rows = [
+            [
+                f"{test.task} ({test.part})" if test.part else test.task,
+                categories[test.task],
+                test.units,
+                test.score_a,
+                test.score_b,
+                test.difference,
+                f"[{test.low:.4f}, {test.high:.4f}]",
+                test.p_value,
+                test.p_holm,
+                (name if test.difference > 0 else baseline) if test.significant() else "no significant difference",
+            ]
+            for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))
+        ]
+        lines += [
+            markdown_table(
+                ["task", "category", "units", name, baseline, "difference", "95% interval", "p", "p (Holm)", "better"],
+                rows,
+            ),
+            "",
+        ]
+        summary = []
+        for category in sorted({categories[test.task] for test in tests}, key=category_rank):
+            members = [test for test in tests if categories[test.task] == category]
+            summary.append(
+                [
+                    category,
+                    len(members),
+                    f"{sum(test.difference > 0 for test in members)}/{len(members)}",
+                    sum(test.significant() and test.difference > 0 for test in members),
+                    sum(test.significant() and test.difference < 0 for test in members),
+                ]
+            )
+        lines += [
+            markdown_table(
+                [
+                    "category",
+                    "tasks tested",
+                    f"{name} higher",
+                    f"{name} significantly better",
+                    f"{baseline} significantly better",
+                ],
+                summary,
+            ),
+            "",
+        ]
+    if skipped:
+        lines += ["Not tested: " + "; ".join(f"{task} ({why})" for task, why in skipped.items()) + ".", ""]
+    return lines
+
+
+def summary_block(names, category_means, categories, tests, baseline) -> str:
+    """Compact Markdown for model cards: per-category means, with a marker where a model differs significantly."""
+    from ..stats import markdown_table
+
+    rows = []
+    for name in names:
+        significant = {t.category for t in tests.get(name, []) if t.significant()}
+        rows.append(
+            [
+                name,
+                *[
+                    f"{category_means[name][c]:.4f}{'*' if c in significant else ''}"
+                    if c in category_means[name]
+                    else None
+                    for c in categories
+                ],
+            ]
+        )
+    note = (
+        f"\n\n\\* significantly different from {baseline} (Wilcoxon signed-rank by dataset, Holm-corrected, p < 0.05)."
+    )
+    return markdown_table(["model", *categories], rows) + note + "\n"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """A CSV file of `header` and `rows` (the comparison's and the study's tables)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -1,0 +1,177 @@
+"""What mteb scores: a poolattn folder (loaded with the package's own classes), a Hub id or any sentence-transformers
+model, as the encoder `mteb.evaluate` calls."""
+
+import json
+import logging
+from pathlib import Path
+
+from ..manifest import ExportedModel, is_poolattn_folder, model_fingerprint
+from .requests import EvaluationError, evaluation_revision
+
+logger = logging.getLogger(__name__)
+
+
+def hub_poolattn_snapshot(model: str) -> str | None:
+    """The local snapshot of a Hub repository published by poolattn (`publish.py`), else None."""
+    if Path(model).exists() or model.count("/") != 1:
+        return None
+    import json
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+    except Exception:  # not reachable or no config: let sentence-transformers try (and explain) below
+        return None
+    return snapshot_download(model) if config.get("model_type") == "poolattn" else None
+
+
+def check_truncate_dim(model: str, truncate_dim: int) -> None:
+    """Raise `EvaluationError` unless `model` is a poolattn folder trained for embeddings of `truncate_dim` dims
+    (its `config.json` `matryoshka_dims`); reads the config only."""
+    folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if not folder:
+        raise EvaluationError(
+            f"--truncate-dim scores a poolattn model at a size it was trained for; {model} is not a poolattn model."
+        )
+    config = json.loads((Path(folder) / "config.json").read_text())
+    trained = config.get("matryoshka_dims") or []
+    if truncate_dim not in trained:
+        sizes = ", ".join(map(str, trained)) if trained else "none (trained at its full size only)"
+        raise EvaluationError(
+            f"--truncate-dim {truncate_dim}: {model} was trained for the smaller sizes {sizes}. "
+            "Give one of them, or train with --matryoshka_dims."
+        )
+
+
+def load_encoder(
+    model: str,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    instructions: bool,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    budget: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
+    given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id). Its `ModelMeta`
+    revision is the weights' fingerprint with these settings' suffixes (`evaluation_revision`)."""
+    from .mteb_encoder import PoolAttnEncoder
+
+    encoder = _encoder_of(
+        model,
+        batch_size=batch_size,
+        max_length=max_length,
+        instructions=instructions,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        trust_remote_code=trust_remote_code,
+    )
+    prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
+    revision = evaluation_revision(
+        encoder.mteb_model_meta.revision,
+        budget=budget,
+        instructions=prompted,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        max_length=max_length,
+    )
+    encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
+    return encoder
+
+
+def _encoder_of(
+    model: str,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    instructions: bool,
+    onnx_file: str | None,
+    truncate_dim: int | None,
+    trust_remote_code: bool = False,
+):
+    from .mteb_encoder import TASK_INSTRUCTIONS, PoolAttnEncoder
+
+    folder = model if is_poolattn_folder(model) else hub_poolattn_snapshot(model)
+    if folder:
+        exported = ExportedModel.read(folder)
+        # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
+        name = model if folder != model and exported.manifest is None else exported.mteb_name
+        return PoolAttnEncoder(
+            folder,
+            name=name,
+            revision=exported.fingerprint,
+            batch_size=batch_size,
+            max_length=max_length,
+            instructions=TASK_INSTRUCTIONS if instructions else {},
+            onnx_file=onnx_file,
+            truncate_dim=truncate_dim,
+            trust_remote_code=trust_remote_code,
+        )
+    if onnx_file or truncate_dim:
+        flag = (
+            "--onnx scores a poolattn model's ONNX export"
+            if onnx_file
+            else "--truncate-dim scores a poolattn model at a size it was trained for"
+        )
+        raise EvaluationError(
+            f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without it."
+        )
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(model)
+    if (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+        logger.warning(
+            "%s is neither an exported poolattn model nor a sentence-transformers folder: "
+            "sentence-transformers wraps the bare backbone with mean pooling (no poolattn head, EOS or "
+            "instructions), so these are that model's scores. Give the `model/` folder training exported "
+            "to score a poolattn design.",
+            model,
+        )
+    try:
+        transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise EvaluationError(
+            f"--model {model}: not a poolattn folder, and sentence-transformers could not load "
+            f"it as a folder or Hub id ({str(error).splitlines()[0]})."
+        ) from None
+    if max_length:
+        transformer.max_seq_length = max_length
+    encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
+    name = model if "/" in model and not Path(model).exists() else f"local/{Path(model).resolve().name}"
+    revision = model_fingerprint(model) if Path(model).exists() else encoder.mteb_model_meta.revision
+    encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
+    return encoder
+
+
+def get_model(
+    model: str,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    instructions: bool = True,
+    onnx_file: str | None = None,
+    truncate_dim: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """`mteb.get_model` for poolattn models: a folder or Hub repository -> the encoder `evaluate.py run` scores, with
+    its `ModelMeta` (the training manifest's name, the weights' fingerprint as revision, the settings' suffixes).
+
+    mteb's own `get_model(name)` looks the name up in its registry or on the Hub and cannot load a local folder
+    (mteb 2.x: "No model implementation is available for this model"), so `mteb.evaluate(get_model(folder), tasks)`
+    is the one-line route; sentence-transformers models come back wrapped as mteb wraps them.
+    """
+    if truncate_dim is not None:
+        check_truncate_dim(model, truncate_dim)  # before the weights load
+    return load_encoder(
+        model,
+        batch_size=batch_size,
+        max_length=max_length,
+        instructions=instructions,
+        onnx_file=onnx_file,
+        truncate_dim=truncate_dim,
+        trust_remote_code=trust_remote_code,
+    )
