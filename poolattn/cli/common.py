@@ -1,0 +1,51 @@
+"""What every command door shares: progress on the main process, comma lists, and storage errors in one line."""
+
+import logging
+import sys
+
+# Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
+# datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
+
+
+def show_progress(*, main_process: bool = True) -> None:
+    """The package's INFO messages (what was trained, written, skipped) on the main process; warnings everywhere."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("poolattn").setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def comma_list(value) -> list[str]:
+    """Names given comma-separated, space-separated (several arguments) or both."""
+    values = value if isinstance(value, list) else [value]
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def storage_errors_in_one_line(command: str):
+    """A door's decorator: a full disk, a read-only folder or a missing permission ends the command with one line
+    (which file, what happened, what to do) instead of a traceback; the package's writes are atomic, so nothing
+    half-written is left behind."""
+    import errno
+    import functools
+
+    advice = {
+        errno.ENOSPC: "no space left on the device: free some space (or give a folder on another disk), then "
+        "run the same command again; finished work is kept",
+        errno.EDQUOT: "disk quota exceeded: free some space, then run the same command again",
+        errno.EROFS: "the file system is read-only: give a folder you can write to",
+        errno.EACCES: "permission denied: give a folder you can write to (or fix its permissions)",
+        errno.EPERM: "operation not permitted: give a folder you can write to",
+    }
+
+    def decorate(door):
+        @functools.wraps(door)
+        def run(*args, **kwargs):
+            try:
+                return door(*args, **kwargs)
+            except OSError as error:
+                if error.errno not in advice:
+                    raise
+                where = error.filename or "a file"
+                sys.exit(f"{command}: could not write {where}: {advice[error.errno]}.")
+
+        return run
+
+    return decorate

@@ -1,0 +1,213 @@
+"""`python study.py` / `poolattn-study` and its door for ablations, `python ablate.py` / `poolattn-ablate`."""
+
+import argparse
+import sys
+
+# Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
+# datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
+from .. import study
+from ..files import FolderBusyError
+from ..launch import is_main_process, shut_down_process_group
+from ..study import ablation
+from ..study import runner as study_runner
+from ..study.tuning import PlateauSettings, TuningGrid
+from ..training.data import TripletDataError, require_shared_data
+from .common import comma_list, show_progress, storage_errors_in_one_line
+
+
+def ablate_parser() -> argparse.ArgumentParser:
+    """ablate.py: the study's parser with one base design instead of `--designs`, `--ablation` required, one seed."""
+    return study_parser(ablate=True)
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser, compared: str) -> None:
+    """The task selection and scoring flags of the commands that train and then score (ablate, study)."""
+    parser.add_argument(
+        "--tasks",
+        help="mteb tasks or local task folders (default: every task of --data-dir in "
+        f"{','.join(ablation.DEFAULT_CATEGORIES)})",
+    )
+    parser.add_argument("--categories", help="task categories, e.g. STS,Retrieval (of --data-dir or --benchmark)")
+    parser.add_argument("--benchmark", help='an mteb benchmark, e.g. "MTEB(eng, v2)"')
+    parser.add_argument("--data-dir", default=ablation.DEFAULT_DATA, help="local task copies ('' for the Hub)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=ablation.DEFAULT_BUDGET,
+        help=f"at most N units (pairs, examples, queries) per task, the same sample for every "
+        f"{compared} (default {ablation.DEFAULT_BUDGET}); 0 scores the full tasks",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="encode batch size for evaluation")
+
+
+@storage_errors_in_one_line("ablate")
+def ablate(argv: list[str] | None = None) -> int:
+    """`python ablate.py --ablation NAME [...] [-- training flags]` / `poolattn-ablate ...`: a study of the base
+    variant and its arms (`study.py --designs 5 --ablation NAME`), with ablate.py's defaults."""
+    return run_study_command(argv, ablate=True)
+
+
+def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
+    """study.py's flags; with `ablate`, ablate.py's: a base variant instead of `--designs`, `--ablation` required,
+    one seed and the `ablations` folder by default."""
+    parser = argparse.ArgumentParser(
+        description=(ablation if ablate else study_runner).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
+    arms = (
+        f"all, or a comma list of {', '.join(ablation.ABLATIONS)}, or of single arms <ablation>:<arm> (e.g. "
+        "layer_weights:weights_off)"
+    )
+    if ablate:
+        parser.add_argument("--ablation", required=True, help=f"which arms to train beside the base: {arms}")
+        parser.add_argument(
+            "--base-variant", type=int, default=5, choices=[3, 5], help="the multi-layer variant the arms change"
+        )
+    else:
+        parser.add_argument(
+            "--designs",
+            default="all,baselines",
+            help="train.py --variant value: all (variants 1-5), baselines (mean-causal, "
+            "mean-bidirectional), or a comma list (default all,baselines)",
+        )
+        parser.add_argument("--ablation", default="none", help=f"ablation arms of variant 5: none, {arms}")
+    seeds = 1 if ablate else 2
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help=f"seeds per row: --seed, --seed+1, ... (default {seeds})"
+    )
+    parser.add_argument("--seed", type=int, default=42, help="the first seed (default 42)")
+    output = "ablations" if ablate else "study"
+    parser.add_argument(
+        "--output", default=output, help=f"study folder: plan, runs, results, report (default {output})"
+    )
+    _add_scoring_arguments(parser, "arm" if ablate else "row")
+    parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
+    recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
+    recipe.add_argument(
+        "--controls",
+        action="store_true",
+        help="also score every row and seed untrained (step 0: the raw backbone and its fresh head)",
+    )
+    recipe.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each row's learning rates from the grid below on held-out training rows (the "
+        "first seed, a short proxy run per point); never on the evaluation tasks",
+    )
+    recipe.add_argument(
+        "--tune-learning-rates",
+        default="1e-4,3e-4",
+        metavar="R,R",
+        help="adapter (backbone) rates to try (default 1e-4,3e-4)",
+    )
+    recipe.add_argument(
+        "--tune-head-learning-rates",
+        default="1e-4,1e-3,1e-2",
+        metavar="R,R",
+        help="pooling-head rates to try, rows with a head (default 1e-4,1e-3,1e-2)",
+    )
+    recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
+    recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
+    recipe.add_argument(
+        "--plateau",
+        action="store_true",
+        help="train every run to the plateau of its held-out loss (rule below), not a fixed count",
+    )
+    recipe.add_argument(
+        "--plateau-patience",
+        type=int,
+        default=3,
+        help="evaluations without an improvement before stopping (default 3)",
+    )
+    recipe.add_argument(
+        "--plateau-min-improvement",
+        type=float,
+        default=0.01,
+        help="relative improvement of the held-out loss that counts (default 0.01 = 1%%)",
+    )
+    recipe.add_argument("--plateau-eval-steps", type=int, default=20, help="held-out evaluation every N steps")
+    recipe.add_argument("--plateau-max-steps", type=int, default=300, help="the cap (default 300 steps)")
+    recipe.add_argument(
+        "--held-out-fraction",
+        type=float,
+        default=0.01,
+        help="training rows held out (seeded) for tuning and the plateau rule (default 0.01)",
+    )
+    recipe.add_argument(
+        "--held-out-batch-size",
+        type=int,
+        default=16,
+        help="queries per held-out batch (in-batch negatives, as in training; default 16)",
+    )
+    return parser
+
+
+def _rates(flag: str, value: str) -> list[float]:
+    try:
+        return [float(item) for item in comma_list(value)]
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: give comma-separated learning rates, e.g. 1e-4,3e-4.") from None
+
+
+@storage_errors_in_one_line("study")
+def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) -> int:
+    """`python study.py [...] [-- training flags]` / `poolattn-study ...` (and, with `ablate`, ablate.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
+    door = "ablate" if ablate else "study"
+    from ..training.trainer_arguments import TrainingDivergedError
+
+    show_progress(main_process=is_main_process())
+    try:
+        if args.report:
+            print(f"written: {study.write_report(args.report)}")
+            return 0
+        plan = study.plan_study(
+            designs=str(args.base_variant) if ablate else args.designs,
+            ablation=args.ablation,
+            ablation_base=args.base_variant if ablate else 5,
+            instruction_check=[] if ablate else None,  # the arms' question is the head, not the prompts
+            seeds=args.seeds,
+            seed=args.seed,
+            train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
+            tasks=args.tasks and comma_list(args.tasks),
+            categories=args.categories and comma_list(args.categories),
+            benchmark=args.benchmark,
+            data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+            budget=args.budget or None,
+            batch_size=args.batch_size,
+            controls=args.controls,
+            tuning=TuningGrid(
+                learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
+                head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
+                steps=args.tune_steps,
+                eval_steps=args.tune_eval_steps,
+                eval_fraction=args.held_out_fraction,
+                eval_batch_size=args.held_out_batch_size,
+            )
+            if args.tune
+            else None,
+            plateau=PlateauSettings(
+                patience=args.plateau_patience,
+                min_improvement=args.plateau_min_improvement,
+                eval_steps=args.plateau_eval_steps,
+                max_steps=args.plateau_max_steps,
+                eval_fraction=args.held_out_fraction,
+                eval_batch_size=args.held_out_batch_size,
+            )
+            if args.plateau
+            else None,
+        )
+        run = study.run_study(plan, args.output)
+    except TripletDataError as error:
+        sys.exit(f"{door}: bad training data: {error}")
+    except (ValueError, TrainingDivergedError, FolderBusyError) as error:  # StudyError, EvaluationError, flags...
+        sys.exit(f"{door}: {error}")
+    for failure in run.failures:
+        print(f"FAILED {failure.model} {failure.task}: {failure.error}")
+    if run.report:
+        print(f"written: {run.report}")
+    shut_down_process_group()
+    return 1 if run.failures else 0
