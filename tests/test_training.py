@@ -651,7 +651,7 @@ def test_paper_preset_trains_a_tiny_mistral_with_its_own_bf16_gradcache_and_chec
 
 
 def test_small_preset_trains_on_every_shared_source_with_its_instruction(tiny_backbone_folder, tmp_path):
-    from poolattn.training.data import SHARED_DATA
+    from poolattn.shared_data import SHARED_DATA
 
     if not (SHARED_DATA / "train").is_dir():
         pytest.skip("../shared/data/train is not beside this checkout")

@@ -9,7 +9,6 @@ import sys
 from .. import evaluation
 from ..evaluation.local_tasks import LocalTaskError
 from ..evaluation.results import CATEGORY_ORDER, ResultsError
-from ..manifest import ManifestError
 from .common import comma_list, storage_errors_in_one_line
 
 EVALUATE_HELP = """Score embedding models on MTEB with the real mteb package, offline on local task copies; compare.
@@ -154,6 +153,8 @@ def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..manifest import ManifestError  # the model stack, once the flags are parsed
+
     try:
         return args.func(args)
     except (evaluation.EvaluationError, LocalTaskError, ResultsError, ManifestError) as error:

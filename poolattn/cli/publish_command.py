@@ -7,8 +7,6 @@ from pathlib import Path
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
 from .. import study
-from ..hub import repository as hub
-from ..hub.repository import HubPushError
 from .common import show_progress, storage_errors_in_one_line
 
 PUBLISH_HELP = """Publish trained poolattn models to the Hugging Face Hub: one repository per variant, with cards.
@@ -55,6 +53,9 @@ def publish(argv: list[str] | None = None) -> int:
     """`python publish.py MODEL... --hub_model_id ORG/NAME [...]` / `poolattn-publish ...`."""
     args = publish_parser().parse_args(sys.argv[1:] if argv is None else argv)
     show_progress()
+    from ..hub import repository as hub  # the model stack, once the flags are parsed
+    from ..hub.repository import HubPushError
+
     try:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
         if args.onnx:
@@ -117,9 +118,9 @@ def export_onnx_parser() -> argparse.ArgumentParser:
 @storage_errors_in_one_line("export-onnx")
 def export_onnx(argv: list[str] | None = None) -> int:
     """`poolattn-export-onnx MODEL... [--quantize]`."""
-    from ..hub import onnx_export
-
     args = export_onnx_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..hub import onnx_export  # the model stack, once the flags are parsed
+
     show_progress()
     try:
         for folder in args.models:

@@ -8,10 +8,8 @@ import sys
 from .. import study
 from ..files import FolderBusyError
 from ..launch import is_main_process, shut_down_process_group
+from ..shared_data import require_shared_data
 from ..study import ablation
-from ..study import runner as study_runner
-from ..study.tuning import PlateauSettings, TuningGrid
-from ..training.data import TripletDataError, require_shared_data
 from .common import comma_list, show_progress, storage_errors_in_one_line
 
 
@@ -51,7 +49,7 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
     """study.py's flags; with `ablate`, ablate.py's: a base variant instead of `--designs`, `--ablation` required,
     one seed and the `ablations` folder by default."""
     parser = argparse.ArgumentParser(
-        description=(ablation if ablate else study_runner).__doc__,
+        description=(ablation if ablate else study).__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", help="train.py's named recipe for every row (small: the CPU recipe; paper)")
@@ -157,6 +155,8 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
+    from ..study.tuning import PlateauSettings, TuningGrid
+    from ..training.data import TripletDataError
     from ..training.trainer_arguments import TrainingDivergedError
 
     show_progress(main_process=is_main_process())

@@ -5,9 +5,8 @@ import sys
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
 from ..files import DamagedFileError, FolderBusyError
-from ..hub.repository import HubPushError
 from ..launch import shut_down_process_group
-from ..training.data import SharedDataError, TripletDataError
+from ..shared_data import SharedDataError
 from .common import show_progress, storage_errors_in_one_line
 
 TRAIN_HELP = """Fine-tune a poolattn embedding model with LoRA and a contrastive loss, then export one Hub-loadable
@@ -46,6 +45,9 @@ def train(argv: list[str] | None = None) -> int:
         model_args, data_args, training_args = training.parse_arguments(argv, description=TRAIN_HELP)
     except ValueError as error:
         sys.exit(f"train: {error}")
+    from ..hub.repository import HubPushError  # the model and data stack, once the flags are parsed
+    from ..training.data import TripletDataError
+
     show_progress(main_process=training_args.should_log)
     try:
         training.run(model_args, data_args, training_args)

@@ -15,7 +15,7 @@ seed, output `ablations/`, no instruction check), so both share one folder layou
 
 from pathlib import Path
 
-from ..training.data import SHARED_DATA, UNSET_DATA
+from ..shared_data import SHARED_DATA, UNSET_DATA
 
 BASE_ARM = "base"
 ABLATIONS = {

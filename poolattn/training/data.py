@@ -15,7 +15,6 @@ positive (or of the query itself) as one of its negatives.
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,38 +27,6 @@ from ..prompts import instruction_prompt
 logger = logging.getLogger(__name__)
 
 SAMPLE_TRIPLETS = Path(__file__).resolve().parents[1] / "sample_data" / "sample_triplets.jsonl"
-UNSET_DATA = "$POOLATTN_DATA"  # stands for the shared data where it is not set (`require_shared_data`)
-
-
-def shared_data() -> Path | None:
-    """The project's shared data (local MTEB task copies, training triplets in `train/`): $POOLATTN_DATA, else
-    `../shared/data` beside a source checkout when it is there; None otherwise (an installed wheel sits elsewhere)."""
-    if os.environ.get("POOLATTN_DATA"):
-        return Path(os.environ["POOLATTN_DATA"])
-    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "data"
-    return (
-        beside_checkout
-        if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file() and beside_checkout.is_dir()
-        else None
-    )
-
-
-SHARED_DATA = shared_data()
-
-
-class SharedDataError(ValueError):
-    """A default that points at the project's shared data where none is set; the message says what to set."""
-
-
-def require_shared_data(value: str, flag: str) -> str:
-    """`value`, unless it stands for shared data that is not set: then a clear error saying what to set."""
-    if str(value).startswith(UNSET_DATA):
-        raise SharedDataError(
-            f"{flag} defaults to the project's shared data, which is not set here: set "
-            "POOLATTN_DATA to its folder (the one holding the task copies and train/), or give "
-            f"{flag} explicitly."
-        )
-    return value
 
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -31,9 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_save, write_json
-from ..manifest import is_poolattn_folder, model_fingerprint
 from ..prompts import instruction_prompt
-from .data import load_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +94,8 @@ class TextEncoder:
     """Normalised embeddings from a poolattn folder (queries with its prompt) or a sentence-transformers model."""
 
     def __init__(self, model: str, *, batch_size: int, query_instruction: str | None, trust_remote_code: bool = False):
+        from ..manifest import is_poolattn_folder
+
         self.batch_size = batch_size
         if is_poolattn_folder(model):
             from ..modeling_poolattn import PoolAttnEmbeddingModel
@@ -195,6 +195,9 @@ def mine_hard_negatives(
 ) -> MiningRun:
     """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
     and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
+    from ..manifest import model_fingerprint  # the model stack, when mining runs (the parser only needs the settings)
+    from .data import load_triplets
+
     settings = settings or MiningSettings()
     settings.check()
     output = Path(output)

@@ -2,10 +2,7 @@
 
 from ..backbones import DEFAULT_BACKBONE
 from ..configuration_poolattn import BASELINE_DESIGNS, PAPER_VARIANTS
-from .data import (
-    SHARED_DATA,
-    UNSET_DATA,
-)
+from ..shared_data import SHARED_DATA, UNSET_DATA
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 

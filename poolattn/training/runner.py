@@ -36,6 +36,7 @@ from ..manifest import (
     library_versions,
 )
 from ..modeling_poolattn import PoolAttnEmbeddingModel
+from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
 from .batching import stream_triplets
 from .checkpoints import (
@@ -50,7 +51,6 @@ from .data import (
     TripletCollator,
     Triplets,
     load_triplets,
-    require_shared_data,
     set_source_instructions,
     set_source_weights,
 )
