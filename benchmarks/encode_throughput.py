@@ -126,12 +126,15 @@ def build(
     if name.endswith("via ST"):
         from sentence_transformers import SentenceTransformer
 
-        from poolattn.hub.repository import write_sentence_transformers_files
-        from poolattn.manifest import ExportedModel
+        from poolattn.export import write_sentence_transformers_files
+        from poolattn.model_folder import ExportedModel
 
         folder = workdir / name.replace(" ", "-")
         model.save_pretrained(folder)
-        write_sentence_transformers_files(folder, ExportedModel.read(folder))
+        exported = ExportedModel.read(folder)
+        write_sentence_transformers_files(
+            folder, max_length=exported.config.max_length, query_prompt=exported.query_prompt
+        )
         st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
         return _Adapter(lambda texts, batch_size: st.encode(texts, batch_size=batch_size))
     return _Adapter(lambda texts, batch_size: model.encode(texts, batch_size=batch_size))

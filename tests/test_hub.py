@@ -17,7 +17,7 @@ from mock_hub import MockHub
 pytest.importorskip("sentence_transformers")
 from poolattn import training  # noqa: E402
 from poolattn.hub.repository import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
-from poolattn.manifest import ExportedModel  # noqa: E402
+from poolattn.model_folder import ExportedModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is "

@@ -7,16 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from poolattn.manifest import (
-    SCHEMA_VERSION,
-    ContrastiveBatch,
-    DataRecord,
-    ExportedModel,
-    ManifestError,
-    TrainableParameters,
-    TrainingManifest,
-    TrainingSettings,
-)
+from poolattn.manifest import SCHEMA_VERSION, TrainingManifest
+from poolattn.model_folder import ExportedModel
+from poolattn.records import ContrastiveBatch, DataRecord, ManifestError, TrainableParameters, TrainingSettings
 
 RELEASE_0_1_0 = Path(__file__).parent / "fixtures" / "training_manifest_poolattn_0.1.0.json"
 

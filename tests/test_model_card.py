@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_model
 from huggingface_hub import ModelCard
 
-from poolattn import manifest as records
+from poolattn import records
 from poolattn.evaluation.results import ModelResults, TaskInfo
 from poolattn.hub.model_card import (
     build_model_card,
@@ -19,7 +19,8 @@ from poolattn.hub.model_card import (
     evaluation_tables,
     render_card,
 )
-from poolattn.manifest import ExportedModel, TrainingManifest
+from poolattn.manifest import TrainingManifest
+from poolattn.model_folder import ExportedModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_manifest_poolattn_0.1.0.json"
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_training import TINY_RUN
 
 from poolattn import training
-from poolattn.manifest import head_parameter
+from poolattn.records import head_parameter
 from poolattn.training.plateau import plateau_step
 from poolattn.training.trainer import ContrastiveTrainer
 
@@ -279,7 +279,7 @@ def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(
     of a run that was never interrupted."""
     from transformers import Trainer
 
-    from poolattn import files, manifest
+    from poolattn import export, files
 
     arguments = common(tiny_backbone_folder, triplets_file, tmp_path / "straight")
     straight = training.main(arguments)[0]
@@ -297,7 +297,7 @@ def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(
 
         monkeypatch.setattr(module, name, write)
 
-    for module, name in ((files, "write_text"), (manifest, "atomic_save"), (Trainer, "_save_checkpoint")):
+    for module, name in ((files, "write_text"), (export, "atomic_save"), (Trainer, "_save_checkpoint")):
         instrumented(module, name)
     training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "counted"))
     total = writes["count"]

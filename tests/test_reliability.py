@@ -199,7 +199,8 @@ def test_a_row_without_any_token_is_refused_not_embedded(variant):
 
 
 def test_a_damaged_safetensors_file_is_refused_by_size(tmp_path):
-    from poolattn.manifest import ExportedModel, ManifestError
+    from poolattn.model_folder import ExportedModel
+    from poolattn.records import ManifestError
 
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"

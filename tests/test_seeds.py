@@ -21,7 +21,8 @@ from poolattn.evaluation.results import (
     group_replicates,
     read_runs,
 )
-from poolattn.manifest import ExportedModel, TrainingManifest
+from poolattn.manifest import TrainingManifest
+from poolattn.model_folder import ExportedModel
 
 # -- the bootstrap over units and seeds ------------------------------------------------------------------------------
 

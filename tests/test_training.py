@@ -14,8 +14,9 @@ from conftest import SENTENCES, TRIPLETS
 from safetensors.torch import load_file
 
 from poolattn import training
+from poolattn.export import export_model
 from poolattn.files import atomic_save
-from poolattn.manifest import TrainingManifest, export_model
+from poolattn.manifest import TrainingManifest
 from poolattn.training.data import TripletCollator, TripletDataError, load_triplets
 from poolattn.training.losses import info_nce_loss
 from poolattn.training.trainer import (

@@ -153,7 +153,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from ..manifest import ManifestError  # the model stack, once the flags are parsed
+    from ..records import ManifestError  # the model stack, once the flags are parsed
 
     try:
         return args.func(args)

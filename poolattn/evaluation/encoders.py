@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..manifest import ExportedModel, is_poolattn_folder, model_fingerprint
+from ..model_folder import ExportedModel, is_poolattn_folder, model_fingerprint
 from .requests import EvaluationError, evaluation_revision
 
 logger = logging.getLogger(__name__)

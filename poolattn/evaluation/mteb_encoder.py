@@ -32,7 +32,7 @@ class PoolAttnEncoder(AbsEncoder):
     `trust_remote_code` only for a tokenizer that asks for its own code), for `mteb.evaluate`.
 
     `name` (ORG/NAME, mteb's rule) and `revision` identify the model in mteb's results; poolattn's evaluation passes
-    the exported model's name and weights fingerprint (`manifest.ExportedModel`).
+    the exported model's name and weights fingerprint (`model_folder.ExportedModel`).
     """
 
     def __init__(

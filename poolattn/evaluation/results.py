@@ -3,7 +3,7 @@
 The layout is mteb's `ResultCache`: `<output>/results/<org>__<name>/<revision>/<Task>.json`, plus `model_meta.json`,
 poolattn's `poolattn_run.json` (the run's settings) and `predictions/<Task>_predictions.json` (mteb's per-query,
 per-pair, per-example predictions) beside the task files. The revision of a poolattn model is a
-fingerprint of its weights (`manifest.model_fingerprint`), so two models never share a cache entry.
+fingerprint of its weights (`model_folder.model_fingerprint`), so two models never share a cache entry.
 
 >>> results_folder("results", "poolattn/smollm2-135m-v5", "0123abcd").as_posix()
 'results/results/poolattn__smollm2-135m-v5/0123abcd'
@@ -112,7 +112,7 @@ class TrainingOrigin:
     @classmethod
     def of_model(cls, model: str) -> "TrainingOrigin | None":
         """The origin of a poolattn folder with a training manifest, else None (a baseline, a Hub model)."""
-        from ..manifest import ExportedModel, is_poolattn_folder
+        from ..model_folder import ExportedModel, is_poolattn_folder
 
         manifest = ExportedModel.read(model).manifest if is_poolattn_folder(model) else None
         return cls(manifest.seed, manifest.recipe_fingerprint()) if manifest else None
@@ -420,7 +420,7 @@ def describe_revision_settings(revision: str, fingerprint: str) -> str:
 def find_model_results(output, model, others=()) -> tuple["ModelResults | None", list[ModelResults]]:
     """(`model`'s results or None, the other variants' results) under an evaluation's `output` folder.
 
-    `model` and `others` are `manifest.ExportedModel`s. This model's results are found by its name and weights
+    `model` and `others` are `model_folder.ExportedModel`s. This model's results are found by its name and weights
     fingerprint (never a stale revision). Other variants of the same backbone: the exact revisions of `others`
     where given, else each name's newest revision.
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import content_hash
-from ..manifest import is_poolattn_folder
+from ..model_folder import is_poolattn_folder
 from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import cap_task
 from .encoders import check_truncate_dim, load_encoder

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from ..configuration_poolattn import PoolAttnConfig
-from ..manifest import ExportedModel, TrainingManifest
+from ..model_folder import ExportedModel
+from ..manifest import TrainingManifest
 from ..evaluation.results import ModelResults, category_rank
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"

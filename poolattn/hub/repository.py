@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
 from ..files import atomic_save
-from ..manifest import ExportedModel, write_sentence_transformers_files
+from ..model_folder import ExportedModel
+from ..export import write_sentence_transformers_files
 from .model_card import build_model_card
 from ..evaluation.results import find_model_results, other_settings
 from .shipping import (

@@ -7,7 +7,8 @@ from pathlib import Path
 from ..evaluation.pairing import seeds_paired, task_parts
 from ..evaluation.requests import evaluation_revision
 from ..evaluation.results import ModelResults, SeedReplicates, category_rank, read_results, results_folder
-from ..manifest import MANIFEST_FILE, ExportedModel
+from ..manifest import MANIFEST_FILE
+from ..model_folder import ExportedModel
 from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder
 
 ALPHA = 0.05

@@ -9,7 +9,7 @@ from ..evaluation.comparison import write_csv
 from ..evaluation.pairing import task_parts
 from ..evaluation.results import category_rank, mean
 from ..files import write_text
-from ..manifest import ExportedModel
+from ..model_folder import ExportedModel
 from .compare import RowResults, collect, compare_rows
 from .plan import CONTROL_SUFFIX, StudyError, StudyPlan, comparisons
 from .recipe_report import recipe_sections, wall_time_section

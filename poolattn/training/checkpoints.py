@@ -11,18 +11,10 @@ from transformers import PreTrainedConfig
 from ..backbones import resolve_backbone
 from ..configuration_poolattn import PoolAttnConfig
 from ..files import write_json
-from ..manifest import (
-    ContrastiveBatch,
-    DataRecord,
-    StopRecord,
-    TrainableParameters,
-    TrainingManifest,
-    TrainingSettings,
-    library_versions,
-    recipe_arguments,
-)
+from ..manifest import TrainingManifest, library_versions, recipe_arguments
 from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..prompts import QUERY_PROMPT_FORMAT
+from ..records import ContrastiveBatch, DataRecord, StopRecord, TrainableParameters, TrainingSettings
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import (
     Triplets,

@@ -94,7 +94,7 @@ class TextEncoder:
     """Normalised embeddings from a poolattn folder (queries with its prompt) or a sentence-transformers model."""
 
     def __init__(self, model: str, *, batch_size: int, query_instruction: str | None, trust_remote_code: bool = False):
-        from ..manifest import is_poolattn_folder
+        from ..model_folder import is_poolattn_folder
 
         self.batch_size = batch_size
         if is_poolattn_folder(model):
@@ -195,7 +195,9 @@ def mine_hard_negatives(
 ) -> MiningRun:
     """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
     and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
-    from ..manifest import model_fingerprint  # the model stack, when mining runs (the parser only needs the settings)
+    from ..model_folder import (
+        model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
+    )
     from .data import load_triplets
 
     settings = settings or MiningSettings()

@@ -7,7 +7,7 @@
 
 `main(argv)` runs what `python train.py ...` (and the `poolattn-train` command) runs and returns the exported model
 folders; `run(model_args, data_args, training_args)` is the same from parsed arguments. Each variant is written to
-`<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`) by `manifest.export_model`, with its
+`<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`) by `export.export_model`, with its
 `TrainingManifest`. Errors are exceptions (`TripletDataError`, `HubPushError`, `ValueError`); `poolattn.cli` turns
 them into exit codes.
 """
@@ -23,19 +23,13 @@ import torch
 from transformers import set_seed
 
 from ..backbones import resolve_backbone
+from ..export import export_model
 from ..files import folder_lock
 from ..hub.repository import HubPushError, check_push_possible, publish
 from ..launch import finish_collectives
-from ..manifest import (
-    MANIFEST_FILE,
-    ContrastiveBatch,
-    StopRecord,
-    TrainableParameters,
-    TrainingManifest,
-    export_model,
-    library_versions,
-)
+from ..manifest import MANIFEST_FILE, TrainingManifest, library_versions
 from ..modeling_poolattn import PoolAttnEmbeddingModel
+from ..records import ContrastiveBatch, StopRecord, TrainableParameters
 from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
 from .batching import stream_triplets

@@ -13,7 +13,7 @@ import logging
 import torch
 from transformers import Trainer
 
-from ..manifest import head_parameter
+from ..records import head_parameter
 from .losses import contrastive_loss, duplicate_documents, world_size
 from .trainer_arguments import ContrastiveTrainingArguments, TrainingDivergedError, last_complete_checkpoint
 

@@ -1,0 +1,126 @@
+"""A trained model folder as one typed record (`ExportedModel`: config, manifest, fingerprint of the weights), and the
+checks that say whether a folder is a poolattn model and whether its weights read."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .configuration_poolattn import PoolAttnConfig
+from .manifest import TrainingManifest
+from .records import ManifestError
+
+
+def is_poolattn_folder(path) -> bool:
+    """Whether `path` is a local model folder whose config.json has `model_type: poolattn`."""
+    config = Path(path) / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("model_type") == "poolattn"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def check_safetensors_file(path) -> None:
+    """Raise `ManifestError` when a safetensors file is not exactly its header and the tensor bytes it declares: a
+    truncated copy, or trailing bytes (a concatenation, an interrupted overwrite) that the loader would not notice."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        try:
+            if not 0 < header_size <= size - 8:
+                raise ValueError(f"header length {header_size}")
+            header = json.loads(handle.read(header_size))
+        except ValueError as error:
+            raise ManifestError(
+                f"{path} is not a readable safetensors file ({error}); export or download it again."
+            ) from None
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    expected = 8 + header_size + end
+    if size != expected:
+        what = "trailing bytes" if size > expected else "missing bytes (truncated)"
+        raise ManifestError(
+            f"{path}: {size - expected:+d} bytes against its header ({what}: {size} bytes on disk, "
+            f"{expected} declared); the file is damaged, export or download it again."
+        )
+
+
+def model_fingerprint(folder) -> str:
+    """A revision string from the weights and config, so two models never share an mteb cache entry."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        path = Path(folder) / name
+        if path.is_file():
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def parameter_counts(folder) -> dict[str, int]:
+    """Parameters from the safetensors headers (no weights are loaded): all, and the pooling head's."""
+    from safetensors import safe_open
+
+    counts = {"total": 0, "head": 0}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():
+                size = 1
+                for dimension in weights.get_slice(name).get_shape():
+                    size *= dimension
+                counts["total"] += size
+                counts["head"] += size if name.startswith("pooler.") else 0
+    return counts
+
+
+@dataclass
+class ExportedModel:
+    """A poolattn model folder (exported by training, or written with `save_pretrained`): config and manifest."""
+
+    folder: Path
+    config: PoolAttnConfig
+    manifest: TrainingManifest | None
+
+    @classmethod
+    def read(cls, folder) -> "ExportedModel":
+        folder = Path(folder)
+        if not is_poolattn_folder(folder):
+            raise ValueError(
+                f"{folder} is not a poolattn model folder (no config.json with model_type 'poolattn'); "
+                "give the folder training exported, e.g. outputs/smollm2-135m-v5/model."
+            )
+        for weights in sorted(folder.glob("*.safetensors")):
+            check_safetensors_file(weights)
+        return cls(folder, PoolAttnConfig.from_pretrained(folder), TrainingManifest.read(folder))
+
+    @property
+    def variant(self) -> int | str | None:
+        return self.config.variant
+
+    @property
+    def backbone(self) -> str | None:
+        return self.manifest.backbone if self.manifest else None
+
+    @property
+    def query_prompt(self) -> str:
+        """The query prompt the model was trained with, or "" when it had none."""
+        return self.manifest.data.query_prompt if self.manifest and self.manifest.data else ""
+
+    @cached_property
+    def parameters(self) -> dict[str, int]:
+        return parameter_counts(self.folder)
+
+    @cached_property
+    def mteb_name(self) -> str:
+        """The name evaluation records this model under: the manifest's, else `poolattn/<folder>` (model/'s parent)."""
+        if self.manifest:
+            return self.manifest.mteb_name
+        path = self.folder.resolve()
+        return f"poolattn/{path.parent.name if path.name == 'model' else path.name}"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The weights fingerprint evaluation uses as the mteb revision (hashed once: the weights are big)."""
+        return model_fingerprint(self.folder)
