@@ -202,3 +202,52 @@ def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly
         assert manifest["contrastive_batch"]["world_size"] == 2 and manifest["global_steps"] == 2, row
     tests = read_csv(tmp_path / "sweep" / "report" / "study_tests.csv")
     assert sorted(row["a"] for row in tests) == ["arm-weights_off", "arm-weights_paper_init"]  # each vs the base
+
+
+def test_a_plain_run_a_study_row_and_an_ablation_base_arm_are_one_run_folder(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """The same settings through the three doors (train.py, study.py, ablate.py) are one `TrainingJob`: the same
+    weights, config and recipe in each run folder."""
+    pytest.importorskip("mteb")
+    from safetensors.torch import load_file
+
+    from poolattn import training
+    from poolattn.model_folder import ExportedModel
+
+    argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    split = argv.index("--")
+    own, train_argv = argv[:split], argv[split + 1 :]
+    scoring = own[own.index("--tasks") : own.index("--output")]  # the same task copy for the study and the sweep
+    name = f"poolattn/{Path(tiny_backbone_folder).name}-v5"
+    plain = training.main(
+        [*train_argv, "--variant", "5", "--output_dir", str(tmp_path / "plain"), "--model_name", name]
+    )
+    assert (
+        cli.run_study_command(
+            ["--designs", "5", "--seeds", "1", *scoring, "--output", str(tmp_path / "study"), "--", *train_argv]
+        )
+        == 0
+    )
+    assert (
+        cli.ablate(
+            [
+                "--ablation",
+                "layer_weights:weights_off",
+                *scoring,
+                "--output",
+                str(tmp_path / "sweep"),
+                "--",
+                *train_argv,
+            ]
+        )
+        == 0
+    )
+    folders = [plain[0], *(tmp_path / where / "runs" / "v5" / "seed-42" / "model" for where in ("study", "sweep"))]
+    models = [ExportedModel.read(folder) for folder in folders]
+    assert {model.fingerprint for model in models} == {models[0].fingerprint}
+    assert {model.manifest.recipe_fingerprint() for model in models} == {models[0].manifest.recipe_fingerprint()}
+    expected = load_file(folders[0] / "model.safetensors")
+    for folder in folders[1:]:
+        for key, value in load_file(folder / "model.safetensors").items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """`pip install .` into a fresh virtual environment: the wheel holds the package, its data files and the commands."""
 
+import os
 import subprocess
 import sys
 import venv
@@ -152,3 +153,55 @@ def test_data_defaults_come_from_an_explicit_setting_never_from_where_the_packag
     with pytest.raises(data.SharedDataError, match="set POOLATTN_DATA to its folder .* or give --train_data"):
         data.require_shared_data(f"{data.UNSET_DATA}/train", "--train_data")
     assert data.require_shared_data("my/data", "--train_data") == "my/data"
+
+
+def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(installed, tiny_backbone_folder, tmp_path):
+    """`poolattn-train` from the wheel, outside the checkout, with the backbone and the data given by path (no
+    $POOLATTN_DATA, no ../shared/data beside it): a model folder that the installed package reads back."""
+    import json
+
+    rows = [
+        {"query": f"query {i}", "positive": f"relevant passage {i}", "negative": f"other passage {i}"}
+        for i in range(8)
+    ]
+    (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = [
+        str(installed / "bin" / "poolattn-train"),
+        "--variant",
+        "5",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        str(tmp_path / "triplets.jsonl"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_steps",
+        "2",
+        "--use_cpu",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
+    environment = {key: value for key, value in os.environ.items() if key != "POOLATTN_DATA"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = (
+        "import sys, poolattn; from poolattn.model_folder import ExportedModel; "
+        "model = ExportedModel.read(sys.argv[1]); "
+        "print(poolattn.__file__, model.manifest.variant, model.manifest.global_steps)"
+    )
+    read = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", check, str(tmp_path / "run" / "model")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert read.returncode == 0, read.stderr[-3000:]
+    location, variant, steps = read.stdout.split()
+    assert location.startswith(str(installed)) and (variant, steps) == ("5", "2")
