@@ -37,7 +37,7 @@ def one_step(args) -> dict:
 
     from poolattn.backbones import resolve_backbone
     from poolattn.training import runner as training
-    from poolattn.training.data import TripletCollator
+    from poolattn.training.collator import TripletCollator
     from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
     cuda = args.device.startswith("cuda")

@@ -14,7 +14,7 @@ from conftest import TRIPLETS
 from transformers import TrainerCallback
 
 from poolattn import launch, training
-from poolattn.training.data import TripletCollator
+from poolattn.training.collator import TripletCollator
 from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 

@@ -13,8 +13,10 @@ from test_training import TINY_RUN, tiny_peft_trainer
 from poolattn import training
 from poolattn.manifest import TrainingManifest
 from poolattn.training.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
-from poolattn.training.data import TripletCollator, TripletDataError, load_triplets, text_id
+from poolattn.training.collator import TripletCollator
+from poolattn.training.data import load_triplets, text_id
 from poolattn.training.losses import contrastive_loss
+from poolattn.training.sources import TripletDataError
 from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"

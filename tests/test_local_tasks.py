@@ -228,7 +228,7 @@ def test_a_multi_subset_copy_is_scored_end_to_end_on_a_chosen_subset(multi_subse
 
 def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tmp_path):
     from poolattn.evaluation.pairing import paired_tests
-    from poolattn.evaluation.results import SeedReplicates
+    from poolattn.evaluation.replicates import SeedReplicates
 
     output = tmp_path / "results"
     arguments = [

@@ -12,13 +12,8 @@ from huggingface_hub import ModelCard
 
 from poolattn import records
 from poolattn.evaluation.results import ModelResults, TaskInfo
-from poolattn.hub.model_card import (
-    build_model_card,
-    card_metadata,
-    describe_data_source,
-    evaluation_tables,
-    render_card,
-)
+from poolattn.hub.card_tables import describe_data_source, evaluation_tables
+from poolattn.hub.model_card import build_model_card, card_metadata, render_card
 from poolattn.manifest import TrainingManifest
 from poolattn.model_folder import ExportedModel
 

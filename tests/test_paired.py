@@ -144,7 +144,8 @@ def every_task_type(tmp_path_factory):
 
 def test_recomputed_main_scores_equal_mtebs_for_every_task_type(every_task_type):
     from poolattn.evaluation.pairing import paired_tests
-    from poolattn.evaluation.results import SeedReplicates, read_results
+    from poolattn.evaluation.replicates import SeedReplicates
+    from poolattn.evaluation.results import read_results
 
     _, folders = every_task_type
     v1, v5 = (read_results(folder) for folder in folders)

@@ -215,7 +215,8 @@ def test_a_damaged_safetensors_file_is_refused_by_size(tmp_path):
 
 
 def test_a_non_utf8_csv_names_the_file_and_line(tmp_path):
-    from poolattn.training.data import TripletDataError, load_triplets
+    from poolattn.training.data import load_triplets
+    from poolattn.training.sources import TripletDataError
 
     data = tmp_path / "latin1.csv"
     data.write_bytes("query,positive\nwhat is a café,a place\n".encode("latin-1"))

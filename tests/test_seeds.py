@@ -13,14 +13,8 @@ from test_training import TINY_RUN
 
 from poolattn import cli, training
 from poolattn.evaluation.paired import Units, paired_bootstrap, replicated_bootstrap
-from poolattn.evaluation.results import (
-    ModelResults,
-    SeedReplicates,
-    TaskInfo,
-    TrainingOrigin,
-    group_replicates,
-    read_runs,
-)
+from poolattn.evaluation.replicates import SeedReplicates, group_replicates
+from poolattn.evaluation.results import ModelResults, TaskInfo, TrainingOrigin, read_runs
 from poolattn.manifest import TrainingManifest
 from poolattn.model_folder import ExportedModel
 

@@ -17,8 +17,10 @@ from poolattn import training
 from poolattn.export import export_model
 from poolattn.files import atomic_save
 from poolattn.manifest import TrainingManifest
-from poolattn.training.data import TripletCollator, TripletDataError, load_triplets
+from poolattn.training.collator import TripletCollator
+from poolattn.training.data import load_triplets
 from poolattn.training.losses import info_nce_loss
+from poolattn.training.sources import TripletDataError
 from poolattn.training.trainer import (
     ContrastiveTrainer,
     ContrastiveTrainingArguments,

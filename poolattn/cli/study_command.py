@@ -156,7 +156,7 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
     from ..study.tuning import PlateauSettings, TuningGrid
-    from ..training.data import TripletDataError
+    from ..training.sources import TripletDataError
     from ..training.trainer_arguments import TrainingDivergedError
 
     show_progress(main_process=is_main_process())

@@ -46,7 +46,7 @@ def train(argv: list[str] | None = None) -> int:
     except ValueError as error:
         sys.exit(f"train: {error}")
     from ..hub.repository import HubPushError  # the model and data stack, once the flags are parsed
-    from ..training.data import TripletDataError
+    from ..training.sources import TripletDataError
 
     show_progress(main_process=training_args.should_log)
     try:

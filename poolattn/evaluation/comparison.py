@@ -8,13 +8,9 @@ from pathlib import Path
 from .. import plots
 from ..files import write_text
 from .pairing import paired_tests
+from .replicates import group_replicates
 from .requests import EvaluationError
-from .results import (
-    category_rank,
-    group_replicates,
-    mean,
-    read_runs,
-)
+from .results import category_rank, mean, read_runs
 
 
 @dataclass

@@ -6,12 +6,9 @@ from dataclasses import dataclass, field
 
 from .budget import cap_task
 from .local_tasks import load_task, splits_by_subset
+from .replicates import SeedReplicates
 from .requests import EvaluationError
-from .results import (
-    ModelResults,
-    SeedReplicates,
-    TaskInfo,
-)
+from .results import ModelResults, TaskInfo
 
 
 def task_gold(results: ModelResults, task: str) -> dict:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 from .budget import budget_revision
 from .local_tasks import scan, task_type
-from .results import (
-    CATEGORY_ORDER,
-)
+from .results import CATEGORY_ORDER
 
 
 class EvaluationError(ValueError):

@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..evaluation.pairing import seeds_paired, task_parts
+from ..evaluation.replicates import SeedReplicates
 from ..evaluation.requests import evaluation_revision
-from ..evaluation.results import ModelResults, SeedReplicates, category_rank, read_results, results_folder
+from ..evaluation.results import ModelResults, category_rank, read_results, results_folder
 from ..manifest import MANIFEST_FILE
 from ..model_folder import ExportedModel
 from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder

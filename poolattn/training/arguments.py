@@ -15,9 +15,7 @@ from transformers import HfArgumentParser
 
 from ..backbones import DEFAULT_BACKBONE
 from ..configuration_poolattn import BASELINE_DESIGNS, DESIGNS, variant_tag
-from .data import (
-    SAMPLE_TRIPLETS,
-)
+from .data import SAMPLE_TRIPLETS
 from .presets import BATCH_SAMPLING, DESIGN_GROUPS, LORA_TARGETS, PRESETS
 from .trainer_arguments import TrainingRunArguments
 

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .data import (
+from .data import Triplets, TripletSource, raw_negatives, validate_row
+from .sources import (
     TripletDataError,
-    Triplets,
-    TripletSource,
     count_hub_rows,
     count_rows,
     data_files,
@@ -33,8 +32,6 @@ from .data import (
     is_local_files,
     iter_file_rows,
     iter_hub_rows,
-    raw_negatives,
-    validate_row,
 )
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,7 @@ from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..prompts import QUERY_PROMPT_FORMAT
 from ..records import ContrastiveBatch, DataRecord, StopRecord, TrainableParameters, TrainingSettings
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
-from .data import (
-    Triplets,
-)
+from .data import Triplets
 from .plateau import PlateauRule
 from .preflight import batch_sampling
 from .trainer_arguments import TrainingRunArguments
@@ -92,7 +90,7 @@ def resume_recipe(
 ) -> dict:
     """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
     and the data's fingerprint (the files' content, `data.fingerprint_files`)."""
-    from .data import fingerprint_files
+    from .sources import fingerprint_files
 
     arguments = run_arguments(model_args, data_args, training_args)
     return {

@@ -7,12 +7,8 @@ from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
-from .data import (
-    TripletDataError,
-    Triplets,
-    load_triplets,
-    set_source_instructions,
-)
+from .data import Triplets, load_triplets, set_source_instructions
+from .sources import TripletDataError
 from .trainer_arguments import TrainingRunArguments
 
 logger = logging.getLogger(__name__)

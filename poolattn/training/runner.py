@@ -41,13 +41,8 @@ from .checkpoints import (
     resume_recipe,
     training_manifest,
 )
-from .data import (
-    TripletCollator,
-    Triplets,
-    load_triplets,
-    set_source_instructions,
-    set_source_weights,
-)
+from .collator import TripletCollator
+from .data import Triplets, load_triplets, set_source_instructions, set_source_weights
 from .job import TrainingJob
 from .losses import world_size
 from .plateau import PlateauStopping
