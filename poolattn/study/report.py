@@ -17,10 +17,39 @@ from .recipe_report import recipe_sections, wall_time_section
 logger = logging.getLogger(__name__)
 
 
+TEST_COLUMNS = (
+    "a",
+    "b",
+    "question",
+    "category",
+    "tasks",
+    "a score",
+    "b score",
+    "difference",
+    "95% low",
+    "95% high",
+    "bootstrap p",
+    "bootstrap p (Holm)",
+    "marker",
+    "wilcoxon p",
+    "a seeds",
+    "b seeds",
+)
+TEST_METHOD = (
+    "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
+    "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
+    "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
+    "with replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
+    "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
+    "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
+    "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
+    "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
+    "on the seeds with care."
+)
+
+
 def write_report(output) -> Path:
     """`report/study.md` (+ CSVs and the figure) from what has been trained and scored so far."""
-    from ..stats import markdown_table
-
     output = Path(output)
     plan = StudyPlan.read(output)
     trained_rows = collect(plan, output)
@@ -30,7 +59,6 @@ def write_report(output) -> Path:
         for entry in (item, item.control())
         if entry.row.kind != "control" or entry.replicates is not None
     ]
-    by_key = {item.row.key: item for item in collected}
     scored = [item for item in collected if item.replicates is not None]
     if not scored:
         raise StudyError(f"{output}: nothing of this study has been scored yet; run it first.")
@@ -39,27 +67,131 @@ def write_report(output) -> Path:
     )
     report_folder = output / "report"
     report_folder.mkdir(parents=True, exist_ok=True)
+    tests = _row_tests(plan, collected)
+    lines = [
+        *_header(plan, trained_rows, scored, categories),
+        *_main_table(scored, categories),
+        *_comparison_section(tests, categories),
+        *_instruction_section(plan, trained_rows),
+        *recipe_sections(plan, output, trained_rows, report_folder),
+        *wall_time_section(trained_rows),
+        *_figures(plan, scored, categories, report_folder),
+    ]
+    write_text(report_folder / "study.md", "\n".join(lines))
+    _write_tables(report_folder, scored, categories, tests)
+    logger.info("study report (first seed %d): %s", min(plan.seeds), report_folder / "study.md")
+    return report_folder / "study.md"
 
-    def cell(item: RowResults, category: str) -> str | None:
-        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
-        if category not in means:
-            return None
-        spread = spreads.get(category)
-        return f"{means[category]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
 
-    table_rows, csv_rows = [], []
+def _row_tests(plan: StudyPlan, collected: list[RowResults]) -> list:
+    """The category tests of every comparison whose two rows are both scored."""
+    by_key = {item.row.key: item for item in collected}
+    tests = []
+    for key_a, key_b, question in comparisons(plan):
+        a, b = by_key.get(key_a), by_key.get(key_b)
+        if a is not None and b is not None and a.replicates is not None and b.replicates is not None:
+            tests += compare_rows(a, b, question)
+    return tests
+
+
+def _header(plan: StudyPlan, trained_rows: list[RowResults], scored: list[RowResults], categories) -> list[str]:
+    """The title, the recipe in one paragraph, the tasks per category and what is not scored yet."""
+    missing = []
+    for item in trained_rows:
+        if lacking := sorted(set(plan.seeds) - set(item.seeds)):
+            missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
+    task_counts = {
+        category: sorted(
+            {task for item in scored for task, kind in item.replicates.categories.items() if kind == category}
+        )
+        for category in categories
+    }
+    scoring = (
+        f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
+        "every row): comparable between rows, not with published MTEB numbers."
+        if plan.budget
+        else "Full tasks (no budget)."
+    )
+    return [
+        "# The study: pooling and attention designs, per category",
+        "",
+        f"Backbone `{plan.backbone}`; training flags `{' '.join(plan.train_argv) or '(train.py defaults)'}`; seeds "
+        f"{', '.join(map(str, plan.seeds))} (seed s gives every row the same data order). " + scoring,
+        "",
+        "Tasks per category: "
+        + "; ".join(f"{category} ({len(names)}): {', '.join(names)}" for category, names in task_counts.items())
+        + ".",
+        "",
+        *(
+            [f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
+            if missing
+            else []
+        ),
+    ]
+
+
+def _cell(item: RowResults, category: str) -> str | None:
+    means, spreads = item.replicates.category_means(), item.replicates.category_spread()
+    if category not in means:
+        return None
+    spread = spreads.get(category)
+    return f"{means[category]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+
+def _main_table(scored: list[RowResults], categories) -> list[str]:
+    from ..stats import markdown_table
+
+    rows = []
     for item in scored:
         means = item.replicates.category_means()
-        table_rows.append(
-            [
-                item.row.label,
-                len(item.replicates.runs),
-                *[cell(item, c) for c in categories],
-                mean([means[c] for c in categories if c in means]),
-            ]
-        )
-        spreads = item.replicates.category_spread()
-        csv_rows += [
+        average = mean([means[c] for c in categories if c in means])
+        rows.append([item.row.label, len(item.replicates.runs), *[_cell(item, c) for c in categories], average])
+    return [
+        "## Main table (mean main score per category, ± sample sd over seeds)",
+        "",
+        markdown_table(["design", "seeds", *categories, "average"], rows),
+        "",
+    ]
+
+
+def _comparison_section(tests: list, categories) -> list[str]:
+    from ..stats import markdown_table
+
+    lines = ["## The paper's comparisons, the baselines and the ablations", "", TEST_METHOD, ""]
+    if not tests:
+        return [*lines, "No comparison has both rows scored yet.", ""]
+    rows = []
+    for key_a, key_b, question in dict.fromkeys((test.a, test.b, test.question) for test in tests):
+        cells = {test.category: test for test in tests if (test.a, test.b) == (key_a, key_b)}
+        rows.append([f"{key_a} vs {key_b}", question, *[cells[c].cell() if c in cells else None for c in categories]])
+    return [*lines, markdown_table(["a vs b", "question", *categories], rows), ""]
+
+
+def _figures(plan: StudyPlan, scored: list[RowResults], categories, report_folder: Path) -> list[str]:
+    lines = ["## Figures", ""]
+    for name, (title, group) in figure_groups(scored, plan.ablation_base).items():
+        bars = [
+            plots.Bars(
+                item.row.label, item.row.kind, item.replicates.category_means(), item.replicates.category_spread()
+            )
+            for item in group
+        ]
+        plots.study_bars(report_folder / name, bars, categories, title)
+        lines += [f"![{title}]({name})", ""]
+    return [
+        *lines,
+        "Bars: mean main score per category; whiskers: ± sample sd over seeds"
+        + ("; open bars: the row untrained (step 0)." if plan.controls else "."),
+        "",
+    ]
+
+
+def _write_tables(report_folder: Path, scored: list[RowResults], categories, tests: list) -> None:
+    """`study_table.csv` (row x category), `study_tests.csv` (every category test), `per_task.csv` (seed x task)."""
+    table = []
+    for item in scored:
+        means, spreads = item.replicates.category_means(), item.replicates.category_spread()
+        table += [
             [
                 item.row.key,
                 item.row.label,
@@ -72,157 +204,24 @@ def write_report(output) -> Path:
             ]
             for category in categories
         ]
-    tests = []
-    for key_a, key_b, question in comparisons(plan):
-        a, b = by_key.get(key_a), by_key.get(key_b)
-        if a is not None and b is not None and a.replicates is not None and b.replicates is not None:
-            tests += compare_rows(a, b, question)
-    first = min(plan.seeds)
-    missing = []
-    for item in trained_rows:
-        if lacking := sorted(set(plan.seeds) - set(item.seeds)):
-            missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
-    task_counts = {
-        category: sorted(
-            {task for item in scored for task, kind in item.replicates.categories.items() if kind == category}
-        )
-        for category in categories
-    }
-    lines = [
-        "# The study: pooling and attention designs, per category",
-        "",
-        f"Backbone `{plan.backbone}`; training flags `{' '.join(plan.train_argv) or '(train.py defaults)'}`; seeds "
-        f"{', '.join(map(str, plan.seeds))} (seed s gives every row the same data order). "
-        + (
-            f"Every task scored on at most {plan.budget} units (`--budget {plan.budget}`, the same seeded sample for "
-            "every row): comparable between rows, not with published MTEB numbers."
-            if plan.budget
-            else "Full tasks (no budget)."
-        ),
-        "",
-        "Tasks per category: "
-        + "; ".join(f"{category} ({len(names)}): {', '.join(names)}" for category, names in task_counts.items())
-        + ".",
-        "",
-        *(
-            [f"Not yet trained or scored: {'; '.join(missing)}. Rows average the seeds they have.", ""]
-            if missing
-            else []
-        ),
-        "## Main table (mean main score per category, ± sample sd over seeds)",
-        "",
-        markdown_table(["design", "seeds", *categories, "average"], table_rows),
-        "",
-        "## The paper's comparisons, the baselines and the ablations",
-        "",
-        "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
-        "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
-        "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
-        "with replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
-        "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
-        "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
-        "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
-        "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
-        "on the seeds with care.",
-        "",
-    ]
-    if tests:
-        pairs = list(dict.fromkeys((test.a, test.b, test.question) for test in tests))
-        rows = []
-        for key_a, key_b, question in pairs:
-            cells = {test.category: test for test in tests if (test.a, test.b) == (key_a, key_b)}
-            rows.append(
-                [
-                    f"{key_a} vs {key_b}",
-                    question,
-                    *[cells[c].cell() if c in cells else None for c in categories],
-                ]
-            )
-        lines += [markdown_table(["a vs b", "question", *categories], rows), ""]
-    else:
-        lines += ["No comparison has both rows scored yet.", ""]
-    lines += _instruction_section(plan, trained_rows)
-    lines += recipe_sections(plan, output, trained_rows, report_folder)
-    lines += wall_time_section(trained_rows)
-    lines += ["## Figures", ""]
-    for name, (title, group) in figure_groups(scored, plan.ablation_base).items():
-        plots.study_bars(
-            report_folder / name,
-            [
-                plots.Bars(
-                    item.row.label, item.row.kind, item.replicates.category_means(), item.replicates.category_spread()
-                )
-                for item in group
-            ],
-            categories,
-            title,
-        )
-        lines += [f"![{title}]({name})", ""]
-    lines += [
-        "Bars: mean main score per category; whiskers: ± sample sd over seeds"
-        + ("; open bars: the row untrained (step 0)." if plan.controls else "."),
-        "",
-    ]
-    write_text(report_folder / "study.md", "\n".join(lines))
     write_csv(
         report_folder / "study_table.csv",
         ["row", "label", "kind", "category", "mean", "seed sd", "seeds", "tasks"],
-        csv_rows,
+        table,
     )
-    write_csv(
-        report_folder / "study_tests.csv",
-        [
-            "a",
-            "b",
-            "question",
-            "category",
-            "tasks",
-            "a score",
-            "b score",
-            "difference",
-            "95% low",
-            "95% high",
-            "bootstrap p",
-            "bootstrap p (Holm)",
-            "marker",
-            "wilcoxon p",
-            "a seeds",
-            "b seeds",
-        ],
-        [
-            [
-                t.a,
-                t.b,
-                t.question,
-                t.category,
-                t.tasks,
-                t.score_a,
-                t.score_b,
-                t.difference,
-                t.low,
-                t.high,
-                t.p_value,
-                t.p_holm,
-                t.marker,
-                t.wilcoxon_p,
-                t.seeds_a,
-                t.seeds_b,
-            ]
-            for t in tests
-        ],
-    )
-    write_csv(
-        report_folder / "per_task.csv",
-        ["row", "seed", "task", "category", "score"],
-        [
-            [item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
-            for item in scored
-            for seed, run in zip(item.replicates.seeds, item.replicates.runs)
-            for task in item.replicates.tasks
-        ],
-    )
-    logger.info("study report (first seed %d): %s", first, report_folder / "study.md")
-    return report_folder / "study.md"
+    test_rows = [
+        [t.a, t.b, t.question, t.category, t.tasks, t.score_a, t.score_b, t.difference, t.low, t.high]
+        + [t.p_value, t.p_holm, t.marker, t.wilcoxon_p, t.seeds_a, t.seeds_b]
+        for t in tests
+    ]
+    write_csv(report_folder / "study_tests.csv", list(TEST_COLUMNS), test_rows)
+    per_task = [
+        [item.row.key, seed, task, item.replicates.categories[task], run.scores[task]]
+        for item in scored
+        for seed, run in zip(item.replicates.seeds, item.replicates.runs)
+        for task in item.replicates.tasks
+    ]
+    write_csv(report_folder / "per_task.csv", ["row", "seed", "task", "category", "score"], per_task)
 
 
 def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[str]:
