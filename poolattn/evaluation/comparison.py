@@ -22,6 +22,62 @@ class Comparison:
     left_out: list[str] = field(default_factory=list)  # scores some model lacks, so means average fewer tasks
 
 
+@dataclass
+class ComparedModels:
+    """The models of one comparison, each with its seeds grouped, and what the tables need of them."""
+
+    groups: list  # replicates.SeedReplicates, one per model
+    baseline: str
+    notes: list[str]  # how the runs were grouped
+
+    def __post_init__(self):
+        self.names = [group.label for group in self.groups]
+        self.by_name = dict(zip(self.names, self.groups))
+        self.scores = {group.label: group.scores for group in self.groups}
+        self.categories = {task: category for group in self.groups for task, category in group.categories.items()}
+        self.tasks = sorted(self.categories, key=lambda t: (category_rank(self.categories[t]), t))
+        self.means = {group.label: group.category_means() for group in self.groups}
+        self.spreads = {group.label: group.category_spread() for group in self.groups}
+        self.used_categories = sorted({self.categories[t] for t in self.tasks}, key=category_rank)
+        self.replicated = any(len(group.runs) > 1 for group in self.groups)
+
+    def task_spread(self, name: str, task: str) -> float | None:
+        return self.by_name[name].spread(task) if task in self.scores[name] else None
+
+    def left_out(self) -> list[str]:
+        """What some model lacks: tasks left out of its runs, and tasks it has no score for."""
+        found = [f"{group.label}: {task} ({why})" for group in self.groups for task, why in group.left_out.items()]
+        return found + [f"{n}: no score for {t}" for n in self.names for t in self.tasks if t not in self.scores[n]]
+
+
+COMPARISON_FILES = (
+    "comparison.md",
+    "per_task.csv",
+    "per_category.csv",
+    "summary.md",
+    "per_category.png",
+    "paired_tests.csv",
+    "per_seed.csv",
+)
+PAIRED_COLUMNS = (
+    "model",
+    "baseline",
+    "task",
+    "subset/split",
+    "category",
+    "units",
+    "model seeds",
+    "baseline seeds",
+    "model score",
+    "baseline score",
+    "difference",
+    "95% low",
+    "95% high",
+    "p",
+    "p (Holm, category)",
+)
+
+
 def compare_results(result_folders: list, *, output, baseline: str | None = None) -> Comparison:
     """Tables, Wilcoxon tests per category (Holm-corrected) and paired tests within tasks against `baseline`, a figure
     and a summary, in `output`.
@@ -30,8 +86,39 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
     trained with several seeds are grouped (`results.group_replicates`): tables give the mean over seeds with the
     sample standard deviation, Wilcoxon pairs the seed means by task, the paired tests resample seeds as well.
     """
-    from ..stats import category_test_table, markdown_table, wilcoxon_by_category
+    from ..stats import wilcoxon_by_category
 
+    loaded, budget = _load_runs(result_folders)
+    groups, grouping_notes = group_replicates(loaded)
+    names = [group.label for group in groups]
+    if baseline is not None and baseline not in names:
+        raise EvaluationError(f"--baseline {baseline!r} is not one of {names}.")
+    models = ComparedModels(groups, baseline or names[0], grouping_notes)
+    tests = {
+        name: wilcoxon_by_category(models.scores[name], models.scores[models.baseline], models.categories)
+        for name in models.names
+        if name != models.baseline
+    }
+    report = [*_preamble(models, budget), *_score_tables(models)]
+    paired_rows = []
+    for name, category_tests in tests.items():
+        lines, rows = _tests_against_baseline(models, name, category_tests)
+        report += lines
+        paired_rows += rows
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    files = [output / name for name in COMPARISON_FILES]
+    write_text(files[0], "\n".join(report))
+    write_csv(files[5], list(PAIRED_COLUMNS), paired_rows)
+    _write_score_tables(models, files)
+    write_text(files[3], summary_block(models.names, models.means, models.used_categories, tests, models.baseline))
+    significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
+    plots.category_bars(files[4], models.names, models.means, models.used_categories, significant)
+    return Comparison("\n".join(report), files, models.left_out())
+
+
+def _load_runs(result_folders: list) -> tuple[list, int | None]:
+    """Every run of the folders, each model and weights once, all on one budget (refused otherwise)."""
     loaded = [run for folder in result_folders for run in read_runs(folder)]
     seen: dict[tuple[str, str], Path] = {}
     for results in loaded:
@@ -49,209 +136,125 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
             "compare runs scored on the same units (the same --budget, or none): give the revision "
             "folders of one budget (e.g. <model folder>/<fingerprint>-budget100)."
         )
-    budget = budgets.pop()
-    groups, grouping_notes = group_replicates(loaded)
-    names = [group.label for group in groups]
-    by_name = dict(zip(names, groups))
-    scores = {group.label: group.scores for group in groups}
-    categories = {task: category for group in groups for task, category in group.categories.items()}
-    baseline = baseline or names[0]
-    if baseline not in scores:
-        raise EvaluationError(f"--baseline {baseline!r} is not one of {names}.")
-    tasks = sorted(categories, key=lambda t: (category_rank(categories[t]), t))
-    means = {group.label: group.category_means() for group in groups}
-    spreads = {group.label: group.category_spread() for group in groups}
-    used_categories = sorted({categories[t] for t in tasks}, key=category_rank)
-    replicated = any(len(group.runs) > 1 for group in groups)
+    return loaded, budgets.pop()
 
-    def with_spread(value, spread):
-        return value if spread is None or value is None else f"{value:.4f} ± {spread:.4f}"
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    task_rows = [[task, categories[task], *[scores[name].get(task) for name in names]] for task in tasks]
-    category_rows = [
-        [category, sum(categories[t] == category for t in tasks), *[means[name].get(category) for name in names]]
-        for category in used_categories
+def _preamble(models: ComparedModels, budget: int | None) -> list[str]:
+    """The title, the budget, the seeds per model and a note for every score a model lacks."""
+    lines = ["# Comparison", ""]
+    if budget:
+        lines += [
+            f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
+            "these models, not with published MTEB numbers.",
+            "",
+        ]
+    if models.replicated:
+        seeds = "; ".join(f"{g.label}: {len(g.runs)} ({', '.join(map(str, g.seeds))})" for g in models.groups)
+        lines += [
+            f"Seeds (training replicates) per model: {seeds}. A score is the mean over a model's seeds, "
+            "± the sample standard deviation over its seeds (the seed spread).",
+            "",
+        ]
+    notes = [f"Note: {note}" for note in models.notes]
+    notes += [f"Note: {g.label}: {task} left out ({why})." for g in models.groups for task, why in g.left_out.items()]
+    for name in models.names:
+        if missing := [t for t in models.tasks if t not in models.scores[name]]:
+            notes.append(
+                f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
+                "the others'."
+            )
+    return lines + notes + ([""] if notes else [])
+
+
+def _with_spread(value, spread):
+    return value if spread is None or value is None else f"{value:.4f} ± {spread:.4f}"
+
+
+def _category_rows(models: ComparedModels) -> list[list]:
+    """Per category: its task count and each model's mean; then the average over all tasks."""
+    rows = [
+        [category, sum(models.categories[t] == category for t in models.tasks)]
+        + [models.means[name].get(category) for name in models.names]
+        for category in models.used_categories
     ]
-    average_row = ["Average (all tasks)", len(tasks), *[mean(scores[name].values()) for name in names]]
-    tests = {
-        name: wilcoxon_by_category(scores[name], scores[baseline], categories) for name in names if name != baseline
-    }
+    return rows + [
+        ["Average (all tasks)", len(models.tasks), *[mean(models.scores[n].values()) for n in models.names]]
+    ]
 
-    seeds_line = "; ".join(
-        f"{group.label}: {len(group.runs)} ({', '.join(map(str, group.seeds))})" for group in groups
-    )
-    report = [
-        "# Comparison",
-        "",
-        *(
-            [
-                f"Budget run: every task scored on at most {budget} units (`--budget {budget}`); comparable between "
-                "these models, not with published MTEB numbers.",
-                "",
-            ]
-            if budget
-            else []
-        ),
-        *(
-            [
-                f"Seeds (training replicates) per model: {seeds_line}. A score is the mean over a model's seeds, "
-                "± the sample standard deviation over its seeds (the seed spread).",
-                "",
-            ]
-            if replicated
-            else []
-        ),
-        *[f"Note: {note}" for note in grouping_notes],
-        *[
-            f"Note: {group.label}: {task} left out ({why})."
-            for group in groups
-            for task, why in group.left_out.items()
-        ],
-        *[
-            f"Note: {name} has no score for {', '.join(missing)}: its category means average fewer tasks than "
-            "the others'."
-            for name in names
-            if (missing := [t for t in tasks if t not in scores[name]])
-        ],
-        *(
-            [""]
-            if grouping_notes
-            or any(group.left_out for group in groups)
-            or any(set(tasks) - set(scores[name]) for name in names)
-            else []
-        ),
+
+def _score_tables(models: ComparedModels) -> list[str]:
+    from ..stats import markdown_table
+
+    per_task = [
+        [task, models.categories[task]]
+        + [_with_spread(models.scores[name].get(task), models.task_spread(name, task)) for name in models.names]
+        for task in models.tasks
+    ]
+    per_category = [
+        [category, count]
+        + [_with_spread(value, models.spreads[name].get(category)) for name, value in zip(models.names, values)]
+        for category, count, *values in _category_rows(models)
+    ]
+    return [
         "## Per task (main score)",
         "",
-        markdown_table(
-            ["task", "category", *names],
-            [
-                [
-                    task,
-                    categories[task],
-                    *[
-                        with_spread(
-                            scores[name].get(task), by_name[name].spread(task) if task in scores[name] else None
-                        )
-                        for name in names
-                    ],
-                ]
-                for task in tasks
-            ],
-        ),
+        markdown_table(["task", "category", *models.names], per_task),
         "",
         "## Per category (mean main score)",
         "",
-        markdown_table(
-            ["category", "tasks", *names],
-            [
-                [
-                    category,
-                    count,
-                    *[with_spread(value, spreads[name].get(category)) for name, value in zip(names, values)],
-                ]
-                for category, count, *values in category_rows
-            ]
-            + [average_row],
-        ),
+        markdown_table(["category", "tasks", *models.names], per_category),
         "",
     ]
-    paired_rows = []
-    for name, category_tests in tests.items():
-        report += [
-            f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected",
-            "",
-            *(["Over the seed means of each task.", ""] if replicated else []),
-            category_test_table(category_tests, name, baseline),
-            "",
-        ]
-        within, skipped = paired_tests(by_name[name], by_name[baseline])
-        report += paired_section(name, baseline, within, skipped, categories)
-        paired_rows += [
-            [
-                name,
-                baseline,
-                test.task,
-                test.part,
-                categories[test.task],
-                test.units,
-                test.seeds_a,
-                test.seeds_b,
-                test.score_a,
-                test.score_b,
-                test.difference,
-                test.low,
-                test.high,
-                test.p_value,
-                test.p_holm,
-            ]
-            for test in within
-        ]
-    files = [
-        output / name
-        for name in (
-            "comparison.md",
-            "per_task.csv",
-            "per_category.csv",
-            "summary.md",
-            "per_category.png",
-            "paired_tests.csv",
-            "per_seed.csv",
-        )
+
+
+def _tests_against_baseline(models: ComparedModels, name: str, category_tests) -> tuple[list[str], list[list]]:
+    """One model against the baseline: the Wilcoxon table by category, then the paired tests within each task."""
+    from ..stats import category_test_table
+
+    baseline = models.baseline
+    lines = [
+        f"## {name} vs {baseline}: Wilcoxon signed-rank by category, Holm-corrected",
+        "",
+        *(["Over the seed means of each task.", ""] if models.replicated else []),
+        category_test_table(category_tests, name, baseline),
+        "",
     ]
-    write_text(files[0], "\n".join(report))
-    write_csv(
-        files[5],
-        [
-            "model",
-            "baseline",
-            "task",
-            "subset/split",
-            "category",
-            "units",
-            "model seeds",
-            "baseline seeds",
-            "model score",
-            "baseline score",
-            "difference",
-            "95% low",
-            "95% high",
-            "p",
-            "p (Holm, category)",
-        ],
-        paired_rows,
-    )
-    write_csv(
-        files[1],
-        ["task", "category", *names, *[f"{name} seed sd" for name in names]],
-        [
-            [*row, *[by_name[name].spread(row[0]) if row[0] in scores[name] else None for name in names]]
-            for row in task_rows
-        ],
-    )
+    within, skipped = paired_tests(models.by_name[name], models.by_name[baseline])
+    lines += paired_section(name, baseline, within, skipped, models.categories)
+    rows = [
+        [name, baseline, test.task, test.part, models.categories[test.task], test.units, test.seeds_a, test.seeds_b]
+        + [test.score_a, test.score_b, test.difference, test.low, test.high, test.p_value, test.p_holm]
+        for test in within
+    ]
+    return lines, rows
+
+
+def _write_score_tables(models: ComparedModels, files: list[Path]) -> None:
+    """per_task.csv, per_category.csv (with each model's seed sd) and per_seed.csv (every run's scores)."""
+    names = models.names
+    task_rows = [
+        [task, models.categories[task]]
+        + [models.scores[name].get(task) for name in names]
+        + [models.task_spread(name, task) for name in names]
+        for task in models.tasks
+    ]
+    write_csv(files[1], ["task", "category", *names, *[f"{name} seed sd" for name in names]], task_rows)
+    category_rows = _category_rows(models)
+    spreads = [[models.spreads[name].get(row[0]) for name in names] for row in category_rows[:-1]] + [
+        [None for _ in names]
+    ]
     write_csv(
         files[2],
         ["category", "tasks", *names, *[f"{name} seed sd" for name in names]],
-        [[*row, *[spreads[name].get(row[0]) for name in names]] for row in category_rows]
-        + [[*average_row, *[None for _ in names]]],
+        [[*row, *spread] for row, spread in zip(category_rows, spreads)],
     )
-    write_csv(
-        files[6],
-        ["model", "seed", "revision", "task", "category", "score"],
-        [
-            [group.label, seed, run.revision, task, categories[task], run.scores[task]]
-            for group in groups
-            for seed, run in zip(group.seeds, group.runs)
-            for task in group.tasks
-        ],
-    )
-    write_text(files[3], summary_block(names, means, used_categories, tests, baseline))
-    significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
-    plots.category_bars(files[4], names, means, used_categories, significant)
-    left_out = [f"{group.label}: {task} ({why})" for group in groups for task, why in group.left_out.items()]
-    left_out += [f"{name}: no score for {task}" for name in names for task in tasks if task not in scores[name]]
-    return Comparison("\n".join(report), files, left_out)
+    per_seed = [
+        [group.label, seed, run.revision, task, models.categories[task], run.scores[task]]
+        for group in models.groups
+        for seed, run in zip(group.seeds, group.runs)
+        for task in group.tasks
+    ]
+    write_csv(files[6], ["model", "seed", "revision", "task", "category", "score"], per_seed)
 
 
 SEED_RESAMPLING = (
