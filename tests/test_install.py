@@ -205,3 +205,56 @@ def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(install
     assert read.returncode == 0, read.stderr[-3000:]
     location, variant, steps = read.stdout.split()
     assert location.startswith(str(installed)) and (variant, steps) == ("5", "2")
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (relative imports, function-level ones included)."""
+    import ast
+
+    package = ROOT / "poolattn"
+    names = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        names[path] = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    modules = set(names.values())
+    graph = {}
+    for path, name in names.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join([*here[: len(here) - node.level + 1], *([node.module] if node.module else [])])
+                targets = [f"{base}.{alias.name}" for alias in node.names] if node.module is None else [base]
+                for target in targets:
+                    while target not in modules and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    found.add(target)
+        packages = {module for module in modules if (ROOT / module.replace(".", "/")).is_dir()}
+        graph[name] = found - {name} - packages  # a package's lazy re-exports are not an import of its modules
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = package_imports()
+    state: dict[str, int] = {}
+
+    def visit(module, trail):
+        state[module] = 1
+        for target in graph.get(module, ()):
+            assert state.get(target) != 1, " -> ".join([*trail, module, target])
+            if target not in state:
+                visit(target, [*trail, module])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+
+
+def test_every_module_but_the_hub_pairs_modeling_file_is_under_400_lines():
+    long = {
+        str(path.relative_to(ROOT)): count
+        for path in (ROOT / "poolattn").rglob("*.py")
+        if path.name != "modeling_poolattn.py" and (count := len(path.read_text().splitlines())) >= 400
+    }
+    assert long == {}
