@@ -77,6 +77,18 @@ def test_onnx_runtime_gives_the_pytorch_embeddings_for_every_design(exported, de
     assert (folder / "onnx_poolattn.py").is_file()
 
 
+def test_the_export_is_quiet_and_exports_the_model_in_eval_mode(tmp_path):
+    """No "training mode" warning (the graph wrapper is put in eval mode) and none of the exporter's known notes."""
+    import warnings
+
+    tiny_model("llama", 1, seed=3).save_pretrained(tmp_path / "model")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(tmp_path / "model")
+    messages = [str(warning.message) for warning in caught]
+    assert not [m for m in messages if "training mode" in m or "axis name" in m or "LeafSpec" in m], messages
+
+
 def test_int8_export_is_recorded_and_close_but_not_equal(exported):
     model, folder = exported(5)
     record = OnnxExport.read(folder)

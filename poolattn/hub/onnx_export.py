@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,9 +161,13 @@ def export_onnx(
 
     def save(staging: Path) -> None:
         started = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the same two dims on every input are intended (one batch, one sequence length); torch's own pytree
+            # deprecation is not ours to fix
+            warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             program = torch.onnx.export(
-                EmbeddingGraph(model),
+                EmbeddingGraph(model).eval(),  # a fresh wrapper starts in training mode
                 tuple(example[name] for name in INPUT_NAMES),
                 dynamo=True,
                 input_names=list(INPUT_NAMES),
