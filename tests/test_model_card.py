@@ -192,7 +192,12 @@ def test_data_sources_are_described_as_a_reader_can_find_them(source, described)
     assert describe_data_source(source).startswith(described)
 
 
-MAIN_SCORES = {"STS": "cosine_spearman", "Classification": "accuracy", "Retrieval": "ndcg_at_10"}
+MAIN_SCORES = {
+    "STS": "cosine_spearman",
+    "Classification": "accuracy",
+    "Retrieval": "ndcg_at_10",
+    "Clustering": "v_measure",
+}
 
 
 def fake_results(name: str, scores: dict[str, float], categories: dict[str, str]) -> ModelResults:
@@ -237,3 +242,17 @@ def test_evaluation_tables_without_a_shared_task_hold_only_the_scores():
     tables = evaluation_tables(this, [other])
     assert tables["means"] is None and tables["tests"] is None
     assert tables["scores"].endswith("| STS12 | STS | cosine_spearman | 0.5000 |")
+
+
+def test_a_card_names_the_core_categories_its_results_do_not_cover(tmp_path):
+    from poolattn.evaluation.results import unscored_categories
+
+    model = exported(tmp_path / "model", None)
+    results = fake_results("me/tiny-v5", {"STS12": 0.5, "ArguAna": 0.3}, {"STS12": "STS", "ArguAna": "Retrieval"})
+    assert unscored_categories(results) == ["Classification", "Clustering"]
+    card = ModelCard(str(build_model_card(model, repo_id="me/tiny-v5", results=results)))
+    assert "Not scored on Classification, Clustering: of the four categories" in card.text
+    assert "--categories Classification,Clustering" in card.text
+    full = {"STS12": "STS", "ArguAna": "Retrieval", "Banking77Classification": "Classification", "X": "Clustering"}
+    covered = fake_results("me/tiny-v5", dict.fromkeys(full, 0.5), full)
+    assert "Not scored on" not in ModelCard(str(build_model_card(model, repo_id="me/tiny-v5", results=covered))).text

@@ -35,6 +35,8 @@ CATEGORY_ORDER = (
 )
 
 
+# The four metric families the paper (and the study) asks of every model; a card names those a model was not scored on.
+CORE_CATEGORIES = ("STS", "Retrieval", "Classification", "Clustering")
 RUN_SETTINGS_FILE = "poolattn_run.json"
 
 
@@ -333,3 +335,15 @@ def _read_or_none(folder: Path) -> ModelResults | None:
         return read_results(folder)
     except ResultsError:
         return None
+
+
+def unscored_categories(results: ModelResults) -> list[str]:
+    """The core categories (`CORE_CATEGORIES`) none of whose tasks `results` holds a score for.
+
+    >>> from types import SimpleNamespace
+    >>> run = SimpleNamespace(categories={"STS12": "STS", "ArguAna": "Retrieval"})
+    >>> unscored_categories(run)
+    ['Classification', 'Clustering']
+    """
+    scored = set(results.categories.values())
+    return [category for category in CORE_CATEGORIES if category not in scored]

@@ -21,6 +21,7 @@ from ..configuration_poolattn import PoolAttnConfig
 from ..model_folder import ExportedModel
 from ..manifest import TrainingManifest
 from ..evaluation.results import ModelResults, category_rank
+from ..evaluation.results import unscored_categories
 from .card_tables import describe_design, evaluation_tables, training_rows
 from .card_tables import SAMPLE_TRIPLETS_TAIL, base_model_id, hub_id_or_none
 
@@ -194,6 +195,7 @@ def build_model_card(
         training_table=markdown_table(["", "value"], training_rows(model.manifest)) if model.manifest else None,
         results=results,
         scores_table=tables["scores"],
+        unscored_categories=unscored_categories(results) if results else [],
         means_table=tables["means"],
         tests_table=tables["tests"],
         study_section=study_section,

@@ -30,7 +30,7 @@ from ..files import atomic_save
 from ..model_folder import ExportedModel
 from ..export import write_sentence_transformers_files
 from .model_card import build_model_card
-from ..evaluation.results import find_model_results, other_settings
+from ..evaluation.results import find_model_results, other_settings, unscored_categories
 from .shipping import (
     PACKAGE_CODE,
     PACKAGE_DIR,
@@ -118,6 +118,14 @@ def write_repository_folder(
             repo_id,
             revision,
             why,
+        )
+    if own is not None and (unscored := unscored_categories(own)):
+        logger.warning(
+            "%s: the card reports no %s score (not scored on those categories); score them with `evaluate.py run "
+            "--categories %s` and publish again with --results",
+            repo_id,
+            ", ".join(unscored),
+            ",".join(unscored),
         )
     card = build_model_card(
         model,

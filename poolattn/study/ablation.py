@@ -15,6 +15,7 @@ seed, output `ablations/`, no instruction check), so both share one folder layou
 
 from pathlib import Path
 
+from ..evaluation.results import CORE_CATEGORIES
 from ..shared_data import SHARED_DATA, UNSET_DATA
 
 BASE_ARM = "base"
@@ -34,7 +35,7 @@ ABLATIONS = {
 }
 # The four metric families the study asks of every arm, over every local task of those categories, on a budget:
 # at most DEFAULT_BUDGET units (pairs, examples, queries) per task, the same seeded sample for every arm.
-DEFAULT_CATEGORIES = ("STS", "Retrieval", "Classification", "Clustering")
+DEFAULT_CATEGORIES = CORE_CATEGORIES
 DEFAULT_BUDGET = 100
 DEFAULT_DATA = str(SHARED_DATA) if SHARED_DATA else UNSET_DATA  # local task copies
 
