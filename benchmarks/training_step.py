@@ -35,8 +35,8 @@ TRIPLETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "
 def one_step(args) -> dict:
     import torch
 
+    from poolattn import training
     from poolattn.backbones import resolve_backbone
-    from poolattn.training import runner as training
     from poolattn.training.collator import TripletCollator
     from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
@@ -107,7 +107,8 @@ def st_cached_step(args) -> dict:
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
     from poolattn.backbones import resolve_backbone
-    from poolattn.training.runner import LORA_TARGETS, ModelArguments
+    from poolattn.training.arguments import ModelArguments
+    from poolattn.training.presets import LORA_TARGETS
     from poolattn.training.trainer import ContrastiveTrainingArguments
 
     path = resolve_backbone("smollm2-135m")
