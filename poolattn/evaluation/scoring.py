@@ -104,6 +104,62 @@ def evaluate_models(
     """
     import mteb
 
+    run, task_names, infos = _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing)
+    _check_models(models, onnx_file, truncate_dim)
+    fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
+    cache = mteb.ResultCache(output)
+    settings = {
+        "data_dir": str(data_dir) if data_dir else None,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "prompt_format": QUERY_PROMPT_FORMAT,
+        "prompted_texts": "queries and symmetric tasks; documents get none",
+        "budget": budget,
+        "onnx_file": onnx_file,
+        "truncate_dim": truncate_dim,
+    }
+    for model in models:
+        encoder = load_encoder(
+            model,
+            batch_size=batch_size,
+            max_length=max_length,
+            instructions=instructions,
+            onnx_file=onnx_file,
+            truncate_dim=truncate_dim,
+            budget=budget,
+            trust_remote_code=trust_remote_code,
+        )
+        # fresh task objects per model: mteb unloads a task's data after evaluating it
+        selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
+        if budget:
+            selected = [cap_task(task, budget) for task in selected]
+        folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
+        for name in stale_results(folder, fingerprints):
+            logger.warning(
+                "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
+                encoder.mteb_model_meta.name,
+                name,
+                Path(data_dir) / name,
+            )
+        predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
+        predictions.mkdir(parents=True, exist_ok=True)
+        result = mteb.evaluate(
+            encoder,
+            selected,
+            cache=cache,
+            encode_kwargs={"batch_size": batch_size},
+            overwrite_strategy="always" if overwrite else "only-missing",
+            raise_error=False,
+            show_progress_bar=True,
+            prediction_folder=predictions,
+        )
+        _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, fingerprints)
+    return run
+
+
+def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing):
+    """(the run, the task names to score, their `TaskInfo`s): every task built and every local folder checked once,
+    before any model is loaded."""
     if budget is not None and budget < 1:
         raise EvaluationError(f"--budget {budget}: give the most units (pairs, examples, queries) per task, >= 1.")
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
@@ -120,15 +176,18 @@ def evaluate_models(
                 "Add them, drop them from the selection, or pass --skip-missing to run the rest (they are listed)."
             )
         task_names = [name for name in task_names if name not in run.missing_tasks]
-    try:  # every task is built (and every local folder checked) once before any model is loaded
+    try:
         infos = [
             TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))
             for name in task_names
         ]
     except LocalTaskError as error:
         raise EvaluationError(str(error)) from None
-    fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
-    cache = mteb.ResultCache(output)
+    return run, task_names, infos
+
+
+def _check_models(models: list[str], onnx_file: str | None, truncate_dim: int | None) -> None:
+    """Before any model loads: every ONNX export asked for is there, every model was trained for `truncate_dim`."""
     if onnx_file:
         from ..onnx_poolattn import resolve_file
 
@@ -136,72 +195,29 @@ def evaluate_models(
             import onnxruntime  # noqa: F401
         except ImportError:
             raise EvaluationError("--onnx needs onnxruntime: pip install 'poolattn[onnx]'.") from None
-        for model in models:  # before any model loads: every export is there
+        for model in models:
             if is_poolattn_folder(model):
                 try:
                     resolve_file(model, onnx_file)
                 except FileNotFoundError as error:
                     raise EvaluationError(str(error)) from None
     if truncate_dim is not None:
-        for model in models:  # before any model loads: every model was trained for that size
+        for model in models:
             check_truncate_dim(model, truncate_dim)
-    for model in models:
-        encoder = load_encoder(
-            model,
-            batch_size=batch_size,
-            max_length=max_length,
-            instructions=instructions,
-            onnx_file=onnx_file,
-            truncate_dim=truncate_dim,
-            budget=budget,
-            trust_remote_code=trust_remote_code,
-        )
-        # fresh task objects per model: mteb unloads a task's data after evaluating it
-        selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
-        if budget:
-            selected = [cap_task(task, budget) for task in selected]
-        meta, origin = encoder.mteb_model_meta, TrainingOrigin.of_model(model)
-        folder = results_folder(output, meta.name, meta.revision)
-        predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
-        predictions.mkdir(parents=True, exist_ok=True)
-        for name in stale_results(folder, fingerprints):
-            logger.warning(
-                "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
-                meta.name,
-                name,
-                Path(data_dir) / name,
-            )
-        result = mteb.evaluate(
-            encoder,
-            selected,
-            cache=cache,
-            encode_kwargs={"batch_size": batch_size},
-            overwrite_strategy="always" if overwrite else "only-missing",
-            raise_error=False,
-            show_progress_bar=True,
-            prediction_folder=predictions,
-        )
-        write_run_settings(
-            folder,
-            {
-                "model": model,
-                "data_dir": str(data_dir) if data_dir else None,
-                "batch_size": batch_size,
-                "max_length": max_length,
-                "instructions": getattr(encoder, "instructions", None) or None,
-                "prompt_format": QUERY_PROMPT_FORMAT,
-                "prompted_texts": "queries and symmetric tasks; documents get none",
-                "budget": budget,
-                "training": dataclasses.asdict(origin) if origin else None,
-                "onnx_file": onnx_file,
-                "truncate_dim": truncate_dim,
-            },
-            infos,
-            task_data={
-                task_result.task_name: fingerprints.get(task_result.task_name) for task_result in result.task_results
-            },
-        )
-        run.folders[model] = folder
-        run.scores[meta.name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
-        run.failures += [TaskFailure(meta.name, error.task_name, str(error.exception)) for error in result.exceptions]
-    return run
+
+
+def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, settings: dict, infos, fingerprints):
+    """One model's scoring: its run settings (with each task's data fingerprint) beside the results, and the run's
+    folders, scores and failures."""
+    origin = TrainingOrigin.of_model(model)
+    settings = {
+        **settings,
+        "instructions": getattr(encoder, "instructions", None) or None,
+        "training": dataclasses.asdict(origin) if origin else None,
+    }
+    scored = {task_result.task_name: fingerprints.get(task_result.task_name) for task_result in result.task_results}
+    write_run_settings(folder, settings, infos, task_data=scored)
+    name = encoder.mteb_model_meta.name
+    run.folders[model] = folder
+    run.scores[name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
+    run.failures += [TaskFailure(name, error.task_name, str(error.exception)) for error in result.exceptions]
