@@ -150,23 +150,7 @@ def plan_study(
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
-    given = flag_names(train_argv)
-    structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
-    per_row = TrainingJob(
-        **STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}), **(PLATEAU_PROBE if plateau else {})
-    ).owned_flags()
-    if clash := sorted(given & structure):
-        raise StudyError(
-            f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
-            "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
-            "instead."
-        )
-    if clash := sorted(given & (per_row - structure)):
-        raise StudyError(
-            f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
-            "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
-            "with study.py's --tune-* and --plateau-* flags instead."
-        )
+    _check_training_flags(train_argv, tuning=tuning is not None, plateau=plateau is not None)
     if seeds < 1:
         raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
     model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
@@ -181,27 +165,7 @@ def plan_study(
     if arm_overrides and ablation_base not in chosen:
         chosen = sorted([*chosen, ablation_base], key=list(DESIGNS).index)
         logger.info("the ablation arms' base is variant %d: added to the designs", ablation_base)
-    rows = [
-        StudyRow(
-            variant_tag(design),
-            _design_label(design),
-            "variant" if isinstance(design, int) else "baseline",
-            design,
-            model_name=f"poolattn/{Path(backbone).name}-{variant_tag(design)}",
-        )
-        for design in chosen
-    ]
-    rows += [
-        StudyRow(
-            f"arm-{name}",
-            f"v{ablation_base} · {name}",
-            "arm",
-            ablation_base,
-            overrides,
-            arm_model_name(backbone, ablation_base, name),
-        )
-        for name, overrides in arm_overrides.items()
-    ]
+    rows = _rows(backbone, chosen, arm_overrides, ablation_base)
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
     check = list(INSTRUCTION_CHECK if instruction_check is None else instruction_check)
@@ -224,6 +188,53 @@ def plan_study(
         controls=controls,
         ablation_base=variant_tag(ablation_base),
     )
+
+
+def _check_training_flags(train_argv, *, tuning: bool, plateau: bool) -> None:
+    """The training flags a study passes on must not set what the study sets per row (a `TrainingJob`'s fields)."""
+    given = flag_names(train_argv)
+    structure = TrainingJob(**STRUCTURE_PROBE).owned_flags()
+    per_row = TrainingJob(
+        **STRUCTURE_PROBE, **(TUNING_PROBE if tuning else {}), **(PLATEAU_PROBE if plateau else {})
+    ).owned_flags()
+    if clash := sorted(given & structure):
+        raise StudyError(
+            f"the training flags {', '.join('--' + flag for flag in clash)} are set by the study itself "
+            "(designs, seeds, folders, names); give --designs, --seeds/--seed and --output to study.py "
+            "instead."
+        )
+    if clash := sorted(given & (per_row - structure)):
+        raise StudyError(
+            f"the training flags {', '.join('--' + flag for flag in clash)} are set per row by the "
+            "study's tuning (rates) and plateau rule (steps, held-out rows, evaluations); set them "
+            "with study.py's --tune-* and --plateau-* flags instead."
+        )
+
+
+def _rows(backbone: str, chosen: list, arm_overrides: dict[str, dict], ablation_base: int) -> list[StudyRow]:
+    """One row per design, then one per ablation arm of the base variant."""
+    rows = [
+        StudyRow(
+            variant_tag(design),
+            _design_label(design),
+            "variant" if isinstance(design, int) else "baseline",
+            design,
+            model_name=f"poolattn/{Path(backbone).name}-{variant_tag(design)}",
+        )
+        for design in chosen
+    ]
+    rows += [
+        StudyRow(
+            f"arm-{name}",
+            f"v{ablation_base} · {name}",
+            "arm",
+            ablation_base,
+            overrides,
+            arm_model_name(backbone, ablation_base, name),
+        )
+        for name, overrides in arm_overrides.items()
+    ]
+    return rows
 
 
 def _arms(ablation: str) -> dict[str, dict]:

@@ -121,14 +121,6 @@ def train_variant(
     set_seed(training_args.seed)
     model, tokenizer = build_model(model_args, backbone_path, variant)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    collator = TripletCollator(
-        tokenizer,
-        query_max_length=data_args.query_max_length,
-        document_max_length=data_args.document_max_length,
-        add_eos=base.config.add_eos,
-        query_instruction=data_args.query_instruction,
-        source_instructions=[item.instruction for item in triplets.sources],
-    )
     one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
     if triplets.stream is not None:
         triplets.stream.seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
@@ -139,17 +131,17 @@ def train_variant(
     recipe = resume_recipe(variant, model_args, data_args, training_args)
     if training_args.resume_from_checkpoint:
         check_resume_recipe(training_args.resume_from_checkpoint, recipe)
-    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, base.config, recipe)]
-    if training_args.plateau_patience:
-        callbacks.append(PlateauStopping(plateau_rule(training_args)))
-    if data_args.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = ContrastiveTrainer(
         model=model,
         args=trainer_arguments(training_args),
-        data_collator=collator,
+        data_collator=TripletCollator(
+            tokenizer,
+            query_max_length=data_args.query_max_length,
+            document_max_length=data_args.document_max_length,
+            add_eos=base.config.add_eos,
+            query_instruction=data_args.query_instruction,
+            source_instructions=[item.instruction for item in triplets.sources],
+        ),
         processing_class=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=datasets.Dataset.from_list(held_out) if held_out else None,
@@ -157,20 +149,9 @@ def train_variant(
         source_weights={index: item.weight for index, item in enumerate(triplets.sources)}
         if data_args.weights_per_source
         else None,
-        callbacks=callbacks,
+        callbacks=_callbacks(model_args, data_args, training_args, backbone_path, base.config, recipe),
     )
-    batch = ContrastiveBatch.of_run(
-        per_device_batch=training_args.per_device_train_batch_size,
-        world_size=world_size(),
-        negatives_per_query=triplets.negatives_per_query,
-        gather=training_args.gather_across_devices,
-        gradcache_chunk_size=training_args.gradcache_chunk_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-    )
-    parameters = TrainableParameters.of(model)
-    if trainer.is_world_process_zero():
-        logger.info("variant %s: contrastive batch per loss call = %s", variant, batch.describe())
-        logger.info("variant %s: trainable parameters: %s", variant, parameters.describe())
+    batch, parameters = _run_shape(variant, model, training_args, triplets, trainer.is_world_process_zero())
     resume = training_args.resume_from_checkpoint  # a checkpoint folder or None (`run` resolves "true")
     started = time.time()
     result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
@@ -195,6 +176,35 @@ def train_variant(
     )
     logger.info("variant %s: model written to %s", variant, destination)
     return destination
+
+
+def _callbacks(model_args, data_args, training_args, backbone_path: str, config, recipe: dict) -> list:
+    """The checkpoint record (recipe, backbone, config), the plateau rule and early stopping, as asked."""
+    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, config, recipe)]
+    if training_args.plateau_patience:
+        callbacks.append(PlateauStopping(plateau_rule(training_args)))
+    if data_args.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    return callbacks
+
+
+def _run_shape(variant, model, training_args, triplets: Triplets, main_process: bool):
+    """(the contrastive batch per loss call, the trainable parameters), logged on the main process."""
+    batch = ContrastiveBatch.of_run(
+        per_device_batch=training_args.per_device_train_batch_size,
+        world_size=world_size(),
+        negatives_per_query=triplets.negatives_per_query,
+        gather=training_args.gather_across_devices,
+        gradcache_chunk_size=training_args.gradcache_chunk_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+    )
+    parameters = TrainableParameters.of(model)
+    if main_process:
+        logger.info("variant %s: contrastive batch per loss call = %s", variant, batch.describe())
+        logger.info("variant %s: trainable parameters: %s", variant, parameters.describe())
+    return batch, parameters
 
 
 def export_untrained(
