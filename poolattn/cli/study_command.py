@@ -81,6 +81,12 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
     )
     _add_scoring_arguments(parser, "arm" if ablate else "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
+    _add_recipe_arguments(parser)
+    return parser
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every row at its best: the untrained controls, the tuning grid on held-out training rows, the plateau rule."""
     recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
     recipe.add_argument(
         "--controls",
@@ -138,7 +144,6 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
         default=16,
         help="queries per held-out batch (in-batch negatives, as in training; default 16)",
     )
-    return parser
 
 
 def _rates(flag: str, value: str) -> list[float]:
