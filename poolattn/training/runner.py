@@ -268,30 +268,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             check_push_possible(training_args.hub_token)
         except HubPushError as error:
             raise ValueError(f"--push_to_hub: {error}") from None
-    if data_args.streaming:
-        if training_args.max_steps < 1:
-            raise TrainingSetupError("--streaming needs --max_steps (the data is not counted in epochs).")
-        triplets = stream_triplets(
-            data_args.train_data,
-            batch_size=training_args.per_device_train_batch_size * training_args.world_size,
-            seed=training_args.seed,
-            buffer_size=data_args.shuffle_buffer_size,
-            negatives_per_query=data_args.negatives_per_query,
-            skip_invalid=data_args.skip_invalid_rows,
-            split=data_args.data_split,
-        )
-    else:
-        triplets = load_triplets(
-            data_args.train_data,
-            split=data_args.data_split,
-            skip_invalid=data_args.skip_invalid_rows,
-            negatives_per_query=data_args.negatives_per_query,
-        )
-    set_source_instructions(triplets, data_args.instructions_per_source)
-    if data_args.weights_per_source:
-        set_source_weights(triplets, data_args.weights_per_source)
-    if data_args.max_train_samples:
-        triplets.keep_first(data_args.max_train_samples)
+    triplets = training_triplets(data_args, training_args)
     held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
     base_output = (
@@ -336,6 +313,36 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             private=training_args.hub_private_repo,
         )
     return exported
+
+
+def training_triplets(data_args: DataArguments, training_args: TrainingRunArguments) -> Triplets:
+    """The training rows as `--train_data` and the data flags ask: streamed or loaded, with each source's
+    instruction and weight, capped at `--max_train_samples`."""
+    if data_args.streaming:
+        if training_args.max_steps < 1:
+            raise TrainingSetupError("--streaming needs --max_steps (the data is not counted in epochs).")
+        triplets = stream_triplets(
+            data_args.train_data,
+            batch_size=training_args.per_device_train_batch_size * training_args.world_size,
+            seed=training_args.seed,
+            buffer_size=data_args.shuffle_buffer_size,
+            negatives_per_query=data_args.negatives_per_query,
+            skip_invalid=data_args.skip_invalid_rows,
+            split=data_args.data_split,
+        )
+    else:
+        triplets = load_triplets(
+            data_args.train_data,
+            split=data_args.data_split,
+            skip_invalid=data_args.skip_invalid_rows,
+            negatives_per_query=data_args.negatives_per_query,
+        )
+    set_source_instructions(triplets, data_args.instructions_per_source)
+    if data_args.weights_per_source:
+        set_source_weights(triplets, data_args.weights_per_source)
+    if data_args.max_train_samples:
+        triplets.keep_first(data_args.max_train_samples)
+    return triplets
 
 
 def train_planned(
