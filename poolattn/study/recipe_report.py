@@ -14,104 +14,116 @@ from .tuning import RowTuning, layer_weight_size, read_tuning
 def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], report_folder: Path) -> list[str]:
     """The tuning (grid, every point's held-out loss, the choice per row, `tuning.png`) and the training each run
     got (steps, why it stopped, the layer weights' size, `curves.png`)."""
+    tuned = read_tuning(output) if plan.tuning else {}
+    trained = [item for item in collected if item.models]
+    return [
+        *(_tuning_section(plan, tuned, report_folder) if tuned else []),
+        *(_training_section(plan, trained, report_folder) if trained else []),
+    ]
+
+
+def _tuning_section(plan: StudyPlan, tuned: dict, report_folder: Path) -> list[str]:
     from ..stats import markdown_table
 
     lines = []
-    tuned = read_tuning(output) if plan.tuning else {}
-    if tuned:
-        grid = plan.tuning_grid
-        rows = []
-        for row in plan.rows:
-            entry = tuned.get(row.key)
-            if entry is None:
-                continue
-            tried = "; ".join(
-                f"{point.label()}: {point.final_loss:.4f}"
-                + (f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
-                for point in entry.points
-            )
-            chosen = entry.choice.label() if entry.choice else "not yet"
-            if entry.choice and at_grid_edge(entry):
-                chosen += " (still at an edge of what was tried: read with care)"
-            seconds = sum(point.train_runtime_s or 0.0 for point in entry.points)
-            rows.append([row.label, tried, chosen, f"{seconds:.0f}"])
-        lines += [
-            "## Tuning (held-out training rows only)",
-            "",
-            f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.",
-            "",
-            markdown_table(
-                [
-                    "row",
-                    "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
-                    "chosen",
-                    "tuning s (training)",
-                ],
-                rows,
-            ),
-            "",
-            "![Held-out loss of every tuning point](tuning.png)",
-            "",
-        ]
-        plots.curves(
-            report_folder / "tuning.png",
-            {
-                row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
-                for row in plan.rows
-                if row.key in tuned
-            },
-            title="Tuning: held-out loss per grid point (first seed)",
+    grid = plan.tuning_grid
+    rows = []
+    for row in plan.rows:
+        entry = tuned.get(row.key)
+        if entry is None:
+            continue
+        tried = "; ".join(
+            f"{point.label()}: {point.final_loss:.4f}"
+            + (f" (|w| {point.layer_weights_mean_abs:.2g})" if point.layer_weights_mean_abs is not None else "")
+            for point in entry.points
         )
-    trained = [item for item in collected if item.models]
-    if trained:
-        rule = next(
-            (
-                model.manifest.stop.rule
-                for item in trained
-                for model in item.models
-                if model.manifest.stop and model.manifest.stop.rule
-            ),
-            None,
-        )
-        rows = []
-        for item in trained:
-            stops = [model.manifest.stop for model in item.models]
-            settings = item.models[0].manifest.settings
-            weights = [layer_weight_size(model.folder) for model in item.models]
-            rows.append(
-                [
-                    item.row.label,
-                    settings.describe_rates() if settings else None,
-                    ", ".join(str(model.manifest.global_steps) for model in item.models),
-                    ", ".join(stop.reason if stop else "?" for stop in stops),
-                    ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights",
-                ]
-            )
-        lines += [
-            "## Training to a plateau" if plan.plateau else "## Training",
-            "",
-            (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
-            + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
-            "at 0 by default; a size near 0 means the weighting did not move).",
-            "",
-            markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
-            "",
-        ]
-        curves = {
-            item.row.label: [
-                (f"seed {model.manifest.seed}", model.manifest.eval_history)
-                for model in item.models
-                if model.manifest.eval_history
-            ]
+        chosen = entry.choice.label() if entry.choice else "not yet"
+        if entry.choice and at_grid_edge(entry):
+            chosen += " (still at an edge of what was tried: read with care)"
+        seconds = sum(point.train_runtime_s or 0.0 for point in entry.points)
+        rows.append([row.label, tried, chosen, f"{seconds:.0f}"])
+    lines += [
+        "## Tuning (held-out training rows only)",
+        "",
+        f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.",
+        "",
+        markdown_table(
+            [
+                "row",
+                "held-out loss at the proxy's end, per point (layer weights' mean |w|)",
+                "chosen",
+                "tuning s (training)",
+            ],
+            rows,
+        ),
+        "",
+        "![Held-out loss of every tuning point](tuning.png)",
+        "",
+    ]
+    plots.curves(
+        report_folder / "tuning.png",
+        {
+            row.label: [(point.label(), point.curve) for point in tuned[row.key].points]
+            for row in plan.rows
+            if row.key in tuned
+        },
+        title="Tuning: held-out loss per grid point (first seed)",
+    )
+    return lines
+
+
+def _training_section(plan: StudyPlan, trained: list[RowResults], report_folder: Path) -> list[str]:
+    from ..stats import markdown_table
+
+    lines = []
+    rule = next(
+        (
+            model.manifest.stop.rule
             for item in trained
-        }
-        if any(curves.values()):
-            plots.curves(
-                report_folder / "curves.png",
-                {key: value for key, value in curves.items() if value},
-                title="Held-out loss during training, per row and seed",
-            )
-            lines += ["![Held-out loss during training](curves.png)", ""]
+            for model in item.models
+            if model.manifest.stop and model.manifest.stop.rule
+        ),
+        None,
+    )
+    rows = []
+    for item in trained:
+        stops = [model.manifest.stop for model in item.models]
+        settings = item.models[0].manifest.settings
+        weights = [layer_weight_size(model.folder) for model in item.models]
+        rows.append(
+            [
+                item.row.label,
+                settings.describe_rates() if settings else None,
+                ", ".join(str(model.manifest.global_steps) for model in item.models),
+                ", ".join(stop.reason if stop else "?" for stop in stops),
+                ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights",
+            ]
+        )
+    lines += [
+        "## Training to a plateau" if plan.plateau else "## Training",
+        "",
+        (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
+        + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
+        "at 0 by default; a size near 0 means the weighting did not move).",
+        "",
+        markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
+        "",
+    ]
+    curves = {
+        item.row.label: [
+            (f"seed {model.manifest.seed}", model.manifest.eval_history)
+            for model in item.models
+            if model.manifest.eval_history
+        ]
+        for item in trained
+    }
+    if any(curves.values()):
+        plots.curves(
+            report_folder / "curves.png",
+            {key: value for key, value in curves.items() if value},
+            title="Held-out loss during training, per row and seed",
+        )
+        lines += ["![Held-out loss during training](curves.png)", ""]
     return lines
 
 
