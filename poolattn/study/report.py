@@ -320,19 +320,7 @@ def card_section(output, model) -> str:
     output = Path(output)
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
     plan = StudyPlan.read(output)
-    row = next(
-        (
-            item.row
-            for item in collect(plan, output)
-            if any(run.fingerprint == model.fingerprint for run in item.models)
-        ),
-        None,
-    )
-    if row is None:
-        raise StudyError(
-            f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
-            "weights); publish it without --study, or give the study it was trained in."
-        )
+    row = _row_of(plan, output, model)
     report = output / "report"
     if not (report / "study_table.csv").is_file():
         raise StudyError(f"{output}: the study has no report yet; write it with `study.py --report {output}`.")
@@ -368,6 +356,25 @@ def card_section(output, model) -> str:
         markdown_table(["design", *categories], rows),
         "",
     ]
+    return "\n".join(lines + _card_tests(tests))
+
+
+def _row_of(plan: StudyPlan, output: Path, model: ExportedModel):
+    """The study row one of whose runs has these weights; a `StudyError` when none has."""
+    for item in collect(plan, output):
+        if any(run.fingerprint == model.fingerprint for run in item.models):
+            return item.row
+    raise StudyError(
+        f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
+        "weights); publish it without --study, or give the study it was trained in."
+    )
+
+
+def _card_tests(tests: list[dict]) -> list[str]:
+    """The card's table of the comparisons a row is part of (rows of `study_tests.csv`)."""
+    from ..stats import markdown_table
+
+    lines = []
     if tests:
         lines += [
             "Comparisons with this row: difference of category means (a − b), 95% interval and Holm-corrected "
@@ -390,4 +397,4 @@ def card_section(output, model) -> str:
             ),
             "",
         ]
-    return "\n".join(lines)
+    return lines
