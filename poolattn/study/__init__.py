@@ -29,7 +29,8 @@ the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 
 Modules: `plan` (what a study trains and scores: `StudyPlan`, `study.json`), `runner` (run it: tuning, controls,
 training, scoring, progress, resume), `compare` (rows as seed replicates, the category tests), `report` /
 `recipe_report` (the report, its CSVs and figures), `tuning` (rates chosen on held-out training rows, the plateau
-settings), `ablation` (the arms: PoolAttnConfig overrides of a base variant)."""
+settings), `ablation` (the arms: PoolAttnConfig overrides of a base variant), `card` (a study's section on a model's
+card)."""
 
 import importlib
 
@@ -44,7 +45,7 @@ _LAZY = {
     "write_report": "report",
     "collect": "compare",
     "comparisons": "plan",
-    "card_section": "report",
+    "card_section": "card",
     "row_job": "runner",
     "RowResults": "compare",
     "figure_groups": "report",

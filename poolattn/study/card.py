@@ -1,0 +1,99 @@
+"""The section a published model card carries when the model is one of a study's runs: the study's table (its row in
+bold) and the comparisons its row is part of, read from the written report."""
+
+from pathlib import Path
+
+from ..model_folder import ExportedModel
+from .compare import collect
+from .plan import StudyError, StudyPlan
+
+
+def card_section(output, model) -> str:
+    """Markdown for the card of `model` (an `ExportedModel` or its folder), one of the study's runs: the study's
+    table (this row in bold) and the comparisons this row is part of, from the written report (`write_report`).
+    Raises `StudyError` when the model is not one of the study's runs or the report is missing."""
+    import csv
+
+    from ..stats import markdown_table
+
+    output = Path(output)
+    model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
+    plan = StudyPlan.read(output)
+    row = _row_of(plan, output, model)
+    report = output / "report"
+    if not (report / "study_table.csv").is_file():
+        raise StudyError(f"{output}: the study has no report yet; write it with `study.py --report {output}`.")
+    with (report / "study_table.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    with (report / "study_tests.csv").open() as handle:
+        tests = [test for test in csv.DictReader(handle) if row.key in (test["a"], test["b"])]
+    categories = list(dict.fromkeys(entry["category"] for entry in table))
+    labels = list(dict.fromkeys(entry["label"] for entry in table))
+
+    def cell(label: str, category: str) -> str | None:
+        entry = next((e for e in table if e["label"] == label and e["category"] == category and e["mean"]), None)
+        if entry is None:
+            return None
+        spread = f" ± {float(entry['seed sd']):.4f}" if entry["seed sd"] else ""
+        return f"{float(entry['mean']):.4f}{spread}"
+
+    rows = [
+        [f"**{label}**" if label == row.label else label, *[cell(label, c) for c in categories]] for label in labels
+    ]
+    budget = (
+        f"every task on at most {plan.budget} units (the same sample for every row), so not comparable with "
+        "published MTEB numbers"
+        if plan.budget
+        else "full tasks"
+    )
+    lines = [
+        f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study: "
+        f"{len(plan.rows)} designs trained identically on `{plan.backbone}` (flags "
+        f"`{' '.join(plan.train_argv) or 'train.py defaults'}`) with seeds {', '.join(map(str, plan.seeds))}, "
+        f"scored on {budget}. Mean main score per category, ± sample sd over seeds:",
+        "",
+        markdown_table(["design", *categories], rows),
+        "",
+    ]
+    return "\n".join(lines + _card_tests(tests))
+
+
+def _row_of(plan: StudyPlan, output: Path, model: ExportedModel):
+    """The study row one of whose runs has these weights; a `StudyError` when none has."""
+    for item in collect(plan, output):
+        if any(run.fingerprint == model.fingerprint for run in item.models):
+            return item.row
+    raise StudyError(
+        f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
+        "weights); publish it without --study, or give the study it was trained in."
+    )
+
+
+def _card_tests(tests: list[dict]) -> list[str]:
+    """The card's table of the comparisons a row is part of (rows of `study_tests.csv`)."""
+    from ..stats import markdown_table
+
+    lines = []
+    if tests:
+        lines += [
+            "Comparisons with this row: difference of category means (a − b), 95% interval and Holm-corrected "
+            "p of the category-level paired bootstrap (units of every task and seeds resampled); ▲/▼: a/b "
+            "significantly better.",
+            "",
+            markdown_table(
+                ["a vs b", "category", "difference", "95% interval", "p (Holm)", ""],
+                [
+                    [
+                        f"{t['a']} vs {t['b']}",
+                        t["category"],
+                        float(t["difference"]),
+                        f"[{float(t['95% low']):+.4f}, {float(t['95% high']):+.4f}]",
+                        float(t["bootstrap p (Holm)"]),
+                        t["marker"],
+                    ]
+                    for t in tests
+                ],
+            ),
+            "",
+        ]
+    return lines
