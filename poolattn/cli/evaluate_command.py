@@ -80,7 +80,17 @@ def _compare(args) -> int:
 def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(required=True, dest="command")
-    run = subparsers.add_parser("run", help="evaluate models on MTEB tasks")
+    _add_run_arguments(subparsers.add_parser("run", help="evaluate models on MTEB tasks"))
+    compare = subparsers.add_parser("compare", help="tables, Wilcoxon tests and a figure from results folders")
+    compare.add_argument("results", nargs="+", help="one results folder per model (e.g. results/results/ORG__NAME)")
+    compare.add_argument("--baseline", help="model name every other model is tested against (default: the first)")
+    compare.add_argument("--output", default="comparison", help="where to write the tables, figure and summary")
+    compare.set_defaults(func=_compare)
+    return parser
+
+
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """`evaluate.py run`: the models, the task selection, the scoring settings."""
     run.add_argument(
         "--model",
         action="append",
@@ -140,12 +150,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]",
     )
     run.set_defaults(func=_run_models)
-    compare = subparsers.add_parser("compare", help="tables, Wilcoxon tests and a figure from results folders")
-    compare.add_argument("results", nargs="+", help="one results folder per model (e.g. results/results/ORG__NAME)")
-    compare.add_argument("--baseline", help="model name every other model is tested against (default: the first)")
-    compare.add_argument("--output", default="comparison", help="where to write the tables, figure and summary")
-    compare.set_defaults(func=_compare)
-    return parser
 
 
 @storage_errors_in_one_line("evaluate")

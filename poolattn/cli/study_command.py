@@ -146,6 +146,48 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _plan(args, train_argv: list[str], *, ablate: bool):
+    """The study's plan from its flags (for ablate.py: the base variant and its arms, no instruction check)."""
+    from ..study.tuning import PlateauSettings, TuningGrid
+
+    return study.plan_study(
+        designs=str(args.base_variant) if ablate else args.designs,
+        ablation=args.ablation,
+        ablation_base=args.base_variant if ablate else 5,
+        instruction_check=[] if ablate else None,  # the arms' question is the head, not the prompts
+        seeds=args.seeds,
+        seed=args.seed,
+        train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
+        tasks=args.tasks and comma_list(args.tasks),
+        categories=args.categories and comma_list(args.categories),
+        benchmark=args.benchmark,
+        data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
+        budget=args.budget or None,
+        batch_size=args.batch_size,
+        controls=args.controls,
+        tuning=TuningGrid(
+            learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
+            head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
+            steps=args.tune_steps,
+            eval_steps=args.tune_eval_steps,
+            eval_fraction=args.held_out_fraction,
+            eval_batch_size=args.held_out_batch_size,
+        )
+        if args.tune
+        else None,
+        plateau=PlateauSettings(
+            patience=args.plateau_patience,
+            min_improvement=args.plateau_min_improvement,
+            eval_steps=args.plateau_eval_steps,
+            max_steps=args.plateau_max_steps,
+            eval_fraction=args.held_out_fraction,
+            eval_batch_size=args.held_out_batch_size,
+        )
+        if args.plateau
+        else None,
+    )
+
+
 def _rates(flag: str, value: str) -> list[float]:
     try:
         return [float(item) for item in comma_list(value)]
@@ -160,7 +202,6 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
-    from ..study.tuning import PlateauSettings, TuningGrid
     from ..training.sources import TripletDataError
     from ..training.trainer_arguments import TrainingDivergedError
 
@@ -169,42 +210,7 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
         if args.report:
             print(f"written: {study.write_report(args.report)}")
             return 0
-        plan = study.plan_study(
-            designs=str(args.base_variant) if ablate else args.designs,
-            ablation=args.ablation,
-            ablation_base=args.base_variant if ablate else 5,
-            instruction_check=[] if ablate else None,  # the arms' question is the head, not the prompts
-            seeds=args.seeds,
-            seed=args.seed,
-            train_argv=[*(["--preset", args.preset] if args.preset else []), *train_argv],
-            tasks=args.tasks and comma_list(args.tasks),
-            categories=args.categories and comma_list(args.categories),
-            benchmark=args.benchmark,
-            data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
-            budget=args.budget or None,
-            batch_size=args.batch_size,
-            controls=args.controls,
-            tuning=TuningGrid(
-                learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
-                head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),
-                steps=args.tune_steps,
-                eval_steps=args.tune_eval_steps,
-                eval_fraction=args.held_out_fraction,
-                eval_batch_size=args.held_out_batch_size,
-            )
-            if args.tune
-            else None,
-            plateau=PlateauSettings(
-                patience=args.plateau_patience,
-                min_improvement=args.plateau_min_improvement,
-                eval_steps=args.plateau_eval_steps,
-                max_steps=args.plateau_max_steps,
-                eval_fraction=args.held_out_fraction,
-                eval_batch_size=args.held_out_batch_size,
-            )
-            if args.plateau
-            else None,
-        )
+        plan = _plan(args, train_argv, ablate=ablate)
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
         sys.exit(f"{door}: bad training data: {error}")
