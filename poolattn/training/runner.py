@@ -1,9 +1,5 @@
-"""One training run as a library function: arguments, model, `ContrastiveTrainer`, resume, export, and publishing.
-
->>> from poolattn.training import parse_arguments
->>> model_args, data_args, training_args = parse_arguments(["--variant", "3", "--max_steps", "5"])
->>> model_args.variants, training_args.max_steps, training_args.temperature
-([3], 5, 0.05)
+"""Training runs as library functions: model, `ContrastiveTrainer`, resume, export and publishing, from the parsed
+flags of `arguments` (`parse_arguments`) or a `TrainingJob` (`run_job`).
 
 `main(argv)` runs what `python train.py ...` (and the `poolattn-train` command) runs and returns the exported model
 folders; `run(model_args, data_args, training_args)` is the same from parsed arguments. Each variant is written to
