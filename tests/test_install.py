@@ -155,38 +155,17 @@ def test_data_defaults_come_from_an_explicit_setting_never_from_where_the_packag
     assert data.require_shared_data("my/data", "--train_data") == "my/data"
 
 
-def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(installed, tiny_backbone_folder, tmp_path):
+def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(
+    installed, tiny_backbone_folder, triplets_file, tmp_path
+):
     """`poolattn-train` from the wheel, outside the checkout, with the backbone and the data given by path (no
     $POOLATTN_DATA, no ../shared/data beside it): a model folder that the installed package reads back."""
-    import json
+    from test_training import TINY_RUN
 
-    rows = [
-        {"query": f"query {i}", "positive": f"relevant passage {i}", "negative": f"other passage {i}"}
-        for i in range(8)
-    ]
-    (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     command = [
         str(installed / "bin" / "poolattn-train"),
-        "--variant",
-        "5",
-        "--backbone",
-        tiny_backbone_folder,
-        "--train_data",
-        str(tmp_path / "triplets.jsonl"),
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--save_steps",
-        "2",
-        "--use_cpu",
-        "true",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
+        *("--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file),
+        *("--output_dir", str(tmp_path / "run"), *TINY_RUN),
     ]
     environment = {key: value for key, value in os.environ.items() if key != "POOLATTN_DATA"}
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=environment)
@@ -204,7 +183,10 @@ def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(install
     )
     assert read.returncode == 0, read.stderr[-3000:]
     location, variant, steps = read.stdout.split()
-    assert location.startswith(str(installed)) and (variant, steps) == ("5", "2")
+    assert location.startswith(str(installed)) and (variant, steps) == (
+        "5",
+        TINY_RUN[TINY_RUN.index("--max_steps") + 1],
+    )
 
 
 def package_imports() -> dict[str, set[str]]:
