@@ -1,6 +1,6 @@
 """poolattn: decoder LLMs as text-embedding models with the pooling and attention designs of arXiv 2409.02727."""
 
-import importlib
+from .lazy import lazy_exports
 
 # Imported on first use (PEP 562), so that `poolattn.cli` can answer `--help` without loading torch's model stack.
 _LAZY = {
@@ -13,12 +13,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'poolattn' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ run, cache by weights and task data, failures), `pairing` (per-unit scores, pair
 (`compare_results`: evaluate.py compare), `local_tasks` (offline task copies), `budget` (the seeded per-task sample),
 `results` (mteb results as typed records), `paired` (the paired bootstrap)."""
 
-import importlib
+from ..lazy import lazy_exports
 
 # Imported on first use (PEP 562): the parsers and the record types stay light, the stack behind a name loads when
 # it is asked for.
@@ -25,9 +25,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -32,7 +32,7 @@ training, scoring, progress, resume), `compare` (rows as seed replicates, the ca
 settings), `ablation` (the arms: PoolAttnConfig overrides of a base variant), `card` (a study's section on a model's
 card)."""
 
-import importlib
+from ..lazy import lazy_exports
 
 # Imported on first use (PEP 562): the parsers and the record types stay light, the stack behind a name loads when
 # it is asked for.
@@ -53,9 +53,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

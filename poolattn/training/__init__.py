@@ -5,7 +5,7 @@ flags and recipes), `preflight` (checks before training), `runner` (runs, export
 `batching` (triplets, one source per batch, streaming), `losses` / `trainer` / `trainer_arguments` (the contrastive
 Trainer, GradCache, DDP negatives), `plateau` (the stopping rule), `mining` (hard negatives)."""
 
-import importlib
+from ..lazy import lazy_exports
 
 # Imported on first use (PEP 562): the parsers and the record types stay light, the stack behind a name loads when
 # it is asked for.
@@ -31,9 +31,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
