@@ -1,0 +1,266 @@
+"""The model card's tables: the design (pooling, attention, layers, head), the training run from its manifest, and the
+evaluation beside the peers scored on the same tasks."""
+
+import json
+import re
+from pathlib import Path
+
+from ..configuration_poolattn import PoolAttnConfig
+from ..model_folder import ExportedModel
+from ..manifest import TrainingManifest
+from ..evaluation.results import ModelResults, category_rank
+
+
+# The bundled sample's path, from the end: recognised also when a model was trained from another checkout.
+SAMPLE_TRIPLETS_TAIL = ("poolattn", "sample_data", "sample_triplets.jsonl")
+
+
+def hub_id_or_none(name: str | None) -> str | None:
+    """`name` when it reads as a Hub id (`ORG/NAME`, not an existing local path), else None."""
+    if name and re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists():
+        return name
+    return None
+
+
+def base_model_id(backbone: str | None) -> str | None:
+    """The Hub id of the backbone: a named default's id, a Hub id as given, None for a local folder."""
+    from ..backbones import BACKBONES
+
+    return BACKBONES[backbone].hub_id if backbone in BACKBONES else hub_id_or_none(backbone)
+
+
+
+def describe_design(config: PoolAttnConfig) -> list[list[str]]:
+    """Rows (part, setting, what it means) describing attention, pooling and the head in words."""
+    layers_total = config.text_config.num_hidden_layers
+    rows = [
+        [
+            "attention",
+            config.attention,
+            "bidirectional: the causal mask is switched off (`is_causal=False`), every token sees the whole text"
+            if config.attention == "bidirectional"
+            else "causal: the backbone's own mask, each token sees the tokens before it",
+        ]
+    ]
+    head = (
+        f"{config.num_latents} trainable latents, {config.num_heads} head(s) x {config.head_dim}, "
+        f"{'GEGLU x' + str(config.ffn_multiplier) if config.ffn_multiplier else 'no'} feed-forward, "
+        f"{'the paper' if config.latent_orientation == 'latents_query' else 'NV-Embed'} orientation"
+    )
+    head_row = ["head", head, "pre-norm cross-attention + residual, pre-norm feed-forward + residual, mean"]
+    if config.pooling == "eos":
+        rows.append(
+            [
+                "pooling",
+                "eos",
+                "the last-layer hidden state of the last token (EOS, appended when the tokenizer adds none)",
+            ]
+        )
+    elif config.pooling == "mean":
+        rows.append(["pooling", "mean", "masked mean of the last layer's token states (prompt tokens left out)"])
+    elif config.pooling == "latent":
+        source = (
+            "the last token's state"
+            if config.head_input == "last_token"
+            else "every token's state (padding and prompt tokens masked)"
+        )
+        rows.append(
+            [
+                "pooling",
+                "latent (last-layer trainable pooling)",
+                f"a cross-attention head over the last layer, reading {source}",
+            ]
+        )
+        rows.append(head_row)
+    else:
+        summary = "its last token's state" if config.layer_summary == "eos" else "the masked mean of its token states"
+        layers = config.layer_indices
+        rows.append(
+            [
+                "pooling",
+                "multi_layer_latent (multi-layers trainable pooling)",
+                f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries "
+                f"{'plus a trainable layer-weight matrix ' if config.layer_weights else ''}go through the head",
+            ]
+        )
+        rows.append(
+            [
+                "layers",
+                f"`{config.layers}`",
+                ", ".join(map(str, layers)) + f" (layer {layers_total} is the final-normed last layer)",
+            ]
+        )
+        rows.append(head_row)
+    rows.append(
+        [
+            "output",
+            f"{config.text_config.hidden_size} dimensions",
+            "L2-normalised, compare with cosine / dot product"
+            if config.normalize
+            else "not normalised, compare with cosine",
+        ]
+    )
+    if config.matryoshka_dims:
+        sizes = ", ".join(map(str, config.matryoshka_dims))
+        rows.append(
+            [
+                "smaller sizes",
+                sizes,
+                "trained with a Matryoshka loss: the first N dimensions, renormalised, "
+                "are an embedding too (`truncate_dim`)",
+            ]
+        )
+    return rows
+
+
+def describe_data_source(source: str) -> str:
+    """The training data as a reader finds it: a Hub id as such, the bundled sample by name, a local file by name."""
+    if Path(source).parts[-3:] == SAMPLE_TRIPLETS_TAIL:
+        return "poolattn's bundled sample triplets, `poolattn/sample_data/sample_triplets.jsonl` (8 domains):"
+    if hub_id_or_none(source):
+        return f"[{source}](https://huggingface.co/datasets/{source}):"
+    return f"local data `{Path(source).name}`:"
+
+
+def training_rows(manifest: TrainingManifest) -> list[list[str]]:
+    """Rows (what, value) of the training table, from the typed manifest; parts a manifest lacks are left out."""
+    data, settings, batch = manifest.data, manifest.settings, manifest.contrastive_batch
+    hub_id = base_model_id(manifest.backbone)
+    named = f" ({hub_id})" if hub_id and hub_id != manifest.backbone else ""
+    rows = [["backbone", f"`{manifest.backbone}`{named}"]]
+    if data:
+        rows.append(
+            [
+                "data",
+                f"{describe_data_source(data.source)} {data.examples} query/positive"
+                f"{'/hard-negative' if data.hard_negatives else ''} examples"
+                + (f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else ""),
+            ]
+        )
+        if len(data.sources) > 1:
+            rows.append(
+                [
+                    "sources",
+                    "; ".join(
+                        f"{source['name']} ({source['examples']}"
+                        + (
+                            f", {source['negatives_per_query']} hard negative(s) per query"
+                            if source["negatives_per_query"]
+                            else ""
+                        )
+                        + ")"
+                        for source in data.sources
+                    )
+                    + {
+                        "one_source_per_batch": "; every batch from one source",
+                        "mixed": "; sources mixed within batches",
+                    }.get(data.batch_sampling, ""),
+                ]
+            )
+        rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
+    if manifest.global_steps is not None:
+        stop = manifest.stop
+        stopped = (
+            f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
+            if stop and stop.reason == "plateau"
+            else ""
+        )
+        rows.append(
+            [
+                "steps",
+                f"{manifest.global_steps}{stopped}"
+                + (
+                    f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, "
+                    f"{settings.warmup_steps} warmup steps, {settings.optimizer})"
+                    if settings
+                    else ""
+                ),
+            ]
+        )
+    if batch:
+        rows.append(["contrastive batch per loss call", batch.describe()])
+    losses = manifest.losses
+    rows.append(
+        [
+            "loss",
+            "InfoNCE over cosine similarities"
+            + (f", temperature {settings.temperature}" if settings else "")
+            + (f"; {losses[0]:.3f} at the first step, {losses[-1]:.3f} at the last" if losses else ""),
+        ]
+    )
+    if settings:
+        rows.append(["tuning", settings.describe_tuning()])
+    if manifest.trainable_parameters:
+        rows.append(["trainable parameters", manifest.trainable_parameters.describe()])
+    if settings:
+        rows.append(["max tokens", f"queries {settings.query_max_length}, documents {settings.document_max_length}"])
+        rows.append(["precision", settings.precision])
+    if manifest.seed is not None:
+        rows.append(["seed", str(manifest.seed)])
+    if manifest.train_runtime_s is not None:
+        rows.append(["run time", f"{manifest.train_runtime_s} s"])
+    if manifest.libraries:
+        rows.append(["libraries", ", ".join(f"{name} {version}" for name, version in manifest.libraries.items())])
+    if manifest.export_check:
+        check = manifest.export_check
+        rows.append(
+            [
+                "export check",
+                f"merged vs adapter embeddings on {check.texts} texts: largest difference "
+                f"{check.max_abs_difference:.2g} (tolerance {check.tolerance:g})",
+            ]
+        )
+    return rows
+
+
+def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[str, str | None]:
+    """Markdown tables of the evaluation: `scores` (this model, per task), and against the peers that share a task
+    with it, `means` (per category) and `tests` (Wilcoxon by category); both None without such peers."""
+    from ..stats import markdown_table, verdict, wilcoxon_by_category
+
+    scores, categories, metrics = results.scores, results.categories, results.main_score_names
+    tasks = sorted(scores, key=lambda task: (category_rank(categories[task]), categories[task], task))
+    tables = {
+        "scores": markdown_table(
+            ["task", "category", "metric", "score"],
+            [[task, categories[task], metrics[task], scores[task]] for task in tasks],
+        ),
+        "means": None,
+        "tests": None,
+    }
+    shared_peers = [peer for peer in peers if set(peer.scores) & set(scores)]
+    if shared_peers:
+        used = list(dict.fromkeys(categories[task] for task in tasks))
+        compared = [(f"{results.name} (this model)", results), *((peer.name, peer) for peer in shared_peers)]
+        means = [[name, *map(model_results.category_means(tasks).get, used)] for name, model_results in compared]
+        tests = [
+            [
+                peer.name,
+                test.category,
+                test.n_datasets,
+                test.mean_a,
+                test.mean_b,
+                f"{test.wins_a}/{test.n_datasets}",
+                test.p_value,
+                test.p_holm,
+                verdict(test, "this model", peer.name),
+            ]
+            for peer in shared_peers
+            for test in wilcoxon_by_category(scores, peer.scores, categories)
+        ]
+        tables["means"] = markdown_table(["model", *used], means)
+        tables["tests"] = markdown_table(
+            [
+                "other variant",
+                "category",
+                "datasets",
+                "this model",
+                "other",
+                "this model wins",
+                "p",
+                "p (Holm)",
+                "verdict",
+            ],
+            tests,
+        )
+    return tables
