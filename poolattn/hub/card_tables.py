@@ -6,10 +6,8 @@ import re
 from pathlib import Path
 
 from ..configuration_poolattn import PoolAttnConfig
-from ..model_folder import ExportedModel
-from ..manifest import TrainingManifest
 from ..evaluation.results import ModelResults, category_rank
-
+from ..manifest import TrainingManifest
 
 # The bundled sample's path, from the end: recognised also when a model was trained from another checkout.
 SAMPLE_TRIPLETS_TAIL = ("poolattn", "sample_data", "sample_triplets.jsonl")
@@ -27,7 +25,6 @@ def base_model_id(backbone: str | None) -> str | None:
     from ..backbones import BACKBONES
 
     return BACKBONES[backbone].hub_id if backbone in BACKBONES else hub_id_or_none(backbone)
-
 
 
 def describe_design(config: PoolAttnConfig) -> list[list[str]]:

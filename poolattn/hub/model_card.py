@@ -14,21 +14,19 @@ MTEB scores, as a table and as the `model-index` metadata, and Wilcoxon tests ag
 """
 
 import json
-import re
 from pathlib import Path
 
-from ..configuration_poolattn import PoolAttnConfig
+from ..evaluation.results import ModelResults, unscored_categories
 from ..model_folder import ExportedModel
-from ..manifest import TrainingManifest
-from ..evaluation.results import ModelResults, category_rank
-from ..evaluation.results import unscored_categories
-from .card_tables import describe_design, evaluation_tables, training_rows
-from .card_tables import SAMPLE_TRIPLETS_TAIL, base_model_id, hub_id_or_none
-
+from .card_tables import (
+    base_model_id,
+    describe_design,
+    evaluation_tables,
+    hub_id_or_none,
+    training_rows,
+)
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
-
-
 
 
 PAPER = (
@@ -66,10 +64,6 @@ POOLING_TAGS = {
     "latent": "trainable-pooling",
     "multi_layer_latent": "multi-layer-trainable-pooling",
 }
-
-
-
-
 
 
 def base_model_license(backbone: str | None) -> str | None:
@@ -208,8 +202,8 @@ def build_model_card(
 
 def onnx_export_record(folder):
     """The folder's ONNX export record (`onnx/export.json`), or None when it has no export."""
-    from .onnx_export import EXPORT_RECORD, OnnxExport
     from ..onnx_poolattn import ONNX_FOLDER
+    from .onnx_export import EXPORT_RECORD, OnnxExport
 
     return OnnxExport.read(folder) if (Path(folder) / ONNX_FOLDER / EXPORT_RECORD).is_file() else None
 

@@ -26,11 +26,11 @@ import shutil
 from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
+from ..evaluation.results import find_model_results, other_settings, unscored_categories
+from ..export import write_sentence_transformers_files
 from ..files import atomic_save
 from ..model_folder import ExportedModel
-from ..export import write_sentence_transformers_files
 from .model_card import build_model_card
-from ..evaluation.results import find_model_results, other_settings, unscored_categories
 from .shipping import (
     PACKAGE_CODE,
     PACKAGE_DIR,

@@ -189,8 +189,8 @@ def check_loads(folders: list[Path], variants: list) -> None:
 def check_onnx(folder: Path) -> None:
     """Run the folder's ONNX export again against PyTorch at the tolerance its `export.json` records."""
     from ..modeling_poolattn import PoolAttnEmbeddingModel
-    from .onnx_export import OnnxExport, compare_encoders
     from ..onnx_poolattn import PoolAttnOnnxModel
+    from .onnx_export import OnnxExport, compare_encoders
 
     try:
         record = OnnxExport.read(folder)
