@@ -399,16 +399,19 @@ def test_train_refuses_a_push_it_cannot_make_before_training(
     """Parsing only reads the flags; Hub access is checked when the run starts, before any training or writing."""
     import huggingface_hub
 
-    from poolattn.training import runner
-
     with pytest.raises(ValueError, match="need --hub_model_id"):
         training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     flags = ["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"]
     *_, training_args = training.parse_arguments(flags)  # no network, no credentials while parsing
     assert training_args.push_to_hub is True  # the request is kept as given ...
-    assert runner.trainer_arguments(training_args).push_to_hub is False  # ... the Trainer never pushes checkpoints
+    from poolattn.training.trainer_arguments import trainer_arguments
+
+    assert trainer_arguments(training_args).push_to_hub is False  # ... the Trainer never pushes checkpoints
     assert training_args.push_to_hub is True
+    dispatch = training_args.accelerator_config.dispatch_batches
+    assert trainer_arguments(training_args, streaming=True).accelerator_config.dispatch_batches is False
+    assert training_args.accelerator_config.dispatch_batches == dispatch  # the copy's, not the parsed arguments'
     output = tmp_path / "out"
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
         training.main([*flags, "--train_data", triplets_file, "--output_dir", str(output), "--use_cpu", "true"])

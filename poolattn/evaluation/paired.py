@@ -147,42 +147,21 @@ def pooled_bootstrap(
     the parts in the mean (default equal; e.g. 1/2 each for the two subsets of one task). `units` of the result is the
     total over the tasks. With one part this is `replicated_bootstrap`.
     """
-    if not parts or any(not runs_a or not runs_b for _, runs_a, runs_b in parts):
-        raise ValueError("replicated_bootstrap needs at least one run (seed) of each model.")
-    seeds_a, seeds_b = {len(part[1]) for part in parts}, {len(part[2]) for part in parts}
-    if len(seeds_a) != 1 or len(seeds_b) != 1:
-        raise ValueError("pooled_bootstrap: every task needs the same runs (seeds) of each model.")
-    count_a, count_b = seeds_a.pop(), seeds_b.pop()
-    if paired_seeds and count_a != count_b:
-        raise ValueError(f"paired_seeds needs as many runs of each model, got {count_a} and {count_b}.")
+    count_a, count_b = _seed_counts(parts, paired_seeds)
     weights = np.ones(len(parts)) if weights is None else np.asarray(weights, dtype=float)
     weights = weights / weights.sum()
     rng = np.random.default_rng(seed)
-
-    def scores(sample_of, runs_of) -> list[np.ndarray]:  # per task: every run's score on that task's sample
-        return [
-            np.array([units.statistic(run, sample_of(index, units)) for run in runs_of(part)])
-            for index, (units, *part) in enumerate(parts)
-        ]
-
-    def everything(index, units):
-        return units.everything()
-
-    full_a = scores(everything, lambda part: part[0])
-    full_b = scores(everything, lambda part: part[1])
-    score_a = float(weights @ [task_scores.mean() for task_scores in full_a])
-    score_b = float(weights @ [task_scores.mean() for task_scores in full_b])
+    everything = [units.everything() for units, _, _ in parts]
+    score_a = float(weights @ [scores.mean() for scores in _run_scores(parts, everything, 0)])
+    score_b = float(weights @ [scores.mean() for scores in _run_scores(parts, everything, 1)])
     observed = score_a - score_b
     differences = np.empty(resamples)
     for index in range(resamples):
         samples = [units.resample(rng) for units, _, _ in parts]
         draw_a = _draw_seeds(rng, count_a)
         draw_b = draw_a if paired_seeds else _draw_seeds(rng, count_b)
-        sampled_a = scores(lambda i, units, samples=samples: samples[i], lambda part: part[0])
-        sampled_b = scores(lambda i, units, samples=samples: samples[i], lambda part: part[1])
-        differences[index] = weights @ [task_scores[draw_a].mean() for task_scores in sampled_a] - weights @ [
-            task_scores[draw_b].mean() for task_scores in sampled_b
-        ]
+        mean_a = weights @ [scores[draw_a].mean() for scores in _run_scores(parts, samples, 0)]
+        differences[index] = mean_a - weights @ [scores[draw_b].mean() for scores in _run_scores(parts, samples, 1)]
     differences = np.nan_to_num(differences, nan=0.0)
     if any(units.half_samples for units, _, _ in parts):  # half samples: their spread, around the observed difference
         differences = differences - differences.mean() + observed
@@ -203,6 +182,27 @@ def pooled_bootstrap(
         seeds_b=count_b,
         paired_seeds=paired_seeds,
     )
+
+
+def _seed_counts(parts, paired_seeds: bool) -> tuple[int, int]:
+    """How many runs (seeds) each model has, the same on every task."""
+    if not parts or any(not runs_a or not runs_b for _, runs_a, runs_b in parts):
+        raise ValueError("replicated_bootstrap needs at least one run (seed) of each model.")
+    seeds_a, seeds_b = {len(part[1]) for part in parts}, {len(part[2]) for part in parts}
+    if len(seeds_a) != 1 or len(seeds_b) != 1:
+        raise ValueError("pooled_bootstrap: every task needs the same runs (seeds) of each model.")
+    count_a, count_b = seeds_a.pop(), seeds_b.pop()
+    if paired_seeds and count_a != count_b:
+        raise ValueError(f"paired_seeds needs as many runs of each model, got {count_a} and {count_b}.")
+    return count_a, count_b
+
+
+def _run_scores(parts, samples, model: int) -> list[np.ndarray]:
+    """Per task: each run's score of model `model` (0: a, 1: b) on that task's sample."""
+    return [
+        np.array([units.statistic(run, sample) for run in (runs_a, runs_b)[model]])
+        for (units, runs_a, runs_b), sample in zip(parts, samples, strict=True)
+    ]
 
 
 def _draw_seeds(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -108,53 +108,60 @@ def evaluate_models(
     _check_models(models, onnx_file, truncate_dim)
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
     cache = mteb.ResultCache(output)
+    encoding = dict(batch_size=batch_size, max_length=max_length, onnx_file=onnx_file, truncate_dim=truncate_dim)
     settings = {
         "data_dir": str(data_dir) if data_dir else None,
-        "batch_size": batch_size,
-        "max_length": max_length,
+        **encoding,
         "prompt_format": QUERY_PROMPT_FORMAT,
         "prompted_texts": "queries and symmetric tasks; documents get none",
         "budget": budget,
-        "onnx_file": onnx_file,
-        "truncate_dim": truncate_dim,
     }
     for model in models:
         encoder = load_encoder(
-            model,
-            batch_size=batch_size,
-            max_length=max_length,
-            instructions=instructions,
-            onnx_file=onnx_file,
-            truncate_dim=truncate_dim,
-            budget=budget,
-            trust_remote_code=trust_remote_code,
+            model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
+        folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
+        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints, data_dir)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
-        if budget:
-            selected = [cap_task(task, budget) for task in selected]
-        folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        for name in stale_results(folder, fingerprints):
-            logger.warning(
-                "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
-                encoder.mteb_model_meta.name,
-                name,
-                Path(data_dir) / name,
-            )
-        predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text: what paired tests need
-        predictions.mkdir(parents=True, exist_ok=True)
-        result = mteb.evaluate(
+        result = _run_mteb(
             encoder,
-            selected,
-            cache=cache,
-            encode_kwargs={"batch_size": batch_size},
-            overwrite_strategy="always" if overwrite else "only-missing",
-            raise_error=False,
-            show_progress_bar=True,
-            prediction_folder=predictions,
+            [cap_task(task, budget) if budget else task for task in selected],
+            folder,
+            cache,
+            batch_size=batch_size,
+            overwrite=overwrite,
         )
         _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, fingerprints)
     return run
+
+
+def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None], data_dir) -> None:
+    for name in stale_results(folder, fingerprints):
+        logger.warning(
+            "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
+            model_name,
+            name,
+            Path(data_dir) / name,
+        )
+
+
+def _run_mteb(encoder, tasks, folder: Path, cache, *, batch_size: int, overwrite: bool):
+    """mteb's own evaluation of `encoder` on `tasks`, keeping per-item predictions (what paired tests need)."""
+    import mteb
+
+    predictions = folder / PREDICTIONS_FOLDER  # per query, pair, example or text
+    predictions.mkdir(parents=True, exist_ok=True)
+    return mteb.evaluate(
+        encoder,
+        tasks,
+        cache=cache,
+        encode_kwargs={"batch_size": batch_size},
+        overwrite_strategy="always" if overwrite else "only-missing",
+        raise_error=False,
+        show_progress_bar=True,
+        prediction_folder=predictions,
+    )
 
 
 def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing):

@@ -29,74 +29,18 @@ def base_model_id(backbone: str | None) -> str | None:
 
 def describe_design(config: PoolAttnConfig) -> list[list[str]]:
     """Rows (part, setting, what it means) describing attention, pooling and the head in words."""
-    layers_total = config.text_config.num_hidden_layers
-    rows = [
-        [
-            "attention",
-            config.attention,
-            "bidirectional: the causal mask is switched off (`is_causal=False`), every token sees the whole text"
-            if config.attention == "bidirectional"
-            else "causal: the backbone's own mask, each token sees the tokens before it",
-        ]
-    ]
-    head = (
-        f"{config.num_latents} trainable latents, {config.num_heads} head(s) x {config.head_dim}, "
-        f"{'GEGLU x' + str(config.ffn_multiplier) if config.ffn_multiplier else 'no'} feed-forward, "
-        f"{'the paper' if config.latent_orientation == 'latents_query' else 'NV-Embed'} orientation"
+    attention = (
+        "bidirectional: the causal mask is switched off (`is_causal=False`), every token sees the whole text"
+        if config.attention == "bidirectional"
+        else "causal: the backbone's own mask, each token sees the tokens before it"
     )
-    head_row = ["head", head, "pre-norm cross-attention + residual, pre-norm feed-forward + residual, mean"]
-    if config.pooling == "eos":
-        rows.append(
-            [
-                "pooling",
-                "eos",
-                "the last-layer hidden state of the last token (EOS, appended when the tokenizer adds none)",
-            ]
-        )
-    elif config.pooling == "mean":
-        rows.append(["pooling", "mean", "masked mean of the last layer's token states (prompt tokens left out)"])
-    elif config.pooling == "latent":
-        source = (
-            "the last token's state"
-            if config.head_input == "last_token"
-            else "every token's state (padding and prompt tokens masked)"
-        )
-        rows.append(
-            [
-                "pooling",
-                "latent (last-layer trainable pooling)",
-                f"a cross-attention head over the last layer, reading {source}",
-            ]
-        )
-        rows.append(head_row)
-    else:
-        summary = "its last token's state" if config.layer_summary == "eos" else "the masked mean of its token states"
-        layers = config.layer_indices
-        rows.append(
-            [
-                "pooling",
-                "multi_layer_latent (multi-layers trainable pooling)",
-                f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries "
-                f"{'plus a trainable layer-weight matrix ' if config.layer_weights else ''}go through the head",
-            ]
-        )
-        rows.append(
-            [
-                "layers",
-                f"`{config.layers}`",
-                ", ".join(map(str, layers)) + f" (layer {layers_total} is the final-normed last layer)",
-            ]
-        )
-        rows.append(head_row)
-    rows.append(
-        [
-            "output",
-            f"{config.text_config.hidden_size} dimensions",
-            "L2-normalised, compare with cosine / dot product"
-            if config.normalize
-            else "not normalised, compare with cosine",
-        ]
+    output = (
+        "L2-normalised, compare with cosine / dot product"
+        if config.normalize
+        else "not normalised, compare with cosine"
     )
+    rows = [["attention", config.attention, attention], *_pooling_rows(config)]
+    rows.append(["output", f"{config.text_config.hidden_size} dimensions", output])
     if config.matryoshka_dims:
         sizes = ", ".join(map(str, config.matryoshka_dims))
         rows.append(
@@ -110,6 +54,45 @@ def describe_design(config: PoolAttnConfig) -> list[list[str]]:
     return rows
 
 
+def _pooling_rows(config: PoolAttnConfig) -> list[list[str]]:
+    if config.pooling == "eos":
+        last_token = "the last-layer hidden state of the last token (EOS, appended when the tokenizer adds none)"
+        return [["pooling", "eos", last_token]]
+    if config.pooling == "mean":
+        return [["pooling", "mean", "masked mean of the last layer's token states (prompt tokens left out)"]]
+    if config.pooling == "latent":
+        source = (
+            "the last token's state"
+            if config.head_input == "last_token"
+            else "every token's state (padding and prompt tokens masked)"
+        )
+        over_last_layer = f"a cross-attention head over the last layer, reading {source}"
+        return [["pooling", "latent (last-layer trainable pooling)", over_last_layer], _head_row(config)]
+    summary = "its last token's state" if config.layer_summary == "eos" else "the masked mean of its token states"
+    layers, layers_total = config.layer_indices, config.text_config.num_hidden_layers
+    weights = "plus a trainable layer-weight matrix " if config.layer_weights else ""
+    over_layers = (
+        f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries {weights}go "
+        "through the head"
+    )
+    layer_list = ", ".join(map(str, layers)) + f" (layer {layers_total} is the final-normed last layer)"
+    return [
+        ["pooling", "multi_layer_latent (multi-layers trainable pooling)", over_layers],
+        ["layers", f"`{config.layers}`", layer_list],
+        _head_row(config),
+    ]
+
+
+def _head_row(config: PoolAttnConfig) -> list[str]:
+    feed_forward = f"GEGLU x{config.ffn_multiplier}" if config.ffn_multiplier else "no"
+    orientation = "the paper" if config.latent_orientation == "latents_query" else "NV-Embed"
+    head = (
+        f"{config.num_latents} trainable latents, {config.num_heads} head(s) x {config.head_dim}, "
+        f"{feed_forward} feed-forward, {orientation} orientation"
+    )
+    return ["head", head, "pre-norm cross-attention + residual, pre-norm feed-forward + residual, mean"]
+
+
 def describe_data_source(source: str) -> str:
     """The training data as a reader finds it: a Hub id as such, the bundled sample by name, a local file by name."""
     if Path(source).parts[-3:] == SAMPLE_TRIPLETS_TAIL:
@@ -121,59 +104,12 @@ def describe_data_source(source: str) -> str:
 
 def training_rows(manifest: TrainingManifest) -> list[list[str]]:
     """Rows (what, value) of the training table, from the typed manifest; parts a manifest lacks are left out."""
-    data, settings, batch = manifest.data, manifest.settings, manifest.contrastive_batch
+    settings, batch = manifest.settings, manifest.contrastive_batch
     hub_id = base_model_id(manifest.backbone)
     named = f" ({hub_id})" if hub_id and hub_id != manifest.backbone else ""
-    rows = [["backbone", f"`{manifest.backbone}`{named}"]]
-    if data:
-        rows.append(
-            [
-                "data",
-                f"{describe_data_source(data.source)} {data.examples} query/positive"
-                f"{'/hard-negative' if data.hard_negatives else ''} examples"
-                + (f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else ""),
-            ]
-        )
-        if len(data.sources) > 1:
-            rows.append(
-                [
-                    "sources",
-                    "; ".join(
-                        f"{source['name']} ({source['examples']}"
-                        + (
-                            f", {source['negatives_per_query']} hard negative(s) per query"
-                            if source["negatives_per_query"]
-                            else ""
-                        )
-                        + ")"
-                        for source in data.sources
-                    )
-                    + {
-                        "one_source_per_batch": "; every batch from one source",
-                        "mixed": "; sources mixed within batches",
-                    }.get(data.batch_sampling, ""),
-                ]
-            )
-        rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
+    rows = [["backbone", f"`{manifest.backbone}`{named}"], *_data_rows(manifest)]
     if manifest.global_steps is not None:
-        stop = manifest.stop
-        stopped = (
-            f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
-            if stop and stop.reason == "plateau"
-            else ""
-        )
-        rows.append(
-            [
-                "steps",
-                f"{manifest.global_steps}{stopped}"
-                + (
-                    f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, "
-                    f"{settings.warmup_steps} warmup steps, {settings.optimizer})"
-                    if settings
-                    else ""
-                ),
-            ]
-        )
+        rows.append(["steps", _steps_text(manifest)])
     if batch:
         rows.append(["contrastive batch per loss call", batch.describe()])
     losses = manifest.losses
@@ -208,6 +144,51 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _data_rows(manifest: TrainingManifest) -> list[list[str]]:
+    data = manifest.data
+    if not data:
+        return []
+    negatives = "/hard-negative" if data.hard_negatives else ""
+    skipped = f", {data.skipped_rows} invalid rows skipped" if data.skipped_rows else ""
+    rows = [
+        ["data", f"{describe_data_source(data.source)} {data.examples} query/positive{negatives} examples{skipped}"]
+    ]
+    if len(data.sources) > 1:
+        sources = "; ".join(
+            f"{source['name']} ({source['examples']}"
+            + (
+                f", {source['negatives_per_query']} hard negative(s) per query"
+                if source["negatives_per_query"]
+                else ""
+            )
+            + ")"
+            for source in data.sources
+        )
+        sampling = {
+            "one_source_per_batch": "; every batch from one source",
+            "mixed": "; sources mixed within batches",
+        }.get(data.batch_sampling, "")
+        rows.append(["sources", sources + sampling])
+    rows.append(["query instruction", json.dumps(data.query_instruction) if data.query_instruction else "none"])
+    return rows
+
+
+def _steps_text(manifest: TrainingManifest) -> str:
+    stop, settings = manifest.stop, manifest.settings
+    stopped = (
+        f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
+        if stop and stop.reason == "plateau"
+        else ""
+    )
+    recipe = (
+        f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, "
+        f"{settings.warmup_steps} warmup steps, {settings.optimizer})"
+        if settings
+        else ""
+    )
+    return f"{manifest.global_steps}{stopped}{recipe}"
 
 
 def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[str, str | None]:

@@ -142,49 +142,20 @@ def export_onnx(
     import onnxruntime
 
     folder = Path(model_folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a model folder (no config.json); give a folder written by training "
-            "(runs/NAME/model) or by save_pretrained."
-        )
-    if not isinstance(tolerance, (int, float)) or not tolerance > 0:
-        raise ValueError(f"tolerance={tolerance!r}: give a positive number (default 1e-4).")
+    _check_request(folder, tolerance)
     model = PoolAttnEmbeddingModel.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = model.get_tokenizer()
     model.check_attention()  # once, eagerly: the traced forward must not run it
-    features = tokenize_for_embedding(
-        tokenizer, list(CHECK_TEXTS[:3]), prompt=CHECK_PROMPT, max_length=64, add_eos=model.config.add_eos
-    )
-    example = pad_features(features, pad_token_id=pad_token_id_for(tokenizer), padding_side="right")
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic_shapes = {name: {0: batch, 1: sequence} for name in INPUT_NAMES}
 
     def save(staging: Path) -> None:
         started = time.perf_counter()
-        with torch.no_grad(), warnings.catch_warnings():
-            # the same two dims on every input are intended (one batch, one sequence length); torch's own pytree
-            # deprecation is not ours to fix
-            warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-            program = torch.onnx.export(
-                EmbeddingGraph(model).eval(),  # a fresh wrapper starts in training mode
-                tuple(example[name] for name in INPUT_NAMES),
-                dynamo=True,
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                optimize=False,
-                verbose=False,
-            )
+        program = trace_to_onnx(model, opset)
         # optimize=False for the fp32 graph: the exporter's graph optimizer (onnxscript) doubled SmolLM2-135M v5's
         # export time (89 s vs 44 s) for no measured speed-up, since ONNX Runtime optimizes the graph itself when a
         # session loads it (256 STSBenchmark sentences: 3.85 / 3.59 s optimized vs 3.69 / 3.81 s not); onnxscript's
         # ORT fusions (RMSNorm, rotary, SDPA -> MultiHeadAttention) did not help either. int8 needs it (below).
         program.save(str(staging / "model.onnx"), external_data=True)
         seconds = time.perf_counter() - started
-        runtime = runtime_model(staging / "model.onnx", model, num_threads)
-        max_abs_diff, checks = compare_encoders(model, runtime)
+        max_abs_diff, checks = compare_encoders(model, runtime_model(staging / "model.onnx", model, num_threads))
         if not max_abs_diff <= tolerance:
             raise OnnxExportMismatch(
                 f"ONNX Runtime differs from PyTorch by {max_abs_diff:.3g} (max absolute difference of unit-norm "
@@ -203,19 +174,7 @@ def export_onnx(
             export_seconds=round(seconds, 1),
         )
         if quantize:
-            # The quantizer only quantizes MatMuls whose weight is an initializer; the unoptimized graph transposes
-            # each weight first (479 of 559 MB stayed fp32, no speed-up), so the folded graph is quantized.
-            program.optimize()
-            program.save(str(staging / "folded.onnx"), external_data=True)
-            quantize_int8(staging / "folded.onnx", staging / Path(ONNX_INT8_FILE).name)
-            for leftover in staging.glob("folded.onnx*"):
-                leftover.unlink()
-            quantized = runtime_model(staging / Path(ONNX_INT8_FILE).name, model, num_threads)
-            record.int8_file = ONNX_INT8_FILE
-            record.int8_max_abs_diff, _ = compare_encoders(model, quantized)
-            reference = model.encode(list(CHECK_TEXTS), normalize=True, convert_to_numpy=False)
-            cosine = (reference * quantized.encode(list(CHECK_TEXTS), normalize=True, convert_to_numpy=False)).sum(-1)
-            record.int8_min_cosine = cosine.min().item()
+            add_int8(program, staging, model, record, num_threads)
         record.save(staging / EXPORT_RECORD)
 
     atomic_save(save, folder / ONNX_FOLDER)
@@ -225,6 +184,59 @@ def export_onnx(
         "%s: ONNX export written (max difference from PyTorch %.2g)", folder / ONNX_FOLDER, record.max_abs_diff
     )
     return record
+
+
+def _check_request(folder: Path, tolerance) -> None:
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a model folder (no config.json); give a folder written by training "
+            "(runs/NAME/model) or by save_pretrained."
+        )
+    if not isinstance(tolerance, (int, float)) or not tolerance > 0:
+        raise ValueError(f"tolerance={tolerance!r}: give a positive number (default 1e-4).")
+
+
+def trace_to_onnx(model: PoolAttnEmbeddingModel, opset: int | None):
+    """The model's forward as an ONNX program (`torch.onnx.export(dynamo=True)`), batch and sequence dynamic."""
+    tokenizer = model.get_tokenizer()
+    features = tokenize_for_embedding(
+        tokenizer, list(CHECK_TEXTS[:3]), prompt=CHECK_PROMPT, max_length=64, add_eos=model.config.add_eos
+    )
+    example = pad_features(features, pad_token_id=pad_token_id_for(tokenizer), padding_side="right")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with torch.no_grad(), warnings.catch_warnings():
+        # the same two dims on every input are intended (one batch, one sequence length); torch's own pytree
+        # deprecation is not ours to fix
+        warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return torch.onnx.export(
+            EmbeddingGraph(model).eval(),  # a fresh wrapper starts in training mode
+            tuple(example[name] for name in INPUT_NAMES),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+            opset_version=opset,
+            optimize=False,
+            verbose=False,
+        )
+
+
+def add_int8(program, staging: Path, model: PoolAttnEmbeddingModel, record: OnnxExport, num_threads) -> None:
+    """Write the int8 graph beside the fp32 one and record its measured distance from PyTorch."""
+    # The quantizer only quantizes MatMuls whose weight is an initializer; the unoptimized graph transposes
+    # each weight first (479 of 559 MB stayed fp32, no speed-up), so the folded graph is quantized.
+    program.optimize()
+    program.save(str(staging / "folded.onnx"), external_data=True)
+    quantize_int8(staging / "folded.onnx", staging / Path(ONNX_INT8_FILE).name)
+    for leftover in staging.glob("folded.onnx*"):
+        leftover.unlink()
+    quantized = runtime_model(staging / Path(ONNX_INT8_FILE).name, model, num_threads)
+    record.int8_file = ONNX_INT8_FILE
+    record.int8_max_abs_diff, _ = compare_encoders(model, quantized)
+    reference = model.encode(list(CHECK_TEXTS), normalize=True, convert_to_numpy=False)
+    cosine = (reference * quantized.encode(list(CHECK_TEXTS), normalize=True, convert_to_numpy=False)).sum(-1)
+    record.int8_min_cosine = cosine.min().item()
 
 
 def runtime_model(path: Path, model: PoolAttnEmbeddingModel, num_threads: int | None = None) -> PoolAttnOnnxModel:

@@ -109,24 +109,7 @@ def write_repository_folder(
             ", ".join(changed),
             model.folder,
         )
-    own, peers = find_model_results(results, model, others) if results else (None, [])
-    left_out_results = other_settings(results, model) if results and own is None else {}
-    for revision, why in left_out_results.items():
-        logger.warning(
-            "%s: results %s left out of the card: scored with %s; score the full tasks with "
-            "`evaluate.py run` (no --budget) to put scores on the card",
-            repo_id,
-            revision,
-            why,
-        )
-    if own is not None and (unscored := unscored_categories(own)):
-        logger.warning(
-            "%s: the card reports no %s score (not scored on those categories); score them with `evaluate.py run "
-            "--categories %s` and publish again with --results",
-            repo_id,
-            ", ".join(unscored),
-            ",".join(unscored),
-        )
+    own, peers, left_out_results = card_results(repo_id, model, results, others)
     card = build_model_card(
         model,
         repo_id=repo_id,
@@ -150,6 +133,30 @@ def write_repository_folder(
             check_loads([folder], [recorded_variant(model)])
 
     return atomic_save(save, Path(destination))
+
+
+def card_results(repo_id: str, model: ExportedModel, results, others) -> tuple:
+    """(the model's own results, its peers', {revision: why} of its results left off the card), with a warning for
+    each result left out and each core category the card has no score for."""
+    own, peers = find_model_results(results, model, others) if results else (None, [])
+    left_out_results = other_settings(results, model) if results and own is None else {}
+    for revision, why in left_out_results.items():
+        logger.warning(
+            "%s: results %s left out of the card: scored with %s; score the full tasks with "
+            "`evaluate.py run` (no --budget) to put scores on the card",
+            repo_id,
+            revision,
+            why,
+        )
+    if own is not None and (unscored := unscored_categories(own)):
+        logger.warning(
+            "%s: the card reports no %s score (not scored on those categories); score them with `evaluate.py run "
+            "--categories %s` and publish again with --results",
+            repo_id,
+            ", ".join(unscored),
+            ",".join(unscored),
+        )
+    return own, peers, left_out_results
 
 
 def recorded_variant(model: ExportedModel):

@@ -8,7 +8,6 @@ folders; `run(model_args, data_args, training_args)` is the same from parsed arg
 them into exit codes.
 """
 
-import copy
 import json
 import logging
 import time
@@ -52,7 +51,7 @@ from .preflight import (
     held_out_rows,
     planned_runs,
 )
-from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint
+from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -110,26 +109,19 @@ def train_variant(
 ) -> Path:
     """One variant: model, trainer, training (or resume), export. Returns the exported folder. `held_out` rows are
     scored during training (`ContrastiveTrainer.evaluation_loop`)."""
-    import datasets
-
     from .trainer import ContrastiveTrainer  # transformers' Trainer, when a run trains
 
     set_seed(training_args.seed)
     model, tokenizer = build_model(model_args, backbone_path, variant)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
     if triplets.stream is not None:
         triplets.stream.seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-        # accelerate would otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the
-        # queries' count (and so dropping hard negatives); sharded, each process reads the stream and takes its rows
-        training_args.accelerator_config.dispatch_batches = False
-    train_dataset = triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows)
     recipe = resume_recipe(variant, model_args, data_args, training_args)
     if training_args.resume_from_checkpoint:
         check_resume_recipe(training_args.resume_from_checkpoint, recipe)
     trainer = ContrastiveTrainer(
         model=model,
-        args=trainer_arguments(training_args),
+        args=trainer_arguments(training_args, streaming=triplets.stream is not None),
         data_collator=TripletCollator(
             tokenizer,
             query_max_length=data_args.query_max_length,
@@ -139,12 +131,7 @@ def train_variant(
             source_instructions=[item.instruction for item in triplets.sources],
         ),
         processing_class=tokenizer,
-        train_dataset=train_dataset,
-        eval_dataset=datasets.Dataset.from_list(held_out) if held_out else None,
-        source_of_rows=triplets.source_of_rows() if one_source else None,
-        source_weights={index: item.weight for index, item in enumerate(triplets.sources)}
-        if data_args.weights_per_source
-        else None,
+        **_datasets(data_args, triplets, held_out),
         callbacks=_callbacks(model_args, data_args, training_args, backbone_path, base.config, recipe),
     )
     batch, parameters = _run_shape(variant, model, training_args, triplets, trainer.is_world_process_zero())
@@ -172,6 +159,21 @@ def train_variant(
     )
     logger.info("variant %s: model written to %s", variant, destination)
     return destination
+
+
+def _datasets(data_args, triplets: Triplets, held_out: list[dict] | None) -> dict:
+    """The trainer's datasets and how it samples them: the rows (or the stream), the held-out rows, one source per
+    batch and per-source loss weights as asked."""
+    import datasets
+
+    one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
+    weights = {index: item.weight for index, item in enumerate(triplets.sources)}
+    return {
+        "train_dataset": triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows),
+        "eval_dataset": datasets.Dataset.from_list(held_out) if held_out else None,
+        "source_of_rows": triplets.source_of_rows() if one_source else None,
+        "source_weights": weights if data_args.weights_per_source else None,
+    }
 
 
 def _callbacks(model_args, data_args, training_args, backbone_path: str, config, recipe: dict) -> list:
@@ -239,15 +241,6 @@ def export_untrained(
     )
     logger.info("variant %s, seed %d: untrained control written to %s", variant, training_args.seed, written)
     return written
-
-
-def trainer_arguments(training_args: TrainingRunArguments) -> TrainingRunArguments:
-    """The Trainer's copy of the run's arguments: poolattn publishes the exported model itself (card,
-    sentence-transformers files) after training, so the Trainer's own push, which would upload raw checkpoints, is off
-    in the copy; the parsed arguments are left as given."""
-    trainer_copy = copy.copy(training_args)  # a shallow copy: no __post_init__ runs again
-    trainer_copy.push_to_hub = False
-    return trainer_copy
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:

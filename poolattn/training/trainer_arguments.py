@@ -2,8 +2,9 @@
 transformers' `TrainingArguments` only (not the Trainer, datasets or the evaluation stack), so `train.py --help` and
 argument parsing stay light. `ContrastiveTrainer` is in `poolattn.training.trainer`."""
 
+import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -195,3 +196,18 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
                 "model; train the seeds, then publish the one you choose with publish.py."
             )
         super().__post_init__()
+
+
+def trainer_arguments(training_args: TrainingRunArguments, streaming: bool = False) -> TrainingRunArguments:
+    """The Trainer's copy of the run's arguments; the parsed arguments are left as given.
+
+    poolattn publishes the exported model itself (card, sentence-transformers files) after training, so the Trainer's
+    own push, which would upload raw checkpoints, is off in the copy. With a streamed dataset, accelerate would
+    otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the queries' count (and so
+    dropping hard negatives); sharded, each process reads the stream and takes its own rows.
+    """
+    trainer_copy = copy.copy(training_args)  # a shallow copy: no __post_init__ runs again
+    trainer_copy.push_to_hub = False
+    if streaming:
+        trainer_copy.accelerator_config = replace(training_args.accelerator_config, dispatch_batches=False)
+    return trainer_copy
