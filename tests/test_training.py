@@ -509,6 +509,45 @@ def test_evaluate_reports_the_contrastive_loss_and_in_batch_recall(tiny_backbone
     assert metrics["eval_recall_at_1"] == pytest.approx(by_hand)
 
 
+def test_holding_out_rows_leaves_the_parsed_arguments_and_the_loaded_rows_as_given(
+    triplets_file, tiny_backbone_folder
+):
+    """`held_out_rows` returns the training rows and the held-out ones (a partition of the loaded rows); the loaded
+    triplets and the parsed arguments are not changed (the Trainer's copy gets the evaluation schedule)."""
+    import copy
+
+    from poolattn.training.data import load_triplets
+    from poolattn.training.preflight import held_out_rows
+    from poolattn.training.trainer_arguments import trainer_arguments
+
+    model_args, data_args, training_args = training.parse_arguments(
+        [
+            "--backbone",
+            tiny_backbone_folder,
+            "--train_data",
+            triplets_file,
+            "--eval_fraction",
+            "0.34",
+            "--per_device_eval_batch_size",
+            "4",
+            "--save_steps",
+            "3",
+            "--use_cpu",
+            "true",
+        ]
+    )
+    loaded = load_triplets(triplets_file)
+    loaded_before, arguments_before = copy.deepcopy(loaded), training_args.to_dict()
+    kept, held_out = held_out_rows(loaded, data_args, training_args)
+    assert loaded == loaded_before and training_args.to_dict() == arguments_before
+    assert len(held_out) == 4 and kept.examples == 8 and sum(source.examples for source in kept.sources) == 8
+    assert sorted(map(str, kept.rows + held_out)) == sorted(map(str, loaded.rows))
+    assert held_out_rows(loaded, data_args, training_args)[1] == held_out  # the same rows for the same seed
+    trainer_copy = trainer_arguments(training_args, evaluating=True)
+    assert (trainer_copy.eval_strategy, trainer_copy.eval_steps) == ("steps", 3)
+    assert training_args.eval_strategy == "no"
+
+
 def test_held_out_data_is_scored_during_training_and_recorded(tiny_backbone_folder, triplets_file, tmp_path):
     exported = training.main(
         [

@@ -237,7 +237,7 @@ def stop_record(trainer, training_args) -> StopRecord:
         if getattr(training_args, "load_best_model_at_end", False)
         else "end_of_data"
     )
-    every = training_args.eval_steps if evaluations else None
+    every = trainer.args.eval_steps if evaluations else None  # the Trainer's: it may set a default
     return StopRecord(
         reason=reason,
         step=state.global_step,

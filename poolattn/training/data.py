@@ -106,51 +106,18 @@ def load_triplets(
             f"--negatives_per_query {negatives_per_query}: give 0 (in-batch negatives only) or "
             "more hard negatives per query."
         )
-    names: dict[str, str] = {}  # file (or Hub subset) -> its source name
-    if is_local_files(source):
-        files = data_files(source)
-        raw_rows = _read_rows(files)
-        names = {str(path): path.stem for path in files}
-    else:
-        subsets = hub_subsets(source, split)
-        files, raw_rows = [source], []
-        for subset in subsets:
-            label = hub_label(source, subset, split)
-            names[label] = hub_source_name(source, subset)
-            raw_rows += [(label, number, row) for number, row in iter_hub_rows(source, subset, split)]
+    files, names, raw_rows = _raw_rows(source, split)
     if not raw_rows:
         raise TripletDataError(f"{source}: no rows found.")
-
     by_file: dict[str, list[tuple[int, dict]]] = {}
     for file, number, raw in raw_rows:
         by_file.setdefault(file, []).append((number, raw))
     rows, sources, skipped = [], [], 0
     for file, numbered in by_file.items():
-        name = names[file]
-        parts: dict[int, list[dict]] = {}  # hard negatives per query -> rows
-        file_skipped = 0
-        for number, raw in numbered:
-            try:
-                row = validate_row(raw, negatives_per_query)
-            except TripletDataError as error:
-                if not skip_invalid:
-                    raise TripletDataError(
-                        f"{file}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
-                    ) from None
-                file_skipped += 1
-                continue
-            parts.setdefault(len(row["negatives"]), []).append(row)
-        if file_skipped:
-            logger.warning("skipped %d invalid rows of %d in %s", file_skipped, len(numbered), file)
-            skipped += file_skipped
-        if len(parts) > 1:
-            logger.info(
-                "%s: rows with %s hard negatives are kept as separate sources (a batch holds one count)",
-                file,
-                " / ".join(map(str, sorted(parts, reverse=True))),
-            )
+        parts, file_skipped = _valid_rows_by_negatives(file, numbered, negatives_per_query, skip_invalid)
+        skipped += file_skipped
         for count in sorted(parts, reverse=True):
-            label = name if len(parts) == 1 else f"{name} [{count} negative{'s' if count != 1 else ''}]"
+            label = names[file] if len(parts) == 1 else f"{names[file]} [{count} negative{'s' if count != 1 else ''}]"
             rows += [{**row, "source": len(sources)} for row in parts[count]]
             sources.append(
                 TripletSource(label, len(parts[count]), count, file_skipped if count == max(parts) else 0, file)
@@ -158,6 +125,47 @@ def load_triplets(
     if not rows:
         raise TripletDataError(f"{source}: every row was invalid; nothing to train on.")
     return Triplets(rows=rows, source=source, files=[str(f) for f in files], skipped=skipped, sources=sources)
+
+
+def _raw_rows(source: str, split: str) -> tuple[list, dict[str, str], list[tuple[str, int, dict]]]:
+    """(the files read, file or Hub subset -> its source name, (file, row number, row) of every row)."""
+    if is_local_files(source):
+        files = data_files(source)
+        return files, {str(path): path.stem for path in files}, _read_rows(files)
+    names, raw_rows = {}, []
+    for subset in hub_subsets(source, split):
+        label = hub_label(source, subset, split)
+        names[label] = hub_source_name(source, subset)
+        raw_rows += [(label, number, row) for number, row in iter_hub_rows(source, subset, split)]
+    return [source], names, raw_rows
+
+
+def _valid_rows_by_negatives(
+    file: str, numbered: list[tuple[int, dict]], negatives_per_query: int, skip_invalid: bool
+) -> tuple[dict[int, list[dict]], int]:
+    """One file's valid rows by their count of hard negatives (a batch holds one count), and how many were skipped."""
+    parts: dict[int, list[dict]] = {}
+    skipped = 0
+    for number, raw in numbered:
+        try:
+            row = validate_row(raw, negatives_per_query)
+        except TripletDataError as error:
+            if not skip_invalid:
+                raise TripletDataError(
+                    f"{file}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
+                ) from None
+            skipped += 1
+            continue
+        parts.setdefault(len(row["negatives"]), []).append(row)
+    if skipped:
+        logger.warning("skipped %d invalid rows of %d in %s", skipped, len(numbered), file)
+    if len(parts) > 1:
+        logger.info(
+            "%s: rows with %s hard negatives are kept as separate sources (a batch holds one count)",
+            file,
+            " / ".join(map(str, sorted(parts, reverse=True))),
+        )
+    return parts, skipped
 
 
 def sources_named(triplets: Triplets, keys, flag: str) -> dict[str, list[int]]:

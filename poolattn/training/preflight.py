@@ -2,7 +2,7 @@
 the runs one command makes (one per design)."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
@@ -71,48 +71,59 @@ def held_out_rows(
     triplets: Triplets,
     data_args: DataArguments,
     training_args: TrainingRunArguments,
-) -> list[dict] | None:
-    """The evaluation rows (`--eval_data`, or `--eval_fraction` of the training rows, taken out of training), checked
-    against the evaluation settings before training; evaluation runs every `--save_steps` unless
-    `--eval_strategy` says otherwise."""
-    from transformers.trainer_utils import IntervalStrategy
-
+) -> tuple[Triplets, list[dict] | None]:
+    """(the training rows, the evaluation rows): `--eval_data`, or `--eval_fraction` of the training rows, taken out
+    of a copy of `triplets` (the given object is left as it is), checked against the evaluation settings before
+    training. Evaluation runs every `--save_steps` unless `--eval_strategy` says otherwise (`trainer_arguments`)."""
     rows = None
     if data_args.eval_data:
-        evaluation = load_triplets(
-            data_args.eval_data,
-            split=data_args.data_split,
-            skip_invalid=data_args.skip_invalid_rows,
-            negatives_per_query=data_args.negatives_per_query,
-        )
-        # the training sources' instructions, where the evaluation files have the same names; then each row carries
-        # its instruction itself, as its source index means nothing to the training collator
-        set_source_instructions(
-            evaluation,
-            {
-                key: value
-                for key, value in data_args.instructions_per_source.items()
-                if any(key in (item.name, Path(item.file).stem) for item in evaluation.sources)
-            },
-        )
-        rows = [
-            {**row, "instruction": row["instruction"] or evaluation.sources[row["source"]].instruction, "source": None}
-            for row in evaluation.rows
-        ]
+        rows = _evaluation_file_rows(data_args)
     elif data_args.eval_fraction:
         import random
 
         order = list(range(len(triplets.rows)))
         random.Random(training_args.seed).shuffle(order)
-        count = max(1, round(data_args.eval_fraction * len(order)))
-        chosen = set(order[:count])
+        chosen = set(order[: max(1, round(data_args.eval_fraction * len(order)))])
         rows = [row for index, row in enumerate(triplets.rows) if index in chosen]
-        triplets.rows = [row for index, row in enumerate(triplets.rows) if index not in chosen]
-        for index, source in enumerate(triplets.sources):
-            source.examples = sum(row["source"] == index for row in triplets.rows)
-    evaluating = training_args.eval_strategy != IntervalStrategy.NO
+        training_rows = [row for index, row in enumerate(triplets.rows) if index not in chosen]
+        sources = [
+            replace(source, examples=sum(row["source"] == index for row in training_rows))
+            for index, source in enumerate(triplets.sources)
+        ]
+        triplets = replace(triplets, rows=training_rows, sources=sources)
+    _check_evaluation(rows, data_args, training_args)
+    return triplets, rows
+
+
+def _evaluation_file_rows(data_args: DataArguments) -> list[dict]:
+    """The rows of `--eval_data`, each carrying its query instruction itself."""
+    evaluation = load_triplets(
+        data_args.eval_data,
+        split=data_args.data_split,
+        skip_invalid=data_args.skip_invalid_rows,
+        negatives_per_query=data_args.negatives_per_query,
+    )
+    # the training sources' instructions, where the evaluation files have the same names; then each row carries
+    # its instruction itself, as its source index means nothing to the training collator
+    set_source_instructions(
+        evaluation,
+        {
+            key: value
+            for key, value in data_args.instructions_per_source.items()
+            if any(key in (item.name, Path(item.file).stem) for item in evaluation.sources)
+        },
+    )
+    return [
+        {**row, "instruction": row["instruction"] or evaluation.sources[row["source"]].instruction, "source": None}
+        for row in evaluation.rows
+    ]
+
+
+def _check_evaluation(rows: list[dict] | None, data_args: DataArguments, training_args: TrainingRunArguments) -> None:
+    from transformers.trainer_utils import IntervalStrategy
+
     if rows is None and (
-        evaluating
+        training_args.eval_strategy != IntervalStrategy.NO
         or training_args.load_best_model_at_end
         or data_args.early_stopping_patience
         or training_args.plateau_patience
@@ -127,15 +138,11 @@ def held_out_rows(
             f"{len(rows)} held-out rows make no evaluation batch of {eval_batch} (incomplete batches are "
             "dropped, as in training); hold out more rows or lower --per_device_eval_batch_size."
         )
-    if rows is not None and not evaluating:
-        training_args.eval_strategy = IntervalStrategy.STEPS
-        training_args.eval_steps = training_args.save_steps
     if data_args.early_stopping_patience and not training_args.load_best_model_at_end:
         raise TrainingSetupError(
             "--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
             "default eval_loss), so that the best checkpoint is the one exported."
         )
-    return rows
 
 
 def check_output_writable(base_output) -> None:

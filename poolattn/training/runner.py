@@ -121,7 +121,7 @@ def train_variant(
         check_resume_recipe(training_args.resume_from_checkpoint, recipe)
     trainer = ContrastiveTrainer(
         model=model,
-        args=trainer_arguments(training_args, streaming=triplets.stream is not None),
+        args=trainer_arguments(training_args, streaming=triplets.stream is not None, evaluating=bool(held_out)),
         data_collator=TripletCollator(
             tokenizer,
             query_max_length=data_args.query_max_length,
@@ -258,7 +258,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         except HubPushError as error:
             raise ValueError(f"--push_to_hub: {error}") from None
     triplets = training_triplets(data_args, training_args)
-    held_out = held_out_rows(triplets, data_args, training_args)
+    triplets, held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
     base_output = (
         training_args.output_dir

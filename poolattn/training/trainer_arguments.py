@@ -198,16 +198,23 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
         super().__post_init__()
 
 
-def trainer_arguments(training_args: TrainingRunArguments, streaming: bool = False) -> TrainingRunArguments:
+def trainer_arguments(
+    training_args: TrainingRunArguments, *, streaming: bool = False, evaluating: bool = False
+) -> TrainingRunArguments:
     """The Trainer's copy of the run's arguments; the parsed arguments are left as given.
 
     poolattn publishes the exported model itself (card, sentence-transformers files) after training, so the Trainer's
     own push, which would upload raw checkpoints, is off in the copy. With a streamed dataset, accelerate would
     otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the queries' count (and so
-    dropping hard negatives); sharded, each process reads the stream and takes its own rows.
+    dropping hard negatives); sharded, each process reads the stream and takes its own rows. With held-out rows
+    (`evaluating`) and no `--eval_strategy`, the held-out rows are scored every `--save_steps`.
     """
+    from transformers.trainer_utils import IntervalStrategy
+
     trainer_copy = copy.copy(training_args)  # a shallow copy: no __post_init__ runs again
     trainer_copy.push_to_hub = False
     if streaming:
         trainer_copy.accelerator_config = replace(training_args.accelerator_config, dispatch_batches=False)
+    if evaluating and training_args.eval_strategy == IntervalStrategy.NO:
+        trainer_copy.eval_strategy, trainer_copy.eval_steps = IntervalStrategy.STEPS, training_args.save_steps
     return trainer_copy
