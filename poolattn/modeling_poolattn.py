@@ -456,18 +456,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
         pooling_mask = attention_mask if pooling_mask is None else pooling_mask * attention_mask
-        if not torch.compiler.is_compiling() and not attention_mask.any(dim=1).all():
-            empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(
-                f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
-                "read a padding position). Drop those rows or give each at least one token."
-            )
-        if self._uses_pooling_mask and not torch.compiler.is_compiling() and not pooling_mask.any(dim=1).all():
-            empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(
-                f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
-                "masked out). Give every text at least one token, or enable add_eos."
-            )
+        if not torch.compiler.is_compiling():
+            self._check_masks(attention_mask, pooling_mask)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs.pop("use_cache", None)
@@ -482,29 +472,46 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
                 use_cache=False,
                 **kwargs,
             ).last_hidden_state  # (batch, seq, hidden)
-
         layer_summaries = None
-        pooling = self.config.pooling
-        if pooling == "eos":
-            embeddings = last_token_state(hidden, attention_mask).float()
-        elif pooling == "mean":
-            embeddings = masked_mean(hidden, pooling_mask)
-        elif pooling == "latent" and self.config.head_input == "last_token":
-            embeddings = self.pooler(last_token_state(hidden, attention_mask).unsqueeze(1))
-        elif pooling == "latent":
-            embeddings = self.pooler(hidden, pooling_mask)
-        else:  # multi_layer_latent
+        if self.config.pooling == "multi_layer_latent":
             last = self.config.text_config.num_hidden_layers
             layer_summaries = torch.stack(
                 [summaries[i] if i != last else summarize(hidden) for i in self.layer_indices], dim=1
             )  # (batch, layers, hidden)
-            embeddings = self.pooler(layer_summaries)
-
+        embeddings = self._pool(hidden, attention_mask, pooling_mask, layer_summaries)
         if self.config.normalize if normalize is None else normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return PoolAttnEmbeddingOutput(
             embeddings=embeddings, last_hidden_state=hidden, layer_summaries=layer_summaries
         )
+
+    def _pool(self, hidden, attention_mask, pooling_mask, layer_summaries) -> torch.Tensor:
+        """(batch, hidden) embeddings, unnormalised, as `config.pooling` says."""
+        pooling = self.config.pooling
+        if pooling == "eos":
+            return last_token_state(hidden, attention_mask).float()
+        if pooling == "mean":
+            return masked_mean(hidden, pooling_mask)
+        if pooling == "latent" and self.config.head_input == "last_token":
+            return self.pooler(last_token_state(hidden, attention_mask).unsqueeze(1))
+        if pooling == "latent":
+            return self.pooler(hidden, pooling_mask)
+        return self.pooler(layer_summaries)  # multi_layer_latent
+
+    def _check_masks(self, attention_mask: torch.Tensor, pooling_mask: torch.Tensor) -> None:
+        """Every row has a token to embed and, where the pooling reads `pooling_mask`, a token to pool."""
+        if not attention_mask.any(dim=1).all():
+            empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
+                "read a padding position). Drop those rows or give each at least one token."
+            )
+        if self._uses_pooling_mask and not pooling_mask.any(dim=1).all():
+            empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
+                "masked out). Give every text at least one token, or enable add_eos."
+            )
 
     # -- construction and I/O ---------------------------------------------------------------------------------------
 
@@ -678,38 +685,12 @@ def encode_texts(
     `PoolAttnEmbeddingModel.encode` passes its own forward; the ONNX Runtime model (`onnx_poolattn.py`) its session.
     """
     single = isinstance(texts, str)
-    if isinstance(texts, (dict, bytes)) or not (single or hasattr(texts, "__iter__")):
-        raise TypeError(
-            f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
-            "themselves (e.g. list(rows.values()))."
-        )
-    texts = [texts] if single else list(texts)
-    if not all(isinstance(text, str) for text in texts):
-        kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
-        raise TypeError(f"encode takes strings; got {', '.join(kinds)} among the texts.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
-    if normalize is not None and not isinstance(normalize, bool):
-        raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(
-            f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
-            f"{config.max_length}."
-        )
+    texts = _checked_texts(texts)
+    _check_encode_settings(batch_size, normalize, max_length, config)
     max_length = max_length or config.max_length
     normalize = config.normalize if normalize is None else normalize
     hidden_size = config.text_config.hidden_size
-    if truncate_dim == hidden_size:
-        truncate_dim = None
-    trained_dims = config.matryoshka_dims or []
-    if truncate_dim is not None and truncate_dim not in trained_dims:
-        trained = (
-            f"trained for {', '.join(map(str, trained_dims))} and {hidden_size}"
-            if trained_dims
-            else f"trained at its full size {hidden_size} only (a prefix of its embeddings is not an embedding); "
-            "train with --matryoshka_dims to use smaller sizes"
-        )
-        raise ValueError(f"truncate_dim={truncate_dim!r}: this model was {trained}.")
+    truncate_dim = _checked_truncate_dim(truncate_dim, config)
     features = tokenize_for_embedding(tokenizer, texts, prompt=prompt, max_length=max_length, add_eos=config.add_eos)
     pad_token_id = pad_token_id_for(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: -len(features[i]["input_ids"]))
@@ -728,6 +709,48 @@ def encode_texts(
     stacked = torch.stack(embeddings) if embeddings else torch.empty(0, truncate_dim or hidden_size)
     stacked = stacked[0] if single else stacked
     return stacked.numpy() if convert_to_numpy else stacked
+
+
+def _checked_texts(texts) -> list[str]:
+    if isinstance(texts, (dict, bytes)) or not (isinstance(texts, str) or hasattr(texts, "__iter__")):
+        raise TypeError(
+            f"encode takes a string or a list of strings, got {type(texts).__name__}; pass the texts "
+            "themselves (e.g. list(rows.values()))."
+        )
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not all(isinstance(text, str) for text in texts):
+        kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
+        raise TypeError(f"encode takes strings; got {', '.join(kinds)} among the texts.")
+    return texts
+
+
+def _check_encode_settings(batch_size, normalize, max_length, config: PoolAttnConfig) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(f"normalize={normalize!r}: give True, False or None (the config's default).")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(
+            f"max_length={max_length!r}: give the tokens per text (>= 1), or None for the config's "
+            f"{config.max_length}."
+        )
+
+
+def _checked_truncate_dim(truncate_dim, config: PoolAttnConfig) -> int | None:
+    """`truncate_dim`, None for the full size; a size the model was not trained for is an error."""
+    hidden_size = config.text_config.hidden_size
+    if truncate_dim is None or truncate_dim == hidden_size:
+        return None
+    trained_dims = config.matryoshka_dims or []
+    if truncate_dim not in trained_dims:
+        trained = (
+            f"trained for {', '.join(map(str, trained_dims))} and {hidden_size}"
+            if trained_dims
+            else f"trained at its full size {hidden_size} only (a prefix of its embeddings is not an embedding); "
+            "train with --matryoshka_dims to use smaller sizes"
+        )
+        raise ValueError(f"truncate_dim={truncate_dim!r}: this model was {trained}.")
+    return truncate_dim
 
 
 PoolAttnConfig.register_for_auto_class()

@@ -1,5 +1,6 @@
 """`pip install .` into a fresh virtual environment: the wheel holds the package, its data files and the commands."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -191,7 +192,6 @@ def test_the_installed_wheel_trains_a_tiny_model_from_data_given_by_path(
 
 def package_imports() -> dict[str, set[str]]:
     """Module -> the package modules it imports (relative imports, function-level ones included)."""
-    import ast
 
     package = ROOT / "poolattn"
     names = {}
@@ -239,4 +239,14 @@ def test_every_module_but_the_hub_pairs_modeling_file_is_under_400_lines():
         for path in (ROOT / "poolattn").rglob("*.py")
         if path.name != "modeling_poolattn.py" and (count := len(path.read_text().splitlines())) >= 400
     }
+    assert long == {}
+
+
+def test_every_function_of_the_package_is_at_most_60_lines():
+    """Signature, docstring and body together; a longer function is several steps that want names."""
+    long = {}
+    for path in (ROOT / "poolattn").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long[f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
     assert long == {}

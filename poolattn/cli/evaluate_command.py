@@ -90,7 +90,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
-    """`evaluate.py run`: the models, the task selection, the scoring settings."""
+    """`evaluate.py run`: the models, the task selection, the output; then the scoring settings."""
     run.add_argument(
         "--model",
         action="append",
@@ -117,6 +117,12 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--output", required=True, help="results folder (mteb's layout, one folder per model)")
     run.add_argument("--data-dir", help="local task copies laid out like ../shared/data (one folder per task)")
+    _add_scoring_arguments(run)
+    run.set_defaults(func=_run_models)
+
+
+def _add_scoring_arguments(run: argparse.ArgumentParser) -> None:
+    """`evaluate.py run`: how the models are scored (sample, lengths, instructions, ONNX, dims)."""
     run.add_argument(
         "--budget",
         type=int,
@@ -149,7 +155,6 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="score the poolattn models' ONNX export in ONNX Runtime (default onnx/model.onnx; e.g. "
         "onnx/model_qint8.onnx for int8), stored under the revision <fingerprint>-onnx[-qint8]",
     )
-    run.set_defaults(func=_run_models)
 
 
 @storage_errors_in_one_line("evaluate")

@@ -267,7 +267,6 @@ SEED_RESAMPLING = (
 
 def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str], categories: dict) -> list[str]:
     """Markdown: the paired bootstrap test of every task, then per category how many tasks differ after Holm."""
-    from ..stats import markdown_table
     from .paired import RESAMPLES
 
     lines = [
@@ -284,56 +283,62 @@ def paired_section(name: str, baseline: str, tests: list, skipped: dict[str, str
         "",
     ]
     if tests:
-        rows = [
-            [
-                f"{test.task} ({test.part})" if test.part else test.task,
-                categories[test.task],
-                test.units,
-                test.score_a,
-                test.score_b,
-                test.difference,
-                f"[{test.low:.4f}, {test.high:.4f}]",
-                test.p_value,
-                test.p_holm,
-                (name if test.difference > 0 else baseline) if test.significant() else "no significant difference",
-            ]
-            for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))
-        ]
         lines += [
-            markdown_table(
-                ["task", "category", "units", name, baseline, "difference", "95% interval", "p", "p (Holm)", "better"],
-                rows,
-            ),
+            _task_tests_table(name, baseline, tests, categories),
             "",
-        ]
-        summary = []
-        for category in sorted({categories[test.task] for test in tests}, key=category_rank):
-            members = [test for test in tests if categories[test.task] == category]
-            summary.append(
-                [
-                    category,
-                    len(members),
-                    f"{sum(test.difference > 0 for test in members)}/{len(members)}",
-                    sum(test.significant() and test.difference > 0 for test in members),
-                    sum(test.significant() and test.difference < 0 for test in members),
-                ]
-            )
-        lines += [
-            markdown_table(
-                [
-                    "category",
-                    "tasks tested",
-                    f"{name} higher",
-                    f"{name} significantly better",
-                    f"{baseline} significantly better",
-                ],
-                summary,
-            ),
+            _category_counts_table(name, baseline, tests, categories),
             "",
         ]
     if skipped:
         lines += ["Not tested: " + "; ".join(f"{task} ({why})" for task, why in skipped.items()) + ".", ""]
     return lines
+
+
+def _task_tests_table(name: str, baseline: str, tests: list, categories: dict) -> str:
+    from ..stats import markdown_table
+
+    rows = [
+        [
+            f"{test.task} ({test.part})" if test.part else test.task,
+            categories[test.task],
+            test.units,
+            test.score_a,
+            test.score_b,
+            test.difference,
+            f"[{test.low:.4f}, {test.high:.4f}]",
+            test.p_value,
+            test.p_holm,
+            (name if test.difference > 0 else baseline) if test.significant() else "no significant difference",
+        ]
+        for test in sorted(tests, key=lambda t: (category_rank(categories[t.task]), t.task))
+    ]
+    header = ["task", "category", "units", name, baseline, "difference", "95% interval", "p", "p (Holm)", "better"]
+    return markdown_table(header, rows)
+
+
+def _category_counts_table(name: str, baseline: str, tests: list, categories: dict) -> str:
+    from ..stats import markdown_table
+
+    rows = []
+    for category in sorted({categories[test.task] for test in tests}, key=category_rank):
+        members = [test for test in tests if categories[test.task] == category]
+        rows.append(
+            [
+                category,
+                len(members),
+                f"{sum(test.difference > 0 for test in members)}/{len(members)}",
+                sum(test.significant() and test.difference > 0 for test in members),
+                sum(test.significant() and test.difference < 0 for test in members),
+            ]
+        )
+    header = [
+        "category",
+        "tasks tested",
+        f"{name} higher",
+        f"{name} significantly better",
+        f"{baseline} significantly better",
+    ]
+    return markdown_table(header, rows)
 
 
 def summary_block(names, category_means, categories, tests, baseline) -> str:

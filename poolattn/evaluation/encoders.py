@@ -119,6 +119,11 @@ def _encoder_of(
         raise EvaluationError(
             f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without it."
         )
+    return _sentence_transformers_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+
+
+def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_remote_code: bool):
+    """mteb's wrapper of a sentence-transformers model (a folder or Hub id), named and fingerprinted like ours."""
     import mteb
     from sentence_transformers import SentenceTransformer
 

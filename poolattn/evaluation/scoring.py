@@ -123,17 +123,15 @@ def evaluate_models(
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
         _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints, data_dir)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
-        selected = [load_task(name, data_dir=data_dir, subsets=subsets) for name in task_names]
-        result = _run_mteb(
-            encoder,
-            [cap_task(task, budget) if budget else task for task in selected],
-            folder,
-            cache,
-            batch_size=batch_size,
-            overwrite=overwrite,
-        )
+        selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
+        result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
         _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, fingerprints)
     return run
+
+
+def _task_to_score(name: str, data_dir, subsets, budget: int | None):
+    task = load_task(name, data_dir=data_dir, subsets=subsets)
+    return cap_task(task, budget) if budget else task
 
 
 def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None], data_dir) -> None:

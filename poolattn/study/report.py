@@ -227,26 +227,12 @@ def _write_tables(report_folder: Path, scored: list[RowResults], categories, tes
 
 def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[str]:
     """Which rows used query instructions in training and evaluation, and STS with and without them at evaluation."""
-    from ..evaluation import paired
     from ..stats import markdown_table
 
-    lines = ["## Prompts", ""]
-    trained_with = []
-    for item in collected:
-        if not item.models:
-            continue
-        data = item.models[0].manifest.data
-        instructed = [source.get("name") for source in data.sources if source.get("instruction")]
-        trained_with.append(
-            f"{item.row.key}: "
-            + (
-                f"query instruction on every query ({data.query_instruction!r})"
-                if data.query_instruction and not instructed
-                else f"per-source instructions on {len(instructed)} of {len(data.sources)} sources"
-                + (f", else {data.query_instruction!r}" if data.query_instruction else "")
-            )
-        )
-    lines += [
+    trained_with = [_training_instructions(item) for item in collected if item.models]
+    lines = [
+        "## Prompts",
+        "",
         "Every row is trained and scored with the same instruction policy: in training, "
         + "; ".join(trained_with)
         + ". In evaluation every row gets the e5-style task instruction on queries and on symmetric "
@@ -254,29 +240,8 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
         "instruction is part of every design here, not of one.",
         "",
     ]
-    rows = []
-    for key in plan.instruction_check:
-        item = next((item for item in collected if item.row.key == key), None)
-        if item is None or item.replicates is None or item.without_instructions is None:
-            continue
-        found, _ = task_parts(item.replicates, item.without_instructions)
-        sts = [entry for entry in found if entry.category == "STS"]
-        if not sts:
-            continue
-        parts = [part for entry in sts for part in entry.parts.values()]
-        weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
-        test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1, task="STS")
-        rows.append(
-            [
-                item.row.label,
-                len(sts),
-                test.score_a,
-                test.score_b,
-                test.difference,
-                f"[{test.low:+.4f}, {test.high:+.4f}]",
-                test.p_value,
-            ]
-        )
+    by_key = {item.row.key: item for item in collected}
+    rows = [row for key in plan.instruction_check if (row := _instruction_test_row(by_key.get(key)))]
     if rows:
         lines += [
             "STS (mean over its tasks) of the same trained models with the instruction and without it at "
@@ -288,6 +253,32 @@ def _instruction_section(plan: StudyPlan, collected: list[RowResults]) -> list[s
             "",
         ]
     return lines
+
+
+def _training_instructions(item: RowResults) -> str:
+    data = item.models[0].manifest.data
+    instructed = [source.get("name") for source in data.sources if source.get("instruction")]
+    if data.query_instruction and not instructed:
+        return f"{item.row.key}: query instruction on every query ({data.query_instruction!r})"
+    otherwise = f", else {data.query_instruction!r}" if data.query_instruction else ""
+    return f"{item.row.key}: per-source instructions on {len(instructed)} of {len(data.sources)} sources{otherwise}"
+
+
+def _instruction_test_row(item: RowResults | None) -> list | None:
+    """STS with vs without the instruction at evaluation, for one row scored both ways; None otherwise."""
+    from ..evaluation import paired
+
+    if item is None or item.replicates is None or item.without_instructions is None:
+        return None
+    found, _ = task_parts(item.replicates, item.without_instructions)
+    sts = [entry for entry in found if entry.category == "STS"]
+    if not sts:
+        return None
+    parts = [part for entry in sts for part in entry.parts.values()]
+    weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
+    test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1, task="STS")
+    interval = f"[{test.low:+.4f}, {test.high:+.4f}]"
+    return [item.row.label, len(sts), test.score_a, test.score_b, test.difference, interval, test.p_value]
 
 
 def figure_groups(scored: list[RowResults], base_key: str = "v5") -> dict[str, tuple[str, list]]:

@@ -122,14 +122,7 @@ def train_variant(
     trainer = ContrastiveTrainer(
         model=model,
         args=trainer_arguments(training_args, streaming=triplets.stream is not None, evaluating=bool(held_out)),
-        data_collator=TripletCollator(
-            tokenizer,
-            query_max_length=data_args.query_max_length,
-            document_max_length=data_args.document_max_length,
-            add_eos=base.config.add_eos,
-            query_instruction=data_args.query_instruction,
-            source_instructions=[item.instruction for item in triplets.sources],
-        ),
+        data_collator=_collator(tokenizer, data_args, triplets, add_eos=base.config.add_eos),
         processing_class=tokenizer,
         **_datasets(data_args, triplets, held_out),
         callbacks=_callbacks(model_args, data_args, training_args, backbone_path, base.config, recipe),
@@ -159,6 +152,17 @@ def train_variant(
     )
     logger.info("variant %s: model written to %s", variant, destination)
     return destination
+
+
+def _collator(tokenizer, data_args, triplets: Triplets, *, add_eos: bool) -> TripletCollator:
+    return TripletCollator(
+        tokenizer,
+        query_max_length=data_args.query_max_length,
+        document_max_length=data_args.document_max_length,
+        add_eos=add_eos,
+        query_instruction=data_args.query_instruction,
+        source_instructions=[item.instruction for item in triplets.sources],
+    )
 
 
 def _datasets(data_args, triplets: Triplets, held_out: list[dict] | None) -> dict:
