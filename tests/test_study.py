@@ -174,6 +174,47 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(
     assert cli.run_study_command(argv) == 0
     assert (output / "report" / "study_tests.csv").read_text() == before
 
+    # what changed since an earlier study: its tests, each marked against the same test now
+    check_what_changed(output, tests, tmp_path)
+
+
+def check_what_changed(output: Path, tests: list[dict], tmp_path: Path) -> None:
+    """An earlier study made from this one's tests by hand: one marker kept, one flipped, one taken away, one added
+    where there is none now, one test this study did not run; the report marks each as the rules say."""
+    earlier = [dict(row) for row in tests]
+    significant = [row for row in earlier if row["marker"]]
+    plain = [row for row in earlier if not row["marker"]]
+    expected = {}
+    for row in plain[:1]:  # no difference now, a difference then: no longer significant
+        row["marker"] = "▲"
+        expected[(row["a"], row["b"], row["category"])] = "no longer significant"
+    for row in plain[1:2]:  # no difference then or now: held
+        expected[(row["a"], row["b"], row["category"])] = "held"
+    for row in significant[:1]:  # flipped: the other direction then
+        row["marker"] = "▼" if row["marker"] == "▲" else "▲"
+        expected[(row["a"], row["b"], row["category"])] = "flipped"
+    for row in significant[1:2]:  # none then: newly significant
+        row["marker"] = ""
+        expected[(row["a"], row["b"], row["category"])] = "newly significant"
+    earlier.append({**earlier[0], "a": "v4", "b": "v2", "category": "STS", "marker": "▲"})
+    expected[("v4", "v2", "STS")] = "not run now"
+    path = tmp_path / "earlier_tests.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(earlier[0]))
+        writer.writeheader()
+        writer.writerows(earlier)
+    assert cli.run_study_command(["--report", str(output), "--previous-tests", str(path)]) == 0
+    report = (output / "report" / "study.md").read_text()
+    assert "## What changed" in report
+    for (a, b, category), status in expected.items():
+        line = next(line for line in report.splitlines() if line.startswith(f"| {a} vs {b} | {category} |"))
+        assert line.rstrip(" |").endswith(status), line
+    assert (output / "previous_tests.csv").is_file()  # kept: later reports of the study carry the section too
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\nv1,v2\n")
+    with pytest.raises(SystemExit, match=r"not a study_tests.csv \(missing: category, difference, marker, question\)"):
+        cli.run_study_command(["--report", str(output), "--previous-tests", str(bad)])
+
 
 def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, triplets_file, tmp_path, capsys):
     base = ["--output", str(tmp_path / "s"), "--", "--backbone", tiny_backbone_folder, "--train_data", triplets_file]
@@ -489,3 +530,22 @@ def test_a_study_killed_before_any_of_its_writes_reruns_to_the_uninterrupted_rep
         assert cli.run_study_command(argv(f"killed-{kill_at}")) == 0
         table = read_csv(tmp_path / f"killed-{kill_at}" / "report" / "study_table.csv")
         assert [{**row, "label": None} for row in table] == [{**row, "label": None} for row in expected], kill_at
+
+
+def test_what_changed_marks_each_earlier_test_by_its_significance_then_and_now():
+    from types import SimpleNamespace
+
+    from poolattn.study.changes import EarlierTest, status
+
+    def then(marker):
+        return EarlierTest("v5", "v1", "q", "STS", 0.1, None, None, marker)
+
+    def now(marker):
+        return SimpleNamespace(marker=marker)
+
+    assert status(then("▲"), now("▲")) == "held"
+    assert status(then(""), now("")) == "held"
+    assert status(then("▲"), now("▼")) == "flipped"
+    assert status(then(""), now("▼")) == "newly significant"
+    assert status(then("▼"), now("")) == "no longer significant"
+    assert status(then("▲"), None) == "not run now"

@@ -81,6 +81,12 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
     )
     _add_scoring_arguments(parser, "arm" if ablate else "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
+    parser.add_argument(
+        "--previous-tests",
+        metavar="CSV",
+        help="an earlier study's report/study_tests.csv: the report gains a 'what changed' section (each earlier "
+        "test held, flipped, newly or no longer significant); kept in the study folder for later reports",
+    )
     _add_recipe_arguments(parser)
     return parser
 
@@ -202,15 +208,20 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
+    from ..study.changes import keep_earlier_tests
     from ..training.sources import TripletDataError
     from ..training.trainer_arguments import TrainingDivergedError
 
     show_progress(main_process=is_main_process())
     try:
         if args.report:
+            if args.previous_tests:
+                keep_earlier_tests(args.previous_tests, args.report)
             print(f"written: {study.write_report(args.report)}")
             return 0
         plan = _plan(args, train_argv, ablate=ablate)
+        if args.previous_tests and is_main_process():
+            keep_earlier_tests(args.previous_tests, args.output)
         run = study.run_study(plan, args.output)
     except TripletDataError as error:
         sys.exit(f"{door}: bad training data: {error}")

@@ -28,6 +28,11 @@ PAPER_COMPARISONS = (
     ("v5", "v3", "bidirectional vs causal, multi-layers trainable pooling"),
     ("v3", "v2", "multi-layers vs last-layer trainable pooling, causal"),
     ("v5", "v4", "multi-layers vs last-layer trainable pooling, bidirectional"),
+    (
+        "v5",
+        "v1",
+        "the paper's best design vs its simplest (multi-layers trainable + bidirectional vs EOS-last + causal)",
+    ),
 )
 
 

@@ -73,6 +73,7 @@ def write_report(output) -> Path:
         *_header(plan, trained_rows, scored, categories),
         *_main_table(scored, categories),
         *_comparison_section(tests, categories),
+        *_changes(output, tests),
         *_instruction_section(plan, trained_rows),
         *recipe_sections(plan, output, trained_rows, report_folder),
         *wall_time_section(trained_rows),
@@ -82,6 +83,14 @@ def write_report(output) -> Path:
     _write_tables(report_folder, scored, categories, tests)
     logger.info("study report (first seed %d): %s", min(plan.seeds), report_folder / "study.md")
     return report_folder / "study.md"
+
+
+def _changes(output: Path, tests: list) -> list[str]:
+    """The "what changed" section, where the study folder holds an earlier study's tests (`--previous-tests`)."""
+    from .changes import EARLIER_TESTS_FILE, changes_section, read_earlier_tests
+
+    path = output / EARLIER_TESTS_FILE
+    return changes_section(read_earlier_tests(path), tests, EARLIER_TESTS_FILE) if path.is_file() else []
 
 
 def _row_tests(plan: StudyPlan, collected: list[RowResults]) -> list:
