@@ -15,7 +15,7 @@ from conftest import SENTENCES, tiny_model, tiny_tokenizer
 from mock_hub import MockHub
 
 pytest.importorskip("sentence_transformers")
-from poolattn import training  # noqa: E402
+from poolattn import cli, training  # noqa: E402
 from poolattn.hub.repository import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
 from poolattn.model_folder import ExportedModel  # noqa: E402
 
@@ -609,3 +609,13 @@ def test_a_card_names_the_results_it_leaves_out_and_why(tmp_path, caplog):
     assert "Not evaluated yet" in card and "left out of this card" in card
     assert "-budget10`: a budget of 10 units per task (not comparable with published MTEB numbers)." in card
     assert "left out of the card: scored with a budget of 10 units per task" in caplog.text
+
+
+def test_publish_with_relative_folders_checks_and_writes_the_folder(tmp_path, monkeypatch):
+    """The README's commands give relative paths (`publish.py outputs/.../model --output_dir hub/`); the fresh-process
+    load check runs elsewhere, so it must get the folders' absolute paths (a relative one reads as a Hub id)."""
+    tiny_model("llama", 5).save_pretrained(tmp_path / "outputs" / "model")
+    monkeypatch.chdir(tmp_path)
+    argv = ["outputs/model", "--hub_model_id", "me/tiny", "--output_dir", "hub/"]
+    assert cli.publish(argv) == 0  # verified: the folder loads in a fresh process as its card says
+    assert (tmp_path / "hub" / "tiny-v5" / "README.md").is_file()

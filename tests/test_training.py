@@ -544,8 +544,12 @@ def test_holding_out_rows_leaves_the_parsed_arguments_and_the_loaded_rows_as_giv
     assert sorted(map(str, kept.rows + held_out)) == sorted(map(str, loaded.rows))
     assert held_out_rows(loaded, data_args, training_args)[1] == held_out  # the same rows for the same seed
     trainer_copy = trainer_arguments(training_args, evaluating=True)
-    assert (trainer_copy.eval_strategy, trainer_copy.eval_steps) == ("steps", 3)
+    assert (trainer_copy.eval_strategy, trainer_copy.eval_steps) == ("steps", 3)  # every --save_steps by default
     assert training_args.eval_strategy == "no"
+    *_, every_two = training.parse_arguments(
+        ["--backbone", tiny_backbone_folder, "--eval_fraction", "0.34", "--save_steps", "3", "--eval_steps", "2"]
+    )
+    assert trainer_arguments(every_two, evaluating=True).eval_steps == 2  # --eval_steps alone is enough
 
 
 def test_held_out_data_is_scored_during_training_and_recorded(tiny_backbone_folder, triplets_file, tmp_path):

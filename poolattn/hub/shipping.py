@@ -171,15 +171,16 @@ for folder, variant in json.loads(sys.argv[1]):
 def check_loads(folders: list[Path], variants: list) -> None:
     """Raise `ShippingError` unless every folder loads in one fresh process as its card says (see the module
     docstring); ONNX exports are run again against PyTorch."""
-    pairs = [[str(folder), variant] for folder, variant in zip(folders, variants)]
+    # absolute paths: the fresh process runs from "/", where a relative folder would read as a Hub repository id
+    pairs = [[str(Path(folder).resolve()), variant] for folder, variant in zip(folders, variants)]
     result = subprocess.run(
         [sys.executable, "-c", FRESH_LOAD, json.dumps(pairs)], capture_output=True, text=True, cwd="/", timeout=1200
     )
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ShippingError(
-            f"a repository folder does not load as its card says ({reason}); nothing was "
-            "published. Export the model again with train.py (or publish another folder)."
+            f"a repository folder does not load as its card says ({reason}); nothing was published. Load the model "
+            "folder you gave with AutoModel.from_pretrained(folder, trust_remote_code=True) to see the whole error."
         )
     for folder in folders:
         if (Path(folder) / "onnx" / "model.onnx").is_file():

@@ -207,7 +207,7 @@ def trainer_arguments(
     own push, which would upload raw checkpoints, is off in the copy. With a streamed dataset, accelerate would
     otherwise "dispatch" an iterable dataset's collated batches, slicing every tensor to the queries' count (and so
     dropping hard negatives); sharded, each process reads the stream and takes its own rows. With held-out rows
-    (`evaluating`) and no `--eval_strategy`, the held-out rows are scored every `--save_steps`.
+    (`evaluating`) and no `--eval_strategy`, they are scored every `--eval_steps` (default `--save_steps`).
     """
     from transformers.trainer_utils import IntervalStrategy
 
@@ -216,5 +216,6 @@ def trainer_arguments(
     if streaming:
         trainer_copy.accelerator_config = replace(training_args.accelerator_config, dispatch_batches=False)
     if evaluating and training_args.eval_strategy == IntervalStrategy.NO:
-        trainer_copy.eval_strategy, trainer_copy.eval_steps = IntervalStrategy.STEPS, training_args.save_steps
+        trainer_copy.eval_strategy = IntervalStrategy.STEPS
+        trainer_copy.eval_steps = training_args.eval_steps or training_args.save_steps
     return trainer_copy
