@@ -416,6 +416,8 @@ def test_train_refuses_a_push_it_cannot_make_before_training(
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1 cannot upload"):
         training.main([*flags, "--train_data", triplets_file, "--output_dir", str(output), "--use_cpu", "true"])
     assert not output.exists()
+    with pytest.raises(SystemExit, match="^train: --push_to_hub: .*HF_HUB_OFFLINE=1 cannot upload"):  # one line
+        cli.train([*flags, "--train_data", triplets_file, "--output_dir", str(output), "--use_cpu", "true"])
 
 
 def test_repository_names_are_checked():

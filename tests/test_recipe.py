@@ -121,6 +121,28 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
     assert not (output / "model").exists()
 
 
+def test_a_finished_run_is_kept_on_resume_only_for_the_same_recipe(tiny_backbone_folder, triplets_file, tmp_path):
+    """Resuming a job whose run already exported its model keeps that model only when it was trained with the flags
+    given now; another recipe is refused by name (from the last checkpoint's record, or, with no checkpoint left,
+    from the model's manifest) instead of reporting the old model as the new run's."""
+    import shutil
+
+    output = tmp_path / "run"
+    model = training.main(common(tiny_backbone_folder, triplets_file, output))[0]
+    weights = (model / "model.safetensors").read_bytes()
+    resume = ["--resume_from_checkpoint", "true"]
+    assert training.main(common(tiny_backbone_folder, triplets_file, output, *resume))[0] == model  # kept
+    assert (model / "model.safetensors").read_bytes() == weights
+    with pytest.raises(training.TrainingSetupError, match=r"finished run .*learning_rate: 0\.01 there, 0\.001 now"):
+        training.main(common(tiny_backbone_folder, triplets_file, output, *resume, "--learning_rate", "1e-3"))
+    for checkpoint in output.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.raises(training.TrainingSetupError, match=r"finished run .*learning_rate: 0\.01 there, 0\.001 now"):
+        training.main(common(tiny_backbone_folder, triplets_file, output, *resume, "--learning_rate", "1e-3"))
+    assert training.main(common(tiny_backbone_folder, triplets_file, output, *resume))[0] == model
+    assert (model / "model.safetensors").read_bytes() == weights
+
+
 def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(
     tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
 ):

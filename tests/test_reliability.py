@@ -52,6 +52,7 @@ def test_a_diverging_run_stops_before_a_non_finite_update(tiny_backbone_folder, 
         (["--max_train_samples", "-1"], "--max_train_samples -1"),
         (["--max_train_samples", "0"], "--max_train_samples 0"),
         (["--per_device_train_batch_size", "16"], "12 rows make no full batch of 16"),
+        (["--contrastive_batch_size", "16"], r"no full batch of 16 \(--contrastive_batch_size 16\)"),  # the flag given
     ],
 )
 def test_sizes_that_would_train_nothing_are_refused_before_training(

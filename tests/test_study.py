@@ -232,6 +232,9 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
         cli.run_study_command(["--ablation", "layer_weights:off", *base])
     with pytest.raises(SystemExit, match=r"no study.json here"):
         cli.run_study_command(["--report", str(tmp_path)])
+    # an arm the backbone is too shallow for is refused before any row trains (the tiny backbone has 2 layers)
+    with pytest.raises(SystemExit, match=r"v5 · middle_4: PoolAttnConfig: layers='middle:4'"):
+        cli.run_study_command(["--designs", "1,5", "--ablation", "layer_subset:middle_4", *base])
     assert not (tmp_path / "s").exists()
 
 
@@ -549,3 +552,13 @@ def test_what_changed_marks_each_earlier_test_by_its_significance_then_and_now()
     assert status(then(""), now("▼")) == "newly significant"
     assert status(then("▼"), now("")) == "no longer significant"
     assert status(then("▲"), None) == "not run now"
+
+
+def test_the_report_says_what_its_intervals_hold_of_the_seed_noise():
+    from types import SimpleNamespace
+
+    one = [SimpleNamespace(seeds_a=1, seeds_b=3)]
+    assert "test-set noise only" in study_report.seed_note(one)
+    three = [SimpleNamespace(seeds_a=3, seeds_b=3)]
+    assert "With 3 seeds the bootstrap sees about 0.82 of the seed spread" in study_report.seed_note(three)
+    assert study_report.seed_note([]) == ""

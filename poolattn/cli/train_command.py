@@ -15,7 +15,7 @@ folder.
     python train.py --variant 5                      # embedded default: SmolLM2-135M + bundled triplets, CPU, minutes
     python train.py --variant all                    # the paper's five variants, same data order and seed
     python train.py --variant 5 --train_data data/ --query_instruction "Retrieve passages that answer the question"
-    python train.py --variant 5 --gradcache_chunk_size 16 --contrastive_batch_size 256
+    python train.py --variant 5 --train_data data/ --contrastive_batch_size 256 --gradcache_chunk_size 16
     python train.py --variant 5 --resume_from_checkpoint true     # continue from the last checkpoint in output_dir
     python train.py args.json                        # every argument from a JSON file
     python train.py --variant all --push_to_hub --hub_model_id ORG/NAME   # then publish ORG/NAME-v1 ... ORG/NAME-v5
@@ -28,7 +28,7 @@ folder.
 The model is written to `<output_dir>/model` (per variant `<output_dir>/v<N>/model` with `--variant all`), with
 `training_manifest.json`; it loads with `AutoModel.from_pretrained(path, trust_remote_code=True)` without peft.
 With `--push_to_hub` or `--hub_dry_run`, each variant then gets a Hub repository folder with a generated model card
-and the sentence-transformers files (`poolattn/hub.py`);
+and the sentence-transformers files (`poolattn/hub/`);
 `--push_to_hub` uploads it to `<hub_model_id>-v<N>`. (`poolattn-train` is the same command.)
 """
 
@@ -46,6 +46,7 @@ def train(argv: list[str] | None = None) -> int:
     except ValueError as error:
         sys.exit(f"train: {error}")
     from ..hub.repository import HubPushError  # the model and data stack, once the flags are parsed
+    from ..hub.shipping import ShippingError
     from ..training.sources import TripletDataError
 
     show_progress(main_process=training_args.should_log)
@@ -64,5 +65,9 @@ def train(argv: list[str] | None = None) -> int:
         sys.exit(f"train: {error}")
     except HubPushError as error:
         sys.exit(f"train: training finished and the models were exported, but the push failed: {error}")
+    except ShippingError as error:
+        sys.exit(
+            f"train: training finished and the models were exported, but no repository folder was written: {error}"
+        )
     shut_down_process_group()  # only after success: after a failure another rank may be in a collective
     return 0

@@ -345,7 +345,7 @@ def scan(data_dir) -> LocalFolders:
 def unknown_task_message(name: str, data_dir=None) -> str:
     """One line for a task name that is neither an mteb task nor a task folder: close names, and the local folders."""
     found = scan(data_dir).tasks if data_dir and Path(data_dir).is_dir() else []
-    close = difflib.get_close_matches(name, [*found, *_mteb_task_names()], n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*found, *_mteb_task_names()])), n=3, cutoff=0.6)
     hint = f"close names: {', '.join(close)}" if close else "no task has a close name"
     where = f"; task folders in {data_dir}: {', '.join(found) or 'none'}" if data_dir else ""
     return f"unknown task {name!r} ({hint}{where})."

@@ -44,9 +44,25 @@ TEST_METHOD = (
     "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
     "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
     "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
-    "`wilcoxon p`). With 2 seeds the bootstrap sees about 0.71 of the seed spread: read a marker that rests "
-    "on the seeds with care."
+    "`wilcoxon p`)."
 )
+
+
+def seed_note(tests: list) -> str:
+    """What the intervals hold of the training noise, for the fewest seeds a row of these tests has."""
+    seeds = min((min(test.seeds_a, test.seeds_b) for test in tests), default=0)
+    if seeds == 1:
+        return (
+            "With one seed of a row, its interval holds the test-set noise only, not the training (seed) noise: a "
+            "marker then says that these trained models differ on this sample, not yet that the designs do."
+        )
+    if seeds > 1:
+        share = ((seeds - 1) / seeds) ** 0.5
+        return (
+            f"With {seeds} seeds the bootstrap sees about {share:.2f} of the seed spread (a bootstrap over n seeds "
+            "sees (n-1)/n of their variance): read a marker that rests on the seeds with care."
+        )
+    return ""
 
 
 def write_report(output) -> Path:
@@ -167,7 +183,8 @@ def _main_table(scored: list[RowResults], categories) -> list[str]:
 def _comparison_section(tests: list, categories) -> list[str]:
     from ..stats import markdown_table
 
-    lines = ["## The paper's comparisons, the baselines and the ablations", "", TEST_METHOD, ""]
+    method = f"{TEST_METHOD} {seed_note(tests)}".strip()
+    lines = ["## The paper's comparisons, the baselines and the ablations", "", method, ""]
     if not tests:
         return [*lines, "No comparison has both rows scored yet.", ""]
     rows = []

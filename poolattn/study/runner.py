@@ -45,9 +45,26 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
             "tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
             "(the study's runs then resume under torchrun with the same command)."
         )
+    check_rows_build(plan)
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
         return _run_locked(plan, output, distributed)
+
+
+def check_rows_build(plan: StudyPlan) -> None:
+    """Every row's design (an arm's overrides included) builds on the study's backbone, before any row trains: a layer
+    spec the backbone is too shallow for is refused now, not after the other rows have trained."""
+    from transformers import AutoConfig
+
+    from ..backbones import resolve_backbone
+    from ..configuration_poolattn import PoolAttnConfig
+
+    text_config = AutoConfig.from_pretrained(resolve_backbone(plan.backbone))
+    for row in plan.rows:
+        try:
+            PoolAttnConfig.from_variant(row.variant, text_config, **row.overrides)
+        except ValueError as error:
+            raise StudyError(f"{row.label}: {error} (backbone {plan.backbone})") from None
 
 
 def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:

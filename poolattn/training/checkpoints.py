@@ -117,15 +117,44 @@ def check_resume_recipe(checkpoint, recipe: dict) -> None:
             checkpoint,
         )
         return
-    differences = [
+    if differences := recipe_differences(recorded, recipe):
+        raise TrainingSetupError(
+            f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
+            "would train the rest of the run on the old ones. Resume with the same flags, or train again with "
+            "--overwrite_output_dir true (or another --output_dir)."
+        )
+
+
+def recipe_differences(recorded: dict, recipe: dict) -> list[str]:
+    """`key: recorded there, now` for every setting that differs."""
+    return [
         f"{key}: {recorded.get(key)!r} there, {recipe.get(key)!r} now"
         for key in sorted(set(recorded) | set(recipe))
         if recorded.get(key) != recipe.get(key)
     ]
-    if differences:
+
+
+def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
+    """Refuse to keep a finished run (its exported model) as this run's when it was trained with another recipe:
+    compared with its last checkpoint's record (recipe, design, seed, data fingerprint) where one is left, else
+    with the hyperparameters, design and seed of its manifest."""
+    if checkpoint:
+        record_file = Path(checkpoint) / CHECKPOINT_RECORD
+        try:
+            recorded = json.loads(record_file.read_text()).get("recipe")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        compared = recipe
+    else:
+        recorded, compared = None, None
+    if recorded is None:
+        manifest = TrainingManifest.read(model_folder)
+        recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
+        compared = {key: recipe.get(key) for key in recorded}
+    if differences := recipe_differences(recorded, compared):
         raise TrainingSetupError(
-            f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
-            "would train the rest of the run on the old ones. Resume with the same flags, or train again with "
+            f"{model_folder} is a finished run trained with other settings than this one ({'; '.join(differences)}); "
+            "keeping it would report the old model as this run's. Run with the same flags, or train again with "
             "--overwrite_output_dir true (or another --output_dir)."
         )
 

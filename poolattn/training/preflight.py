@@ -19,6 +19,16 @@ def batch_sampling(data_args: DataArguments, triplets: Triplets) -> str:
     return data_args.batch_sampling if len(triplets.sources) > 1 else "mixed"
 
 
+def _batch_flags(training_args: TrainingRunArguments) -> str:
+    """The flags that set the batch, as the user gave them."""
+    if training_args.contrastive_batch_size is not None:
+        return f"--contrastive_batch_size {training_args.contrastive_batch_size}"
+    return (
+        f"--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
+        f"{training_args.world_size} process(es)"
+    )
+
+
 def check_batches(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments) -> None:
     """Refuse, before training, data that cannot give the batches asked for; log each source's share."""
     loss_batch = training_args.per_device_train_batch_size * training_args.world_size
@@ -34,9 +44,7 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
     if triplets.examples < loss_batch:
         raise TripletDataError(
             f"{triplets.source}: {triplets.examples} rows make no full batch of {loss_batch} "
-            f"(--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
-            f"{training_args.world_size} process(es)), so no step would run; lower the batch size "
-            "or add data."
+            f"({_batch_flags(training_args)}), so no step would run; lower the batch size or add data."
         )
     if batch_sampling(data_args, triplets) == "one_source_per_batch":
         weighted_small = [source.name for source in triplets.sources if source.weight and source.examples < loss_batch]
@@ -48,8 +56,9 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
         small = [source.name for source in triplets.sources if source.examples < loss_batch and source.weight != 0]
         if len(small) == len(triplets.sources):
             raise TripletDataError(
-                f"{triplets.source}: no source holds a full batch of {loss_batch} rows (one source "
-                "per batch); lower --per_device_train_batch_size or use --batch_sampling mixed."
+                f"{triplets.source}: no source holds a full batch of {loss_batch} rows "
+                f"({_batch_flags(training_args)}; one source per batch); lower the batch size or use "
+                "--batch_sampling mixed."
             )
         if small:
             logger.warning(

@@ -8,6 +8,7 @@ folders; `run(model_args, data_args, training_args)` is the same from parsed arg
 them into exit codes.
 """
 
+import copy
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_
 from .batching import stream_triplets
 from .checkpoints import (
     CheckpointRecord,
+    check_finished_recipe,
     check_resume_recipe,
     plateau_rule,
     restore_finished_run,
@@ -260,7 +262,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         try:
             check_push_possible(training_args.hub_token)
         except HubPushError as error:
-            raise ValueError(f"--push_to_hub: {error}") from None
+            raise TrainingSetupError(f"--push_to_hub: {error}") from None
     triplets = training_triplets(data_args, training_args)
     triplets, held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
@@ -349,27 +351,30 @@ def train_planned(
     held_out: list[dict] | None,
     resume_latest: bool,
 ) -> Path:
-    """One planned run of a job: kept when finished (resuming), else trained from its last complete checkpoint (or
-    step 0) and exported. Returns the exported folder."""
+    """One planned run of a job: kept when finished (resuming, with the same recipe), else trained from its last
+    complete checkpoint (or step 0) and exported. Returns the exported folder. The job's arguments are left as given:
+    the run gets its own copy with its folder, seed and checkpoint."""
+    run_args = copy.copy(training_args)  # a shallow copy: no __post_init__ runs again
+    run_args.output_dir, run_args.seed = str(planned.output_dir), planned.seed
+    checkpoint = last_complete_checkpoint(planned.output_dir) if resume_latest else None
     if resume_latest and (planned.model / MANIFEST_FILE).is_file():
+        recipe = resume_recipe(planned.variant, model_args, data_args, run_args)
+        check_finished_recipe(planned.model, recipe, checkpoint)
         logger.info(
             "variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed, planned.model
         )
         return planned.model
-    training_args.output_dir, training_args.seed = str(planned.output_dir), planned.seed
     if resume_latest:
-        training_args.resume_from_checkpoint = last_complete_checkpoint(planned.output_dir)
+        run_args.resume_from_checkpoint = checkpoint
         logger.info(
             "variant %s, seed %d: %s",
             planned.variant,
             planned.seed,
-            f"resuming from {training_args.resume_from_checkpoint}"
-            if training_args.resume_from_checkpoint
+            f"resuming from {checkpoint}"
+            if checkpoint
             else f"no complete checkpoint in {planned.output_dir}, training from step 0",
         )
-    return train_variant(
-        planned.variant, model_args, data_args, training_args, triplets, backbone_path, held_out=held_out
-    )
+    return train_variant(planned.variant, model_args, data_args, run_args, triplets, backbone_path, held_out=held_out)
 
 
 def run_job(job: TrainingJob) -> Path:

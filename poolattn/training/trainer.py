@@ -151,9 +151,10 @@ class ContrastiveTrainer(Trainer):
             raise TrainingDivergedError(
                 f"step {self.state.global_step + 1}: the loss ({loss.item():.4g}) or a gradient is not finite; the "
                 "run diverged and stopped before this step's update, so the weights and the last checkpoint "
-                f"({last or 'none written yet'}) are finite. Try a lower --learning_rate (now "
-                f"{self.args.learning_rate:g}), more --warmup_steps or --max_grad_norm 1.0, then resume from that "
-                "checkpoint with --resume_from_checkpoint true (or start again)."
+                f"({last or 'none written yet'}) are finite. Train again with a lower --learning_rate (now "
+                f"{self.args.learning_rate:g}), more --warmup_steps or --max_grad_norm 1.0, and "
+                "--overwrite_output_dir true (or another --output_dir); a resume takes only the settings its "
+                "checkpoint was trained with."
             )
         return loss
 
