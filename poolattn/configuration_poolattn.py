@@ -156,7 +156,13 @@ class PoolAttnConfig(PreTrainedConfig):
         layer_weights: add the trainable per-layer weight (position) matrix to the layer summaries.
         layer_weights_init_std: the matrix starts as normal(0, std). 0 (the default) starts it at zero, a no-op
             that training has to move; 1.0 is the paper's code (an `nn.Embedding`, normal(0, 1)), which makes the
-            layers distinguishable to the head from the first step.
+            layers distinguishable to the head from the first step. It is the size of the matrix as it enters (with
+            the multiplier below).
+        layer_weights_multiplier: the matrix enters as `multiplier * parameter` (1.0, the default, is the paper).
+            With Adam a multiplier m moves the matrix m times as fast as the rest of the head at the same learning
+            rate: a rate of its own that lives in the model, so every optimizer, schedule and resume keeps it. At the
+            head rates that suit the head (~1e-4) a zero-started matrix barely moves in a few hundred steps (mean
+            |w| ~3e-4 against layer summaries of size 1-27); m = 100 lets it reach their scale.
         head_attention: `"multihead"`, `"single"` (one head spanning the whole head width) or `"hierarchical"`
             (`multi_layer_latent` only): the latents attend within each group of `layer_group_size` consecutive
             selected layers (the group's summary is the mean of the attended latents), then a second block attends
@@ -191,6 +197,7 @@ class PoolAttnConfig(PreTrainedConfig):
     layers: str | list[int] = "all"
     layer_weights: bool = True
     layer_weights_init_std: float = 0.0
+    layer_weights_multiplier: float = 1.0
     head_attention: str = "multihead"
     layer_group_size: int = 4
     num_latents: int | None = None
@@ -247,6 +254,16 @@ class PoolAttnConfig(PreTrainedConfig):
             raise ValueError(
                 f"PoolAttnConfig: layer_weights_init_std={std!r} must be a finite number >= 0 "
                 "(0: start the layer-weight matrix at zero; 1.0: the paper's normal(0, 1))."
+            )
+        multiplier = self.layer_weights_multiplier
+        if (
+            isinstance(multiplier, bool)
+            or not isinstance(multiplier, (int, float))
+            or not 0 < multiplier < float("inf")
+        ):
+            raise ValueError(
+                f"PoolAttnConfig: layer_weights_multiplier={multiplier!r} must be a finite number > 0 "
+                "(1.0: the paper; m > 1 moves the layer-weight matrix m times as fast)."
             )
         if self.variant is not None:
             _check_choice("variant", self.variant, tuple(DESIGNS))

@@ -185,6 +185,7 @@ class LatentPooler(nn.Module):
         inner_size = self.num_heads * self.head_dim
         self.latents = nn.Parameter(torch.empty(config.num_latents, hidden_size))
         self.layer_weights = nn.Parameter(torch.empty(num_layers, hidden_size)) if num_layers else None
+        self.layer_weights_multiplier = config.layer_weights_multiplier
         self.query_norm = nn.LayerNorm(hidden_size)
         self.context_norm = nn.LayerNorm(hidden_size)
         self.to_query = nn.Linear(hidden_size, inner_size, bias=False)
@@ -212,7 +213,7 @@ class LatentPooler(nn.Module):
         """(batch, n, hidden) inputs, (batch, n) mask (1 = real) -> (batch, hidden)."""
         inputs = inputs.to(self.latents.dtype)
         if self.layer_weights is not None:
-            inputs = inputs + self.layer_weights  # (batch, layers, hidden)
+            inputs = inputs + self.layer_weights_multiplier * self.layer_weights  # (batch, layers, hidden)
         latents = self.latents.unsqueeze(0).expand(inputs.shape[0], -1, -1)  # (batch, num_latents, hidden)
         if self.latents_are_queries:
             hidden = latents + self.cross_attend(latents, inputs, mask)  # (batch, num_latents, hidden)
@@ -238,6 +239,7 @@ class HierarchicalLatentPooler(nn.Module):
         self.group_size = config.layer_group_size
         hidden_size = config.text_config.hidden_size
         self.layer_weights = nn.Parameter(torch.empty(num_layers, hidden_size)) if config.layer_weights else None
+        self.layer_weights_multiplier = config.layer_weights_multiplier
         self.within = LatentPooler(config, feed_forward=False)
         self.across = LatentPooler(config)
 
@@ -245,7 +247,7 @@ class HierarchicalLatentPooler(nn.Module):
         """(batch, layers, hidden) -> (batch, hidden); `mask` is unused (every layer summary is real)."""
         inputs = inputs.to(self.within.latents.dtype)
         if self.layer_weights is not None:
-            inputs = inputs + self.layer_weights
+            inputs = inputs + self.layer_weights_multiplier * self.layer_weights
         batch, layers, hidden = inputs.shape
         groups = -(-layers // self.group_size)
         padding = groups * self.group_size - layers
@@ -369,8 +371,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             init.normal_(module.latents, mean=0.0, std=std)
         if isinstance(module, (LatentPooler, HierarchicalLatentPooler)) and module.layer_weights is not None:
             std = self.config.layer_weights_init_std  # 0: start as a no-op; 1.0: the paper's nn.Embedding
-            if std:
-                init.normal_(module.layer_weights, mean=0.0, std=std)
+            if std:  # the matrix as it enters: multiplier x parameter
+                init.normal_(module.layer_weights, mean=0.0, std=std / self.config.layer_weights_multiplier)
             else:
                 init.zeros_(module.layer_weights)
 

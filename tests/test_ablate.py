@@ -47,6 +47,10 @@ def test_layer_subset_weights_and_head_attention_arms():
     paper_init = arm_model(ablation.arms("layer_weights")["weights_paper_init"])
     assert torch.equal(base.pooler.layer_weights, torch.zeros(12, 32))  # ours: a no-op start
     assert 0.85 < paper_init.pooler.layer_weights.std() < 1.15  # the paper's nn.Embedding: normal(0, 1), 384 draws
+    fast = arm_model(ablation.arms("layer_weights")["weights_x100"])
+    assert fast.pooler.layer_weights_multiplier == 100.0 and torch.equal(
+        fast.pooler.layer_weights, torch.zeros(12, 32)
+    )
     heads = ablation.arms("head_attention")
     single, hierarchical = arm_model(heads["single"]), arm_model(heads["hierarchical"])
     assert isinstance(base.pooler, LatentPooler) and base.pooler.num_heads == 4
@@ -56,7 +60,7 @@ def test_layer_subset_weights_and_head_attention_arms():
 
 def test_all_trains_each_distinct_arm_once():
     everything = ablation.arms("all")
-    assert list(everything)[0] == ablation.BASE_ARM and len(everything) == 10
+    assert list(everything)[0] == ablation.BASE_ARM and len(everything) == 11
     keys = [json.dumps(overrides, sort_keys=True) for overrides in everything.values()]
     assert len(set(keys)) == len(keys)  # last 4 appears in two ablations, trained once
     with pytest.raises(ValueError, match="Allowed values: layer_count"):
@@ -64,13 +68,13 @@ def test_all_trains_each_distinct_arm_once():
 
 
 def tiny_sweep_arguments(backbone_folder: str, triplets_file: str, tmp_path: Path) -> list[str]:
-    """ablate.py arguments: the 3 layer_weights arms, 2 steps each, scored on a 30-row copy of BIOSSES."""
+    """ablate.py arguments: the base and two layer_weights arms, 2 steps each, scored on a 30-row copy of BIOSSES."""
     (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
     lines = (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()[:30]
     (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text("\n".join(lines) + "\n")
     return [
         "--ablation",
-        "layer_weights",
+        "layer_weights:weights_off,layer_weights:weights_paper_init",
         "--tasks",
         "BIOSSES",
         "--data-dir",
@@ -162,7 +166,12 @@ def test_the_ablate_door_and_the_study_plan_the_same_rows(tiny_backbone_folder, 
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     split = argv.index("--")
     own, train_argv = argv[:split], argv[split + 1 :]
-    common = dict(ablation="layer_weights", seeds=1, train_argv=train_argv, tasks=["BIOSSES"])
+    common = dict(
+        ablation="layer_weights:weights_off,layer_weights:weights_paper_init",
+        seeds=1,
+        train_argv=train_argv,
+        tasks=["BIOSSES"],
+    )
     door = study.plan_study(designs="5", **common)
     assert [(row.key, row.variant, row.overrides) for row in door.rows] == [
         ("v5", 5, {}),
@@ -174,7 +183,7 @@ def test_the_ablate_door_and_the_study_plan_the_same_rows(tiny_backbone_folder, 
     assert causal.ablation_base == "v3" and study.comparisons(causal)[-1][:2] == ("arm-last_2", "v3")
     with pytest.raises(study.StudyError, match="--base-variant 4"):
         study.plan_study(designs="4", ablation_base=4, **common)
-    assert own[own.index("--ablation") + 1] == "layer_weights"
+    assert own[own.index("--ablation") + 1] == "layer_weights:weights_off,layer_weights:weights_paper_init"
 
 
 def test_a_sweep_under_torchrun_trains_every_arm_on_both_ranks_and_exits_cleanly(

@@ -287,6 +287,33 @@ def test_normal_initialised_layer_weights_survive_save_and_load(tmp_path):
     assert torch.equal(reloaded.pooler.layer_weights, model.pooler.layer_weights)  # loaded, not drawn again
 
 
+@pytest.mark.parametrize("head_attention", ["multihead", "hierarchical"])
+def test_the_layer_weight_multiplier_scales_the_matrix_as_it_enters_and_how_fast_adam_moves_it(head_attention):
+    """Two paths: a model with multiplier m equals the same model at m = 1 whose matrix is m x the parameter; and one
+    Adam step at rate lr moves the matrix as it enters by m x lr per element (Adam's first step is lr x sign(g)), so
+    m is the matrix's own rate. Its start is drawn at layer_weights_init_std as it enters."""
+    kwargs = dict(head_attention=head_attention, layer_group_size=2, layer_weights_init_std=0.5)
+    fast = tiny_model("llama", 5, layer_weights_multiplier=100.0, **kwargs)
+    plain = tiny_model("llama", 5, **kwargs)
+    plain.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        plain.pooler.layer_weights.mul_(100.0)
+    summaries = torch.randn(4, 3, 32)
+    torch.testing.assert_close(fast.pooler(summaries), plain.pooler(summaries), rtol=1e-5, atol=1e-5)
+    assert 0.3 < (100.0 * fast.pooler.layer_weights).std() < 0.7  # drawn at std 0.5 as it enters (96 draws)
+    entering = {}
+    for name, model in (("fast", fast), ("slow", tiny_model("llama", 5, **kwargs))):
+        before = (model.pooler.layer_weights_multiplier * model.pooler.layer_weights).detach().clone()
+        optimizer = torch.optim.Adam([model.pooler.layer_weights], lr=1e-3, eps=1e-30)  # eps: g / |g| exactly
+        model.pooler(summaries).pow(2).sum().backward()
+        optimizer.step()
+        entering[name] = (model.pooler.layer_weights_multiplier * model.pooler.layer_weights - before).abs()
+    torch.testing.assert_close(entering["fast"], torch.full_like(entering["fast"], 0.1), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(entering["slow"], torch.full_like(entering["slow"], 1e-3), rtol=1e-3, atol=1e-8)
+    with pytest.raises(ValueError, match=r"layer_weights_multiplier=0 must be a finite number > 0"):
+        tiny_model("llama", 5, layer_weights_multiplier=0)
+
+
 def test_hierarchical_head_attends_within_groups_of_consecutive_layers_then_across_them():
     model = tiny_model("llama", 5, head_attention="hierarchical", layer_group_size=2)  # 3 layers: [1, 2], [3]
     pooler = model.pooler

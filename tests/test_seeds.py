@@ -215,7 +215,7 @@ def test_bad_seed_and_variant_flags_are_refused_before_training(flags, message, 
 def test_an_ablation_with_two_seeds_compares_arms_over_their_seeds(tiny_backbone_folder, triplets_file, tmp_path):
     pytest.importorskip("mteb")
     argv = tiny_sweep_arguments(tiny_backbone_folder, triplets_file, tmp_path)
-    argv[argv.index("--ablation") + 1] = "layer_weights"
+    argv[argv.index("--ablation") + 1] = "layer_weights:weights_off,layer_weights:weights_paper_init"
     assert cli.ablate([*argv[: argv.index("--")], "--seeds", "2", *argv[argv.index("--") :]]) == 0
     sweep = tmp_path / "sweep"
     arms = {

@@ -227,7 +227,7 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
     with pytest.raises(
         SystemExit,
         match=r"--ablation layer_weights:off: layer_weights has no arm 'off'; its arms: "
-        r"weights_off, weights_paper_init",
+        r"weights_off, weights_paper_init, weights_x100",
     ):
         cli.run_study_command(["--ablation", "layer_weights:off", *base])
     with pytest.raises(SystemExit, match=r"no study.json here"):
@@ -240,7 +240,8 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
 
 def test_ablation_arms_join_the_variant_5_row_as_their_base():
     plan = study.plan_study(designs="1", ablation="layer_weights", seeds=1, train_argv=["--max_steps", "1"])
-    assert [row.key for row in plan.rows] == ["v1", "v5", "arm-weights_off", "arm-weights_paper_init"]
+    keys = ["v1", "v5", "arm-weights_off", "arm-weights_paper_init", "arm-weights_x100"]
+    assert [row.key for row in plan.rows] == keys
     assert plan.row("arm-weights_off").overrides == {"layer_weights": False}
     assert ("arm-weights_off", "v5") in {(a, b) for a, b, _ in study.comparisons(plan)}
     single = study.plan_study(

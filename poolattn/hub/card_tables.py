@@ -70,7 +70,9 @@ def _pooling_rows(config: PoolAttnConfig) -> list[list[str]]:
         return [["pooling", "latent (last-layer trainable pooling)", over_last_layer], _head_row(config)]
     summary = "its last token's state" if config.layer_summary == "eos" else "the masked mean of its token states"
     layers, layers_total = config.layer_indices, config.text_config.num_hidden_layers
-    weights = "plus a trainable layer-weight matrix " if config.layer_weights else ""
+    multiplier = config.layer_weights_multiplier
+    scaled = f"(entering x{multiplier:g}: it moves {multiplier:g} times as fast) " if multiplier != 1 else ""
+    weights = f"plus a trainable layer-weight matrix {scaled}" if config.layer_weights else ""
     over_layers = (
         f"each of {len(layers)} of {layers_total} layers is summarised by {summary}; the summaries {weights}go "
         "through the head"

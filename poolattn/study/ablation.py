@@ -27,7 +27,11 @@ ABLATIONS = {
         "last_8": {"layers": "last:8"},
     },
     "layer_subset": {"last_4": {"layers": "last:4"}, "middle_4": {"layers": "middle:4"}},
-    "layer_weights": {"weights_off": {"layer_weights": False}, "weights_paper_init": {"layer_weights_init_std": 1.0}},
+    "layer_weights": {
+        "weights_off": {"layer_weights": False},
+        "weights_paper_init": {"layer_weights_init_std": 1.0},
+        "weights_x100": {"layer_weights_multiplier": 100.0},  # a matrix that moves at the head's rate
+    },
     "head_attention": {
         "single": {"head_attention": "single"},
         "hierarchical": {"head_attention": "hierarchical", "layer_group_size": 4},
@@ -44,7 +48,7 @@ def arms(ablation: str) -> dict[str, dict]:
     """Arm name -> `PoolAttnConfig` overrides of the base variant; the base arm (no overrides) first.
 
     >>> list(arms("layer_weights"))
-    ['base', 'weights_off', 'weights_paper_init']
+    ['base', 'weights_off', 'weights_paper_init', 'weights_x100']
     >>> arms("layer_count")["last_2"]
     {'layers': 'last:2'}
     """

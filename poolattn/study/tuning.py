@@ -183,14 +183,19 @@ class RowTuning:
 
 
 def layer_weight_size(model_folder) -> float | None:
-    """Mean |w| of an exported model's layer-weight matrix (`pooler.layer_weights`), or None without one."""
+    """Mean |w| of an exported model's layer-weight matrix as it enters the head (`layer_weights_multiplier` x
+    `pooler.layer_weights`), or None without one."""
+    import json
+
     from safetensors import safe_open
 
+    config = json.loads((Path(model_folder) / "config.json").read_text())
+    multiplier = config.get("layer_weights_multiplier", 1.0)
     for path in sorted(Path(model_folder).glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
                 if name.endswith("pooler.layer_weights"):
-                    return float(handle.get_tensor(name).abs().mean())
+                    return multiplier * float(handle.get_tensor(name).abs().mean())
     return None
 
 
