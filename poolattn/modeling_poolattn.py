@@ -603,7 +603,11 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if self.tokenizer is None:
             trust = getattr(self, "trust_remote_code", False)
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=trust)
+                # the backbone's config: AutoTokenizer would otherwise read config.json as a bare config and warn
+                # that a `poolattn` model is loaded as a model of type ``
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    self.name_or_path, config=self.config.text_config, trust_remote_code=trust
+                )
             except (OSError, ValueError) as error:
                 if "trust_remote_code" in str(error) and not trust:
                     raise ValueError(

@@ -325,3 +325,23 @@ def test_hierarchical_head_attends_within_groups_of_consecutive_layers_then_acro
         torch.testing.assert_close(pooler(summaries), pooler.across(groups), rtol=0, atol=TOLERANCE)
     flat = tiny_model("llama", 5, head_attention="hierarchical", layer_group_size=3)  # one group of all 3 layers
     assert flat.pooler.within.feed_forward is None and flat.pooler.across.feed_forward is not None
+
+
+def test_loading_a_saved_model_and_its_tokenizer_prints_nothing(tmp_path):
+    """A saved model loads with its tokenizer without transformers' warnings (AutoTokenizer reading the poolattn
+    config.json as a bare config warned that a `poolattn` model was loaded as a model of type ``)."""
+    import logging
+
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")  # transformers' own handler does not propagate
+    transformers_logger.addHandler(handler)
+    try:
+        tiny_model("llama", 5).save_pretrained(tmp_path)
+        model = PoolAttnEmbeddingModel.from_pretrained(tmp_path)
+        model.tokenizer = None  # loaded on demand, as after a model is built without one
+        model.encode(SENTENCES[:2])
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == []
