@@ -57,7 +57,7 @@ def test_clustering_sets_and_retrieval_keep_their_structure(tmp_path):
     assert len(ranked) < len((reranking / "corpus" / "corpus.jsonl").read_text().splitlines())
 
 
-def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tmp_path):
+def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tmp_path, capsys):
     copy_rows("STSBenchmark", tmp_path / "data", rows=40)
     tiny_model("llama", 5).save_pretrained(tmp_path / "v5")
     output = tmp_path / "results"
@@ -72,7 +72,8 @@ def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tm
         "--output",
         str(output),
     ]
-    assert cli.evaluate(common) == 0
+    assert cli.evaluate([*common, "--batch-size", "8"]) == 0
+    assert "encode: 100%" in capsys.readouterr().err  # progress within a task: a bar over its batches
     assert cli.evaluate([*common, "--budget", "40"]) == 0  # a budget as large as the task: the same units
     assert cli.evaluate([*common, "--budget", "15"]) == 0
     model_folder = next((output / "results").iterdir())

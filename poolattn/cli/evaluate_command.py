@@ -1,7 +1,6 @@
 """`python evaluate.py run|compare` / `poolattn-evaluate`: score models on mteb tasks, compare their results."""
 
 import argparse
-import logging
 import sys
 
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
@@ -9,7 +8,7 @@ import sys
 from .. import evaluation
 from ..evaluation.local_tasks import LocalTaskError
 from ..evaluation.results import CATEGORY_ORDER, ResultsError
-from .common import comma_list, storage_errors_in_one_line
+from .common import comma_list, show_progress, storage_errors_in_one_line
 
 EVALUATE_HELP = """Score embedding models on MTEB with the real mteb package, offline on local task copies; compare.
 
@@ -160,7 +159,7 @@ def _add_scoring_arguments(run: argparse.ArgumentParser) -> None:
 @storage_errors_in_one_line("evaluate")
 def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    show_progress()  # the package's INFO lines and a bar per encode call: scoring moves within a task too
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from ..records import ManifestError  # the model stack, once the flags are parsed
 
