@@ -603,10 +603,11 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         if self.tokenizer is None:
             trust = getattr(self, "trust_remote_code", False)
             try:
-                # the backbone's config: AutoTokenizer would otherwise read config.json as a bare config and warn
-                # that a `poolattn` model is loaded as a model of type ``
+                # our config: AutoTokenizer would otherwise read config.json as a bare config and warn that a
+                # `poolattn` model is loaded as a model of type ``; the saved tokenizer's own class is kept (the
+                # backbone's config would choose the backbone's tokenizer class instead)
                 self.tokenizer = AutoTokenizer.from_pretrained(
-                    self.name_or_path, config=self.config.text_config, trust_remote_code=trust
+                    self.name_or_path, config=self.config, trust_remote_code=trust
                 )
             except (OSError, ValueError) as error:
                 if "trust_remote_code" in str(error) and not trust:
