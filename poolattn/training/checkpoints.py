@@ -105,11 +105,7 @@ def resume_recipe(
 def check_resume_recipe(checkpoint, recipe: dict) -> None:
     """Refuse to resume from a checkpoint written by another recipe (learning rates, data, seed, design...), naming
     each difference; a checkpoint without a recorded recipe (older poolattn) is resumed with a warning."""
-    record_file = Path(checkpoint) / CHECKPOINT_RECORD
-    try:
-        recorded = json.loads(record_file.read_text()).get("recipe")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        recorded = None
+    recorded = recorded_recipe(checkpoint)
     if recorded is None:
         logger.warning(
             "%s records no recipe (written by an older poolattn, or damaged): resuming without checking "
@@ -125,6 +121,14 @@ def check_resume_recipe(checkpoint, recipe: dict) -> None:
         )
 
 
+def recorded_recipe(checkpoint) -> dict | None:
+    """The recipe a checkpoint's record holds, or None (no record: an older poolattn, or damaged)."""
+    try:
+        return json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text()).get("recipe")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def recipe_differences(recorded: dict, recipe: dict) -> list[str]:
     """`key: recorded there, now` for every setting that differs."""
     return [
@@ -138,15 +142,7 @@ def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
     """Refuse to keep a finished run (its exported model) as this run's when it was trained with another recipe:
     compared with its last checkpoint's record (recipe, design, seed, data fingerprint) where one is left, else
     with the hyperparameters, design and seed of its manifest."""
-    if checkpoint:
-        record_file = Path(checkpoint) / CHECKPOINT_RECORD
-        try:
-            recorded = json.loads(record_file.read_text()).get("recipe")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        compared = recipe
-    else:
-        recorded, compared = None, None
+    recorded, compared = (recorded_recipe(checkpoint) if checkpoint else None), recipe
     if recorded is None:
         manifest = TrainingManifest.read(model_folder)
         recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
