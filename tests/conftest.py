@@ -188,3 +188,25 @@ def triplets_file(tmp_path):
     path = tmp_path / "triplets.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
     return str(path)
+
+
+# pytest-xdist hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder): the longest files
+# go first so that no long file starts last while the other worker idles. Seconds on 2 cores, measured with
+# `pytest --junitxml`; files not named keep their order after these. This order took the suite from 594 s to 490 s.
+LONGEST_FILES_FIRST = (
+    "test_smollm2.py",  # ~170 s: the real SmolLM2 runs
+    "test_hub.py",  # ~165 s
+    "test_study.py",  # ~115 s
+    "test_local_tasks.py",  # ~105 s: all-MiniLM-L6-v2 on WikiQA retrieval
+    "test_onnx.py",  # ~77 s
+    "test_training.py",  # ~70 s
+    "test_paired.py",  # ~46 s
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the other files is kept
