@@ -14,7 +14,7 @@ from poolattn import training
 from poolattn.manifest import TrainingManifest
 from poolattn.training.batching import SourceBatchSampler, SourceBatchStream, stream_triplets
 from poolattn.training.collator import TripletCollator
-from poolattn.training.data import load_triplets, text_id
+from poolattn.training.data import load_triplets, set_source_weights, text_id
 from poolattn.training.losses import contrastive_loss
 from poolattn.training.sources import TripletDataError
 from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
@@ -241,8 +241,6 @@ def test_source_weights_set_each_sources_share_of_batches():
 
 
 def test_source_weights_are_checked_against_the_sources(tmp_path):
-    from poolattn.training.data import set_source_weights
-
     folder = two_sources(tmp_path / "d")
     triplets = load_triplets(str(folder))
     set_source_weights(triplets, {"a": 1, "b": 3})
@@ -255,6 +253,56 @@ def test_source_weights_are_checked_against_the_sources(tmp_path):
         set_source_weights(load_triplets(str(folder)), {"a": 1, "b": 1, "c": 1})
     with pytest.raises(ValueError, match=r"--source_weights sets each source's share .* \(not --streaming\)"):
         training.parse_arguments(["--source_weights", '{"a": 1}', "--streaming", "true", "--max_steps", "2"])
+
+
+def test_a_file_stems_weight_is_the_files_share_divided_by_its_parts_batches(tmp_path, caplog):
+    """`{"a": 1, "b": 1}` where a.jsonl holds a part of 12 rows with a hard negative and one of 3 without: the file's
+    parts share its weight by their full batches (the 3-row part gives none, logged, as without weights), so a and b
+    get one share each; a part named by itself with fewer rows than a batch is refused, and so is a file none of
+    whose parts holds one."""
+    from poolattn.training.preflight import check_batches
+
+    folder = two_sources(tmp_path / "d")
+    extra = [{"query": f"a plain {row['query']}", "positive": row["positive"], "negative": ""} for row in TRIPLETS[:3]]
+    (folder / "a.jsonl").write_text((folder / "a.jsonl").read_text() + "".join(json.dumps(r) + "\n" for r in extra))
+
+    def checked(weights: dict, batch: int = 4):
+        _, data_args, training_args = training.parse_arguments(
+            [
+                "--train_data",
+                str(folder),
+                "--source_weights",
+                json.dumps(weights),
+                "--per_device_train_batch_size",
+                str(batch),
+            ]
+        )
+        triplets = load_triplets(str(folder))
+        set_source_weights(triplets, data_args.weights_per_source)
+        check_batches(triplets, data_args, training_args)
+        return triplets
+
+    with caplog.at_level("INFO", logger="poolattn"):
+        triplets = checked({"a": 1, "b": 1})
+    assert [(s.name, s.examples) for s in triplets.sources] == [
+        ("a [1 negative]", 12),
+        ("a [0 negatives]", 3),
+        ("b", 8),
+    ]
+    assert "give no batch: a [0 negatives]" in caplog.text and "(shared by the parts of a)" in caplog.text
+    sources = triplets.source_of_rows()
+    groups = {index: source.weight_key for index, source in enumerate(triplets.sources)}
+    weights = {index: source.weight for index, source in enumerate(triplets.sources)}
+    order = list(SourceBatchSampler(sources, 4, seed=0, weights=weights, weight_groups=groups))
+    per_source = [sum(sources[order[start]] == s for start in range(0, len(order), 4)) for s in range(3)]
+    assert per_source in ([3, 0, 2], [2, 0, 3])  # 5 blocks, half each (largest remainder), none of 3 rows
+    with pytest.raises(
+        TripletDataError, match=r"gives weight to a \[0 negatives\], with fewer rows than one batch of 4"
+    ):
+        checked({"a [1 negative]": 1, "a [0 negatives]": 1, "b": 1})
+    checked({"a [1 negative]": 1, "a [0 negatives]": 0, "b": 1})  # a weight of 0 leaves it out
+    with pytest.raises(TripletDataError, match=r"gives weight to a, with fewer rows than one batch of 16"):
+        checked({"a": 1, "b": 0}, batch=16)
 
 
 def test_the_trainer_draws_each_batch_from_one_source(tiny_backbone_folder, tmp_path):

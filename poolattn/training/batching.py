@@ -75,10 +75,17 @@ class SourceBatchSampler(torch.utils.data.Sampler):
 
     `weights` (source index -> relative weight) replaces the size-proportional shares: an epoch keeps its number of
     blocks, source s gets round(blocks x w_s / sum(w)) of them, a source asked for more rows than it has goes through
-    them again (reshuffled), and weight 0 leaves a source out."""
+    them again (reshuffled), and weight 0 leaves a source out. Sources of one `weight_groups` key (one file's parts,
+    weighted by the file's stem) share that weight (`weighted_blocks`)."""
 
     def __init__(
-        self, source_of_rows: list[int], batch_size: int, *, seed: int, weights: dict[int, float] | None = None
+        self,
+        source_of_rows: list[int],
+        batch_size: int,
+        *,
+        seed: int,
+        weights: dict[int, float] | None = None,
+        weight_groups: dict[int, str] | None = None,
     ):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.rows_by_source: dict[int, list[int]] = {}
@@ -86,7 +93,7 @@ class SourceBatchSampler(torch.utils.data.Sampler):
             self.rows_by_source.setdefault(source, []).append(index)
         self.blocks = {source: len(rows) // batch_size for source, rows in self.rows_by_source.items()}
         if weights is not None:
-            self.blocks = weighted_blocks(self.blocks, weights)
+            self.blocks = weighted_blocks(self.blocks, weights, weight_groups)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -103,16 +110,30 @@ class SourceBatchSampler(torch.utils.data.Sampler):
         return sum(self.blocks.values()) * self.batch_size
 
 
-def weighted_blocks(blocks: dict[int, int], weights: dict[int, float]) -> dict[int, int]:
-    """Blocks per source for given relative weights, the epoch's total kept (largest remainders).
+def weighted_blocks(
+    blocks: dict[int, int], weights: dict[int, float], groups: dict[int, str] | None = None
+) -> dict[int, int]:
+    """Blocks per source for given relative weights, the epoch's total kept (largest remainders). Sources of one
+    group share its weight (given on each of them) in proportion to their own blocks: a part smaller than one batch
+    gets none, as without weights.
 
     >>> weighted_blocks({0: 90, 1: 10}, {0: 1, 1: 1})
     {0: 50, 1: 50}
+    >>> weighted_blocks({0: 60, 1: 20, 2: 0, 3: 20}, {0: 1, 1: 1, 2: 1, 3: 1}, {0: "a", 1: "a", 2: "a"})
+    {0: 38, 1: 12, 2: 0, 3: 50}
     """
-    total, weight_sum = sum(blocks.values()), sum(weights.get(source, 0) for source in blocks)
+    groups = groups or {}
+    group_blocks: dict = {}
+    for source, count in blocks.items():
+        group_blocks[groups.get(source, source)] = group_blocks.get(groups.get(source, source), 0) + count
+    shares = {
+        source: weights.get(source, 0) * count / group_blocks[groups.get(source, source)] if count else 0
+        for source, count in blocks.items()
+    }
+    total, weight_sum = sum(blocks.values()), sum(shares.values())
     if weight_sum <= 0:
-        raise ValueError("source weights: at least one source needs a weight above 0.")
-    exact = {source: total * weights.get(source, 0) / weight_sum for source in blocks}
+        raise ValueError("source weights: at least one source with a full batch needs a weight above 0.")
+    exact = {source: total * share / weight_sum for source, share in shares.items()}
     chosen = {source: int(share) for source, share in exact.items()}
     for source in sorted(exact, key=lambda s: chosen[s] - exact[s])[: total - sum(chosen.values())]:
         chosen[source] += 1

@@ -51,6 +51,7 @@ class TripletSource:
     file: str = ""  # the file (or Hub dataset) it was read from; several sources when its rows' counts differ
     instruction: str | None = None  # the query instruction of its rows that give none (`set_source_instructions`)
     weight: float | None = None  # relative sampling weight (`set_source_weights`); None: a share by size
+    weight_key: str | None = None  # the --source_weights key that gave it: its own name, or its file's stem (shared)
 
 
 @dataclass
@@ -201,14 +202,15 @@ def set_source_instructions(triplets: Triplets, instructions: dict[str, str]) ->
 
 def set_source_weights(triplets: Triplets, weights: dict[str, float]) -> None:
     """Relative sampling weights per source (`sources_named`; a source's own name wins over its file's stem). Every
-    source needs one (0 leaves a source out), so that no share is implied."""
+    source needs one (0 leaves a source out), so that no share is implied. A file stem's weight is the whole file's
+    share, which its `[k negatives]` parts divide by their full batches (`batching.weighted_blocks`)."""
     named = sources_named(triplets, weights, "--source_weights")
     for key, indices in sorted(named.items(), key=lambda item: item[0] in {s.name for s in triplets.sources}):
         weight = weights[key]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
             raise TripletDataError(f"--source_weights[{key!r}]: give a number >= 0, got {weight!r}.")
         for index in indices:
-            triplets.sources[index].weight = float(weight)
+            triplets.sources[index].weight, triplets.sources[index].weight_key = float(weight), key
     missing = [item.name for item in triplets.sources if item.weight is None]
     if missing:
         raise TripletDataError(

@@ -39,7 +39,7 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
             source.examples,
             source.negatives_per_query,
             f", {source.skipped} invalid rows skipped" if source.skipped else "",
-            f", sampling weight {source.weight:g}" if source.weight is not None else "",
+            _weight_text(source),
         )
     if triplets.examples < loss_batch:
         raise TripletDataError(
@@ -47,7 +47,7 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
             f"({_batch_flags(training_args)}), so no step would run; lower the batch size or add data."
         )
     if batch_sampling(data_args, triplets) == "one_source_per_batch":
-        weighted_small = [source.name for source in triplets.sources if source.weight and source.examples < loss_batch]
+        weighted_small = _weighted_without_a_batch(triplets, loss_batch)
         if weighted_small:
             raise TripletDataError(
                 f"--source_weights gives weight to {', '.join(weighted_small)}, with fewer rows "
@@ -74,6 +74,24 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
             "source (each process gathers the others' documents); use one_source_per_batch or "
             "--negatives_per_query 0."
         )
+
+
+def _weight_text(source) -> str:
+    if source.weight is None:
+        return ""
+    shared = f" (shared by the parts of {source.weight_key})" if source.weight_key != source.name else ""
+    return f", sampling weight {source.weight:g}{shared}"
+
+
+def _weighted_without_a_batch(triplets: Triplets, loss_batch: int) -> list[str]:
+    """The --source_weights keys with a weight above 0 whose sources hold no full batch: a source named by itself,
+    or a file whose parts (sharing the stem's weight) are all smaller than one batch. A part of a file that has a
+    full batch elsewhere is left out, as without weights."""
+    rows_by_key: dict[str, int] = {}
+    for source in triplets.sources:
+        if source.weight:
+            rows_by_key[source.weight_key] = max(rows_by_key.get(source.weight_key, 0), source.examples)
+    return [key for key, largest in rows_by_key.items() if largest < loss_batch]
 
 
 def held_out_rows(

@@ -169,16 +169,17 @@ def _collator(tokenizer, data_args, triplets: Triplets, *, add_eos: bool) -> Tri
 
 def _datasets(data_args, triplets: Triplets, held_out: list[dict] | None) -> dict:
     """The trainer's datasets and how it samples them: the rows (or the stream), the held-out rows, one source per
-    batch and per-source loss weights as asked."""
+    batch and per-source sampling weights as asked."""
     import datasets
 
     one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
-    weights = {index: item.weight for index, item in enumerate(triplets.sources)}
+    weighted = bool(data_args.weights_per_source)  # a file stem's weight is shared by that file's parts
     return {
         "train_dataset": triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows),
         "eval_dataset": datasets.Dataset.from_list(held_out) if held_out else None,
         "source_of_rows": triplets.source_of_rows() if one_source else None,
-        "source_weights": weights if data_args.weights_per_source else None,
+        "source_weights": dict(enumerate(item.weight for item in triplets.sources)) if weighted else None,
+        "source_weight_groups": dict(enumerate(item.weight_key for item in triplets.sources)) if weighted else None,
     }
 
 

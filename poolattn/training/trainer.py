@@ -85,13 +85,19 @@ class ContrastiveTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(
-        self, *args, source_of_rows: list[int] | None = None, source_weights: dict[int, float] | None = None, **kwargs
+        self,
+        *args,
+        source_of_rows: list[int] | None = None,
+        source_weights: dict[int, float] | None = None,
+        source_weight_groups: dict[int, str] | None = None,
+        **kwargs,
     ):
         """`source_of_rows`: each training row's source (`Triplets.source_of_rows`); with several sources every
-        loss call's batch comes from one of them (`batching.SourceBatchSampler`, with `source_weights` if given),
-        else rows are shuffled together."""
+        loss call's batch comes from one of them (`batching.SourceBatchSampler`, with `source_weights` and the
+        sources that share one, `source_weight_groups`, if given), else rows are shuffled together."""
         super().__init__(*args, **kwargs)
         self.source_of_rows, self.source_weights = source_of_rows, source_weights
+        self.source_weight_groups = source_weight_groups
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         # the sizes the model is trained for besides the full one: its config says, and the export records it
         self.matryoshka_dims = tuple(getattr(getattr(base, "config", None), "matryoshka_dims", None) or ())
@@ -164,7 +170,13 @@ class ContrastiveTrainer(Trainer):
 
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             loss_batch = self.args.per_device_train_batch_size * self.args.world_size
-            return SourceBatchSampler(self.source_of_rows, loss_batch, seed=seed, weights=self.source_weights)
+            return SourceBatchSampler(
+                self.source_of_rows,
+                loss_batch,
+                seed=seed,
+                weights=self.source_weights,
+                weight_groups=self.source_weight_groups,
+            )
         return super()._get_train_sampler(train_dataset)
 
     def _loss(self, query_embeddings, document_embeddings, text_ids=None):
