@@ -251,3 +251,4 @@ class StopRecord(Record):
     rule: str | None = None  # the plateau rule as stated
     best_step: int | None = None  # the evaluation with the lowest held-out loss
     best_eval_loss: float | None = None
+    exported_step: int | None = None  # whose weights were exported: the best checkpoint's (--load_best_model_at_end)

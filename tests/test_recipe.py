@@ -251,6 +251,48 @@ def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, trip
         )
 
 
+def test_a_plateau_run_with_load_best_exports_its_best_checkpoint_and_resumes_to_it(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """--load_best_model_at_end with the plateau rule: the best held-out loss is at step 2, the rule stops at step 4;
+    the export equals checkpoint-2 merged (not the last step), the manifest says so, and resuming the finished run
+    after its export was lost exports checkpoint-2 again."""
+    from poolattn.training.checkpoints import load_checkpoint
+
+    losses = iter([2.0, 1.5, 1.6, 1.7, 9.0, 9.0])
+    original_loop = ContrastiveTrainer.evaluation_loop
+
+    def scripted_loss(self, *args, **kwargs):
+        output = original_loop(self, *args, **kwargs)
+        output.metrics["eval_loss"] = next(losses)
+        return output
+
+    monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
+    arguments = [
+        *("--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file),
+        *("--output_dir", str(tmp_path / "run"), "--eval_fraction", "0.34", "--per_device_eval_batch_size", "4"),
+        *("--plateau_patience", "2", "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss"),
+        *("--max_steps", "12", "--per_device_train_batch_size", "4", "--save_steps", "1", "--learning_rate", "1e-2"),
+        *("--warmup_steps", "0", "--logging_steps", "1"),
+    ]
+    exported = training.main(arguments)[0]
+    stop = json.loads((exported / "training_manifest.json").read_text())["stop"]
+    assert (stop["reason"], stop["step"], stop["best_step"], stop["exported_step"]) == ("plateau", 4, 2, 2)
+
+    def weights(model) -> dict:
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    best, last = (weights(load_checkpoint(tmp_path / "run" / f"checkpoint-{step}")) for step in (2, 4))
+    written = load_file(exported / "model.safetensors")
+    assert any(not torch.equal(best[name], last[name]) for name in best)  # the two steps differ
+    for name, value in written.items():
+        torch.testing.assert_close(value, best[name], rtol=0, atol=1e-6, msg=name)
+    shutil.rmtree(exported)  # killed during the export: the rerun exports the same best checkpoint
+    again = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
+    for name, value in load_file(again / "model.safetensors").items():
+        torch.testing.assert_close(value, best[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     history = [{"step": s, "eval_loss": v} for s, v in [(1, 1.0), (2, 0.995), (3, 0.98), (4, 0.9)]]
     assert plateau_step(history, patience=2, min_improvement=0.01) is None  # 0.98 < 0.99: an improvement

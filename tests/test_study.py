@@ -352,6 +352,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
         assert manifest.settings.head_learning_rate == choice.head_learning_rate
         assert manifest.stop.reason in ("plateau", "max_steps") and manifest.global_steps <= 6
         assert manifest.eval_history  # the held-out curve the rule read
+        assert manifest.stop.exported_step == manifest.stop.best_step  # the best checkpoint is the one exported
         control = by_key[key].controls.runs[0]
         assert control.origin.seed == 42 and set(control.scores) == {
             "BIOSSES",
@@ -359,7 +360,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
             "TwentyNewsgroupsClustering",
         }
     report = (output / "report" / "study.md").read_text()
-    for section in ("## Tuning", "## Training to a plateau", "· step 0"):
+    for section in ("## Tuning", "## Training to a plateau", "· step 0", "checkpoint with the lowest held-out loss"):
         assert section in report
     assert (output / "report" / "tuning.png").stat().st_size > 0
     assert (output / "report" / "curves.png").stat().st_size > 0
@@ -368,6 +369,13 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     # a resumed study with another grid is refused, not mixed in
     with pytest.raises(SystemExit, match="another tuning / plateau setting"):
         cli.run_study_command([*argv[: argv.index("1e-3,1e-2")], "1e-4", *argv[argv.index("1e-3,1e-2") + 1 :]])
+    # a study recorded before the export was a choice exported its runs' last steps: it resumes as such, not as best
+    recorded = json.loads((output / "study.json").read_text())
+    del recorded["plateau"]["exported"]
+    (output / "study.json").write_text(json.dumps(recorded))
+    assert study.StudyPlan.read(output).recipe()["plateau"]["exported"] == "last"
+    with pytest.raises(SystemExit, match="another tuning / plateau setting"):
+        cli.run_study_command(argv)
 
 
 def _checked(door, *args, **kwargs):

@@ -139,6 +139,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--plateau-eval-steps", type=int, default=20, help="held-out evaluation every N steps")
     recipe.add_argument("--plateau-max-steps", type=int, default=300, help="the cap (default 300 steps)")
     recipe.add_argument(
+        "--plateau-export",
+        choices=("best", "last"),
+        default="best",
+        help="the model each run exports: its checkpoint with the lowest held-out loss (default) or its last step",
+    )
+    recipe.add_argument(
         "--held-out-fraction",
         type=float,
         default=0.01,
@@ -186,6 +192,7 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
             min_improvement=args.plateau_min_improvement,
             eval_steps=args.plateau_eval_steps,
             max_steps=args.plateau_max_steps,
+            exported=args.plateau_export,
             eval_fraction=args.held_out_fraction,
             eval_batch_size=args.held_out_batch_size,
         )

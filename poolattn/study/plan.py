@@ -102,11 +102,13 @@ class StudyPlan:
 
     @property
     def plateau_settings(self) -> PlateauSettings | None:
-        return PlateauSettings(**self.plateau) if self.plateau else None
+        # studies recorded before the choice of export exported the last step
+        return PlateauSettings(**{"exported": "last", **self.plateau}) if self.plateau else None
 
     def recipe(self) -> dict:
         """What a study folder's runs were trained with: a resumed study must not mix in other settings."""
-        return {"train_argv": self.train_argv, "tuning": self.tuning, "plateau": self.plateau}
+        plateau = asdict(self.plateau_settings) if self.plateau else None  # an older study's settings in full
+        return {"train_argv": self.train_argv, "tuning": self.tuning, "plateau": plateau}
 
     def row(self, key: str) -> StudyRow | None:
         return next((row for row in self.rows if row.key == key), None)

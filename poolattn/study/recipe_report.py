@@ -95,6 +95,9 @@ def _training_section(plan: StudyPlan, trained: list[RowResults], report_folder:
                 item.row.label,
                 settings.describe_rates() if settings else None,
                 ", ".join(str(model.manifest.global_steps) for model in item.models),
+                ", ".join(
+                    str(stop.exported_step) if stop and stop.exported_step is not None else "last" for stop in stops
+                ),
                 ", ".join(stop.reason if stop else "?" for stop in stops),
                 ", ".join(f"{weight:.2g}" for weight in weights) if None not in weights else "no weights",
             ]
@@ -102,11 +105,14 @@ def _training_section(plan: StudyPlan, trained: list[RowResults], report_folder:
     lines += [
         "## Training to a plateau" if plan.plateau else "## Training",
         "",
-        (f"Rule for every run: {rule}." if rule else "Every run trained the steps its flags give.")
+        (f"Rule for every run: {rule}; {plan.plateau_settings.describe_export()}." if rule and plan.plateau else "")
+        + ("" if rule else "Every run trained the steps its flags give.")
         + " Layer weights: mean |w| of the pooling head's layer-weight matrix after training (it starts "
         "at 0 by default; a size near 0 means the weighting did not move).",
         "",
-        markdown_table(["row", "rates", "steps per seed", "stopped by", "layer weights mean |w|"], rows),
+        markdown_table(
+            ["row", "rates", "steps per seed", "step exported", "stopped by", "layer weights mean |w|"], rows
+        ),
         "",
     ]
     curves = {

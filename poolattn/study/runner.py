@@ -36,7 +36,7 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
     if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).recipe() != plan.recipe():
         raise StudyError(
             f"{output} holds a study trained with other flags or another tuning / plateau setting "
-            f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.plateau}); use "
+            f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.recipe()['plateau']}); use "
             "another --output, or the same settings to resume it."
         )
     distributed = launched_processes() > 1

@@ -118,7 +118,8 @@ class TuningGrid:
 
 @dataclass
 class PlateauSettings:
-    """How every row's runs are trained after tuning: to the plateau of the held-out loss, with a cap."""
+    """How every row's runs are trained after tuning: to the plateau of the held-out loss, with a cap; the model
+    exported is the checkpoint with the lowest held-out loss (`exported="best"`) or the run's last step ("last")."""
 
     patience: int = 3
     min_improvement: float = 0.01
@@ -126,6 +127,13 @@ class PlateauSettings:
     max_steps: int = 300
     eval_fraction: float = 0.01
     eval_batch_size: int = 16
+    exported: str = "best"
+
+    EXPORTED = ("best", "last")
+
+    def __post_init__(self):
+        if self.exported not in self.EXPORTED:
+            raise ValueError(f"plateau export {self.exported!r}: give one of {', '.join(self.EXPORTED)}.")
 
     def job_fields(self) -> dict:
         """The `jobs.TrainingJob` fields of a run trained to the plateau."""
@@ -136,7 +144,15 @@ class PlateauSettings:
             "max_steps": self.max_steps,
             "eval_fraction": self.eval_fraction,
             "per_device_eval_batch_size": self.eval_batch_size,
+            "load_best_model_at_end": True if self.exported == "best" else None,
         }
+
+    def describe_export(self) -> str:
+        return (
+            "the model exported is the run's checkpoint with the lowest held-out loss"
+            if self.exported == "best"
+            else "the model exported is the run's last step"
+        )
 
 
 @dataclass

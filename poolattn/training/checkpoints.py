@@ -214,7 +214,8 @@ def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel
 
 
 def restore_finished_run(trainer, checkpoint: str | None):
-    """When `checkpoint` (the one to resume from) reached max_steps, load it and return its TrainOutput, else None.
+    """When `checkpoint` (the one to resume from) reached max_steps or the plateau, load it (or, with
+    `--load_best_model_at_end`, the run's best checkpoint) and return its TrainOutput, else None.
 
     The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
     (and export a different model than the uninterrupted run, e.g. after a crash during the export).
@@ -230,7 +231,14 @@ def restore_finished_run(trainer, checkpoint: str | None):
     at_plateau = rule is not None and rule.step(state.log_history) is not None
     if state.global_step < trainer.args.max_steps and not at_plateau:
         return None
-    trainer._load_from_checkpoint(checkpoint)  # the weights (adapter + head, or the full model) of that step
+    best = _best_checkpoint(trainer.args, state, folder=Path(checkpoint).parent)
+    if best is not None and not best.is_dir():
+        raise TrainingSetupError(
+            f"{checkpoint} finished with --load_best_model_at_end, but its best checkpoint {best} is gone; train "
+            "again with --overwrite_output_dir true (or another --output_dir)."
+        )
+    # the weights (adapter + head, or the full model) the uninterrupted run exported: its best, or its last step
+    trainer._load_from_checkpoint(str(best or checkpoint))
     trainer.state = state
     logger.info(
         "%s already %s: exporting it without training",
@@ -263,6 +271,7 @@ def stop_record(trainer, training_args) -> StopRecord:
         else "end_of_data"
     )
     every = trainer.args.eval_steps if evaluations else None  # the Trainer's: it may set a default
+    best_checkpoint = _best_checkpoint(trainer.args, state)
     return StopRecord(
         reason=reason,
         step=state.global_step,
@@ -270,4 +279,13 @@ def stop_record(trainer, training_args) -> StopRecord:
         rule=rule.describe(every=every, cap=training_args.max_steps) if rule else None,
         best_step=best[0],
         best_eval_loss=best[1],
+        exported_step=int(best_checkpoint.name.split("-")[-1]) if best_checkpoint else state.global_step,
     )
+
+
+def _best_checkpoint(args, state, folder=None) -> Path | None:
+    """The checkpoint `--load_best_model_at_end` exports (the Trainer's `best_model_checkpoint`, found by its name in
+    `folder`, default the run's output folder, so that a moved run still finds it), or None."""
+    if not getattr(args, "load_best_model_at_end", False) or not state.best_model_checkpoint:
+        return None
+    return Path(folder or args.output_dir) / Path(state.best_model_checkpoint).name

@@ -2,9 +2,9 @@
 
 A job holds the user's own train.py flags as given (`flags`: a preset, data, sizes; what follows `--` on the study's
 command line) and, as typed fields, everything a caller sets per run: the design, the seed, the folder, the name,
-config overrides, the rates, the steps and the plateau rule. The runs of a study are `dataclasses.replace` of one
-base job; nothing outside `training` builds train.py's command line, and the flags a caller may not also give in
-`flags` are those the job sets itself (`TrainingJob.owned_flags`), in one place.
+config overrides, the rates, the steps, the plateau rule and which checkpoint is exported. The runs of a study are
+`dataclasses.replace` of one base job; nothing outside `training` builds train.py's command line, and the flags a
+caller may not also give in `flags` are those the job sets itself (`TrainingJob.owned_flags`), in one place.
 
 >>> base = TrainingJob(flags=("--preset", "small"), variant=5)
 >>> run = dataclasses.replace(base, seed=43, output_dir="study/runs/v5/seed-43", learning_rate=3e-4)
@@ -54,6 +54,7 @@ class TrainingJob:
     per_device_eval_batch_size: int | None = None
     plateau_patience: int | None = None
     plateau_min_improvement: float | None = None
+    load_best_model_at_end: bool | None = None  # True: export the checkpoint with the lowest held-out loss
     resume: bool = True  # continue from the last complete checkpoint; a finished run is kept
 
     # train.py flags a job always sets itself (one run into its own folder, never published from here)
@@ -81,6 +82,8 @@ class TrainingJob:
                 owned.add(item.name)
         if self.eval_fraction is not None:
             owned |= {"eval_data", "eval_steps", "eval_strategy"}
+        if self.load_best_model_at_end is not None:
+            owned |= {"metric_for_best_model", "greater_is_better"}
         return owned
 
     def clashing_flags(self) -> list[str]:
@@ -105,6 +108,9 @@ class TrainingJob:
             value = getattr(self, name)
             if value is not None:
                 argv += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
+        if self.load_best_model_at_end is not None:
+            argv += ["--load_best_model_at_end", str(self.load_best_model_at_end).lower()]
+            argv += ["--metric_for_best_model", "eval_loss"] if self.load_best_model_at_end else []
         if self.config_overrides:
             argv += ["--config_overrides", json.dumps(dict(self.config_overrides))]
         if self.resume:

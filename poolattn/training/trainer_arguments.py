@@ -99,6 +99,10 @@ class ContrastiveTrainingArguments(TrainingArguments):
                     f"of the {world} processes."
                 )
             self.per_device_train_batch_size = self.contrastive_batch_size // world
+        if self.load_best_model_at_end and self.eval_strategy == "no" and self.save_strategy in ("steps", "epoch"):
+            # the best checkpoint needs an evaluation at every checkpoint: the schedule held-out rows get by default
+            self.eval_strategy = str(getattr(self.save_strategy, "value", self.save_strategy))
+            self.eval_steps = self.eval_steps or self.save_steps
         super().__post_init__()
 
 
