@@ -11,6 +11,17 @@ from .configuration_poolattn import PoolAttnConfig
 from .manifest import TrainingManifest
 from .records import ManifestError
 
+CHECKPOINT_RECORD = "poolattn_checkpoint.json"  # what train.py writes into every checkpoint beside peft's files
+
+
+def is_training_checkpoint(path) -> bool:
+    """Whether `path` is a training checkpoint (peft's adapter and the head, no model config of its own): a folder
+    that loaders would take for its bare backbone (`poolattn.load_checkpoint` reads it as the model)."""
+    path = Path(path)
+    return (path / CHECKPOINT_RECORD).is_file() or (
+        (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    )
+
 
 def is_poolattn_folder(path) -> bool:
     """Whether `path` is a local model folder whose config.json has `model_type: poolattn`."""
@@ -47,16 +58,40 @@ def check_safetensors_file(path) -> None:
         )
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
 def model_fingerprint(folder) -> str:
-    """A revision string from the weights and config, so two models never share an mteb cache entry."""
-    digest = hashlib.sha256()
+    """A revision string from what decides a folder's embeddings, so two models never share an mteb cache entry.
+
+    Its config.json and model.safetensors (a poolattn export's whole model: the revisions of earlier exports are
+    kept), then, by path and content, every other weight file anywhere in it (shards, an adapter, a module's) and,
+    in a folder that is not a poolattn export, every other file but README.md (e.g. a sentence-transformers
+    pooling module's config). A folder with none of these is refused: its scores could not be told apart."""
+    folder = Path(folder)
+    digest, hashed = hashlib.sha256(), 0
     for name in ("config.json", "model.safetensors"):
-        path = Path(folder) / name
-        if path.is_file():
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
+        hashed += _hash_file(digest, folder / name)
+    every_file = not is_poolattn_folder(folder)
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative in ("config.json", "model.safetensors", "README.md") or ".git/" in f"/{relative}":
+            continue
+        if every_file or path.suffix in WEIGHT_SUFFIXES:
+            digest.update(relative.encode() + b"\0")
+            hashed += _hash_file(digest, path)
+    if not hashed:
+        raise ManifestError(f"{folder}: no config.json, weights or other files to fingerprint; give a model folder.")
     return digest.hexdigest()[:16]
+
+
+def _hash_file(digest, path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return 1
 
 
 def parameter_counts(folder) -> dict[str, int]:

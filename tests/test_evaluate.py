@@ -176,3 +176,56 @@ def test_a_changed_task_copy_is_scored_again_never_served_from_the_cache(tmp_pat
     reversed_score, rewritten = score(copy)
     assert rewritten != written and reversed_score == pytest.approx(-first, abs=1e-9)
     assert "BIOSSES was scored on other data" in caplog.text
+
+
+def test_the_cache_revision_covers_every_file_that_decides_a_folders_embeddings(tmp_path):
+    """Two sentence-transformers folders that differ only in a sharded weight file, or only in their pooling
+    module's config, get different revisions (they shared one: config.json and model.safetensors were all that was
+    hashed); a poolattn export keeps the revision it always had; a folder with nothing to hash is refused."""
+    import hashlib
+
+    from poolattn.model_folder import model_fingerprint
+    from poolattn.records import ManifestError
+
+    def folder(name: str, shard: bytes, pooling: str) -> Path:
+        path = tmp_path / name
+        (path / "1_Pooling").mkdir(parents=True)
+        (path / "config.json").write_text('{"model_type": "bert"}')
+        (path / "model-00001-of-00002.safetensors").write_bytes(b"same")
+        (path / "model-00002-of-00002.safetensors").write_bytes(shard)
+        (path / "1_Pooling" / "config.json").write_text(pooling)
+        (path / "README.md").write_text(name)  # a card is not the model
+        return path
+
+    base = model_fingerprint(folder("a", b"one", '{"pooling_mode_mean_tokens": true}'))
+    assert base == model_fingerprint(folder("a-copy", b"one", '{"pooling_mode_mean_tokens": true}'))
+    assert base != model_fingerprint(folder("b", b"two", '{"pooling_mode_mean_tokens": true}'))
+    assert base != model_fingerprint(folder("c", b"one", '{"pooling_mode_cls_token": true}'))
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text('{"model_type": "poolattn"}')
+    (export / "model.safetensors").write_bytes(b"weights")
+    (export / "tokenizer.json").write_text("{}")
+    assert model_fingerprint(export) == hashlib.sha256(b'{"model_type": "poolattn"}weights').hexdigest()[:16]
+    (export / "model.safetensors").unlink()  # a sharded export: every shard counts
+    (export / "model-00001-of-00001.safetensors").write_bytes(b"weights")
+    sharded = model_fingerprint(export)
+    (export / "model-00001-of-00001.safetensors").write_bytes(b"other")
+    assert model_fingerprint(export) != sharded
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no config.json, weights or other files to fingerprint"):
+        model_fingerprint(tmp_path / "empty")
+
+
+def test_a_training_checkpoint_is_refused_not_scored_as_its_bare_backbone(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"")
+    (checkpoint / "poolattn_checkpoint.json").write_text("{}")
+    with pytest.raises(
+        SystemExit, match=r"evaluate run: --model .*checkpoint-4 is a training checkpoint .*load_checkpoint"
+    ):
+        cli.evaluate(["run", "--model", str(checkpoint), "--tasks", "BIOSSES", "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "results").exists()

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..model_folder import ExportedModel, is_poolattn_folder, model_fingerprint
+from ..model_folder import ExportedModel, is_poolattn_folder, is_training_checkpoint, model_fingerprint
 from .requests import EvaluationError, evaluation_revision
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,12 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
     from sentence_transformers import SentenceTransformer
 
     folder = Path(model)
+    if is_training_checkpoint(folder):
+        raise EvaluationError(
+            f"--model {model} is a training checkpoint (an adapter and the pooling head): loaders would score its "
+            "bare backbone with mean pooling. Score the run's exported model/ folder, or export this step first: "
+            f"poolattn.load_checkpoint({str(model)!r}).save_pretrained(FOLDER)."
+        )
     if (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
         logger.warning(
             "%s is neither an exported poolattn model nor a sentence-transformers folder: "

@@ -12,6 +12,7 @@ from ..backbones import resolve_backbone
 from ..configuration_poolattn import PoolAttnConfig
 from ..files import write_json
 from ..manifest import TrainingManifest, library_versions, recipe_arguments
+from ..model_folder import CHECKPOINT_RECORD
 from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..prompts import QUERY_PROMPT_FORMAT
 from ..records import ContrastiveBatch, DataRecord, StopRecord, TrainableParameters, TrainingSettings
@@ -74,9 +75,6 @@ def training_manifest(
         poolattn_config=base.config.to_diff_dict(),
         hyperparameters=arguments,
     )
-
-
-CHECKPOINT_RECORD = "poolattn_checkpoint.json"
 
 
 def run_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> dict:
