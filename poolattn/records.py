@@ -64,6 +64,7 @@ class DataRecord(Record):
     batch_sampling: str | None = None  # "one_source_per_batch" or "mixed"
     negatives_per_query: int | None = None  # hard negatives per query in sources that have them
     streaming: bool = False  # read lazily through a shuffle buffer (`train.py --streaming`)
+    fingerprint: str | None = None  # the training files' content (`sources.fingerprint_files`): edited data differs
 
     @property
     def query_prompt(self) -> str:

@@ -141,6 +141,15 @@ def test_a_finished_run_is_kept_on_resume_only_for_the_same_recipe(tiny_backbone
         training.main(common(tiny_backbone_folder, triplets_file, output, *resume, "--learning_rate", "1e-3"))
     assert training.main(common(tiny_backbone_folder, triplets_file, output, *resume))[0] == model
     assert (model / "model.safetensors").read_bytes() == weights
+    # the data edited since: the manifest's data fingerprint refuses it too (no checkpoint is left to say so)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(Path(triplets_file).read_text())
+    model = training.main(common(tiny_backbone_folder, str(edited), tmp_path / "again"))[0]
+    for checkpoint in (tmp_path / "again").glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    edited.write_text("".join(Path(triplets_file).read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(training.TrainingSetupError, match=r"finished run .*data_fingerprint: '[0-9a-f]+' there"):
+        training.main(common(tiny_backbone_folder, str(edited), tmp_path / "again", *resume))
 
 
 def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(

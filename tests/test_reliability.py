@@ -240,6 +240,17 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
     (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-6 is incomplete (a damaged trainer_state.json" in caplog.text
+    # once the run records its recipe in every checkpoint, one whose record is missing (killed between the two
+    # writes) or damaged is passed over too: resuming from it could not check the flags against its recipe
+    (tmp_path / "checkpoint-2" / "poolattn_checkpoint.json").write_text('{"recipe": {}}')
+    for step, record in ((8, None), (10, '{"recipe": {"learning_ra')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if record is not None:
+            (tmp_path / f"checkpoint-{step}" / "poolattn_checkpoint.json").write_text(record)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-8 is incomplete (no poolattn_checkpoint.json" in caplog.text
+    assert "checkpoint-10 is incomplete (a damaged poolattn_checkpoint.json" in caplog.text
 
 
 def test_scoring_a_bare_backbone_folder_warns_what_is_scored(tiny_backbone_folder, caplog):

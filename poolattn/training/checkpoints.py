@@ -20,6 +20,7 @@ from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets
 from .plateau import PlateauRule
 from .preflight import batch_sampling
+from .sources import fingerprint_files
 from .trainer_arguments import TrainingRunArguments
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def training_manifest(
             hard_negatives=triplets.has_negatives,
             query_instruction=data_args.query_instruction,
             query_prompt_format=QUERY_PROMPT_FORMAT,
+            fingerprint=fingerprint_files(data_args.train_data),
             sources=[asdict(source) for source in triplets.sources],
             batch_sampling=batch_sampling(data_args, triplets),
             negatives_per_query=triplets.negatives_per_query,
@@ -88,8 +90,6 @@ def resume_recipe(
 ) -> dict:
     """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
     and the data's fingerprint (the files' content, `data.fingerprint_files`)."""
-    from .sources import fingerprint_files
-
     arguments = run_arguments(model_args, data_args, training_args)
     return {
         **recipe_arguments(arguments),
@@ -144,6 +144,8 @@ def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
     if recorded is None:
         manifest = TrainingManifest.read(model_folder)
         recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
+        if manifest.data and manifest.data.fingerprint:  # manifests before 2026-12 record no data fingerprint
+            recorded["data_fingerprint"] = manifest.data.fingerprint
         compared = {key: recipe.get(key) for key in recorded}
     if differences := recipe_differences(recorded, compared):
         raise TrainingSetupError(

@@ -11,24 +11,31 @@ import torch
 from transformers import TrainingArguments
 
 from ..launch import launched_processes
+from ..model_folder import CHECKPOINT_RECORD
 
 logger = logging.getLogger(__name__)
 
 
 def last_complete_checkpoint(folder) -> str | None:
     """The newest `checkpoint-<step>` folder of `folder` that holds a readable `trainer_state.json` (the Trainer
-    writes it last, in place: a checkpoint killed while being written, or whose state file is empty or truncated,
-    is passed over with a warning naming it), or None."""
+    writes it last, in place) and a readable record of its recipe (`poolattn_checkpoint.json`, written after it;
+    checkpoints of a run from before the record are taken without one): a checkpoint killed while being written,
+    or whose state or record is empty or truncated, is passed over with a warning naming it; or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     checkpoints = [
         path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.split("-")[-1].isdigit()
     ]
-    complete = [path for path in checkpoints if _readable_state(path / "trainer_state.json")]
+    recorded = any((path / CHECKPOINT_RECORD).exists() for path in checkpoints)  # else: a run from before records
+    complete = [
+        path
+        for path in checkpoints
+        if _readable_state(path / "trainer_state.json") and (not recorded or _readable_state(path / CHECKPOINT_RECORD))
+    ]
     newest = max(complete, key=lambda path: int(path.name.split("-")[-1])) if complete else None
     for path in sorted(set(checkpoints) - set(complete)):
         if newest is None or int(path.name.split("-")[-1]) > int(newest.name.split("-")[-1]):
-            why = "a damaged trainer_state.json" if (path / "trainer_state.json").exists() else "no trainer_state.json"
+            why = _why_incomplete(path)
             logger.warning(
                 "%s is incomplete (%s: killed while being written?); passed over, resuming from %s",
                 path,
@@ -36,6 +43,15 @@ def last_complete_checkpoint(folder) -> str | None:
                 newest or "step 0",
             )
     return str(newest) if newest else None
+
+
+def _why_incomplete(checkpoint: Path) -> str:
+    for name in ("trainer_state.json", CHECKPOINT_RECORD):
+        if not (checkpoint / name).exists():
+            return f"no {name}"
+        if not _readable_state(checkpoint / name):
+            return f"a damaged {name}"
+    return "unreadable"
 
 
 def _readable_state(path: Path) -> bool:
