@@ -99,6 +99,13 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
     assert "significantly different from poolattn/v1" in (tmp_path / "cmp" / "summary.md").read_text()
     with pytest.raises(SystemExit, match="hold results of the same model and weights \\(poolattn/v1"):
         cli.evaluate(["compare", str(folders[0]), str(next(folders[0].iterdir())), "--output", str(tmp_path / "c2")])
+    # runs scored under other settings (here v5 without its instructions) are refused, not compared as designs
+    import shutil
+
+    plain = next(folders[1].iterdir())
+    shutil.copytree(plain, tmp_path / "v5-runs" / f"{plain.name}-no-instructions")
+    with pytest.raises(SystemExit, match=r"different settings \(the plain settings: poolattn/v1 .*without task"):
+        cli.evaluate(["compare", str(folders[0]), str(tmp_path / "v5-runs"), "--output", str(tmp_path / "c4")])
     # a task one model lacks: the comparison is written, its means say so, and the command exits 1 naming it
     next(folders[1].rglob("BIOSSES.json")).unlink()
     capsys.readouterr()

@@ -2,6 +2,7 @@
 each task against a baseline, as `comparison.md`, CSVs and a figure."""
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from ..files import write_text
 from .pairing import paired_tests
 from .replicates import group_replicates
 from .requests import EvaluationError
-from .results import category_rank, mean, read_runs
+from .results import category_rank, describe_revision_settings, mean, read_runs
 
 
 @dataclass
@@ -136,7 +137,27 @@ def _load_runs(result_folders: list) -> tuple[list, int | None]:
             "compare runs scored on the same units (the same --budget, or none): give the revision "
             "folders of one budget (e.g. <model folder>/<fingerprint>-budget100)."
         )
+    _check_one_setting(loaded)
     return loaded, budgets.pop()
+
+
+def _check_one_setting(loaded: list) -> None:
+    """Refuse runs scored under different settings (instructions, ONNX, a Matryoshka size, a length), which the
+    revision's suffix records (`requests.evaluation_revision`): their differences would be the settings'."""
+    settings: dict[str, list[str]] = {}
+    for results in loaded:
+        suffix = results.revision.split("-", 1)[1] if "-" in results.revision else ""
+        suffix = re.sub(r"^budget\d+-?", "", suffix)  # the budget is checked on its own
+        settings.setdefault(suffix, []).append(f"{results.name} ({results.revision})")
+    if len(settings) > 1:
+        described = "; ".join(
+            f"{describe_revision_settings('-' + suffix, '') if suffix else 'the plain settings'}: {', '.join(runs)}"
+            for suffix, runs in sorted(settings.items())
+        )
+        raise EvaluationError(
+            f"the results were scored under different settings ({described}); compare runs scored alike (the "
+            "same instructions, ONNX file, --truncate-dim and --max-length): give revision folders of one setting."
+        )
 
 
 def _preamble(models: ComparedModels, budget: int | None) -> list[str]:
