@@ -112,6 +112,21 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
     assert cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c3")]) == 1
     assert "poolattn/v5: no score for BIOSSES" in capsys.readouterr().err
     assert (tmp_path / "c3" / "comparison.md").is_file()
+    # files mteb left half-written (it writes them in place): compare names the file; a rerun scores the task again
+    predictions = next(folders[0].rglob("predictions/STSBenchmark_predictions.json"))
+    predictions.write_text(predictions.read_text()[:50])
+    result = next(folders[0].rglob("BIOSSES.json"))
+    result.write_text(result.read_text()[:50])
+    with pytest.raises(SystemExit, match=r"BIOSSES.json is not a readable mteb task result"):
+        cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c5")])
+    run = ["run", *models[:2], "--categories", "STS", "--data-dir", str(data_dir), "--output", str(output)]
+    assert cli.evaluate(run) == 0
+    assert json.loads(predictions.read_text()) and json.loads(result.read_text())  # both written anew
+    predictions.write_text(predictions.read_text()[:50])
+    with pytest.raises(
+        SystemExit, match=r"STSBenchmark_predictions.json is damaged .* run the same `evaluate.py run`"
+    ):
+        cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c6")])
 
 
 def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):

@@ -161,9 +161,10 @@ def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
     show_progress()  # the package's INFO lines and a bar per encode call: scoring moves within a task too
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..files import DamagedFileError
     from ..records import ManifestError  # the model stack, once the flags are parsed
 
     try:
         return args.func(args)
-    except (evaluation.EvaluationError, LocalTaskError, ResultsError, ManifestError) as error:
+    except (evaluation.EvaluationError, LocalTaskError, ResultsError, ManifestError, DamagedFileError) as error:
         sys.exit(f"evaluate {args.command}: {error}")

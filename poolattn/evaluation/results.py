@@ -146,7 +146,14 @@ class ModelResults:
         path = self.folder / PREDICTIONS_FOLDER / f"{task}_predictions.json"
         if not path.is_file():
             return None
-        return {key: value for key, value in json.loads(path.read_text()).items() if key != "mteb_model_meta"}
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as error:
+            raise ResultsError(
+                f"{path} is damaged ({error}; mteb writes it in place: a run killed while writing?); run the same "
+                "`evaluate.py run` again, which scores that task again."
+            ) from None
+        return {key: value for key, value in saved.items() if key != "mteb_model_meta"}
 
     def task_info(self, task: str) -> TaskInfo:
         if task in self.recorded_tasks:
@@ -214,9 +221,10 @@ def read_results(folder) -> ModelResults:
             ) from None
     if not results:
         raise ResultsError(f"no mteb task results found under {folder}.")
-    meta, settings_file = folder / MODEL_META_FILE, folder / RUN_SETTINGS_FILE
-    name = json.loads(meta.read_text())["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    meta = folder / MODEL_META_FILE
+    recovery = "delete it and run the same `evaluate.py run` again (it writes it anew)"
+    name = read_json(meta, recovery=recovery)["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
+    settings = read_run_settings(folder)
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}
     origin = TrainingOrigin(**settings["training"]) if settings.get("training") else None
     return ModelResults(

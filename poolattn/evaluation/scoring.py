@@ -7,6 +7,7 @@ tests per category with Holm correction, a figure and a summary for model cards.
 """
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,18 +40,32 @@ def task_data_fingerprint(name: str, data_dir) -> str | None:
     return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
 
 
-def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> list[str]:
+def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> dict[str, str]:
     """Remove the results (and predictions) in `folder` of every task whose data changed since it was scored (its
-    recorded fingerprint differs, or none was recorded for a local copy), so that mteb scores it again; the names."""
+    recorded fingerprint differs, or none was recorded for a local copy), or whose result or predictions file is
+    damaged (mteb writes them in place: a run killed while writing), so that mteb scores it again; name -> why."""
     recorded = read_run_settings(folder).get("task_data", {})
-    stale = []
+    stale = {}
     for name, fingerprint in fingerprints.items():
-        result = folder / f"{name}.json"
-        if result.is_file() and fingerprint is not None and recorded.get(name) != fingerprint:
+        result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
+        if not result.is_file():
+            continue
+        if fingerprint is not None and recorded.get(name) != fingerprint:
+            stale[name] = "was scored on other data than the task's folder holds now (or on an unrecorded copy)"
+        elif damaged := [path.name for path in (result, predictions) if path.is_file() and not _readable(path)]:
+            stale[name] = f"has a damaged {' and '.join(damaged)} (a run killed while writing?)"
+        if name in stale:
             result.unlink()
-            (folder / PREDICTIONS_FOLDER / f"{name}_predictions.json").unlink(missing_ok=True)
-            stale.append(name)
+            predictions.unlink(missing_ok=True)
     return stale
+
+
+def _readable(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -121,7 +136,7 @@ def evaluate_models(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints, data_dir)
+        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
         result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
@@ -134,14 +149,9 @@ def _task_to_score(name: str, data_dir, subsets, budget: int | None):
     return cap_task(task, budget) if budget else task
 
 
-def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None], data_dir) -> None:
-    for name in stale_results(folder, fingerprints):
-        logger.warning(
-            "%s: %s was scored on other data than %s holds now (or on an unrecorded copy); scoring it again",
-            model_name,
-            name,
-            Path(data_dir) / name,
-        )
+def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None]) -> None:
+    for name, why in stale_results(folder, fingerprints).items():
+        logger.warning("%s: %s %s; scoring it again", model_name, name, why)
 
 
 def _run_mteb(encoder, tasks, folder: Path, cache, *, batch_size: int, overwrite: bool):
