@@ -217,13 +217,18 @@ class PoolAttnConfig(PreTrainedConfig):
         self._fill_derived_defaults()
 
     @classmethod
+    def own_fields(cls) -> list[str]:
+        """The design's fields (`pooling`, `layers`, ...): not `PreTrainedConfig`'s, not the backbone's config."""
+        inherited = set(getattr(PreTrainedConfig, "__dataclass_fields__", {}))
+        return [name for name in cls.__dataclass_fields__ if name not in inherited and name != "text_config"]
+
+    @classmethod
     def _refuse_misspelled_fields(cls, extra: dict) -> None:
         """A keyword that is not a field but close to one (`poolng="mean"`) is a typo, not a custom attribute: kept,
         it would silently leave the field at its default."""
         import difflib
 
-        inherited = set(getattr(PreTrainedConfig, "__dataclass_fields__", {}))
-        own = [name for name in cls.__dataclass_fields__ if name not in inherited and name != "text_config"]
+        own = cls.own_fields()
         for key in extra:
             close = difflib.get_close_matches(key, own, n=1, cutoff=0.8)
             if close and key not in own:

@@ -546,6 +546,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         """
         config_fields = set(PoolAttnConfig.__dataclass_fields__) - {"text_config"}
         config_overrides = {key: overrides.pop(key) for key in list(overrides) if key in config_fields}
+        PoolAttnConfig._refuse_misspelled_fields(overrides)  # `poolng=` would reach from_pretrained, not the config
         hub_keys = ("revision", "token", "cache_dir", "local_files_only")
         hub_kwargs = {key: overrides[key] for key in hub_keys if key in overrides}
         try:

@@ -376,3 +376,31 @@ def test_atomic_writes_give_files_and_folders_the_modes_of_ordinary_new_ones(tmp
         os.umask(before)
     assert (tmp_path / "record.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777
     assert (tmp_path / "model").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--config_overrides", '{"poolng": "mean"}'],
+            r"'poolng' is not a PoolAttnConfig field; did you mean 'pooling'",
+        ),
+        (["--config_overrides", '{"xyz": 1}'], r"'xyz' is not a PoolAttnConfig field\. Fields: attention, pooling"),
+        (["--learning_rate", "-1"], r"--learning_rate -1.0 must be > 0"),
+        (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0 must be >= 1"),
+    ],
+)
+def test_bad_training_flags_are_refused_when_parsed(flags, message):
+    """Refused by the parser, before data or a model loads (they failed later: a TypeError from the backbone's loader
+    for a misspelled field, torch's optimizer for a negative rate)."""
+    from poolattn import training
+
+    with pytest.raises(ValueError, match=message):
+        training.parse_arguments(flags)
+
+
+def test_from_backbone_refuses_a_misspelled_design_field(tiny_backbone_folder):
+    from poolattn import PoolAttnEmbeddingModel
+
+    with pytest.raises(ValueError, match=r"poolng='mean' is not a field; did you mean pooling="):
+        PoolAttnEmbeddingModel.from_backbone(tiny_backbone_folder, variant=5, poolng="mean")

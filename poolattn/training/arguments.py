@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..backbones import DEFAULT_BACKBONE
-from ..configuration_poolattn import BASELINE_DESIGNS, DESIGNS, variant_tag
+from ..configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PoolAttnConfig, variant_tag
 from .data import SAMPLE_TRIPLETS
 from .presets import BATCH_SAMPLING, DESIGN_GROUPS, LORA_TARGETS, PRESETS
 from .trainer_arguments import TrainingRunArguments
@@ -73,6 +73,7 @@ class ModelArguments:
                 f"--model_name {self.model_name!r} must read ORG/NAME (mteb's rule), e.g. poolattn/my-model."
             )
         self.overrides = _json_object("--config_overrides", self.config_overrides, '\'{"layers": "last:8"}\'')
+        _check_config_fields(self.overrides)
         if self.matryoshka_dims is not None:
             parts = [part.strip() for part in str(self.matryoshka_dims).split(",")]
             if not all(part.isdigit() for part in parts) or "matryoshka_dims" in self.overrides:
@@ -102,6 +103,21 @@ class ModelArguments:
         if self.model_name is None or len(self.variants) == 1:
             return self.model_name
         return f"{self.model_name}-{variant_tag(variant)}"
+
+
+def _check_config_fields(overrides: dict) -> None:
+    """--config_overrides names `PoolAttnConfig` fields only (a typo would reach the backbone's loader)."""
+    import difflib
+
+    fields = PoolAttnConfig.own_fields()
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            raise ValueError(
+                f"--config_overrides: {key!r} is not a PoolAttnConfig field"
+                + (f"; did you mean {close[0]!r}?" if close else ".")
+                + f" Fields: {', '.join(fields)}."
+            )
 
 
 def _json_object(flag: str, value, example: str) -> dict:
