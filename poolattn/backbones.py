@@ -69,6 +69,38 @@ def check_hub_backbone(hub_id: str) -> None:
         ) from None
 
 
+def _check_backbone_folder(path: Path, given: str) -> None:
+    """A local backbone is a saved transformers model with weights: not a file, not a poolattn export, not a folder
+    without weights or with a damaged safetensors file (each refused by name, before data or weights load)."""
+    import json
+
+    from .model_folder import check_safetensors_file
+    from .records import ManifestError
+
+    what = "give the folder of a saved transformers model (save_pretrained), a Hub id or a named backbone"
+    if not path.is_dir():
+        raise BackboneError(f"--backbone {given}: a file, not a model folder; {what}.")
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"--backbone {given}: the folder has no config.json; {what}.")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        raise BackboneError(f"--backbone {given}: its config.json is damaged (not a JSON object); {what}.") from None
+    if model_type == "poolattn":
+        raise BackboneError(
+            f"--backbone {given}: an exported poolattn model, not a backbone. Train from the backbone it was built "
+            "on (its training_manifest.json names it), or load the model with "
+            "AutoModel.from_pretrained(..., trust_remote_code=True)."
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise BackboneError(f"--backbone {given}: the folder holds no weights (*.safetensors or *.bin); {what}.")
+    for weights in path.glob("*.safetensors"):
+        try:
+            check_safetensors_file(weights)
+        except ManifestError as error:
+            raise BackboneError(f"--backbone {given}: {error}") from None
+
+
 def resolve_backbone(name_or_path: str) -> str:
     """A local folder (or Hub id) for `name_or_path`; named backbones are fetched or built as described above."""
     if name_or_path not in BACKBONES:
@@ -79,11 +111,8 @@ def resolve_backbone(name_or_path: str) -> str:
                 f"--backbone {name_or_path}: no such folder. Give a local model folder, a Hub id "
                 f"(ORG/NAME) or a named backbone ({', '.join(BACKBONES)})."
             )
-        if path.exists() and not (path / "config.json").is_file():
-            raise BackboneError(
-                f"--backbone {name_or_path}: the folder has no config.json; give the folder of a saved "
-                "transformers model (save_pretrained), a Hub id or a named backbone."
-            )
+        if path.exists():
+            _check_backbone_folder(path, name_or_path)
         if not path.exists():
             check_hub_backbone(name_or_path)
         return name_or_path

@@ -404,3 +404,38 @@ def test_from_backbone_refuses_a_misspelled_design_field(tiny_backbone_folder):
 
     with pytest.raises(ValueError, match=r"poolng='mean' is not a field; did you mean pooling="):
         PoolAttnEmbeddingModel.from_backbone(tiny_backbone_folder, variant=5, poolng="mean")
+
+
+def test_a_backbone_that_is_no_backbone_is_refused_by_name_before_the_data_loads(tiny_backbone_folder, tmp_path):
+    """Each refused in one line naming what was given (they were tracebacks from the loader, after the data had
+    loaded); the data here does not exist, so any check that comes after the data would fail differently."""
+    import shutil
+
+    from poolattn import training
+    from poolattn.backbones import BackboneError
+
+    export, empty, damaged = tmp_path / "export", tmp_path / "no-weights", tmp_path / "damaged"
+    tiny_model("llama", 5).save_pretrained(export)
+    empty.mkdir()
+    shutil.copy(Path(tiny_backbone_folder) / "config.json", empty / "config.json")
+    shutil.copytree(tiny_backbone_folder, damaged)
+    weights = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    cases = [
+        (str(tmp_path / "rows.jsonl"), BackboneError, "a file, not a model folder"),
+        (str(export), BackboneError, "an exported poolattn model, not a backbone"),
+        (str(empty), BackboneError, r"holds no weights \(\*.safetensors or \*.bin\)"),
+        (str(damaged), BackboneError, r"model.safetensors is not a readable safetensors file|missing bytes"),
+    ]
+    for backbone, error, message in cases:
+        with pytest.raises(error, match=message):
+            training.main(["--backbone", backbone, "--train_data", str(tmp_path / "none.jsonl")])
+    # a design the backbone is too shallow for (2 layers): refused by name before the data loads too
+    with pytest.raises(training.TrainingSetupError, match=r"--variant 5 on --backbone .* \(llama\): .*middle"):
+        training.main(
+            [
+                *("--backbone", tiny_backbone_folder, "--train_data", str(tmp_path / "none.jsonl")),
+                *("--config_overrides", '{"layers": "middle:4"}'),
+            ]
+        )

@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..configuration_poolattn import variant_tag
+from ..configuration_poolattn import PoolAttnConfig, variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
 from .sources import TripletDataError
@@ -27,6 +27,21 @@ def _batch_flags(training_args: TrainingRunArguments) -> str:
         f"--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
         f"{training_args.world_size} process(es)"
     )
+
+
+def check_designs_build(model_args, backbone_path: str) -> None:
+    """Every design asked for (`--variant`, with `--config_overrides`) builds on the backbone's config, before data
+    or weights load: a layer spec the backbone is too shallow for, or a backbone the designs cannot use, is refused."""
+    from transformers import AutoConfig
+
+    text_config = AutoConfig.from_pretrained(backbone_path).get_text_config()
+    for variant in model_args.variants:
+        try:
+            PoolAttnConfig.from_variant(variant, text_config, **model_args.overrides)
+        except (ValueError, TypeError) as error:
+            raise TrainingSetupError(
+                f"--variant {variant} on --backbone {model_args.backbone} ({text_config.model_type}): {error}"
+            ) from None
 
 
 def check_batches(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments) -> None:

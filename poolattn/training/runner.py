@@ -47,6 +47,7 @@ from .preflight import (
     PlannedRun,
     batch_sampling,
     check_batches,
+    check_designs_build,
     check_output_dir,
     check_output_writable,
     default_run_tag,
@@ -257,7 +258,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     `--resume_from_checkpoint true` resumes the whole job: finished runs (an exported model) are kept, interrupted
     ones continue from their last complete checkpoint, the others start at step 0.
     """
-    # data and Hub access, checked before anything is written or trained
+    # the backbone, every design on it, data and Hub access: checked before anything is written or trained
+    backbone_path = resolve_backbone(model_args.backbone)
+    check_designs_build(model_args, backbone_path)
     require_shared_data(data_args.train_data, "--train_data")
     if training_args.push_to_hub:
         try:
@@ -281,7 +284,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             "runs (variants x seeds); give `true` to resume each from its own last checkpoint."
         )
     check_output_writable(base_output)
-    backbone_path = resolve_backbone(model_args.backbone)
     with folder_lock(base_output, what="training run"):  # a second run into this folder is refused, by name
         check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
         exported = [
