@@ -240,6 +240,13 @@ def test_the_cache_revision_covers_every_file_that_decides_a_folders_embeddings(
         model_fingerprint(tmp_path / "empty")
 
 
+def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "taken").write_text("")
+    for command in (["run", "--model", str(tmp_path), "--tasks", "BIOSSES"], ["compare", str(tmp_path)]):
+        with pytest.raises(SystemExit, match=r"--output .*taken is a file; give a folder"):
+            cli.evaluate([*command, "--output", str(tmp_path / "taken")])
+
+
 def test_a_training_checkpoint_is_refused_not_scored_as_its_bare_backbone(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-4"
     checkpoint.mkdir(parents=True)

@@ -215,6 +215,15 @@ def test_a_damaged_safetensors_file_is_refused_by_size(tmp_path):
         ExportedModel.read(tmp_path / "m")
 
 
+def test_a_jsonl_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    from poolattn.training.data import load_triplets
+
+    rows = '{"query": "what is a cafe", "positive": "a place"}\n{"query": "q", "positive": "p"}\n'
+    (tmp_path / "plain.jsonl").write_text(rows, encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_text(rows, encoding="utf-8-sig")  # as some Windows editors save it
+    assert load_triplets(str(tmp_path / "bom.jsonl")).rows == load_triplets(str(tmp_path / "plain.jsonl")).rows
+
+
 def test_a_non_utf8_csv_names_the_file_and_line(tmp_path):
     from poolattn.training.data import load_triplets
     from poolattn.training.sources import TripletDataError

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
@@ -165,6 +166,8 @@ def evaluate(argv: list[str] | None = None) -> int:
     from ..records import ManifestError  # the model stack, once the flags are parsed
 
     try:
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise evaluation.EvaluationError(f"--output {args.output} is a file; give a folder (it is created).")
         return args.func(args)
     except (evaluation.EvaluationError, LocalTaskError, ResultsError, ManifestError, DamagedFileError) as error:
         sys.exit(f"evaluate {args.command}: {error}")

@@ -68,7 +68,7 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
     if path.suffix == ".jsonl":
         number = 0
         try:
-            with path.open(encoding="utf-8") as handle:
+            with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark, as CSV files may have
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
