@@ -305,6 +305,21 @@ def test_a_file_stems_weight_is_the_files_share_divided_by_its_parts_batches(tmp
         checked({"a": 1, "b": 0}, batch=16)
 
 
+def test_files_of_one_name_in_nested_folders_are_sources_of_their_own(tmp_path):
+    """`snli/train.jsonl` and `nq/train.jsonl` (a common layout): sources `nq/train` and `snli/train`, in memory and
+    streamed, each addressable by --source_weights (both were `train`)."""
+    for folder in ("snli", "nq"):
+        write_jsonl(
+            tmp_path / "d" / folder / "train.jsonl", [{**row, "query": f"{folder} {row['query']}"} for row in TRIPLETS]
+        )
+    triplets = load_triplets(str(tmp_path / "d"))
+    assert [source.name for source in triplets.sources] == ["nq/train", "snli/train"]
+    set_source_weights(triplets, {"nq/train": 1, "snli/train": 0})
+    assert [source.weight for source in triplets.sources] == [1.0, 0.0]
+    streamed = stream_triplets(str(tmp_path / "d"), batch_size=4, seed=0, buffer_size=8)
+    assert [source.name for source in streamed.sources] == ["nq/train", "snli/train"]
+
+
 def test_the_trainer_draws_each_batch_from_one_source(tiny_backbone_folder, tmp_path):
     import datasets
 

@@ -32,6 +32,7 @@ from .sources import (
     is_local_files,
     iter_file_rows,
     iter_hub_rows,
+    source_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -201,9 +202,14 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
         buffer_size: int,
         negatives_per_query: int,
         skip_invalid: bool = False,
+        names: dict[str, str] | None = None,
     ) -> "SourceBatchStream":
-        """One source per file; each counted, and its first rows read to see whether it has hard negatives."""
-        sources = [StreamedSource(Path(path).stem, str(path), count_rows(path)) for path in files]
+        """One source per file (named by `names`, default its stem); each counted, and its first rows read to see
+        whether it has hard negatives."""
+        names = names or {}
+        sources = [
+            StreamedSource(names.get(str(path), Path(path).stem), str(path), count_rows(path)) for path in files
+        ]
         return cls(
             _with_negatives(sources, negatives_per_query),
             batch_size,
@@ -312,8 +318,9 @@ def stream_triplets(
         seed=seed, buffer_size=buffer_size, negatives_per_query=negatives_per_query, skip_invalid=skip_invalid
     )
     if is_local_files(source):
-        files = [str(path) for path in data_files(source)]
-        stream = SourceBatchStream.of_files([Path(file) for file in files], batch_size, **common)
+        paths = data_files(source)
+        files = [str(path) for path in paths]
+        stream = SourceBatchStream.of_files(paths, batch_size, names=source_names(source, paths), **common)
     else:
         files = [source]
         stream = SourceBatchStream.of_hub(source, split, batch_size, **common)

@@ -29,6 +29,7 @@ from .sources import (
     hub_subsets,
     is_local_files,
     iter_hub_rows,
+    source_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def _raw_rows(source: str, split: str) -> tuple[list, dict[str, str], list[tuple
     """(the files read, file or Hub subset -> its source name, (file, row number, row) of every row)."""
     if is_local_files(source):
         files = data_files(source)
-        return files, {str(path): path.stem for path in files}, _read_rows(files)
+        return files, source_names(source, files), _read_rows(files)
     names, raw_rows = {}, []
     for subset in hub_subsets(source, split):
         label = hub_label(source, subset, split)
@@ -169,13 +170,22 @@ def _valid_rows_by_negatives(
     return parts, skipped
 
 
+def file_source_name(name: str) -> str:
+    """The name of the file (or Hub subset) a source comes from: its name without the `[k negatives]` part.
+
+    >>> file_source_name("snli_triplets [1 negative]")
+    'snli_triplets'
+    """
+    return re.sub(r" \[\d+ negatives?\]$", "", name)
+
+
 def sources_named(triplets: Triplets, keys, flag: str) -> dict[str, list[int]]:
     """Key -> the indices of the sources it names: a source's name (e.g. `snli_triplets [1 negative]`) or its file's
     stem or Hub subset (e.g. `snli_triplets`, every source of that file). A key that names no source is an error
     listing the sources there are."""
     known: dict[str, list[int]] = {}
     for index, item in enumerate(triplets.sources):
-        for key in {item.name, re.sub(r" \[\d+ negatives?\]$", "", item.name)}:  # + the file's (or subset's)
+        for key in {item.name, file_source_name(item.name)}:  # + the file's (or subset's)
             known.setdefault(key, []).append(index)
     unknown = sorted(set(keys) - set(known))
     if unknown:

@@ -198,7 +198,7 @@ def mine_hard_negatives(
     from ..model_folder import (
         model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
     )
-    from .data import load_triplets
+    from .data import file_source_name, load_triplets
 
     settings = settings or MiningSettings()
     settings.check()
@@ -217,14 +217,17 @@ def mine_hard_negatives(
     by_file: dict[str, list[dict]] = {}
     for row in triplets.rows:  # a file split by negative count is mined as one source again
         by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
+    # each file's source name (`nq/train` in nested folders), without the `[k negatives]` part
+    file_names = {source.file: file_source_name(source.name) for source in triplets.sources}
 
     def save(folder: Path) -> None:  # into a temp folder: a mining run killed midway leaves no partial training data
         for file, rows in by_file.items():
-            name = Path(file).stem if Path(file).exists() else file.replace("/", "__")
+            name = file_names[file] if Path(file).exists() else file.replace("/", "__")
             mined, report = mine_source(rows, encoder, settings, name)
             path = folder / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
-            report.output = path.name
+            report.output = path.relative_to(folder).as_posix()
             run.sources.append(report)
             logger.info(
                 "%s: %d rows, corpus %d, %d negatives mined, %d queries short of %d, %d candidates inside "

@@ -35,6 +35,26 @@ def data_files(source: str) -> list[Path]:
     return [path]
 
 
+def source_names(source: str, files: list[Path]) -> dict[str, str]:
+    """Each data file's source name: its path under the folder without the suffix (`snli_triplets`, and in nested
+    folders `nq/train` beside `snli/train`), or with it where two files would share a name (`a.jsonl`, `a.csv`).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> names = source_names(str(d), [d / "nq" / "train.jsonl", d / "snli" / "train.jsonl", d / "x.csv"])
+    >>> list(names.values()), source_names("x.jsonl", [Path("x.jsonl")])
+    (['nq/train', 'snli/train', 'x'], {'x.jsonl': 'x'})
+    """
+    folder = Path(source) if Path(source).is_dir() else None
+    relative = [
+        path.relative_to(folder) if folder and path.is_relative_to(folder) else Path(path.name) for path in files
+    ]
+    names = [item.with_suffix("").as_posix() for item in relative]
+    if len(set(names)) < len(names):
+        names = [item.as_posix() for item in relative]
+    return dict(zip(map(str, files), names))
+
+
 def fingerprint_files(source: str) -> str:
     """A hash of the training data's content: every data file of a local file or folder (names relative to it and
     bytes; a local dataset repository's data files alike), so an edited, added or removed file changes it; a Hub
