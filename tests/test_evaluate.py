@@ -247,6 +247,16 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
             cli.evaluate([*command, "--output", str(tmp_path / "taken")])
 
 
+def test_a_model_folder_with_a_damaged_config_is_named(tmp_path):
+    tiny_model("llama", 5).save_pretrained(tmp_path / "model")
+    config = tmp_path / "model" / "config.json"
+    config.write_text(config.read_text()[:40])
+    with pytest.raises(SystemExit, match=r"--model .*model: its config.json is damaged"):
+        cli.evaluate(
+            ["run", "--model", str(tmp_path / "model"), "--tasks", "BIOSSES", "--output", str(tmp_path / "o")]
+        )
+
+
 def test_a_training_checkpoint_is_refused_not_scored_as_its_bare_backbone(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-4"
     checkpoint.mkdir(parents=True)

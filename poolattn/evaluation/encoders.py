@@ -128,6 +128,13 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
     from sentence_transformers import SentenceTransformer
 
     folder = Path(model)
+    if (folder / "config.json").is_file():
+        try:
+            json.loads((folder / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise EvaluationError(
+                f"--model {model}: its config.json is damaged (not valid JSON); export or download the model again."
+            ) from None
     if is_training_checkpoint(folder):
         raise EvaluationError(
             f"--model {model} is a training checkpoint (an adapter and the pooling head): loaders would score its "
