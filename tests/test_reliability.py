@@ -395,7 +395,7 @@ def test_atomic_writes_give_files_and_folders_the_modes_of_ordinary_new_ones(tmp
             r"'poolng' is not a PoolAttnConfig field; did you mean 'pooling'",
         ),
         (["--config_overrides", '{"xyz": 1}'], r"'xyz' is not a PoolAttnConfig field\. Fields: attention, pooling"),
-        (["--learning_rate", "-1"], r"--learning_rate -1.0 must be > 0"),
+        (["--learning_rate", "-1"], r"--learning_rate -1.0 must be >= 0"),
         (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0 must be >= 1"),
     ],
 )

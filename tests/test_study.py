@@ -454,6 +454,10 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
             "3",
             "--plateau_min_improvement",
             "0.01",
+            "--load_best_model_at_end",
+            "true",
+            "--metric_for_best_model",
+            "eval_loss",
             "--resume_from_checkpoint",
             "true",
         ]

@@ -119,6 +119,11 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
     recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
+    _add_plateau_arguments(recipe)
+
+
+def _add_plateau_arguments(recipe) -> None:
+    """The plateau rule every run trains to, and the held-out rows it (and the tuning) reads."""
     recipe.add_argument(
         "--plateau",
         action="store_true",

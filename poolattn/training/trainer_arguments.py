@@ -88,8 +88,8 @@ class ContrastiveTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate {self.learning_rate} must be > 0 (e.g. 1e-4).")
+        if not self.learning_rate >= 0:  # 0: the weights stay as they are (a loss measured, nothing trained)
+            raise ValueError(f"--learning_rate {self.learning_rate} must be >= 0 (e.g. 1e-4).")
         if self.per_device_train_batch_size < 1:
             raise ValueError(
                 f"--per_device_train_batch_size {self.per_device_train_batch_size} must be >= 1 (queries per device)."
