@@ -575,3 +575,30 @@ def test_the_report_says_what_its_intervals_hold_of_the_seed_noise():
     three = [SimpleNamespace(seeds_a=3, seeds_b=3)]
     assert "With 3 seeds the bootstrap sees about 0.82 of the seed spread" in study_report.seed_note(three)
     assert study_report.seed_note([]) == ""
+
+
+def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
+    """Two rows x two seeds with controls (8 steps): the ETA waits until a training step has run (it said "0 min"
+    after a 2-s control), then counts the scoring between steps (50 s after the control) with the next step."""
+    from poolattn.study import runner
+
+    plan = study.plan_study(designs="1,5", seeds=2, controls=True)
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "time", lambda: clock[0])
+    progress = runner.StudyProgress(plan)
+
+    def work(seconds):
+        def run():
+            clock[0] += seconds
+            return None
+
+        return run
+
+    with caplog.at_level("INFO", logger="poolattn.study"):
+        progress.step("control", plan.rows[0], 42, work(10), state="ran now")
+        assert progress.eta() == ", ETA once a training step has run"
+        clock[0] += 50  # the control's scoring, between the steps
+        progress.step("training", plan.rows[0], 42, work(600), state="ran now")
+    # left: 3 controls at 60 s and 3 training runs at 600 s (the control's scoring counted with the next step)
+    assert progress.eta() == f", ETA {(3 * 10 + 3 * 650) / 60:.0f} min"
+    assert "step 2 of 8: training" in caplog.text and "ran now in 600 s" in caplog.text

@@ -120,12 +120,19 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
 
 class StudyProgress:
     """ "step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
-    honest summary: what ran now, what continued from a checkpoint, what was done already."""
+    honest summary: what ran now, what continued from a checkpoint, what was done already.
+
+    A step's cost is the wall time since the step before it ended, so the scoring that follows a run (outside the
+    steps) is counted too; the ETA is each stage's mean cost over the steps that did work, times the steps of that
+    stage left, and waits for a stage's first such step rather than guess it."""
 
     def __init__(self, plan: StudyPlan):
-        self.total = len(plan.rows) * len(plan.seeds) * (2 if plan.controls else 1)
-        self.total += len(plan.rows) if plan.tuning else 0
-        self.done, self.started, self.worked = 0, time.time(), 0.0
+        runs = len(plan.rows) * len(plan.seeds)
+        self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": runs if plan.controls else 0}
+        self.left["training"] = runs
+        self.total = sum(self.left.values())
+        self.done, self.started, self.last_end = 0, time.time(), time.time()
+        self.costs: dict[str, list[float]] = {stage: [] for stage in self.left}
         self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
 
     def step(self, stage: str, row: StudyRow, seed: int, work, *, state):
@@ -134,13 +141,13 @@ class StudyProgress:
         self.done += 1
         begun = time.time()
         result = work()
-        took = time.time() - begun
+        now = time.time()
         state = state(result) if callable(state) else state
         self.counts[state] += 1
+        self.left[stage] -= 1
         if state != "done already":
-            self.worked += took
-        working = self.counts["ran now"] + self.counts["resumed"]
-        eta = f", ETA {self.worked / working * (self.total - self.done) / 60:.0f} min" if working else ""
+            self.costs[stage].append(now - self.last_end)
+        self.last_end = now
         logger.info(
             "study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s",
             self.done,
@@ -149,11 +156,20 @@ class StudyProgress:
             row.label,
             seed,
             state,
-            took,
-            time.time() - self.started,
-            eta,
+            now - begun,
+            now - self.started,
+            self.eta(),
         )
         return result
+
+    def eta(self) -> str:
+        left = {stage: count for stage, count in self.left.items() if count > 0}
+        if not left:
+            return ""
+        if unmeasured := [stage for stage in left if not self.costs[stage]]:
+            return f", ETA once a {unmeasured[0]} step has run"
+        seconds = sum(count * sum(self.costs[stage]) / len(self.costs[stage]) for stage, count in left.items())
+        return f", ETA {seconds / 60:.0f} min"
 
     def summary(self) -> str:
         return (
