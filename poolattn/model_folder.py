@@ -66,8 +66,9 @@ def model_fingerprint(folder) -> str:
 
     Its config.json and model.safetensors (a poolattn export's whole model: the revisions of earlier exports are
     kept), then, by path and content, every other weight file anywhere in it (shards, an adapter, a module's) and,
-    in a folder that is not a poolattn export, every other file but README.md (e.g. a sentence-transformers
-    pooling module's config). A folder with none of these is refused: its scores could not be told apart."""
+    in a folder that is not a poolattn export, every other file but README.md and hidden ones (e.g. a
+    sentence-transformers pooling module's config). A folder with none of these is refused: its scores could not be
+    told apart."""
     folder = Path(folder)
     digest, hashed = hashlib.sha256(), 0
     for name in ("config.json", "model.safetensors"):
@@ -75,7 +76,8 @@ def model_fingerprint(folder) -> str:
     every_file = not is_poolattn_folder(folder)
     for path in sorted(item for item in folder.rglob("*") if item.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative in ("config.json", "model.safetensors", "README.md") or ".git/" in f"/{relative}":
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # .git, .cache/huggingface
+        if relative in ("config.json", "model.safetensors", "README.md") or hidden:
             continue
         if every_file or path.suffix in WEIGHT_SUFFIXES:
             digest.update(relative.encode() + b"\0")
