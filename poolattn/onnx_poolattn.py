@@ -35,6 +35,11 @@ OUTPUT_NAME = "embeddings"
 
 def resolve_file(name_or_path, file_name: str, **hub_kwargs) -> str:
     """A local path for `file_name` of a folder or a Hub repository (downloaded with its external-data file)."""
+    if os.path.isabs(file_name) or ".." in file_name.replace("\\", "/").split("/"):
+        raise FileNotFoundError(
+            f"{file_name}: give the ONNX file as a path inside the model's folder (e.g. {ONNX_FILE}); an export "
+            "elsewhere is another model's."
+        )
     local = os.path.join(name_or_path, file_name)
     if os.path.isdir(name_or_path):
         if not os.path.isfile(local):

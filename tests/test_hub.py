@@ -277,6 +277,23 @@ def test_card_holds_the_mteb_results_and_wilcoxon_comparisons_against_the_other_
         assert row.endswith("| too few datasets (< 5) for the test to mean much |")  # tested, flagged, not claimed
 
 
+def test_a_cards_other_variants_are_their_plain_runs_never_a_budget_or_other_setting(evaluated):
+    """The other variants found by name (not given) are each one's plain run: a newer budget run of variant 1 (here a
+    copy with other scores) was taken instead, and its numbers set against this model's full ones."""
+    import os
+    import shutil
+
+    from poolattn.evaluation.results import find_model_results
+    from poolattn.model_folder import ExportedModel
+
+    models, results = evaluated
+    plain = next((results / "results" / "poolattn__tiny-v1").iterdir())
+    budget = shutil.copytree(plain, plain.parent / f"{plain.name}-budget20")
+    os.utime(budget, (plain.stat().st_mtime + 60,) * 2)  # newer than the plain run
+    _, peers = find_model_results(results, ExportedModel.read(models[5]))
+    assert {peer.name: peer.revision for peer in peers}["poolattn/tiny-v1"] == plain.name
+
+
 FROM_THE_HUB = r"""
 import json, sys
 import numpy as np

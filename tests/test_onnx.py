@@ -112,6 +112,24 @@ def test_a_mismatched_export_raises_and_writes_nothing(tmp_path, monkeypatch):
     assert sorted(path.name for path in (tmp_path / "m").iterdir() if "onnx" in path.name) == []
 
 
+def test_evaluate_scores_only_the_folders_own_onnx_export_of_the_weights_it_holds(tmp_path):
+    """`--onnx` names a file inside the model's folder (an absolute or `../` path scored another model's graph under
+    this model's name), and an export made before the weights were saved again is refused (it was scored as the
+    old graph, exit 0)."""
+    from poolattn import cli
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    export_onnx(tmp_path / "m")
+    run = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--output", str(tmp_path / "out")]
+    for elsewhere in (str(tmp_path / "m" / "onnx" / "model.onnx"), "../m/onnx/model.onnx"):
+        with pytest.raises(SystemExit, match=r"give the ONNX file as a path inside the model's folder"):
+            cli.evaluate([*run, "--onnx", elsewhere])
+    tiny_model("llama", 5, seed=7).save_pretrained(tmp_path / "m")  # new weights, the old export beside them
+    with pytest.raises(SystemExit, match=r"ONNX export was made from other weights .* export it again"):
+        cli.evaluate([*run, "--onnx", "onnx/model.onnx"])
+    assert not (tmp_path / "out" / "results").exists()
+
+
 FRESH_SENTENCE_TRANSFORMERS = r"""
 import json, sys
 import numpy as np

@@ -330,7 +330,9 @@ def find_model_results(output, model, others=()) -> tuple["ModelResults | None",
     family = own_name.rsplit("-v", 1)[0] + "-v"
     for model_folder in sorted(root.glob(family.replace("/", "__") + "*")):
         name = model_folder.name.replace("__", "/", 1)
-        revisions = sorted((p for p in model_folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        # a peer's plain runs only (no budget, instructions, ONNX, size or length suffix), as the card's own
+        plain = (p for p in model_folder.iterdir() if p.is_dir() and "-" not in p.name)
+        revisions = sorted(plain, key=lambda p: p.stat().st_mtime)
         if name != own_name and name not in peers and revisions:
             results = _read_or_none(revisions[-1])
             if results:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import content_hash
-from ..model_folder import is_poolattn_folder
+from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import cap_task
 from .encoders import check_truncate_dim, load_encoder
@@ -216,9 +216,29 @@ def _check_models(models: list[str], onnx_file: str | None, truncate_dim: int | 
                     resolve_file(model, onnx_file)
                 except FileNotFoundError as error:
                     raise EvaluationError(str(error)) from None
+                _check_onnx_weights(model)
     if truncate_dim is not None:
         for model in models:
             check_truncate_dim(model, truncate_dim)
+
+
+def _check_onnx_weights(model: str) -> None:
+    """The folder's ONNX export was made from the weights it holds now (its `export.json` records them): a model saved
+    again after its export would be scored as the old graph."""
+    from ..hub.onnx_export import EXPORT_RECORD, ONNX_FOLDER, OnnxExport
+
+    if not (Path(model) / ONNX_FOLDER / EXPORT_RECORD).is_file():
+        return
+    recorded = OnnxExport.read(model).weights_fingerprint
+    if recorded is None:
+        logger.warning(
+            "%s: its ONNX export records no weights (an older export); export again to have them checked", model
+        )
+    elif recorded != model_fingerprint(model):
+        raise EvaluationError(
+            f"--onnx: {model}'s ONNX export was made from other weights ({recorded}) than the folder holds now "
+            f"({model_fingerprint(model)}); export it again: poolattn-export-onnx {model}."
+        )
 
 
 def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, settings: dict, infos, fingerprints):

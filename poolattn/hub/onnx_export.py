@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_save, write_json
+from ..model_folder import model_fingerprint
 from ..modeling_poolattn import PoolAttnEmbeddingModel, pad_features, pad_token_id_for, tokenize_for_embedding
 from ..onnx_poolattn import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, OUTPUT_NAME, PoolAttnOnnxModel
 
@@ -70,6 +71,7 @@ class OnnxExport:
     int8_file: str | None = None
     int8_max_abs_diff: float | None = None  # ORT int8 vs PyTorch, unit-norm embeddings
     int8_min_cosine: float | None = None
+    weights_fingerprint: str | None = None  # `model_fingerprint` of the folder exported: a later save is told apart
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -172,6 +174,7 @@ def export_onnx(
             torch_version=torch.__version__,
             onnxruntime_version=onnxruntime.__version__,
             export_seconds=round(seconds, 1),
+            weights_fingerprint=model_fingerprint(folder),
         )
         if quantize:
             add_int8(program, staging, model, record, num_threads)
