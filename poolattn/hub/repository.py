@@ -49,12 +49,21 @@ class HubPushError(RuntimeError):
     """An upload that cannot or did not happen; the message says why, what to do, and where a folder was kept."""
 
 
-def repository_id(hub_model_id: str, *, variant: int | str | None) -> str:
+def repository_id(hub_model_id: str, *, variant: int | str | None, trained_name: str | None = None) -> str:
     """`ORG/NAME` -> `ORG/NAME-v<variant>` (`ORG/NAME-mean-causal` for a baseline design): one repository per design
-    (unchanged for custom configs)."""
+    (unchanged for custom configs). An ablation arm keeps the arm its trained name gives after the variant, so it
+    never takes its base variant's repository.
+
+    >>> repository_id("ORG/m", variant=5, trained_name="poolattn/smollm2-135m-v5-weights-off")
+    'ORG/m-v5-weights-off'
+    """
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_model_id or ""):
         raise ValueError(f"hub_model_id={hub_model_id!r} is not a Hub repository id; give one as ORG/NAME.")
-    return f"{hub_model_id}-{variant_tag(variant)}" if variant is not None else hub_model_id
+    if variant is None:
+        return hub_model_id
+    tag, trained = variant_tag(variant), (trained_name or "").split("/")[-1]
+    arm = trained[trained.rindex(f"-{tag}-") + len(tag) + 1 :] if f"-{tag}-" in trained else ""
+    return f"{hub_model_id}-{tag}{arm}"
 
 
 def check_push_possible(token: str | None = None) -> str:
@@ -243,7 +252,7 @@ def publish(
     folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
     models = [ExportedModel.read(folder) for folder in model_folders]
-    repo_ids = [repository_id(hub_model_id, variant=model.variant) for model in models]
+    repo_ids = [repository_id(hub_model_id, variant=model.variant, trained_name=model.mteb_name) for model in models]
     if len(set(repo_ids)) != len(repo_ids):
         raise ValueError(
             f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
