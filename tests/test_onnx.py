@@ -130,6 +130,14 @@ def test_evaluate_scores_only_the_folders_own_onnx_export_of_the_weights_it_hold
     assert not (tmp_path / "out" / "results").exists()
 
 
+def test_a_file_named_onnx_in_the_folder_is_refused_before_the_export(tmp_path, capsys):
+    tiny_model("llama", 1).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "onnx").write_text("not a folder")
+    assert export_onnx_command([str(tmp_path / "m")]) == 1
+    assert "m/onnx is a file; the export writes the folder onnx/ there" in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "m").iterdir() if "onnx" in path.name) == ["onnx"]
+
+
 FRESH_SENTENCE_TRANSFORMERS = r"""
 import json, sys
 import numpy as np

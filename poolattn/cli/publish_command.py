@@ -134,7 +134,7 @@ def export_onnx(argv: list[str] | None = None) -> int:
                 f"{folder}/onnx: exported in {record.export_seconds:.0f} s, max difference from PyTorch "
                 f"{record.max_abs_diff:.2g}{int8}"
             )
-    except (ImportError, FileNotFoundError, ValueError) as error:  # OnnxExportMismatch is a ValueError
+    except (ImportError, FileNotFoundError, FileExistsError, ValueError) as error:  # OnnxExportMismatch: ValueError
         print(f"export-onnx: {error}", file=sys.stderr)
         return 1
     return 0

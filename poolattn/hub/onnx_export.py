@@ -197,6 +197,10 @@ def _check_request(folder: Path, tolerance) -> None:
         )
     if not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ValueError(f"tolerance={tolerance!r}: give a positive number (default 1e-4).")
+    if (folder / ONNX_FOLDER).exists() and not (folder / ONNX_FOLDER).is_dir():
+        raise FileExistsError(
+            f"{folder / ONNX_FOLDER} is a file; the export writes the folder {ONNX_FOLDER}/ there: move the file away."
+        )
 
 
 def trace_to_onnx(model: PoolAttnEmbeddingModel, opset: int | None):
