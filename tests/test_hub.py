@@ -576,6 +576,10 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(
     with pytest.raises(ShippingError, match="does not load as its card says"):
         publish([wrong], hub_model_id="me/wrong", output_dir=tmp_path / "hub2", push=False)
     assert not (tmp_path / "hub2").exists() or not any((tmp_path / "hub2").iterdir())
+    (exported / "tokenizer.json").rename(tmp_path / "tokenizer.json")
+    with pytest.raises(ShippingError, match=r"has no tokenizer vocabulary \(tokenizer.json, tokenizer.model"):
+        publish([exported], hub_model_id="me/tiny", output_dir=tmp_path / "hub3", push=False)
+    (tmp_path / "tokenizer.json").rename(exported / "tokenizer.json")
     (exported / "tokenizer_config.json").unlink()
     with pytest.raises(ShippingError, match="has no tokenizer_config.json"):
         publish([exported], hub_model_id="me/tiny", output_dir=tmp_path / "hub3", push=False)

@@ -80,6 +80,12 @@ def shipped_files(model_folder: Path) -> tuple[list[Path], list[str]]:
                 "config are part of every poolattn folder); export it again with train.py, or save "
                 "the model with its tokenizer."
             )
+    vocabulary = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+    if not any(path.name in vocabulary for path in shipped):
+        raise ShippingError(
+            f"{model_folder} has no tokenizer vocabulary ({', '.join(vocabulary)}): not a complete model folder; "
+            "export it again with train.py, or save the model with its tokenizer."
+        )
     if not any(path.name.endswith(".safetensors") for path in shipped):
         raise ShippingError(f"{model_folder} holds no safetensors weights; export it again.")
     return shipped, left_out
