@@ -75,12 +75,12 @@ def model_fingerprint(folder) -> str:
         hashed += _hash_file(digest, folder / name)
     every_file = not is_poolattn_folder(folder)
     for path in sorted(item for item in folder.rglob("*") if item.is_file()):
-        relative = path.relative_to(folder).as_posix()
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # .git, .cache/huggingface
-        if relative in ("config.json", "model.safetensors", "README.md") or hidden:
+        relative = path.relative_to(folder)
+        hidden = any(part.startswith(".") for part in relative.parts)  # .git, .cache/huggingface
+        if relative.as_posix() in ("config.json", "model.safetensors", "README.md") or hidden:
             continue
         if every_file or path.suffix in WEIGHT_SUFFIXES:
-            digest.update(relative.encode() + b"\0")
+            digest.update(relative.as_posix().encode() + b"\0")
             hashed += _hash_file(digest, path)
     if not hashed:
         raise ManifestError(f"{folder}: no config.json, weights or other files to fingerprint; give a model folder.")

@@ -185,17 +185,24 @@ def test_an_interrupted_overwrite_cannot_resume_into_the_earlier_model(
     assert json.loads((again / "training_manifest.json").read_text())["settings"]["learning_rate"] == 5e-3
 
 
-def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
-    # a held-out loss that stops improving after the first evaluation: the rule stops at the third (patience 2)
-    losses = iter([2.0, 1.999, 1.998, 1.5, 1.4, 1.3])
+def script_held_out_losses(monkeypatch, losses) -> list:
+    """Every held-out evaluation reports the next of `losses` as its loss (an evaluation past them fails the test);
+    returns the queue, which a test may refill."""
+    queue = list(losses)
     original_loop = ContrastiveTrainer.evaluation_loop
 
     def scripted_loss(self, *args, **kwargs):
         output = original_loop(self, *args, **kwargs)
-        output.metrics["eval_loss"] = next(losses)
+        output.metrics["eval_loss"] = queue.pop(0)
         return output
 
     monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
+    return queue
+
+
+def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+    # a held-out loss that stops improving after the first evaluation: the rule stops at the third (patience 2)
+    losses = script_held_out_losses(monkeypatch, [2.0, 1.999, 1.998, 1.5, 1.4, 1.3])
     arguments = [
         "--variant",
         "5",
@@ -227,7 +234,7 @@ def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, trip
     assert "1% for 2 evaluations in a row (one every 1 steps), or at 12 steps" in stop["rule"]
     # a checkpoint written at the plateau is a finished run: resuming exports it without a step more
     shutil.rmtree(exported)
-    losses = iter([9.0])  # would move the rule if an evaluation ran
+    losses[:] = [9.0]  # would move the rule if an evaluation ran
     again = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
     assert json.loads((again / "training_manifest.json").read_text())["global_steps"] == 3
     # without a plateau the cap ends the run, and the record says so
@@ -268,15 +275,7 @@ def test_a_plateau_run_with_load_best_exports_its_best_checkpoint_and_resumes_to
     after its export was lost exports checkpoint-2 again."""
     from poolattn.training.checkpoints import load_checkpoint
 
-    losses = iter([2.0, 1.5, 1.6, 1.7, 9.0, 9.0])
-    original_loop = ContrastiveTrainer.evaluation_loop
-
-    def scripted_loss(self, *args, **kwargs):
-        output = original_loop(self, *args, **kwargs)
-        output.metrics["eval_loss"] = next(losses)
-        return output
-
-    monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
+    script_held_out_losses(monkeypatch, [2.0, 1.5, 1.6, 1.7, 9.0, 9.0])
     arguments = [
         *("--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file),
         *("--output_dir", str(tmp_path / "run"), "--eval_fraction", "0.34", "--per_device_eval_batch_size", "4"),
