@@ -3,6 +3,7 @@ sizes other than the traced one), through `PoolAttnOnnxModel` and sentence-trans
 export writes nothing."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -78,15 +79,25 @@ def test_onnx_runtime_gives_the_pytorch_embeddings_for_every_design(exported, de
 
 
 def test_the_export_is_quiet_and_exports_the_model_in_eval_mode(tmp_path):
-    """No "training mode" warning (the graph wrapper is put in eval mode) and none of the exporter's known notes."""
+    """No "training mode" warning (the graph wrapper is put in eval mode) and none of the exporter's known notes
+    (without torchvision installed, torch logged four "Skipping torchvision::..." lines per export)."""
     import warnings
 
     tiny_model("llama", 1, seed=3).save_pretrained(tmp_path / "model")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        export_onnx(tmp_path / "model")
+    logged = logging.Handler()
+    logged.emit = lambda record: logged.records.append(record.getMessage())
+    logged.records = []
+    torch_log = logging.getLogger(onnx_export_module.TORCH_REGISTRATION_LOGGER)
+    torch_log.addHandler(logged)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export_onnx(tmp_path / "model")
+    finally:
+        torch_log.removeHandler(logged)
     messages = [str(warning.message) for warning in caught]
     assert not [m for m in messages if "training mode" in m or "axis name" in m or "LeafSpec" in m], messages
+    assert not [m for m in logged.records if "torchvision" in m], logged.records
 
 
 def test_int8_export_is_recorded_and_close_but_not_equal(exported):
@@ -96,6 +107,18 @@ def test_int8_export_is_recorded_and_close_but_not_equal(exported):
     int8 = PoolAttnOnnxModel.from_pretrained(folder, file_name=ONNX_INT8_FILE)
     cosine = (int8.encode(SENTENCES) * model.encode(SENTENCES)).sum(-1)
     assert cosine.min() > 0.9 and np.abs(int8.encode(SENTENCES) - model.encode(SENTENCES)).max() > TOLERANCE
+
+
+def test_the_graphs_hold_no_path_of_this_machine(exported):
+    """The exporter records each node's Python stack trace, with the absolute paths of the installed packages'
+    files; a graph shipped to the Hub carried them (publish.py scrubs only text files)."""
+    _, folder = exported(5)
+    site_packages = str(Path(torch.__file__).resolve().parents[1]).encode()
+    graphs = [path for path in (folder / "onnx").iterdir() if path.suffix == ".onnx"]
+    assert len(graphs) == 2  # fp32 and int8
+    for graph in graphs:
+        content = graph.read_bytes()
+        assert site_packages not in content and str(folder).encode() not in content, graph.name
 
 
 def test_a_mismatched_export_raises_and_writes_nothing(tmp_path, monkeypatch):

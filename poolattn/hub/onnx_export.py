@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the Hub pair and its twins
 RUNTIME_MODULE = "onnx_poolattn.py"
 EXPORT_RECORD = "export.json"
+TORCH_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # the exporter's per-node metadata with local file paths
 CHECK_PROMPT = "Instruct: Retrieve semantically similar text.\nQuery: "
 CHECK_TEXTS = (
     "A man is playing a guitar.",
@@ -151,6 +153,7 @@ def export_onnx(
     def save(staging: Path) -> None:
         started = time.perf_counter()
         program = trace_to_onnx(model, opset)
+        drop_stack_traces(program)
         # optimize=False for the fp32 graph: the exporter's graph optimizer (onnxscript) doubled SmolLM2-135M v5's
         # export time (89 s vs 44 s) for no measured speed-up, since ONNX Runtime optimizes the graph itself when a
         # session loads it (256 STSBenchmark sentences: 3.85 / 3.59 s optimized vs 3.69 / 3.81 s not); onnxscript's
@@ -211,22 +214,42 @@ def trace_to_onnx(model: PoolAttnEmbeddingModel, opset: int | None):
     )
     example = pad_features(features, pad_token_id=pad_token_id_for(tokenizer), padding_side="right")
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with torch.no_grad(), warnings.catch_warnings():
-        # the same two dims on every input are intended (one batch, one sequence length); torch's own pytree
-        # deprecation is not ours to fix
-        warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        return torch.onnx.export(
-            EmbeddingGraph(model).eval(),  # a fresh wrapper starts in training mode
-            tuple(example[name] for name in INPUT_NAMES),
-            dynamo=True,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-            opset_version=opset,
-            optimize=False,
-            verbose=False,
-        )
+    registration_log = logging.getLogger(TORCH_REGISTRATION_LOGGER)
+    registration_log.addFilter(_not_a_torchvision_note)  # torchvision's ops are not in any poolattn graph
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the same two dims on every input are intended (one batch, one sequence length); torch's own pytree
+            # deprecation is not ours to fix
+            warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            return torch.onnx.export(
+                EmbeddingGraph(model).eval(),  # a fresh wrapper starts in training mode
+                tuple(example[name] for name in INPUT_NAMES),
+                dynamo=True,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+                opset_version=opset,
+                optimize=False,
+                verbose=False,
+            )
+    finally:
+        registration_log.removeFilter(_not_a_torchvision_note)
+
+
+def _not_a_torchvision_note(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("torchvision is not installed")
+
+
+def drop_stack_traces(program) -> None:
+    """Remove the Python stack trace the exporter records on each node: it holds this machine's absolute paths (the
+    installed packages' files), which a published graph must not carry; the node names and scopes stay."""
+    import onnx_ir
+
+    graphs = [program.model.graph, *(function.graph for function in program.model.functions.values())]
+    for graph in graphs:
+        for node in onnx_ir.traversal.RecursiveGraphIterator(graph):
+            node.metadata_props.pop(STACK_TRACE_KEY, None)
 
 
 def add_int8(program, staging: Path, model: PoolAttnEmbeddingModel, record: OnnxExport, num_threads) -> None:
