@@ -4,6 +4,8 @@ Part of the self-contained Hub remote-code pair (`configuration_poolattn.py` + `
 only torch/transformers and the standard library.
 """
 
+import os
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -300,6 +302,8 @@ class PoolAttnConfig(PreTrainedConfig):
         """
         self.text_config.is_causal = self.attention == "causal"
         self.text_config.use_cache = False
+        if os.path.isabs(self.text_config.name_or_path):  # a machine's backbone folder: its name is what it says
+            self.text_config.name_or_path = os.path.basename(os.path.normpath(self.text_config.name_or_path))
         bidirectional = self.attention == "bidirectional"
         if self.pooling == "latent" and self.head_input is None:
             self.head_input = "all_tokens" if bidirectional else "last_token"

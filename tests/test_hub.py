@@ -17,7 +17,7 @@ from mock_hub import MockHub
 pytest.importorskip("sentence_transformers")
 from poolattn import cli, training  # noqa: E402
 from poolattn.hub.repository import publish, repository_files, repository_id, write_repository_folder  # noqa: E402
-from poolattn.model_folder import ExportedModel  # noqa: E402
+from poolattn.model_folder import ExportedModel, model_fingerprint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is "
@@ -568,6 +568,7 @@ def test_publish_ships_only_model_files_the_packages_code_and_no_local_path(
         if name.endswith(".json"):
             json.loads(content)
     assert files["tokenizer.json"] == (exported / "tokenizer.json").read_bytes()
+    assert model_fingerprint(folder) == model_fingerprint(exported)  # scores of the export are the published copy's
 
     wrong = tmp_path / "wrong"
     shutil.copytree(exported, wrong)
