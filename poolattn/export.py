@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .files import atomic_save, write_json
 from .manifest import TrainingManifest
+from .model_folder import tokenizer_fingerprint
 from .prompts import sentence_transformers_prompts
 from .records import ExportCheck
 
@@ -84,7 +85,7 @@ def export_model(
 
     def save(folder: Path):
         merged.save_pretrained(folder)
-        manifest.write(folder)
+        dataclasses.replace(manifest, tokenizer_fingerprint=tokenizer_fingerprint(folder)).write(folder)
         # every route reads the folder right: SentenceTransformer(folder, trust_remote_code=True) runs the head
         query_prompt = manifest.data.query_prompt if manifest.data else ""
         write_sentence_transformers_files(folder, max_length=merged.config.max_length, query_prompt=query_prompt)

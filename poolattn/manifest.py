@@ -118,6 +118,7 @@ class TrainingManifest(Record):
     poolattn_config: dict = field(default_factory=dict)  # the config's difference from the defaults
     hyperparameters: dict = field(default_factory=dict)  # every argument of the run, as given
     export_check: ExportCheck | None = None
+    tokenizer_fingerprint: str | None = None  # the exported tokenizer files (`model_folder.tokenizer_fingerprint`)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingManifest":

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .configuration_poolattn import PoolAttnConfig
-from .manifest import TrainingManifest
+from .manifest import MANIFEST_FILE, TrainingManifest
 from .records import ManifestError
 
 CHECKPOINT_RECORD = "poolattn_checkpoint.json"  # what train.py writes into every checkpoint beside peft's files
@@ -84,7 +84,43 @@ def model_fingerprint(folder) -> str:
             hashed += _hash_file(digest, path)
     if not hashed:
         raise ManifestError(f"{folder}: no config.json, weights or other files to fingerprint; give a model folder.")
+    if not every_file:
+        digest.update(_changed_tokenizer(folder))
     return digest.hexdigest()[:16]
+
+
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt")
+
+
+def tokenizer_fingerprint(folder) -> str | None:
+    """A hash of a folder's tokenizer files (`tokenizer*` and `TOKENIZER_FILES`, by name and content); None without
+    any. Training records it in the manifest of every export (`TrainingManifest.tokenizer_fingerprint`)."""
+    folder, digest = Path(folder), hashlib.sha256()
+    paths = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and (path.name.startswith("tokenizer") or path.name in TOKENIZER_FILES)
+    )
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        _hash_file(digest, path)
+    return digest.hexdigest()[:16] if paths else None
+
+
+def _changed_tokenizer(folder: Path) -> bytes:
+    """What a poolattn folder's tokenizer adds to its revision: nothing while its files are those its export recorded
+    (the revision of an unchanged export is what it always was), their hash once they differ, and their hash in a
+    folder without a readable manifest (`save_pretrained`). Exports written before the record (2026-12-07): nothing."""
+    current = tokenizer_fingerprint(folder)
+    if current is None:
+        return b""
+    try:
+        record = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    changed = record["tokenizer_fingerprint"] != current if "tokenizer_fingerprint" in record else not record
+    return b"tokenizer\0" + current.encode() if changed else b""
 
 
 def _hash_file(digest, path: Path) -> int:

@@ -229,6 +229,7 @@ def test_the_cache_revision_covers_every_file_that_decides_a_folders_embeddings(
     (export / "config.json").write_text('{"model_type": "poolattn"}')
     (export / "model.safetensors").write_bytes(b"weights")
     (export / "tokenizer.json").write_text("{}")
+    (export / "training_manifest.json").write_text('{"schema_version": 1, "backbone": "b"}')  # exported before 12-07
     assert model_fingerprint(export) == hashlib.sha256(b'{"model_type": "poolattn"}weights').hexdigest()[:16]
     (export / "model.safetensors").unlink()  # a sharded export: every shard counts
     (export / "model-00001-of-00001.safetensors").write_bytes(b"weights")
@@ -238,6 +239,44 @@ def test_the_cache_revision_covers_every_file_that_decides_a_folders_embeddings(
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no config.json, weights or other files to fingerprint"):
         model_fingerprint(tmp_path / "empty")
+
+
+def test_a_poolattn_folders_revision_follows_its_tokenizer_files(tmp_path):
+    """The tokenizer decides the embeddings too: a poolattn folder whose tokenizer was edited after its export kept
+    its revision, so the scores cached for the old tokenizer came back (exit 0). The export records its tokenizer's
+    hash: unchanged, the revision is what it always was (config + weights); edited, a new one; undone, the old one
+    again. A `save_pretrained` folder (no manifest) always counts its tokenizer."""
+    import hashlib
+
+    from conftest import SENTENCES, tiny_tokenizer
+
+    from poolattn.export import export_model
+    from poolattn.manifest import TrainingManifest
+    from poolattn.model_folder import model_fingerprint
+
+    model = tiny_model("llama", 5)
+    export = export_model(
+        model,
+        tiny_tokenizer(),
+        tmp_path / "export",
+        check_texts=SENTENCES[:2],
+        manifest=TrainingManifest(variant=5, backbone="tiny"),
+    )
+    weights = (export / "config.json").read_bytes() + (export / "model.safetensors").read_bytes()
+    revision = model_fingerprint(export)
+    assert revision == hashlib.sha256(weights).hexdigest()[:16]
+    tokenizer_config = export / "tokenizer_config.json"
+    original = tokenizer_config.read_text()
+    tokenizer_config.write_text(json.dumps({**json.loads(original), "do_lower_case": True}))
+    assert model_fingerprint(export) != revision
+    tokenizer_config.write_text(original)
+    assert model_fingerprint(export) == revision
+
+    model.tokenizer = tiny_tokenizer()
+    model.save_pretrained(tmp_path / "saved")
+    saved = model_fingerprint(tmp_path / "saved")
+    (tmp_path / "saved" / "special_tokens_map.json").write_text('{"pad_token": "<unk>"}')
+    assert model_fingerprint(tmp_path / "saved") != saved
 
 
 def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
