@@ -156,9 +156,18 @@ def test_a_tiny_sweep_writes_the_comparison_and_resumes_without_retraining(
     scored = sorted((sweep / "results").rglob("BIOSSES.json"))
     assert len(scored) == 3  # base, weights_off, weights_paper_init
     stamps = [path.stat().st_mtime_ns for path in scored]
-    monkeypatch.setattr(runner, "run", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
+    monkeypatch.setattr(runner, "train_variant", lambda *args, **kw: pytest.fail("a finished arm was retrained"))
     assert cli.ablate(argv) == 0  # resumed: nothing retrained ...
     assert [path.stat().st_mtime_ns for path in scored] == stamps  # ... and no finished task re-scored
+
+    monkeypatch.undo()
+    # A finished run is kept only when it is this row's: the arms of another base in the same folder were reported
+    # as this base's, and runs trained on the data before an edit as replicates of runs after it (both exit 0).
+    with pytest.raises(SystemExit, match=r"arm-weights_off/seed-42/model is a finished run .*variant: 5 there, 3 now"):
+        cli.ablate([*argv[:6], "--base-variant", "3", *argv[6:]])
+    Path(triplets_file).write_text(Path(triplets_file).read_text().replace("a", "b", 1))
+    with pytest.raises(SystemExit, match=r"finished run trained with other settings .*data_fingerprint"):
+        cli.ablate(argv)
 
 
 def test_the_ablate_door_and_the_study_plan_the_same_rows(tiny_backbone_folder, triplets_file, tmp_path):

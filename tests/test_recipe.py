@@ -112,6 +112,21 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
         training.main(
             common(tiny_backbone_folder, triplets_file, output, "--seed", "7", "--resume_from_checkpoint", "true")
         )
+    # rows held out now were trained on there (the held-out fraction was left out of the recipe)
+    with pytest.raises(training.TrainingSetupError, match=r"eval_fraction: 0\.0 there, 0\.25 now"):
+        training.main(
+            common(
+                tiny_backbone_folder,
+                triplets_file,
+                output,
+                "--eval_fraction",
+                "0.25",
+                "--per_device_eval_batch_size",
+                "2",
+                "--resume_from_checkpoint",
+                "true",
+            )
+        )
     # the same file name with other rows is other data
     rows = [json.loads(line) for line in Path(triplets_file).read_text().splitlines()]
     with open(triplets_file, "w") as handle:
@@ -119,6 +134,17 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
     with pytest.raises(training.TrainingSetupError, match="data_fingerprint"):
         training.main(common(tiny_backbone_folder, triplets_file, output, "--resume_from_checkpoint", "true"))
     assert not (output / "model").exists()
+
+
+def test_a_recipe_key_added_later_is_compared_only_where_a_record_holds_it():
+    """Runs recorded before `eval_fraction` joined the recipe still resume (a study's runs in progress); every record
+    written since is compared on it."""
+    from poolattn.training.checkpoints import recipe_differences
+
+    assert recipe_differences({"seed": 1}, {"seed": 1, "eval_fraction": 0.1}) == []
+    assert recipe_differences({"seed": 1, "eval_fraction": 0.0}, {"seed": 1, "eval_fraction": 0.1}) == [
+        "eval_fraction: 0.0 there, 0.1 now"
+    ]
 
 
 def test_a_finished_run_is_kept_on_resume_only_for_the_same_recipe(tiny_backbone_folder, triplets_file, tmp_path):

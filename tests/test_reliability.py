@@ -1,6 +1,8 @@
 """No run ends with a wrong or lost result and exit code 0: divergence stops before a non-finite update, bad sizes and
 output folders are refused before training, interrupted saves are undone, and bad inputs name what to do."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -448,3 +450,23 @@ def test_a_backbone_that_is_no_backbone_is_refused_by_name_before_the_data_loads
                 *("--config_overrides", '{"layers": "middle:4"}'),
             ]
         )
+
+
+def test_an_untrained_control_of_another_run_is_refused_not_kept(tiny_backbone_folder, triplets_file, tmp_path):
+    """A study's `step0/` control was kept whatever wrote it: another base's arm (or seed) in the folder was scored
+    as this run's starting point (exit 0). The same control is kept; another design, seed or override is refused."""
+    from poolattn.training.job import TrainingJob
+
+    flags = ("--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--use_cpu", "true")
+    job = TrainingJob(flags=flags, variant=5, seed=42, config_overrides={"layer_weights": False})
+    control = training.export_control(job, tmp_path / "step0")
+    weights = (control / "model.safetensors").read_bytes()
+    assert training.export_control(job, tmp_path / "step0") == control
+    assert (control / "model.safetensors").read_bytes() == weights
+    for other, difference in (
+        ({"variant": 3}, "variant: 5 there, 3 now"),
+        ({"seed": 43}, "seed: 42 there, 43 now"),
+        ({"config_overrides": {}}, "config_overrides: {'layer_weights': False} there, {} now"),
+    ):
+        with pytest.raises(training.TrainingSetupError, match=re.escape(difference)):
+            training.export_control(dataclasses.replace(job, **other), tmp_path / "step0")

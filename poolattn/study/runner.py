@@ -234,12 +234,10 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
 
 def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     """One row and seed, resumed where it stopped, with its tuned rates and the plateau rule when the plan has
-    them (`row_job`)."""
+    them (`row_job`); a finished run is kept only when its recipe, design, seed and data are this row's (train.py's
+    own check: an edited training file, or another base's arm in the folder, is refused)."""
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
-    folder = run_folder(output, row, seed)
-    if (folder / "model" / MANIFEST_FILE).is_file():
-        return folder / "model"
     return training.run_job(row_job(plan, row, seed, output))
 
 

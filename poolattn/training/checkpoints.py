@@ -97,7 +97,13 @@ def resume_recipe(
         "seed": training_args.seed,
         "data_seed": training_args.data_seed,
         "data_fingerprint": fingerprint_files(data_args.train_data),
+        "eval_fraction": data_args.eval_fraction,  # the rows held out are not trained on
     }
+
+
+# Recipe keys added after runs were recorded without them (key: since when): a record without one is not compared
+# on it, so those runs still resume; every record written since holds it.
+RECIPE_KEYS_SINCE = {"eval_fraction": "2026-12-07"}
 
 
 def check_resume_recipe(checkpoint, recipe: dict) -> None:
@@ -129,9 +135,10 @@ def recorded_recipe(checkpoint) -> dict | None:
 
 def recipe_differences(recorded: dict, recipe: dict) -> list[str]:
     """`key: recorded there, now` for every setting that differs."""
+    keys = (set(recorded) | set(recipe)) - {key for key in RECIPE_KEYS_SINCE if key not in recorded}
     return [
         f"{key}: {recorded.get(key)!r} there, {recipe.get(key)!r} now"
-        for key in sorted(set(recorded) | set(recipe))
+        for key in sorted(keys)
         if recorded.get(key) != recipe.get(key)
     ]
 
@@ -146,12 +153,35 @@ def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
         recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
         if manifest.data and manifest.data.fingerprint:  # manifests before 2026-12 record no data fingerprint
             recorded["data_fingerprint"] = manifest.data.fingerprint
+        arguments = manifest.hyperparameters
+        recorded |= {key: arguments[key] for key in RECIPE_KEYS_SINCE if key in arguments}
         compared = {key: recipe.get(key) for key in recorded}
     if differences := recipe_differences(recorded, compared):
         raise TrainingSetupError(
             f"{model_folder} is a finished run trained with other settings than this one ({'; '.join(differences)}); "
             "keeping it would report the old model as this run's. Run with the same flags, or train again with "
             "--overwrite_output_dir true (or another --output_dir)."
+        )
+
+
+def check_control(folder: Path, variant, seed: int, backbone: str, overrides: dict) -> None:
+    """Refuse to keep an untrained control (`step0/`) written for another design, seed or backbone: it would be
+    scored as this run's starting point."""
+    manifest = TrainingManifest.read(folder)
+    given = manifest.hyperparameters.get("config_overrides")
+    recorded = {
+        "variant": manifest.variant,
+        "seed": manifest.seed,
+        "backbone": manifest.backbone,
+        "config_overrides": json.loads(given) if isinstance(given, str) else given or {},
+    }
+    if differences := recipe_differences(
+        recorded, {"variant": variant, "seed": seed, "backbone": backbone, "config_overrides": overrides}
+    ):
+        raise TrainingSetupError(
+            f"{folder} is the untrained control of another run ({'; '.join(differences)}); scoring it as this run's "
+            "would report another model's starting point. Move it away (it is written again), or use another "
+            "--output_dir."
         )
 
 

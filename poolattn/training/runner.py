@@ -31,6 +31,7 @@ from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_
 from .batching import stream_triplets
 from .checkpoints import (
     CheckpointRecord,
+    check_control,
     check_finished_recipe,
     check_resume_recipe,
     plateau_rule,
@@ -221,6 +222,7 @@ def export_untrained(
     steps, so evaluation scores it as it scores the trained one. Written once; an existing export is kept."""
     destination = Path(destination)
     if (destination / MANIFEST_FILE).is_file():
+        check_control(destination, variant, training_args.seed, model_args.backbone, model_args.overrides)
         return destination
     backbone_path = resolve_backbone(model_args.backbone)
     set_seed(training_args.seed)
