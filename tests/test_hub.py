@@ -457,6 +457,27 @@ def test_publish_refuses_a_folder_that_is_not_a_poolattn_model(tmp_path):
     assert not (tmp_path / "hub").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize(
+    "flags, refusal",
+    [
+        (["{m}", "{m}", "--hub_model_id", "me/tiny"], "same repository"),
+        (["{m}", "--hub_model_id", "me/tiny/x"], "not a Hub repository id"),
+        (["{m}", "--hub_model_id", "me/tiny", "--results", "{tmp}/none"], "holds no mteb results"),
+    ],
+)
+def test_publish_onnx_checks_every_input_before_any_export(tmp_path, monkeypatch, capsys, flags, refusal):
+    """`--onnx` exports take minutes per model: publish refuses its inputs before the first one starts."""
+    from poolattn.hub import onnx_export
+
+    exported = []
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda folder, **_: exported.append(folder))
+    tiny_model("llama", 2).save_pretrained(tmp_path / "m")
+    argv = [flag.format(m=tmp_path / "m", tmp=tmp_path) for flag in flags]
+    assert cli.publish([*argv, "--output_dir", str(tmp_path / "hub"), "--onnx"]) == 1
+    assert refusal in capsys.readouterr().err
+    assert exported == [] and not (tmp_path / "hub").exists()
+
+
 def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_states(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer

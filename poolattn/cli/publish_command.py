@@ -58,7 +58,8 @@ def publish(argv: list[str] | None = None) -> int:
 
     try:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
-        if args.onnx:
+        if args.onnx:  # every input check first: an export takes minutes per model
+            hub.check_publish_inputs(args.models, hub_model_id=args.hub_model_id, results=args.results)
             _export_onnx_where_missing(args.models)
         hub.publish(
             args.models,

@@ -308,6 +308,16 @@ def describe_revision_settings(revision: str, fingerprint: str) -> str:
     return "; ".join(words) or f"other settings ({suffix})"
 
 
+def results_root(output) -> Path:
+    """The `results/` folder of an evaluation's `output` folder; raises `ResultsError` when there is none."""
+    root = Path(output) / "results"
+    if not root.is_dir():
+        raise ResultsError(
+            f"{output} holds no mteb results (no results/ folder); give the --output of an evaluation run."
+        )
+    return root
+
+
 def find_model_results(output, model, others=()) -> tuple["ModelResults | None", list[ModelResults]]:
     """(`model`'s results or None, the other variants' results) under an evaluation's `output` folder.
 
@@ -315,11 +325,7 @@ def find_model_results(output, model, others=()) -> tuple["ModelResults | None",
     fingerprint (never a stale revision). Other variants of the same backbone: the exact revisions of `others`
     where given, else each name's newest revision.
     """
-    root = Path(output) / "results"
-    if not root.is_dir():
-        raise ResultsError(
-            f"{output} holds no mteb results (no results/ folder); give the --output of an evaluation run."
-        )
+    root = results_root(output)
 
     def exact(candidate) -> ModelResults | None:
         folder = results_folder(output, candidate.mteb_name, candidate.fingerprint)

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
-from ..evaluation.results import find_model_results, other_settings, unscored_categories
+from ..evaluation.results import find_model_results, other_settings, results_root, unscored_categories
 from ..export import write_sentence_transformers_files
 from ..files import atomic_save
 from ..model_folder import ExportedModel
@@ -233,6 +233,28 @@ def push_folder(
     return url
 
 
+def check_publish_inputs(model_folders, *, hub_model_id: str, results=None) -> tuple[list[ExportedModel], list[str]]:
+    """(the models, their repository ids): every check `publish` makes of its inputs, loading no weights and writing
+    nothing, so a caller can run them before spending work on the folders (`publish.py --onnx` exports first).
+
+    Raises `ValueError` for a folder that is not a complete poolattn model (`ExportedModel.read`, the allow-list's
+    required files), a `hub_model_id` that is no ORG/NAME, two models that would share a repository, and a `results`
+    folder without mteb results.
+    """
+    models = [ExportedModel.read(folder) for folder in model_folders]
+    for model in models:
+        shipped_files(model.folder)  # raises ShippingError for a missing config, tokenizer or weights
+    repo_ids = [repository_id(hub_model_id, variant=model.variant, trained_name=model.mteb_name) for model in models]
+    if len(set(repo_ids)) != len(repo_ids):
+        raise ValueError(
+            f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
+            "different paper variants together, or one custom model per --hub_model_id."
+        )
+    if results:
+        results_root(results)
+    return models, repo_ids
+
+
 def publish(
     model_folders,
     *,
@@ -251,13 +273,7 @@ def publish(
     Every folder is written before the first upload, so a failed push loses nothing and names what is kept. Each
     folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
-    models = [ExportedModel.read(folder) for folder in model_folders]
-    repo_ids = [repository_id(hub_model_id, variant=model.variant, trained_name=model.mteb_name) for model in models]
-    if len(set(repo_ids)) != len(repo_ids):
-        raise ValueError(
-            f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
-            "different paper variants together, or one custom model per --hub_model_id."
-        )
+    models, repo_ids = check_publish_inputs(model_folders, hub_model_id=hub_model_id, results=results)
     folders = []
     sections = list(study_sections or [None] * len(models))
     for model, repo_id, section in zip(models, repo_ids, sections):
