@@ -279,6 +279,25 @@ def test_a_poolattn_folders_revision_follows_its_tokenizer_files(tmp_path):
     assert model_fingerprint(tmp_path / "saved") != saved
 
 
+@pytest.mark.parametrize("value", ["0", "-3"])
+@pytest.mark.parametrize("flag", ["--batch-size", "--budget", "--max-length", "--truncate-dim"])
+def test_counts_below_one_are_refused_before_anything_loads(tmp_path, data_dir, capsys, flag, value):
+    from poolattn import evaluation
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    run = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit) as refused:  # argparse: usage and one error line, exit 2
+        cli.evaluate([*run, "--output", str(tmp_path / "out"), flag, value])
+    assert refused.value.code == 2
+    assert f"argument {flag}: '{value}' is not a whole number >= 1" in capsys.readouterr().err
+    name = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(evaluation.EvaluationError, match=f"^{flag} {value}: give the "):  # the library's door
+        evaluation.evaluate_models(
+            [str(tmp_path / "m")], output=tmp_path / "out", tasks=["BIOSSES"], **{name: int(value)}
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "taken").write_text("")
     for command in (["run", "--model", str(tmp_path), "--tasks", "BIOSSES"], ["compare", str(tmp_path)]):

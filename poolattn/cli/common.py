@@ -19,6 +19,20 @@ def comma_list(value) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
+def positive_int(value: str) -> int:
+    """An argparse `type` for counts and sizes (a batch size, a budget, a length): a whole number >= 1, refused while
+    the flags are parsed, before anything is loaded."""
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1; give one (e.g. 32).")
+    return number
+
+
 def storage_errors_in_one_line(command: str):
     """A door's decorator: a full disk, a read-only folder or a missing permission ends the command with one line
     (which file, what happened, what to do) instead of a traceback; the package's writes are atomic, so nothing

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import evaluation
 from ..evaluation.local_tasks import LocalTaskError
 from ..evaluation.results import CATEGORY_ORDER, ResultsError
-from .common import comma_list, show_progress, storage_errors_in_one_line
+from .common import comma_list, positive_int, show_progress, storage_errors_in_one_line
 
 EVALUATE_HELP = """Score embedding models on MTEB with the real mteb package, offline on local task copies; compare.
 
@@ -125,13 +125,15 @@ def _add_scoring_arguments(run: argparse.ArgumentParser) -> None:
     """`evaluate.py run`: how the models are scored (sample, lengths, instructions, ONNX, dims)."""
     run.add_argument(
         "--budget",
-        type=int,
+        type=positive_int,
         help="score each task on at most N units (pairs, examples, queries; a "
         "seeded sample): for comparing models, not with published numbers",
     )
     run.add_argument("--skip-missing", action="store_true", help="run the tasks that have a local copy, list the rest")
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's max_length)")
+    run.add_argument("--batch-size", type=positive_int, default=32, help="texts per encode batch (default 32)")
+    run.add_argument(
+        "--max-length", type=positive_int, default=None, help="tokens per text (default: the model's max_length)"
+    )
     run.add_argument("--no-instructions", action="store_true", help="encode without task instructions")
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
     run.add_argument(
@@ -142,7 +144,7 @@ def _add_scoring_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--truncate-dim",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="score embeddings cut to their first N dims, a size the models were trained for "
         "(train.py --matryoshka_dims), stored under the revision <fingerprint>-dimN",

@@ -119,6 +119,7 @@ def evaluate_models(
     """
     import mteb
 
+    _check_counts(budget=budget, batch_size=batch_size, max_length=max_length, truncate_dim=truncate_dim)
     run, task_names, infos = _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing)
     _check_models(models, onnx_file, truncate_dim)
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
@@ -172,11 +173,26 @@ def _run_mteb(encoder, tasks, folder: Path, cache, *, batch_size: int, overwrite
     )
 
 
+COUNTS = {
+    "budget": "the most units (pairs, examples, queries) scored per task",
+    "batch_size": "the texts per encode batch",
+    "max_length": "the tokens per text",
+    "truncate_dim": "the embedding dims kept",
+}
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Before any task or model loads: every count given (`COUNTS`) is a whole number >= 1."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EvaluationError(
+                f"--{name.replace('_', '-')} {value!r}: give {COUNTS[name]}, a whole number >= 1 (or leave it out)."
+            )
+
+
 def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing):
     """(the run, the task names to score, their `TaskInfo`s): every task built and every local folder checked once,
     before any model is loaded."""
-    if budget is not None and budget < 1:
-        raise EvaluationError(f"--budget {budget}: give the most units (pairs, examples, queries) per task, >= 1.")
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
     if not selection.names:
         passed = "; ".join(f"{name}: {why}" for name, why in selection.passed_over.items())
