@@ -8,12 +8,13 @@ import pytest
 from conftest import TRIPLETS, tiny_model
 
 from poolattn import cli
+from poolattn.prompts import instruction_prompt
 from poolattn.training.data import load_triplets
 from poolattn.training.mining import PROVENANCE_FILE, MiningError, MiningSettings, TextEncoder, mine_source
 
 
 def hand_encoder(vectors: dict[str, list[float]]):
-    def encode(texts, *, queries):
+    def encode(texts, *, queries, instructions=None):
         embeddings = np.array([vectors[text] for text in texts], dtype=np.float32)
         return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
 
@@ -88,6 +89,31 @@ def test_a_real_model_mines_the_true_nearest_non_positive_documents(tmp_path):
     for index, row in enumerate(mined):
         order = [corpus[j] for j in np.argsort(-similarity[index], kind="stable") if corpus[j] != row["positive"]]
         assert row["negative"] == order[:3]
+
+
+def test_each_query_is_encoded_with_its_rows_instruction_as_training_formats_it(tmp_path, monkeypatch):
+    """A row's own instruction wins, `--query_instruction` is the fallback (as in training's collator), each in the
+    e5 prompt format; batches that mix prompts give each query what encoding it alone with its prompt gives."""
+    tiny_model("llama", 5, seed=3).save_pretrained(tmp_path / "model")
+    instructions = ["find the passage", None, "what is the answer"] * 4
+    rows = [
+        {"query": row["query"], "positive": row["positive"], "negatives": [], "instruction": instruction}
+        for row, instruction in zip(TRIPLETS, instructions)
+    ]
+    encoder = TextEncoder(str(tmp_path / "model"), batch_size=4, query_instruction="search the index")
+    model, prompts = encoder.poolattn, []
+    encode = model.encode
+    monkeypatch.setattr(
+        model, "encode", lambda texts, **kwargs: prompts.append(kwargs["prompt"]) or encode(texts, **kwargs)
+    )
+    mine_source(rows, encoder, MiningSettings(num_negatives=1, relative_margin=None), "t")
+    expected = [instruction_prompt(instruction or "search the index") for instruction in instructions]
+    assert prompts == [expected, None]  # the queries, then the corpus
+    assert expected[:2] == ["Instruct: find the passage\nQuery: ", "Instruct: search the index\nQuery: "]
+    mined = encoder([row["query"] for row in rows], queries=True, instructions=instructions)
+    for row, prompt, embedding in zip(rows, expected, mined):
+        alone = encode([row["query"]], prompt=prompt, normalize=True)[0]
+        np.testing.assert_allclose(embedding, alone, atol=1e-5)
 
 
 def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):

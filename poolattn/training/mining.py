@@ -16,6 +16,9 @@ the query:
 - `relative_margin` r: keep only candidates with sim(query, candidate) <= sim(query, positive) * (1 - r)
   (NV-Retriever's "TopK-PercPos"; sentence-transformers' `mine_hard_negatives` uses the same two margins).
 
+A poolattn model encodes each query with the prompt training gave it (`prompts.instruction_prompt`): its row's own
+`instruction`, else `query_instruction`; documents get none.
+
 Given negatives are kept first (they are usually labelled, e.g. SNLI contradictions) unless `replace_given`; mined
 ones follow, up to `num_negatives` in all. Every output row's `negative` is a list; a query with no candidate left
 keeps what it had (its count is reported). `_provenance.json` beside the files records the model (and its weights
@@ -91,7 +94,7 @@ class MiningRun:
 
 
 class TextEncoder:
-    """Normalised embeddings from a poolattn folder (queries with its prompt) or a sentence-transformers model."""
+    """Normalised embeddings from a poolattn folder (queries with their prompts) or a sentence-transformers model."""
 
     def __init__(self, model: str, *, batch_size: int, query_instruction: str | None, trust_remote_code: bool = False):
         from ..model_folder import is_poolattn_folder
@@ -101,7 +104,7 @@ class TextEncoder:
             from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.poolattn = PoolAttnEmbeddingModel.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
-            self.query_prompt = instruction_prompt(query_instruction)
+            self.query_instruction = query_instruction
         else:
             from sentence_transformers import SentenceTransformer
 
@@ -114,14 +117,19 @@ class TextEncoder:
                 ) from None
             self.poolattn = None
 
-    def __call__(self, texts: list[str], *, queries: bool) -> np.ndarray:
+    def __call__(self, texts: list[str], *, queries: bool, instructions: list[str | None] | None = None) -> np.ndarray:
+        """Unit-norm embeddings of `texts`. A poolattn model's queries get one prompt each, formatted as training
+        formats it (`instruction_prompt`): the row's own instruction (`instructions`, one per text), else
+        `query_instruction`; documents, and every text of a sentence-transformers model, get none."""
         if self.poolattn is not None:
             import torch
 
-            with torch.inference_mode():
-                embeddings = self.poolattn.encode(
-                    texts, prompt=self.query_prompt if queries else None, batch_size=self.batch_size, normalize=False
-                )
+            prompts = None
+            if queries:
+                own = instructions if instructions is not None else [None] * len(texts)
+                prompts = [instruction_prompt(instruction or self.query_instruction) for instruction in own]
+            with torch.inference_mode():  # encode batches texts of different prompts together, each pooled alone
+                embeddings = self.poolattn.encode(texts, prompt=prompts, batch_size=self.batch_size, normalize=False)
         else:
             embeddings = self.transformer.encode(texts, batch_size=self.batch_size)
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -143,12 +151,14 @@ def nearest(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, count: 
 
 
 def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) -> tuple[list[dict], SourceMined]:
-    """Mined rows of one source (`negative` a list) and the counts. `encoder(texts, queries=...)` returns normalised
-    embeddings (`TextEncoder`)."""
+    """Mined rows of one source (`negative` a list) and the counts. `encoder(texts, queries=..., instructions=...)`
+    returns normalised embeddings (`TextEncoder`); each query is encoded with its row's own instruction."""
     texts = [row["positive"] for row in rows] + [text for row in rows for text in row["negatives"]]
     corpus = list(dict.fromkeys(texts))
     report = SourceMined(name, len(rows), len(corpus))
-    query_embeddings = encoder([row["query"] for row in rows], queries=True)
+    query_embeddings = encoder(
+        [row["query"] for row in rows], queries=True, instructions=[row.get("instruction") for row in rows]
+    )
     corpus_embeddings = encoder(corpus, queries=False)
     position = {text: index for index, text in enumerate(corpus)}
     positive_scores = np.einsum(
