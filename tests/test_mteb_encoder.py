@@ -112,6 +112,30 @@ def test_get_model_loads_a_folder_that_mtebs_get_model_cannot_and_scores_what_ev
     assert get_model(str(model_dir), instructions=False).mteb_model_meta.revision.endswith("-no-instructions")
 
 
+@pytest.mark.parametrize(
+    "encode_kwargs, expected",
+    [
+        (None, 4),  # mteb fills batch_size 32 itself: get_model's 4 (chosen to fit memory) stays
+        ({"batch_size": 16}, 16),  # the caller of mteb.evaluate asked for another
+        ({"batch_size": 32}, 4),  # cannot be told from mteb's default: get_model's wins (documented)
+    ],
+)
+def test_get_models_batch_size_is_kept_through_mteb_evaluate(tmp_path, monkeypatch, encode_kwargs, expected):
+    from poolattn.evaluation import get_model
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "tiny-v5")
+    encoder, batch_sizes = get_model(str(tmp_path / "tiny-v5"), batch_size=4), []
+    encode = encoder.model.encode
+    monkeypatch.setattr(
+        encoder.model, "encode", lambda texts, **kw: batch_sizes.append(kw["batch_size"]) or encode(texts, **kw)
+    )
+    task = local_sts_task(tmp_path / "STSBenchmark", rows=10)
+    (result,) = mteb.evaluate(
+        encoder, [task], cache=None, encode_kwargs=encode_kwargs, show_progress_bar=False
+    ).task_results
+    assert batch_sizes == [expected, expected] and np.isfinite(result.get_score())
+
+
 def test_documents_get_no_instruction_and_queries_do():
     assert query_prompt("ArguAna", "Retrieval", prompt_type="document") is None
     assert query_prompt("ArguAna", "Retrieval", prompt_type="query") == (

@@ -181,6 +181,10 @@ def get_model(
     mteb's own `get_model(name)` looks the name up in its registry or on the Hub and cannot load a local folder
     (mteb 2.x: "No model implementation is available for this model"), so `mteb.evaluate(get_model(folder), tasks)`
     is the one-line route; sentence-transformers models come back wrapped as mteb wraps them.
+
+    A poolattn model encodes in batches of `batch_size` even though `mteb.evaluate` fills `encode_kwargs` with
+    batch_size 32; an `encode_kwargs={"batch_size": N}` the caller gives wins for any N but 32 (mteb's default,
+    which `encode` cannot tell from a 32 given on purpose).
     """
     if truncate_dim is not None:
         check_truncate_dim(model, truncate_dim)  # before the weights load

@@ -19,6 +19,9 @@ from mteb.models.abs_encoder import AbsEncoder
 
 from ..prompts import TASK_INSTRUCTIONS, instruction_prompt
 
+# What mteb.evaluate (2.x) writes into `encode_kwargs["batch_size"]` when its caller gives none.
+MTEB_DEFAULT_BATCH_SIZE = 32
+
 
 def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: dict = TASK_INSTRUCTIONS) -> str | None:
     """The prompt for a task's texts: None for documents and for tasks without an instruction."""
@@ -32,7 +35,8 @@ class PoolAttnEncoder(AbsEncoder):
     `trust_remote_code` only for a tokenizer that asks for its own code), for `mteb.evaluate`.
 
     `name` (ORG/NAME, mteb's rule) and `revision` identify the model in mteb's results; poolattn's evaluation passes
-    the exported model's name and weights fingerprint (`model_folder.ExportedModel`).
+    the exported model's name and weights fingerprint (`model_folder.ExportedModel`). `batch_size` is the one
+    `encode` uses unless the caller of `mteb.evaluate` asks for another (`encode_batch_size`).
     """
 
     def __init__(
@@ -88,14 +92,22 @@ class PoolAttnEncoder(AbsEncoder):
         )
         # only when asked: the remote code of folders exported before Matryoshka sizes has no `truncate_dim`
         sizes = {"truncate_dim": self.truncate_dim} if self.truncate_dim else {}
+        batch_size = self.encode_batch_size(kwargs.get("batch_size"))
         # a bar per encode call (every task's texts), when the command shows progress (INFO): scoring moves within
         # a task too, not only between tasks
-        progress = logging.getLogger("poolattn").isEnabledFor(logging.INFO) and len(texts) > self.batch_size
+        progress = logging.getLogger("poolattn").isEnabledFor(logging.INFO) and len(texts) > batch_size
         return self.model.encode(
             texts,
             prompt=prompt,
-            batch_size=kwargs.get("batch_size", self.batch_size),
+            batch_size=batch_size,
             max_length=self.max_length,
             show_progress_bar=progress,
             **sizes,
         )
+
+    def encode_batch_size(self, requested: int | None) -> int:
+        """The encoder's own `batch_size` (the one `get_model` was given, often chosen to fit memory), unless the
+        caller of `mteb.evaluate` asked for another in `encode_kwargs`. mteb fills a missing `batch_size` with 32
+        before `encode` runs, so a requested 32 cannot be told from mteb's default: only another value counts as
+        the caller's."""
+        return self.batch_size if requested in (None, MTEB_DEFAULT_BATCH_SIZE) else requested
