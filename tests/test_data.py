@@ -491,6 +491,50 @@ def test_data_that_cannot_give_one_source_batches_is_refused_before_training(tin
     assert not (tmp_path / "out").exists()
 
 
+# -- which files, columns and cells are read -------------------------------------------------------------------------
+
+
+def write_compressed(path: Path, text: str) -> Path:
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open}[path.suffix]
+    with opener(path, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def test_every_data_file_of_a_folder_is_read_whatever_its_suffixs_case_or_compression(tmp_path, caplog):
+    """`B.JSONL` and `c.jsonl.gz` beside `a.jsonl` were left out of a folder unsaid (12 rows of 48), while given by
+    themselves they were refused; notes and `_provenance.json` stay out, named in the log."""
+    folder = tmp_path / "d"
+    lines = "".join(json.dumps(row) + "\n" for row in TRIPLETS)
+    write_jsonl(folder / "a.jsonl", TRIPLETS)
+    (folder / "B.JSONL").write_text(lines)
+    write_compressed(folder / "c.jsonl.gz", lines)
+    csv_lines = "query,positive,negative\n" + "".join(
+        f"{r['query']},{r['positive']},{r['negative']}\n" for r in TRIPLETS
+    )
+    write_compressed(folder / "d.CSV.bz2", csv_lines)
+    for name in ("README.md", "MANIFEST.md", "_provenance.json"):
+        (folder / name).write_text("{}")
+    with caplog.at_level("INFO", logger="poolattn"):
+        triplets = load_triplets(str(folder))
+    sizes = {source.name: source.examples for source in triplets.sources}
+    assert sizes == {"B": 12, "a": 12, "c": 12, "d": 12} and len(triplets.rows) == 48
+    assert triplets.rows[12:24] == [{**row, "source": 1} for row in triplets.rows[:12]]  # B: a's rows, as given
+    assert "left out: MANIFEST.md, README.md, _provenance.json" in caplog.text
+    streamed = stream_triplets(str(folder), batch_size=4, seed=0, buffer_size=8)
+    assert {source.name: source.examples for source in streamed.sources} == sizes
+    for name in ("B.JSONL", "c.jsonl.gz", "d.CSV.bz2"):  # given by themselves
+        assert len(load_triplets(str(folder / name)).rows) == 12
+    for name in ("e.parquet.gz", "f.tsv", "g.jsonl.zip"):  # data the reader cannot take: refused, named
+        (folder / name).write_bytes(b"x")
+        with pytest.raises(TripletDataError, match=rf"files that look like data but cannot be read: {name}\. Allowed"):
+            load_triplets(str(folder))
+        (folder / name).unlink()
+
+
 # -- no false negatives ----------------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..configuration_poolattn import PoolAttnConfig, variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
-from .sources import TripletDataError
+from .sources import TripletDataError, data_stem
 from .trainer_arguments import TrainingRunArguments
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _evaluation_file_rows(data_args: DataArguments) -> list[dict]:
         {
             key: value
             for key, value in data_args.instructions_per_source.items()
-            if any(key in (item.name, Path(item.file).stem) for item in evaluation.sources)
+            if any(key in (item.name, data_stem(item.file)) for item in evaluation.sources)
         },
     )
     return [

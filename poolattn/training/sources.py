@@ -1,11 +1,22 @@
 """Where training rows come from: local files and folders (JSONL, JSON, CSV, Parquet; their fingerprint) and Hub
 datasets (subsets, splits), read row by row or counted, before any row is validated."""
 
+import bz2
+import gzip
 import json
 import logging
+import lzma
 from pathlib import Path
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # of the text formats; parquet compresses inside
+ALLOWED_FILES = (
+    ".jsonl, .json, .csv and .parquet files (suffixes in any case; .jsonl, .json and .csv also compressed as "
+    ".gz, .bz2 or .xz)"
+)
+# a file of a folder named like one of these (`a.tsv`, `a.jsonl.zip`, `a.parquet.gz`) is data the reader cannot take
+DATA_LIKE_PARTS = {"jsonl", "json", "csv", "parquet", "tsv", "arrow"}
+PACKED_SUFFIXES = {"gz", "bz2", "xz", "zst", "zstd", "lz4", "zip", "tar", "tgz", "7z"}
 
 
 class TripletDataError(ValueError):
@@ -15,24 +26,84 @@ class TripletDataError(ValueError):
 logger = logging.getLogger(__name__)
 
 
+def data_suffix(path) -> str | None:
+    """The data suffix of a file name as written, in any case and with its compression (`.jsonl`, `.JSONL`,
+    `.csv.gz`), or None where the reader takes no such file.
+
+    >>> data_suffix("a/B.JSONL"), data_suffix("x.jsonl.gz"), data_suffix("x.parquet.gz"), data_suffix("README.md")
+    ('.JSONL', '.jsonl.gz', None, None)
+    """
+    name = Path(path).name
+    for file_format in FILE_FORMATS:
+        for compression in ("",) if file_format == ".parquet" else ("", *COMPRESSIONS):
+            suffix = file_format + compression
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                return name[-len(suffix) :]
+    return None
+
+
+def data_format(path) -> str | None:
+    """The format of a data file, a key of `FILE_FORMATS` (`x.CSV.gz` -> `.csv`), or None (`data_suffix`)."""
+    suffix = data_suffix(path)
+    return "." + suffix.lower().split(".")[1] if suffix else None
+
+
+def data_stem(path) -> str:
+    """A data file's name without its data suffix (`nq.jsonl.gz` -> `nq`)."""
+    path = Path(path)
+    suffix = data_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
+
+
+def _opener(path: Path):
+    """`open`, or the decompressing `open` of a .gz, .bz2 or .xz file."""
+    return next((opener for suffix, opener in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
+
+
 def data_files(source: str) -> list[Path]:
+    """The data files of a file or folder (`ALLOWED_FILES`); a file given by itself must be one of them."""
     path = Path(source)
     if path.is_dir():
-        # names starting with "_" or "." are not data (e.g. mining's `_provenance.json`)
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.suffix in FILE_FORMATS and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise TripletDataError(f"{source}: folder holds no {', '.join(FILE_FORMATS)} files.")
-        return files
-    if path.suffix not in FILE_FORMATS:
+        return _folder_files(path, source)
+    if data_suffix(path) is None:
         raise TripletDataError(
-            f"{source}: unsupported file type {path.suffix!r}. Allowed: {', '.join(FILE_FORMATS)} files, a folder of "
-            "them, or a Hugging Face Hub dataset id."
+            f"{source}: unsupported file type {path.suffix!r}. Allowed: {ALLOWED_FILES}, a folder of them, or a "
+            "Hugging Face Hub dataset id."
         )
     return [path]
+
+
+def _folder_files(folder: Path, source: str) -> list[Path]:
+    """Every data file under a folder. Hidden files (`.git/`) are passed over; names starting with "_" (mining's
+    `_provenance.json`) and files that are not data (README.md) are left out and logged; a file that looks like data
+    but cannot be read (`a.tsv`, `a.jsonl.zip`, `a.parquet.gz`) is refused, so no data is dropped unsaid."""
+    files, unreadable, left_out = [], [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts):
+            continue
+        if any(part.startswith("_") for part in parts) or (data_suffix(path) is None and not _looks_like_data(path)):
+            left_out.append(path.relative_to(folder).as_posix())
+        elif data_suffix(path) is None:
+            unreadable.append(path.relative_to(folder).as_posix())
+        else:
+            files.append(path)
+    if unreadable:
+        raise TripletDataError(
+            f"{source}: files that look like data but cannot be read: {', '.join(unreadable)}. "
+            f"Allowed: {ALLOWED_FILES}. Convert or unpack them, or move them out of the folder (or rename them to "
+            "start with '_')."
+        )
+    if not files:
+        raise TripletDataError(f"{source}: folder holds no data files. Allowed: {ALLOWED_FILES}.")
+    if left_out:
+        logger.info("%s: files that are not training data, left out: %s", source, ", ".join(left_out))
+    return files
+
+
+def _looks_like_data(path: Path) -> bool:
+    parts = path.name.lower().split(".")[1:]
+    return bool(DATA_LIKE_PARTS.intersection(parts)) or bool(parts and parts[-1] in PACKED_SUFFIXES)
 
 
 def source_names(source: str, files: list[Path]) -> dict[str, str]:
@@ -49,7 +120,7 @@ def source_names(source: str, files: list[Path]) -> dict[str, str]:
     relative = [
         path.relative_to(folder) if folder and path.is_relative_to(folder) else Path(path.name) for path in files
     ]
-    names = [item.with_suffix("").as_posix() for item in relative]
+    names = [(item.parent / data_stem(item)).as_posix() for item in relative]
     if len(set(names)) < len(names):
         names = [item.as_posix() for item in relative]
     return dict(zip(map(str, files), names))
@@ -82,32 +153,37 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
     import datasets
 
     path = Path(path)
+    file_format = data_format(path)
     if path.stat().st_size == 0:
         raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
     # JSONL is read directly: exact row numbers, and datasets' type inference cannot hide errors
-    if path.suffix == ".jsonl":
-        number = 0
-        try:
-            with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark, as CSV files may have
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
-        except UnicodeDecodeError as error:
-            raise TripletDataError(
-                f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
-                f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
-            ) from None
+    if file_format == ".jsonl":
+        yield from _jsonl_rows(path)
     else:
-        if path.suffix == ".csv":
+        if file_format == ".csv":
             _check_utf8(path)
         table = datasets.load_dataset(
-            FILE_FORMATS[path.suffix], data_files=str(path), split="train", streaming=streaming
+            FILE_FORMATS[file_format], data_files=str(path), split="train", streaming=streaming
         )
         yield from enumerate(table, start=1)
+
+
+def _jsonl_rows(path: Path):
+    number = 0
+    try:
+        with _opener(path)(path, "rt", encoding="utf-8-sig") as handle:  # a byte-order mark, as CSV files may have
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
+    except UnicodeDecodeError as error:
+        raise TripletDataError(
+            f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
+        ) from None
 
 
 def is_dataset_repository(path) -> bool:
@@ -194,24 +270,24 @@ def count_hub_rows(dataset: str, subset: str, split: str) -> int:
 
 def _check_utf8(path: Path) -> None:
     """A text file that is not UTF-8 (Latin-1, UTF-16, ...) stops with its name and line, not a bare decode error."""
-    with path.open("rb") as handle:
+    with _opener(path)(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise TripletDataError(
                     f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}); convert the file to "
-                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}."
+                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{data_format(path) or path.suffix}."
                 ) from None
 
 
 def count_rows(path: Path) -> int:
     """Rows of a data file without parsing them (JSONL: non-empty lines; parquet: its metadata)."""
     path = Path(path)
-    if path.suffix == ".jsonl":
-        with path.open("rb") as handle:
+    if data_format(path) == ".jsonl":
+        with _opener(path)(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
-    if path.suffix == ".parquet":
+    if data_format(path) == ".parquet":
         import pyarrow.parquet
 
         return pyarrow.parquet.ParquetFile(path).metadata.num_rows
