@@ -535,6 +535,22 @@ def test_every_data_file_of_a_folder_is_read_whatever_its_suffixs_case_or_compre
         (folder / name).unlink()
 
 
+def test_csv_cells_are_read_as_the_texts_they_hold(tmp_path):
+    """pandas' missing-value strings and numbers, behind `datasets`' CSV reader, turned `NA`/`None` negatives into
+    none (the row moved to a 0-negatives source), a `null` query into "missing" and `1000` into a number."""
+    data = tmp_path / "d" / "cells.csv"
+    data.parent.mkdir()
+    data.write_text('query,positive,negative\nnull,1000,NA\nNone,"a, b",None\nq3,NaN,\n')
+    expected = [
+        {"query": "null", "positive": "1000", "instruction": None, "negatives": ["NA"], "source": 0},
+        {"query": "None", "positive": "a, b", "instruction": None, "negatives": ["None"], "source": 0},
+        {"query": "q3", "positive": "NaN", "instruction": None, "negatives": [], "source": 1},  # "": no negative
+    ]
+    assert load_triplets(str(data)).rows == expected
+    streamed = stream_triplets(str(data.parent), batch_size=1, seed=0, buffer_size=8, skip_invalid=True)
+    assert streamed.rows == expected[:2]  # the streamed source has negatives: q3's row is skipped
+
+
 # -- no false negatives ----------------------------------------------------------------------------------------------
 
 

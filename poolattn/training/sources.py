@@ -2,6 +2,7 @@
 datasets (subsets, splits), read row by row or counted, before any row is validated."""
 
 import bz2
+import csv
 import gzip
 import json
 import logging
@@ -17,6 +18,7 @@ ALLOWED_FILES = (
 # a file of a folder named like one of these (`a.tsv`, `a.jsonl.zip`, `a.parquet.gz`) is data the reader cannot take
 DATA_LIKE_PARTS = {"jsonl", "json", "csv", "parquet", "tsv", "arrow"}
 PACKED_SUFFIXES = {"gz", "bz2", "xz", "zst", "zstd", "lz4", "zip", "tar", "tgz", "7z"}
+CSV_CELL_LIMIT = 2**31 - 1  # characters per CSV cell: passages may pass the csv module's default of 128 KiB
 
 
 class TripletDataError(ValueError):
@@ -148,7 +150,7 @@ def fingerprint_files(source: str) -> str:
 
 
 def iter_file_rows(path: Path, *, streaming: bool = False):
-    """(1-based row number, raw row) of one file, read lazily; `streaming` reads CSV/parquet through `datasets`
+    """(1-based row number, raw row) of one file, read lazily; `streaming` reads JSON/parquet through `datasets`
     without loading the whole file."""
     import datasets
 
@@ -156,12 +158,13 @@ def iter_file_rows(path: Path, *, streaming: bool = False):
     file_format = data_format(path)
     if path.stat().st_size == 0:
         raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
-    # JSONL is read directly: exact row numbers, and datasets' type inference cannot hide errors
+    # JSONL and CSV are read directly: exact row numbers and texts, and datasets' type inference cannot hide errors
     if file_format == ".jsonl":
         yield from _jsonl_rows(path)
+    elif file_format == ".csv":
+        _check_utf8(path)
+        yield from _csv_rows(path)
     else:
-        if file_format == ".csv":
-            _check_utf8(path)
         table = datasets.load_dataset(
             FILE_FORMATS[file_format], data_files=str(path), split="train", streaming=streaming
         )
@@ -184,6 +187,24 @@ def _jsonl_rows(path: Path):
             f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
             f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
         ) from None
+
+
+def _csv_rows(path: Path):
+    """Rows of a CSV file by its header, every cell as its text: "NA", "None", "null" and "1000" are texts (pandas,
+    behind `datasets`, would read them as missing values and numbers); an empty cell is ""."""
+    csv.field_size_limit(CSV_CELL_LIMIT)
+    with _opener(path)(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for number, row in enumerate(reader, start=1):
+                if None in row:
+                    raise TripletDataError(
+                        f"{path}, row {number} (line {reader.line_num}): {len(reader.fieldnames) + len(row[None])} "
+                        f"cells, but the header names {len(reader.fieldnames)}; quote cells that hold commas."
+                    )
+                yield number, row
+        except csv.Error as error:
+            raise TripletDataError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
 
 
 def is_dataset_repository(path) -> bool:
