@@ -551,6 +551,34 @@ def test_csv_cells_are_read_as_the_texts_they_hold(tmp_path):
     assert streamed.rows == expected[:2]  # the streamed source has negatives: q3's row is skipped
 
 
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("empty.csv", "a header line alone"),
+        ("empty.parquet", "a table of 0 rows"),
+        ("empty.jsonl", "blank lines only"),
+        ("empty.json", "no rows"),
+    ],
+)
+def test_a_data_file_without_rows_is_refused_by_name(tmp_path, name, what):
+    """A header-only CSV or an empty parquet file stopped with a traceback of `datasets`; now every file without rows
+    is refused as a 0-byte JSONL is, by itself or in a folder, loaded or streamed."""
+    import pyarrow
+    import pyarrow.parquet
+
+    two_sources(tmp_path / "d")
+    empty = tmp_path / "d" / name
+    if name.endswith(".parquet"):
+        pyarrow.parquet.write_table(pyarrow.table({"query": pyarrow.array([], pyarrow.string())}), empty)
+    else:
+        empty.write_text({".csv": "query,positive,negative\n", ".jsonl": "\n\n", ".json": "[]\n"}[empty.suffix])
+    for source in (empty, empty.parent):
+        with pytest.raises(TripletDataError, match=rf"{empty}: file is empty \({what}\); expected rows with query"):
+            load_triplets(str(source))
+        with pytest.raises(TripletDataError, match=rf"{empty}: file is empty \({what}\)"):
+            stream_triplets(str(source), batch_size=4, seed=0, buffer_size=8)
+
+
 # -- no false negatives ----------------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ import gzip
 import json
 import logging
 import lzma
+import re
+from itertools import islice
 from pathlib import Path
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -151,13 +153,12 @@ def fingerprint_files(source: str) -> str:
 
 def iter_file_rows(path: Path, *, streaming: bool = False):
     """(1-based row number, raw row) of one file, read lazily; `streaming` reads JSON/parquet through `datasets`
-    without loading the whole file."""
+    without loading the whole file. A file without rows stops with its name (`_check_has_rows`)."""
     import datasets
 
     path = Path(path)
     file_format = data_format(path)
-    if path.stat().st_size == 0:
-        raise TripletDataError(f"{path}: file is empty; expected rows with query, positive and optional negative.")
+    _check_has_rows(path, file_format)
     # JSONL and CSV are read directly: exact row numbers and texts, and datasets' type inference cannot hide errors
     if file_format == ".jsonl":
         yield from _jsonl_rows(path)
@@ -205,6 +206,35 @@ def _csv_rows(path: Path):
                 yield number, row
         except csv.Error as error:
             raise TripletDataError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
+
+
+def _check_has_rows(path: Path, file_format: str | None) -> None:
+    """A data file without rows (0 bytes, blank lines, a CSV header alone, `[]`, a parquet table of 0 rows) stops
+    with its name, in a folder as by itself, before `datasets` fails on it with a traceback."""
+    if file_format is None:
+        raise TripletDataError(f"{path}: unsupported file type {path.suffix!r}. Allowed: {ALLOWED_FILES}.")
+    if path.stat().st_size == 0:
+        what = "0 bytes"
+    elif file_format == ".parquet":
+        import pyarrow.parquet
+
+        what = "a table of 0 rows" if pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0 else None
+    else:
+        csv.field_size_limit(CSV_CELL_LIMIT)
+        with _opener(path)(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
+            if file_format == ".csv":
+                records = len(list(islice((record for record in csv.reader(handle) if record), 2)))
+                what = "a header line alone" if records < 2 else None
+            elif file_format == ".jsonl":
+                what = None if any(line.strip() for line in handle) else "blank lines only"
+            else:
+                head = handle.read(4096)
+                what = "no rows" if re.fullmatch(r"\s*(\[\s*\])?\s*", head) and not handle.read(1) else None
+    if what:
+        raise TripletDataError(
+            f"{path}: file is empty ({what}); expected rows with query, positive and optional negative fields. "
+            "Add rows, or take the file out of the training data."
+        )
 
 
 def is_dataset_repository(path) -> bool:
@@ -305,6 +335,7 @@ def _check_utf8(path: Path) -> None:
 def count_rows(path: Path) -> int:
     """Rows of a data file without parsing them (JSONL: non-empty lines; parquet: its metadata)."""
     path = Path(path)
+    _check_has_rows(path, data_format(path))
     if data_format(path) == ".jsonl":
         with _opener(path)(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
