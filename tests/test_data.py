@@ -535,6 +535,47 @@ def test_every_data_file_of_a_folder_is_read_whatever_its_suffixs_case_or_compre
         (folder / name).unlink()
 
 
+@pytest.mark.parametrize(
+    "column, meant",
+    [("negatives", "negative"), ("positives", "positive"), ("anchor", "query"), ("Query", "query")],
+)
+def test_a_misnamed_column_is_refused_with_the_name_that_is_read(tmp_path, column, meant):
+    """`negatives` (a common spelling) was ignored: the run trained on 0 hard negatives, unsaid."""
+    rows = [{"query": row["query"], "positive": row["positive"], "negative": [row["negative"]]} for row in TRIPLETS]
+    data = write_jsonl(
+        tmp_path / "d" / "a.jsonl",
+        [{column if key == meant else key: text for key, text in row.items()} for row in rows],
+    )
+    message = rf"a.jsonl, row 1: column '{column}' is not read; rename it to '{meant}'"
+    for skip_invalid in (False, True):  # a source's column, not a bad row
+        with pytest.raises(TripletDataError, match=message):
+            load_triplets(str(data.parent), skip_invalid=skip_invalid)
+    with pytest.raises(TripletDataError, match=message):
+        stream_triplets(str(data.parent), batch_size=4, seed=0, buffer_size=8, skip_invalid=True)
+
+
+def test_negatives_is_refused_before_training_and_unknown_columns_are_named_once(
+    tiny_backbone_folder, tmp_path, caplog
+):
+    rows = [{"query": row["query"], "positive": row["positive"], "negatives": [row["negative"]]} for row in TRIPLETS]
+    data = write_jsonl(tmp_path / "negatives.jsonl", rows)
+    with pytest.raises(TripletDataError, match=r"column 'negatives' is not read; rename it to 'negative'"):
+        training.main(
+            ["--backbone", tiny_backbone_folder, "--train_data", str(data), "--output_dir", str(tmp_path / "out")]
+        )
+    assert not (tmp_path / "out").exists()
+    folder = two_sources(tmp_path / "d")  # a column not read: named once per source; `source` (metadata) at info
+    write_jsonl(folder / "a.jsonl", [{**row, "score": 1.0, "source": "x"} for row in TRIPLETS])
+    with caplog.at_level("INFO", logger="poolattn"):
+        triplets = load_triplets(str(folder))
+    assert triplets.has_negatives and len(triplets.rows) == 20
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{folder / 'a.jsonl'}: columns not read (training reads query, positive, negative, instruction): score"
+    ]
+    assert f"{folder / 'a.jsonl'}: columns not read: source" in caplog.text
+
+
 def test_csv_cells_are_read_as_the_texts_they_hold(tmp_path):
     """pandas' missing-value strings and numbers, behind `datasets`' CSV reader, turned `NA`/`None` negatives into
     none (the row moved to a 0-negatives source), a `null` query into "missing" and `1000` into a number."""

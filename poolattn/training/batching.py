@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Triplets, TripletSource, raw_negatives, validate_row
+from .data import Triplets, TripletSource, check_columns, misnamed_column, raw_negatives, validate_row
 from .sources import (
     TripletDataError,
     count_hub_rows,
@@ -259,6 +259,8 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
     def rows_of(self, index: int) -> Iterator[dict]:
         source = self.sources[index]
         for number, raw in source.raw_rows():
+            if problem := misnamed_column(raw):  # not a bad row: the source's column, even with skip_invalid
+                raise TripletDataError(f"{source.label}, row {number}: {problem}")
             try:
                 row = validate_row(raw, source.negatives_per_query)
                 if len(row["negatives"]) < source.negatives_per_query:
@@ -292,9 +294,12 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
 
 
 def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> list[StreamedSource]:
-    """Each source's hard negatives per query: `negatives_per_query` where its first rows carry any, else 0."""
+    """Each source's hard negatives per query: `negatives_per_query` where its first rows carry any, else 0; their
+    columns checked (`data.check_columns`)."""
     for source in sources:
-        peeked = [raw for _, (_, raw) in zip(range(PEEK_ROWS), source.raw_rows())]
+        numbered = [item for _, item in zip(range(PEEK_ROWS), source.raw_rows())]
+        check_columns(source.label, numbered)
+        peeked = [raw for _, raw in numbered]
         source.negatives_per_query = (
             negatives_per_query if negatives_per_query > 0 and any(raw_negatives(raw) for raw in peeked) else 0
         )

@@ -12,6 +12,8 @@ positive; `TripletCollator` gives every text a stable id so that the loss never 
 positive (or of the query itself) as one of its negatives.
 """
 
+import difflib
+import functools
 import hashlib
 import logging
 import re
@@ -39,6 +41,10 @@ SAMPLE_TRIPLETS = Path(__file__).resolve().parents[1] / "sample_data" / "sample_
 
 
 FIELD_ALIASES = {"postive": "positive"}  # the paper's data (yixuantt/ir_data) spells it this way
+READ_COLUMNS = {"query", "positive", "negative", "instruction", *FIELD_ALIASES}
+# other names of a read column (sentence-transformers' `anchor`, ...); near spellings (`negatives`) are found as well
+COLUMN_SYNONYMS = {"anchor": "query", "question": "query", "queries": "query", "pos": "positive", "neg": "negative"}
+QUIET_COLUMNS = {"source", "id", "_id"}  # metadata many files carry (../shared/data/train: `source`): logged at info
 
 
 @dataclass
@@ -116,6 +122,7 @@ def load_triplets(
         by_file.setdefault(file, []).append((number, raw))
     rows, sources, skipped = [], [], 0
     for file, numbered in by_file.items():
+        check_columns(file, numbered)
         parts, file_skipped = _valid_rows_by_negatives(file, numbered, negatives_per_query, skip_invalid)
         skipped += file_skipped
         for count in sorted(parts, reverse=True):
@@ -270,6 +277,57 @@ def validate_row(raw, negatives_per_query: int) -> dict:
         )
     row["negatives"] = [text.strip() for text in negatives[:negatives_per_query]]
     return row
+
+
+@functools.cache
+def near_miss(column) -> str | None:
+    """The read column that a column not read seems meant to be (`negatives`, `Negative`, `hard_negatives` ->
+    `negative`; `anchor` -> `query`), else None.
+
+    >>> near_miss("negatives"), near_miss("anchor"), near_miss("Positives"), near_miss("negative_id")
+    ('negative', 'query', 'positive', None)
+    """
+    name = str(column).strip().lower().removeprefix("hard_")
+    if name in COLUMN_SYNONYMS:
+        return COLUMN_SYNONYMS[name]
+    close = difflib.get_close_matches(name, sorted(READ_COLUMNS), n=1, cutoff=0.8)
+    if not close or abs(len(close[0]) - len(name)) > 2:  # `negative_id` is another column, not a misspelling
+        return None
+    return FIELD_ALIASES.get(close[0], close[0])
+
+
+def misnamed_column(raw) -> str | None:
+    """Why a row cannot be read as meant: it lacks a read column and holds a near miss of it (`negatives` without
+    `negative`, whose hard negatives would be dropped unsaid), else None."""
+    if not isinstance(raw, dict):
+        return None
+    for column in raw.keys() - READ_COLUMNS:
+        meant = near_miss(column)
+        if meant and not ({meant} | {alias for alias, name in FIELD_ALIASES.items() if name == meant}) & raw.keys():
+            return (
+                f"column {column!r} is not read; rename it to {meant!r}. Columns read: query, positive (or postive), "
+                "negative (a string or a list of strings), instruction."
+            )
+    return None
+
+
+def check_columns(label: str, numbered) -> None:
+    """Refuse a source (file, Hub subset) whose rows hold a misnamed column (`misnamed_column`), with or without
+    --skip_invalid_rows, and name its columns that are not read in one warning."""
+    unread: dict = {}
+    for number, raw in numbered:
+        if problem := misnamed_column(raw):
+            raise TripletDataError(f"{label}, row {number}: {problem}")
+        if isinstance(raw, dict):
+            unread.update(dict.fromkeys(raw.keys() - READ_COLUMNS))
+    quiet = sorted(map(str, QUIET_COLUMNS & unread.keys()))
+    loud = sorted(map(str, unread.keys() - QUIET_COLUMNS))
+    if loud:
+        logger.warning(
+            "%s: columns not read (training reads query, positive, negative, instruction): %s", label, ", ".join(loud)
+        )
+    if quiet:
+        logger.info("%s: columns not read: %s", label, ", ".join(quiet))
 
 
 def text_id(text: str) -> int:
