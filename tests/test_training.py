@@ -639,6 +639,22 @@ def test_paper_preset_sets_defaults_and_explicit_flags_win():
     assert training_args.max_steps == 7
 
 
+def test_a_preset_applies_in_every_form_and_an_unknown_or_repeated_one_is_refused(tmp_path):
+    """`--preset=small` and an arguments file's "preset" were dropped (every default left as it was), a misspelled
+    preset in a file ran on the defaults, and of two --preset flags the first won."""
+    small = training.PRESETS["small"]
+    (tmp_path / "args.json").write_text(json.dumps({"preset": "small", "seed": 3}))
+    for argv in (["--preset", "small"], ["--preset=small"], [str(tmp_path / "args.json")]):
+        _, data_args, training_args = training.parse_arguments(argv)
+        assert (training_args.max_steps, data_args.query_max_length) == (small["max_steps"], small["query_max_length"])
+    (tmp_path / "typo.json").write_text(json.dumps({"preset": "smal"}))
+    for argv in (["--preset", "smal"], ["--preset=smal"], [str(tmp_path / "typo.json")]):
+        with pytest.raises(ValueError, match=r"'smal' is not a preset\. Allowed values: paper, small\."):
+            training.parse_arguments(argv)
+    with pytest.raises(ValueError, match=r"--preset is given twice \('small', then 'paper'\); give one preset"):
+        training.parse_arguments(["--preset", "small", "--preset=paper"])
+
+
 def test_paper_preset_trains_a_tiny_mistral_with_its_own_bf16_gradcache_and_checkpointing_path(tmp_path):
     """`--preset paper` end to end on CPU, so its code path cannot rot where no GPU runs it: bf16 weights and autocast,
     activation checkpointing, GradCache, LoRA r16 on q/k/v/o, lr 1e-5 with warm-up; only the backbone (a tiny random

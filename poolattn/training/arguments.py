@@ -6,6 +6,7 @@ effects: nothing is read, written or reached over the network while parsing.
 >>> model_args.variants, training_args.max_steps, training_args.temperature
 ([3], 5, 0.05)"""
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -267,19 +268,38 @@ def parse_arguments(
             raise ValueError(f"{argv[0]}: not a readable JSON arguments file ({error}).") from None
         if not isinstance(values, dict):
             raise ValueError(f"{argv[0]}: an arguments file holds one JSON object of flag names and values.")
-        preset = PRESETS.get(values.pop("preset", None), {})
-        return parser.parse_dict({"output_dir": None, **preset, **values})
-    preset_name = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
-    if preset_name in PRESETS:
-        parser.set_defaults(**PRESETS[preset_name])
+        preset = values.pop("preset", None)
+        if preset is not None:
+            _check_preset(preset, f'{argv[0]}: "preset"')
+        return parser.parse_dict({"output_dir": None, **PRESETS.get(preset, {}), **values})
+    # the parser itself finds --preset, in any form it accepts (--preset X, --preset=X); then its defaults apply
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset is not None:
+        parser.set_defaults(**PRESETS[preset])
     model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 
 
+def _check_preset(name, given: str) -> None:
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"{given} {name!r} is not a preset. Allowed values: {', '.join(sorted(PRESETS))}.")
+
+
+class _PresetAction(argparse.Action):
+    """`--preset NAME`: a known name, given once (a second --preset would leave one of the two recipes unused)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _check_preset(values, "--preset")
+        if getattr(namespace, self.dest, None) is not None:
+            raise ValueError(
+                f"--preset is given twice ({getattr(namespace, self.dest)!r}, then {values!r}); give one preset and "
+                "set what differs from it with its own flags."
+            )
+        setattr(namespace, self.dest, values)
+
+
 def argument_parser(description: str | None = None):
     """train.py's parser: poolattn's flags in groups first (`OWN_GROUPS`), then transformers' TrainingArguments."""
-    import argparse
-
     usage = "%(prog)s [--variant N] [--train_data DATA] [--output_dir DIR] [FLAG ...] | ARGS.json"
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, TrainingRunArguments),
@@ -287,7 +307,12 @@ def argument_parser(description: str | None = None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=usage,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named recipe; explicit flags win")
+    parser.add_argument(
+        "--preset",
+        action=_PresetAction,
+        default=None,
+        help=f"named recipe: {', '.join(sorted(PRESETS))}; explicit flags win",
+    )
     _own_flags_first(parser)
     return parser
 
