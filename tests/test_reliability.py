@@ -470,3 +470,39 @@ def test_an_untrained_control_of_another_run_is_refused_not_kept(tiny_backbone_f
     ):
         with pytest.raises(training.TrainingSetupError, match=re.escape(difference)):
             training.export_control(dataclasses.replace(job, **other), tmp_path / "step0")
+
+
+def test_resume_false_means_no_resume_and_a_folder_that_is_no_checkpoint_is_refused_first(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """`--resume_from_checkpoint false` was taken for a checkpoint folder named "false" (a warning, then transformers'
+    traceback, and the earlier-run check of the output folder skipped); a mistyped folder gave the same traceback
+    after the backbone and data had loaded."""
+    for word in ("false", "no", "0", "False"):
+        assert training.parse_arguments(["--resume_from_checkpoint", word])[2].resume_from_checkpoint is None
+    common = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN, "--max_steps", "1"]
+    (exported,) = training.main([*common, "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", "false"])
+    assert (exported / "model.safetensors").is_file()
+    with pytest.raises(training.TrainingSetupError, match=r"holds an earlier run \(model"):
+        training.main([*common, "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", "false"])
+    (tmp_path / "empty" / "checkpoint-3").mkdir(parents=True)
+    allowed = r"\. Give true \(each run from the last complete checkpoint .*\), false .* or a checkpoint folder"
+    for folder, problem in (
+        (tmp_path / "nowhere", "no such folder"),
+        (tmp_path / "empty" / "checkpoint-3", "no trainer_state.json: not a complete checkpoint"),
+    ):
+        with pytest.raises(training.TrainingSetupError, match=rf"--resume_from_checkpoint .*{problem}{allowed}"):
+            # data that does not exist: a check after the data loads would fail differently
+            training.main(
+                [
+                    "--backbone",
+                    tiny_backbone_folder,
+                    "--train_data",
+                    str(tmp_path / "none.jsonl"),
+                    "--output_dir",
+                    str(tmp_path / "out"),
+                    "--resume_from_checkpoint",
+                    str(folder),
+                ]
+            )
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from ..configuration_poolattn import PoolAttnConfig, variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
 from .sources import TripletDataError, data_stem
-from .trainer_arguments import TrainingRunArguments
+from .trainer_arguments import TrainingRunArguments, checkpoint_problem
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +223,23 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
             if path.exists():
                 shutil.rmtree(path)
                 logger.info("removed %s (--overwrite_output_dir)", path)
+
+
+def check_resume(resume: str | None, runs: list["PlannedRun"]) -> None:
+    """Refuse, before any work, a --resume_from_checkpoint folder that is no complete checkpoint, or one checkpoint
+    folder for a job of several runs (`resume` as `resume_setting` reads it)."""
+    if resume in (None, "true"):
+        return
+    if len(runs) > 1:
+        raise TrainingSetupError(
+            f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
+            "runs (variants x seeds); give `true` to resume each from its own last checkpoint."
+        )
+    if problem := checkpoint_problem(resume):
+        raise TrainingSetupError(
+            f"--resume_from_checkpoint {resume}: {problem}. Give true (each run from the last complete checkpoint "
+            "in its --output_dir), false (train from step 0) or a checkpoint folder (<output_dir>/checkpoint-<step>)."
+        )
 
 
 @dataclass(frozen=True)

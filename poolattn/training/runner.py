@@ -51,6 +51,7 @@ from .preflight import (
     check_designs_build,
     check_output_dir,
     check_output_writable,
+    check_resume,
     default_run_tag,
     held_out_rows,
     planned_runs,
@@ -260,6 +261,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     `--resume_from_checkpoint true` resumes the whole job: finished runs (an exported model) are kept, interrupted
     ones continue from their last complete checkpoint, the others start at step 0.
     """
+    base_output = (
+        training_args.output_dir
+        if training_args.output_dir_was_given
+        else f"outputs/{Path(model_args.backbone).name}-{default_run_tag(model_args.variant)}"
+    )
+    runs = planned_runs(model_args, training_args, base_output)
+    resume = training_args.resume_from_checkpoint  # "true", a checkpoint folder or None (`resume_setting`)
+    check_resume(resume, runs)
     # the backbone, every design on it, data and Hub access: checked before anything is written or trained
     backbone_path = resolve_backbone(model_args.backbone)
     check_designs_build(model_args, backbone_path)
@@ -272,19 +281,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     triplets = training_triplets(data_args, training_args)
     triplets, held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
-    base_output = (
-        training_args.output_dir
-        if training_args.output_dir_was_given
-        else f"outputs/{Path(model_args.backbone).name}-{default_run_tag(model_args.variant)}"
-    )
-    runs = planned_runs(model_args, training_args, base_output)
-    resume = training_args.resume_from_checkpoint
-    resume_latest = isinstance(resume, str) and resume.lower() in ("true", "latest")
-    if resume and not resume_latest and len(runs) > 1:
-        raise TrainingSetupError(
-            f"--resume_from_checkpoint {resume} names one checkpoint, but this job has {len(runs)} "
-            "runs (variants x seeds); give `true` to resume each from its own last checkpoint."
-        )
     check_output_writable(base_output)
     with folder_lock(base_output, what="training run"):  # a second run into this folder is refused, by name
         check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
@@ -297,7 +293,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                 triplets,
                 backbone_path,
                 held_out=held_out,
-                resume_latest=resume_latest,
+                resume_latest=resume == "true",
             )
             for planned in runs
         ]

@@ -45,6 +45,20 @@ def last_complete_checkpoint(folder) -> str | None:
     return str(newest) if newest else None
 
 
+def checkpoint_problem(folder) -> str | None:
+    """Why `folder` is no complete checkpoint to resume from (what `last_complete_checkpoint` passes over), or None.
+    A checkpoint without a recipe record (an older poolattn) counts as complete."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "a file, not a checkpoint folder" if folder.exists() else "no such folder"
+    for name in ("trainer_state.json", CHECKPOINT_RECORD):
+        if name == CHECKPOINT_RECORD and not (folder / name).exists():
+            continue  # a checkpoint of an older poolattn: resumed with a warning (`check_resume_recipe`)
+        if not _readable_state(folder / name):
+            return f"{'a damaged' if (folder / name).exists() else 'no'} {name}: not a complete checkpoint"
+    return None
+
+
 def _why_incomplete(checkpoint: Path) -> str:
     for name in ("trainer_state.json", CHECKPOINT_RECORD):
         if not (checkpoint / name).exists():
@@ -52,6 +66,24 @@ def _why_incomplete(checkpoint: Path) -> str:
         if not _readable_state(checkpoint / name):
             return f"a damaged {name}"
     return "unreadable"
+
+
+RESUME_TRUE, RESUME_FALSE = ("true", "latest", "yes", "y", "t", "1"), ("false", "no", "n", "f", "0", "none", "")
+
+
+def resume_setting(value) -> str | None:
+    """--resume_from_checkpoint as a run reads it: "true" (each run from its last complete checkpoint), None (no
+    resume: false, no, 0, as transformers reads a boolean flag) or a checkpoint folder (checked by `run`).
+
+    >>> resume_setting("False"), resume_setting("latest"), resume_setting("out/checkpoint-2")
+    (None, 'true', 'out/checkpoint-2')
+    """
+    if value is None or isinstance(value, bool):
+        return "true" if value else None
+    text = str(value).strip()
+    if text.lower() in RESUME_FALSE:
+        return None
+    return "true" if text.lower() in RESUME_TRUE else text
 
 
 def _readable_state(path: Path) -> bool:
@@ -198,6 +230,7 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
 
     def __post_init__(self):
         self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        self.resume_from_checkpoint = resume_setting(self.resume_from_checkpoint)
         if (self.push_to_hub or self.hub_dry_run) and not self.hub_model_id:
             raise ValueError(
                 "--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to ORG/NAME-v<N>)."
