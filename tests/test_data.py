@@ -198,6 +198,40 @@ def test_source_instructions_reach_each_sources_queries_and_the_manifest(tiny_ba
     assert recorded == {"a": None, "b": "Find the paraphrase"}
 
 
+def test_an_instruction_that_leaves_the_query_no_token_is_refused_before_training(tiny_backbone_folder, tmp_path):
+    """Each distinct instruction the rows use (a row's own, a source's, --query_instruction) is checked against
+    --query_max_length before training: one that left the query no token failed in the collator mid-run, after
+    checkpoints were written. Max lengths below 1 are refused when parsed."""
+    for flag, value in (("--query_max_length", "0"), ("--document_max_length", "-5")):
+        with pytest.raises(ValueError, match=rf"{flag} {value}: give the tokens per text, >= 1"):
+            training.parse_arguments([flag, value])
+    folder = two_sources(tmp_path / "d")
+    b_rows = [json.loads(line) for line in (folder / "b.jsonl").read_text().splitlines()]
+    # "Instruct:", the words, "Query:", BOS and EOS: 15 tokens leave the query 1 of 16, 16 leave none
+    fits, too_long = " ".join(["find"] * 11), " ".join(["find"] * 12)
+    write_jsonl(folder / "b.jsonl", [*b_rows[:5], {**b_rows[5], "instruction": too_long}, *b_rows[6:]])
+    output = tmp_path / "out"
+    common = ["--backbone", tiny_backbone_folder, "--train_data", str(folder), "--output_dir", str(output)]
+    common += [*TINY_RUN, "--max_steps", "1", "--query_max_length", "16"]
+    fix = r"; raise --query_max_length above 16 or shorten the instruction\."
+    a_fits = ["--source_instructions", json.dumps({"a": fits})]
+    with pytest.raises(training.TrainingSetupError, match=r"row of b \(query 'b what is the market'\): 16 tokens"):
+        training.main([*common, *a_fits, "--query_instruction", fits])
+    write_jsonl(folder / "b.jsonl", b_rows)
+    for flags, origin in (
+        (["--source_instructions", json.dumps({"a": fits, "b": too_long})], "--source_instructions' .* for b"),
+        ([*a_fits, "--query_instruction", too_long], "--query_instruction"),
+    ):
+        with pytest.raises(
+            training.TrainingSetupError, match=rf"--query_max_length 16 .* of {origin}: 16 tokens.*{fix}"
+        ):
+            training.main([*common, *flags])
+    with pytest.raises(training.TrainingSetupError, match=r"--document_max_length 2 .* the tokenizer's 2 special"):
+        training.main([*common, "--document_max_length", "2"])
+    assert not output.exists()
+    training.main([*common, *a_fits, "--query_instruction", fits])  # one token of room is enough
+
+
 # -- one source per batch --------------------------------------------------------------------------------------------
 
 

@@ -240,6 +240,15 @@ class DataArguments:
                 "--streaming reads each source in turn: it takes neither --max_train_samples, "
                 "--eval_fraction (give --eval_data) nor --batch_sampling mixed."
             )
+        for flag, tokens in (
+            ("--query_max_length", self.query_max_length),
+            ("--document_max_length", self.document_max_length),
+        ):
+            if tokens < 1:
+                raise ValueError(
+                    f"{flag} {tokens}: give the tokens per text, >= 1 (special tokens and the query's instruction "
+                    "count too; the tokenizer's are checked against it before training)."
+                )
         if self.shuffle_buffer_size < 1:
             raise ValueError(f"--shuffle_buffer_size {self.shuffle_buffer_size}: give rows per source, >= 1.")
         if not 0 <= self.eval_fraction < 1 or (self.eval_fraction and self.eval_data):

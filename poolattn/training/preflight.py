@@ -91,6 +91,65 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
         )
 
 
+def check_prompt_lengths(
+    backbone_path: str, model_args, data_args: DataArguments, triplets: Triplets, held_out: list[dict] | None
+) -> None:
+    """Refuse, before training, a query instruction whose prompt leaves no token of --query_max_length for the query
+    (the collator would fail mid-run), naming where the instruction comes from and the token counts; likewise a
+    --document_max_length the tokenizer's special tokens fill. Every distinct instruction the rows use is checked."""
+    from transformers import AutoTokenizer
+
+    from ..modeling_poolattn import special_token_frame
+    from ..prompts import instruction_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path)
+    prefix, suffix = special_token_frame(tokenizer)
+    eos_id = tokenizer.eos_token_id
+    add_eos = model_args.overrides.get("add_eos", True)  # PoolAttnConfig's default; no design sets it
+    frame = len(prefix) + len(suffix) + int(add_eos and eos_id is not None and suffix[-1:] != [eos_id])
+    if data_args.document_max_length <= frame:
+        raise TrainingSetupError(
+            f"--document_max_length {data_args.document_max_length} leaves no room for text after the tokenizer's "
+            f"{frame} special tokens; give more than {frame}."
+        )
+    used = _instructions_used(data_args, triplets, held_out)
+    prompts = [instruction_prompt(instruction) for instruction in used]
+    counts = [frame + len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if used else []
+    too_long = [(origin, count) for origin, count in zip(used.values(), counts) if count >= data_args.query_max_length]
+    if too_long:
+        (origin, count), longest = too_long[0], max(count for _, count in too_long)
+        more = f" ({len(too_long) - 1} more instruction(s) too long, up to {longest} tokens)" if too_long[1:] else ""
+        raise TrainingSetupError(
+            f"--query_max_length {data_args.query_max_length} leaves no room for the query after the prompt of "
+            f"{origin}: {count} tokens with the special tokens{more}; raise --query_max_length above {longest} or "
+            "shorten the instruction."
+        )
+
+
+def _instructions_used(data_args: DataArguments, triplets: Triplets, held_out: list[dict] | None) -> dict[str, str]:
+    """Each distinct query instruction of the run's rows -> where it first comes from, as the collator picks it: the
+    row's own `instruction`, its source's (--source_instructions), else --query_instruction. Streamed rows are read
+    later: then every source's instruction and --query_instruction count."""
+    used: dict[str, str] = {}
+    sources = triplets.sources
+    for row in [*triplets.rows, *(held_out or [])]:
+        source = sources[row["source"]] if isinstance(row.get("source"), int) else None
+        if row.get("instruction"):
+            where = source.name if source else f"--eval_data {data_args.eval_data}"
+            used.setdefault(row["instruction"], f"the `instruction` of a row of {where} (query {row['query']!r:.60})")
+        elif source is not None and source.instruction:
+            used.setdefault(source.instruction, f"--source_instructions' instruction for {source.name}")
+        elif data_args.query_instruction:
+            used.setdefault(data_args.query_instruction, "--query_instruction")
+    if triplets.stream is not None:
+        for source in sources:
+            if source.instruction:
+                used.setdefault(source.instruction, f"--source_instructions' instruction for {source.name}")
+        if data_args.query_instruction:
+            used.setdefault(data_args.query_instruction, "--query_instruction")
+    return used
+
+
 def _weight_text(source) -> str:
     if source.weight is None:
         return ""

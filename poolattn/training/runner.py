@@ -51,6 +51,7 @@ from .preflight import (
     check_designs_build,
     check_output_dir,
     check_output_writable,
+    check_prompt_lengths,
     check_resume,
     default_run_tag,
     held_out_rows,
@@ -281,6 +282,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     triplets = training_triplets(data_args, training_args)
     triplets, held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
+    check_prompt_lengths(backbone_path, model_args, data_args, triplets, held_out)
     check_output_writable(base_output)
     with folder_lock(base_output, what="training run"):  # a second run into this folder is refused, by name
         check_output_dir(base_output, runs, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
