@@ -169,7 +169,7 @@ def test_a_tiny_study_writes_every_section_from_the_named_tests_and_resumes(
     assert "is not one of the runs of the study" in capsys.readouterr().err
 
     # resuming: nothing is trained or scored again, and the report is the same
-    monkeypatch.setattr(runner, "run", lambda *arguments: pytest.fail(f"retrained: {arguments}"))
+    monkeypatch.setattr(runner, "train_variant", lambda *arguments: pytest.fail(f"retrained: {arguments[0]}"))
     before = (output / "report" / "study_tests.csv").read_text()
     assert cli.run_study_command(argv) == 0
     assert (output / "report" / "study_tests.csv").read_text() == before
