@@ -3,12 +3,12 @@
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
 from .files import atomic_save, write_json
 from .manifest import TrainingManifest
 from .model_folder import tokenizer_fingerprint
+from .modeling_poolattn import write_sentence_transformers_modules
 from .prompts import sentence_transformers_prompts
 from .records import ExportCheck
 
@@ -18,35 +18,19 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_poolattn.py"
-
-
-ONNX_RUNTIME_MODULE = "onnx_poolattn.py"  # imported by the ST module for backend="onnx"
-
-
 def write_sentence_transformers_files(folder: Path, *, max_length: int, query_prompt: str) -> None:
-    """The sentence-transformers files of a poolattn folder: modules.json (our input module, no Pooling: the model
-    pools itself), sentence_bert_config.json, config_sentence_transformers.json (the query prompt the model was
-    trained with), and the module's code, so `SentenceTransformer(folder, trust_remote_code=True)` equals `encode`."""
-    for module_file in (SENTENCE_TRANSFORMERS_MODULE, ONNX_RUNTIME_MODULE):
-        shutil.copy2(PACKAGE_DIR / module_file, folder / module_file)
-    module = SENTENCE_TRANSFORMERS_MODULE.removesuffix(".py") + ".PoolAttnTransformer"
-    files = {
-        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": module}],
-        "sentence_bert_config.json": {
-            "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
-            "module_output_name": "sentence_embedding",
-            "max_seq_length": max_length,
-        },
-        "config_sentence_transformers.json": {
+    """The sentence-transformers files of a poolattn folder (`write_sentence_transformers_modules`: modules.json,
+    sentence_bert_config.json, the module's code) and config_sentence_transformers.json: the prompts mteb's stock
+    route looks up, with the query prompt the model was trained with."""
+    write_sentence_transformers_modules(folder, max_length, [PACKAGE_DIR])
+    write_json(
+        folder / "config_sentence_transformers.json",
+        {
             "prompts": sentence_transformers_prompts(query_prompt),
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },
-    }
-    for name, content in files.items():
-        write_json(folder / name, content)
+    )
 
 
 def export_model(

@@ -8,9 +8,12 @@ Read top-down: tokenization helpers -> pooling helpers -> the trainable head -> 
 """
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,40 @@ def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
         if framed[start : start + len(plain)] == plain:
             return framed[:start], framed[start + len(plain) :]
     return [], []
+
+
+SENTENCE_TRANSFORMERS_FILES = ("sentence_transformers_poolattn.py", "onnx_poolattn.py")  # the module, its ONNX twin
+
+
+def write_sentence_transformers_modules(folder, max_length: int, sources) -> bool:
+    """The sentence-transformers files of a poolattn folder, so `SentenceTransformer(folder, trust_remote_code=True)`
+    equals `encode`: modules.json (our module alone, no Pooling: the model pools itself), sentence_bert_config.json
+    and the module's code, copied from the first folder of `sources` that holds it. False, with nothing written, where
+    none does (this file's Hub copy alone: sentence-transformers would then mean-pool the bare backbone)."""
+    folder = Path(folder)
+    holds = [
+        Path(source)
+        for source in sources
+        if all((Path(source) / name).is_file() for name in SENTENCE_TRANSFORMERS_FILES)
+    ]
+    if not holds:
+        return False
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if not (folder / name).exists() or not (folder / name).samefile(holds[0] / name):
+            shutil.copy2(holds[0] / name, folder / name)
+    module = SENTENCE_TRANSFORMERS_FILES[0].removesuffix(".py") + ".PoolAttnTransformer"
+    files = {
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": module}],
+        "sentence_bert_config.json": {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
+            "module_output_name": "sentence_embedding",
+            "max_seq_length": max_length,
+        },
+    }
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    return True
 
 
 def tokenizer_appending_eos(tokenizer):
@@ -591,13 +628,33 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder (a tokenizer
-        that appends EOS when `config.add_eos`: `tokenizer_appending_eos`)."""
+        that appends EOS when `config.add_eos`: `tokenizer_appending_eos`), and the sentence-transformers files
+        (`write_sentence_transformers_modules`; with the prompts of the folder the model was loaded from)."""
         super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is None and self.name_or_path:  # not loaded yet (`from_pretrained` loads it when used)
+            with contextlib.suppress(ValueError):
+                self.get_tokenizer()
         if self.tokenizer is not None:
             # the saved tokenizer appends EOS itself when the model pools with it, so plain transformers routes
             # (tokenizer + forward, pipelines) tokenize as `encode` does
             tokenizer = tokenizer_appending_eos(self.tokenizer) if self.config.add_eos else self.tokenizer
             tokenizer.save_pretrained(save_directory)
+        if not kwargs.get("is_main_process", True):
+            return
+        loaded_from = Path(self.name_or_path) if self.name_or_path and os.path.isdir(self.name_or_path) else None
+        sources = [Path(__file__).resolve().parent, *([loaded_from] if loaded_from else [])]
+        if not write_sentence_transformers_modules(save_directory, self.config.max_length, sources):
+            logger.warning(
+                "%s: no sentence-transformers files written (no sentence_transformers_poolattn.py beside this "
+                "modeling_poolattn.py or in %s): SentenceTransformer would mean-pool the bare backbone there. Save "
+                "with the poolattn package installed to load it in sentence-transformers.",
+                save_directory,
+                self.name_or_path,
+            )
+        prompts = loaded_from / "config_sentence_transformers.json" if loaded_from else None
+        target = Path(save_directory) / "config_sentence_transformers.json"
+        if prompts and prompts.is_file() and not (target.exists() and target.samefile(prompts)):
+            shutil.copy2(prompts, target)
 
     def get_tokenizer(self):
         """The tokenizer saved with the model (loaded once from `name_or_path`)."""

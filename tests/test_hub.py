@@ -478,6 +478,29 @@ def test_publish_onnx_checks_every_input_before_any_export(tmp_path, monkeypatch
     assert exported == [] and not (tmp_path / "hub").exists()
 
 
+def test_a_save_pretrained_folder_loads_in_sentence_transformers_as_encode(tmp_path):
+    """The quick start saves with `save_pretrained`: that folder had no modules.json, so `SentenceTransformer` built
+    mean pooling over the bare backbone (no head, no EOS: 0.7 from `encode`, exit 0). It now gets the
+    sentence-transformers files, also when the model was loaded with `AutoModel` from such a folder (the Hub copy of
+    the code) and saved again, which keeps the folder's prompts and its tokenizer (not loaded yet at save: it was
+    left out, and the saved folder had none)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "saved")
+    expected = model.encode(SENTENCES)
+    loaded = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(loaded.encode(SENTENCES, batch_size=3), expected, atol=1e-5)
+
+    prompts = {"prompts": {"query": "Instruct: find it\nQuery: "}, "default_prompt_name": None}
+    (tmp_path / "saved" / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True).save_pretrained(tmp_path / "again")
+    again = SentenceTransformer(str(tmp_path / "again"), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(again.encode(SENTENCES, batch_size=3), expected, atol=1e-5)
+    assert again.prompts["query"] == prompts["prompts"]["query"]
+
+
 def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_states(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer
