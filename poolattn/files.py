@@ -142,6 +142,7 @@ def folder_lock(folder, *, what: str = "run"):
         yield
         return
     folder = Path(folder)
+    _refuse_a_locked_parent(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "what": what}
@@ -171,6 +172,21 @@ def folder_lock(folder, *, what: str = "run"):
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _refuse_a_locked_parent(folder: Path) -> None:
+    """A run into a folder inside one that another live process holds (a study's `runs/<row>/seed-<S>`, a
+    multi-variant run's `<output>/v5`) is refused: the holder writes there too. This process's own locks (a study
+    training its rows) are not in the way."""
+    for parent in folder.resolve().parents:
+        holder = _lock_holder(parent / LOCK_FILE) if (parent / LOCK_FILE).is_file() else None
+        ours = holder is not None and (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())
+        if holder is not None and not ours and _alive(holder):
+            raise FolderBusyError(
+                f"{folder} is inside {parent}, which another {holder.get('what', 'run')} is writing (pid "
+                f"{holder.get('pid')} on {holder.get('host')}: {holder.get('command')}); wait for it to end, or give "
+                f"a folder outside it. If that process is gone, delete {parent / LOCK_FILE}."
+            )
 
 
 def _lock_holder(path: Path) -> dict | None:

@@ -367,6 +367,16 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(
     exported = training.main(common(tiny_backbone_folder, triplets_file, output))[0]
     assert exported.is_dir() and not (output / LOCK_FILE).exists()
     assert "taking over the lock of a training run that is gone" in caplog.text
+    # a folder inside one that another live process holds (a study's runs/<row>/seed-<S>) is refused too
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (output / LOCK_FILE).write_text(json.dumps({**holder, "pid": busy.pid, "what": "study"}))
+        inside = rf"run/v5 is inside .*run, which another study is writing \(pid {busy.pid}"
+        with pytest.raises(SystemExit, match=inside):
+            cli.train(common(tiny_backbone_folder, triplets_file, output / "v5"))
+        assert not (output / "v5").exists()
+    finally:
+        busy.kill()
 
 
 def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(
