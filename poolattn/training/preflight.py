@@ -268,7 +268,10 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
     base_output = Path(base_output)
     check_output_writable(base_output)
     for planned in runs:
-        earlier = [path for path in (planned.model, *planned.output_dir.glob("checkpoint-*")) if path.exists()]
+        # a model retired by an interrupted export (`files.atomic_save`) is put back by the next save: an earlier run
+        checkpoints = list(planned.output_dir.glob("checkpoint-*"))
+        retired = list(planned.output_dir.glob(f".{planned.model.name}.old-*"))
+        earlier = [path for path in (planned.model, *checkpoints, *retired) if path.exists()]
         if not earlier or resume:
             continue
         if not overwrite:
@@ -278,7 +281,7 @@ def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, ove
                 "or --overwrite_output_dir to train again (its checkpoints and model are removed first)."
             )
         # the earlier model goes too: a run killed before its own export must not resume into the earlier model
-        for path in [*planned.output_dir.glob("checkpoint-*"), planned.model]:
+        for path in earlier:
             if path.exists():
                 shutil.rmtree(path)
                 logger.info("removed %s (--overwrite_output_dir)", path)
