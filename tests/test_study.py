@@ -238,6 +238,13 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
     assert not (tmp_path / "s").exists()
 
 
+def test_a_damaged_plan_says_to_delete_it_not_to_run_again(tmp_path):
+    """Running the same command again read the damaged study.json first and failed the same way."""
+    (tmp_path / "study.json").write_text('{"backbone": "b", "seeds": [4')
+    with pytest.raises(ValueError, match=r"study.json is damaged .*; delete it and run the same study.py command"):
+        study.StudyPlan.read(tmp_path)
+
+
 def test_ablation_arms_join_the_variant_5_row_as_their_base():
     plan = study.plan_study(designs="1", ablation="layer_weights", seeds=1, train_argv=["--max_steps", "1"])
     keys = ["v1", "v5", "arm-weights_off", "arm-weights_paper_init", "arm-weights_x100"]

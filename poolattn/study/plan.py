@@ -124,7 +124,9 @@ class StudyPlan:
         if not path.is_file():
             raise StudyError(f"{output}: no {PLAN_FILE} here; give the --output folder of a study (run it first).")
         values = read_json(
-            path, recovery="write it again by running the same study.py command (finished runs and scores are kept)"
+            path,
+            recovery="delete it and run the same study.py command: it writes the plan again and keeps every finished "
+            "run and score (each run is checked against the recipe it recorded)",
         )
         return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
 
