@@ -124,6 +124,7 @@ def test_the_graphs_hold_no_path_of_this_machine(exported):
 def test_a_mismatched_export_raises_and_writes_nothing(tmp_path, monkeypatch):
     model = tiny_model("llama", 2)
     model.save_pretrained(tmp_path / "m")
+    saved = sorted(path.name for path in (tmp_path / "m").iterdir())
     real_forward = onnx_export_module.EmbeddingGraph.forward
 
     def shifted(self, input_ids, attention_mask, pooling_mask):  # a wrong graph: every embedding moved
@@ -132,7 +133,7 @@ def test_a_mismatched_export_raises_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export_module.EmbeddingGraph, "forward", shifted)
     with pytest.raises(OnnxExportMismatch, match="differs from PyTorch by .* > tolerance"):
         export_onnx(tmp_path / "m")
-    assert sorted(path.name for path in (tmp_path / "m").iterdir() if "onnx" in path.name) == []
+    assert sorted(path.name for path in (tmp_path / "m").iterdir()) == saved
 
 
 def test_evaluate_scores_only_the_folders_own_onnx_export_of_the_weights_it_holds(tmp_path):
@@ -156,9 +157,11 @@ def test_evaluate_scores_only_the_folders_own_onnx_export_of_the_weights_it_hold
 def test_a_file_named_onnx_in_the_folder_is_refused_before_the_export(tmp_path, capsys):
     tiny_model("llama", 1).save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "onnx").write_text("not a folder")
+    saved = sorted(path.name for path in (tmp_path / "m").iterdir())
     assert export_onnx_command([str(tmp_path / "m")]) == 1
     assert "m/onnx is a file; the export writes the folder onnx/ there" in capsys.readouterr().err
-    assert sorted(path.name for path in (tmp_path / "m").iterdir() if "onnx" in path.name) == ["onnx"]
+    assert sorted(path.name for path in (tmp_path / "m").iterdir()) == saved
+    assert (tmp_path / "m" / "onnx").read_text() == "not a folder"
 
 
 FRESH_SENTENCE_TRANSFORMERS = r"""
