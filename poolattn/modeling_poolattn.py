@@ -651,7 +651,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
                 save_directory,
                 self.name_or_path,
             )
-        prompts = loaded_from / "config_sentence_transformers.json" if loaded_from else None
+        poolattn_folder = loaded_from and (loaded_from / SENTENCE_TRANSFORMERS_FILES[0]).is_file()  # not a backbone's
+        prompts = loaded_from / "config_sentence_transformers.json" if poolattn_folder else None
         target = Path(save_directory) / "config_sentence_transformers.json"
         if prompts and prompts.is_file() and not (target.exists() and target.samefile(prompts)):
             shutil.copy2(prompts, target)
