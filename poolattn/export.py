@@ -19,10 +19,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def write_sentence_transformers_files(folder: Path, *, max_length: int, query_prompt: str) -> None:
-    """The sentence-transformers files of a poolattn folder (`write_sentence_transformers_modules`: modules.json,
-    sentence_bert_config.json, the module's code) and config_sentence_transformers.json: the prompts mteb's stock
-    route looks up, with the query prompt the model was trained with."""
+    """The sentence-transformers files of a poolattn folder: `write_sentence_transformers_modules` (modules.json,
+    sentence_bert_config.json, the module's code; `save_pretrained` writes them too) and its prompts."""
     write_sentence_transformers_modules(folder, max_length, [PACKAGE_DIR])
+    write_sentence_transformers_prompts(folder, query_prompt)
+
+
+def write_sentence_transformers_prompts(folder: Path, query_prompt: str) -> None:
+    """config_sentence_transformers.json: the prompts mteb's stock route looks up, with the query prompt the model
+    was trained with."""
     write_json(
         folder / "config_sentence_transformers.json",
         {
@@ -72,7 +77,7 @@ def export_model(
         dataclasses.replace(manifest, tokenizer_fingerprint=tokenizer_fingerprint(folder)).write(folder)
         # every route reads the folder right: SentenceTransformer(folder, trust_remote_code=True) runs the head
         query_prompt = manifest.data.query_prompt if manifest.data else ""
-        write_sentence_transformers_files(folder, max_length=merged.config.max_length, query_prompt=query_prompt)
+        write_sentence_transformers_prompts(folder, query_prompt)  # save_pretrained wrote the module's files
 
     logger.info("merged vs adapter embeddings: max |diff| %.3g (tolerance %.3g)", difference, tolerance)
     return atomic_save(save, destination)

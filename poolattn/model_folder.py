@@ -89,7 +89,16 @@ def model_fingerprint(folder) -> str:
     return digest.hexdigest()[:16]
 
 
-TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt")
+TOKENIZER_FILES = (  # a saved tokenizer's files (any of them; a `tokenizer*` file of custom code counts too)
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
 
 
 def tokenizer_fingerprint(folder) -> str | None:

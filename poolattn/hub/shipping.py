@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..model_folder import TOKENIZER_FILES
+
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the Hub pair and its twins
@@ -32,15 +34,8 @@ MODEL_FILES = (
     "model.safetensors",
     "model-*.safetensors",
     "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
+    *TOKENIZER_FILES,
     "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
     "training_manifest.json",
 )
 ONNX_FILES = ("model*.onnx", "model*.onnx.data", "model*.onnx_data", "export.json")
