@@ -35,7 +35,9 @@ def instruction_prompt(instruction: str | None) -> str | None:
     return QUERY_PROMPT_FORMAT.format(instruction=instruction) if instruction else None
 
 
-def sentence_transformers_prompts(query_prompt: str | None = None) -> dict[str, str]:
+def sentence_transformers_prompts(
+    query_prompt: str | None = None, instructions: dict = TASK_INSTRUCTIONS
+) -> dict[str, str]:
     """`prompts` for `config_sentence_transformers.json`, keyed as mteb looks prompts up (task name + "-query" or
     "-document", task name, task type + type of text, task type, "query"/"document"), so that mteb's stock
     sentence-transformers route picks what poolattn's evaluation gives: each task's instruction on queries and on
@@ -46,7 +48,7 @@ def sentence_transformers_prompts(query_prompt: str | None = None) -> dict[str, 
     ('Instruct: Retrieve semantically similar text.\\nQuery: ', '', '')
     """
     prompts = {}
-    for key, instruction in TASK_INSTRUCTIONS.items():
+    for key, instruction in instructions.items():
         prompts[key] = instruction_prompt(instruction)
         prompts[f"{key}-document"] = ""
     return {**prompts, "query": query_prompt or "", "document": ""}

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -143,3 +144,42 @@ def test_documents_get_no_instruction_and_queries_do():
     )
     assert query_prompt("SomeNewRetrieval", "Retrieval", prompt_type="query").startswith("Instruct: Given a query")
     assert query_prompt("X", "Unknown", prompt_type=None, instructions={}) is None
+
+
+def test_every_task_type_gets_the_prompt_mteb_stock_sentence_transformers_route_reads_from_the_folder(tmp_path):
+    """evaluate.py's encoder and mteb's stock route (a `SentenceTransformer` of the folder, prompts looked up in its
+    `config_sentence_transformers.json`) give the same prompt for every mteb task type, task name and text kind: a
+    task type without an instruction (instruction retrieval, ...) gets the model's own query prompt on queries in
+    both, not the trained prompt in one and none in the other."""
+    from typing import get_args
+
+    from mteb.abstasks.task_metadata import TaskType
+    from mteb.models.abs_encoder import get_prompt_name
+    from mteb.types import PromptType
+
+    from poolattn.export import write_sentence_transformers_prompts
+
+    folder = tmp_path / "tiny-v5"
+    tiny_model("llama", 5).save_pretrained(folder)
+    write_sentence_transformers_prompts(folder, "Instruct: Find the answer\nQuery: ")
+    folder_prompts = json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]
+    encoder = PoolAttnEncoder(str(folder), name="poolattn/tiny-v5", revision="r1", batch_size=8)
+    given = []
+    encoder.model.encode = lambda texts, **kw: given.append(kw["prompt"]) or np.zeros((len(texts), 4))
+    differ = []
+    for task_type in get_args(TaskType):
+        for name in ("STSBenchmark", "ArguAna", "SomeNewTask"):
+            metadata = SimpleNamespace(name=name, type=task_type)
+            for kind in (None, PromptType.query, PromptType.document):
+                encoder.encode(
+                    [{"text": ["a text"]}],
+                    task_metadata=metadata,
+                    hf_split="test",
+                    hf_subset="default",
+                    prompt_type=kind,
+                )
+                key = get_prompt_name(folder_prompts, metadata, kind)
+                if given[-1] != ((folder_prompts[key] or None) if key else None):
+                    differ.append((task_type, name, kind, given[-1], key))
+    assert differ == []
+    assert any(prompt == "Instruct: Find the answer\nQuery: " for prompt in given)  # the instruction-less query types

@@ -12,22 +12,49 @@ symmetric tasks (STS, classification, clustering, pair classification) get `Inst
 documents get none. Instruction tokens are left out of pooling (`encode(..., prompt=...)`).
 """
 
+import json
 import logging
+from pathlib import Path
+from types import SimpleNamespace
 
 from mteb.models import ModelMeta
-from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
+from mteb.types import PromptType
 
-from ..prompts import TASK_INSTRUCTIONS, instruction_prompt
+from ..prompts import TASK_INSTRUCTIONS, sentence_transformers_prompts
 
 # What mteb.evaluate (2.x) writes into `encode_kwargs["batch_size"]` when its caller gives none.
 MTEB_DEFAULT_BATCH_SIZE = 32
 
 
-def query_prompt(task_name: str, task_type: str, *, prompt_type, instructions: dict = TASK_INSTRUCTIONS) -> str | None:
-    """The prompt for a task's texts: None for documents and for tasks without an instruction."""
-    if getattr(prompt_type, "value", prompt_type) == "document":
+def query_prompt(
+    task_name: str,
+    task_type: str,
+    *,
+    prompt_type,
+    instructions: dict = TASK_INSTRUCTIONS,
+    model_query_prompt: str = "",
+) -> str | None:
+    """The prompt for a task's texts, picked as mteb's stock sentence-transformers route picks it from a poolattn
+    folder's `config_sentence_transformers.json` (the same table, `prompts.sentence_transformers_prompts`, and mteb's
+    own lookup): the task's instruction (by name, else by type) on queries and symmetric texts, none on documents,
+    and on the queries of a task type without an instruction (instruction retrieval, ...) the model's own query
+    prompt, as `encode_query` gives. None where that is empty, and always None without `instructions`."""
+    if not instructions:
         return None
-    return instruction_prompt(instructions.get(task_name) or instructions.get(task_type))
+    prompts = sentence_transformers_prompts(model_query_prompt, instructions)
+    kind = PromptType(getattr(prompt_type, "value", prompt_type)) if prompt_type else None
+    key = get_prompt_name(prompts, SimpleNamespace(name=task_name, type=task_type), kind)
+    return prompts[key] or None if key else None
+
+
+def folder_query_prompt(folder) -> str:
+    """The query prompt a poolattn folder gives sentence-transformers' `encode_query` ("" without one)."""
+    try:
+        config = json.loads((Path(folder) / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return ""
+    return (config.get("prompts") or {}).get("query") or ""
 
 
 class PoolAttnEncoder(AbsEncoder):
@@ -63,6 +90,7 @@ class PoolAttnEncoder(AbsEncoder):
             self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
             framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
+        self.model_query_prompt = folder_query_prompt(path)  # for task types without an instruction, as in ST
         self.truncate_dim = truncate_dim  # a Matryoshka size the model was trained for (encode checks it)
         config = self.model.config
         self.mteb_model_meta = ModelMeta(
@@ -88,7 +116,11 @@ class PoolAttnEncoder(AbsEncoder):
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         texts = [text for batch in inputs for text in batch["text"]]
         prompt = query_prompt(
-            task_metadata.name, task_metadata.type, prompt_type=prompt_type, instructions=self.instructions
+            task_metadata.name,
+            task_metadata.type,
+            prompt_type=prompt_type,
+            instructions=self.instructions,
+            model_query_prompt=self.model_query_prompt,
         )
         # only when asked: the remote code of folders exported before Matryoshka sizes has no `truncate_dim`
         sizes = {"truncate_dim": self.truncate_dim} if self.truncate_dim else {}
