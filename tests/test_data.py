@@ -16,7 +16,7 @@ from poolattn.training.batching import SourceBatchSampler, SourceBatchStream, st
 from poolattn.training.collator import TripletCollator
 from poolattn.training.data import load_triplets, set_source_weights, text_id
 from poolattn.training.losses import contrastive_loss
-from poolattn.training.sources import TripletDataError
+from poolattn.training.sources import TripletDataError, fingerprint_files
 from poolattn.training.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
@@ -624,6 +624,26 @@ def test_csv_cells_are_read_as_the_texts_they_hold(tmp_path):
     assert load_triplets(str(data)).rows == expected
     streamed = stream_triplets(str(data.parent), batch_size=1, seed=0, buffer_size=8, skip_invalid=True)
     assert streamed.rows == expected[:2]  # the streamed source has negatives: q3's row is skipped
+
+
+def test_a_dataset_repository_is_read_as_its_files_hold_now_and_its_csv_cells_as_texts(tmp_path):
+    """A local dataset repository (a Hub dataset's layout) goes through `datasets`, which (5.x) cached it under a key
+    its files' contents are not part of: an edited file's old rows came back, under the new data fingerprint. And
+    its CSV cells went through pandas' missing-value parsing (`NA`, `None`, `null`) that local CSV files are spared."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.csv\n---\n"
+    )
+    data = repo / "data" / "train.csv"
+    data.write_text('query,positive,negative\nnull,1000,NA\nNone,"a, b",None\nq3,NaN,\n')
+    assert load_triplets(str(repo)).rows == load_triplets(str(data)).rows  # cells as texts, as in the file route
+    before = fingerprint_files(str(repo))
+    data.write_text("query,positive\nc,d\ne,f\ng,h\n")  # edited: new rows, another count
+    assert fingerprint_files(str(repo)) != before
+    assert [row["query"] for row in load_triplets(str(repo)).rows] == ["c", "e", "g"]
+    streamed = stream_triplets(str(repo), batch_size=1, seed=0, buffer_size=8)
+    assert [source.examples for source in streamed.sources] == [3] and len(list(streamed.stream)) == 3
 
 
 @pytest.mark.parametrize(

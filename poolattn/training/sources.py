@@ -291,11 +291,16 @@ def hub_label(dataset: str, subset: str, split: str) -> str:
 
 
 def iter_hub_rows(dataset: str, subset: str, split: str, *, streaming: bool = False):
-    """(1-based row number, raw row) of one subset and split of a Hub dataset; `streaming` reads it lazily."""
+    """(1-based row number, raw row) of one subset and split of a Hub dataset; `streaming` reads it lazily. A local
+    dataset repository is always read from its files (streamed): `datasets` (5.x) caches it under a key its files'
+    contents are not part of, and served an edited repository's old rows (and old split sizes) from that cache."""
     import datasets
 
+    streaming = streaming or Path(dataset).exists()
     try:
-        table = datasets.load_dataset(dataset, subset, split=split, streaming=streaming)
+        table = datasets.load_dataset(
+            dataset, subset, split=split, streaming=streaming, **_hub_read_options(dataset, subset)
+        )
     except Exception as error:
         raise TripletDataError(
             f"{dataset}, subset {subset!r}, split {split!r}: could not be loaded ({error})."
@@ -303,12 +308,25 @@ def iter_hub_rows(dataset: str, subset: str, split: str, *, streaming: bool = Fa
     yield from enumerate(table, start=1)
 
 
+def _hub_read_options(dataset: str, subset: str) -> dict:
+    """Read a Hub subset's CSV files as local ones are read: cells are the texts they hold (pandas, which `datasets`
+    reads CSV with, would turn `NA`, `None`, `null`, `nan` into missing values and drop the row as invalid)."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(dataset, subset)
+    except Exception:  # loading reports the problem itself, with the dataset's name
+        return {}
+    return {"keep_default_na": False} if builder.name == "csv" else {}
+
+
 def count_hub_rows(dataset: str, subset: str, split: str) -> int:
     """Rows of a Hub subset's split: from the dataset's metadata, else counted in one streamed pass."""
     import datasets
 
     try:
-        splits = datasets.load_dataset_builder(dataset, subset).info.splits or {}
+        # a local repository's split sizes come from the same stale cache as its rows (`iter_hub_rows`)
+        splits = {} if Path(dataset).exists() else datasets.load_dataset_builder(dataset, subset).info.splits or {}
         if split in splits and splits[split].num_examples:
             return int(splits[split].num_examples)
     except Exception:  # metadata is optional; counting below gives the number (or the error)
