@@ -302,6 +302,25 @@ def test_a_folder_is_read_from_its_files_not_from_a_cache_of_another_folder_of_t
         assert len(task.dataset["default"]["test"]["queries"]) == queries
 
 
+def test_an_edited_stock_copy_with_a_readme_is_read_from_its_files_not_from_the_cache(tmp_path):
+    """A task copy laid out as its Hub dataset (README.md declaring `configs:`, e.g. a `git clone`) goes through
+    `datasets`, which cached such a folder under a key its files are not part of: scored again after an edit, the old
+    rows came back under the new data fingerprint."""
+    folder = tmp_path / "data" / "STSBenchmark"
+    rows = [json.loads(line) for line in (SHARED / "STSBenchmark" / "test.jsonl").read_text().splitlines()]
+    jsonl(folder / "data" / "test.jsonl", rows[:5])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n    path: data/test.jsonl\n---\n"
+    )
+    loaded = []
+    for count in (5, 8):
+        jsonl(folder / "data" / "test.jsonl", rows[:count])
+        task = load_task("STSBenchmark", data_dir=tmp_path / "data")
+        task.load_data()
+        loaded.append(list(task.dataset["test"]["sentence1"]))
+    assert loaded == [[row["sentence1"] for row in rows[:count]] for count in (5, 8)]
+
+
 def test_a_stock_retrieval_copy_keeps_judgements_of_missing_documents_with_a_warning(tmp_path, caplog):
     # MTEB's own ArguAna judges 5 documents its corpus lacks: a stock copy is scored as mteb scores it, not refused
     folder = wikiqa_subset("WikiQARetrieval", tmp_path / "ArguAna", queries=3)

@@ -294,6 +294,8 @@ def _on_local_copy(task, folder: Path):
         )
         return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
     dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
+    if _readme_configs(folder):  # datasets caches a README-configured folder under a key its files are not part of:
+        dataset |= {"download_mode": "force_redownload", "verification_mode": "no_checks"}  # an edit came back old
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
     return task
 
