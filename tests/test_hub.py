@@ -405,9 +405,13 @@ def test_a_failed_push_says_why_and_keeps_the_folder(tmp_path, failure):
         "offline": "HF_HUB_OFFLINE is set",
         "no token": "No Hugging Face token found",
     }[failure]
-    assert message in result.stderr and f"kept at {tmp_path / 'hub' / 'tiny-v1'}" in result.stderr
-    assert hub.files == {}
-    assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(tmp_path / "hub" / "tiny-v1"))
+    assert message in result.stderr and hub.files == {}
+    if failure == "unauthorised":  # found only by trying: the folder written is kept for the retry
+        assert f"kept at {tmp_path / 'hub' / 'tiny-v1'}" in result.stderr
+        assert MODEL_FILES | ST_FILES | {"README.md"} <= set(repository_files(tmp_path / "hub" / "tiny-v1"))
+    else:  # known before any work: refused before the folders are written and checked in a fresh process
+        assert "Nothing was written; publish.py without --push" in result.stderr
+        assert not (tmp_path / "hub").exists()
 
 
 def test_train_refuses_a_push_it_cannot_make_before_training(

@@ -19,7 +19,8 @@ PUBLISH_HELP = """Publish trained poolattn models to the Hugging Face Hub: one r
 Each folder (`<output_dir>/<NAME>-v<N>`) is exactly what is uploaded: the exported model and its code, the
 sentence-transformers files and a README.md card generated from the training manifest and, with `--results` (the
 `--output` of `evaluate.py run`), the MTEB scores and Wilcoxon tests against the other variants. The token comes from
-`--hub_token`, `HF_TOKEN` or a saved login (`hf auth login`). A failed upload keeps the folders and says why.
+`--hub_token`, `HF_TOKEN` or a saved login (`hf auth login`). No token, or HF_HUB_OFFLINE=1, is refused before
+anything is written; an upload the Hub refuses keeps the folders and says why.
 A model folder's ONNX export (`onnx/`) goes with it; `--onnx` exports the models that have none first.
 (`poolattn-publish` is the same command.)
 """
@@ -59,7 +60,9 @@ def publish(argv: list[str] | None = None) -> int:
     try:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
         if args.onnx:  # every input check first: an export takes minutes per model
-            hub.check_publish_inputs(args.models, hub_model_id=args.hub_model_id, results=args.results)
+            hub.check_publish_inputs(
+                args.models, hub_model_id=args.hub_model_id, results=args.results, push=args.push, token=args.hub_token
+            )
             _export_onnx_where_missing(args.models)
         hub.publish(
             args.models,

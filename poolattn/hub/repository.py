@@ -233,13 +233,15 @@ def push_folder(
     return url
 
 
-def check_publish_inputs(model_folders, *, hub_model_id: str, results=None) -> tuple[list[ExportedModel], list[str]]:
+def check_publish_inputs(
+    model_folders, *, hub_model_id: str, results=None, push: bool = False, token: str | None = None
+) -> tuple[list[ExportedModel], list[str]]:
     """(the models, their repository ids): every check `publish` makes of its inputs, loading no weights and writing
     nothing, so a caller can run them before spending work on the folders (`publish.py --onnx` exports first).
 
     Raises `ValueError` for a folder that is not a complete poolattn model (`ExportedModel.read`, the allow-list's
     required files), a `hub_model_id` that is no ORG/NAME, two models that would share a repository, and a `results`
-    folder without mteb results.
+    folder without mteb results; with `push`, `HubPushError` where no upload can work (`check_push_possible`).
     """
     models = [ExportedModel.read(folder) for folder in model_folders]
     for model in models:
@@ -252,6 +254,13 @@ def check_publish_inputs(model_folders, *, hub_model_id: str, results=None) -> t
         )
     if results:
         results_root(results)
+    if push:
+        try:
+            check_push_possible(token)
+        except HubPushError as error:
+            raise HubPushError(
+                f"{error} Nothing was written; publish.py without --push writes the folders only."
+            ) from None
     return models, repo_ids
 
 
@@ -273,7 +282,9 @@ def publish(
     Every folder is written before the first upload, so a failed push loses nothing and names what is kept. Each
     folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
-    models, repo_ids = check_publish_inputs(model_folders, hub_model_id=hub_model_id, results=results)
+    models, repo_ids = check_publish_inputs(
+        model_folders, hub_model_id=hub_model_id, results=results, push=push, token=token
+    )
     folders = []
     sections = list(study_sections or [None] * len(models))
     for model, repo_id, section in zip(models, repo_ids, sections):
