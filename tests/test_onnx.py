@@ -109,9 +109,10 @@ def test_int8_export_is_recorded_and_close_but_not_equal(exported):
     assert cosine.min() > 0.9 and np.abs(int8.encode(SENTENCES) - model.encode(SENTENCES)).max() > TOLERANCE
 
 
-def test_the_graphs_hold_no_path_of_this_machine(exported):
+def test_the_graphs_and_the_record_hold_no_path_of_this_machine(exported):
     """The exporter records each node's Python stack trace, with the absolute paths of the installed packages'
-    files; a graph shipped to the Hub carried them (publish.py scrubs only text files)."""
+    files; a graph shipped to the Hub carried them (publish.py scrubs only text files). `export.json` named the
+    folder by its local path."""
     _, folder = exported(5)
     site_packages = str(Path(torch.__file__).resolve().parents[1]).encode()
     graphs = [path for path in (folder / "onnx").iterdir() if path.suffix == ".onnx"]
@@ -119,6 +120,7 @@ def test_the_graphs_hold_no_path_of_this_machine(exported):
     for graph in graphs:
         content = graph.read_bytes()
         assert site_packages not in content and str(folder).encode() not in content, graph.name
+    assert str(folder.parent) not in (folder / "onnx" / "export.json").read_text()
 
 
 def test_a_mismatched_export_raises_and_writes_nothing(tmp_path, monkeypatch):

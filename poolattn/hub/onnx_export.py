@@ -61,7 +61,7 @@ class OnnxExportMismatch(ValueError):
 class OnnxExport:
     """What `export_onnx` wrote and measured (`onnx/export.json`)."""
 
-    folder: str
+    folder: str  # the exported folder's name (no local path: the record is published with the folder)
     file: str
     max_abs_diff: float  # ORT fp32 vs PyTorch, unit-norm embeddings, over every check
     tolerance: float
@@ -168,7 +168,7 @@ def export_onnx(
                 f"torch ({torch.__version__}) and onnxruntime ({onnxruntime.__version__}) versions."
             )
         record = OnnxExport(
-            folder=str(folder),
+            folder=folder.resolve().name,
             file=ONNX_FILE,
             max_abs_diff=max_abs_diff,
             tolerance=tolerance,
