@@ -272,9 +272,10 @@ def test_ablation_arms_get_their_own_figure_beside_their_base():
 def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plateau(
     tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
 ):
-    """--tune --plateau --controls: every row's rates come from the grid on held-out training rows, before any task is
-    read (every door to task data fails the test until every row has its choice); the runs then train to the
-    plateau, and every row has its untrained control."""
+    """--tune --plateau --controls: every row's rates come from the grid on held-out training rows, no task read while
+    a row is tuned (every door to task data fails the test during a tuning step) and every row tuned before its
+    first run is scored (the doors fail for a row without its choice); the runs then train to the plateau, and every
+    row has its untrained control."""
     from poolattn.evaluation import local_tasks
     from poolattn.evaluation import scoring as evaluation
     from poolattn.study import tuning
@@ -326,8 +327,19 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
         "8",
     ]
     output = _checked.study = tmp_path / "study"
+    _checked.tuning, _checked.events = False, []
+    tune = study_runner.tune
 
-    # every door to the evaluation tasks checks that every row's choice is made before it opens
+    def tune_closed(plan, row, output):  # the doors to task data are closed while a row is tuned
+        _checked.tuning = True
+        try:
+            return tune(plan, row, output)
+        finally:
+            _checked.tuning = False
+            _checked.events.append(("tuned", row.key))
+
+    monkeypatch.setattr(study_runner, "tune", tune_closed)
+    # every door to the evaluation tasks checks that no tuning is running and that the row it scores was tuned first
     for module, name in (
         (evaluation, "evaluate_models"),
         (study_runner, "evaluate_models"),
@@ -339,6 +351,8 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
         door = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, door=door, **k: _checked(door, *a, **k))
     assert cli.run_study_command(argv) == 0
+    events = list(dict.fromkeys(_checked.events))  # each row tuned just before its first run: breadth first
+    assert events == [("tuned", "v1"), ("scored", "v1"), ("tuned", "v2"), ("scored", "v2")]
 
     tuned = tuning.read_tuning(output)
     assert [(p.learning_rate, p.head_learning_rate) for p in tuned["v1"].points][:2] == [(1e-3, None), (1e-2, None)]
@@ -388,10 +402,13 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
 def _checked(door, *args, **kwargs):
     from poolattn.study import tuning
 
+    assert not _checked.tuning, "task data read while a row's rates were being chosen"
     tuned = tuning.read_tuning(_checked.study)
-    assert set(tuned) == {"v1", "v2"} and all(row.chosen is not None for row in tuned.values()), (
-        "task data read before every row's rates were chosen"
+    scored = {key for key in ("v1", "v2") if f"/runs/{key}/" in str(args) + str(kwargs)}  # the rows it scores
+    assert all(key in tuned and tuned[key].chosen is not None for key in scored), (
+        f"task data read for {sorted(scored)} before their rates were chosen ({sorted(tuned)} tuned)"
     )
+    _checked.events += [("scored", key) for key in sorted(scored)]
     return door(*args, **kwargs)
 
 

@@ -45,7 +45,9 @@ def _tuning_section(plan: StudyPlan, tuned: dict, report_folder: Path) -> list[s
     lines += [
         "## Tuning (held-out training rows only)",
         "",
-        f"Grid: {grid.describe()}. No evaluation task is read before every row's choice is made.",
+        f"Grid: {grid.describe()}. Each row is tuned just before its first run; no evaluation task is read while a "
+        "row is tuned, and the choice rests on the held-out training rows alone (the grid is fixed by the study's "
+        "plan).",
         "",
         markdown_table(
             [

@@ -29,9 +29,10 @@ class StudyRun:
 
 
 def run_study(plan: StudyPlan, output) -> StudyRun:
-    """Tune every row's rates (with a tuning grid), then train and score every row once per seed (seed-major, each run
+    """Train and score every row once per seed, seed-major (breadth first: one seed of every row, designs and arms,
+    before the next seed of any), each row's rates tuned just before its first run (with a tuning grid), each run
     scored as soon as it is trained, its untrained control first with `controls`; the rows of the instruction check
-    also on the STS tasks without instructions), then write the report."""
+    also on the STS tasks without instructions; then write the report."""
     output = Path(output)
     if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).recipe() != plan.recipe():
         raise StudyError(
@@ -73,21 +74,10 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     checking = plan.instruction_check and not plan.benchmark
-    if plan.tuning:
-        for row in plan.rows:
-            before = read_tuning(output).get(row.key)
-            tried = len(before.points) if before else 0
-            progress.step(
-                "tuning",
-                row,
-                plan.seeds[0],
-                lambda row=row: tune(plan, row, output),
-                state=lambda row, tried=tried: (
-                    "done already" if len(row.points) == tried else "resumed" if tried else "ran now"
-                ),
-            )
     for seed in plan.seeds:
         for row in plan.rows:
+            if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
+                tune_step(plan, row, output, progress)
             folder = run_folder(output, row, seed)
             if plan.controls:
                 state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
@@ -116,6 +106,19 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
             failures += score_models(plan, checked, output, instructions=False, sts_only=True).failures
     logger.info("study: %s", progress.summary())
     return StudyRun(write_report(output), failures)
+
+
+def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: "StudyProgress") -> None:
+    """The row's tuning as a step of the study ("done already" when every point of its grid has a record)."""
+    before = read_tuning(output).get(row.key)
+    tried = len(before.points) if before else 0
+    progress.step(
+        "tuning",
+        row,
+        plan.seeds[0],
+        lambda: tune(plan, row, output),
+        state=lambda tuned: "done already" if len(tuned.points) == tried else "resumed" if tried else "ran now",
+    )
 
 
 class StudyProgress:
