@@ -238,6 +238,29 @@ def test_bad_study_requests_are_refused_before_training(tiny_backbone_folder, tr
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "scoring, refusal",
+    [
+        (["--tasks", "BIOSSESS"], r"unknown task 'BIOSSESS' \(close names: BIOSSES"),
+        (["--tasks", "BIOSSES,STSBenchmark"], r"no local copy in .*: STSBenchmark\. Add them to the data dir"),
+        (["--categories", "STS,Retreival"], r"unknown categories \['Retreival'\]"),
+        (["--tasks", "BIOSSES", "--budget", "-3"], r"--budget -3: give the most units"),
+        (["--tasks", "BIOSSES", "--batch-size", "0"], r"--batch-size 0: give the texts per encode batch"),
+    ],
+)
+def test_a_study_checks_what_it_will_score_before_any_row_trains(
+    scoring, refusal, tiny_backbone_folder, triplets_file, tmp_path
+):
+    """A misspelled task, a task without a local copy or a bad budget was found by the scoring after the first row had
+    trained (hours into a real study)."""
+    data = tiny_suite(tmp_path / "data")
+    argv = ["--designs", "1", "--seeds", "1", "--data-dir", str(data), *scoring, "--output", str(tmp_path / "s")]
+    train = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--max_steps", "1", "--lora_r", "2"]
+    with pytest.raises(SystemExit, match=refusal):
+        cli.run_study_command([*argv, "--", *train, "--per_device_train_batch_size", "4", "--use_cpu", "true"])
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_damaged_plan_says_to_delete_it_not_to_run_again(tmp_path):
     """Running the same command again read the damaged study.json first and failed the same way."""
     (tmp_path / "study.json").write_text('{"backbone": "b", "seeds": [4')

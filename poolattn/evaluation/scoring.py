@@ -120,7 +120,7 @@ def evaluate_models(
     import mteb
 
     _check_counts(budget=budget, batch_size=batch_size, max_length=max_length, truncate_dim=truncate_dim)
-    run, task_names, infos = _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing)
+    run, task_names, infos = _checked_tasks(tasks, categories, benchmark, data_dir, subsets, skip_missing)
     _check_models(models, onnx_file, truncate_dim)
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
     cache = mteb.ResultCache(output)
@@ -143,6 +143,24 @@ def evaluate_models(
         result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
         _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, fingerprints)
     return run
+
+
+def check_scoring_request(
+    *,
+    tasks: list[str] | None = None,
+    categories: list[str] | None = None,
+    benchmark: str | None = None,
+    data_dir=None,
+    budget: int | None = None,
+    batch_size: int = 32,
+) -> None:
+    """What `evaluate_models` refuses before any model loads, for a caller that trains the models first (the study):
+    the counts, task names, categories and which tasks have a local copy, so a misspelled task or a missing copy is
+    found before training, not after it. Names and folders only: no task's data is read. Raises `EvaluationError`."""
+    _check_counts(budget=budget, batch_size=batch_size)
+    _selected_tasks(
+        tasks, categories, benchmark, data_dir, False, "Add them to the data dir, or drop them from --tasks."
+    )
 
 
 def _task_to_score(name: str, data_dir, subsets, budget: int | None):
@@ -190,9 +208,14 @@ def _check_counts(**counts: int | None) -> None:
             )
 
 
-def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip_missing):
-    """(the run, the task names to score, their `TaskInfo`s): every task built and every local folder checked once,
-    before any model is loaded."""
+SKIP_MISSING_ADVICE = (
+    "Add them, drop them from the selection, or pass --skip-missing to run the rest (they are listed)."
+)
+
+
+def _selected_tasks(tasks, categories, benchmark, data_dir, skip_missing, missing_advice: str = SKIP_MISSING_ADVICE):
+    """(the run, the task names to score): the selection, with the tasks that have no local copy of `data_dir`
+    refused (or, with `skip_missing`, listed in the run and left out). Reads names and folders, not task data."""
     selection = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir)
     if not selection.names:
         passed = "; ".join(f"{name}: {why}" for name, why in selection.passed_over.items())
@@ -204,9 +227,16 @@ def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, budget, skip
         if run.missing_tasks and not skip_missing:
             raise EvaluationError(
                 f"{len(run.missing_tasks)} task(s) have no local copy in {data_dir}: {', '.join(run.missing_tasks)}. "
-                "Add them, drop them from the selection, or pass --skip-missing to run the rest (they are listed)."
+                + missing_advice
             )
         task_names = [name for name in task_names if name not in run.missing_tasks]
+    return run, task_names
+
+
+def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, skip_missing):
+    """(the run, the task names to score, their `TaskInfo`s): every task built and every local folder checked once,
+    before any model is loaded."""
+    run, task_names = _selected_tasks(tasks, categories, benchmark, data_dir, skip_missing)
     try:
         infos = [
             TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))

@@ -47,6 +47,7 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
             "(the study's runs then resume under torchrun with the same command)."
         )
     check_rows_build(plan)
+    check_scoring(plan)
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
         return _run_locked(plan, output, distributed)
@@ -66,6 +67,22 @@ def check_rows_build(plan: StudyPlan) -> None:
             PoolAttnConfig.from_variant(row.variant, text_config, **row.overrides)
         except ValueError as error:
             raise StudyError(f"{row.label}: {error} (backbone {plan.backbone})") from None
+
+
+def check_scoring(plan: StudyPlan) -> None:
+    """The study's tasks, budget and batch size as scoring will read them, before any row trains: an unknown task, a
+    category the data dir has no task of or a task without a local copy is refused now, not after a run has
+    trained (`evaluate_models` refuses them only when it scores)."""
+    from ..evaluation.scoring import check_scoring_request
+
+    check_scoring_request(
+        tasks=plan.tasks,
+        categories=plan.categories,
+        benchmark=plan.benchmark,
+        data_dir=plan.data_dir,
+        budget=plan.budget,
+        batch_size=plan.batch_size,
+    )
 
 
 def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
