@@ -149,6 +149,28 @@ def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, caps
     assert "SKIPPED (no local copy in" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "second, refusal",
+    [
+        ("v5-typo", r"--model .*v5-typo: no such folder \(and not a Hub id ORG/NAME\)"),
+        ("notes.txt", r"--model .*notes.txt is a file; give a model folder or a Hub id"),
+        ("empty", r"--model .*empty: a folder without config.json or modules.json, so no model"),
+        ("checkpoint-2", r"--model .*checkpoint-2 is a training checkpoint"),
+    ],
+)
+def test_every_model_is_checked_before_the_first_is_scored(second, refusal, tmp_path, data_dir):
+    """A mistyped second --model was found only after the first model had been scored on every task."""
+    tiny_model("llama", 1).save_pretrained(tmp_path / "v1")
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "adapter_config.json").write_text("{}")
+    arguments = ["run", "--model", str(tmp_path / "v1"), "--model", str(tmp_path / second), "--tasks", "BIOSSES"]
+    with pytest.raises(SystemExit, match=refusal):
+        cli.evaluate([*arguments, "--data-dir", str(data_dir), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing scored
+
+
 def test_bad_selections_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="choose tasks with --tasks, --categories or --benchmark"):
         cli.evaluate(["run", "--model", "x", "--output", str(tmp_path)])

@@ -44,6 +44,43 @@ def check_truncate_dim(model: str, truncate_dim: int) -> None:
         )
 
 
+def check_model_source(model: str) -> None:
+    """Raise `EvaluationError` unless `model` can be a model: an existing folder with a `config.json` or a
+    sentence-transformers `modules.json` (not a training checkpoint), or a Hub id (ORG/NAME or a bare name; offline,
+    one in the local cache). Reads no weights: `evaluate_models` checks every model so before scoring the first."""
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir():
+            raise EvaluationError(f"--model {model} is a file; give a model folder or a Hub id.")
+        if is_training_checkpoint(path):
+            raise EvaluationError(_checkpoint_message(model))
+        if not any((path / name).is_file() for name in ("config.json", "modules.json")):
+            raise EvaluationError(
+                f"--model {model}: a folder without config.json or modules.json, so no model; give an exported "
+                "model/ folder, a sentence-transformers folder or a Hub id."
+            )
+        return
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or not model.strip():
+        raise EvaluationError(f"--model {model}: no such folder (and not a Hub id ORG/NAME); check the path.")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and "/" in model:
+        cached = [try_to_load_from_cache(model, name) for name in ("config.json", "modules.json")]
+        if not any(isinstance(item, str) for item in cached):
+            raise EvaluationError(
+                f"--model {model}: no such folder, and not a Hub repository in the local cache (HF_HUB_OFFLINE is "
+                "set); check the path, or download the model first."
+            )
+
+
+def _checkpoint_message(model: str) -> str:
+    return (
+        f"--model {model} is a training checkpoint (an adapter and the pooling head): loaders would score its "
+        "bare backbone with mean pooling. Score the run's exported model/ folder, or export this step first: "
+        f"poolattn.load_checkpoint({str(model)!r}).save_pretrained(FOLDER)."
+    )
+
+
 def load_encoder(
     model: str,
     *,
@@ -136,11 +173,7 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
                 f"--model {model}: its config.json is damaged (not valid JSON); export or download the model again."
             ) from None
     if is_training_checkpoint(folder):
-        raise EvaluationError(
-            f"--model {model} is a training checkpoint (an adapter and the pooling head): loaders would score its "
-            "bare backbone with mean pooling. Score the run's exported model/ folder, or export this step first: "
-            f"poolattn.load_checkpoint({str(model)!r}).save_pretrained(FOLDER)."
-        )
+        raise EvaluationError(_checkpoint_message(model))
     if (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
         logger.warning(
             "%s is neither an exported poolattn model nor a sentence-transformers folder: "

@@ -16,7 +16,7 @@ from ..files import content_hash
 from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import cap_task
-from .encoders import check_truncate_dim, load_encoder
+from .encoders import check_model_source, check_truncate_dim, load_encoder
 from .local_tasks import LocalTaskError, is_mteb_task, load_task
 from .requests import EvaluationError, select_tasks
 from .results import (
@@ -248,7 +248,10 @@ def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, skip_missing
 
 
 def _check_models(models: list[str], onnx_file: str | None, truncate_dim: int | None) -> None:
-    """Before any model loads: every ONNX export asked for is there, every model was trained for `truncate_dim`."""
+    """Before any model loads: every model is a model folder or a Hub id, every ONNX export asked for is there, every
+    model was trained for `truncate_dim`."""
+    for model in models:
+        check_model_source(model)
     if onnx_file:
         from ..onnx_poolattn import resolve_file
 
