@@ -2,6 +2,7 @@
 output folders are refused before training, interrupted saves are undone, and bad inputs name what to do."""
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -168,6 +169,40 @@ def test_bad_json_in_flags_or_an_arguments_file_names_the_flag_or_file(tmp_path)
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"list.json: an arguments file holds one JSON object"):
         training.parse_arguments([str(tmp_path / "list.json")])
+
+
+@pytest.mark.parametrize(
+    "values, refusal",
+    [
+        ({"max_steps": "5"}, r'"max_steps" is "5", a string; give a whole number'),
+        ({"learning_rate": "1e-3"}, r'"learning_rate" is "1e-3", a string; give a number'),
+        ({"use_cpu": True, "bf16": "false"}, r'"bf16" is "false", a string; give true or false'),
+        ({"seeds": 2.5}, r'"seeds" is 2.5, a number; give a whole number'),
+        ({"skip_invalid_rows": 1}, r'"skip_invalid_rows" is 1, a whole number; give true or false'),
+    ],
+)
+def test_an_arguments_file_value_of_the_wrong_type_is_refused_by_name(values, refusal, tmp_path):
+    """Values reached the dataclasses unconverted: a string number failed with a bare TypeError (a traceback from
+    train.py), and "bf16": "false" was a true value."""
+    from poolattn import cli
+
+    (tmp_path / "args.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"args.json: " + refusal):
+        training.parse_arguments([str(tmp_path / "args.json")])
+    with pytest.raises(SystemExit, match=r"^train: .*args.json: " + refusal):
+        cli.train([str(tmp_path / "args.json")])
+
+
+def test_an_arguments_file_reads_as_the_same_command_line(tmp_path):
+    values = {"variant": 5, "max_steps": 7, "learning_rate": 1, "source_instructions": {"a": "b"}}
+    values["report_to"] = ["none"]
+    (tmp_path / "args.json").write_text(json.dumps(values))
+    from_file = training.parse_arguments([str(tmp_path / "args.json")])
+    flags = ["--variant", "5", "--max_steps", "7", "--learning_rate", "1", "--source_instructions", '{"a": "b"}']
+    from_flags = training.parse_arguments([*flags, "--report_to", "none"])
+    assert from_file[0].variants == from_flags[0].variants == [5]
+    assert from_file[1].instructions_per_source == from_flags[1].instructions_per_source == {"a": "b"}
+    assert (from_file[2].max_steps, from_file[2].learning_rate) == (from_flags[2].max_steps, 1.0)
 
 
 def test_the_train_command_ends_setup_errors_with_their_message_not_a_traceback(triplets_file, tmp_path):

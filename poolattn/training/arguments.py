@@ -10,12 +10,12 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from ..backbones import DEFAULT_BACKBONE
 from ..configuration_poolattn import BASELINE_DESIGNS, DESIGNS, PoolAttnConfig, variant_tag
+from .arguments_file import check_value_types, read_arguments_file
 from .data import SAMPLE_TRIPLETS
 from .presets import BATCH_SAMPLING, DESIGN_GROUPS, LORA_TARGETS, PRESETS
 from .trainer_arguments import TrainingRunArguments
@@ -271,15 +271,12 @@ def parse_arguments(
 
     parser = argument_parser(description)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        try:
-            values = json.loads(Path(argv[0]).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{argv[0]}: not a readable JSON arguments file ({error}).") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{argv[0]}: an arguments file holds one JSON object of flag names and values.")
+        values = read_arguments_file(argv[0])
         preset = values.pop("preset", None)
         if preset is not None:
             _check_preset(preset, f'{argv[0]}: "preset"')
+        objects = ("config_overrides", "source_instructions", "source_weights")  # `_json_object` takes a dict too
+        check_value_types(values, (ModelArguments, DataArguments, TrainingRunArguments), argv[0], objects=objects)
         return parser.parse_dict({"output_dir": None, **PRESETS.get(preset, {}), **values})
     # the parser itself finds --preset, in any form it accepts (--preset X, --preset=X); then its defaults apply
     preset = parser.parse_known_args(argv)[0].preset
