@@ -83,6 +83,23 @@ def test_the_head_rate_reaches_only_the_head_and_survives_resume(
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_head_rate_is_recorded_only_for_designs_with_a_head(tiny_backbone_folder, triplets_file, tmp_path, caplog):
+    """Variant 1 and the mean baselines have no pooling head: --head_learning_rate reached no weight of theirs, yet
+    their manifest and card said "lr 0.01 (pooling head 0.05)", without a word at training time."""
+    from poolattn.manifest import TrainingManifest
+
+    arguments = common(tiny_backbone_folder, triplets_file, tmp_path / "run", "--head_learning_rate", "5e-2")
+    arguments[1] = "1,5"
+    arguments[arguments.index("--max_steps") + 1] = "1"
+    with caplog.at_level("WARNING", logger="poolattn"):
+        exported = dict(zip((1, 5), training.main(arguments)))
+    assert "--head_learning_rate 0.05 does not apply to --variant 1: no pooling head" in caplog.text
+    headless, with_head = (TrainingManifest.read(exported[variant]) for variant in (1, 5))
+    assert headless.settings.head_learning_rate is None and headless.settings.describe_rates() == "lr 0.01"
+    assert headless.hyperparameters["head_learning_rate"] == 5e-2  # the flags as given
+    assert with_head.settings.describe_rates() == "lr 0.01 (pooling head 0.05)"
+
+
 def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
     original_step = ContrastiveTrainer.training_step
 

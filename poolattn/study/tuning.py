@@ -22,7 +22,6 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS
 from ..files import read_json, write_json
 from ..manifest import MANIFEST_FILE, TrainingManifest
 
@@ -217,8 +216,9 @@ def layer_weight_size(model_folder) -> float | None:
 
 def has_head(variant, overrides: dict | None = None) -> bool:
     """Whether a design has a trainable pooling head (and so a head rate to tune)."""
-    pooling = (overrides or {}).get("pooling", DESIGNS[variant]["pooling"])
-    return pooling in TRAINABLE_POOLINGS
+    from ..training.preflight import has_pooling_head
+
+    return has_pooling_head(variant, overrides)
 
 
 def read_tuning(output) -> dict[str, RowTuning]:

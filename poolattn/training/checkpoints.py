@@ -3,7 +3,7 @@ restored, and the manifest's stop record."""
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from transformers import PreTrainedConfig
@@ -61,7 +61,7 @@ def training_manifest(
             negatives_per_query=triplets.negatives_per_query,
             streaming=triplets.stream is not None,
         ),
-        settings=TrainingSettings.from_arguments(arguments),
+        settings=run_settings(arguments, base),
         contrastive_batch=batch,
         trainable_parameters=parameters,
         global_steps=result.global_step,
@@ -83,6 +83,13 @@ def run_arguments(model_args: ModelArguments, data_args: DataArguments, training
     """Every argument of a run, flat and JSON-safe (`TrainingManifest.hyperparameters`)."""
     arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
     return json.loads(json.dumps(arguments, default=str))
+
+
+def run_settings(arguments: dict, base) -> TrainingSettings:
+    """The settings a run trained with: a model without a pooling head (EOS-last, mean pooling) had no weight at
+    `--head_learning_rate`, so none is recorded for it (the arguments keep the flag as given)."""
+    settings = TrainingSettings.from_arguments(arguments)
+    return settings if getattr(base, "pooler", None) is not None else replace(settings, head_learning_rate=None)
 
 
 def resume_recipe(

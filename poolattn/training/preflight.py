@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..configuration_poolattn import PoolAttnConfig, variant_tag
+from ..configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS, PoolAttnConfig, variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
 from .sources import TripletDataError, data_stem
@@ -42,6 +42,27 @@ def check_designs_build(model_args, backbone_path: str) -> None:
             raise TrainingSetupError(
                 f"--variant {variant} on --backbone {model_args.backbone} ({text_config.model_type}): {error}"
             ) from None
+
+
+def has_pooling_head(variant, overrides: dict | None = None) -> bool:
+    """Whether a design (with its `--config_overrides`) has a trainable pooling head, and so a head rate."""
+    return (overrides or {}).get("pooling", DESIGNS[variant]["pooling"]) in TRAINABLE_POOLINGS
+
+
+def warn_head_rate_unused(model_args: ModelArguments, training_args: TrainingRunArguments) -> None:
+    """`--head_learning_rate` with designs that have no pooling head (EOS-last, mean pooling): said once, before
+    training; their runs record no head rate (`checkpoints.training_manifest`), as none of their weights had it."""
+    if training_args.head_learning_rate is None:
+        return
+    headless = [variant for variant in model_args.variants if not has_pooling_head(variant, model_args.overrides)]
+    if headless:
+        logger.warning(
+            "--head_learning_rate %g does not apply to %s: no pooling head (EOS-last or mean pooling); %s trains "
+            "at --learning_rate alone and records no head rate",
+            training_args.head_learning_rate,
+            ", ".join(f"--variant {variant}" for variant in headless),
+            "each" if len(headless) > 1 else "it",
+        )
 
 
 def check_batches(triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments) -> None:

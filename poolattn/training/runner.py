@@ -56,6 +56,7 @@ from .preflight import (
     default_run_tag,
     held_out_rows,
     planned_runs,
+    warn_head_rate_unused,
 )
 from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, trainer_arguments
 
@@ -273,6 +274,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     # the backbone, every design on it, data and Hub access: checked before anything is written or trained
     backbone_path = resolve_backbone(model_args.backbone)
     check_designs_build(model_args, backbone_path)
+    warn_head_rate_unused(model_args, training_args)
     require_shared_data(data_args.train_data, "--train_data")
     if training_args.push_to_hub:
         try:
