@@ -313,6 +313,39 @@ def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, trip
         )
 
 
+@pytest.mark.parametrize(
+    "rule, refusal",
+    [
+        (
+            ["--plateau_patience", "2"],
+            r"--plateau_patience 2 needs 3 held-out evaluations to stop a run, but one every "
+            r"50 steps .* within --max_steps 4 makes 1, so the rule could never act",
+        ),
+        (
+            ["--plateau_patience", "2", "--eval_strategy", "steps", "--eval_steps", "3"],
+            r"--plateau_patience 2 needs 3 held-out evaluations .* one every 3 steps .* makes 2",
+        ),
+        (
+            [*("--early_stopping_patience", "1", "--load_best_model_at_end", "true", "--eval_strategy", "steps")],
+            r"--early_stopping_patience 1 needs 2 held-out evaluations .* one every 50 steps",
+        ),
+    ],
+)
+def test_a_stopping_rule_that_could_never_act_is_refused_before_training(
+    rule, refusal, tiny_backbone_folder, triplets_file, tmp_path
+):
+    """With fewer evaluations within --max_steps than the patience needs, the run trained to the cap, exit 0, as if
+    no rule had been asked for."""
+    arguments = common(tiny_backbone_folder, triplets_file, tmp_path / "run", "--eval_fraction", "0.34")
+    arguments[arguments.index("--save_steps") + 1] = "50"
+    arguments += ["--per_device_eval_batch_size", "4", *rule]
+    if "--eval_steps" not in rule:
+        arguments += ["--eval_steps", "50"] if "--eval_strategy" in rule else []
+    with pytest.raises(training.TrainingSetupError, match=refusal):
+        training.main(arguments)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_plateau_run_with_load_best_exports_its_best_checkpoint_and_resumes_to_it(
     tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
 ):

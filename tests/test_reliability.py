@@ -434,6 +434,12 @@ def test_atomic_writes_give_files_and_folders_the_modes_of_ordinary_new_ones(tmp
         (["--config_overrides", '{"xyz": 1}'], r"'xyz' is not a PoolAttnConfig field\. Fields: attention, pooling"),
         (["--learning_rate", "-1"], r"--learning_rate -1.0 must be >= 0"),
         (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0 must be >= 1"),
+        (["--per_device_eval_batch_size", "0"], r"--per_device_eval_batch_size 0 must be >= 1"),  # a mid-run failure
+        (["--early_stopping_patience", "0"], r"--early_stopping_patience 0: give the evaluations"),  # was ignored
+        (
+            ["--early_stopping_patience", "-1"],
+            r"--early_stopping_patience -1: give the evaluations",
+        ),  # stopped at once
     ],
 )
 def test_bad_training_flags_are_refused_when_parsed(flags, message):

@@ -15,6 +15,7 @@ from poolattn.evaluation.results import read_runs
 from poolattn.stats import holm_adjust
 from poolattn.study import report as study_report
 from poolattn.study import runner as study_runner
+from poolattn.study.tuning import TuningGrid
 from poolattn.training import runner
 
 mteb = pytest.importorskip("mteb")
@@ -261,6 +262,32 @@ def test_a_study_checks_what_it_will_score_before_any_row_trains(
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "plateau, refusal",
+    [
+        (["--plateau-patience", "0"], r"--plateau-patience 0: give whole numbers >= 1"),
+        (["--held-out-batch-size", "0"], r"--held-out-batch-size 0: give whole numbers >= 1"),
+        (["--held-out-fraction", "0"], r"--held-out-fraction 0.0: give a fraction .* and one in \(0, 1\)"),
+        (
+            ["--plateau-eval-steps", "500"],
+            r"--plateau-patience 3 needs 4 held-out evaluations .* makes 1, so the rule",
+        ),
+    ],
+)
+def test_plateau_settings_are_checked_before_the_tuning_runs(
+    plateau, refusal, tiny_backbone_folder, triplets_file, tmp_path
+):
+    """They reached train.py only with each row's run: after the study had started (with --tune, after every row's
+    tuning had trained), or, the rule that could never act, not at all: every run trained to the cap."""
+    base = ["--designs", "1", "--seeds", "1", "--tasks", "BIOSSES", "--data-dir", str(tiny_suite(tmp_path / "data"))]
+    train = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--per_device_train_batch_size", "4"]
+    with pytest.raises(SystemExit, match=refusal):
+        cli.run_study_command([*base, "--plateau", *plateau, "--output", str(tmp_path / "s"), "--", *train])
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match=r"--held-out-batch-size 0: give queries per batch"):
+        study.plan_study(designs="1", tuning=TuningGrid(learning_rates=[1e-3], eval_batch_size=0))
+
+
 def test_a_damaged_plan_says_to_delete_it_not_to_run_again(tmp_path):
     """Running the same command again read the damaged study.json first and failed the same way."""
     (tmp_path / "study.json").write_text('{"backbone": "b", "seeds": [4')
@@ -450,7 +477,7 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
         seeds=2,
         train_argv=["--lora_r", "4"],
         tuning=tuning.TuningGrid(learning_rates=[1e-4]),
-        plateau=tuning.PlateauSettings(max_steps=50),
+        plateau=tuning.PlateauSettings(max_steps=80),  # evaluations at 20, 40, 60, 80: patience 3 can act
     )
     output = tmp_path / "study"
     arm = plan.row("arm-weights_off")
@@ -468,7 +495,7 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
     assert (job.variant, job.seed, job.model_name) == (5, 43, "poolattn/smollm2-135m-v5-weights-off")
     assert job.output_dir == str(output / "runs" / "arm-weights_off" / "seed-43")
     assert dict(job.config_overrides) == {"layer_weights": False}
-    assert (job.learning_rate, job.head_learning_rate, job.max_steps, job.plateau_patience) == (1e-4, 1e-3, 50, 3)
+    assert (job.learning_rate, job.head_learning_rate, job.max_steps, job.plateau_patience) == (1e-4, 1e-3, 80, 3)
     control = study.row_job(plan, arm, 43, output, control=True)
     assert control.model_name.endswith("-step0") and control.plateau_patience is None
     by_hand = training.parse_arguments(
@@ -476,7 +503,7 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
             "--lora_r",
             "4",
             "--max_steps",
-            "50",
+            "80",
             "--variant",
             "5",
             "--seed",

@@ -159,7 +159,7 @@ def plan_study(
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
-    _check_training_flags(train_argv, tuning=tuning is not None, plateau=plateau is not None)
+    _check_recipe(train_argv, tuning, plateau)
     if seeds < 1:
         raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
     model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
@@ -197,6 +197,13 @@ def plan_study(
         controls=controls,
         ablation_base=variant_tag(ablation_base),
     )
+
+
+def _check_recipe(train_argv, tuning: TuningGrid | None, plateau: PlateauSettings | None) -> None:
+    """The training flags and the plateau settings, before anything runs (the tuning runs first, for hours)."""
+    _check_training_flags(train_argv, tuning=tuning is not None, plateau=plateau is not None)
+    if plateau is not None:
+        plateau.check()
 
 
 def _check_training_flags(train_argv, *, tuning: bool, plateau: bool) -> None:

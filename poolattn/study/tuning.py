@@ -51,9 +51,11 @@ class TuningGrid:
             )
         if self.steps < 1 or not 1 <= self.eval_steps <= self.steps or not 0 < self.eval_fraction < 1:
             raise ValueError(
-                f"tuning proxy: steps {self.steps} >= 1, eval_steps {self.eval_steps} in [1, steps], "
-                f"eval_fraction {self.eval_fraction} in (0, 1)."
+                f"tuning proxy: --tune-steps {self.steps} must be >= 1, --tune-eval-steps {self.eval_steps} in "
+                f"[1, --tune-steps] and --held-out-fraction {self.eval_fraction} in (0, 1)."
             )
+        if self.eval_batch_size < 1:
+            raise ValueError(f"--held-out-batch-size {self.eval_batch_size}: give queries per batch, >= 1.")
 
     def job_fields(self, learning_rate: float, head_learning_rate: float | None) -> dict:
         """The `jobs.TrainingJob` fields of one proxy run of the grid."""
@@ -133,6 +135,32 @@ class PlateauSettings:
     def __post_init__(self):
         if self.exported not in self.EXPORTED:
             raise ValueError(f"plateau export {self.exported!r}: give one of {', '.join(self.EXPORTED)}.")
+
+    def check(self) -> None:
+        """Refuse, when a study is planned (before any tuning or training), settings its runs would refuse or that
+        make the rule inert: study.py's flags by name. (A recorded plan is read back without this check.)"""
+        from ..training.plateau import evaluations_within
+
+        counts = {
+            "--plateau-patience": self.patience,
+            "--plateau-eval-steps": self.eval_steps,
+            "--plateau-max-steps": self.max_steps,
+            "--held-out-batch-size": self.eval_batch_size,
+        }
+        if bad := [f"{flag} {value}" for flag, value in counts.items() if value < 1]:
+            raise ValueError(f"{', '.join(bad)}: give whole numbers >= 1.")
+        if not 0 <= self.min_improvement < 1 or not 0 < self.eval_fraction < 1:
+            raise ValueError(
+                f"--plateau-min-improvement {self.min_improvement} / --held-out-fraction {self.eval_fraction}: give "
+                "a fraction in [0, 1) (0.01 = 1%) and one in (0, 1) (the training rows held out)."
+            )
+        count = evaluations_within(self.max_steps, self.eval_steps)
+        if count < self.patience + 1:
+            raise ValueError(
+                f"--plateau-patience {self.patience} needs {self.patience + 1} held-out evaluations to stop a run, "
+                f"but one every --plateau-eval-steps {self.eval_steps} within --plateau-max-steps {self.max_steps} "
+                f"makes {count}, so the rule could never act; lower --plateau-eval-steps or raise --plateau-max-steps."
+            )
 
     def job_fields(self) -> dict:
         """The `jobs.TrainingJob` fields of a run trained to the plateau."""

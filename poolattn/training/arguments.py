@@ -256,6 +256,11 @@ class DataArguments:
                 f"--eval_fraction {self.eval_fraction}: give a fraction in [0, 1) of the training rows "
                 "to hold out, or --eval_data, not both."
             )
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(
+                f"--early_stopping_patience {self.early_stopping_patience}: give the evaluations without improvement "
+                "before stopping, >= 1 (leave it out to train to --max_steps)."
+            )
         if self.negatives_per_query < 0:
             raise ValueError(
                 f"--negatives_per_query {self.negatives_per_query}: give 0 (in-batch negatives only) or more."

@@ -39,6 +39,16 @@ def plateau_step(
     return None
 
 
+def evaluations_within(max_steps: int, every: int) -> int:
+    """How many held-out evaluations a run of `max_steps` steps makes, one every `every` steps and one at its last
+    step (the Trainer evaluates there too). A rule of patience N stops a run at the earliest at evaluation N + 1.
+
+    >>> evaluations_within(30, 10), evaluations_within(25, 10), evaluations_within(4, 50)
+    (3, 3, 1)
+    """
+    return max_steps // every + (max_steps % every > 0)
+
+
 @dataclass(frozen=True)
 class PlateauRule:
     """`--plateau_patience` evaluations without a relative improvement of the held-out loss by more than

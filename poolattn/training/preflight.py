@@ -8,6 +8,7 @@ from pathlib import Path
 from ..configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS, PoolAttnConfig, variant_tag
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
+from .plateau import evaluations_within
 from .sources import TripletDataError, data_stem
 from .trainer_arguments import TrainingRunArguments, checkpoint_problem
 
@@ -265,6 +266,32 @@ def _check_evaluation(rows: list[dict] | None, data_args: DataArguments, trainin
             "--early_stopping_patience needs --load_best_model_at_end true (and --metric_for_best_model, "
             "default eval_loss), so that the best checkpoint is the one exported."
         )
+    if rows is not None:
+        _check_stopping_rules(data_args, training_args)
+
+
+def _check_stopping_rules(data_args: DataArguments, training_args: TrainingRunArguments) -> None:
+    """A plateau or early-stopping rule of patience N stops a run at its N + 1-th evaluation at the earliest: with
+    fewer evaluations within --max_steps it could never act, and the run would train to the cap as if not asked."""
+    import math
+
+    from transformers.trainer_utils import IntervalStrategy
+
+    every, cap = training_args.eval_steps or training_args.save_steps, training_args.max_steps
+    if cap < 1 or not every or training_args.eval_strategy not in (IntervalStrategy.NO, IntervalStrategy.STEPS):
+        return  # epochs: counted from the data later
+    every = math.ceil(every * cap) if every < 1 else int(every)  # a fraction of the steps, as transformers reads it
+    count = evaluations_within(cap, every)
+    for flag, patience in (
+        ("--plateau_patience", training_args.plateau_patience),
+        ("--early_stopping_patience", data_args.early_stopping_patience),
+    ):
+        if patience and count < patience + 1:
+            raise TrainingSetupError(
+                f"{flag} {patience} needs {patience + 1} held-out evaluations to stop a run, but one every {every} "
+                f"steps (--eval_steps, default --save_steps) within --max_steps {cap} makes {count}, so the rule "
+                f"could never act; lower --eval_steps (or --save_steps), raise --max_steps or lower {flag}."
+            )
 
 
 def check_output_writable(base_output) -> None:

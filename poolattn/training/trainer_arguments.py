@@ -122,10 +122,12 @@ class ContrastiveTrainingArguments(TrainingArguments):
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
         if not self.learning_rate >= 0:  # 0: the weights stay as they are (a loss measured, nothing trained)
             raise ValueError(f"--learning_rate {self.learning_rate} must be >= 0 (e.g. 1e-4).")
-        if self.per_device_train_batch_size < 1:
-            raise ValueError(
-                f"--per_device_train_batch_size {self.per_device_train_batch_size} must be >= 1 (queries per device)."
-            )
+        for flag, size in (
+            ("--per_device_train_batch_size", self.per_device_train_batch_size),
+            ("--per_device_eval_batch_size", self.per_device_eval_batch_size),
+        ):
+            if size < 1:
+                raise ValueError(f"{flag} {size} must be >= 1 (queries per device).")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise ValueError(
                 f"--head_learning_rate {self.head_learning_rate} must be > 0 (leave it out to train the "
