@@ -436,6 +436,8 @@ def test_atomic_writes_give_files_and_folders_the_modes_of_ordinary_new_ones(tmp
         (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0 must be >= 1"),
         (["--per_device_eval_batch_size", "0"], r"--per_device_eval_batch_size 0 must be >= 1"),  # a mid-run failure
         (["--early_stopping_patience", "0"], r"--early_stopping_patience 0: give the evaluations"),  # was ignored
+        (["--output_dir", ""], r"--output_dir is empty: give a folder"),  # wrote model/ and checkpoints into "."
+        (["--output_dir", "  "], r"--output_dir is empty: give a folder"),
         (
             ["--early_stopping_patience", "-1"],
             r"--early_stopping_patience -1: give the evaluations",

@@ -232,6 +232,11 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
 
     def __post_init__(self):
         self.output_dir_was_given = self.output_dir is not None  # TrainingArguments fills in "trainer_output"
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise ValueError(
+                "--output_dir is empty: give a folder (it is created if missing), or leave the flag out for "
+                "outputs/<backbone>-v<variant>; an empty name would write into the current folder."
+            )
         self.resume_from_checkpoint = resume_setting(self.resume_from_checkpoint)
         if (self.push_to_hub or self.hub_dry_run) and not self.hub_model_id:
             raise ValueError(
