@@ -159,11 +159,26 @@ def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
         (MiningSettings(range_min=5, range_max=5), "need 0 <= range_min < range_max"),
         (MiningSettings(relative_margin=1.5), "--relative_margin 1.5"),
         (MiningSettings(absolute_margin=-0.1), "--absolute_margin -0.1"),
+        (MiningSettings(batch_size=0), "--batch_size 0: give the texts per encode batch"),  # range() arg 3, mid-run
     ],
 )
 def test_bad_settings_are_refused_before_any_encoding(settings, message):
     with pytest.raises(MiningError, match=message):
         settings.check()
+
+
+def test_a_query_instruction_for_a_model_that_would_not_use_it_is_refused(tiny_backbone_folder, tmp_path):
+    """A sentence-transformers model (here a bare backbone, which it mean-pools) encoded the queries without the
+    instruction, and the provenance recorded the instruction as if it had been used."""
+    from poolattn.training.mining import mine_hard_negatives
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
+    settings = MiningSettings(query_instruction="Retrieve relevant passages")
+    with pytest.raises(MiningError, match=r"--query_instruction: .* is not a poolattn folder"):
+        mine_hard_negatives(
+            str(tmp_path / "data.jsonl"), tiny_backbone_folder, output=tmp_path / "m", settings=settings
+        )
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, monkeypatch):

@@ -68,6 +68,8 @@ class MiningSettings:
             raise MiningError(f"--relative_margin {self.relative_margin}: give a fraction in [0, 1), e.g. 0.05.")
         if self.absolute_margin is not None and self.absolute_margin < 0:
             raise MiningError(f"--absolute_margin {self.absolute_margin}: give a similarity gap >= 0, e.g. 0.1.")
+        if self.batch_size < 1:
+            raise MiningError(f"--batch_size {self.batch_size}: give the texts per encode batch, >= 1 (e.g. 64).")
 
 
 @dataclass
@@ -206,12 +208,19 @@ def mine_hard_negatives(
     """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
     and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
     from ..model_folder import (
+        is_poolattn_folder,
         model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
     )
     from .data import file_source_name, load_triplets
 
     settings = settings or MiningSettings()
     settings.check()
+    if settings.query_instruction and not is_poolattn_folder(model):
+        raise MiningError(
+            f"--query_instruction: {model} is not a poolattn folder, and a sentence-transformers model encodes the "
+            "queries as given (the instruction would be left out unsaid); leave the flag out, or mine with a "
+            "poolattn model."
+        )
     output = Path(output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
