@@ -202,25 +202,31 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
     return mined_rows, report
 
 
-def mine_hard_negatives(
-    train_data: str, model: str, *, output, settings: MiningSettings | None = None, trust_remote_code: bool = False
-) -> MiningRun:
-    """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
-    and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
-    from ..model_folder import (
-        is_poolattn_folder,
-        model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
-    )
-    from .data import file_source_name, load_triplets
+def _check_instruction_is_used(settings: MiningSettings, model: str) -> None:
+    """`query_instruction` only with a model that prompts its queries (`TextEncoder`: a poolattn folder)."""
+    from ..model_folder import is_poolattn_folder
 
-    settings = settings or MiningSettings()
-    settings.check()
     if settings.query_instruction and not is_poolattn_folder(model):
         raise MiningError(
             f"--query_instruction: {model} is not a poolattn folder, and a sentence-transformers model encodes the "
             "queries as given (the instruction would be left out unsaid); leave the flag out, or mine with a "
             "poolattn model."
         )
+
+
+def mine_hard_negatives(
+    train_data: str, model: str, *, output, settings: MiningSettings | None = None, trust_remote_code: bool = False
+) -> MiningRun:
+    """Mine every source of `train_data` (a file, a folder, or a Hub dataset) with `model`; write one JSONL per source
+    and `_provenance.json` into `output`. Raises `MiningError` (or `TripletDataError`) before encoding on bad input."""
+    from ..model_folder import (
+        model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
+    )
+    from .data import file_source_name, load_triplets
+
+    settings = settings or MiningSettings()
+    settings.check()
+    _check_instruction_is_used(settings, model)
     output = Path(output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
