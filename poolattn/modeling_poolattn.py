@@ -393,6 +393,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             self.pooler = LatentPooler(config, num_layers=len(self.layer_indices) if config.layer_weights else None)
         self.tokenizer = None  # set by from_backbone, or loaded from name_or_path by get_tokenizer()
         self.trust_remote_code = False  # whether get_tokenizer may run a tokenizer's code from the folder
+        self.built_from_backbone = False  # set by from_backbone: `name_or_path` is then the backbone's
         self._attention_checked = config.attention == "causal"
         self._uses_pooling_mask = (
             config.pooling == "mean"
@@ -597,15 +598,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             config = PoolAttnConfig(text_config=text_config.to_dict(), **config_overrides)
         else:
             config = PoolAttnConfig.from_variant(variant, text_config, **config_overrides)
-        # A fresh head is expected to be missing from a backbone checkpoint, and its LM head to be left over: the
-        # load report is shown only for anything else
-        report_logger = logging.getLogger("transformers.modeling_utils")
-        quiet = _WithoutLoadReport()
-        report_logger.addFilter(quiet)
-        try:
-            model, info = cls.from_pretrained(name_or_path, config=config, output_loading_info=True, **overrides)
-        finally:
-            report_logger.removeFilter(quiet)
+        model, info = cls._load_backbone(name_or_path, config, **overrides)
         missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
         unexpected = [key for key in info["unexpected_keys"] if not key.startswith("lm_head.")]
         if missing or unexpected:
@@ -626,10 +619,26 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             )
         return model
 
+    @classmethod
+    def _load_backbone(cls, name_or_path, config: PoolAttnConfig, **overrides):
+        """`from_pretrained` of a backbone checkpoint under `config` -> (model, loading info). A fresh head is
+        expected to be missing from the checkpoint, and its LM head to be left over: transformers' load report is
+        not shown (`from_backbone` warns about anything else)."""
+        report_logger = logging.getLogger("transformers.modeling_utils")
+        quiet = _WithoutLoadReport()
+        report_logger.addFilter(quiet)
+        try:
+            model, info = cls.from_pretrained(name_or_path, config=config, output_loading_info=True, **overrides)
+        finally:
+            report_logger.removeFilter(quiet)
+        model.built_from_backbone = True  # `name_or_path` is the backbone's: no poolattn files to carry over
+        return model, info
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder (a tokenizer
         that appends EOS when `config.add_eos`: `tokenizer_appending_eos`), and the sentence-transformers files
-        (`write_sentence_transformers_modules`; with the prompts of the folder the model was loaded from)."""
+        (`write_sentence_transformers_modules`; with the prompts of the folder or Hub repository the model was loaded
+        from, `_loaded_from_folder`)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is None and self.name_or_path:  # not loaded yet (`from_pretrained` loads it when used)
             with contextlib.suppress(ValueError):
@@ -641,13 +650,14 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             tokenizer.save_pretrained(save_directory)
         if not kwargs.get("is_main_process", True):
             return
-        loaded_from = Path(self.name_or_path) if self.name_or_path and os.path.isdir(self.name_or_path) else None
+        loaded_from = self._loaded_from_folder()
         sources = [Path(__file__).resolve().parent, *([loaded_from] if loaded_from else [])]
         if not write_sentence_transformers_modules(save_directory, self.config.max_length, sources):
             logger.warning(
                 "%s: no sentence-transformers files written (no sentence_transformers_poolattn.py beside this "
                 "modeling_poolattn.py or in %s): SentenceTransformer would mean-pool the bare backbone there. Save "
-                "with the poolattn package installed to load it in sentence-transformers.",
+                "it with the poolattn package's class (poolattn.PoolAttnEmbeddingModel.from_pretrained(...)"
+                ".save_pretrained(...)) to load it in sentence-transformers.",
                 save_directory,
                 self.name_or_path,
             )
@@ -656,6 +666,29 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         target = Path(save_directory) / "config_sentence_transformers.json"
         if prompts and prompts.is_file() and not (target.exists() and target.samefile(prompts)):
             shutil.copy2(prompts, target)
+
+    def _loaded_from_folder(self) -> Path | None:
+        """A local copy of the poolattn folder or Hub repository this model was loaded from, for its
+        sentence-transformers files and prompts: the folder itself, or the Hub cache's snapshot of the repository at
+        the revision loaded (those files fetched into it; `AutoModel` fetches only the Hub pair). None for a model
+        built on a backbone (`from_backbone`), whose repository holds no poolattn files, and where none is found."""
+        name = self.name_or_path
+        if not name or getattr(self, "built_from_backbone", False):
+            return None
+        if os.path.isdir(name):
+            return Path(name)
+        from transformers.utils import cached_file
+
+        quiet = {f"_raise_exceptions_for_{case}": False for case in ("missing_entries", "connection_errors")}
+        revision = getattr(self.config, "_commit_hash", None)
+        try:  # a name that is no Hub id (a folder since moved) raises a ValueError
+            found = [
+                cached_file(name, file_name, revision=revision, **quiet)
+                for file_name in (*SENTENCE_TRANSFORMERS_FILES, "config_sentence_transformers.json")
+            ]
+        except (OSError, ValueError):
+            return None
+        return Path(found[0]).parent if found[0] else None
 
     def get_tokenizer(self):
         """The tokenizer saved with the model (loaded once from `name_or_path`)."""

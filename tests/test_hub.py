@@ -505,6 +505,41 @@ def test_a_save_pretrained_folder_loads_in_sentence_transformers_as_encode(tmp_p
     assert again.prompts["query"] == prompts["prompts"]["query"]
 
 
+SAVE_FROM_THE_HUB = r"""
+import json, sys
+import numpy as np
+sys.modules["poolattn"] = None
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+repo_id, folder, sentences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+AutoModel.from_pretrained(repo_id, trust_remote_code=True).save_pretrained(folder)
+st = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+assert type(st[0]).__name__ == "PoolAttnTransformer", str(st)
+np.savez(folder + ".npz", plain=st.encode(sentences), query=st.encode_query(sentences), prompt=st.prompts["query"])
+"""
+
+
+def test_a_model_loaded_from_the_hub_and_saved_again_keeps_its_sentence_transformers_files_and_prompts(tmp_path):
+    """`AutoModel.from_pretrained(repo_id, trust_remote_code=True).save_pretrained(folder)`: AutoModel fetches only
+    the Hub pair, so the copy had no modules.json and no prompts (SentenceTransformer mean-pooled the backbone, 1.9
+    from `encode` on the tiny model, with a warning that named the wrong fix). The repository's files are now
+    fetched at save."""
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "repo")
+    prompts = {"prompts": {"query": "what is "}, "default_prompt_name": None}
+    (tmp_path / "repo" / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    with MockHub() as hub:
+        hub.files["me/tiny"] = {path.name: path.read_bytes() for path in (tmp_path / "repo").iterdir()}
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}
+        command = [sys.executable, "-c", SAVE_FROM_THE_HUB, "me/tiny", str(tmp_path / "saved"), json.dumps(SENTENCES)]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = np.load(tmp_path / "saved.npz")
+    assert str(saved["prompt"]) == "what is "
+    np.testing.assert_allclose(saved["plain"], model.encode(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(saved["query"], model.encode(SENTENCES, prompt="what is "), atol=1e-5)
+
+
 def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_states(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer
