@@ -634,12 +634,15 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         model.built_from_backbone = True  # `name_or_path` is the backbone's: no poolattn files to carry over
         return model, info
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Write config (with `auto_map`), both code files, safetensors and the tokenizer to one folder (a tokenizer
         that appends EOS when `config.add_eos`: `tokenizer_appending_eos`), and the sentence-transformers files
-        (`write_sentence_transformers_modules`; with the prompts of the folder or Hub repository the model was loaded
-        from, `_loaded_from_folder`)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
+        (`_write_sentence_transformers_files`). With `push_to_hub=True` (and `repo_id`, `commit_message`,
+        `create_pr`, `private`, `token` as in transformers), the folder is uploaded once all of it is written."""
+        push = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
+        folder_existed = os.path.isdir(save_directory)
+        before = self._get_files_timestamps(save_directory) if push_to_hub and folder_existed else {}
+        super().save_pretrained(save_directory, *args, **kwargs)  # no push here: that would upload half the folder
         if self.tokenizer is None and self.name_or_path:  # not loaded yet (`from_pretrained` loads it when used)
             with contextlib.suppress(ValueError):
                 self.get_tokenizer()
@@ -650,6 +653,13 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             tokenizer.save_pretrained(save_directory)
         if not kwargs.get("is_main_process", True):
             return
+        self._write_sentence_transformers_files(save_directory)
+        if push_to_hub:
+            self._push_saved_folder(save_directory, before, token=kwargs.get("token"), **push)
+
+    def _write_sentence_transformers_files(self, save_directory) -> None:
+        """`write_sentence_transformers_modules`, and the prompts of the poolattn folder or Hub repository the model
+        was loaded from (`_loaded_from_folder`)."""
         loaded_from = self._loaded_from_folder()
         sources = [Path(__file__).resolve().parent, *([loaded_from] if loaded_from else [])]
         if not write_sentence_transformers_modules(save_directory, self.config.max_length, sources):
@@ -666,6 +676,23 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         target = Path(save_directory) / "config_sentence_transformers.json"
         if prompts and prompts.is_file() and not (target.exists() and target.samefile(prompts)):
             shutil.copy2(prompts, target)
+
+    def _push_saved_folder(
+        self, folder, before: dict, *, repo_id=None, commit_message=None, create_pr=False, private=None, token=None
+    ) -> None:
+        """Upload the files of `folder` written since `before` (name -> mtime), as transformers' own
+        `save_pretrained(push_to_hub=True)` does: the repository (default: the folder's name), its card, one commit."""
+        from transformers.utils.hub import create_and_tag_model_card, hf_api
+
+        repo_id = (
+            hf_api()
+            .create_repo(repo_id or Path(folder).resolve().name, exist_ok=True, private=private, token=token)
+            .repo_id
+        )
+        create_and_tag_model_card(repo_id, self.model_tags, token=token).save(os.path.join(folder, "README.md"))
+        self._upload_modified_files(
+            folder, repo_id, before, commit_message=commit_message, token=token, create_pr=create_pr
+        )
 
     def _loaded_from_folder(self) -> Path | None:
         """A local copy of the poolattn folder or Hub repository this model was loaded from, for its

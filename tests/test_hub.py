@@ -540,6 +540,37 @@ def test_a_model_loaded_from_the_hub_and_saved_again_keeps_its_sentence_transfor
     np.testing.assert_allclose(saved["query"], model.encode(SENTENCES, prompt="what is "), atol=1e-5)
 
 
+SAVE_AND_PUSH = r"""
+import sys
+sys.modules["poolattn"] = None
+from transformers import AutoModel
+AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).save_pretrained(
+    sys.argv[2], push_to_hub=True, repo_id="me/pushed", commit_message="first"
+)
+"""
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_whole_folder(tmp_path):
+    """`save_pretrained(folder, push_to_hub=True)`: transformers uploads at the end of its own save, before the
+    tokenizer and the sentence-transformers files were written, so the repository had neither (`encode` found no
+    tokenizer, SentenceTransformer mean-pooled the backbone). The upload now follows the whole folder."""
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "local")
+    prompts = {"prompts": {"query": "what is "}, "default_prompt_name": None}
+    (tmp_path / "local" / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    with MockHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"}
+        env["HF_HOME"] = str(tmp_path / "home")
+        command = [sys.executable, "-c", SAVE_AND_PUSH, str(tmp_path / "local"), str(tmp_path / "pushed")]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd="/")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert hub.created == ["me/pushed"]
+        uploaded = hub.files["me/pushed"]
+    written = repository_files(tmp_path / "pushed")
+    assert set(uploaded) == set(written) and set(written) >= MODEL_FILES | ST_FILES | {"README.md"}
+    assert all(uploaded[name] == written[name] for name in written)  # same bytes as the folder written
+
+
 def test_sentence_transformers_token_embeddings_are_the_backbones_last_hidden_states(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer
