@@ -676,3 +676,46 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
     # left: 3 controls at 60 s and 3 training runs at 600 s (the control's scoring counted with the next step)
     assert progress.eta() == f", ETA {(3 * 10 + 3 * 650) / 60:.0f} min"
     assert "step 2 of 8: training" in caplog.text and "ran now in 600 s" in caplog.text
+
+
+def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path):
+    """A study cut short scores a row's control before its run, and a row's STS with instructions before without: the
+    report then holds rows with different seeds. Each test compares the two rows on the seeds both have (the same
+    data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the controls
+    of a row without parameters (one results folder for every seed) count each seed once."""
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    argv[argv.index("1,2,mean-causal")] = "1,mean-causal"
+    argv = ["--controls", "--tasks", "BIOSSES", *argv]
+    assert cli.run_study_command(argv) == 0
+    output = tmp_path / "study"
+    per_task = read_csv(output / "report" / "per_task.csv")
+    score = {(row["row"], int(row["seed"])): float(row["score"]) for row in per_task}
+    assert {seed for row, seed in score if row == "v1-step0"} == {42, 43}
+    # cut short: v1's seed 43 not trained yet (its control scored), mean-causal's seed 43 not yet scored without
+    # instructions
+    import shutil
+
+    shutil.rmtree(output / "runs" / "v1" / "seed-43" / "model")
+    plan = study.StudyPlan.read(output)
+    model = study.collect(plan, output)[1].models[1]
+    assert model.manifest.seed == 43
+    shutil.rmtree(
+        output
+        / "results"
+        / "results"
+        / model.mteb_name.replace("/", "__")
+        / evaluation_revision(model.fingerprint, instructions=False)
+    )
+    assert cli.run_study_command(["--report", str(output)]) == 0
+    tests = {(row["a"], row["b"]): row for row in read_csv(output / "report" / "study_tests.csv")}
+    for (a, b), seeds in {
+        ("v1", "v1-step0"): 1,
+        ("v1", "mean-causal"): 1,
+        ("mean-causal", "mean-causal-step0"): 2,
+    }.items():
+        row = tests[(a, b)]
+        assert (int(row["a seeds"]), int(row["b seeds"])) == (seeds, seeds), (a, b)
+        chosen = [42] if seeds == 1 else [42, 43]
+        assert float(row["b score"]) == pytest.approx(sum(score[(b, seed)] for seed in chosen) / seeds, abs=1e-5)
+    report = (output / "report" / "study.md").read_text()
+    assert "| mean-causal (mean pooling of the last layer, causal attention) | 1 |" in report  # 1 STS task, seed 42

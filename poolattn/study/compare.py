@@ -1,13 +1,14 @@
 """A study's scored rows and the comparisons between them: each row's seeds as replicates, and per category the
 pooled paired bootstrap (Holm over the categories of one comparison) beside the paper's Wilcoxon."""
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..evaluation.pairing import seeds_paired, task_parts
 from ..evaluation.replicates import SeedReplicates
 from ..evaluation.requests import evaluation_revision
-from ..evaluation.results import ModelResults, category_rank, read_results, results_folder
+from ..evaluation.results import ModelResults, TrainingOrigin, category_rank, read_results, results_folder
 from ..manifest import MANIFEST_FILE
 from ..model_folder import ExportedModel
 from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder
@@ -104,6 +105,8 @@ def collect(plan: StudyPlan, output) -> list[RowResults]:
 
 
 def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget, instructions: bool):
+    """The row's scored seeds, each with the seed of its own run folder: runs of the same weights (the controls of a
+    row without parameters of its own) share one results folder, which records only the seed scored last."""
     runs: list[ModelResults] = []
     for model in models:
         folder = results_folder(
@@ -112,22 +115,37 @@ def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget
             evaluation_revision(model.fingerprint, budget=budget, instructions=instructions),
         )
         if folder.is_dir() and any(folder.glob("*.json")):
-            runs.append(read_results(folder))
+            origin = TrainingOrigin(model.manifest.seed, model.manifest.recipe_fingerprint())
+            runs.append(dataclasses.replace(read_results(folder), origin=origin))
     if not runs:
         return None
     return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
 
 
+def on_shared_seeds(a: SeedReplicates, b: SeedReplicates) -> tuple[SeedReplicates, SeedReplicates]:
+    """Both rows on the seeds they share (seed s gives both the same data order and, for a row and its control, the
+    same start), so that a row further along than the other (more seeds trained, its controls scored first) is not
+    averaged over seeds the other lacks; as they are when they share none."""
+    shared = set(a.seeds) & set(b.seeds) - {None}
+    if not shared:
+        return a, b
+    return tuple(
+        SeedReplicates(group.label, [run for run in group.runs if run.origin and run.origin.seed in shared])
+        for group in (a, b)
+    )
+
+
 def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryComparison]:
-    """Per category both rows scored: the pooled paired bootstrap (Holm over this comparison's categories) and the
-    Wilcoxon signed-rank over the category's datasets."""
+    """Per category both rows scored, on the seeds both have (`on_shared_seeds`): the pooled paired bootstrap (Holm
+    over this comparison's categories) and the Wilcoxon signed-rank over the category's datasets."""
     from ..evaluation import paired
     from ..stats import wilcoxon_by_category
 
-    found, _ = task_parts(a.replicates, b.replicates)
+    replicates_a, replicates_b = on_shared_seeds(a.replicates, b.replicates)
+    found, _ = task_parts(replicates_a, replicates_b)
     wilcoxon = {
         test.category: test
-        for test in wilcoxon_by_category(a.replicates.scores, b.replicates.scores, a.replicates.categories)
+        for test in wilcoxon_by_category(replicates_a.scores, replicates_b.scores, replicates_a.categories)
     }
     tests = []
     for category in sorted({item.category for item in found}, key=category_rank):
@@ -135,7 +153,7 @@ def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryCo
         parts = [part for item in members for part in item.parts.values()]
         weights = [1 / len(item.parts) for item in members for _ in item.parts]
         pooled = paired.pooled_bootstrap(
-            parts, weights=weights, paired_seeds=seeds_paired(a.replicates, b.replicates), task=category
+            parts, weights=weights, paired_seeds=seeds_paired(replicates_a, replicates_b), task=category
         )
         test = wilcoxon.get(category)
         tests.append(

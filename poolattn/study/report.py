@@ -6,10 +6,10 @@ from pathlib import Path
 
 from .. import plots
 from ..evaluation.comparison import write_csv
-from ..evaluation.pairing import task_parts
+from ..evaluation.pairing import seeds_paired, task_parts
 from ..evaluation.results import category_rank, mean
 from ..files import write_text
-from .compare import RowResults, collect, compare_rows
+from .compare import RowResults, collect, compare_rows, on_shared_seeds
 from .plan import CONTROL_SUFFIX, StudyError, StudyPlan, comparisons
 from .recipe_report import recipe_sections, wall_time_section
 
@@ -39,12 +39,13 @@ TEST_COLUMNS = (
 TEST_METHOD = (
     "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
     "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
-    "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn "
-    "with replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
-    "categories of each comparison): ▲ row a significantly better, ▼ row b significantly better (p_Holm < "
-    "0.05), none: no significant difference. Why this test: the paper's Wilcoxon signed-rank over datasets "
-    "cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in `study_tests.csv` (column "
-    "`wilcoxon p`)."
+    "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn with "
+    "replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
+    "categories of each comparison; on the seeds both rows have, so a row with more seeds than the other is "
+    "compared on the other's, `a seeds`/`b seeds` in `study_tests.csv`): ▲ row a significantly better, ▼ row b "
+    "significantly better (p_Holm < 0.05), none: no significant difference. Why this test: the paper's Wilcoxon "
+    "signed-rank over datasets cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in "
+    "`study_tests.csv` (column `wilcoxon p`)."
 )
 
 
@@ -296,13 +297,16 @@ def _instruction_test_row(item: RowResults | None) -> list | None:
 
     if item is None or item.replicates is None or item.without_instructions is None:
         return None
-    found, _ = task_parts(item.replicates, item.without_instructions)
+    with_instructions, without = on_shared_seeds(item.replicates, item.without_instructions)
+    found, _ = task_parts(with_instructions, without)
     sts = [entry for entry in found if entry.category == "STS"]
     if not sts:
         return None
     parts = [part for entry in sts for part in entry.parts.values()]
     weights = [1 / len(entry.parts) for entry in sts for _ in entry.parts]
-    test = paired.pooled_bootstrap(parts, weights=weights, paired_seeds=len(item.replicates.runs) > 1, task="STS")
+    test = paired.pooled_bootstrap(
+        parts, weights=weights, paired_seeds=seeds_paired(with_instructions, without), task="STS"
+    )
     interval = f"[{test.low:+.4f}, {test.high:+.4f}]"
     return [item.row.label, len(sts), test.score_a, test.score_b, test.difference, interval, test.p_value]
 
