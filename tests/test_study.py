@@ -678,44 +678,56 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
     assert "step 2 of 8: training" in caplog.text and "ran now in 600 s" in caplog.text
 
 
-def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path):
+def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path, capsys):
     """A study cut short scores a row's control before its run, and a row's STS with instructions before without: the
     report then holds rows with different seeds. Each test compares the two rows on the seeds both have (the same
     data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the controls
-    of a row without parameters (one results folder for every seed) count each seed once."""
+    of a row without parameters (one results folder for every seed) count each seed once. A score missing from a
+    row or a test is named in the report, and the command exits 1."""
+    import shutil
+
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     argv[argv.index("1,2,mean-causal")] = "1,mean-causal"
-    argv = ["--controls", "--tasks", "BIOSSES", *argv]
+    argv = ["--controls", "--tasks", "BIOSSES,TwentyNewsgroupsClustering", *argv]
     assert cli.run_study_command(argv) == 0
     output = tmp_path / "study"
     per_task = read_csv(output / "report" / "per_task.csv")
-    score = {(row["row"], int(row["seed"])): float(row["score"]) for row in per_task}
-    assert {seed for row, seed in score if row == "v1-step0"} == {42, 43}
+    score = {(row["row"], int(row["seed"]), row["task"]): float(row["score"]) for row in per_task}
+    assert {seed for row, seed, _ in score if row == "v1-step0"} == {42, 43}
     # cut short: v1's seed 43 not trained yet (its control scored), mean-causal's seed 43 not yet scored without
     # instructions
-    import shutil
-
     shutil.rmtree(output / "runs" / "v1" / "seed-43" / "model")
     plan = study.StudyPlan.read(output)
-    model = study.collect(plan, output)[1].models[1]
-    assert model.manifest.seed == 43
-    shutil.rmtree(
-        output
-        / "results"
-        / "results"
-        / model.mteb_name.replace("/", "__")
-        / evaluation_revision(model.fingerprint, instructions=False)
-    )
+    models = study.collect(plan, output)[1].models
+    assert [model.manifest.seed for model in models] == [42, 43]
+    results = output / "results" / "results" / models[0].mteb_name.replace("/", "__")
+    shutil.rmtree(results / evaluation_revision(models[1].fingerprint, instructions=False))
     assert cli.run_study_command(["--report", str(output)]) == 0
-    tests = {(row["a"], row["b"]): row for row in read_csv(output / "report" / "study_tests.csv")}
-    for (a, b), seeds in {
-        ("v1", "v1-step0"): 1,
-        ("v1", "mean-causal"): 1,
-        ("mean-causal", "mean-causal-step0"): 2,
-    }.items():
-        row = tests[(a, b)]
-        assert (int(row["a seeds"]), int(row["b seeds"])) == (seeds, seeds), (a, b)
-        chosen = [42] if seeds == 1 else [42, 43]
-        assert float(row["b score"]) == pytest.approx(sum(score[(b, seed)] for seed in chosen) / seeds, abs=1e-5)
+    tests = {(row["a"], row["b"], row["category"]): row for row in read_csv(output / "report" / "study_tests.csv")}
+    pairs = {("v1", "v1-step0"): [42], ("v1", "mean-causal"): [42], ("mean-causal", "mean-causal-step0"): [42, 43]}
+    for (a, b), seeds in pairs.items():
+        row = tests[(a, b, "STS")]
+        assert (int(row["a seeds"]), int(row["b seeds"])) == (len(seeds), len(seeds)), (a, b)
+        expected = sum(score[(b, seed, "BIOSSES")] for seed in seeds) / len(seeds)
+        assert float(row["b score"]) == pytest.approx(expected, abs=1e-5)
     report = (output / "report" / "study.md").read_text()
     assert "| mean-causal (mean pooling of the last layer, causal attention) | 1 |" in report  # 1 STS task, seed 42
+    assert "## Left out" not in report
+
+    # a task one seed lacks, and a test without a task's predictions: named, and the command exits 1
+    (results / models[0].fingerprint / "TwentyNewsgroupsClustering.json").unlink()
+    v1 = study.collect(plan, output)[0].models[0]
+    v1_results = output / "results" / "results" / v1.mteb_name.replace("/", "__") / v1.fingerprint
+    (v1_results / "predictions" / "BIOSSES_predictions.json").unlink()
+    capsys.readouterr()
+    assert cli.run_study_command(["--report", str(output)]) == 1
+    err = capsys.readouterr().err
+    label = plan.row("mean-causal").label
+    assert f"{label}: TwentyNewsgroupsClustering (scored by 1 of 2 seeds)" in err
+    assert "v1 vs v1-step0: BIOSSES left out of the test (no saved predictions" in err
+    report = (output / "report" / "study.md").read_text()
+    assert "## Left out" in report and f"{label}: TwentyNewsgroupsClustering (scored by 1 of 2 seeds)" in report
+    table = read_csv(output / "report" / "study_table.csv")
+    assert [row["mean"] for row in table if (row["row"], row["category"]) == ("mean-causal", "Clustering")] == [""]
+    line = next(line for line in report.splitlines() if line.startswith(f"| {label} | 2 |"))
+    assert line.endswith("| — |")  # no average over the categories it has, beside the others' over all

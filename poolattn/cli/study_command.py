@@ -229,8 +229,9 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
         if args.report:
             if args.previous_tests:
                 keep_earlier_tests(args.previous_tests, args.report)
-            print(f"written: {study.write_report(args.report)}")
-            return 0
+            report = study.write_report(args.report)
+            print(f"written: {report.path}")
+            return _left_out(door, report.left_out)
         plan = _plan(args, train_argv, ablate=ablate)
         if args.previous_tests and is_main_process():
             keep_earlier_tests(args.previous_tests, args.output)
@@ -244,4 +245,16 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     if run.report:
         print(f"written: {run.report}")
     shut_down_process_group()
-    return 1 if run.failures else 0
+    return max(1 if run.failures else 0, _left_out(door, run.left_out))
+
+
+def _left_out(door: str, left_out: list[str]) -> int:
+    """1, with every score named, when the report had to leave scores out (its means then average fewer tasks)."""
+    if not left_out:
+        return 0
+    print(
+        f"{door}: {len(left_out)} score(s) left out of the report's means or tests, which therefore average "
+        f"different tasks: {'; '.join(left_out)}. Run the same study command to score what is missing.",
+        file=sys.stderr,
+    )
+    return 1

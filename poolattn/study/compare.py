@@ -135,14 +135,15 @@ def on_shared_seeds(a: SeedReplicates, b: SeedReplicates) -> tuple[SeedReplicate
     )
 
 
-def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryComparison]:
+def compare_rows(a: RowResults, b: RowResults, question: str) -> tuple[list[CategoryComparison], dict[str, str]]:
     """Per category both rows scored, on the seeds both have (`on_shared_seeds`): the pooled paired bootstrap (Holm
-    over this comparison's categories) and the Wilcoxon signed-rank over the category's datasets."""
+    over this comparison's categories) and the Wilcoxon signed-rank over the category's datasets; and the tasks both
+    scored that the tests had to leave out, with the reason (no predictions, data that cannot be loaded, ...)."""
     from ..evaluation import paired
     from ..stats import wilcoxon_by_category
 
     replicates_a, replicates_b = on_shared_seeds(a.replicates, b.replicates)
-    found, _ = task_parts(replicates_a, replicates_b)
+    found, skipped = task_parts(replicates_a, replicates_b)
     wilcoxon = {
         test.category: test
         for test in wilcoxon_by_category(replicates_a.scores, replicates_b.scores, replicates_a.categories)
@@ -178,4 +179,4 @@ def compare_rows(a: RowResults, b: RowResults, question: str) -> list[CategoryCo
 
     for test, adjusted in zip(tests, holm_adjust([test.p_value for test in tests])):
         test.p_holm = adjusted
-    return tests
+    return tests, skipped

@@ -2,6 +2,7 @@
 its CSVs and figures, and the section a model card carries."""
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import plots
@@ -66,7 +67,16 @@ def seed_note(tests: list) -> str:
     return ""
 
 
-def write_report(output) -> Path:
+@dataclass
+class StudyReport:
+    """The written report, and every score it had to leave out: a task some seed of a row, or a whole row, lacks
+    (its means then average fewer tasks than the other rows'), or a task a test could not use."""
+
+    path: Path
+    left_out: list[str] = field(default_factory=list)
+
+
+def write_report(output) -> StudyReport:
     """`report/study.md` (+ CSVs and the figure) from what has been trained and scored so far."""
     output = Path(output)
     plan = StudyPlan.read(output)
@@ -85,9 +95,11 @@ def write_report(output) -> Path:
     )
     report_folder = output / "report"
     report_folder.mkdir(parents=True, exist_ok=True)
-    tests = _row_tests(plan, collected)
+    tests, untested = _row_tests(plan, collected)
+    left_out = [*_scores_left_out(scored), *untested]
     lines = [
         *_header(plan, trained_rows, scored, categories),
+        *_left_out_section(left_out),
         *_main_table(scored, categories),
         *_comparison_section(tests, categories),
         *_changes(output, tests),
@@ -99,7 +111,32 @@ def write_report(output) -> Path:
     write_text(report_folder / "study.md", "\n".join(lines))
     _write_tables(report_folder, scored, categories, tests)
     logger.info("study report (first seed %d): %s", min(plan.seeds), report_folder / "study.md")
-    return report_folder / "study.md"
+    return StudyReport(report_folder / "study.md", left_out)
+
+
+def _scores_left_out(scored: list[RowResults]) -> list[str]:
+    """Tasks some seeds of a row lack, and tasks another row has but a row lacks for every seed."""
+    every = set().union(*(item.replicates.tasks for item in scored))
+    found = []
+    for item in scored:
+        lacking = item.replicates.left_out
+        found += [f"{item.row.label}: {task} ({why})" for task, why in lacking.items()]
+        missing = sorted(every - set(item.replicates.tasks) - set(lacking))
+        found += [f"{item.row.label}: no score for {task}" for task in missing]
+    return found
+
+
+def _left_out_section(left_out: list[str]) -> list[str]:
+    if not left_out:
+        return []
+    return [
+        "## Left out",
+        "",
+        "These scores are missing, so the means or tests named average fewer tasks than the rest of the report: "
+        + "; ".join(left_out)
+        + ". Score them (the same study.py command scores only what is missing) before reading those rows.",
+        "",
+    ]
 
 
 def _changes(output: Path, tests: list) -> list[str]:
@@ -110,15 +147,17 @@ def _changes(output: Path, tests: list) -> list[str]:
     return changes_section(read_earlier_tests(path), tests, EARLIER_TESTS_FILE) if path.is_file() else []
 
 
-def _row_tests(plan: StudyPlan, collected: list[RowResults]) -> list:
-    """The category tests of every comparison whose two rows are both scored."""
+def _row_tests(plan: StudyPlan, collected: list[RowResults]) -> tuple[list, list[str]]:
+    """The category tests of every comparison whose two rows are both scored, and the tasks a test left out (why)."""
     by_key = {item.row.key: item for item in collected}
-    tests = []
+    tests, untested = [], []
     for key_a, key_b, question in comparisons(plan):
         a, b = by_key.get(key_a), by_key.get(key_b)
         if a is not None and b is not None and a.replicates is not None and b.replicates is not None:
-            tests += compare_rows(a, b, question)
-    return tests
+            found, skipped = compare_rows(a, b, question)
+            tests += found
+            untested += [f"{key_a} vs {key_b}: {task} left out of the test ({why})" for task, why in skipped.items()]
+    return tests, untested
 
 
 def _header(plan: StudyPlan, trained_rows: list[RowResults], scored: list[RowResults], categories) -> list[str]:
@@ -171,7 +210,8 @@ def _main_table(scored: list[RowResults], categories) -> list[str]:
     rows = []
     for item in scored:
         means = item.replicates.category_means()
-        average = mean([means[c] for c in categories if c in means])
+        # a row that lacks a category has no average comparable with the others'
+        average = mean([means[c] for c in categories]) if set(categories) <= set(means) else None
         rows.append([item.row.label, len(item.replicates.runs), *[_cell(item, c) for c in categories], average])
     return [
         "## Main table (mean main score per category, ± sample sd over seeds)",

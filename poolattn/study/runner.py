@@ -22,10 +22,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StudyRun:
-    """What `run_study` did: the report (None on processes other than 0) and the tasks that failed to score."""
+    """What `run_study` did: the report (None on processes other than 0), the tasks that failed to score and the
+    scores the report left out (`report.StudyReport.left_out`)."""
 
     report: Path | None
     failures: list = field(default_factory=list)  # evaluation.TaskFailure
+    left_out: list[str] = field(default_factory=list)
 
 
 def run_study(plan: StudyPlan, output) -> StudyRun:
@@ -122,7 +124,8 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
         if checking and checked:
             failures += score_models(plan, checked, output, instructions=False, sts_only=True).failures
     logger.info("study: %s", progress.summary())
-    return StudyRun(write_report(output), failures)
+    report = write_report(output)
+    return StudyRun(report.path, failures, report.left_out)
 
 
 def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: "StudyProgress") -> None:
