@@ -731,3 +731,44 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     assert [row["mean"] for row in table if (row["row"], row["category"]) == ("mean-causal", "Clustering")] == [""]
     line = next(line for line in report.splitlines() if line.startswith(f"| {label} | 2 |"))
     assert line.endswith("| — |")  # no average over the categories it has, beside the others' over all
+
+
+def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """`tuning.json` is reused point by point (resumed, or copied to reuse another study's choices): points trained
+    with another proxy length, other training flags, another first seed or other training data would be read as this
+    study's (and the report would state this study's grid); such a record is refused before anything runs. A record
+    written before the flags and data were kept is checked on what it holds."""
+    from poolattn.study import tuning
+
+    output = tmp_path / "study"
+    flags = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--lora_r", "4"]
+    grid = tuning.TuningGrid(learning_rates=[1e-4, 3e-4], steps=20, eval_steps=10)
+    point = tuning.TuningPoint(1e-4, None, [[10, 3.0, 0.3], [20, 2.9, 0.35]])
+    tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, [point], chosen=0)})  # the older layout
+    argv = ["--designs", "1", "--seeds", "1", "--output", str(output), "--data-dir", str(tmp_path), "--tune"]
+    argv += ["--tune-learning-rates", "1e-4,3e-4", "--tune-eval-steps", "10"]
+    refused = r"tuning.json records proxy runs other than this study.s: steps 20 \(now 30\)"
+    with pytest.raises(SystemExit, match=refused):
+        cli.run_study_command([*argv, "--tune-steps", "30", "--", *flags])
+    assert not (output / "runs").exists() and not (output / "study.json").exists()
+
+    def plan(**changes):
+        settings = {"designs": "1", "seeds": 1, "train_argv": flags, "tuning": grid, **changes}
+        return study.plan_study(**settings)
+
+    study_runner.check_tuning_record(plan(), output)  # the same proxy: resumed point by point
+    data = training.sources.fingerprint_files(triplets_file)
+    point.data_fingerprint = data
+    tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, [point], chosen=0)}, flags)
+    study_runner.check_tuning_record(plan(), output)
+    for changes, refused in (
+        ({"seed": 7}, r"v1: seed 42 \(now 7\)"),
+        ({"train_argv": [*flags[:-1], "8"]}, "training flags '--backbone .* --lora_r 4' \\(now"),
+    ):
+        with pytest.raises(study.StudyError, match=refused):
+            study_runner.check_tuning_record(plan(**changes), output)
+    Path(triplets_file).write_text(Path(triplets_file).read_text() + Path(triplets_file).read_text())
+    with pytest.raises(study.StudyError, match=f"v1: training data {data} \\(now "):
+        study_runner.check_tuning_record(plan(), output)

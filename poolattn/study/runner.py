@@ -15,7 +15,7 @@ from ..manifest import MANIFEST_FILE
 from ..training.job import TrainingJob
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
 from .report import write_report
-from .tuning import RowTuning, read_tuning, tune_row
+from .tuning import TUNING_FILE, RowTuning, read_tuning, tune_row, tuning_differences, write_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
         )
     check_rows_build(plan)
     check_scoring(plan)
+    if plan.tuning:
+        check_tuning_record(plan, output)
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
         return _run_locked(plan, output, distributed)
@@ -87,12 +89,30 @@ def check_scoring(plan: StudyPlan) -> None:
     )
 
 
+def check_tuning_record(plan: StudyPlan, output: Path) -> None:
+    """A `tuning.json` already in the folder (resumed, or copied from another study to reuse its choices) holds proxy
+    runs of this study's grid settings, training flags, first seed and training data, else its points would be read
+    as this study's: refused before anything runs."""
+    from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
+    from ..training.sources import fingerprint_files
+
+    data = fingerprint_files(training.parse_arguments([*plan.train_argv, "--variant", "1"])[1].train_data)
+    if differences := tuning_differences(output, plan.tuning_grid, plan.train_argv, plan.seeds[0], data):
+        raise StudyError(
+            f"{output / TUNING_FILE} records proxy runs other than this study's: {'; '.join(differences)}. Its points "
+            "would be read as trained with this study's settings. Use the settings it records, or move it away "
+            "(every point is then trained anew)."
+        )
+
+
 def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     plan.write(output)
     progress = StudyProgress(plan)
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     checking = plan.instruction_check and not plan.benchmark
+    if plan.tuning and not (output / TUNING_FILE).is_file():  # a new tuning: every point runs with these flags
+        write_tuning(output, plan.tuning_grid, {}, plan.train_argv)
     for seed in plan.seeds:
         for row in plan.rows:
             if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run

@@ -191,6 +191,7 @@ class TuningPoint:
     curve: list = field(default_factory=list)
     train_runtime_s: float | None = None
     layer_weights_mean_abs: float | None = None  # the head's layer-weight matrix after the proxy (None: none)
+    data_fingerprint: str | None = None  # the training data the proxy read (None: a point recorded before this)
 
     @property
     def final_loss(self) -> float:
@@ -266,10 +267,41 @@ def read_tuning(output) -> dict[str, RowTuning]:
     }
 
 
-def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning]) -> Path:
+def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning], train_argv=None) -> Path:
+    """`tuning.json`: the grid, the training flags every proxy ran with (kept from the file when not given) and every
+    row's points."""
     path = Path(output) / TUNING_FILE
-    write_json(path, {"grid": asdict(grid), "rows": {key: asdict(value) for key, value in tuned.items()}})
+    if train_argv is None and path.is_file():
+        train_argv = read_json(path, recovery="delete it to tune again, or restore it").get("train_argv")
+    values = {"grid": asdict(grid), "rows": {key: asdict(value) for key, value in tuned.items()}}
+    write_json(path, {**values, "train_argv": list(train_argv) if train_argv is not None else None})
     return path
+
+
+PROXY_FIELDS = ("steps", "eval_steps", "eval_fraction", "eval_batch_size")  # what a recorded point's curve means
+
+
+def tuning_differences(output, grid: TuningGrid, train_argv, seed: int, data_fingerprint: str) -> list[str]:
+    """How the proxy runs recorded in a study folder's `tuning.json` differ from those this study would run (its grid's
+    proxy settings, training flags, first seed, training data); [] when they match or nothing is recorded. Records
+    written before the flags or the data were kept are checked on what they hold."""
+    path = Path(output) / TUNING_FILE
+    if not path.is_file():
+        return []
+    recorded = read_json(path, recovery="delete it to tune again (the points are trained anew), or restore it")
+    found = [
+        f"{name} {recorded['grid'][name]} (now {getattr(grid, name)})"
+        for name in PROXY_FIELDS
+        if name in recorded.get("grid", {}) and recorded["grid"][name] != getattr(grid, name)
+    ]
+    if recorded.get("train_argv") is not None and list(recorded["train_argv"]) != list(train_argv):
+        found.append(f"training flags {' '.join(recorded['train_argv'])!r} (now {' '.join(train_argv)!r})")
+    for key, row in read_tuning(output).items():
+        if row.seed != seed:
+            found.append(f"{key}: seed {row.seed} (now {seed})")
+        if other := sorted({point.data_fingerprint for point in row.points} - {None, data_fingerprint}):
+            found.append(f"{key}: training data {', '.join(other)} (now {data_fingerprint})")
+    return found
 
 
 def choose(points: list[TuningPoint]) -> int:
@@ -328,6 +360,7 @@ def _tuning_point(rate: float, head: float | None, folder: Path, train) -> Tunin
         [list(entry) for entry in manifest.eval_history],
         manifest.train_runtime_s,
         layer_weight_size(exported),
+        manifest.data.fingerprint,
     )
     shutil.rmtree(folder)
     return point
