@@ -772,3 +772,53 @@ def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
     Path(triplets_file).write_text(Path(triplets_file).read_text() + Path(triplets_file).read_text())
     with pytest.raises(study.StudyError, match=f"v1: training data {data} \\(now "):
         study_runner.check_tuning_record(plan(), output)
+
+
+def test_earlier_tests_are_checked_and_kept_only_in_a_study_that_may_run(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """`--previous-tests`: a cut or damaged CSV is refused naming its line (it crashed with a TypeError); the file is
+    kept only in a study's folder, once the study may run there: a folder without study.json, or a study refused
+    (other flags), is left as it was."""
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text(
+        "a,b,question,category,difference,95% low,95% high,marker\n"
+        "v2,v1,q,STS,0.028,-0.008,0.068,\n"
+        'v4,v2,"bidirectional, last layer",Retrieval,0.45,,,▲\n'
+    )
+    assert [test.key for test in read_earlier(earlier)] == [("v2", "v1", "STS"), ("v4", "v2", "Retrieval")]
+    cut = tmp_path / "cut.csv"
+    cut.write_text(earlier.read_text()[:-24])  # killed while copying: the last row stops inside its question
+    for text, refused in (
+        (cut.read_text(), r"line 3: no category, difference"),
+        (earlier.read_text().replace("0.028", "nan"), r"line 2: 'nan' is not a finite number"),
+        (earlier.read_text().replace("-0.008", "low"), r"line 2: could not convert string to float: 'low'"),
+    ):
+        cut.write_text(text)
+        with pytest.raises(SystemExit, match=refused):
+            cli.run_study_command(["--report", str(tmp_path / "none"), "--previous-tests", str(cut)])
+    cut.write_bytes(b"a,b\xff\n")
+    with pytest.raises(SystemExit, match=r"cut.csv: not a readable CSV file"):
+        cli.run_study_command(["--report", str(tmp_path / "none"), "--previous-tests", str(cut)])
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "none"):
+        with pytest.raises(SystemExit, match="no study.json here"):
+            cli.run_study_command(["--report", str(folder), "--previous-tests", str(earlier)])
+    assert not list(empty.iterdir()) and not (tmp_path / "none").exists()
+
+    output = tmp_path / "study"
+    flags = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, "--max_steps", "1"]
+    study.plan_study(designs="1", seeds=1, train_argv=flags).write(output)
+    (output / "previous_tests.csv").write_text("kept\n")
+    argv = ["--designs", "1", "--seeds", "1", "--output", str(output), "--previous-tests", str(earlier)]
+    with pytest.raises(SystemExit, match="holds a study trained with other flags"):
+        cli.run_study_command([*argv, "--", *flags[:-1], "2"])
+    assert (output / "previous_tests.csv").read_text() == "kept\n"
+
+
+def read_earlier(path):
+    from poolattn.study.changes import read_earlier_tests
+
+    return read_earlier_tests(path)

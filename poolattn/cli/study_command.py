@@ -220,7 +220,7 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     split = argv.index("--") if "--" in argv else len(argv)
     args, train_argv = study_parser(ablate=ablate).parse_args(argv[:split]), argv[split + 1 :]
     door = "ablate" if ablate else "study"
-    from ..study.changes import keep_earlier_tests
+    from ..study.changes import keep_earlier_tests, read_earlier_tests
     from ..training.sources import TripletDataError
     from ..training.trainer_arguments import TrainingDivergedError
 
@@ -228,14 +228,14 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
     try:
         if args.report:
             if args.previous_tests:
+                read_earlier_tests(args.previous_tests)
+                study.StudyPlan.read(args.report)  # a study's folder, before the earlier tests are kept in it
                 keep_earlier_tests(args.previous_tests, args.report)
             report = study.write_report(args.report)
             print(f"written: {report.path}")
             return _left_out(door, report.left_out)
         plan = _plan(args, train_argv, ablate=ablate)
-        if args.previous_tests and is_main_process():
-            keep_earlier_tests(args.previous_tests, args.output)
-        run = study.run_study(plan, args.output)
+        run = study.run_study(plan, args.output, earlier_tests=args.previous_tests)
     except TripletDataError as error:
         sys.exit(f"{door}: bad training data: {error}")
     except (ValueError, TrainingDivergedError, FolderBusyError) as error:  # StudyError, EvaluationError, flags...

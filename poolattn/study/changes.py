@@ -15,6 +15,7 @@ marker.
 """
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,32 +53,30 @@ def read_earlier_tests(path) -> list[EarlierTest]:
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"--previous-tests {path}: no such file; give the study_tests.csv of an earlier study.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a file saved by a spreadsheet
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise StudyError(f"--previous-tests {path}: not a readable CSV file ({error}).") from None
     needed = {"a", "b", "question", "category", "difference", "marker"}
     if not rows or needed - set(rows[0]):
         missing = ", ".join(sorted(needed - set(rows[0]))) if rows else "every row"
         raise StudyError(f"--previous-tests {path}: not a study_tests.csv (missing: {missing}).")
     tests = []
-    for number, row in enumerate(rows, start=2):
+    for number, row in enumerate(rows, start=2):  # a row's line, counting the header as line 1
+        if empty := [name for name in sorted(needed - {"marker"}) if not (row.get(name) or "").strip()]:
+            raise StudyError(
+                f"--previous-tests {path}, line {number}: no {', '.join(empty)} (a cut or hand-edited file?); every "
+                "test needs a, b, question, category and difference."
+            )
         marker = (row["marker"] or "").strip()
         if marker not in ("▲", "▼", ""):
             raise StudyError(f"--previous-tests {path}, line {number}: marker {marker!r}; allowed: ▲, ▼ or empty.")
         try:
-            tests.append(
-                EarlierTest(
-                    row["a"],
-                    row["b"],
-                    row["question"],
-                    row["category"],
-                    float(row["difference"]),
-                    _number(row.get("95% low")),
-                    _number(row.get("95% high")),
-                    marker,
-                )
-            )
+            numbers = [_number(row.get(name)) for name in ("difference", "95% low", "95% high")]
         except ValueError as error:
             raise StudyError(f"--previous-tests {path}, line {number}: {error}.") from None
+        tests.append(EarlierTest(row["a"], row["b"], row["question"], row["category"], *numbers, marker))
     return tests
 
 
@@ -92,7 +91,13 @@ def keep_earlier_tests(path, output) -> Path:
 
 
 def _number(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
+    """A finite number, or None for an empty cell; raises ValueError naming the text otherwise."""
+    if text is None or not text.strip():
+        return None
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 def status(earlier: EarlierTest, now) -> str:

@@ -13,6 +13,7 @@ from ..files import folder_lock
 from ..launch import is_main_process, launched_processes
 from ..manifest import MANIFEST_FILE
 from ..training.job import TrainingJob
+from .changes import keep_earlier_tests, read_earlier_tests
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
 from .report import write_report
 from .tuning import TUNING_FILE, RowTuning, read_tuning, tune_row, tuning_differences, write_tuning
@@ -30,12 +31,15 @@ class StudyRun:
     left_out: list[str] = field(default_factory=list)
 
 
-def run_study(plan: StudyPlan, output) -> StudyRun:
+def run_study(plan: StudyPlan, output, *, earlier_tests=None) -> StudyRun:
     """Train and score every row once per seed, seed-major (breadth first: one seed of every row, designs and arms,
     before the next seed of any), each row's rates tuned just before its first run (with a tuning grid), each run
     scored as soon as it is trained, its untrained control first with `controls`; the rows of the instruction check
-    also on the STS tasks without instructions; then write the report."""
+    also on the STS tasks without instructions; then write the report. `earlier_tests` (an earlier study's
+    `study_tests.csv`) is checked first and kept in the folder once the study may run there (`--previous-tests`)."""
     output = Path(output)
+    if earlier_tests:
+        read_earlier_tests(earlier_tests)
     if (output / PLAN_FILE).is_file() and (earlier := StudyPlan.read(output)).recipe() != plan.recipe():
         raise StudyError(
             f"{output} holds a study trained with other flags or another tuning / plateau setting "
@@ -54,6 +58,8 @@ def run_study(plan: StudyPlan, output) -> StudyRun:
         check_tuning_record(plan, output)
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
+        if earlier_tests and is_main_process():
+            keep_earlier_tests(earlier_tests, output)
         return _run_locked(plan, output, distributed)
 
 
