@@ -67,6 +67,9 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
         return [], {"all tasks": "the two runs read different data or budgets, so their units differ"}
     found, skipped = [], {}
     for task in sorted(set(a.scores) & set(b.scores)):
+        if changed := _data_changed(task, [*a.runs, *b.runs]):
+            skipped[task] = changed
+            continue
         predictions_a, predictions_b = a.predictions(task), b.predictions(task)
         if predictions_a is None or predictions_b is None:
             skipped[task] = "no saved predictions (a run before poolattn kept them; re-run with --overwrite)"
@@ -99,6 +102,21 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
             )
         )
     return found, skipped
+
+
+def _data_changed(task: str, runs: list[ModelResults]) -> str | None:
+    """Why the runs' predictions cannot be paired with `task`'s gold as its local copy holds it now (the copy changed
+    since some run scored it), or None. A run that recorded no fingerprint (an older poolattn) is taken as it is."""
+    from .scoring import task_data_fingerprint
+
+    current = task_data_fingerprint(task, runs[0].data_dir)
+    recorded = {run.task_data.get(task) for run in runs} - {None}
+    if current is None or recorded <= {current}:
+        return None
+    return (
+        f"scored on other data than {runs[0].data_dir}/{task} holds now; score it again (evaluate.py run and "
+        "study.py score what changed anew), or restore the copy"
+    )
 
 
 def seeds_paired(a: SeedReplicates, b: SeedReplicates) -> bool:

@@ -140,6 +140,7 @@ class ModelResults:
     budget: int | None = None  # at most this many units per task (`budget.py`), or None: the full tasks
     data_dir: str | None = None  # the local task copies the run read, or None: the Hub
     origin: TrainingOrigin | None = None  # the training seed and recipe of the weights, when poolattn trained them
+    task_data: dict = field(default_factory=dict, repr=False)  # task -> fingerprint of the local copy it was scored on
 
     def predictions(self, task: str) -> dict | None:
         """mteb's saved predictions of `task` ({subset: {split: ...}}), or None when the run kept none."""
@@ -237,6 +238,7 @@ def read_results(folder) -> ModelResults:
         settings.get("budget"),
         settings.get("data_dir"),
         origin,
+        settings.get("task_data", {}),
     )
 
 
