@@ -743,6 +743,15 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     tests = {(row["a"], row["b"], row["category"]) for row in read_csv(output / "report" / "study_tests.csv")}
     assert ("v1", "v1-step0", "Clustering") not in tests and ("v1", "v1-step0", "STS") not in tests
 
+    # a run trained but not scored yet, and a task of the study no row could score: both named
+    shutil.rmtree(results / models[1].fingerprint)
+    for path in (output / "results").rglob("TwentyNewsgroupsClustering.json"):
+        path.unlink()
+    assert cli.run_study_command(["--report", str(output)]) == 1
+    assert "every row: no score for TwentyNewsgroupsClustering" in capsys.readouterr().err
+    report = (output / "report" / "study.md").read_text()
+    assert f"Not yet trained or scored: {plan.row('v1').label} (seed 43); {label} (seed 43)." in report
+
 
 def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
     tiny_backbone_folder, triplets_file, tmp_path

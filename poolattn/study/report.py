@@ -96,7 +96,7 @@ def write_report(output) -> StudyReport:
     report_folder = output / "report"
     report_folder.mkdir(parents=True, exist_ok=True)
     tests, untested = _row_tests(plan, collected)
-    left_out = [*_scores_left_out(scored), *untested]
+    left_out = [*_scores_left_out(scored, plan.tasks), *untested]
     lines = [
         *_header(plan, trained_rows, scored, categories),
         *_left_out_section(left_out),
@@ -114,10 +114,12 @@ def write_report(output) -> StudyReport:
     return StudyReport(report_folder / "study.md", left_out)
 
 
-def _scores_left_out(scored: list[RowResults]) -> list[str]:
-    """Tasks some seeds of a row lack, and tasks another row has but a row lacks for every seed."""
+def _scores_left_out(scored: list[RowResults], planned: list[str] | None) -> list[str]:
+    """Tasks the study names that no row has a score for, tasks some seeds of a row lack, and tasks another row has
+    but a row lacks for every seed."""
     every = set().union(*(item.replicates.tasks for item in scored))
-    found = []
+    anywhere = set().union(*(run.scores for item in scored for run in item.replicates.runs))
+    found = [f"every row: no score for {task}" for task in planned or [] if task not in anywhere]
     for item in scored:
         lacking = item.replicates.left_out
         found += [f"{item.row.label}: {task} ({why})" for task, why in lacking.items()]
@@ -163,8 +165,8 @@ def _row_tests(plan: StudyPlan, collected: list[RowResults]) -> tuple[list, list
 def _header(plan: StudyPlan, trained_rows: list[RowResults], scored: list[RowResults], categories) -> list[str]:
     """The title, the recipe in one paragraph, the tasks per category and what is not scored yet."""
     missing = []
-    for item in trained_rows:
-        if lacking := sorted(set(plan.seeds) - set(item.seeds)):
+    for item in trained_rows:  # the seeds scored: a run trained but not yet scored is not in the table either
+        if lacking := sorted(set(plan.seeds) - set(item.replicates.seeds if item.replicates else [])):
             missing.append(f"{item.row.label} (seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))})")
     task_counts = {
         category: sorted(
