@@ -732,6 +732,15 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     line = next(line for line in report.splitlines() if line.startswith(f"| {label} | 2 |"))
     assert line.endswith("| — |")  # no average over the categories it has, beside the others' over all
 
+    # resumed with fewer tasks: the dropped task's results stay in the folder but leave the report
+    plan.tasks = ["BIOSSES"]
+    plan.write(output)
+    cli.run_study_command(["--report", str(output)])
+    assert "TwentyNewsgroupsClustering" not in capsys.readouterr().err
+    assert {row["category"] for row in read_csv(output / "report" / "study_table.csv")} == {"STS"}
+    plan.tasks = ["BIOSSES", "TwentyNewsgroupsClustering"]
+    plan.write(output)
+
     # a task copy edited since it was scored: its predictions are never paired with the new gold (the test's scores
     # were recomputed on it, e.g. a sign flipped against the table's), the test leaves it out and says why
     copy = tmp_path / "data" / "TwentyNewsgroupsClustering" / "test.jsonl"

@@ -95,31 +95,46 @@ def collect(plan: StudyPlan, output) -> list[RowResults]:
             RowResults(
                 row,
                 models,
-                _replicates(row, models, output, plan.budget, True),
-                _replicates(row, models, output, plan.budget, False),
-                _replicates(row, controls, output, plan.budget, True),
+                _replicates(row, models, output, plan, True),
+                _replicates(row, models, output, plan, False),
+                _replicates(row, controls, output, plan, True),
                 controls,
             )
         )
     return collected
 
 
-def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, budget, instructions: bool):
-    """The row's scored seeds, each with the seed of its own run folder: runs of the same weights (the controls of a
-    row without parameters of its own) share one results folder, which records only the seed scored last."""
+def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, plan: StudyPlan, instructions: bool):
+    """The row's scored seeds on the study's tasks (`planned_tasks`), each with the seed of its own run folder: runs
+    of the same weights (the controls of a row without parameters of its own) share one results folder, which records
+    only the seed scored last."""
     runs: list[ModelResults] = []
     for model in models:
         folder = results_folder(
             output / "results",
             model.mteb_name,
-            evaluation_revision(model.fingerprint, budget=budget, instructions=instructions),
+            evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions),
         )
         if folder.is_dir() and any(folder.glob("*.json")):
             origin = TrainingOrigin(model.manifest.seed, model.manifest.recipe_fingerprint())
-            runs.append(dataclasses.replace(read_results(folder), origin=origin))
+            results = planned_tasks(plan, read_results(folder))
+            if results.task_results:
+                runs.append(dataclasses.replace(results, origin=origin))
     if not runs:
         return None
     return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
+
+
+def planned_tasks(plan: StudyPlan, results: ModelResults) -> ModelResults:
+    """`results` on the tasks the study selects now (`--tasks`, or `--categories`): a study resumed with fewer tasks
+    keeps the others' results in its folder, which would otherwise enter the means of the rows scored before."""
+    if plan.tasks:
+        keep = set(plan.tasks)
+    elif plan.categories:
+        keep = {task for task, category in results.categories.items() if category in plan.categories}
+    else:
+        return results
+    return dataclasses.replace(results, task_results=[item for item in results.task_results if item.task_name in keep])
 
 
 def on_shared_seeds(a: SeedReplicates, b: SeedReplicates) -> tuple[SeedReplicates, SeedReplicates]:
