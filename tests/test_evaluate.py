@@ -127,6 +127,17 @@ def test_run_then_compare(tmp_path, data_dir, capsys):
         SystemExit, match=r"STSBenchmark_predictions.json is damaged .* run the same `evaluate.py run`"
     ):
         cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c6")])
+    # a damaged model_meta.json where no task is scored again (mteb writes it only with a task's results): the next
+    # run removes it (the folder's name gives the model's name) instead of leaving it to block every compare
+    assert cli.evaluate(run) == 0
+    meta = next(folders[1].rglob("model_meta.json"))
+    meta.write_text(meta.read_text()[:30])
+    v5 = ["run", *models[2:], "--tasks", "STSBenchmark", "--data-dir", str(data_dir), "--output", str(output)]
+    assert cli.evaluate(v5) == 0
+    assert not meta.exists()
+    capsys.readouterr()
+    assert cli.evaluate(["compare", str(folders[0]), str(folders[1]), "--output", str(tmp_path / "c7")]) == 1
+    assert "poolattn/v5: no score for BIOSSES" in capsys.readouterr().err  # only the task it lacks
 
 
 def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, capsys):

@@ -223,7 +223,10 @@ def read_results(folder) -> ModelResults:
     if not results:
         raise ResultsError(f"no mteb task results found under {folder}.")
     meta = folder / MODEL_META_FILE
-    recovery = "delete it and run the same `evaluate.py run` again (it writes it anew)"
+    recovery = (
+        "delete it (the results folder's name gives the model's name), or run the same `evaluate.py run` or "
+        "`study.py` command again, which removes it"
+    )
     name = read_json(meta, recovery=recovery)["name"] if meta.is_file() else folder.parent.name.replace("__", "/", 1)
     settings = read_run_settings(folder)
     recorded = {task: TaskInfo(**info) for task, info in settings.get("tasks", {}).items()}

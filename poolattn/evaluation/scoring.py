@@ -20,6 +20,7 @@ from .encoders import check_model_source, check_truncate_dim, load_encoder
 from .local_tasks import LocalTaskError, is_mteb_task, load_task
 from .requests import EvaluationError, select_tasks
 from .results import (
+    MODEL_META_FILE,
     PREDICTIONS_FOLDER,
     TaskInfo,
     TrainingOrigin,
@@ -169,6 +170,10 @@ def _task_to_score(name: str, data_dir, subsets, budget: int | None):
 
 
 def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None]) -> None:
+    meta = folder / MODEL_META_FILE  # mteb writes it only with a task's results: a damaged one would stay
+    if meta.is_file() and not _readable(meta):
+        logger.warning("%s: its %s is damaged (a run killed while writing?); removed", model_name, MODEL_META_FILE)
+        meta.unlink()
     for name, why in stale_results(folder, fingerprints).items():
         logger.warning("%s: %s %s; scoring it again", model_name, name, why)
 
