@@ -776,7 +776,9 @@ def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
     grid = tuning.TuningGrid(learning_rates=[1e-4, 3e-4], steps=20, eval_steps=10)
     point = tuning.TuningPoint(1e-4, None, [[10, 3.0, 0.3], [20, 2.9, 0.35]])
     tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, [point], chosen=0)})  # the older layout
-    argv = ["--designs", "1", "--seeds", "1", "--output", str(output), "--data-dir", str(tmp_path), "--tune"]
+    (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
+    argv = ["--designs", "1", "--seeds", "1", "--output", str(output), "--data-dir", str(tmp_path / "data")]
+    argv += ["--tasks", "BIOSSES", "--tune"]
     argv += ["--tune-learning-rates", "1e-4,3e-4", "--tune-eval-steps", "10"]
     refused = r"tuning.json records proxy runs other than this study.s: steps 20 \(now 30\)"
     with pytest.raises(SystemExit, match=refused):
