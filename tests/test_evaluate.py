@@ -233,6 +233,32 @@ def test_a_changed_task_copy_is_scored_again_never_served_from_the_cache(tmp_pat
     assert "BIOSSES was scored on other data" in caplog.text
 
 
+def test_a_task_scored_with_another_instruction_is_scored_again(tmp_path, data_dir, caplog, monkeypatch):
+    """The revision covers the weights and whether instructions are on, not the instruction table's text: a task
+    scored before its instruction was edited was served from the cache as new (and the run's record then named the
+    new table). Each task's instruction is recorded and a changed one scores the task again; the others are kept."""
+    from poolattn.prompts import TASK_INSTRUCTIONS
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    output = tmp_path / "results"
+    run = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES,STSBenchmark", "--data-dir", str(data_dir)]
+    run += ["--output", str(output), "--batch-size", "8"]
+
+    def written() -> dict[str, int]:
+        return {task: next(output.rglob(f"{task}.json")).stat().st_mtime_ns for task in ("BIOSSES", "STSBenchmark")}
+
+    assert cli.evaluate(run) == 0
+    before = written()
+    assert cli.evaluate(run) == 0 and written() == before  # nothing changed: the cached scores
+    settings = json.loads(next(output.rglob("poolattn_run.json")).read_text())
+    assert settings["task_prompts"] == {"BIOSSES": TASK_INSTRUCTIONS["STS"], "STSBenchmark": TASK_INSTRUCTIONS["STS"]}
+    monkeypatch.setitem(TASK_INSTRUCTIONS, "BIOSSES", "Retrieve biomedical sentences that mean the same.")
+    assert cli.evaluate(run) == 0
+    after = written()
+    assert after["BIOSSES"] != before["BIOSSES"] and after["STSBenchmark"] == before["STSBenchmark"]
+    assert "BIOSSES was scored with another task instruction" in caplog.text
+
+
 def test_the_cache_revision_covers_every_file_that_decides_a_folders_embeddings(tmp_path):
     """Two sentence-transformers folders that differ only in a sharded weight file, or only in their pooling
     module's config, get different revisions (they shared one: config.json and model.safetensors were all that was

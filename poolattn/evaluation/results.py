@@ -263,17 +263,21 @@ def read_run_settings(folder) -> dict:
     return read_json(path, recovery="delete it and the task results beside it, then score again")
 
 
-def write_run_settings(folder, settings: dict, tasks: list[TaskInfo] = (), task_data: dict | None = None) -> Path:
+def write_run_settings(
+    folder, settings: dict, tasks: list[TaskInfo] = (), task_data: dict | None = None, task_prompts: dict | None = None
+) -> Path:
     """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...),
-    the local tasks it ran and the fingerprint of each task's data it scored (`task_data`), both added to those
-    recorded by earlier runs into the same folder. Written atomically."""
+    the local tasks it ran, the fingerprint of each task's data it scored (`task_data`) and the instruction each
+    task's texts got (`task_prompts`), all added to those recorded by earlier runs into the same folder. Written
+    atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RUN_SETTINGS_FILE
     earlier = read_run_settings(folder)
     recorded = {**earlier.get("tasks", {}), **{info.name: dataclasses.asdict(info) for info in tasks if info.local}}
     data = {**earlier.get("task_data", {}), **(task_data or {})}
-    write_json(path, {**settings, "tasks": recorded, "task_data": data})
+    prompts = {**earlier.get("task_prompts", {}), **(task_prompts or {})}
+    write_json(path, {**settings, "tasks": recorded, "task_data": data, "task_prompts": prompts})
     return path
 
 

@@ -41,11 +41,25 @@ def task_data_fingerprint(name: str, data_dir) -> str | None:
     return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
 
 
-def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> dict[str, str]:
+def task_prompts(instructions: dict | None, infos) -> dict[str, str | None]:
+    """The instruction each task's texts get from a table (by the task's name, else its type, as the encoder looks it
+    up; None without one or without instructions)."""
+    table = instructions or {}
+    return {info.name: table.get(info.name) or table.get(info.type) for info in infos}
+
+
+def stale_results(folder: Path, fingerprints: dict[str, str | None], *, instructions=None, infos=()) -> dict[str, str]:
     """Remove the results (and predictions) in `folder` of every task whose data changed since it was scored (its
-    recorded fingerprint differs, or none was recorded for a local copy), or whose result or predictions file is
-    damaged (mteb writes them in place: a run killed while writing), so that mteb scores it again; name -> why."""
-    recorded = read_run_settings(folder).get("task_data", {})
+    recorded fingerprint differs, or none was recorded for a local copy), or, given the tasks' `infos`, whose task
+    instruction differs from what the `instructions` table gives it now (an edited table), or whose result or
+    predictions file is damaged (mteb writes them in place: a run killed while writing), so that mteb scores it
+    again; name -> why."""
+    settings = read_run_settings(folder)
+    recorded = settings.get("task_data", {})
+    now = task_prompts(instructions, infos)
+    # the prompt each task was scored with; results of runs that recorded none: the table recorded beside them
+    then = {**task_prompts(settings.get("instructions"), infos), **settings.get("task_prompts", {})}
+    asked = "instructions" in settings or "task_prompts" in settings
     stale = {}
     for name, fingerprint in fingerprints.items():
         result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
@@ -53,6 +67,8 @@ def stale_results(folder: Path, fingerprints: dict[str, str | None]) -> dict[str
             continue
         if fingerprint is not None and recorded.get(name) != fingerprint:
             stale[name] = "was scored on other data than the task's folder holds now (or on an unrecorded copy)"
+        elif asked and name in now and then.get(name) != now[name]:
+            stale[name] = f"was scored with another task instruction ({then.get(name)!r}) than now ({now[name]!r})"
         elif damaged := [path.name for path in (result, predictions) if path.is_file() and not _readable(path)]:
             stale[name] = f"has a damaged {' and '.join(damaged)} (a run killed while writing?)"
         if name in stale:
@@ -138,7 +154,8 @@ def evaluate_models(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints)
+        instructions_now = getattr(encoder, "instructions", None) or None
+        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints, instructions_now, infos)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
         result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
@@ -169,12 +186,12 @@ def _task_to_score(name: str, data_dir, subsets, budget: int | None):
     return cap_task(task, budget) if budget else task
 
 
-def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict[str, str | None]) -> None:
+def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict, instructions, infos) -> None:
     meta = folder / MODEL_META_FILE  # mteb writes it only with a task's results: a damaged one would stay
     if meta.is_file() and not _readable(meta):
         logger.warning("%s: its %s is damaged (a run killed while writing?); removed", model_name, MODEL_META_FILE)
         meta.unlink()
-    for name, why in stale_results(folder, fingerprints).items():
+    for name, why in stale_results(folder, fingerprints, instructions=instructions, infos=infos).items():
         logger.warning("%s: %s %s; scoring it again", model_name, name, why)
 
 
@@ -305,7 +322,9 @@ def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, setti
         "training": dataclasses.asdict(origin) if origin else None,
     }
     scored = {task_result.task_name: fingerprints.get(task_result.task_name) for task_result in result.task_results}
-    write_run_settings(folder, settings, infos, task_data=scored)
+    prompts = task_prompts(settings["instructions"], infos)
+    prompts = {name: prompts.get(name) for name in scored}
+    write_run_settings(folder, settings, infos, task_data=scored, task_prompts=prompts)
     name = encoder.mteb_model_meta.name
     run.folders[model] = folder
     run.scores[name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
