@@ -853,3 +853,28 @@ def read_earlier(path):
     from poolattn.study.changes import read_earlier_tests
 
     return read_earlier_tests(path)
+
+
+def test_a_relative_data_dir_is_recorded_absolute_so_the_report_works_from_any_folder(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """The results record the study's data dir and the report reloads each task's gold from it: recorded as given
+    (`--data-dir data`), a report written from another folder could not load it, and every test was left out."""
+    from poolattn.evaluation import pairing
+
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    argv[argv.index("1,2,mean-causal")] = "1,mean-causal"
+    data = argv[argv.index("--data-dir") + 1]
+    argv[argv.index("--data-dir") + 1] = "data"
+    argv = ["--tasks", "BIOSSES", "--seeds", "1", *argv[: argv.index("--seeds")], *argv[argv.index("--seeds") + 2 :]]
+    monkeypatch.chdir(Path(data).parent)
+    assert cli.run_study_command(argv) == 0
+    output = tmp_path / "study"
+    assert study.StudyPlan.read(output).data_dir == str(Path(data).resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pairing._gold.cache_clear()  # a new process: the gold loaded by the run's own report is not at hand
+    assert cli.run_study_command(["--report", str(output)]) == 0
+    tests = read_csv(output / "report" / "study_tests.csv")
+    assert {(row["a"], row["b"], row["category"]) for row in tests} == {("v1", "mean-causal", "STS")}

@@ -188,7 +188,8 @@ def plan_study(
         tasks=tasks,
         categories=categories,
         benchmark=benchmark,
-        data_dir=str(data_dir) if data_dir else None,
+        # absolute: the results record it, and the report reloads each task's gold from it (from any folder)
+        data_dir=str(Path(data_dir).resolve()) if data_dir else None,
         budget=budget or None,
         batch_size=batch_size,
         instruction_check=check,
