@@ -681,8 +681,8 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
 def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path, capsys):
     """A study cut short scores a row's control before its run, and a row's STS with instructions before without: the
     report then holds rows with different seeds. Each test compares the two rows on the seeds both have (the same
-    data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the controls
-    of a row without parameters (one results folder for every seed) count each seed once. A score missing from a
+    data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the control
+    of a row without parameters (one results folder for every seed) is one run, set against every seed. A score missing from a
     row or a test is named in the report, and the command exits 1."""
     import shutil
 
@@ -692,8 +692,9 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     assert cli.run_study_command(argv) == 0
     output = tmp_path / "study"
     per_task = read_csv(output / "report" / "per_task.csv")
-    score = {(row["row"], int(row["seed"]), row["task"]): float(row["score"]) for row in per_task}
-    assert {seed for row, seed, _ in score if row == "v1-step0"} == {42, 43}
+    seed_of = lambda text: int(text) if text else None  # noqa: E731
+    score = {(row["row"], seed_of(row["seed"]), row["task"]): float(row["score"]) for row in per_task}
+    assert {seed for row, seed, _ in score if row == "v1-step0"} == {None}  # one control, the same for every seed
     # cut short: v1's seed 43 not trained yet (its control scored), mean-causal's seed 43 not yet scored without
     # instructions
     shutil.rmtree(output / "runs" / "v1" / "seed-43" / "model")
@@ -704,12 +705,16 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     shutil.rmtree(results / evaluation_revision(models[1].fingerprint, instructions=False))
     assert cli.run_study_command(["--report", str(output)]) == 0
     tests = {(row["a"], row["b"], row["category"]): row for row in read_csv(output / "report" / "study_tests.csv")}
-    pairs = {("v1", "v1-step0"): [42], ("v1", "mean-causal"): [42], ("mean-causal", "mean-causal-step0"): [42, 43]}
+    # a row and a control shared by every seed: every seed of the row against the one control; otherwise the seeds
+    # both rows have
+    pairs = {("v1", "v1-step0"): [None], ("v1", "mean-causal"): [42], ("mean-causal", "mean-causal-step0"): [None]}
     for (a, b), seeds in pairs.items():
         row = tests[(a, b, "STS")]
-        assert (int(row["a seeds"]), int(row["b seeds"])) == (len(seeds), len(seeds)), (a, b)
+        assert int(row["b seeds"]) == len(seeds), (a, b)
         expected = sum(score[(b, seed, "BIOSSES")] for seed in seeds) / len(seeds)
         assert float(row["b score"]) == pytest.approx(expected, abs=1e-5)
+    assert int(tests[("v1", "mean-causal", "STS")]["a seeds"]) == 1  # v1's seed 42, mean-causal's 42 (not 43)
+    assert int(tests[("mean-causal", "mean-causal-step0", "STS")]["a seeds"]) == 2
     report = (output / "report" / "study.md").read_text()
     assert "| mean-causal (mean pooling of the last layer, causal attention) | 1 |" in report  # 1 STS task, seed 42
     assert "## Left out" not in report
@@ -878,3 +883,69 @@ def test_a_relative_data_dir_is_recorded_absolute_so_the_report_works_from_any_f
     assert cli.run_study_command(["--report", str(output)]) == 0
     tests = read_csv(output / "report" / "study_tests.csv")
     assert {(row["a"], row["b"], row["category"]) for row in tests} == {("v1", "mean-causal", "STS")}
+
+
+def _stub_results(scores_by_folder: dict, monkeypatch, tmp_path: Path):
+    """`compare._replicates` over stand-in results: fingerprint -> {task: score}, one results folder each (the STS12
+    and STS13 scores of a run trained with `seed`), read by a stand-in for `read_results`."""
+    from types import SimpleNamespace
+
+    from poolattn.evaluation.results import ModelResults, TaskInfo, TrainingOrigin, results_folder
+    from poolattn.study import compare
+
+    def read(folder):
+        fingerprint = folder.name.removesuffix("-budget100")
+        scores, seed = scores_by_folder[fingerprint]
+        tasks = [
+            SimpleNamespace(task_name=task, get_score=lambda score=score: score) for task, score in scores.items()
+        ]
+        recorded = {task: TaskInfo(task, "STS", "main", f"local/{task}", local=True) for task in scores}
+        return ModelResults(
+            "o/m-step0",
+            folder.name,
+            folder,
+            tasks,
+            recorded_tasks=recorded,
+            budget=100,
+            origin=TrainingOrigin(seed, "recipe"),
+        )
+
+    for fingerprint in scores_by_folder:
+        folder = results_folder(tmp_path / "results", "o/m-step0", f"{fingerprint}-budget100")
+        folder.mkdir(parents=True)
+        (folder / "STS12.json").write_text("{}")
+    monkeypatch.setattr(compare, "read_results", read)
+    return compare
+
+
+def test_a_control_shared_by_every_seed_is_one_run_not_two_seeds_with_no_spread(tmp_path, monkeypatch):
+    """A row without parameters of its own has one untrained control for every seed (the same weights, the same
+    results folder): it is one run, shown without a seed sd, not the same scores counted once per seed (which showed
+    "2 seeds, ± 0.0000"). Controls with weights of their own per seed are one run per seed, with the sample sd."""
+    import statistics
+    from types import SimpleNamespace
+
+    from poolattn.study.plan import StudyRow
+
+    scores = {
+        "shared": ({"STS12": 0.2, "STS13": 0.4}, 42),
+        "own42": ({"STS12": 0.5, "STS13": 0.7}, 42),
+        "own43": ({"STS12": 0.6, "STS13": 0.9}, 43),
+    }
+    compare = _stub_results(scores, monkeypatch, tmp_path)
+    row = StudyRow("v1", "1", "variant", 1, model_name="o/m")
+    plan = SimpleNamespace(budget=100, tasks=None, categories=None)
+
+    def model(fingerprint, seed):
+        manifest = SimpleNamespace(seed=seed, recipe_fingerprint=lambda: "recipe")
+        return SimpleNamespace(mteb_name="o/m-step0", fingerprint=fingerprint, manifest=manifest)
+
+    shared = compare._replicates(row, [model("shared", 42), model("shared", 43)], tmp_path, plan, True)
+    assert len(shared.runs) == 1 and shared.category_means() == {"STS": pytest.approx(0.3)}
+    assert shared.seeds == [None]  # no seed of its own: compared with every seed of its trained row, unpaired
+    assert shared.category_spread() == {"STS": None}
+    item = compare.RowResults(row, [], None, controls=shared)
+    assert study_report._cell(item.control(), "STS") == "0.3000"
+    own = compare._replicates(row, [model("own42", 42), model("own43", 43)], tmp_path, plan, True)
+    assert own.seeds == [42, 43] and own.category_means() == {"STS": pytest.approx(0.675)}
+    assert own.category_spread()["STS"] == pytest.approx(statistics.stdev([0.6, 0.75]), abs=1e-12)

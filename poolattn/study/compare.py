@@ -105,24 +105,26 @@ def collect(plan: StudyPlan, output) -> list[RowResults]:
 
 
 def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, plan: StudyPlan, instructions: bool):
-    """The row's scored seeds on the study's tasks (`planned_tasks`), each with the seed of its own run folder: runs
-    of the same weights (the controls of a row without parameters of its own) share one results folder, which records
-    only the seed scored last."""
-    runs: list[ModelResults] = []
+    """The row's scored seeds on the study's tasks (`planned_tasks`), each with the seed of its own run folder. Models
+    of the same weights (the one untrained control a row without parameters of its own has for every seed) share one
+    results folder: they are one run, not one per seed, standing for no seed of its own (origin seed None, so that
+    tests compare it with every seed of the other row, unpaired)."""
+    by_folder: dict[Path, list[ExportedModel]] = {}
     for model in models:
-        folder = results_folder(
-            output / "results",
-            model.mteb_name,
-            evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions),
-        )
+        revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions)
+        by_folder.setdefault(results_folder(output / "results", model.mteb_name, revision), []).append(model)
+    runs: list[ModelResults] = []
+    for folder, same_weights in by_folder.items():
         if folder.is_dir() and any(folder.glob("*.json")):
-            origin = TrainingOrigin(model.manifest.seed, model.manifest.recipe_fingerprint())
+            manifest = same_weights[0].manifest
+            seed = manifest.seed if len(same_weights) == 1 else None
+            origin = TrainingOrigin(seed, manifest.recipe_fingerprint())
             results = planned_tasks(plan, read_results(folder))
             if results.task_results:
                 runs.append(dataclasses.replace(results, origin=origin))
     if not runs:
         return None
-    return SeedReplicates(row.label, sorted(runs, key=lambda run: run.origin.seed if run.origin else 0))
+    return SeedReplicates(row.label, sorted(runs, key=lambda run: (run.origin and run.origin.seed) or 0))
 
 
 def planned_tasks(plan: StudyPlan, results: ModelResults) -> ModelResults:
