@@ -682,8 +682,8 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     """A study cut short scores a row's control before its run, and a row's STS with instructions before without: the
     report then holds rows with different seeds. Each test compares the two rows on the seeds both have (the same
     data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the control
-    of a row without parameters (one results folder for every seed) is one run, set against every seed. A score missing from a
-    row or a test is named in the report, and the command exits 1."""
+    of a row without parameters (one results folder for every seed) is one run, set against every seed. A score
+    missing from a row or a test is named in the report, and the command exits 1."""
     import shutil
 
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)

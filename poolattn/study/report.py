@@ -39,14 +39,15 @@ TEST_COLUMNS = (
 
 TEST_METHOD = (
     "Each cell: the difference of category means (row a − row b), its 95% interval, and the marker of the "
-    "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the units of every task in the category — "
-    "pairs, queries, examples, texts — resampled, the same sample for both rows, and each row's seeds drawn with "
-    "replacement, one draw for both where their seeds match; 1000 resamples; two-sided p; Holm over the "
-    "categories of each comparison; on the seeds both rows have, so a row with more seeds than the other is "
-    "compared on the other's, `a seeds`/`b seeds` in `study_tests.csv`): ▲ row a significantly better, ▼ row b "
-    "significantly better (p_Holm < 0.05), none: no significant difference. Why this test: the paper's Wilcoxon "
-    "signed-rank over datasets cannot reach p < 0.05 with 5 or fewer datasets per category; its p is in "
-    "`study_tests.csv` (column `wilcoxon p`)."
+    "category-level **paired bootstrap** (`paired.pooled_bootstrap`: the difference of category means recomputed "
+    "in every resample from each task's predictions with its own metric; the units of every task in the category — "
+    "pairs, queries, examples, texts (clustering sets half-sampled) — resampled, the same sample for both rows, and "
+    "each row's seeds drawn with replacement, one draw for both where their seeds match; 1000 resamples; 95% "
+    "percentile interval; two-sided p; Holm over the categories of each comparison; on the seeds both rows have, so "
+    "a row with more seeds than the other is compared on the other's, `a seeds`/`b seeds` in `study_tests.csv`): ▲ "
+    "row a significantly better, ▼ row b significantly better (p_Holm < 0.05), none: no significant difference. Why "
+    "this test: the paper's Wilcoxon signed-rank over datasets cannot reach p < 0.05 with 5 or fewer datasets per "
+    "category; its p is in `study_tests.csv` (column `wilcoxon p`)."
 )
 
 
