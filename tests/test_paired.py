@@ -176,3 +176,36 @@ def test_the_comparison_reports_the_paired_tests(every_task_type):
     rows = (root / "cmp" / "paired_tests.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 and rows[0].startswith("model,baseline,task,subset/split,category,units")
     assert json.loads((next(root.glob("results/results/*/*")) / "poolattn_run.json").read_text())["budget"] == 30
+
+
+def test_resamples_where_the_score_is_undefined_are_left_out_not_counted_as_no_difference():
+    """A resample can leave a statistic undefined (average precision with one class left in the sample): such a
+    resample says nothing about the difference and is left out. Counting it as a difference of 0 pulled the interval
+    to 0 and counted it as reaching the null. Checked against the same resamples computed here, undefined ones
+    dropped: percentile interval and p = (1 + #{|d* - d| >= |d|}) / (valid + 1)."""
+    from sklearn.metrics import average_precision_score
+
+    from poolattn.evaluation.paired import pair_classification_units
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros(20, dtype=int)
+    labels[:3] = 1  # 3 positives in 20: (17/20)^20 = 4% of resamples hold none
+    a = {"cosine_scores": list(labels * 0.5 + rng.normal(0, 0.3, 20))}
+    b = {"cosine_scores": list(labels * 0.2 + rng.normal(0, 0.3, 20))}
+    test = paired_bootstrap(pair_classification_units(labels, a), a, b, resamples=2000)
+
+    draws, differences = np.random.default_rng(0), []
+    for _ in range(2000):
+        sample = draws.integers(0, 20, 20)
+        if labels[sample].any():
+            ap = [average_precision_score(labels[sample], np.asarray(x["cosine_scores"])[sample]) for x in (a, b)]
+            differences.append(ap[0] - ap[1])
+    differences = np.array(differences)
+    observed = average_precision_score(labels, a["cosine_scores"]) - average_precision_score(
+        labels, b["cosine_scores"]
+    )
+    assert 1900 < len(differences) < 2000 and test.difference == pytest.approx(observed, abs=1e-12)
+    assert [test.low, test.high] == pytest.approx(np.percentile(differences, [2.5, 97.5]), abs=1e-12)
+    far = np.abs(differences - observed) >= abs(observed) - 1e-12
+    assert test.p_value == pytest.approx((1 + far.sum()) / (len(differences) + 1), abs=1e-12)
+    assert test.resamples == len(differences)

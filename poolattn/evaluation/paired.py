@@ -12,7 +12,9 @@ Wilcoxon tests do not apply; with many units those would also call tiny differen
 
 - the interval is the 2.5th-97.5th percentile of the bootstrap differences (95%);
 - the two-sided p-value counts bootstrap differences at least as far from the observed one as the observed one is
-  from zero (the bootstrap distribution shifted to the null): p = (1 + #{|d* - d| >= |d|}) / (B + 1).
+  from zero (the bootstrap distribution shifted to the null): p = (1 + #{|d* - d| >= |d|}) / (B + 1);
+- a resample on which a score is undefined (average precision with one class left in the sample) is left out, and
+  B counts the others (`PairedTest.resamples`).
 - clustering: drawing texts with replacement puts duplicates in a set, and duplicates inflate V-measure (the interval
   of a difference then sat off the observed difference), so each resample takes half of each set's texts without
   replacement instead. That is the delete-d jackknife with d = n/2 (Shao & Wu 1989), whose variance factor
@@ -89,7 +91,7 @@ class PairedTest:
     low: float
     high: float
     p_value: float
-    resamples: int
+    resamples: int  # resamples the interval and p rest on (those with every score defined)
     p_holm: float | None = None
     seeds_a: int = 1  # training seeds (replicates) behind score_a
     seeds_b: int = 1
@@ -162,11 +164,14 @@ def pooled_bootstrap(
         draw_b = draw_a if paired_seeds else _draw_seeds(rng, count_b)
         mean_a = weights @ [scores[draw_a].mean() for scores in _run_scores(parts, samples, 0)]
         differences[index] = mean_a - weights @ [scores[draw_b].mean() for scores in _run_scores(parts, samples, 1)]
-    differences = np.nan_to_num(differences, nan=0.0)
+    # a resample whose score is undefined (average precision with one class left, ...) says nothing: left out
+    differences = differences[~np.isnan(differences)]
+    if not len(differences):
+        raise ValueError(f"{task or 'paired bootstrap'}: the score is undefined on every resample of the units.")
     if any(units.half_samples for units, _, _ in parts):  # half samples: their spread, around the observed difference
         differences = differences - differences.mean() + observed
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
-    p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (resamples + 1))
+    p_value = 1.0 if observed == 0 else float((1 + far.sum()) / (len(differences) + 1))
     low, high = np.percentile(differences, [2.5, 97.5])
     return PairedTest(
         task,
@@ -177,7 +182,7 @@ def pooled_bootstrap(
         float(low),
         float(high),
         p_value,
-        resamples,
+        len(differences),
         seeds_a=count_a,
         seeds_b=count_b,
         paired_seeds=paired_seeds,
