@@ -177,9 +177,8 @@ def plan_study(
     rows = _rows(backbone, chosen, arm_overrides, ablation_base)
     if not (tasks or categories or benchmark):
         categories = list(DEFAULT_CATEGORIES)
-    check = list(INSTRUCTION_CHECK if instruction_check is None else instruction_check)
     keys = {row.key for row in rows}
-    check = [key for key in check if key in keys]
+    check = [key for key in (INSTRUCTION_CHECK if instruction_check is None else instruction_check) if key in keys]
     return StudyPlan(
         backbone=backbone,
         seeds=list(range(seed, seed + seeds)),
