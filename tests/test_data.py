@@ -505,6 +505,37 @@ def test_a_streamed_run_trains_the_weights_of_the_in_memory_run(tiny_backbone_fo
         )
 
 
+def test_a_streamed_run_killed_in_its_second_pass_resumes_to_the_uninterrupted_weights(
+    tiny_backbone_folder, tmp_path, monkeypatch
+):
+    """Two sources of 5 batches of 4 in all, 8 steps: the stream runs out after step 5 and starts its second pass
+    (seed + 1). Killed after checkpoint-6 and resumed, the run trains steps 7-8 on the batches the uninterrupted run
+    trains there (no dropout: what is compared is the batches), which also equal the in-memory run's."""
+    data = two_sources(tmp_path / "data")
+    common = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", str(data), *TINY_RUN]
+    common += ["--max_steps", "8", "--lora_dropout", "0", "--streaming", "true"]
+    straight = training.main([*common, "--output_dir", str(tmp_path / "straight")])[0]
+    in_memory = training.main([*common[:-2], "--output_dir", str(tmp_path / "memory")])[0]
+    original_step = ContrastiveTrainer.training_step
+
+    def crash_after_six_steps(self, *args, **kwargs):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt("simulated kill after checkpoint-6")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", crash_after_six_steps)
+    with pytest.raises(KeyboardInterrupt):
+        training.main([*common, "--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", original_step)
+    arguments = [*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"]
+    resumed = training.main(arguments)[0]
+    assert TrainingManifest.read(resumed).global_steps == 8
+    expected = load_file(straight / "model.safetensors")
+    for folder in (in_memory, resumed):
+        for name, value in load_file(folder / "model.safetensors").items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=f"{folder}: {name}")
+
+
 def test_data_that_cannot_give_one_source_batches_is_refused_before_training(tiny_backbone_folder, tmp_path):
     data = two_sources(tmp_path / "data")
     with pytest.raises(TripletDataError, match="no source holds a full batch of 16 rows"):

@@ -277,13 +277,30 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             yield {**row, "source": index}
 
     def __iter__(self):
+        return self.pass_rows(self.epoch)
+
+    def passes(self) -> Iterator[dict]:
+        """Pass `epoch`, then `epoch + 1`, ... as one endless iteration, as training reads the stream (`Passes`);
+        it ends only if a pass gives no row."""
+        epoch = self.epoch
+        while True:
+            rows = self.pass_rows(epoch)
+            first = next(rows, None)
+            if first is None:
+                return
+            yield first
+            yield from rows
+            epoch += 1
+
+    def pass_rows(self, epoch: int) -> Iterator[dict]:
+        """One pass over every source, shuffled for `seed` + `epoch` (module doc)."""
         shuffled = {
-            index: buffered_shuffle(self.rows_of(index), self.buffer_size, _epoch_rng(self.seed, self.epoch, index))
+            index: buffered_shuffle(self.rows_of(index), self.buffer_size, _epoch_rng(self.seed, epoch, index))
             for index in range(len(self.sources))
         }
         blocks = {index: source.rows // self.batch_size for index, source in enumerate(self.sources)}
         dry = set()
-        for index in block_order(blocks, _epoch_rng(self.seed, self.epoch)):
+        for index in block_order(blocks, _epoch_rng(self.seed, epoch)):
             if index in dry:
                 continue
             block = [row for _, row in zip(range(self.batch_size), shuffled[index])]
@@ -291,6 +308,20 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
                 dry.add(index)
                 continue
             yield from block
+
+
+class Passes(torch.utils.data.IterableDataset):
+    """The dataset training reads with `--streaming`: a `SourceBatchStream`'s passes one after another
+    (`SourceBatchStream.passes`), so the Trainer sees one epoch as long as `--max_steps`. A batch's place in it is then
+    the number of batches trained before it, and a resume that skips `global_step` batches continues where the
+    uninterrupted run was, in the first pass or a later one (the Trainer's own epochs of an iterable dataset of
+    unknown length would restart a resumed run at the first pass)."""
+
+    def __init__(self, stream: SourceBatchStream):
+        self.stream = stream
+
+    def __iter__(self):
+        return self.stream.passes()
 
 
 def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> list[StreamedSource]:

@@ -28,7 +28,7 @@ from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..records import ContrastiveBatch, StopRecord, TrainableParameters
 from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
-from .batching import stream_triplets
+from .batching import Passes, stream_triplets
 from .checkpoints import (
     CheckpointRecord,
     check_control,
@@ -173,14 +173,14 @@ def _collator(tokenizer, data_args, triplets: Triplets, *, add_eos: bool) -> Tri
 
 
 def _datasets(data_args, triplets: Triplets, held_out: list[dict] | None) -> dict:
-    """The trainer's datasets and how it samples them: the rows (or the stream), the held-out rows, one source per
-    batch and per-source sampling weights as asked."""
+    """The trainer's datasets and sampling: the rows or the stream's passes, held-out rows, one source per batch."""
     import datasets
 
     one_source = batch_sampling(data_args, triplets) == "one_source_per_batch" and triplets.stream is None
     weighted = bool(data_args.weights_per_source)  # a file stem's weight is shared by that file's parts
+    rows = datasets.Dataset.from_list(triplets.rows) if triplets.stream is None else Passes(triplets.stream)
     return {
-        "train_dataset": triplets.stream if triplets.stream is not None else datasets.Dataset.from_list(triplets.rows),
+        "train_dataset": rows,
         "eval_dataset": datasets.Dataset.from_list(held_out) if held_out else None,
         "source_of_rows": triplets.source_of_rows() if one_source else None,
         "source_weights": dict(enumerate(item.weight for item in triplets.sources)) if weighted else None,
