@@ -380,6 +380,35 @@ def test_a_plateau_run_with_load_best_exports_its_best_checkpoint_and_resumes_to
         torch.testing.assert_close(value, best[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_run_resumed_after_its_folder_moved_still_exports_its_best_checkpoint(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """The Trainer records the best checkpoint by its absolute path and drops it on resume when the folder has moved
+    (a study folder moved or copied to another machine, transformers warns); it finds it again by its step at its
+    next save, and the last step always saves: a run resumed after its last regular save (here from checkpoint-4 of
+    5, evaluated and saved every 2 steps) still exports its best checkpoint, and its manifest says which."""
+    from poolattn.training.checkpoints import load_checkpoint
+
+    script_held_out_losses(monkeypatch, [1.5, 1.6, 1.7, 1.7, 1.8])  # steps 2, 4, (5): the best is step 2
+    arguments = [
+        *("--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file),
+        *("--eval_fraction", "0.34", "--per_device_eval_batch_size", "4", "--eval_strategy", "steps"),
+        *("--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss", "--eval_steps", "2"),
+        *("--max_steps", "5", "--per_device_train_batch_size", "4", "--save_steps", "2", "--learning_rate", "1e-2"),
+        *("--warmup_steps", "0", "--logging_steps", "1", "--save_total_limit", "5"),
+    ]
+    training.main([*arguments, "--output_dir", str(tmp_path / "run")])
+    shutil.rmtree(tmp_path / "run" / "model")  # killed after checkpoint-4, before the export; then the folder moved
+    shutil.rmtree(tmp_path / "run" / "checkpoint-5")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    exported = training.main([*arguments, "--output_dir", str(tmp_path / "moved"), "--resume_from_checkpoint", "true"])
+    stop = json.loads((exported[0] / "training_manifest.json").read_text())["stop"]
+    assert (stop["step"], stop["best_step"], stop["exported_step"]) == (5, 2, 2)
+    best = load_checkpoint(tmp_path / "moved" / "checkpoint-2").state_dict()
+    for name, value in load_file(exported[0] / "model.safetensors").items():
+        torch.testing.assert_close(value, best[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     history = [{"step": s, "eval_loss": v} for s, v in [(1, 1.0), (2, 0.995), (3, 0.98), (4, 0.9)]]
     assert plateau_step(history, patience=2, min_improvement=0.01) is None  # 0.98 < 0.99: an improvement
