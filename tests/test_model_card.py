@@ -256,3 +256,20 @@ def test_a_card_names_the_core_categories_its_results_do_not_cover(tmp_path):
     full = {"STS12": "STS", "ArguAna": "Retrieval", "Banking77Classification": "Classification", "X": "Clustering"}
     covered = fake_results("me/tiny-v5", dict.fromkeys(full, 0.5), full)
     assert "Not scored on" not in ModelCard(str(build_model_card(model, repo_id="me/tiny-v5", results=covered))).text
+
+
+def test_card_says_whose_step_the_weights_are_when_the_best_checkpoint_was_exported(tmp_path):
+    manifest = TrainingManifest(
+        variant=5,
+        backbone="smollm2-135m",
+        global_steps=300,
+        stop=records.StopRecord(reason="max_steps", step=300, cap=300, best_step=100, exported_step=100),
+    )
+    _, body = rendered(exported(tmp_path / "model", manifest))
+    assert table_row(body, "steps") == (
+        "300; the weights are those of step 100 (the best checkpoint), not of the last step"
+    )
+    last = TrainingManifest(
+        variant=5, backbone="smollm2-135m", global_steps=300, stop=records.StopRecord(reason="max_steps", step=300)
+    )
+    assert table_row(rendered(exported(tmp_path / "last", last))[1], "steps") == "300"

@@ -184,6 +184,8 @@ def _steps_text(manifest: TrainingManifest) -> str:
         if stop and stop.reason == "plateau"
         else ""
     )
+    if stop and stop.exported_step is not None and stop.exported_step != manifest.global_steps:
+        stopped += f"; the weights are those of step {stop.exported_step} (the best checkpoint), not of the last step"
     recipe = (
         f" ({settings.describe_rates()}, {settings.lr_scheduler_type} schedule, "
         f"{settings.warmup_steps} warmup steps, {settings.optimizer})"
