@@ -273,3 +273,17 @@ def test_card_says_whose_step_the_weights_are_when_the_best_checkpoint_was_expor
         variant=5, backbone="smollm2-135m", global_steps=300, stop=records.StopRecord(reason="max_steps", step=300)
     )
     assert table_row(rendered(exported(tmp_path / "last", last))[1], "steps") == "300"
+
+
+def test_card_of_an_untrained_control_does_not_claim_fine_tuning(tmp_path):
+    manifest = TrainingManifest(  # as train.py writes a study's step-0 control
+        variant=5,
+        backbone="smollm2-135m",
+        seed=42,
+        global_steps=0,
+        stop=records.StopRecord(reason="untrained", step=0),
+        trainable_parameters=records.TrainableParameters(head=1000, backbone=134_000_000),
+    )
+    _, body = rendered(exported(tmp_path / "model", manifest))
+    assert "Fine-tuned with" not in body and "Not fine-tuned: an untrained control" in body
+    assert table_row(body, "loss") == "none (untrained control)" and "| trainable parameters |" not in body

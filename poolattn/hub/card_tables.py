@@ -115,17 +115,20 @@ def training_rows(manifest: TrainingManifest) -> list[list[str]]:
     if batch:
         rows.append(["contrastive batch per loss call", batch.describe()])
     losses = manifest.losses
+    untrained = manifest.stop is not None and manifest.stop.reason == "untrained"
     rows.append(
         [
             "loss",
-            "InfoNCE over cosine similarities"
+            "none (untrained control)"
+            if untrained
+            else "InfoNCE over cosine similarities"
             + (f", temperature {settings.temperature}" if settings else "")
             + (f"; {losses[0]:.3f} at the first step, {losses[-1]:.3f} at the last" if losses else ""),
         ]
     )
     if settings:
         rows.append(["tuning", settings.describe_tuning()])
-    if manifest.trainable_parameters:
+    if manifest.trainable_parameters and not untrained:
         rows.append(["trainable parameters", manifest.trainable_parameters.describe()])
     if settings:
         rows.append(["max tokens", f"queries {settings.query_max_length}, documents {settings.document_max_length}"])

@@ -187,6 +187,7 @@ def build_model_card(
         parameters=model.parameters,
         query_prompt=json.dumps(model.query_prompt) if model.query_prompt else None,
         training_table=markdown_table(["", "value"], training_rows(model.manifest)) if model.manifest else None,
+        untrained=bool(model.manifest and model.manifest.stop and model.manifest.stop.reason == "untrained"),
         results=results,
         scores_table=tables["scores"],
         unscored_categories=unscored_categories(results) if results else [],
