@@ -287,3 +287,13 @@ def test_card_of_an_untrained_control_does_not_claim_fine_tuning(tmp_path):
     _, body = rendered(exported(tmp_path / "model", manifest))
     assert "Fine-tuned with" not in body and "Not fine-tuned: an untrained control" in body
     assert table_row(body, "loss") == "none (untrained control)" and "| trainable parameters |" not in body
+
+
+def test_evaluation_means_of_a_peer_lacking_one_of_this_models_tasks_are_left_blank():
+    categories = {"STS12": "STS", "STS13": "STS", "Banking77Classification": "Classification"}
+    this = fake_results("me/x-v5", {"STS12": 0.5, "STS13": 0.7, "Banking77Classification": 0.6}, categories)
+    partial = fake_results("me/x-v1", {"STS12": 0.9, "Banking77Classification": 0.4}, categories)  # no STS13
+    assert evaluation_tables(this, [partial])["means"].splitlines()[2:] == [
+        "| me/x-v5 (this model) | 0.6000 | 0.6000 |",
+        "| me/x-v1 | 0.4000 | — |",  # its STS mean would be over STS12 alone, beside this model's over both
+    ]

@@ -217,7 +217,7 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
     if shared_peers:
         used = list(dict.fromkeys(categories[task] for task in tasks))
         compared = [(f"{results.name} (this model)", results), *((peer.name, peer) for peer in shared_peers)]
-        means = [[name, *map(model_results.category_means(tasks).get, used)] for name, model_results in compared]
+        means = [[name, *_means_over(model_results, tasks, categories, used)] for name, model_results in compared]
         tests = [
             [
                 peer.name,
@@ -249,3 +249,14 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
             tests,
         )
     return tables
+
+
+def _means_over(model_results: ModelResults, tasks: list[str], categories: dict[str, str], used: list[str]) -> list:
+    """`model_results`' mean per category of `used` over exactly this model's `tasks` of it; None (—) where it lacks
+    one of them, so that no mean of the table averages fewer tasks than the heading says."""
+    means = model_results.category_means(tasks)
+    scored = set(model_results.scores)
+    return [
+        means.get(category) if all(t in scored for t in tasks if categories[t] == category) else None
+        for category in used
+    ]
