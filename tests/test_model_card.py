@@ -169,6 +169,7 @@ def test_card_of_a_model_without_a_manifest_says_so(tmp_path):
     assert "| steps |" not in body and "Fine-tuned with" not in body
     assert "built from a decoder LLM with variant 2 of" in body
     assert "QUERY_PROMPT = None" in body and 'SentenceTransformer("me/tiny-v2", trust_remote_code=True)' in body
+    assert "trained without query instructions" not in body  # unknown without a manifest, not "none"
     assert metadata["model_name"] == "me/tiny-v2" and "poolattn-variant-2" in metadata["tags"]
     assert "| pooling | latent (last-layer trainable pooling) |" in body
 
