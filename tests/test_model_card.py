@@ -298,3 +298,35 @@ def test_evaluation_means_of_a_peer_lacking_one_of_this_models_tasks_are_left_bl
         "| me/x-v5 (this model) | 0.6000 | 0.6000 |",
         "| me/x-v1 | 0.4000 | — |",  # its STS mean would be over STS12 alone, beside this model's over both
     ]
+
+
+def test_a_study_section_is_refused_when_the_report_is_older_than_the_results(tmp_path, monkeypatch):
+    """The card's study table comes from `report/study_table.csv`; results scored or changed after the report was
+    written would show stale means as this model's row, so the section is refused until the report is rewritten."""
+    from poolattn.study import card
+    from poolattn.study.compare import RowResults
+    from poolattn.study.plan import StudyError, StudyRow
+    from poolattn.study.report import TEST_COLUMNS
+
+    model = exported(tmp_path / "model", TrainingManifest(variant=5, backbone="smollm2-135m", seed=42))
+    row = StudyRow("v5", "5 multi-layers", "variant", 5, model_name="o/m")
+    plan = SimpleNamespace(rows=[row], budget=None, backbone="b", train_argv=[], seeds=[42, 43])
+    now = {"means": {"STS": 0.5}, "runs": [1]}
+
+    def collect(plan, output):
+        replicates = SimpleNamespace(category_means=lambda: dict(now["means"]), runs=now["runs"])
+        return [RowResults(row, [SimpleNamespace(fingerprint=model.fingerprint)], replicates)]
+
+    monkeypatch.setattr(card, "collect", collect)
+    monkeypatch.setattr(card.StudyPlan, "read", classmethod(lambda cls, output: plan))
+    report = tmp_path / "study" / "report"
+    report.mkdir(parents=True)
+    (report / "study_table.csv").write_text(
+        "row,label,kind,category,mean,seed sd,seeds,tasks\nv5,5 multi-layers,variant,STS,0.5,,1,5\n"
+    )
+    (report / "study_tests.csv").write_text(",".join(TEST_COLUMNS) + "\n")
+    assert "| **5 multi-layers** | 0.5000 |" in card.card_section(tmp_path / "study", model)
+    now["runs"] = [1, 2]  # seed 43 scored since the report: its means and seed count are not the report's
+    now["means"] = {"STS": 0.6}
+    with pytest.raises(StudyError, match="the report is older than the results"):
+        card.card_section(tmp_path / "study", model)

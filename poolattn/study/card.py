@@ -1,6 +1,7 @@
 """The section a published model card carries when the model is one of a study's runs: the study's table (its row in
 bold) and the comparisons its row is part of, read from the written report."""
 
+import math
 from pathlib import Path
 
 from ..model_folder import ExportedModel
@@ -19,12 +20,14 @@ def card_section(output, model) -> str:
     output = Path(output)
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
     plan = StudyPlan.read(output)
-    row = _row_of(plan, output, model)
+    collected = collect(plan, output)
+    row = _row_of(collected, output, model)
     report = output / "report"
     if not (report / "study_table.csv").is_file():
         raise StudyError(f"{output}: the study has no report yet; write it with `study.py --report {output}`.")
     with (report / "study_table.csv").open() as handle:
         table = list(csv.DictReader(handle))
+    _check_report_current(output, collected, table)
     with (report / "study_tests.csv").open() as handle:
         tests = [test for test in csv.DictReader(handle) if row.key in (test["a"], test["b"])]
     categories = list(dict.fromkeys(entry["category"] for entry in table))
@@ -58,15 +61,42 @@ def card_section(output, model) -> str:
     return "\n".join(lines + _card_tests(tests))
 
 
-def _row_of(plan: StudyPlan, output: Path, model: ExportedModel):
+def _row_of(collected: list, output: Path, model: ExportedModel):
     """The study row one of whose runs has these weights; a `StudyError` when none has."""
-    for item in collect(plan, output):
+    for item in collected:
         if any(run.fingerprint == model.fingerprint for run in item.models):
             return item.row
     raise StudyError(
         f"{model.folder} is not one of the runs of the study in {output} (no run there has these "
         "weights); publish it without --study, or give the study it was trained in."
     )
+
+
+def _check_report_current(output: Path, collected: list, table: list[dict]) -> None:
+    """Raise `StudyError` unless `report/study_table.csv` holds the category means and seed counts of the results
+    on disk now (`collected`): a report written before seeds were scored, or before results changed, is stale."""
+    now = {
+        (entry.row.key, category): (value, len(entry.replicates.runs))
+        for item in collected
+        for entry in (item, item.control())
+        if entry.replicates is not None
+        for category, value in entry.replicates.category_means().items()
+    }
+    written = {(e["row"], e["category"]): (float(e["mean"]), int(e["seeds"])) for e in table if e["mean"]}
+    stale = sorted(
+        key
+        for key in now.keys() | written.keys()
+        if key not in now
+        or key not in written
+        or now[key][1] != written[key][1]
+        or not math.isclose(now[key][0], written[key][0], rel_tol=1e-9, abs_tol=1e-12)
+    )
+    if stale:
+        rows = ", ".join(dict.fromkeys(key for key, _ in stale))
+        raise StudyError(
+            f"{output}: the report is older than the results ({rows}: means or seeds differ from what is scored "
+            f"now); write it again with `study.py --report {output}`, then publish."
+        )
 
 
 def _card_tests(tests: list[dict]) -> list[str]:
