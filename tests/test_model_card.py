@@ -274,6 +274,16 @@ def test_card_says_whose_step_the_weights_are_when_the_best_checkpoint_was_expor
         variant=5, backbone="smollm2-135m", global_steps=300, stop=records.StopRecord(reason="max_steps", step=300)
     )
     assert table_row(rendered(exported(tmp_path / "last", last))[1], "steps") == "300"
+    early = TrainingManifest(
+        variant=5,
+        backbone="smollm2-135m",
+        global_steps=80,
+        stop=records.StopRecord(reason="early_stopping", step=80, cap=300, best_step=40, exported_step=40),
+    )
+    assert table_row(rendered(exported(tmp_path / "early", early))[1], "steps") == (
+        "80, stopped early by the Trainer's early stopping on the held-out metric (of 300 steps planned); the weights "
+        "are those of step 40 (the best checkpoint), not of the last step"
+    )
 
 
 def test_card_of_an_untrained_control_does_not_claim_fine_tuning(tmp_path):
@@ -310,7 +320,7 @@ def test_a_study_section_is_refused_when_the_report_is_older_than_the_results(tm
 
     model = exported(tmp_path / "model", TrainingManifest(variant=5, backbone="smollm2-135m", seed=42))
     row = StudyRow("v5", "5 multi-layers", "variant", 5, model_name="o/m")
-    plan = SimpleNamespace(rows=[row], budget=None, backbone="b", train_argv=[], seeds=[42, 43])
+    plan = SimpleNamespace(rows=[row], budget=None, backbone="b", train_argv=[], seeds=[42, 43], tuning={}, plateau={})
     now = {"means": {"STS": 0.5}, "runs": [1]}
 
     def collect(plan, output):
@@ -325,7 +335,12 @@ def test_a_study_section_is_refused_when_the_report_is_older_than_the_results(tm
         "row,label,kind,category,mean,seed sd,seeds,tasks\nv5,5 multi-layers,variant,STS,0.5,,1,5\n"
     )
     (report / "study_tests.csv").write_text(",".join(TEST_COLUMNS) + "\n")
-    assert "| **5 multi-layers** | 0.5000 |" in card.card_section(tmp_path / "study", model)
+    section = card.card_section(tmp_path / "study", model)
+    assert "| **5 multi-layers** | 1 | 0.5000 |" in section  # the seeds scored, beside the 2 planned
+    assert "seeds 42, 43 planned" in section and "tuned" not in section  # untuned rows are not called tuned
+    plan.tuning, plan.plateau = {"steps": 20}, {"patience": 3}
+    assert "own rates tuned on held-out" in card.card_section(tmp_path / "study", model)
+    assert "plateau" in card.card_section(tmp_path / "study", model)
     now["runs"] = [1, 2]  # seed 43 scored since the report: its means and seed count are not the report's
     now["means"] = {"STS": 0.6}
     with pytest.raises(StudyError, match="the report is older than the results"):

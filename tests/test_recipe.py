@@ -417,6 +417,35 @@ def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     assert plateau_step([{"step": 1, "loss": 3.0}], patience=1, min_improvement=0.01) is None
 
 
+@pytest.mark.parametrize(
+    "early_stopping, max_steps, global_step, planned, reason",
+    [
+        (True, -1, 4, 9, "early_stopping"),  # the callback ended the epochs' 9 steps at 4
+        (True, 4, 4, 4, "max_steps"),  # it was there, but the cap ended the run
+        (False, -1, 9, 9, "end_of_data"),  # best-model export without early stopping: the epochs ended it
+        (True, -1, 9, 9, "end_of_data"),  # the callback never fired
+    ],
+)
+def test_the_stop_record_says_early_stopping_only_when_the_trainer_stopped_early(
+    early_stopping, max_steps, global_step, planned, reason
+):
+    from types import SimpleNamespace
+
+    from transformers import EarlyStoppingCallback
+
+    from poolattn.training.checkpoints import stop_record
+
+    history = [{"step": 2, "eval_loss": 1.0}, {"step": 4, "eval_loss": 1.2}]
+    state = SimpleNamespace(
+        log_history=history, global_step=global_step, max_steps=planned, best_model_checkpoint=None
+    )
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=1)] if early_stopping else []
+    arguments = SimpleNamespace(max_steps=max_steps, load_best_model_at_end=True, eval_steps=2, output_dir="o")
+    trainer = SimpleNamespace(state=state, args=arguments, callback_handler=SimpleNamespace(callbacks=callbacks))
+    record = stop_record(trainer, arguments)
+    assert (record.reason, record.best_step) == (reason, 2)
+
+
 def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(
     tiny_backbone_folder, triplets_file, tmp_path, caplog
 ):

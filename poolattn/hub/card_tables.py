@@ -182,11 +182,12 @@ def _data_rows(manifest: TrainingManifest) -> list[list[str]]:
 
 def _steps_text(manifest: TrainingManifest) -> str:
     stop, settings = manifest.stop, manifest.settings
-    stopped = (
-        f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
-        if stop and stop.reason == "plateau"
-        else ""
-    )
+    stopped = ""
+    if stop and stop.reason == "plateau":
+        stopped = f", stopped at the plateau of the held-out loss (best at step {stop.best_step}; rule: {stop.rule})"
+    elif stop and stop.reason == "early_stopping":
+        planned = f" (of {stop.cap} steps planned)" if stop.cap and stop.cap > 0 else ""
+        stopped = f", stopped early by the Trainer's early stopping on the held-out metric{planned}"
     if stop and stop.exported_step is not None and stop.exported_step != manifest.global_steps:
         stopped += f"; the weights are those of step {stop.exported_step} (the best checkpoint), not of the last step"
     recipe = (

@@ -40,8 +40,12 @@ def card_section(output, model) -> str:
         spread = f" ± {float(entry['seed sd']):.4f}" if entry["seed sd"] else ""
         return f"{float(entry['mean']):.4f}{spread}"
 
+    def seeds(label: str) -> str:
+        return str(max((int(e["seeds"]) for e in table if e["label"] == label and e["mean"]), default=0))
+
     rows = [
-        [f"**{label}**" if label == row.label else label, *[cell(label, c) for c in categories]] for label in labels
+        [f"**{label}**" if label == row.label else label, seeds(label), *[cell(label, c) for c in categories]]
+        for label in labels
     ]
     budget = (
         f"every task on at most {plan.budget} units (the same sample for every row), so not comparable with "
@@ -50,15 +54,25 @@ def card_section(output, model) -> str:
         else "full tasks"
     )
     lines = [
-        f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study: "
-        f"{len(plan.rows)} designs trained identically on `{plan.backbone}` (flags "
-        f"`{' '.join(plan.train_argv) or 'train.py defaults'}`) with seeds {', '.join(map(str, plan.seeds))}, "
-        f"scored on {budget}. Mean main score per category, ± sample sd over seeds:",
+        f"This model is the row **{row.label}** (seed {model.manifest.seed}) of a poolattn study of "
+        f"{len(plan.rows)} designs on `{plan.backbone}`, {_recipe(plan)}, seeds "
+        f"{', '.join(map(str, plan.seeds))} planned, scored on {budget}. The rows and seeds scored when its report "
+        "was written; mean main score per category, ± sample sd over seeds:",
         "",
-        markdown_table(["design", *categories], rows),
+        markdown_table(["design", "seeds", *categories], rows),
         "",
     ]
     return "\n".join(lines + _card_tests(tests))
+
+
+def _recipe(plan: StudyPlan) -> str:
+    """How the study's rows were trained, in words for the card."""
+    flags = f"flags `{' '.join(plan.train_argv) or 'train.py defaults'}`"
+    if plan.tuning:
+        flags += ", each row with its own rates tuned on held-out training rows"
+    if plan.plateau:
+        flags += ", trained to a plateau of its held-out loss"
+    return f"every row trained with the same {flags}"
 
 
 def _row_of(collected: list, output: Path, model: ExportedModel):

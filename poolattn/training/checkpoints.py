@@ -293,18 +293,22 @@ def plateau_rule(training_args) -> PlateauRule | None:
 
 
 def stop_record(trainer, training_args) -> StopRecord:
-    """Why and where training ended: the plateau rule, the Trainer's early stopping, or the cap."""
+    """Why and where training ended: the plateau rule, the Trainer's early stopping (only when its callback ended
+    the run before the steps planned), the cap, or the end of the epochs asked for."""
+    from transformers import EarlyStoppingCallback
+
     state, rule = trainer.state, plateau_rule(training_args)
     evaluations = [(entry["step"], entry["eval_loss"]) for entry in state.log_history if "eval_loss" in entry]
     best = min(evaluations, key=lambda item: item[1]) if evaluations else (None, None)
     plateau_at = rule.step(state.log_history) if rule else None
+    stopping = any(isinstance(callback, EarlyStoppingCallback) for callback in trainer.callback_handler.callbacks)
     reason = (
         "plateau"
         if plateau_at is not None
+        else "early_stopping"
+        if stopping and state.global_step < state.max_steps
         else "max_steps"
         if state.global_step >= training_args.max_steps > 0
-        else "early_stopping"
-        if getattr(training_args, "load_best_model_at_end", False)
         else "end_of_data"
     )
     every = trainer.args.eval_steps if evaluations else None  # the Trainer's: it may set a default
