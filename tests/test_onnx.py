@@ -263,3 +263,35 @@ def test_evaluate_scores_the_onnx_export_under_its_own_revision(exported, tmp_pa
     tiny_model("llama", 1).save_pretrained(tmp_path / "plain")
     with pytest.raises(SystemExit, match="no ONNX export here"):
         cli.evaluate(["run", "--model", str(tmp_path / "plain"), *common[2:], "--onnx"])
+
+
+def test_a_replaced_onnx_graph_is_scored_again(tmp_path, caplog):
+    """The ONNX graph scored is part of each task's key: a graph replaced under its name (here by the int8 copy of
+    the same weights, as another exporter's or quantizer's output would be; its export record still names these
+    weights) was served the old graph's scores, since the revision hashes the weights, not the graph."""
+    pytest.importorskip("mteb")
+    from poolattn.evaluation.scoring import evaluate_models
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    (tmp_path / "data" / "BIOSSES").mkdir(parents=True)
+    (tmp_path / "data" / "BIOSSES" / "test.jsonl").write_text((shared / "BIOSSES" / "test.jsonl").read_text())
+    tiny_model("llama", 5, seed=3).save_pretrained(tmp_path / "m")
+    export_onnx(tmp_path / "m", quantize=True)
+
+    def score(output: str, onnx_file: str = ONNX_FILE) -> float:
+        run = evaluate_models(
+            [str(tmp_path / "m")],
+            output=tmp_path / output,
+            tasks=["BIOSSES"],
+            data_dir=tmp_path / "data",
+            batch_size=8,
+            onnx_file=onnx_file,
+        )
+        return next(iter(run.scores.values()))["BIOSSES"]
+
+    fp32, int8 = score("results"), score("int8", ONNX_INT8_FILE)
+    assert abs(fp32 - int8) > 1e-6
+    graph = tmp_path / "m" / ONNX_FILE
+    graph.write_bytes((tmp_path / "m" / ONNX_INT8_FILE).read_bytes())  # its external data file keeps its own name
+    assert score("results") == pytest.approx(int8, abs=1e-6)
+    assert "BIOSSES was scored with another ONNX graph" in caplog.text

@@ -2,9 +2,10 @@
 
 `requests` (which tasks, the revision results are filed under), `encoders` (a folder, Hub id or sentence-transformers
 model as mteb's encoder: `get_model`), `mteb_encoder` (the poolattn encoder mteb calls), `scoring` (`evaluate_models`:
-run, cache by weights and task data, failures), `pairing` (per-unit scores, paired tests per task), `comparison`
-(`compare_results`: evaluate.py compare), `local_tasks` (offline task copies), `budget` (the seeded per-task sample),
-`results` (mteb results as typed records), `paired` (the paired bootstrap)."""
+run, cache by weights and settings, failures), `cache_keys` (what else a cached task score is kept under: its data,
+subsets, prompts, ONNX graph), `pairing` (per-unit scores, paired tests per task), `comparison` (`compare_results`:
+evaluate.py compare), `local_tasks` (offline task copies), `budget` (the seeded per-task sample), `results` (mteb
+results as typed records), `paired` (the paired bootstrap)."""
 
 from ..lazy import lazy_exports
 

@@ -79,10 +79,13 @@ class PoolAttnEncoder(AbsEncoder):
         truncate_dim: int | None = None,
         trust_remote_code: bool = False,
     ):
+        self.graph = None  # the ONNX graph scored (its files' hash), part of each task's cache key
         if onnx_file:  # the folder's ONNX export (`poolattn-export-onnx`) in ONNX Runtime, same `encode`
-            from ..onnx_poolattn import PoolAttnOnnxModel
+            from ..onnx_poolattn import PoolAttnOnnxModel, resolve_file
+            from .cache_keys import files_fingerprint
 
             self.model = PoolAttnOnnxModel.from_pretrained(path, file_name=onnx_file)
+            self.graph = files_fingerprint(resolve_file(path, onnx_file))
             framework = ["ONNX"]
         else:  # the package's own class: no code from the folder runs
             from ..modeling_poolattn import PoolAttnEmbeddingModel
@@ -136,6 +139,22 @@ class PoolAttnEncoder(AbsEncoder):
             show_progress_bar=progress,
             **sizes,
         )
+
+    def scoring_key(self, task_metadata) -> dict:
+        """What decides this encoder's embeddings of a task's texts besides the weights and the settings in the
+        results' revision (`cache_keys.scoring_key`): the prompt each kind of text gets, as `encode` picks it (the
+        instruction table, the prompt format, the folder's own query prompt), and the ONNX graph scored."""
+        prompts = {
+            kind or "text": query_prompt(
+                task_metadata.name,
+                task_metadata.type,
+                prompt_type=kind,
+                instructions=self.instructions,
+                model_query_prompt=self.model_query_prompt,
+            )
+            for kind in (None, "query", "document")
+        }
+        return {"prompts": prompts, "graph": self.graph}
 
     def encode_batch_size(self, requested: int | None) -> int:
         """The encoder's own `batch_size` (the one `get_model` was given, often chosen to fit memory), unless the

@@ -107,7 +107,7 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
 def _data_changed(task: str, runs: list[ModelResults]) -> str | None:
     """Why the runs' predictions cannot be paired with `task`'s gold as its local copy holds it now (the copy changed
     since some run scored it), or None. A run that recorded no fingerprint (an older poolattn) is taken as it is."""
-    from .scoring import task_data_fingerprint
+    from .cache_keys import task_data_fingerprint
 
     current = task_data_fingerprint(task, runs[0].data_dir)
     recorded = {run.task_data.get(task) for run in runs} - {None}

@@ -29,7 +29,8 @@ def evaluation_revision(
     `-no-instructions` when a poolattn model was scored without its task instructions, `-onnx` (`-onnx-qint8`,
     ...) when its ONNX export was scored in ONNX Runtime, `-dim<N>` for embeddings cut to their first N dims and
     `-len<N>` for texts cut to N tokens (`--max-length`), so that no two settings ever share (or are skipped as
-    already done by) each other's results. The task data is checked per task (`stale_results`).
+    already done by) each other's results. The task data, subsets, prompts and ONNX graph are checked per task
+    (`cache_keys.stale_results`).
 
     >>> evaluation_revision("0123abcd", budget=100, instructions=False)
     '0123abcd-budget100-no-instructions'

@@ -264,12 +264,17 @@ def read_run_settings(folder) -> dict:
 
 
 def write_run_settings(
-    folder, settings: dict, tasks: list[TaskInfo] = (), task_data: dict | None = None, task_prompts: dict | None = None
+    folder,
+    settings: dict,
+    tasks: list[TaskInfo] = (),
+    task_data: dict | None = None,
+    task_prompts: dict | None = None,
+    task_keys: dict | None = None,
 ) -> Path:
     """`poolattn_run.json` beside a model's task results: how the evaluation encoded (instructions, lengths, ...),
-    the local tasks it ran, the fingerprint of each task's data it scored (`task_data`) and the instruction each
-    task's texts got (`task_prompts`), all added to those recorded by earlier runs into the same folder. Written
-    atomically."""
+    the local tasks it ran, the fingerprint of each task's data it scored (`task_data`), the instruction each
+    task's texts got (`task_prompts`) and the key each task was scored under (`task_keys`, `cache_keys`), all added
+    to those recorded by earlier runs into the same folder. Written atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RUN_SETTINGS_FILE
@@ -277,7 +282,8 @@ def write_run_settings(
     recorded = {**earlier.get("tasks", {}), **{info.name: dataclasses.asdict(info) for info in tasks if info.local}}
     data = {**earlier.get("task_data", {}), **(task_data or {})}
     prompts = {**earlier.get("task_prompts", {}), **(task_prompts or {})}
-    write_json(path, {**settings, "tasks": recorded, "task_data": data, "task_prompts": prompts})
+    keys = {**earlier.get("task_keys", {}), **(task_keys or {})}
+    write_json(path, {**settings, "tasks": recorded, "task_data": data, "task_prompts": prompts, "task_keys": keys})
     return path
 
 

@@ -7,15 +7,14 @@ tests per category with Holm correction, a figure and a summary for model cards.
 """
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import content_hash
 from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import cap_task
+from .cache_keys import readable_json, scoring_key, stale_results, task_data_fingerprint, task_prompts
 from .encoders import check_model_source, check_truncate_dim, load_encoder
 from .local_tasks import LocalTaskError, is_mteb_task, load_task
 from .requests import EvaluationError, select_tasks
@@ -24,65 +23,11 @@ from .results import (
     PREDICTIONS_FOLDER,
     TaskInfo,
     TrainingOrigin,
-    read_run_settings,
     results_folder,
     write_run_settings,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def task_data_fingerprint(name: str, data_dir) -> str | None:
-    """A hash of a task's local copy (`<data_dir>/<name>`: every file's path and bytes), or None for a task read
-    from the Hub (mteb pins its dataset revision itself)."""
-    folder = Path(data_dir) / name if data_dir else None
-    if folder is None or not folder.is_dir():
-        return None
-    return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
-
-
-def task_prompts(instructions: dict | None, infos) -> dict[str, str | None]:
-    """The instruction each task's texts get from a table (by the task's name, else its type, as the encoder looks it
-    up; None without one or without instructions)."""
-    table = instructions or {}
-    return {info.name: table.get(info.name) or table.get(info.type) for info in infos}
-
-
-def stale_results(folder: Path, fingerprints: dict[str, str | None], *, instructions=None, infos=()) -> dict[str, str]:
-    """Remove the results (and predictions) in `folder` of every task whose data changed since it was scored (its
-    recorded fingerprint differs, or none was recorded for a local copy), or, given the tasks' `infos`, whose task
-    instruction differs from what the `instructions` table gives it now (an edited table), or whose result or
-    predictions file is damaged (mteb writes them in place: a run killed while writing), so that mteb scores it
-    again; name -> why."""
-    settings = read_run_settings(folder)
-    recorded = settings.get("task_data", {})
-    now = task_prompts(instructions, infos)
-    # the prompt each task was scored with; results of runs that recorded none: the table recorded beside them
-    then = {**task_prompts(settings.get("instructions"), infos), **settings.get("task_prompts", {})}
-    asked = "instructions" in settings or "task_prompts" in settings
-    stale = {}
-    for name, fingerprint in fingerprints.items():
-        result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
-        if not result.is_file():
-            continue
-        if fingerprint is not None and recorded.get(name) != fingerprint:
-            stale[name] = "was scored on other data than the task's folder holds now (or on an unrecorded copy)"
-        elif asked and name in now and then.get(name) != now[name]:
-            stale[name] = f"was scored with another task instruction ({then.get(name)!r}) than now ({now[name]!r})"
-        elif damaged := [path.name for path in (result, predictions) if path.is_file() and not _readable(path)]:
-            stale[name] = f"has a damaged {' and '.join(damaged)} (a run killed while writing?)"
-        if name in stale:
-            result.unlink()
-            predictions.unlink(missing_ok=True)
-    return stale
-
-
-def _readable(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -154,12 +99,12 @@ def evaluate_models(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        instructions_now = getattr(encoder, "instructions", None) or None
-        _forget_stale_results(folder, encoder.mteb_model_meta.name, fingerprints, instructions_now, infos)
         # fresh task objects per model: mteb unloads a task's data after evaluating it
         selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
+        keys = {name: scoring_key(task, fingerprints[name], encoder) for name, task in zip(task_names, selected)}
+        _forget_stale_results(folder, encoder, keys, fingerprints, infos)
         result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
-        _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, fingerprints)
+        _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
     return run
 
 
@@ -186,12 +131,14 @@ def _task_to_score(name: str, data_dir, subsets, budget: int | None):
     return cap_task(task, budget) if budget else task
 
 
-def _forget_stale_results(folder: Path, model_name: str, fingerprints: dict, instructions, infos) -> None:
+def _forget_stale_results(folder: Path, encoder, keys: dict, fingerprints: dict, infos) -> None:
+    model_name, instructions = encoder.mteb_model_meta.name, getattr(encoder, "instructions", None) or None
     meta = folder / MODEL_META_FILE  # mteb writes it only with a task's results: a damaged one would stay
-    if meta.is_file() and not _readable(meta):
+    if meta.is_file() and not readable_json(meta):
         logger.warning("%s: its %s is damaged (a run killed while writing?); removed", model_name, MODEL_META_FILE)
         meta.unlink()
-    for name, why in stale_results(folder, fingerprints, instructions=instructions, infos=infos).items():
+    stale = stale_results(folder, keys, instructions=instructions, infos=infos, fingerprints=fingerprints)
+    for name, why in stale.items():
         logger.warning("%s: %s %s; scoring it again", model_name, name, why)
 
 
@@ -312,9 +259,10 @@ def _check_onnx_weights(model: str) -> None:
         )
 
 
-def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, settings: dict, infos, fingerprints):
-    """One model's scoring: its run settings (with each task's data fingerprint) beside the results, and the run's
-    folders, scores and failures."""
+def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, settings: dict, infos, keyed):
+    """One model's scoring: its run settings (with each scored task's data fingerprint and key, `keyed`) beside the
+    results, and the run's folders, scores and failures."""
+    fingerprints, keys = keyed
     origin = TrainingOrigin.of_model(model)
     settings = {
         **settings,
@@ -324,7 +272,8 @@ def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, setti
     scored = {task_result.task_name: fingerprints.get(task_result.task_name) for task_result in result.task_results}
     prompts = task_prompts(settings["instructions"], infos)
     prompts = {name: prompts.get(name) for name in scored}
-    write_run_settings(folder, settings, infos, task_data=scored, task_prompts=prompts)
+    scored_keys = {name: keys[name] for name in scored if name in keys}
+    write_run_settings(folder, settings, infos, task_data=scored, task_prompts=prompts, task_keys=scored_keys)
     name = encoder.mteb_model_meta.name
     run.folders[model] = folder
     run.scores[name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}

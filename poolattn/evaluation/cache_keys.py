@@ -1,0 +1,123 @@
+"""What a cached task score depends on besides the results folder's revision (the weights and the encoding settings,
+`requests.evaluation_revision`), and the check that removes a task's results when any of it changed.
+
+Each scored task's key (`scoring_key`) is recorded in the run's `poolattn_run.json` (`task_keys`): the data it was
+read from (the local copy's fingerprint, else the Hub dataset and revision), its evaluation splits and subsets, the
+prompt each kind of text got, and the ONNX graph scored. `stale_results` compares the key a task would be scored
+under now with the recorded one, so a changed input scores the task again instead of returning the old number.
+
+>>> key_changes({"data": "a1", "subsets": ["en"]}, {"data": "a1", "subsets": ["de", "en"]})
+"was scored on the subsets ['en'] (now ['de', 'en'])"
+"""
+
+import json
+from pathlib import Path
+
+from ..files import content_hash
+from .results import PREDICTIONS_FOLDER, read_run_settings
+
+KEYS_FIELD = "task_keys"  # in poolattn_run.json: task -> the key it was scored under
+
+
+def task_data_fingerprint(name: str, data_dir) -> str | None:
+    """A hash of a task's local copy (`<data_dir>/<name>`: every file's path and bytes), or None for a task read
+    from the Hub (mteb pins its dataset revision itself)."""
+    folder = Path(data_dir) / name if data_dir else None
+    if folder is None or not folder.is_dir():
+        return None
+    return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
+
+
+def files_fingerprint(path) -> str:
+    """A hash of a file and of its external-data file (`<file>.data`, an ONNX export's weights) where there is one."""
+    path = Path(path)
+    return content_hash(path.parent, [item for item in (path, Path(f"{path}.data")) if item.is_file()])
+
+
+def scoring_key(task, fingerprint: str | None, encoder) -> dict:
+    """The key `task` is scored under by `encoder` (as JSON stores it): the data (`fingerprint` of its local copy,
+    else the Hub dataset at mteb's pinned revision), the splits and subsets scored, and what the encoder says decides
+    its embeddings of the task's texts besides the weights (`PoolAttnEncoder.scoring_key`: prompts, ONNX graph)."""
+    metadata = task.metadata
+    data = fingerprint or f"{metadata.dataset['path']}@{metadata.dataset.get('revision')}"
+    own = encoder.scoring_key(metadata) if hasattr(encoder, "scoring_key") else {}
+    key = {"data": data, "splits": sorted(task.eval_splits), "subsets": sorted(task.hf_subsets), **own}
+    return json.loads(json.dumps(key))
+
+
+KEY_WORDS = {
+    "data": "on other data ({then}) than it is read from now ({now})",
+    "splits": "on the splits {then} (now {now})",
+    "subsets": "on the subsets {then} (now {now})",
+    "prompts": "with another task instruction or prompt ({then!r}) than now ({now!r})",
+    "graph": "with another ONNX graph ({then}) than the folder holds now ({now})",
+}
+
+
+def key_changes(then: dict, now: dict) -> str | None:
+    """Why a task scored under the key `then` is not what the key `now` would score, in words; None when equal."""
+    fields = [name for name in dict.fromkeys([*then, *now]) if then.get(name) != now.get(name)]
+    words = KEY_WORDS.get
+    said = [words(name, f"with another {name} ({{then}}, now {{now}})") for name in fields]
+    return (
+        "; ".join(
+            "was scored " + phrase.format(then=then.get(name), now=now.get(name)) for name, phrase in zip(fields, said)
+        )
+        or None
+    )
+
+
+def task_prompts(instructions: dict | None, infos) -> dict[str, str | None]:
+    """The instruction each task's texts get from a table (by the task's name, else its type, as the encoder looks it
+    up; None without one or without instructions)."""
+    table = instructions or {}
+    return {info.name: table.get(info.name) or table.get(info.type) for info in infos}
+
+
+def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, infos=(), fingerprints=None):
+    """Remove the results (and predictions) in `folder` of every task whose key (`scoring_key`) differs from the one
+    it was scored under, or whose result or predictions file is damaged (mteb writes them in place: a run killed
+    while writing), so that mteb scores it again; name -> why. Results of runs that recorded no key (before
+    2026-12) are checked as those runs recorded them: the data fingerprint and the task instruction."""
+    settings = read_run_settings(folder)
+    recorded = settings.get(KEYS_FIELD, {})
+    older = _older_changes(settings, fingerprints or {}, instructions, infos)
+    stale = {}
+    for name, key in keys.items():
+        result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
+        if not result.is_file():
+            continue
+        why = key_changes(recorded[name], key) if name in recorded else older.get(name)
+        if why:
+            stale[name] = why
+        elif damaged := [path.name for path in (result, predictions) if path.is_file() and not readable_json(path)]:
+            stale[name] = f"has a damaged {' and '.join(damaged)} (a run killed while writing?)"
+        if name in stale:
+            result.unlink()
+            predictions.unlink(missing_ok=True)
+    return stale
+
+
+def _older_changes(settings: dict, fingerprints: dict, instructions, infos) -> dict[str, str]:
+    """For results recorded without a key: the tasks whose data fingerprint (none recorded for a local copy, or one
+    recorded where the task is now read from the Hub) or task instruction differs now; name -> why."""
+    recorded = settings.get("task_data", {})
+    now = task_prompts(instructions, infos)
+    # the prompt each task was scored with; results of runs that recorded none: the table recorded beside them
+    then = {**task_prompts(settings.get("instructions"), infos), **settings.get("task_prompts", {})}
+    asked = "instructions" in settings or "task_prompts" in settings
+    changed = {}
+    for name, fingerprint in fingerprints.items():
+        if recorded.get(name) != fingerprint:
+            changed[name] = "was scored on other data than the task's folder holds now (or on an unrecorded copy)"
+        elif asked and name in now and then.get(name) != now[name]:
+            changed[name] = f"was scored with another task instruction ({then.get(name)!r}) than now ({now[name]!r})"
+    return changed
+
+
+def readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
