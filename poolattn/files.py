@@ -15,6 +15,7 @@ poolattn.files.DamagedFileError: ...plan.json is damaged (not valid JSON: ...); 
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -144,34 +145,85 @@ def folder_lock(folder, *, what: str = "run"):
     folder = Path(folder)
     _refuse_a_locked_parent(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
+    with held(folder / LOCK_FILE, folder, what=what):
+        yield
+
+
+@contextlib.contextmanager
+def held(path: Path, where: Path, *, what: str):
+    """Hold the lock file `path` for writing `where`: created whole (a complete record linked into place, so another
+    process never reads half of one), refused while its holder lives, taken over when it is gone (only the very lock
+    judged gone is removed), and removed at the end if it is still this process's."""
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "what": what}
-    for _ in range(2):
-        try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is not None and _alive(holder):
-                raise FolderBusyError(
-                    f"{folder} is being written by another {holder.get('what', 'run')} (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}: {holder.get('command')}); wait for it to end, or give another output "
-                    f"folder. If that process is gone, delete {path}."
-                ) from None
+    record["started"] = _start_time(os.getpid())
+    for _ in range(5):
+        if _create_whole(path, record):
+            break
+        raw = _read_bytes(path)
+        holder = _parse_holder(raw)
+        if holder is not None and _alive(holder):
+            raise FolderBusyError(
+                f"{where} is being written by another {holder.get('what', 'run')} (pid {holder.get('pid')} on "
+                f"{holder.get('host')}: {holder.get('command')}); wait for it to end, or give another output "
+                f"folder. If that process is gone, delete {path}."
+            )
+        if raw is not None:
             logger.warning(
                 "%s: taking over the lock of a %s that is gone (%s)",
-                folder,
+                where,
                 (holder or {}).get("what", "run"),
                 (holder or {}).get("command", "unreadable lock"),
             )
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file)
-        break
+            _remove_if_unchanged(path, raw)
+    else:
+        raise FolderBusyError(f"{where}: other processes kept taking its lock {path}; run the command again.")
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        if _parse_holder(_read_bytes(path)) == record:
+            path.unlink(missing_ok=True)
+
+
+def _create_whole(path: Path, record: dict) -> bool:
+    """Create the lock file `path` holding `record` unless it exists (False then): the record is written to a temp
+    file and hard-linked into place, so the lock is never visible empty or half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(record, file)
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:  # a file system without hard links: created exclusively, then written
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "w") as file:
+            json.dump(record, file)
+        return True
+    finally:
+        os.unlink(temp)
+
+
+def _remove_if_unchanged(path: Path, raw: bytes) -> None:
+    """Remove the lock judged gone, and only it: it is moved aside first, and put back if it is no longer what was
+    read (another process took the lock over in between and holds it now)."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it first
+    try:
+        if _read_bytes(aside) != raw:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _refuse_a_locked_parent(folder: Path) -> None:
@@ -190,9 +242,30 @@ def _refuse_a_locked_parent(folder: Path) -> None:
 
 
 def _lock_holder(path: Path) -> dict | None:
+    return _parse_holder(_read_bytes(path))
+
+
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _parse_holder(raw: bytes | None) -> dict | None:
+    try:
+        holder = json.loads(raw) if raw is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, Linux's /proc), or None where it cannot be read: with the
+    pid it names one process, so a pid the system gave again to another process is not taken for the lock's holder."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -201,9 +274,12 @@ def _alive(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     try:
+        if int(holder["pid"]) <= 0:  # never a process (0 and -1 would signal a whole group)
+            return False
         os.kill(int(holder["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError, TypeError):
+    except (ProcessLookupError, ValueError, KeyError, TypeError, OverflowError):
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = holder.get("started")
+    return started is None or _start_time(int(holder["pid"])) in (None, started)
