@@ -92,9 +92,19 @@ def read_json(path, *, recovery: str = "delete it and run the command again"):
 
 
 def atomic_save(save: typing.Callable[[Path], None], destination: Path) -> Path:
-    """Run `save(folder)` into a temp folder beside `destination`, then swap it in: never a half-written folder."""
+    """Run `save(folder)` into a temp folder beside `destination`, then swap it in: never a half-written folder. A
+    second save into `destination` while one runs (another process), or into a folder another live run holds
+    (`folder_lock`), is refused with `FolderBusyError`, naming the holder."""
     destination = Path(destination)
+    if is_main_process():
+        _refuse_a_locked_parent(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    # one save into `destination` at a time: a second would take the first's temp folder for a killed save's
+    with held(destination.parent / f".{destination.name}.lock", destination, what="save"):
+        return _swap_in(save, destination)
+
+
+def _swap_in(save: typing.Callable[[Path], None], destination: Path) -> Path:
     clean_interrupted_save(destination)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the folder private; give it a new folder's mode

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from poolattn import files
-from poolattn.files import LOCK_FILE, FolderBusyError, folder_lock
+from poolattn.files import LOCK_FILE, FolderBusyError, atomic_save, folder_lock
 
 
 def test_a_lock_being_taken_is_never_seen_empty_by_a_second_run(tmp_path):
@@ -83,6 +83,59 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, capl
     (folder / LOCK_FILE).write_text(json.dumps(reused))  # a lock of an older poolattn, without a start time
     with pytest.raises(FolderBusyError), folder_lock(folder):
         pass
+
+
+def test_a_second_save_into_a_destination_being_saved_is_refused_not_mixed(tmp_path):
+    """A save's temp folder is not a killed save's leftover while its process runs: a second save into the same
+    destination is refused (it removed the first's temp folder, which then failed or swapped in half a folder)."""
+    destination, refusals = tmp_path / "mined", []
+
+    def first(folder: Path) -> None:
+        (folder / "a.jsonl").write_text("first\n")
+        try:
+            atomic_save(lambda other: (other / "a.jsonl").write_text("second\n"), destination)
+        except FolderBusyError as error:
+            refusals.append(str(error))
+        (folder / "b.jsonl").write_text("first\n")
+
+    atomic_save(first, destination)
+    assert refusals and f"{destination} is being written by another save (pid {os.getpid()}" in refusals[0]
+    assert {path.name: path.read_text() for path in destination.iterdir()} == {
+        "a.jsonl": "first\n",
+        "b.jsonl": "first\n",
+    }
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mined"]  # no lock or temp folder left
+
+
+def test_a_save_into_a_folder_another_live_run_writes_is_refused(tmp_path):
+    """An ONNX export or a mining run into a folder a training run or study holds (`folder_lock`) is refused
+    before its work, naming the holder; the holder's own saves are not in the way."""
+    run = tmp_path / "run"
+    with folder_lock(run, what="training run"):
+        atomic_save(lambda folder: (folder / "config.json").write_text("{}"), run / "model")  # its own export
+    holder = {"pid": os.getpid() + 10**6, "host": "another-host", "command": "train.py", "what": "training run"}
+    (run / LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(FolderBusyError, match=r"run/model/onnx is inside .*run, which another training run"):
+        atomic_save(lambda folder: pytest.fail("worked inside a busy folder"), run / "model" / "onnx")
+
+
+def test_every_command_ends_a_busy_folder_with_one_line_naming_the_holder(tmp_path):
+    """mine.py, publish.py, export-onnx and evaluate.py refuse a folder another live process writes as train.py and
+    study.py do: one line naming the holder and what to do, no traceback."""
+    from poolattn.cli.common import storage_errors_in_one_line
+
+    holder = {"pid": 4321, "host": "another-host", "command": "train.py --output_dir runs", "what": "training run"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+
+    @storage_errors_in_one_line("mine")
+    def mine() -> int:
+        atomic_save(lambda folder: pytest.fail("mined into a busy folder"), tmp_path / "mined")
+        return 0
+
+    with pytest.raises(
+        SystemExit, match=r"^mine: .*mined is inside .*, which another training run is writing \(pid 4321"
+    ):
+        mine()
 
 
 def _gone_pid() -> int:

@@ -36,7 +36,7 @@ def positive_int(value: str) -> int:
 def storage_errors_in_one_line(command: str):
     """A door's decorator: a full disk, a read-only folder or a missing permission ends the command with one line
     (which file, what happened, what to do) instead of a traceback; the package's writes are atomic, so nothing
-    half-written is left behind."""
+    half-written is left behind. So does a folder another live process is writing (`files.FolderBusyError`)."""
     import errno
     import functools
 
@@ -52,8 +52,12 @@ def storage_errors_in_one_line(command: str):
     def decorate(door):
         @functools.wraps(door)
         def run(*args, **kwargs):
+            from ..files import FolderBusyError
+
             try:
                 return door(*args, **kwargs)
+            except FolderBusyError as error:  # another live process writes there: named, with what to do
+                sys.exit(f"{command}: {error}")
             except OSError as error:
                 if error.errno not in advice:
                     raise
