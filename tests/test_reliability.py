@@ -549,3 +549,34 @@ def test_resume_false_means_no_resume_and_a_folder_that_is_no_checkpoint_is_refu
                 ]
             )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_where_a_folder_is_needed_ends_a_command_with_one_line_naming_it(tmp_path):
+    """--output below a file (or a file where a command makes a folder): one line naming the path and what to do,
+    never a NotADirectoryError / FileExistsError traceback, and nothing written."""
+    pytest.importorskip("mteb")
+    from conftest import tiny_model
+
+    from poolattn import cli
+    from poolattn.cli.common import storage_errors_in_one_line
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
+    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:10]) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    (tmp_path / "notes").write_text("a file")
+    run = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data")]
+    with pytest.raises(
+        SystemExit, match=rf"^evaluate: could not write {tmp_path}/notes/out: a part of that path is a file"
+    ):
+        cli.evaluate([*run, "--output", str(tmp_path / "notes" / "out")])
+    assert (tmp_path / "notes").read_text() == "a file"
+
+    @storage_errors_in_one_line("study")
+    def study(output: Path) -> int:
+        output.mkdir(parents=True, exist_ok=True)
+        return 0
+
+    with pytest.raises(SystemExit, match=rf"^study: could not write {tmp_path}/notes: it exists and is no folder"):
+        study(tmp_path / "notes")

@@ -34,9 +34,10 @@ def positive_int(value: str) -> int:
 
 
 def storage_errors_in_one_line(command: str):
-    """A door's decorator: a full disk, a read-only folder or a missing permission ends the command with one line
-    (which file, what happened, what to do) instead of a traceback; the package's writes are atomic, so nothing
-    half-written is left behind. So does a folder another live process is writing (`files.FolderBusyError`)."""
+    """A door's decorator: a full disk, a read-only folder, a missing permission or a file where a folder is needed
+    ends the command with one line (which file, what happened, what to do) instead of a traceback; the package's
+    writes are atomic, so nothing half-written is left behind. So does a folder another live process is writing
+    (`files.FolderBusyError`)."""
     import errno
     import functools
 
@@ -47,6 +48,9 @@ def storage_errors_in_one_line(command: str):
         errno.EROFS: "the file system is read-only: give a folder you can write to",
         errno.EACCES: "permission denied: give a folder you can write to (or fix its permissions)",
         errno.EPERM: "operation not permitted: give a folder you can write to",
+        errno.ENOTDIR: "a part of that path is a file, not a folder: give a folder path (or move the file away)",
+        errno.EEXIST: "it exists and is no folder, where one is needed: give another path (or move it away)",
+        errno.EISDIR: "it is a folder, where a file is to be written: give another path (or move the folder away)",
     }
 
     def decorate(door):
