@@ -138,6 +138,43 @@ def test_every_command_ends_a_busy_folder_with_one_line_naming_the_holder(tmp_pa
         mine()
 
 
+def test_scoring_a_model_already_being_scored_into_the_same_folder_is_refused_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """evaluate.py on the same weights and settings into the same results folder, while one scoring runs: the second
+    is refused naming the first (it took the first's finished tasks, whose run settings are written last, for
+    unrecorded ones and removed them); the first's results are kept."""
+    pytest.importorskip("mteb")
+    from conftest import tiny_model
+
+    from poolattn import cli
+    from poolattn.evaluation import scoring
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
+    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    command = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data.parent)]
+    command += ["--output", str(tmp_path / "out"), "--batch-size", "8"]
+    run_mteb, second = scoring._run_mteb, []
+
+    def first_scores_then_a_second_starts(*args, **kwargs):
+        result = run_mteb(*args, **kwargs)  # the first's task results are written, its run settings not yet
+        if not second:
+            second.append("the second run was not refused")
+            with pytest.raises(SystemExit) as refusal:
+                cli.evaluate(command)
+            second[0] = str(refusal.value.code)
+        return result
+
+    monkeypatch.setattr(scoring, "_run_mteb", first_scores_then_a_second_starts)
+    assert cli.evaluate(command) == 0
+    assert second[0].startswith("evaluate: ") and "being written by another evaluation" in second[0]
+    assert len(list((tmp_path / "out").rglob("BIOSSES.json"))) == 1
+    assert not list((tmp_path / "out").rglob(LOCK_FILE))
+
+
 def _gone_pid() -> int:
     import subprocess
 

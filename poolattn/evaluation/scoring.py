@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import folder_lock
 from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..prompts import QUERY_PROMPT_FORMAT
 from .budget import cap_task
@@ -99,12 +100,15 @@ def evaluate_models(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        # fresh task objects per model: mteb unloads a task's data after evaluating it
-        selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
-        keys = {name: scoring_key(task, fingerprints[name], encoder) for name, task in zip(task_names, selected)}
-        _forget_stale_results(folder, encoder, keys, fingerprints, infos)
-        result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
-        _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
+        # one scoring of these weights and settings at a time: a second would take the first's finished tasks, whose
+        # run settings are written last, for unrecorded ones and remove them
+        with folder_lock(folder, what="evaluation"):
+            # fresh task objects per model: mteb unloads a task's data after evaluating it
+            selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
+            keys = {name: scoring_key(task, fingerprints[name], encoder) for name, task in zip(task_names, selected)}
+            _forget_stale_results(folder, encoder, keys, fingerprints, infos)
+            result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
+            _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
     return run
 
 
