@@ -36,14 +36,20 @@ class DamagedFileError(ValueError):
 
 
 def write_text(path, text: str, *, encoding: str = "utf-8") -> None:
-    """`path.write_text(text)`, atomically: temp file in the same folder, fsync, rename."""
+    """`path.write_text(text)`, atomically (`write_with`)."""
+    write_with(path, lambda file: file.write(text.encode(encoding)))
+
+
+def write_with(path, write: typing.Callable[[typing.BinaryIO], object]) -> None:
+    """`write(file)` into a temp file in `path`'s folder, opened in binary mode, then fsync and rename over `path`
+    (a figure's `savefig`, a text): a kill or a full disk leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private; give it a new file's mode
     try:
-        with os.fdopen(handle, "w", encoding=encoding, newline="") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)

@@ -21,6 +21,14 @@ class Bars:
     spreads: dict[str, float | None] = field(default_factory=dict)
 
 
+def _save(figure, path, **options) -> None:
+    """`figure.savefig(path)`, atomically (`files.write_with`): a report killed while drawing leaves the earlier
+    figure, never a truncated one beside its new tables."""
+    from .files import write_with
+
+    write_with(path, lambda file: figure.savefig(file, format=Path(path).suffix[1:], **options))
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -48,7 +56,7 @@ def category_bars(
     axis.set_title("Per-category scores (* significant vs baseline, Holm-corrected)")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    _save(figure, path, dpi=120)
 
 
 def study_bars(path: Path, rows: list[Bars], categories: list[str], title: str) -> None:
@@ -77,7 +85,7 @@ def study_bars(path: Path, rows: list[Bars], categories: list[str], title: str) 
     axis.set_ylabel("mean main score")
     axis.set_title(title)
     axis.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: never over a bar
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    _save(figure, path, dpi=120, bbox_inches="tight")
 
 
 def curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str) -> None:
@@ -100,4 +108,4 @@ def curves(path: Path, panels: dict[str, list[tuple[str, list]]], *, title: str)
         axis.set_visible(False)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _save(figure, path, dpi=110)

@@ -580,3 +580,30 @@ def test_a_file_where_a_folder_is_needed_ends_a_command_with_one_line_naming_it(
 
     with pytest.raises(SystemExit, match=rf"^study: could not write {tmp_path}/notes: it exists and is no folder"):
         study(tmp_path / "notes")
+
+
+def test_a_figure_whose_writing_fails_leaves_the_earlier_figure_whole(tmp_path, monkeypatch):
+    """A full disk (or a kill) while a report's figure is written: the earlier figure stays as it was and no
+    truncated file is left where the next reader takes it for the new one (figures are written atomically too)."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from poolattn import plots
+
+    path = tmp_path / "per_category.png"
+    plots.category_bars(path, ["a", "b"], {"a": {"STS": 0.5}, "b": {"STS": 0.6}}, ["STS"], {})
+    earlier = path.read_bytes()
+    assert earlier.startswith(b"\x89PNG")
+
+    def full_disk(self, target, **options):
+        if isinstance(target, (str, Path)):  # written in place
+            Path(target).write_bytes(earlier[:100])
+        else:
+            target.write(earlier[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError):
+        plots.category_bars(path, ["a", "b"], {"a": {"STS": 0.7}, "b": {"STS": 0.1}}, ["STS"], {})
+    assert path.read_bytes() == earlier and [item.name for item in tmp_path.iterdir()] == [path.name]
