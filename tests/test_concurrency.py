@@ -144,19 +144,10 @@ def test_scoring_a_model_already_being_scored_into_the_same_folder_is_refused_in
     """evaluate.py on the same weights and settings into the same results folder, while one scoring runs: the second
     is refused naming the first (it took the first's finished tasks, whose run settings are written last, for
     unrecorded ones and removed them); the first's results are kept."""
-    pytest.importorskip("mteb")
-    from conftest import tiny_model
-
     from poolattn import cli
     from poolattn.evaluation import scoring
 
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
-    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
-    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
-    command = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data.parent)]
-    command += ["--output", str(tmp_path / "out"), "--batch-size", "8"]
+    command = _scoring_command(tmp_path)
     run_mteb, second = scoring._run_mteb, []
 
     def first_scores_then_a_second_starts(*args, **kwargs):
@@ -173,6 +164,44 @@ def test_scoring_a_model_already_being_scored_into_the_same_folder_is_refused_in
     assert second[0].startswith("evaluate: ") and "being written by another evaluation" in second[0]
     assert len(list((tmp_path / "out").rglob("BIOSSES.json"))) == 1
     assert not list((tmp_path / "out").rglob(LOCK_FILE))
+
+
+def test_a_comparison_into_a_folder_another_comparison_is_writing_is_refused(tmp_path, monkeypatch):
+    """Two evaluate.py compare runs into one --output (its default is `comparison`): the second is refused naming the
+    first, instead of both ending 0 with one's tables beside the other's figure."""
+    from poolattn import cli, plots
+
+    assert cli.evaluate(_scoring_command(tmp_path)) == 0
+    (results,) = (tmp_path / "out" / "results").iterdir()
+    compare = ["compare", str(results), "--output", str(tmp_path / "comparison")]
+    draw, second = plots.category_bars, []
+
+    def second_compare_while_drawing(*args):
+        if not second:
+            second.append("the second comparison was not refused")
+            with pytest.raises(SystemExit) as refusal:
+                cli.evaluate(compare)
+            second[0] = str(refusal.value.code)
+        draw(*args)
+
+    monkeypatch.setattr(plots, "category_bars", second_compare_while_drawing)
+    assert cli.evaluate(compare) == 0
+    assert second[0].startswith("evaluate: ") and "being written by another comparison" in second[0]
+    assert not (tmp_path / "comparison" / LOCK_FILE).exists()
+
+
+def _scoring_command(tmp_path) -> list[str]:
+    """evaluate.py run of a tiny random model on 20 BIOSSES pairs into `tmp_path/out`."""
+    pytest.importorskip("mteb")
+    from conftest import tiny_model
+
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
+    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    command = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data.parent)]
+    return [*command, "--output", str(tmp_path / "out"), "--batch-size", "8"]
 
 
 def _gone_pid() -> int:

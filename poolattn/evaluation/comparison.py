@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import plots
-from ..files import write_text
+from ..files import folder_lock, write_text
 from .pairing import paired_tests
 from .replicates import group_replicates
 from .requests import EvaluationError
@@ -106,15 +106,14 @@ def compare_results(result_folders: list, *, output, baseline: str | None = None
         lines, rows = _tests_against_baseline(models, name, category_tests)
         report += lines
         paired_rows += rows
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    files = [output / name for name in COMPARISON_FILES]
-    write_text(files[0], "\n".join(report))
-    write_csv(files[5], list(PAIRED_COLUMNS), paired_rows)
-    _write_score_tables(models, files)
-    write_text(files[3], summary_block(models.names, models.means, models.used_categories, tests, models.baseline))
+    files = [Path(output) / name for name in COMPARISON_FILES]
     significant = {name: {test.category for test in found if test.significant()} for name, found in tests.items()}
-    plots.category_bars(files[4], models.names, models.means, models.used_categories, significant)
+    with folder_lock(output, what="comparison"):  # two at once would leave one's tables beside the other's figure
+        write_text(files[0], "\n".join(report))
+        write_csv(files[5], list(PAIRED_COLUMNS), paired_rows)
+        _write_score_tables(models, files)
+        write_text(files[3], summary_block(models.names, models.means, models.used_categories, tests, models.baseline))
+        plots.category_bars(files[4], models.names, models.means, models.used_categories, significant)
     return Comparison("\n".join(report), files, models.left_out())
 
 
