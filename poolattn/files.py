@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -170,7 +171,7 @@ def held(path: Path, where: Path, *, what: str):
     """Hold the lock file `path` for writing `where`: created whole (a complete record linked into place, so another
     process never reads half of one), refused while its holder lives, taken over when it is gone (only the very lock
     judged gone is removed), and removed at the end if it is still this process's."""
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "what": what}
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(sys.argv), "what": what}
     record["started"] = _start_time(os.getpid())
     for _ in range(5):
         if _create_whole(path, record):
