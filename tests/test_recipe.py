@@ -409,6 +409,27 @@ def test_a_run_resumed_after_its_folder_moved_still_exports_its_best_checkpoint(
         torch.testing.assert_close(value, best[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_resumed_run_reports_its_whole_training_time(tiny_backbone_folder, triplets_file, tmp_path):
+    """Each checkpoint records the training time spent so far; a run resumed from one reports that time plus its
+    own, not the last segment alone (the study's wall time per stage reads it)."""
+    from poolattn.model_folder import CHECKPOINT_RECORD
+
+    arguments = ["--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN]
+    whole = training.main([*arguments, "--output_dir", str(tmp_path / "run")])[0]
+    uninterrupted = json.loads((whole / "training_manifest.json").read_text())["train_runtime_s"]
+    record_path = tmp_path / "run" / "checkpoint-2" / CHECKPOINT_RECORD
+    record = json.loads(record_path.read_text())
+    assert 0 < record["train_seconds"] <= uninterrupted
+    record["train_seconds"] = 1000.0  # as if the first two steps had taken 1000 s before the run was killed
+    record_path.write_text(json.dumps(record))
+    shutil.rmtree(whole)
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    resumed = training.main([*arguments, "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", "true"])
+    seconds = json.loads((resumed[0] / "training_manifest.json").read_text())["train_runtime_s"]
+    assert seconds > 1000.0  # the recorded 1000 s plus the resumed two steps (without the record: the two alone)
+    assert json.loads((tmp_path / "run" / "checkpoint-4" / CHECKPOINT_RECORD).read_text())["train_seconds"] > 1000
+
+
 def test_plateau_step_counts_evaluations_without_a_relative_improvement():
     history = [{"step": s, "eval_loss": v} for s, v in [(1, 1.0), (2, 0.995), (3, 0.98), (4, 0.9)]]
     assert plateau_step(history, patience=2, min_improvement=0.01) is None  # 0.98 < 0.99: an improvement

@@ -3,6 +3,7 @@ restored, and the manifest's stop record."""
 
 import json
 import logging
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..prompts import QUERY_PROMPT_FORMAT
 from ..records import ContrastiveBatch, DataRecord, StopRecord, TrainableParameters, TrainingSettings
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets
-from .plateau import PlateauRule
+from .plateau import PlateauRule, PlateauStopping
 from .preflight import batch_sampling
 from .sources import fingerprint_files
 from .trainer_arguments import TrainingRunArguments
@@ -134,10 +135,23 @@ def check_resume_recipe(checkpoint, recipe: dict) -> None:
 
 def recorded_recipe(checkpoint) -> dict | None:
     """The recipe a checkpoint's record holds, or None (no record: an older poolattn, or damaged)."""
+    return _checkpoint_record(checkpoint).get("recipe")
+
+
+def train_seconds_before(checkpoint) -> float:
+    """The training time a run had spent when it saved `checkpoint` (its record's `train_seconds`, summed over every
+    earlier resume), so that a resumed run reports its whole training time; 0 with no checkpoint, or for one saved
+    by a poolattn that did not record it."""
+    seconds = _checkpoint_record(checkpoint).get("train_seconds") if checkpoint else None
+    return float(seconds) if isinstance(seconds, int | float) else 0.0
+
+
+def _checkpoint_record(checkpoint) -> dict:
     try:
-        return json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text()).get("recipe")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+        record = json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def recipe_differences(recorded: dict, recipe: dict) -> list[str]:
@@ -195,7 +209,8 @@ def check_control(folder: Path, variant, seed: int, backbone: str, overrides: di
 class CheckpointRecord:
     """A Trainer callback that writes `poolattn_checkpoint.json` into every checkpoint: the backbone (as given and as
     resolved), the model's `PoolAttnConfig`, which the adapter files alone do not hold (`load_checkpoint`), and the
-    recipe a resumed run is checked against (`check_resume_recipe`)."""
+    recipe a resumed run is checked against (`check_resume_recipe`), and the training time spent so far, over
+    every resume (`train_seconds_before`)."""
 
     def __init__(self, backbone: str, backbone_path: str, config, recipe: dict | None = None):
         self.record = {
@@ -204,6 +219,10 @@ class CheckpointRecord:
             "poolattn_config": config.to_diff_dict(),
             "recipe": recipe,
         }
+        self.started = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time() - train_seconds_before(args.resume_from_checkpoint)
 
     def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
         if name.startswith("on_"):
@@ -215,7 +234,8 @@ class CheckpointRecord:
 
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            write_json(folder / CHECKPOINT_RECORD, self.record)
+            seconds = round(time.time() - self.started, 1)
+            write_json(folder / CHECKPOINT_RECORD, {**self.record, "train_seconds": seconds})
 
 
 def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel:
@@ -284,6 +304,19 @@ def restore_finished_run(trainer, checkpoint: str | None):
     )
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def run_callbacks(model_args, data_args, training_args, backbone_path: str, config, recipe: dict) -> list:
+    """The Trainer's callbacks of a run: the checkpoint record (recipe, backbone, config, training time), the plateau
+    rule and early stopping, as asked."""
+    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, config, recipe)]
+    if training_args.plateau_patience:
+        callbacks.append(PlateauStopping(plateau_rule(training_args)))
+    if data_args.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    return callbacks
 
 
 def plateau_rule(training_args) -> PlateauRule | None:

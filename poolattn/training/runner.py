@@ -30,20 +30,19 @@ from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
 from .batching import Passes, stream_triplets
 from .checkpoints import (
-    CheckpointRecord,
     check_control,
     check_finished_recipe,
     check_resume_recipe,
-    plateau_rule,
     restore_finished_run,
     resume_recipe,
+    run_callbacks,
+    train_seconds_before,
     training_manifest,
 )
 from .collator import TripletCollator
 from .data import Triplets, load_triplets, set_source_instructions, set_source_weights
 from .job import TrainingJob
 from .losses import world_size
-from .plateau import PlateauStopping
 from .preflight import (
     PlannedRun,
     batch_sampling,
@@ -132,11 +131,11 @@ def train_variant(
         data_collator=_collator(tokenizer, data_args, triplets, add_eos=base.config.add_eos),
         processing_class=tokenizer,
         **_datasets(data_args, triplets, held_out),
-        callbacks=_callbacks(model_args, data_args, training_args, backbone_path, base.config, recipe),
+        callbacks=run_callbacks(model_args, data_args, training_args, backbone_path, base.config, recipe),
     )
     batch, parameters = _run_shape(variant, model, training_args, triplets, trainer.is_world_process_zero())
     resume = training_args.resume_from_checkpoint  # a checkpoint folder or None (`run` resolves "true")
-    started = time.time()
+    started = time.time() - train_seconds_before(resume)  # the whole run's training time, over every resume
     result = restore_finished_run(trainer, resume) or trainer.train(resume_from_checkpoint=resume)
     manifest = training_manifest(
         variant,
@@ -186,18 +185,6 @@ def _datasets(data_args, triplets: Triplets, held_out: list[dict] | None) -> dic
         "source_weights": dict(enumerate(item.weight for item in triplets.sources)) if weighted else None,
         "source_weight_groups": dict(enumerate(item.weight_key for item in triplets.sources)) if weighted else None,
     }
-
-
-def _callbacks(model_args, data_args, training_args, backbone_path: str, config, recipe: dict) -> list:
-    """The checkpoint record (recipe, backbone, config), the plateau rule and early stopping, as asked."""
-    callbacks = [CheckpointRecord(model_args.backbone, backbone_path, config, recipe)]
-    if training_args.plateau_patience:
-        callbacks.append(PlateauStopping(plateau_rule(training_args)))
-    if data_args.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
-    return callbacks
 
 
 def _run_shape(variant, model, training_args, triplets: Triplets, main_process: bool):
