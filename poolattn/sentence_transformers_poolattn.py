@@ -22,6 +22,7 @@ Shipped beside the Hub pair in every published folder and named in its `modules.
 Only sentence-transformers loads this file; the Hub pair itself imports only torch and transformers.
 """
 
+from pathlib import Path
 from typing import Any
 
 from sentence_transformers.base.modules.transformer import Transformer
@@ -70,6 +71,16 @@ class PoolAttnTransformer(Transformer):
             provider=model_kwargs.get("provider"),
             **{key: model_kwargs[key] for key in hub_keys if key in model_kwargs},
         )
+
+    def save(self, output_path: str, *args, **kwargs) -> None:
+        """`Transformer.save`, keeping the `config_sentence_transformers.json` that `SentenceTransformer.save` wrote
+        just before (the model's prompts and similarity function as they are now): the model's `save_pretrained`
+        copies the prompts of the folder it was loaded from, which would silently undo prompts set since."""
+        settings = Path(output_path) / "config_sentence_transformers.json"
+        written = settings.read_bytes() if settings.is_file() else None
+        super().save(output_path, *args, **kwargs)
+        if written is not None:
+            settings.write_bytes(written)
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         """The pooled embedding (`sentence_embedding`) and the backbone's last hidden states (`token_embeddings`,
