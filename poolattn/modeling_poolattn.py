@@ -395,6 +395,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         self.trust_remote_code = False  # whether get_tokenizer may run a tokenizer's code from the folder
         self.built_from_backbone = False  # set by from_backbone: `name_or_path` is then the backbone's
         self._attention_checked = config.attention == "causal"
+        self._head_checked = False  # `_warn_if_head_frozen` at the first training forward
         self._uses_pooling_mask = (
             config.pooling == "mean"
             or (config.pooling == "latent" and config.head_input == "all_tokens")
@@ -492,6 +493,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         """
         if not self._attention_checked:
             self.check_attention()
+        if self.training and not self._head_checked and torch.is_grad_enabled():
+            self._warn_if_head_frozen()
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
@@ -524,6 +527,22 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         return PoolAttnEmbeddingOutput(
             embeddings=embeddings, last_hidden_state=hidden, layer_summaries=layer_summaries
         )
+
+    def _warn_if_head_frozen(self) -> None:
+        """Once per model, at its first training forward: warn where the backbone trains but no weight of the pooling
+        head can (peft's `get_peft_model` freezes every module that is not an adapter unless `modules_to_save`)."""
+        self._head_checked = True
+        if self.pooler is None or torch.compiler.is_compiling():
+            return
+        if not any(p.requires_grad for p in self.pooler.parameters()) and any(
+            p.requires_grad for p in self.model.parameters()
+        ):
+            logger.warning(
+                "PoolAttnEmbeddingModel is training with its pooling head frozen: no weight of `pooler` requires "
+                "grad while the backbone's do, so the head keeps the weights it has (random ones for a model built "
+                "with from_backbone). To train it with LoRA, give the LoraConfig modules_to_save=['pooler'] (as "
+                "train.py does); if the head is frozen on purpose, ignore this."
+            )
 
     def _pool(self, hidden, attention_mask, pooling_mask, layer_summaries) -> torch.Tensor:
         """(batch, hidden) embeddings, unnormalised, as `config.pooling` says."""

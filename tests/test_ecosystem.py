@@ -30,3 +30,24 @@ def test_prompts_set_on_a_sentence_transformer_survive_its_save(tmp_path):
     reloaded = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
     expected = model.encode(SENTENCES, prompt="Instruct: new\nQuery: ", convert_to_numpy=False)
     torch.testing.assert_close(reloaded.encode_query(SENTENCES, convert_to_tensor=True), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("modules_to_save", [None, ["pooler"]])
+def test_training_a_peft_model_whose_head_is_frozen_is_said_once(modules_to_save, caplog):
+    """peft freezes every module that is not an adapter unless named in `modules_to_save`: the head would keep its
+    (fresh, random) weights while the loss falls, unsaid."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_model("llama", 5), LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=modules_to_save)
+    )
+    batch = model.get_base_model().get_tokenizer()(SENTENCES, padding=True, return_tensors="pt")
+    with caplog.at_level("WARNING"):
+        model.eval()(**batch)  # inference: nothing to say
+        assert "pooling head frozen" not in caplog.text
+        model.train()
+        for _ in range(2):
+            model(**batch).embeddings.sum().backward()
+    head_grads = [p.grad for n, p in model.named_parameters() if "pooler" in n and p.requires_grad]
+    assert caplog.text.count("pooling head frozen") == (1 if modules_to_save is None else 0)
+    assert (len(head_grads) > 0) == (modules_to_save is not None) and all(g is not None for g in head_grads)
