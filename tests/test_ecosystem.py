@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import SENTENCES, tiny_model
+from conftest import SENTENCES, TRIPLETS, tiny_model
 
 from poolattn.export import write_sentence_transformers_prompts
 
@@ -51,3 +51,38 @@ def test_training_a_peft_model_whose_head_is_frozen_is_said_once(modules_to_save
     head_grads = [p.grad for n, p in model.named_parameters() if "pooler" in n and p.requires_grad]
     assert caplog.text.count("pooling head frozen") == (1 if modules_to_save is None else 0)
     assert (len(head_grads) > 0) == (modules_to_save is not None) and all(g is not None for g in head_grads)
+
+
+def test_sentence_transformers_own_trainer_trains_head_and_backbone_and_its_save_reloads(tmp_path):
+    """An exported folder trained further with `SentenceTransformerTrainer` + `MultipleNegativesRankingLoss` (a
+    query prompt): the head and the backbone move, and what `SentenceTransformer.save` writes reloads, in
+    sentence-transformers and in `AutoModel`, as the trained model encodes (1e-6)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import AutoModel
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "src")
+    write_sentence_transformers_prompts(tmp_path / "src", "Instruct: find\nQuery: ")
+    st = SentenceTransformer(str(tmp_path / "src"), trust_remote_code=True)
+    before = {name: weight.detach().clone() for name, weight in st.named_parameters()}
+    rows = Dataset.from_list([{"anchor": row["query"], "positive": row["positive"]} for row in TRIPLETS])
+    arguments = Arguments(
+        output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=6, learning_rate=1e-3,
+        report_to="none", save_strategy="no", seed=0, prompts={"anchor": st.prompts["query"]},
+    )  # fmt: skip
+    SentenceTransformerTrainer(
+        model=st, args=arguments, train_dataset=rows, loss=MultipleNegativesRankingLoss(st)
+    ).train()
+    moved = {name for name, weight in st.named_parameters() if not torch.equal(weight, before[name])}
+    assert {name for name in before if ".pooler." in name} <= moved and any(".model.layers." in n for n in moved)
+
+    st.eval()
+    queries = st.encode_query(SENTENCES, convert_to_tensor=True)
+    st.save(str(tmp_path / "saved"))
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
+    torch.testing.assert_close(reloaded.encode_query(SENTENCES, convert_to_tensor=True), queries, rtol=0, atol=1e-6)
+    model = AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    encoded = model.encode(SENTENCES, prompt="Instruct: find\nQuery: ", convert_to_numpy=False)
+    torch.testing.assert_close(encoded, queries, rtol=0, atol=1e-6)
