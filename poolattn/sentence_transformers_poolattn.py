@@ -72,6 +72,19 @@ class PoolAttnTransformer(Transformer):
             **{key: model_kwargs[key] for key in hub_keys if key in model_kwargs},
         )
 
+    @property
+    def max_seq_length(self) -> int | None:
+        return Transformer.max_seq_length.fget(self)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        """The tokenizer's limit (sentence-transformers' own setter) and the model's `config.max_length`, which
+        `encode` reads: so `AutoModel` on the saved folder truncates where `SentenceTransformer` does."""
+        Transformer.max_seq_length.fset(self, value)
+        config = getattr(self.auto_model, "config", None)
+        if isinstance(value, int) and value > 0 and hasattr(config, "max_length"):
+            config.max_length = value
+
     def save(self, output_path: str, *args, **kwargs) -> None:
         """`Transformer.save`, keeping the `config_sentence_transformers.json` that `SentenceTransformer.save` wrote
         just before (the model's prompts and similarity function as they are now): the model's `save_pretrained`

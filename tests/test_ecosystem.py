@@ -86,3 +86,23 @@ def test_sentence_transformers_own_trainer_trains_head_and_backbone_and_its_save
     model = AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True)
     encoded = model.encode(SENTENCES, prompt="Instruct: find\nQuery: ", convert_to_numpy=False)
     torch.testing.assert_close(encoded, queries, rtol=0, atol=1e-6)
+
+
+def test_a_max_seq_length_set_on_a_sentence_transformer_is_the_one_automodel_reads_from_its_save(tmp_path):
+    """`st.max_seq_length = N` (sentence-transformers' way to truncate) before `save`: `AutoModel(...).encode` on the
+    saved folder truncates at N as `SentenceTransformer` does, not at the config's earlier `max_length`."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    tiny_model("llama", 5, max_length=16).save_pretrained(tmp_path / "src")
+    st = SentenceTransformer(str(tmp_path / "src"), trust_remote_code=True)
+    st.max_seq_length = 6
+    texts = ["the cat sat on the mat and the dog sat on the road", "a dog"]
+    expected = st.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(st[0].auto_model.encode(texts, convert_to_numpy=False), expected, rtol=0, atol=1e-6)
+    st.save(str(tmp_path / "saved"))
+    model = AutoModel.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    torch.testing.assert_close(model.encode(texts, convert_to_numpy=False), expected, rtol=0, atol=1e-6)
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
+    assert reloaded.max_seq_length == 6
+    torch.testing.assert_close(reloaded.encode(texts, convert_to_tensor=True), expected, rtol=0, atol=1e-6)
