@@ -88,13 +88,7 @@ def evaluate_models(
     fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
     cache = mteb.ResultCache(output)
     encoding = dict(batch_size=batch_size, max_length=max_length, onnx_file=onnx_file, truncate_dim=truncate_dim)
-    settings = {
-        "data_dir": str(data_dir) if data_dir else None,
-        **encoding,
-        "prompt_format": QUERY_PROMPT_FORMAT,
-        "prompted_texts": "queries and symmetric tasks; documents get none",
-        "budget": budget,
-    }
+    settings = _run_settings(data_dir, encoding, budget)
     for model in models:
         encoder = load_encoder(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
@@ -110,6 +104,17 @@ def evaluate_models(
             result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
             _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
     return run
+
+
+def _run_settings(data_dir, encoding: dict, budget: int | None) -> dict:
+    """How every model of an evaluation is encoded and sampled, as `poolattn_run.json` records it."""
+    return {
+        "data_dir": str(data_dir) if data_dir else None,
+        **encoding,
+        "prompt_format": QUERY_PROMPT_FORMAT,
+        "prompted_texts": "queries and symmetric tasks; documents get none",
+        "budget": budget,
+    }
 
 
 def check_scoring_request(
