@@ -300,11 +300,14 @@ def test_ablation_arms_join_the_variant_5_row_as_their_base():
     keys = ["v1", "v5", "arm-weights_off", "arm-weights_paper_init", "arm-weights_x100"]
     assert [row.key for row in plan.rows] == keys
     assert plan.row("arm-weights_off").overrides == {"layer_weights": False}
-    assert ("arm-weights_off", "v5") in {(a, b) for a, b, _ in study.comparisons(plan)}
+    compared = {(a, b) for a, b, _ in study.comparisons(plan)}
+    assert ("arm-weights_off", "v5") in compared and ("arm-weights_x100", "v5") in compared
+    assert ("arm-weights_x100", "arm-weights_off") in compared  # on (where the matrix moves) vs off, directly
     single = study.plan_study(
         designs="5", ablation="head_attention:single,layer_subset", seeds=1, train_argv=["--max_steps", "1"]
     )
     assert [row.key for row in single.rows] == ["v5", "arm-single", "arm-last_4", "arm-middle_4"]
+    assert not [pair for pair in study.comparisons(single) if "arm-weights_x100" in pair]  # only with both arms
 
 
 def test_ablation_arms_get_their_own_figure_beside_their_base():

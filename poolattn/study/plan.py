@@ -42,6 +42,12 @@ BASELINE_COMPARISONS = (
     ("v1", "mean-causal", "EOS-last vs mean pooling, causal"),
 )
 
+# arms compared with each other as well as with their base: at the base's rates the layer-weight matrix barely moves
+# (so "weights off vs base" compares two near-identical models); x100 moves it, and is the on/off question asked
+ARM_COMPARISONS = (
+    ("arm-weights_x100", "arm-weights_off", "layer weights on, at a rate where they move (x100), vs off"),
+)
+
 
 INSTRUCTION_CHECK = ("v5", "mean-causal")  # one variant and one baseline scored on STS without instructions too
 
@@ -277,7 +283,8 @@ def _design_label(design) -> str:
 
 
 def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
-    """The comparisons the study's rows allow: the paper's, the baselines', every arm against its base."""
+    """The comparisons the study's rows allow: the paper's, the baselines', every arm against its base, the arms
+    compared with each other (`ARM_COMPARISONS`), and each row against its untrained control."""
     keys = {row.key for row in plan.rows}
     chosen = [item for item in (*PAPER_COMPARISONS, *BASELINE_COMPARISONS) if item[0] in keys and item[1] in keys]
     chosen += [
@@ -289,6 +296,7 @@ def comparisons(plan: StudyPlan) -> list[tuple[str, str, str]]:
         for row in plan.rows
         if row.kind == "arm"
     ]
+    chosen += [item for item in ARM_COMPARISONS if item[0] in keys and item[1] in keys]
     if plan.controls:
         chosen += [
             (row.key, row.key + CONTROL_SUFFIX, "trained vs untrained (step 0): what training added")
