@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 from transformers import AutoModel
 
 from poolattn.evaluation.mteb_encoder import query_prompt
+from poolattn.shared_data import SHARED_DATA, UNSET_DATA, require_shared_data
 
 
 def read_pairs(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -55,12 +56,12 @@ def main() -> None:
     parser.add_argument("models", nargs="+", metavar="NAME=FOLDER", help="the first is the reference for differences")
     parser.add_argument("--sizes", default="64,144,288,576", help="comma-separated embedding sizes")
     parser.add_argument("--task", default="STSBenchmark")
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data-dir", default=str(SHARED_DATA) if SHARED_DATA else UNSET_DATA)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in args.models)
     sizes = [int(size) for size in args.sizes.split(",")]
-    first, second, gold = read_pairs(Path(args.data_dir) / args.task)
+    first, second, gold = read_pairs(Path(require_shared_data(args.data_dir, "--data-dir")) / args.task)
     prompt = query_prompt(args.task, "STS", prompt_type=None)
     scores = {}
     for name, folder in models.items():

@@ -9,6 +9,8 @@ Each function backs one console command and one top-level script of a source che
 | `poolattn-ablate` | `python ablate.py` | `poolattn.study.run_study` (the arms are study rows) |
 | `poolattn-study` | `python study.py` | `poolattn.study.run_study` |
 | `poolattn-publish` | `python publish.py` | `poolattn.hub.publish` |
+| `poolattn-mine` | `python mine.py` | `poolattn.training.mining.mine_hard_negatives` |
+| `poolattn-export-onnx` | — | `poolattn.hub.onnx_export.export_onnx` |
 
 One module per command (`train_command`, `evaluate_command`, `study_command`, `mine_command`, `publish_command`;
 `common` for what they share). Library code logs through `logging` (logger `poolattn.*`); the doors show its INFO
