@@ -91,6 +91,43 @@ def test_a_real_model_mines_the_true_nearest_non_positive_documents(tmp_path):
         assert row["negative"] == order[:3]
 
 
+def test_no_positive_of_a_query_is_mined_as_its_negative():
+    """A query with several positives (rows that repeat it): each of its positives is relevant to it, so none is a
+    negative of any of its rows, however close; ranks count the documents other than the query and its positives."""
+    rows = [
+        {"query": "q", "positive": "p", "negatives": [], "instruction": None},
+        {"query": "q", "positive": "p2", "negatives": [], "instruction": None},
+        {"query": "zb", "positive": "b", "negatives": [], "instruction": None},
+        {"query": "zc", "positive": "c", "negatives": [], "instruction": None},
+    ]
+    vectors = {"q": unit(1.0), "p": unit(0.9), "p2": unit(0.8), "b": unit(0.7), "c": unit(0.5)}
+    vectors |= {"zb": [0.0, 1.0], "zc": [0.0, 1.0]}
+    settings = MiningSettings(num_negatives=2, relative_margin=None, range_max=2)
+    mined, _ = mine_source(rows, hand_encoder(vectors), settings, "hand")
+    assert [row["negative"] for row in mined[:2]] == [["b", "c"], ["b", "c"]]  # p2 (0.8) and p (0.9) left out
+
+
+def test_a_real_model_mines_the_nearest_documents_that_are_none_of_the_querys_positives(tmp_path):
+    """Brute force over the same embeddings: each query's cosine with every corpus text, best first, without the
+    query and every positive of it (TRIPLETS' negatives as second positives of the same queries)."""
+    tiny_model("llama", 5, seed=3).save_pretrained(tmp_path / "model")
+    rows = [
+        {"query": row["query"], "positive": text, "negatives": [], "instruction": None}
+        for row in TRIPLETS
+        for text in (row["positive"], row["negative"])
+    ]
+    encoder = TextEncoder(str(tmp_path / "model"), batch_size=4, query_instruction="find the passage")
+    settings = MiningSettings(num_negatives=3, relative_margin=None, range_max=20)
+    mined, _ = mine_source(rows, encoder, settings, "t")
+    corpus = list(dict.fromkeys(row["positive"] for row in rows))
+    similarity = encoder([row["query"] for row in rows], queries=True) @ encoder(corpus, queries=False).T
+    for index, row in enumerate(mined):
+        own = {other["positive"] for other in rows if other["query"] == row["query"]}
+        order = [corpus[j] for j in np.argsort(-similarity[index], kind="stable") if corpus[j] not in own]
+        assert row["negative"] == order[:3]
+        assert not own & set(row["negative"])
+
+
 def test_each_query_is_encoded_with_its_rows_instruction_as_training_formats_it(tmp_path, monkeypatch):
     """A row's own instruction wins, `--query_instruction` is the fallback (as in training's collator), each in the
     e5 prompt format; batches that mix prompts give each query what encoding it alone with its prompt gives."""

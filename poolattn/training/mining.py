@@ -7,10 +7,10 @@ closest to the query, skipping the positive and a margin band of near-positives;
 
 The corpus of a source is every positive and given negative of that source (deduplicated), so a Quora question gets
 another Quora question as its negative, never an SNLI caption: the one-source-per-batch sampling of training then sees
-negatives of the query's own kind. A candidate is skipped when it is the positive or the query itself (same text),
-when it ranks above `range_min`, when it is not within the `range_max` nearest, or when it is too close to the
-positive to be a safe negative (a likely false negative); ranks count the documents other than the positive and
-the query:
+negatives of the query's own kind. A candidate is skipped when it is the query itself or one of its positives (same
+text after stripping; a query repeated in several rows has all their positives, each relevant to it), when it ranks
+above `range_min`, when it is not within the `range_max` nearest, or when it is too close to the positive to be a
+safe negative (a likely false negative); ranks count the documents other than the query and its positives:
 
 - `absolute_margin` m: keep only candidates with sim(query, candidate) <= sim(query, positive) - m;
 - `relative_margin` r: keep only candidates with sim(query, candidate) <= sim(query, positive) * (1 - r)
@@ -166,31 +166,21 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
     positive_scores = np.einsum(
         "ij,ij->i", query_embeddings, corpus_embeddings[[position[row["positive"]] for row in rows]]
     )
-    indices, scores = nearest(query_embeddings, corpus_embeddings, settings.range_max + 2)  # + positive, query
+    # every positive of a query (rows that repeat it) is relevant to it: none is a negative of any of its rows
+    positives: dict[str, set[str]] = {}
+    for row in rows:
+        positives.setdefault(row["query"], set()).add(row["positive"])
+    excluded_most = 1 + max(map(len, positives.values()))  # the query itself and its positives
+    indices, scores = nearest(query_embeddings, corpus_embeddings, settings.range_max + excluded_most)
     mined_rows = []
     for row, candidates, candidate_scores, positive_score in zip(rows, indices, scores, positive_scores):
-        ceiling = float("inf")  # without a margin, even a document closer than the positive is taken
-        if settings.absolute_margin is not None:
-            ceiling = min(ceiling, positive_score - settings.absolute_margin)
-        if settings.relative_margin is not None:
-            ceiling = min(ceiling, positive_score * (1 - settings.relative_margin))
-        negatives = [] if settings.replace_given else list(row["negatives"])
+        excluded = positives[row["query"]] | {row["query"]}
         ranked = [
             (corpus[index], score)
             for index, score in zip(candidates, candidate_scores)
-            if corpus[index] not in (row["positive"], row["query"])
-        ][: settings.range_max]
-        for text, score in ranked[settings.range_min :]:  # ranks among the documents other than positive and query
-            if len(negatives) >= settings.num_negatives:
-                break
-            if text in negatives:
-                continue
-            if score > ceiling:
-                report.skipped_by_margin += 1
-                continue
-            negatives.append(text)
-            report.mined += 1
-        report.queries_short += len(negatives) < settings.num_negatives
+            if corpus[index] not in excluded
+        ][: settings.range_max]  # ranks among the documents other than the query and its positives
+        negatives = _pick(row, ranked[settings.range_min :], _ceiling(positive_score, settings), settings, report)
         mined_rows.append(
             {
                 "query": row["query"],
@@ -200,6 +190,34 @@ def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) 
             }
         )
     return mined_rows, report
+
+
+def _ceiling(positive_score: float, settings: MiningSettings) -> float:
+    """The highest similarity a negative may have: the margins below the positive's similarity."""
+    ceiling = float("inf")  # without a margin, even a document closer than the positive is taken
+    if settings.absolute_margin is not None:
+        ceiling = min(ceiling, positive_score - settings.absolute_margin)
+    if settings.relative_margin is not None:
+        ceiling = min(ceiling, positive_score * (1 - settings.relative_margin))
+    return ceiling
+
+
+def _pick(row: dict, ranked: list, ceiling: float, settings: MiningSettings, report: SourceMined) -> list[str]:
+    """The row's negatives: its given ones (unless `replace_given`), then the `ranked` candidates (best first) at or
+    below `ceiling`, up to `num_negatives` in all; counts what was mined, skipped and short in `report`."""
+    negatives = [] if settings.replace_given else list(row["negatives"])
+    for text, score in ranked:
+        if len(negatives) >= settings.num_negatives:
+            break
+        if text in negatives:
+            continue
+        if score > ceiling:
+            report.skipped_by_margin += 1
+            continue
+        negatives.append(text)
+        report.mined += 1
+    report.queries_short += len(negatives) < settings.num_negatives
+    return negatives
 
 
 def _check_instruction_is_used(settings: MiningSettings, model: str) -> None:
