@@ -153,6 +153,71 @@ def test_each_query_is_encoded_with_its_rows_instruction_as_training_formats_it(
         np.testing.assert_allclose(embedding, alone, atol=1e-5)
 
 
+def test_queries_are_encoded_with_the_instructions_training_gives_them(tmp_path, monkeypatch):
+    """`--source_instructions` as train.py's (the small preset gives every shared source one): a row's own
+    instruction, else its source's (by file stem, or by a `[k negatives]` part's name), else `--query_instruction`.
+    The query tokens mining encodes equal those of training's collator, row by row."""
+    from poolattn import PoolAttnEmbeddingModel
+    from poolattn.modeling_poolattn import tokenize_for_embedding
+    from poolattn.training.collator import TripletCollator
+    from poolattn.training.data import set_source_instructions
+
+    data = tmp_path / "data"
+    data.mkdir()
+    first = [{**row, "instruction": "own one"} if index == 0 else row for index, row in enumerate(TRIPLETS[:6])]
+    second = [
+        row if index < 2 else {"query": row["query"], "positive": row["positive"]}
+        for index, row in enumerate(TRIPLETS[6:])
+    ]
+    for name, rows in (("a", first), ("b", second)):  # b: a [1 negative] and a [0 negatives] part
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "model")
+    instructions = {"a": "find the passage", "b [0 negatives]": "match the text"}  # b [1 negative]: the fallback
+    encoded, encode = {}, PoolAttnEmbeddingModel.encode
+
+    def recording(self, texts, **kwargs):
+        if kwargs["prompt"] is not None:  # the queries
+            encoded.update(zip(texts, kwargs["prompt"]))
+        return encode(self, texts, **kwargs)
+
+    monkeypatch.setattr(PoolAttnEmbeddingModel, "encode", recording)
+    arguments = ["--train_data", str(data), "--model", str(tmp_path / "model"), "--output", str(tmp_path / "mined")]
+    assert (
+        cli.mine(arguments + ["--query_instruction", "search", "--source_instructions", json.dumps(instructions)]) == 0
+    )
+    triplets = load_triplets(str(data))
+    set_source_instructions(triplets, instructions)
+    collator = TripletCollator(
+        model.get_tokenizer(),
+        query_max_length=64,
+        document_max_length=64,
+        add_eos=False,
+        query_instruction="search",
+        source_instructions=[source.instruction for source in triplets.sources],
+    )
+    queries = collator(triplets.rows)["queries"]
+    texts = [row["query"] for row in triplets.rows]
+    mined = tokenize_for_embedding(
+        collator.tokenizer, texts, prompt=[encoded[text] for text in texts], max_length=64, add_eos=False
+    )
+    for features, ids, mask in zip(mined, queries["input_ids"], queries["attention_mask"]):
+        assert features["input_ids"] == ids[mask.bool()].tolist()
+    assert [encoded[row["query"]] for row in TRIPLETS[:2]] == [
+        instruction_prompt(text) for text in ("own one", "find the passage")
+    ]
+    assert {encoded[row["query"]] for row in TRIPLETS[6:]} == {
+        instruction_prompt("search"),
+        instruction_prompt("match the text"),
+    }
+    provenance = json.loads((tmp_path / "mined" / PROVENANCE_FILE).read_text())
+    assert provenance["settings"]["source_instructions"] == instructions
+    with pytest.raises(SystemExit, match="is no source of"):
+        cli.mine(arguments[:-1] + [str(tmp_path / "m2"), "--source_instructions", '{"c": "x"}'])
+    with pytest.raises(SystemExit, match="is not valid JSON"):
+        cli.mine(arguments[:-1] + [str(tmp_path / "m2"), "--source_instructions", "{a"])
+
+
 def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -204,14 +269,22 @@ def test_bad_settings_are_refused_before_any_encoding(settings, message):
         settings.check()
 
 
-def test_a_query_instruction_for_a_model_that_would_not_use_it_is_refused(tiny_backbone_folder, tmp_path):
+@pytest.mark.parametrize(
+    "settings, flag",
+    [
+        (MiningSettings(query_instruction="Retrieve relevant passages"), "--query_instruction"),
+        (MiningSettings(source_instructions={"data": "Retrieve relevant passages"}), "--source_instructions"),
+    ],
+)
+def test_a_query_instruction_for_a_model_that_would_not_use_it_is_refused(
+    tiny_backbone_folder, tmp_path, settings, flag
+):
     """A sentence-transformers model (here a bare backbone, which it mean-pools) encoded the queries without the
     instruction, and the provenance recorded the instruction as if it had been used."""
     from poolattn.training.mining import mine_hard_negatives
 
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TRIPLETS))
-    settings = MiningSettings(query_instruction="Retrieve relevant passages")
-    with pytest.raises(MiningError, match=r"--query_instruction: .* is not a poolattn folder"):
+    with pytest.raises(MiningError, match=rf"{flag}: .* is not a poolattn folder"):
         mine_hard_negatives(
             str(tmp_path / "data.jsonl"), tiny_backbone_folder, output=tmp_path / "m", settings=settings
         )
@@ -230,11 +303,11 @@ def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, 
     tiny_model("llama", 5).save_pretrained(tmp_path / "model")
     original, calls = mining.mine_source, []
 
-    def killed_on_the_second(rows, encoder, settings, name):
+    def killed_on_the_second(rows, encoder, settings, name, *args):
         calls.append(name)
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated kill")
-        return original(rows, encoder, settings, name)
+        return original(rows, encoder, settings, name, *args)
 
     monkeypatch.setattr(mining, "mine_source", killed_on_the_second)
     with pytest.raises(KeyboardInterrupt):

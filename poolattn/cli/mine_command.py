@@ -1,6 +1,7 @@
 """`python mine.py` / `poolattn-mine`: hard negatives mined with a model, written as a training folder."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def mine_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--replace_given", action="store_true", help="drop the rows' given negatives")
     parser.add_argument("--query_instruction", help="query instruction for a poolattn model (Instruct: ...)")
+    parser.add_argument(
+        "--source_instructions",
+        help="JSON object of query instructions per source (file stem or source name) for a poolattn model, as "
+        "train.py's flag; a row's own `instruction` wins, --query_instruction is the fallback",
+    )
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument(
         "--trust_remote_code",
@@ -54,6 +60,19 @@ def mine_parser() -> argparse.ArgumentParser:
         "tokenizer's auto_map); poolattn folders never need it",
     )
     return parser
+
+
+def _json_object(flag: str, value: str | None) -> dict | None:
+    """A flag's JSON object (None when not given); anything else ends the command with what was wrong."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        sys.exit(f"mine: {flag} {value!r} is not valid JSON ({error.msg} at character {error.pos}).")
+    if not isinstance(parsed, dict):
+        sys.exit(f'mine: {flag} must be a JSON object, e.g. \'{{"snli_triplets": "Retrieve ..."}}\'; got {value!r}.')
+    return parsed
 
 
 @storage_errors_in_one_line("mine")
@@ -69,6 +88,7 @@ def mine(argv: list[str] | None = None) -> int:
         relative_margin=args.relative_margin if args.relative_margin is None or args.relative_margin >= 0 else None,
         replace_given=args.replace_given,
         query_instruction=args.query_instruction,
+        source_instructions=_json_object("--source_instructions", args.source_instructions),
         batch_size=args.batch_size,
     )
     try:

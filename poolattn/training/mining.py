@@ -16,8 +16,10 @@ safe negative (a likely false negative); ranks count the documents other than th
 - `relative_margin` r: keep only candidates with sim(query, candidate) <= sim(query, positive) * (1 - r)
   (NV-Retriever's "TopK-PercPos"; sentence-transformers' `mine_hard_negatives` uses the same two margins).
 
-A poolattn model encodes each query with the prompt training gave it (`prompts.instruction_prompt`): its row's own
-`instruction`, else `query_instruction`; documents get none.
+A poolattn model encodes each query with the prompt training gives it (`prompts.instruction_prompt`): its row's own
+`instruction`, else its source's (`source_instructions`, keyed as train.py's `--source_instructions`), else
+`query_instruction`; documents get none. Give the flags the model was trained with (`--preset small` gives each
+source of the shared data its instruction: `presets.SMALL_RECIPE_INSTRUCTIONS`).
 
 Given negatives are kept first (they are usually labelled, e.g. SNLI contradictions) unless `replace_given`; mined
 ones follow, up to `num_negatives` in all. Every output row's `negative` is a list; a query with no candidate left
@@ -54,6 +56,7 @@ class MiningSettings:
     relative_margin: float | None = 0.05
     replace_given: bool = False
     query_instruction: str | None = None  # the query prompt of a poolattn model (Instruct: ...\nQuery: )
+    source_instructions: dict[str, str] | None = None  # per source (name or file stem), as train.py's flag
     batch_size: int = 64
 
     def check(self) -> None:
@@ -152,15 +155,18 @@ def nearest(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, count: 
     return np.concatenate(indices), np.concatenate(scores)
 
 
-def mine_source(rows: list[dict], encoder, settings: MiningSettings, name: str) -> tuple[list[dict], SourceMined]:
+def mine_source(
+    rows: list[dict], encoder, settings: MiningSettings, name: str, instructions: list[str | None] | None = None
+) -> tuple[list[dict], SourceMined]:
     """Mined rows of one source (`negative` a list) and the counts. `encoder(texts, queries=..., instructions=...)`
-    returns normalised embeddings (`TextEncoder`); each query is encoded with its row's own instruction."""
+    returns normalised embeddings (`TextEncoder`); each query is encoded with its entry of `instructions` (the row's
+    own, else its source's, as training gives them), by default its row's own instruction."""
     texts = [row["positive"] for row in rows] + [text for row in rows for text in row["negatives"]]
     corpus = list(dict.fromkeys(texts))
     report = SourceMined(name, len(rows), len(corpus))
-    query_embeddings = encoder(
-        [row["query"] for row in rows], queries=True, instructions=[row.get("instruction") for row in rows]
-    )
+    if instructions is None:
+        instructions = [row.get("instruction") for row in rows]
+    query_embeddings = encoder([row["query"] for row in rows], queries=True, instructions=instructions)
     corpus_embeddings = encoder(corpus, queries=False)
     position = {text: index for index, text in enumerate(corpus)}
     positive_scores = np.einsum(
@@ -221,15 +227,20 @@ def _pick(row: dict, ranked: list, ceiling: float, settings: MiningSettings, rep
 
 
 def _check_instruction_is_used(settings: MiningSettings, model: str) -> None:
-    """`query_instruction` only with a model that prompts its queries (`TextEncoder`: a poolattn folder)."""
+    """Query instructions (`query_instruction`, `source_instructions`) only with a model that prompts its queries
+    (`TextEncoder`: a poolattn folder)."""
     from ..model_folder import is_poolattn_folder
 
-    if settings.query_instruction and not is_poolattn_folder(model):
-        raise MiningError(
-            f"--query_instruction: {model} is not a poolattn folder, and a sentence-transformers model encodes the "
-            "queries as given (the instruction would be left out unsaid); leave the flag out, or mine with a "
-            "poolattn model."
-        )
+    for flag, value in (
+        ("--query_instruction", settings.query_instruction),
+        ("--source_instructions", settings.source_instructions),
+    ):
+        if value and not is_poolattn_folder(model):
+            raise MiningError(
+                f"{flag}: {model} is not a poolattn folder, and a sentence-transformers model encodes the queries "
+                "as given (the instruction would be left out unsaid); leave the flag out, or mine with a poolattn "
+                "model."
+            )
 
 
 def mine_hard_negatives(
@@ -240,7 +251,7 @@ def mine_hard_negatives(
     from ..model_folder import (
         model_fingerprint,  # the model stack, when mining runs (the parser only needs the settings)
     )
-    from .data import file_source_name, load_triplets
+    from .data import load_triplets, set_source_instructions
 
     settings = settings or MiningSettings()
     settings.check()
@@ -249,6 +260,7 @@ def mine_hard_negatives(
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
     triplets = load_triplets(train_data, negatives_per_query=10**6)  # every given negative
+    set_source_instructions(triplets, settings.source_instructions or {})  # as training's --source_instructions
     started = time.time()
     encoder = TextEncoder(
         model,
@@ -257,16 +269,12 @@ def mine_hard_negatives(
         trust_remote_code=trust_remote_code,
     )
     run = MiningRun(model, model_fingerprint(model) if Path(model).exists() else model, train_data, settings)
-    by_file: dict[str, list[dict]] = {}
-    for row in triplets.rows:  # a file split by negative count is mined as one source again
-        by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
-    # each file's source name (`nq/train` in nested folders), without the `[k negatives]` part
-    file_names = {source.file: file_source_name(source.name) for source in triplets.sources}
 
     def save(folder: Path) -> None:  # into a temp folder: a mining run killed midway leaves no partial training data
-        for file, rows in by_file.items():
-            name = file_names[file] if Path(file).exists() else file.replace("/", "__")
-            mined, report = mine_source(rows, encoder, settings, name)
+        for name, rows in _rows_by_file(triplets).items():
+            # each query's instruction as training's collator gives it: its row's own, else its source's
+            instructions = [row["instruction"] or triplets.sources[row["source"]].instruction for row in rows]
+            mined, report = mine_source(rows, encoder, settings, name, instructions)
             path = folder / f"{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mined), encoding="utf-8")
@@ -288,3 +296,17 @@ def mine_hard_negatives(
 
     atomic_save(save, output)
     return run
+
+
+def _rows_by_file(triplets) -> dict[str, list[dict]]:
+    """Each file's (or Hub subset's) output name and rows: a file split by negative count is mined as one source
+    again, named as its file (`nq/train` in nested folders) without the `[k negatives]` part."""
+    from .data import file_source_name
+
+    by_file: dict[str, list[dict]] = {}
+    for row in triplets.rows:
+        by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
+    file_names = {source.file: file_source_name(source.name) for source in triplets.sources}
+    return {
+        (file_names[file] if Path(file).exists() else file.replace("/", "__")): rows for file, rows in by_file.items()
+    }
