@@ -254,6 +254,34 @@ def test_mine_writes_a_folder_that_trains_as_it_is(tmp_path):
         cli.mine(arguments)
 
 
+@pytest.mark.parametrize("layout", ["dataset repository", "file named _"])
+def test_a_mined_folder_reads_back_under_the_sources_training_names(tmp_path, layout):
+    """A local dataset repository (as a Hub id: one source per subset) was written as `__tmp__...__a[train].jsonl`,
+    which training's folder reader left out (`_` names, as `_provenance.json`): "no data files". Its subsets, and a
+    file named `_x.jsonl`, now read back with the input's sources, rows and negatives."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    for name, rows in (("a", TRIPLETS[:6]), ("b", TRIPLETS[6:])):
+        (repo / "data" / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    configs = "".join(f"- config_name: {n}\n  data_files:\n  - split: train\n    path: data/{n}.jsonl\n" for n in "ab")
+    (repo / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    data = repo if layout == "dataset repository" else (tmp_path / "_x.jsonl")
+    if layout == "file named _":
+        data.write_text((repo / "data" / "a.jsonl").read_text())
+    tiny_model("llama", 5).save_pretrained(tmp_path / "model")
+    arguments = ["--train_data", str(data), "--model", str(tmp_path / "model"), "--output", str(tmp_path / "mined")]
+    assert cli.mine(arguments + ["--num_negatives", "2", "--relative_margin", "-1"]) == 0
+    given, mined = load_triplets(str(data)), load_triplets(str(tmp_path / "mined"), negatives_per_query=2)
+    expected = ["a", "b"] if layout == "dataset repository" else ["x"]
+    assert [source.name for source in given.sources] == (expected if len(expected) == 2 else ["_x"])
+    assert [(source.name, source.examples, source.negatives_per_query) for source in mined.sources] == [
+        (name, 6, 2) for name in expected
+    ]
+    assert sorted((row["query"], row["positive"], row["negatives"][0]) for row in mined.rows) == sorted(
+        (row["query"], row["positive"], row["negatives"][0]) for row in given.rows
+    )
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

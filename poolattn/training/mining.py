@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -300,13 +300,35 @@ def mine_hard_negatives(
 
 def _rows_by_file(triplets) -> dict[str, list[dict]]:
     """Each file's (or Hub subset's) output name and rows: a file split by negative count is mined as one source
-    again, named as its file (`nq/train` in nested folders) without the `[k negatives]` part."""
+    again, named as training names its file (`nq/train` in nested folders, a Hub subset's name) without the
+    `[k negatives]` part (`output_name`)."""
     from .data import file_source_name
 
     by_file: dict[str, list[dict]] = {}
     for row in triplets.rows:
         by_file.setdefault(triplets.sources[row["source"]].file, []).append(row)
     file_names = {source.file: file_source_name(source.name) for source in triplets.sources}
-    return {
-        (file_names[file] if Path(file).exists() else file.replace("/", "__")): rows for file, rows in by_file.items()
-    }
+    named: dict[str, list[dict]] = {}
+    for file, rows in by_file.items():
+        name = base = output_name(file_names[file])
+        for number in range(2, len(by_file) + 2):  # names made safe may meet: `a` and `_a`
+            if name not in named:
+                break
+            name = f"{base}-{number}"
+        named[name] = rows
+    return named
+
+
+def output_name(name: str) -> str:
+    """A source name as a path inside the output folder that training's folder reader reads back under the same name
+    where it can: no part starting with `_` (left out, as `_provenance.json`) or `.` (hidden), none above the folder
+    (a local dataset repository's default subset is named by its path: its last part).
+
+    >>> output_name("nq/train"), output_name("_private"), output_name("/data/repo"), output_name("../repo")
+    ('nq/train', 'private', 'repo', 'repo')
+    """
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        path = PurePosixPath(path.name)
+    parts = [part.lstrip("._") for part in path.parts]
+    return "/".join(part for part in parts if part) or "data"
