@@ -21,7 +21,7 @@ def mine_parser() -> argparse.ArgumentParser:
         "--num_negatives",
         type=int,
         default=defaults.num_negatives,
-        help="negatives per query in all, given ones first (default %(default)s)",
+        help="negatives per query in all, given ones first; a row given more keeps them all (default %(default)s)",
     )
     parser.add_argument(
         "--range_min", type=int, default=defaults.range_min, help="skip the N nearest candidates (default %(default)s)"

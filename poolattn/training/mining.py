@@ -22,9 +22,10 @@ A poolattn model encodes each query with the prompt training gives it (`prompts.
 source of the shared data its instruction: `presets.SMALL_RECIPE_INSTRUCTIONS`).
 
 Given negatives are kept first (they are usually labelled, e.g. SNLI contradictions) unless `replace_given`; mined
-ones follow, up to `num_negatives` in all. Every output row's `negative` is a list; a query with no candidate left
-keeps what it had (its count is reported). `_provenance.json` beside the files records the model (and its weights
-fingerprint), the settings and the counts per source; the folder trains as it is (`--train_data mined/`).
+ones follow, up to `num_negatives` in all (a row given more keeps them all). Every output row's `negative` is a
+list; a query with no candidate left keeps what it had (its count is reported). `_provenance.json` beside the files
+records the model (and its weights fingerprint), the settings and the counts per source; the folder trains as it is
+(`--train_data mined/`).
 """
 
 import json
