@@ -1,6 +1,7 @@
 """Tiny random backbones and an in-memory tokenizer, built in-process (nothing is downloaded)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the project's task copies, read-only
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 VARIANTS = (1, 2, 3, 4, 5)
 BASELINES = ("mean-causal", "mean-bidirectional")  # baseline designs beside the paper's variants
@@ -210,3 +212,13 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
 
     items.sort(key=rank)  # stable: the order within a file and among the other files is kept
+
+
+def biosses_copy(data_dir, pairs: int) -> Path:
+    """`data_dir` holding a local BIOSSES copy of the shared copy's first `pairs` pairs (a task that scores in
+    seconds); returns `data_dir`."""
+    folder = Path(data_dir) / "BIOSSES"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (SHARED_DATA / "BIOSSES" / "test.jsonl").read_text().splitlines()[:pairs]
+    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
+    return Path(data_dir)

@@ -193,14 +193,11 @@ def test_a_comparison_into_a_folder_another_comparison_is_writing_is_refused(tmp
 def _scoring_command(tmp_path) -> list[str]:
     """evaluate.py run of a tiny random model on 20 BIOSSES pairs into `tmp_path/out`."""
     pytest.importorskip("mteb")
-    from conftest import tiny_model
+    from conftest import biosses_copy, tiny_model
 
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
-    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
+    data = biosses_copy(tmp_path / "data", 20)
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
-    command = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data.parent)]
+    command = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(data)]
     return [*command, "--output", str(tmp_path / "out"), "--batch-size", "8"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SENTENCES, tiny_model
+from conftest import SENTENCES, biosses_copy, tiny_model
 from safetensors.torch import load_file
 from test_training import TINY_RUN
 
@@ -133,10 +133,7 @@ def test_compare_refuses_an_unreadable_result_naming_the_file(tmp_path):
     pytest.importorskip("mteb")
     from poolattn import cli
 
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
-    (data / "test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:20]) + "\n")
+    biosses_copy(tmp_path / "data", 20)
     tiny_model("llama", 5).save_pretrained(tmp_path / "v5")
     assert (
         cli.evaluate(
@@ -555,15 +552,10 @@ def test_a_file_where_a_folder_is_needed_ends_a_command_with_one_line_naming_it(
     """--output below a file (or a file where a command makes a folder): one line naming the path and what to do,
     never a NotADirectoryError / FileExistsError traceback, and nothing written."""
     pytest.importorskip("mteb")
-    from conftest import tiny_model
-
     from poolattn import cli
     from poolattn.cli.common import storage_errors_in_one_line
 
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "BIOSSES" / "test.jsonl"
-    data.joinpath("test.jsonl").write_text("\n".join(shared.read_text().splitlines()[:10]) + "\n")
+    biosses_copy(tmp_path / "data", 10)
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
     (tmp_path / "notes").write_text("a file")
     run = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data")]
