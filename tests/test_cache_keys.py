@@ -92,3 +92,43 @@ def test_a_task_scored_on_a_local_copy_is_scored_again_when_read_from_the_hub(tm
     older = _scored_folder(tmp_path / "older", {"task_data": {"BIOSSES": "0123abcd01234567"}})
     assert stale_results(older, {"BIOSSES": hub}, fingerprints={"BIOSSES": "0123abcd01234567"}) == {}
     assert "BIOSSES" in stale_results(older, {"BIOSSES": hub}, fingerprints={"BIOSSES": None})
+
+
+def test_a_budget_score_of_another_sampler_or_mteb_version_is_scored_again(tmp_path, monkeypatch, caplog):
+    """The revision holds the budget's size, not which units it keeps: a score cached before the sampler changed
+    (`budget.SAMPLER_VERSION`), or by another mteb (its metrics, its evaluators' own sampling), came back as the new
+    one's. Both are in each task's key; an unchanged run is still served from the cache."""
+    from conftest import biosses_copy
+
+    from poolattn.evaluation import budget
+
+    data = biosses_copy(tmp_path / "data", 40)
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    output = tmp_path / "results"
+    first = _score(tmp_path / "m", output, data, "BIOSSES", budget=20)
+    result = next(output.rglob("BIOSSES.json"))
+    written = result.stat().st_mtime_ns
+    assert _score(tmp_path / "m", output, data, "BIOSSES", budget=20) == pytest.approx(first, abs=1e-6)
+    assert result.stat().st_mtime_ns == written
+    monkeypatch.setattr(budget, "SAMPLER_VERSION", 2)
+    _score(tmp_path / "m", output, data, "BIOSSES", budget=20)
+    assert "BIOSSES was scored on another budget sample" in caplog.text and result.stat().st_mtime_ns != written
+    settings = json.loads((result.parent / "poolattn_run.json").read_text())
+    key = settings["task_keys"]["BIOSSES"]
+    assert key["sample"]["version"] == 2 and key["mteb"] == json.loads(result.read_text())["mteb_version"]
+
+
+def test_keys_recorded_before_the_sampler_and_mteb_fields_are_read_as_what_they_were(tmp_path):
+    """A key recorded before `sample` and `mteb` were part of it is not stale for that alone: its sampler was the
+    first one and its mteb version is the one its result file names; another mteb version scores it again."""
+    import mteb
+
+    now = {"data": "0123abcd01234567", "splits": ["test"], "subsets": ["default"]}
+    now |= {"sample": {"version": 1, "seed": 42, "corpus_per_query": 10}, "mteb": mteb.__version__}
+    older = {name: now[name] for name in ("data", "splits", "subsets")}
+    folder = _scored_folder(tmp_path / "same", {"task_keys": {"BIOSSES": older}})
+    (folder / "BIOSSES.json").write_text(json.dumps({"mteb_version": mteb.__version__}))
+    assert stale_results(folder, {"BIOSSES": now}) == {}
+    folder = _scored_folder(tmp_path / "other", {"task_keys": {"BIOSSES": older}})
+    (folder / "BIOSSES.json").write_text(json.dumps({"mteb_version": "1.0.0"}))
+    assert stale_results(folder, {"BIOSSES": now}) == {"BIOSSES": f"was scored by mteb 1.0.0 (now {mteb.__version__})"}

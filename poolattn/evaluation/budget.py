@@ -17,6 +17,16 @@ import random
 
 SEED = 42
 CORPUS_PER_QUERY = 10
+# raise it whenever `cap_task` would keep other units from the same data: cached budget scores of the older sampler are
+# then scored again (`sampler_key` is part of each task's cache key, `cache_keys.scoring_key`)
+SAMPLER_VERSION = 1
+
+
+def sampler_key(max_units: int | None) -> dict | None:
+    """What decides which units a budget keeps besides its size (the revision holds the size); None without one."""
+    if not max_units:
+        return None
+    return {"version": SAMPLER_VERSION, "seed": SEED, "corpus_per_query": CORPUS_PER_QUERY}
 
 
 def budget_revision(revision: str, max_units: int | None) -> str:

@@ -3,8 +3,9 @@
 
 Each scored task's key (`scoring_key`) is recorded in the run's `poolattn_run.json` (`task_keys`): the data it was
 read from (the local copy's fingerprint, else the Hub dataset and revision), its evaluation splits and subsets, the
-prompt each kind of text got, and the ONNX graph scored. `stale_results` compares the key a task would be scored
-under now with the recorded one, so a changed input scores the task again instead of returning the old number.
+budget's sampler, the mteb version that scored it, the prompt each kind of text got, and the ONNX graph scored.
+`stale_results` compares the key a task would be scored under now with the recorded one, so a changed input scores
+the task again instead of returning the old number.
 
 >>> key_changes({"data": "a1", "subsets": ["en"]}, {"data": "a1", "subsets": ["de", "en"]})
 "was scored on the subsets ['en'] (now ['de', 'en'])"
@@ -14,9 +15,11 @@ import json
 from pathlib import Path
 
 from ..files import content_hash
+from .budget import sampler_key
 from .results import PREDICTIONS_FOLDER, read_run_settings
 
 KEYS_FIELD = "task_keys"  # in poolattn_run.json: task -> the key it was scored under
+FIRST_SAMPLER = {"version": 1, "seed": 42, "corpus_per_query": 10}  # the budget sampler of keys recorded without one
 
 
 def task_data_fingerprint(name: str, data_dir) -> str | None:
@@ -34,14 +37,19 @@ def files_fingerprint(path) -> str:
     return content_hash(path.parent, [item for item in (path, Path(f"{path}.data")) if item.is_file()])
 
 
-def scoring_key(task, fingerprint: str | None, encoder) -> dict:
+def scoring_key(task, fingerprint: str | None, encoder, *, budget: int | None = None) -> dict:
     """The key `task` is scored under by `encoder` (as JSON stores it): the data (`fingerprint` of its local copy,
-    else the Hub dataset at mteb's pinned revision), the splits and subsets scored, and what the encoder says decides
-    its embeddings of the task's texts besides the weights (`PoolAttnEncoder.scoring_key`: prompts, ONNX graph)."""
+    else the Hub dataset at mteb's pinned revision), the splits and subsets scored, the sampler that kept `budget`'s
+    units (`budget.sampler_key`; the size is in the revision), the mteb version scoring it (its metrics and its
+    evaluators' own sampling), and what the encoder says decides its embeddings of the task's texts besides the
+    weights (`PoolAttnEncoder.scoring_key`: prompts, ONNX graph)."""
+    import mteb
+
     metadata = task.metadata
     data = fingerprint or f"{metadata.dataset['path']}@{metadata.dataset.get('revision')}"
     own = encoder.scoring_key(metadata) if hasattr(encoder, "scoring_key") else {}
-    key = {"data": data, "splits": sorted(task.eval_splits), "subsets": sorted(task.hf_subsets), **own}
+    key = {"data": data, "splits": sorted(task.eval_splits), "subsets": sorted(task.hf_subsets)}
+    key |= {"sample": sampler_key(budget), "mteb": mteb.__version__, **own}
     return json.loads(json.dumps(key))
 
 
@@ -49,6 +57,8 @@ KEY_WORDS = {
     "data": "on other data ({then}) than it is read from now ({now})",
     "splits": "on the splits {then} (now {now})",
     "subsets": "on the subsets {then} (now {now})",
+    "sample": "on another budget sample ({then}) than the sampler keeps now ({now})",
+    "mteb": "by mteb {then} (now {now})",
     "prompts": "with another task instruction or prompt ({then!r}) than now ({now!r})",
     "graph": "with another ONNX graph ({then}) than the folder holds now ({now})",
 }
@@ -87,7 +97,7 @@ def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, inf
         result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
         if not result.is_file():
             continue
-        why = key_changes(recorded[name], key) if name in recorded else older.get(name)
+        why = key_changes(_filled(recorded[name], key, result), key) if name in recorded else older.get(name)
         if why:
             stale[name] = why
         elif damaged := [path.name for path in (result, predictions) if path.is_file() and not readable_json(path)]:
@@ -96,6 +106,20 @@ def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, inf
             result.unlink()
             predictions.unlink(missing_ok=True)
     return stale
+
+
+def _filled(recorded: dict, now: dict, result: Path) -> dict:
+    """A key recorded before its `sample` and `mteb` fields were: the budget sampler was then version 1 (scored on a
+    budget, as the revision says, where `now` has a sample), and the mteb version is the one its result file names."""
+    filled = dict(recorded)
+    if "sample" not in filled:
+        filled["sample"] = FIRST_SAMPLER if now.get("sample") else None
+    if "mteb" not in filled:
+        try:
+            filled["mteb"] = json.loads(result.read_text()).get("mteb_version")
+        except (OSError, ValueError, AttributeError):
+            filled["mteb"] = None
+    return filled
 
 
 def _older_changes(settings: dict, fingerprints: dict, instructions, infos) -> dict[str, str]:

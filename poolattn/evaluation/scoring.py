@@ -99,7 +99,10 @@ def evaluate_models(
         with folder_lock(folder, what="evaluation"):
             # fresh task objects per model: mteb unloads a task's data after evaluating it
             selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]
-            keys = {name: scoring_key(task, fingerprints[name], encoder) for name, task in zip(task_names, selected)}
+            keys = {
+                name: scoring_key(task, fingerprints[name], encoder, budget=budget)
+                for name, task in zip(task_names, selected)
+            }
             _forget_stale_results(folder, encoder, keys, fingerprints, infos)
             result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
             _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
