@@ -190,6 +190,34 @@ def test_a_comparison_into_a_folder_another_comparison_is_writing_is_refused(tmp
     assert not (tmp_path / "comparison" / LOCK_FILE).exists()
 
 
+def test_a_model_folder_replaced_while_it_loads_is_not_scored_under_its_old_revision(tmp_path, monkeypatch):
+    """evaluate.py fingerprints a folder, then loads it: an export into the same folder in between gave the new
+    weights' scores the old weights' revision (and their cached results to the next run of either). The folder is
+    fingerprinted again once loaded (the tokenizer with it); a change ends the run in one line, nothing scored."""
+    from conftest import tiny_model
+
+    from poolattn import cli
+    from poolattn.modeling_poolattn import PoolAttnEmbeddingModel
+
+    command = _scoring_command(tmp_path)
+    load = PoolAttnEmbeddingModel.from_pretrained.__func__
+
+    def load_while_another_run_exports(cls, *args, **kwargs):
+        model = load(cls, *args, **kwargs)
+        tiny_model("llama", 5, seed=1).save_pretrained(tmp_path / "m")  # the other run's export lands
+        return model
+
+    monkeypatch.setattr(PoolAttnEmbeddingModel, "from_pretrained", classmethod(load_while_another_run_exports))
+    with pytest.raises(SystemExit) as refusal:
+        cli.evaluate(command)
+    said = str(refusal.value.code)
+    assert said.startswith("evaluate run: --model ") and "changed while it was being loaded" in said
+    assert not list((tmp_path / "out").rglob("BIOSSES.json"))
+    monkeypatch.undo()
+    assert cli.evaluate(command) == 0  # the folder left alone: scored
+    assert len(list((tmp_path / "out").rglob("BIOSSES.json"))) == 1
+
+
 def _scoring_command(tmp_path) -> list[str]:
     """evaluate.py run of a tiny random model on 20 BIOSSES pairs into `tmp_path/out`."""
     pytest.importorskip("mteb")

@@ -136,7 +136,7 @@ def _encoder_of(
         exported = ExportedModel.read(folder)
         # A Hub snapshot is named by its training manifest like a local folder, else by its repository id.
         name = model if folder != model and exported.manifest is None else exported.mteb_name
-        return PoolAttnEncoder(
+        encoder = PoolAttnEncoder(
             folder,
             name=name,
             revision=exported.fingerprint,
@@ -147,6 +147,8 @@ def _encoder_of(
             truncate_dim=truncate_dim,
             trust_remote_code=trust_remote_code,
         )
+        check_unchanged_while_loading(model, folder, exported.fingerprint)
+        return encoder
     if onnx_file or truncate_dim:
         flag = (
             "--onnx scores a poolattn model's ONNX export"
@@ -157,6 +159,19 @@ def _encoder_of(
             f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without it."
         )
     return _sentence_transformers_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+
+
+def check_unchanged_while_loading(model: str, folder, fingerprint: str) -> None:
+    """Raise `EvaluationError` when `folder`'s fingerprint is no longer `fingerprint`, the one taken before its model
+    loaded: another run replaced it meanwhile (an export into the same folder), so the weights in memory may be the
+    new ones while the scores would be stored under the old revision (or a mix of old and new files loaded)."""
+    now = model_fingerprint(folder)
+    if now != fingerprint:
+        raise EvaluationError(
+            f"--model {model} changed while it was being loaded (fingerprint {fingerprint} before, {now} after): "
+            "another run is writing to it (an export into the same folder?). Nothing was scored; score it again "
+            "once that run has finished."
+        )
 
 
 def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_remote_code: bool):
@@ -182,6 +197,7 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
             "to score a poolattn design.",
             model,
         )
+    before = model_fingerprint(model) if folder.exists() else None
     try:
         transformer = SentenceTransformer(model, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -193,7 +209,9 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
         transformer.max_seq_length = max_length
     encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
     name = model if "/" in model and not Path(model).exists() else f"local/{Path(model).resolve().name}"
-    revision = model_fingerprint(model) if Path(model).exists() else encoder.mteb_model_meta.revision
+    if before:
+        check_unchanged_while_loading(model, folder, before)
+    revision = before or encoder.mteb_model_meta.revision
     encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
     return encoder
 

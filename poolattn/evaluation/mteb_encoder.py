@@ -91,6 +91,7 @@ class PoolAttnEncoder(AbsEncoder):
             from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+            self.model.get_tokenizer()  # now, not at the first batch: what is scored is what the revision names
             framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         self.model_query_prompt = folder_query_prompt(path)  # for task types without an instruction, as in ST
