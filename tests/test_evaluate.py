@@ -385,3 +385,29 @@ def test_a_training_checkpoint_is_refused_not_scored_as_its_bare_backbone(tmp_pa
     ):
         cli.evaluate(["run", "--model", str(checkpoint), "--tasks", "BIOSSES", "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "results").exists()
+
+
+def test_a_logged_run_leaves_out_the_libraries_loading_bars(tmp_path, data_dir):
+    """evaluate.py with its output going to a file (a job's log): one "Loading weights" / "Generating split" bar per
+    model and task filled it. They are left out where stderr is not a terminal; the scores are printed as ever, and an
+    environment asking for the bars (HF_HUB_DISABLE_PROGRESS_BARS=0) keeps them."""
+    import os
+    import subprocess
+    import sys
+
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "evaluate.py"), "run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES"]
+    command += ["--data-dir", str(data_dir), "--output", str(tmp_path / "out")]
+    logged = {}
+    for bars in (None, "0"):
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        if bars is not None:
+            env["HF_HUB_DISABLE_PROGRESS_BARS"] = bars
+        run = subprocess.run(command + ["--overwrite"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        logged[bars] = run.stderr
+        assert "BIOSSES" in run.stdout  # the scores, as ever
+    assert "Loading weights" not in logged[None] and "Generating test split" not in logged[None]
+    assert "Loading weights" in logged["0"]

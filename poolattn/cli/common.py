@@ -1,6 +1,7 @@
 """What every command door shares: progress on the main process, comma lists, and storage errors in one line."""
 
 import logging
+import os
 import sys
 
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
@@ -8,9 +9,27 @@ import sys
 
 
 def show_progress(*, main_process: bool = True) -> None:
-    """The package's INFO messages (what was trained, written, skipped) on the main process; warnings everywhere."""
+    """The package's INFO messages (what was trained, written, skipped) on the main process; warnings everywhere.
+    Written to a file or a pipe (a study's log, a job's), the libraries' loading bars are left out
+    (`quiet_loading_bars`)."""
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("poolattn").setLevel(logging.INFO if main_process else logging.WARNING)
+    if not sys.stderr.isatty():
+        quiet_loading_bars()
+
+
+def quiet_loading_bars() -> None:
+    """No "Loading weights", "Writing model shards", download or "Generating split" bars (transformers',
+    huggingface_hub's and datasets' own), which fill a log with one line per model loaded; the training bar, the
+    study's steps and the package's messages stay. An environment that sets HF_HUB_DISABLE_PROGRESS_BARS or
+    HF_DATASETS_DISABLE_PROGRESS_BARS itself (to 0: keep them) decides instead."""
+    hub = os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1") == "1"
+    data = os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1") == "1"
+    # libraries imported already (a door that parsed TrainingArguments) read the variables at import: tell them too
+    if hub and "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if data and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def comma_list(value) -> list[str]:
