@@ -310,6 +310,21 @@ def test_ablation_arms_join_the_variant_5_row_as_their_base():
     assert not [pair for pair in study.comparisons(single) if "arm-weights_x100" in pair]  # only with both arms
 
 
+def test_every_seed_of_the_designs_runs_before_the_ablation_arms():
+    """A study of many rows is cut short on a small machine: breadth first over designs and arms together left
+    every design with one seed while the arms ran. The designs and baselines (the study's question) get their seeds
+    first, seed by seed, then the arms likewise; every (row, seed) runs once, a row's first seed (its tuning) first."""
+    from poolattn.study.runner import run_order
+
+    plan = study.plan_study(
+        designs="1,5,mean-causal", ablation="layer_weights:weights_off", seeds=2, train_argv=["--max_steps", "1"]
+    )
+    order = [(row.key, seed) for row, seed in run_order(plan)]
+    designs = [(key, seed) for seed in (42, 43) for key in ("v1", "v5", "mean-causal")]
+    assert order == designs + [("arm-weights_off", 42), ("arm-weights_off", 43)]
+    assert sorted(order) == sorted((row.key, seed) for row in plan.rows for seed in plan.seeds)
+
+
 def test_ablation_arms_get_their_own_figure_beside_their_base():
     plan = study.plan_study(
         designs="1,5,mean-causal", ablation="layer_subset", seeds=1, train_argv=["--max_steps", "1"]

@@ -32,8 +32,8 @@ class StudyRun:
 
 
 def run_study(plan: StudyPlan, output, *, earlier_tests=None) -> StudyRun:
-    """Train and score every row once per seed, seed-major (breadth first: one seed of every row, designs and arms,
-    before the next seed of any), each row's rates tuned just before its first run (with a tuning grid), each run
+    """Train and score every row once per seed in `run_order` (the designs and baselines, seed by seed, then the
+    ablation arms the same way), each row's rates tuned just before its first run (with a tuning grid), each run
     scored as soon as it is trained, its untrained control first with `controls`; the rows of the instruction check
     also on the STS tasks without instructions; then write the report. `earlier_tests` (an earlier study's
     `study_tests.csv`) is checked first and kept in the folder once the study may run there (`--previous-tests`)."""
@@ -119,29 +119,28 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     checking = plan.instruction_check and not plan.benchmark
     if plan.tuning and not (output / TUNING_FILE).is_file():  # a new tuning: every point runs with these flags
         write_tuning(output, plan.tuning_grid, {}, plan.train_argv)
-    for seed in plan.seeds:
-        for row in plan.rows:
-            if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
-                tune_step(plan, row, output, progress)
-            folder = run_folder(output, row, seed)
-            if plan.controls:
-                state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
-                control = progress.step(
-                    "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
-                )
-                failures += score_models(plan, [control], output).failures
-            folder = progress.step(
-                "training",
-                row,
-                seed,
-                lambda row=row, seed=seed: train_row(plan, row, seed, output),
-                state=step_state(folder),
+    for row, seed in run_order(plan):
+        if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
+            tune_step(plan, row, output, progress)
+        folder = run_folder(output, row, seed)
+        if plan.controls:
+            state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
+            control = progress.step(
+                "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
             )
-            trained.append((row, seed, folder))
-            if not distributed:  # under torchrun every process trains; process 0 scores all at the end
-                failures += score_models(plan, [folder], output).failures
-                if checking and row.key in plan.instruction_check:
-                    failures += score_models(plan, [folder], output, instructions=False, sts_only=True).failures
+            failures += score_models(plan, [control], output).failures
+        folder = progress.step(
+            "training",
+            row,
+            seed,
+            lambda row=row, seed=seed: train_row(plan, row, seed, output),
+            state=step_state(folder),
+        )
+        trained.append((row, seed, folder))
+        if not distributed:  # under torchrun every process trains; process 0 scores all at the end
+            failures += score_models(plan, [folder], output).failures
+            if checking and row.key in plan.instruction_check:
+                failures += score_models(plan, [folder], output, instructions=False, sts_only=True).failures
     if not is_main_process():
         return StudyRun(None)
     if distributed:
@@ -152,6 +151,16 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     logger.info("study: %s", progress.summary())
     report = write_report(output)
     return StudyRun(report.path, failures, report.left_out)
+
+
+def run_order(plan: StudyPlan) -> list[tuple[StudyRow, int]]:
+    """The order the study trains its (row, seed) runs in: breadth first within two groups, the designs and
+    baselines (the study's main question) before the ablation arms: every design's first seed, then every design's
+    second seed, ..., then the arms likewise. A study cut short then holds complete seeds of the designs first, and
+    every seed of a row still comes after that row's first (where it is tuned)."""
+    designs = [row for row in plan.rows if row.kind != "arm"]
+    arms = [row for row in plan.rows if row.kind == "arm"]
+    return [(row, seed) for group in (designs, arms) for seed in plan.seeds for row in group]
 
 
 def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: "StudyProgress") -> None:
