@@ -368,6 +368,8 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
         "2",
         "--tune-eval-steps",
         "1",
+        "--tune-extend",
+        "2",
         "--plateau",
         "--plateau-patience",
         "1",
@@ -428,6 +430,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     assert stated <= {(p.learning_rate, p.head_learning_rate) for p in tuned["v2"].points}
     assert all(len(p.curve) == 2 for p in tuned["v2"].points)
     grid = study.StudyPlan.read(output).tuning_grid
+    assert grid.extend == 2  # --tune-extend
     for row in tuned.values():  # the lowest held-out loss at the proxy's last evaluation, never at an open edge
         assert row.choice.final_loss == min(point.final_loss for point in row.points)
         tried = [(point.learning_rate, point.head_learning_rate) for point in row.points]

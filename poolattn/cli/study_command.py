@@ -119,6 +119,13 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
     recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
+    recipe.add_argument(
+        "--tune-extend",
+        type=int,
+        default=5,
+        help="while a row's choice sits at the largest or smallest rate tried on an axis, try the next one past it "
+        "(x3 or /3), up to N times per axis (default 5)",
+    )
     _add_plateau_arguments(recipe)
 
 
@@ -189,6 +196,7 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
             eval_steps=args.tune_eval_steps,
             eval_fraction=args.held_out_fraction,
             eval_batch_size=args.held_out_batch_size,
+            extend=args.tune_extend,
         )
         if args.tune
         else None,
