@@ -70,7 +70,9 @@ def test_evaluate_and_mine_run_no_code_from_the_folder_unless_asked(tmp_path, tr
         "--output",
         str(tmp_path / "results"),
     ]
-    assert cli.evaluate(run) == 1  # the task fails, naming the flag; nothing of the folder ran
+    with pytest.raises(SystemExit, match="--trust-remote-code"):  # refused before any task, naming the flag
+        cli.evaluate(run)
+    assert not list((tmp_path / "results").rglob("BIOSSES.json"))
     assert not (folder / MARKER).exists()
     with pytest.raises(SystemExit, match="trust_remote_code"):
         cli.mine(["--train_data", triplets_file, "--model", str(folder), "--output", str(tmp_path / "mined")])

@@ -18,18 +18,27 @@ def show_progress(*, main_process: bool = True) -> None:
         quiet_loading_bars()
 
 
+LOADING_BARS = ("Loading weights", "Writing model shards")  # transformers' bars for every model loaded or saved
+
+
 def quiet_loading_bars() -> None:
-    """No "Loading weights", "Writing model shards", download or "Generating split" bars (transformers',
-    huggingface_hub's and datasets' own), which fill a log with one line per model loaded; the training bar, the
-    study's steps and the package's messages stay. An environment that sets HF_HUB_DISABLE_PROGRESS_BARS or
-    HF_DATASETS_DISABLE_PROGRESS_BARS itself (to 0: keep them) decides instead."""
-    hub = os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1") == "1"
-    data = os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1") == "1"
-    # libraries imported already (a door that parsed TrainingArguments) read the variables at import: tell them too
-    if hub and "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
-    if data and "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
+    """No "Loading weights" or "Writing model shards" bar (transformers', one per model loaded or saved) and no
+    "Generating split" bar (datasets'), which fill a log; the training bar, `encode`'s bar, downloads, the study's
+    steps and the package's messages stay. An environment that sets HF_HUB_DISABLE_PROGRESS_BARS itself (0: every
+    bar, 1: none) decides instead."""
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return
+    if os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1") == "1" and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()  # imported already: it read the variable at import
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_tqdm_hook(_without_loading_bars)
+
+
+def _without_loading_bars(factory, args, kwargs):
+    if kwargs.get("desc") in LOADING_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
 
 
 def comma_list(value) -> list[str]:

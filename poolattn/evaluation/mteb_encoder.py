@@ -22,6 +22,7 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.types import PromptType
 
 from ..prompts import TASK_INSTRUCTIONS, sentence_transformers_prompts
+from .requests import EvaluationError
 
 # What mteb.evaluate (2.x) writes into `encode_kwargs["batch_size"]` when its caller gives none.
 MTEB_DEFAULT_BATCH_SIZE = 32
@@ -91,7 +92,10 @@ class PoolAttnEncoder(AbsEncoder):
             from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
-            self.model.get_tokenizer()  # now, not at the first batch: what is scored is what the revision names
+            try:  # now, not at the first batch: what is scored is what the revision names
+                self.model.get_tokenizer()
+            except ValueError as error:  # a tokenizer asking to run the folder's code, none saved
+                raise EvaluationError(f"--model {path}: {error} (evaluate.py: --trust-remote-code)") from None
             framework = ["PyTorch", "Transformers"]
         self.batch_size, self.max_length, self.instructions = batch_size, max_length, instructions
         self.model_query_prompt = folder_query_prompt(path)  # for task types without an instruction, as in ST
