@@ -162,8 +162,8 @@ def _add_scoring_arguments(run: argparse.ArgumentParser) -> None:
 @storage_errors_in_one_line("evaluate")
 def evaluate(argv: list[str] | None = None) -> int:
     """`python evaluate.py run|compare ...` / `poolattn-evaluate run|compare ...`."""
-    show_progress()  # the package's INFO lines and a bar per encode call: scoring moves within a task too
     args = evaluate_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    show_progress()  # the package's INFO lines and a bar per encode call: scoring moves within a task too
     from ..files import DamagedFileError
     from ..records import ManifestError  # the model stack, once the flags are parsed
 
