@@ -148,6 +148,7 @@ class TrainingSettings(Record):
     lora_dropout: float | None = None
     lora_target_modules: str | None = None
     head_learning_rate: float | None = None  # the pooling head's own rate; None: `learning_rate` for it too
+    lr_schedule_steps: int | None = None  # the schedule's planned length where it is not the run's own (a proxy)
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "TrainingSettings":
@@ -171,6 +172,7 @@ class TrainingSettings(Record):
             precision=precision,
             full_finetune=full,
             head_learning_rate=_optional_float(arguments.get("head_learning_rate")),
+            lr_schedule_steps=arguments.get("lr_schedule_steps"),
             **(
                 {}
                 if full

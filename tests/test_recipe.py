@@ -555,3 +555,27 @@ def test_a_run_killed_at_any_write_point_reruns_to_the_uninterrupted_result(
             torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=f"kill at {kill_at}: {key}")
         recorded = json.loads((resumed / "training_manifest.json").read_text())
         assert recorded["global_steps"] == 4 and [step for step, _ in recorded["loss_history"]] == [1, 2, 3, 4]
+
+
+def test_a_run_can_follow_the_schedule_of_a_longer_run(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
+    """A tuning proxy trains the first steps of the run it stands for: `--lr_schedule_steps 40` with `--max_steps 4`
+    runs step k at the 40-step schedule's rate (no warmup, linear decay: 1 - k/40), not the 4-step one's (1 - k/4),
+    which reaches 0 by the proxy's end and judged rates the full runs could not hold. Recorded in the manifest."""
+    seen = {}
+    original_step = ContrastiveTrainer.training_step
+
+    def record_rate(self, *args, **kwargs):
+        seen[self.state.global_step] = self.optimizer.param_groups[0]["lr"]
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", record_rate)
+    exported = training.main(
+        common(tiny_backbone_folder, triplets_file, tmp_path / "run", "--lr_schedule_steps", "40")
+    )[0]
+    assert sorted(seen) == [0, 1, 2, 3]
+    for step, rate in seen.items():
+        assert rate == pytest.approx(1e-2 * (1 - step / 40), rel=1e-6), step
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert manifest["settings"]["lr_schedule_steps"] == 40 and manifest["global_steps"] == 4
+    with pytest.raises((SystemExit, ValueError), match="--lr_schedule_steps 2 must be >= 1 and >= --max_steps 4"):
+        training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "short", "--lr_schedule_steps", "2"))

@@ -2,6 +2,7 @@
 three categories, writes the report whose markers come from the tests it names, and resumes without retraining."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -431,6 +432,7 @@ def test_tuning_chooses_on_held_out_training_rows_only_then_runs_train_to_a_plat
     assert all(len(p.curve) == 2 for p in tuned["v2"].points)
     grid = study.StudyPlan.read(output).tuning_grid
     assert grid.extend == 2  # --tune-extend
+    assert grid.schedule_steps == 6  # each proxy follows the runs' schedule: the plateau rule's cap
     for row in tuned.values():  # the lowest held-out loss at the proxy's last evaluation, never at an open edge
         assert row.choice.final_loss == min(point.final_loss for point in row.points)
         tried = [(point.learning_rate, point.head_learning_rate) for point in row.points]
@@ -821,6 +823,7 @@ def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
     tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, [point], chosen=0)}, flags)
     study_runner.check_tuning_record(plan(), output)
     for changes, refused in (
+        ({"tuning": dataclasses.replace(grid, schedule_steps=300)}, r"schedule_steps None \(now 300\)"),
         ({"seed": 7}, r"v1: seed 42 \(now 7\)"),
         ({"train_argv": [*flags[:-1], "8"]}, "training flags '--backbone .* --lora_r 4' \\(now"),
     ):
@@ -970,3 +973,25 @@ def test_a_control_shared_by_every_seed_is_one_run_not_two_seeds_with_no_spread(
     own = compare._replicates(row, [model("own42", 42), model("own43", 43)], tmp_path, plan, True)
     assert own.seeds == [42, 43] and own.category_means() == {"STS": pytest.approx(0.675)}
     assert own.category_spread()["STS"] == pytest.approx(statistics.stdev([0.6, 0.75]), abs=1e-12)
+
+
+def test_each_tuning_proxy_follows_the_schedule_of_the_runs_it_stands_for(tiny_backbone_folder, triplets_file):
+    """A proxy of 20 steps whose rate decays to 0 by step 20 chose, for every SmolLM2 row, a rate at which the
+    300-step run collapsed (held-out loss back at the untrained 3.07 by step 60): the proxy must train the first steps
+    of the run's own schedule. Its length is the plateau rule's cap, else the training flags' --max_steps;
+    `--tune-schedule proxy` keeps the old proxy (to resume an older study)."""
+    from poolattn.cli import study_command
+
+    flags = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file]
+
+    def grid(*options, train=()):
+        argv = ["--designs", "1", "--tune", "--tune-steps", "4", "--tune-eval-steps", "2", *options]
+        args = study_command.study_parser().parse_args(argv)
+        return study_command._plan(args, [*flags, *train], ablate=False).tuning_grid
+
+    assert grid("--plateau", "--plateau-max-steps", "300").schedule_steps == 300
+    assert grid(train=["--max_steps", "50"]).schedule_steps == 50
+    assert grid("--tune-schedule", "proxy", train=["--max_steps", "50"]).schedule_steps is None
+    assert grid(train=["--max_steps", "50"]).job_fields(1e-3, None)["lr_schedule_steps"] == 50
+    with pytest.raises(ValueError, match="shorter than the proxy's 4"):
+        grid(train=["--max_steps", "3"])

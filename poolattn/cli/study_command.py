@@ -120,6 +120,15 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--tune-steps", type=int, default=30, help="steps of each proxy run (default 30)")
     recipe.add_argument("--tune-eval-steps", type=int, default=10, help="held-out evaluation every N proxy steps")
     recipe.add_argument(
+        "--tune-schedule",
+        choices=("runs", "proxy"),
+        default="runs",
+        help="the learning-rate schedule of each proxy: 'runs' (default) the first --tune-steps steps of the runs' "
+        "own schedule (--plateau-max-steps, else train.py's --max_steps), so rates are judged at the rate a run has "
+        "there; 'proxy' a schedule over the proxy's own steps, decaying to 0 (studies before 2026-12-07: it favours "
+        "rates at which the full runs collapse)",
+    )
+    recipe.add_argument(
         "--tune-extend",
         type=int,
         default=5,
@@ -197,6 +206,7 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
             eval_fraction=args.held_out_fraction,
             eval_batch_size=args.held_out_batch_size,
             extend=args.tune_extend,
+            schedule_steps=_runs_length(args, train_argv) if args.tune_schedule == "runs" else None,
         )
         if args.tune
         else None,
@@ -212,6 +222,22 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
         if args.plateau
         else None,
     )
+
+
+def _runs_length(args, train_argv: list[str]) -> int:
+    """The steps every run of the study plans its learning-rate schedule over: the plateau rule's cap, else the
+    training flags' `--max_steps` (a study of epochs has no such length: refused, naming --tune-schedule proxy)."""
+    if args.plateau:
+        return args.plateau_max_steps
+    from .. import training  # the training flags as train.py reads them (the preset's steps included)
+
+    max_steps = training.parse_arguments([*train_argv, "--variant", "1"])[2].max_steps
+    if max_steps <= 0:
+        raise ValueError(
+            "--tune-schedule runs: the runs train by epochs (no --max_steps), so no proxy can follow their schedule; "
+            "give the runs --max_steps, train them with --plateau, or use --tune-schedule proxy."
+        )
+    return max_steps
 
 
 def _rates(flag: str, value: str) -> list[float]:

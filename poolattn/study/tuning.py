@@ -44,6 +44,10 @@ class TuningGrid:
     # SmolLM2 study at its last adapter rate, 9x the stated grid's top, and a probe past it lowered the loss again
     extend: int = 5
     factor: float = 3.0  # the next rate past an edge: the edge's rate x factor (or / factor)
+    # the learning-rate schedule each proxy follows: the full runs' length, so that a proxy is the first `steps` steps
+    # of the run it stands for (warmup, then the rate the run has there); None: a schedule of its own `steps`, which
+    # decays to 0 by the last evaluation and, before 2026-12-07, chose rates at which the full runs collapsed
+    schedule_steps: int | None = None
 
     def __post_init__(self):
         if not self.learning_rates or any(not rate > 0 for rate in [*self.learning_rates, *self.head_learning_rates]):
@@ -58,6 +62,11 @@ class TuningGrid:
             )
         if self.eval_batch_size < 1:
             raise ValueError(f"--held-out-batch-size {self.eval_batch_size}: give queries per batch, >= 1.")
+        if self.schedule_steps is not None and self.schedule_steps < self.steps:
+            raise ValueError(
+                f"tuning proxy: the runs' schedule of {self.schedule_steps} steps is shorter than the proxy's "
+                f"{self.steps} (--tune-steps); give a proxy no longer than the runs."
+            )
         if self.extend < 0:
             raise ValueError(f"--tune-extend {self.extend}: give how many rates past an edge to try, >= 0.")
 
@@ -67,6 +76,7 @@ class TuningGrid:
             "learning_rate": learning_rate,
             "head_learning_rate": head_learning_rate,
             "max_steps": self.steps,
+            "lr_schedule_steps": self.schedule_steps,
             "save_steps": self.eval_steps,
             "eval_fraction": self.eval_fraction,
             "per_device_eval_batch_size": self.eval_batch_size,
@@ -121,6 +131,12 @@ class TuningGrid:
             f"{self.eval_steps} steps; chosen: the lowest held-out loss at the last evaluation; a choice at an "
             f"edge of the grid tries the next rate past it (x{self.factor:g} or /{self.factor:g}, up to "
             f"{self.extend} times per axis)"
+            + (
+                f"; each proxy follows the runs' learning-rate schedule ({self.schedule_steps} steps: warmup, then "
+                f"the rate a run has at those steps), not one of its own {self.steps}"
+                if self.schedule_steps
+                else f"; each proxy's learning rate decays over its own {self.steps} steps"
+            )
         )
 
 
@@ -285,7 +301,8 @@ def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning], train_ar
     return path
 
 
-PROXY_FIELDS = ("steps", "eval_steps", "eval_fraction", "eval_batch_size")  # what a recorded point's curve means
+# what a recorded point's curve means (a record without `schedule_steps` ran the proxy's own schedule: None)
+PROXY_FIELDS = ("steps", "eval_steps", "eval_fraction", "eval_batch_size", "schedule_steps")
 
 
 def tuning_differences(output, grid: TuningGrid, train_argv, seed: int, data_fingerprint: str) -> list[str]:
@@ -296,10 +313,11 @@ def tuning_differences(output, grid: TuningGrid, train_argv, seed: int, data_fin
     if not path.is_file():
         return []
     recorded = read_json(path, recovery="delete it to tune again (the points are trained anew), or restore it")
+    then = {"schedule_steps": None, **recorded.get("grid", {})}  # recorded before the field: the proxy's own
     found = [
-        f"{name} {recorded['grid'][name]} (now {getattr(grid, name)})"
+        f"{name} {then[name]} (now {getattr(grid, name)})"
         for name in PROXY_FIELDS
-        if name in recorded.get("grid", {}) and recorded["grid"][name] != getattr(grid, name)
+        if name in then and then[name] != getattr(grid, name)
     ]
     if recorded.get("train_argv") is not None and list(recorded["train_argv"]) != list(train_argv):
         found.append(f"training flags {' '.join(recorded['train_argv'])!r} (now {' '.join(train_argv)!r})")

@@ -49,6 +49,7 @@ class TrainingJob:
     learning_rate: float | None = None  # None: the flags' (or train.py's default)
     head_learning_rate: float | None = None
     max_steps: int | None = None
+    lr_schedule_steps: int | None = None  # the schedule of a longer run, of which this one trains the first steps
     save_steps: int | None = None  # checkpoints, and held-out evaluations when rows are held out
     eval_fraction: float | None = None
     per_device_eval_batch_size: int | None = None
@@ -99,6 +100,7 @@ class TrainingJob:
             "learning_rate",
             "head_learning_rate",
             "max_steps",
+            "lr_schedule_steps",
             "save_steps",
             "eval_fraction",
             "per_device_eval_batch_size",

@@ -114,6 +114,11 @@ class ContrastiveTrainer(Trainer):
                 "DeepSpeed with --gradcache_chunk_size 0."
             )
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """transformers' scheduler, planned over `--lr_schedule_steps` when it is given (the run stops at its own
+        `max_steps`: the first steps of that longer run, warmup and decay as there), else over the run's own steps."""
+        return super().create_scheduler(self.args.lr_schedule_steps or num_training_steps, optimizer)
+
     def create_optimizer(self, model=None):
         """transformers' optimizer, with the pooling head's parameters (`head_parameter`) in groups of their own at
         `--head_learning_rate` when it is given; the scheduler then scales every group's rate alike."""

@@ -116,6 +116,14 @@ class ContrastiveTrainingArguments(TrainingArguments):
             "--learning_rate for the backbone's adapter; default: --learning_rate for both"
         },
     )
+    lr_schedule_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "plan the learning-rate schedule (warmup and decay) over N steps while the run stops at "
+            "--max_steps (N >= max_steps): the first steps of an N-step run, as a tuning proxy should train them; "
+            "default: the run's own length"
+        },
+    )
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -132,6 +140,13 @@ class ContrastiveTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--head_learning_rate {self.head_learning_rate} must be > 0 (leave it out to train the "
                 "head at --learning_rate)."
+            )
+        if self.lr_schedule_steps is not None and not (
+            self.lr_schedule_steps >= 1 and (self.max_steps <= 0 or self.lr_schedule_steps >= self.max_steps)
+        ):
+            raise ValueError(
+                f"--lr_schedule_steps {self.lr_schedule_steps} must be >= 1 and >= --max_steps {self.max_steps} (the "
+                "schedule of a longer run, of which this run trains the first steps); leave it out for the run's own."
             )
         if self.gradcache_chunk_size < 0:
             raise ValueError(
