@@ -52,6 +52,26 @@ class RandomStateReplay:
                 torch.cuda.set_rng_state(cuda_state)
 
 
+@contextlib.contextmanager
+def unchanged_random_state():
+    """Run the block, then put Python's, numpy's and torch's random states (CPU, and every initialised CUDA device)
+    back as they were before it."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
 def length_grouped_chunks(batch: dict[str, torch.Tensor], chunk_size: int) -> tuple[list[dict], torch.Tensor]:
     """Rows sorted longest first into chunks of `chunk_size`, each chunk cut to its own longest row.
 
@@ -266,6 +286,14 @@ class ContrastiveTrainer(Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         return loss.detach(), query_embeddings.detach(), None
+
+    def evaluate(self, *args, **kwargs):
+        """transformers' evaluation, leaving every random generator as it found it (Python's, numpy's, torch's CPU and
+        CUDA ones): an evaluation drew from torch's random state, which changed the dropout of every later training
+        step, so the same run evaluated every 10 steps or every 20 trained another model, and a tuning proxy was not
+        its run's first steps (tested: weights equal to the last bit whatever the evaluation cadence)."""
+        with unchanged_random_state():
+            return super().evaluate(*args, **kwargs)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
