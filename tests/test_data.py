@@ -734,6 +734,46 @@ def test_a_duplicate_positive_is_not_a_negative_in_value_and_gradient():
     assert unmasked > masked  # more columns in the softmax: the duplicate was scored as a negative before
 
 
+def test_another_rows_positive_for_the_same_question_is_not_a_negative():
+    """Answer-selection data repeats a question with each correct answer (TrecQA: 316 of 348 rows share theirs):
+    in a batch holding two such rows, each row's positive was scored as a negative of the other (a correct answer
+    pushed away). The collator marks the query each positive answers; the loss leaves those out, value and gradient
+    equal to a softmax over the true negatives by hand. A hard negative of the same question stays a negative."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(3, 8, generator=generator, requires_grad=True)
+    documents = torch.randn(5, 8, generator=generator, requires_grad=True)  # positives of q0-q2, then 2 negatives
+    texts = {"queries": ["what is x", "what is x", "q2"], "documents": ["a1", "a2", "p2", "n0", "n1"]}
+    ids = {
+        "queries": torch.tensor([text_id(t) for t in texts["queries"]]),
+        "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
+        "documents": torch.tensor([text_id(t) for t in texts["documents"]]),
+        "document_queries": torch.tensor([text_id(t) for t in texts["queries"]] + [-1, -1]),
+    }
+    masked = contrastive_loss(queries, documents, temperature=0.05, gather=False, text_ids=ids)
+    masked_gradients = torch.autograd.grad(masked, [queries, documents])
+    allowed = {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 3, 4]}  # rows 0 and 1: the other's answer left out
+    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T / 0.05
+    by_hand = torch.stack([torch.logsumexp(scores[i, columns], 0) - scores[i, i] for i, columns in allowed.items()])
+    hand_gradients = torch.autograd.grad(by_hand.mean(), [queries, documents])
+    torch.testing.assert_close(masked, by_hand.mean(), rtol=0, atol=1e-6)
+    for ours, theirs in zip(masked_gradients, hand_gradients):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_the_collator_marks_the_question_each_positive_answers(tiny_backbone_folder):
+    from transformers import AutoTokenizer
+
+    rows = [dict(row) for row in TRIPLETS[:3]]
+    rows[1]["query"] = rows[0]["query"]
+    collator = TripletCollator(
+        AutoTokenizer.from_pretrained(tiny_backbone_folder), query_max_length=32, document_max_length=32, add_eos=True
+    )
+    ids = collator(rows)["text_ids"]
+    owners = ids["document_queries"].tolist()
+    assert owners[:3] == ids["queries"].tolist() and owners[0] == owners[1]
+    assert all(owner == -1 for owner in owners[3:]) and len(owners) == len(ids["documents"])
+
+
 def test_the_mask_holds_on_the_plain_and_gradcache_paths(tiny_backbone_folder, tmp_path):
     from transformers import AutoTokenizer
 

@@ -66,5 +66,8 @@ class TripletCollator:
                 "queries": ids(queries),
                 "positives": ids(documents[: len(rows)]),
                 "documents": ids(documents),
+                # the query each document answers (its row's, for positives; -1 for hard negatives, no text has it):
+                # another row's positive for the same query text is a correct answer, not a negative
+                "document_queries": torch.cat([ids(queries), torch.full((len(documents) - len(rows),), -1)]),
             },
         }

@@ -34,17 +34,27 @@ def info_nce_loss(
 
 
 def duplicate_documents(
-    text_ids: dict[str, torch.Tensor], document_ids: torch.Tensor, positive_offset: int = 0
+    text_ids: dict[str, torch.Tensor],
+    document_ids: torch.Tensor,
+    positive_offset: int = 0,
+    document_queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(queries, documents) mask of false negatives: documents whose text is the query's positive or the query itself,
-    except the query's own positive (`TripletCollator`'s `text_ids`; `document_ids` gathered like the documents).
+    and (with `document_queries`, the query each document is the positive of, -1 for hard negatives) the positives of
+    other rows with the same query text, except the query's own positive (`TripletCollator`'s `text_ids`;
+    `document_ids` and `document_queries` gathered like the documents).
 
     >>> ids = {"queries": torch.tensor([10, 11]), "positives": torch.tensor([20, 20])}  # both queries: positive 20
     >>> duplicate_documents(ids, torch.tensor([20, 20, 10])).tolist()  # positives, then a negative equal to query 0
     [[False, True, True], [True, False, False]]
+    >>> same = {"queries": torch.tensor([10, 10, 12]), "positives": torch.tensor([20, 21, 22])}  # one question twice
+    >>> duplicate_documents(same, torch.tensor([20, 21, 22, 23]), 0, torch.tensor([10, 10, 12, -1])).tolist()
+    [[False, True, False, False], [True, False, False, False], [False, False, False, False]]
     """
     candidates = document_ids[None, :]
     excluded = (candidates == text_ids["positives"][:, None]) | (candidates == text_ids["queries"][:, None])
+    if document_queries is not None:
+        excluded |= document_queries[None, :] == text_ids["queries"][:, None]
     rows = torch.arange(excluded.shape[0], device=excluded.device)
     excluded[rows, rows + positive_offset] = False
     return excluded
@@ -99,7 +109,8 @@ def contrastive_loss(
     """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
 
     document_embeddings holds this rank's positives first (row i for query i), then its hard negatives. With
-    `text_ids` (`TripletCollator`), documents that duplicate a query's positive or the query are not its negatives.
+    `text_ids` (`TripletCollator`), documents that duplicate a query's positive or the query, and other rows'
+    positives for the same query text, are not its negatives.
     With `matryoshka_dims` (Kusupati et al. 2022), the mean of the loss of the full embeddings and of each prefix of
     that many dims (renormalised by the cosine): one scale for the loss with or without, and every size trained.
 
@@ -117,7 +128,9 @@ def contrastive_loss(
     excluded = None
     if text_ids is not None:
         document_ids = gather_ids(text_ids["documents"]) if gathered else text_ids["documents"]
-        excluded = duplicate_documents(text_ids, document_ids, offset)
+        owners = text_ids.get("document_queries")
+        owners = gather_ids(owners) if gathered and owners is not None else owners
+        excluded = duplicate_documents(text_ids, document_ids, offset, owners)
     losses = [
         info_nce_loss(
             query_embeddings[:, :dims],

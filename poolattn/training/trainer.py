@@ -279,7 +279,12 @@ class ContrastiveTrainer(Trainer):
             )
             if inputs.get("text_ids") is not None:
                 scores = scores.masked_fill(
-                    duplicate_documents(inputs["text_ids"], inputs["text_ids"]["documents"]), float("-inf")
+                    duplicate_documents(
+                        inputs["text_ids"],
+                        inputs["text_ids"]["documents"],
+                        document_queries=inputs["text_ids"].get("document_queries"),
+                    ),
+                    float("-inf"),
                 )
             hits = scores.argmax(dim=-1) == torch.arange(len(scores), device=scores.device)
         self._recall_counts += torch.stack([hits.sum(), torch.tensor(len(hits), device=hits.device)]).double().cpu()
