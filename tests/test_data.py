@@ -708,29 +708,35 @@ def test_a_data_file_without_rows_is_refused_by_name(tmp_path, name, what):
 # -- no false negatives ----------------------------------------------------------------------------------------------
 
 
-def test_a_duplicate_positive_is_not_a_negative_in_value_and_gradient():
+def _masked_loss_against_hand(texts: dict, allowed: dict, document_queries=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`contrastive_loss` with the batch's text ids (3 queries; 3 positives, then 2 negatives, random embeddings),
+    asserted equal in value and gradient to each query's softmax over the `allowed` documents by hand; returns the
+    masked loss and the loss without ids."""
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(3, 8, generator=generator, requires_grad=True)
-    documents = torch.randn(5, 8, generator=generator, requires_grad=True)  # positives of q0-q2, then 2 negatives
-    # q0 and q1 share a positive text; the first negative is q2's own text
-    texts = {"queries": ["q0", "q1", "q2"], "documents": ["p", "p", "p2", "q2", "n"]}
+    documents = torch.randn(5, 8, generator=generator, requires_grad=True)
     ids = {
         "queries": torch.tensor([text_id(t) for t in texts["queries"]]),
         "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
         "documents": torch.tensor([text_id(t) for t in texts["documents"]]),
     }
+    if document_queries is not None:
+        ids["document_queries"] = document_queries
     masked = contrastive_loss(queries, documents, temperature=0.05, gather=False, text_ids=ids)
     masked_gradients = torch.autograd.grad(masked, [queries, documents])
-    # by hand: each query's softmax over the documents that are truly its negatives
-    allowed = {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 4]}
     scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T / 0.05
     by_hand = torch.stack([torch.logsumexp(scores[i, columns], 0) - scores[i, i] for i, columns in allowed.items()])
-    by_hand = by_hand.mean()
-    hand_gradients = torch.autograd.grad(by_hand, [queries, documents])
-    torch.testing.assert_close(masked, by_hand, rtol=0, atol=1e-6)
+    hand_gradients = torch.autograd.grad(by_hand.mean(), [queries, documents])
+    torch.testing.assert_close(masked, by_hand.mean(), rtol=0, atol=1e-6)
     for ours, theirs in zip(masked_gradients, hand_gradients):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-    unmasked = contrastive_loss(queries, documents, temperature=0.05, gather=False)
+    return masked.detach(), contrastive_loss(queries, documents, temperature=0.05, gather=False).detach()
+
+
+def test_a_duplicate_positive_is_not_a_negative_in_value_and_gradient():
+    # q0 and q1 share a positive text; the first negative is q2's own text
+    texts = {"queries": ["q0", "q1", "q2"], "documents": ["p", "p", "p2", "q2", "n"]}
+    masked, unmasked = _masked_loss_against_hand(texts, {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 4]})
     assert unmasked > masked  # more columns in the softmax: the duplicate was scored as a negative before
 
 
@@ -739,25 +745,10 @@ def test_another_rows_positive_for_the_same_question_is_not_a_negative():
     in a batch holding two such rows, each row's positive was scored as a negative of the other (a correct answer
     pushed away). The collator marks the query each positive answers; the loss leaves those out, value and gradient
     equal to a softmax over the true negatives by hand. A hard negative of the same question stays a negative."""
-    generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(3, 8, generator=generator, requires_grad=True)
-    documents = torch.randn(5, 8, generator=generator, requires_grad=True)  # positives of q0-q2, then 2 negatives
     texts = {"queries": ["what is x", "what is x", "q2"], "documents": ["a1", "a2", "p2", "n0", "n1"]}
-    ids = {
-        "queries": torch.tensor([text_id(t) for t in texts["queries"]]),
-        "positives": torch.tensor([text_id(t) for t in texts["documents"][:3]]),
-        "documents": torch.tensor([text_id(t) for t in texts["documents"]]),
-        "document_queries": torch.tensor([text_id(t) for t in texts["queries"]] + [-1, -1]),
-    }
-    masked = contrastive_loss(queries, documents, temperature=0.05, gather=False, text_ids=ids)
-    masked_gradients = torch.autograd.grad(masked, [queries, documents])
-    allowed = {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 3, 4]}  # rows 0 and 1: the other's answer left out
-    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T / 0.05
-    by_hand = torch.stack([torch.logsumexp(scores[i, columns], 0) - scores[i, i] for i, columns in allowed.items()])
-    hand_gradients = torch.autograd.grad(by_hand.mean(), [queries, documents])
-    torch.testing.assert_close(masked, by_hand.mean(), rtol=0, atol=1e-6)
-    for ours, theirs in zip(masked_gradients, hand_gradients):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    owners = torch.tensor([text_id(t) for t in texts["queries"]] + [-1, -1])
+    # rows 0 and 1: the other's answer left out; row 2 keeps every document
+    _masked_loss_against_hand(texts, {0: [0, 2, 3, 4], 1: [1, 2, 3, 4], 2: [0, 1, 2, 3, 4]}, owners)
 
 
 def test_the_collator_marks_the_question_each_positive_answers(tiny_backbone_folder):
