@@ -995,3 +995,75 @@ def test_each_tuning_proxy_follows_the_schedule_of_the_runs_it_stands_for(tiny_b
     assert grid(train=["--max_steps", "50"]).job_fields(1e-3, None)["lr_schedule_steps"] == 50
     with pytest.raises(ValueError, match="shorter than the proxy's 4"):
         grid(train=["--max_steps", "3"])
+
+
+def test_tune_only_tunes_every_row_and_the_study_then_resumes_from_its_choices(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """--tune-only runs the tuning stage of every row and stops: tuning.json holds each row's choice, nothing is
+    trained for the table or scored; the same command without it then trains with those choices and trains no proxy
+    again. The runs' length in the training flags (--max_steps 2) is theirs: each proxy trains its own steps of it
+    (it was refused as a flag the proxy sets, after the plan had been accepted)."""
+    from poolattn.study import tuning
+
+    argv = [
+        "--designs",
+        "1,2",
+        "--seeds",
+        "1",
+        "--data-dir",
+        str(tiny_suite(tmp_path / "data")),
+        "--budget",
+        "0",
+        "--output",
+        str(tmp_path / "study"),
+        "--tune",
+        "--tune-learning-rates",
+        "1e-3",
+        "--tune-head-learning-rates",
+        "1e-3",
+        "--tune-steps",
+        "2",
+        "--tune-eval-steps",
+        "1",
+        "--tune-extend",
+        "0",
+        "--held-out-fraction",
+        "0.34",
+        "--held-out-batch-size",
+        "4",
+        "--",
+        "--backbone",
+        tiny_backbone_folder,
+        "--train_data",
+        triplets_file,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--use_cpu",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
+    output = tmp_path / "study"
+    with pytest.raises(SystemExit, match="give --tune"):
+        cli.run_study_command(["--tune-only", *(item for item in argv if item != "--tune")])
+    assert cli.run_study_command(["--tune-only", *argv]) == 0
+    tuned = tuning.read_tuning(output)
+    assert sorted(tuned) == ["v1", "v2"] and all(row.choice is not None for row in tuned.values())
+    assert not (output / "runs").exists() and not (output / "results").exists() and not (output / "report").exists()
+
+    def no_proxy(*args):
+        raise AssertionError("a proxy was trained again after --tune-only")
+
+    monkeypatch.setattr(tuning, "_tuning_point", no_proxy)
+    points = {key: len(row.points) for key, row in tuned.items()}
+    assert cli.run_study_command(argv) == 0
+    assert {key: len(row.points) for key, row in tuning.read_tuning(output).items()} == points
+    for key, head in (("v1", None), ("v2", 1e-3)):  # the tuned rates (train.py's default rate is not 1e-3)
+        manifest = json.loads((output / "runs" / key / "seed-42" / "model" / "training_manifest.json").read_text())
+        assert (manifest["settings"]["learning_rate"], manifest["settings"]["head_learning_rate"]) == (1e-3, head)
+    assert (output / "report" / "study.md").is_file()

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 # Only what the parsers need is imported here; each command imports the training stack (transformers' Trainer, peft,
 # datasets) or the evaluation stack (mteb) when it runs, so `--help` answers without them.
@@ -104,6 +105,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="choose each row's learning rates from the grid below on held-out training rows (the "
         "first seed, a short proxy run per point); never on the evaluation tasks",
+    )
+    recipe.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="with --tune: run the tuning stage of every row and stop (tuning.json then holds every row's rates; "
+        "nothing is trained for the table or scored); the same command without it resumes with the runs",
     )
     recipe.add_argument(
         "--tune-learning-rates",
@@ -268,8 +275,10 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
             report = study.write_report(args.report)
             print(f"written: {report.path}")
             return _left_out(door, report.left_out)
+        if args.tune_only and not args.tune:
+            raise ValueError("--tune-only stops after the tuning stage; give --tune (and its grid) with it.")
         plan = _plan(args, train_argv, ablate=ablate)
-        run = study.run_study(plan, args.output, earlier_tests=args.previous_tests)
+        run = study.run_study(plan, args.output, earlier_tests=args.previous_tests, tune_only=args.tune_only)
     except TripletDataError as error:
         sys.exit(f"{door}: bad training data: {error}")
     except (ValueError, TrainingDivergedError, FolderBusyError) as error:  # StudyError, EvaluationError, flags...
@@ -278,6 +287,8 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")
     if run.report:
         print(f"written: {run.report}")
+    elif args.tune_only:
+        print(f"tuned: every row's rates are in {Path(args.output) / 'tuning.json'}")
     shut_down_process_group()
     return max(1 if run.failures else 0, _left_out(door, run.left_out))
 

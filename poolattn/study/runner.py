@@ -31,12 +31,14 @@ class StudyRun:
     left_out: list[str] = field(default_factory=list)
 
 
-def run_study(plan: StudyPlan, output, *, earlier_tests=None) -> StudyRun:
+def run_study(plan: StudyPlan, output, *, earlier_tests=None, tune_only: bool = False) -> StudyRun:
     """Train and score every row once per seed in `run_order` (the designs and baselines, seed by seed, then the
     ablation arms the same way), each row's rates tuned just before its first run (with a tuning grid), each run
     scored as soon as it is trained, its untrained control first with `controls`; the rows of the instruction check
     also on the STS tasks without instructions; then write the report. `earlier_tests` (an earlier study's
-    `study_tests.csv`) is checked first and kept in the folder once the study may run there (`--previous-tests`)."""
+    `study_tests.csv`) is checked first and kept in the folder once the study may run there (`--previous-tests`).
+    `tune_only` runs the tuning stage of every row and stops (no report): the rates can be read, or the tuning run
+    on another machine, before the runs spend their hours."""
     output = Path(output)
     if earlier_tests:
         read_earlier_tests(earlier_tests)
@@ -46,6 +48,8 @@ def run_study(plan: StudyPlan, output, *, earlier_tests=None) -> StudyRun:
             f"({' '.join(earlier.train_argv)}; tuning {earlier.tuning}; plateau {earlier.recipe()['plateau']}); use "
             "another --output, or the same settings to resume it."
         )
+    if tune_only and not plan.tuning:
+        raise StudyError("tune_only: the plan has no tuning grid; plan the study with one (--tune).")
     distributed = launched_processes() > 1
     if distributed and (plan.tuning or plan.controls):
         raise StudyError(
@@ -60,6 +64,8 @@ def run_study(plan: StudyPlan, output, *, earlier_tests=None) -> StudyRun:
     with folder_lock(output, what="study"):  # a second study into this folder is refused, by name
         if earlier_tests and is_main_process():
             keep_earlier_tests(earlier_tests, output)
+        if tune_only:
+            return _tune_locked(plan, output)
         return _run_locked(plan, output, distributed)
 
 
@@ -111,14 +117,30 @@ def check_tuning_record(plan: StudyPlan, output: Path) -> None:
         )
 
 
-def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
+def _tune_locked(plan: StudyPlan, output: Path) -> StudyRun:
+    """The tuning stage alone: every row tuned in the order its runs would come (`run_order`), nothing else."""
+    _write_records(plan, output)
+    progress = StudyProgress(plan, stages=("tuning",))
+    for row, seed in run_order(plan):
+        if seed == plan.seeds[0]:
+            tune_step(plan, row, output, progress)
+    logger.info("study: %s", progress.summary())
+    return StudyRun(None)
+
+
+def _write_records(plan: StudyPlan, output: Path) -> None:
+    """`study.json`, and a new `tuning.json` (a new tuning: every point runs with these flags)."""
     plan.write(output)
+    if plan.tuning and not (output / TUNING_FILE).is_file():
+        write_tuning(output, plan.tuning_grid, {}, plan.train_argv)
+
+
+def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
+    _write_records(plan, output)
     progress = StudyProgress(plan)
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     checking = plan.instruction_check and not plan.benchmark
-    if plan.tuning and not (output / TUNING_FILE).is_file():  # a new tuning: every point runs with these flags
-        write_tuning(output, plan.tuning_grid, {}, plan.train_argv)
     for row, seed in run_order(plan):
         if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
             tune_step(plan, row, output, progress)
@@ -184,10 +206,11 @@ class StudyProgress:
     steps) is counted too; the ETA is each stage's mean cost over the steps that did work, times the steps of that
     stage left, and waits for a stage's first such step rather than guess it."""
 
-    def __init__(self, plan: StudyPlan):
+    def __init__(self, plan: StudyPlan, stages=("tuning", "control", "training")):
         runs = len(plan.rows) * len(plan.seeds)
         self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": runs if plan.controls else 0}
         self.left["training"] = runs
+        self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
         self.total = sum(self.left.values())
         self.done, self.started, self.last_end = 0, time.time(), time.time()
         self.costs: dict[str, list[float]] = {stage: [] for stage in self.left}
@@ -275,7 +298,7 @@ def tune(plan: StudyPlan, row: StudyRow, output) -> RowTuning:
 
     grid = plan.tuning_grid
     base = TrainingJob(
-        flags=tuple(plan.train_argv),
+        flags=grid.proxy_flags(plan.train_argv),
         variant=row.variant,
         seed=plan.seeds[0],
         model_name=f"{row.model_name}-tuning",

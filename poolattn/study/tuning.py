@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..files import read_json, write_json
 from ..manifest import MANIFEST_FILE, TrainingManifest
+from ..training.job import TrainingJob, without_flags
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ class TuningGrid:
             "eval_fraction": self.eval_fraction,
             "per_device_eval_batch_size": self.eval_batch_size,
         }
+
+    def proxy_flags(self, train_argv) -> tuple[str, ...]:
+        """The runs' training flags as a proxy takes them: without the run's length, checkpoints and held-out rows
+        (`--max_steps 300` says how long a run trains; its proxy trains `steps` of that schedule)."""
+        proxy = TrainingJob(**self.job_fields(1.0, 1.0)).owned_flags()
+        return without_flags(train_argv, proxy - TrainingJob.ALWAYS_OWNED - {"learning_rate", "head_learning_rate"})
 
     def points(self, *, has_head: bool) -> list[tuple[float, float | None]]:
         heads = self.head_learning_rates if has_head and self.head_learning_rates else [None]

@@ -32,6 +32,26 @@ def flag_names(flags) -> set[str]:
     return {flag.split("=")[0].lstrip("-").replace("-", "_") for flag in flags if str(flag).startswith("--")}
 
 
+def without_flags(flags, names: set[str]) -> tuple[str, ...]:
+    """`flags` without those naming one of `names` (train.py fields), each with its value where it has one.
+
+    >>> without_flags(["--seed", "1", "--max-steps", "5", "--save_steps=9", "--use_cpu"], {"max_steps", "save_steps"})
+    ('--seed', '1', '--use_cpu')
+    """
+    kept, skipping = [], False
+    for flag in map(str, flags):
+        if flag.startswith("--"):
+            skipping = flag_names([flag]) <= names
+            if skipping:
+                skipping = "=" not in flag  # its value follows it, unless given as --name=value
+                continue
+        elif skipping:
+            skipping = False
+            continue
+        kept.append(flag)
+    return tuple(kept)
+
+
 class JobError(ValueError):
     """A job whose flags set what the job's own fields set; the message names the flags."""
 
