@@ -12,6 +12,35 @@ from .manifest import MANIFEST_FILE, TrainingManifest
 from .records import ManifestError
 
 CHECKPOINT_RECORD = "poolattn_checkpoint.json"  # what train.py writes into every checkpoint beside peft's files
+# what stands for an exported model's weights in a copy of a study's records (`study.records`): their fingerprint and
+# layer weights' size, so the copy's scores and report are found without the weights
+WEIGHTS_RECORD = "weights_record.json"
+
+
+def weights_record(folder) -> dict | None:
+    """The record of a model folder whose weights were left out of a study's records copy, or None where the folder
+    holds weights (restored weights are read, not the record)."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_RECORD).is_file() or any(folder.glob("*.safetensors")):
+        return None
+    return json.loads((folder / WEIGHTS_RECORD).read_text())
+
+
+def layer_weight_size(folder) -> float | None:
+    """Mean |w| of an exported model's layer-weight matrix as it enters the head (`layer_weights_multiplier` x
+    `pooler.layer_weights`), or None without one."""
+    from safetensors import safe_open
+
+    if (record := weights_record(folder)) is not None:
+        return record["layer_weight_size"]
+    config = json.loads((Path(folder) / "config.json").read_text())
+    multiplier = config.get("layer_weights_multiplier", 1.0)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                if name.endswith("pooler.layer_weights"):
+                    return multiplier * float(handle.get_tensor(name).abs().mean())
+    return None
 
 
 def is_training_checkpoint(path) -> bool:
@@ -68,8 +97,10 @@ def model_fingerprint(folder) -> str:
     kept), then, by path and content, every other weight file anywhere in it (shards, an adapter, a module's) and,
     in a folder that is not a poolattn export, every other file but README.md and hidden ones (e.g. a
     sentence-transformers pooling module's config). A folder with none of these is refused: its scores could not be
-    told apart."""
+    told apart. A folder whose weights were left out of a study's records copy gives the fingerprint they had."""
     folder = Path(folder)
+    if (record := weights_record(folder)) is not None:
+        return record["fingerprint"]
     digest, hashed = hashlib.sha256(), 0
     for name in ("config.json", "model.safetensors"):
         hashed += _hash_file(digest, folder / name)

@@ -83,6 +83,14 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
     _add_scoring_arguments(parser, "arm" if ablate else "row")
     parser.add_argument("--report", metavar="STUDY_DIR", help="only write the report of this study folder again")
     parser.add_argument(
+        "--copy-records",
+        nargs=2,
+        metavar=("STUDY_DIR", "DEST"),
+        help="copy a study's records without its weights and checkpoints (plan, tuning, manifests, results, report; "
+        "kilobytes per run) to the new folder DEST: the study command resumes there, on any machine, keeping every "
+        "scored run, and --report writes its report",
+    )
+    parser.add_argument(
         "--previous-tests",
         metavar="CSV",
         help="an earlier study's report/study_tests.csv: the report gains a 'what changed' section (each earlier "
@@ -267,6 +275,15 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
 
     show_progress(main_process=is_main_process())
     try:
+        if args.copy_records:
+            from ..study.records import copy_records
+
+            copied = copy_records(*args.copy_records)
+            print(
+                f"copied: {copied.models} model(s) as weights records and {copied.result_folders} results folder(s) "
+                f"to {copied.destination} ({copied.size / 1e6:.1f} MB)"
+            )
+            return 0
         if args.report:
             if args.previous_tests:
                 read_earlier_tests(args.previous_tests)

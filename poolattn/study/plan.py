@@ -134,7 +134,13 @@ class StudyPlan:
             recovery="delete it and run the same study.py command: it writes the plan again and keeps every finished "
             "run and score (each run is checked against the recipe it recorded)",
         )
-        return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
+        try:
+            return cls(**{**values, "rows": [StudyRow(**row) for row in values["rows"]]})
+        except (KeyError, TypeError) as error:  # another tool's file, or a plan of fields this version lacks
+            raise StudyError(
+                f"{path} is not a study plan this poolattn reads ({type(error).__name__}: {error}); give the folder "
+                "of a study run by this version, or delete the file and run the study command again."
+            ) from None
 
 
 def run_folder(output, row: StudyRow, seed: int) -> Path:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from .. import plots
 from ..evaluation.results import mean
+from ..model_folder import layer_weight_size
 from .compare import RowResults
 from .plan import StudyPlan
-from .tuning import RowTuning, layer_weight_size, read_tuning
+from .tuning import RowTuning, read_tuning
 
 
 def recipe_sections(plan: StudyPlan, output: Path, collected: list[RowResults], report_folder: Path) -> list[str]:

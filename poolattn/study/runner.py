@@ -8,13 +8,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..evaluation.requests import evaluation_revision
+from ..evaluation.results import results_folder
 from ..evaluation.scoring import EvaluationRun, evaluate_models
 from ..files import folder_lock
 from ..launch import is_main_process, launched_processes
 from ..manifest import MANIFEST_FILE
+from ..model_folder import ExportedModel, weights_record
 from ..training.job import TrainingJob
 from .changes import keep_earlier_tests, read_earlier_tests
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
+from .records import check_recorded_scores
 from .report import write_report
 from .tuning import TUNING_FILE, RowTuning, read_tuning, tune_row, tuning_differences, write_tuning
 
@@ -343,13 +347,19 @@ def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: 
                 return EvaluationRun()
         else:
             categories = ["STS"]
+    selection = dict(tasks=tasks, categories=categories, benchmark=plan.benchmark, data_dir=plan.data_dir)
+    recorded = [folder for folder in folders if weights_record(folder) is not None]
+    for folder in recorded:  # copied without weights (`records`): their scores must all be there already
+        model = ExportedModel.read(folder)
+        revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions)
+        check_recorded_scores(folder, results_folder(Path(output) / "results", model.mteb_name, revision), **selection)
+    folders = [folder for folder in folders if folder not in recorded]
+    if not folders:
+        return EvaluationRun()
     return evaluate_models(
         [str(folder) for folder in folders],
         output=Path(output) / "results",
-        tasks=tasks,
-        categories=categories,
-        benchmark=plan.benchmark,
-        data_dir=plan.data_dir,
+        **selection,
         budget=plan.budget,
         batch_size=plan.batch_size,
         instructions=instructions,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..files import read_json, write_json
 from ..manifest import MANIFEST_FILE, TrainingManifest
+from ..model_folder import layer_weight_size
 from ..training.job import TrainingJob, without_flags
 
 logger = logging.getLogger(__name__)
@@ -254,23 +255,6 @@ class RowTuning:
             ),
             None,
         )
-
-
-def layer_weight_size(model_folder) -> float | None:
-    """Mean |w| of an exported model's layer-weight matrix as it enters the head (`layer_weights_multiplier` x
-    `pooler.layer_weights`), or None without one."""
-    import json
-
-    from safetensors import safe_open
-
-    config = json.loads((Path(model_folder) / "config.json").read_text())
-    multiplier = config.get("layer_weights_multiplier", 1.0)
-    for path in sorted(Path(model_folder).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                if name.endswith("pooler.layer_weights"):
-                    return multiplier * float(handle.get_tensor(name).abs().mean())
-    return None
 
 
 def has_head(variant, overrides: dict | None = None) -> bool:

@@ -1,0 +1,141 @@
+"""A study's records without its weights (`study.py --copy-records STUDY_DIR DEST`): what another machine needs to
+continue the study or write its report, small enough to keep under version control.
+
+A study of many rows trains for longer than one machine may live (a preemptible instance, a session that ends): its
+results, plan and tuning are kilobytes, its weights and checkpoints gigabytes. The copy keeps
+
+- `study.json`, `tuning.json` and the other files at the study folder's top (an earlier study's tests);
+- each exported model's `config.json` and `training_manifest.json`, and in place of its weights a `weights_record.json`
+  (`model_folder.WEIGHTS_RECORD`): the fingerprint the weights had (the revision their scores are stored under) and
+  the size of their layer-weight matrix;
+- every result, with a retrieval task's saved predictions cut to each query's `TOP_DOCUMENTS` best documents (its
+  main score, nDCG@10, and the paired tests read the first ten; the rest of a budget's corpus is 90% of the copy);
+- the report.
+
+Checkpoints, proxy folders and locks are left out. The study command on the copy keeps every run found there ("done
+already") and scores none of them again; a run whose scores are incomplete, or were scored on task data that has
+changed since, is refused with what to do, since its weights are not there to score it again."""
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..evaluation.results import PREDICTIONS_FOLDER, read_results
+from ..files import LOCK_FILE, atomic_save
+from ..manifest import MANIFEST_FILE
+from ..model_folder import WEIGHTS_RECORD, layer_weight_size, model_fingerprint, weights_record
+from .plan import StudyError, StudyPlan, run_folder
+
+TOP_DOCUMENTS = 100  # per query, of a retrieval task whose main score is nDCG@10
+EXPORTS = ("model", "step0")  # a run folder's exported model and its untrained control
+
+
+@dataclass
+class RecordsCopy:
+    """What `copy_records` wrote."""
+
+    destination: Path
+    models: int  # exported models, their weights replaced by a record
+    result_folders: int
+    size: int  # bytes
+
+
+def copy_records(study, destination) -> RecordsCopy:
+    """Copy the records of the study in `study` to the new folder `destination` (see the module doc), atomically."""
+    study, destination = Path(study), Path(destination)
+    if destination.exists() and (destination.is_file() or any(destination.iterdir())):
+        raise StudyError(f"{destination} exists and is not an empty folder; give a new folder for the records.")
+    plan = StudyPlan.read(study)  # refuses a folder that is not a study's
+    counts = {"models": 0, "results": 0}
+
+    def save(folder: Path) -> None:
+        for path in study.iterdir():
+            if path.is_file() and path.name != LOCK_FILE:
+                shutil.copy2(path, folder / path.name)
+        counts["models"] = _copy_exports(plan, study, folder)
+        counts["results"] = _copy_results(study / "results", folder / "results")
+        if (study / "report").is_dir():
+            shutil.copytree(study / "report", folder / "report")
+
+    atomic_save(save, destination)
+    size = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
+    return RecordsCopy(destination, counts["models"], counts["results"], size)
+
+
+def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> int:
+    copied = 0
+    for row in plan.rows:
+        for seed in plan.seeds:
+            for name in EXPORTS:
+                source = run_folder(study, row, seed) / name
+                if not (source / MANIFEST_FILE).is_file():
+                    continue
+                target = run_folder(destination, row, seed) / name
+                target.mkdir(parents=True)
+                for kept in ("config.json", MANIFEST_FILE):
+                    shutil.copy2(source / kept, target / kept)
+                record = weights_record(source) or {
+                    "fingerprint": model_fingerprint(source),
+                    "layer_weight_size": layer_weight_size(source),
+                    "left_out": sorted(path.name for path in source.iterdir() if path.name not in ("config.json",)),
+                }
+                (target / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+                copied += 1
+    return copied
+
+
+def _copy_results(source: Path, destination: Path) -> int:
+    """Every revision folder of `source` (mteb's layout), retrieval predictions cut (`TOP_DOCUMENTS`)."""
+    if not source.is_dir():
+        return 0
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(LOCK_FILE))
+    folders = {path.parent for path in destination.rglob("*.json") if path.parent.name != PREDICTIONS_FOLDER}
+    for folder in sorted(folders):
+        try:
+            results = read_results(folder)
+        except ValueError:  # model_meta.json alone, a folder of no task result
+            continue
+        for task, main_score in results.main_score_names.items():
+            path = folder / PREDICTIONS_FOLDER / f"{task}_predictions.json"
+            if main_score == "ndcg_at_10" and path.is_file():
+                path.write_text(json.dumps(_top_documents(json.loads(path.read_text()))))
+    return len(folders)
+
+
+def _top_documents(saved: dict) -> dict:
+    """mteb's retrieval predictions ({subset: {split: {query: {document: score}}}}) with each query's best
+    `TOP_DOCUMENTS` documents."""
+
+    def cut(scores: dict) -> dict:
+        return dict(sorted(scores.items(), key=lambda item: -item[1])[:TOP_DOCUMENTS])
+
+    return {
+        key: value
+        if key == "mteb_model_meta"
+        else {split: {query: cut(scores) for query, scores in queries.items()} for split, queries in value.items()}
+        for key, value in saved.items()
+    }
+
+
+def check_recorded_scores(folder: Path, results_folder: Path, *, tasks, categories, benchmark, data_dir) -> None:
+    """A model copied without its weights (`weights_record`) cannot be scored again: its scores on the selected tasks
+    must all be in `results_folder`, scored on the task data there is now. Raises `StudyError` naming what is not."""
+    from ..evaluation.cache_keys import task_data_fingerprint
+    from ..evaluation.requests import select_tasks
+
+    selected = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir).names
+    try:
+        results = read_results(results_folder)
+        scored, data = set(results.scores), results.task_data
+    except ValueError:  # no results there at all
+        scored, data = set(), {}
+    missing = [task for task in selected if task not in scored]
+    changed = [task for task in selected if task in scored and data.get(task) != task_data_fingerprint(task, data_dir)]
+    if missing or changed:
+        raise StudyError(
+            f"{folder} was copied without its weights (its {WEIGHTS_RECORD}), and its scores "
+            + (f"lack {', '.join(missing)}" if missing else f"were scored on other data of {', '.join(changed)}")
+            + ": it cannot be scored again here. Put its weights back (from the study folder the records came from), "
+            "or remove its run folder to train it again."
+        )

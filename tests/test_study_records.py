@@ -1,0 +1,82 @@
+"""A study's records copied without its weights (`study.py --copy-records`): the study resumes on the copy keeping
+every scored run, its report is the original's, and a run whose scores are incomplete is refused."""
+
+import json
+import random
+
+import pytest
+from test_study import read_csv, study_arguments
+
+from poolattn import cli
+from poolattn.evaluation import paired
+from poolattn.study import records
+from poolattn.study import runner as study_runner
+from poolattn.training import runner as training_runner
+
+pytest.importorskip("mteb")
+
+
+def _small_study(backbone: str, triplets: str, tmp_path) -> list[str]:
+    """The tiny study with variants 1 and 2, one seed, and their untrained controls."""
+    argv = study_arguments(backbone, triplets, tmp_path)
+    argv[argv.index("--designs") + 1], argv[argv.index("--seeds") + 1] = "1,2", "1"
+    return ["--controls", *argv]
+
+
+def test_a_study_resumes_from_its_records_without_weights_and_reports_the_same(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    argv = _small_study(tiny_backbone_folder, triplets_file, tmp_path)
+    assert cli.run_study_command(argv) == 0
+    study, copy = tmp_path / "study", tmp_path / "records"
+    assert cli.run_study_command(["--copy-records", str(study), str(copy)]) == 0
+    assert not list(copy.rglob("*.safetensors")) and not list(copy.rglob("checkpoint-*"))
+    recorded = sorted(path.parent.relative_to(copy).as_posix() for path in copy.rglob("weights_record.json"))
+    assert recorded == [f"runs/{row}/seed-42/{name}" for row in ("v1", "v2") for name in ("model", "step0")]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a run of the records was trained or scored again")
+
+    monkeypatch.setattr(training_runner, "train_variant", no_work)
+    monkeypatch.setattr(study_runner, "evaluate_models", no_work)
+    copied_argv = [*argv]
+    copied_argv[copied_argv.index("--output") + 1] = str(copy)
+    assert cli.run_study_command(copied_argv) == 0
+    for name in ("study_table.csv", "study_tests.csv", "per_task.csv"):
+        assert read_csv(copy / "report" / name) == read_csv(study / "report" / name), name
+
+    # a copied run missing one task's scores cannot be scored again: refused, naming the task and what to do
+    revision = next((copy / "results" / "results").glob("*v2/*"))
+    (revision / "BIOSSES.json").unlink()
+    with pytest.raises(SystemExit, match="copied without its weights.*lack BIOSSES.*Put its weights back"):
+        cli.run_study_command(copied_argv)
+
+
+def test_a_copy_is_refused_into_a_folder_that_holds_files_and_from_a_folder_of_no_study(tmp_path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text("{}")
+    with pytest.raises(SystemExit, match="study.json is not a study plan"):
+        cli.run_study_command(["--copy-records", str(tmp_path / "study"), str(tmp_path / "new")])
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="taken exists and is not an empty folder"):
+        cli.run_study_command(["--copy-records", str(tmp_path / "study"), str(tmp_path / "taken")])
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_cut_retrieval_predictions_keep_every_querys_ndcg_at_10():
+    """The copy keeps each query's best `TOP_DOCUMENTS` documents: nDCG@10 per query from the cut predictions equals
+    the full ones' (ties included: both keep mteb's order among equal scores)."""
+    rng = random.Random(0)
+    documents = [f"d{index}" for index in range(1000)]
+    queries = {
+        f"q{index}": {doc: round(rng.random(), 2) for doc in documents} for index in range(20)
+    }  # 2 decimals: many ties
+    relevant = {query: {doc: 1 for doc in rng.sample(documents, 3)} for query in queries}
+    saved = {"mteb_model_meta": {"name": "x"}, "default": {"test": queries}}
+    cut = records._top_documents(json.loads(json.dumps(saved)))
+    assert cut["mteb_model_meta"] == saved["mteb_model_meta"]
+    assert all(len(scores) == records.TOP_DOCUMENTS for scores in cut["default"]["test"].values())
+    for query in queries:
+        full = paired.ndcg_at_10(queries[query], relevant[query])
+        assert paired.ndcg_at_10(cut["default"]["test"][query], relevant[query]) == full
