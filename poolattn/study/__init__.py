@@ -16,7 +16,9 @@ seeds S..S+N-1; seed s gives every row the same data order.
 Order and resuming: seed by seed (every row's first seed, then every row's second, ...), each run scored as soon as it
 is trained, so an interrupted study has a complete one-seed table first. Run the same command again to resume: a
 finished run is not retrained (an interrupted one continues from its last complete checkpoint) and finished tasks are
-not re-scored. `study.json` in `--output` records the plan; `--report` rewrites the report from it.
+not re-scored. `study.json` in `--output` records the plan; `--report` rewrites the report from it. `--tune-only`
+stops after every row's tuning; `--copy-records STUDY_DIR DEST` copies the study without weights or checkpoints
+(`records`), and the study resumes from the copy on another machine keeping every scored run.
 
 Layout of `--output`: `study.json`, `runs/<row>/seed-<S>/` (train.py's output; `model/` the export), `results/`
 (`evaluate.py run` results), `report/` (`study.md`, `study_table.csv`, `study_tests.csv`, `per_task.csv`,
@@ -29,8 +31,8 @@ the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 
 Modules: `plan` (what a study trains and scores: `StudyPlan`, `study.json`), `runner` (run it: tuning, controls,
 training, scoring, progress, resume), `compare` (rows as seed replicates, the category tests), `report` /
 `recipe_report` (the report, its CSVs and figures), `tuning` (rates chosen on held-out training rows, the plateau
-settings), `ablation` (the arms: PoolAttnConfig overrides of a base variant), `card` (a study's section on a model's
-card)."""
+settings), `records` (the study copied without its weights), `ablation` (the arms: PoolAttnConfig overrides of a base
+variant), `card` (a study's section on a model's card)."""
 
 from ..lazy import lazy_exports
 
