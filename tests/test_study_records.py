@@ -9,8 +9,10 @@ from test_study import read_csv, study_arguments
 
 from poolattn import cli
 from poolattn.evaluation import paired
+from poolattn.files import folder_lock
 from poolattn.study import records
 from poolattn.study import runner as study_runner
+from poolattn.study.plan import StudyPlan
 from poolattn.training import runner as training_runner
 
 pytest.importorskip("mteb")
@@ -52,11 +54,16 @@ def test_a_study_resumes_from_its_records_without_weights_and_reports_the_same(
         cli.run_study_command(copied_argv)
 
 
-def test_a_copy_is_refused_into_a_folder_that_holds_files_and_from_a_folder_of_no_study(tmp_path):
+def test_a_copy_is_refused_into_a_folder_that_holds_files_from_a_running_study_and_of_no_study(tmp_path):
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "study.json").write_text("{}")
     with pytest.raises(SystemExit, match="study.json is not a study plan"):
         cli.run_study_command(["--copy-records", str(tmp_path / "study"), str(tmp_path / "new")])
+    StudyPlan(backbone="smollm2-135m", seeds=[42], rows=[], train_argv=[]).write(tmp_path / "study")
+    holder = folder_lock(tmp_path / "study", what="study")  # a study running in the folder (this process holds it)
+    with holder, pytest.raises(SystemExit, match="being written by another study"):
+        cli.run_study_command(["--copy-records", str(tmp_path / "study"), str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="taken exists and is not an empty folder"):

@@ -13,9 +13,10 @@ results, plan and tuning are kilobytes, its weights and checkpoints gigabytes. T
   3 MB a model, most of what a copy would hold);
 - the report.
 
-Checkpoints, proxy folders and locks are left out. The study command on the copy keeps every run found there ("done
-already") and scores none of them again; a run whose scores are incomplete, or were scored on task data that has
-changed since, is refused with what to do, since its weights are not there to score it again."""
+Checkpoints, proxy folders and locks are left out. A study folder that a running study holds is refused (its runs and
+results are being written); stop the study, copy, and run it again. The study command on the copy keeps every run found
+there ("done already") and scores none of them again; a run whose scores are incomplete, or were scored on task data
+that has changed since, is refused with what to do, since its weights are not there to score it again."""
 
 import json
 import shutil
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..evaluation.results import PREDICTIONS_FOLDER, read_results
-from ..files import LOCK_FILE, atomic_save
+from ..files import LOCK_FILE, atomic_save, folder_lock
 from ..manifest import MANIFEST_FILE
 from ..model_folder import WEIGHTS_RECORD, layer_weight_size, model_fingerprint, weights_record
 from .plan import StudyError, StudyPlan, run_folder
@@ -47,10 +48,10 @@ def copy_records(study, destination) -> RecordsCopy:
     study, destination = Path(study), Path(destination)
     if destination.exists() and (destination.is_file() or any(destination.iterdir())):
         raise StudyError(f"{destination} exists and is not an empty folder; give a new folder for the records.")
-    plan = StudyPlan.read(study)  # refuses a folder that is not a study's
     counts = {"models": 0, "results": 0}
 
     def save(folder: Path) -> None:
+        plan = StudyPlan.read(study)  # refuses a folder that is not a study's
         for path in study.iterdir():
             if path.is_file() and path.name != LOCK_FILE:
                 shutil.copy2(path, folder / path.name)
@@ -59,7 +60,8 @@ def copy_records(study, destination) -> RecordsCopy:
         if (study / "report").is_dir():
             shutil.copytree(study / "report", folder / "report")
 
-    atomic_save(save, destination)
+    with folder_lock(study, what="copy of the study's records"):  # a study writing its folder: refused, by name
+        atomic_save(save, destination)
     size = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
     return RecordsCopy(destination, counts["models"], counts["results"], size)
 
