@@ -1067,3 +1067,22 @@ def test_tune_only_tunes_every_row_and_the_study_then_resumes_from_its_choices(
         manifest = json.loads((output / "runs" / key / "seed-42" / "model" / "training_manifest.json").read_text())
         assert (manifest["settings"]["learning_rate"], manifest["settings"]["head_learning_rate"]) == (1e-3, head)
     assert (output / "report" / "study.md").is_file()
+
+
+def test_controls_of_the_first_seed_only_give_each_row_one_control(tiny_backbone_folder, triplets_file, tmp_path):
+    """`--controls first`: a row with a head of its own (its control differs by seed) is scored untrained for the first
+    seed only; the report still sets the row against its control, and the progress counts one control per row."""
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    argv[argv.index("1,2,mean-causal")] = "2"
+    argv = ["--controls", "first", "--tasks", "BIOSSES", *argv]
+    assert cli.run_study_command(argv) == 0
+    output = tmp_path / "study"
+    plan = study.StudyPlan.read(output)
+    assert (plan.controls, plan.control_seeds, plan.seeds) == (True, "first", [42, 43])
+    assert study_runner.StudyProgress(plan).total == 1 + 2  # one control, two runs
+    assert (output / "runs" / "v2" / "seed-42" / "step0" / "training_manifest.json").is_file()
+    assert not (output / "runs" / "v2" / "seed-43" / "step0").exists()
+    per_task = read_csv(output / "report" / "per_task.csv")
+    assert sorted((row["row"], row["seed"]) for row in per_task) == [("v2", "42"), ("v2", "43"), ("v2-step0", "42")]
+    tests = read_csv(output / "report" / "study_tests.csv")
+    assert {(row["a"], row["b"]) for row in tests} == {("v2", "v2-step0")}

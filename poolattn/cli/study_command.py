@@ -105,8 +105,11 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     recipe = parser.add_argument_group("every row at its best: controls, tuned rates, training to a plateau")
     recipe.add_argument(
         "--controls",
-        action="store_true",
-        help="also score every row and seed untrained (step 0: the raw backbone and its fresh head)",
+        nargs="?",
+        const="all",
+        choices=("all", "first"),
+        help="also score every row untrained (step 0: the raw backbone and its fresh head), for every seed (all, the "
+        "default) or the first seed only (first: one control per row, the scoring of the others' saved)",
     )
     recipe.add_argument(
         "--tune",
@@ -212,7 +215,8 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
         data_dir=require_shared_data(args.data_dir, "--data-dir") or None,
         budget=args.budget or None,
         batch_size=args.batch_size,
-        controls=args.controls,
+        controls=args.controls is not None,
+        control_seeds=args.controls or "all",
         tuning=TuningGrid(
             learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
             head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),

@@ -99,7 +99,13 @@ class StudyPlan:
     instruction_check: list[str] = field(default_factory=list)  # row keys also scored on STS without instructions
     tuning: dict | None = None  # a TuningGrid: every row's rates chosen on held-out training rows
     plateau: dict | None = None  # PlateauSettings: every run trained to the plateau of its held-out loss
-    controls: bool = False  # every row and seed also scored untrained (step 0)
+    controls: bool = False  # every row also scored untrained (step 0)
+    control_seeds: str = "all"  # the seeds each row's control is scored for: "all", or "first" (one per row)
+
+    def has_control(self, seed: int) -> bool:
+        """Whether the runs of `seed` are scored untrained too (`controls`, `control_seeds`)."""
+        return self.controls and (self.control_seeds == "all" or seed == self.seeds[0])
+
     ablation_base: str = "v5"  # the row every ablation arm is compared with: the arms' base variant
 
     @property
@@ -167,6 +173,7 @@ def plan_study(
     tuning: TuningGrid | None = None,
     plateau: PlateauSettings | None = None,
     controls: bool = False,
+    control_seeds: str = "all",
 ) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
@@ -207,6 +214,7 @@ def plan_study(
         tuning=asdict(tuning) if tuning else None,
         plateau=asdict(plateau) if plateau else None,
         controls=controls,
+        control_seeds=control_seeds,
         ablation_base=variant_tag(ablation_base),
     )
 

@@ -149,7 +149,7 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
         if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
             tune_step(plan, row, output, progress)
         folder = run_folder(output, row, seed)
-        if plan.controls:
+        if plan.has_control(seed):
             state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
             control = progress.step(
                 "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
@@ -212,7 +212,8 @@ class StudyProgress:
 
     def __init__(self, plan: StudyPlan, stages=("tuning", "control", "training")):
         runs = len(plan.rows) * len(plan.seeds)
-        self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": runs if plan.controls else 0}
+        controls = len(plan.rows) * sum(plan.has_control(seed) for seed in plan.seeds)
+        self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
         self.left["training"] = runs
         self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
         self.total = sum(self.left.values())
