@@ -47,6 +47,13 @@ def test_a_study_resumes_from_its_records_without_weights_and_reports_the_same(
     for name in ("study_table.csv", "study_tests.csv", "per_task.csv"):
         assert read_csv(copy / "report" / name) == read_csv(study / "report" / name), name
 
+    # evaluate.py on a model of the copy: refused before anything loads, saying where its scores are
+    with pytest.raises(SystemExit, match="copied without its weights.*scores are in the study's results"):
+        cli.evaluate(
+            ["run", "--model", str(copy / "runs" / "v2" / "seed-42" / "model"), "--tasks", "BIOSSES"]
+            + ["--output", str(tmp_path / "scores")]
+        )
+
     # a copied run missing one task's scores cannot be scored again: refused, naming the task and what to do
     revision = next((copy / "results" / "results").glob("*v2/*"))
     (revision / "BIOSSES.json").unlink()

@@ -5,7 +5,14 @@ import json
 import logging
 from pathlib import Path
 
-from ..model_folder import ExportedModel, is_poolattn_folder, is_training_checkpoint, model_fingerprint
+from ..model_folder import (
+    WEIGHTS_RECORD,
+    ExportedModel,
+    is_poolattn_folder,
+    is_training_checkpoint,
+    model_fingerprint,
+    weights_record,
+)
 from .requests import EvaluationError, evaluation_revision
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,12 @@ def check_model_source(model: str) -> None:
             raise EvaluationError(f"--model {model} is a file; give a model folder or a Hub id.")
         if is_training_checkpoint(path):
             raise EvaluationError(_checkpoint_message(model))
+        if weights_record(path) is not None:
+            raise EvaluationError(
+                f"--model {model} was copied without its weights (its {WEIGHTS_RECORD}, `study.py --copy-records`), "
+                "so it cannot be scored; its scores are in the study's results/ beside it. Put its weights back "
+                "(from the study folder the records came from) to score it."
+            )
         if not any((path / name).is_file() for name in ("config.json", "modules.json")):
             raise EvaluationError(
                 f"--model {model}: a folder without config.json or modules.json, so no model; give an exported "
