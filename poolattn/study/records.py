@@ -31,6 +31,7 @@ from .plan import StudyError, StudyPlan, run_folder
 
 TOP_DOCUMENTS = 20  # per query, of a retrieval task whose main score is nDCG@10 (which reads the first 10)
 EXPORTS = ("model", "step0")  # a run folder's exported model and its untrained control
+KEPT_FILES = ("config.json", MANIFEST_FILE)  # of each export: what the study and its report read besides the weights
 
 
 @dataclass
@@ -76,12 +77,12 @@ def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> int:
                     continue
                 target = run_folder(destination, row, seed) / name
                 target.mkdir(parents=True)
-                for kept in ("config.json", MANIFEST_FILE):
+                for kept in KEPT_FILES:
                     shutil.copy2(source / kept, target / kept)
                 record = weights_record(source) or {
                     "fingerprint": model_fingerprint(source),
                     "layer_weight_size": layer_weight_size(source),
-                    "left_out": sorted(path.name for path in source.iterdir() if path.name not in ("config.json",)),
+                    "left_out": sorted(path.name for path in source.iterdir() if path.name not in KEPT_FILES),
                 }
                 (target / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2) + "\n")
                 copied += 1
