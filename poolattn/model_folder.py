@@ -23,7 +23,13 @@ def weights_record(folder) -> dict | None:
     folder = Path(folder)
     if not (folder / WEIGHTS_RECORD).is_file() or any(folder.glob("*.safetensors")):
         return None
-    return json.loads((folder / WEIGHTS_RECORD).read_text())
+    try:
+        return json.loads((folder / WEIGHTS_RECORD).read_text())
+    except ValueError as error:
+        raise ManifestError(
+            f"{folder / WEIGHTS_RECORD} is damaged ({error}); copy the study's records again from the study folder "
+            "that holds the weights (study.py --copy-records)."
+        ) from None
 
 
 def layer_weight_size(folder) -> float | None:

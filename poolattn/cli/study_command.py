@@ -87,7 +87,7 @@ def study_parser(*, ablate: bool = False) -> argparse.ArgumentParser:
         nargs=2,
         metavar=("STUDY_DIR", "DEST"),
         help="copy a study's records without its weights and checkpoints (plan, tuning, manifests, results, report; "
-        "kilobytes per run) to the new folder DEST: the study command resumes there, on any machine, keeping every "
+        "about 0.2 MB a model) to the new folder DEST: the study command resumes there, on any machine, keeping every "
         "scored run, and --report writes its report",
     )
     parser.add_argument(

@@ -123,7 +123,7 @@ def check_tuning_record(plan: StudyPlan, output: Path) -> None:
 
 def _tune_locked(plan: StudyPlan, output: Path) -> StudyRun:
     """The tuning stage alone: every row tuned in the order its runs would come (`run_order`), nothing else."""
-    _write_records(plan, output)
+    _write_plan(plan, output)
     progress = StudyProgress(plan, stages=("tuning",))
     for row, seed in run_order(plan):
         if seed == plan.seeds[0]:
@@ -132,15 +132,15 @@ def _tune_locked(plan: StudyPlan, output: Path) -> StudyRun:
     return StudyRun(None)
 
 
-def _write_records(plan: StudyPlan, output: Path) -> None:
-    """`study.json`, and a new `tuning.json` (a new tuning: every point runs with these flags)."""
+def _write_plan(plan: StudyPlan, output: Path) -> None:
+    """`study.json`, and with a tuning grid a new `tuning.json` (a new tuning: every point runs with these flags)."""
     plan.write(output)
     if plan.tuning and not (output / TUNING_FILE).is_file():
         write_tuning(output, plan.tuning_grid, {}, plan.train_argv)
 
 
 def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
-    _write_records(plan, output)
+    _write_plan(plan, output)
     progress = StudyProgress(plan)
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
