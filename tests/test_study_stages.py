@@ -89,6 +89,8 @@ def test_controls_of_the_first_seed_only_give_each_row_one_control(tiny_backbone
     seed only; the report still sets the row against its control, and the progress counts one control per row."""
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     argv[argv.index("1,2,mean-causal")] = "2"
+    with pytest.raises(SystemExit, match="--controls second: give all or first"):
+        cli.run_study_command(["--controls", "second", *argv])
     argv = ["--controls", "first", "--tasks", "BIOSSES", *argv]
     assert cli.run_study_command(argv) == 0
     output = tmp_path / "study"

@@ -107,9 +107,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--controls",
         nargs="?",
         const="all",
-        choices=("all", "first"),
+        metavar="SEEDS",
         help="also score every row untrained (step 0: the raw backbone and its fresh head), for every seed (all, the "
-        "default) or the first seed only (first: one control per row, the scoring of the others' saved)",
+        "default) or the first seed only (first: one control per row, the others' scoring saved)",
     )
     recipe.add_argument(
         "--tune",

@@ -66,6 +66,9 @@ PLATEAU_PROBE = PlateauSettings().job_fields()
 CONTROL_SUFFIX = "-step0"  # the untrained control of a row: model name and label
 
 
+CONTROL_SEEDS = ("all", "first")  # the seeds a row's untrained control is scored for (`StudyPlan.control_seeds`)
+
+
 class StudyError(ValueError):
     """A study that cannot run or be reported as asked; the message says what to change."""
 
@@ -179,17 +182,11 @@ def plan_study(
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     _check_recipe(train_argv, tuning, plateau)
-    if seeds < 1:
-        raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
+    _check_choices(seeds, ablation_base, control_seeds)
     model_args = training.parse_arguments([*train_argv, "--variant", designs])[0]  # checks flags, preset, designs
     backbone = model_args.backbone
     chosen = model_args.variants
     arm_overrides = {} if not ablation or ablation == "none" else _arms(ablation)
-    if ablation_base not in BASE_VARIANTS:
-        raise StudyError(
-            f"--base-variant {ablation_base}: the arms change the layers a multi-layer head reads; give one of "
-            f"{', '.join(map(str, BASE_VARIANTS))}."
-        )
     if arm_overrides and ablation_base not in chosen:
         chosen = sorted([*chosen, ablation_base], key=list(DESIGNS).index)
         logger.info("the ablation arms' base is variant %d: added to the designs", ablation_base)
@@ -217,6 +214,18 @@ def plan_study(
         control_seeds=control_seeds,
         ablation_base=variant_tag(ablation_base),
     )
+
+
+def _check_choices(seeds: int, ablation_base: int, control_seeds: str) -> None:
+    if seeds < 1:
+        raise StudyError(f"--seeds {seeds}: give how many seeds to train each row with, >= 1 (2 or more for spreads).")
+    if ablation_base not in BASE_VARIANTS:
+        raise StudyError(
+            f"--base-variant {ablation_base}: the arms change the layers a multi-layer head reads; give one of "
+            f"{', '.join(map(str, BASE_VARIANTS))}."
+        )
+    if control_seeds not in CONTROL_SEEDS:
+        raise StudyError(f"--controls {control_seeds}: give {' or '.join(CONTROL_SEEDS)}: the seeds scored at step 0.")
 
 
 def _check_recipe(train_argv, tuning: TuningGrid | None, plateau: PlateauSettings | None) -> None:
