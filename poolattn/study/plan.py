@@ -104,12 +104,11 @@ class StudyPlan:
     plateau: dict | None = None  # PlateauSettings: every run trained to the plateau of its held-out loss
     controls: bool = False  # every row also scored untrained (step 0)
     control_seeds: str = "all"  # the seeds each row's control is scored for: "all", or "first" (one per row)
+    ablation_base: str = "v5"  # the row every ablation arm is compared with: the arms' base variant
 
     def has_control(self, seed: int) -> bool:
         """Whether the runs of `seed` are scored untrained too (`controls`, `control_seeds`)."""
         return self.controls and (self.control_seeds == "all" or seed == self.seeds[0])
-
-    ablation_base: str = "v5"  # the row every ablation arm is compared with: the arms' base variant
 
     @property
     def tuning_grid(self) -> TuningGrid | None:
