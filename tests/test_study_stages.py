@@ -4,7 +4,7 @@
 import json
 
 import pytest
-from test_study import read_csv, study_arguments, tiny_suite
+from test_study import read_csv, study_arguments
 
 from poolattn import cli, study
 from poolattn.study import runner as study_runner
@@ -17,52 +17,18 @@ def test_tune_only_tunes_every_row_and_the_study_then_resumes_from_its_choices(
 ):
     """--tune-only runs the tuning stage of every row and stops: tuning.json holds each row's choice, nothing is
     trained for the table or scored; the same command without it then trains with those choices and trains no proxy
-    again. The runs' length in the training flags (--max_steps 2) is theirs: each proxy trains its own steps of it
-    (it was refused as a flag the proxy sets, after the plan had been accepted)."""
+    again. The runs' length and checkpoints in the training flags (--max_steps 2, --save_steps 2) are theirs: each
+    proxy trains its own steps of them (they were refused as flags the proxy sets, after the plan was accepted)."""
     from poolattn.study import tuning
 
-    argv = [
-        "--designs",
-        "1,2",
-        "--seeds",
-        "1",
-        "--data-dir",
-        str(tiny_suite(tmp_path / "data")),
-        "--budget",
-        "0",
-        "--output",
-        str(tmp_path / "study"),
-        "--tune",
-        "--tune-learning-rates",
-        "1e-3",
-        "--tune-head-learning-rates",
-        "1e-3",
-        "--tune-steps",
-        "2",
-        "--tune-eval-steps",
-        "1",
-        "--tune-extend",
-        "0",
-        "--held-out-fraction",
-        "0.34",
-        "--held-out-batch-size",
-        "4",
-        "--",
-        "--backbone",
-        tiny_backbone_folder,
-        "--train_data",
-        triplets_file,
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--use_cpu",
-        "true",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-    ]
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)  # the runs: --max_steps 2, --save_steps 2
+    argv[argv.index("--designs") + 1], argv[argv.index("--seeds") + 1] = "1,2", "1"
+    rate = argv.index("--learning_rate")  # the tuning sets it
+    del argv[rate : rate + 2]
+    grid = ["--tune-learning-rates", "1e-3", "--tune-head-learning-rates", "1e-3", "--tune-steps", "2"]
+    grid += ["--tune-eval-steps", "1", "--tune-extend", "0", "--held-out-fraction", "0.34"]
+    grid += ["--held-out-batch-size", "4"]
+    argv = ["--tune", *grid, *argv]
     output = tmp_path / "study"
     with pytest.raises(SystemExit, match="give --tune"):
         cli.run_study_command(["--tune-only", *(item for item in argv if item != "--tune")])
