@@ -354,3 +354,22 @@ def test_a_mining_run_killed_midway_leaves_no_partial_training_folder(tmp_path, 
     ]
     assert [source.name for source in run.sources] == ["first", "second"]
     assert not list(tmp_path.glob(".mined.tmp-*"))
+
+
+def test_a_file_split_by_negative_count_is_mined_back_in_its_own_order(tmp_path):
+    """Training keeps a file's rows with 1 and with 0 hard negatives as two sources (a batch holds one count); the
+    mined file came back grouped by that count, so row N of the output was no longer row N of the input."""
+    rows = [
+        {"query": row["query"], "positive": row["positive"], **({"negative": row["negative"]} if i % 3 else {})}
+        for i, row in enumerate(TRIPLETS)
+    ]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert len(load_triplets(str(tmp_path / "mixed.jsonl")).sources) == 2  # the split this is about
+    tiny_model("llama", 5).save_pretrained(tmp_path / "model")
+    arguments = ["--train_data", str(tmp_path / "mixed.jsonl"), "--model", str(tmp_path / "model")]
+    assert cli.mine([*arguments, "--output", str(tmp_path / "mined"), "--num_negatives", "2"]) == 0
+    mined = [json.loads(line) for line in (tmp_path / "mined" / "mixed.jsonl").read_text().splitlines()]
+    assert [(row["query"], row["positive"]) for row in mined] == [(row["query"], row["positive"]) for row in rows]
+    assert all("line" not in row for row in mined)
+    given_first = [out["negative"][0] for out, row in zip(mined, rows) if "negative" in row]
+    assert given_first == [row["negative"] for row in rows if "negative" in row]  # each row's own given one first

@@ -97,7 +97,12 @@ class Triplets:
 
 
 def load_triplets(
-    source: str, *, split: str = "train", skip_invalid: bool = False, negatives_per_query: int = 1
+    source: str,
+    *,
+    split: str = "train",
+    skip_invalid: bool = False,
+    negatives_per_query: int = 1,
+    line_numbers: bool = False,
 ) -> Triplets:
     """Read and validate triplets from a file, a folder of files (each file a source), or a Hub dataset id (or a local
     dataset repository, `is_dataset_repository`; each subset a source).
@@ -107,7 +112,8 @@ def load_triplets(
     file with different counts of hard negatives (e.g. SNLI rows without a contradiction) become separate sources,
     `<file> [K negatives]`, since a batch holds one count. An optional `instruction` column gives per-example query
     instructions. A bad row raises `TripletDataError` naming the file and row, or is skipped (and counted) with
-    `skip_invalid=True`.
+    `skip_invalid=True`. With `line_numbers`, each row also holds `line`, its number in its file (or Hub subset), so
+    that a file split by negative count can be put back in its own order (mining writes each file's rows so).
     """
     if negatives_per_query < 0:
         raise TripletDataError(
@@ -123,7 +129,7 @@ def load_triplets(
     rows, sources, skipped = [], [], 0
     for file, numbered in by_file.items():
         check_columns(file, numbered)
-        parts, file_skipped = _valid_rows_by_negatives(file, numbered, negatives_per_query, skip_invalid)
+        parts, file_skipped = _valid_rows_by_negatives(file, numbered, negatives_per_query, skip_invalid, line_numbers)
         skipped += file_skipped
         for count in sorted(parts, reverse=True):
             label = names[file] if len(parts) == 1 else f"{names[file]} [{count} negative{'s' if count != 1 else ''}]"
@@ -150,7 +156,7 @@ def _raw_rows(source: str, split: str) -> tuple[list, dict[str, str], list[tuple
 
 
 def _valid_rows_by_negatives(
-    file: str, numbered: list[tuple[int, dict]], negatives_per_query: int, skip_invalid: bool
+    file: str, numbered: list[tuple[int, dict]], negatives_per_query: int, skip_invalid: bool, line_numbers: bool
 ) -> tuple[dict[int, list[dict]], int]:
     """One file's valid rows by their count of hard negatives (a batch holds one count), and how many were skipped."""
     parts: dict[int, list[dict]] = {}
@@ -165,7 +171,7 @@ def _valid_rows_by_negatives(
                 ) from None
             skipped += 1
             continue
-        parts.setdefault(len(row["negatives"]), []).append(row)
+        parts.setdefault(len(row["negatives"]), []).append({**row, "line": number} if line_numbers else row)
     if skipped:
         logger.warning("skipped %d invalid rows of %d in %s", skipped, len(numbered), file)
     if len(parts) > 1:

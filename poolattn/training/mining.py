@@ -260,7 +260,7 @@ def mine_hard_negatives(
     output = Path(output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
-    triplets = load_triplets(train_data, negatives_per_query=10**6)  # every given negative
+    triplets = load_triplets(train_data, negatives_per_query=10**6, line_numbers=True)  # every given negative
     set_source_instructions(triplets, settings.source_instructions or {})  # as training's --source_instructions
     started = time.time()
     encoder = TextEncoder(
@@ -301,8 +301,8 @@ def mine_hard_negatives(
 
 def _rows_by_file(triplets) -> dict[str, list[dict]]:
     """Each file's (or Hub subset's) output name and rows: a file split by negative count is mined as one source
-    again, named as training names its file (`nq/train` in nested folders, a Hub subset's name) without the
-    `[k negatives]` part (`output_name`)."""
+    again, its rows in the file's own order (`line`), named as training names its file (`nq/train` in nested folders,
+    a Hub subset's name) without the `[k negatives]` part (`output_name`)."""
     from .data import file_source_name
 
     by_file: dict[str, list[dict]] = {}
@@ -316,7 +316,7 @@ def _rows_by_file(triplets) -> dict[str, list[dict]]:
             if name not in named:
                 break
             name = f"{base}-{number}"
-        named[name] = rows
+        named[name] = sorted(rows, key=lambda row: row["line"])
     return named
 
 
