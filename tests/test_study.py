@@ -4,6 +4,7 @@ three categories, writes the report whose markers come from the tests it names, 
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -707,7 +708,6 @@ def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder
     data order; a run and its own start), never one row's seed 42 against another's mean over 42 and 43; the control
     of a row without parameters (one results folder for every seed) is one run, set against every seed. A score
     missing from a row or a test is named in the report, and the command exits 1."""
-    import shutil
 
     argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
     argv[argv.index("1,2,mean-causal")] = "1,mean-causal"
@@ -995,3 +995,23 @@ def test_each_tuning_proxy_follows_the_schedule_of_the_runs_it_stands_for(tiny_b
     assert grid(train=["--max_steps", "50"]).job_fields(1e-3, None)["lr_schedule_steps"] == 50
     with pytest.raises(ValueError, match="shorter than the proxy's 4"):
         grid(train=["--max_steps", "3"])
+
+
+def test_the_instruction_check_scores_the_sts_tasks_of_the_studys_own_selection(tmp_path):
+    """The check (a row scored on STS without instructions too) asked for every STS task of the data dir whatever the
+    study selected: a study of `--categories Clustering` scored STS tasks nobody asked for, and one on a data dir
+    without STS stopped with "no tasks selected" after its first checked run, again on every resume."""
+    data = tiny_suite(tmp_path / "data")
+    row = study.StudyRow("v5", "5", "variant", 5)
+    plan = lambda **selection: study.StudyPlan(  # noqa: E731
+        "b", [42], [row], [], data_dir=str(data), instruction_check=["v5"], **selection
+    )
+    checked = lambda plan: [scoring for scoring in plan.scorings(row) if not scoring[1]]  # noqa: E731
+    assert checked(plan(categories=["Clustering"])) == []
+    assert [selection["tasks"] for selection, _ in checked(plan(categories=["STS", "Clustering"]))] == [["BIOSSES"]]
+    assert [selection["tasks"] for selection, _ in checked(plan(tasks=["TwentyNewsgroupsClustering", "BIOSSES"]))] == [
+        ["BIOSSES"]
+    ]
+    assert len(plan(categories=["STS"]).scorings(row, control=True)) == 1  # a control: with instructions alone
+    shutil.rmtree(data / "BIOSSES")
+    assert checked(plan(categories=["Classification", "Clustering"])) == []

@@ -54,11 +54,50 @@ def test_a_study_resumes_from_its_records_without_weights_and_reports_the_same(
             + ["--output", str(tmp_path / "scores")]
         )
 
-    # a copied run missing one task's scores cannot be scored again: refused, naming the task and what to do
+    # a copied score keyed otherwise than scoring now would key it (another mteb version, another prompt): the
+    # score does not stand, and the run cannot be scored again: refused, naming the task, why and what to do
     revision = next((copy / "results" / "results").glob("*v2/*"))
-    (revision / "BIOSSES.json").unlink()
-    with pytest.raises(SystemExit, match="copied without its weights.*lack BIOSSES.*Put its weights back"):
+    settings = json.loads((revision / "poolattn_run.json").read_text())
+    kept = json.dumps(settings)
+    settings["task_keys"]["BIOSSES"]["mteb"] = "1.0.0"
+    (revision / "poolattn_run.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit, match="copied without its weights.*BIOSSES was scored by mteb 1.0.0 .now "):
         cli.run_study_command(copied_argv)
+    (revision / "poolattn_run.json").write_text(kept)
+    # a copied run missing one task's scores: likewise
+    (revision / "BIOSSES.json").unlink()
+    with pytest.raises(SystemExit, match="copied without its weights.*lacks BIOSSES.*remove its run folder"):
+        cli.run_study_command(copied_argv)
+    control = next((copy / "results" / "results").glob("*v2-step0/*"))
+    (control / "BIOSSES.json").unlink()
+    with pytest.raises(
+        SystemExit, match="step0 was copied without its weights.*lacks BIOSSES.*remove its step0 folder"
+    ):
+        cli.run_study_command(copied_argv)
+
+
+def test_a_copy_leaves_out_a_model_not_yet_scored_so_the_study_trains_it_there_again(
+    tiny_backbone_folder, triplets_file, tmp_path, capsys
+):
+    """A study stopped while a run was being scored: its weights stay behind, so the copy cannot score it; it was
+    copied and then refused on the copy. It is left out, named, and the study on the copy trains and scores it."""
+    argv = _small_study(tiny_backbone_folder, triplets_file, tmp_path)
+    assert cli.run_study_command(argv) == 0
+    study, copy = tmp_path / "study", tmp_path / "records"
+    revision = next((study / "results" / "results").glob("*v2/*"))
+    (revision / "BIOSSES.json").unlink()  # stopped before v2's last task was scored
+    capsys.readouterr()
+    assert cli.run_study_command(["--copy-records", str(study), str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "left out, its scores not complete" in out and "runs/v2/seed-42/model (lacks BIOSSES)" in out
+    assert not (copy / "runs" / "v2" / "seed-42" / "model").exists()
+    assert (copy / "runs" / "v2" / "seed-42" / "step0" / "weights_record.json").is_file()  # its control stands
+    copied_argv = [*argv]
+    copied_argv[copied_argv.index("--output") + 1] = str(copy)
+    assert cli.run_study_command(copied_argv) == 0
+    assert (copy / "runs" / "v2" / "seed-42" / "model" / "model.safetensors").is_file()
+    for name in ("study_table.csv", "per_task.csv"):
+        assert read_csv(copy / "report" / name) == read_csv(study / "report" / name), name
 
 
 def test_a_copy_is_refused_into_a_folder_that_holds_files_from_a_running_study_and_of_no_study(tmp_path):

@@ -90,14 +90,14 @@ def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, inf
     while writing), so that mteb scores it again; name -> why. Results of runs that recorded no key (before
     2026-12) are checked as those runs recorded them: the data fingerprint and the task instruction."""
     settings = read_run_settings(folder)
-    recorded = settings.get(KEYS_FIELD, {})
     older = _older_changes(settings, fingerprints or {}, instructions, infos)
+    changed = recorded_key_changes(folder, keys)
     stale = {}
-    for name, key in keys.items():
+    for name in keys:
         result, predictions = folder / f"{name}.json", folder / PREDICTIONS_FOLDER / f"{name}_predictions.json"
         if not result.is_file():
             continue
-        why = key_changes(_filled(recorded[name], key, result), key) if name in recorded else older.get(name)
+        why = changed[name] if name in changed else older.get(name)
         if why:
             stale[name] = why
         elif damaged := [path.name for path in (result, predictions) if path.is_file() and not readable_json(path)]:
@@ -106,6 +106,18 @@ def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, inf
             result.unlink()
             predictions.unlink(missing_ok=True)
     return stale
+
+
+def recorded_key_changes(folder: Path, keys: dict[str, dict]) -> dict[str, str]:
+    """Name -> why, for each task of `keys` whose result in `folder` was scored under another recorded key (read only;
+    results without a recorded key are left to the caller: `stale_results` checks them as their run recorded them)."""
+    recorded = read_run_settings(folder).get(KEYS_FIELD, {})
+    changed = {}
+    for name, key in keys.items():
+        result = folder / f"{name}.json"
+        if name in recorded and result.is_file() and (why := key_changes(_filled(recorded[name], key, result), key)):
+            changed[name] = why
+    return changed
 
 
 def _filled(recorded: dict, now: dict, result: Path) -> dict:

@@ -58,6 +58,24 @@ def folder_query_prompt(folder) -> str:
     return (config.get("prompts") or {}).get("query") or ""
 
 
+def encoding_key(task_metadata, instructions: dict, model_query_prompt: str, graph: str | None = None) -> dict:
+    """What decides a poolattn encoder's embeddings of a task's texts besides its weights and the settings in the
+    results' revision: the prompt each kind of text gets (`query_prompt`: the instruction table, the prompt format,
+    the folder's own query prompt) and the ONNX graph scored. Read from the folder's files, not its weights, so a
+    study's records copied without weights can be checked against it (`study.records`)."""
+    prompts = {
+        kind or "text": query_prompt(
+            task_metadata.name,
+            task_metadata.type,
+            prompt_type=kind,
+            instructions=instructions,
+            model_query_prompt=model_query_prompt,
+        )
+        for kind in (None, "query", "document")
+    }
+    return {"prompts": prompts, "graph": graph}
+
+
 class PoolAttnEncoder(AbsEncoder):
     """Wraps a poolattn folder, loaded with the package's own `PoolAttnEmbeddingModel` (no code from the folder runs;
     `trust_remote_code` only for a tokenizer that asks for its own code), for `mteb.evaluate`.
@@ -149,17 +167,7 @@ class PoolAttnEncoder(AbsEncoder):
         """What decides this encoder's embeddings of a task's texts besides the weights and the settings in the
         results' revision (`cache_keys.scoring_key`): the prompt each kind of text gets, as `encode` picks it (the
         instruction table, the prompt format, the folder's own query prompt), and the ONNX graph scored."""
-        prompts = {
-            kind or "text": query_prompt(
-                task_metadata.name,
-                task_metadata.type,
-                prompt_type=kind,
-                instructions=self.instructions,
-                model_query_prompt=self.model_query_prompt,
-            )
-            for kind in (None, "query", "document")
-        }
-        return {"prompts": prompts, "graph": self.graph}
+        return encoding_key(task_metadata, self.instructions, self.model_query_prompt, self.graph)
 
     def encode_batch_size(self, requested: int | None) -> int:
         """The encoder's own `batch_size` (the one `get_model` was given, often chosen to fit memory), unless the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..files import folder_lock
 from ..model_folder import is_poolattn_folder, model_fingerprint
-from ..prompts import QUERY_PROMPT_FORMAT
+from ..prompts import QUERY_PROMPT_FORMAT, TASK_INSTRUCTIONS
 from .budget import cap_task
 from .cache_keys import readable_json, scoring_key, stale_results, task_data_fingerprint, task_prompts
 from .encoders import check_model_source, check_truncate_dim, load_encoder
@@ -136,6 +136,21 @@ def check_scoring_request(
     _selected_tasks(
         tasks, categories, benchmark, data_dir, False, "Add them to the data dir, or drop them from --tasks."
     )
+
+
+def keys_without_weights(model_folder, task_names, *, data_dir=None, budget: int | None = None, instructions=True):
+    """Task -> the key (`scoring_key`) `evaluate_models` would score a poolattn folder's task under, read from the
+    folder's files other than its weights (its query prompt) and the tasks' data: for a model whose scores must stand
+    without its weights (a study's records, `study.records`)."""
+    from types import SimpleNamespace
+
+    from .mteb_encoder import encoding_key, folder_query_prompt
+
+    table, prompt = TASK_INSTRUCTIONS if instructions else {}, folder_query_prompt(model_folder)
+    encoder = SimpleNamespace(scoring_key=lambda metadata: encoding_key(metadata, table, prompt))
+    fingerprints = {name: task_data_fingerprint(name, data_dir) for name in task_names}
+    tasks = {name: load_task(name, data_dir=data_dir) for name in task_names}
+    return {name: scoring_key(tasks[name], fingerprints[name], encoder, budget=budget) for name in task_names}
 
 
 def _task_to_score(name: str, data_dir, subsets, budget: int | None):

@@ -124,6 +124,27 @@ class StudyPlan:
         plateau = asdict(self.plateau_settings) if self.plateau else None  # an older study's settings in full
         return {"train_argv": self.train_argv, "tuning": self.tuning, "plateau": plateau}
 
+    def selection(self) -> dict:
+        """The study's task selection, as scoring reads it (`evaluate_models`' arguments)."""
+        return dict(tasks=self.tasks, categories=self.categories, benchmark=self.benchmark, data_dir=self.data_dir)
+
+    def scorings(self, row: StudyRow, *, control: bool = False) -> list[tuple[dict, bool]]:
+        """Each scoring a trained model of `row` gets, as (task selection, with instructions): the study's tasks with
+        the task instructions, and for a row of the instruction check the STS tasks of that selection without them
+        (none where it has no STS task; a study of an mteb benchmark makes no check). A control: the first alone."""
+        scorings = [(self.selection(), True)]
+        if not control and row.key in self.instruction_check and not self.benchmark and (tasks := self.sts_tasks()):
+            scorings.append(({**self.selection(), "tasks": tasks, "categories": None}, False))
+        return scorings
+
+    def sts_tasks(self) -> list[str]:
+        """The STS tasks of the study's selection (its tasks or categories)."""
+        from ..evaluation.local_tasks import task_type
+        from ..evaluation.requests import select_tasks
+
+        names = select_tasks(**self.selection()).names
+        return [name for name in names if task_type(name, self.data_dir) == "STS"]
+
     def row(self, key: str) -> StudyRow | None:
         return next((row for row in self.rows if row.key == key), None)
 

@@ -31,7 +31,8 @@ from .plan import StudyError, StudyPlan, run_folder
 
 TOP_DOCUMENTS = 20  # per query, of a retrieval task whose main score is nDCG@10 (which reads the first 10)
 EXPORTS = ("model", "step0")  # a run folder's exported model and its untrained control
-KEPT_FILES = ("config.json", MANIFEST_FILE)  # of each export: what the study and its report read besides the weights
+# of each export: what the study and its report read besides the weights, and its prompts (its scores' keys read them)
+KEPT_FILES = ("config.json", MANIFEST_FILE, "config_sentence_transformers.json")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RecordsCopy:
     models: int  # exported models, their weights replaced by a record
     result_folders: int
     size: int  # bytes
+    left_out: list[str]  # exports whose scores did not stand (not yet scored), and why: trained again on the copy
 
 
 def copy_records(study, destination) -> RecordsCopy:
@@ -49,36 +51,43 @@ def copy_records(study, destination) -> RecordsCopy:
     study, destination = Path(study), Path(destination)
     if destination.exists() and (destination.is_file() or any(destination.iterdir())):
         raise StudyError(f"{destination} exists and is not an empty folder; give a new folder for the records.")
-    counts = {"models": 0, "results": 0}
+    counts = {"models": 0, "results": 0, "left_out": []}
 
     def save(folder: Path) -> None:
         plan = StudyPlan.read(study)  # refuses a folder that is not a study's
         for path in study.iterdir():
             if path.is_file() and path.name != LOCK_FILE:
                 shutil.copy2(path, folder / path.name)
-        counts["models"] = _copy_exports(plan, study, folder)
         counts["results"] = _copy_results(study / "results", folder / "results")
+        counts["models"], counts["left_out"] = _copy_exports(plan, study, folder)
         if (study / "report").is_dir():
             shutil.copytree(study / "report", folder / "report")
 
     with folder_lock(study, what="copy of the study's records"):  # a study writing its folder: refused, by name
         atomic_save(save, destination)
     size = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
-    return RecordsCopy(destination, counts["models"], counts["results"], size)
+    return RecordsCopy(destination, counts["models"], counts["results"], size, counts["left_out"])
 
 
-def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> int:
-    copied = 0
+def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> tuple[int, list[str]]:
+    """Each exported model as its records (`KEPT_FILES`, `weights_record`); one whose scores do not stand in the
+    copied results (`score_problems`: a run stopped while it was scored) is left out, named: on the copy it is
+    trained (or exported) and scored again, since no weights go with it."""
+    copied, left_out = 0, []
     for row in plan.rows:
         for seed in plan.seeds:
             for name in EXPORTS:
                 source = run_folder(study, row, seed) / name
                 if not (source / MANIFEST_FILE).is_file():
                     continue
+                if problems := export_problems(plan, row, source, destination):
+                    left_out.append(f"{source.relative_to(study).as_posix()} ({'; '.join(problems)})")
+                    continue
                 target = run_folder(destination, row, seed) / name
                 target.mkdir(parents=True)
                 for kept in KEPT_FILES:
-                    shutil.copy2(source / kept, target / kept)
+                    if (source / kept).is_file():
+                        shutil.copy2(source / kept, target / kept)
                 record = weights_record(source) or {
                     "fingerprint": model_fingerprint(source),
                     "layer_weight_size": layer_weight_size(source),
@@ -86,7 +95,7 @@ def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> int:
                 }
                 (target / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2) + "\n")
                 copied += 1
-    return copied
+    return copied, left_out
 
 
 def _copy_results(source: Path, destination: Path) -> int:
@@ -122,24 +131,56 @@ def _top_documents(saved: dict) -> dict:
     }
 
 
-def check_recorded_scores(folder: Path, results_folder: Path, *, tasks, categories, benchmark, data_dir) -> None:
-    """A model copied without its weights (`weights_record`) cannot be scored again: its scores on the selected tasks
-    must all be in `results_folder`, scored on the task data there is now. Raises `StudyError` naming what is not."""
-    from ..evaluation.cache_keys import task_data_fingerprint
-    from ..evaluation.requests import select_tasks
-
-    selected = select_tasks(tasks=tasks, categories=categories, benchmark=benchmark, data_dir=data_dir).names
-    try:
-        results = read_results(results_folder)
-        scored, data = set(results.scores), results.task_data
-    except ValueError:  # no results there at all
-        scored, data = set(), {}
-    missing = [task for task in selected if task not in scored]
-    changed = [task for task in selected if task in scored and data.get(task) != task_data_fingerprint(task, data_dir)]
-    if missing or changed:
+def check_recorded_scores(plan: StudyPlan, folder: Path, output, *, selection: dict, instructions: bool) -> None:
+    """A model copied without its weights (`weights_record`) cannot be scored again: its scores on `selection` must
+    all be in the study's results, each scored under the key scoring it now would use (`score_problems`). Raises
+    `StudyError` naming each score that does not stand, and what to do."""
+    if problems := score_problems(plan, folder, output, selection=selection, instructions=instructions):
+        remove = "its step0 folder, to score the control" if folder.name == "step0" else "its run folder, to train it"
         raise StudyError(
-            f"{folder} was copied without its weights (its {WEIGHTS_RECORD}), and its scores "
-            + (f"lack {', '.join(missing)}" if missing else f"were scored on other data of {', '.join(changed)}")
-            + ": it cannot be scored again here. Put its weights back (from the study folder the records came from), "
-            "or remove its run folder to train it again."
+            f"{folder} was copied without its weights (its {WEIGHTS_RECORD}), so it cannot be scored again here, and "
+            f"its scores do not stand: {'; '.join(problems)}. Put its weights back (from the study folder the "
+            f"records came from), or remove {remove} again."
         )
+
+
+def export_problems(plan: StudyPlan, row, folder: Path, output) -> list[str]:
+    """`score_problems` of every scoring an exported model of `row` gets (`StudyPlan.scorings`; `step0`: a control)."""
+    scorings = plan.scorings(row, control=folder.name == "step0")
+    return [
+        problem
+        for selection, instructions in scorings
+        for problem in score_problems(plan, folder, output, selection=selection, instructions=instructions)
+    ]
+
+
+def score_problems(plan: StudyPlan, folder: Path, output, *, selection: dict, instructions: bool) -> list[str]:
+    """What keeps the exported model in `folder` from having its scores on `selection` in the study's results in
+    `output`: each task not scored, or scored under another key than scoring it now would use (the task's data,
+    splits, subsets, budget sample, mteb version and prompts: `evaluation.cache_keys.scoring_key`, read from the
+    folder's files and the task data, not its weights; a result recorded before its key was: its data). [] when
+    every score stands."""
+    from ..evaluation.cache_keys import KEYS_FIELD, recorded_key_changes, task_data_fingerprint
+    from ..evaluation.requests import evaluation_revision, select_tasks
+    from ..evaluation.results import read_run_settings, results_folder
+    from ..evaluation.scoring import keys_without_weights
+    from ..model_folder import ExportedModel
+
+    model = ExportedModel.read(folder)
+    revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions)
+    scores = results_folder(Path(output) / "results", model.mteb_name, revision)
+    selected = select_tasks(**selection).names
+    scored = [task for task in selected if (scores / f"{task}.json").is_file()]
+    data_dir = selection["data_dir"]
+    keys = keys_without_weights(folder, scored, data_dir=data_dir, budget=plan.budget, instructions=instructions)
+    changed = recorded_key_changes(scores, keys)
+    if unkeyed := [task for task in scored if task not in read_run_settings(scores).get(KEYS_FIELD, {})]:
+        data = read_results(scores).task_data
+        changed |= {
+            task: "was scored on other data than the task's folder holds now"
+            for task in unkeyed
+            if data.get(task) != task_data_fingerprint(task, data_dir)
+        }
+    return [f"lacks {task}" for task in selected if task not in scored] + [
+        f"{task} {why}" for task, why in changed.items()
+    ]

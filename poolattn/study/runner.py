@@ -8,13 +8,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluation.requests import evaluation_revision
-from ..evaluation.results import results_folder
 from ..evaluation.scoring import EvaluationRun, evaluate_models
 from ..files import folder_lock
 from ..launch import is_main_process, launched_processes
 from ..manifest import MANIFEST_FILE
-from ..model_folder import ExportedModel, weights_record
+from ..model_folder import weights_record
 from ..training.job import TrainingJob
 from .changes import keep_earlier_tests, read_earlier_tests
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
@@ -144,7 +142,6 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     progress = StudyProgress(plan)
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
-    checking = plan.instruction_check and not plan.benchmark
     for row, seed in run_order(plan):
         if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
             tune_step(plan, row, output, progress)
@@ -164,16 +161,12 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
         )
         trained.append((row, seed, folder))
         if not distributed:  # under torchrun every process trains; process 0 scores all at the end
-            failures += score_models(plan, [folder], output).failures
-            if checking and row.key in plan.instruction_check:
-                failures += score_models(plan, [folder], output, instructions=False, sts_only=True).failures
+            failures += score_run(plan, row, folder, output)
     if not is_main_process():
         return StudyRun(None)
     if distributed:
-        failures += score_models(plan, [folder for _, _, folder in trained], output).failures
-        checked = [folder for row, _, folder in trained if row.key in plan.instruction_check]
-        if checking and checked:
-            failures += score_models(plan, checked, output, instructions=False, sts_only=True).failures
+        for row, _, folder in trained:
+            failures += score_run(plan, row, folder, output)
     logger.info("study: %s", progress.summary())
     report = write_report(output)
     return StudyRun(report.path, failures, report.left_out)
@@ -335,25 +328,21 @@ def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     return training.export_control(job, run_folder(output, row, seed) / "step0")
 
 
-def score_models(plan: StudyPlan, folders: list[Path], output, *, instructions: bool = True, sts_only: bool = False):
-    """`evaluate.py run` of exported models on the study's tasks (finished tasks are not scored again); `sts_only`
-    keeps the STS tasks of the selection (the instruction check)."""
-    tasks, categories = plan.tasks, plan.categories
-    if sts_only:
-        from ..evaluation.local_tasks import task_type
+def score_run(plan: StudyPlan, row: StudyRow, folder: Path, output) -> list:
+    """Every scoring of one trained model of `row` (`StudyPlan.scorings`); the tasks that failed to score."""
+    failures = []
+    for selection, instructions in plan.scorings(row):
+        failures += score_models(plan, [folder], output, selection=selection, instructions=instructions).failures
+    return failures
 
-        if tasks:
-            tasks = [name for name in tasks if task_type(name, plan.data_dir) == "STS"] or None
-            if tasks is None:
-                return EvaluationRun()
-        else:
-            categories = ["STS"]
-    selection = dict(tasks=tasks, categories=categories, benchmark=plan.benchmark, data_dir=plan.data_dir)
+
+def score_models(plan: StudyPlan, folders: list[Path], output, *, selection=None, instructions: bool = True):
+    """`evaluate.py run` of exported models on `selection` (default: the study's tasks; finished tasks are not scored
+    again); the models copied without their weights (`records`) are checked instead, their scores must stand."""
+    selection = selection or plan.selection()
     recorded = [folder for folder in folders if weights_record(folder) is not None]
     for folder in recorded:  # copied without weights (`records`): their scores must all be there already
-        model = ExportedModel.read(folder)
-        revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions)
-        check_recorded_scores(folder, results_folder(Path(output) / "results", model.mteb_name, revision), **selection)
+        check_recorded_scores(plan, folder, output, selection=selection, instructions=instructions)
     folders = [folder for folder in folders if folder not in recorded]
     if not folders:
         return EvaluationRun()
