@@ -829,6 +829,15 @@ def test_a_tuning_record_of_other_proxy_runs_is_refused_not_read_as_this_studys(
     ):
         with pytest.raises(study.StudyError, match=refused):
             study_runner.check_tuning_record(plan(**changes), output)
+    # a row key names another design in another study (an arm is keyed by its name whatever its base variant, as
+    # `ablate.py --base-variant 3` and 5 both write `arm-last_4`): its points are not this row's
+    other = tuning.RowTuning("v1", 42, [point], chosen=0, design=tuning.design_record(3, {"layers": "last:4"}))
+    tuning.write_tuning(output, grid, {"v1": other}, flags)
+    with pytest.raises(study.StudyError, match=r"v1: design variant 3 with layers=last:4 \(now variant 1\)"):
+        study_runner.check_tuning_record(plan(), output)
+    mine = dataclasses.replace(other, design=tuning.design_record(1, {}))
+    tuning.write_tuning(output, grid, {"v1": mine}, flags)
+    study_runner.check_tuning_record(plan(), output)
     Path(triplets_file).write_text(Path(triplets_file).read_text() + Path(triplets_file).read_text())
     with pytest.raises(study.StudyError, match=f"v1: training data {data} \\(now "):
         study_runner.check_tuning_record(plan(), output)

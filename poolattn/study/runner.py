@@ -18,7 +18,15 @@ from .changes import keep_earlier_tests, read_earlier_tests
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
 from .records import check_recorded_scores
 from .report import write_report
-from .tuning import TUNING_FILE, RowTuning, read_tuning, tune_row, tuning_differences, write_tuning
+from .tuning import (
+    TUNING_FILE,
+    RowTuning,
+    design_record,
+    read_tuning,
+    tune_row,
+    tuning_differences,
+    write_tuning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +119,8 @@ def check_tuning_record(plan: StudyPlan, output: Path) -> None:
     from ..training.sources import fingerprint_files
 
     data = fingerprint_files(training.parse_arguments([*plan.train_argv, "--variant", "1"])[1].train_data)
-    if differences := tuning_differences(output, plan.tuning_grid, plan.train_argv, plan.seeds[0], data):
+    designs = {row.key: design_record(row.variant, row.overrides) for row in plan.rows}
+    if differences := tuning_differences(output, plan.tuning_grid, plan.train_argv, plan.seeds[0], data, designs):
         raise StudyError(
             f"{output / TUNING_FILE} records proxy runs other than this study's: {'; '.join(differences)}. Its points "
             "would be read as trained with this study's settings. Use the settings it records, or move it away "

@@ -17,6 +17,7 @@ improving (`plateau.PlateauRule`), with a cap; the report gives the steps each r
 [(0.0001, None), (0.0003, None)]
 """
 
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -241,6 +242,7 @@ class RowTuning:
     seed: int
     points: list[TuningPoint] = field(default_factory=list)
     chosen: int | None = None
+    design: dict | None = None  # {"variant", "overrides"} the points trained (None: recorded before it was kept)
 
     @property
     def choice(self) -> TuningPoint | None:
@@ -276,6 +278,7 @@ def read_tuning(output) -> dict[str, RowTuning]:
             seed=entry["seed"],
             chosen=entry.get("chosen"),
             points=[TuningPoint(**point) for point in entry["points"]],
+            design=entry.get("design"),
         )
         for key, entry in values["rows"].items()
     }
@@ -296,10 +299,18 @@ def write_tuning(output, grid: TuningGrid, tuned: dict[str, RowTuning], train_ar
 PROXY_FIELDS = ("steps", "eval_steps", "eval_fraction", "eval_batch_size", "schedule_steps")
 
 
-def tuning_differences(output, grid: TuningGrid, train_argv, seed: int, data_fingerprint: str) -> list[str]:
+def design_record(variant, overrides: dict | None) -> dict:
+    """A row's design as its tuning records it (JSON's view of it, so a read record compares equal)."""
+    return json.loads(json.dumps({"variant": variant, "overrides": overrides or {}}))
+
+
+def tuning_differences(
+    output, grid: TuningGrid, train_argv, seed: int, data_fingerprint: str, designs: dict[str, dict] | None = None
+) -> list[str]:
     """How the proxy runs recorded in a study folder's `tuning.json` differ from those this study would run (its grid's
-    proxy settings, training flags, first seed, training data); [] when they match or nothing is recorded. Records
-    written before the flags or the data were kept are checked on what they hold."""
+    proxy settings, training flags, first seed, training data, and each row's design, `designs`: row key ->
+    `design_record`; an ablation arm is keyed by its name whatever its base); [] when they match or nothing is
+    recorded. Records written before the flags, the data or the design were kept are checked on what they hold."""
     path = Path(output) / TUNING_FILE
     if not path.is_file():
         return []
@@ -317,7 +328,14 @@ def tuning_differences(output, grid: TuningGrid, train_argv, seed: int, data_fin
             found.append(f"{key}: seed {row.seed} (now {seed})")
         if other := sorted({point.data_fingerprint for point in row.points} - {None, data_fingerprint}):
             found.append(f"{key}: training data {', '.join(other)} (now {data_fingerprint})")
+        if row.design is not None and key in (designs or {}) and row.design != designs[key]:
+            found.append(f"{key}: design {_design_words(row.design)} (now {_design_words(designs[key])})")
     return found
+
+
+def _design_words(design: dict) -> str:
+    overrides = ", ".join(f"{name}={value}" for name, value in design["overrides"].items())
+    return f"variant {design['variant']}" + (f" with {overrides}" if overrides else "")
 
 
 def choose(points: list[TuningPoint]) -> int:
@@ -335,6 +353,7 @@ def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int,
     """
     output = Path(output)
     row = read_tuning(output).get(key) or RowTuning(row=key, seed=seed)
+    row.design = design_record(variant, overrides)  # checked against the record first (`tuning_differences`)
     points = grid.points(has_head=has_head(variant, overrides))
     for _ in range(1 + 2 * grid.extend):
         for rate, head in points:
