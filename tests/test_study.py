@@ -1024,3 +1024,18 @@ def test_the_instruction_check_scores_the_sts_tasks_of_the_studys_own_selection(
     assert len(plan(categories=["STS"]).scorings(row, control=True)) == 1  # a control: with instructions alone
     shutil.rmtree(data / "BIOSSES")
     assert checked(plan(categories=["Classification", "Clustering"])) == []
+
+
+def test_a_plan_recorded_before_a_setting_existed_resumes_with_that_settings_default(tmp_path):
+    """A study.json written before the tuning's `schedule_steps` existed ran each proxy on its own schedule (what
+    `--tune-schedule proxy`, None, now says): its recipe equals the one the same flags give now, not "another
+    tuning" that no flag could match."""
+    grid = TuningGrid(learning_rates=[1e-4], steps=20, eval_steps=10)
+    plan = study.StudyPlan("b", [42], [], ["--preset", "small"], tuning=dataclasses.asdict(grid))
+    plan.write(tmp_path)
+    recorded = json.loads((tmp_path / "study.json").read_text())
+    del recorded["tuning"]["schedule_steps"]
+    (tmp_path / "study.json").write_text(json.dumps(recorded))
+    assert study.StudyPlan.read(tmp_path).recipe() == plan.recipe()
+    plan.tuning["schedule_steps"] = 300
+    assert study.StudyPlan.read(tmp_path).recipe() != plan.recipe()

@@ -79,17 +79,23 @@ def test_a_study_resumes_from_its_records_without_weights_and_reports_the_same(
 def test_a_copy_leaves_out_a_model_not_yet_scored_so_the_study_trains_it_there_again(
     tiny_backbone_folder, triplets_file, tmp_path, capsys
 ):
-    """A study stopped while a run was being scored: its weights stay behind, so the copy cannot score it; it was
-    copied and then refused on the copy. It is left out, named, and the study on the copy trains and scores it."""
+    """A study stopped while a run was being scored (or while mteb wrote a predictions file): its weights stay behind,
+    so the copy cannot score it; it was copied and then refused on the copy. It is left out, named, and the study on
+    the copy trains and scores it."""
     argv = _small_study(tiny_backbone_folder, triplets_file, tmp_path)
     assert cli.run_study_command(argv) == 0
     study, copy = tmp_path / "study", tmp_path / "records"
     revision = next((study / "results" / "results").glob("*v2/*"))
     (revision / "BIOSSES.json").unlink()  # stopped before v2's last task was scored
+    # and v1's predictions of a task cut short while mteb wrote them (the copy stopped on it, naming no file)
+    predictions = next((study / "results" / "results").glob("*v1/*")) / "predictions" / "BIOSSES_predictions.json"
+    predictions.write_text(predictions.read_text()[:100])
     capsys.readouterr()
     assert cli.run_study_command(["--copy-records", str(study), str(copy)]) == 0
     out = capsys.readouterr().out
     assert "left out, its scores not complete" in out and "runs/v2/seed-42/model (lacks BIOSSES)" in out
+    assert "left out, damaged (a study stopped while writing it?): results/results/" in out
+    assert "/predictions/BIOSSES_predictions.json" in out and "runs/v1/seed-42/model (lacks BIOSSES)" in out
     assert not (copy / "runs" / "v2" / "seed-42" / "model").exists()
     assert (copy / "runs" / "v2" / "seed-42" / "step0" / "weights_record.json").is_file()  # its control stands
     copied_argv = [*argv]

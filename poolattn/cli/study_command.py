@@ -287,6 +287,8 @@ def run_study_command(argv: list[str] | None = None, *, ablate: bool = False) ->
                 f"copied: {copied.models} model(s) as weights records and {copied.result_folders} results folder(s) "
                 f"to {copied.destination} ({copied.size / 1e6:.1f} MB)"
             )
+            for path in copied.damaged:
+                print(f"left out, damaged (a study stopped while writing it?): results/{path}")
             for export in copied.left_out:
                 print(f"left out, its scores not complete (the study trains or exports it again there): {export}")
             return 0

@@ -121,8 +121,10 @@ class StudyPlan:
 
     def recipe(self) -> dict:
         """What a study folder's runs were trained with: a resumed study must not mix in other settings."""
-        plateau = asdict(self.plateau_settings) if self.plateau else None  # an older study's settings in full
-        return {"train_argv": self.train_argv, "tuning": self.tuning, "plateau": plateau}
+        # an older study's settings in full: fields added since take the value that study ran with (their default)
+        plateau = asdict(self.plateau_settings) if self.plateau else None
+        tuning = asdict(self.tuning_grid) if self.tuning else None
+        return {"train_argv": self.train_argv, "tuning": tuning, "plateau": plateau}
 
     def selection(self) -> dict:
         """The study's task selection, as scoring reads it (`evaluate_models`' arguments)."""

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluation.cache_keys import readable_json
 from ..evaluation.results import PREDICTIONS_FOLDER, read_results
 from ..files import LOCK_FILE, atomic_save, folder_lock
 from ..manifest import MANIFEST_FILE
@@ -44,6 +45,7 @@ class RecordsCopy:
     result_folders: int
     size: int  # bytes
     left_out: list[str]  # exports whose scores did not stand (not yet scored), and why: trained again on the copy
+    damaged: list[str]  # result files left out, damaged (their tasks count as not scored)
 
 
 def copy_records(study, destination) -> RecordsCopy:
@@ -51,14 +53,14 @@ def copy_records(study, destination) -> RecordsCopy:
     study, destination = Path(study), Path(destination)
     if destination.exists() and (destination.is_file() or any(destination.iterdir())):
         raise StudyError(f"{destination} exists and is not an empty folder; give a new folder for the records.")
-    counts = {"models": 0, "results": 0, "left_out": []}
+    counts = {"models": 0, "results": 0, "left_out": [], "damaged": []}
 
     def save(folder: Path) -> None:
         plan = StudyPlan.read(study)  # refuses a folder that is not a study's
         for path in study.iterdir():
             if path.is_file() and path.name != LOCK_FILE:
                 shutil.copy2(path, folder / path.name)
-        counts["results"] = _copy_results(study / "results", folder / "results")
+        counts["results"], counts["damaged"] = _copy_results(study / "results", folder / "results")
         counts["models"], counts["left_out"] = _copy_exports(plan, study, folder)
         if (study / "report").is_dir():
             shutil.copytree(study / "report", folder / "report")
@@ -66,7 +68,7 @@ def copy_records(study, destination) -> RecordsCopy:
     with folder_lock(study, what="copy of the study's records"):  # a study writing its folder: refused, by name
         atomic_save(save, destination)
     size = sum(path.stat().st_size for path in destination.rglob("*") if path.is_file())
-    return RecordsCopy(destination, counts["models"], counts["results"], size, counts["left_out"])
+    return RecordsCopy(destination, counts["models"], counts["results"], size, counts["left_out"], counts["damaged"])
 
 
 def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> tuple[int, list[str]]:
@@ -98,13 +100,22 @@ def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> tuple[int,
     return copied, left_out
 
 
-def _copy_results(source: Path, destination: Path) -> int:
-    """Every revision folder of `source` (mteb's layout), retrieval predictions cut (`TOP_DOCUMENTS`)."""
+def _copy_results(source: Path, destination: Path) -> tuple[int, list[str]]:
+    """Every revision folder of `source` (mteb's layout), retrieval predictions cut (`TOP_DOCUMENTS`); a task whose
+    result or predictions file is damaged (a study stopped while mteb wrote it in place) is left out with both, so
+    that its model counts as not yet scored (`_copy_exports`). (the folders copied, the damaged files)"""
     if not source.is_dir():
-        return 0
+        return 0, []
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(LOCK_FILE))
     folders = {path.parent for path in destination.rglob("*.json") if path.parent.name != PREDICTIONS_FOLDER}
+    damaged = []
     for folder in sorted(folders):
+        for result in sorted(folder.glob("*.json")):
+            predictions = folder / PREDICTIONS_FOLDER / f"{result.stem}_predictions.json"
+            if broken := [path for path in (result, predictions) if path.is_file() and not readable_json(path)]:
+                damaged += [path.relative_to(destination).as_posix() for path in broken]
+                result.unlink()
+                predictions.unlink(missing_ok=True)
         try:
             results = read_results(folder)
         except ValueError:  # model_meta.json alone, a folder of no task result
@@ -113,7 +124,7 @@ def _copy_results(source: Path, destination: Path) -> int:
             path = folder / PREDICTIONS_FOLDER / f"{task}_predictions.json"
             if main_score == "ndcg_at_10" and path.is_file():
                 path.write_text(json.dumps(_top_documents(json.loads(path.read_text()))))
-    return len(folders)
+    return len(folders), damaged
 
 
 def _top_documents(saved: dict) -> dict:
