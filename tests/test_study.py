@@ -4,6 +4,7 @@ three categories, writes the report whose markers come from the tests it names, 
 import csv
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from poolattn.evaluation.results import read_runs
 from poolattn.stats import holm_adjust
 from poolattn.study import report as study_report
 from poolattn.study import runner as study_runner
+from poolattn.study.plateau import PlateauSettings
 from poolattn.study.tuning import TuningGrid
 from poolattn.training import runner
 
@@ -501,7 +503,7 @@ def test_every_run_of_a_study_is_a_typed_job_with_the_studys_settings(tmp_path):
         seeds=2,
         train_argv=["--lora_r", "4"],
         tuning=tuning.TuningGrid(learning_rates=[1e-4]),
-        plateau=tuning.PlateauSettings(max_steps=80),  # evaluations at 20, 40, 60, 80: patience 3 can act
+        plateau=PlateauSettings(max_steps=80),  # evaluations at 20, 40, 60, 80: patience 3 can act
     )
     output = tmp_path / "study"
     arm = plan.row("arm-weights_off")
@@ -1039,3 +1041,68 @@ def test_a_plan_recorded_before_a_setting_existed_resumes_with_that_settings_def
     assert study.StudyPlan.read(tmp_path).recipe() == plan.recipe()
     plan.tuning["schedule_steps"] = 300
     assert study.StudyPlan.read(tmp_path).recipe() != plan.recipe()
+
+
+def test_the_tuning_walk_replays_from_its_points_and_says_when_a_row_is_tuned():
+    """`points_to_train` replays a row's tuning from its recorded points alone (what resuming, and a check that no
+    proxy is left to run, rely on): on a loss with its minimum past the stated grid it walks the edge out step by
+    step and stops at an interior choice; on the README study's records it gives variant 1 as tuned (at 9e-4) and
+    variant 2's next point as the one the study went on to train (8.1e-3 / 1e-4)."""
+    from poolattn.study import tuning
+
+    grid = TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[1e-4, 1e-3], steps=20, eval_steps=10)
+    loss = lambda rate, head: abs(math.log(rate / 2.7e-3)) + abs(math.log(head / 1e-4))  # noqa: E731
+    row, trained = tuning.RowTuning("v2", 42), []
+    while batch := tuning.points_to_train(row, grid, has_head=True):
+        trained.append(batch)
+        row.points += [tuning.TuningPoint(rate, head, [[20, loss(rate, head), 0.5]]) for rate, head in batch]
+    assert trained[0] == grid.points(has_head=True)
+    assert trained[1:] == [
+        [(9e-4, 1e-4), (3e-4, pytest.approx(3.33e-5, rel=1e-2))],
+        [(2.7e-3, 1e-4)],
+        [(8.1e-3, 1e-4)],
+    ]
+    assert row.points[tuning.chosen_point(row, grid, has_head=True)].learning_rate == 2.7e-3
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_records"
+    plan, rows = study.StudyPlan.read(records), tuning.read_tuning(records)
+    assert tuning.points_to_train(rows["v1"], plan.tuning_grid, has_head=False) == []
+    assert rows["v1"].points[tuning.chosen_point(rows["v1"], plan.tuning_grid, has_head=False)].learning_rate == 9e-4
+    first_nine = tuning.RowTuning("v2", 42, rows["v2"].points[:9])  # the records before its tenth point
+    assert tuning.points_to_train(first_nine, plan.tuning_grid, has_head=True) == [(8.1e-3, 1e-4)]
+
+
+def test_under_torchrun_a_study_is_refused_only_while_its_tuning_or_controls_are_left(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """Tuning and controls run in one process. Under torchrun a study with either was refused even once both were
+    done, and the advice (run them without torchrun, then resume under it with the same command) led back to the
+    same refusal. Now it is refused while one is left, naming each, and passes once none is."""
+    from poolattn.manifest import MANIFEST_FILE
+    from poolattn.study import tuning
+
+    grid = TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[], steps=20, eval_steps=10)
+    plan = study.plan_study(
+        designs="1",
+        seeds=2,
+        train_argv=["--backbone", tiny_backbone_folder, "--train_data", triplets_file],
+        tuning=grid,
+        controls=True,
+        control_seeds="first",
+        tasks=["BIOSSES"],
+    )
+    output = tmp_path / "study"
+    label = plan.rows[0].label
+    assert study_runner.one_process_work_left(plan, output) == [f"{label}: tuning", f"{label}, seed 42: control"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(study.StudyError, match=f"some left: {label}: tuning; {label}, seed 42: control. Run the"):
+        study.run_study(plan, output)
+    curve = lambda loss: [[20, loss, 0.5]]  # noqa: E731
+    points = [tuning.TuningPoint(1e-4, None, curve(2.0)), tuning.TuningPoint(3e-4, None, curve(1.0))]
+    tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, points, chosen=1)})
+    assert study_runner.one_process_work_left(plan, output)[0] == f"{label}: tuning"  # 3e-4 is at the edge: 9e-4
+    points.append(tuning.TuningPoint(9e-4, None, curve(1.5)))
+    tuning.write_tuning(output, grid, {"v1": tuning.RowTuning("v1", 42, points, chosen=1)})
+    (output / "runs" / "v1" / "seed-42" / "step0").mkdir(parents=True)
+    (output / "runs" / "v1" / "seed-42" / "step0" / MANIFEST_FILE).write_text("{}")
+    assert study_runner.one_process_work_left(plan, output) == []  # seed 43 has no control of its own (first)

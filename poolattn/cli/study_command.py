@@ -199,7 +199,8 @@ def _add_plateau_arguments(recipe) -> None:
 
 def _plan(args, train_argv: list[str], *, ablate: bool):
     """The study's plan from its flags (for ablate.py: the base variant and its arms, no instruction check)."""
-    from ..study.tuning import PlateauSettings, TuningGrid
+    from ..study.plateau import PlateauSettings
+    from ..study.tuning import TuningGrid
 
     return study.plan_study(
         designs=str(args.base_variant) if ablate else args.designs,

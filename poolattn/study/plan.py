@@ -10,7 +10,8 @@ from ..files import read_json, write_json
 from ..hub.model_card import VARIANT_NAMES
 from ..training.job import TrainingJob, flag_names
 from .ablation import ABLATIONS, DEFAULT_BUDGET, DEFAULT_CATEGORIES, arm_model_name, arms
-from .tuning import PlateauSettings, TuningGrid
+from .plateau import PlateauSettings
+from .tuning import TuningGrid
 
 logger = logging.getLogger(__name__)
 

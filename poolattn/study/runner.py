@@ -21,7 +21,10 @@ from .report import write_report
 from .tuning import (
     TUNING_FILE,
     RowTuning,
+    chosen_point,
     design_record,
+    has_head,
+    points_to_train,
     read_tuning,
     tune_row,
     tuning_differences,
@@ -61,10 +64,11 @@ def run_study(plan: StudyPlan, output, *, earlier_tests=None, tune_only: bool = 
     if tune_only and not plan.tuning:
         raise StudyError("tune_only: the plan has no tuning grid; plan the study with one (--tune).")
     distributed = launched_processes() > 1
-    if distributed and (plan.tuning or plan.controls):
+    if distributed and (left := one_process_work_left(plan, output)):
         raise StudyError(
-            "tuning (--tune) and controls (--controls) run in one process; run them without torchrun "
-            "(the study's runs then resume under torchrun with the same command)."
+            f"tuning (--tune) and untrained controls (--controls) run in one process, and this study has some left: "
+            f"{'; '.join(left)}. Run the same command without torchrun until they are done (--tune-only stops after "
+            "the tuning), then again under torchrun: its runs resume there."
         )
     check_rows_build(plan)
     check_scoring(plan)
@@ -77,6 +81,28 @@ def run_study(plan: StudyPlan, output, *, earlier_tests=None, tune_only: bool = 
         if tune_only:
             return _tune_locked(plan, output)
         return _run_locked(plan, output, distributed)
+
+
+def one_process_work_left(plan: StudyPlan, output) -> list[str]:
+    """The tuning and control steps the study still has to run, which run in one process (not under torchrun): a row
+    whose tuning has points left to train or no recorded choice, a control not exported yet."""
+    left = []
+    tuned = read_tuning(output) if plan.tuning else {}
+    for row in plan.rows:
+        if plan.tuning:
+            record, head = tuned.get(row.key), has_head(row.variant, row.overrides)
+            if (
+                record is None
+                or points_to_train(record, plan.tuning_grid, has_head=head)
+                or record.chosen != chosen_point(record, plan.tuning_grid, has_head=head)
+            ):
+                left.append(f"{row.label}: tuning")
+        left += [
+            f"{row.label}, seed {seed}: control"
+            for seed in plan.seeds
+            if plan.has_control(seed) and not (run_folder(output, row, seed) / "step0" / MANIFEST_FILE).is_file()
+        ]
+    return left
 
 
 def check_rows_build(plan: StudyPlan) -> None:
@@ -147,15 +173,17 @@ def _write_plan(plan: StudyPlan, output: Path) -> None:
 
 
 def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
+    """Every step in `run_order`; under torchrun (`distributed`) the runs alone, their tuning and controls done
+    already (`one_process_work_left`), and process 0 scores every model at the end."""
     _write_plan(plan, output)
-    progress = StudyProgress(plan)
+    progress = StudyProgress(plan, stages=("training",) if distributed else ("tuning", "control", "training"))
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     for row, seed in run_order(plan):
-        if plan.tuning and seed == plan.seeds[0]:  # each row tuned just before its first run
+        if plan.tuning and seed == plan.seeds[0] and not distributed:  # each row tuned just before its first run
             tune_step(plan, row, output, progress)
         folder = run_folder(output, row, seed)
-        if plan.has_control(seed):
+        if plan.has_control(seed) and not distributed:
             state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
             control = progress.step(
                 "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
@@ -174,7 +202,9 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     if not is_main_process():
         return StudyRun(None)
     if distributed:
-        for row, _, folder in trained:
+        for row, seed, folder in trained:
+            if plan.has_control(seed):
+                failures += score_models(plan, [folder / "step0"], output).failures
             failures += score_run(plan, row, folder, output)
     logger.info("study: %s", progress.summary())
     report = write_report(output)

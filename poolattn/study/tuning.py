@@ -8,8 +8,7 @@ and scored every `eval_steps` (contrastive loss, in-batch recall@1). The point w
 proxy's last evaluation is the row's rates. Every point's curve is kept in `tuning.json`, so the report shows what each
 choice rests on, and a point already recorded is not trained again (the study resumes point by point).
 
-Training to a plateau (`PlateauSettings`): the rows' runs then train with their rates until the held-out loss stops
-improving (`plateau.PlateauRule`), with a cap; the report gives the steps each run took.
+The runs then train with the chosen rates to a plateau of their held-out loss (`study.plateau.PlateauSettings`).
 
 >>> TuningGrid(learning_rates=[1e-4, 3e-4], head_learning_rates=[1e-3, 1e-2]).points(has_head=True)
 [(0.0001, 0.001), (0.0001, 0.01), (0.0003, 0.001), (0.0003, 0.01)]
@@ -146,71 +145,6 @@ class TuningGrid:
                 if self.schedule_steps
                 else f"; each proxy's learning rate decays over its own {self.steps} steps"
             )
-        )
-
-
-@dataclass
-class PlateauSettings:
-    """How every row's runs are trained after tuning: to the plateau of the held-out loss, with a cap; the model
-    exported is the checkpoint with the lowest held-out loss (`exported="best"`) or the run's last step ("last")."""
-
-    patience: int = 3
-    min_improvement: float = 0.01
-    eval_steps: int = 20
-    max_steps: int = 300
-    eval_fraction: float = 0.01
-    eval_batch_size: int = 16
-    exported: str = "best"
-
-    EXPORTED = ("best", "last")
-
-    def __post_init__(self):
-        if self.exported not in self.EXPORTED:
-            raise ValueError(f"plateau export {self.exported!r}: give one of {', '.join(self.EXPORTED)}.")
-
-    def check(self) -> None:
-        """Refuse, when a study is planned (before any tuning or training), settings its runs would refuse or that
-        make the rule inert: study.py's flags by name. (A recorded plan is read back without this check.)"""
-        from ..training.plateau import evaluations_within
-
-        counts = {
-            "--plateau-patience": self.patience,
-            "--plateau-eval-steps": self.eval_steps,
-            "--plateau-max-steps": self.max_steps,
-            "--held-out-batch-size": self.eval_batch_size,
-        }
-        if bad := [f"{flag} {value}" for flag, value in counts.items() if value < 1]:
-            raise ValueError(f"{', '.join(bad)}: give whole numbers >= 1.")
-        if not 0 <= self.min_improvement < 1 or not 0 < self.eval_fraction < 1:
-            raise ValueError(
-                f"--plateau-min-improvement {self.min_improvement} / --held-out-fraction {self.eval_fraction}: give "
-                "a fraction in [0, 1) (0.01 = 1%) and one in (0, 1) (the training rows held out)."
-            )
-        count = evaluations_within(self.max_steps, self.eval_steps)
-        if count < self.patience + 1:
-            raise ValueError(
-                f"--plateau-patience {self.patience} needs {self.patience + 1} held-out evaluations to stop a run, "
-                f"but one every --plateau-eval-steps {self.eval_steps} within --plateau-max-steps {self.max_steps} "
-                f"makes {count}, so the rule could never act; lower --plateau-eval-steps or raise --plateau-max-steps."
-            )
-
-    def job_fields(self) -> dict:
-        """The `jobs.TrainingJob` fields of a run trained to the plateau."""
-        return {
-            "plateau_patience": self.patience,
-            "plateau_min_improvement": self.min_improvement,
-            "save_steps": self.eval_steps,
-            "max_steps": self.max_steps,
-            "eval_fraction": self.eval_fraction,
-            "per_device_eval_batch_size": self.eval_batch_size,
-            "load_best_model_at_end": True if self.exported == "best" else None,
-        }
-
-    def describe_export(self) -> str:
-        return (
-            "the model exported is the run's checkpoint with the lowest held-out loss"
-            if self.exported == "best"
-            else "the model exported is the run's last step"
         )
 
 
@@ -354,32 +288,58 @@ def tune_row(key: str, variant, overrides: dict, *, grid: TuningGrid, seed: int,
     output = Path(output)
     row = read_tuning(output).get(key) or RowTuning(row=key, seed=seed)
     row.design = design_record(variant, overrides)  # checked against the record first (`tuning_differences`)
-    points = grid.points(has_head=has_head(variant, overrides))
+    head = has_head(variant, overrides)
+    stated = grid.points(has_head=head)
+    while to_train := points_to_train(row, grid, has_head=head):
+        if row.points and (rate_pair := to_train[0]) not in stated:
+            logger.info("tuning %s: the choice is at the edge of the grid; trying %s", key, _pair_label(rate_pair))
+        for rate, head_rate in to_train:
+            row.points.append(_tuning_point(rate, head_rate, output / "tuning" / key, train))
+            _record(output, grid, key, row)
+            logger.info("tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(), row.points[-1].final_loss)
+    row.chosen = chosen_point(row, grid, has_head=head)
+    _record(output, grid, key, row)
+    logger.info("tuning %s: chose %s", key, row.choice.label())
+    return row
+
+
+def points_to_train(row: RowTuning, grid: TuningGrid, *, has_head: bool) -> list[tuple[float, float | None]]:
+    """The rates of the row's next points to train: those of the stated grid not recorded yet, then, once each pass
+    is complete, those past the edge its choice sits at (`TuningGrid.beyond_edge`); [] when its tuning is complete."""
+    return _walk(row, grid, has_head)[0]
+
+
+def chosen_point(row: RowTuning, grid: TuningGrid, *, has_head: bool) -> int:
+    """The index in `row.points` of the rates a complete tuning chooses (`choose` among the points it reached)."""
+    return _walk(row, grid, has_head)[1]
+
+
+def _walk(row: RowTuning, grid: TuningGrid, has_head: bool) -> tuple[list, int | None]:
+    """(the points to train next, the choice once none is left), replayed from the recorded points: the stated grid,
+    then a step past the choice's edge per pass, at most `1 + 2 * extend` passes."""
+    points, chosen = grid.points(has_head=has_head), None
     for _ in range(1 + 2 * grid.extend):
-        for rate, head in points:
-            if row.point(rate, head) is None:
-                row.points.append(_tuning_point(rate, head, output / "tuning" / key, train))
-                _record(output, grid, key, row)
-                logger.info(
-                    "tuning %s: %s -> held-out loss %.4f", key, row.points[-1].label(), row.points[-1].final_loss
-                )
+        if missing := [pair for pair in points if row.point(*pair) is None]:
+            return missing, None
         current = [
             index
             for index, point in enumerate(row.points)
             if (point.learning_rate, point.head_learning_rate) in points
         ]
-        row.chosen = current[choose([row.points[index] for index in current])]
-        beyond = grid.beyond_edge(row.choice, points)
+        chosen = current[choose([row.points[index] for index in current])]
+        beyond = grid.beyond_edge(row.points[chosen], points)
         if not beyond:
             break
-        tried_next = ", ".join(
-            f"lr {rate:g}" + (f", head {head:g}" if head is not None else "") for rate, head in beyond
-        )
-        logger.info("tuning %s: %s is at the edge of the grid; trying %s", key, row.choice.label(), tried_next)
         points = [*points, *beyond]
-    _record(output, grid, key, row)
-    logger.info("tuning %s: chose %s", key, row.choice.label())
-    return row
+    return [], chosen
+
+
+def _rates(point: TuningPoint) -> tuple[float, float | None]:
+    return point.learning_rate, point.head_learning_rate
+
+
+def _pair_label(pair: tuple[float, float | None]) -> str:
+    return f"lr {pair[0]:g}" + (f", head {pair[1]:g}" if pair[1] is not None else "")
 
 
 def _tuning_point(rate: float, head: float | None, folder: Path, train) -> TuningPoint:
