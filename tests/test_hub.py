@@ -443,6 +443,8 @@ def test_train_refuses_a_push_it_cannot_make_before_training(
 
 def test_repository_names_are_checked():
     assert repository_id("org/name", variant=3) == "org/name-v3"
+    # a backbone named with its own version: no arm is read out of it (it went to org/name-v2-lite-v2)
+    assert repository_id("org/name", variant=2, trained_name="poolattn/deepseek-coder-v2-lite-v2") == "org/name-v2"
     assert repository_id("org/name", variant=None) == "org/name"
     for bad in ("name-only", "a/b/c", "", "org/na me"):
         with pytest.raises(ValueError, match="ORG/NAME"):
@@ -459,6 +461,26 @@ def test_publish_refuses_a_folder_that_is_not_a_poolattn_model(tmp_path):
     with pytest.raises(ValueError, match="same repository"):
         publish([tmp_path / "a", tmp_path / "b"], hub_model_id="me/x", output_dir=tmp_path / "hub", push=False)
     assert not (tmp_path / "hub").exists()  # refused before anything was written
+
+
+def test_publish_refuses_to_write_a_repository_folder_over_the_model_it_publishes(tmp_path):
+    """`publish.py hub/tiny-v5 --hub_model_id me/tiny` (a repository folder published again, to the default
+    `--output_dir hub`) wrote the repository folder in place of the model it read: files outside the allow-list were
+    deleted, and a failed load check deleted the folder, the only copy of the model."""
+    model = tiny_model("llama", 5)
+    model.save_pretrained(tmp_path / "hub" / "tiny-v5")
+    model.save_pretrained(tmp_path / "work" / "tiny-v5" / "model")
+    (tmp_path / "hub" / "tiny-v5" / "NOTES.txt").write_text("mine")
+    cases = [
+        ("hub/tiny-v5", "hub"),  # the repository folder is the model folder
+        ("hub/tiny-v5", "hub/tiny-v5"),  # it lies in the model folder
+        ("work/tiny-v5/model", "work"),  # it holds the model folder
+    ]
+    for folder, output in cases:
+        with pytest.raises(ValueError, match="would replace .*, the model it is written from.*another --output_dir"):
+            publish([tmp_path / folder], hub_model_id="me/tiny", output_dir=tmp_path / output, push=False)
+    assert (tmp_path / "hub" / "tiny-v5" / "NOTES.txt").read_text() == "mine"
+    assert not (tmp_path / "hub" / "tiny-v5" / "tiny-v5").exists()
 
 
 @pytest.mark.parametrize(

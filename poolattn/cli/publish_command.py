@@ -61,7 +61,12 @@ def publish(argv: list[str] | None = None) -> int:
         sections = [study.card_section(args.study, folder) for folder in args.models] if args.study else None
         if args.onnx:  # every input check first: an export takes minutes per model
             hub.check_publish_inputs(
-                args.models, hub_model_id=args.hub_model_id, results=args.results, push=args.push, token=args.hub_token
+                args.models,
+                hub_model_id=args.hub_model_id,
+                output_dir=args.output_dir,
+                results=args.results,
+                push=args.push,
+                token=args.hub_token,
             )
             _export_onnx_where_missing(args.models)
         hub.publish(

@@ -56,13 +56,20 @@ def repository_id(hub_model_id: str, *, variant: int | str | None, trained_name:
 
     >>> repository_id("ORG/m", variant=5, trained_name="poolattn/smollm2-135m-v5-weights-off")
     'ORG/m-v5-weights-off'
+    >>> repository_id("ORG/m", variant=2, trained_name="poolattn/deepseek-coder-v2-lite-v2")
+    'ORG/m-v2'
     """
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_model_id or ""):
         raise ValueError(f"hub_model_id={hub_model_id!r} is not a Hub repository id; give one as ORG/NAME.")
     if variant is None:
         return hub_model_id
     tag, trained = variant_tag(variant), (trained_name or "").split("/")[-1]
-    arm = trained[trained.rindex(f"-{tag}-") + len(tag) + 1 :] if f"-{tag}-" in trained else ""
+    # a design's trained name ends with its tag; an arm's goes on after it (a backbone's own `-v2-` is no arm's)
+    arm = (
+        trained[trained.rindex(f"-{tag}-") + len(tag) + 1 :]
+        if not trained.endswith(f"-{tag}") and f"-{tag}-" in trained
+        else ""
+    )
     return f"{hub_model_id}-{tag}{arm}"
 
 
@@ -234,14 +241,16 @@ def push_folder(
 
 
 def check_publish_inputs(
-    model_folders, *, hub_model_id: str, results=None, push: bool = False, token: str | None = None
+    model_folders, *, hub_model_id: str, output_dir=None, results=None, push: bool = False, token: str | None = None
 ) -> tuple[list[ExportedModel], list[str]]:
     """(the models, their repository ids): every check `publish` makes of its inputs, loading no weights and writing
     nothing, so a caller can run them before spending work on the folders (`publish.py --onnx` exports first).
 
     Raises `ValueError` for a folder that is not a complete poolattn model (`ExportedModel.read`, the allow-list's
-    required files), a `hub_model_id` that is no ORG/NAME, two models that would share a repository, and a `results`
-    folder without mteb results; with `push`, `HubPushError` where no upload can work (`check_push_possible`).
+    required files), a `hub_model_id` that is no ORG/NAME, two models that would share a repository, a repository
+    folder under `output_dir` that is a model folder or holds or lies in one (writing it would replace the model), and
+    a `results` folder without mteb results; with `push`, `HubPushError` where no upload can work
+    (`check_push_possible`).
     """
     models = [ExportedModel.read(folder) for folder in model_folders]
     for model in models:
@@ -252,6 +261,8 @@ def check_publish_inputs(
             f"Two models would go to the same repository ({', '.join(repo_ids)}): publish models of "
             "different paper variants together, or one custom model per --hub_model_id."
         )
+    if output_dir is not None:
+        _check_destinations([Path(output_dir) / repo_id.split("/")[-1] for repo_id in repo_ids], models)
     if results:
         results_root(results)
     if push:
@@ -262,6 +273,19 @@ def check_publish_inputs(
                 f"{error} Nothing was written; publish.py without --push writes the folders only."
             ) from None
     return models, repo_ids
+
+
+def _check_destinations(destinations: list[Path], models: list[ExportedModel]) -> None:
+    """No repository folder may be a model folder, nor hold one or lie in one: it is written anew (the folder it
+    replaces is deleted), so publishing `hub/m-v5` to `--output_dir hub` would delete the model it publishes."""
+    for destination in destinations:
+        for model in models:
+            folder, target = Path(model.folder).resolve(), destination.resolve()
+            if target == folder or folder in target.parents or target in folder.parents:
+                raise ValueError(
+                    f"the repository folder {destination} would replace {model.folder}, the model it is written "
+                    "from (publishing writes that folder anew); give another --output_dir."
+                )
 
 
 def publish(
@@ -283,7 +307,7 @@ def publish(
     folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
     models, repo_ids = check_publish_inputs(
-        model_folders, hub_model_id=hub_model_id, results=results, push=push, token=token
+        model_folders, hub_model_id=hub_model_id, output_dir=output_dir, results=results, push=push, token=token
     )
     folders = []
     sections = list(study_sections or [None] * len(models))
