@@ -90,3 +90,20 @@ def test_budget_runs_live_apart_from_full_runs_and_are_not_compared_with_them(tm
     with pytest.raises(SystemExit) as refused:  # while the flags are parsed (test_evaluate: every count flag)
         cli.evaluate([*common, "--budget", "0"])
     assert refused.value.code == 2 and "--budget: '0' is not a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_clustering_task_of_one_text_a_row_is_capped_by_rows(tmp_path):
+    """mteb's v2 clustering tasks (e.g. `TwentyNewsgroupsClustering.v2`) hold one text and its label a row, not sets:
+    the budget sampled characters of each text as if it were a set, then failed on its labels, outside mteb's own
+    error handling (the whole run stopped)."""
+    first = json.loads((SHARED / "TwentyNewsgroupsClustering" / "test.jsonl").read_text().splitlines()[0])
+    (tmp_path / "TwentyNewsgroupsClustering.v2").mkdir()  # the v2 task reads the sets and makes rows of them
+    (tmp_path / "TwentyNewsgroupsClustering.v2" / "test.jsonl").write_text(
+        json.dumps({"sentences": first["sentences"][:60], "labels": first["labels"][:60]}) + "\n"
+    )
+    full = load_task("TwentyNewsgroupsClustering.v2", data_dir=tmp_path)
+    full.load_data()
+    texts = full.dataset["test"]["sentences"]
+    assert all(isinstance(text, str) for text in texts) and len(texts) > 25  # one text a row
+    split = cap_task(load_task("TwentyNewsgroupsClustering.v2", data_dir=tmp_path), 25).dataset["test"]
+    assert len(split) == 25 and set(split["sentences"]) < set(texts)

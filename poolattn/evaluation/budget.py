@@ -1,8 +1,8 @@
 """Budget mode: every task scored on at most N evaluation units, so that a study of many arms fits a small machine.
 
 The units are what a task averages over: pairs (STS, pair classification), evaluation examples (classification; the
-training examples mteb samples from are left as they are), texts to cluster (per clustering set), queries (retrieval
-and reranking). A seeded random sample of N units is kept (seed 42, the same sample for every model); a retrieval
+training examples mteb samples from are left as they are), texts to cluster (per clustering set; of a task with one
+text a row, mteb's v2 clustering tasks, the rows), queries (retrieval and reranking). A seeded random sample of N units is kept (seed 42, the same sample for every model); a retrieval
 corpus keeps every document judged for or ranked under the kept queries, plus random others up to 10 x N documents.
 
 Scores on a budget are not comparable with published MTEB numbers (fewer units, and for retrieval a smaller corpus,
@@ -45,7 +45,7 @@ def cap_task(task, max_units: int, *, seed: int = SEED):
                 continue
             if task_type in ("Retrieval", "Reranking"):
                 splits[split] = _cap_retrieval(splits[split], max_units, seed)
-            elif task_type == "Clustering" and "sentences" in splits[split].column_names:
+            elif task_type == "Clustering" and _holds_sets(splits[split]):
                 splits[split] = _cap_clustering_sets(splits[split], max_units, seed)
             else:
                 splits[split] = _cap_rows(splits[split], max_units, seed)
@@ -56,6 +56,12 @@ def _cap_rows(dataset, max_units: int, seed: int):
     if len(dataset) <= max_units:
         return dataset
     return dataset.shuffle(seed=seed).select(range(max_units))
+
+
+def _holds_sets(dataset) -> bool:
+    """Whether a clustering split holds sets (a row: a list of `sentences` and their `labels`, mteb's first layout)
+    rather than one text a row (its v2 tasks, e.g. `BiorxivClusteringP2P.v2`, capped by rows like the others)."""
+    return "sentences" in dataset.column_names and len(dataset) > 0 and isinstance(dataset[0]["sentences"], list)
 
 
 def _cap_clustering_sets(dataset, max_units: int, seed: int):
