@@ -779,3 +779,19 @@ def test_publish_with_relative_folders_checks_and_writes_the_folder(tmp_path, mo
     argv = ["outputs/model", "--hub_model_id", "me/tiny", "--output_dir", "hub/"]
     assert cli.publish(argv) == 0  # verified: the folder loads in a fresh process as its card says
     assert (tmp_path / "hub" / "tiny-v5" / "README.md").is_file()
+
+
+def test_a_local_path_outside_ascii_is_scrubbed_as_json_writes_it(tmp_path):
+    """A run writes its records with JSON's escapes (`/home/jos\\u00e9/run`); the scrubber looked for the path as it is
+    (`/home/josé/run`), found none, and the repository folder shipped the user's name and folders."""
+    from poolattn.files import write_json
+    from poolattn.hub.shipping import local_paths, scrub_local_paths
+
+    run = tmp_path / "josé" / "run"
+    run.mkdir(parents=True)
+    write_json(run / "training_manifest.json", {"output_dir": str(run), "data": {"train": str(run / "données.jsonl")}})
+    assert "\\u00e9" in (run / "training_manifest.json").read_text()  # how it is written
+    scrub_local_paths(run, local_paths(run))
+    text = (run / "training_manifest.json").read_text()
+    assert "jos" not in text and str(tmp_path) not in text
+    assert json.loads(text) == {"output_dir": "run", "data": {"train": "données.jsonl"}}

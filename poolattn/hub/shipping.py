@@ -139,14 +139,20 @@ def local_paths(folder: Path, extra: tuple = ()) -> list[str]:
 
 
 def scrub_local_paths(folder: Path, paths: list[str]) -> None:
-    """Replace each path in `paths` by its last component in every text file of `folder`."""
+    """Replace each path in `paths` by its last component in every text file of `folder`, as written and as JSON
+    writes it (`/home/jos\\u00e9/run`: a path with characters outside ASCII, or a backslash, is escaped there)."""
     for path in folder.rglob("*"):
         if path.is_file() and path.suffix in TEXT_SUFFIXES:
             text = path.read_text(encoding="utf-8")
             scrubbed = text
             for local in paths:
-                if is_local_path(local):
-                    scrubbed = scrubbed.replace(local, Path(local).name)
+                if not is_local_path(local):
+                    continue
+                for written in dict.fromkeys(
+                    (local, json.dumps(local)[1:-1], json.dumps(local, ensure_ascii=False)[1:-1])
+                ):
+                    name = Path(local).name if written == local else json.dumps(Path(local).name)[1:-1]
+                    scrubbed = scrubbed.replace(written, name)
             if scrubbed != text:
                 path.write_text(scrubbed, encoding="utf-8")
 
