@@ -422,6 +422,12 @@ def test_train_refuses_a_push_it_cannot_make_before_training(
 
     with pytest.raises(ValueError, match="need --hub_model_id"):
         training.parse_arguments(["--backbone", tiny_backbone_folder, "--push_to_hub", "true"])
+    # a name without its organisation (the Trainer takes it) was refused by publish, after every variant had trained
+    for flag in ("--push_to_hub", "--hub_dry_run"):
+        with pytest.raises(ValueError, match="--hub_model_id: hub_model_id='my-embedder' is not a Hub repository id"):
+            training.parse_arguments(
+                ["--backbone", tiny_backbone_folder, flag, "true", "--hub_model_id", "my-embedder"]
+            )
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     flags = ["--backbone", tiny_backbone_folder, "--push_to_hub", "true", "--hub_model_id", "me/x"]
     *_, training_args = training.parse_arguments(flags)  # no network, no credentials while parsing

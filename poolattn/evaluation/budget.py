@@ -2,8 +2,9 @@
 
 The units are what a task averages over: pairs (STS, pair classification), evaluation examples (classification; the
 training examples mteb samples from are left as they are), texts to cluster (per clustering set; of a task with one
-text a row, mteb's v2 clustering tasks, the rows), queries (retrieval and reranking). A seeded random sample of N units is kept (seed 42, the same sample for every model); a retrieval
-corpus keeps every document judged for or ranked under the kept queries, plus random others up to 10 x N documents.
+text a row, mteb's v2 clustering tasks, the rows), queries (retrieval and reranking). A seeded random sample of N
+units is kept (seed 42, the same sample for every model); a retrieval corpus keeps every document judged for or
+ranked under the kept queries, plus random others up to 10 x N documents.
 
 Scores on a budget are not comparable with published MTEB numbers (fewer units, and for retrieval a smaller corpus,
 which makes retrieval easier); they compare models with each other on the same sample. Evaluation stores them under

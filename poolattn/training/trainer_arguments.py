@@ -257,6 +257,13 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
             raise ValueError(
                 "--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to ORG/NAME-v<N>)."
             )
+        if self.push_to_hub or self.hub_dry_run:  # now, not after every variant has trained
+            from ..hub.repository import repository_id
+
+            try:
+                repository_id(self.hub_model_id, variant=None)
+            except ValueError as error:
+                raise ValueError(f"--hub_model_id: {error} (each variant goes to ORG/NAME-v<N>)") from None
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
                 f"--max_steps {self.max_steps}: give the optimizer steps to train (>= 1), or -1 to train "
