@@ -126,6 +126,12 @@ class MockHub:
                         entry = json.loads(line)
                         if entry["key"] == "file":
                             stored[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
+                        elif entry["key"] == "deletedFile":
+                            stored.pop(entry["value"]["path"], None)
+                        elif entry["key"] == "deletedFolder":
+                            folder = entry["value"]["path"].rstrip("/") + "/"
+                            for name in [name for name in stored if name.startswith(folder)]:
+                                del stored[name]
                     return self._reply(
                         200,
                         {

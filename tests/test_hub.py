@@ -375,6 +375,36 @@ def test_push_uploads_exactly_the_dry_run_files_and_users_load_them_from_the_hub
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 
 
+PUSH_TWICE = """
+import sys
+from pathlib import Path
+from poolattn.hub.repository import push_folder
+first, second = Path(sys.argv[1]), Path(sys.argv[2])
+push_folder(first, "me/tiny-v5")
+push_folder(second, "me/tiny-v5")
+"""
+
+
+def test_a_second_push_leaves_no_file_of_the_first_that_the_folder_no_longer_holds(tmp_path):
+    """A model published with `--onnx`, retrained and pushed again without it kept the first upload's ONNX export on
+    the Hub: `backend="onnx"` loaded the old weights, silently. The repository is now what the folder holds."""
+    tiny_model("llama", 5).save_pretrained(tmp_path / "first")
+    (tmp_path / "first" / "onnx").mkdir()
+    (tmp_path / "first" / "onnx" / "model.onnx").write_bytes(b"old graph")
+    (tmp_path / "first" / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
+    tiny_model("llama", 5, seed=1).save_pretrained(tmp_path / "second")
+    with MockHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"}
+        env["HF_HOME"] = str(tmp_path / "home")
+        hub.files["me/tiny-v5"] = {".gitattributes": b"*.safetensors filter=lfs\n"}  # the Hub's own
+        command = [sys.executable, "-c", PUSH_TWICE, str(tmp_path / "first"), str(tmp_path / "second")]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        stored = hub.files["me/tiny-v5"]
+    assert {name: stored[name] for name in stored if name != ".gitattributes"} == repository_files(tmp_path / "second")
+    assert ".gitattributes" in stored
+
+
 @pytest.mark.parametrize("failure", ["unauthorised", "offline", "no token"])
 def test_a_failed_push_says_why_and_keeps_the_folder(tmp_path, failure):
     tiny_model("llama", 1).save_pretrained(tmp_path / "exported")

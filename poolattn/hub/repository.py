@@ -199,7 +199,8 @@ def push_folder(
     private: bool | None = None,
     commit_message: str = "Upload poolattn model",
 ) -> str:
-    """`create_repo(exist_ok=True)` + `upload_folder`; the token from `token`, `HF_TOKEN` or a saved login.
+    """`create_repo(exist_ok=True)` + `upload_folder`, the repository's files outside the folder deleted in the same
+    commit; the token from `token`, `HF_TOKEN` or a saved login.
 
     Returns the commit URL. Raises `HubPushError` (offline, no token, unauthorised, any Hub or network error)
     saying the folder is kept.
@@ -214,8 +215,10 @@ def push_folder(
         raise HubPushError(f"Cannot push {repo_id}: {error} {kept}") from None
     try:
         huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        # the repository becomes the folder: files of an earlier upload that it no longer holds (an ONNX export, a
+        # weights file now sharded) would otherwise stay and be loaded (`.gitattributes` is kept)
         commit = huggingface_hub.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message
+            repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message, delete_patterns="*"
         )
     except OfflineModeIsEnabled as error:
         raise HubPushError(
