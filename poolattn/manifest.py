@@ -81,6 +81,7 @@ RUN_ONLY_ARGUMENTS = frozenset(
 
 
 RUN_ONLY_PREFIXES = ("logging_", "log_", "save_", "hub_", "eval_", "do_", "trackio_")
+TRAINED_DESPITE_PREFIX = frozenset({"eval_fraction"})  # the rows held out are rows not trained on
 
 
 def recipe_arguments(arguments: dict) -> dict:
@@ -92,7 +93,7 @@ def recipe_arguments(arguments: dict) -> dict:
     return {
         key: value
         for key, value in arguments.items()
-        if key not in RUN_ONLY_ARGUMENTS and not key.startswith(RUN_ONLY_PREFIXES)
+        if key not in RUN_ONLY_ARGUMENTS and (key in TRAINED_DESPITE_PREFIX or not key.startswith(RUN_ONLY_PREFIXES))
     }
 
 
@@ -159,7 +160,8 @@ class TrainingManifest(Record):
 
     def recipe_fingerprint(self) -> str:
         """A hash of what was trained and how, leaving out the seed and where and how the run was logged and saved:
-        the runs of one recipe with different seeds (replicates) share it.
+        the runs of one recipe with different seeds (replicates) share it. What was trained includes the training
+        data's content (`data.fingerprint`, where recorded): runs on edited data are not replicates of each other.
 
         >>> one = TrainingManifest(variant=5, backbone="b", seed=42, hyperparameters={"learning_rate": 1e-4,
         ...                        "seed": 42, "output_dir": "out/seed-42"})
@@ -179,6 +181,7 @@ class TrainingManifest(Record):
                 "backbone": self.backbone,
                 "poolattn_config": self.poolattn_config,
                 "hyperparameters": recipe,
+                **({"data": self.data.fingerprint} if self.data and self.data.fingerprint else {}),
             },
             sort_keys=True,
             default=str,

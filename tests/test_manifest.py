@@ -120,3 +120,23 @@ def test_exported_folders_are_named_from_their_manifest_else_their_folder(tmp_pa
     assert named.parameters["total"] > named.parameters["head"] > 0
     with pytest.raises(ValueError, match="not a poolattn model folder"):
         ExportedModel.read(tmp_path)
+
+
+def test_runs_on_edited_data_or_other_held_out_rows_are_not_replicates():
+    """The recipe fingerprint groups runs as seeds of one recipe (`evaluate.py compare`, the bootstrap): it left out
+    the training data's content and `--eval_fraction` (an `eval_` flag), so seed 1 before an edit of train.jsonl and
+    seed 2 after it were averaged as two seeds of one model, exit 0."""
+    import dataclasses
+
+    one = TrainingManifest(
+        variant=5,
+        backbone="b",
+        seed=42,
+        hyperparameters={"learning_rate": 1e-4, "eval_fraction": 0.01, "eval_steps": 20},
+        data=DataRecord(source="train.jsonl", fingerprint="aaaa"),
+    )
+    seed = dataclasses.replace(one, seed=43, hyperparameters={**one.hyperparameters, "eval_steps": 40})
+    assert seed.recipe_fingerprint() == one.recipe_fingerprint()  # another seed, another logging cadence
+    edited = dataclasses.replace(one, seed=43, data=DataRecord(source="train.jsonl", fingerprint="bbbb"))
+    held_out = dataclasses.replace(one, seed=43, hyperparameters={**one.hyperparameters, "eval_fraction": 0.05})
+    assert one.recipe_fingerprint() not in (edited.recipe_fingerprint(), held_out.recipe_fingerprint())
