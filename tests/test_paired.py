@@ -209,3 +209,30 @@ def test_resamples_where_the_score_is_undefined_are_left_out_not_counted_as_no_d
     far = np.abs(differences - observed) >= abs(observed) - 1e-12
     assert test.p_value == pytest.approx((1 + far.sum()) / (len(differences) + 1), abs=1e-12)
     assert test.resamples == len(differences)
+
+
+def test_pair_classification_reads_each_models_best_score_chosen_once_on_all_pairs():
+    """max_ap is the AP of the similarity score that is best on all pairs (mteb's report). The test took the best
+    score anew in every resample: the maximum of several APs per resample, a statistic above the one reported."""
+    from sklearn.metrics import average_precision_score
+
+    from poolattn.evaluation.paired import pair_classification_units
+
+    rng = np.random.default_rng(2)
+    labels = np.array([1] * 10 + [0] * 30)
+    predictions = {
+        "cosine_scores": list(labels * 0.2 + rng.normal(0, 0.3, 40)),  # the best on all pairs (AP 0.52 vs 0.31)
+        "euclidean_distances": list(rng.normal(0, 0.3, 40)),  # noise
+    }
+    units = pair_classification_units(labels, predictions)
+    cosine, distance = np.asarray(predictions["cosine_scores"]), -np.asarray(predictions["euclidean_distances"])
+    assert units.statistic(predictions, np.arange(40)) == average_precision_score(labels, cosine)
+    where_noise_wins = 0
+    for _ in range(200):
+        sample = rng.integers(0, 40, 40)
+        if len(set(labels[sample])) < 2:
+            continue
+        ap_cosine, ap_noise = (average_precision_score(labels[sample], x[sample]) for x in (cosine, distance))
+        where_noise_wins += ap_noise > ap_cosine
+        assert units.statistic(predictions, sample) == ap_cosine
+    assert where_noise_wins > 0  # resamples where choosing again would have taken the noise

@@ -243,11 +243,15 @@ def sts_units(gold_scores) -> Units:
     )
 
 
-def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Units:
-    """max_ap: the average precision of the similarity score that gives the best AP on all pairs (chosen once)."""
+def pair_classification_units(gold_labels, predictions_for_choice: dict | None = None) -> Units:
+    """max_ap: the average precision of the similarity score that gives each model the best AP on all pairs, chosen
+    once per model (as mteb reports it) and then read on every resample; choosing again per resample would test the
+    best of several scores in each resample, a statistic above the one reported. `predictions_for_choice` is not
+    read (each model's own predictions choose its score)."""
     from sklearn.metrics import average_precision_score
 
     labels = np.asarray(gold_labels, dtype=int)
+    chosen: dict[int, tuple] = {}  # id -> (the predictions themselves, their best score): an id is never reused
 
     def oriented(predictions) -> dict[str, np.ndarray]:
         return {
@@ -256,11 +260,18 @@ def pair_classification_units(gold_labels, predictions_for_choice: dict) -> Unit
             if isinstance(values, list) and len(values) == len(labels)
         }
 
+    def best_score(predictions) -> np.ndarray:
+        cached = chosen.get(id(predictions))
+        if cached is None or cached[0] is not predictions:
+            scores = oriented(predictions)
+            name = max(scores, key=lambda name: average_precision_score(labels, scores[name]))
+            cached = chosen[id(predictions)] = (predictions, scores[name])
+        return cached[1]
+
     def statistic(predictions, sample):
-        scores = oriented(predictions)
         if len(set(labels[sample])) < 2:
             return float("nan")
-        return max(average_precision_score(labels[sample], values[sample]) for values in scores.values())
+        return average_precision_score(labels[sample], best_score(predictions)[sample])
 
     return Units(len(labels), statistic)
 
