@@ -168,7 +168,13 @@ class DataArguments:
     skip_invalid_rows: bool = field(
         default=False, metadata={"help": "skip (and count) rows with missing/empty fields"}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "use only the first N examples as read: each file in turn, a file's rows with the most hard "
+            "negatives first"
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={

@@ -90,7 +90,8 @@ class Triplets:
         return [row["source"] for row in self.rows]
 
     def keep_first(self, count: int) -> None:
-        """Keep the first `count` rows (in file order) and each source's count of them."""
+        """Keep the first `count` rows as read, and each source's count of them: each file in turn, the rows of a file
+        split by its count of hard negatives grouped by that count, most first (not the file's first `count` lines)."""
         self.rows = self.rows[:count]
         for index, source in enumerate(self.sources):
             source.examples = sum(row["source"] == index for row in self.rows)
