@@ -411,3 +411,20 @@ def test_a_logged_run_leaves_out_the_libraries_loading_bars(tmp_path, data_dir):
         assert "BIOSSES" in run.stdout  # the scores, as ever
     assert "Loading weights" not in logged[None] and "Generating test split" not in logged[None]
     assert "Loading weights" in logged["0"]
+
+
+def test_every_model_of_a_run_prints_its_own_scores_also_two_seeds_of_one_name(tmp_path, data_dir, capsys):
+    """Two seeds of one recipe are recorded under one model name: the run's scores were keyed by that name, so the
+    second seed's replaced the first's and only one seed was printed."""
+    from poolattn.manifest import TrainingManifest
+
+    for seed in (1, 2):
+        folder = tmp_path / f"seed-{seed}" / "model"
+        tiny_model("llama", 5, seed=seed).save_pretrained(folder)
+        TrainingManifest(variant=5, backbone="b", seed=seed, model_name="poolattn/same").write(folder)
+    models = [str(tmp_path / f"seed-{seed}" / "model") for seed in (1, 2)]
+    arguments = ["run", "--model", models[0], "--model", models[1], "--tasks", "BIOSSES", "--data-dir", str(data_dir)]
+    assert cli.evaluate([*arguments, "--output", str(tmp_path / "out")]) == 0
+    printed = [line.split() for line in capsys.readouterr().out.splitlines() if " BIOSSES " in line]
+    assert [line[0] for line in printed] == models
+    assert printed[0][2] != printed[1][2]  # each seed's own score

@@ -52,9 +52,9 @@ def _run_models(args) -> int:
         print(f"passed over: {name} ({reason})")
     for name in run.missing_tasks:
         print(f"SKIPPED (no local copy in {args.data_dir}): {name}")
-    for name, scores in run.scores.items():
+    for model, scores in run.scores.items():
         for task, score in scores.items():
-            print(f"{name}  {task:<32} {score:.4f}")
+            print(f"{model}  {task:<32} {score:.4f}")
     for failure in run.failures:
         print(f"FAILED {failure.model} {failure.task}: {failure.error}")
     for folder in run.folders.values():

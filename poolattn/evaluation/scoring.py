@@ -43,7 +43,8 @@ class EvaluationRun:
     """What `evaluate_models` did: every model's results folder and scores, tasks without a local copy, failures."""
 
     folders: dict[str, Path] = field(default_factory=dict)  # model as given -> its results folder
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # mteb name -> task -> main score
+    # model as given -> task -> main score (two seeds of one name are two models: keyed by the name they overwrote)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
     missing_tasks: list[str] = field(default_factory=list)
     passed_over: dict[str, str] = field(default_factory=dict)  # local folder or task -> why it was not selected
     failures: list[TaskFailure] = field(default_factory=list)
@@ -303,5 +304,5 @@ def _record(run: EvaluationRun, model: str, encoder, folder: Path, result, setti
     write_run_settings(folder, settings, infos, task_data=scored, task_prompts=prompts, task_keys=scored_keys)
     name = encoder.mteb_model_meta.name
     run.folders[model] = folder
-    run.scores[name] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
+    run.scores[model] = {task_result.task_name: task_result.get_score() for task_result in result.task_results}
     run.failures += [TaskFailure(name, error.task_name, str(error.exception)) for error in result.exceptions]
