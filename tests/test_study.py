@@ -984,6 +984,15 @@ def test_a_control_shared_by_every_seed_is_one_run_not_two_seeds_with_no_spread(
     own = compare._replicates(row, [model("own42", 42), model("own43", 43)], tmp_path, plan, True)
     assert own.seeds == [42, 43] and own.category_means() == {"STS": pytest.approx(0.675)}
     assert own.category_spread()["STS"] == pytest.approx(statistics.stdev([0.6, 0.75]), abs=1e-12)
+    # `--controls first`: the one control (scored on seed 42) stands for every seed, so the trained row keeps all of
+    # its seeds in the test; it was taken as seed 42's, and the test of a row trained on 42 and 43 read 42 alone
+    first = compare._replicates(row, [model("shared", 42)], tmp_path, plan, True, shared=True)
+    assert first.seeds == [None]
+    trained, control = compare.on_shared_seeds(own, first)
+    assert trained.seeds == [42, 43] and control.seeds == [None]
+    assert compare.on_shared_seeds(own, compare._replicates(row, [model("shared", 42)], tmp_path, plan, True))[
+        0
+    ].seeds == [42]  # a control of seed 42's own: paired with seed 42
 
 
 def test_each_tuning_proxy_follows_the_schedule_of_the_runs_it_stands_for(tiny_backbone_folder, triplets_file):

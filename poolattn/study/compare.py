@@ -97,18 +97,22 @@ def collect(plan: StudyPlan, output) -> list[RowResults]:
                 models,
                 _replicates(row, models, output, plan, True),
                 _replicates(row, models, output, plan, False),
-                _replicates(row, controls, output, plan, True),
+                # one control for every seed (`--controls first`): it stands for no seed of its own, as above
+                _replicates(row, controls, output, plan, True, shared=plan.control_seeds == "first"),
                 controls,
             )
         )
     return collected
 
 
-def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, plan: StudyPlan, instructions: bool):
+def _replicates(
+    row: StudyRow, models: list[ExportedModel], output: Path, plan: StudyPlan, instructions: bool, *, shared=False
+):
     """The row's scored seeds on the study's tasks (`planned_tasks`), each with the seed of its own run folder. Models
     of the same weights (the one untrained control a row without parameters of its own has for every seed) share one
     results folder: they are one run, not one per seed, standing for no seed of its own (origin seed None, so that
-    tests compare it with every seed of the other row, unpaired)."""
+    tests compare it with every seed of the other row, unpaired); so does a control scored for the first seed alone
+    (`shared`, `--controls first`), set against every seed of its row, not against seed 42 alone."""
     by_folder: dict[Path, list[ExportedModel]] = {}
     for model in models:
         revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=instructions)
@@ -117,7 +121,7 @@ def _replicates(row: StudyRow, models: list[ExportedModel], output: Path, plan: 
     for folder, same_weights in by_folder.items():
         if folder.is_dir() and any(folder.glob("*.json")):
             manifest = same_weights[0].manifest
-            seed = manifest.seed if len(same_weights) == 1 else None
+            seed = manifest.seed if len(same_weights) == 1 and not shared else None
             origin = TrainingOrigin(seed, manifest.recipe_fingerprint())
             results = planned_tasks(plan, read_results(folder))
             if results.task_results:
