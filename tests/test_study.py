@@ -670,11 +670,18 @@ def test_what_changed_marks_each_earlier_test_by_its_significance_then_and_now()
 def test_the_report_says_what_its_intervals_hold_of_the_seed_noise():
     from types import SimpleNamespace
 
-    one = [SimpleNamespace(seeds_a=1, seeds_b=3)]
+    one = [SimpleNamespace(a="v1", b="v5", seeds_a=1, seeds_b=3)]
     assert "test-set noise only" in study_report.seed_note(one)
-    three = [SimpleNamespace(seeds_a=3, seeds_b=3)]
+    three = [SimpleNamespace(a="v5", b="v1", seeds_a=3, seeds_b=3)]
     assert "With 3 seeds the bootstrap sees about 0.82 of the seed spread" in study_report.seed_note(three)
     assert study_report.seed_note([]) == ""
+    # a row against its one untrained control rests on the row's seeds: the note of one seed (the fewest of all the
+    # tests) was given for every test, the designs' three-seed comparisons included
+    control = SimpleNamespace(a="v5", b="v5-step0", seeds_a=3, seeds_b=1)
+    assert study_report.seed_note([*three, control]) == study_report.seed_note(three)
+    mixed = study_report.seed_note([*one, *three])
+    assert "Comparisons on 1 seed of a row (1 of 2): With one seed" in mixed
+    assert "Comparisons on 3 seeds of a row (1 of 2): With 3 seeds" in mixed
 
 
 def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
@@ -1115,3 +1122,23 @@ def test_under_torchrun_a_study_is_refused_only_while_its_tuning_or_controls_are
     (output / "runs" / "v1" / "seed-42" / "step0").mkdir(parents=True)
     (output / "runs" / "v1" / "seed-42" / "step0" / MANIFEST_FILE).write_text("{}")
     assert study_runner.one_process_work_left(plan, output) == []  # seed 43 has no control of its own (first)
+
+
+def test_a_row_lacking_one_task_of_a_category_gets_no_average_beside_the_others(tmp_path):
+    """The average was left out only for a row lacking a whole category: a row lacking one STS task printed an
+    average over other tasks than the rows beside it."""
+    from types import SimpleNamespace
+
+    def item(label, tasks, means):
+        replicates = SimpleNamespace(
+            tasks=tasks, runs=[0], category_means=lambda: means, category_spread=lambda: {c: None for c in means}
+        )
+        return SimpleNamespace(row=SimpleNamespace(label=label), replicates=replicates)
+
+    scored = [
+        item("full", ["STS12", "STS13", "WikiQA"], {"STS": 0.5, "Retrieval": 0.5}),
+        item("short", ["STS12", "WikiQA"], {"STS": 0.9, "Retrieval": 0.5}),  # STS13 missing
+    ]
+    table = "\n".join(study_report._main_table(scored, ["STS", "Retrieval"]))
+    assert "| full | 1 | 0.5000 | 0.5000 | 0.5000 |" in table
+    assert "| short | 1 | 0.9000 | 0.5000 | — |" in table

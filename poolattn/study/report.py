@@ -52,8 +52,22 @@ TEST_METHOD = (
 
 
 def seed_note(tests: list) -> str:
-    """What the intervals hold of the training noise, for the fewest seeds a row of these tests has."""
-    seeds = min((min(test.seeds_a, test.seeds_b) for test in tests), default=0)
+    """What the intervals hold of the training noise, for each count of seeds the tests rest on (the fewer of the two
+    rows'; a test against an untrained control rests on its trained row's seeds, the control being one run)."""
+    by_count: dict[int, int] = {}
+    for test in tests:
+        sides = [test.seeds_a] + ([] if test.b.endswith(CONTROL_SUFFIX) else [test.seeds_b])
+        by_count[min(sides)] = by_count.get(min(sides), 0) + 1
+    notes = []
+    for seeds, count in sorted(by_count.items()):
+        said = _seed_words(seeds)
+        if said and len(by_count) > 1:
+            said = f"Comparisons on {seeds} seed{'s' if seeds > 1 else ''} of a row ({count} of {len(tests)}): {said}"
+        notes += [said] if said else []
+    return " ".join(notes)
+
+
+def _seed_words(seeds: int) -> str:
     if seeds == 1:
         return (
             "With one seed of a row, its interval holds the test-set noise only, not the training (seed) noise: a "
@@ -211,10 +225,12 @@ def _main_table(scored: list[RowResults], categories) -> list[str]:
     from ..stats import markdown_table
 
     rows = []
+    every_task = set().union(*(item.replicates.tasks for item in scored))
     for item in scored:
         means = item.replicates.category_means()
-        # a row that lacks a category has no average comparable with the others'
-        average = mean([means[c] for c in categories]) if set(categories) <= set(means) else None
+        # a row that lacks a task another row has (a category, or one task of one) has no average comparable with
+        # the others' (its left-out tasks are named above the table)
+        average = mean([means[c] for c in categories]) if set(item.replicates.tasks) >= every_task else None
         rows.append([item.row.label, len(item.replicates.runs), *[_cell(item, c) for c in categories], average])
     return [
         "## Main table (mean main score per category, ± sample sd over seeds)",
