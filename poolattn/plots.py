@@ -43,10 +43,11 @@ def category_bars(
     width = 0.8 / len(names)
     figure, axis = _figure(max(6, 1.6 * len(categories)), 4)
     for position, name in enumerate(names):
-        values = [category_means[name].get(category, 0.0) for category in categories]
-        xs = [index + position * width for index in range(len(categories))]
-        axis.bar(xs, values, width, label=name)
-        for x, value, category in zip(xs, values, categories):
+        shown = [index for index, category in enumerate(categories) if category in category_means[name]]
+        values = [category_means[name][categories[index]] for index in shown]  # no bar, not a 0, where none
+        xs = [index + position * width for index in shown]
+        axis.bar(xs, values, width, label=name, color=f"C{position % 10}")
+        for x, value, category in zip(xs, values, [categories[index] for index in shown]):
             if category in significant.get(name, set()):
                 axis.text(x, value, "*", ha="center", va="bottom", fontsize=14)
     axis.set_xticks(
@@ -60,27 +61,29 @@ def category_bars(
 
 
 def study_bars(path: Path, rows: list[Bars], categories: list[str], title: str) -> None:
-    """Grouped bars: one group per category, one bar per row, whiskers ± seed sd; a control ("step 0") is an open
-    bar in the colour of the trained row just before it."""
+    """Grouped bars: one group per category, one bar per row, whiskers ± seed sd, no bar where a row has no score;
+    a control ("step 0") is an open bar in the colour of the trained row just before it (its own colour where that
+    row is not drawn: a control scored before its run)."""
     width = 0.8 / len(rows)
     figure, axis = _figure(max(7, 2.2 * len(categories)), 4.5)
+    colours, colour = 0, None
     for position, row in enumerate(rows):
-        xs = [index + position * width for index in range(len(categories))]
         control = row.kind == "control"
-        bars = axis.bar(
-            xs,
-            [row.means.get(c, 0.0) for c in categories],
+        if not control or position == 0 or rows[position - 1].kind == "control":
+            colour, colours = f"C{colours % 10}", colours + 1
+        shown = [index for index, category in enumerate(categories) if category in row.means]
+        axis.bar(
+            [index + position * width for index in shown],
+            [row.means[categories[index]] for index in shown],
             width,
             label=row.label,
-            yerr=[row.spreads.get(c) or 0.0 for c in categories],
+            yerr=[row.spreads.get(categories[index]) or 0.0 for index in shown],
             capsize=2,
             hatch="//" if row.kind == "baseline" else ("." if row.kind == "arm" else None),
             fill=not control,
             linestyle="--" if control else "-",
+            **({"edgecolor": colour} if control else {"color": colour}),
         )
-        if control and position > 0:
-            for bar, previous in zip(bars, axis.patches[-2 * len(categories) : -len(categories)]):
-                bar.set_edgecolor(previous.get_facecolor())
     axis.set_xticks([index + width * (len(rows) - 1) / 2 for index in range(len(categories))], categories)
     axis.set_ylabel("mean main score")
     axis.set_title(title)

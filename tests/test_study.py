@@ -1142,3 +1142,40 @@ def test_a_row_lacking_one_task_of_a_category_gets_no_average_beside_the_others(
     table = "\n".join(study_report._main_table(scored, ["STS", "Retrieval"]))
     assert "| full | 1 | 0.5000 | 0.5000 | 0.5000 |" in table
     assert "| short | 1 | 0.9000 | 0.5000 | — |" in table
+
+
+def test_the_bar_figure_draws_no_bar_where_a_row_has_no_score_and_every_control_in_a_visible_colour(
+    tmp_path, monkeypatch
+):
+    """A category a row was not scored on was drawn as a bar of 0.0 (the table shows "—"); a control drawn after
+    another control (its own run not scored yet) took that control's open, transparent face as its edge: invisible."""
+    from matplotlib.colors import to_rgba
+
+    from poolattn import plots
+
+    drawn = []
+    make_figure = plots._figure
+
+    def figure(width, height):
+        made, axis = make_figure(width, height)
+        original = axis.bar
+
+        def bar(xs, heights, *args, **kwargs):
+            drawn.append((kwargs["label"], list(xs), list(heights), kwargs))
+            return original(xs, heights, *args, **kwargs)
+
+        axis.bar = bar
+        return made, axis
+
+    rows = [
+        plots.Bars("v1", "variant", {"STS": 0.7, "Retrieval": 0.8}),
+        plots.Bars("v1 · step 0", "control", {"STS": 0.3, "Retrieval": 0.1}),
+        plots.Bars("v3 · step 0", "control", {"STS": 0.3}),  # its run not scored yet; no retrieval score
+    ]
+    monkeypatch.setattr(plots, "_figure", figure)
+    plots.study_bars(tmp_path / "bars.png", rows, ["STS", "Retrieval"], "t")
+    expected = [("v1", 2), ("v1 · step 0", 2), ("v3 · step 0", 1)]
+    assert [(label, len(heights)) for label, _, heights, _ in drawn] == expected
+    assert drawn[1][3]["edgecolor"] == drawn[0][3]["color"]  # a control in its row's colour
+    assert to_rgba(drawn[2][3]["edgecolor"])[3] == 1.0 and drawn[2][3]["edgecolor"] != drawn[0][3]["color"]
+    assert (tmp_path / "bars.png").stat().st_size > 0
