@@ -1179,3 +1179,30 @@ def test_the_bar_figure_draws_no_bar_where_a_row_has_no_score_and_every_control_
     assert drawn[1][3]["edgecolor"] == drawn[0][3]["color"]  # a control in its row's colour
     assert to_rgba(drawn[2][3]["edgecolor"])[3] == 1.0 and drawn[2][3]["edgecolor"] != drawn[0][3]["color"]
     assert (tmp_path / "bars.png").stat().st_size > 0
+
+
+def test_the_wall_time_counts_every_stage_of_a_row():
+    """The total counted the runs' training and their scoring with instructions only: the tuning, the controls'
+    scoring and the instruction check's scoring were left out (on the README study's records: 2.49 h of 4.27 h)."""
+    from types import SimpleNamespace
+
+    from poolattn.study import tuning
+    from poolattn.study.recipe_report import wall_time_section
+
+    def scored(*seconds):
+        return SimpleNamespace(
+            runs=[SimpleNamespace(task_results=[SimpleNamespace(evaluation_time=s)]) for s in seconds]
+        )
+
+    item = SimpleNamespace(
+        row=SimpleNamespace(key="v5", label="5"),
+        models=[SimpleNamespace(manifest=SimpleNamespace(train_runtime_s=t)) for t in (1000.0, 1200.0)],
+        replicates=scored(100.0, 140.0),
+        without_instructions=scored(20.0, 20.0),
+        controls=scored(90.0),
+    )
+    points = [tuning.TuningPoint(1e-4, 1e-4, [[20, 1.0, 0.5]], train_runtime_s=s) for s in (200.0, 160.0)]
+    text = "\n".join(wall_time_section([item], {"v5": tuning.RowTuning("v5", 42, points, chosen=0)}))
+    assert "| 5 | 360 | 2 | 1100 | 140 | 90 |" in text
+    total = 360 + 2200 + 240 + 40 + 90
+    assert f"Total: {total / 3600:.2f} h of tuning, training and scoring" in text

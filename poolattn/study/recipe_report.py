@@ -146,25 +146,43 @@ def at_grid_edge(entry: RowTuning) -> bool:
     return False
 
 
-def wall_time_section(collected: list[RowResults]) -> list[str]:
+def wall_time_section(collected: list[RowResults], tuned: dict[str, RowTuning] | None = None) -> list[str]:
+    """Each row's wall time by stage: its tuning (every proxy point's training), its runs' training and scoring (STS
+    without instructions too, for a row of the instruction check), its untrained controls' scoring; and the total of
+    every stage (loading and export not counted)."""
     from ..stats import markdown_table
+
+    def scoring(replicates) -> list[float]:
+        runs = replicates.runs if replicates else []
+        return [sum(result.evaluation_time or 0.0 for result in run.task_results) for run in runs]
 
     rows, total = [], 0.0
     for item in collected:
         if not item.models:
             continue
+        entry = (tuned or {}).get(item.row.key)
+        tuning = sum(point.train_runtime_s or 0.0 for point in entry.points) if entry else None
         train = [model.manifest.train_runtime_s or 0.0 for model in item.models]
-        scoring = [
-            sum(result.evaluation_time or 0.0 for result in run.task_results)
-            for run in (item.replicates.runs if item.replicates else [])
-        ]
-        total += sum(train) + sum(scoring)
-        rows.append([item.row.label, len(train), f"{mean(train):.0f}", f"{mean(scoring):.0f}" if scoring else None])
+        scored, plain, controls = (
+            scoring(part) for part in (item.replicates, item.without_instructions, item.controls)
+        )
+        total += (tuning or 0.0) + sum(train) + sum(scored) + sum(plain) + sum(controls)
+        rows.append(
+            [
+                item.row.label,
+                f"{tuning:.0f}" if tuning is not None else None,
+                len(train),
+                f"{mean(train):.0f}",
+                f"{(sum(scored) + sum(plain)) / len(scored):.0f}" if scored else None,
+                f"{sum(controls):.0f}" if controls else None,
+            ]
+        )
+    header = ["design", "tuning s", "seeds trained", "training s (mean per seed)", "scoring s (mean per seed)"]
     return [
         "## Wall time",
         "",
-        markdown_table(["design", "seeds trained", "training s (mean per seed)", "scoring s (mean per seed)"], rows),
+        markdown_table([*header, "controls' scoring s"], rows),
         "",
-        f"Total: {total / 3600:.2f} h of training and scoring (this machine; loading and export not counted).",
+        f"Total: {total / 3600:.2f} h of tuning, training and scoring (this machine; loading and export not counted).",
         "",
     ]

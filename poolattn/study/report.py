@@ -13,6 +13,7 @@ from ..files import write_text
 from .compare import RowResults, collect, compare_rows, on_shared_seeds
 from .plan import CONTROL_SUFFIX, StudyError, StudyPlan, comparisons
 from .recipe_report import recipe_sections, wall_time_section
+from .tuning import read_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def write_report(output) -> StudyReport:
         *_changes(output, tests),
         *_instruction_section(plan, trained_rows),
         *recipe_sections(plan, output, trained_rows, report_folder),
-        *wall_time_section(trained_rows),
+        *wall_time_section(trained_rows, read_tuning(output) if plan.tuning else {}),
         *_figures(plan, scored, categories, report_folder),
     ]
     write_text(report_folder / "study.md", "\n".join(lines))
