@@ -236,3 +236,16 @@ def test_pair_classification_reads_each_models_best_score_chosen_once_on_all_pai
         where_noise_wins += ap_noise > ap_cosine
         assert units.statistic(predictions, sample) == ap_cosine
     assert where_noise_wins > 0  # resamples where choosing again would have taken the noise
+
+
+def test_compares_category_counts_say_tests_per_subset_and_the_tasks_behind_them():
+    """A task scored on two subsets is two tests: the column said "tasks tested" and counted it twice."""
+    from types import SimpleNamespace
+
+    from poolattn.evaluation.comparison import _category_counts_table
+
+    def test(task, difference):
+        return SimpleNamespace(task=task, difference=difference, significant=lambda: False)
+
+    table = _category_counts_table("a", "b", [test("STS17", 0.1), test("STS17", -0.1)], {"STS17": "STS"})
+    assert "tests (tasks): one per subset/split" in table and "| STS | 2 (1) | 1/2 | 0 | 0 |" in table

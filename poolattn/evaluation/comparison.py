@@ -345,7 +345,7 @@ def _category_counts_table(name: str, baseline: str, tests: list, categories: di
         rows.append(
             [
                 category,
-                len(members),
+                f"{len(members)} ({len({test.task for test in members})})",
                 f"{sum(test.difference > 0 for test in members)}/{len(members)}",
                 sum(test.significant() and test.difference > 0 for test in members),
                 sum(test.significant() and test.difference < 0 for test in members),
@@ -353,7 +353,7 @@ def _category_counts_table(name: str, baseline: str, tests: list, categories: di
         )
     header = [
         "category",
-        "tasks tested",
+        "tests (tasks): one per subset/split",
         f"{name} higher",
         f"{name} significantly better",
         f"{baseline} significantly better",
