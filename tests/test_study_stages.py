@@ -66,6 +66,7 @@ def test_controls_of_the_first_seed_only_give_each_row_one_control(tiny_backbone
     assert (output / "runs" / "v2" / "seed-42" / "step0" / "training_manifest.json").is_file()
     assert not (output / "runs" / "v2" / "seed-43" / "step0").exists()
     per_task = read_csv(output / "report" / "per_task.csv")
-    assert sorted((row["row"], row["seed"]) for row in per_task) == [("v2", "42"), ("v2", "43"), ("v2-step0", "42")]
+    # the one control stands for no seed of its own: set against both seeds of its row, not against seed 42 alone
+    assert sorted((row["row"], row["seed"]) for row in per_task) == [("v2", "42"), ("v2", "43"), ("v2-step0", "")]
     tests = read_csv(output / "report" / "study_tests.csv")
-    assert {(row["a"], row["b"]) for row in tests} == {("v2", "v2-step0")}
+    assert {(row["a"], row["b"], row["a seeds"], row["b seeds"]) for row in tests} == {("v2", "v2-step0", "2", "1")}
