@@ -345,6 +345,34 @@ class _WithoutLoadReport(logging.Filter):
         return "LOAD REPORT" not in record.getMessage()
 
 
+def uses_pooling_mask(config: PoolAttnConfig) -> bool:
+    """Whether the design pools over `pooling_mask` (mean pooling, a head reading every token, layer summaries by
+    mean), so that a row with no token left to pool (its prompt masked out of an empty text) has no embedding."""
+    return (
+        config.pooling == "mean"
+        or (config.pooling == "latent" and config.head_input == "all_tokens")
+        or (config.pooling == "multi_layer_latent" and config.layer_summary == "mean")
+    )
+
+
+def check_masks(attention_mask: torch.Tensor, pooling_mask: torch.Tensor, *, uses_pooling_mask: bool) -> None:
+    """Every row has a token to embed and, where the pooling reads `pooling_mask`, a token to pool (else ValueError:
+    the model would embed padding, or pool nothing into a vector that does not depend on the text). Also run by the
+    ONNX route, whose traced graph has no such check."""
+    if not attention_mask.bool().any(dim=1).all():
+        empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
+            "read a padding position). Drop those rows or give each at least one token."
+        )
+    if uses_pooling_mask and not pooling_mask.bool().any(dim=1).all():
+        empty = (~pooling_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
+            "masked out). Give every text at least one token, or enable add_eos."
+        )
+
+
 class PoolAttnEmbeddingModel(PreTrainedModel):
     r"""A decoder backbone (`AutoModel.from_config(config.text_config)`), an attention switch and a pooling head.
 
@@ -396,11 +424,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         self.built_from_backbone = False  # set by from_backbone: `name_or_path` is then the backbone's
         self._attention_checked = config.attention == "causal"
         self._head_checked = False  # `_warn_if_head_frozen` at the first training forward
-        self._uses_pooling_mask = (
-            config.pooling == "mean"
-            or (config.pooling == "latent" and config.head_input == "all_tokens")
-            or (config.pooling == "multi_layer_latent" and config.layer_summary == "mean")
-        )
+        self._uses_pooling_mask = uses_pooling_mask(config)
         self.post_init()
 
     def _init_weights(self, module):
@@ -558,19 +582,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         return self.pooler(layer_summaries)  # multi_layer_latent
 
     def _check_masks(self, attention_mask: torch.Tensor, pooling_mask: torch.Tensor) -> None:
-        """Every row has a token to embed and, where the pooling reads `pooling_mask`, a token to pool."""
-        if not attention_mask.any(dim=1).all():
-            empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(
-                f"Rows {empty} have an all-zero attention_mask: no token to embed (EOS pooling would "
-                "read a padding position). Drop those rows or give each at least one token."
-            )
-        if self._uses_pooling_mask and not pooling_mask.any(dim=1).all():
-            empty = (~pooling_mask.any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(
-                f"Rows {empty} have no token to pool (pooling_mask is all zero, e.g. an empty text with its prompt "
-                "masked out). Give every text at least one token, or enable add_eos."
-            )
+        check_masks(attention_mask, pooling_mask, uses_pooling_mask=self._uses_pooling_mask)
 
     # -- construction and I/O ---------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from .configuration_poolattn import PoolAttnConfig
-from .modeling_poolattn import PoolAttnEmbeddingOutput, encode_texts
+from .modeling_poolattn import PoolAttnEmbeddingOutput, check_masks, encode_texts, uses_pooling_mask
 
 ONNX_FOLDER = "onnx"
 ONNX_FILE = "onnx/model.onnx"
@@ -116,9 +116,7 @@ class PoolAttnOnnxModel(nn.Module):
         input_ids = torch.as_tensor(input_ids)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
         pooling_mask = attention_mask if pooling_mask is None else torch.as_tensor(pooling_mask) * attention_mask
-        if not attention_mask.bool().any(dim=1).all():
-            empty = (~attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(f"Rows {empty} have an all-zero attention_mask: no token to embed.")
+        check_masks(attention_mask, pooling_mask, uses_pooling_mask=uses_pooling_mask(self.config))  # as PyTorch
         feed = {
             name: tensor.detach().to("cpu", torch.long).numpy()
             for name, tensor in zip(INPUT_NAMES, (input_ids, attention_mask, pooling_mask))

@@ -225,6 +225,12 @@ def test_forward_takes_the_pytorch_inputs(exported):
     torch.testing.assert_close(runtime(input_ids, attention_mask).embeddings, expected, rtol=0, atol=TOLERANCE)
     with pytest.raises(ValueError, match="all-zero attention_mask"):
         runtime(input_ids, torch.zeros_like(attention_mask))
+    # a row with nothing to pool (an empty text, its prompt masked out): PyTorch refuses it; the traced graph has no
+    # check, and gave a vector that did not depend on the text
+    pooling_mask = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 0]])
+    for route in (model, runtime):
+        with pytest.raises(ValueError, match=r"Rows \[0\] have no token to pool"):
+            route(input_ids=input_ids, attention_mask=attention_mask, pooling_mask=pooling_mask)
     assert Path(folder, ONNX_FILE).is_file()
 
 
