@@ -82,9 +82,6 @@ def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> tuple[int,
                 source = run_folder(study, row, seed) / name
                 if not (source / MANIFEST_FILE).is_file():
                     continue
-                if problems := export_problems(plan, row, source, destination):
-                    left_out.append(f"{source.relative_to(study).as_posix()} ({'; '.join(problems)})")
-                    continue
                 target = run_folder(destination, row, seed) / name
                 target.mkdir(parents=True)
                 for kept in KEPT_FILES:
@@ -96,6 +93,11 @@ def _copy_exports(plan: StudyPlan, study: Path, destination: Path) -> tuple[int,
                     "left_out": sorted(path.name for path in source.iterdir() if path.name not in KEPT_FILES),
                 }
                 (target / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+                # checked on the copy, whose record holds the fingerprint: the weights are hashed once
+                if problems := export_problems(plan, row, target, destination):
+                    left_out.append(f"{source.relative_to(study).as_posix()} ({'; '.join(problems)})")
+                    shutil.rmtree(target)
+                    continue
                 copied += 1
     return copied, left_out
 
