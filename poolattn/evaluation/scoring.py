@@ -43,7 +43,7 @@ class EvaluationRun:
     """What `evaluate_models` did: every model's results folder and scores, tasks without a local copy, failures."""
 
     folders: dict[str, Path] = field(default_factory=dict)  # model as given -> its results folder
-    # model as given -> task -> main score (two seeds of one name are two models: keyed by the name they overwrote)
+    # model as given -> task -> main score (not by mteb name: two seeds of one name are two models)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     missing_tasks: list[str] = field(default_factory=list)
     passed_over: dict[str, str] = field(default_factory=dict)  # local folder or task -> why it was not selected
