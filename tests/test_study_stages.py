@@ -2,9 +2,10 @@
 (`--controls first`)."""
 
 import json
+from pathlib import Path
 
 import pytest
-from test_study import read_csv, study_arguments
+from test_study import SHARED, read_csv, study_arguments
 
 from poolattn import cli, study
 from poolattn.study import runner as study_runner
@@ -70,3 +71,65 @@ def test_controls_of_the_first_seed_only_give_each_row_one_control(tiny_backbone
     assert sorted((row["row"], row["seed"]) for row in per_task) == [("v2", "42"), ("v2", "43"), ("v2-step0", "")]
     tests = read_csv(output / "report" / "study_tests.csv")
     assert {(row["a"], row["b"], row["a seeds"], row["b seeds"]) for row in tests} == {("v2", "v2-step0", "2", "1")}
+
+
+def test_full_sts_scores_the_best_row_and_its_control_on_every_pair_as_scoring_it_alone_would(
+    tiny_backbone_folder, triplets_file, tmp_path, capsys
+):
+    """`--full-sts`: once every run is scored, the row with the best STS mean on the budget sample, each seed and its
+    control, is scored on the study's STS tasks without the budget; those scores equal `evaluate.py run --budget 0`
+    of the same model (another path), no other row and no other task is scored so, the report sets the row beside
+    its control, and a copy of the records leaves out a model whose full scoring had begun but not finished."""
+    from poolattn.evaluation.requests import evaluation_revision
+    from poolattn.evaluation.results import read_results, results_folder
+    from poolattn.evaluation.scoring import evaluate_models
+    from poolattn.study import full_sts
+
+    argv = study_arguments(tiny_backbone_folder, triplets_file, tmp_path)
+    argv[argv.index("1,2,mean-causal")] = "1,2"
+    data = Path(argv[argv.index("--data-dir") + 1])
+    (data / "SICK-R").mkdir()  # a second STS task: a full scoring can be begun and not finished
+    lines = (SHARED / "SICK-R" / "test.jsonl").read_text().splitlines()[:24]
+    (data / "SICK-R" / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match="scores every task in full already"):
+        cli.run_study_command(["--full-sts", *argv])
+    argv[argv.index("--budget") + 1] = "8"
+    with pytest.raises(SystemExit, match="its selection has none"):
+        cli.run_study_command(["--full-sts", "--tasks", "EmotionClassification", *argv])
+    sts = ["BIOSSES", "SICK-R"]
+    argv = ["--full-sts", "--controls", "first", "--tasks", ",".join([*sts, "EmotionClassification"]), *argv]
+    assert cli.run_study_command(argv) == 0
+    output = tmp_path / "study"
+    plan = study.StudyPlan.read(output)
+    trained = {item.row.key: item for item in study.collect(plan, output)}
+    sample_means = {key: sum(item.replicates.scores[task] for task in sts) / 2 for key, item in trained.items()}
+    best = max(sample_means, key=sample_means.get)
+    assert full_sts.best_row(list(trained.values()), sts).row.key == best
+
+    full = {item.row.key: item for item in study.collect(full_sts.full_plan(plan), output)}
+    assert [key for key, item in full.items() if item.replicates is not None] == [best]
+    scored = full[best]
+    assert scored.replicates.tasks == sts and scored.replicates.budget is None and len(scored.replicates.runs) == 2
+    assert scored.controls is not None and scored.controls.tasks == sts
+    alone = evaluate_models(
+        [str(scored.models[0].folder)], output=tmp_path / "alone", tasks=sts, data_dir=str(data), budget=None
+    )
+    assert not alone.failures
+    model = scored.models[0]
+    revision = evaluation_revision(model.fingerprint, budget=None, instructions=True)
+    by_itself = read_results(results_folder(tmp_path / "alone", model.mteb_name, revision)).scores
+    assert by_itself == pytest.approx(scored.replicates.runs[0].scores, abs=1e-6)
+    sample = trained[best].replicates.runs[0].scores  # the study's own scores: 8 pairs of each task
+    assert [by_itself[task] for task in sts] != pytest.approx([sample[task] for task in sts], abs=1e-9)
+
+    report = (output / "report" / "study.md").read_text()
+    section = report[report.index("## The best row on the full STS tasks") :]
+    assert f"| {scored.row.label} | 2 |" in section and f"| {scored.row.label} · step 0 | 1 |" in section
+    assert f"Trained minus untrained, {best}, paired bootstrap" in section
+
+    # records: a model whose full scoring had begun and not finished is left out of the copy, by name
+    (results_folder(output / "results", model.mteb_name, revision) / "SICK-R.json").unlink()
+    assert cli.run_study_command(["--copy-records", str(output), str(tmp_path / "copy")]) == 0
+    printed = capsys.readouterr().out
+    assert f"runs/{best}/seed-42/model (full STS tasks: lacks SICK-R)" in printed
+    assert (tmp_path / "copy" / "runs" / best / "seed-43" / "model").is_dir()

@@ -154,6 +154,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "(x3 or /3), up to N times per axis (default 5)",
     )
     _add_plateau_arguments(recipe)
+    recipe.add_argument(
+        "--full-sts",
+        action="store_true",
+        help="once every run is scored, score the row with the best STS mean on the budget sample (each seed) and "
+        "its untrained control on the study's STS tasks in full (no budget): the report's headline number",
+    )
 
 
 def _add_plateau_arguments(recipe) -> None:
@@ -218,6 +224,7 @@ def _plan(args, train_argv: list[str], *, ablate: bool):
         batch_size=args.batch_size,
         controls=args.controls is not None,
         control_seeds=args.controls or "all",
+        full_sts=args.full_sts,
         tuning=TuningGrid(
             learning_rates=_rates("--tune-learning-rates", args.tune_learning_rates),
             head_learning_rates=_rates("--tune-head-learning-rates", args.tune_head_learning_rates),

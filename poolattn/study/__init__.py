@@ -17,7 +17,8 @@ Order and resuming: seed by seed (every row's first seed, then every row's secon
 is trained, so an interrupted study has a complete one-seed table first. Run the same command again to resume: a
 finished run is not retrained (an interrupted one continues from its last complete checkpoint) and finished tasks are
 not re-scored. `study.json` in `--output` records the plan; `--report` rewrites the report from it. `--tune-only`
-stops after every row's tuning; `--copy-records STUDY_DIR DEST` copies the study without weights or checkpoints
+stops after every row's tuning; `--full-sts` scores the best row and its control on the STS tasks without the
+budget at the end; `--copy-records STUDY_DIR DEST` copies the study without weights or checkpoints
 (`records`), and the study resumes from the copy on another machine keeping every scored run.
 
 Layout of `--output`: `study.json`, `runs/<row>/seed-<S>/` (train.py's output; `model/` the export), `results/`
@@ -30,9 +31,10 @@ the paper's own Wilcoxon signed-rank over datasets, which cannot reach p < 0.05 
 
 Modules: `plan` (what a study trains and scores: `StudyPlan`, `study.json`), `runner` (run it: tuning, controls,
 training, scoring, progress, resume), `compare` (rows as seed replicates, the category tests), `report` /
-`recipe_report` (the report, its CSVs and figures), `tuning` (rates chosen on held-out training rows, the plateau
-settings), `records` (the study copied without its weights), `ablation` (the arms: PoolAttnConfig overrides of a base
-variant), `card` (a study's section on a model's card)."""
+`recipe_report` (the report, its CSVs and figures), `tuning` (rates chosen on held-out training rows) and `plateau`
+(the plateau settings), `records` (the study copied without its weights), `full_sts` (the best row on the full STS
+tasks), `ablation` (the arms: PoolAttnConfig overrides of a base variant), `card` (a study's section on a model's
+card)."""
 
 from ..lazy import lazy_exports
 

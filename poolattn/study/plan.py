@@ -106,6 +106,7 @@ class StudyPlan:
     controls: bool = False  # every row also scored untrained (step 0)
     control_seeds: str = "all"  # the seeds each row's control is scored for: "all", or "first" (one per row)
     ablation_base: str = "v5"  # the row every ablation arm is compared with: the arms' base variant
+    full_sts: bool = False  # the best row and its control scored on the full STS tasks at the end (`full_sts`)
 
     def has_control(self, seed: int) -> bool:
         """Whether the runs of `seed` are scored untrained too (`controls`, `control_seeds`)."""
@@ -200,6 +201,7 @@ def plan_study(
     plateau: PlateauSettings | None = None,
     controls: bool = False,
     control_seeds: str = "all",
+    full_sts: bool = False,
 ) -> StudyPlan:
     """The study's rows and settings, checked before anything runs (raises `StudyError` or `ValueError`)."""
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
@@ -236,6 +238,7 @@ def plan_study(
         controls=controls,
         control_seeds=control_seeds,
         ablation_base=variant_tag(ablation_base),
+        full_sts=full_sts,
     )
 
 

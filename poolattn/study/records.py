@@ -28,6 +28,7 @@ from ..evaluation.results import PREDICTIONS_FOLDER, read_results
 from ..files import LOCK_FILE, atomic_save, folder_lock
 from ..manifest import MANIFEST_FILE
 from ..model_folder import WEIGHTS_RECORD, layer_weight_size, model_fingerprint, weights_record
+from .full_sts import full_plan
 from .plan import StudyError, StudyPlan, run_folder
 
 TOP_DOCUMENTS = 20  # per query, of a retrieval task whose main score is nDCG@10 (which reads the first 10)
@@ -160,11 +161,17 @@ def check_recorded_scores(plan: StudyPlan, folder: Path, output, *, selection: d
 def export_problems(plan: StudyPlan, row, folder: Path, output) -> list[str]:
     """`score_problems` of every scoring an exported model of `row` gets (`StudyPlan.scorings`; `step0`: a control)."""
     scorings = plan.scorings(row, control=folder.name == "step0")
-    return [
+    problems = [
         problem
         for selection, instructions in scorings
         for problem in score_problems(plan, folder, output, selection=selection, instructions=instructions)
     ]
+    if plan.full_sts:  # the best row on the full STS tasks (`full_sts`): once its scoring began, all of it must stand
+        full = full_plan(plan)
+        found = score_problems(full, folder, output, selection=full.selection(), instructions=True)
+        if found != [f"lacks {task}" for task in full.tasks]:
+            problems += [f"full STS tasks: {problem}" for problem in found]
+    return problems
 
 
 def score_problems(plan: StudyPlan, folder: Path, output, *, selection: dict, instructions: bool) -> list[str]:

@@ -11,6 +11,7 @@ from ..evaluation.pairing import seeds_paired, task_parts
 from ..evaluation.results import category_rank, mean
 from ..files import write_text
 from .compare import RowResults, collect, compare_rows, on_shared_seeds
+from .full_sts import full_sts_section
 from .plan import CONTROL_SUFFIX, StudyError, StudyPlan, comparisons
 from .recipe_report import recipe_sections, wall_time_section
 from .tuning import read_tuning
@@ -120,6 +121,7 @@ def write_report(output) -> StudyReport:
         *_comparison_section(tests, categories),
         *_changes(output, tests),
         *_instruction_section(plan, trained_rows),
+        *full_sts_section(plan, output),
         *recipe_sections(plan, output, trained_rows, report_folder),
         *wall_time_section(trained_rows, read_tuning(output) if plan.tuning else {}),
         *_figures(plan, scored, categories, report_folder),

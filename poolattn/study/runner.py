@@ -15,6 +15,7 @@ from ..manifest import MANIFEST_FILE
 from ..model_folder import weights_record
 from ..training.job import TrainingJob
 from .changes import keep_earlier_tests, read_earlier_tests
+from .full_sts import best_row_folders, check_full_sts, full_plan
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
 from .records import check_recorded_scores
 from .report import write_report
@@ -72,6 +73,7 @@ def run_study(plan: StudyPlan, output, *, earlier_tests=None, tune_only: bool = 
         )
     check_rows_build(plan)
     check_scoring(plan)
+    check_full_sts(plan)
     if plan.tuning:
         check_tuning_record(plan, output)
     output.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,8 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
             if plan.has_control(seed):
                 failures += score_models(plan, [folder / "step0"], output).failures
             failures += score_run(plan, row, folder, output)
+    if plan.full_sts:  # every run scored: the best row and its control on the full STS tasks
+        failures += score_models(full_plan(plan), best_row_folders(plan, output), output).failures
     logger.info("study: %s", progress.summary())
     report = write_report(output)
     return StudyRun(report.path, failures, report.left_out)
