@@ -687,12 +687,12 @@ def test_the_report_says_what_its_intervals_hold_of_the_seed_noise():
 def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
     """Two rows x two seeds with controls (8 steps): the ETA waits until a training step has run (it said "0 min"
     after a 2-s control), then counts the scoring between steps (50 s after the control) with the next step."""
-    from poolattn.study import runner
+    from poolattn.study import progress as study_progress
 
     plan = study.plan_study(designs="1,5", seeds=2, controls=True)
     clock = [0.0]
-    monkeypatch.setattr(runner.time, "time", lambda: clock[0])
-    progress = runner.StudyProgress(plan)
+    monkeypatch.setattr(study_progress.time, "time", lambda: clock[0])
+    progress = study_progress.StudyProgress(plan)
 
     def work(seconds):
         def run():
@@ -709,6 +709,13 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
     # left: 3 controls at 60 s and 3 training runs at 600 s (the control's scoring counted with the next step)
     assert progress.eta() == f", ETA {(3 * 10 + 3 * 650) / 60:.0f} min"
     assert "step 2 of 8: training" in caplog.text and "ran now in 600 s" in caplog.text
+    # a step resumed from a checkpoint cost only its rest: it is not a step's cost
+    progress.step("training", plan.rows[1], 42, work(5), state="resumed")
+    assert progress.eta() == f", ETA {(3 * 10 + 2 * 650) / 60:.0f} min"
+
+    # a study resumed: the ETA from its first step on, from the wall times its records give
+    resumed = study_progress.StudyProgress(plan, recorded={"control": [20.0, 40.0], "training": [900.0]})
+    assert resumed.eta() == f", ETA {(4 * 30 + 4 * 900) / 60:.0f} min"
 
 
 def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path, capsys):

@@ -8,6 +8,9 @@ import pytest
 from test_study import SHARED, read_csv, study_arguments
 
 from poolattn import cli, study
+from poolattn.evaluation.requests import evaluation_revision
+from poolattn.evaluation.results import results_folder
+from poolattn.study import progress as study_progress
 from poolattn.study import runner as study_runner
 
 pytest.importorskip("mteb")
@@ -64,6 +67,19 @@ def test_controls_of_the_first_seed_only_give_each_row_one_control(tiny_backbone
     plan = study.StudyPlan.read(output)
     assert (plan.controls, plan.control_seeds, plan.seeds) == (True, "first", [42, 43])
     assert study_runner.StudyProgress(plan).total == 1 + 2  # one control, two runs
+    # what the records say each step cost (the ETA of a resumed study): a run's training and its scoring, read here
+    # from the manifests and mteb's result files
+    costs = study_progress.recorded_costs(plan, output)
+    by_key = {item.row.key: item for item in study.collect(plan, output)}
+
+    def scoring_time(model) -> float:
+        revision = evaluation_revision(model.fingerprint, budget=plan.budget, instructions=True)
+        result = results_folder(output / "results", model.mteb_name, revision) / "BIOSSES.json"
+        return json.loads(result.read_text())["evaluation_time"]
+
+    expected = [model.manifest.train_runtime_s + scoring_time(model) for model in by_key["v2"].models]
+    assert costs["training"] == pytest.approx(expected) and len(expected) == 2
+    assert costs["control"] == pytest.approx([scoring_time(by_key["v2"].control_models[0])])
     assert (output / "runs" / "v2" / "seed-42" / "step0" / "training_manifest.json").is_file()
     assert not (output / "runs" / "v2" / "seed-43" / "step0").exists()
     per_task = read_csv(output / "report" / "per_task.csv")
@@ -80,8 +96,7 @@ def test_full_sts_scores_the_best_row_and_its_control_on_every_pair_as_scoring_i
     control, is scored on the study's STS tasks without the budget; those scores equal `evaluate.py run --budget 0`
     of the same model (another path), no other row and no other task is scored so, the report sets the row beside
     its control, and a copy of the records leaves out a model whose full scoring had begun but not finished."""
-    from poolattn.evaluation.requests import evaluation_revision
-    from poolattn.evaluation.results import read_results, results_folder
+    from poolattn.evaluation.results import read_results
     from poolattn.evaluation.scoring import evaluate_models
     from poolattn.study import full_sts
 

@@ -4,7 +4,6 @@ The user's guide is the package's docstring (`python study.py --help`)."""
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ..training.job import TrainingJob
 from .changes import keep_earlier_tests, read_earlier_tests
 from .full_sts import best_row_folders, check_full_sts, full_plan
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
+from .progress import StudyProgress, recorded_costs
 from .records import check_recorded_scores
 from .report import write_report
 from .tuning import (
@@ -159,7 +159,7 @@ def check_tuning_record(plan: StudyPlan, output: Path) -> None:
 def _tune_locked(plan: StudyPlan, output: Path) -> StudyRun:
     """The tuning stage alone: every row tuned in the order its runs would come (`run_order`), nothing else."""
     _write_plan(plan, output)
-    progress = StudyProgress(plan, stages=("tuning",))
+    progress = StudyProgress(plan, stages=("tuning",), recorded=recorded_costs(plan, output))
     for row, seed in run_order(plan):
         if seed == plan.seeds[0]:
             tune_step(plan, row, output, progress)
@@ -178,7 +178,8 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     """Every step in `run_order`; under torchrun (`distributed`) the runs alone, their tuning and controls done
     already (`one_process_work_left`), and process 0 scores every model at the end."""
     _write_plan(plan, output)
-    progress = StudyProgress(plan, stages=("training",) if distributed else ("tuning", "control", "training"))
+    stages = ("training",) if distributed else ("tuning", "control", "training")
+    progress = StudyProgress(plan, stages, recorded=recorded_costs(plan, output))
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     for row, seed in run_order(plan):
@@ -225,7 +226,7 @@ def run_order(plan: StudyPlan) -> list[tuple[StudyRow, int]]:
     return [(row, seed) for group in (designs, arms) for seed in plan.seeds for row in group]
 
 
-def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: "StudyProgress") -> None:
+def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: StudyProgress) -> None:
     """The row's tuning as a step of the study ("done already" when every point of its grid has a record)."""
     before = read_tuning(output).get(row.key)
     tried = len(before.points) if before else 0
@@ -236,69 +237,6 @@ def tune_step(plan: StudyPlan, row: StudyRow, output: Path, progress: "StudyProg
         lambda: tune(plan, row, output),
         state=lambda tuned: "done already" if len(tuned.points) == tried else "resumed" if tried else "ran now",
     )
-
-
-class StudyProgress:
-    """ "step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
-    honest summary: what ran now, what continued from a checkpoint, what was done already.
-
-    A step's cost is the wall time since the step before it ended, so the scoring that follows a run (outside the
-    steps) is counted too; the ETA is each stage's mean cost over the steps that did work, times the steps of that
-    stage left, and waits for a stage's first such step rather than guess it."""
-
-    def __init__(self, plan: StudyPlan, stages=("tuning", "control", "training")):
-        runs = len(plan.rows) * len(plan.seeds)
-        controls = len(plan.rows) * sum(plan.has_control(seed) for seed in plan.seeds)
-        self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
-        self.left["training"] = runs
-        self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
-        self.total = sum(self.left.values())
-        self.done, self.started, self.last_end = 0, time.time(), time.time()
-        self.costs: dict[str, list[float]] = {stage: [] for stage in self.left}
-        self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
-
-    def step(self, stage: str, row: StudyRow, seed: int, work, *, state):
-        """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now" (or a
-        function of `work`'s result that says so, where only the result tells, as for tuning)."""
-        self.done += 1
-        begun = time.time()
-        result = work()
-        now = time.time()
-        state = state(result) if callable(state) else state
-        self.counts[state] += 1
-        self.left[stage] -= 1
-        if state != "done already":
-            self.costs[stage].append(now - self.last_end)
-        self.last_end = now
-        logger.info(
-            "study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s",
-            self.done,
-            self.total,
-            stage,
-            row.label,
-            seed,
-            state,
-            now - begun,
-            now - self.started,
-            self.eta(),
-        )
-        return result
-
-    def eta(self) -> str:
-        left = {stage: count for stage, count in self.left.items() if count > 0}
-        if not left:
-            return ""
-        if unmeasured := [stage for stage in left if not self.costs[stage]]:
-            return f", ETA once a {unmeasured[0]} step has run"
-        seconds = sum(count * sum(self.costs[stage]) / len(self.costs[stage]) for stage, count in left.items())
-        return f", ETA {seconds / 60:.0f} min"
-
-    def summary(self) -> str:
-        return (
-            f"{self.done} steps in {time.time() - self.started:.0f} s: {self.counts['ran now']} ran now, "
-            f"{self.counts['resumed']} resumed from a checkpoint, {self.counts['done already']} done already "
-            "(scoring: finished tasks are not scored again)"
-        )
 
 
 def step_state(folder: Path) -> str:

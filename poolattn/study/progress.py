@@ -1,0 +1,115 @@
+"""A study's progress: "step k of N" with the elapsed time and an ETA over its stages, from the first step of a
+resumed study on (the wall times its records give), and what ran now, what resumed, what was done already."""
+
+import logging
+import time
+from pathlib import Path
+
+from .compare import collect
+from .plan import StudyPlan, StudyRow
+from .tuning import read_tuning
+
+logger = logging.getLogger("poolattn.study.runner")  # the study's log, as before the progress had a module
+
+
+class StudyProgress:
+    """ "step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
+    honest summary: what ran now, what continued from a checkpoint, what was done already.
+
+    A step's cost is the wall time since the step before it ended, so the scoring that follows a run (outside the
+    steps) is counted too; the ETA is each stage's mean cost over the steps that ran whole (a step resumed from a
+    checkpoint cost only its rest), here or, for a study resumed, as its records give them (`recorded`:
+    `recorded_costs`), times the steps of that stage left, and waits for a stage's first such step rather than guess
+    it."""
+
+    def __init__(self, plan: StudyPlan, stages=("tuning", "control", "training"), recorded: dict | None = None):
+        runs = len(plan.rows) * len(plan.seeds)
+        controls = len(plan.rows) * sum(plan.has_control(seed) for seed in plan.seeds)
+        self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
+        self.left["training"] = runs
+        self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
+        self.total = sum(self.left.values())
+        self.done, self.started, self.last_end = 0, time.time(), time.time()
+        self.costs: dict[str, list[float]] = {stage: list((recorded or {}).get(stage, [])) for stage in self.left}
+        self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
+
+    def step(self, stage: str, row: StudyRow, seed: int, work, *, state):
+        """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now" (or a
+        function of `work`'s result that says so, where only the result tells, as for tuning)."""
+        self.done += 1
+        begun = time.time()
+        result = work()
+        now = time.time()
+        state = state(result) if callable(state) else state
+        self.counts[state] += 1
+        self.left[stage] -= 1
+        if state == "ran now":
+            self.costs[stage].append(now - self.last_end)
+        self.last_end = now
+        logger.info(
+            "study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s",
+            self.done,
+            self.total,
+            stage,
+            row.label,
+            seed,
+            state,
+            now - begun,
+            now - self.started,
+            self.eta(),
+        )
+        return result
+
+    def eta(self) -> str:
+        left = {stage: count for stage, count in self.left.items() if count > 0}
+        if not left:
+            return ""
+        if unmeasured := [stage for stage in left if not self.costs[stage]]:
+            return f", ETA once a {unmeasured[0]} step has run"
+        seconds = sum(count * sum(self.costs[stage]) / len(self.costs[stage]) for stage, count in left.items())
+        return f", ETA {seconds / 60:.0f} min"
+
+    def summary(self) -> str:
+        return (
+            f"{self.done} steps in {time.time() - self.started:.0f} s: {self.counts['ran now']} ran now, "
+            f"{self.counts['resumed']} resumed from a checkpoint, {self.counts['done already']} done already "
+            "(scoring: finished tasks are not scored again)"
+        )
+
+
+def recorded_costs(plan: StudyPlan, output) -> dict[str, list[float]]:
+    """The wall time of each step the study's records hold, by stage: a row's tuning (its proxy points' training),
+    a control's scoring, a run's training and scoring (the STS without instructions too, for a row of the instruction
+    check), as the report's wall-time section counts them (loading and export not counted: a little low)."""
+    try:
+        return _recorded_costs(plan, Path(output))
+    except (ValueError, OSError) as error:  # a damaged record: the study scores or trains it again; no ETA from it
+        logger.warning("study: no ETA from the records (%s); one comes once a step of each stage has run", error)
+        return {}
+
+
+def _recorded_costs(plan: StudyPlan, output: Path) -> dict[str, list[float]]:
+    costs: dict[str, list[float]] = {"tuning": [], "control": [], "training": []}
+    if plan.tuning:
+        costs["tuning"] = [
+            sum(point.train_runtime_s or 0.0 for point in row.points)
+            for row in read_tuning(output).values()
+            if row.choice is not None
+        ]
+
+    def scoring(replicates) -> dict[int | None, float]:  # seed -> the wall time of its scoring
+        runs = replicates.runs if replicates else []
+        return {
+            run.origin.seed if run.origin else None: sum(result.evaluation_time or 0.0 for result in run.task_results)
+            for run in runs
+        }
+
+    for item in collect(plan, output):
+        costs["control"] += list(scoring(item.controls).values())
+        scored, plain = scoring(item.replicates), scoring(item.without_instructions)
+        costs["training"] += [
+            (model.manifest.train_runtime_s or 0.0) + scored[model.manifest.seed] + plain.get(model.manifest.seed, 0.0)
+            for model in item.models
+            if model.manifest.seed in scored
+        ]
+    return costs
