@@ -54,6 +54,12 @@ def mine_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument(
+        "--skip_invalid_rows",
+        action="store_true",
+        help="skip (and count) rows that fail validation instead of stopping; they are left out of the output",
+    )
+    parser.add_argument("--data_split", default=defaults.data_split, help="split of a Hub dataset (default: train)")
+    parser.add_argument(
         "--trust_remote_code",
         action="store_true",
         help="let the model folder run its own code (a sentence-transformers model's, or a "
@@ -90,6 +96,8 @@ def mine(argv: list[str] | None = None) -> int:
         query_instruction=args.query_instruction,
         source_instructions=_json_object("--source_instructions", args.source_instructions),
         batch_size=args.batch_size,
+        skip_invalid_rows=args.skip_invalid_rows,
+        data_split=args.data_split,
     )
     try:
         run = mining.mine_hard_negatives(
@@ -107,5 +115,7 @@ def mine(argv: list[str] | None = None) -> int:
             f"{source.queries_short} queries short of {settings.num_negatives}, {source.skipped_by_margin} "
             f"candidates inside the margin skipped -> {Path(args.output) / source.output}"
         )
+    if run.skipped_rows:
+        print(f"{run.skipped_rows} invalid row(s) skipped (--skip_invalid_rows): left out of the output")
     print(f"mined in {run.seconds:.0f} s; provenance: {Path(args.output) / mining.PROVENANCE_FILE}")
     return 0

@@ -221,6 +221,12 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        for flag, value in (("--train_data", self.train_data), ("--eval_data", self.eval_data)):
+            if value is not None and not str(value).strip():
+                raise ValueError(
+                    f"{flag} {value!r}: empty (an unset shell variable?); give a file, a folder of files or a Hugging "
+                    "Face Hub dataset id."
+                )
         self.instructions_per_source = _json_object(
             "--source_instructions",
             self.source_instructions,

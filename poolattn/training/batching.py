@@ -16,21 +16,21 @@ import logging
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
 
 from .data import Triplets, TripletSource, check_columns, misnamed_column, raw_negatives, validate_row
+from .file_readers import count_rows, iter_file_rows
 from .sources import (
     TripletDataError,
     count_hub_rows,
-    count_rows,
     data_files,
     hub_label,
     hub_source_name,
     hub_subsets,
     is_local_files,
-    iter_file_rows,
     iter_hub_rows,
     source_names,
 )
@@ -170,7 +170,7 @@ class StreamedSource:
     def raw_rows(self) -> Iterator[tuple[int, dict]]:
         """(1-based row number, raw row), read lazily."""
         if self.subset is None:
-            return iter_file_rows(Path(self.file), streaming=True)
+            return iter_file_rows(Path(self.file))
         return iter_hub_rows(self.file, self.subset, self.split, streaming=True)
 
 
@@ -191,6 +191,7 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
     ):
         self.sources, self.batch_size, self.seed, self.epoch = sources, batch_size, seed, 0
         self.buffer_size, self.negatives_per_query, self.skip_invalid = buffer_size, negatives_per_query, skip_invalid
+        self.warned: set[int] = set()  # sources whose later rows carry negatives their first rows did not
 
     @classmethod
     def of_files(
@@ -265,8 +266,11 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
                 row = validate_row(raw, source.negatives_per_query)
                 if len(row["negatives"]) < source.negatives_per_query:
                     raise TripletDataError(
-                        f"field 'negative' has {len(row['negatives'])} of the "
-                        f"{source.negatives_per_query} hard negatives this source's rows have"
+                        f"field 'negative' has {len(row['negatives'])} hard negative(s), and a streamed source's "
+                        f"rows all have as many as its first {PEEK_ROWS} rows do ({source.negatives_per_query}); "
+                        "put the rows of each count in a file of their own, train without --streaming (rows are "
+                        "grouped by count there), or give --negatives_per_query "
+                        f"{len(row['negatives'])}"
                     )
             except TripletDataError as error:
                 if self.skip_invalid:
@@ -274,7 +278,21 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
                 raise TripletDataError(
                     f"{source.label}, row {number}: {error} (pass --skip_invalid_rows to skip such rows)"
                 ) from None
+            self._warn_of_negatives_left(index, number, raw)
             yield {**row, "source": index}
+
+    def _warn_of_negatives_left(self, index: int, number: int, raw: dict) -> None:
+        """Once per source: a row with more hard negatives than the source trains with (as many as its first rows
+        had), which the in-memory route would have used."""
+        source, carried = self.sources[index], len(raw_negatives(raw))
+        if index in self.warned or source.negatives_per_query >= min(carried, self.negatives_per_query):
+            return
+        self.warned.add(index)
+        logger.warning(
+            "%s, row %d: %d hard negative(s), but the source's first %d rows had %d, so this streamed source trains "
+            "with %d per query; put the rows with more in a file of their own to use them",
+            *(source.label, number, carried, PEEK_ROWS, source.negatives_per_query, source.negatives_per_query),
+        )
 
     def __iter__(self):
         return self.pass_rows(self.epoch)
@@ -325,15 +343,14 @@ class Passes(torch.utils.data.IterableDataset):
 
 
 def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> list[StreamedSource]:
-    """Each source's hard negatives per query: `negatives_per_query` where its first rows carry any, else 0; their
-    columns checked (`data.check_columns`)."""
+    """Each source's hard negatives per query: as many as its first rows carry, at most `negatives_per_query` (every
+    row of a streamed source must have that many: `SourceBatchStream.rows_of`); their columns checked
+    (`data.check_columns`)."""
     for source in sources:
         numbered = [item for _, item in zip(range(PEEK_ROWS), source.raw_rows())]
         check_columns(source.label, numbered)
-        peeked = [raw for _, raw in numbered]
-        source.negatives_per_query = (
-            negatives_per_query if negatives_per_query > 0 and any(raw_negatives(raw) for raw in peeked) else 0
-        )
+        carried = max((len(raw_negatives(raw)) for _, raw in numbered if isinstance(raw, dict)), default=0)
+        source.negatives_per_query = min(negatives_per_query, carried)
     return sources
 
 
@@ -360,7 +377,13 @@ def stream_triplets(
     else:
         files = [source]
         stream = SourceBatchStream.of_hub(source, split, batch_size, **common)
-    first = [row for _, row in zip(range(64), stream.rows_of(0))]
+    # the first valid rows (the export's check texts, the collator's probe): of the first source that has any
+    first = []
+    for index in range(len(stream.sources)):
+        if first := list(islice(stream.rows_of(index), 64)):
+            break
+    if not first:
+        raise TripletDataError(f"{source}: no source has a valid row (--skip_invalid_rows skipped them all).")
     sources = [
         TripletSource(
             item.name,

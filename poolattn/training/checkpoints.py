@@ -56,7 +56,7 @@ def training_manifest(
             hard_negatives=triplets.has_negatives,
             query_instruction=data_args.query_instruction,
             query_prompt_format=QUERY_PROMPT_FORMAT,
-            fingerprint=fingerprint_files(data_args.train_data),
+            fingerprint=triplets.fingerprint or fingerprint_files(data_args.train_data),
             sources=[asdict(source) for source in triplets.sources],
             batch_sampling=batch_sampling(data_args, triplets),
             negatives_per_query=triplets.negatives_per_query,
@@ -94,17 +94,22 @@ def run_settings(arguments: dict, base) -> TrainingSettings:
 
 
 def resume_recipe(
-    variant, model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments
+    variant,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingRunArguments,
+    data_fingerprint: str | None = None,
 ) -> dict:
     """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
-    and the data's fingerprint (the files' content, `data.fingerprint_files`)."""
+    and the data's fingerprint (`Triplets.fingerprint`, taken when the rows were read; else the files' content now,
+    `sources.fingerprint_files`)."""
     arguments = run_arguments(model_args, data_args, training_args)
     return {
         **recipe_arguments(arguments),
         "variant": variant,
         "seed": training_args.seed,
         "data_seed": training_args.data_seed,
-        "data_fingerprint": fingerprint_files(data_args.train_data),
+        "data_fingerprint": data_fingerprint or fingerprint_files(data_args.train_data),
         "eval_fraction": data_args.eval_fraction,  # the rows held out are not trained on
     }
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from .file_readers import read_rows
 from .sources import (
     TripletDataError,
-    _read_rows,
     data_files,
     hub_label,
     hub_source_name,
@@ -72,6 +72,7 @@ class Triplets:
     skipped: int = 0
     sources: list[TripletSource] = field(default_factory=list)
     stream: "torch.utils.data.IterableDataset | None" = None  # `--streaming`: rows read lazily; `rows` a first few
+    fingerprint: str | None = None  # of the files as they were read (`sources.fingerprint_files`): the run's data
 
     @property
     def examples(self) -> int:
@@ -147,7 +148,7 @@ def _raw_rows(source: str, split: str) -> tuple[list, dict[str, str], list[tuple
     """(the files read, file or Hub subset -> its source name, (file, row number, row) of every row)."""
     if is_local_files(source):
         files = data_files(source)
-        return files, source_names(source, files), _read_rows(files)
+        return files, source_names(source, files), read_rows(files)
     names, raw_rows = {}, []
     for subset in hub_subsets(source, split):
         label = hub_label(source, subset, split)

@@ -59,6 +59,8 @@ class MiningSettings:
     query_instruction: str | None = None  # the query prompt of a poolattn model (Instruct: ...\nQuery: )
     source_instructions: dict[str, str] | None = None  # per source (name or file stem), as train.py's flag
     batch_size: int = 64
+    skip_invalid_rows: bool = False  # rows that fail validation skipped (and counted), not mined or written
+    data_split: str = "train"  # of a Hub dataset or local dataset repository
 
     def check(self) -> None:
         if self.num_negatives < 1:
@@ -97,6 +99,7 @@ class MiningRun:
     settings: MiningSettings
     sources: list[SourceMined] = field(default_factory=list)
     seconds: float = 0.0
+    skipped_rows: int = 0  # invalid rows skipped (`MiningSettings.skip_invalid_rows`): not in the output
 
 
 class TextEncoder:
@@ -254,13 +257,21 @@ def mine_hard_negatives(
     )
     from .data import load_triplets, set_source_instructions
 
+    if not str(train_data).strip():
+        raise MiningError(f"--train_data {train_data!r}: empty; give a file, a folder of files or a Hub dataset id.")
     settings = settings or MiningSettings()
     settings.check()
     _check_instruction_is_used(settings, model)
     output = Path(output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
-    triplets = load_triplets(train_data, negatives_per_query=10**6, line_numbers=True)  # every given negative
+    triplets = load_triplets(  # every given negative
+        train_data,
+        split=settings.data_split,
+        skip_invalid=settings.skip_invalid_rows,
+        negatives_per_query=10**6,
+        line_numbers=True,
+    )
     set_source_instructions(triplets, settings.source_instructions or {})  # as training's --source_instructions
     started = time.time()
     encoder = TextEncoder(
@@ -270,6 +281,7 @@ def mine_hard_negatives(
         trust_remote_code=trust_remote_code,
     )
     run = MiningRun(model, model_fingerprint(model) if Path(model).exists() else model, train_data, settings)
+    run.skipped_rows = triplets.skipped
 
     def save(folder: Path) -> None:  # into a temp folder: a mining run killed midway leaves no partial training data
         for name, rows in _rows_by_file(triplets).items():

@@ -28,7 +28,7 @@ from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..records import ContrastiveBatch, StopRecord, TrainableParameters
 from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
-from .batching import Passes, stream_triplets
+from .batching import Passes
 from .checkpoints import (
     check_control,
     check_finished_recipe,
@@ -40,7 +40,7 @@ from .checkpoints import (
     training_manifest,
 )
 from .collator import TripletCollator
-from .data import Triplets, load_triplets, set_source_instructions, set_source_weights
+from .data import Triplets
 from .job import TrainingJob
 from .losses import world_size
 from .preflight import (
@@ -58,6 +58,7 @@ from .preflight import (
     warn_head_rate_unused,
 )
 from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, trainer_arguments
+from .training_data import check_data_unchanged, training_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def train_variant(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if triplets.stream is not None:
         triplets.stream.seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    recipe = resume_recipe(variant, model_args, data_args, training_args)
+    recipe = resume_recipe(variant, model_args, data_args, training_args, triplets.fingerprint)
     if training_args.resume_from_checkpoint:
         check_resume_recipe(training_args.resume_from_checkpoint, recipe)
     trainer = ContrastiveTrainer(
@@ -152,6 +153,8 @@ def train_variant(
     )
     if not trainer.is_world_process_zero():
         return Path(training_args.output_dir) / "model"
+    if triplets.stream is not None:  # rows read as it trained: the files must still hold them
+        check_data_unchanged(data_args, triplets)
     check_texts = [row["query"] for row in triplets.rows[: training_args.export_check_texts]]
     destination = export_model(
         model, tokenizer, Path(training_args.output_dir) / "model", check_texts=check_texts, manifest=manifest
@@ -302,36 +305,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return exported
 
 
-def training_triplets(data_args: DataArguments, training_args: TrainingRunArguments) -> Triplets:
-    """The training rows as `--train_data` and the data flags ask: streamed or loaded, with each source's
-    instruction and weight, capped at `--max_train_samples`."""
-    if data_args.streaming:
-        if training_args.max_steps < 1:
-            raise TrainingSetupError("--streaming needs --max_steps (the data is not counted in epochs).")
-        triplets = stream_triplets(
-            data_args.train_data,
-            batch_size=training_args.per_device_train_batch_size * training_args.world_size,
-            seed=training_args.seed,
-            buffer_size=data_args.shuffle_buffer_size,
-            negatives_per_query=data_args.negatives_per_query,
-            skip_invalid=data_args.skip_invalid_rows,
-            split=data_args.data_split,
-        )
-    else:
-        triplets = load_triplets(
-            data_args.train_data,
-            split=data_args.data_split,
-            skip_invalid=data_args.skip_invalid_rows,
-            negatives_per_query=data_args.negatives_per_query,
-        )
-    set_source_instructions(triplets, data_args.instructions_per_source)
-    if data_args.weights_per_source:
-        set_source_weights(triplets, data_args.weights_per_source)
-    if data_args.max_train_samples:
-        triplets.keep_first(data_args.max_train_samples)
-    return triplets
-
-
 def train_planned(
     planned: PlannedRun,
     model_args: ModelArguments,
@@ -350,7 +323,7 @@ def train_planned(
     run_args.output_dir, run_args.seed = str(planned.output_dir), planned.seed
     checkpoint = last_complete_checkpoint(planned.output_dir) if resume_latest else None
     if resume_latest and (planned.model / MANIFEST_FILE).is_file():
-        recipe = resume_recipe(planned.variant, model_args, data_args, run_args)
+        recipe = resume_recipe(planned.variant, model_args, data_args, run_args, triplets.fingerprint)
         check_finished_recipe(planned.model, recipe, checkpoint)
         logger.info(
             "variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed, planned.model

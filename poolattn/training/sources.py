@@ -1,14 +1,10 @@
-"""Where training rows come from: local files and folders (JSONL, JSON, CSV, Parquet; their fingerprint) and Hub
-datasets (subsets, splits), read row by row or counted, before any row is validated."""
+"""Where training rows come from: local files and folders (JSONL, JSON, CSV, Parquet: their names, formats and
+fingerprint; each file is read by `file_readers`) and Hub datasets (subsets, splits), before any row is validated."""
 
 import bz2
-import csv
 import gzip
-import json
 import logging
 import lzma
-import re
-from itertools import islice
 from pathlib import Path
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -20,7 +16,6 @@ ALLOWED_FILES = (
 # a file of a folder named like one of these (`a.tsv`, `a.jsonl.zip`, `a.parquet.gz`) is data the reader cannot take
 DATA_LIKE_PARTS = {"jsonl", "json", "csv", "parquet", "tsv", "arrow"}
 PACKED_SUFFIXES = {"gz", "bz2", "xz", "zst", "zstd", "lz4", "zip", "tar", "tgz", "7z"}
-CSV_CELL_LIMIT = 2**31 - 1  # characters per CSV cell: passages may pass the csv module's default of 128 KiB
 
 
 class TripletDataError(ValueError):
@@ -57,11 +52,6 @@ def data_stem(path) -> str:
     path = Path(path)
     suffix = data_suffix(path)
     return path.name[: -len(suffix)] if suffix else path.stem
-
-
-def _opener(path: Path):
-    """`open`, or the decompressing `open` of a .gz, .bz2 or .xz file."""
-    return next((opener for suffix, opener in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
 
 
 def data_files(source: str) -> list[Path]:
@@ -151,99 +141,19 @@ def fingerprint_files(source: str) -> str:
     return content_hash(root, data_files(source))
 
 
-def iter_file_rows(path: Path, *, streaming: bool = False):
-    """(1-based row number, raw row) of one file, read lazily; `streaming` reads JSON/parquet through `datasets`
-    without loading the whole file. A file without rows stops with its name (`_check_has_rows`)."""
-    import datasets
-
-    path = Path(path)
-    file_format = data_format(path)
-    _check_has_rows(path, file_format)
-    # JSONL and CSV are read directly: exact row numbers and texts, and datasets' type inference cannot hide errors
-    if file_format == ".jsonl":
-        yield from _jsonl_rows(path)
-    elif file_format == ".csv":
-        _check_utf8(path)
-        yield from _csv_rows(path)
-    else:
-        table = datasets.load_dataset(
-            FILE_FORMATS[file_format], data_files=str(path), split="train", streaming=streaming
-        )
-        yield from enumerate(table, start=1)
-
-
-def _jsonl_rows(path: Path):
-    number = 0
-    try:
-        with _opener(path)(path, "rt", encoding="utf-8-sig") as handle:  # a byte-order mark, as CSV files may have
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise TripletDataError(f"{path}, row {number}: not valid JSON ({error}).") from error
-    except UnicodeDecodeError as error:
-        raise TripletDataError(
-            f"{path}, row {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
-        ) from None
-
-
-def _csv_rows(path: Path):
-    """Rows of a CSV file by its header, every cell as its text: "NA", "None", "null" and "1000" are texts (pandas,
-    behind `datasets`, would read them as missing values and numbers); an empty cell is ""."""
-    csv.field_size_limit(CSV_CELL_LIMIT)
-    with _opener(path)(path, "rt", encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            for number, row in enumerate(reader, start=1):
-                if None in row:
-                    raise TripletDataError(
-                        f"{path}, row {number} (line {reader.line_num}): {len(reader.fieldnames) + len(row[None])} "
-                        f"cells, but the header names {len(reader.fieldnames)}; quote cells that hold commas."
-                    )
-                yield number, row
-        except csv.Error as error:
-            raise TripletDataError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
-
-
-def _check_has_rows(path: Path, file_format: str | None) -> None:
-    """A data file without rows (0 bytes, blank lines, a CSV header alone, `[]`, a parquet table of 0 rows) stops
-    with its name, in a folder as by itself, before `datasets` fails on it with a traceback."""
-    if file_format is None:
-        raise TripletDataError(f"{path}: unsupported file type {path.suffix!r}. Allowed: {ALLOWED_FILES}.")
-    if path.stat().st_size == 0:
-        what = "0 bytes"
-    elif file_format == ".parquet":
-        import pyarrow.parquet
-
-        what = "a table of 0 rows" if pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0 else None
-    else:
-        csv.field_size_limit(CSV_CELL_LIMIT)
-        with _opener(path)(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
-            if file_format == ".csv":
-                records = len(list(islice((record for record in csv.reader(handle) if record), 2)))
-                what = "a header line alone" if records < 2 else None
-            elif file_format == ".jsonl":
-                what = None if any(line.strip() for line in handle) else "blank lines only"
-            else:
-                head = handle.read(4096)
-                what = "no rows" if re.fullmatch(r"\s*(\[\s*\])?\s*", head) and not handle.read(1) else None
-    if what:
-        raise TripletDataError(
-            f"{path}: file is empty ({what}); expected rows with query, positive and optional negative fields. "
-            "Add rows, or take the file out of the training data."
-        )
-
-
 def is_dataset_repository(path) -> bool:
     """A local folder laid out as a Hub dataset repository: a README.md whose YAML header declares `configs:` (its
     subsets). Such a folder (e.g. a `git clone` of a Hub dataset) loads as its Hub id would: one source per subset."""
     from huggingface_hub.repocard import metadata_load
 
     readme = Path(path) / "README.md"
-    return readme.is_file() and "configs" in (metadata_load(readme) or {})
+    if not readme.is_file():
+        return False
+    try:
+        return "configs" in (metadata_load(readme) or {})
+    except Exception as error:  # YAML front matter of other tools, or not a mapping: not a dataset card
+        logger.info("%s: its front matter is not a dataset card's (%s); read as a folder of files", readme, error)
+        return False
 
 
 def is_local_files(source: str) -> bool:
@@ -335,35 +245,3 @@ def count_hub_rows(dataset: str, subset: str, split: str) -> int:
         "%s/%s[%s]: no row count in the dataset's metadata; counting it in one streamed pass", dataset, subset, split
     )
     return sum(1 for _ in iter_hub_rows(dataset, subset, split, streaming=True))
-
-
-def _check_utf8(path: Path) -> None:
-    """A text file that is not UTF-8 (Latin-1, UTF-16, ...) stops with its name and line, not a bare decode error."""
-    with _opener(path)(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise TripletDataError(
-                    f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}); convert the file to "
-                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{data_format(path) or path.suffix}."
-                ) from None
-
-
-def count_rows(path: Path) -> int:
-    """Rows of a data file without parsing them (JSONL: non-empty lines; parquet: its metadata)."""
-    path = Path(path)
-    _check_has_rows(path, data_format(path))
-    if data_format(path) == ".jsonl":
-        with _opener(path)(path, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    if data_format(path) == ".parquet":
-        import pyarrow.parquet
-
-        return pyarrow.parquet.ParquetFile(path).metadata.num_rows
-    return sum(1 for _ in iter_file_rows(path, streaming=True))
-
-
-def _read_rows(files: list[Path]) -> list[tuple[str, int, dict]]:
-    """(file, 1-based row number, raw row) for every row of every file."""
-    return [(str(path), number, raw) for path in files for number, raw in iter_file_rows(path)]
