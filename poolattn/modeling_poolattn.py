@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from transformers.utils.logging import tqdm
 from .configuration_poolattn import PoolAttnConfig
 
 logger = logging.getLogger(__name__)
+
+# what `from_pretrained` passes on to the tokenizer and to the backbone's files: where they come from, and how
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -182,9 +186,13 @@ def last_token_state(hidden_states: torch.Tensor, attention_mask: torch.Tensor) 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(batch, seq, hidden), (batch, seq) -> (batch, hidden) in float32: the mean over positions where mask is 1."""
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+    if hidden_states.dtype == torch.float16:  # a sum of hundreds of positions passes fp16's 65504: average as it sums
+        weights = (mask.float() / counts).to(torch.float16).unsqueeze(1)
+        return torch.bmm(weights, hidden_states).squeeze(1).float()
     weights = mask.to(hidden_states.dtype).unsqueeze(1)  # (batch, 1, seq)
     sums = torch.bmm(weights, hidden_states).squeeze(1).float()  # (batch, hidden), no (batch, seq, hidden) copy
-    return sums / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+    return sums / counts
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -475,8 +483,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
 
     @contextlib.contextmanager
     def _summarize_layers(self, attention_mask: torch.Tensor, pooling_mask: torch.Tensor):
-        """Forward hooks that reduce each selected layer's output to (batch, hidden) as soon as it is computed."""
-        summaries, hooks = {}, []
+        """Forward hooks that reduce each selected layer's output to (batch, hidden) as soon as it is computed. The
+        hooks sit on the shared layers while this forward runs, so they take the layers' outputs of this thread
+        alone: another thread's forward through the same model (a threaded server) fires them too."""
+        summaries, hooks, caller = {}, [], threading.get_ident()
         summarize = (
             (lambda hidden: last_token_state(hidden, attention_mask))
             if self.config.layer_summary == "eos"
@@ -487,7 +497,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             if index != last:
 
                 def hook(module, args, output, index=index):
-                    summaries[index] = summarize(output[0] if isinstance(output, tuple) else output)
+                    if threading.get_ident() == caller:
+                        summaries[index] = summarize(output[0] if isinstance(output, tuple) else output)
 
                 hooks.append(self.model.layers[index - 1].register_forward_hook(hook))
         try:
@@ -594,6 +605,8 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.check_attention()
         model.trust_remote_code = bool(trust_remote_code)
+        # the tokenizer comes from the same revision, with the same credentials and cache (`get_tokenizer`)
+        model.tokenizer_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
         return loaded
 
     @classmethod
@@ -616,8 +629,7 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
         config_fields = set(PoolAttnConfig.__dataclass_fields__) - {"text_config"}
         config_overrides = {key: overrides.pop(key) for key in list(overrides) if key in config_fields}
         PoolAttnConfig._refuse_misspelled_fields(overrides)  # `poolng=` would reach from_pretrained, not the config
-        hub_keys = ("revision", "token", "cache_dir", "local_files_only")
-        hub_kwargs = {key: overrides[key] for key in hub_keys if key in overrides}
+        hub_kwargs = {key: overrides[key] for key in HUB_KWARGS if key in overrides}
         try:
             text_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs).get_text_config()
         except OSError as error:
@@ -681,7 +693,13 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
             # the saved tokenizer appends EOS itself when the model pools with it, so plain transformers routes
             # (tokenizer + forward, pipelines) tokenize as `encode` does
             tokenizer = tokenizer_appending_eos(self.tokenizer) if self.config.add_eos else self.tokenizer
-            tokenizer.save_pretrained(save_directory)
+            # and truncates where `encode` does: `tokenizer(texts, truncation=True)` stops at `config.max_length`
+            kept = tokenizer.model_max_length
+            tokenizer.model_max_length = self.config.max_length or kept
+            try:
+                tokenizer.save_pretrained(save_directory)
+            finally:
+                tokenizer.model_max_length = kept
         if not kwargs.get("is_main_process", True):
             return
         self._write_sentence_transformers_files(save_directory)
@@ -757,7 +775,10 @@ class PoolAttnEmbeddingModel(PreTrainedModel):
                 # `poolattn` model is loaded as a model of type ``; the saved tokenizer's own class is kept (the
                 # backbone's config would choose the backbone's tokenizer class instead)
                 self.tokenizer = AutoTokenizer.from_pretrained(
-                    self.name_or_path, config=self.config, trust_remote_code=trust
+                    self.name_or_path,
+                    config=self.config,
+                    trust_remote_code=trust,
+                    **getattr(self, "tokenizer_kwargs", {}),
                 )
             except (OSError, ValueError) as error:
                 if "trust_remote_code" in str(error) and not trust:

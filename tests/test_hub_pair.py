@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import BASELINES, FAMILIES, SENTENCES, VARIANTS, tiny_model
 
 import poolattn
@@ -36,6 +37,7 @@ def test_hub_pair_imports_only_torch_transformers_stdlib_and_each_other(filename
 FRESH_PROCESS_LOADER = r"""
 import json, sys
 import numpy as np
+import torch
 sys.modules["poolattn"] = None  # prove the folder needs no poolattn install
 from transformers import AutoModel
 folders, sentences = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -110,3 +112,82 @@ def test_plain_transformers_routes_give_encodes_embeddings(variant, tmp_path):
     extractor = pipeline("feature-extraction", model=str(tmp_path), trust_remote_code=True)
     piped = torch.tensor([extractor(text)[0] for text in SENTENCES])
     torch.testing.assert_close(piped, expected, rtol=0, atol=1e-5)
+
+
+def test_the_saved_tokenizer_truncates_where_encode_does(tmp_path):
+    """`tokenizer(texts, truncation=True)` of a saved folder stops at `config.max_length`, as `encode` does: the
+    saved tokenizer had the backbone's own length (8192 for SmolLM2), so a long text's plain route embedded more."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tiny_model("llama", 1, max_length=16).save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.model_max_length == 16
+    texts = [" ".join(["word"] * 40), "a short one"]
+    with torch.no_grad():
+        plain = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).embeddings
+    assert np.abs(plain.numpy() - model.encode(texts)).max() < 1e-5
+
+
+def test_the_tokenizer_comes_from_the_revision_and_with_the_credentials_the_weights_did(tmp_path, monkeypatch):
+    from poolattn import modeling_poolattn
+
+    tiny_model("llama", 5).save_pretrained(tmp_path)
+    calls = []
+    load = modeling_poolattn.AutoTokenizer.from_pretrained
+
+    def spied(*args, **kwargs):  # recorded, then loaded from the local folder as it is
+        calls.append(kwargs)
+        return load(*args, config=kwargs["config"])
+
+    monkeypatch.setattr(modeling_poolattn.AutoTokenizer, "from_pretrained", spied)
+    model = poolattn.PoolAttnEmbeddingModel.from_pretrained(
+        tmp_path, revision="v1.0", token="hf_x", local_files_only=True
+    )
+    model.encode(["the cat"])
+    assert {key: calls[-1].get(key) for key in ("revision", "token", "local_files_only")} == {
+        "revision": "v1.0",
+        "token": "hf_x",
+        "local_files_only": True,
+    }
+
+
+def test_a_layer_summary_takes_the_layers_of_its_own_forward_when_threads_share_the_model():
+    """Variant 5's per-layer summaries come from hooks on the shared layers: a forward of another thread, run while
+    this one waits inside its first layer, fired them too and replaced this forward's summaries with its own."""
+    import threading
+
+    model = tiny_model("llama", 5)
+    first, second = ["a cat on a mat", "two dogs"], ["rain in the hills", "a boat"]  # the same token counts
+    expected = {0: model.encode(first), 1: model.encode(second)}
+    inside, release, results = threading.Event(), threading.Event(), {}
+
+    def wait_in_first_layer(module, args, output):
+        if threading.current_thread().name == "paused" and not release.is_set():
+            inside.set()
+            release.wait(timeout=30)
+
+    hook = model.model.layers[0].register_forward_hook(wait_in_first_layer)
+    paused = threading.Thread(target=lambda: results.__setitem__(0, model.encode(first)), name="paused")
+    try:
+        paused.start()
+        assert inside.wait(timeout=30)
+        results[1] = model.encode(second)  # the whole of another forward, while the first waits in layer 1
+        release.set()
+        paused.join(timeout=30)
+    finally:
+        release.set()
+        hook.remove()
+    for key in (0, 1):
+        assert np.abs(results[key] - expected[key]).max() < 1e-6
+
+
+def test_mean_pooling_in_fp16_does_not_overflow_where_each_value_fits():
+    from poolattn.modeling_poolattn import masked_mean
+
+    hidden = torch.full((1, 512, 4), 200.0).half()  # a sum of 102,400 passes fp16's 65,504
+    assert torch.equal(masked_mean(hidden, torch.ones(1, 512)), torch.full((1, 4), 200.0))
+    hidden = torch.randn(2, 7, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1]])
+    reference = torch.stack([hidden[0, :3].mean(0), hidden[1, 1:].mean(0)])
+    assert torch.allclose(masked_mean(hidden.half(), mask), reference, atol=1e-2)

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
 from mteb.types import PromptType
@@ -110,6 +111,8 @@ class PoolAttnEncoder(AbsEncoder):
             from ..modeling_poolattn import PoolAttnEmbeddingModel
 
             self.model = PoolAttnEmbeddingModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+            if torch.cuda.is_available():  # as the sentence-transformers route does: a GPU scores when there is one
+                self.model.to("cuda")
             try:  # now, not at the first batch: what is scored is what the revision names
                 self.model.get_tokenizer()
             except ValueError as error:  # a tokenizer asking to run the folder's code, none saved
