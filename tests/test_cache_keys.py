@@ -132,3 +132,32 @@ def test_keys_recorded_before_the_sampler_and_mteb_fields_are_read_as_what_they_
     folder = _scored_folder(tmp_path / "other", {"task_keys": {"BIOSSES": older}})
     (folder / "BIOSSES.json").write_text(json.dumps({"mteb_version": "1.0.0"}))
     assert stale_results(folder, {"BIOSSES": now}) == {"BIOSSES": f"was scored by mteb 1.0.0 (now {mteb.__version__})"}
+
+
+def test_results_recorded_without_a_key_are_checked_on_their_mteb_version_and_get_no_key_they_were_not_checked_on(
+    tmp_path, caplog
+):
+    """A result of a run that recorded no key (before keys were) was served whatever mteb scored it, and the current
+    key was then written beside it, so it was served as checked ever after. Now its file's mteb version is checked
+    as a recorded key's is, and a result kept on what its run recorded gets no key written for it."""
+    from conftest import biosses_copy
+
+    data = biosses_copy(tmp_path / "data", 30)
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    output = tmp_path / "results"
+    first = _score(tmp_path / "m", output, data, "BIOSSES")
+    result = next(output.rglob("BIOSSES.json"))
+    settings_file = result.parent / "poolattn_run.json"
+    settings = json.loads(settings_file.read_text())
+    del settings["task_keys"]
+    settings_file.write_text(json.dumps(settings))  # as a run before 2026-12 recorded it
+    assert _score(tmp_path / "m", output, data, "BIOSSES") == pytest.approx(first, abs=1e-6)  # served: it stands
+    assert "BIOSSES" not in json.loads(settings_file.read_text()).get("task_keys", {})  # and was not keyed
+
+    scored = json.loads(result.read_text())
+    scored["mteb_version"] = "1.14.0"  # an older mteb scored it: scored again, and keyed now
+    result.write_text(json.dumps(scored))
+    _score(tmp_path / "m", output, data, "BIOSSES")
+    assert "BIOSSES was scored by mteb 1.14.0" in caplog.text
+    assert json.loads(result.read_text())["mteb_version"] != "1.14.0"
+    assert "BIOSSES" in json.loads(settings_file.read_text())["task_keys"]

@@ -98,6 +98,8 @@ def stale_results(folder: Path, keys: dict[str, dict], *, instructions=None, inf
         if not result.is_file():
             continue
         why = changed[name] if name in changed else older.get(name)
+        if not why and name in unkeyed_results(folder, keys):  # its sampler and mteb version, as its file says
+            why = key_changes(_filled({}, keys[name], result), {field: keys[name].get(field) for field in FILLED})
         if why:
             stale[name] = why
         elif damaged := [path.name for path in (result, predictions) if path.is_file() and not readable_json(path)]:
@@ -118,6 +120,17 @@ def recorded_key_changes(folder: Path, keys: dict[str, dict]) -> dict[str, str]:
         if name in recorded and result.is_file() and (why := key_changes(_filled(recorded[name], key, result), key)):
             changed[name] = why
     return changed
+
+
+def unkeyed_results(folder: Path, keys: dict[str, dict]) -> list[str]:
+    """The tasks of `keys` with a result in `folder` and no recorded key (scored before keys were recorded): kept
+    when what they did record stands (`stale_results`), but no key is written for them that they were not checked on
+    (their splits and subsets)."""
+    recorded = read_run_settings(folder).get(KEYS_FIELD, {})
+    return [name for name in keys if name not in recorded and (folder / f"{name}.json").is_file()]
+
+
+FILLED = ("sample", "mteb")  # the fields `_filled` gives a key recorded without them
 
 
 def _filled(recorded: dict, now: dict, result: Path) -> dict:

@@ -15,7 +15,14 @@ from ..files import folder_lock
 from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..prompts import QUERY_PROMPT_FORMAT, TASK_INSTRUCTIONS
 from .budget import cap_task
-from .cache_keys import readable_json, scoring_key, stale_results, task_data_fingerprint, task_prompts
+from .cache_keys import (
+    readable_json,
+    scoring_key,
+    stale_results,
+    task_data_fingerprint,
+    task_prompts,
+    unkeyed_results,
+)
 from .encoders import check_model_source, check_truncate_dim, load_encoder
 from .local_tasks import LocalTaskError, is_mteb_task, load_task
 from .requests import EvaluationError, select_tasks
@@ -105,8 +112,10 @@ def evaluate_models(
                 for name, task in zip(task_names, selected)
             }
             _forget_stale_results(folder, encoder, keys, fingerprints, infos)
+            unkeyed = unkeyed_results(folder, keys)  # kept, checked on what their run recorded: no key written
             result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
-            _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, (fingerprints, keys))
+            keyed = (fingerprints, {name: key for name, key in keys.items() if name not in unkeyed})
+            _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, keyed)
     return run
 
 
