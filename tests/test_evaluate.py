@@ -428,3 +428,31 @@ def test_every_model_of_a_run_prints_its_own_scores_also_two_seeds_of_one_name(t
     printed = [line.split() for line in capsys.readouterr().out.splitlines() if " BIOSSES " in line]
     assert [line[0] for line in printed] == models
     assert printed[0][2] != printed[1][2]  # each seed's own score
+
+
+def test_compare_pairs_runs_of_one_data_however_its_folder_was_spelled_and_refuses_other_data(tmp_path, monkeypatch):
+    """Two models scored on the same task copy, one given it as a relative path and one as an absolute path, are
+    paired (the paired tests were skipped as "different data"); a model scored on another copy of a task is refused
+    (its scores were set beside the others' and tested as a model difference)."""
+    from conftest import biosses_copy
+
+    from poolattn.evaluation.comparison import compare_results
+    from poolattn.evaluation.requests import EvaluationError
+    from poolattn.evaluation.scoring import evaluate_models
+
+    biosses_copy(tmp_path / "data", 30)
+    biosses_copy(tmp_path / "other", 20)
+    for variant in (1, 5):
+        tiny_model("llama", variant).save_pretrained(tmp_path / f"v{variant}")
+    monkeypatch.chdir(tmp_path)
+    evaluate_models([str(tmp_path / "v1")], output=tmp_path / "r", tasks=["BIOSSES"], data_dir="data", batch_size=8)
+    evaluate_models([str(tmp_path / "v5")], output=tmp_path / "r", tasks=["BIOSSES"], data_dir=tmp_path / "data")
+    evaluate_models([str(tmp_path / "v5")], output=tmp_path / "o", tasks=["BIOSSES"], data_dir="other", batch_size=8)
+    monkeypatch.chdir(tmp_path.parent)  # compared from elsewhere: the recorded folders still load the gold
+    folders = sorted(path for path in (tmp_path / "r" / "results").iterdir() if path.is_dir())
+    comparison = compare_results(folders, output=tmp_path / "compared")
+    paired = (tmp_path / "compared" / "paired_tests.csv").read_text()
+    assert "BIOSSES" in paired and "Not tested" not in comparison.report
+    other = next(path for path in (tmp_path / "o" / "results").iterdir() if path.is_dir())
+    with pytest.raises(EvaluationError, match="scored tasks on different data \\(BIOSSES: the runs scored different"):
+        compare_results([folders[0], other], output=tmp_path / "refused")

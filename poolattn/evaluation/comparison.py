@@ -137,7 +137,27 @@ def _load_runs(result_folders: list) -> tuple[list, int | None]:
             "folders of one budget (e.g. <model folder>/<fingerprint>-budget100)."
         )
     _check_one_setting(loaded)
+    _check_same_data(loaded)
     return loaded, budgets.pop()
+
+
+def _check_same_data(loaded: list) -> None:
+    """Refuse runs that scored a task they share on different data (another copy, or another folder of it): the
+    tables would set their scores side by side and test their differences as the models'."""
+    from .pairing import different_data
+
+    tasks = sorted({task for results in loaded for task in results.scores})
+    differing = {}
+    for task in tasks:
+        runs = [results for results in loaded if task in results.scores]
+        if len(runs) > 1 and (why := different_data(task, runs)):
+            differing[task] = f"{why}: {', '.join(f'{run.name} ({run.revision})' for run in runs)}"
+    if differing:
+        described = "; ".join(f"{task}: {why}" for task, why in differing.items())
+        raise EvaluationError(
+            f"the results scored tasks on different data ({described}); "
+            "score every model on the same task copies (the same --data-dir, unchanged), then compare."
+        )
 
 
 def _check_one_setting(loaded: list) -> None:

@@ -3,6 +3,7 @@ paired tests within each task (seeds as replicates)."""
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .budget import cap_task
 from .local_tasks import load_task, splits_by_subset
@@ -63,11 +64,11 @@ class TaskParts:
 
 def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], dict[str, str]]:
     """Every task both models scored, as `TaskParts`; and the tasks left out, with the reason."""
-    if (a.data_dir, a.budget) != (b.data_dir, b.budget):
-        return [], {"all tasks": "the two runs read different data or budgets, so their units differ"}
+    if a.budget != b.budget:
+        return [], {"all tasks": "the two runs were scored on different budgets, so their units differ"}
     found, skipped = [], {}
     for task in sorted(set(a.scores) & set(b.scores)):
-        if changed := _data_changed(task, [*a.runs, *b.runs]):
+        if changed := different_data(task, [*a.runs, *b.runs]) or _data_changed(task, [*a.runs, *b.runs]):
             skipped[task] = changed
             continue
         predictions_a, predictions_b = a.predictions(task), b.predictions(task)
@@ -102,6 +103,17 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
             )
         )
     return found, skipped
+
+
+def different_data(task: str, runs: list[ModelResults]) -> str | None:
+    """Why the runs did not score `task` on the same data, or None: the fingerprints of the copies they read differ,
+    or (where a run recorded none: the Hub, an older poolattn) the data folders they read differ. Two spellings of one
+    folder, or two identical copies, are the same data."""
+    recorded = {run.task_data.get(task) for run in runs}
+    if None not in recorded:
+        return None if len(recorded) == 1 else "the runs scored different copies of its data (other fingerprints)"
+    folders = {str(Path(run.data_dir).resolve()) if run.data_dir else None for run in runs}
+    return None if len(folders) == 1 else f"the runs read it from different places ({', '.join(map(str, folders))})"
 
 
 def _data_changed(task: str, runs: list[ModelResults]) -> str | None:

@@ -122,7 +122,7 @@ def evaluate_models(
 def _run_settings(data_dir, encoding: dict, budget: int | None) -> dict:
     """How every model of an evaluation is encoded and sampled, as `poolattn_run.json` records it."""
     return {
-        "data_dir": str(data_dir) if data_dir else None,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,  # read from any folder later
         **encoding,
         "prompt_format": QUERY_PROMPT_FORMAT,
         "prompted_texts": "queries and symmetric tasks; documents get none",
