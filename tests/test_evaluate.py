@@ -456,3 +456,46 @@ def test_compare_pairs_runs_of_one_data_however_its_folder_was_spelled_and_refus
     other = next(path for path in (tmp_path / "o" / "results").iterdir() if path.is_dir())
     with pytest.raises(EvaluationError, match="scored tasks on different data \\(BIOSSES: the runs scored different"):
         compare_results([folders[0], other], output=tmp_path / "refused")
+
+
+def _tiny_sentence_transformers(folder: Path, words: list[str], prompts: dict) -> Path:
+    """A 2-layer random BERT with mean pooling, saved as a sentence-transformers folder with `prompts`."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "zzz", *sorted(set(words) - {"zzz"})[:300]]
+    (folder / "hf").mkdir(parents=True)
+    (folder / "hf" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    BertModel(config.__class__(**{**config.to_dict(), "intermediate_size": 64})).save_pretrained(folder / "hf")
+    BertTokenizerFast(vocab_file=str(folder / "hf" / "vocab.txt")).save_pretrained(folder / "hf")
+    transformer = models.Transformer(str(folder / "hf"), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], prompts=prompts)
+    model.save(str(folder / "model"))
+    return folder / "model"
+
+
+def test_no_instructions_gives_a_sentence_transformers_model_none_of_its_own_prompts(tmp_path):
+    """`--no-instructions` on a sentence-transformers folder whose config gives a prompt: scored without it (as the
+    same weights without prompts score), and kept apart from its prompted scores; it used to change nothing."""
+    from conftest import biosses_copy
+
+    from poolattn.evaluation.scoring import evaluate_models
+
+    data = biosses_copy(tmp_path / "data", 30)
+    words = " ".join(json.loads(line)["sentence1"] for line in (data / "BIOSSES" / "test.jsonl").open()).lower()
+    prompted = _tiny_sentence_transformers(tmp_path / "prompted", words.split(), {"STS": "zzz zzz zzz "})
+    plain = _tiny_sentence_transformers(tmp_path / "plain", words.split(), {})
+
+    def score(model: Path, instructions: bool) -> tuple[float, str]:
+        selection = dict(tasks=["BIOSSES"], data_dir=data, instructions=instructions)
+        run = evaluate_models([str(model)], output=tmp_path / "r", **selection)
+        return run.scores[str(model)]["BIOSSES"], run.folders[str(model)].name
+
+    with_prompt, revision = score(prompted, True)
+    without, plain_revision = score(prompted, False)
+    assert without == pytest.approx(score(plain, True)[0], abs=1e-6)
+    assert without != pytest.approx(with_prompt, abs=1e-6)
+    assert plain_revision == f"{revision}-no-instructions"

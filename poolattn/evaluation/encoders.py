@@ -108,7 +108,6 @@ def load_encoder(
     """A poolattn folder or Hub repository -> PoolAttnEncoder (its ONNX export `onnx_file` in ONNX Runtime, when
     given; embeddings cut to `truncate_dim`); else a sentence-transformers model (folder, Hub id). Its `ModelMeta`
     revision is the weights' fingerprint with these settings' suffixes (`evaluation_revision`)."""
-    from .mteb_encoder import PoolAttnEncoder
 
     encoder = _encoder_of(
         model,
@@ -119,11 +118,10 @@ def load_encoder(
         truncate_dim=truncate_dim,
         trust_remote_code=trust_remote_code,
     )
-    prompted = instructions or not isinstance(encoder, PoolAttnEncoder)  # the flag concerns poolattn models only
     revision = evaluation_revision(
         encoder.mteb_model_meta.revision,
         budget=budget,
-        instructions=prompted,
+        instructions=instructions,
         onnx_file=onnx_file,
         truncate_dim=truncate_dim,
         max_length=max_length,
@@ -171,7 +169,9 @@ def _encoder_of(
         raise EvaluationError(
             f"{flag}; {model} is not a poolattn model. Score sentence-transformers models without it."
         )
-    return _sentence_transformers_encoder(model, max_length=max_length, trust_remote_code=trust_remote_code)
+    return _sentence_transformers_encoder(
+        model, max_length=max_length, trust_remote_code=trust_remote_code, instructions=instructions
+    )
 
 
 def check_unchanged_while_loading(model: str, folder, fingerprint: str) -> None:
@@ -187,8 +187,11 @@ def check_unchanged_while_loading(model: str, folder, fingerprint: str) -> None:
         )
 
 
-def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_remote_code: bool):
-    """mteb's wrapper of a sentence-transformers model (a folder or Hub id), named and fingerprinted like ours."""
+def _sentence_transformers_encoder(
+    model: str, *, max_length: int | None, trust_remote_code: bool, instructions: bool = True
+):
+    """mteb's wrapper of a sentence-transformers model (a folder or Hub id), named and fingerprinted like ours;
+    without `instructions`, the prompts its folder sets (`config_sentence_transformers.json`) are not given."""
     import mteb
     from sentence_transformers import SentenceTransformer
 
@@ -220,6 +223,8 @@ def _sentence_transformers_encoder(model: str, *, max_length: int | None, trust_
         ) from None
     if max_length:
         transformer.max_seq_length = max_length
+    if not instructions:  # mteb's wrapper gives the folder's prompts by task name and type: none, as for ours
+        transformer.prompts, transformer.default_prompt_name = {}, None
     encoder = mteb.SentenceTransformerEncoderWrapper(transformer)
     name = model if "/" in model and not Path(model).exists() else f"local/{Path(model).resolve().name}"
     if before:
