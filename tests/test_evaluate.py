@@ -158,6 +158,11 @@ def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, caps
     assert not (tmp_path / "out").exists()
     assert cli.evaluate([*arguments, "--skip-missing"]) == 0
     assert "SKIPPED (no local copy in" in capsys.readouterr().out
+    only_missing = [*arguments[:4], "STS13", *arguments[5:], "--skip-missing"]
+    with pytest.raises(SystemExit, match="none of the selected tasks has a local copy in .* nothing to score"):
+        cli.evaluate(only_missing)
+    with pytest.raises(SystemExit, match=r"--benchmark 'MTEB\(eng, v3\)': .*Did you mean"):
+        cli.evaluate(["run", "--model", str(tmp_path / "m"), "--benchmark", "MTEB(eng, v3)", "--output", "o"])
 
 
 @pytest.mark.parametrize(
@@ -167,16 +172,23 @@ def test_a_task_missing_locally_is_reported_not_skipped(tmp_path, data_dir, caps
         ("notes.txt", r"--model .*notes.txt is a file; give a model folder or a Hub id"),
         ("empty", r"--model .*empty: a folder without config.json or modules.json, so no model"),
         ("checkpoint-2", r"--model .*checkpoint-2 is a training checkpoint"),
+        ("no-weights", r"--model .*no-weights: a poolattn folder without its weights"),
+        ("mymodel", r"--model mymodel: no such folder, and not a Hub repository in the local cache"),
     ],
 )
-def test_every_model_is_checked_before_the_first_is_scored(second, refusal, tmp_path, data_dir):
+def test_every_model_is_checked_before_the_first_is_scored(second, refusal, tmp_path, data_dir, monkeypatch):
     """A mistyped second --model was found only after the first model had been scored on every task."""
     tiny_model("llama", 1).save_pretrained(tmp_path / "v1")
     (tmp_path / "notes.txt").write_text("not a model")
     (tmp_path / "empty").mkdir()
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "adapter_config.json").write_text("{}")
-    arguments = ["run", "--model", str(tmp_path / "v1"), "--model", str(tmp_path / second), "--tasks", "BIOSSES"]
+    tiny_model("llama", 1).save_pretrained(tmp_path / "no-weights")
+    (tmp_path / "no-weights" / "model.safetensors").unlink()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # a bare name that is no folder here, nor in the cache
+    model = second if second == "mymodel" else str(tmp_path / second)
+    arguments = ["run", "--model", str(tmp_path / "v1"), "--model", model, "--tasks", "BIOSSES"]
     with pytest.raises(SystemExit, match=refusal):
         cli.evaluate([*arguments, "--data-dir", str(data_dir), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # nothing scored

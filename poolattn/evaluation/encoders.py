@@ -17,6 +17,8 @@ from .requests import EvaluationError, evaluation_revision
 
 logger = logging.getLogger(__name__)
 
+WEIGHTS_FILES = ("*.safetensors", "pytorch_model*.bin")  # what a poolattn folder's weights are saved as
+
 
 def hub_poolattn_snapshot(model: str) -> str | None:
     """The local snapshot of a Hub repository published by poolattn (`publish.py`), else None."""
@@ -72,13 +74,20 @@ def check_model_source(model: str) -> None:
                 f"--model {model}: a folder without config.json or modules.json, so no model; give an exported "
                 "model/ folder, a sentence-transformers folder or a Hub id."
             )
+        if is_poolattn_folder(path) and not any(any(path.glob(pattern)) for pattern in WEIGHTS_FILES):
+            raise EvaluationError(
+                f"--model {model}: a poolattn folder without its weights (no {' or '.join(WEIGHTS_FILES)}); "
+                "copy the whole exported model/ folder, or export it again."
+            )
         return
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or not model.strip():
         raise EvaluationError(f"--model {model}: no such folder (and not a Hub id ORG/NAME); check the path.")
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE and "/" in model:
-        cached = [try_to_load_from_cache(model, name) for name in ("config.json", "modules.json")]
+    if constants.HF_HUB_OFFLINE:  # a bare name is sentence-transformers' own (`all-MiniLM-L6-v2`)
+        repositories = [model] if "/" in model else [model, f"sentence-transformers/{model}"]
+        names = ("config.json", "modules.json")
+        cached = [try_to_load_from_cache(repo, name) for repo in repositories for name in names]
         if not any(isinstance(item, str) for item in cached):
             raise EvaluationError(
                 f"--model {model}: no such folder, and not a Hub repository in the local cache (HF_HUB_OFFLINE is "

@@ -78,7 +78,14 @@ def select_tasks(
         return TaskSelection(list(dict.fromkeys(tasks)))
     passed_over = {}
     if benchmark and benchmark != LOCAL_BENCHMARK:
-        chosen = {task.metadata.name: task.metadata.type for task in mteb.get_benchmark(benchmark).tasks}
+        try:
+            found_benchmark = mteb.get_benchmark(benchmark)
+        except KeyError as error:  # mteb's message names the close ones ("Did you mean: MTEB(eng, v2)?")
+            raise EvaluationError(
+                f"--benchmark {benchmark!r}: {str(error).strip(chr(34))} Or --benchmark {LOCAL_BENCHMARK} with "
+                "--data-dir for every local task copy."
+            ) from None
+        chosen = {task.metadata.name: task.metadata.type for task in found_benchmark.tasks}
     elif data_dir:
         found = scan(data_dir)
         passed_over = found.passed_over

@@ -236,6 +236,11 @@ def _selected_tasks(tasks, categories, benchmark, data_dir, skip_missing, missin
                 + missing_advice
             )
         task_names = [name for name in task_names if name not in run.missing_tasks]
+        if not task_names:
+            raise EvaluationError(
+                f"none of the selected tasks has a local copy in {data_dir} ({', '.join(run.missing_tasks)}), so "
+                "--skip-missing leaves nothing to score; give the --data-dir that holds them, or other tasks."
+            )
     return run, task_names
 
 
