@@ -475,6 +475,18 @@ def test_train_refuses_a_push_it_cannot_make_before_training(
     assert not output.exists()
     with pytest.raises(SystemExit, match="^train: --push_to_hub: .*HF_HUB_OFFLINE=1 cannot upload"):  # one line
         cli.train([*flags, "--train_data", triplets_file, "--output_dir", str(output), "--use_cpu", "true"])
+    # an id the Hub refuses only once a variant's suffix is on it: refused before training, not at the publish after
+    name = "me/" + "a" * 93  # 96 characters with -v5
+    dry = ["--backbone", tiny_backbone_folder, "--hub_dry_run", "true", "--train_data", triplets_file]
+    dry += ["--use_cpu", "true"]
+    for variant, refused in (("1", None), ("mean-causal", "gives the repository id")):
+        arguments = [*dry, "--variant", variant, "--hub_model_id", name, "--output_dir", str(output)]
+        if refused:
+            with pytest.raises(SystemExit, match=f"--hub_model_id '{name}' {refused}"):
+                cli.train([*arguments, "--max_steps", "1"])
+            assert not output.exists()
+    with pytest.raises(SystemExit, match="--hub_model_id 'me/name-' is refused by the Hub"):
+        cli.train([*dry, "--variant", "1", "--hub_model_id", "me/name-", "--output_dir", str(output)])
 
 
 def test_repository_names_are_checked():
@@ -831,3 +843,104 @@ def test_a_local_path_outside_ascii_is_scrubbed_as_json_writes_it(tmp_path):
     text = (run / "training_manifest.json").read_text()
     assert "jos" not in text and str(tmp_path) not in text
     assert json.loads(text) == {"output_dir": "run", "data": {"train": "données.jsonl"}}
+
+
+@pytest.mark.parametrize(
+    "hub_model_id, reason",
+    [
+        ("me/a..b", "Cannot have -- or .."),
+        ("me/-bad-", "cannot start or end with '-' or '.'"),
+        ("me/" + "n" * 94, "maximum length is 96"),  # -v5 makes the NAME 97 characters
+        ("me/modèle", "alphanumeric chars"),
+        ("me/name-", "Cannot have -- or .."),  # -v5 makes it name--v5
+    ],
+)
+def test_publish_refuses_a_repository_id_the_hub_refuses_before_writing_anything(
+    tmp_path, capsys, hub_model_id, reason
+):
+    """`--hub_model_id ORG/a..b` wrote `a..b-v5` and exited 0 (a push then failed on the Hub client's own check)."""
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    argv = [str(tmp_path / "m"), "--hub_model_id", hub_model_id, "--output_dir", str(tmp_path / "hub")]
+    assert cli.publish(argv) == 1
+    error = capsys.readouterr().err
+    assert f"--hub_model_id {hub_model_id!r}" in error and "refused by the Hub" in error and reason in error
+    assert "give another --hub_model_id" in error and "ASCII letters, digits" in error
+    assert not (tmp_path / "hub").exists()  # refused before anything was written
+
+
+def test_a_push_to_a_repository_id_the_hub_refuses_is_not_called_a_connection_problem(tmp_path, monkeypatch):
+    """The Hub client refuses `ORG/a..b-v5` before any request; that was reported as "Could not reach the Hub ...
+    rerun the same command to retry the upload", which can never work."""
+    import huggingface_hub
+
+    from poolattn.hub.repository import HubPushError, push_folder
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(HubPushError) as refused:
+        push_folder(tmp_path, "me/a..b-v5", token="hf_test_token")
+    message = str(refused.value)
+    assert "'me/a..b-v5': not a repository id the Hub accepts (Cannot have -- or .." in message
+    assert "publish again with another --hub_model_id" in message and f"kept at {tmp_path}" in message
+    assert "Could not reach the Hub" not in message and "retry" not in message
+
+
+def test_publish_finds_the_models_results_by_their_fingerprint_under_another_name(tmp_path, caplog):
+    """Results of these exact weights stored under another model name (scored by the Hub id, a renamed folder) were
+    not found: exit 0, no warning, a card saying "Not evaluated yet". They are found by the weights' fingerprint; two
+    names holding them, or none, is a warning naming the folder searched and what it holds."""
+    pytest.importorskip("mteb")
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    rows = (ROOT.parent / "shared" / "data" / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
+    data.joinpath("test.jsonl").write_text("\n".join(rows) + "\n")
+    tiny_model("llama", 5).save_pretrained(tmp_path / "m")
+    results = tmp_path / "results"
+    argv = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data")]
+    assert cli.evaluate([*argv, "--output", str(results)]) == 0
+    own = results / "results" / "poolattn__m"  # the model's own name
+    renamed = own.rename(own.with_name("me__tiny-v5"))  # e.g. scored by the published repository's id
+
+    publish_argv = [str(tmp_path / "m"), "--hub_model_id", "me/tiny", "--results", str(results)]
+    assert cli.publish([*publish_argv, "--output_dir", str(tmp_path / "hub")]) == 0
+    card = tmp_path / "hub" / "tiny-v5" / "README.md"
+    (index,) = front_matter(card)["model-index"]
+    assert [entry["dataset"]["name"] for entry in index["results"]] == ["MTEB BIOSSES (default)"]
+    assert "| BIOSSES | STS | cosine_spearman |" in card.read_text() and "Not evaluated yet" not in card.read_text()
+    assert f"found under {renamed / model_fingerprint(tmp_path / 'm')} go on the card" in caplog.text
+
+    caplog.clear()
+    shutil.copytree(renamed, renamed.with_name("someone__copy"))  # two names: which one is meant cannot be told
+    folder = write_repository_folder(tmp_path / "m", tmp_path / "two", repo_id="me/tiny-v5", results=results)
+    assert "Not evaluated yet" in (folder / "README.md").read_text()
+    assert f"under {results / 'results'} are under 2 model names" in caplog.text
+
+    caplog.clear()
+    for name in ("me__tiny-v5", "someone__copy"):  # results of other weights only
+        revision = next((results / "results" / name).iterdir())
+        revision.rename(revision.with_name("0123456789abcdef"))
+    folder = write_repository_folder(tmp_path / "m", tmp_path / "none", repo_id="me/tiny-v5", results=results)
+    assert "Not evaluated yet" in (folder / "README.md").read_text()
+    assert f"--results {results} holds no results of this model (poolattn/m," in caplog.text
+    assert "it holds results of other weights (me/tiny-v5, someone/copy)" in caplog.text
+
+
+def test_a_publish_whose_load_check_fails_keeps_the_earlier_repository_folders(tmp_path):
+    """A publish whose fresh-process load check failed deleted the folders it had just written over, including a
+    good folder an earlier publish had left there. The new folders are now checked beside them first."""
+    from poolattn.hub.shipping import ShippingError
+
+    tiny_model("llama", 1).save_pretrained(tmp_path / "v1")
+    tiny_model("llama", 3).save_pretrained(tmp_path / "v3")
+    publish([tmp_path / "v1", tmp_path / "v3"], hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False)
+    earlier = {name: repository_files(tmp_path / "hub" / name) for name in ("tiny-v1", "tiny-v3")}
+
+    tiny_model("llama", 3, seed=1).save_pretrained(tmp_path / "new-v3")  # a good model, published with a bad one
+    tiny_model("llama", 5).save_pretrained(tmp_path / "bad")
+    config = json.loads((tmp_path / "bad" / "config.json").read_text())
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "variant": 1, "pooling": "eos"}))
+    with pytest.raises(ShippingError, match="does not load as its card says"):
+        publish(
+            [tmp_path / "new-v3", tmp_path / "bad"], hub_model_id="me/tiny", output_dir=tmp_path / "hub", push=False
+        )
+    assert {name: repository_files(tmp_path / "hub" / name) for name in earlier} == earlier  # neither replaced
+    assert sorted(path.name for path in (tmp_path / "hub").iterdir()) == ["tiny-v1", "tiny-v3"]  # no temp folder left

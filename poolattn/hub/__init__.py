@@ -1,7 +1,7 @@
 """Shipping a model: Hub folders and publishing, model cards, the allow-list and load checks, ONNX export.
 
-`repository` (write_repository_folder, publish), `model_card` (the card), `shipping` (what a folder may carry, checks
-that it loads), `onnx_export` (ONNX graph and its check)."""
+`repository` (write_repository_folder, publish), `model_card` (the card), `card_results` (which results it shows),
+`shipping` (what a folder may carry, checks that it loads), `onnx_export` (ONNX graph and its check)."""
 
 from ..lazy import lazy_exports
 

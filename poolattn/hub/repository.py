@@ -15,9 +15,11 @@ A repository folder (`write_repository_folder`) holds exactly what is uploaded:
 - `README.md`, the model card (`model_card.build_model_card`) from the training manifest, the config and, when
   evaluation results exist, the MTEB scores (`model-index`) and Wilcoxon comparisons against the other variants.
 
-The folder is written through a temp folder and a rename; `push_folder` uploads it with `create_repo` +
-`upload_folder`, and on any failure raises `HubPushError` naming the kept folder, so nothing is lost.
-`check_push_possible` refuses an upload that cannot work (offline mode, no token) before any work is spent on it.
+The folder is written to a temp folder beside its destination, checked, and only then renamed over what is there
+(`save_checked`): a folder that fails its check leaves an earlier one in place. `push_folder` uploads it with
+`create_repo` + `upload_folder`, and on any failure raises `HubPushError` naming the kept folder, so nothing is lost.
+`check_push_possible` refuses an upload that cannot work (offline mode, no token), and `check_repository_id` a
+repository id the Hub refuses, before any work is spent on it.
 """
 
 import logging
@@ -26,15 +28,15 @@ import shutil
 from pathlib import Path
 
 from ..configuration_poolattn import variant_tag
-from ..evaluation.results import find_model_results, other_settings, results_root, unscored_categories
+from ..evaluation.results import results_root
 from ..export import write_sentence_transformers_files
 from ..files import atomic_save
 from ..model_folder import ExportedModel
+from .card_results import card_results
 from .model_card import build_model_card
 from .shipping import (
     PACKAGE_CODE,
     PACKAGE_DIR,
-    ShippingError,
     check_loads,
     differing_code,
     local_paths,
@@ -62,7 +64,7 @@ def repository_id(hub_model_id: str, *, variant: int | str | None, trained_name:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_model_id or ""):
         raise ValueError(f"hub_model_id={hub_model_id!r} is not a Hub repository id; give one as ORG/NAME.")
     if variant is None:
-        return hub_model_id
+        return check_repository_id(hub_model_id, hub_model_id)
     tag, trained = variant_tag(variant), (trained_name or "").split("/")[-1]
     # a design's trained name ends with its tag; an arm's goes on after it (a backbone's own `-v2-` is no arm's)
     arm = (
@@ -70,7 +72,41 @@ def repository_id(hub_model_id: str, *, variant: int | str | None, trained_name:
         if not trained.endswith(f"-{tag}") and f"-{tag}-" in trained
         else ""
     )
-    return f"{hub_model_id}-{tag}{arm}"
+    return check_repository_id(f"{hub_model_id}-{tag}{arm}", hub_model_id)
+
+
+REPOSITORY_ID_RULES = (
+    "ORG/NAME of ASCII letters, digits, '-', '_' and '.', each part at most 96 characters, not starting or ending "
+    "with '-' or '.', without '--' or '..', not ending in '.git'"
+)
+
+
+def check_repository_id(repo_id: str, hub_model_id: str) -> str:
+    """`repo_id` (derived from `--hub_model_id`) when the Hub accepts it (`huggingface_hub`'s `validate_repo_id`,
+    and each part ASCII and at most 96 characters), else a `ValueError` naming the flag, what it gave and the rules.
+
+    >>> check_repository_id("ORG/a..b-v5", "ORG/a..b")
+    Traceback (most recent call last):
+    ...
+    ValueError: --hub_model_id 'ORG/a..b' gives the repository id 'ORG/a..b-v5', which is refused by the Hub (...
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        reason = None
+    except HFValidationError as error:
+        reason = str(error)
+    if reason is None and not all(re.fullmatch(r"[A-Za-z0-9._-]{1,96}", part) for part in repo_id.split("/")):
+        reason = "a part is not ASCII letters, digits, '-', '_' and '.', or longer than 96 characters"
+    if reason is not None:
+        what = "is" if repo_id == hub_model_id else f"gives the repository id {repo_id!r}, which is"
+        raise ValueError(
+            f"--hub_model_id {hub_model_id!r} {what} refused by the Hub ({reason}). A repository id is "
+            f"{REPOSITORY_ID_RULES}, each variant's suffix (-v5) included in the NAME; give another --hub_model_id."
+        )
+    return repo_id
 
 
 def check_push_possible(token: str | None = None) -> str:
@@ -112,9 +148,22 @@ def write_repository_folder(
     `others` are the variants published with it (their exact results are the card's comparisons); `study_section`
     the model's place in a study (`study.card_section`), Markdown for its card. What is shipped follows
     `shipping`: the allow-listed model files, the package's own code, no local paths; with `verify` the folder must
-    load in a fresh process as its card says before it is kept (`shipping.check_loads`).
+    load in a fresh process as its card says before it replaces `destination` (`shipping.check_loads`): a folder
+    that fails leaves the one already at `destination` as it was.
     """
     model = model if isinstance(model, ExportedModel) else ExportedModel.read(model)
+    save = repository_folder_writer(
+        model, repo_id=repo_id, results=results, others=others, license=license, study_section=study_section
+    )
+    check = (lambda folders: check_loads(folders, [recorded_variant(model)])) if verify else (lambda folders: None)
+    return save_checked([(save, Path(destination))], check)[0]
+
+
+def repository_folder_writer(
+    model: ExportedModel, *, repo_id: str, results, others, license: str | None, study_section: str | None
+):
+    """`save(folder)`: writes `model`'s repository folder (see `write_repository_folder`) into `folder`. The card
+    and its results are made now, so what they warn of is said once, before any file is written."""
     shipped, left_out = shipped_files(model.folder)
     if left_out:
         logger.warning("%s: left out of the repository folder (not model files): %s", repo_id, ", ".join(left_out))
@@ -145,34 +194,25 @@ def write_repository_folder(
         write_sentence_transformers_files(folder, max_length=model.config.max_length, query_prompt=model.query_prompt)
         card.save(folder / "README.md")
         scrub_local_paths(folder, local_paths(folder, extra=(model.folder.resolve(), model.folder.absolute())))
-        if verify:
-            check_loads([folder], [recorded_variant(model)])
 
-    return atomic_save(save, Path(destination))
+    return save
 
 
-def card_results(repo_id: str, model: ExportedModel, results, others) -> tuple:
-    """(the model's own results, its peers', {revision: why} of its results left off the card), with a warning for
-    each result left out and each core category the card has no score for."""
-    own, peers = find_model_results(results, model, others) if results else (None, [])
-    left_out_results = other_settings(results, model) if results and own is None else {}
-    for revision, why in left_out_results.items():
-        logger.warning(
-            "%s: results %s left out of the card: scored with %s; score the full tasks with "
-            "`evaluate.py run` (no --budget) to put scores on the card",
-            repo_id,
-            revision,
-            why,
-        )
-    if own is not None and (unscored := unscored_categories(own)):
-        logger.warning(
-            "%s: the card reports no %s score (not scored on those categories); score them with `evaluate.py run "
-            "--categories %s` and publish again with --results",
-            repo_id,
-            ", ".join(unscored),
-            ",".join(unscored),
-        )
-    return own, peers, left_out_results
+def save_checked(saves: list, check, staged: tuple = ()) -> list[Path]:
+    """Run each `(save, destination)` of `saves` into a temp folder beside its destination (`files.atomic_save`),
+    then `check(the temp folders)`; only when the check passes does each replace its destination. A check that
+    raises leaves every destination as it was (an earlier publish's folder is kept) and removes the temp folders."""
+    if not saves:
+        check(list(staged))
+        return []
+    (save, destination), rest = saves[0], saves[1:]
+    inner: list[Path] = []
+
+    def save_then_the_rest(folder: Path):
+        save(folder)
+        inner.extend(save_checked(rest, check, (*staged, folder)))  # swapped in before this one, once all passed
+
+    return [atomic_save(save_then_the_rest, destination), *inner]
 
 
 def recorded_variant(model: ExportedModel):
@@ -206,7 +246,7 @@ def push_folder(
     saying the folder is kept.
     """
     import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     kept = f"The repository folder is kept at {folder}; rerun the same command to retry the upload."
     try:
@@ -233,6 +273,12 @@ def push_folder(
                 f"{kept}"
             ) from error
         raise HubPushError(f"The Hub rejected the upload of {repo_id}: {error}. {kept}") from error
+    except HFValidationError as error:  # refused before any request: retrying the same id can never work
+        raise HubPushError(
+            f"Cannot push to {repo_id!r}: not a repository id the Hub accepts ({error}). A repository id is "
+            f"{REPOSITORY_ID_RULES}; publish again with another --hub_model_id. Nothing was uploaded; the repository "
+            f"folder is kept at {folder}."
+        ) from error
     except Exception as error:  # network errors (no connection, DNS, timeouts) come from the HTTP client unwrapped
         raise HubPushError(
             f"Could not reach the Hub to push {repo_id} ({type(error).__name__}: {error}). "
@@ -250,7 +296,8 @@ def check_publish_inputs(
     nothing, so a caller can run them before spending work on the folders (`publish.py --onnx` exports first).
 
     Raises `ValueError` for a folder that is not a complete poolattn model (`ExportedModel.read`, the allow-list's
-    required files), a `hub_model_id` that is no ORG/NAME, two models that would share a repository, a repository
+    required files), a `hub_model_id` that is no ORG/NAME or gives a repository id the Hub refuses
+    (`check_repository_id`), two models that would share a repository, a repository
     folder under `output_dir` that is a model folder or holds or lies in one (writing it would replace the model), and
     a `results` folder without mteb results; with `push`, `HubPushError` where no upload can work
     (`check_push_possible`).
@@ -306,36 +353,26 @@ def publish(
     """Write one repository folder per model under `output_dir` (`<NAME>-v<N>`), then upload each when `push`.
 
     `study_sections` (one per model, or None) put each model's place in a study on its card.
-    Every folder is written before the first upload, so a failed push loses nothing and names what is kept. Each
-    folder written and each upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
+    Every folder is written beside its destination and checked (`check_loads`) before any replaces the folder at
+    its destination, so a failed check leaves an earlier publish's folders as they were; every folder is in place
+    before the first upload, so a failed push loses nothing and names what is kept. Each folder written and each
+    upload is logged at INFO (`ORG/NAME-v5: repository folder written to ...`).
     """
     models, repo_ids = check_publish_inputs(
         model_folders, hub_model_id=hub_model_id, output_dir=output_dir, results=results, push=push, token=token
     )
-    folders = []
+    saves = []
     sections = list(study_sections or [None] * len(models))
     for model, repo_id, section in zip(models, repo_ids, sections):
         others = [other for other in models if other is not model]
-        destination = Path(output_dir) / repo_id.split("/")[-1]
-        folders.append(
-            write_repository_folder(
-                model,
-                destination,
-                repo_id=repo_id,
-                results=results,
-                others=others,
-                license=license,
-                study_section=section,
-                verify=False,
-            )
+        writer = repository_folder_writer(
+            model, repo_id=repo_id, results=results, others=others, license=license, study_section=section
         )
-        logger.info("%s: repository folder written to %s", repo_id, destination)
-    try:  # every folder loads as its card says, in one fresh process, before anything is uploaded
-        check_loads(folders, [recorded_variant(model) for model in models])
-    except ShippingError:
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        saves.append((writer, Path(output_dir) / repo_id.split("/")[-1]))
+    # every folder loads as its card says, in one fresh process, before any replaces what is at its destination
+    folders = save_checked(saves, lambda staged: check_loads(staged, [recorded_variant(model) for model in models]))
+    for repo_id, folder in zip(repo_ids, folders):
+        logger.info("%s: repository folder written to %s", repo_id, folder)
     if push:
         for folder, repo_id in zip(folders, repo_ids):
             push_folder(folder, repo_id, token=token, private=private)

@@ -21,7 +21,7 @@ from transformers import set_seed
 from ..backbones import resolve_backbone
 from ..export import export_model
 from ..files import folder_lock
-from ..hub.repository import HubPushError, check_push_possible, publish
+from ..hub.repository import HubPushError, check_push_possible, publish, repository_id
 from ..launch import finish_collectives
 from ..manifest import MANIFEST_FILE, TrainingManifest, library_versions
 from ..modeling_poolattn import PoolAttnEmbeddingModel
@@ -266,6 +266,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     check_designs_build(model_args, backbone_path)
     warn_head_rate_unused(model_args, training_args)
     require_shared_data(data_args.train_data, "--train_data")
+    if training_args.push_to_hub or training_args.hub_dry_run:  # every variant's repository id, as publish derives it
+        for variant in dict.fromkeys(planned.variant for planned in runs):
+            try:
+                trained = model_args.model_name_for(variant)
+                repository_id(training_args.hub_model_id, variant=variant, trained_name=trained)
+            except ValueError as error:
+                raise TrainingSetupError(str(error)) from None
     if training_args.push_to_hub:
         try:
             check_push_possible(training_args.hub_token)

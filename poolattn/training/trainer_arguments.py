@@ -262,8 +262,9 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
 
             try:
                 repository_id(self.hub_model_id, variant=None)
-            except ValueError as error:
-                raise ValueError(f"--hub_model_id: {error} (each variant goes to ORG/NAME-v<N>)") from None
+            except ValueError as error:  # each variant's own id is checked once the variants are known (`run`)
+                said = str(error) if str(error).startswith("--hub_model_id") else f"--hub_model_id: {error}"
+                raise ValueError(f"{said} (each variant goes to ORG/NAME-v<N>)") from None
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
                 f"--max_steps {self.max_steps}: give the optimizer steps to train (>= 1), or -1 to train "
