@@ -345,3 +345,20 @@ def test_a_study_section_is_refused_when_the_report_is_older_than_the_results(tm
     now["means"] = {"STS": 0.6}
     with pytest.raises(StudyError, match="the report is older than the results"):
         card.card_section(tmp_path / "study", model)
+
+
+def test_a_peer_scored_on_other_data_of_a_task_is_left_out_of_that_tasks_comparison(caplog):
+    """A peer scored on another copy of STS12 (its fingerprint differs) was set beside this model on it, and its
+    difference tested as the models'; a task both read from the same copy is compared as before."""
+    import dataclasses
+
+    categories = {"STS12": "STS", "STS13": "STS"}
+    this = fake_results("me/x-v5", {"STS12": 0.5, "STS13": 0.7}, categories)
+    this = dataclasses.replace(this, task_data={"STS12": "copy-a", "STS13": "copy-c"})
+    peer = fake_results("me/x-v1", {"STS12": 0.3, "STS13": 0.4}, categories)
+    peer = dataclasses.replace(peer, task_data={"STS12": "copy-b", "STS13": "copy-c"})
+    with caplog.at_level("WARNING"):
+        tables = evaluation_tables(this, [peer])
+    assert "me/x-v1 | — |" in tables["means"]  # no STS mean over STS13 alone beside this model's two tasks
+    assert [row.split(" | ")[:3] for row in tables["tests"].splitlines()[2:]] == [["| me/x-v1", "STS", "1"]]
+    assert "STS12 (scored on other data than this model's)" in caplog.text

@@ -1,7 +1,9 @@
 """The model card's tables: the design (pooling, attention, layers, head), the training run from its manifest, and the
 evaluation beside the peers scored on the same tasks."""
 
+import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from ..manifest import TrainingManifest
 
 # The bundled sample's path, from the end: recognised also when a model was trained from another checkout.
 SAMPLE_TRIPLETS_TAIL = ("poolattn", "sample_data", "sample_triplets.jsonl")
+
+logger = logging.getLogger(__name__)
 
 
 def hub_id_or_none(name: str | None) -> str | None:
@@ -214,6 +218,7 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
         "means": None,
         "tests": None,
     }
+    peers = [_on_the_same_data(results, peer) for peer in peers]
     shared_peers = [peer for peer in peers if set(peer.scores) & set(scores)]
     if shared_peers:
         used = list(dict.fromkeys(categories[task] for task in tasks))
@@ -250,6 +255,23 @@ def evaluation_tables(results: ModelResults, peers: list[ModelResults]) -> dict[
             tests,
         )
     return tables
+
+
+def _on_the_same_data(results: ModelResults, peer: ModelResults) -> ModelResults:
+    """`peer` without the tasks it scored on other data than `results` did (another copy or folder of a task: its
+    score would be set beside this model's as a model difference)."""
+    from ..evaluation.pairing import different_data
+
+    other = {task for task in set(peer.scores) & set(results.scores) if different_data(task, [results, peer])}
+    if not other:
+        return peer
+    logger.warning(
+        "%s: left out of the card's comparison with %s: %s (scored on other data than this model's)",
+        peer.name,
+        results.name,
+        ", ".join(sorted(other)),
+    )
+    return dataclasses.replace(peer, task_results=[item for item in peer.task_results if item.task_name not in other])
 
 
 def _means_over(model_results: ModelResults, tasks: list[str], categories: dict[str, str], used: list[str]) -> list:
