@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TRIPLETS
 from safetensors.torch import load_file
 from test_training import TINY_RUN
 
@@ -593,3 +594,93 @@ def test_evaluating_more_often_trains_the_same_model(tiny_backbone_folder, tripl
         exported[every] = load_file(training.main(arguments)[0] / "model.safetensors")
     for name, weights in exported["4"].items():
         torch.testing.assert_close(exported["1"][name], weights, rtol=0, atol=0, msg=name)
+
+
+def test_an_early_stopped_run_resumes_to_where_the_uninterrupted_run_stopped(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """--early_stopping_patience: the Trainer's count of evaluations without improvement is restored on resume (it
+    restarted at 0, so a run killed at step 3 trained past the step where the uninterrupted run stopped), and a
+    checkpoint where early stopping ended the run is a finished run (resuming it after a lost export trained on)."""
+    losses = script_held_out_losses(monkeypatch, [2.0, 1.5, 1.6, 1.7])
+    arguments = [
+        *("--variant", "5", "--backbone", tiny_backbone_folder, "--train_data", triplets_file),
+        *("--output_dir", str(tmp_path / "run"), "--eval_fraction", "0.34", "--per_device_eval_batch_size", "4"),
+        *("--early_stopping_patience", "2", "--load_best_model_at_end", "true"),
+        *("--metric_for_best_model", "eval_loss"),
+        *("--max_steps", "12", "--per_device_train_batch_size", "4", "--save_steps", "1", "--learning_rate", "1e-2"),
+        *("--warmup_steps", "0", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1"),
+        *("--save_total_limit", "10"),  # every checkpoint kept: the run is resumed from step 3 below
+    ]
+    exported = training.main(arguments)[0]
+    manifest = json.loads((exported / "training_manifest.json").read_text())
+    assert (manifest["stop"]["reason"], manifest["global_steps"], manifest["stop"]["exported_step"]) == (
+        "early_stopping",
+        4,
+        2,
+    )
+    expected = load_file(exported / "model.safetensors")
+    shutil.rmtree(exported)  # killed during the export: the rerun exports it again, training no step more
+    again = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
+    assert json.loads((again / "training_manifest.json").read_text())["global_steps"] == 4
+    for name, value in load_file(again / "model.safetensors").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+
+    shutil.rmtree(again)  # killed after step 3: its evaluation at step 4 is the second without improvement
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    losses += [1.7, 9.0, 9.0]
+    resumed = training.main([*arguments, "--resume_from_checkpoint", "true"])[0]
+    assert json.loads((resumed / "training_manifest.json").read_text())["global_steps"] == 4
+
+
+def test_a_checkpoint_without_its_record_is_never_resumed_unchecked(tmp_path, caplog):
+    """The Trainer rotates the older checkpoints away before the record of the new one is written: a run killed in
+    between left one checkpoint without a record, and a resume took it "from an older poolattn", unchecked (4 of its
+    6 steps at one rate, the manifest naming another). It is passed over, and refused when named."""
+    from poolattn.training.checkpoints import check_resume_recipe
+    from poolattn.training.trainer_arguments import last_complete_checkpoint
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(tmp_path) is None
+    assert "checkpoint-4 is incomplete (no poolattn_checkpoint.json" in caplog.text
+    with pytest.raises(training.TrainingSetupError, match="records no recipe .* nothing can check"):
+        check_resume_recipe(checkpoint, {"learning_rate": 5e-4})
+
+
+@pytest.mark.parametrize(
+    "flags, refused",
+    [
+        (["--push_to", "true", "--hub_model_id", "org/x"], r"not used by the HfArgumentParser: \['--push_to'"),
+        (["--learning_r", "1e-3"], r"not used by the HfArgumentParser: \['--learning_r'"),
+        (["--overwrite_output_dir", "true", "--resume_from_checkpoint", "true"], "give one of them"),
+    ],
+)
+def test_abbreviated_flags_and_a_contradictory_pair_are_refused(flags, refused):
+    """An abbreviation (`--push_to`) passed by the checks of the flags a job or a study sets (every study run would
+    have published); --overwrite_output_dir beside --resume_from_checkpoint was silently ignored."""
+    with pytest.raises(ValueError, match=refused):
+        training.parse_arguments(flags)
+
+
+def test_a_run_whose_evaluations_pick_its_stop_resumes_only_on_the_same_held_out_data(tmp_path):
+    """The plateau rule (or early stopping, or the best checkpoint) reads the held-out losses: a resume with another
+    --eval_data was accepted, and the rule compared losses of two data sets as one curve. Without such a rule the
+    evaluations decide nothing, and a resume may change them."""
+    from poolattn.training.checkpoints import recipe_differences, resume_recipe
+
+    for name, rows in (("a.jsonl", TRIPLETS[:6]), ("b.jsonl", TRIPLETS[6:])):
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def recipe(eval_data: str, *rule: str) -> dict:
+        arguments = training.parse_arguments(["--eval_data", str(tmp_path / eval_data), *rule])
+        return resume_recipe(5, *arguments, "data")
+
+    plateau = ("--plateau_patience", "2", "--max_steps", "100", "--eval_steps", "10")
+    differences = recipe_differences(recipe("a.jsonl", *plateau), recipe("b.jsonl", *plateau))
+    assert [item.split(":")[0] for item in differences] == ["evaluation"]
+    assert recipe_differences(recipe("a.jsonl"), recipe("b.jsonl")) == []
+    older = {key: value for key, value in recipe("a.jsonl", *plateau).items() if key != "evaluation"}
+    assert recipe_differences(older, recipe("b.jsonl", *plateau)) == []  # a checkpoint from before the key resumes

@@ -329,6 +329,8 @@ def argument_parser(description: str | None = None):
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=usage,
+        # no abbreviations: `--push_to` or `--learning_r` would pass by the checks of flags a job or a study sets
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--preset",

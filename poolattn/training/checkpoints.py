@@ -111,25 +111,43 @@ def resume_recipe(
         "data_seed": training_args.data_seed,
         "data_fingerprint": data_fingerprint or fingerprint_files(data_args.train_data),
         "eval_fraction": data_args.eval_fraction,  # the rows held out are not trained on
+        "evaluation": evaluation_recipe(data_args, training_args),
+    }
+
+
+def evaluation_recipe(data_args: DataArguments, training_args: TrainingRunArguments) -> dict | None:
+    """What the held-out evaluations were, where a rule reads them to stop the run or to choose the checkpoint it
+    exports (the plateau rule, early stopping, `--load_best_model_at_end`): a run resumed with other held-out data,
+    batches or interval would mix two curves in one decision. None where no rule reads them."""
+    rules = (training_args.plateau_patience, data_args.early_stopping_patience, training_args.load_best_model_at_end)
+    if not any(rules):
+        return None
+    return {
+        "eval_data": fingerprint_files(data_args.eval_data) if data_args.eval_data else None,
+        "per_device_eval_batch_size": training_args.per_device_eval_batch_size,
+        "eval_strategy": str(training_args.eval_strategy),
+        "eval_steps": training_args.eval_steps,
     }
 
 
 # Recipe keys added after runs were recorded without them (key: since when): a record without one is not compared
 # on it, so those runs still resume; every record written since holds it.
-RECIPE_KEYS_SINCE = {"eval_fraction": "2026-12-07"}
+RECIPE_KEYS_SINCE = {"eval_fraction": "2026-12-07", "evaluation": "2026-12-08"}
 
 
 def check_resume_recipe(checkpoint, recipe: dict) -> None:
     """Refuse to resume from a checkpoint written by another recipe (learning rates, data, seed, design...), naming
-    each difference; a checkpoint without a recorded recipe (older poolattn) is resumed with a warning."""
+    each difference, or from one without a readable record of its recipe: a run killed between the Trainer's save
+    (which rotates the older checkpoints first) and the record, or a damaged or foreign checkpoint, whose recipe
+    nothing can check."""
     recorded = recorded_recipe(checkpoint)
     if recorded is None:
-        logger.warning(
-            "%s records no recipe (written by an older poolattn, or damaged): resuming without checking "
-            "that it was trained with these settings",
-            checkpoint,
+        raise TrainingSetupError(
+            f"{checkpoint} records no recipe ({CHECKPOINT_RECORD} missing or damaged: a run killed while saving "
+            "it, or a checkpoint of another tool), so nothing can check that it was trained with these settings. "
+            "Resume from another checkpoint, or train again with --overwrite_output_dir true (or another "
+            "--output_dir)."
         )
-        return
     if differences := recipe_differences(recorded, recipe):
         raise TrainingSetupError(
             f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
@@ -276,7 +294,7 @@ def load_checkpoint(checkpoint, *, merge: bool = True) -> PoolAttnEmbeddingModel
 
 
 def restore_finished_run(trainer, checkpoint: str | None):
-    """When `checkpoint` (the one to resume from) reached max_steps or the plateau, load it (or, with
+    """When `checkpoint` (the one to resume from) reached max_steps, the plateau or an early stop, load it (or, with
     `--load_best_model_at_end`, the run's best checkpoint) and return its TrainOutput, else None.
 
     The Trainer's loop checks for the end only after a step, so resuming a finished run would train one step more
@@ -291,7 +309,9 @@ def restore_finished_run(trainer, checkpoint: str | None):
     state = TrainerState.load_from_json(str(state_file))
     rule = plateau_rule(trainer.args)
     at_plateau = rule is not None and rule.step(state.log_history) is not None
-    if state.global_step < trainer.args.max_steps and not at_plateau:
+    control = (state.stateful_callbacks or {}).get("TrainerControl", {})
+    stopped = isinstance(control, dict) and bool(control.get("args", {}).get("should_training_stop"))  # early stop
+    if state.global_step < trainer.args.max_steps and not at_plateau and not stopped:
         return None
     best = _best_checkpoint(trainer.args, state, folder=Path(checkpoint).parent)
     if best is not None and not best.is_dir():
@@ -305,7 +325,11 @@ def restore_finished_run(trainer, checkpoint: str | None):
     logger.info(
         "%s already %s: exporting it without training",
         checkpoint,
-        "reached the plateau" if at_plateau else f"reached max_steps={trainer.args.max_steps}",
+        "reached the plateau"
+        if at_plateau
+        else f"reached max_steps={trainer.args.max_steps}"
+        if state.global_step >= trainer.args.max_steps
+        else "stopped early (--early_stopping_patience)",
     )
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})

@@ -18,19 +18,18 @@ logger = logging.getLogger(__name__)
 
 def last_complete_checkpoint(folder) -> str | None:
     """The newest `checkpoint-<step>` folder of `folder` that holds a readable `trainer_state.json` (the Trainer
-    writes it last, in place) and a readable record of its recipe (`poolattn_checkpoint.json`, written after it;
-    checkpoints of a run from before the record are taken without one): a checkpoint killed while being written,
-    or whose state or record is empty or truncated, is passed over with a warning naming it; or None."""
+    writes it last, in place) and a readable record of its recipe (`poolattn_checkpoint.json`, written after it): a
+    checkpoint killed while being written, or whose state or record is missing, empty or truncated, is passed over
+    with a warning naming it; or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     checkpoints = [
         path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.split("-")[-1].isdigit()
     ]
-    recorded = any((path / CHECKPOINT_RECORD).exists() for path in checkpoints)  # else: a run from before records
     complete = [
         path
         for path in checkpoints
-        if _readable_state(path / "trainer_state.json") and (not recorded or _readable_state(path / CHECKPOINT_RECORD))
+        if _readable_state(path / "trainer_state.json") and _readable_state(path / CHECKPOINT_RECORD)
     ]
     newest = max(complete, key=lambda path: int(path.name.split("-")[-1])) if complete else None
     for path in sorted(set(checkpoints) - set(complete)):
@@ -253,6 +252,12 @@ class TrainingRunArguments(ContrastiveTrainingArguments):
                 "outputs/<backbone>-v<variant>; an empty name would write into the current folder."
             )
         self.resume_from_checkpoint = resume_setting(self.resume_from_checkpoint)
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ValueError(
+                f"--overwrite_output_dir true replaces what --output_dir holds, and --resume_from_checkpoint "
+                f"{self.resume_from_checkpoint} resumes from it: give one of them (overwrite: train anew; resume: go "
+                "on from the last checkpoint, a finished run kept)."
+            )
         if (self.push_to_hub or self.hub_dry_run) and not self.hub_model_id:
             raise ValueError(
                 "--push_to_hub / --hub_dry_run need --hub_model_id ORG/NAME (each variant goes to ORG/NAME-v<N>)."
@@ -302,6 +307,8 @@ def trainer_arguments(
 
     trainer_copy = copy.copy(training_args)  # a shallow copy: no __post_init__ runs again
     trainer_copy.push_to_hub = False
+    # a resumed run goes on with its callbacks' state (early stopping's count of evaluations without improvement)
+    trainer_copy.restore_callback_states_from_checkpoint = True
     if streaming:
         trainer_copy.accelerator_config = replace(training_args.accelerator_config, dispatch_batches=False)
     if evaluating and training_args.eval_strategy == IntervalStrategy.NO:
