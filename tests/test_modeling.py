@@ -345,3 +345,15 @@ def test_loading_a_saved_model_and_its_tokenizer_prints_nothing(tmp_path):
     finally:
         transformers_logger.removeHandler(handler)
     assert [record.getMessage() for record in records] == []
+
+
+def test_a_backbone_folder_given_with_a_tilde_is_the_folder_it_names(tiny_backbone_folder, tmp_path, monkeypatch):
+    """`--backbone=~/models/x` (no shell expands a `~` after `=`) was checked as the folder and then passed on as
+    written, which transformers took for a malformed Hub id."""
+    import shutil
+
+    from poolattn.backbones import resolve_backbone
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_backbone_folder, tmp_path / "models" / "tiny")
+    assert resolve_backbone("~/models/tiny") == str(tmp_path / "models" / "tiny")

@@ -154,6 +154,16 @@ def test_evaluate_scores_only_the_folders_own_onnx_export_of_the_weights_it_hold
     with pytest.raises(SystemExit, match=r"ONNX export was made from other weights .* export it again"):
         cli.evaluate([*run, "--onnx", "onnx/model.onnx"])
     assert not (tmp_path / "out" / "results").exists()
+    # loaded by itself (and so by sentence-transformers' backend="onnx"), it gave the old model's embeddings
+    with pytest.raises(ValueError, match="ONNX export was made from other weights than its model.safetensors"):
+        PoolAttnOnnxModel.from_pretrained(tmp_path / "m")
+    # publish.py --onnx exports it again rather than ship (and check) the old graph
+    published = [str(tmp_path / "m"), "--hub_model_id", "me/m", "--output_dir", str(tmp_path / "hub"), "--onnx"]
+    assert cli.publish(published) == 0
+    fresh = tiny_model("llama", 5, seed=7)
+    np.testing.assert_allclose(
+        PoolAttnOnnxModel.from_pretrained(tmp_path / "m").encode(SENTENCES), fresh.encode(SENTENCES), atol=TOLERANCE
+    )
 
 
 def test_a_file_named_onnx_in_the_folder_is_refused_before_the_export(tmp_path, capsys):
@@ -213,6 +223,13 @@ def test_missing_export_and_bad_folders_are_refused_with_the_fix(tmp_path, capsy
     assert export_onnx_command([str(tmp_path / "m"), "--tolerance", "0"]) == 1
     assert "tolerance=0.0" in capsys.readouterr().err
     assert not (tmp_path / "m" / "onnx").exists()
+    # a backbone's folder loaded as a default poolattn config (a random 7B model: killed for memory)
+    model.model.save_pretrained(tmp_path / "backbone")
+    assert export_onnx_command([str(tmp_path / "backbone")]) == 1
+    assert "is not a poolattn model" in capsys.readouterr().err
+    (tmp_path / "m" / "model.safetensors").unlink()
+    assert export_onnx_command([str(tmp_path / "m")]) == 1
+    assert "has no model.safetensors" in capsys.readouterr().err
 
 
 def test_forward_takes_the_pytorch_inputs(exported):

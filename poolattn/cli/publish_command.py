@@ -80,7 +80,7 @@ def publish(argv: list[str] | None = None) -> int:
             license=args.license,
             study_sections=sections,
         )
-    except (HubPushError, ValueError, ImportError, FileNotFoundError) as error:
+    except (HubPushError, ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
         print(f"publish: {error}", file=sys.stderr)
         return 1
     return 0
@@ -91,9 +91,23 @@ def _export_onnx_where_missing(model_folders) -> None:
     from ..onnx_poolattn import ONNX_FILE
 
     for folder in model_folders:  # export_onnx refuses before any work when the onnx extra is missing
-        if not (Path(folder) / ONNX_FILE).is_file():
+        if not (Path(folder) / ONNX_FILE).is_file() or _export_outdated(folder):
             record = onnx_export.export_onnx(folder, quantize=True)
             print(f"{folder}: ONNX export written (max difference from PyTorch {record.max_abs_diff:.2g})")
+
+
+def _export_outdated(folder) -> bool:
+    """The folder's ONNX export was made from other weights than it holds now (a model saved again after it)."""
+    from ..hub.onnx_export import EXPORT_RECORD, ONNX_FOLDER, OnnxExport
+    from ..model_folder import model_fingerprint
+
+    if not (Path(folder) / ONNX_FOLDER / EXPORT_RECORD).is_file():
+        return False
+    recorded = OnnxExport.read(folder).weights_fingerprint
+    if recorded is not None and recorded != model_fingerprint(folder):
+        print(f"{folder}: its ONNX export was made from other weights than it holds now; exporting it again")
+        return True
+    return False
 
 
 EXPORT_ONNX_HELP = """Export poolattn model folders (backbone and pooling head) to ONNX, checked against PyTorch.

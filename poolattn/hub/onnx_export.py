@@ -31,15 +31,24 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_save, write_json
-from ..model_folder import model_fingerprint
+from ..model_folder import is_poolattn_folder, model_fingerprint
 from ..modeling_poolattn import PoolAttnEmbeddingModel, pad_features, pad_token_id_for, tokenize_for_embedding
-from ..onnx_poolattn import INPUT_NAMES, ONNX_FILE, ONNX_FOLDER, ONNX_INT8_FILE, OUTPUT_NAME, PoolAttnOnnxModel
+from ..onnx_poolattn import (
+    EXPORT_RECORD,
+    INPUT_NAMES,
+    ONNX_FILE,
+    ONNX_FOLDER,
+    ONNX_INT8_FILE,
+    OUTPUT_NAME,
+    WEIGHTS_FILE,
+    PoolAttnOnnxModel,
+    weights_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the Hub pair and its twins
 RUNTIME_MODULE = "onnx_poolattn.py"
-EXPORT_RECORD = "export.json"
 TORCH_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # the exporter's per-node metadata with local file paths
 CHECK_PROMPT = "Instruct: Retrieve semantically similar text.\nQuery: "
@@ -74,6 +83,7 @@ class OnnxExport:
     int8_max_abs_diff: float | None = None  # ORT int8 vs PyTorch, unit-norm embeddings
     int8_min_cosine: float | None = None
     weights_fingerprint: str | None = None  # `model_fingerprint` of the folder exported: a later save is told apart
+    weights_sha256: str | None = None  # of its model.safetensors: what `PoolAttnOnnxModel` checks, alone (no poolattn)
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -178,6 +188,7 @@ def export_onnx(
             onnxruntime_version=onnxruntime.__version__,
             export_seconds=round(seconds, 1),
             weights_fingerprint=model_fingerprint(folder),
+            weights_sha256=weights_sha256(folder),
         )
         if quantize:
             add_int8(program, staging, model, record, num_threads)
@@ -197,6 +208,15 @@ def _check_request(folder: Path, tolerance) -> None:
         raise FileNotFoundError(
             f"{folder} is not a model folder (no config.json); give a folder written by training "
             "(runs/NAME/model) or by save_pretrained."
+        )
+    if not is_poolattn_folder(folder):  # a backbone's config would load as a default (7B) poolattn config
+        raise ValueError(
+            f"{folder} is not a poolattn model (its config.json has no model_type 'poolattn'); give a folder written "
+            "by training (runs/NAME/model) or by PoolAttnEmbeddingModel.save_pretrained."
+        )
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {WEIGHTS_FILE}: copy the whole model folder, or export the model again."
         )
     if not isinstance(tolerance, (int, float)) or not tolerance > 0:
         raise ValueError(f"tolerance={tolerance!r}: give a positive number (default 1e-4).")
