@@ -172,7 +172,7 @@ class TrainingSettings(Record):
             precision=precision,
             full_finetune=full,
             head_learning_rate=_optional_float(arguments.get("head_learning_rate")),
-            lr_schedule_steps=arguments.get("lr_schedule_steps"),
+            lr_schedule_steps=_optional_int(arguments.get("lr_schedule_steps")),
             **(
                 {}
                 if full
@@ -202,6 +202,10 @@ class TrainingSettings(Record):
 def _optional_float(value) -> float | None:
     """A float argument as the Trainer's sanitized arguments record it (None becomes the string "None")."""
     return None if value in (None, "None") else float(value)
+
+
+def _optional_int(value) -> int | None:
+    return None if value in (None, "None") else int(value)
 
 
 def head_parameter(name: str) -> bool:

@@ -578,6 +578,10 @@ def test_a_run_can_follow_the_schedule_of_a_longer_run(tiny_backbone_folder, tri
         assert rate == pytest.approx(1e-2 * (1 - step / 40), rel=1e-6), step
     manifest = json.loads((exported / "training_manifest.json").read_text())
     assert manifest["settings"]["lr_schedule_steps"] == 40 and manifest["global_steps"] == 4
+    from poolattn.records import TrainingSettings  # a run of its own schedule records none (not the text "None")
+
+    own_schedule = {**manifest["hyperparameters"], "lr_schedule_steps": "None"}
+    assert TrainingSettings.from_arguments(own_schedule).lr_schedule_steps is None
     with pytest.raises((SystemExit, ValueError), match="--lr_schedule_steps 2 must be >= 1 and >= --max_steps 4"):
         training.main(common(tiny_backbone_folder, triplets_file, tmp_path / "short", "--lr_schedule_steps", "2"))
 
