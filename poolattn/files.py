@@ -74,6 +74,18 @@ def content_hash(root: Path, paths) -> str:
     return digest.hexdigest()[:16]
 
 
+def unwritable_folder(folder) -> str | None:
+    """Why `folder` cannot be written into, said from its name on ("out is a file; give a folder ..."), or None: it is
+    a file, or the nearest folder of its path that exists (it is created if missing) is not writable."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file; give a folder (it is created if missing)."
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{folder}: {existing} is not writable; give a folder you can write to."
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -161,8 +173,12 @@ def folder_lock(folder, *, what: str = "run"):
         return
     folder = Path(folder)
     _refuse_a_locked_parent(folder)
+    _refuse_a_locked_child(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with held(folder / LOCK_FILE, folder, what=what):
+        # again now that it is held: of two runs taking nested folders at once, at least one sees the other's lock
+        _refuse_a_locked_parent(folder)
+        _refuse_a_locked_child(folder)
         yield
 
 
@@ -248,14 +264,40 @@ def _refuse_a_locked_parent(folder: Path) -> None:
     multi-variant run's `<output>/v5`) is refused: the holder writes there too. This process's own locks (a study
     training its rows) are not in the way."""
     for parent in folder.resolve().parents:
-        holder = _lock_holder(parent / LOCK_FILE) if (parent / LOCK_FILE).is_file() else None
-        ours = holder is not None and (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())
-        if holder is not None and not ours and _alive(holder):
+        if holder := _other_live_holder(parent / LOCK_FILE):
             raise FolderBusyError(
                 f"{folder} is inside {parent}, which another {holder.get('what', 'run')} is writing (pid "
                 f"{holder.get('pid')} on {holder.get('host')}: {holder.get('command')}); wait for it to end, or give "
                 f"a folder outside it. If that process is gone, delete {parent / LOCK_FILE}."
             )
+
+
+LOCK_DEPTH = 4  # folders below a lock's that are looked in for other locks: a study's `runs/<row>/seed-<S>` is 3
+
+
+def _refuse_a_locked_child(folder: Path) -> None:
+    """A run into a folder holding one that another live process holds (train.py into `<output>` while another writes
+    `<output>/v5`, a study's folder while a run writes one of its rows) is refused: it would write into (or with
+    --overwrite_output_dir remove) what the holder writes. Folders down to `LOCK_DEPTH` levels below are looked in,
+    hidden ones passed over; this process's own locks are not in the way."""
+    if not folder.is_dir():
+        return
+    for root, folders, names in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        folders[:] = [name for name in folders if not name.startswith(".")] if depth < LOCK_DEPTH else []
+        if depth and LOCK_FILE in names and (holder := _other_live_holder(Path(root) / LOCK_FILE)):
+            raise FolderBusyError(
+                f"{folder} holds {root}, which another {holder.get('what', 'run')} is writing (pid "
+                f"{holder.get('pid')} on {holder.get('host')}: {holder.get('command')}); wait for it to end, or give "
+                f"a folder that does not hold it. If that process is gone, delete {Path(root) / LOCK_FILE}."
+            )
+
+
+def _other_live_holder(path: Path) -> dict | None:
+    """The holder of the lock file `path` when it is another process that still runs (not this one), else None."""
+    holder = _lock_holder(path) if path.is_file() else None
+    ours = holder is not None and (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname())
+    return holder if holder is not None and not ours and _alive(holder) else None
 
 
 def _lock_holder(path: Path) -> dict | None:

@@ -233,3 +233,46 @@ def _gone_pid() -> int:
     import subprocess
 
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+def test_a_run_into_a_folder_holding_one_another_live_run_writes_is_refused_before_removing_it(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """A job into `nest` (variants 1 and 5: `nest/v1`, `nest/v5`) while another live train.py writes `nest/v5` is
+    refused before anything is removed or trained, naming that run: --overwrite_output_dir would otherwise remove its
+    checkpoints, and the job would train into its folder."""
+    from test_training import TINY_RUN
+
+    from poolattn import training
+
+    busy = tmp_path / "nest" / "v5"
+    (busy / "checkpoint-2").mkdir(parents=True)
+    holder = {"pid": 4321, "host": "another-host", "command": "train.py --output_dir nest/v5", "what": "training run"}
+    (busy / LOCK_FILE).write_text(json.dumps(holder))
+    command = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN, "--max_steps", "1"]
+    with pytest.raises(
+        FolderBusyError,
+        match=r"nest holds .*nest/v5, which another training run is writing \(pid 4321 on another-host",
+    ):
+        training.main(
+            [*command, "--output_dir", str(tmp_path / "nest"), "--variant", "1,5", "--overwrite_output_dir", "1"]
+        )
+    assert (busy / "checkpoint-2").is_dir() and sorted(path.name for path in (tmp_path / "nest").iterdir()) == ["v5"]
+
+
+def test_a_lock_below_a_folder_stops_its_lock_only_while_another_process_holds_it(tmp_path):
+    """Locks down to a study's row folders (`runs/<row>/seed-<S>`) count; a killed holder's lock, or one this process
+    holds itself (a study training its rows), is not in the way."""
+    row = tmp_path / "study" / "runs" / "v5" / "seed-42"
+    row.mkdir(parents=True)
+    (row / LOCK_FILE).write_text(json.dumps({"pid": 4321, "host": "another-host", "command": "x", "what": "study"}))
+    busy = pytest.raises(FolderBusyError, match=r"study holds .*seed-42, which another study is writing")
+    with busy, folder_lock(tmp_path / "study"):
+        pytest.fail("locked a folder holding a busy one")
+    assert not (tmp_path / "study" / LOCK_FILE).exists()
+    (row / LOCK_FILE).write_text(json.dumps({"pid": _gone_pid(), "host": socket.gethostname(), "command": "x"}))
+    with folder_lock(tmp_path / "study"):  # a killed run's lock below
+        pass
+    (row / LOCK_FILE).unlink()
+    with folder_lock(row), folder_lock(tmp_path / "study"):  # this process's own
+        pass

@@ -4,6 +4,7 @@ output folders are refused before training, interrupted saves are undone, and ba
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -275,6 +276,7 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
         (tmp_path / f"checkpoint-{step}").mkdir()
         if complete:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+            (tmp_path / f"checkpoint-{step}" / "poolattn_checkpoint.json").write_text('{"recipe": {}}')
     with caplog.at_level("WARNING", logger="poolattn.training.trainer"):
         assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-4 is incomplete" in caplog.text and "resuming from" in caplog.text
@@ -283,9 +285,8 @@ def test_resuming_names_the_incomplete_checkpoints_it_passes_over(tmp_path, capl
     (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-6 is incomplete (a damaged trainer_state.json" in caplog.text
-    # once the run records its recipe in every checkpoint, one whose record is missing (killed between the two
-    # writes) or damaged is passed over too: resuming from it could not check the flags against its recipe
-    (tmp_path / "checkpoint-2" / "poolattn_checkpoint.json").write_text('{"recipe": {}}')
+    # one whose record is missing (killed between the two writes) or damaged is passed over too: resuming from it
+    # could not check the flags against its recipe
     for step, record in ((8, None), (10, '{"recipe": {"learning_ra')):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
@@ -599,3 +600,42 @@ def test_a_figure_whose_writing_fails_leaves_the_earlier_figure_whole(tmp_path, 
     with pytest.raises(OSError):
         plots.category_bars(path, ["a", "b"], {"a": {"STS": 0.7}, "b": {"STS": 0.1}}, ["STS"], {})
     assert path.read_bytes() == earlier and [item.name for item in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(("flag", "inside"), [("--train_data", "out"), ("--eval_data", "."), ("--train_data", "a/b")])
+def test_an_output_dir_inside_the_data_folder_is_refused_before_training(
+    flag, inside, tiny_backbone_folder, triplets_file, tmp_path
+):
+    """The run's files (a checkpoint's adapter_config.json, the model's manifest) would be read as data the next time
+    the folder is read (a resume, a streamed run's check at its end): an --output_dir inside (or equal to) a local
+    --train_data or --eval_data folder is refused before anything is written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(triplets_file, data / "rows.jsonl")
+    given = {"--train_data": triplets_file, flag: str(data)}
+    output = data / inside
+    command = ["--backbone", tiny_backbone_folder, *TINY_RUN, "--max_steps", "1", "--output_dir", str(output)]
+    with pytest.raises(ValueError, match=rf"--output_dir {re.escape(str(output))} is inside {flag} .*data: .*give"):
+        training.main([*command, *(item for pair in given.items() for item in pair)])
+    assert [path.name for path in data.iterdir()] == ["rows.jsonl"]
+
+
+def test_an_output_dir_holding_a_run_laid_out_otherwise_is_refused_or_replaced(
+    tiny_backbone_folder, triplets_file, tmp_path
+):
+    """A single run's `lay/model` then `--seeds 2` into `lay` (`lay/seed-42`, `lay/seed-43`): refused, resuming too (it
+    cannot continue that run, whose model would stay beside the new ones), and --overwrite_output_dir removes it; a
+    single run into a folder of seed folders is refused likewise."""
+    lay = tmp_path / "lay"
+    common = ["--backbone", tiny_backbone_folder, "--train_data", triplets_file, *TINY_RUN, "--output_dir", str(lay)]
+    training.main([*common, "--max_steps", "2"])
+    for more in ([], ["--resume_from_checkpoint", "true"]):
+        with pytest.raises(
+            ValueError, match=r"lay holds an earlier run \(model, checkpoint-2\).*--overwrite_output_dir"
+        ):
+            training.main([*common, "--seeds", "2", *more])
+    assert sorted(path.name for path in lay.iterdir()) == ["checkpoint-2", "model"]
+    training.main([*common, "--seeds", "2", "--max_steps", "1", "--overwrite_output_dir", "true"])
+    assert sorted(path.name for path in lay.iterdir()) == ["seed-42", "seed-43"]
+    with pytest.raises(ValueError, match=r"lay/seed-42 holds an earlier run \(model"):
+        training.main([*common, "--max_steps", "1"])

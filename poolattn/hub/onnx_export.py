@@ -177,19 +177,7 @@ def export_onnx(
                 f"embeddings) > tolerance {tolerance:g}; {folder / ONNX_FOLDER} was not written. Report it with your "
                 f"torch ({torch.__version__}) and onnxruntime ({onnxruntime.__version__}) versions."
             )
-        record = OnnxExport(
-            folder=folder.resolve().name,
-            file=ONNX_FILE,
-            max_abs_diff=max_abs_diff,
-            tolerance=tolerance,
-            checks=checks,
-            opset=_opset(program),
-            torch_version=torch.__version__,
-            onnxruntime_version=onnxruntime.__version__,
-            export_seconds=round(seconds, 1),
-            weights_fingerprint=model_fingerprint(folder),
-            weights_sha256=weights_sha256(folder),
-        )
+        record = _export_record(folder, program, max_abs_diff, tolerance, checks, seconds)
         if quantize:
             add_int8(program, staging, model, record, num_threads)
         record.save(staging / EXPORT_RECORD)
@@ -201,6 +189,25 @@ def export_onnx(
         "%s: ONNX export written (max difference from PyTorch %.2g)", folder / ONNX_FOLDER, record.max_abs_diff
     )
     return record
+
+
+def _export_record(folder: Path, program, max_abs_diff: float, tolerance: float, checks, seconds: float) -> OnnxExport:
+    """What an fp32 export measured, with the versions and the weights it was made from."""
+    import onnxruntime
+
+    return OnnxExport(
+        folder=folder.resolve().name,
+        file=ONNX_FILE,
+        max_abs_diff=max_abs_diff,
+        tolerance=tolerance,
+        checks=checks,
+        opset=_opset(program),
+        torch_version=torch.__version__,
+        onnxruntime_version=onnxruntime.__version__,
+        export_seconds=round(seconds, 1),
+        weights_fingerprint=model_fingerprint(folder),
+        weights_sha256=weights_sha256(folder),
+    )
 
 
 def _check_request(folder: Path, tolerance) -> None:

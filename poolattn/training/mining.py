@@ -265,13 +265,8 @@ def mine_hard_negatives(
     output = Path(output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise MiningError(f"--output {output} exists and is not an empty folder; give a new folder.")
-    triplets = load_triplets(  # every given negative
-        train_data,
-        split=settings.data_split,
-        skip_invalid=settings.skip_invalid_rows,
-        negatives_per_query=10**6,
-        line_numbers=True,
-    )
+    reading = dict(split=settings.data_split, skip_invalid=settings.skip_invalid_rows, line_numbers=True)
+    triplets = load_triplets(train_data, negatives_per_query=10**6, **reading)  # every given negative
     set_source_instructions(triplets, settings.source_instructions or {})  # as training's --source_instructions
     started = time.time()
     encoder = TextEncoder(

@@ -2,10 +2,16 @@
 the runs one command makes (one per design)."""
 
 import logging
+import math
+import random
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from transformers.trainer_utils import IntervalStrategy
+
 from ..configuration_poolattn import DESIGNS, TRAINABLE_POOLINGS, PoolAttnConfig, variant_tag
+from ..files import unwritable_folder
 from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets, load_triplets, set_source_instructions
 from .plateau import evaluations_within
@@ -164,9 +170,8 @@ def _instructions_used(data_args: DataArguments, triplets: Triplets, held_out: l
         elif data_args.query_instruction:
             used.setdefault(data_args.query_instruction, "--query_instruction")
     if triplets.stream is not None:
-        for source in sources:
-            if source.instruction:
-                used.setdefault(source.instruction, f"--source_instructions' instruction for {source.name}")
+        for source in (source for source in sources if source.instruction):
+            used.setdefault(source.instruction, f"--source_instructions' instruction for {source.name}")
         if data_args.query_instruction:
             used.setdefault(data_args.query_instruction, "--query_instruction")
     return used
@@ -191,9 +196,7 @@ def _weighted_without_a_batch(triplets: Triplets, loss_batch: int) -> list[str]:
 
 
 def held_out_rows(
-    triplets: Triplets,
-    data_args: DataArguments,
-    training_args: TrainingRunArguments,
+    triplets: Triplets, data_args: DataArguments, training_args: TrainingRunArguments
 ) -> tuple[Triplets, list[dict] | None]:
     """(the training rows, the evaluation rows): `--eval_data`, or `--eval_fraction` of the training rows, taken out
     of a copy of `triplets` (the given object is left as it is), checked against the evaluation settings before
@@ -202,8 +205,6 @@ def held_out_rows(
     if data_args.eval_data:
         rows = _evaluation_file_rows(data_args)
     elif data_args.eval_fraction:
-        import random
-
         order = list(range(len(triplets.rows)))
         random.Random(training_args.seed).shuffle(order)
         chosen = set(order[: max(1, round(data_args.eval_fraction * len(order)))])
@@ -228,14 +229,8 @@ def _evaluation_file_rows(data_args: DataArguments) -> list[dict]:
     )
     # the training sources' instructions, where the evaluation files have the same names; then each row carries
     # its instruction itself, as its source index means nothing to the training collator
-    set_source_instructions(
-        evaluation,
-        {
-            key: value
-            for key, value in data_args.instructions_per_source.items()
-            if any(key in (item.name, data_stem(item.file)) for item in evaluation.sources)
-        },
-    )
+    names = {name for item in evaluation.sources for name in (item.name, data_stem(item.file))}
+    set_source_instructions(evaluation, {k: v for k, v in data_args.instructions_per_source.items() if k in names})
     return [
         {**row, "instruction": row["instruction"] or evaluation.sources[row["source"]].instruction, "source": None}
         for row in evaluation.rows
@@ -243,14 +238,8 @@ def _evaluation_file_rows(data_args: DataArguments) -> list[dict]:
 
 
 def _check_evaluation(rows: list[dict] | None, data_args: DataArguments, training_args: TrainingRunArguments) -> None:
-    from transformers.trainer_utils import IntervalStrategy
-
-    if rows is None and (
-        training_args.eval_strategy != IntervalStrategy.NO
-        or training_args.load_best_model_at_end
-        or data_args.early_stopping_patience
-        or training_args.plateau_patience
-    ):
+    asked = training_args.eval_strategy != IntervalStrategy.NO or training_args.load_best_model_at_end
+    if rows is None and (asked or data_args.early_stopping_patience or training_args.plateau_patience):
         raise TrainingSetupError(
             "--eval_strategy, --load_best_model_at_end, --early_stopping_patience and --plateau_patience need "
             "evaluation data: give --eval_data FILE or --eval_fraction 0.05."
@@ -273,10 +262,6 @@ def _check_evaluation(rows: list[dict] | None, data_args: DataArguments, trainin
 def _check_stopping_rules(data_args: DataArguments, training_args: TrainingRunArguments) -> None:
     """A plateau or early-stopping rule of patience N stops a run at its N + 1-th evaluation at the earliest: with
     fewer evaluations within --max_steps it could never act, and the run would train to the cap as if not asked."""
-    import math
-
-    from transformers.trainer_utils import IntervalStrategy
-
     every, cap = training_args.eval_steps or training_args.save_steps, training_args.max_steps
     if cap < 1 or not every or training_args.eval_strategy not in (IntervalStrategy.NO, IntervalStrategy.STEPS):
         return  # epochs: counted from the data later
@@ -296,43 +281,64 @@ def _check_stopping_rules(data_args: DataArguments, training_args: TrainingRunAr
 
 def check_output_writable(base_output) -> None:
     """Refuse an output folder that is a file or cannot be written, before anything is written."""
-    import os
-
-    base_output = Path(base_output)
-    if base_output.exists() and not base_output.is_dir():
-        raise TrainingSetupError(f"--output_dir {base_output} is a file; give a folder (it is created if missing).")
-    existing = next(parent for parent in (base_output, *base_output.parents) if parent.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingSetupError(
-            f"--output_dir {base_output}: {existing} is not writable; give a folder you can write to."
-        )
+    if problem := unwritable_folder(base_output):
+        raise TrainingSetupError(f"--output_dir {problem}")
 
 
 def check_output_dir(base_output, runs: list["PlannedRun"], *, resume: bool, overwrite: bool) -> None:
     """Refuse, before training, an output folder that is a file, is not writable, or holds an earlier run's model or
-    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced)."""
-    import shutil
-
+    checkpoints (unless resuming, or `overwrite`: then the earlier checkpoints are removed and the model replaced); a
+    run laid out otherwise (`model/` where this job writes `seed-<S>/`) is refused when resuming too."""
     base_output = Path(base_output)
     check_output_writable(base_output)
-    for planned in runs:
-        # a model retired by an interrupted export (`files.atomic_save`) is put back by the next save: an earlier run
-        checkpoints = list(planned.output_dir.glob("checkpoint-*"))
-        retired = list(planned.output_dir.glob(f".{planned.model.name}.old-*"))
-        earlier = [path for path in (planned.model, *checkpoints, *retired) if path.exists()]
-        if not earlier or resume:
-            continue
-        if not overwrite:
+    earlier = _earlier_runs(base_output, runs, resume=resume)
+    if earlier and not overwrite:
+        (folder, paths), ours = earlier[0], earlier[0][0] in {run.output_dir for run in runs}
+        names = ", ".join(path.name for path in paths[:3])
+        unlike = "" if ours else f", laid out unlike this job's runs (e.g. {runs[0].output_dir}), so not resumable"
+        keep = "--resume_from_checkpoint true to keep finished runs and continue the others, or " if ours else "or "
+        raise TrainingSetupError(
+            f"{folder} holds an earlier run ({names}){unlike}; give another --output_dir, {keep}"
+            "--overwrite_output_dir to train again (its checkpoints and model are removed first)."
+        )
+    # the earlier model goes too: a run killed before its own export must not resume into the earlier model
+    for path in (path for _, paths in earlier for path in paths):
+        shutil.rmtree(path)
+        logger.info("removed %s (--overwrite_output_dir)", path)
+
+
+def _earlier_runs(base: Path, runs: list["PlannedRun"], *, resume: bool) -> list[tuple[Path, list[Path]]]:
+    """The folders `planned_runs` can lay out below `base` (this job's, then `base`, `v5/`, `seed-42/`, `v5/seed-42/`)
+    holding a model, checkpoints or a model an interrupted export retired (an earlier run's too), with those: this
+    job's unless resuming, and any laid out otherwise (those laid out as its runs, `v2/` beside `v5/`, are left)."""
+
+    def layout(folder: Path) -> tuple[bool, ...]:  # (), (False,) for v5/, (True,) for seed-42/, (False, True)
+        return tuple(part.startswith("seed-") for part in folder.relative_to(base).parts)
+
+    planned = {run.output_dir for run in runs}
+    designs = [base / variant_tag(design) for design in DESIGNS if (base / variant_tag(design)).is_dir()]
+    seeds = [path for folder in (base, *designs) for path in sorted(folder.glob("seed-*")) if path.is_dir()]
+    found = []
+    for folder in dict.fromkeys([*(run.output_dir for run in runs), base, *designs, *seeds]):
+        saves = [folder / "model", *sorted(folder.glob("checkpoint-*")), *sorted(folder.glob(".model.old-*"))]
+        paths = [path for path in saves if path.exists()]
+        if paths and ((folder in planned and not resume) or layout(folder) != layout(runs[0].output_dir)):
+            found.append((folder, paths))
+    return found
+
+
+def check_output_outside_data(data_args: DataArguments, training_args: TrainingRunArguments) -> None:
+    """Refuse an --output_dir inside (or equal to) a local --train_data or --eval_data folder (with no --output_dir:
+    outputs/, the default's folder): the run's files would be read as data the next time the folder is read."""
+    given = training_args.output_dir_was_given
+    output = Path(training_args.output_dir if given else "outputs")
+    for flag, data in (("--train_data", data_args.train_data), ("--eval_data", data_args.eval_data)):
+        if data and Path(data).is_dir() and output.resolve().is_relative_to(Path(data).resolve()):
             raise TrainingSetupError(
-                f"{planned.output_dir} holds an earlier run ({', '.join(path.name for path in earlier[:3])}); give "
-                "another --output_dir, --resume_from_checkpoint true to keep finished runs and continue the others, "
-                "or --overwrite_output_dir to train again (its checkpoints and model are removed first)."
+                f"{f'--output_dir {output}' if given else 'the default --output_dir (in outputs/)'} is inside {flag} "
+                f"{data}: the run's checkpoints and model would be read as its data the next time it is read; give an "
+                f"--output_dir outside {data}."
             )
-        # the earlier model goes too: a run killed before its own export must not resume into the earlier model
-        for path in earlier:
-            if path.exists():
-                shutil.rmtree(path)
-                logger.info("removed %s (--overwrite_output_dir)", path)
 
 
 def check_resume(resume: str | None, runs: list["PlannedRun"]) -> None:

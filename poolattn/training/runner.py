@@ -49,6 +49,7 @@ from .preflight import (
     check_batches,
     check_designs_build,
     check_output_dir,
+    check_output_outside_data,
     check_output_writable,
     check_prompt_lengths,
     check_resume,
@@ -246,6 +247,29 @@ def export_untrained(
     return written
 
 
+def check_before_reading(model_args, data_args, training_args, runs: list) -> str:
+    """The backbone, every design on it, where the data and the output are, and Hub access: checked before anything
+    is read, written or trained. Returns the backbone's folder."""
+    backbone_path = resolve_backbone(model_args.backbone)
+    check_designs_build(model_args, backbone_path)
+    warn_head_rate_unused(model_args, training_args)
+    require_shared_data(data_args.train_data, "--train_data")
+    check_output_outside_data(data_args, training_args)  # before the data is read: it may hold an earlier run's files
+    if training_args.push_to_hub or training_args.hub_dry_run:  # every variant's repository id, as publish derives it
+        for variant in dict.fromkeys(planned.variant for planned in runs):
+            try:
+                trained = model_args.model_name_for(variant)
+                repository_id(training_args.hub_model_id, variant=variant, trained_name=trained)
+            except ValueError as error:
+                raise TrainingSetupError(str(error)) from None
+    if training_args.push_to_hub:
+        try:
+            check_push_possible(training_args.hub_token)
+        except HubPushError as error:
+            raise TrainingSetupError(f"--push_to_hub: {error}") from None
+    return backbone_path
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> list[Path]:
     """Train, export and (with --push_to_hub / --hub_dry_run) publish every requested variant and seed; the exported
     folders, in `planned_runs` order.
@@ -261,23 +285,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     runs = planned_runs(model_args, training_args, base_output)
     resume = training_args.resume_from_checkpoint  # "true", a checkpoint folder or None (`resume_setting`)
     check_resume(resume, runs)
-    # the backbone, every design on it, data and Hub access: checked before anything is written or trained
-    backbone_path = resolve_backbone(model_args.backbone)
-    check_designs_build(model_args, backbone_path)
-    warn_head_rate_unused(model_args, training_args)
-    require_shared_data(data_args.train_data, "--train_data")
-    if training_args.push_to_hub or training_args.hub_dry_run:  # every variant's repository id, as publish derives it
-        for variant in dict.fromkeys(planned.variant for planned in runs):
-            try:
-                trained = model_args.model_name_for(variant)
-                repository_id(training_args.hub_model_id, variant=variant, trained_name=trained)
-            except ValueError as error:
-                raise TrainingSetupError(str(error)) from None
-    if training_args.push_to_hub:
-        try:
-            check_push_possible(training_args.hub_token)
-        except HubPushError as error:
-            raise TrainingSetupError(f"--push_to_hub: {error}") from None
+    backbone_path = check_before_reading(model_args, data_args, training_args, runs)
     triplets = training_triplets(data_args, training_args)
     triplets, held_out = held_out_rows(triplets, data_args, training_args)
     check_batches(triplets, data_args, training_args)
