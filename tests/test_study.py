@@ -716,6 +716,11 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
     # a study resumed: the ETA from its first step on, from the wall times its records give
     resumed = study_progress.StudyProgress(plan, recorded={"control": [20.0, 40.0], "training": [900.0]})
     assert resumed.eta() == f", ETA {(4 * 30 + 4 * 900) / 60:.0f} min"
+    # ... of the steps still to run: those its folder holds done already are not in it, then or as they are passed
+    done = study_progress.StudyProgress(plan, recorded={"control": [30.0], "training": [900.0]}, done={"training": 3})
+    assert done.eta() == f", ETA {(4 * 30 + 1 * 900) / 60:.0f} min"
+    done.step("training", plan.rows[0], 42, work(0), state="done already")
+    assert done.eta() == f", ETA {(4 * 30 + 1 * 900) / 60:.0f} min" and done.total == 8
 
 
 def test_every_comparison_rests_on_the_seeds_both_rows_have(tiny_backbone_folder, triplets_file, tmp_path, capsys):

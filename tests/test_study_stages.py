@@ -112,14 +112,22 @@ def test_full_sts_scores_the_best_row_and_its_control_on_every_pair_as_scoring_i
     with pytest.raises(SystemExit, match="its selection has none"):
         cli.run_study_command(["--full-sts", "--tasks", "EmotionClassification", *argv])
     sts = ["BIOSSES", "SICK-R"]
-    argv = ["--full-sts", "--controls", "first", "--tasks", ",".join([*sts, "EmotionClassification"]), *argv]
-    assert cli.run_study_command(argv) == 0
+    argv = ["--controls", "first", "--tasks", ",".join([*sts, "EmotionClassification"]), *argv]
+    assert cli.run_study_command(argv) == 0  # the study first, then its full STS scoring asked for on a resume
     output = tmp_path / "study"
+    # a copy of its records (no weights) cannot score the best row in full: it says so, and the study still ends
+    assert cli.run_study_command(["--copy-records", str(output), str(tmp_path / "early")]) == 0
+    early = [*argv[: argv.index("--output") + 1], str(tmp_path / "early"), *argv[argv.index("--output") + 2 :]]
+    assert cli.run_study_command(["--full-sts", *early]) == 0
+    report = (tmp_path / "early" / "report" / "study.md").read_text()
+    assert "not scored on the full tasks yet (models copied" in report
+    argv = ["--full-sts", *argv]
+    assert cli.run_study_command(argv) == 0
     plan = study.StudyPlan.read(output)
     trained = {item.row.key: item for item in study.collect(plan, output)}
     sample_means = {key: sum(item.replicates.scores[task] for task in sts) / 2 for key, item in trained.items()}
     best = max(sample_means, key=sample_means.get)
-    assert full_sts.best_row(list(trained.values()), sts).row.key == best
+    assert full_sts.best_row(list(trained.values()), sts, 2).row.key == best
 
     full = {item.row.key: item for item in study.collect(full_sts.full_plan(plan), output)}
     assert [key for key, item in full.items() if item.replicates is not None] == [best]

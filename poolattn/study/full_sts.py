@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from ..model_folder import weights_record
 from .compare import RowResults, collect, compare_rows
 from .plan import StudyError, StudyPlan
 
@@ -43,35 +44,54 @@ def check_full_sts(plan: StudyPlan) -> None:
         )
 
 
-def best_row(trained: list[RowResults], sts_tasks: list[str]) -> RowResults | None:
+def best_row(trained: list[RowResults], sts_tasks: list[str], seeds: int) -> RowResults | None:
     """The trained row (a design, a baseline or an arm; never a control) with the highest STS mean over its seeds on
-    the study's sample, among the rows scored on every one of `sts_tasks` (a mean over fewer tasks is not comparable);
-    None when no row is."""
+    the study's sample, among the rows scored on every one of `sts_tasks` with all their `seeds` (a mean over fewer
+    tasks or seeds is not comparable); None when no row is. Ties go to the first row of the plan."""
     candidates = [
         item
         for item in trained
-        if item.row.kind != "control" and item.replicates is not None and set(sts_tasks) <= set(item.replicates.tasks)
+        if item.row.kind != "control"
+        and item.replicates is not None
+        and len(item.replicates.runs) == seeds
+        and set(sts_tasks) <= set(item.replicates.tasks)
     ]
     return max(candidates, key=lambda item: item.replicates.category_means()[CATEGORY], default=None)
 
 
 def best_row_folders(plan: StudyPlan, output) -> list[Path]:
-    """The model folders the full scoring scores: every seed of the best row and its untrained controls ([] and a
-    warning when no row has been scored on every STS task)."""
-    best = best_row(collect(plan, output), plan.sts_tasks())
+    """The model folders the full scoring scores: every seed of the best row and its untrained controls, but those
+    copied without their weights (`study.py --copy-records`) whose full scores are not there already (they cannot be
+    scored; named in a warning); [] and a warning when no row has every seed scored on every STS task."""
+    from .records import score_problems
+
+    best = best_row(collect(plan, output), plan.sts_tasks(), len(plan.seeds))
     if best is None:
-        logger.warning("study: no row is scored on every STS task of the study; nothing to score in full")
+        logger.warning("study: no row has every seed scored on every STS task of the study; nothing to score in full")
         return []
-    means = best.replicates.category_means()
     logger.info(
-        "study: %s has the best STS mean on the sample (%.4f, %d seed(s)): scoring it and its untrained control on "
-        "the full STS tasks (%s)",
+        "study: %s has the best STS mean on the sample (%.4f, %d seeds): scoring it%s on the full STS tasks (%s)",
         best.row.label,
-        means[CATEGORY],
+        best.replicates.category_means()[CATEGORY],
         len(best.replicates.runs),
+        " and its untrained control" if best.control_models else "",
         ", ".join(plan.sts_tasks()),
     )
-    return [model.folder for model in (*best.models, *best.control_models)]
+    full = full_plan(plan)
+    folders = [model.folder for model in (*best.models, *best.control_models)]
+    weightless = [
+        folder
+        for folder in folders
+        if weights_record(folder) is not None
+        and score_problems(full, folder, output, selection=full.selection(), instructions=True)
+    ]
+    if weightless:
+        logger.warning(
+            "study: not scored on the full STS tasks, copied without their weights (--copy-records): %s; put their "
+            "weights back (from the study folder the records came from) to score them",
+            ", ".join(map(str, weightless)),
+        )
+    return [folder for folder in folders if folder not in weightless]
 
 
 def full_sts_section(plan: StudyPlan, output) -> list[str]:
@@ -81,15 +101,27 @@ def full_sts_section(plan: StudyPlan, output) -> list[str]:
         return []
     lines = ["## The best row on the full STS tasks (no budget)", ""]
     full = full_plan(plan)
-    rows = [item for item in collect(full, output) if item.replicates is not None]
-    if not rows:
+    best = best_row(collect(plan, output), plan.sts_tasks(), len(plan.seeds))  # the row chosen now, not an earlier one
+    rows = [item for item in collect(full, output) if best and item.row.key == best.row.key and item.replicates]
+    if best is None:
         return [*lines, "Not scored yet: it runs once every row of the study is trained and scored.", ""]
+    if not rows:
+        return [
+            *lines,
+            f"{best.row.label} has the best STS mean on the sample; not scored on the full tasks yet (models copied "
+            "without their weights, `--copy-records`, cannot be: put their weights back and run the study again).",
+            "",
+        ]
     tasks = full.tasks
     lines += [
         f"Chosen as the trained row with the highest STS mean on the study's sample (`--budget {plan.budget}`) of "
         f"these same tasks, then scored on every pair of {', '.join(tasks)}: its mean here is the score of the row "
-        "the sample preferred, not an unbiased estimate of its lead over the other rows; its difference from its own "
-        "untrained control (step 0) is chosen on nothing.",
+        "the sample preferred, not an unbiased estimate of its lead over the other rows"
+        + (
+            "; its difference from its own untrained control (step 0) is chosen on nothing."
+            if plan.controls
+            else " (the study scored no untrained controls: `--controls` sets the row beside its step 0)."
+        ),
         "",
     ]
     from ..stats import markdown_table

@@ -22,13 +22,22 @@ class StudyProgress:
     `recorded_costs`), times the steps of that stage left, and waits for a stage's first such step rather than guess
     it."""
 
-    def __init__(self, plan: StudyPlan, stages=("tuning", "control", "training"), recorded: dict | None = None):
+    def __init__(
+        self,
+        plan: StudyPlan,
+        stages=("tuning", "control", "training"),
+        recorded: dict | None = None,
+        done: dict | None = None,
+    ):
         runs = len(plan.rows) * len(plan.seeds)
         controls = len(plan.rows) * sum(plan.has_control(seed) for seed in plan.seeds)
         self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
         self.left["training"] = runs
         self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
         self.total = sum(self.left.values())
+        # the steps the folder holds done already (`runner.steps_done`): never in the ETA, stepped past as they come
+        self.done_before = {stage: min((done or {}).get(stage, 0), count) for stage, count in self.left.items()}
+        self.left = {stage: count - self.done_before[stage] for stage, count in self.left.items()}
         self.done, self.started, self.last_end = 0, time.time(), time.time()
         self.costs: dict[str, list[float]] = {stage: list((recorded or {}).get(stage, [])) for stage in self.left}
         self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
@@ -42,7 +51,10 @@ class StudyProgress:
         now = time.time()
         state = state(result) if callable(state) else state
         self.counts[state] += 1
-        self.left[stage] -= 1
+        if state == "done already" and self.done_before[stage] > 0:
+            self.done_before[stage] -= 1  # left out of `left` from the start
+        else:
+            self.left[stage] -= 1
         if state == "ran now":
             self.costs[stage].append(now - self.last_end)
         self.last_end = now

@@ -91,20 +91,37 @@ def one_process_work_left(plan: StudyPlan, output) -> list[str]:
     left = []
     tuned = read_tuning(output) if plan.tuning else {}
     for row in plan.rows:
-        if plan.tuning:
-            record, head = tuned.get(row.key), has_head(row.variant, row.overrides)
-            if (
-                record is None
-                or points_to_train(record, plan.tuning_grid, has_head=head)
-                or record.chosen != chosen_point(record, plan.tuning_grid, has_head=head)
-            ):
-                left.append(f"{row.label}: tuning")
+        if plan.tuning and not row_tuned(plan, tuned, row):
+            left.append(f"{row.label}: tuning")
         left += [
             f"{row.label}, seed {seed}: control"
             for seed in plan.seeds
             if plan.has_control(seed) and not (run_folder(output, row, seed) / "step0" / MANIFEST_FILE).is_file()
         ]
     return left
+
+
+def row_tuned(plan: StudyPlan, tuned: dict, row: StudyRow) -> bool:
+    """Whether the row's tuning is done: every point of its grid walk trained and its choice recorded."""
+    record, head = tuned.get(row.key), has_head(row.variant, row.overrides)
+    return not (
+        record is None
+        or points_to_train(record, plan.tuning_grid, has_head=head)
+        or record.chosen != chosen_point(record, plan.tuning_grid, has_head=head)
+    )
+
+
+def steps_done(plan: StudyPlan, output) -> dict[str, int]:
+    """How many steps of each stage the study's folder holds done already (the ETA leaves them out)."""
+    tuned = read_tuning(output) if plan.tuning else {}
+    done = {"tuning": sum(row_tuned(plan, tuned, row) for row in plan.rows) if plan.tuning else 0}
+    pairs = [(row, seed) for row in plan.rows for seed in plan.seeds]
+    done["control"] = sum(
+        plan.has_control(seed) and (run_folder(output, row, seed) / "step0" / MANIFEST_FILE).is_file()
+        for row, seed in pairs
+    )
+    done["training"] = sum(step_state(run_folder(output, row, seed)) == "done already" for row, seed in pairs)
+    return done
 
 
 def check_rows_build(plan: StudyPlan) -> None:
@@ -159,7 +176,9 @@ def check_tuning_record(plan: StudyPlan, output: Path) -> None:
 def _tune_locked(plan: StudyPlan, output: Path) -> StudyRun:
     """The tuning stage alone: every row tuned in the order its runs would come (`run_order`), nothing else."""
     _write_plan(plan, output)
-    progress = StudyProgress(plan, stages=("tuning",), recorded=recorded_costs(plan, output))
+    progress = StudyProgress(
+        plan, stages=("tuning",), recorded=recorded_costs(plan, output), done=steps_done(plan, output)
+    )
     for row, seed in run_order(plan):
         if seed == plan.seeds[0]:
             tune_step(plan, row, output, progress)
@@ -179,7 +198,7 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
     already (`one_process_work_left`), and process 0 scores every model at the end."""
     _write_plan(plan, output)
     stages = ("training",) if distributed else ("tuning", "control", "training")
-    progress = StudyProgress(plan, stages, recorded=recorded_costs(plan, output))
+    progress = StudyProgress(plan, stages, recorded=recorded_costs(plan, output), done=steps_done(plan, output))
     failures = []
     trained: list[tuple[StudyRow, int, Path]] = []
     for row, seed in run_order(plan):
@@ -209,8 +228,10 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
             if plan.has_control(seed):
                 failures += score_models(plan, [folder / "step0"], output).failures
             failures += score_run(plan, row, folder, output)
-    if plan.full_sts:  # every run scored: the best row and its control on the full STS tasks
+    if plan.full_sts and not failures:  # every run scored: the best row and its control on the full STS tasks
         failures += score_models(full_plan(plan), best_row_folders(plan, output), output).failures
+    elif plan.full_sts:
+        logger.warning("study: the full STS scoring waits for every task to score (%d failed)", len(failures))
     logger.info("study: %s", progress.summary())
     report = write_report(output)
     return StudyRun(report.path, failures, report.left_out)
