@@ -107,3 +107,18 @@ def test_a_clustering_task_of_one_text_a_row_is_capped_by_rows(tmp_path):
     assert all(isinstance(text, str) for text in texts) and len(texts) > 25  # one text a row
     split = cap_task(load_task("TwentyNewsgroupsClustering.v2", data_dir=tmp_path), 25).dataset["test"]
     assert len(split) == 25 and set(split["sentences"]) < set(texts)
+
+
+def test_a_budget_keeping_too_few_texts_a_label_of_a_clustering_set_says_so(caplog):
+    """A budget at or below a set's count of labels scored every model v-measure 1.0, a tie nothing warned of."""
+    import datasets
+
+    from poolattn.evaluation.budget import _cap_clustering_sets
+
+    one_set = {"sentences": [f"t{i}" for i in range(40)], "labels": [i % 16 for i in range(40)]}
+    sets = datasets.Dataset.from_list([one_set])
+    with caplog.at_level("WARNING", logger="poolattn.evaluation.budget"):
+        _cap_clustering_sets(sets, 40, 42)
+        assert "too few texts a label" not in caplog.text
+        _cap_clustering_sets(sets, 2, 42)
+    assert "budget 2 keeps 2 texts of 2 labels" in caplog.text

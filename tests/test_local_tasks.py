@@ -269,6 +269,10 @@ def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tm
             r"qrels/test.jsonl, row 1: corpus-id 'nowhere' is not in corpus/",
         ),
         (lambda f: (f / "corpus" / "corpus.jsonl").write_text(""), r"corpus: no document rows"),
+        (  # graded relevance is whole: mteb's loader refuses 0.5, poolattn's read it as 0 (and scored 0.0)
+            lambda f: jsonl(f / "qrels" / "test.jsonl", [{**row, "score": 0.5} for row in _rows(f / "qrels")]),
+            r"qrels/test.jsonl, row 1: score 0.5; give a whole number",
+        ),
     ],
 )
 def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break_it, message):
@@ -394,3 +398,73 @@ def test_minilm_reproduces_the_local_wikiqa_retrieval_reference(tmp_path):
     reference = json.loads((SHARED / "reference_minilm_local.json").read_text())["WikiQARetrieval"]["main_score"]
     score = read_results(next((output / "results").iterdir())).scores["WikiQARetrieval"]
     assert score == pytest.approx(reference, abs=1e-4)
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fault", ["no candidates", "two rows"])
+def test_a_judged_reranking_query_without_one_row_of_candidates_is_refused(tmp_path, fault):
+    """mteb scores a judged query without candidates 0 (it only logs it), and of two rows of one query keeps the
+    last: both silently lowered the score."""
+    folder = wikiqa_subset("WikiQAReranking", tmp_path / "data" / "MyReranking", queries=3)
+    check_retrieval_folder(folder)
+    rows = _rows(folder / "top_ranked")
+    changed = rows[1:] if fault == "no candidates" else [*rows, {**rows[0], "corpus-ids": rows[0]["corpus-ids"][:1]}]
+    jsonl(folder / "top_ranked" / "test.jsonl", changed)
+    message = "no candidates for 1 judged" if fault == "no candidates" else "rows 1 and 4: query-id .* twice"
+    with pytest.raises(LocalTaskError, match=message):
+        check_retrieval_folder(folder)
+
+
+def test_a_copy_rewritten_with_its_old_modification_time_is_read_as_it_is_now(tmp_path):
+    """`cp -p`, `rsync -a` or an unpacked archive keep a file's time: `datasets`, which caches a local file by its
+    path and time, gave the old rows of a rewritten copy, scored under the new data's fingerprint."""
+    import os
+
+    rows = [json.loads(line) for line in (SHARED / "BIOSSES" / "test.jsonl").read_text().splitlines()][:12]
+    path = tmp_path / "data" / "BIOSSES" / "test.jsonl"
+    loaded = []
+    for flipped in (False, True):
+        jsonl(path, [{**row, "score": 4 - row["score"]} if flipped else row for row in rows])
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+        task = load_task("BIOSSES", data_dir=tmp_path / "data")
+        task.load_data()
+        loaded.append(list(task.dataset["test"]["score"]))
+    assert loaded[1] == [4 - score for score in loaded[0]]
+
+
+def test_a_linked_folder_of_a_task_copy_is_part_of_its_fingerprint(tmp_path):
+    """Two tasks sharing one corpus through a link: `rglob` did not follow it, so an edited shared corpus left the
+    task's fingerprint as it was, and its old scores were served."""
+    from poolattn.evaluation.cache_keys import task_data_fingerprint
+
+    folder = wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyRetrieval", queries=3)
+    (folder / "corpus").rename(tmp_path / "shared-corpus")
+    (folder / "corpus").symlink_to(tmp_path / "shared-corpus", target_is_directory=True)
+    before = task_data_fingerprint("MyRetrieval", tmp_path / "data")
+    documents = _rows(tmp_path / "shared-corpus")
+    jsonl(tmp_path / "shared-corpus" / "corpus.jsonl", [{**row, "text": row["text"] + " edited"} for row in documents])
+    assert task_data_fingerprint("MyRetrieval", tmp_path / "data") != before
+
+
+def test_a_copy_edited_while_it_is_scored_keeps_no_score(tmp_path, monkeypatch):
+    """mteb reads a copy when it scores it, long after the run took the fingerprints: a copy edited meanwhile was
+    scored on the new data under the old fingerprint (then served once the copy was restored)."""
+    from conftest import biosses_copy, tiny_model
+
+    from poolattn.evaluation import scoring
+
+    data = biosses_copy(tmp_path / "data", 20)
+    tiny_model("llama", 1).save_pretrained(tmp_path / "m")
+    run_mteb = scoring._run_mteb
+
+    def edited_meanwhile(*args, **kwargs):
+        (data / "BIOSSES" / "test.jsonl").write_text((data / "BIOSSES" / "test.jsonl").read_text().replace("4.", "0."))
+        return run_mteb(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "_run_mteb", edited_meanwhile)
+    with pytest.raises(scoring.EvaluationError, match="BIOSSES in .* changed while this run scored them"):
+        scoring.evaluate_models([str(tmp_path / "m")], output=tmp_path / "out", tasks=["BIOSSES"], data_dir=data)
+    assert not list((tmp_path / "out").rglob("BIOSSES.json"))

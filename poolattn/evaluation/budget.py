@@ -14,7 +14,10 @@ the revision `<weights fingerprint>-budget<N>`, so they never mix with full runs
 '0123abcd-budget200'
 """
 
+import logging
 import random
+
+logger = logging.getLogger(__name__)
 
 SEED = 42
 CORPUS_PER_QUERY = 10
@@ -71,7 +74,16 @@ def _cap_clustering_sets(dataset, max_units: int, seed: int):
 
     def cap(row):
         keep = sorted(rng.sample(range(len(row["sentences"])), min(max_units, len(row["sentences"]))))
-        return {"sentences": [row["sentences"][i] for i in keep], "labels": [row["labels"][i] for i in keep]}
+        labels = [row["labels"][i] for i in keep]
+        if len(set(labels)) < 2 or len(keep) < 2 * len(set(labels)):  # v-measure near 1 for any model
+            logger.warning(
+                "budget %d keeps %d texts of %d labels of a clustering set: too few texts a label for the score to "
+                "tell models apart (v-measure tends to 1); give a larger --budget",
+                max_units,
+                len(keep),
+                len(set(labels)),
+            )
+        return {"sentences": [row["sentences"][i] for i in keep], "labels": labels}
 
     return dataset.map(cap)
 

@@ -12,6 +12,7 @@ the task again instead of returning the old number.
 """
 
 import json
+import os
 from pathlib import Path
 
 from ..files import content_hash
@@ -28,7 +29,21 @@ def task_data_fingerprint(name: str, data_dir) -> str | None:
     folder = Path(data_dir) / name if data_dir else None
     if folder is None or not folder.is_dir():
         return None
-    return content_hash(folder, sorted(item for item in folder.rglob("*") if item.is_file()))
+    return content_hash(folder, sorted(_files_following_links(folder)))
+
+
+def _files_following_links(folder: Path) -> list[Path]:
+    """Every file below `folder`, through linked folders too (a corpus shared by two tasks' folders; `rglob` does not
+    follow them, the loaders do), each folder once (no loop)."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / name for name in names if (Path(root) / name).is_file()]
+    return files
 
 
 def files_fingerprint(path) -> str:

@@ -17,20 +17,17 @@ A data folder holds one folder per task, named after the task:
 """
 
 import difflib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from .retrieval_folders import LocalTaskError, _jsonl_rows, _jsonl_rows_of, check_retrieval_folder
 
 logger = logging.getLogger(__name__)
 
 LOCAL_MAIN_SCORES = {"Retrieval": "ndcg_at_10", "Reranking": "map_at_1000"}
 SPLIT_FILES = ("train", "validation", "dev", "test")
 RETRIEVAL_PARTS = ("corpus", "queries", "qrels")
-
-
-class LocalTaskError(ValueError):
-    """A task or local folder that cannot be evaluated; the message names the file and what to do."""
 
 
 def _mteb_task_names() -> list[str]:
@@ -70,88 +67,6 @@ def held_subsets(folder: Path) -> list[str]:
         for p in folder.iterdir()
         if p.is_dir() and any((p / f"{split}.jsonl").is_file() for split in SPLIT_FILES)
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Retrieval folders: checked before anything is encoded
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _jsonl_rows(folder: Path) -> list[tuple[Path, int, dict]]:
-    return [row for path in sorted(folder.glob("*.jsonl")) for row in _jsonl_rows_of(path)]
-
-
-def _jsonl_rows_of(path: Path) -> list[tuple[Path, int, dict]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((path, number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise LocalTaskError(f"{path}, row {number}: not valid JSON ({error}).") from None
-    return rows
-
-
-def _ids(folder: Path, what: str) -> set[str]:
-    rows = _jsonl_rows(folder)
-    if not rows:
-        raise LocalTaskError(
-            f"{folder}: no {what} rows (*.jsonl files of objects with `_id` and `text`); a retrieval "
-            f"task needs a non-empty {folder.name}/."
-        )
-    ids = set()
-    for path, number, row in rows:
-        if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
-            raise LocalTaskError(f"{path}, row {number}: expected an object with `_id` and a string `text`.")
-        ids.add(str(row["_id"]))
-    return ids
-
-
-def check_retrieval_folder(folder: Path, *, strict: bool = True) -> list[str]:
-    """Check a retrieval/reranking folder and return its evaluation splits (the qrels files' names).
-
-    Raises `LocalTaskError` naming the file for an empty corpus or queries, missing qrels, and qrels or top_ranked
-    rows naming unknown documents or queries. With `strict=False` (copies of stock mteb tasks, whose published data
-    has a few such rows: ArguAna's qrels name 5 documents its corpus lacks) judgements of unknown documents are
-    counted in a warning instead, as mteb's loader keeps them (those documents can never be retrieved).
-    """
-    corpus, queries = _ids(folder / "corpus", "document"), _ids(folder / "queries", "query")
-    splits = sorted(path.stem for path in (folder / "qrels").glob("*.jsonl"))
-    if not splits:
-        raise LocalTaskError(
-            f"{folder / 'qrels'}: no qrels files; add qrels/test.jsonl with rows "
-            '{"query-id": ..., "corpus-id": ..., "score": 1}.'
-        )
-    unknown_documents = 0
-    for path, number, row in _jsonl_rows(folder / "qrels"):
-        if not isinstance(row, dict) or not {"query-id", "corpus-id", "score"} <= set(row):
-            raise LocalTaskError(f"{path}, row {number}: expected query-id, corpus-id and score.")
-        if str(row["corpus-id"]) not in corpus:
-            if strict:
-                raise LocalTaskError(
-                    f"{path}, row {number}: corpus-id {row['corpus-id']!r} is not in corpus/; "
-                    "every judged document must be in the corpus."
-                )
-            unknown_documents += 1
-        if str(row["query-id"]) not in queries:
-            raise LocalTaskError(f"{path}, row {number}: query-id {row['query-id']!r} is not in queries/.")
-    if (folder / "top_ranked").is_dir():
-        for path, number, row in _jsonl_rows(folder / "top_ranked"):
-            ranked = row.get("corpus-ids") if isinstance(row, dict) else None
-            unknown = [doc for doc in ranked or [] if str(doc) not in corpus]
-            if not isinstance(ranked, list) or "query-id" not in row or unknown:
-                raise LocalTaskError(
-                    f"{path}, row {number}: expected query-id and corpus-ids that are all in "
-                    f"corpus/ (unknown: {unknown[:3]})."
-                )
-    if unknown_documents:
-        logger.warning(
-            "%s: %d judgement(s) name documents that are not in corpus/ (kept, as mteb keeps them: they "
-            "count as relevant documents never retrieved)",
-            folder / "qrels",
-            unknown_documents,
-        )
-    return splits
 
 
 def _readme_configs(folder: Path) -> set[str]:
@@ -281,7 +196,9 @@ def _on_local_copy(task, folder: Path):
     import datasets
 
     if task.metadata.name == "TwitterURLCorpus":  # the local copy already has the post-transform column names
-        test = datasets.load_dataset("json", data_files=str(folder / "test.jsonl"), split="train")
+        test = datasets.load_dataset(
+            "json", data_files=str(folder / "test.jsonl"), split="train", download_mode="force_redownload"
+        )
         task.dataset = datasets.DatasetDict({"test": test})
         task.data_loaded = True
         return task
@@ -293,9 +210,11 @@ def _on_local_copy(task, folder: Path):
             type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder), "__module__": __name__}
         )
         return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
-    dataset = {**task.metadata.dataset, "path": str(folder.resolve())}
-    if _readme_configs(folder):  # datasets caches a README-configured folder under a key its files are not part of:
-        dataset |= {"download_mode": "force_redownload", "verification_mode": "no_checks"}  # an edit came back old
+    # read anew each time: datasets caches a local folder by its files' paths and times (a README-configured one by
+    # a key its files are not part of), so a copy rewritten with the same times came back as its old rows
+    dataset = {**task.metadata.dataset, "path": str(folder.resolve()), "download_mode": "force_redownload"}
+    if _readme_configs(folder):
+        dataset |= {"verification_mode": "no_checks"}
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
     return task
 
@@ -307,7 +226,8 @@ def _subset_folder_task(task, folder: Path):
     def load_data(self, num_proc=None, **kwargs):
         if self.data_loaded:
             return
-        self.dataset = {subset: datasets.load_dataset(str(folder / subset)) for subset in self.hf_subsets}
+        fresh = {"download_mode": "force_redownload"}  # not the cache of the files by their paths and times
+        self.dataset = {subset: datasets.load_dataset(str(folder / subset), **fresh) for subset in self.hf_subsets}
         self.dataset_transform(num_proc=num_proc)
         self.data_loaded = True
 

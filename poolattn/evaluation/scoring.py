@@ -114,9 +114,27 @@ def evaluate_models(
             _forget_stale_results(folder, encoder, keys, fingerprints, infos)
             unkeyed = unkeyed_results(folder, keys)  # kept, checked on what their run recorded: no key written
             result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
+            _refuse_copies_changed_while_scored(folder, task_names, fingerprints, data_dir)
             keyed = (fingerprints, {name: key for name, key in keys.items() if name not in unkeyed})
             _record(run, model, encoder, folder, result, {**settings, "model": model}, infos, keyed)
     return run
+
+
+def _refuse_copies_changed_while_scored(folder: Path, task_names, fingerprints: dict, data_dir) -> None:
+    """The task copies hold the data they held when the run took their fingerprints: mteb reads a copy only when it
+    scores it, hours later for the last task, and a score of an edited copy would be kept under the old fingerprint
+    (then served once the copy is restored). The scores of a copy that changed are removed, and the run stopped."""
+    changed = [name for name in task_names if task_data_fingerprint(name, data_dir) != fingerprints[name]]
+    if not changed:
+        return
+    for name in changed:
+        (folder / f"{name}.json").unlink(missing_ok=True)
+        (folder / PREDICTIONS_FOLDER / f"{name}_predictions.json").unlink(missing_ok=True)
+    raise EvaluationError(
+        f"the local copies of {', '.join(changed)} in {data_dir} changed while this run scored them; their scores "
+        "were removed (they were computed from either data). Leave the task copies as they are while a run reads "
+        "them, and run again."
+    )
 
 
 def _run_settings(data_dir, encoding: dict, budget: int | None) -> dict:
