@@ -129,7 +129,7 @@ def test_full_sts_scores_the_best_row_and_its_control_on_every_pair_as_scoring_i
     best = max(sample_means, key=sample_means.get)
     assert full_sts.best_row(list(trained.values()), sts, 2).row.key == best
 
-    full = {item.row.key: item for item in study.collect(full_sts.full_plan(plan), output)}
+    full = {item.row.key: item for item in study.collect(plan.full_sts_plan(), output)}
     assert [key for key, item in full.items() if item.replicates is not None] == [best]
     scored = full[best]
     assert scored.replicates.tasks == sts and scored.replicates.budget is None and len(scored.replicates.runs) == 2

@@ -102,8 +102,7 @@ def evaluate_models(
             model, instructions=instructions, budget=budget, trust_remote_code=trust_remote_code, **encoding
         )
         folder = results_folder(output, encoder.mteb_model_meta.name, encoder.mteb_model_meta.revision)
-        # one scoring of these weights and settings at a time: a second would take the first's finished tasks, whose
-        # run settings are written last, for unrecorded ones and remove them
+        # one scoring of these weights and settings at a time: a second would remove the first's unrecorded tasks
         with folder_lock(folder, what="evaluation"):
             # fresh task objects per model: mteb unloads a task's data after evaluating it
             selected = [_task_to_score(name, data_dir, subsets, budget) for name in task_names]

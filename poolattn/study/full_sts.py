@@ -8,23 +8,17 @@ not an unbiased estimate of its lead over the others (the report says so); its d
 not chosen on anything. The scores are kept under the models' plain revision (no `-budget<N>`), apart from the
 study's own."""
 
-import dataclasses
 import logging
 from pathlib import Path
 
 from ..model_folder import weights_record
 from .compare import RowResults, collect, compare_rows
 from .plan import StudyError, StudyPlan
+from .records import score_problems
 
 logger = logging.getLogger(__name__)
 
 CATEGORY = "STS"
-
-
-def full_plan(plan: StudyPlan) -> StudyPlan:
-    """The study's plan as the full scoring reads it: its STS tasks, no budget (a study of an mteb benchmark: that
-    benchmark's STS tasks, by name)."""
-    return dataclasses.replace(plan, tasks=plan.sts_tasks(), categories=None, benchmark=None, budget=None)
 
 
 def check_full_sts(plan: StudyPlan) -> None:
@@ -63,8 +57,6 @@ def best_row_folders(plan: StudyPlan, output) -> list[Path]:
     """The model folders the full scoring scores: every seed of the best row and its untrained controls, but those
     copied without their weights (`study.py --copy-records`) whose full scores are not there already (they cannot be
     scored; named in a warning); [] and a warning when no row has every seed scored on every STS task."""
-    from .records import score_problems
-
     best = best_row(collect(plan, output), plan.sts_tasks(), len(plan.seeds))
     if best is None:
         logger.warning("study: no row has every seed scored on every STS task of the study; nothing to score in full")
@@ -77,7 +69,7 @@ def best_row_folders(plan: StudyPlan, output) -> list[Path]:
         " and its untrained control" if best.control_models else "",
         ", ".join(plan.sts_tasks()),
     )
-    full = full_plan(plan)
+    full = plan.full_sts_plan()
     folders = [model.folder for model in (*best.models, *best.control_models)]
     weightless = [
         folder
@@ -100,7 +92,7 @@ def full_sts_section(plan: StudyPlan, output) -> list[str]:
     if not plan.full_sts:
         return []
     lines = ["## The best row on the full STS tasks (no budget)", ""]
-    full = full_plan(plan)
+    full = plan.full_sts_plan()
     best = best_row(collect(plan, output), plan.sts_tasks(), len(plan.seeds))  # the row chosen now, not an earlier one
     rows = [item for item in collect(full, output) if best and item.row.key == best.row.key and item.replicates]
     if best is None:

@@ -2,7 +2,7 @@
 tasks and recipe, checked before anything runs, and the comparisons its rows allow."""
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..configuration_poolattn import DESIGNS, variant_tag
@@ -140,6 +140,10 @@ class StudyPlan:
         if not control and row.key in self.instruction_check and not self.benchmark and (tasks := self.sts_tasks()):
             scorings.append(({**self.selection(), "tasks": tasks, "categories": None}, False))
         return scorings
+
+    def full_sts_plan(self) -> "StudyPlan":
+        """The plan as the full STS scoring reads it (`--full-sts`): its STS tasks, by name, and no budget."""
+        return replace(self, tasks=self.sts_tasks(), categories=None, benchmark=None, budget=None)
 
     def sts_tasks(self) -> list[str]:
         """The STS tasks of the study's selection (its tasks or categories)."""

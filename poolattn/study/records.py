@@ -28,7 +28,6 @@ from ..evaluation.results import PREDICTIONS_FOLDER, read_results
 from ..files import LOCK_FILE, atomic_save, folder_lock
 from ..manifest import MANIFEST_FILE
 from ..model_folder import WEIGHTS_RECORD, layer_weight_size, model_fingerprint, weights_record
-from .full_sts import full_plan
 from .plan import StudyError, StudyPlan, run_folder
 
 TOP_DOCUMENTS = 20  # per query, of a retrieval task whose main score is nDCG@10 (which reads the first 10)
@@ -167,7 +166,7 @@ def export_problems(plan: StudyPlan, row, folder: Path, output) -> list[str]:
         for problem in score_problems(plan, folder, output, selection=selection, instructions=instructions)
     ]
     if plan.full_sts:  # the best row on the full STS tasks (`full_sts`): once its scoring began, all of it must stand
-        full = full_plan(plan)
+        full = plan.full_sts_plan()
         found = score_problems(full, folder, output, selection=full.selection(), instructions=True)
         if found != [f"lacks {task}" for task in full.tasks]:
             problems += [f"full STS tasks: {problem}" for problem in found]

@@ -14,7 +14,7 @@ from ..manifest import MANIFEST_FILE
 from ..model_folder import weights_record
 from ..training.job import TrainingJob
 from .changes import keep_earlier_tests, read_earlier_tests
-from .full_sts import best_row_folders, check_full_sts, full_plan
+from .full_sts import best_row_folders, check_full_sts
 from .plan import CONTROL_SUFFIX, PLAN_FILE, StudyError, StudyPlan, StudyRow, run_folder
 from .progress import StudyProgress, recorded_costs
 from .records import check_recorded_scores
@@ -229,7 +229,7 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
                 failures += score_models(plan, [folder / "step0"], output).failures
             failures += score_run(plan, row, folder, output)
     if plan.full_sts and not failures:  # every run scored: the best row and its control on the full STS tasks
-        failures += score_models(full_plan(plan), best_row_folders(plan, output), output).failures
+        failures += score_models(plan.full_sts_plan(), best_row_folders(plan, output), output).failures
     elif plan.full_sts:
         logger.warning("study: the full STS scoring waits for every task to score (%d failed)", len(failures))
     logger.info("study: %s", progress.summary())
