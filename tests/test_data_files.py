@@ -43,7 +43,9 @@ def jsonl(items: list[dict]) -> str:
         ("short.csv", b"query,positive,negative\nq1,p1\nq2,p2,n2\n", r"short.csv, row 1 \(line 2\): 2 cells"),
         ("cut.jsonl.gz", gzip.compress(jsonl(rows(300)).encode(), mtime=0)[:400], r"cut.jsonl.gz: cannot be read"),
         ("plain.jsonl.gz", jsonl(rows(3)).encode(), r"plain.jsonl.gz: cannot be read \(BadGzipFile"),
-        ("comma.json", b'[{"query": "q", "positive": "p"},]', r"comma.json, row 1: not valid JSON"),
+        ("comma.json", b'[{"query": "q", "positive": "p"},]', r"comma.json: not valid JSON"),
+        ("empty.json", b"[\n]\n", r"empty.json: file is empty \(no rows\)"),  # a folder's file read as 0 rows
+        ("blank.jsonl", b" \n" * 3000, r"blank.jsonl: file is empty \(blank lines only\)"),
         ("object.json", b'{"data": [{"query": "q", "positive": "p"}]}', r"object.json: one JSON object \(data\)"),
         ("text.parquet", b"not a parquet file", r"text.parquet: not a readable Parquet file"),
     ],
@@ -59,7 +61,12 @@ def test_json_forms_and_a_folder_with_another_tools_front_matter_read_as_their_r
     (tmp_path / "list.json").write_text(json.dumps(rows(3)))
     (tmp_path / "lines.json").write_text(jsonl(rows(4)))
     (tmp_path / "one.json").write_text(json.dumps(rows(1)[0]))
-    assert [len(load_triplets(str(tmp_path / f"{name}.json")).rows) for name in ("list", "lines", "one")] == [3, 4, 1]
+    (tmp_path / "pretty.json").write_text(json.dumps(rows(1)[0], indent=2))
+    (tmp_path / "columns.json").write_text(json.dumps({"query": ["a", "b"], "positive": ["c", "d"]}))  # pandas' layout
+    names = ("list", "lines", "one", "pretty", "columns")
+    assert [len(load_triplets(str(tmp_path / f"{name}.json")).rows) for name in names] == [3, 4, 1, 1, 2]
+    (tmp_path / "trailing.csv").write_text("query,positive,,\nq,p,,\n")  # a spreadsheet's empty columns
+    assert load_triplets(str(tmp_path / "trailing.csv")).rows[0]["query"] == "q"
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "README.md").write_text("---\nTraining data for the configs we ship\n---\n")  # not a dataset card

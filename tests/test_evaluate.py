@@ -511,3 +511,27 @@ def test_no_instructions_gives_a_sentence_transformers_model_none_of_its_own_pro
     assert without == pytest.approx(score(plain, True)[0], abs=1e-6)
     assert without != pytest.approx(with_prompt, abs=1e-6)
     assert plain_revision == f"{revision}-no-instructions"
+
+
+def test_runs_of_hub_data_are_one_data_whatever_folder_their_run_recorded_and_a_spaced_name_is_no_model(
+    tmp_path, monkeypatch
+):
+    """A run records one data dir for its folder (the last run's), and per task the fingerprint of a local copy: a
+    task read from the Hub by two runs is the same data even where one of them also scored a local copy; a local copy
+    against the Hub is not. Offline, a name no repository id can be is refused in one line (it was a traceback)."""
+    from types import SimpleNamespace
+
+    from poolattn.evaluation.encoders import check_model_source
+    from poolattn.evaluation.pairing import different_data
+    from poolattn.evaluation.requests import EvaluationError
+
+    hub_a = SimpleNamespace(task_data={"ArguAna": "abc"}, data_dir="/data")  # STSBenchmark from the Hub
+    hub_b = SimpleNamespace(task_data={}, data_dir=None)
+    local = SimpleNamespace(task_data={"STSBenchmark": "def"}, data_dir="/data")
+    assert different_data("STSBenchmark", [hub_a, hub_b]) is None
+    assert "others the Hub's" in different_data("STSBenchmark", [hub_a, local])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    for name in ("my model", "outputs..x"):
+        with pytest.raises(EvaluationError, match="not a Hub repository in the local cache"):
+            check_model_source(name)

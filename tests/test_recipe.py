@@ -652,6 +652,9 @@ def test_a_checkpoint_without_its_record_is_never_resumed_unchecked(tmp_path, ca
     assert "checkpoint-4 is incomplete (no poolattn_checkpoint.json" in caplog.text
     with pytest.raises(training.TrainingSetupError, match="records no recipe .* nothing can check"):
         check_resume_recipe(checkpoint, {"learning_rate": 5e-4})
+    from poolattn.training.trainer_arguments import checkpoint_problem  # refused before the data is read, too
+
+    assert checkpoint_problem(checkpoint) == "no poolattn_checkpoint.json: not a complete checkpoint"
 
 
 @pytest.mark.parametrize(

@@ -83,11 +83,15 @@ def check_model_source(model: str) -> None:
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or not model.strip():
         raise EvaluationError(f"--model {model}: no such folder (and not a Hub id ORG/NAME); check the path.")
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
     if constants.HF_HUB_OFFLINE:  # a bare name is sentence-transformers' own (`all-MiniLM-L6-v2`)
         repositories = [model] if "/" in model else [model, f"sentence-transformers/{model}"]
         names = ("config.json", "modules.json")
-        cached = [try_to_load_from_cache(repo, name) for repo in repositories for name in names]
+        try:
+            cached = [try_to_load_from_cache(repo, name) for repo in repositories for name in names]
+        except HFValidationError:  # `my model`, `outputs..x`: no repository id either
+            cached = []
         if not any(isinstance(item, str) for item in cached):
             raise EvaluationError(
                 f"--model {model}: no such folder, and not a Hub repository in the local cache (HF_HUB_OFFLINE is "

@@ -3,7 +3,6 @@ paired tests within each task (seeds as replicates)."""
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .budget import cap_task
 from .local_tasks import load_task, splits_by_subset
@@ -106,14 +105,15 @@ def task_parts(a: SeedReplicates, b: SeedReplicates) -> tuple[list[TaskParts], d
 
 
 def different_data(task: str, runs: list[ModelResults]) -> str | None:
-    """Why the runs did not score `task` on the same data, or None: the fingerprints of the copies they read differ,
-    or (where a run recorded none: the Hub, an older poolattn) the data folders they read differ. Two spellings of one
-    folder, or two identical copies, are the same data."""
+    """Why the runs did not score `task` on the same data, or None: the fingerprints of the local copies they read
+    differ, or some read a local copy and others the Hub (no fingerprint recorded: mteb's pinned dataset). Two
+    spellings of one folder, or two identical copies, are the same data."""
     recorded = {run.task_data.get(task) for run in runs}
-    if None not in recorded:
-        return None if len(recorded) == 1 else "the runs scored different copies of its data (other fingerprints)"
-    folders = {str(Path(run.data_dir).resolve()) if run.data_dir else None for run in runs}
-    return None if len(folders) == 1 else f"the runs read it from different places ({', '.join(map(str, folders))})"
+    if len(recorded) == 1:
+        return None
+    if None in recorded:
+        return "some runs read a local copy of it, others the Hub's (or recorded no fingerprint)"
+    return "the runs scored different copies of its data (other fingerprints)"
 
 
 def _data_changed(task: str, runs: list[ModelResults]) -> str | None:

@@ -3,6 +3,7 @@ seeds."""
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from .results import ModelResults, category_means, mean
 
@@ -105,7 +106,8 @@ def group_replicates(runs: list[ModelResults]) -> tuple[list[SeedReplicates], li
     for name, members in by_name.items():
         by_recipe: dict[tuple, list[ModelResults]] = {}
         for run in members:
-            key = (run.origin.recipe, run.data_dir) if run.origin and run.origin.seed is not None else (run.revision,)
+            place = str(Path(run.data_dir).resolve()) if run.data_dir else None  # as given by older runs, resolved
+            key = (run.origin.recipe, place) if run.origin and run.origin.seed is not None else (run.revision,)
             by_recipe.setdefault(key, []).append(run)
         for key, replicates in list(by_recipe.items()):
             seeds = [run.origin.seed for run in replicates] if len(key) == 2 else [None]

@@ -111,7 +111,7 @@ def evaluate_models(
                 for name, task in zip(task_names, selected)
             }
             _forget_stale_results(folder, encoder, keys, fingerprints, infos)
-            unkeyed = unkeyed_results(folder, keys)  # kept, checked on what their run recorded: no key written
+            unkeyed = [] if overwrite else unkeyed_results(folder, keys)  # kept as checked: no key written
             result = _run_mteb(encoder, selected, folder, cache, batch_size=batch_size, overwrite=overwrite)
             _refuse_copies_changed_while_scored(folder, task_names, fingerprints, data_dir)
             keyed = (fingerprints, {name: key for name, key in keys.items() if name not in unkeyed})

@@ -10,6 +10,7 @@ with the same time (`cp -p`, `rsync -a`, unpacking an archive) was served as its
 import csv
 import json
 import lzma
+import re
 import zlib
 from itertools import islice
 from pathlib import Path
@@ -32,10 +33,10 @@ def iter_file_rows(path: Path):
     path = Path(path)
     file_format = data_format(path)
     check_has_rows(path, file_format)
-    if file_format == ".parquet":
-        yield from _parquet_rows(path)
-        return
     try:
+        if file_format == ".parquet":
+            yield from _parquet_rows(path)
+            return
         if file_format == ".jsonl":
             yield from ((number, _json_row(path, number, line)) for number, line in _text_lines(path))
         elif file_format == ".csv":
@@ -98,9 +99,11 @@ def _empty_text(path: Path, file_format: str) -> str | None:
         if file_format == ".csv":
             records = len(list(islice((record for record in csv.reader(handle) if record), 2)))
             return "a header line alone" if records < 2 else None
+        if file_format == ".jsonl":
+            return None if any(line.strip() for line in handle) else "blank lines only"
         head = handle.read(4096)
-        if head.strip() in ("", "[]") and not handle.read(1):
-            return "blank lines only" if not head.strip() else "no rows"
+        if re.fullmatch(r"\s*(\[\s*\])?\s*", head) and not handle.read(1):
+            return "no rows" if head.strip() else "blank lines only"
     return None
 
 
@@ -128,19 +131,41 @@ def _json_row(path: Path, number: int, line: str):
 
 
 def _json_rows(path: Path):
-    """A .json file: a list of rows, or JSON Lines (one row a line, as `datasets` reads a .json file too)."""
-    text = "".join(line for _, line in _text_lines(path))
+    """A .json file: a list of rows (read whole), JSON Lines (one row a line, read lazily, as `datasets` reads a .json
+    file too), or one object: a row, or columns of equal length (pandas' `to_json(orient="columns")` layout)."""
+    lines = _text_lines(path)
+    number, first = next(lines, (0, ""))
+    if not first.lstrip().startswith("["):
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:  # more than a line: one object written over several lines
+            row = None
+        second = next(lines, None)  # one object alone may be a row, or a layout named below
+        if isinstance(row, dict) and not _columns(row) and (second or {"query", "positive"} & set(row)):
+            yield number, row
+            yield from ((number, _json_row(path, number, line)) for number, line in ([second] if second else []))
+            yield from ((number, _json_row(path, number, line)) for number, line in lines)
+            return
+        first += second[1] if second else ""
+    text = first + "".join(line for _, line in lines)
     try:
         rows = json.loads(text)
-    except json.JSONDecodeError:
-        yield from ((number, _json_row(path, number, line)) for number, line in _text_lines(path))
-        return
-    if isinstance(rows, dict) and not {"query", "positive"} & set(rows):  # a row by itself is a file of one row
+    except json.JSONDecodeError as error:
+        raise TripletDataError(f"{path}: not valid JSON, as a list of rows or one row a line ({error}).") from None
+    if isinstance(rows, dict) and (columns := _columns(rows)):
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    elif isinstance(rows, dict) and not {"query", "positive"} & set(rows):  # a row by itself is a file of one row
         raise TripletDataError(
             f"{path}: one JSON object ({', '.join(list(rows)[:5])}); expected a list of rows, or one row a line "
             "(JSON Lines), each with query, positive and optional negative fields."
         )
     yield from enumerate(rows if isinstance(rows, list) else [rows], start=1)
+
+
+def _columns(row: dict) -> dict | None:
+    """`row` as columns (every value a list, all of one length, a `query` among them), else None."""
+    lengths = {len(value) if isinstance(value, list) else -1 for value in row.values()}
+    return row if "query" in row and len(lengths) == 1 and lengths != {-1} and "negative" not in row else None
 
 
 def _csv_rows(path: Path):
@@ -154,7 +179,7 @@ def _csv_rows(path: Path):
         reader = csv.DictReader(handle)
         try:
             header = reader.fieldnames or []
-            if repeated := sorted({name for name in header if header.count(name) > 1}):
+            if repeated := sorted({name for name in header if name and header.count(name) > 1}):
                 raise TripletDataError(
                     f"{path}: the header names {', '.join(map(repr, repeated))} more than once, so all but the last "
                     "such column would be lost; give each column its own name (several negatives: one column holding "
@@ -189,11 +214,16 @@ def _parquet_file(path: Path):
 
 
 def _parquet_rows(path: Path):
+    import pyarrow
+
     number = 0
-    for batch in _parquet_file(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
+    try:
+        for batch in _parquet_file(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except pyarrow.ArrowException as error:  # a damaged page, found when read
+        raise TripletDataError(f"{path}, after row {number}: not a readable Parquet file ({error}).") from None
 
 
 def _archive_error(path: Path, error: Exception) -> TripletDataError:

@@ -45,14 +45,12 @@ def last_complete_checkpoint(folder) -> str | None:
 
 
 def checkpoint_problem(folder) -> str | None:
-    """Why `folder` is no complete checkpoint to resume from (what `last_complete_checkpoint` passes over), or None.
-    A checkpoint without a recipe record (an older poolattn) counts as complete."""
+    """Why `folder` is no complete checkpoint to resume from (what `last_complete_checkpoint` passes over), or None;
+    one without its recipe record is not (nothing could check its recipe: `check_resume_recipe`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return "a file, not a checkpoint folder" if folder.exists() else "no such folder"
     for name in ("trainer_state.json", CHECKPOINT_RECORD):
-        if name == CHECKPOINT_RECORD and not (folder / name).exists():
-            continue  # a checkpoint of an older poolattn: resumed with a warning (`check_resume_recipe`)
         if not _readable_state(folder / name):
             return f"{'a damaged' if (folder / name).exists() else 'no'} {name}: not a complete checkpoint"
     return None
