@@ -120,7 +120,7 @@ def test_full_sts_scores_the_best_row_and_its_control_on_every_pair_as_scoring_i
     early = [*argv[: argv.index("--output") + 1], str(tmp_path / "early"), *argv[argv.index("--output") + 2 :]]
     assert cli.run_study_command(["--full-sts", *early]) == 0
     report = (tmp_path / "early" / "report" / "study.md").read_text()
-    assert "not scored on the full tasks yet (models copied" in report
+    assert "not scored on the full tasks yet: it is once every row is trained and scored" in report
     argv = ["--full-sts", *argv]
     assert cli.run_study_command(argv) == 0
     plan = study.StudyPlan.read(output)

@@ -87,8 +87,8 @@ def best_row_folders(plan: StudyPlan, output) -> list[Path]:
 
 
 def full_sts_section(plan: StudyPlan, output) -> list[str]:
-    """The report's section: each row scored on the full STS tasks (normally the best one) beside its control, per
-    task and on the mean, with the paired bootstrap of trained vs untrained on these tasks."""
+    """The report's section: the best row (as chosen now) on the full STS tasks beside its control, per task and on
+    the mean, with the paired bootstrap of trained vs untrained on these tasks."""
     if not plan.full_sts:
         return []
     lines = ["## The best row on the full STS tasks (no budget)", ""]
@@ -100,8 +100,9 @@ def full_sts_section(plan: StudyPlan, output) -> list[str]:
     if not rows:
         return [
             *lines,
-            f"{best.row.label} has the best STS mean on the sample; not scored on the full tasks yet (models copied "
-            "without their weights, `--copy-records`, cannot be: put their weights back and run the study again).",
+            f"{best.row.label} has the best STS mean on the sample so far; not scored on the full tasks yet: it is "
+            "once every row is trained and scored (models copied without their weights, `--copy-records`, cannot "
+            "be: put their weights back and run the study again).",
             "",
         ]
     tasks = full.tasks
