@@ -199,10 +199,8 @@ LONGEST_FILES_FIRST = (
     "test_smollm2.py",  # ~170 s: the real SmolLM2 runs
     "test_hub.py",  # ~165 s
     "test_study.py",  # ~115 s
-    "test_study_stages.py",  # ~110 s: the tuning stage alone, one control per row, the full STS stage
     "test_local_tasks.py",  # ~105 s: all-MiniLM-L6-v2 on WikiQA retrieval
     "test_onnx.py",  # ~77 s
-    "test_recipe.py",  # ~75 s: resumes, plateau and early stopping on the tiny backbone
     "test_training.py",  # ~70 s
     "test_paired.py",  # ~46 s
 )
