@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import SENTENCES, tiny_model, tiny_tokenizer
+from conftest import SENTENCES, biosses_copy, tiny_model, tiny_tokenizer
 from mock_hub import MockHub
 
 pytest.importorskip("sentence_transformers")
@@ -776,10 +776,7 @@ def test_a_card_names_the_results_it_leaves_out_and_why(tmp_path, caplog):
     pytest.importorskip("mteb")
     from poolattn import cli
 
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    rows = (ROOT.parent / "shared" / "data" / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
-    data.joinpath("test.jsonl").write_text("\n".join(rows) + "\n")
+    biosses_copy(tmp_path / "data", 20)
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
     assert (
         cli.evaluate(
@@ -889,10 +886,7 @@ def test_publish_finds_the_models_results_by_their_fingerprint_under_another_nam
     not found: exit 0, no warning, a card saying "Not evaluated yet". They are found by the weights' fingerprint; two
     names holding them, or none, is a warning naming the folder searched and what it holds."""
     pytest.importorskip("mteb")
-    data = tmp_path / "data" / "BIOSSES"
-    data.mkdir(parents=True)
-    rows = (ROOT.parent / "shared" / "data" / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
-    data.joinpath("test.jsonl").write_text("\n".join(rows) + "\n")
+    biosses_copy(tmp_path / "data", 20)
     tiny_model("llama", 5).save_pretrained(tmp_path / "m")
     results = tmp_path / "results"
     argv = ["run", "--model", str(tmp_path / "m"), "--tasks", "BIOSSES", "--data-dir", str(tmp_path / "data")]

@@ -1203,7 +1203,7 @@ def test_the_wall_time_counts_every_stage_of_a_row():
 
     def scored(*seconds):
         return SimpleNamespace(
-            runs=[SimpleNamespace(task_results=[SimpleNamespace(evaluation_time=s)]) for s in seconds]
+            runs=[SimpleNamespace(origin=None, task_results=[SimpleNamespace(evaluation_time=s)]) for s in seconds]
         )
 
     item = SimpleNamespace(

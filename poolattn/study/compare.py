@@ -78,6 +78,15 @@ class CategoryComparison:
         return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] {self.marker}".strip()
 
 
+def scoring_seconds(replicates: SeedReplicates | None) -> list[tuple[int | None, float]]:
+    """(seed, wall time of its scoring: its tasks' mteb evaluation times) of each scored run, in run order."""
+    runs = replicates.runs if replicates else []
+    return [
+        (run.origin.seed if run.origin else None, sum(result.evaluation_time or 0.0 for result in run.task_results))
+        for run in runs
+    ]
+
+
 def collect(plan: StudyPlan, output) -> list[RowResults]:
     """Every row's exported seeds and their results under `output` (exact weights: the revision is the fingerprint)."""
     output = Path(output)

@@ -5,7 +5,7 @@ import logging
 import time
 from pathlib import Path
 
-from .compare import collect
+from .compare import collect, scoring_seconds
 from .plan import StudyPlan, StudyRow
 from .tuning import read_tuning
 
@@ -109,16 +109,9 @@ def _recorded_costs(plan: StudyPlan, output: Path) -> dict[str, list[float]]:
             if row.choice is not None
         ]
 
-    def scoring(replicates) -> dict[int | None, float]:  # seed -> the wall time of its scoring
-        runs = replicates.runs if replicates else []
-        return {
-            run.origin.seed if run.origin else None: sum(result.evaluation_time or 0.0 for result in run.task_results)
-            for run in runs
-        }
-
     for item in collect(plan, output):
-        costs["control"] += list(scoring(item.controls).values())
-        scored, plain = scoring(item.replicates), scoring(item.without_instructions)
+        costs["control"] += [seconds for _, seconds in scoring_seconds(item.controls)]
+        scored, plain = dict(scoring_seconds(item.replicates)), dict(scoring_seconds(item.without_instructions))
         costs["training"] += [
             (model.manifest.train_runtime_s or 0.0) + scored[model.manifest.seed] + plain.get(model.manifest.seed, 0.0)
             for model in item.models

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import plots
 from ..evaluation.results import mean
 from ..model_folder import layer_weight_size
-from .compare import RowResults
+from .compare import RowResults, scoring_seconds
 from .plan import StudyPlan
 from .tuning import RowTuning, read_tuning
 
@@ -152,10 +152,6 @@ def wall_time_section(collected: list[RowResults], tuned: dict[str, RowTuning] |
     every stage (loading and export not counted)."""
     from ..stats import markdown_table
 
-    def scoring(replicates) -> list[float]:
-        runs = replicates.runs if replicates else []
-        return [sum(result.evaluation_time or 0.0 for result in run.task_results) for run in runs]
-
     rows, total = [], 0.0
     for item in collected:
         if not item.models:
@@ -163,9 +159,8 @@ def wall_time_section(collected: list[RowResults], tuned: dict[str, RowTuning] |
         entry = (tuned or {}).get(item.row.key)
         tuning = sum(point.train_runtime_s or 0.0 for point in entry.points) if entry else None
         train = [model.manifest.train_runtime_s or 0.0 for model in item.models]
-        scored, plain, controls = (
-            scoring(part) for part in (item.replicates, item.without_instructions, item.controls)
-        )
+        parts = (item.replicates, item.without_instructions, item.controls)
+        scored, plain, controls = ([seconds for _, seconds in scoring_seconds(part)] for part in parts)
         total += (tuning or 0.0) + sum(train) + sum(scored) + sum(plain) + sum(controls)
         rows.append(
             [
