@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SENTENCES, TRIPLETS
 from safetensors.torch import load_file
 
@@ -83,11 +84,65 @@ def test_temperature_and_hard_negatives_move_the_loss_as_expected():
     assert in_batch < with_easy < with_hard
 
 
+def test_label_smoothing_spreads_over_the_documents_left_in_each_softmax():
+    """Smoothing e on a query whose duplicate is excluded equals F.cross_entropy(label_smoothing=e) over the
+    documents that stay; e = 0 is the plain loss; the smoothed loss is finite (no mass on an excluded -inf)."""
+    generator = torch.Generator().manual_seed(0)
+    queries, documents = torch.randn(3, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    excluded = torch.zeros(3, 5, dtype=torch.bool)
+    excluded[0, 3] = excluded[2, 1] = True
+    smoothed = info_nce_loss(queries, documents, temperature=0.1, excluded=excluded, label_smoothing=0.2)
+    by_query = []
+    for i in range(3):
+        kept = (~excluded[i]).nonzero().squeeze(1)
+        scores = F.normalize(queries[i : i + 1], dim=-1) @ F.normalize(documents[kept], dim=-1).T / 0.1
+        target = (kept == i).nonzero().squeeze(1)
+        by_query.append(F.cross_entropy(scores, target, label_smoothing=0.2))
+    assert torch.isfinite(smoothed)
+    torch.testing.assert_close(smoothed, torch.stack(by_query).mean(), rtol=0, atol=1e-6)
+    plain = info_nce_loss(queries, documents, temperature=0.1, excluded=excluded)
+    assert info_nce_loss(queries, documents, temperature=0.1, excluded=excluded, label_smoothing=0.0) == plain
+    assert smoothed != plain
+
+
+def test_label_smoothing_factor_reaches_the_trainer_loss_and_gradcache(tiny_backbone_folder, tmp_path):
+    """--label_smoothing_factor 0.1: the trainer's loss is the smoothed contrastive loss (1e-6), and GradCache gives
+    the loss and gradients of plain training with it (1e-5); a factor outside [0, 1) is refused."""
+    from poolattn.training.losses import contrastive_loss
+
+    trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, label_smoothing=0.1)
+    with torch.no_grad():
+        queries = trainer.model(**batch["queries"]).embeddings
+        documents = trainer.model(**batch["documents"]).embeddings
+        kwargs = dict(temperature=0.05, gather=False, text_ids=batch["text_ids"])
+        smoothed = contrastive_loss(queries, documents, label_smoothing=0.1, **kwargs)
+        assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(smoothed.item(), abs=1e-6)
+        assert smoothed.item() != pytest.approx(contrastive_loss(queries, documents, **kwargs).item(), abs=1e-4)
+    results = {}
+    for chunk in (0, 3):
+        trainer, batch = tiny_peft_trainer(tiny_backbone_folder, tmp_path, chunk=chunk, label_smoothing=0.1)
+        loss = trainer.training_step(trainer.model, batch)
+        results[chunk] = loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert results[3][0].item() == pytest.approx(results[0][0].item(), abs=1e-5)
+    for name, gradient in results[0][1].items():
+        torch.testing.assert_close(results[3][1][name], gradient, rtol=0, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match=r"--label_smoothing_factor 1.0 must be in \[0, 1\)"):
+        ContrastiveTrainingArguments(output_dir=str(tmp_path / "x"), label_smoothing_factor=1.0)
+
+
 # -- GradCache --------------------------------------------------------------------------------------------------------
 
 
 def tiny_peft_trainer(
-    backbone_folder, tmp_path, *, variant=5, chunk=0, lora_dropout=0.0, matryoshka_dims=None, use_cpu=True
+    backbone_folder,
+    tmp_path,
+    *,
+    variant=5,
+    chunk=0,
+    lora_dropout=0.0,
+    matryoshka_dims=None,
+    use_cpu=True,
+    label_smoothing=0.0,
 ):
     torch.manual_seed(0)
     model_args = training.ModelArguments(
@@ -111,6 +166,7 @@ def tiny_peft_trainer(
         max_grad_norm=0.0,
         gradcache_chunk_size=chunk,
         temperature=0.05,
+        label_smoothing_factor=label_smoothing,
     )
     trainer = ContrastiveTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop in real runs

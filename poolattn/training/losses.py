@@ -18,19 +18,32 @@ def info_nce_loss(
     temperature: float = 0.05,
     positive_offset: int = 0,
     excluded: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of each query against all documents; query i's positive is document `positive_offset + i`.
 
     queries (num_queries, dim), documents (num_documents, dim): typically the batch's positives followed by its hard
     negatives, gathered from every rank. `excluded` (num_queries, num_documents), True where a document is not a
     negative of that query (a duplicate of its positive): left out of its softmax. The paper code's scale 20 is
-    `temperature=0.05`.
+    `temperature=0.05`. `label_smoothing` e (Szegedy et al. 2016, as `F.cross_entropy`'s): the target puts 1 - e on
+    the positive and spreads e evenly over every document in the query's softmax (excluded documents get none).
+
+    >>> q, d = torch.eye(2), torch.eye(2)
+    >>> same = F.cross_entropy(q @ d.T, torch.arange(2), label_smoothing=0.1)
+    >>> torch.isclose(info_nce_loss(q, d, temperature=1.0, label_smoothing=0.1), same).item()
+    True
     """
     scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T / temperature  # (queries, documents)
     if excluded is not None:
         scores = scores.masked_fill(excluded, float("-inf"))
     labels = torch.arange(queries.shape[0], device=queries.device) + positive_offset
-    return F.cross_entropy(scores, labels)
+    if not label_smoothing:
+        return F.cross_entropy(scores, labels)
+    log_probabilities = F.log_softmax(scores, dim=-1)
+    candidates = torch.isfinite(scores)  # the documents in each query's softmax
+    positive = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
+    spread = -log_probabilities.masked_fill(~candidates, 0.0).sum(dim=-1) / candidates.sum(dim=-1)
+    return ((1 - label_smoothing) * positive + label_smoothing * spread).mean()
 
 
 def duplicate_documents(
@@ -105,6 +118,7 @@ def contrastive_loss(
     gather: bool,
     text_ids: dict[str, torch.Tensor] | None = None,
     matryoshka_dims: tuple[int, ...] = (),
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """InfoNCE for this rank's queries against every rank's documents (in-batch, hard and cross-device negatives).
 
@@ -113,6 +127,7 @@ def contrastive_loss(
     positives for the same query text, are not its negatives.
     With `matryoshka_dims` (Kusupati et al. 2022), the mean of the loss of the full embeddings and of each prefix of
     that many dims (renormalised by the cosine): one scale for the loss with or without, and every size trained.
+    `label_smoothing`: `info_nce_loss`'s (`--label_smoothing_factor`).
 
     >>> queries = torch.tensor([[1.0, 0.0, 5.0]])  # its positive (row 0) agrees on the first 2 dims only
     >>> documents = torch.tensor([[1.0, 0.0, -5.0], [0.0, 1.0, 5.0]])
@@ -138,6 +153,7 @@ def contrastive_loss(
             temperature=temperature,
             positive_offset=offset,
             excluded=excluded,
+            label_smoothing=label_smoothing,
         )
         for dims in (None, *matryoshka_dims)
     ]

@@ -212,6 +212,7 @@ class ContrastiveTrainer(Trainer):
             gather=self.args.gather_across_devices,
             text_ids=text_ids,
             matryoshka_dims=self.matryoshka_dims,
+            label_smoothing=self.args.label_smoothing_factor,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

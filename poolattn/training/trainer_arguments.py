@@ -127,6 +127,8 @@ class ContrastiveTrainingArguments(TrainingArguments):
             raise ValueError(f"--temperature {self.temperature} must be > 0 (0.05 is the paper's scale 20).")
         if not self.learning_rate >= 0:  # 0: the weights stay as they are (a loss measured, nothing trained)
             raise ValueError(f"--learning_rate {self.learning_rate} must be >= 0 (e.g. 1e-4).")
+        if not 0 <= self.label_smoothing_factor < 1:  # the contrastive loss's (`info_nce_loss`)
+            raise ValueError(f"--label_smoothing_factor {self.label_smoothing_factor} must be in [0, 1) (0: off).")
         for flag, size in (
             ("--per_device_train_batch_size", self.per_device_train_batch_size),
             ("--per_device_eval_batch_size", self.per_device_eval_batch_size),
