@@ -11,7 +11,12 @@ from conftest import tiny_model
 
 mteb = pytest.importorskip("mteb")
 from poolattn import cli  # noqa: E402
-from poolattn.evaluation.local_tasks import LocalTaskError, check_retrieval_folder, load_task  # noqa: E402
+from poolattn.evaluation.local_tasks import (  # noqa: E402
+    LocalTaskError,
+    check_local_copy,
+    check_retrieval_folder,
+    load_task,
+)
 from poolattn.evaluation.results import read_results  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -294,6 +299,89 @@ def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break
             ]
         )
     assert not (tmp_path / "out").exists()  # refused before any model was loaded
+
+
+def _stock_copies(data: Path) -> None:
+    """data/ holding a well-formed BIOSSES (STS, test only) and a 20-row Banking77 copy (classification, train and
+    test): two tasks, so a fault in the second is refused before the first is scored."""
+    for task, splits in (("BIOSSES", ("test",)), ("Banking77Classification", ("train", "test"))):
+        (data / task).mkdir(parents=True)
+        for split in splits:
+            lines = (SHARED / task / f"{split}.jsonl").read_text().splitlines()[:20]
+            (data / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _rewrite(path: Path, edit) -> None:
+    path.write_text("".join(json.dumps(edit(json.loads(line))) + "\n" for line in path.read_text().splitlines()))
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (
+            lambda d: (d / "Banking77Classification" / "test.jsonl").open("a").write('{"text": "half a row'),
+            r"Banking77Classification: its local copy .* cannot be read as mteb reads the task .*JSON",
+        ),
+        (
+            lambda d: (d / "Banking77Classification" / "train.jsonl").unlink(),
+            r"Banking77Classification: its local copy .* has no train split \(it holds test\); .* Add train.jsonl",
+        ),
+        (
+            lambda d: [
+                _rewrite(
+                    d / "Banking77Classification" / f"{split}.jsonl", lambda r: {"label": r["label"], "txt": r["text"]}
+                )
+                for split in ("train", "test")
+            ],
+            r"the test split of its local copy .* has no column text \(it has label, txt\)",
+        ),
+        (
+            lambda d: _rewrite(d / "BIOSSES" / "test.jsonl", lambda r: {k: v for k, v in r.items() if k != "score"}),
+            r"BIOSSES: the test split .* has no column score",
+        ),
+    ],
+)
+def test_a_malformed_stock_copy_is_refused_before_any_model_loads(tmp_path, break_it, message):
+    data = tmp_path / "data"
+    _stock_copies(data)
+    for task in ("BIOSSES", "Banking77Classification"):  # well-formed before it is broken
+        check_local_copy(load_task(task, data_dir=data), data / task)
+    break_it(data)
+    with pytest.raises(SystemExit, match=message):
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "never-loaded"),
+                "--tasks",
+                "BIOSSES,Banking77Classification",
+                "--data-dir",
+                str(data),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+    assert not (tmp_path / "out").exists()  # refused before any model was loaded or task scored
+
+
+@pytest.mark.parametrize("hub_file", ["data/test.jsonl", "data/test-00000-of-00001.parquet"])
+def test_a_copy_in_the_hubs_snapshot_layout_reads_as_the_flat_copy(tmp_path, hub_file):
+    """A stock copy downloaded as the Hub holds it (`data/<split>` files, no README) gives mteb the rows of the flat
+    `<split>.jsonl` copy; `data/` is not taken for a subset of a task that has none of that name."""
+    import datasets
+
+    flat, hub = tmp_path / "flat", tmp_path / "hub"
+    _stock_copies(flat)
+    (hub / "BIOSSES" / "data").mkdir(parents=True)
+    rows = datasets.load_dataset("json", data_files=str(flat / "BIOSSES" / "test.jsonl"), split="train")
+    target = hub / "BIOSSES" / hub_file
+    rows.to_parquet(target) if target.suffix == ".parquet" else shutil.copy(flat / "BIOSSES" / "test.jsonl", target)
+    loaded = {}
+    for name, data in (("flat", flat), ("hub", hub)):
+        task = load_task("BIOSSES", data_dir=data)
+        check_local_copy(task, data / "BIOSSES")
+        loaded[name] = task.dataset["test"].to_list()
+    assert len(loaded["flat"]) == 20 and loaded["hub"] == loaded["flat"]
 
 
 def test_a_folder_is_read_from_its_files_not_from_a_cache_of_another_folder_of_that_name(tmp_path):

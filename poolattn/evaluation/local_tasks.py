@@ -3,9 +3,10 @@ folders of any name run through mteb's own evaluators.
 
 A data folder holds one folder per task, named after the task:
 
-- a copy of a stock mteb task: `<Task>/{train,validation,test}.jsonl` in the Hub dataset's raw layout, or, for a
+- a copy of a stock mteb task: `<Task>/{train,validation,test}.jsonl` in the Hub dataset's raw layout (or its
+  snapshot as the Hub holds it: `data/<split>-*.parquet` or `.jsonl`, a README.md `configs:` block), or, for a
   task with several subsets (languages), `<Task>/<subset>/{split}.jsonl`; by default a copy is scored on the
-  subsets it holds;
+  subsets it holds; each copy is read and checked (splits, columns) before any model loads (`check_local_copy`);
 - a retrieval task of any name, in the standard (BEIR / mteb v2) layout: `corpus/*.jsonl` (`_id`, `title`, `text`),
   `queries/*.jsonl` (`_id`, `text`), `qrels/<split>.jsonl` (`query-id`, `corpus-id`, `score`) (a README.md
   `configs:` block is not needed); with `top_ranked/<split>.jsonl` (`query-id`, `corpus-ids`) it is a reranking
@@ -202,8 +203,10 @@ def _on_local_copy(task, folder: Path):
         task.dataset = datasets.DatasetDict({"test": test})
         task.data_loaded = True
         return task
-    if held_subsets(folder) and not _readme_configs(folder):
+    if set(held_subsets(folder)) & set(task.hf_subsets) and not _readme_configs(folder):
         return _subset_folder_task(task, folder)
+    # else the files are where `datasets` finds a dataset's splits: <split>.jsonl, or the Hub's data/<split>*.jsonl /
+    # data/<split>-00000-of-00001.parquet (a folder named data/ is no subset of a task that has none of that name)
     if task.metadata.type in LOCAL_MAIN_SCORES and retrieval_type(folder) and not task.metadata.is_multilingual:
         check_retrieval_folder(folder, strict=False)  # read from its files, as local tasks of any name are
         local_class = type(
@@ -217,6 +220,53 @@ def _on_local_copy(task, folder: Path):
         dataset |= {"verification_mode": "no_checks"}
     task.metadata = task.metadata.model_copy(update={"dataset": dataset})
     return task
+
+
+def check_local_copy(task, folder: Path) -> None:
+    """Read a stock task's local copy as mteb will when it scores it, and check it holds what mteb's evaluator for
+    the task reads: each split it evaluates on (and trains its classifier on) in every subset, with the task's
+    columns. mteb reads a copy only when it reaches the task, after the tasks before it were scored; a copy that
+    cannot be read, or lacks a split or column, is refused here instead (`LocalTaskError`, saying what it holds)."""
+    name = task.metadata.name
+    try:
+        task.load_data()
+    except Exception as error:  # datasets' and mteb's errors alike: the copy is what failed
+        cause = error.__cause__ or error.__context__
+        detail = f"{type(error).__name__}: {error}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        raise LocalTaskError(
+            f"{name}: its local copy {folder} cannot be read as mteb reads the task ({detail[:400]}). Fix or "
+            f"replace the copy (one JSON object per line, the columns of the task's Hub dataset)."
+        ) from None
+    splits = [*task.metadata.eval_splits, *([task.train_split] if hasattr(task, "train_split") else [])]
+    columns = _task_columns(task)
+    for subset, data in splits_by_subset(task).items():
+        where = f"{folder}" + (f"/{subset}" if subset != "default" and held_subsets(folder) else "")
+        missing_splits = [split for split in splits if split not in data]
+        if missing_splits:
+            raise LocalTaskError(
+                f"{name}: its local copy {where} has no {', '.join(missing_splits)} split (it holds "
+                f"{', '.join(data) or 'none'}); mteb's {task.metadata.type} evaluator reads {', '.join(splits)}. Add "
+                f"{', '.join(f'{split}.jsonl' for split in missing_splits)}."
+            )
+        for split in splits:
+            missing = [column for column in columns if column not in data[split].column_names]
+            if missing:
+                raise LocalTaskError(
+                    f"{name}: the {split} split of its local copy {where} has no column {', '.join(missing)} (it "
+                    f"has {', '.join(data[split].column_names)}); mteb's evaluator for the task reads "
+                    f"{', '.join(columns)}. Rename the columns as in the task's Hub dataset."
+                )
+
+
+def _task_columns(task) -> list[str]:
+    """The columns mteb's evaluator reads for `task`: its `*_column_name(s)` settings (and STS's `score`)."""
+    from mteb.abstasks import AbsTaskSTS
+
+    columns = []
+    for attribute in sorted(dir(type(task))):
+        value = getattr(task, attribute, None) if attribute.endswith(("column_name", "column_names")) else None
+        columns += [value] if isinstance(value, str) else [c for c in value or () if isinstance(c, str)]
+    return list(dict.fromkeys(columns + (["score"] if isinstance(task, AbsTaskSTS) else [])))
 
 
 def _subset_folder_task(task, folder: Path):

@@ -24,7 +24,7 @@ from .cache_keys import (
     unkeyed_results,
 )
 from .encoders import check_model_source, check_truncate_dim, load_encoder
-from .local_tasks import LocalTaskError, is_mteb_task, load_task
+from .local_tasks import LOCAL_MAIN_SCORES, LocalTaskError, check_local_copy, is_mteb_task, load_task
 from .requests import EvaluationError, select_tasks
 from .results import (
     MODEL_META_FILE,
@@ -265,11 +265,13 @@ def _checked_tasks(tasks, categories, benchmark, data_dir, subsets, skip_missing
     """(the run, the task names to score, their `TaskInfo`s): every task built and every local folder checked once,
     before any model is loaded."""
     run, task_names = _selected_tasks(tasks, categories, benchmark, data_dir, skip_missing)
+    infos = []
     try:
-        infos = [
-            TaskInfo.of_task(load_task(name, data_dir=data_dir, subsets=subsets), local=not is_mteb_task(name))
-            for name in task_names
-        ]
+        for name in task_names:
+            task = load_task(name, data_dir=data_dir, subsets=subsets)
+            if data_dir and is_mteb_task(name) and task.metadata.type not in LOCAL_MAIN_SCORES:
+                check_local_copy(task, Path(data_dir) / name)  # retrieval copies: checked as they are built
+            infos.append(TaskInfo.of_task(task, local=not is_mteb_task(name)))
     except LocalTaskError as error:
         raise EvaluationError(str(error)) from None
     return run, task_names, infos
