@@ -384,6 +384,29 @@ def test_a_copy_in_the_hubs_snapshot_layout_reads_as_the_flat_copy(tmp_path, hub
     assert len(loaded["flat"]) == 20 and loaded["hub"] == loaded["flat"]
 
 
+def test_a_copy_with_the_hubs_raw_columns_or_the_evaluators_reads_the_same(tmp_path):
+    """TwitterURLCorpus's Hub dataset has `sent1`/`sent2`, which mteb's transform renames; a copy that already has
+    `sentence1`/`sentence2` (the shared one) is used as it is: both give the evaluator the same rows. A copy with
+    neither is refused naming the columns."""
+    lines = (SHARED / "TwitterURLCorpus" / "test.jsonl").read_text().splitlines()[:30]
+    renames = {"raw": {"sentence1": "sent1", "sentence2": "sent2"}, "ready": {}, "neither": {"sentence1": "s1"}}
+    loaded = {}
+    for name, rename in renames.items():
+        folder = tmp_path / name / "TwitterURLCorpus"
+        folder.mkdir(parents=True)
+        rows = [{rename.get(key, key): value for key, value in json.loads(line).items()} for line in lines]
+        jsonl(folder / "test.jsonl", rows)
+        task = load_task("TwitterURLCorpus", data_dir=folder.parent)
+        if name == "neither":
+            with pytest.raises(LocalTaskError, match=r"cannot be read as mteb reads the task"):
+                check_local_copy(task, folder)
+            continue
+        check_local_copy(task, folder)
+        loaded[name] = task.dataset["test"].to_list()
+    assert len(loaded["ready"]) == 30 and loaded["raw"] == loaded["ready"]
+    assert set(loaded["ready"][0]) == {"sentence1", "sentence2", "labels"}
+
+
 def test_a_folder_is_read_from_its_files_not_from_a_cache_of_another_folder_of_that_name(tmp_path):
     small = wikiqa_subset("WikiQARetrieval", tmp_path / "one" / "MyRetrieval", queries=3)
     large = wikiqa_subset("WikiQARetrieval", tmp_path / "two" / "MyRetrieval", queries=7)

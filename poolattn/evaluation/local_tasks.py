@@ -194,32 +194,50 @@ def stock_task(name: str, *, data_dir: Path | None = None, subsets: list[str] | 
 
 def _on_local_copy(task, folder: Path):
     """Point a stock task at `folder`: the dataset path, or per-subset loading when the copy has subset folders."""
-    import datasets
-
-    if task.metadata.name == "TwitterURLCorpus":  # the local copy already has the post-transform column names
-        test = datasets.load_dataset(
-            "json", data_files=str(folder / "test.jsonl"), split="train", download_mode="force_redownload"
-        )
-        task.dataset = datasets.DatasetDict({"test": test})
-        task.data_loaded = True
-        return task
     if set(held_subsets(folder)) & set(task.hf_subsets) and not _readme_configs(folder):
         return _subset_folder_task(task, folder)
-    # else the files are where `datasets` finds a dataset's splits: <split>.jsonl, or the Hub's data/<split>*.jsonl /
-    # data/<split>-00000-of-00001.parquet (a folder named data/ is no subset of a task that has none of that name)
     if task.metadata.type in LOCAL_MAIN_SCORES and retrieval_type(folder) and not task.metadata.is_multilingual:
         check_retrieval_folder(folder, strict=False)  # read from its files, as local tasks of any name are
-        local_class = type(
-            type(task).__name__, (type(task),), {"load_data": _retrieval_loader(folder), "__module__": __name__}
-        )
-        return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
-    # read anew each time: datasets caches a local folder by its files' paths and times (a README-configured one by
+        return _local_task(task, load_data=_retrieval_loader(folder))
+    # else the files are where `datasets` finds a dataset's splits: <split>.jsonl, or the Hub's data/<split>*.jsonl /
+    # data/<split>-00000-of-00001.parquet (a folder named data/ is no subset of a task that has none of that name).
+    # Read anew each time: datasets caches a local folder by its files' paths and times (a README-configured one by
     # a key its files are not part of), so a copy rewritten with the same times came back as its old rows
     dataset = {**task.metadata.dataset, "path": str(folder.resolve()), "download_mode": "force_redownload"}
     if _readme_configs(folder):
         dataset |= {"verification_mode": "no_checks"}
-    task.metadata = task.metadata.model_copy(update={"dataset": dataset})
-    return task
+    local = _local_task(task)
+    local.metadata = task.metadata.model_copy(update={"dataset": dataset})
+    return local
+
+
+def _local_task(task, **methods):
+    """A task of `task`'s class, on its subsets, with `methods` replaced, whose `dataset_transform` (mteb's step from
+    the Hub dataset's raw columns to the evaluator's) also takes a copy that already has the evaluator's columns
+    (e.g. TwitterURLCorpus as `sentence1`/`sentence2`, not the Hub's `sent1`/`sent2`)."""
+    base = type(task)
+
+    def dataset_transform(self, *args, **kwargs):
+        try:
+            return base.dataset_transform(self, *args, **kwargs)
+        except (KeyError, ValueError):  # a column the transform renames or reads is not there
+            if not _holds_columns(self):
+                raise
+            logger.info("%s: its local copy already has the evaluator's columns; used as it is", self.metadata.name)
+
+    attributes = {"dataset_transform": dataset_transform, **methods, "__module__": __name__}
+    local_class = type(base.__name__, (base,), attributes)
+    return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
+
+
+def _holds_columns(task) -> bool:
+    """Whether every evaluation split of every subset of a loaded `task` has the columns its evaluator reads."""
+    columns = _task_columns(task)
+    return bool(columns) and all(
+        split in data and set(columns) <= set(data[split].column_names)
+        for data in splits_by_subset(task).values()
+        for split in task.metadata.eval_splits
+    )
 
 
 def check_local_copy(task, folder: Path) -> None:
@@ -281,8 +299,7 @@ def _subset_folder_task(task, folder: Path):
         self.dataset_transform(num_proc=num_proc)
         self.data_loaded = True
 
-    local_class = type(type(task).__name__, (type(task),), {"load_data": load_data, "__module__": __name__})
-    return local_class().filter_languages(None, hf_subsets=list(task.hf_subsets))
+    return _local_task(task, load_data=load_data)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
