@@ -684,9 +684,46 @@ def test_the_report_says_what_its_intervals_hold_of_the_seed_noise():
     assert "Comparisons on 3 seeds of a row (1 of 2): With 3 seeds" in mixed
 
 
-def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
+def test_each_study_step_holds_its_own_scoring(monkeypatch, tmp_path, caplog):
+    """A control's and a run's scoring are part of their step: the step's log line comes after its scoring and
+    gives its time (the control's said "ran now in 1 s" while its 10 minutes of scoring followed), and the ETA
+    measures controls at their scoring's cost."""
+    from types import SimpleNamespace
+
+    from poolattn.evaluation.scoring import EvaluationRun
+    from poolattn.study import progress as study_progress
+
+    plan = study.plan_study(designs="1", seeds=2, controls=True, control_seeds="first")
+    clock, events = [0.0], []
+    monkeypatch.setattr(study_progress.time, "time", lambda: clock[0])
+
+    def spend(seconds, event, result=None):
+        clock[0] += seconds
+        events.append(event)
+        return result
+
+    folder = tmp_path / "runs" / "v1"
+    monkeypatch.setattr(study_runner, "control_row", lambda *a: spend(1, "control written", folder / "step0"))
+    monkeypatch.setattr(study_runner, "score_models", lambda *a, **k: spend(600, "control scored", EvaluationRun()))
+    monkeypatch.setattr(study_runner, "train_row", lambda p, r, seed, o: spend(1800, f"run {seed} trained", folder))
+    monkeypatch.setattr(study_runner, "score_run", lambda *a: spend(500, "run scored", []))
+    monkeypatch.setattr(study_runner, "write_report", lambda output: SimpleNamespace(path=None, left_out=[]))
+    steps = []
+    monkeypatch.setattr(study_progress.logger, "info", lambda message, *args: steps.append(message % args))
+    study_runner._run_locked(plan, tmp_path, distributed=False)
+    assert events == ["control written", "control scored", "run 42 trained", "run scored"] + [
+        "run 43 trained",
+        "run scored",
+    ]
+    control, first, second = (line for line in steps if "study: step" in line)
+    assert "step 1 of 3: control" in control and "ran now in 601 s" in control and "ETA once a training" in control
+    assert "step 2 of 3: training" in first and "ran now in 2300 s" in first and "ETA 38 min" in first
+    assert "step 3 of 3: training" in second and "ran now in 2300 s" in second
+
+
+def test_the_eta_counts_what_runs_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
     """Two rows x two seeds with controls (8 steps): the ETA waits until a training step has run (it said "0 min"
-    after a 2-s control), then counts the scoring between steps (50 s after the control) with the next step."""
+    after a 2-s control), then counts what runs between steps (50 s after the control) with the next step."""
     from poolattn.study import progress as study_progress
 
     plan = study.plan_study(designs="1,5", seeds=2, controls=True)
@@ -704,9 +741,9 @@ def test_the_eta_counts_the_scoring_between_steps_and_waits_for_each_stage(monke
     with caplog.at_level("INFO", logger="poolattn.study"):
         progress.step("control", plan.rows[0], 42, work(10), state="ran now")
         assert progress.eta() == ", ETA once a training step has run"
-        clock[0] += 50  # the control's scoring, between the steps
+        clock[0] += 50  # between the steps
         progress.step("training", plan.rows[0], 42, work(600), state="ran now")
-    # left: 3 controls at 60 s and 3 training runs at 600 s (the control's scoring counted with the next step)
+    # left: 3 controls at 10 s and 3 training runs at 650 s (the 50 s between them counted with the next step)
     assert progress.eta() == f", ETA {(3 * 10 + 3 * 650) / 60:.0f} min"
     assert "step 2 of 8: training" in caplog.text and "ran now in 600 s" in caplog.text
     # a step resumed from a checkpoint cost only its rest: it is not a step's cost

@@ -16,11 +16,11 @@ class StudyProgress:
     """ "step k of N" with the elapsed time and an ETA for the study's stages (tuning counts one step per row), and an
     honest summary: what ran now, what continued from a checkpoint, what was done already.
 
-    A step's cost is the wall time since the step before it ended, so the scoring that follows a run (outside the
-    steps) is counted too; the ETA is each stage's mean cost over the steps that ran whole (a step resumed from a
-    checkpoint cost only its rest), here or, for a study resumed, as its records give them (`recorded`:
-    `recorded_costs`), times the steps of that stage left, and waits for a stage's first such step rather than guess
-    it."""
+    A step is a stage's work with its scoring (a control's, a run's); its cost is the wall time since the step
+    before it ended, so what runs between steps is counted too; the ETA is each stage's mean cost over the steps that
+    ran whole (a step resumed from a checkpoint cost only its rest), here or, for a study resumed, as its records give
+    them (`recorded`: `recorded_costs`), times the steps of that stage left, and waits for a stage's first such step
+    rather than guess it."""
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ The user's guide is the package's docstring (`python study.py --help`)."""
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..evaluation.scoring import EvaluationRun, evaluate_models
@@ -207,20 +208,11 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
         folder = run_folder(output, row, seed)
         if plan.has_control(seed) and not distributed:
             state = "done already" if (folder / "step0" / MANIFEST_FILE).is_file() else "ran now"
-            control = progress.step(
-                "control", row, seed, lambda row=row, seed=seed: control_row(plan, row, seed, output), state=state
-            )
-            failures += score_models(plan, [control], output).failures
-        folder = progress.step(
-            "training",
-            row,
-            seed,
-            lambda row=row, seed=seed: train_row(plan, row, seed, output),
-            state=step_state(folder),
-        )
-        trained.append((row, seed, folder))
-        if not distributed:  # under torchrun every process trains; process 0 scores all at the end
-            failures += score_run(plan, row, folder, output)
+            control = partial(control_step, plan, row, seed, output, failures)
+            progress.step("control", row, seed, control, state=state)
+        # under torchrun every process trains; process 0 scores all at the end
+        run = partial(training_step, plan, row, seed, output, failures, score=not distributed)
+        trained.append((row, seed, progress.step("training", row, seed, run, state=step_state(folder))))
     if not is_main_process():
         return StudyRun(None)
     if distributed:
@@ -320,6 +312,22 @@ def train_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
     from .. import training  # the training stack (Trainer, peft, datasets), when a run needs it
 
     return training.run_job(row_job(plan, row, seed, output))
+
+
+def control_step(plan: StudyPlan, row: StudyRow, seed: int, output, failures: list) -> Path:
+    """The row's untrained control, written and scored (the tasks that failed to score added to `failures`): one
+    step of the study's progress, its time the scoring's."""
+    control = control_row(plan, row, seed, output)
+    failures += score_models(plan, [control], output).failures
+    return control
+
+
+def training_step(plan: StudyPlan, row: StudyRow, seed: int, output, failures: list, *, score: bool) -> Path:
+    """One run of `row` trained and, with `score`, scored (failures added to `failures`): one step of the progress."""
+    folder = train_row(plan, row, seed, output)
+    if score:
+        failures += score_run(plan, row, folder, output)
+    return folder
 
 
 def control_row(plan: StudyPlan, row: StudyRow, seed: int, output) -> Path:
