@@ -74,6 +74,32 @@ def test_json_forms_and_a_folder_with_another_tools_front_matter_read_as_their_r
     assert [row["query"] for row in load_triplets(str(folder)).rows] == [f"q{i}" for i in range(5)]
 
 
+def test_pandas_json_layouts_and_a_csv_cell_of_several_negatives_read_as_their_rows(tmp_path):
+    """pandas' default `to_json` ("columns": an object per column keyed by row) and `to_dict(orient="list")` with a
+    negative column read as the records file does; a CSV cell holding a JSON list (what the error for a repeated
+    header advises) is that row's negatives, not one negative text; a text in brackets stays a text."""
+    import pandas
+
+    records = [
+        {"query": "q0", "positive": "p0", "negative": ["n0", "m0"]},
+        {"query": "q1", "positive": "p1", "negative": ["n1", "m1"]},
+    ]
+    frame = pandas.DataFrame(records)
+    frame.to_json(tmp_path / "records.json", orient="records")
+    frame.to_json(tmp_path / "default.json")
+    (tmp_path / "list.json").write_text(json.dumps(frame.to_dict(orient="list")))
+    expected = load_triplets(str(tmp_path / "records.json"), negatives_per_query=2).rows
+    assert [row["negatives"] for row in expected] == [["n0", "m0"], ["n1", "m1"]]
+    for name in ("default", "list"):
+        assert load_triplets(str(tmp_path / f"{name}.json"), negatives_per_query=2).rows == expected, name
+    (tmp_path / "cells.csv").write_text(
+        'query,positive,negative\nq0,p0,"[""n0"", ""m0""]"\nq1,p1,"[""n1"", ""m1""]"\n'
+    )
+    assert load_triplets(str(tmp_path / "cells.csv"), negatives_per_query=2).rows == expected
+    (tmp_path / "text.csv").write_text("query,positive,negative\nq,p,[1] a cited negative\n")
+    assert load_triplets(str(tmp_path / "text.csv")).rows[0]["negatives"] == ["[1] a cited negative"]
+
+
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_a_file_rewritten_with_the_same_modification_time_is_read_as_it_is_now(tmp_path, suffix):
     """`cp -p`, `rsync -a` or an unpacked archive keep a file's time: `datasets`' cache, keyed by path and time,

@@ -15,6 +15,7 @@ positive (or of the query itself) as one of its negatives.
 import difflib
 import functools
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -257,10 +258,21 @@ def _clean(row: dict, name: str):
 
 
 def raw_negatives(raw) -> list:
-    """The row's hard negatives as given: `negative` as a string or a list ("" and [] mean none)."""
+    """The row's hard negatives as given: `negative` as a string or a list ("" and [] mean none); a string that is
+    a JSON list (a CSV cell's or a Hub CSV's several negatives, `["n1", "n2"]`) is that list.
+
+    >>> raw_negatives({"negative": '["n1", "n2"]'}), raw_negatives({"negative": "[1] is cited"})
+    (['n1', 'n2'], ['[1] is cited'])
+    """
     value = _clean(raw, "negative")
     if value is None or value == "":
         return []
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        try:
+            listed = json.loads(value)
+        except json.JSONDecodeError:  # a text in brackets, not a list
+            listed = None
+        value = listed if isinstance(listed, list) else value
     return value if isinstance(value, list) else [value]
 
 

@@ -132,7 +132,7 @@ def _json_row(path: Path, number: int, line: str):
 
 def _json_rows(path: Path):
     """A .json file: a list of rows (read whole), JSON Lines (one row a line, read lazily, as `datasets` reads a .json
-    file too), or one object: a row, or columns of equal length (pandas' `to_json(orient="columns")` layout)."""
+    file too), or one object: a row, or columns (pandas' `to_json` layouts "columns", its default, and "list")."""
     lines = _text_lines(path)
     number, first = next(lines, (0, ""))
     if not first.lstrip().startswith("["):
@@ -163,9 +163,19 @@ def _json_rows(path: Path):
 
 
 def _columns(row: dict) -> dict | None:
-    """`row` as columns (every value a list, all of one length, a `query` among them), else None."""
+    """`row` as columns of lists, else None: every value a list, all of one length (pandas' `orient="list"`), or
+    every value an object of the same row keys (pandas' default `to_json`, `orient="columns"`: rows in its key
+    order), with `query` among them. A row's own `negative` list is no column: its `query` is no list.
+
+    >>> _columns({"query": {"0": "a", "1": "b"}, "positive": {"0": "c", "1": "d"}})
+    {'query': ['a', 'b'], 'positive': ['c', 'd']}
+    """
+    if "query" not in row:
+        return None
+    if all(isinstance(value, dict) for value in row.values()) and len({tuple(v) for v in row.values()}) == 1:
+        return {name: list(values.values()) for name, values in row.items()}
     lengths = {len(value) if isinstance(value, list) else -1 for value in row.values()}
-    return row if "query" in row and len(lengths) == 1 and lengths != {-1} and "negative" not in row else None
+    return row if len(lengths) == 1 and lengths != {-1} else None
 
 
 def _csv_rows(path: Path):
