@@ -119,6 +119,22 @@ def test_a_file_rewritten_with_the_same_modification_time_is_read_as_it_is_now(t
     assert [row["query"] for row in load_triplets(str(path)).rows] == [f"new{i}" for i in range(6)]
 
 
+def test_a_streamed_source_whose_first_rows_mix_negative_counts_is_refused_before_training(tmp_path, caplog):
+    """A file whose first rows have 1 hard negative and then 0 (as the shipped snli_triplets.jsonl does): refused
+    when the stream is built, naming the row, where it failed once training reached the row; with
+    --skip_invalid_rows the skipping is said then, and a pass gives the rows that have one."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(jsonl(rows(6, negatives=1)) + jsonl(rows(2, prefix="r")) + jsonl(rows(4, negatives=1, prefix="s")))
+    common = dict(batch_size=2, seed=1, buffer_size=10, negatives_per_query=1)
+    with pytest.raises(TripletDataError, match=r"mixed.jsonl, row 7: field 'negative' has 0 hard negative\(s\)"):
+        batching.stream_triplets(str(path), **common)
+    with caplog.at_level(logging.WARNING, logger="poolattn.training.batching"):
+        triplets = batching.stream_triplets(str(path), skip_invalid=True, **common)
+    assert "rows short of 1 hard negative(s) (row 7 on) are skipped" in caplog.text
+    passed = list(triplets.stream.pass_rows(0))
+    assert len(passed) == 10 and all(len(row["negatives"]) == 1 for row in passed)
+
+
 def test_a_streamed_source_trains_with_the_hard_negatives_its_rows_have(tmp_path, monkeypatch, caplog):
     """Asked for 3 negatives, a file whose rows have 1 streams with 1, as in memory (it was refused: "1 of the 3 this
     source's rows have"); a later row with negatives its first rows lacked is named once in a warning, not dropped

@@ -212,7 +212,7 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             StreamedSource(names.get(str(path), Path(path).stem), str(path), count_rows(path)) for path in files
         ]
         return cls(
-            _with_negatives(sources, negatives_per_query),
+            _with_negatives(sources, negatives_per_query, skip_invalid),
             batch_size,
             seed=seed,
             buffer_size=buffer_size,
@@ -246,7 +246,7 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             for subset in subsets
         ]
         return cls(
-            _with_negatives(sources, negatives_per_query),
+            _with_negatives(sources, negatives_per_query, skip_invalid),
             batch_size,
             seed=seed,
             buffer_size=buffer_size,
@@ -265,13 +265,7 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             try:
                 row = validate_row(raw, source.negatives_per_query)
                 if len(row["negatives"]) < source.negatives_per_query:
-                    raise TripletDataError(
-                        f"field 'negative' has {len(row['negatives'])} hard negative(s), and a streamed source's "
-                        f"rows all have as many as its first {PEEK_ROWS} rows do ({source.negatives_per_query}); "
-                        "put the rows of each count in a file of their own, train without --streaming (rows are "
-                        "grouped by count there), or give --negatives_per_query "
-                        f"{len(row['negatives'])}"
-                    )
+                    raise TripletDataError(_short_of_negatives(len(row["negatives"]), source.negatives_per_query))
             except TripletDataError as error:
                 if self.skip_invalid:
                     continue
@@ -328,29 +322,35 @@ class SourceBatchStream(torch.utils.data.IterableDataset):
             yield from block
 
 
-class Passes(torch.utils.data.IterableDataset):
-    """The dataset training reads with `--streaming`: a `SourceBatchStream`'s passes one after another
-    (`SourceBatchStream.passes`), so the Trainer sees one epoch as long as `--max_steps`. A batch's place in it is then
-    the number of batches trained before it, and a resume that skips `global_step` batches continues where the
-    uninterrupted run was, in the first pass or a later one (the Trainer's own epochs of an iterable dataset of
-    unknown length would restart a resumed run at the first pass)."""
-
-    def __init__(self, stream: SourceBatchStream):
-        self.stream = stream
-
-    def __iter__(self):
-        return self.stream.passes()
+def _short_of_negatives(have: int, want: int) -> str:
+    return (
+        f"field 'negative' has {have} hard negative(s), and a streamed source's rows all have as many as its first "
+        f"{PEEK_ROWS} rows do ({want}); put the rows of each count in a file of their own, train without --streaming "
+        f"(rows are grouped by count there), or give --negatives_per_query {have}"
+    )
 
 
-def _with_negatives(sources: list[StreamedSource], negatives_per_query: int) -> list[StreamedSource]:
+def _with_negatives(sources: list[StreamedSource], negatives_per_query: int, skip: bool) -> list[StreamedSource]:
     """Each source's hard negatives per query: as many as its first rows carry, at most `negatives_per_query` (every
     row of a streamed source must have that many: `SourceBatchStream.rows_of`); their columns checked
-    (`data.check_columns`)."""
+    (`data.check_columns`). A first row with fewer is refused now, not when training reaches it (with `skip`, the
+    skipping is said now, since the rows are only counted as a pass reads them)."""
     for source in sources:
         numbered = [item for _, item in zip(range(PEEK_ROWS), source.raw_rows())]
         check_columns(source.label, numbered)
-        carried = max((len(raw_negatives(raw)) for _, raw in numbered if isinstance(raw, dict)), default=0)
-        source.negatives_per_query = min(negatives_per_query, carried)
+        counts = [(number, len(raw_negatives(raw))) for number, raw in numbered if isinstance(raw, dict)]
+        source.negatives_per_query = min(negatives_per_query, max((count for _, count in counts), default=0))
+        short = next(((n, count) for n, count in counts if count < source.negatives_per_query), None)
+        if short and not skip:
+            message = _short_of_negatives(short[1], source.negatives_per_query)
+            raise TripletDataError(f"{source.label}, row {short[0]}: {message} (or pass --skip_invalid_rows)")
+        if short:
+            logger.warning(
+                "%s: rows short of %d hard negative(s) (row %d on) are skipped",
+                source.label,
+                source.negatives_per_query,
+                short[0],
+            )
     return sources
 
 

@@ -28,7 +28,7 @@ from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..records import ContrastiveBatch, StopRecord, TrainableParameters
 from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
-from .batching import Passes
+from .batching import SourceBatchStream
 from .checkpoints import (
     check_control,
     check_finished_recipe,
@@ -62,6 +62,20 @@ from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, t
 from .training_data import check_data_unchanged, training_triplets
 
 logger = logging.getLogger(__name__)
+
+
+class Passes(torch.utils.data.IterableDataset):
+    """The dataset training reads with `--streaming`: a `SourceBatchStream`'s passes one after another
+    (`SourceBatchStream.passes`), so the Trainer sees one epoch as long as `--max_steps`. A batch's place in it is then
+    the number of batches trained before it, and a resume that skips `global_step` batches continues where the
+    uninterrupted run was, in the first pass or a later one (the Trainer's own epochs of an iterable dataset of
+    unknown length would restart a resumed run at the first pass)."""
+
+    def __init__(self, stream: SourceBatchStream):
+        self.stream = stream
+
+    def __iter__(self):
+        return self.stream.passes()
 
 
 def build_model(model_args: ModelArguments, backbone_path: str, variant: int | str):
