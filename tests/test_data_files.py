@@ -13,8 +13,8 @@ from conftest import TRIPLETS
 from poolattn import cli, training
 from poolattn.training import batching, training_data
 from poolattn.training.batching import SourceBatchStream
-from poolattn.training.checkpoints import resume_recipe
 from poolattn.training.data import load_triplets
+from poolattn.training.recipes import resume_recipe
 from poolattn.training.sources import TripletDataError, fingerprint_files
 
 

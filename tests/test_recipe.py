@@ -157,7 +157,7 @@ def test_resuming_with_another_recipe_is_refused_by_name(tiny_backbone_folder, t
 def test_a_recipe_key_added_later_is_compared_only_where_a_record_holds_it():
     """Runs recorded before `eval_fraction` joined the recipe still resume (a study's runs in progress); every record
     written since is compared on it."""
-    from poolattn.training.checkpoints import recipe_differences
+    from poolattn.training.recipes import recipe_differences
 
     assert recipe_differences({"seed": 1}, {"seed": 1, "eval_fraction": 0.1}) == []
     assert recipe_differences({"seed": 1, "eval_fraction": 0.0}, {"seed": 1, "eval_fraction": 0.1}) == [
@@ -245,6 +245,54 @@ def script_held_out_losses(monkeypatch, losses) -> list:
 
     monkeypatch.setattr(ContrastiveTrainer, "evaluation_loop", scripted_loss)
     return queue
+
+
+def test_a_more_patient_plateau_rule_keeps_what_the_old_rule_did_not_stop(
+    tiny_backbone_folder, triplets_file, tmp_path, monkeypatch
+):
+    """A study that raises --plateau_patience keeps its runs that ended at the cap (they trained as they would have
+    under the new rule) without a step more; a run the old rule stopped is refused with what to do, and once its model
+    is removed it resumes from its last checkpoint and trains on under the new rule; a less patient rule is refused
+    for either."""
+    from poolattn.training.recipes import check_resume_recipe, recorded_recipe
+
+    def run(output, patience, *extra):
+        arguments = [
+            *common(tiny_backbone_folder, triplets_file, output, "--eval_fraction", "0.34"),
+            *("--per_device_eval_batch_size", "4", "--plateau_patience", str(patience), *extra),
+        ]
+        arguments[arguments.index("--save_steps") + 1] = "1"
+        arguments[arguments.index("--max_steps") + 1] = "5"
+        return training.main(arguments)[0]
+
+    def manifest(folder):
+        return json.loads((folder / "training_manifest.json").read_text())
+
+    queue = script_held_out_losses(monkeypatch, [2.0, 1.9, 1.8, 1.7, 1.6])  # improving: the cap ends it
+    capped = run(tmp_path / "capped", 2)
+    assert manifest(capped)["stop"]["reason"] == "max_steps" and manifest(capped)["global_steps"] == 5
+    assert queue == []  # from here an evaluation (a step trained) fails the test
+    kept = run(tmp_path / "capped", 4, "--resume_from_checkpoint", "true")
+    assert manifest(kept)["global_steps"] == 5 and manifest(kept)["hyperparameters"]["plateau_patience"] == 2
+    with pytest.raises(training.TrainingSetupError, match=r"plateau_patience: 2 there, 1 now.*Run with the same"):
+        run(tmp_path / "capped", 1, "--resume_from_checkpoint", "true")
+
+    queue[:] = [2.0, 2.0, 2.0]  # flat: patience 2 stops it at step 3
+    stopped = run(tmp_path / "stopped", 2)
+    assert manifest(stopped)["stop"]["reason"] == "plateau" and manifest(stopped)["global_steps"] == 3
+    with pytest.raises(training.TrainingSetupError, match=r"would have trained it on: remove .*stopped/model"):
+        run(tmp_path / "stopped", 4, "--resume_from_checkpoint", "true")
+    shutil.rmtree(stopped)
+    queue[:] = [1.5, 1.4]  # the evaluations of the two steps trained on
+    resumed = run(tmp_path / "stopped", 4, "--resume_from_checkpoint", "true")
+    assert manifest(resumed)["global_steps"] == 5 and manifest(resumed)["stop"]["reason"] == "max_steps"
+    assert [step for step, _, _ in manifest(resumed)["eval_history"]] == [1, 2, 3, 4, 5]
+    checkpoint = sorted((tmp_path / "stopped").glob("checkpoint-*"))[-1]
+    recorded = recorded_recipe(checkpoint)
+    check_resume_recipe(checkpoint, {**recorded, "plateau_patience": 9, "plateau_min_improvement": 0.001})
+    for less_patient in ({"plateau_patience": 1}, {"plateau_min_improvement": 0.5}, {"plateau_patience": None}):
+        with pytest.raises(training.TrainingSetupError, match=next(iter(less_patient))):
+            check_resume_recipe(checkpoint, {**recorded, **less_patient})  # it may have gone on where this one stops
 
 
 def test_the_plateau_rule_stops_a_run_and_records_why(tiny_backbone_folder, triplets_file, tmp_path, monkeypatch):
@@ -641,7 +689,7 @@ def test_a_checkpoint_without_its_record_is_never_resumed_unchecked(tmp_path, ca
     """The Trainer rotates the older checkpoints away before the record of the new one is written: a run killed in
     between left one checkpoint without a record, and a resume took it "from an older poolattn", unchecked (4 of its
     6 steps at one rate, the manifest naming another). It is passed over, and refused when named."""
-    from poolattn.training.checkpoints import check_resume_recipe
+    from poolattn.training.recipes import check_resume_recipe
     from poolattn.training.trainer_arguments import last_complete_checkpoint
 
     checkpoint = tmp_path / "checkpoint-4"
@@ -676,7 +724,7 @@ def test_a_run_whose_evaluations_pick_its_stop_resumes_only_on_the_same_held_out
     """The plateau rule (or early stopping, or the best checkpoint) reads the held-out losses: a resume with another
     --eval_data was accepted, and the rule compared losses of two data sets as one curve. Without such a rule the
     evaluations decide nothing, and a resume may change them."""
-    from poolattn.training.checkpoints import recipe_differences, resume_recipe
+    from poolattn.training.recipes import recipe_differences, resume_recipe
 
     for name, rows in (("a.jsonl", TRIPLETS[:6]), ("b.jsonl", TRIPLETS[6:])):
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))

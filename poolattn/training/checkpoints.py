@@ -12,7 +12,7 @@ from transformers import PreTrainedConfig
 from ..backbones import resolve_backbone
 from ..configuration_poolattn import PoolAttnConfig
 from ..files import write_json
-from ..manifest import TrainingManifest, library_versions, recipe_arguments
+from ..manifest import TrainingManifest, library_versions
 from ..model_folder import CHECKPOINT_RECORD
 from ..modeling_poolattn import PoolAttnEmbeddingModel
 from ..prompts import QUERY_PROMPT_FORMAT
@@ -21,6 +21,7 @@ from .arguments import DataArguments, ModelArguments, TrainingSetupError
 from .data import Triplets
 from .plateau import PlateauRule, PlateauStopping
 from .preflight import batch_sampling
+from .recipes import run_arguments, train_seconds_before
 from .sources import fingerprint_files
 from .trainer_arguments import TrainingRunArguments
 
@@ -80,153 +81,11 @@ def training_manifest(
     )
 
 
-def run_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingRunArguments) -> dict:
-    """Every argument of a run, flat and JSON-safe (`TrainingManifest.hyperparameters`)."""
-    arguments = {**asdict(model_args), **asdict(data_args), **training_args.to_sanitized_dict()}
-    return json.loads(json.dumps(arguments, default=str))
-
-
 def run_settings(arguments: dict, base) -> TrainingSettings:
     """The settings a run trained with: a model without a pooling head (EOS-last, mean pooling) had no weight at
     `--head_learning_rate`, so none is recorded for it (the arguments keep the flag as given)."""
     settings = TrainingSettings.from_arguments(arguments)
     return settings if getattr(base, "pooler", None) is not None else replace(settings, head_learning_rate=None)
-
-
-def resume_recipe(
-    variant,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args: TrainingRunArguments,
-    data_fingerprint: str | None = None,
-) -> dict:
-    """What a checkpoint must have been trained with for a run to resume from it: the recipe, the design, the seeds
-    and the data's fingerprint (`Triplets.fingerprint`, taken when the rows were read; else the files' content now,
-    `sources.fingerprint_files`)."""
-    arguments = run_arguments(model_args, data_args, training_args)
-    return {
-        **recipe_arguments(arguments),
-        "variant": variant,
-        "seed": training_args.seed,
-        "data_seed": training_args.data_seed,
-        "data_fingerprint": data_fingerprint or fingerprint_files(data_args.train_data),
-        "eval_fraction": data_args.eval_fraction,  # the rows held out are not trained on
-        "evaluation": evaluation_recipe(data_args, training_args),
-    }
-
-
-def evaluation_recipe(data_args: DataArguments, training_args: TrainingRunArguments) -> dict | None:
-    """What the held-out evaluations were, where a rule reads them to stop the run or to choose the checkpoint it
-    exports (the plateau rule, early stopping, `--load_best_model_at_end`): a run resumed with other held-out data,
-    batches or interval would mix two curves in one decision. None where no rule reads them."""
-    rules = (training_args.plateau_patience, data_args.early_stopping_patience, training_args.load_best_model_at_end)
-    if not any(rules):
-        return None
-    return {
-        "eval_data": fingerprint_files(data_args.eval_data) if data_args.eval_data else None,
-        "per_device_eval_batch_size": training_args.per_device_eval_batch_size,
-        "eval_strategy": str(training_args.eval_strategy),
-        "eval_steps": training_args.eval_steps,
-    }
-
-
-# Recipe keys added after runs were recorded without them (key: since when): a record without one is not compared
-# on it, so those runs still resume; every record written since holds it.
-RECIPE_KEYS_SINCE = {"eval_fraction": "2026-12-07", "evaluation": "2026-12-08"}
-
-
-def check_resume_recipe(checkpoint, recipe: dict) -> None:
-    """Refuse to resume from a checkpoint written by another recipe (learning rates, data, seed, design...), naming
-    each difference, or from one without a readable record of its recipe: a run killed between the Trainer's save
-    (which rotates the older checkpoints first) and the record, or a damaged or foreign checkpoint, whose recipe
-    nothing can check."""
-    recorded = recorded_recipe(checkpoint)
-    if recorded is None:
-        raise TrainingSetupError(
-            f"{checkpoint} records no recipe ({CHECKPOINT_RECORD} missing or damaged: a run killed while saving "
-            "it, or a checkpoint of another tool), so nothing can check that it was trained with these settings. "
-            "Resume from another checkpoint, or train again with --overwrite_output_dir true (or another "
-            "--output_dir)."
-        )
-    if differences := recipe_differences(recorded, recipe):
-        raise TrainingSetupError(
-            f"{checkpoint} was trained with other settings than this run ({'; '.join(differences)}), so resuming "
-            "would train the rest of the run on the old ones. Resume with the same flags, or train again with "
-            "--overwrite_output_dir true (or another --output_dir)."
-        )
-
-
-def recorded_recipe(checkpoint) -> dict | None:
-    """The recipe a checkpoint's record holds, or None (no record: an older poolattn, or damaged)."""
-    return _checkpoint_record(checkpoint).get("recipe")
-
-
-def train_seconds_before(checkpoint) -> float:
-    """The training time a run had spent when it saved `checkpoint` (its record's `train_seconds`, summed over every
-    earlier resume), so that a resumed run reports its whole training time; 0 with no checkpoint, or for one saved
-    by a poolattn that did not record it."""
-    seconds = _checkpoint_record(checkpoint).get("train_seconds") if checkpoint else None
-    return float(seconds) if isinstance(seconds, int | float) else 0.0
-
-
-def _checkpoint_record(checkpoint) -> dict:
-    try:
-        record = json.loads((Path(checkpoint) / CHECKPOINT_RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def recipe_differences(recorded: dict, recipe: dict) -> list[str]:
-    """`key: recorded there, now` for every setting that differs."""
-    keys = (set(recorded) | set(recipe)) - {key for key in RECIPE_KEYS_SINCE if key not in recorded}
-    return [
-        f"{key}: {recorded.get(key)!r} there, {recipe.get(key)!r} now"
-        for key in sorted(keys)
-        if recorded.get(key) != recipe.get(key)
-    ]
-
-
-def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
-    """Refuse to keep a finished run (its exported model) as this run's when it was trained with another recipe:
-    compared with its last checkpoint's record (recipe, design, seed, data fingerprint) where one is left, else
-    with the hyperparameters, design and seed of its manifest."""
-    recorded, compared = (recorded_recipe(checkpoint) if checkpoint else None), recipe
-    if recorded is None:
-        manifest = TrainingManifest.read(model_folder)
-        recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
-        if manifest.data and manifest.data.fingerprint:  # manifests before 2026-12 record no data fingerprint
-            recorded["data_fingerprint"] = manifest.data.fingerprint
-        arguments = manifest.hyperparameters
-        recorded |= {key: arguments[key] for key in RECIPE_KEYS_SINCE if key in arguments}
-        compared = {key: recipe.get(key) for key in recorded}
-    if differences := recipe_differences(recorded, compared):
-        raise TrainingSetupError(
-            f"{model_folder} is a finished run trained with other settings than this one ({'; '.join(differences)}); "
-            "keeping it would report the old model as this run's. Run with the same flags, or train again with "
-            "--overwrite_output_dir true (or another --output_dir)."
-        )
-
-
-def check_control(folder: Path, variant, seed: int, backbone: str, overrides: dict) -> None:
-    """Refuse to keep an untrained control (`step0/`) written for another design, seed or backbone: it would be
-    scored as this run's starting point."""
-    manifest = TrainingManifest.read(folder)
-    given = manifest.hyperparameters.get("config_overrides")
-    recorded = {
-        "variant": manifest.variant,
-        "seed": manifest.seed,
-        "backbone": manifest.backbone,
-        "config_overrides": json.loads(given) if isinstance(given, str) else given or {},
-    }
-    if differences := recipe_differences(
-        recorded, {"variant": variant, "seed": seed, "backbone": backbone, "config_overrides": overrides}
-    ):
-        raise TrainingSetupError(
-            f"{folder} is the untrained control of another run ({'; '.join(differences)}); scoring it as this run's "
-            "would report another model's starting point. Move it away (it is written again), or use another "
-            "--output_dir."
-        )
 
 
 class CheckpointRecord:
@@ -311,6 +170,8 @@ def restore_finished_run(trainer, checkpoint: str | None):
     at_plateau = rule is not None and rule.step(state.log_history) is not None
     control = (state.stateful_callbacks or {}).get("TrainerControl", {})
     stopped = isinstance(control, dict) and bool(control.get("args", {}).get("should_training_stop"))  # early stop
+    if stopped and rule is not None and not _stopped_early(state):  # the plateau rule's: the rule given now decides
+        stopped = False  # (a more patient rule than the checkpoint's trains on)
     if state.global_step < trainer.args.max_steps and not at_plateau and not stopped:
         return None
     best = _best_checkpoint(trainer.args, state, folder=Path(checkpoint).parent)
@@ -333,6 +194,16 @@ def restore_finished_run(trainer, checkpoint: str | None):
     )
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def _stopped_early(state) -> bool:
+    """Whether the Trainer's early stopping (`--early_stopping_patience`) stopped the run its state is of."""
+    saved = (state.stateful_callbacks or {}).get("EarlyStoppingCallback")
+    for callback in saved if isinstance(saved, list) else [saved] if saved else []:
+        patience = callback.get("args", {}).get("early_stopping_patience")
+        if patience and callback.get("attributes", {}).get("early_stopping_patience_counter", 0) >= patience:
+            return True
+    return False
 
 
 def run_callbacks(model_args, data_args, training_args, backbone_path: str, config, recipe: dict) -> list:

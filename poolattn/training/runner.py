@@ -29,16 +29,7 @@ from ..records import ContrastiveBatch, StopRecord, TrainableParameters
 from ..shared_data import require_shared_data
 from .arguments import DataArguments, ModelArguments, TrainingSetupError, parse_arguments
 from .batching import SourceBatchStream
-from .checkpoints import (
-    check_control,
-    check_finished_recipe,
-    check_resume_recipe,
-    restore_finished_run,
-    resume_recipe,
-    run_callbacks,
-    train_seconds_before,
-    training_manifest,
-)
+from .checkpoints import restore_finished_run, run_callbacks, training_manifest
 from .collator import TripletCollator
 from .data import Triplets
 from .job import TrainingJob
@@ -58,6 +49,7 @@ from .preflight import (
     planned_runs,
     warn_head_rate_unused,
 )
+from .recipes import check_control, check_finished_recipe, check_resume_recipe, resume_recipe, train_seconds_before
 from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, trainer_arguments
 from .training_data import check_data_unchanged, training_triplets
 
