@@ -693,7 +693,7 @@ def test_each_study_step_holds_its_own_scoring(monkeypatch, tmp_path, caplog):
     from poolattn.evaluation.scoring import EvaluationRun
     from poolattn.study import progress as study_progress
 
-    plan = study.plan_study(designs="1", seeds=2, controls=True, control_seeds="first")
+    plan = study.plan_study(designs="1", seeds=2, controls=True, control_seeds="first", full_sts=True)
     clock, events = [0.0], []
     monkeypatch.setattr(study_progress.time, "time", lambda: clock[0])
 
@@ -708,17 +708,22 @@ def test_each_study_step_holds_its_own_scoring(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(study_runner, "train_row", lambda p, r, seed, o: spend(1800, f"run {seed} trained", folder))
     monkeypatch.setattr(study_runner, "score_run", lambda *a: spend(500, "run scored", []))
     monkeypatch.setattr(study_runner, "write_report", lambda output: SimpleNamespace(path=None, left_out=[]))
+    monkeypatch.setattr(study_runner, "best_row_folders", lambda plan, output: [])
+    monkeypatch.setattr(study.StudyPlan, "full_sts_plan", lambda plan: plan)
     steps = []
     monkeypatch.setattr(study_progress.logger, "info", lambda message, *args: steps.append(message % args))
     study_runner._run_locked(plan, tmp_path, distributed=False)
     assert events == ["control written", "control scored", "run 42 trained", "run scored"] + [
         "run 43 trained",
         "run scored",
+        "control scored",  # the full STS scoring (of no model here: the fake scores none)
     ]
-    control, first, second = (line for line in steps if "study: step" in line)
-    assert "step 1 of 3: control" in control and "ran now in 601 s" in control and "ETA once a training" in control
-    assert "step 2 of 3: training" in first and "ran now in 2300 s" in first and "ETA 38 min" in first
-    assert "step 3 of 3: training" in second and "ran now in 2300 s" in second
+    control, first, second, full = (line for line in steps if "study: step" in line)
+    assert "step 1 of 4: control" in control and "ran now in 601 s" in control and "ETA once a training" in control
+    assert "step 2 of 4: training" in first and "ran now in 2300 s" in first
+    assert first.endswith("ETA 38 min and the full STS scoring")  # the last step: no earlier one measures it
+    assert "step 3 of 4: training" in second and "ran now in 2300 s" in second
+    assert "step 4 of 4: full STS: ran now in 600 s" in full
 
 
 def test_the_eta_counts_what_runs_between_steps_and_waits_for_each_stage(monkeypatch, caplog):
@@ -1135,6 +1140,34 @@ def test_the_tuning_walk_replays_from_its_points_and_says_when_a_row_is_tuned():
     assert rows["v1"].points[tuning.chosen_point(rows["v1"], plan.tuning_grid, has_head=False)].learning_rate == 9e-4
     first_nine = tuning.RowTuning("v2", 42, rows["v2"].points[:9])  # the records before its tenth point
     assert tuning.points_to_train(first_nine, plan.tuning_grid, has_head=True) == [(8.1e-3, 1e-4)]
+
+
+def test_the_report_counts_rows_tuned_but_not_trained_and_passes_over_a_run_no_task_of_which_scored(tmp_path):
+    """On a copy of the README study's records: a row tuned and its control scored, its run not yet trained, has its
+    line in the wall-time section and its seconds in the total (they were left out: 2.3 h of v3's); a model whose
+    every task failed to score (its results folder holds only `poolattn_run.json`) is "not yet scored", where the
+    report stopped on it."""
+    from poolattn.evaluation.results import RUN_SETTINGS_FILE
+    from poolattn.study.compare import collect
+    from poolattn.study.recipe_report import wall_time_section
+    from poolattn.study.tuning import read_tuning
+
+    records = tmp_path / "records"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "docs" / "study_records", records)
+    plan = study.StudyPlan.read(records)
+    before = wall_time_section(collect(plan, records), read_tuning(records))
+    shutil.rmtree(records / "runs" / "v2" / "seed-42" / "model")  # v2: tuned, control scored, not trained
+    after = wall_time_section(collect(plan, records), read_tuning(records))
+    v2 = next(line for line in "\n".join(after).splitlines() if line.startswith("| 2 last-layer"))
+    assert v2.split(" | ")[1:3] == [f"{sum(p.train_runtime_s for p in read_tuning(records)['v2'].points):.0f}", "0"]
+    total = lambda lines: float(next(line for line in lines if line.startswith("Total")).split()[1])  # noqa: E731
+    assert total(before) > total(after) > total(before) - 2 * 3600  # only v2's run (training, scoring) left out
+    (v1_results,) = (records / "results" / "results" / "poolattn__smollm2-135m-v1").iterdir()
+    for path in v1_results.iterdir():
+        if path.name != RUN_SETTINGS_FILE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    collected = {item.row.key: item for item in collect(plan, records)}
+    assert collected["v1"].replicates is None and len(collected["v1"].models) == 1
 
 
 def test_under_torchrun_a_study_is_refused_only_while_its_tuning_or_controls_are_left(

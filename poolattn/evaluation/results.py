@@ -44,6 +44,7 @@ PREDICTIONS_FOLDER = "predictions"  # mteb's per-example predictions, `<Task>_pr
 
 
 MODEL_META_FILE = "model_meta.json"
+NOT_TASK_FILES = (MODEL_META_FILE, RUN_SETTINGS_FILE)  # the JSON files of a results folder that are no task's
 
 
 class ResultsError(ValueError):
@@ -210,7 +211,7 @@ def read_results(folder) -> ModelResults:
             folder = revisions[0]
     results = []
     for path in sorted(folder.glob("*.json")):
-        if path.name in (MODEL_META_FILE, RUN_SETTINGS_FILE):
+        if path.name in NOT_TASK_FILES:
             continue
         try:
             results.append(TaskResult.from_disk(path))

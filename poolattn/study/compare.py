@@ -8,7 +8,14 @@ from pathlib import Path
 from ..evaluation.pairing import seeds_paired, task_parts
 from ..evaluation.replicates import SeedReplicates
 from ..evaluation.requests import evaluation_revision
-from ..evaluation.results import ModelResults, TrainingOrigin, category_rank, read_results, results_folder
+from ..evaluation.results import (
+    NOT_TASK_FILES,
+    ModelResults,
+    TrainingOrigin,
+    category_rank,
+    read_results,
+    results_folder,
+)
 from ..manifest import MANIFEST_FILE
 from ..model_folder import ExportedModel
 from .plan import CONTROL_SUFFIX, StudyPlan, StudyRow, run_folder
@@ -128,7 +135,7 @@ def _replicates(
         by_folder.setdefault(results_folder(output / "results", model.mteb_name, revision), []).append(model)
     runs: list[ModelResults] = []
     for folder, same_weights in by_folder.items():
-        if folder.is_dir() and any(folder.glob("*.json")):
+        if folder.is_dir() and any(path.name not in NOT_TASK_FILES for path in folder.glob("*.json")):
             manifest = same_weights[0].manifest
             seed = manifest.seed if len(same_weights) == 1 and not shared else None
             origin = TrainingOrigin(seed, manifest.recipe_fingerprint())

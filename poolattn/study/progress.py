@@ -33,7 +33,8 @@ class StudyProgress:
         controls = len(plan.rows) * sum(plan.has_control(seed) for seed in plan.seeds)
         self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
         self.left["training"] = runs
-        self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
+        self.left["full STS"] = 1 if plan.full_sts else 0  # the best row and its control on the full STS tasks
+        self.left = {stage: count if stage in (*stages, "full STS") else 0 for stage, count in self.left.items()}
         self.total = sum(self.left.values())
         # the steps the folder holds done already (`runner.steps_done`): never in the ETA, stepped past as they come
         self.done_before = {stage: min((done or {}).get(stage, 0), count) for stage, count in self.left.items()}
@@ -42,9 +43,10 @@ class StudyProgress:
         self.costs: dict[str, list[float]] = {stage: list((recorded or {}).get(stage, [])) for stage in self.left}
         self.counts = {"ran now": 0, "resumed": 0, "done already": 0}
 
-    def step(self, stage: str, row: StudyRow, seed: int, work, *, state):
+    def step(self, stage: str, row: StudyRow | None, seed: int | None, work, *, state):
         """Run `work()`; `state` is what was found before it ran: "done already", "resumed" or "ran now" (or a
-        function of `work`'s result that says so, where only the result tells, as for tuning)."""
+        function of `work`'s result that says so, where only the result tells, as for tuning). A step of no one row
+        and seed (the full STS scoring) has None for both."""
         self.done += 1
         begun = time.time()
         result = work()
@@ -59,12 +61,11 @@ class StudyProgress:
             self.costs[stage].append(now - self.last_end)
         self.last_end = now
         logger.info(
-            "study: step %d of %d: %s, %s, seed %d: %s in %.0f s; elapsed %.0f s%s",
+            "study: step %d of %d: %s%s: %s in %.0f s; elapsed %.0f s%s",
             self.done,
             self.total,
             stage,
-            row.label,
-            seed,
+            f", {row.label}, seed {seed}" if row is not None else "",
             state,
             now - begun,
             now - self.started,
@@ -76,10 +77,12 @@ class StudyProgress:
         left = {stage: count for stage, count in self.left.items() if count > 0}
         if not left:
             return ""
-        if unmeasured := [stage for stage in left if not self.costs[stage]]:
+        unmeasured = [stage for stage in left if not self.costs[stage]]
+        if unmeasured and unmeasured != ["full STS"]:  # the last step, measured by none before it
             return f", ETA once a {unmeasured[0]} step has run"
-        seconds = sum(count * sum(self.costs[stage]) / len(self.costs[stage]) for stage, count in left.items())
-        return f", ETA {seconds / 60:.0f} min"
+        measured = {stage: count for stage, count in left.items() if self.costs[stage]}
+        seconds = sum(count * sum(self.costs[stage]) / len(self.costs[stage]) for stage, count in measured.items())
+        return f", ETA {seconds / 60:.0f} min" + (" and the full STS scoring" if unmeasured else "")
 
     def summary(self) -> str:
         return (

@@ -153,21 +153,21 @@ def wall_time_section(collected: list[RowResults], tuned: dict[str, RowTuning] |
     from ..stats import markdown_table
 
     rows, total = [], 0.0
-    for item in collected:
-        if not item.models:
-            continue
+    for item in collected:  # a row tuned, or with its control scored, before its first run counts too
         entry = (tuned or {}).get(item.row.key)
         tuning = sum(point.train_runtime_s or 0.0 for point in entry.points) if entry else None
         train = [model.manifest.train_runtime_s or 0.0 for model in item.models]
         parts = (item.replicates, item.without_instructions, item.controls)
         scored, plain, controls = ([seconds for _, seconds in scoring_seconds(part)] for part in parts)
+        if tuning is None and not train and not controls:
+            continue
         total += (tuning or 0.0) + sum(train) + sum(scored) + sum(plain) + sum(controls)
         rows.append(
             [
                 item.row.label,
                 f"{tuning:.0f}" if tuning is not None else None,
                 len(train),
-                f"{mean(train):.0f}",
+                f"{mean(train):.0f}" if train else None,
                 f"{(sum(scored) + sum(plain)) / len(scored):.0f}" if scored else None,
                 f"{sum(controls):.0f}" if controls else None,
             ]

@@ -221,7 +221,8 @@ def _run_locked(plan: StudyPlan, output: Path, distributed: bool) -> StudyRun:
                 failures += score_models(plan, [folder / "step0"], output).failures
             failures += score_run(plan, row, folder, output)
     if plan.full_sts and not failures:  # every run scored: the best row and its control on the full STS tasks
-        failures += score_models(plan.full_sts_plan(), best_row_folders(plan, output), output).failures
+        full = partial(score_models, plan.full_sts_plan(), best_row_folders(plan, output), output)
+        failures += progress.step("full STS", None, None, full, state="ran now").failures
     elif plan.full_sts:
         logger.warning("study: the full STS scoring waits for every task to score (%d failed)", len(failures))
     logger.info("study: %s", progress.summary())
