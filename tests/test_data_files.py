@@ -74,6 +74,19 @@ def test_json_forms_and_a_folder_with_another_tools_front_matter_read_as_their_r
     assert [row["query"] for row in load_triplets(str(folder)).rows] == [f"q{i}" for i in range(5)]
 
 
+def test_a_file_beside_its_compressed_copy_is_refused_and_a_different_file_of_its_name_kept(tmp_path):
+    """`gzip -k x.jsonl` leaves x.jsonl and x.jsonl.gz: every row was trained on twice (two sources); refused naming
+    both. A .gz of other rows under that name is data of its own: both are sources."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "x.jsonl").write_text(jsonl(rows(4)))
+    (folder / "x.jsonl.gz").write_bytes(gzip.compress(jsonl(rows(4)).encode()))
+    with pytest.raises(TripletDataError, match=r"x.jsonl.gz holds the data of x.jsonl \(a compressed copy\)"):
+        load_triplets(str(folder))
+    (folder / "x.jsonl.gz").write_bytes(gzip.compress(jsonl(rows(3, prefix="other")).encode()))
+    assert len(load_triplets(str(folder)).rows) == 7
+
+
 def test_pandas_json_layouts_and_a_csv_cell_of_several_negatives_read_as_their_rows(tmp_path):
     """pandas' default `to_json` ("columns": an object per column keyed by row) and `to_dict(orient="list")` with a
     negative column read as the records file does; a CSV cell holding a JSON list (what the error for a repeated

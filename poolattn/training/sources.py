@@ -3,6 +3,7 @@ fingerprint; each file is read by `file_readers`) and Hub datasets (subsets, spl
 
 import bz2
 import gzip
+import hashlib
 import logging
 import lzma
 from pathlib import Path
@@ -92,7 +93,29 @@ def _folder_files(folder: Path, source: str) -> list[Path]:
         raise TripletDataError(f"{source}: folder holds no data files. Allowed: {ALLOWED_FILES}.")
     if left_out:
         logger.info("%s: files that are not training data, left out: %s", source, ", ".join(left_out))
+    _refuse_compressed_copies(files, folder, source)
     return files
+
+
+def _refuse_compressed_copies(files: list[Path], folder: Path, source: str) -> None:
+    """A file beside its compressed copy (`x.jsonl` and `x.jsonl.gz` from `gzip -k`) would train every row twice:
+    refused, naming both (files of one name and format that hold different data are kept, each a source)."""
+    by_name: dict[tuple, list[Path]] = {}
+    for path in files:
+        by_name.setdefault((path.parent, data_stem(path), data_format(path)), []).append(path)
+    for same_name in (group for group in by_name.values() if len(group) > 1):
+        contents = {}
+        for path in same_name:
+            opened = next((how for suffix, how in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
+            with opened(path, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            if digest in contents:
+                first, copy = (item.relative_to(folder).as_posix() for item in (contents[digest], path))
+                raise TripletDataError(
+                    f"{source}: {copy} holds the data of {first} (a compressed copy), so its rows would be trained "
+                    "on twice; move one of them out of the folder (or rename it to start with '_')."
+                )
+            contents[digest] = path
 
 
 def _looks_like_data(path: Path) -> bool:
