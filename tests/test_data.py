@@ -436,6 +436,25 @@ def dataset_repository(folder: Path) -> Path:
     return folder
 
 
+def test_a_dataset_repository_of_files_only_its_configs_name_is_fingerprinted_by_every_file(tmp_path):
+    """A dataset repository whose configs name a .tsv file (read by `datasets`) was refused by the fingerprint,
+    which called the file unreadable, so such data could load but never train; every file but .git/ counts now."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "train.tsv").write_text("query\tpositive\nq1\tp1\nq2\tp2\n")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.tsv\n"
+        '  sep: "\\t"\n---\n'
+    )
+    assert [row["query"] for row in load_triplets(str(repo)).rows] == ["q1", "q2"]
+    before = fingerprint_files(str(repo))
+    (repo / ".git").mkdir()
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert fingerprint_files(str(repo)) == before
+    (repo / "data" / "train.tsv").write_text("query\tpositive\nq1\tp1\nq3\tp2\n")
+    assert fingerprint_files(str(repo)) != before
+
+
 def test_a_dataset_repository_loads_one_source_per_subset_in_memory_and_streamed(tmp_path):
     repo = dataset_repository(tmp_path / "repo")
     files = [load_triplets(str(repo / "data" / name)) for name in ("a.jsonl", "b.jsonl")]

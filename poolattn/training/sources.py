@@ -145,8 +145,8 @@ def source_names(source: str, files: list[Path]) -> dict[str, str]:
 
 def fingerprint_files(source: str) -> str:
     """A hash of the training data's content: every data file of a local file or folder (names relative to it and
-    bytes; a local dataset repository's data files alike), so an edited, added or removed file changes it; a Hub
-    dataset id is its own fingerprint.
+    bytes; every file of a local dataset repository but its hidden ones, `.git/`), so an edited, added or removed
+    file changes it; a Hub dataset id is its own fingerprint.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -160,6 +160,10 @@ def fingerprint_files(source: str) -> str:
 
     if not Path(source).exists():
         return f"hub:{source}"
+    if is_dataset_repository(source):  # read by `datasets` from what its configs name (.tsv too): every file counts
+        root = Path(source)
+        files = (p for p in root.rglob("*") if p.is_file() and not p.relative_to(root).parts[0].startswith("."))
+        return content_hash(root, sorted(files))
     root = Path(source) if Path(source).is_dir() else Path(source).parent
     return content_hash(root, data_files(source))
 
