@@ -337,6 +337,17 @@ def test_a_file_stems_weight_is_the_files_share_divided_by_its_parts_batches(tmp
     checked({"a [1 negative]": 1, "a [0 negatives]": 0, "b": 1})  # a weight of 0 leaves it out
     with pytest.raises(TripletDataError, match=r"gives weight to a, with fewer rows than one batch of 16"):
         checked({"a": 1, "b": 0}, batch=16)
+    # --max_train_samples keeps the first rows as read: a source it emptied is named with the cap as the cause
+    flags = ["--train_data", str(folder), "--source_weights", '{"a": 1, "b": 1}', "--max_train_samples", "15"]
+    _, data_args, training_args = training.parse_arguments([*flags, "--per_device_train_batch_size", "4"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poolattn"):
+        triplets = load_triplets(str(folder))
+        triplets.keep_first(15)
+    assert "--max_train_samples 15 keeps the first rows as read, of each source: b 0 of 8" in caplog.text
+    set_source_weights(triplets, data_args.weights_per_source)
+    with pytest.raises(TripletDataError, match=r"gives weight to b, .* after --max_train_samples 15 \(the first"):
+        check_batches(triplets, data_args, training_args)
 
 
 def test_files_of_one_name_in_nested_folders_are_sources_of_their_own(tmp_path):

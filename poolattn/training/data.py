@@ -95,8 +95,14 @@ class Triplets:
         """Keep the first `count` rows as read, and each source's count of them: each file in turn, the rows of a file
         split by its count of hard negatives grouped by that count, most first (not the file's first `count` lines)."""
         self.rows = self.rows[:count]
+        cut = []
         for index, source in enumerate(self.sources):
-            source.examples = sum(row["source"] == index for row in self.rows)
+            before, source.examples = source.examples, sum(row["source"] == index for row in self.rows)
+            cut += [f"{source.name} {source.examples} of {before}"] if source.examples < before else []
+        if cut:
+            logger.warning(
+                "--max_train_samples %d keeps the first rows as read, of each source: %s", count, ", ".join(cut)
+            )
 
 
 def load_triplets(

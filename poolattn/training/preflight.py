@@ -91,10 +91,12 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
         )
     if batch_sampling(data_args, triplets) == "one_source_per_batch":
         weighted_small = _weighted_without_a_batch(triplets, loss_batch)
+        capped = data_args.max_train_samples  # it keeps the first rows as read: whole files, then none
+        cause = f" after --max_train_samples {capped} (the first rows as read; raise it)" if capped else ""
         if weighted_small:
             raise TripletDataError(
                 f"--source_weights gives weight to {', '.join(weighted_small)}, with fewer rows "
-                f"than one batch of {loss_batch}; give them weight 0 or lower the batch size."
+                f"than one batch of {loss_batch}{cause}; give them weight 0 or lower the batch size."
             )
         small = [source.name for source in triplets.sources if source.examples < loss_batch and source.weight != 0]
         if len(small) == len(triplets.sources):
@@ -105,7 +107,7 @@ def check_batches(triplets: Triplets, data_args: DataArguments, training_args: T
             )
         if small:
             logger.warning(
-                "sources with fewer rows than one batch of %d give no batch: %s", loss_batch, ", ".join(small)
+                "sources with fewer rows than one batch of %d%s give no batch: %s", loss_batch, cause, ", ".join(small)
             )
     elif (
         training_args.world_size > 1
@@ -189,9 +191,8 @@ def _weighted_without_a_batch(triplets: Triplets, loss_batch: int) -> list[str]:
     or a file whose parts (sharing the stem's weight) are all smaller than one batch. A part of a file that has a
     full batch elsewhere is left out, as without weights."""
     rows_by_key: dict[str, int] = {}
-    for source in triplets.sources:
-        if source.weight:
-            rows_by_key[source.weight_key] = max(rows_by_key.get(source.weight_key, 0), source.examples)
+    for source in (source for source in triplets.sources if source.weight):
+        rows_by_key[source.weight_key] = max(rows_by_key.get(source.weight_key, 0), source.examples)
     return [key for key, largest in rows_by_key.items() if largest < loss_batch]
 
 
