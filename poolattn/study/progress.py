@@ -34,7 +34,8 @@ class StudyProgress:
         self.left = {"tuning": len(plan.rows) if plan.tuning else 0, "control": controls}
         self.left["training"] = runs
         self.left["full STS"] = 1 if plan.full_sts else 0  # the best row and its control on the full STS tasks
-        self.left = {stage: count if stage in (*stages, "full STS") else 0 for stage, count in self.left.items()}
+        stages = (*stages, "full STS") if "training" in stages else stages  # after the runs (not with tuning alone)
+        self.left = {stage: count if stage in stages else 0 for stage, count in self.left.items()}
         self.total = sum(self.left.values())
         # the steps the folder holds done already (`runner.steps_done`): never in the ETA, stepped past as they come
         self.done_before = {stage: min((done or {}).get(stage, 0), count) for stage, count in self.left.items()}
