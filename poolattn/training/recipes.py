@@ -1,5 +1,5 @@
 """What a run was trained with, and whether an earlier run's checkpoint or finished model was trained so too: the
-recipe (`resume_recipe`), checked on resume (`check_resume_recipe`), on a finished run kept (`check_finished_recipe`)
+recipe (`resume_recipe`), checked on resume (`check_resume_recipe`), on a finished run (`finished_run_trains_on`)
 and on an untrained control (`check_control`), where a more patient plateau rule keeps what the old rule did not stop
 (`recipe_differences`)."""
 
@@ -134,10 +134,13 @@ def _at_least_as_patient(recorded: dict, recipe: dict) -> bool:
     return all((now - then) * sign >= 0 for then, now, sign in values)
 
 
-def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
-    """Refuse to keep a finished run (its exported model) as this run's when it was trained with another recipe:
-    compared with its last checkpoint's record (recipe, design, seed, data fingerprint) where one is left, else
-    with the hyperparameters, design and seed of its manifest."""
+def finished_run_trains_on(model_folder: Path, recipe: dict, checkpoint) -> bool:
+    """Whether a finished run (its exported model) is to train on from its last checkpoint (True) or be kept as this
+    run's (False); refused when it was trained with another recipe: compared with its last checkpoint's record
+    (recipe, design, seed, data fingerprint) where one is left, else with the hyperparameters, design and seed of its
+    manifest. It trains on where only the plateau rule changed, to a more patient one, and the old rule stopped it
+    (the new one would have gone on; its model is replaced when the run exports again); a run that reached the cap is
+    kept under a more patient rule (it trained as it would have under it)."""
     recorded, compared = (recorded_recipe(checkpoint) if checkpoint else None), recipe
     if recorded is None:
         manifest = TrainingManifest.read(model_folder)
@@ -149,18 +152,16 @@ def check_finished_recipe(model_folder: Path, recipe: dict, checkpoint) -> None:
         compared = {key: recipe.get(key) for key in recorded}
     stop = TrainingManifest.read(model_folder).stop
     stopped_by_rule = stop is None or stop.reason == "plateau"  # a run at the cap: a more patient rule is no change
-    if differences := recipe_differences(recorded, compared, more_patient_kept=not stopped_by_rule):
-        more_patient = not stopped_by_rule or _at_least_as_patient(recorded, compared)
-        advice = (
-            f"a more patient plateau rule would have trained it on: remove {model_folder} to resume it from its last "
-            "checkpoint"
-            if more_patient and recipe_differences(recorded, compared, more_patient_kept=True) == []
-            else "Run with the same flags, or train again with --overwrite_output_dir true (or another --output_dir)"
-        )
-        raise TrainingSetupError(
-            f"{model_folder} is a finished run trained with other settings than this one ({'; '.join(differences)}); "
-            f"keeping it would report the old model as this run's. {advice[0].upper()}{advice[1:]}."
-        )
+    differences = recipe_differences(recorded, compared, more_patient_kept=not stopped_by_rule)
+    if not differences:
+        return False
+    if checkpoint and stopped_by_rule and not recipe_differences(recorded, compared, more_patient_kept=True):
+        return True  # the rule alone changed, to a more patient one, and the checkpoint the old one stopped at is here
+    raise TrainingSetupError(
+        f"{model_folder} is a finished run trained with other settings than this one ({'; '.join(differences)}); "
+        "keeping it would report the old model as this run's. Run with the same flags, or train again with "
+        "--overwrite_output_dir true (or another --output_dir)."
+    )
 
 
 def check_control(folder: Path, variant, seed: int, backbone: str, overrides: dict) -> None:

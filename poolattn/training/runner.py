@@ -49,7 +49,7 @@ from .preflight import (
     planned_runs,
     warn_head_rate_unused,
 )
-from .recipes import check_control, check_finished_recipe, check_resume_recipe, resume_recipe, train_seconds_before
+from .recipes import check_control, check_resume_recipe, finished_run_trains_on, resume_recipe, train_seconds_before
 from .trainer_arguments import TrainingRunArguments, last_complete_checkpoint, trainer_arguments
 from .training_data import check_data_unchanged, training_triplets
 
@@ -345,11 +345,15 @@ def train_planned(
     checkpoint = last_complete_checkpoint(planned.output_dir) if resume_latest else None
     if resume_latest and (planned.model / MANIFEST_FILE).is_file():
         recipe = resume_recipe(planned.variant, model_args, data_args, run_args, triplets.fingerprint)
-        check_finished_recipe(planned.model, recipe, checkpoint)
-        logger.info(
-            "variant %s, seed %d: finished already (%s), not retrained", planned.variant, planned.seed, planned.model
-        )
-        return planned.model
+        if not finished_run_trains_on(planned.model, recipe, checkpoint):
+            logger.info(
+                "variant %s, seed %d: finished already (%s), not retrained",
+                planned.variant,
+                planned.seed,
+                planned.model,
+            )
+            return planned.model
+        logger.info("variant %s, seed %d: a more patient plateau rule trains on its run (%s)", *planned_run(planned))
     if resume_latest:
         run_args.resume_from_checkpoint = checkpoint
         logger.info(
@@ -361,6 +365,10 @@ def train_planned(
             else f"no complete checkpoint in {planned.output_dir}, training from step 0",
         )
     return train_variant(planned.variant, model_args, data_args, run_args, triplets, backbone_path, held_out=held_out)
+
+
+def planned_run(planned) -> tuple:
+    return planned.variant, planned.seed, planned.model
 
 
 def run_job(job: TrainingJob) -> Path:
