@@ -1162,7 +1162,7 @@ def test_the_report_counts_rows_tuned_but_not_trained_and_passes_over_a_run_no_t
     assert v2.split(" | ")[1:3] == [f"{sum(p.train_runtime_s for p in read_tuning(records)['v2'].points):.0f}", "0"]
     total = lambda lines: float(next(line for line in lines if line.startswith("Total")).split()[1])  # noqa: E731
     assert total(before) > total(after) > total(before) - 2 * 3600  # only v2's run (training, scoring) left out
-    (v1_results,) = (records / "results" / "results" / "poolattn__smollm2-135m-v1").iterdir()
+    (v1_results,) = (records / "results" / "results" / "poolattn__smollm2-135m-v1").glob(f"*-budget{plan.budget}")
     for path in v1_results.iterdir():
         if path.name != RUN_SETTINGS_FILE:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
