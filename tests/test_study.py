@@ -1156,18 +1156,20 @@ def test_the_report_counts_rows_tuned_but_not_trained_and_passes_over_a_run_no_t
     shutil.copytree(Path(__file__).resolve().parents[1] / "docs" / "study_records", records)
     plan = study.StudyPlan.read(records)
     before = wall_time_section(collect(plan, records), read_tuning(records))
-    shutil.rmtree(records / "runs" / "v2" / "seed-42" / "model")  # v2: tuned, control scored, not trained
+    for model in (records / "runs" / "v2").glob("seed-*/model"):  # v2: tuned, control scored, no run trained
+        shutil.rmtree(model)
     after = wall_time_section(collect(plan, records), read_tuning(records))
     v2 = next(line for line in "\n".join(after).splitlines() if line.startswith("| 2 last-layer"))
     assert v2.split(" | ")[1:3] == [f"{sum(p.train_runtime_s for p in read_tuning(records)['v2'].points):.0f}", "0"]
     total = lambda lines: float(next(line for line in lines if line.startswith("Total")).split()[1])  # noqa: E731
-    assert total(before) > total(after) > total(before) - 2 * 3600  # only v2's run (training, scoring) left out
-    (v1_results,) = (records / "results" / "results" / "poolattn__smollm2-135m-v1").glob(f"*-budget{plan.budget}")
-    for path in v1_results.iterdir():
-        if path.name != RUN_SETTINGS_FILE:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert total(before) > total(after) and v2.split(" | ")[-1].strip(" |")  # v2's control scoring counted
+    for v1_results in (records / "results" / "results" / "poolattn__smollm2-135m-v1").glob(f"*-budget{plan.budget}"):
+        for path in v1_results.iterdir():  # every task failed: only the run's settings were written
+            if path.name != RUN_SETTINGS_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     collected = {item.row.key: item for item in collect(plan, records)}
-    assert collected["v1"].replicates is None and len(collected["v1"].models) == 1
+    trained = len(list((records / "runs" / "v1").glob("seed-*/model")))
+    assert collected["v1"].replicates is None and len(collected["v1"].models) == trained >= 1
 
 
 def test_under_torchrun_a_study_is_refused_only_while_its_tuning_or_controls_are_left(
