@@ -264,6 +264,25 @@ def test_a_multi_subset_task_gets_a_paired_test_per_subset(multi_subset_copy, tm
     )
 
 
+def _evaluate_is_refused(tmp_path, data: Path, tasks: str, message: str) -> None:
+    """`evaluate.py run` of a model that is never loaded on `tasks` of `data` stops with `message`, writing nothing."""
+    with pytest.raises(SystemExit, match=message):
+        cli.evaluate(
+            [
+                "run",
+                "--model",
+                str(tmp_path / "never-loaded"),
+                "--tasks",
+                tasks,
+                "--data-dir",
+                str(data),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+    assert not (tmp_path / "out").exists()  # refused before any model was loaded
+
+
 @pytest.mark.parametrize(
     "break_it, message",
     [
@@ -284,21 +303,7 @@ def test_a_malformed_retrieval_folder_is_refused_naming_the_file(tmp_path, break
     folder = wikiqa_subset("WikiQARetrieval", tmp_path / "data" / "MyRetrieval", queries=3)
     check_retrieval_folder(folder)  # well-formed before it is broken
     break_it(folder)
-    with pytest.raises(SystemExit, match=message):
-        cli.evaluate(
-            [
-                "run",
-                "--model",
-                str(tmp_path / "never-loaded"),
-                "--tasks",
-                "MyRetrieval",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-    assert not (tmp_path / "out").exists()  # refused before any model was loaded
+    _evaluate_is_refused(tmp_path, tmp_path / "data", "MyRetrieval", message)
 
 
 def _stock_copies(data: Path) -> None:
@@ -347,21 +352,7 @@ def test_a_malformed_stock_copy_is_refused_before_any_model_loads(tmp_path, brea
     for task in ("BIOSSES", "Banking77Classification"):  # well-formed before it is broken
         check_local_copy(load_task(task, data_dir=data), data / task)
     break_it(data)
-    with pytest.raises(SystemExit, match=message):
-        cli.evaluate(
-            [
-                "run",
-                "--model",
-                str(tmp_path / "never-loaded"),
-                "--tasks",
-                "BIOSSES,Banking77Classification",
-                "--data-dir",
-                str(data),
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-    assert not (tmp_path / "out").exists()  # refused before any model was loaded or task scored
+    _evaluate_is_refused(tmp_path, data, "BIOSSES,Banking77Classification", message)  # before any task scored
 
 
 @pytest.mark.parametrize("hub_file", ["data/test.jsonl", "data/test-00000-of-00001.parquet"])

@@ -15,16 +15,11 @@ import zlib
 from itertools import islice
 from pathlib import Path
 
-from .sources import ALLOWED_FILES, COMPRESSIONS, TripletDataError, data_format
+from .sources import ALLOWED_FILES, TripletDataError, data_format, opener
 
 CSV_CELL_LIMIT = 2**31 - 1  # characters per CSV cell: passages may pass the csv module's default of 128 KiB
 # what a damaged or mislabelled archive raises while it is read (gzip's BadGzipFile is an OSError)
 ARCHIVE_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
-
-
-def opener(path: Path):
-    """`open`, or the decompressing `open` of a .gz, .bz2 or .xz file."""
-    return next((opened for suffix, opened in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
 
 
 def iter_file_rows(path: Path):

@@ -142,16 +142,17 @@ def finished_run_trains_on(model_folder: Path, recipe: dict, checkpoint) -> bool
     (the new one would have gone on; its model is replaced when the run exports again); a run that reached the cap is
     kept under a more patient rule (it trained as it would have under it)."""
     recorded, compared = (recorded_recipe(checkpoint) if checkpoint else None), recipe
+    manifest = TrainingManifest.read(model_folder)
     if recorded is None:
-        manifest = TrainingManifest.read(model_folder)
         recorded = {**recipe_arguments(manifest.hyperparameters), "variant": manifest.variant, "seed": manifest.seed}
         if manifest.data and manifest.data.fingerprint:  # manifests before 2026-12 record no data fingerprint
             recorded["data_fingerprint"] = manifest.data.fingerprint
         arguments = manifest.hyperparameters
         recorded |= {key: arguments[key] for key in RECIPE_KEYS_SINCE if key in arguments}
         compared = {key: recipe.get(key) for key in recorded}
-    stop = TrainingManifest.read(model_folder).stop
-    stopped_by_rule = stop is None or stop.reason == "plateau"  # a run at the cap: a more patient rule is no change
+    stopped_by_rule = (
+        manifest.stop is None or manifest.stop.reason == "plateau"
+    )  # a run at the cap: a more patient rule is no change
     differences = recipe_differences(recorded, compared, more_patient_kept=not stopped_by_rule)
     if not differences:
         return False

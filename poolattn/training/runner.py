@@ -353,7 +353,7 @@ def train_planned(
                 planned.model,
             )
             return planned.model
-        logger.info("variant %s, seed %d: a more patient plateau rule trains on its run (%s)", *planned_run(planned))
+        logger.info("variant %s, seed %d: a more patient plateau rule trains on", planned.variant, planned.seed)
     if resume_latest:
         run_args.resume_from_checkpoint = checkpoint
         logger.info(
@@ -365,10 +365,6 @@ def train_planned(
             else f"no complete checkpoint in {planned.output_dir}, training from step 0",
         )
     return train_variant(planned.variant, model_args, data_args, run_args, triplets, backbone_path, held_out=held_out)
-
-
-def planned_run(planned) -> tuple:
-    return planned.variant, planned.seed, planned.model
 
 
 def run_job(job: TrainingJob) -> Path:

@@ -19,6 +19,11 @@ DATA_LIKE_PARTS = {"jsonl", "json", "csv", "parquet", "tsv", "arrow"}
 PACKED_SUFFIXES = {"gz", "bz2", "xz", "zst", "zstd", "lz4", "zip", "tar", "tgz", "7z"}
 
 
+def opener(path: Path):
+    """`open`, or the decompressing `open` of a .gz, .bz2 or .xz file."""
+    return next((opened for suffix, opened in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
+
+
 class TripletDataError(ValueError):
     """A training file or row that cannot be used; the message names the file and row."""
 
@@ -106,8 +111,7 @@ def _refuse_compressed_copies(files: list[Path], folder: Path, source: str) -> N
     for same_name in (group for group in by_name.values() if len(group) > 1):
         contents = {}
         for path in same_name:
-            opened = next((how for suffix, how in COMPRESSIONS.items() if path.name.lower().endswith(suffix)), open)
-            with opened(path, "rb") as handle:
+            with opener(path)(path, "rb") as handle:
                 digest = hashlib.sha256(handle.read()).hexdigest()
             if digest in contents:
                 first, copy = (item.relative_to(folder).as_posix() for item in (contents[digest], path))
